@@ -1,0 +1,150 @@
+//! Authentication and authorization: bearer tokens (stored as SHA-256 hashes),
+//! roles `viewer` < `editor` < `admin`, and the bootstrap admin token.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{Method, header};
+use axum::middleware::Next;
+use axum::response::Response;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ring::rand::{SecureRandom, SystemRandom};
+
+use super::{ApiError, AppState};
+use crate::model::Role;
+
+/// Name under which the bootstrap admin token acts in the audit log.
+pub const BOOTSTRAP_ADMIN: &str = "bootstrap-admin";
+
+/// Who is calling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// Token name.
+    pub name: String,
+    /// Role.
+    pub role: Role,
+}
+
+/// Hex SHA-256 of a token secret, as stored.
+pub fn hash_token(secret: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, secret.as_bytes());
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A new random token secret: `gns_` and 32 random bytes, base64url.
+pub fn generate_token() -> Result<String, ApiError> {
+    let mut bytes = [0u8; 32];
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| ApiError::Internal("random number generator failed".into()))?;
+    Ok(format!("gns_{}", URL_SAFE_NO_PAD.encode(bytes)))
+}
+
+/// Verifies bearer tokens.
+#[derive(Debug, Clone)]
+pub struct Authenticator {
+    bootstrap_hash: Arc<str>,
+}
+
+impl Authenticator {
+    /// Accepts `bootstrap_token` as admin, plus every token in the store.
+    pub fn new(bootstrap_token: &str) -> Self {
+        Self {
+            bootstrap_hash: hash_token(bootstrap_token).into(),
+        }
+    }
+
+    async fn authenticate(&self, state: &AppState, secret: &str) -> Result<Principal, ApiError> {
+        let hash = hash_token(secret);
+        // Both sides are hashes, so an early-exit comparison reveals nothing about the secret.
+        if hash.as_str() == &*self.bootstrap_hash {
+            return Ok(Principal {
+                name: BOOTSTRAP_ADMIN.into(),
+                role: Role::Admin,
+            });
+        }
+        match state.store.find_token(&hash).await? {
+            Some(record) => Ok(Principal {
+                name: record.name,
+                role: record.role,
+            }),
+            None => Err(ApiError::Unauthorized("unknown or revoked token".into())),
+        }
+    }
+}
+
+/// The least role that may call `method` on `path`.
+pub fn required_role(method: &Method, path: &str) -> Role {
+    let admin_only = path.starts_with("/v1/tokens") || path.starts_with("/v1/audit");
+    let read = matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
+    if admin_only || (!read && path.starts_with("/v1/clusters")) {
+        Role::Admin
+    } else if read {
+        Role::Viewer
+    } else {
+        Role::Editor
+    }
+}
+
+/// Middleware: authenticates the bearer token and checks the role for the route.
+pub async fn require_auth(
+    State(state): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let header_value = req.headers().get(header::AUTHORIZATION).ok_or_else(|| {
+        ApiError::Unauthorized("missing Authorization: Bearer <token> header".into())
+    })?;
+    let secret = header_value
+        .to_str()
+        .ok()
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| {
+            ApiError::Unauthorized("Authorization header must be: Bearer <token>".into())
+        })?;
+    let principal = state.auth.authenticate(&state, secret).await?;
+    let needed = required_role(req.method(), req.uri().path());
+    if principal.role < needed {
+        return Err(ApiError::Forbidden(format!(
+            "token {} has role {}; this needs {}",
+            principal.name,
+            principal.role.as_str(),
+            needed.as_str()
+        )));
+    }
+    req.extensions_mut().insert(principal);
+    Ok(next.run(req).await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_by_route() {
+        assert_eq!(required_role(&Method::GET, "/v1/clusters"), Role::Viewer);
+        assert_eq!(required_role(&Method::POST, "/v1/clusters"), Role::Admin);
+        assert_eq!(
+            required_role(&Method::PUT, "/v1/global-namespaces/p"),
+            Role::Editor
+        );
+        assert_eq!(required_role(&Method::GET, "/v1/tokens"), Role::Admin);
+        assert_eq!(required_role(&Method::GET, "/v1/audit"), Role::Admin);
+    }
+
+    #[test]
+    fn token_hashes_are_hex_sha256() {
+        assert_eq!(
+            hash_token("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        let t = generate_token().expect("rng");
+        assert!(t.starts_with("gns_") && t.len() > 40);
+    }
+}

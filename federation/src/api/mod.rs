@@ -1,0 +1,139 @@
+//! The REST API: routes, shared state and the layers around them
+//! (authentication, body limit, metrics, JSON errors for unknown routes).
+
+pub mod auth;
+mod body;
+mod catalog;
+mod error;
+pub mod metrics;
+pub mod openapi;
+mod paging;
+mod render;
+mod resources;
+mod routing;
+mod tokens;
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::{get, put};
+use axum::{Json, Router, middleware};
+use serde_json::json;
+
+pub use auth::{Authenticator, Principal};
+pub use body::MAX_BODY_BYTES;
+pub use catalog::{EXTERNAL_CLUSTER, catalog};
+pub use error::{ApiError, ErrorBody};
+
+use crate::model::{AccessPolicy, Cluster, ExternalWorkload, GlobalNamespace};
+use crate::store::Store;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    /// The store.
+    pub store: Arc<dyn Store>,
+    /// Token verification.
+    pub auth: Authenticator,
+}
+
+/// The complete HTTP router of `gns-federation`.
+pub fn router(state: AppState) -> Router {
+    use resources::{create, get as get_one, list, remove, replace};
+    let v1 = Router::new()
+        .route("/v1/clusters", get(list::<Cluster>).post(create::<Cluster>))
+        .route(
+            "/v1/clusters/{name}",
+            get(get_one::<Cluster>)
+                .put(replace::<Cluster>)
+                .delete(remove::<Cluster>),
+        )
+        .route(
+            "/v1/global-namespaces",
+            get(list::<GlobalNamespace>).post(create::<GlobalNamespace>),
+        )
+        .route(
+            "/v1/global-namespaces/{gns}",
+            get(get_one::<GlobalNamespace>)
+                .put(replace::<GlobalNamespace>)
+                .delete(remove::<GlobalNamespace>),
+        )
+        .route("/v1/global-namespaces/{gns}/services", get(catalog::list))
+        .route(
+            "/v1/global-namespaces/{gns}/services/{svc}",
+            get(catalog::get),
+        )
+        .route(
+            "/v1/global-namespaces/{gns}/services/{svc}/routing",
+            get(routing::get).put(routing::put).delete(routing::delete),
+        )
+        .route("/v1/global-namespaces/{gns}/routing", get(routing::list))
+        .route(
+            "/v1/global-namespaces/{gns}/external-workloads",
+            get(list::<ExternalWorkload>).post(create::<ExternalWorkload>),
+        )
+        .route(
+            "/v1/global-namespaces/{gns}/external-workloads/{name}",
+            get(get_one::<ExternalWorkload>)
+                .put(replace::<ExternalWorkload>)
+                .delete(remove::<ExternalWorkload>),
+        )
+        .route(
+            "/v1/global-namespaces/{gns}/external-workloads/{name}/heartbeat",
+            put(resources::heartbeat),
+        )
+        .route(
+            "/v1/global-namespaces/{gns}/access-policies",
+            get(list::<AccessPolicy>).post(create::<AccessPolicy>),
+        )
+        .route(
+            "/v1/global-namespaces/{gns}/access-policies/{name}",
+            get(get_one::<AccessPolicy>)
+                .put(replace::<AccessPolicy>)
+                .delete(remove::<AccessPolicy>),
+        )
+        .route("/v1/tokens", get(tokens::list).post(tokens::create))
+        .route("/v1/tokens/{name}", axum::routing::delete(tokens::delete))
+        .route("/v1/audit", get(tokens::audit))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_auth,
+        ));
+
+    Router::new()
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .route("/openapi.json", get(|| async { Json(openapi::document()) }))
+        .merge(v1)
+        .route_layer(middleware::from_fn(metrics::track))
+        .fallback(|| async { ApiError::NotFound("no such route; see /openapi.json".into()) })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    match state.store.ping().await {
+        Ok(()) => (
+            StatusCode::OK,
+            Json(json!({"status": "ready", "store": state.store.backend()})),
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "not ready");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"status": "not ready", "reason": "store unavailable"})),
+            )
+        }
+    }
+}
+
+async fn metrics_text() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        metrics::handle().render(),
+    )
+}

@@ -1,0 +1,319 @@
+//! Generic CRUD handlers for the named resources (clusters, global namespaces,
+//! external workloads, access policies), and what differs per resource:
+//! write-only credentials, claimed domains and server-set status.
+
+use std::collections::HashMap;
+
+use axum::Extension;
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+
+use super::auth::Principal;
+use super::body::JsonObject;
+use super::paging::{continue_token, page_request};
+use super::render::{list_body, now_millis, render_with_status, rfc3339};
+use super::{ApiError, AppState};
+use crate::model::{
+    AccessPolicy, Cluster, Domain, ExternalWorkload, GlobalNamespace, Kind, NamedResource,
+    WorkloadPhase, WorkloadStatus,
+};
+use crate::store::{ObjectKey, ObjectWrite, StoredObject};
+
+/// Path parameters of a resource route (`gns` for scoped kinds, `name` for one object).
+pub type PathParams = Path<HashMap<String, String>>;
+
+/// What the API does differently per resource.
+pub trait ApiResource: NamedResource {
+    /// Moves write-only credentials out of the spec (`None`: none given).
+    fn take_secret(&mut self) -> Result<Option<Vec<u8>>, ApiError> {
+        Ok(None)
+    }
+    /// Checks a create carries what only a create must (e.g. credentials).
+    fn check_create(&self, _secret: &Option<Vec<u8>>) -> Result<(), ApiError> {
+        Ok(())
+    }
+    /// The domain this object claims.
+    fn claimed_domain(&self) -> Option<Domain> {
+        None
+    }
+    /// Status stored at creation.
+    fn initial_status(&self, _now: i64) -> Option<Value> {
+        None
+    }
+    /// Status as shown, from the stored status and the spec.
+    fn render_status(_object: &StoredObject, stored: &Value, _now: i64) -> Value {
+        stored.clone()
+    }
+}
+
+impl ApiResource for Cluster {
+    fn take_secret(&mut self) -> Result<Option<Vec<u8>>, ApiError> {
+        let creds = self.take_credentials();
+        if creds.is_empty() {
+            return Ok(None);
+        }
+        serde_json::to_vec(&creds)
+            .map(Some)
+            .map_err(|e| ApiError::Internal(e.to_string()))
+    }
+
+    fn check_create(&self, secret: &Option<Vec<u8>>) -> Result<(), ApiError> {
+        if secret.is_none() {
+            return Err(ApiError::invalid_field(
+                "kubernetes.token",
+                "a new cluster needs credentials: a token, or clientCertificateData with clientKeyData",
+            ));
+        }
+        Ok(())
+    }
+
+    fn initial_status(&self, _now: i64) -> Option<Value> {
+        Some(json!({"phase": "Pending", "lastSync": null, "message": "waiting for discovery sync"}))
+    }
+}
+
+impl ApiResource for GlobalNamespace {
+    fn claimed_domain(&self) -> Option<Domain> {
+        Some(self.domain.clone())
+    }
+}
+
+impl ApiResource for AccessPolicy {}
+
+impl ApiResource for ExternalWorkload {
+    fn initial_status(&self, now: i64) -> Option<Value> {
+        Some(json!({ "lastHeartbeatMillis": now }))
+    }
+
+    fn render_status(object: &StoredObject, stored: &Value, now: i64) -> Value {
+        workload_status(object, stored, now)
+            .and_then(|s| serde_json::to_value(s).ok())
+            .unwrap_or_else(|| stored.clone())
+    }
+}
+
+/// Liveness of an external workload at `now`, from its TTL and last heartbeat.
+pub fn workload_status(object: &StoredObject, stored: &Value, now: i64) -> Option<WorkloadStatus> {
+    let workload: ExternalWorkload = serde_json::from_value(object.spec.clone()).ok()?;
+    let last = stored.get("lastHeartbeatMillis")?.as_i64()?;
+    let ttl = i64::try_from(workload.ttl.get().as_millis()).unwrap_or(i64::MAX);
+    let expires = last.saturating_add(ttl);
+    Some(WorkloadStatus {
+        phase: if now < expires {
+            WorkloadPhase::Healthy
+        } else {
+            WorkloadPhase::Expired
+        },
+        last_heartbeat: rfc3339(last),
+        expires_at: rfc3339(expires),
+    })
+}
+
+/// The API form of an object of kind `R`.
+pub fn render<R: ApiResource>(object: &StoredObject) -> Value {
+    let status = R::render_status(object, &object.status, now_millis());
+    render_with_status(object, status)
+}
+
+fn scope_of<R: ApiResource>(params: &HashMap<String, String>) -> String {
+    if R::KIND.is_scoped() {
+        params.get("gns").cloned().unwrap_or_default()
+    } else {
+        String::new()
+    }
+}
+
+fn key_of<R: ApiResource>(params: &HashMap<String, String>) -> ObjectKey {
+    // A global namespace's own routes name it `{gns}`, like the routes inside it.
+    let name_param = if R::KIND == Kind::GlobalNamespace {
+        "gns"
+    } else {
+        "name"
+    };
+    ObjectKey {
+        kind: R::KIND,
+        scope: scope_of::<R>(params),
+        name: params.get(name_param).cloned().unwrap_or_default(),
+    }
+}
+
+fn not_found(key: &ObjectKey) -> ApiError {
+    let what = match key.kind {
+        Kind::Cluster => "cluster",
+        Kind::GlobalNamespace => "global namespace",
+        Kind::ExternalWorkload => "external workload",
+        Kind::AccessPolicy => "access policy",
+        Kind::Routing => "routing",
+        Kind::Service => "service",
+    };
+    if key.scope.is_empty() {
+        ApiError::NotFound(format!("{what} {} not found", key.name))
+    } else {
+        ApiError::NotFound(format!(
+            "{what} {} not found in global namespace {}",
+            key.name, key.scope
+        ))
+    }
+}
+
+/// 404 unless global namespace `gns` exists.
+pub async fn require_gns(state: &AppState, gns: &str) -> Result<StoredObject, ApiError> {
+    let key = ObjectKey::global(Kind::GlobalNamespace, gns);
+    state.store.get(&key).await?.ok_or_else(|| not_found(&key))
+}
+
+/// Validates a body into a write of `R`, returning it with the client's resourceVersion.
+pub fn parse_write<R: ApiResource>(
+    mut body: JsonObject,
+    key_scope: &str,
+    principal: &Principal,
+) -> Result<(R, ObjectWrite, Option<u64>), ApiError> {
+    let expected = body.take_resource_version()?;
+    let mut resource: R = body.into_typed()?;
+    resource.validate()?;
+    let secret = resource.take_secret()?;
+    let spec = serde_json::to_value(&resource).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let write = ObjectWrite {
+        key: ObjectKey {
+            kind: R::KIND,
+            scope: key_scope.to_owned(),
+            name: resource.name().to_string(),
+        },
+        spec,
+        secret,
+        cluster_refs: resource.cluster_refs(),
+        domain: resource.claimed_domain(),
+        status: None,
+        actor: principal.name.clone(),
+    };
+    Ok((resource, write, expected))
+}
+
+/// `GET` a collection.
+pub async fn list<R: ApiResource>(
+    State(state): State<AppState>,
+    Path(params): PathParams,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let scope = scope_of::<R>(&params);
+    if R::KIND.is_scoped() {
+        require_gns(&state, &scope).await?;
+    }
+    let page = state
+        .store
+        .list(R::KIND, &scope, &page_request(&query)?)
+        .await?;
+    let items = page.items.iter().map(render::<R>).collect();
+    Ok(Json(list_body(items, continue_token(page.next))))
+}
+
+/// `GET` one object.
+pub async fn get<R: ApiResource>(
+    State(state): State<AppState>,
+    Path(params): PathParams,
+) -> Result<Json<Value>, ApiError> {
+    let key = key_of::<R>(&params);
+    if R::KIND.is_scoped() {
+        require_gns(&state, &key.scope).await?;
+    }
+    let object = state
+        .store
+        .get(&key)
+        .await?
+        .ok_or_else(|| not_found(&key))?;
+    Ok(Json(render::<R>(&object)))
+}
+
+/// `POST` to a collection: create.
+pub async fn create<R: ApiResource>(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(params): PathParams,
+    body: JsonObject,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let scope = scope_of::<R>(&params);
+    let (resource, mut write, _) = parse_write::<R>(body, &scope, &principal)?;
+    resource.check_create(&write.secret)?;
+    write.status = resource.initial_status(now_millis());
+    let object = state.store.create(write).await?;
+    Ok((StatusCode::CREATED, Json(render::<R>(&object))))
+}
+
+/// `PUT` one object: replace (404 if it does not exist; 409 on a stale resourceVersion).
+pub async fn replace<R: ApiResource>(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(params): PathParams,
+    body: JsonObject,
+) -> Result<Json<Value>, ApiError> {
+    let key = key_of::<R>(&params);
+    let (_, write, expected) = parse_write::<R>(body, &key.scope, &principal)?;
+    if write.key.name != key.name {
+        return Err(ApiError::invalid_field(
+            "name",
+            format!("must match the name in the URL ({})", key.name),
+        ));
+    }
+    let outcome = state
+        .store
+        .update(write, expected)
+        .await
+        .map_err(|e| match e {
+            crate::store::StoreError::NotFound(_) => not_found(&key),
+            other => other.into(),
+        })?;
+    Ok(Json(render::<R>(&outcome.object)))
+}
+
+/// `DELETE` one object; `?resourceVersion=` makes it conditional.
+pub async fn remove<R: ApiResource>(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(params): PathParams,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let key = key_of::<R>(&params);
+    let expected = query
+        .get("resourceVersion")
+        .map(|v| {
+            v.parse::<u64>().map_err(|_| {
+                ApiError::invalid_field("resourceVersion", "must be a resourceVersion")
+            })
+        })
+        .transpose()?;
+    let object = state
+        .store
+        .delete(&key, expected, &principal.name)
+        .await
+        .map_err(|e| match e {
+            crate::store::StoreError::NotFound(_) => not_found(&key),
+            other => other.into(),
+        })?;
+    Ok(Json(render::<R>(&object)))
+}
+
+/// `PUT …/external-workloads/{name}/heartbeat`: renews the workload's TTL.
+pub async fn heartbeat(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(params): PathParams,
+) -> Result<Json<Value>, ApiError> {
+    let key = key_of::<ExternalWorkload>(&params);
+    require_gns(&state, &key.scope).await?;
+    let object = state
+        .store
+        .set_status(
+            &key,
+            json!({ "lastHeartbeatMillis": now_millis() }),
+            &principal.name,
+            "heartbeat",
+        )
+        .await
+        .map_err(|e| match e {
+            crate::store::StoreError::NotFound(_) => not_found(&key),
+            other => other.into(),
+        })?;
+    Ok(Json(render::<ExternalWorkload>(&object)))
+}

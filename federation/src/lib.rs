@@ -1,0 +1,14 @@
+//! GNS federation: the control plane of a multi-cluster global namespace service.
+//!
+//! - [`model`]: validated resource types;
+//! - [`store`]: versioned persistence (Postgres or embedded SQLite) with change notification;
+//! - [`api`]: the REST API (axum), auth, OpenAPI and metrics;
+//! - [`server`]: configuration and startup of `gns-federation`;
+//! - [`ctl`]: the `gnsctl` command-line client.
+
+pub mod api;
+pub mod ctl;
+pub mod files;
+pub mod model;
+pub mod server;
+pub mod store;

@@ -1,0 +1,918 @@
+//! The REST resources of the contract (clusters, global namespaces, routing,
+//! external workloads, access policies, tokens) as typed, validated specs.
+//!
+//! A spec holds what the user wrote; server-set fields (`resourceVersion`,
+//! `status`, timestamps) live beside it in the store and are merged in by the
+//! API layer. Cluster credentials are write-only: they deserialize but never
+//! serialize, so they cannot leak through a response, a log or the spec column.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use utoipa::ToSchema;
+
+use super::{
+    Cidr, Domain, DurationSpec, FieldErrors, HeaderName, HostPort, LabelMap, Name, validate_labels,
+};
+
+/// The kinds of object the store holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// A member cluster.
+    Cluster,
+    /// A global namespace.
+    GlobalNamespace,
+    /// Routing of one service in a global namespace.
+    Routing,
+    /// A VM / bare-metal workload.
+    ExternalWorkload,
+    /// An access policy.
+    AccessPolicy,
+    /// A service discovered in member clusters (written by discovery sync).
+    Service,
+}
+
+impl Kind {
+    /// Every kind, in dependency order (referenced kinds first).
+    pub const ALL: [Kind; 6] = [
+        Kind::Cluster,
+        Kind::GlobalNamespace,
+        Kind::Routing,
+        Kind::ExternalWorkload,
+        Kind::AccessPolicy,
+        Kind::Service,
+    ];
+
+    /// Stable identifier used in the store and the audit log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Cluster => "cluster",
+            Kind::GlobalNamespace => "globalnamespace",
+            Kind::Routing => "routing",
+            Kind::ExternalWorkload => "externalworkload",
+            Kind::AccessPolicy => "accesspolicy",
+            Kind::Service => "service",
+        }
+    }
+
+    /// Parses [`Kind::as_str`].
+    pub fn parse(s: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// True for kinds that live inside a global namespace.
+    pub fn is_scoped(self) -> bool {
+        !matches!(self, Kind::Cluster | Kind::GlobalNamespace)
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A reference from one object to a cluster, with the field that makes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterRef {
+    /// The referenced cluster.
+    pub cluster: Name,
+    /// Where in the referrer, e.g. `members[1].cluster`.
+    pub field: String,
+}
+
+/// Behaviour shared by every user-written resource.
+pub trait Resource: Serialize + DeserializeOwned + ToSchema + Send + Sync + 'static {
+    /// Store kind.
+    const KIND: Kind;
+    /// Whole-object rules beyond what the field types enforce.
+    fn validate(&self) -> Result<(), FieldErrors>;
+    /// Clusters this object refers to; they must exist, and can't be deleted while referred to.
+    fn cluster_refs(&self) -> Vec<ClusterRef> {
+        Vec::new()
+    }
+}
+
+/// A resource identified by a `name` field in its body.
+pub trait NamedResource: Resource {
+    /// The object's name.
+    fn name(&self) -> &Name;
+}
+
+// ---------------------------------------------------------------------------
+// Cluster
+
+/// A member Kubernetes cluster.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Cluster {
+    /// Cluster name (RFC 1123 label).
+    pub name: Name,
+    /// Locality labels, e.g. `region` and `zone`.
+    #[serde(default)]
+    pub labels: LabelMap,
+    /// How the federation reaches the cluster's API server.
+    pub kubernetes: KubernetesAccess,
+    /// Pod/node networks of the cluster; DNS clients from these get the cluster view.
+    #[serde(default)]
+    pub networks: Vec<Cidr>,
+    /// Addresses of the cluster's gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<GatewayAddresses>,
+}
+
+/// API server endpoint and credentials. `token` and `clientKeyData` are write-only.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KubernetesAccess {
+    /// `https://host:port` of the API server.
+    pub server: String,
+    /// Bearer token (write-only; encrypted at rest).
+    #[serde(default, skip_serializing)]
+    pub token: Option<String>,
+    /// Base64 of the PEM CA bundle; system roots are used without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_data: Option<String>,
+    /// Base64 of a PEM client certificate (with `clientKeyData`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate_data: Option<String>,
+    /// Base64 of the PEM client key (write-only; encrypted at rest).
+    #[serde(default, skip_serializing)]
+    pub client_key_data: Option<String>,
+}
+
+/// The write-only part of a cluster, kept encrypted in the store.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterCredentials {
+    /// Bearer token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// PEM client key, base64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key_data: Option<String>,
+}
+
+impl ClusterCredentials {
+    /// True when no credential is present.
+    pub fn is_empty(&self) -> bool {
+        self.token.is_none() && self.client_key_data.is_none()
+    }
+}
+
+impl Cluster {
+    /// Moves the write-only credentials out of the spec.
+    pub fn take_credentials(&mut self) -> ClusterCredentials {
+        ClusterCredentials {
+            token: self.kubernetes.token.take(),
+            client_key_data: self.kubernetes.client_key_data.take(),
+        }
+    }
+}
+
+/// Gateway addresses of a cluster.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GatewayAddresses {
+    /// East-west mTLS entry used by peer gateways (`host:port`).
+    pub ingress_address: HostPort,
+    /// Where in-cluster clients are sent (an IP address).
+    #[schema(value_type = String, example = "10.8.0.53")]
+    pub egress_address: IpAddr,
+    /// North-south entry for clients outside every cluster (an IP address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "198.51.100.10")]
+    pub public_address: Option<IpAddr>,
+}
+
+fn validate_base64_pem(value: &str, field: &str, what: &str, errors: &mut FieldErrors) {
+    use base64::Engine;
+    match base64::engine::general_purpose::STANDARD.decode(value.trim()) {
+        Ok(bytes) if String::from_utf8_lossy(&bytes).contains(&format!("-----BEGIN {what}")) => {}
+        Ok(_) => errors.add(field, format!("must be base64 of a PEM {what}")),
+        Err(_) => errors.add(field, "must be base64 (of a PEM document)"),
+    }
+}
+
+impl Resource for Cluster {
+    const KIND: Kind = Kind::Cluster;
+
+    fn validate(&self) -> Result<(), FieldErrors> {
+        let mut errors = FieldErrors::default();
+        validate_labels(&self.labels, "labels", &mut errors);
+        let k = &self.kubernetes;
+        let server_ok = k
+            .server
+            .strip_prefix("https://")
+            .or_else(|| k.server.strip_prefix("http://"))
+            .is_some_and(|rest| !rest.is_empty() && !rest.contains(char::is_whitespace));
+        if !server_ok || k.server.len() > 2048 {
+            errors.add(
+                "kubernetes.server",
+                "must be an http(s) URL such as https://10.0.0.1:6443",
+            );
+        }
+        if let Some(ca) = &k.ca_data {
+            validate_base64_pem(ca, "kubernetes.caData", "CERTIFICATE", &mut errors);
+        }
+        if let Some(cert) = &k.client_certificate_data {
+            validate_base64_pem(
+                cert,
+                "kubernetes.clientCertificateData",
+                "CERTIFICATE",
+                &mut errors,
+            );
+        }
+        if let Some(key) = &k.client_key_data {
+            validate_base64_pem(key, "kubernetes.clientKeyData", "", &mut errors);
+        }
+        if k.client_certificate_data.is_some() != k.client_key_data.is_some()
+            && k.client_key_data.is_some()
+        {
+            errors.add(
+                "kubernetes.clientCertificateData",
+                "clientKeyData needs clientCertificateData",
+            );
+        }
+        if k.token
+            .as_deref()
+            .is_some_and(|t| t.trim().is_empty() || t.len() > 16 * 1024)
+        {
+            errors.add("kubernetes.token", "must be non-empty and at most 16 KiB");
+        }
+        let mut seen = BTreeSet::new();
+        for (i, net) in self.networks.iter().enumerate() {
+            if !seen.insert(*net) {
+                errors.add(format!("networks[{i}]"), format!("{net} is listed twice"));
+            }
+        }
+        errors.into_result()
+    }
+}
+
+impl NamedResource for Cluster {
+    fn name(&self) -> &Name {
+        &self.name
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Global namespace
+
+/// Default access between services of a global namespace when no policy matches.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Access {
+    /// Calls are allowed unless a policy denies them.
+    #[default]
+    Allow,
+    /// Calls are denied unless a policy allows them.
+    Deny,
+}
+
+/// A global namespace: one domain over services in many clusters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GlobalNamespace {
+    /// Name (RFC 1123 label).
+    pub name: Name,
+    /// DNS domain; no other global namespace may own it or overlap it.
+    pub domain: Domain,
+    /// Access when no access policy matches.
+    #[serde(default)]
+    pub default_access: Access,
+    /// Kubernetes namespaces (per cluster) that make up this global namespace.
+    #[serde(default)]
+    pub members: Vec<Member>,
+}
+
+/// One Kubernetes namespace of one cluster in a global namespace.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Member {
+    /// A registered cluster.
+    pub cluster: Name,
+    /// Kubernetes namespace in that cluster.
+    pub namespace: Name,
+    /// Optional label selector on services.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<LabelMap>,
+}
+
+impl Resource for GlobalNamespace {
+    const KIND: Kind = Kind::GlobalNamespace;
+
+    fn validate(&self) -> Result<(), FieldErrors> {
+        let mut errors = FieldErrors::default();
+        let mut seen = BTreeSet::new();
+        for (i, m) in self.members.iter().enumerate() {
+            if !seen.insert((&m.cluster, &m.namespace)) {
+                errors.add(
+                    format!("members[{i}]"),
+                    format!("{}/{} is listed twice", m.cluster, m.namespace),
+                );
+            }
+            if let Some(sel) = &m.selector {
+                validate_labels(sel, &format!("members[{i}].selector"), &mut errors);
+            }
+        }
+        errors.into_result()
+    }
+
+    fn cluster_refs(&self) -> Vec<ClusterRef> {
+        self.members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| ClusterRef {
+                cluster: m.cluster.clone(),
+                field: format!("members[{i}].cluster"),
+            })
+            .collect()
+    }
+}
+
+impl NamedResource for GlobalNamespace {
+    fn name(&self) -> &Name {
+        &self.name
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Routing
+
+/// Largest accepted header regex, in characters.
+pub const MAX_REGEX_LEN: usize = 1024;
+/// Compiled-size limit for a header regex, in bytes.
+pub const MAX_REGEX_COMPILED: usize = 256 * 1024;
+
+/// Routing for one service of a global namespace: ordered rules, retries, timeouts, failover.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Routing {
+    /// Rules, first match wins; the last one usually has no `match`.
+    pub rules: Vec<RoutingRule>,
+    /// Retry policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<Retries>,
+    /// Overall request timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<DurationSpec>,
+    /// Clusters to fail over to, in order, when the chosen one has no healthy endpoints.
+    #[serde(default)]
+    pub failover: Vec<Name>,
+}
+
+/// One routing rule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RoutingRule {
+    /// Conditions; a rule without one matches every request.
+    #[serde(default, rename = "match", skip_serializing_if = "Option::is_none")]
+    pub matches: Option<RouteMatch>,
+    /// Weighted destinations; weights sum to 100.
+    pub destinations: Vec<Destination>,
+}
+
+/// Request conditions of a rule (all must hold).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouteMatch {
+    /// Header conditions.
+    #[serde(default)]
+    pub headers: Vec<HeaderMatch>,
+}
+
+/// A header condition: exactly one of `exact`, `prefix`, `regex`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HeaderMatch {
+    /// Header name (case-insensitive).
+    pub name: HeaderName,
+    /// Value equals this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact: Option<String>,
+    /// Value starts with this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// Value matches this regex (whole value).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+}
+
+/// A weighted destination: a cluster, optionally one version subset in it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Destination {
+    /// Target cluster.
+    pub cluster: Name,
+    /// Optional version subset (matched against the `version` label of endpoints).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subset: Option<Name>,
+    /// Share of traffic, 0–100.
+    pub weight: u32,
+}
+
+/// Retry policy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Retries {
+    /// Attempts after the first, 0–10.
+    pub attempts: u32,
+    /// Conditions that trigger a retry.
+    #[serde(default)]
+    pub on: Vec<RetryOn>,
+    /// Timeout of each attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_try_timeout: Option<DurationSpec>,
+}
+
+/// A retry condition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+pub enum RetryOn {
+    /// Any 5xx response.
+    #[serde(rename = "5xx")]
+    ServerError,
+    /// 502, 503 or 504.
+    #[serde(rename = "gateway-error")]
+    GatewayError,
+    /// The upstream connection could not be made.
+    #[serde(rename = "connect-failure")]
+    ConnectFailure,
+    /// The upstream reset the stream.
+    #[serde(rename = "reset")]
+    Reset,
+}
+
+impl Resource for Routing {
+    const KIND: Kind = Kind::Routing;
+
+    fn validate(&self) -> Result<(), FieldErrors> {
+        let mut errors = FieldErrors::default();
+        if self.rules.is_empty() {
+            errors.add("rules", "at least one rule is required");
+        }
+        let last = self.rules.len().saturating_sub(1);
+        for (i, rule) in self.rules.iter().enumerate() {
+            let at = format!("rules[{i}]");
+            let matches_all = rule.matches.as_ref().is_none_or(|m| m.headers.is_empty());
+            if matches_all && i != last {
+                errors.add(
+                    format!("{at}.match"),
+                    "a rule without conditions matches every request, so the rules after it could never apply; move it last",
+                );
+            }
+            if let Some(m) = &rule.matches {
+                for (j, h) in m.headers.iter().enumerate() {
+                    validate_header_match(h, &format!("{at}.match.headers[{j}]"), &mut errors);
+                }
+            }
+            validate_destinations(
+                &rule.destinations,
+                &format!("{at}.destinations"),
+                &mut errors,
+            );
+        }
+        if let Some(r) = &self.retries {
+            if r.attempts > 10 {
+                errors.add("retries.attempts", "must be between 0 and 10");
+            }
+            if r.attempts > 0 && r.on.is_empty() {
+                errors.add("retries.on", "name at least one retry condition");
+            }
+            if let (Some(per_try), Some(total)) = (r.per_try_timeout, self.timeout) {
+                if per_try > total {
+                    errors.add("retries.perTryTimeout", "must not exceed timeout");
+                }
+            }
+        }
+        if self
+            .timeout
+            .is_some_and(|t| t.get() > std::time::Duration::from_secs(3600))
+        {
+            errors.add("timeout", "must be at most 1h");
+        }
+        let mut seen = BTreeSet::new();
+        for (i, c) in self.failover.iter().enumerate() {
+            if !seen.insert(c) {
+                errors.add(format!("failover[{i}]"), format!("{c} is listed twice"));
+            }
+        }
+        errors.into_result()
+    }
+
+    fn cluster_refs(&self) -> Vec<ClusterRef> {
+        let mut refs = Vec::new();
+        for (i, rule) in self.rules.iter().enumerate() {
+            for (j, d) in rule.destinations.iter().enumerate() {
+                refs.push(ClusterRef {
+                    cluster: d.cluster.clone(),
+                    field: format!("rules[{i}].destinations[{j}].cluster"),
+                });
+            }
+        }
+        for (i, c) in self.failover.iter().enumerate() {
+            refs.push(ClusterRef {
+                cluster: c.clone(),
+                field: format!("failover[{i}]"),
+            });
+        }
+        refs
+    }
+}
+
+fn validate_header_match(h: &HeaderMatch, at: &str, errors: &mut FieldErrors) {
+    let given = [h.exact.is_some(), h.prefix.is_some(), h.regex.is_some()]
+        .into_iter()
+        .filter(|g| *g)
+        .count();
+    if given != 1 {
+        errors.add(at.to_owned(), "give exactly one of exact, prefix or regex");
+    }
+    for (field, value) in [("exact", &h.exact), ("prefix", &h.prefix)] {
+        if value.as_ref().is_some_and(|v| v.len() > 4096) {
+            errors.add(format!("{at}.{field}"), "must be at most 4096 characters");
+        }
+    }
+    if let Some(re) = &h.regex {
+        if re.len() > MAX_REGEX_LEN {
+            errors.add(
+                format!("{at}.regex"),
+                format!("must be at most {MAX_REGEX_LEN} characters"),
+            );
+        } else if let Err(e) = regex::RegexBuilder::new(&format!("^(?:{re})$"))
+            .size_limit(MAX_REGEX_COMPILED)
+            .build()
+        {
+            errors.add(format!("{at}.regex"), format!("invalid regex: {e}"));
+        }
+    }
+}
+
+fn validate_destinations(destinations: &[Destination], at: &str, errors: &mut FieldErrors) {
+    if destinations.is_empty() {
+        errors.add(at.to_owned(), "at least one destination is required");
+        return;
+    }
+    let mut sum: u64 = 0;
+    let mut seen = BTreeSet::new();
+    for (j, d) in destinations.iter().enumerate() {
+        if d.weight > 100 {
+            errors.add(format!("{at}[{j}].weight"), "must be between 0 and 100");
+        }
+        sum += u64::from(d.weight);
+        if !seen.insert((&d.cluster, &d.subset)) {
+            errors.add(format!("{at}[{j}]"), "the same destination is listed twice");
+        }
+    }
+    if sum != 100 {
+        errors.add(
+            at.to_owned(),
+            format!("weights must sum to 100, they sum to {sum}"),
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// External workload
+
+/// Shortest accepted heartbeat TTL.
+pub const MIN_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+/// Longest accepted heartbeat TTL.
+pub const MAX_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// A VM or bare-metal endpoint of a service, alive while it heartbeats within its TTL.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExternalWorkload {
+    /// Name (RFC 1123 label).
+    pub name: Name,
+    /// Service it is an endpoint of.
+    pub service: Name,
+    /// IP address.
+    #[schema(value_type = String, example = "192.0.2.10")]
+    pub address: IpAddr,
+    /// Ports it serves.
+    pub ports: Vec<WorkloadPort>,
+    /// Time to live without a heartbeat (1s to 24h).
+    pub ttl: DurationSpec,
+    /// Labels, e.g. `version`.
+    #[serde(default)]
+    pub labels: LabelMap,
+}
+
+/// A named port.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WorkloadPort {
+    /// Port name (RFC 1123 label), used in SRV names.
+    pub name: Name,
+    /// Port number, 1–65535.
+    pub port: u16,
+    /// Protocol.
+    #[serde(default)]
+    pub protocol: Protocol,
+}
+
+/// Transport / application protocol of a port.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Protocol {
+    /// Plain TCP.
+    #[default]
+    Tcp,
+    /// UDP.
+    Udp,
+    /// HTTP/1.1.
+    Http,
+    /// HTTP/2.
+    Http2,
+    /// gRPC.
+    Grpc,
+    /// TLS (routed by SNI).
+    Tls,
+}
+
+impl Resource for ExternalWorkload {
+    const KIND: Kind = Kind::ExternalWorkload;
+
+    fn validate(&self) -> Result<(), FieldErrors> {
+        let mut errors = FieldErrors::default();
+        if self.ports.is_empty() {
+            errors.add("ports", "at least one port is required");
+        }
+        let mut names = BTreeSet::new();
+        let mut numbers = BTreeSet::new();
+        for (i, p) in self.ports.iter().enumerate() {
+            if p.port == 0 {
+                errors.add(format!("ports[{i}].port"), "must be between 1 and 65535");
+            }
+            if !names.insert(&p.name) {
+                errors.add(
+                    format!("ports[{i}].name"),
+                    format!("{} is used twice", p.name),
+                );
+            }
+            if !numbers.insert((p.port, p.protocol == Protocol::Udp)) {
+                errors.add(
+                    format!("ports[{i}].port"),
+                    format!("{} is used twice", p.port),
+                );
+            }
+        }
+        let ttl = self.ttl.get();
+        if !(MIN_TTL..=MAX_TTL).contains(&ttl) {
+            errors.add("ttl", "must be between 1s and 24h");
+        }
+        if self.address.is_unspecified() || self.address.is_multicast() {
+            errors.add("address", "must be a unicast address");
+        }
+        validate_labels(&self.labels, "labels", &mut errors);
+        errors.into_result()
+    }
+}
+
+impl NamedResource for ExternalWorkload {
+    fn name(&self) -> &Name {
+        &self.name
+    }
+}
+
+/// Liveness of an external workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub enum WorkloadPhase {
+    /// Heartbeat within the TTL.
+    Healthy,
+    /// TTL passed without a heartbeat; left out of the catalog.
+    Expired,
+}
+
+/// Status of an external workload (server-set).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadStatus {
+    /// Healthy or Expired.
+    pub phase: WorkloadPhase,
+    /// Last heartbeat (or creation), RFC 3339.
+    pub last_heartbeat: String,
+    /// When it expires without another heartbeat, RFC 3339.
+    pub expires_at: String,
+}
+
+// ---------------------------------------------------------------------------
+// Access policy
+
+/// Effect of an access policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyAction {
+    /// Permit the calls.
+    Allow,
+    /// Refuse the calls.
+    Deny,
+}
+
+/// Which service identities may call a service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AccessPolicy {
+    /// Name (RFC 1123 label).
+    pub name: Name,
+    /// Calling services; `external` means clients outside every cluster, `*` any caller.
+    pub from: Vec<String>,
+    /// Called service.
+    pub to: Name,
+    /// allow or deny.
+    pub action: PolicyAction,
+}
+
+impl Resource for AccessPolicy {
+    const KIND: Kind = Kind::AccessPolicy;
+
+    fn validate(&self) -> Result<(), FieldErrors> {
+        let mut errors = FieldErrors::default();
+        if self.from.is_empty() {
+            errors.add(
+                "from",
+                "name at least one caller (a service, \"external\" or \"*\")",
+            );
+        }
+        let mut seen = BTreeSet::new();
+        for (i, caller) in self.from.iter().enumerate() {
+            if caller != "*" {
+                if let Err(e) = Name::try_from(caller.clone()) {
+                    errors.add(format!("from[{i}]"), e);
+                }
+            }
+            if !seen.insert(caller) {
+                errors.add(format!("from[{i}]"), format!("{caller} is listed twice"));
+            }
+        }
+        errors.into_result()
+    }
+}
+
+impl NamedResource for AccessPolicy {
+    fn name(&self) -> &Name {
+        &self.name
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Discovered services (written by discovery sync, read by the catalog API)
+
+/// A service as discovered in one cluster.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DiscoveredService {
+    /// Service name.
+    pub name: Name,
+    /// Ports.
+    #[serde(default)]
+    pub ports: Vec<WorkloadPort>,
+    /// Per-cluster endpoints.
+    #[serde(default)]
+    pub clusters: BTreeMap<String, ClusterEndpoints>,
+}
+
+/// Endpoints of a service in one cluster (or `external` for VM workloads).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterEndpoints {
+    /// Ready endpoints.
+    pub ready: Vec<Endpoint>,
+    /// Endpoints that exist but are not ready.
+    pub not_ready: Vec<Endpoint>,
+}
+
+/// One endpoint address.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Endpoint {
+    /// IP address.
+    #[schema(value_type = String)]
+    pub address: IpAddr,
+    /// Zone, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    /// Source object, e.g. the external workload's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+}
+
+impl Resource for DiscoveredService {
+    const KIND: Kind = Kind::Service;
+
+    fn validate(&self) -> Result<(), FieldErrors> {
+        Ok(())
+    }
+}
+
+impl NamedResource for DiscoveredService {
+    fn name(&self) -> &Name {
+        &self.name
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Tokens and audit
+
+/// Role of an API token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Read everything except tokens and the audit log.
+    Viewer,
+    /// Also write global namespaces and what is in them.
+    Editor,
+    /// Everything: clusters, tokens, audit.
+    Admin,
+}
+
+impl Role {
+    /// Stable identifier.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Editor => "editor",
+            Role::Admin => "admin",
+        }
+    }
+
+    /// Parses [`Role::as_str`].
+    pub fn parse(s: &str) -> Option<Role> {
+        [Role::Viewer, Role::Editor, Role::Admin]
+            .into_iter()
+            .find(|r| r.as_str() == s)
+    }
+}
+
+/// Request to create an API token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TokenRequest {
+    /// Token name (RFC 1123 label).
+    pub name: Name,
+    /// Role granted.
+    pub role: Role,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn routing(json: serde_json::Value) -> Routing {
+        serde_json::from_value(json).expect("parses")
+    }
+
+    #[test]
+    fn contract_routing_example_is_valid() {
+        let r = routing(serde_json::json!({
+            "rules":[{"match":{"headers":[{"name":"user-agent","regex":".*Mobile.*"}]},
+                       "destinations":[{"cluster":"west","weight":100}]},
+                      {"destinations":[{"cluster":"east","weight":99},{"cluster":"west","weight":1}]}],
+            "retries":{"attempts":3,"on":["5xx","connect-failure"],"perTryTimeout":"500ms"},
+            "timeout":"2s","failover":["east","west"]}));
+        assert_eq!(r.validate(), Ok(()));
+        assert_eq!(r.cluster_refs().len(), 5);
+    }
+
+    #[test]
+    fn routing_rules_are_checked() {
+        let r = routing(serde_json::json!({
+            "rules":[{"destinations":[{"cluster":"east","weight":98}]},
+                     {"match":{"headers":[{"name":"x","regex":"(","exact":"a"}]},
+                      "destinations":[]}],
+            "retries":{"attempts":11,"perTryTimeout":"3s"},"timeout":"2s",
+            "failover":["east","east"]}));
+        let errors = r.validate().expect_err("invalid");
+        let fields: Vec<&str> = errors.0.iter().map(|e| e.field.as_str()).collect();
+        for expected in [
+            "rules[0].match",
+            "rules[0].destinations",
+            "rules[1].match.headers[0]",
+            "rules[1].match.headers[0].regex",
+            "rules[1].destinations",
+            "retries.attempts",
+            "retries.on",
+            "retries.perTryTimeout",
+            "failover[1]",
+        ] {
+            assert!(
+                fields.contains(&expected),
+                "{expected} missing from {fields:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn cluster_credentials_never_serialize() {
+        let mut c: Cluster = serde_json::from_value(serde_json::json!({
+            "name":"east","kubernetes":{"server":"https://10.0.0.1:6443","token":"s3cret"}}))
+        .expect("parses");
+        assert!(!serde_json::to_string(&c).expect("json").contains("s3cret"));
+        let creds = c.take_credentials();
+        assert_eq!(creds.token.as_deref(), Some("s3cret"));
+    }
+}

@@ -1,0 +1,205 @@
+//! `gns-federation`: configuration (flags and `GNS_*` variables, as in the
+//! interface contract), startup, and serving until a shutdown signal.
+//!
+//! [`build`] does everything that can fail (data dir, keys, store, binding)
+//! and returns the bound address, so tests can bind port 0.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::{Parser, ValueEnum};
+use tokio::net::TcpListener;
+
+use crate::api::{self, AppState, Authenticator};
+use crate::model::Cidr;
+use crate::store::{self, SecretBox, Store};
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Flags and environment of `gns-federation`.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "gns-federation",
+    version,
+    about = "GNS federation control plane: REST API, store, DNS"
+)]
+pub struct Config {
+    /// REST API, /healthz, /readyz, /metrics and /openapi.json.
+    #[arg(long, env = "GNS_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// In-process authoritative DNS (UDP and TCP).
+    #[arg(long, env = "GNS_DNS_LISTEN", default_value = "127.0.0.1:5353")]
+    pub dns_listen: SocketAddr,
+    /// Embedded store, generated keys and the bootstrap admin token.
+    #[arg(long, env = "GNS_DATA_DIR", default_value = "./gns-data")]
+    pub data_dir: PathBuf,
+    /// A postgres:// URL selects Postgres; default is the embedded SQLite file in the data dir.
+    #[arg(long, env = "GNS_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Bootstrap admin token; if unset one is generated into <data-dir>/admin-token.
+    #[arg(long, env = "GNS_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Key that encrypts credentials at rest (base64 of 32 bytes); default <data-dir>/secret-key.
+    #[arg(long, env = "GNS_SECRET_KEY", hide_env_values = true)]
+    pub secret_key: Option<String>,
+    /// Log format.
+    #[arg(long, env = "GNS_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Comma-separated CIDRs that may AXFR/IXFR.
+    #[arg(long, env = "GNS_DNS_ALLOW_TRANSFER", value_delimiter = ',')]
+    pub dns_allow_transfer: Vec<Cidr>,
+    /// Comma-separated addr:port of secondaries to NOTIFY on each change.
+    #[arg(long, env = "GNS_DNS_NOTIFY", value_delimiter = ',')]
+    pub dns_notify: Vec<SocketAddr>,
+}
+
+/// Startup failures, each with what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The data dir can't be created or used.
+    #[error("data dir {path}: {source}")]
+    DataDir {
+        /// Path.
+        path: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The secret key is unusable.
+    #[error(transparent)]
+    SecretKey(#[from] store::CryptoError),
+    /// The store can't be opened.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    /// The admin token file can't be read or written.
+    #[error("admin token file {path}: {source}")]
+    AdminToken {
+        /// Path.
+        path: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The listen address can't be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+/// A built, bound federation, ready to [`Federation::serve`].
+pub struct Federation {
+    /// Address the API is bound to.
+    pub api_addr: SocketAddr,
+    /// Where the generated admin token was written, if it was.
+    pub admin_token_file: Option<PathBuf>,
+    /// The store.
+    pub store: Arc<dyn Store>,
+    listener: TcpListener,
+    router: axum::Router,
+}
+
+/// Reads or creates the bootstrap admin token; returns it and the file it is in (if generated).
+fn admin_token(config: &Config) -> Result<(String, Option<PathBuf>), StartError> {
+    if let Some(token) = config.admin_token.as_ref().filter(|t| !t.trim().is_empty()) {
+        return Ok((token.trim().to_owned(), None));
+    }
+    let path = config.data_dir.join("admin-token");
+    let err = |source| StartError::AdminToken {
+        path: path.display().to_string(),
+        source,
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) if !text.trim().is_empty() => Ok((text.trim().to_owned(), Some(path))),
+        Ok(_) => Err(err(std::io::Error::other(
+            "file is empty; delete it to have a new token generated",
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let token = api::auth::generate_token()
+                .map_err(|e| err(std::io::Error::other(e.to_string())))?;
+            crate::files::write_private(&path, format!("{token}\n").as_bytes()).map_err(err)?;
+            Ok((token, Some(path)))
+        }
+        Err(e) => Err(err(e)),
+    }
+}
+
+/// Prepares everything and binds the listener.
+pub async fn build(config: &Config) -> Result<Federation, StartError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
+        path: config.data_dir.display().to_string(),
+        source,
+    })?;
+    let secrets = match &config.secret_key {
+        Some(text) => SecretBox::from_base64(text)?,
+        None => SecretBox::load_or_create(&config.data_dir)?,
+    };
+    let store = store::open(config.database_url.as_deref(), &config.data_dir, secrets).await?;
+    let (token, admin_token_file) = admin_token(config)?;
+    let state = AppState {
+        store: Arc::clone(&store),
+        auth: Authenticator::new(&token),
+    };
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let api_addr = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    Ok(Federation {
+        api_addr,
+        admin_token_file,
+        store,
+        listener,
+        router: api::router(state),
+    })
+}
+
+impl Federation {
+    /// Serves until `shutdown` completes.
+    pub async fn serve(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown)
+            .await
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}

@@ -1,0 +1,317 @@
+//! The store: every object of the federation, versioned, behind one trait.
+//!
+//! Two backends implement [`Store`] with the same SQL core ([`sql::SqlStore`]):
+//! Postgres for production (several federation replicas, change notification
+//! through `LISTEN/NOTIFY`) and an embedded SQLite file, the default, for a
+//! single node (in-process notification). Every write bumps one store-wide
+//! revision; an object's `resourceVersion` is the revision that last wrote it,
+//! so "newer than V" is a single comparison for snapshot builders and watchers.
+//!
+//! Cross-object rules are enforced inside the write transaction, where writes
+//! are serialized by the revision row: references to clusters must exist, a
+//! referenced cluster cannot be deleted, a domain belongs to one global
+//! namespace and may not overlap another, and deleting a global namespace
+//! removes everything inside it.
+
+mod crypto;
+mod sql;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde_json::Value;
+use tokio::sync::watch;
+
+pub use crypto::{CryptoError, SecretBox};
+pub use sql::SqlStore;
+
+use crate::model::{ClusterRef, Domain, Kind, Role};
+
+/// Identifies one object: kind, scope (the global namespace for scoped kinds, empty otherwise) and name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectKey {
+    /// Kind.
+    pub kind: Kind,
+    /// Owning global namespace, or `""` for cluster-wide kinds.
+    pub scope: String,
+    /// Name.
+    pub name: String,
+}
+
+impl ObjectKey {
+    /// Key of a cluster-wide object.
+    pub fn global(kind: Kind, name: impl Into<String>) -> Self {
+        Self {
+            kind,
+            scope: String::new(),
+            name: name.into(),
+        }
+    }
+
+    /// Key of an object inside global namespace `scope`.
+    pub fn scoped(kind: Kind, scope: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            kind,
+            scope: scope.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.scope.is_empty() {
+            write!(f, "{}/{}", self.kind, self.name)
+        } else {
+            write!(f, "{}/{}/{}", self.kind, self.scope, self.name)
+        }
+    }
+}
+
+/// An object as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredObject {
+    /// Key.
+    pub key: ObjectKey,
+    /// The user-written spec (never contains credentials).
+    pub spec: Value,
+    /// Server-written status.
+    pub status: Value,
+    /// Store revision of the last write to this object.
+    pub resource_version: u64,
+    /// Creation time, Unix milliseconds.
+    pub created_at: i64,
+    /// Last write, Unix milliseconds.
+    pub updated_at: i64,
+}
+
+/// A create or update of one object.
+#[derive(Debug, Clone)]
+pub struct ObjectWrite {
+    /// Key.
+    pub key: ObjectKey,
+    /// Validated spec.
+    pub spec: Value,
+    /// Plaintext credentials to encrypt; `None` keeps the stored ones on update.
+    pub secret: Option<Vec<u8>>,
+    /// Clusters this object refers to.
+    pub cluster_refs: Vec<ClusterRef>,
+    /// For global namespaces: the domain it claims.
+    pub domain: Option<Domain>,
+    /// Status to set; `None` keeps the stored one (or `{}` on create).
+    pub status: Option<Value>,
+    /// Who writes, for the audit log.
+    pub actor: String,
+}
+
+/// Result of an update.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WriteOutcome {
+    /// The object after the write.
+    pub object: StoredObject,
+    /// False when the write changed nothing (no new revision was made).
+    pub changed: bool,
+}
+
+/// A page request: at most `limit` items after `after` (exclusive, by name or id).
+#[derive(Debug, Clone, Default)]
+pub struct PageRequest {
+    /// Maximum items; `None` for all.
+    pub limit: Option<u32>,
+    /// Continue after this key.
+    pub after: Option<String>,
+}
+
+/// One page of results and the key to continue from, if there is more.
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    /// Items in order.
+    pub items: Vec<T>,
+    /// Pass as `after` for the next page.
+    pub next: Option<String>,
+}
+
+/// A stored API token (the secret itself is never stored, only its hash).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenRecord {
+    /// Token name.
+    pub name: String,
+    /// Role.
+    pub role: Role,
+    /// Creation time, Unix milliseconds.
+    pub created_at: i64,
+    /// Who created it.
+    pub created_by: String,
+}
+
+/// One audit log entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditEntry {
+    /// Increasing id.
+    pub id: i64,
+    /// When, Unix milliseconds.
+    pub at: i64,
+    /// Who (token name).
+    pub actor: String,
+    /// create, update, delete, heartbeat, ...
+    pub action: String,
+    /// Object kind (or `token`).
+    pub kind: String,
+    /// Object scope.
+    pub scope: String,
+    /// Object name.
+    pub name: String,
+    /// Store revision made by the change (0 for tokens).
+    pub revision: u64,
+}
+
+/// Errors of store operations.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The object does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// An object with that key exists already.
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    /// The write carried a stale `resourceVersion`.
+    #[error(
+        "{key} was modified: resourceVersion is {current}, not {expected}; get it again and retry"
+    )]
+    Conflict {
+        /// Object.
+        key: String,
+        /// Version the client had.
+        expected: u64,
+        /// Version in the store.
+        current: u64,
+    },
+    /// The object can't be deleted while others refer to it.
+    #[error("{key} is still referenced by {}", referrers.join(", "))]
+    Referenced {
+        /// Object.
+        key: String,
+        /// Referring objects.
+        referrers: Vec<String>,
+    },
+    /// The object refers to a cluster that does not exist.
+    #[error("{field}: cluster {cluster} does not exist")]
+    MissingCluster {
+        /// Referring field.
+        field: String,
+        /// Missing cluster.
+        cluster: String,
+    },
+    /// The domain is owned by, or overlaps the domain of, another global namespace.
+    #[error("domain {domain} overlaps {other_domain} of global namespace {owner}")]
+    DomainTaken {
+        /// Requested domain.
+        domain: String,
+        /// Conflicting domain.
+        other_domain: String,
+        /// Its global namespace.
+        owner: String,
+    },
+    /// The database cannot be reached.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The database schema was written by a newer GNS.
+    #[error("database schema version {0} is newer than this binary knows; upgrade gns-federation")]
+    SchemaTooNew(i64),
+    /// Encryption key problems.
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    /// Anything else (a bug or corrupt data).
+    #[error("store error: {0}")]
+    Internal(String),
+}
+
+/// The federation's persistent state.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// `postgres` or `sqlite`.
+    fn backend(&self) -> &'static str;
+    /// Checks the database answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+    /// Current store revision.
+    async fn revision(&self) -> Result<u64, StoreError>;
+    /// Receives the newest revision after every committed write (from any replica).
+    fn subscribe(&self) -> watch::Receiver<u64>;
+
+    /// One object.
+    async fn get(&self, key: &ObjectKey) -> Result<Option<StoredObject>, StoreError>;
+    /// Objects of one kind in one scope, ordered by name.
+    async fn list(
+        &self,
+        kind: Kind,
+        scope: &str,
+        page: &PageRequest,
+    ) -> Result<Page<StoredObject>, StoreError>;
+    /// Decrypted credentials of an object, if it has any.
+    async fn secret(&self, key: &ObjectKey) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Creates an object; fails if it exists.
+    async fn create(&self, write: ObjectWrite) -> Result<StoredObject, StoreError>;
+    /// Replaces an object's spec (and secret, if given). With `expected`, fails
+    /// with [`StoreError::Conflict`] unless it is the current resource version.
+    async fn update(
+        &self,
+        write: ObjectWrite,
+        expected: Option<u64>,
+    ) -> Result<WriteOutcome, StoreError>;
+    /// Replaces an object's status only (a new revision; audited as `action`).
+    async fn set_status(
+        &self,
+        key: &ObjectKey,
+        status: Value,
+        actor: &str,
+        action: &str,
+    ) -> Result<StoredObject, StoreError>;
+    /// Deletes an object (and, for a global namespace, everything in it).
+    async fn delete(
+        &self,
+        key: &ObjectKey,
+        expected: Option<u64>,
+        actor: &str,
+    ) -> Result<StoredObject, StoreError>;
+
+    /// Stores a new token by the SHA-256 of its secret.
+    async fn create_token(
+        &self,
+        name: &str,
+        role: Role,
+        secret_hash: &str,
+        actor: &str,
+    ) -> Result<TokenRecord, StoreError>;
+    /// Tokens by name.
+    async fn list_tokens(&self, page: &PageRequest) -> Result<Page<TokenRecord>, StoreError>;
+    /// Deletes a token.
+    async fn delete_token(&self, name: &str, actor: &str) -> Result<(), StoreError>;
+    /// The token whose secret hashes to `secret_hash`.
+    async fn find_token(&self, secret_hash: &str) -> Result<Option<TokenRecord>, StoreError>;
+    /// Audit log, newest first; `after` is an entry id.
+    async fn list_audit(&self, page: &PageRequest) -> Result<Page<AuditEntry>, StoreError>;
+}
+
+/// Opens the store named by `database_url`: `postgres://…` selects Postgres,
+/// anything else (or `None`) the embedded SQLite file `<data_dir>/gns.db`.
+pub async fn open(
+    database_url: Option<&str>,
+    data_dir: &Path,
+    secrets: SecretBox,
+) -> Result<Arc<dyn Store>, StoreError> {
+    let store = match database_url {
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            SqlStore::open_postgres(url, secrets).await?
+        }
+        Some(url) if url.starts_with("sqlite:") => SqlStore::open_sqlite_url(url, secrets).await?,
+        Some(other) => {
+            return Err(StoreError::Unavailable(format!(
+                "unsupported database URL scheme in {:?}: use postgres://… or sqlite:…",
+                other.split(':').next().unwrap_or_default()
+            )));
+        }
+        None => SqlStore::open_sqlite_file(&data_dir.join("gns.db"), secrets).await?,
+    };
+    Ok(Arc::new(store))
+}
