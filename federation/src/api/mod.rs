@@ -41,6 +41,8 @@ pub struct AppState {
 
 /// The complete HTTP router of `gns-federation`.
 pub fn router(state: AppState) -> Router {
+    // Install the recorder before the first request so every request is counted.
+    let _ = metrics::handle();
     use resources::{create, get as get_one, list, remove, replace};
     let v1 = Router::new()
         .route("/v1/clusters", get(list::<Cluster>).post(create::<Cluster>))
