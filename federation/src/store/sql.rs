@@ -84,6 +84,7 @@ fn db_err(e: sqlx::Error) -> StoreError {
             let unavailable = code.starts_with("08")
                 || code.starts_with("57P")
                 || code.starts_with("53")
+                || code == "3D000"
                 || matches!(code.as_ref(), "5" | "6" | "10" | "13" | "14");
             if unavailable {
                 StoreError::Unavailable(e.to_string())

@@ -1,0 +1,687 @@
+//! One behaviour battery for the [`Store`] trait, run against both real
+//! backends: SQLite (a temporary file) and Postgres (a fresh database).
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use gns_federation::model::{ClusterRef, Domain, Kind, Name, Role};
+use gns_federation::store::{ObjectKey, ObjectWrite, PageRequest, Store, StoreError};
+use serde_json::{Value, json};
+use support::Backend;
+
+fn name(s: &str) -> Name {
+    s.parse().expect("valid name")
+}
+
+fn cluster_write(n: &str, token: &str) -> ObjectWrite {
+    ObjectWrite {
+        key: ObjectKey::global(Kind::Cluster, n),
+        spec: json!({"name": n, "kubernetes": {"server": "https://10.0.0.1:6443"}}),
+        secret: Some(format!("{{\"token\":\"{token}\"}}").into_bytes()),
+        cluster_refs: vec![],
+        domain: None,
+        status: Some(json!({"phase": "Pending"})),
+        actor: "tester".into(),
+    }
+}
+
+fn gns_write(n: &str, domain: &str, clusters: &[&str]) -> ObjectWrite {
+    ObjectWrite {
+        key: ObjectKey::global(Kind::GlobalNamespace, n),
+        spec: json!({"name": n, "domain": domain, "members": clusters.iter().map(|c| json!({"cluster": c, "namespace": "shop"})).collect::<Vec<_>>()}),
+        secret: None,
+        cluster_refs: clusters
+            .iter()
+            .enumerate()
+            .map(|(i, c)| ClusterRef {
+                cluster: name(c),
+                field: format!("members[{i}].cluster"),
+            })
+            .collect(),
+        domain: Some(domain.parse::<Domain>().expect("valid domain")),
+        status: None,
+        actor: "tester".into(),
+    }
+}
+
+fn scoped_write(kind: Kind, gns: &str, n: &str, spec: Value, clusters: &[&str]) -> ObjectWrite {
+    ObjectWrite {
+        key: ObjectKey::scoped(kind, gns, n),
+        spec,
+        secret: None,
+        cluster_refs: clusters
+            .iter()
+            .map(|c| ClusterRef {
+                cluster: name(c),
+                field: "destinations".into(),
+            })
+            .collect(),
+        domain: None,
+        status: None,
+        actor: "tester".into(),
+    }
+}
+
+async fn seed(store: &dyn Store) {
+    store
+        .create(cluster_write("east", "tok-east"))
+        .await
+        .expect("east");
+    store
+        .create(cluster_write("west", "tok-west"))
+        .await
+        .expect("west");
+    store
+        .create(gns_write(
+            "production",
+            "production.app.acme.com",
+            &["east", "west"],
+        ))
+        .await
+        .expect("gns");
+}
+
+// ---------------------------------------------------------------------------
+
+async fn crud_for_every_kind(store: Arc<dyn Store>) {
+    seed(store.as_ref()).await;
+    let scoped = [
+        (
+            Kind::Routing,
+            "web",
+            json!({"rules": [{"destinations": [{"cluster": "east", "weight": 100}]}]}),
+            vec!["east"],
+        ),
+        (
+            Kind::ExternalWorkload,
+            "db-vm-1",
+            json!({"name": "db-vm-1", "service": "db"}),
+            vec![],
+        ),
+        (
+            Kind::AccessPolicy,
+            "web-to-api",
+            json!({"name": "web-to-api", "to": "api"}),
+            vec![],
+        ),
+        (
+            Kind::Service,
+            "web",
+            json!({"name": "web", "clusters": {}}),
+            vec![],
+        ),
+    ];
+    for (kind, n, spec, clusters) in scoped {
+        let created = store
+            .create(scoped_write(kind, "production", n, spec.clone(), &clusters))
+            .await
+            .unwrap_or_else(|e| panic!("create {kind}: {e}"));
+        let key = ObjectKey::scoped(kind, "production", n);
+        let got = store.get(&key).await.expect("get").expect("exists");
+        assert_eq!(got.spec, spec);
+        assert_eq!(got.resource_version, created.resource_version);
+        let listed = store
+            .list(kind, "production", &PageRequest::default())
+            .await
+            .expect("list");
+        assert_eq!(listed.items.len(), 1);
+        let mut changed_spec = spec.clone();
+        changed_spec["note"] = json!("changed");
+        let outcome = store
+            .update(
+                scoped_write(kind, "production", n, changed_spec.clone(), &clusters),
+                Some(created.resource_version),
+            )
+            .await
+            .expect("update");
+        assert!(outcome.changed);
+        assert!(outcome.object.resource_version > created.resource_version);
+        assert_eq!(
+            store.get(&key).await.expect("get").expect("exists").spec,
+            changed_spec
+        );
+        assert!(matches!(
+            store
+                .create(scoped_write(kind, "production", n, spec, &clusters))
+                .await,
+            Err(StoreError::AlreadyExists(_))
+        ));
+        store.delete(&key, None, "tester").await.expect("delete");
+        assert!(store.get(&key).await.expect("get").is_none());
+        assert!(matches!(
+            store.delete(&key, None, "tester").await,
+            Err(StoreError::NotFound(_))
+        ));
+    }
+    // Cluster-wide kinds: update of a global namespace and of a cluster.
+    let gns_key = ObjectKey::global(Kind::GlobalNamespace, "production");
+    let outcome = store
+        .update(
+            gns_write("production", "production.app.acme.com", &["east"]),
+            None,
+        )
+        .await
+        .expect("update gns");
+    assert!(outcome.changed);
+    assert_eq!(
+        store
+            .get(&gns_key)
+            .await
+            .expect("get")
+            .expect("exists")
+            .spec["members"]
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+    // A scoped object needs its global namespace.
+    let orphan = store
+        .create(scoped_write(
+            Kind::AccessPolicy,
+            "nope",
+            "p",
+            json!({}),
+            &[],
+        ))
+        .await;
+    assert!(matches!(orphan, Err(StoreError::NotFound(m)) if m.contains("nope")));
+}
+
+async fn unchanged_writes_make_no_revision(store: Arc<dyn Store>) {
+    seed(store.as_ref()).await;
+    let before = store.revision().await.expect("revision");
+    let outcome = store
+        .update(
+            gns_write("production", "production.app.acme.com", &["east", "west"]),
+            None,
+        )
+        .await
+        .expect("update");
+    assert!(!outcome.changed, "same spec is a no-op");
+    assert_eq!(store.revision().await.expect("revision"), before);
+    // Same credentials: no-op; new credentials: a change, even with the same spec.
+    assert!(
+        !store
+            .update(cluster_write("east", "tok-east"), None)
+            .await
+            .expect("same")
+            .changed
+    );
+    assert!(
+        store
+            .update(cluster_write("east", "tok-rotated"), None)
+            .await
+            .expect("rotated")
+            .changed
+    );
+}
+
+async fn stale_resource_version_conflicts(store: Arc<dyn Store>) {
+    seed(store.as_ref()).await;
+    let key = ObjectKey::global(Kind::Cluster, "east");
+    let v1 = store
+        .get(&key)
+        .await
+        .expect("get")
+        .expect("exists")
+        .resource_version;
+    let mut w = cluster_write("east", "tok-east");
+    w.spec["labels"] = json!({"a": "1"});
+    store
+        .update(w.clone(), Some(v1))
+        .await
+        .expect("first update");
+    w.spec["labels"] = json!({"a": "2"});
+    match store.update(w, Some(v1)).await {
+        Err(StoreError::Conflict {
+            expected, current, ..
+        }) => {
+            assert_eq!(expected, v1);
+            assert!(current > v1);
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    assert!(matches!(
+        store.delete(&key, Some(v1), "tester").await,
+        Err(StoreError::Conflict { .. })
+    ));
+}
+
+async fn concurrent_writers_exactly_one_wins(store: Arc<dyn Store>) {
+    seed(store.as_ref()).await;
+    let key = ObjectKey::global(Kind::Cluster, "east");
+    let v = store
+        .get(&key)
+        .await
+        .expect("get")
+        .expect("exists")
+        .resource_version;
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let store = Arc::clone(&store);
+        tasks.push(tokio::spawn(async move {
+            let mut w = cluster_write("east", "tok-east");
+            w.spec["labels"] = json!({"writer": i.to_string()});
+            store.update(w, Some(v)).await
+        }));
+    }
+    let mut wins = 0;
+    let mut conflicts = 0;
+    for t in tasks {
+        match t.await.expect("join") {
+            Ok(o) if o.changed => wins += 1,
+            Err(StoreError::Conflict { .. }) => conflicts += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!((wins, conflicts), (1, 7));
+}
+
+async fn paging_is_complete_and_ordered(store: Arc<dyn Store>) {
+    for i in 0..25 {
+        store
+            .create(cluster_write(&format!("c-{i:02}"), "t"))
+            .await
+            .expect("create");
+    }
+    store
+        .create(cluster_write("c0", "t"))
+        .await
+        .expect("create");
+    let mut seen = Vec::new();
+    let mut after = None;
+    let mut pages = 0;
+    loop {
+        let page = store
+            .list(
+                Kind::Cluster,
+                "",
+                &PageRequest {
+                    limit: Some(10),
+                    after: after.clone(),
+                },
+            )
+            .await
+            .expect("list");
+        assert!(page.items.len() <= 10);
+        seen.extend(page.items.into_iter().map(|o| o.key.name));
+        pages += 1;
+        match page.next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(seen.len(), 26);
+    let mut sorted = seen.clone();
+    sorted.sort();
+    assert_eq!(seen, sorted, "byte order on every backend");
+    assert_eq!(seen.first().map(String::as_str), Some("c-00"));
+    assert_eq!(seen.last().map(String::as_str), Some("c0"));
+}
+
+async fn cascades_and_references(store: Arc<dyn Store>) {
+    seed(store.as_ref()).await;
+    store
+        .create(scoped_write(
+            Kind::Routing,
+            "production",
+            "web",
+            json!({}),
+            &["west"],
+        ))
+        .await
+        .expect("routing");
+    store
+        .create(scoped_write(
+            Kind::ExternalWorkload,
+            "production",
+            "vm",
+            json!({}),
+            &[],
+        ))
+        .await
+        .expect("workload");
+    store
+        .create(scoped_write(
+            Kind::AccessPolicy,
+            "production",
+            "p",
+            json!({}),
+            &[],
+        ))
+        .await
+        .expect("policy");
+    // Missing cluster.
+    match store
+        .create(gns_write("staging", "staging.acme.com", &["north"]))
+        .await
+    {
+        Err(StoreError::MissingCluster { field, cluster }) => {
+            assert_eq!(cluster, "north");
+            assert_eq!(field, "members[0].cluster");
+        }
+        other => panic!("expected MissingCluster, got {other:?}"),
+    }
+    // Referenced clusters can't go, and the error names the referrers.
+    match store
+        .delete(&ObjectKey::global(Kind::Cluster, "west"), None, "tester")
+        .await
+    {
+        Err(StoreError::Referenced { referrers, .. }) => {
+            assert!(
+                referrers.contains(&"globalnamespace/production".to_owned()),
+                "{referrers:?}"
+            );
+            assert!(
+                referrers.contains(&"routing/production/web".to_owned()),
+                "{referrers:?}"
+            );
+        }
+        other => panic!("expected Referenced, got {other:?}"),
+    }
+    // Deleting the global namespace removes everything in it and frees the clusters.
+    store
+        .delete(
+            &ObjectKey::global(Kind::GlobalNamespace, "production"),
+            None,
+            "tester",
+        )
+        .await
+        .expect("delete gns");
+    for kind in [Kind::Routing, Kind::ExternalWorkload, Kind::AccessPolicy] {
+        assert!(
+            store
+                .list(kind, "production", &PageRequest::default())
+                .await
+                .expect("list")
+                .items
+                .is_empty(),
+            "{kind} left behind"
+        );
+    }
+    store
+        .delete(&ObjectKey::global(Kind::Cluster, "west"), None, "tester")
+        .await
+        .expect("west is free now");
+    // A namespace of the same name starts empty.
+    store
+        .create(gns_write("production", "production.app.acme.com", &[]))
+        .await
+        .expect("recreate");
+    assert!(
+        store
+            .list(Kind::Routing, "production", &PageRequest::default())
+            .await
+            .expect("list")
+            .items
+            .is_empty()
+    );
+}
+
+async fn domains_are_exclusive(store: Arc<dyn Store>) {
+    seed(store.as_ref()).await;
+    for (n, domain) in [
+        ("a", "production.app.acme.com"),
+        ("b", "x.production.app.acme.com"),
+        ("c", "app.acme.com"),
+    ] {
+        match store.create(gns_write(n, domain, &[])).await {
+            Err(StoreError::DomainTaken { owner, .. }) => assert_eq!(owner, "production"),
+            other => panic!("{domain}: expected DomainTaken, got {other:?}"),
+        }
+    }
+    store
+        .create(gns_write("d", "xproduction.app.acme.com", &[]))
+        .await
+        .expect("not overlapping");
+    store
+        .create(gns_write("e", "staging.app.acme.com", &[]))
+        .await
+        .expect("sibling");
+    // Moving a namespace to a free domain releases the old one.
+    store
+        .update(gns_write("production", "prod.acme.com", &["east"]), None)
+        .await
+        .expect("move");
+    store
+        .create(gns_write("f", "production.app.acme.com", &[]))
+        .await
+        .expect("old domain is free");
+    store
+        .delete(
+            &ObjectKey::global(Kind::GlobalNamespace, "d"),
+            None,
+            "tester",
+        )
+        .await
+        .expect("delete");
+    store
+        .create(gns_write("g", "xproduction.app.acme.com", &[]))
+        .await
+        .expect("freed by delete");
+}
+
+async fn revision_is_monotonic_and_notifies(store: Arc<dyn Store>) {
+    let mut rx = store.subscribe();
+    let start = store.revision().await.expect("revision");
+    let mut last = start;
+    for i in 0..5 {
+        let o = store
+            .create(cluster_write(&format!("c{i}"), "t"))
+            .await
+            .expect("create");
+        assert!(o.resource_version > last);
+        last = o.resource_version;
+    }
+    assert_eq!(store.revision().await.expect("revision"), last);
+    tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|r| *r >= last))
+        .await
+        .expect("notified in time")
+        .expect("channel open");
+    let status = store
+        .set_status(
+            &ObjectKey::global(Kind::Cluster, "c0"),
+            json!({"phase": "Connected"}),
+            "sync",
+            "status",
+        )
+        .await
+        .expect("status");
+    assert!(status.resource_version > last);
+    assert_eq!(status.status["phase"], "Connected");
+}
+
+async fn credentials_are_kept_and_replaced(store: Arc<dyn Store>) {
+    seed(store.as_ref()).await;
+    let key = ObjectKey::global(Kind::Cluster, "east");
+    let secret = store.secret(&key).await.expect("secret").expect("present");
+    assert_eq!(secret, br#"{"token":"tok-east"}"#);
+    let mut keep = cluster_write("east", "x");
+    keep.secret = None;
+    keep.spec["labels"] = json!({"a": "b"});
+    store
+        .update(keep, None)
+        .await
+        .expect("update without secret");
+    assert_eq!(
+        store.secret(&key).await.expect("secret").expect("kept"),
+        br#"{"token":"tok-east"}"#
+    );
+    store
+        .update(cluster_write("east", "tok-new"), None)
+        .await
+        .expect("rotate");
+    assert_eq!(
+        store.secret(&key).await.expect("secret").expect("new"),
+        br#"{"token":"tok-new"}"#
+    );
+    let spec = store
+        .get(&key)
+        .await
+        .expect("get")
+        .expect("exists")
+        .spec
+        .to_string();
+    assert!(!spec.contains("tok-"), "spec never holds credentials");
+}
+
+async fn tokens_and_audit(store: Arc<dyn Store>) {
+    let t = store
+        .create_token("ci", Role::Viewer, "hash-ci", "admin")
+        .await
+        .expect("token");
+    assert_eq!(t.role, Role::Viewer);
+    assert!(matches!(
+        store
+            .create_token("ci", Role::Admin, "hash-2", "admin")
+            .await,
+        Err(StoreError::AlreadyExists(_))
+    ));
+    assert_eq!(
+        store
+            .find_token("hash-ci")
+            .await
+            .expect("find")
+            .map(|t| t.name),
+        Some("ci".to_owned())
+    );
+    assert!(store.find_token("other").await.expect("find").is_none());
+    store
+        .create_token("ops", Role::Editor, "hash-ops", "admin")
+        .await
+        .expect("token");
+    assert_eq!(
+        store
+            .list_tokens(&PageRequest::default())
+            .await
+            .expect("list")
+            .items
+            .len(),
+        2
+    );
+    store.delete_token("ci", "admin").await.expect("delete");
+    assert!(
+        store.find_token("hash-ci").await.expect("find").is_none(),
+        "revoked at once"
+    );
+    assert!(matches!(
+        store.delete_token("ci", "admin").await,
+        Err(StoreError::NotFound(_))
+    ));
+
+    seed(store.as_ref()).await;
+    let audit = store
+        .list_audit(&PageRequest {
+            limit: Some(2),
+            after: None,
+        })
+        .await
+        .expect("audit");
+    assert_eq!(audit.items.len(), 2);
+    assert_eq!(audit.items[0].kind, "globalnamespace", "newest first");
+    assert_eq!(audit.items[0].actor, "tester");
+    assert_eq!(audit.items[0].action, "create");
+    let rest = store
+        .list_audit(&PageRequest {
+            limit: Some(100),
+            after: audit.next,
+        })
+        .await
+        .expect("audit");
+    assert!(rest.items.iter().all(|e| e.id < audit.items[1].id));
+    assert!(
+        rest.items
+            .iter()
+            .any(|e| e.kind == "token" && e.action == "delete" && e.name == "ci")
+    );
+}
+
+async fn second_handle_sees_data(backend: &Backend) {
+    seed(backend.store.as_ref()).await;
+    let other = backend.reopen().await;
+    assert!(
+        other
+            .get(&ObjectKey::global(Kind::Cluster, "east"))
+            .await
+            .expect("get")
+            .is_some()
+    );
+    assert_eq!(
+        other
+            .secret(&ObjectKey::global(Kind::Cluster, "east"))
+            .await
+            .expect("secret"),
+        Some(br#"{"token":"tok-east"}"#.to_vec())
+    );
+}
+
+macro_rules! battery {
+    ($backend:ident) => {
+        mod $backend {
+            use super::*;
+
+            async fn run<F, Fut>(f: F)
+            where
+                F: FnOnce(Arc<dyn Store>) -> Fut,
+                Fut: std::future::Future<Output = ()>,
+            {
+                let backend = Backend::$backend().await;
+                f(Arc::clone(&backend.store)).await;
+                backend.cleanup().await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn crud_for_every_kind() {
+                run(super::crud_for_every_kind).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn unchanged_writes_make_no_revision() {
+                run(super::unchanged_writes_make_no_revision).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn stale_resource_version_conflicts() {
+                run(super::stale_resource_version_conflicts).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn concurrent_writers_exactly_one_wins() {
+                run(super::concurrent_writers_exactly_one_wins).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn paging_is_complete_and_ordered() {
+                run(super::paging_is_complete_and_ordered).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn cascades_and_references() {
+                run(super::cascades_and_references).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn domains_are_exclusive() {
+                run(super::domains_are_exclusive).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn revision_is_monotonic_and_notifies() {
+                run(super::revision_is_monotonic_and_notifies).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn credentials_are_kept_and_replaced() {
+                run(super::credentials_are_kept_and_replaced).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn tokens_and_audit() {
+                run(super::tokens_and_audit).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn second_handle_sees_data() {
+                let backend = Backend::$backend().await;
+                super::second_handle_sees_data(&backend).await;
+                backend.cleanup().await;
+            }
+        }
+    };
+}
+
+battery!(sqlite);
+battery!(postgres);
