@@ -431,7 +431,8 @@ fn json_content(name: &str) -> utoipa::openapi::Content {
     ContentBuilder::new().schema(Some(schema)).build()
 }
 
-fn method_name(method: &HttpMethod) -> &'static str {
+/// Lower-case name of an HTTP method.
+pub fn method_name(method: &HttpMethod) -> &'static str {
     match method {
         HttpMethod::Get => "get",
         HttpMethod::Post => "post",

@@ -1,0 +1,873 @@
+//! API tests through the real router (`Router::oneshot`) on a real SQLite
+//! store: every route's success path, every validation error class, auth,
+//! conflicts and paging. One test runs on Postgres for the 503 path.
+
+mod support;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use gns_federation::api::{self, AppState, Authenticator};
+use serde_json::{Value, json};
+use support::Backend;
+use tower::ServiceExt;
+
+const ADMIN: &str = "admin-test-token";
+
+struct Api {
+    app: Router,
+    _backend: Backend,
+}
+
+impl Api {
+    async fn new() -> Api {
+        Self::on(Backend::sqlite().await)
+    }
+
+    fn on(backend: Backend) -> Api {
+        let state = AppState {
+            store: Arc::clone(&backend.store),
+            auth: Authenticator::new(ADMIN),
+        };
+        Api {
+            app: api::router(state),
+            _backend: backend,
+        }
+    }
+
+    async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Vec<u8>>,
+    ) -> (StatusCode, Value) {
+        let mut req = Request::builder().method(method).uri(path);
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let req = req
+            .header("content-type", "application/json")
+            .body(body.map_or_else(Body::empty, Body::from))
+            .expect("request");
+        let resp = self.app.clone().oneshot(req).await.expect("response");
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .expect("body");
+        let value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+        };
+        (status, value)
+    }
+
+    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        self.raw(
+            method,
+            path,
+            Some(ADMIN),
+            body.map(|b| b.to_string().into_bytes()),
+        )
+        .await
+    }
+
+    async fn ok(&self, method: Method, path: &str, body: Option<Value>) -> Value {
+        let (status, value) = self.call(method.clone(), path, body).await;
+        assert!(status.is_success(), "{method} {path}: {status} {value}");
+        value
+    }
+
+    async fn seed(&self) {
+        self.ok(
+            Method::POST,
+            "/v1/clusters",
+            Some(cluster("east", "10.8.0.0/16")),
+        )
+        .await;
+        self.ok(
+            Method::POST,
+            "/v1/clusters",
+            Some(cluster("west", "10.9.0.0/16")),
+        )
+        .await;
+        self.ok(Method::POST, "/v1/global-namespaces", Some(gns()))
+            .await;
+    }
+}
+
+fn cluster(name: &str, net: &str) -> Value {
+    json!({"name": name, "labels": {"region": "us-east-1"},
+           "kubernetes": {"server": "https://10.0.0.1:6443", "token": format!("secret-{name}")},
+           "networks": [net],
+           "gateway": {"ingressAddress": "203.0.113.10:15443", "egressAddress": "10.8.0.53", "publicAddress": "198.51.100.10"}})
+}
+
+fn gns() -> Value {
+    json!({"name": "production", "domain": "production.app.acme.com", "defaultAccess": "allow",
+           "members": [{"cluster": "east", "namespace": "shop"},
+                       {"cluster": "west", "namespace": "shop", "selector": {"app": "web"}}]})
+}
+
+fn routing() -> Value {
+    json!({"rules": [{"match": {"headers": [{"name": "user-agent", "regex": ".*Mobile.*"}]},
+                      "destinations": [{"cluster": "west", "weight": 100}]},
+                     {"destinations": [{"cluster": "east", "weight": 99}, {"cluster": "west", "weight": 1}]}],
+           "retries": {"attempts": 3, "on": ["5xx", "connect-failure"], "perTryTimeout": "500ms"},
+           "timeout": "2s", "failover": ["east", "west"]})
+}
+
+fn workload() -> Value {
+    json!({"name": "db-vm-1", "service": "db", "address": "192.0.2.10",
+           "ports": [{"name": "pg", "port": 5432, "protocol": "TCP"}], "ttl": "30s", "labels": {}})
+}
+
+fn policy() -> Value {
+    json!({"name": "web-to-api", "from": ["web"], "to": "api", "action": "allow"})
+}
+
+fn fields(error: &Value) -> Vec<String> {
+    error["error"]["details"]
+        .as_array()
+        .map(|d| {
+            d.iter()
+                .filter_map(|x| x["field"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn every_resource_round_trips() {
+    let api = Api::new().await;
+    api.seed().await;
+    let c = api.ok(Method::GET, "/v1/clusters/east", None).await;
+    assert_eq!(c["networks"], json!(["10.8.0.0/16"]));
+    assert!(
+        !c.to_string().contains("secret-east"),
+        "credentials are write-only"
+    );
+    assert_eq!(c["status"]["phase"], "Pending");
+
+    let r = api
+        .call(
+            Method::PUT,
+            "/v1/global-namespaces/production/services/web/routing",
+            Some(routing()),
+        )
+        .await;
+    assert_eq!(r.0, StatusCode::CREATED, "{}", r.1);
+    let r2 = api
+        .call(
+            Method::PUT,
+            "/v1/global-namespaces/production/services/web/routing",
+            Some(routing()),
+        )
+        .await;
+    assert_eq!(r2.0, StatusCode::OK);
+    assert_eq!(
+        r2.1["resourceVersion"], r.1["resourceVersion"],
+        "unchanged PUT keeps the version"
+    );
+    let got = api
+        .ok(
+            Method::GET,
+            "/v1/global-namespaces/production/services/web/routing",
+            None,
+        )
+        .await;
+    assert_eq!(got["rules"][1]["destinations"][0]["weight"], 99);
+    assert_eq!(got["retries"]["perTryTimeout"], "500ms");
+    let list = api
+        .ok(
+            Method::GET,
+            "/v1/global-namespaces/production/routing",
+            None,
+        )
+        .await;
+    assert_eq!(list["items"][0]["service"], "web");
+
+    let w = api
+        .call(
+            Method::POST,
+            "/v1/global-namespaces/production/external-workloads",
+            Some(workload()),
+        )
+        .await;
+    assert_eq!(w.0, StatusCode::CREATED, "{}", w.1);
+    assert_eq!(w.1["status"]["phase"], "Healthy");
+    let hb = api
+        .ok(
+            Method::PUT,
+            "/v1/global-namespaces/production/external-workloads/db-vm-1/heartbeat",
+            None,
+        )
+        .await;
+    assert!(hb["resourceVersion"].as_str() > w.1["resourceVersion"].as_str());
+    let svc = api
+        .ok(
+            Method::GET,
+            "/v1/global-namespaces/production/services/db",
+            None,
+        )
+        .await;
+    assert_eq!(
+        svc["clusters"]["external"]["ready"][0]["address"],
+        "192.0.2.10"
+    );
+    let all = api
+        .ok(
+            Method::GET,
+            "/v1/global-namespaces/production/services",
+            None,
+        )
+        .await;
+    assert_eq!(all["items"].as_array().map(Vec::len), Some(1));
+
+    let p = api
+        .call(
+            Method::POST,
+            "/v1/global-namespaces/production/access-policies",
+            Some(policy()),
+        )
+        .await;
+    assert_eq!(p.0, StatusCode::CREATED, "{}", p.1);
+    let mut changed = p.1.clone();
+    changed["action"] = json!("deny");
+    let put = api
+        .ok(
+            Method::PUT,
+            "/v1/global-namespaces/production/access-policies/web-to-api",
+            Some(changed),
+        )
+        .await;
+    assert_eq!(put["action"], "deny");
+
+    // GET, edit, PUT back: server-set fields are accepted and the version moves on.
+    let mut g = api
+        .ok(Method::GET, "/v1/global-namespaces/production", None)
+        .await;
+    g["defaultAccess"] = json!("deny");
+    let g2 = api
+        .ok(
+            Method::PUT,
+            "/v1/global-namespaces/production",
+            Some(g.clone()),
+        )
+        .await;
+    assert_eq!(g2["defaultAccess"], "deny");
+    // The same body again is now stale.
+    let stale = api
+        .call(Method::PUT, "/v1/global-namespaces/production", Some(g))
+        .await;
+    assert_eq!(stale.0, StatusCode::CONFLICT, "{}", stale.1);
+
+    // Deletes, then 404s.
+    api.ok(
+        Method::DELETE,
+        "/v1/global-namespaces/production/access-policies/web-to-api",
+        None,
+    )
+    .await;
+    api.ok(
+        Method::DELETE,
+        "/v1/global-namespaces/production/services/web/routing",
+        None,
+    )
+    .await;
+    api.ok(
+        Method::DELETE,
+        "/v1/global-namespaces/production/external-workloads/db-vm-1",
+        None,
+    )
+    .await;
+    for path in [
+        "/v1/global-namespaces/production/access-policies/web-to-api",
+        "/v1/global-namespaces/production/services/web/routing",
+        "/v1/global-namespaces/production/external-workloads/db-vm-1",
+        "/v1/global-namespaces/production/services/db",
+        "/v1/global-namespaces/nope/services",
+        "/v1/clusters/nope",
+    ] {
+        let (status, body) = api.call(Method::GET, path, None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+        assert_eq!(body["error"]["code"], "not_found");
+    }
+    api.ok(Method::DELETE, "/v1/global-namespaces/production", None)
+        .await;
+    api.ok(Method::DELETE, "/v1/clusters/east", None).await;
+}
+
+#[tokio::test]
+async fn cluster_credentials_update_rules() {
+    let api = Api::new().await;
+    let mut c = cluster("east", "10.8.0.0/16");
+    c["kubernetes"] = json!({"server": "https://10.0.0.1:6443"});
+    let (status, body) = api
+        .call(Method::POST, "/v1/clusters", Some(c.clone()))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(fields(&body), vec!["kubernetes.token"]);
+    api.ok(
+        Method::POST,
+        "/v1/clusters",
+        Some(cluster("east", "10.8.0.0/16")),
+    )
+    .await;
+    // A PUT without credentials keeps them (and the rest is an ordinary update).
+    c["labels"] = json!({"region": "eu-west-1"});
+    let updated = api.ok(Method::PUT, "/v1/clusters/east", Some(c)).await;
+    assert_eq!(updated["labels"]["region"], "eu-west-1");
+}
+
+#[tokio::test]
+async fn validation_errors_name_the_field() {
+    let api = Api::new().await;
+    api.seed().await;
+    let cases: Vec<(&str, Method, Value, &str)> = vec![
+        (
+            "/v1/clusters",
+            Method::POST,
+            json!({"name": "Bad_Name", "kubernetes": {"server": "https://x", "token": "t"}}),
+            "name",
+        ),
+        (
+            "/v1/clusters",
+            Method::POST,
+            json!({"name": "c", "kubernetes": {"server": "ftp://x", "token": "t"}}),
+            "kubernetes.server",
+        ),
+        (
+            "/v1/clusters",
+            Method::POST,
+            json!({"name": "c", "kubernetes": {"server": "https://x", "token": "t"}, "networks": ["10.0.0.1/8"]}),
+            "networks[0]",
+        ),
+        (
+            "/v1/clusters",
+            Method::POST,
+            json!({"name": "c", "kubernetes": {"server": "https://x", "token": "t", "caData": "not base64!"}}),
+            "kubernetes.caData",
+        ),
+        (
+            "/v1/clusters",
+            Method::POST,
+            json!({"name": "c", "kubernetes": {"server": "https://x", "token": "t"}, "gateway": {"ingressAddress": "1.2.3.4", "egressAddress": "10.0.0.1"}}),
+            "gateway.ingressAddress",
+        ),
+        (
+            "/v1/clusters",
+            Method::POST,
+            json!({"name": "c", "kubernetes": {"server": "https://x", "token": "t"}, "gateway": {"ingressAddress": "1.2.3.4:1", "egressAddress": "nope"}}),
+            "gateway.egressAddress",
+        ),
+        (
+            "/v1/clusters",
+            Method::POST,
+            json!({"name": "c", "kubernetes": {"server": "https://x", "token": "t"}, "labels": {"bad key!": "v"}}),
+            "labels.bad key!",
+        ),
+        (
+            "/v1/clusters",
+            Method::POST,
+            json!({"name": "c", "kubernetes": {"server": "https://x", "token": "t"}, "extra": 1}),
+            "extra",
+        ),
+        (
+            "/v1/clusters",
+            Method::POST,
+            json!({"kubernetes": {"server": "https://x", "token": "t"}}),
+            "name",
+        ),
+        (
+            "/v1/global-namespaces",
+            Method::POST,
+            json!({"name": "g", "domain": "no_tld"}),
+            "domain",
+        ),
+        (
+            "/v1/global-namespaces",
+            Method::POST,
+            json!({"name": "g", "domain": "g.acme.com", "members": [{"cluster": "nope", "namespace": "x"}]}),
+            "members[0].cluster",
+        ),
+        (
+            "/v1/global-namespaces",
+            Method::POST,
+            json!({"name": "g", "domain": "g.acme.com", "defaultAccess": "maybe"}),
+            "defaultAccess",
+        ),
+        (
+            "/v1/global-namespaces",
+            Method::POST,
+            json!({"name": "g", "domain": "g.acme.com", "members": [{"cluster": "east", "namespace": "x"}, {"cluster": "east", "namespace": "x"}]}),
+            "members[1]",
+        ),
+        (
+            "/v1/global-namespaces/production/services/web/routing",
+            Method::PUT,
+            json!({"rules": [{"destinations": [{"cluster": "east", "weight": 60}, {"cluster": "west", "weight": 30}]}]}),
+            "rules[0].destinations",
+        ),
+        (
+            "/v1/global-namespaces/production/services/web/routing",
+            Method::PUT,
+            json!({"rules": [{"destinations": [{"cluster": "east", "weight": 101}]}]}),
+            "rules[0].destinations[0].weight",
+        ),
+        (
+            "/v1/global-namespaces/production/services/web/routing",
+            Method::PUT,
+            json!({"rules": [{"match": {"headers": [{"name": "user-agent", "regex": "(unclosed"}]}, "destinations": [{"cluster": "east", "weight": 100}]}, {"destinations": [{"cluster": "east", "weight": 100}]}]}),
+            "rules[0].match.headers[0].regex",
+        ),
+        (
+            "/v1/global-namespaces/production/services/web/routing",
+            Method::PUT,
+            json!({"rules": [{"match": {"headers": [{"name": "x", "regex": "a{1000}{1000}"}]}, "destinations": [{"cluster": "east", "weight": 100}]}, {"destinations": [{"cluster": "east", "weight": 100}]}]}),
+            "rules[0].match.headers[0].regex",
+        ),
+        (
+            "/v1/global-namespaces/production/services/web/routing",
+            Method::PUT,
+            json!({"rules": [{"destinations": [{"cluster": "east", "weight": 100}]}], "timeout": "soon"}),
+            "timeout",
+        ),
+        (
+            "/v1/global-namespaces/production/services/web/routing",
+            Method::PUT,
+            json!({"rules": [{"destinations": [{"cluster": "mars", "weight": 100}]}]}),
+            "rules[0].destinations[0].cluster",
+        ),
+        (
+            "/v1/global-namespaces/production/services/web/routing",
+            Method::PUT,
+            json!({"rules": [{"destinations": [{"cluster": "east", "weight": 100}]}], "retries": {"attempts": 3, "on": ["sometimes"]}}),
+            "retries.on[0]",
+        ),
+        (
+            "/v1/global-namespaces/production/services/Bad/routing",
+            Method::PUT,
+            json!({"rules": [{"destinations": [{"cluster": "east", "weight": 100}]}]}),
+            "service",
+        ),
+        (
+            "/v1/global-namespaces/production/external-workloads",
+            Method::POST,
+            json!({"name": "vm", "service": "db", "address": "999.1.1.1", "ports": [{"name": "pg", "port": 5432}], "ttl": "30s"}),
+            "address",
+        ),
+        (
+            "/v1/global-namespaces/production/external-workloads",
+            Method::POST,
+            json!({"name": "vm", "service": "db", "address": "192.0.2.1", "ports": [{"name": "pg", "port": 70000}], "ttl": "30s"}),
+            "ports[0].port",
+        ),
+        (
+            "/v1/global-namespaces/production/external-workloads",
+            Method::POST,
+            json!({"name": "vm", "service": "db", "address": "192.0.2.1", "ports": [{"name": "pg", "port": 5432}], "ttl": "48h"}),
+            "ttl",
+        ),
+        (
+            "/v1/global-namespaces/production/access-policies",
+            Method::POST,
+            json!({"name": "p", "from": ["Not A Name"], "to": "api", "action": "allow"}),
+            "from[0]",
+        ),
+        (
+            "/v1/tokens",
+            Method::POST,
+            json!({"name": "t", "role": "superuser"}),
+            "role",
+        ),
+    ];
+    for (path, method, body, field) in cases {
+        let (status, error) = api.call(method, path, Some(body.clone())).await;
+        assert_eq!(
+            status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{path} {body}: {error}"
+        );
+        assert_eq!(error["error"]["code"], "invalid");
+        assert!(
+            fields(&error).iter().any(|f| f == field),
+            "{path} {body}: expected field {field}, got {error}"
+        );
+    }
+    // Several bad fields are reported together.
+    let (_, error) = api
+        .call(Method::PUT, "/v1/global-namespaces/production/services/web/routing",
+              Some(json!({"rules": [{"destinations": []}], "retries": {"attempts": 20}, "failover": ["east", "east"]})))
+        .await;
+    assert!(fields(&error).len() >= 3, "{error}");
+}
+
+#[tokio::test]
+async fn malformed_oversized_and_unknown() {
+    let api = Api::new().await;
+    let (status, body) = api
+        .raw(
+            Method::POST,
+            "/v1/clusters",
+            Some(ADMIN),
+            Some(b"{not json".to_vec()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"]["code"], "bad_request");
+    let (status, _) = api
+        .raw(
+            Method::POST,
+            "/v1/clusters",
+            Some(ADMIN),
+            Some(b"[1,2]".to_vec()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let big = format!("{{\"name\":\"{}\"}}", "a".repeat(1024 * 1024 + 10));
+    let (status, body) = api
+        .raw(
+            Method::POST,
+            "/v1/clusters",
+            Some(ADMIN),
+            Some(big.into_bytes()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert_eq!(body["error"]["code"], "payload_too_large");
+    let (status, body) = api.call(Method::GET, "/v1/nothing-here", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["error"]["code"], "not_found");
+    let (status, body) = api.call(Method::PATCH, "/v1/clusters", None).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(body["error"]["code"], "method_not_allowed");
+    let (status, _) = api.call(Method::GET, "/v1/clusters?limit=0", None).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let (status, _) = api
+        .call(Method::GET, "/v1/clusters?continue=%%%", None)
+        .await;
+    assert!(status == StatusCode::UNPROCESSABLE_ENTITY || status == StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn auth_roles_and_tokens() {
+    let api = Api::new().await;
+    api.seed().await;
+    let (status, body) = api.raw(Method::GET, "/v1/clusters", None, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(body["error"]["code"], "unauthorized");
+    let (status, _) = api
+        .raw(Method::GET, "/v1/clusters", Some("wrong"), None)
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    let viewer = api
+        .ok(
+            Method::POST,
+            "/v1/tokens",
+            Some(json!({"name": "ci", "role": "viewer"})),
+        )
+        .await;
+    let editor = api
+        .ok(
+            Method::POST,
+            "/v1/tokens",
+            Some(json!({"name": "dev", "role": "editor"})),
+        )
+        .await;
+    let viewer = viewer["token"]
+        .as_str()
+        .expect("secret shown once")
+        .to_owned();
+    let editor = editor["token"].as_str().expect("secret").to_owned();
+    let (status, _) = api
+        .call(
+            Method::POST,
+            "/v1/tokens",
+            Some(json!({"name": "ci", "role": "admin"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let listed = api.ok(Method::GET, "/v1/tokens", None).await;
+    assert!(
+        !listed.to_string().contains(&viewer),
+        "secrets are never listed"
+    );
+
+    let body = Some(
+        json!({"name": "p", "from": ["web"], "to": "api", "action": "allow"})
+            .to_string()
+            .into_bytes(),
+    );
+    let path = "/v1/global-namespaces/production/access-policies";
+    assert_eq!(
+        api.raw(Method::GET, "/v1/clusters", Some(&viewer), None)
+            .await
+            .0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        api.raw(Method::POST, path, Some(&viewer), body.clone())
+            .await
+            .0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        api.raw(Method::POST, path, Some(&editor), body).await.0,
+        StatusCode::CREATED
+    );
+    let c = Some(cluster("north", "10.10.0.0/16").to_string().into_bytes());
+    assert_eq!(
+        api.raw(Method::POST, "/v1/clusters", Some(&editor), c)
+            .await
+            .0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        api.raw(Method::GET, "/v1/tokens", Some(&editor), None)
+            .await
+            .0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        api.raw(Method::GET, "/v1/audit", Some(&viewer), None)
+            .await
+            .0,
+        StatusCode::FORBIDDEN
+    );
+
+    // The audit log names who did what, newest first.
+    let audit = api.ok(Method::GET, "/v1/audit?limit=2", None).await;
+    assert_eq!(audit["items"][0]["actor"], "dev");
+    assert_eq!(audit["items"][0]["kind"], "accesspolicy");
+    assert!(audit["continue"].is_string());
+    let next = api
+        .ok(
+            Method::GET,
+            &format!(
+                "/v1/audit?limit=100&continue={}",
+                audit["continue"].as_str().expect("token")
+            ),
+            None,
+        )
+        .await;
+    assert!(
+        next["items"]
+            .as_array()
+            .is_some_and(|i| i.iter().any(|e| e["actor"] == "bootstrap-admin"))
+    );
+
+    // Revocation takes effect at once.
+    assert_eq!(
+        api.call(Method::DELETE, "/v1/tokens/ci", None).await.0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        api.raw(Method::GET, "/v1/clusters", Some(&viewer), None)
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        api.call(Method::DELETE, "/v1/tokens/ci", None).await.0,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn conflicts() {
+    let api = Api::new().await;
+    api.seed().await;
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/v1/clusters",
+            Some(cluster("east", "10.8.0.0/16")),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let (status, body) = api.call(Method::DELETE, "/v1/clusters/east", None).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("globalnamespace/production")),
+        "{body}"
+    );
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/v1/global-namespaces",
+            Some(json!({"name": "sub", "domain": "eu.production.app.acme.com"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(fields(&body), vec!["domain"]);
+    let mut stale = cluster("west", "10.9.0.0/16");
+    stale["resourceVersion"] = json!("1");
+    let (status, body) = api
+        .call(Method::PUT, "/v1/clusters/west", Some(stale))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let (status, _) = api
+        .call(Method::DELETE, "/v1/clusters/west?resourceVersion=1", None)
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let (status, _) = api
+        .call(
+            Method::PUT,
+            "/v1/clusters/east",
+            Some(cluster("west", "10.9.0.0/16")),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "name must match the URL"
+    );
+    let (status, _) = api
+        .call(
+            Method::PUT,
+            "/v1/clusters/south",
+            Some(cluster("south", "10.9.0.0/16")),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "PUT does not create named resources"
+    );
+}
+
+#[tokio::test]
+async fn paging_through_lists() {
+    let api = Api::new().await;
+    for i in 0..7 {
+        api.ok(
+            Method::POST,
+            "/v1/clusters",
+            Some(cluster(&format!("c{i}"), &format!("10.{i}.0.0/16"))),
+        )
+        .await;
+    }
+    let mut names = Vec::new();
+    let mut next: Option<String> = None;
+    loop {
+        let path = match &next {
+            Some(t) => format!("/v1/clusters?limit=3&continue={t}"),
+            None => "/v1/clusters?limit=3".to_owned(),
+        };
+        let page = api.ok(Method::GET, &path, None).await;
+        let items = page["items"].as_array().expect("items").clone();
+        assert!(items.len() <= 3);
+        names.extend(
+            items
+                .iter()
+                .filter_map(|i| i["name"].as_str().map(str::to_owned)),
+        );
+        match page["continue"].as_str() {
+            Some(t) => next = Some(t.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(names, (0..7).map(|i| format!("c{i}")).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn openapi_documents_every_route_and_every_route_exists() {
+    let api = Api::new().await;
+    let doc = api.ok(Method::GET, "/openapi.json", None).await;
+    let paths = doc["paths"].as_object().expect("paths");
+    for op in gns_federation::api::openapi::OPERATIONS {
+        assert!(
+            paths.contains_key(op.path),
+            "{} missing from the document",
+            op.path
+        );
+        // Every documented operation is routed: anything but 404-no-route / 405.
+        let path = op
+            .path
+            .replace("{gns}", "nope")
+            .replace("{name}", "x")
+            .replace("{svc}", "web");
+        let method = Method::from_bytes(
+            gns_federation::api::openapi::method_name(&op.method)
+                .to_uppercase()
+                .as_bytes(),
+        )
+        .expect("method");
+        let (status, body) = api.call(method.clone(), &path, Some(json!({}))).await;
+        assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+        if status == StatusCode::NOT_FOUND {
+            assert_ne!(
+                body["error"]["message"], "no such route; see /openapi.json",
+                "{method} {path}"
+            );
+        }
+    }
+    for schema in [
+        "Cluster",
+        "GlobalNamespace",
+        "Routing",
+        "ExternalWorkload",
+        "AccessPolicy",
+        "ErrorBody",
+    ] {
+        assert!(doc["components"]["schemas"][schema].is_object(), "{schema}");
+    }
+}
+
+#[tokio::test]
+async fn health_ready_and_metrics() {
+    let api = Api::new().await;
+    assert_eq!(
+        api.raw(Method::GET, "/healthz", None, None).await.0,
+        StatusCode::OK
+    );
+    let (status, body) = api.raw(Method::GET, "/readyz", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["store"], "sqlite");
+    api.ok(Method::GET, "/v1/clusters", None).await;
+    let (status, text) = api.raw(Method::GET, "/metrics", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let text = text.as_str().expect("text").to_owned();
+    assert!(
+        text.contains(
+            "gns_http_requests_total{method=\"GET\",route=\"/v1/clusters\",status=\"200\"}"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("gns_http_request_duration_seconds_bucket"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_down_is_503() {
+    let backend = Backend::postgres().await;
+    let url = backend.db.as_ref().map(|d| d.url.clone()).expect("pg");
+    let api = Api::on(backend);
+    api.ok(Method::GET, "/v1/clusters", None).await;
+    // Take the database away under the running API.
+    let name = url.rsplit('/').next().expect("db name").to_owned();
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&support::admin_url())
+        .await
+        .expect("admin");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE {name} WITH (FORCE)"
+    )))
+    .execute(&mut conn)
+    .await
+    .expect("drop");
+    let (status, body) = api.call(Method::GET, "/v1/global-namespaces", None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"]["code"], "unavailable");
+    let (status, _) = api.raw(Method::GET, "/readyz", None, None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+}
