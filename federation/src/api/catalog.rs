@@ -13,8 +13,7 @@ use super::render::{list_body, now_millis};
 use super::resources::{PathParams, require_gns, workload_status};
 use super::{ApiError, AppState};
 use crate::model::{
-    ClusterEndpoints, DiscoveredService, Endpoint, ExternalWorkload, Kind, Name, WorkloadPhase,
-    WorkloadPort,
+    DiscoveredService, Endpoint, ExternalWorkload, Kind, Name, WorkloadPhase, WorkloadPort,
 };
 use crate::store::{PageRequest, Store, StoreError};
 
@@ -59,7 +58,7 @@ pub async fn catalog(
         entry
             .clusters
             .entry(EXTERNAL_CLUSTER.to_owned())
-            .or_insert_with(ClusterEndpoints::default)
+            .or_default()
             .ready
             .push(Endpoint {
                 address: workload.address,

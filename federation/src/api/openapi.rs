@@ -465,32 +465,31 @@ fn build_operation(o: &Operation) -> utoipa::openapi::path::Operation {
             );
         }
     }
-    if o.response.is_some_and(|r| r.starts_with('['))
+    if (o.response.is_some_and(|r| r.starts_with('['))
         || o.path == "/v1/tokens"
-        || o.path == "/v1/audit"
+        || o.path == "/v1/audit")
+        && o.method == HttpMethod::Get
     {
-        if o.method == HttpMethod::Get {
-            b = b
-                .parameter(
-                    ParameterBuilder::new()
-                        .name("limit")
-                        .parameter_in(ParameterIn::Query)
-                        .required(Required::False)
-                        .schema(Some(
-                            ObjectBuilder::new()
-                                .schema_type(Type::Integer)
-                                .minimum(Some(1))
-                                .maximum(Some(1000)),
-                        )),
-                )
-                .parameter(
-                    ParameterBuilder::new()
-                        .name("continue")
-                        .parameter_in(ParameterIn::Query)
-                        .required(Required::False)
-                        .schema(Some(ObjectBuilder::new().schema_type(Type::String))),
-                );
-        }
+        b = b
+            .parameter(
+                ParameterBuilder::new()
+                    .name("limit")
+                    .parameter_in(ParameterIn::Query)
+                    .required(Required::False)
+                    .schema(Some(
+                        ObjectBuilder::new()
+                            .schema_type(Type::Integer)
+                            .minimum(Some(1))
+                            .maximum(Some(1000)),
+                    )),
+            )
+            .parameter(
+                ParameterBuilder::new()
+                    .name("continue")
+                    .parameter_in(ParameterIn::Query)
+                    .required(Required::False)
+                    .schema(Some(ObjectBuilder::new().schema_type(Type::String))),
+            );
     }
     if let Some(req) = o.request {
         b = b.request_body(Some(
@@ -600,15 +599,15 @@ fn build() -> OpenApi {
         {
             add_server_fields(schema);
         }
-        if name == "Routing" {
-            if let RefOr::T(Schema::Object(object)) = schema {
-                object.properties.insert(
-                    "service".into(),
-                    RefOr::T(Schema::Object(
-                        ObjectBuilder::new().schema_type(Type::String).build(),
-                    )),
-                );
-            }
+        if name == "Routing"
+            && let RefOr::T(Schema::Object(object)) = schema
+        {
+            object.properties.insert(
+                "service".into(),
+                RefOr::T(Schema::Object(
+                    ObjectBuilder::new().schema_type(Type::String).build(),
+                )),
+            );
         }
     }
     let components = ComponentsBuilder::new()

@@ -65,13 +65,13 @@ pub async fn put(
     let key = routing_key(&params)?;
     let expected = body.take_resource_version()?;
     // `service` is output-only (the URL names the service); accept it if it matches.
-    if let Some(svc) = body.0.remove("service") {
-        if svc.as_str() != Some(key.name.as_str()) {
-            return Err(ApiError::invalid_field(
-                "service",
-                "must match the service in the URL",
-            ));
-        }
+    if let Some(svc) = body.0.remove("service")
+        && svc.as_str() != Some(key.name.as_str())
+    {
+        return Err(ApiError::invalid_field(
+            "service",
+            "must match the service in the URL",
+        ));
     }
     let routing: Routing = body.into_typed()?;
     routing.validate()?;

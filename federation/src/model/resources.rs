@@ -481,10 +481,10 @@ impl Resource for Routing {
             if r.attempts > 0 && r.on.is_empty() {
                 errors.add("retries.on", "name at least one retry condition");
             }
-            if let (Some(per_try), Some(total)) = (r.per_try_timeout, self.timeout) {
-                if per_try > total {
-                    errors.add("retries.perTryTimeout", "must not exceed timeout");
-                }
+            if let (Some(per_try), Some(total)) = (r.per_try_timeout, self.timeout)
+                && per_try > total
+            {
+                errors.add("retries.perTryTimeout", "must not exceed timeout");
             }
         }
         if self
@@ -740,10 +740,10 @@ impl Resource for AccessPolicy {
         }
         let mut seen = BTreeSet::new();
         for (i, caller) in self.from.iter().enumerate() {
-            if caller != "*" {
-                if let Err(e) = Name::try_from(caller.clone()) {
-                    errors.add(format!("from[{i}]"), e);
-                }
+            if caller != "*"
+                && let Err(e) = Name::try_from(caller.clone())
+            {
+                errors.add(format!("from[{i}]"), e);
             }
             if !seen.insert(caller) {
                 errors.add(format!("from[{i}]"), format!("{caller} is listed twice"));

@@ -679,14 +679,14 @@ impl Store for SqlStore {
         let Some((current, current_secret)) = fetch_object(&mut tx, key).await? else {
             return Err(StoreError::NotFound(key.to_string()));
         };
-        if let Some(expected) = expected {
-            if expected != current.resource_version {
-                return Err(StoreError::Conflict {
-                    key: key.to_string(),
-                    expected,
-                    current: current.resource_version,
-                });
-            }
+        if let Some(expected) = expected
+            && expected != current.resource_version
+        {
+            return Err(StoreError::Conflict {
+                key: key.to_string(),
+                expected,
+                current: current.resource_version,
+            });
         }
         let same_secret = match (&write.secret, &current_secret) {
             (None, _) => true,
@@ -797,14 +797,14 @@ impl Store for SqlStore {
         let Some((current, _)) = fetch_object(&mut tx, key).await? else {
             return Err(StoreError::NotFound(key.to_string()));
         };
-        if let Some(expected) = expected {
-            if expected != current.resource_version {
-                return Err(StoreError::Conflict {
-                    key: key.to_string(),
-                    expected,
-                    current: current.resource_version,
-                });
-            }
+        if let Some(expected) = expected
+            && expected != current.resource_version
+        {
+            return Err(StoreError::Conflict {
+                key: key.to_string(),
+                expected,
+                current: current.resource_version,
+            });
         }
         if key.kind == Kind::Cluster {
             let rows = sqlx::query(
