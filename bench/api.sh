@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# API benchmark: 1,000 global namespaces and 10,000 routing/workload objects,
+# then GET and PUT throughput and latency at 32 concurrent clients, on the
+# embedded SQLite store and on Postgres, in one run. Release build.
+#
+#   bench/api.sh [--seconds 15] [--concurrency 32] ...   (extra flags go to gns-bench)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --bins -q
+BIN=target/release
+PG_ADMIN="${GNS_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+TOKEN=bench-admin-token
+PORT=18480
+WORK=$(mktemp -d)
+FED_PID=""
+cleanup() {
+    [ -n "$FED_PID" ] && kill "$FED_PID" 2>/dev/null || true
+    psql "$PG_ADMIN" -qc "DROP DATABASE IF EXISTS gns_bench WITH (FORCE)" >/dev/null 2>&1 || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+run() {
+    local label=$1; shift
+    rm -rf "$WORK/data"
+    "$BIN/gns-federation" --listen "127.0.0.1:$PORT" --data-dir "$WORK/data" --admin-token "$TOKEN" "$@" \
+        >"$WORK/$label.log" 2>&1 &
+    FED_PID=$!
+    for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null && break; sleep 0.1; done
+    "$BIN/gns-bench" --server "http://127.0.0.1:$PORT" --token "$TOKEN" --label "$label" "${BENCH_ARGS[@]}"
+    kill "$FED_PID"; wait "$FED_PID" 2>/dev/null || true; FED_PID=""
+}
+
+BENCH_ARGS=("$@")
+echo "# $(date -u +%FT%TZ) $(nproc) cores; gns-federation $(git rev-parse --short HEAD)"
+run sqlite
+psql "$PG_ADMIN" -qc "DROP DATABASE IF EXISTS gns_bench WITH (FORCE)" >/dev/null
+psql "$PG_ADMIN" -qc "CREATE DATABASE gns_bench" >/dev/null
+PG_URL="${PG_ADMIN%/*}/gns_bench"
+run postgres --database-url "$PG_URL"
