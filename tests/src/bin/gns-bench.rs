@@ -69,9 +69,15 @@ struct Target {
 
 fn object_path(t: &Target) -> String {
     if t.routing {
-        format!("/v1/global-namespaces/ns-{}/services/svc-{}/routing", t.gns, t.index)
+        format!(
+            "/v1/global-namespaces/ns-{}/services/svc-{}/routing",
+            t.gns, t.index
+        )
     } else {
-        format!("/v1/global-namespaces/ns-{}/external-workloads/vm-{}", t.gns, t.index)
+        format!(
+            "/v1/global-namespaces/ns-{}/external-workloads/vm-{}",
+            t.gns, t.index
+        )
     }
 }
 
@@ -79,7 +85,7 @@ fn target(args: &Args, i: usize) -> Target {
     Target {
         gns: i % args.namespaces,
         index: i,
-        routing: i % 2 == 0,
+        routing: i.is_multiple_of(2),
     }
 }
 
@@ -96,24 +102,42 @@ async fn send(
     if let Some(b) = body {
         req = req.json(b);
     }
-    let resp = req.send().await.with_context(|| format!("request to {path}"))?;
+    let resp = req
+        .send()
+        .await
+        .with_context(|| format!("request to {path}"))?;
     let status = resp.status().as_u16();
     let _ = resp.bytes().await?;
     Ok(status)
 }
 
 /// Runs `jobs` with `concurrency` workers.
-async fn run_all(args: Arc<Args>, client: reqwest::Client, jobs: Vec<(String, Value, bool)>) -> anyhow::Result<()> {
+async fn run_all(
+    args: Arc<Args>,
+    client: reqwest::Client,
+    jobs: Vec<(String, Value, bool)>,
+) -> anyhow::Result<()> {
     let jobs = Arc::new(jobs);
     let next = Arc::new(AtomicU64::new(0));
     let mut workers = Vec::new();
     for _ in 0..args.concurrency {
-        let (args, client, jobs, next) = (Arc::clone(&args), client.clone(), Arc::clone(&jobs), Arc::clone(&next));
+        let (args, client, jobs, next) = (
+            Arc::clone(&args),
+            client.clone(),
+            Arc::clone(&jobs),
+            Arc::clone(&next),
+        );
         workers.push(tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed) as usize;
-                let Some((path, body, put)) = jobs.get(i) else { return Ok::<(), anyhow::Error>(()) };
-                let method = if *put { reqwest::Method::PUT } else { reqwest::Method::POST };
+                let Some((path, body, put)) = jobs.get(i) else {
+                    return Ok::<(), anyhow::Error>(());
+                };
+                let method = if *put {
+                    reqwest::Method::PUT
+                } else {
+                    reqwest::Method::POST
+                };
                 let status = send(&client, &args, method, path, Some(body)).await?;
                 if !(200..300).contains(&status) && status != 409 {
                     bail!("seeding {path}: HTTP {status}");
@@ -153,10 +177,12 @@ async fn seed(args: Arc<Args>, client: &reqwest::Client) -> anyhow::Result<()> {
             if t.routing {
                 (object_path(&t), routing_body(99), true)
             } else {
-                (format!("/v1/global-namespaces/ns-{}/external-workloads", t.gns),
-                 json!({"name": format!("vm-{i}"), "service": "db", "address": "192.0.2.10",
+                (
+                    format!("/v1/global-namespaces/ns-{}/external-workloads", t.gns),
+                    json!({"name": format!("vm-{i}"), "service": "db", "address": "192.0.2.10",
                         "ports": [{"name": "pg", "port": 5432}], "ttl": "24h"}),
-                 false)
+                    false,
+                )
             }
         })
         .collect();
@@ -187,7 +213,11 @@ impl PhaseResult {
     }
 }
 
-async fn phase(args: Arc<Args>, client: &reqwest::Client, put: bool) -> anyhow::Result<PhaseResult> {
+async fn phase(
+    args: Arc<Args>,
+    client: &reqwest::Client,
+    put: bool,
+) -> anyhow::Result<PhaseResult> {
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
     let start = Instant::now();
     let mut workers = Vec::new();
@@ -197,17 +227,22 @@ async fn phase(args: Arc<Args>, client: &reqwest::Client, put: bool) -> anyhow::
             let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (w as u64 + 1));
             let mut latencies = Vec::new();
             let mut errors = 0usize;
-            let mut n = 0u64;
             while Instant::now() < deadline {
                 let i = rng.below(args.objects);
                 let t = target(&args, i);
                 let sent = Instant::now();
                 let status = if put {
-                    // PUT routing objects (the contract's main write), alternating the split so each is a change.
-                    let t = Target { routing: true, index: i - i % 2, ..t };
-                    n += 1;
-                    let body = routing_body(if (n + w as u64) % 2 == 0 { 98 } else { 97 });
-                    send(&client, &args, reqwest::Method::PUT, &object_path(&t), Some(&body)).await?
+                    let t = target(&args, i - i % 2);
+                    // A new split each time (1 in 50 repeats the current one and is a no-op).
+                    let body = routing_body(50 + rng.next() % 50);
+                    send(
+                        &client,
+                        &args,
+                        reqwest::Method::PUT,
+                        &object_path(&t),
+                        Some(&body),
+                    )
+                    .await?
                 } else {
                     send(&client, &args, reqwest::Method::GET, &object_path(&t), None).await?
                 };
