@@ -1,7 +1,9 @@
 //! Authentication and authorization: bearer tokens (stored as SHA-256 hashes),
 //! roles `viewer` < `editor` < `admin`, and the bootstrap admin token.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
 use axum::http::{Method, header};
@@ -41,10 +43,18 @@ pub fn generate_token() -> Result<String, ApiError> {
     Ok(format!("gns_{}", URL_SAFE_NO_PAD.encode(bytes)))
 }
 
+/// How long a verified token is trusted without asking the store again.
+/// Revocation is immediate on the replica that revokes, and takes at most
+/// this long on other replicas.
+pub const TOKEN_CACHE_TTL: Duration = Duration::from_secs(5);
+const TOKEN_CACHE_MAX: usize = 10_000;
+
 /// Verifies bearer tokens.
 #[derive(Debug, Clone)]
 pub struct Authenticator {
     bootstrap_hash: Arc<str>,
+    /// Verified token hashes and when they were verified.
+    cache: Arc<Mutex<HashMap<String, (Principal, Instant)>>>,
 }
 
 impl Authenticator {
@@ -52,6 +62,34 @@ impl Authenticator {
     pub fn new(bootstrap_token: &str) -> Self {
         Self {
             bootstrap_hash: hash_token(bootstrap_token).into(),
+            cache: Arc::default(),
+        }
+    }
+
+    fn cached(&self, hash: &str) -> Option<Principal> {
+        let cache = self.cache.lock().ok()?;
+        cache
+            .get(hash)
+            .filter(|(_, at)| at.elapsed() < TOKEN_CACHE_TTL)
+            .map(|(p, _)| p.clone())
+    }
+
+    fn remember(&self, hash: String, principal: &Principal) {
+        if let Ok(mut cache) = self.cache.lock() {
+            if cache.len() >= TOKEN_CACHE_MAX {
+                cache.retain(|_, (_, at)| at.elapsed() < TOKEN_CACHE_TTL);
+                if cache.len() >= TOKEN_CACHE_MAX {
+                    cache.clear();
+                }
+            }
+            cache.insert(hash, (principal.clone(), Instant::now()));
+        }
+    }
+
+    /// Forgets every cached verification of token `name` (after it is revoked).
+    pub fn forget(&self, name: &str) {
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.retain(|_, (p, _)| p.name != name);
         }
     }
 
@@ -64,11 +102,18 @@ impl Authenticator {
                 role: Role::Admin,
             });
         }
+        if let Some(principal) = self.cached(&hash) {
+            return Ok(principal);
+        }
         match state.store.find_token(&hash).await? {
-            Some(record) => Ok(Principal {
-                name: record.name,
-                role: record.role,
-            }),
+            Some(record) => {
+                let principal = Principal {
+                    name: record.name,
+                    role: record.role,
+                };
+                self.remember(hash, &principal);
+                Ok(principal)
+            }
             None => Err(ApiError::Unauthorized("unknown or revoked token".into())),
         }
     }

@@ -215,15 +215,15 @@ pub async fn get<R: ApiResource>(
     Path(params): PathParams,
 ) -> Result<Json<Value>, ApiError> {
     let key = key_of::<R>(&params);
-    if R::KIND.is_scoped() {
-        require_gns(&state, &key.scope).await?;
+    match state.store.get(&key).await? {
+        Some(object) => Ok(Json(render::<R>(&object))),
+        None => {
+            if R::KIND.is_scoped() {
+                require_gns(&state, &key.scope).await?;
+            }
+            Err(not_found(&key))
+        }
     }
-    let object = state
-        .store
-        .get(&key)
-        .await?
-        .ok_or_else(|| not_found(&key))?;
-    Ok(Json(render::<R>(&object)))
 }
 
 /// `POST` to a collection: create.

@@ -46,13 +46,13 @@ pub async fn get(
     Path(params): PathParams,
 ) -> Result<Json<Value>, ApiError> {
     let key = routing_key(&params)?;
-    require_gns(&state, &key.scope).await?;
-    let object = state
-        .store
-        .get(&key)
-        .await?
-        .ok_or_else(|| not_found(&key))?;
-    Ok(Json(render(&object)))
+    match state.store.get(&key).await? {
+        Some(object) => Ok(Json(render(&object))),
+        None => {
+            require_gns(&state, &key.scope).await?;
+            Err(not_found(&key))
+        }
+    }
 }
 
 /// `PUT …/services/{svc}/routing`: creates (201) or replaces (200).

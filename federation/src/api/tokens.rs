@@ -68,6 +68,7 @@ pub async fn delete(
             StoreError::NotFound(_) => ApiError::NotFound(format!("token {name} not found")),
             other => other.into(),
         })?;
+    state.auth.forget(&name);
     Ok(StatusCode::NO_CONTENT)
 }
 
