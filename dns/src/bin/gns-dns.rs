@@ -1,0 +1,2 @@
+//! gns-dns
+fn main() {}
