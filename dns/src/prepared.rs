@@ -1,0 +1,517 @@
+//! Prepared answers: a [`ZoneSnapshot`] rendered to DNS wire format once, at
+//! snapshot time, so the query path only looks up bytes and patches them.
+//!
+//! Keys are `(view, qtype, lower-cased wire name)` packed into one byte
+//! string, so a lookup needs no allocation. Cluster views hold only the
+//! answers that differ from the external view. Negative answers (NXDOMAIN,
+//! NODATA) are assembled per query from the question and the zone's
+//! prepared SOA record. Rendering reuses the previous snapshot's bytes for
+//! services that did not change, so an update costs what changed.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use hickory_proto::op::{Message, OpCode, Query, ResponseCode};
+use hickory_proto::rr::rdata::{A, AAAA, NS, SOA, SRV, TXT};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+use hickory_proto::serialize::binary::BinEncodable;
+use ipnet::IpNet;
+use rustc_hash::FxHashMap;
+
+use crate::snapshot::{MAX_ANSWER_TTL, Service, Zone, ZoneSnapshot};
+use crate::wire::{self, rtype};
+
+/// View id of the external view.
+pub const EXTERNAL_VIEW: u16 = 0;
+/// TTL of NS records and their glue.
+const NS_TTL: u32 = 300;
+/// SOA timers: refresh, retry, expire (for secondaries).
+const SOA_REFRESH: i32 = 60;
+const SOA_RETRY: i32 = 10;
+const SOA_EXPIRE: i32 = 7 * 24 * 3600;
+
+/// Something in the snapshot that could not be served; it was left out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenderProblem {
+    /// Zone origin.
+    pub zone: String,
+    /// What was skipped and why.
+    pub message: String,
+}
+
+/// One zone's negative-answer material and transfer content.
+#[derive(Debug)]
+pub struct PreparedZone {
+    /// Origin, dotted.
+    pub origin: String,
+    /// Lower-cased wire origin.
+    pub wire: Vec<u8>,
+    /// SOA RR (owner name uncompressed) with TTL min(SOA TTL, MINIMUM), for authority sections.
+    pub negative_soa: Vec<u8>,
+    /// Every record of the zone (external view), SOA first, for AXFR.
+    pub records: Vec<Record>,
+}
+
+/// Rendered services of one zone, kept for reuse by the next render.
+#[derive(Debug, Default)]
+struct ServiceCache {
+    by_name: FxHashMap<String, (Service, Vec<(Vec<u8>, Arc<[u8]>)>)>,
+}
+
+/// A snapshot ready to answer from.
+#[derive(Debug, Default)]
+pub struct Prepared {
+    /// Snapshot version (SOA serial).
+    pub version: u64,
+    /// The snapshot itself (for transfers and persistence).
+    pub snapshot: Arc<ZoneSnapshot>,
+    answers: FxHashMap<Box<[u8]>, Arc<[u8]>>,
+    names: FxHashMap<Box<[u8]>, u32>,
+    /// Zones by index.
+    pub zones: Vec<PreparedZone>,
+    zone_index: FxHashMap<Box<[u8]>, u32>,
+    networks: Vec<(IpNet, u16)>,
+    view_ids: FxHashMap<String, u16>,
+    caches: FxHashMap<String, ServiceCache>,
+    /// What was left out.
+    pub problems: Vec<RenderProblem>,
+}
+
+/// Builds the lookup key for `(view, qtype, wire name)` into `buf`.
+pub fn make_key<'a>(buf: &'a mut [u8; 260], view: u16, qtype: u16, wire_name: &[u8]) -> &'a [u8] {
+    buf[0..2].copy_from_slice(&view.to_be_bytes());
+    buf[2..4].copy_from_slice(&qtype.to_be_bytes());
+    let n = wire_name.len().min(256);
+    buf[4..4 + n].copy_from_slice(&wire_name[..n]);
+    &buf[..4 + n]
+}
+
+fn key(view: u16, qtype: u16, wire_name: &[u8]) -> Box<[u8]> {
+    let mut buf = [0u8; 260];
+    make_key(&mut buf, view, qtype, wire_name).into()
+}
+
+fn fqdn(dotted: &str) -> Result<Name, String> {
+    let mut name = Name::from_ascii(dotted).map_err(|e| format!("{dotted:?}: {e}"))?;
+    name.set_fqdn(true);
+    Ok(name)
+}
+
+/// Renders a positive authoritative response (ID 0) for `name`/`qtype`.
+fn render_answer(
+    name: &Name,
+    qtype: RecordType,
+    answers: Vec<Record>,
+    additionals: Vec<Record>,
+) -> Result<Arc<[u8]>, String> {
+    let mut msg = Message::response(0, OpCode::Query);
+    msg.metadata.authoritative = true;
+    msg.metadata.response_code = ResponseCode::NoError;
+    msg.add_query(Query::query(name.clone(), qtype));
+    msg.insert_answers(answers);
+    msg.insert_additionals(additionals);
+    msg.to_vec().map(Arc::from).map_err(|e| e.to_string())
+}
+
+fn address_records(name: &Name, ttl: u32, addrs: &[IpAddr]) -> (Vec<Record>, Vec<Record>) {
+    let mut v4 = Vec::new();
+    let mut v6 = Vec::new();
+    for addr in addrs {
+        match addr {
+            IpAddr::V4(a) => v4.push(Record::from_rdata(name.clone(), ttl, RData::A(A(*a)))),
+            IpAddr::V6(a) => v6.push(Record::from_rdata(name.clone(), ttl, RData::AAAA(AAAA(*a)))),
+        }
+    }
+    (v4, v6)
+}
+
+/// The prepared (wire name, response) pairs of one service in one view:
+/// A, AAAA, TXT and one SRV per port. Empty record sets are not prepared (NODATA).
+fn render_service_view(
+    origin: &str,
+    svc: &Service,
+    addrs: &[IpAddr],
+    ttl: u32,
+    with_meta: bool,
+) -> Result<Vec<(u16, Vec<u8>, Arc<[u8]>)>, String> {
+    let dotted = format!("{}.{origin}", svc.name);
+    let name = fqdn(&dotted)?;
+    let wire = wire::wire_name(&dotted).ok_or_else(|| format!("name {dotted:?} is too long"))?;
+    let mut out = Vec::new();
+    let (v4, v6) = address_records(&name, ttl, addrs);
+    if !v4.is_empty() {
+        out.push((
+            rtype::A,
+            wire.clone(),
+            render_answer(&name, RecordType::A, v4.clone(), vec![])?,
+        ));
+    }
+    if !v6.is_empty() {
+        out.push((
+            rtype::AAAA,
+            wire.clone(),
+            render_answer(&name, RecordType::AAAA, v6.clone(), vec![])?,
+        ));
+    }
+    if with_meta && !svc.txt.is_empty() {
+        let txt = Record::from_rdata(name.clone(), ttl, RData::TXT(TXT::new(svc.txt.clone())));
+        out.push((
+            rtype::TXT,
+            wire.clone(),
+            render_answer(&name, RecordType::TXT, vec![txt], vec![])?,
+        ));
+    }
+    for port in &svc.ports {
+        let srv_dotted = format!("_{}._{}.{dotted}", port.name, port.protocol.label());
+        let srv_name = fqdn(&srv_dotted)?;
+        let srv_wire = wire::wire_name(&srv_dotted)
+            .ok_or_else(|| format!("name {srv_dotted:?} is too long"))?;
+        let srv = Record::from_rdata(
+            srv_name.clone(),
+            ttl,
+            RData::SRV(SRV::new(0, 0, port.port, name.clone())),
+        );
+        let mut additionals = v4.clone();
+        additionals.extend(v6.iter().cloned());
+        out.push((
+            rtype::SRV,
+            srv_wire,
+            render_answer(&srv_name, RecordType::SRV, vec![srv], additionals)?,
+        ));
+    }
+    Ok(out)
+}
+
+impl Prepared {
+    /// Renders `snapshot`, reusing what `previous` rendered for unchanged services.
+    pub fn build(snapshot: Arc<ZoneSnapshot>, previous: Option<&Prepared>) -> Prepared {
+        let ttl = snapshot.answer_ttl.clamp(1, MAX_ANSWER_TTL);
+        let mut p = Prepared {
+            version: snapshot.version,
+            snapshot: Arc::clone(&snapshot),
+            ..Prepared::default()
+        };
+        for (i, view) in snapshot.views.iter().enumerate() {
+            let id = u16::try_from(i + 1).unwrap_or(u16::MAX);
+            p.view_ids.insert(view.cluster.clone(), id);
+            for net in &view.networks {
+                p.networks.push((*net, id));
+            }
+        }
+        // Longest prefix first, so the most specific network wins.
+        p.networks
+            .sort_by(|a, b| b.0.prefix_len().cmp(&a.0.prefix_len()));
+        for zone in &snapshot.zones {
+            let cache = previous.and_then(|prev| prev.caches.get(&zone.origin));
+            if let Err(message) = p.add_zone(zone, ttl, cache) {
+                p.problems.push(RenderProblem {
+                    zone: zone.origin.clone(),
+                    message,
+                });
+            }
+        }
+        p
+    }
+
+    fn add_zone(
+        &mut self,
+        zone: &Zone,
+        ttl: u32,
+        previous: Option<&ServiceCache>,
+    ) -> Result<(), String> {
+        let origin = zone.origin.trim_end_matches('.').to_ascii_lowercase();
+        let apex = fqdn(&origin)?;
+        let apex_wire = wire::wire_name(&origin)
+            .ok_or_else(|| format!("origin {origin:?} is not a valid name"))?;
+        if self.zone_index.contains_key(apex_wire.as_slice()) {
+            return Err(format!("zone {origin} appears twice"));
+        }
+        let zone_id = u32::try_from(self.zones.len()).unwrap_or(u32::MAX);
+        let mut records: Vec<Record> = Vec::new();
+
+        // SOA and NS.
+        let ns_names: Vec<Name> = if zone.nameservers.is_empty() {
+            vec![fqdn(&format!("ns1.{origin}"))?]
+        } else {
+            zone.nameservers
+                .iter()
+                .map(|n| fqdn(&n.name))
+                .collect::<Result<_, _>>()?
+        };
+        let mname = ns_names.first().cloned().unwrap_or_else(|| apex.clone());
+        let soa = SOA::new(
+            mname,
+            fqdn(&format!("hostmaster.{origin}"))?,
+            self.version as u32,
+            SOA_REFRESH,
+            SOA_RETRY,
+            SOA_EXPIRE,
+            ttl,
+        );
+        let soa_record = Record::from_rdata(apex.clone(), ttl, RData::SOA(soa));
+        let mut soa_bytes = Vec::new();
+        {
+            // Appended after any question, so no compression pointers into this buffer.
+            let mut encoder = hickory_proto::serialize::binary::BinEncoder::new(&mut soa_bytes);
+            encoder.set_name_encoding(hickory_proto::serialize::binary::NameEncoding::Uncompressed);
+            soa_record.emit(&mut encoder).map_err(|e| e.to_string())?;
+        }
+        records.push(soa_record.clone());
+        self.insert(
+            EXTERNAL_VIEW,
+            rtype::SOA,
+            &apex_wire,
+            render_answer(&apex, RecordType::SOA, vec![soa_record], vec![])?,
+        );
+
+        let ns_records: Vec<Record> = ns_names
+            .iter()
+            .map(|n| Record::from_rdata(apex.clone(), NS_TTL, RData::NS(NS(n.clone()))))
+            .collect();
+        let mut glue = Vec::new();
+        for ns in &zone.nameservers {
+            let name = fqdn(&ns.name)?;
+            let Some(ns_wire) = wire::wire_name(&ns.name) else {
+                continue;
+            };
+            if !ns_wire.ends_with(&apex_wire) || ns.addresses.is_empty() {
+                continue;
+            }
+            let (v4, v6) = address_records(&name, NS_TTL, &ns.addresses);
+            if !v4.is_empty() {
+                self.insert(
+                    EXTERNAL_VIEW,
+                    rtype::A,
+                    &ns_wire,
+                    render_answer(&name, RecordType::A, v4.clone(), vec![])?,
+                );
+            }
+            if !v6.is_empty() {
+                self.insert(
+                    EXTERNAL_VIEW,
+                    rtype::AAAA,
+                    &ns_wire,
+                    render_answer(&name, RecordType::AAAA, v6.clone(), vec![])?,
+                );
+            }
+            self.add_name(&ns_wire, apex_wire.len(), zone_id);
+            glue.extend(v4);
+            glue.extend(v6);
+        }
+        records.extend(ns_records.iter().cloned());
+        records.extend(glue.iter().cloned());
+        self.insert(
+            EXTERNAL_VIEW,
+            rtype::NS,
+            &apex_wire,
+            render_answer(&apex, RecordType::NS, ns_records, glue)?,
+        );
+        if !zone.txt.is_empty() {
+            let txt = Record::from_rdata(apex.clone(), ttl, RData::TXT(TXT::new(zone.txt.clone())));
+            records.push(txt.clone());
+            self.insert(
+                EXTERNAL_VIEW,
+                rtype::TXT,
+                &apex_wire,
+                render_answer(&apex, RecordType::TXT, vec![txt], vec![])?,
+            );
+        }
+        self.add_name(&apex_wire, apex_wire.len(), zone_id);
+
+        // Services.
+        let mut cache = ServiceCache::default();
+        let mut seen = std::collections::BTreeSet::new();
+        for svc in &zone.services {
+            if !seen.insert(svc.name.to_ascii_lowercase()) {
+                self.problems.push(RenderProblem {
+                    zone: origin.clone(),
+                    message: format!("service {} appears twice", svc.name),
+                });
+                continue;
+            }
+            let reused = previous
+                .and_then(|c| c.by_name.get(&svc.name))
+                .filter(|(old, _)| old == svc)
+                .map(|(_, entries)| entries.clone());
+            let entries = match reused {
+                Some(entries) => entries,
+                None => match self.render_service(&origin, svc, ttl) {
+                    Ok(entries) => entries,
+                    Err(message) => {
+                        self.problems.push(RenderProblem {
+                            zone: origin.clone(),
+                            message: format!("service {}: {message}", svc.name),
+                        });
+                        continue;
+                    }
+                },
+            };
+            for (k, bytes) in &entries {
+                self.answers
+                    .insert(k.clone().into_boxed_slice(), Arc::clone(bytes));
+            }
+            // The service name and every SRV name (with their empty non-terminals) exist.
+            let svc_wire = wire::wire_name(&format!("{}.{origin}", svc.name)).unwrap_or_default();
+            self.add_name(&svc_wire, apex_wire.len(), zone_id);
+            for port in &svc.ports {
+                if let Some(w) = wire::wire_name(&format!(
+                    "_{}._{}.{}.{origin}",
+                    port.name,
+                    port.protocol.label(),
+                    svc.name
+                )) {
+                    self.add_name(&w, apex_wire.len(), zone_id);
+                }
+            }
+            records.extend(self.transfer_records(&origin, svc, ttl));
+            cache
+                .by_name
+                .insert(svc.name.clone(), (svc.clone(), entries));
+        }
+        self.zone_index
+            .insert(apex_wire.clone().into_boxed_slice(), zone_id);
+        self.caches.insert(zone.origin.clone(), cache);
+        // Close the AXFR with the SOA again (RFC 5936).
+        if let Some(first) = records.first().cloned() {
+            records.push(first);
+        }
+        let mut negative_soa = soa_bytes;
+        negative_soa.shrink_to_fit();
+        self.zones.push(PreparedZone {
+            origin,
+            wire: apex_wire,
+            negative_soa,
+            records,
+        });
+        Ok(())
+    }
+
+    fn render_service(
+        &self,
+        origin: &str,
+        svc: &Service,
+        ttl: u32,
+    ) -> Result<Vec<(Vec<u8>, Arc<[u8]>)>, String> {
+        let mut out = Vec::new();
+        for (qtype, wire, bytes) in render_service_view(origin, svc, &svc.external, ttl, true)? {
+            out.push((key(EXTERNAL_VIEW, qtype, &wire).into_vec(), bytes));
+        }
+        for (cluster, addrs) in &svc.views {
+            let Some(&view) = self.view_ids.get(cluster) else {
+                continue;
+            };
+            let mut sorted_view = addrs.clone();
+            sorted_view.sort();
+            let mut sorted_ext = svc.external.clone();
+            sorted_ext.sort();
+            if sorted_view == sorted_ext {
+                continue;
+            }
+            for (qtype, wire, bytes) in render_service_view(origin, svc, addrs, ttl, false)? {
+                if qtype != rtype::TXT {
+                    out.push((key(view, qtype, &wire).into_vec(), bytes));
+                }
+            }
+            // A view whose answer has no A (or AAAA) while the external one does must say NODATA.
+            for qtype in [rtype::A, rtype::AAAA] {
+                let has_view = addrs.iter().any(|a| a.is_ipv4() == (qtype == rtype::A));
+                let has_ext = svc
+                    .external
+                    .iter()
+                    .any(|a| a.is_ipv4() == (qtype == rtype::A));
+                if !has_view && has_ext {
+                    let w = wire::wire_name(&format!("{}.{origin}", svc.name)).unwrap_or_default();
+                    out.push((key(view, qtype, &w).into_vec(), Arc::from(&[][..])));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn transfer_records(&self, origin: &str, svc: &Service, ttl: u32) -> Vec<Record> {
+        let Ok(name) = fqdn(&format!("{}.{origin}", svc.name)) else {
+            return vec![];
+        };
+        let (mut recs, v6) = address_records(&name, ttl, &svc.external);
+        recs.extend(v6);
+        if !svc.txt.is_empty() {
+            recs.push(Record::from_rdata(
+                name.clone(),
+                ttl,
+                RData::TXT(TXT::new(svc.txt.clone())),
+            ));
+        }
+        for port in &svc.ports {
+            if let Ok(srv_name) = fqdn(&format!(
+                "_{}._{}.{}.{origin}",
+                port.name,
+                port.protocol.label(),
+                svc.name
+            )) {
+                recs.push(Record::from_rdata(
+                    srv_name,
+                    ttl,
+                    RData::SRV(SRV::new(0, 0, port.port, name.clone())),
+                ));
+            }
+        }
+        recs
+    }
+
+    fn insert(&mut self, view: u16, qtype: u16, wire_name: &[u8], bytes: Arc<[u8]>) {
+        self.answers.insert(key(view, qtype, wire_name), bytes);
+    }
+
+    /// Records that `wire_name` and its ancestors down to the apex exist.
+    fn add_name(&mut self, wire_name: &[u8], apex_len: usize, zone: u32) {
+        for suffix in wire::suffixes(wire_name) {
+            if suffix.len() < apex_len {
+                break;
+            }
+            self.names.insert(suffix.into(), zone);
+        }
+    }
+
+    /// The prepared response for a packed key, if any. An empty slice means "NODATA in this view".
+    pub fn lookup(&self, packed_key: &[u8]) -> Option<&Arc<[u8]>> {
+        self.answers.get(packed_key)
+    }
+
+    /// Zone index of an existing name.
+    pub fn name_zone(&self, wire_name: &[u8]) -> Option<u32> {
+        self.names.get(wire_name).copied()
+    }
+
+    /// The zone that contains `wire_name` (longest matching apex).
+    pub fn find_zone(&self, wire_name: &[u8]) -> Option<u32> {
+        wire::suffixes(wire_name).find_map(|s| self.zone_index.get(s).copied())
+    }
+
+    /// The view of a client address (the most specific cluster network), or the external view.
+    pub fn view_for(&self, addr: IpAddr) -> u16 {
+        let addr = match addr {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+            v4 => v4,
+        };
+        self.networks
+            .iter()
+            .find(|(net, _)| net.contains(&addr))
+            .map_or(EXTERNAL_VIEW, |(_, v)| *v)
+    }
+
+    /// The view id of a cluster, if it has one.
+    pub fn view_of_cluster(&self, cluster: &str) -> Option<u16> {
+        self.view_ids.get(cluster).copied()
+    }
+
+    /// Number of prepared answers.
+    pub fn answer_count(&self) -> usize {
+        self.answers.len()
+    }
+
+    /// Views by cluster name (for diagnostics).
+    pub fn views(&self) -> BTreeMap<String, u16> {
+        self.view_ids.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+}
