@@ -112,22 +112,26 @@ fn skip_name(msg: &[u8], mut pos: usize) -> Option<usize> {
     None
 }
 
-/// Finds the OPT record in the additional section. `Err(())` for a malformed message.
-pub fn parse_edns(query: &[u8], question_end: usize) -> Result<Option<Edns>, ()> {
-    let count = |at| wire::read_u16(query, at).map(usize::from).ok_or(());
+/// A query whose record sections don't parse (answered with FORMERR).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Malformed;
+
+/// Finds the OPT record in the additional section.
+pub fn parse_edns(query: &[u8], question_end: usize) -> Result<Option<Edns>, Malformed> {
+    let count = |at| wire::read_u16(query, at).map(usize::from).ok_or(Malformed);
     let records = count(6)? + count(8)? + count(10)?;
     let mut pos = question_end;
     let mut edns = None;
     for _ in 0..records {
-        pos = skip_name(query, pos).ok_or(())?;
-        let rtype = wire::read_u16(query, pos).ok_or(())?;
-        let class = wire::read_u16(query, pos + 2).ok_or(())?;
-        let ttl_hi = query.get(pos + 5).copied().ok_or(())?;
-        let rdlen = usize::from(wire::read_u16(query, pos + 8).ok_or(())?);
-        let rdata = query.get(pos + 10..pos + 10 + rdlen).ok_or(())?;
+        pos = skip_name(query, pos).ok_or(Malformed)?;
+        let rtype = wire::read_u16(query, pos).ok_or(Malformed)?;
+        let class = wire::read_u16(query, pos + 2).ok_or(Malformed)?;
+        let ttl_hi = query.get(pos + 5).copied().ok_or(Malformed)?;
+        let rdlen = usize::from(wire::read_u16(query, pos + 8).ok_or(Malformed)?);
+        let rdata = query.get(pos + 10..pos + 10 + rdlen).ok_or(Malformed)?;
         if rtype == rtype::OPT {
             if edns.is_some() {
-                return Err(()); // more than one OPT: FORMERR (RFC 6891)
+                return Err(Malformed); // more than one OPT: FORMERR (RFC 6891)
             }
             edns = Some(Edns {
                 payload: class.max(512),

@@ -53,10 +53,15 @@ pub struct PreparedZone {
     pub records: Vec<Record>,
 }
 
+/// A packed lookup key and its prepared response.
+type Entry = (Vec<u8>, Arc<[u8]>);
+/// A record type, wire name and prepared response.
+type Rendered = (u16, Vec<u8>, Arc<[u8]>);
+
 /// Rendered services of one zone, kept for reuse by the next render.
 #[derive(Debug, Default)]
 struct ServiceCache {
-    by_name: FxHashMap<String, (Service, Vec<(Vec<u8>, Arc<[u8]>)>)>,
+    by_name: FxHashMap<String, (Service, Vec<Entry>)>,
 }
 
 /// A snapshot ready to answer from.
@@ -134,7 +139,7 @@ fn render_service_view(
     addrs: &[IpAddr],
     ttl: u32,
     with_meta: bool,
-) -> Result<Vec<(u16, Vec<u8>, Arc<[u8]>)>, String> {
+) -> Result<Vec<Rendered>, String> {
     let dotted = format!("{}.{origin}", svc.name);
     let name = fqdn(&dotted)?;
     let wire = wire::wire_name(&dotted).ok_or_else(|| format!("name {dotted:?} is too long"))?;
@@ -201,7 +206,7 @@ impl Prepared {
         }
         // Longest prefix first, so the most specific network wins.
         p.networks
-            .sort_by(|a, b| b.0.prefix_len().cmp(&a.0.prefix_len()));
+            .sort_by_key(|(net, _)| std::cmp::Reverse(net.prefix_len()));
         for zone in &snapshot.zones {
             let cache = previous.and_then(|prev| prev.caches.get(&zone.origin));
             if let Err(message) = p.add_zone(zone, ttl, cache) {
@@ -387,12 +392,7 @@ impl Prepared {
         Ok(())
     }
 
-    fn render_service(
-        &self,
-        origin: &str,
-        svc: &Service,
-        ttl: u32,
-    ) -> Result<Vec<(Vec<u8>, Arc<[u8]>)>, String> {
+    fn render_service(&self, origin: &str, svc: &Service, ttl: u32) -> Result<Vec<Entry>, String> {
         let mut out = Vec::new();
         for (qtype, wire, bytes) in render_service_view(origin, svc, &svc.external, ttl, true)? {
             out.push((key(EXTERNAL_VIEW, qtype, &wire).into_vec(), bytes));

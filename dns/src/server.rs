@@ -209,10 +209,11 @@ fn publish(shared: &Shared, snapshot: Arc<ZoneSnapshot>) -> Vec<crate::prepared:
     let next = Prepared::build(snapshot, Some(&previous));
     let problems = next.problems.clone();
     let changed_serial = next.version != previous.version;
-    if let Ok(mut history) = shared.history.lock() {
-        if shared.loaded.load(Ordering::Acquire) && changed_serial {
-            history.record(&previous, &next);
-        }
+    if let Ok(mut history) = shared.history.lock()
+        && shared.loaded.load(Ordering::Acquire)
+        && changed_serial
+    {
+        history.record(&previous, &next);
     }
     tracing::debug!(
         version = next.version,
@@ -263,10 +264,10 @@ fn udp_worker(shared: &Shared, socket: &UdpSocket) {
             &mut out,
         );
         shared.stats.record(&outcome);
-        if !out.is_empty() {
-            if let Err(e) = socket.send_to(&out, src) {
-                tracing::debug!(error = %e, %src, "udp send failed");
-            }
+        if !out.is_empty()
+            && let Err(e) = socket.send_to(&out, src)
+        {
+            tracing::debug!(error = %e, %src, "udp send failed");
         }
     }
 }
@@ -457,10 +458,11 @@ async fn send_notify(target: SocketAddr, message: &[u8], id: u16) -> std::io::Re
     for _ in 0..5 {
         socket.send(message).await?;
         if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(1), socket.recv(&mut buf)).await
+            && n >= 4
+            && u16::from_be_bytes([buf[0], buf[1]]) == id
+            && buf[2] & wire::FLAG_QR != 0
         {
-            if n >= 4 && u16::from_be_bytes([buf[0], buf[1]]) == id && buf[2] & wire::FLAG_QR != 0 {
-                return Ok(());
-            }
+            return Ok(());
         }
     }
     Err(std::io::Error::new(

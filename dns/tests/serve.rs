@@ -558,9 +558,9 @@ fn kdig_interop() {
     ]);
     assert!(tc.contains(" tc") || tc.contains("TC"), "{tc}");
     let retried = run(&[&server, "-p", &port, &format!("big.{ZONE}"), "A", "+short"]);
-    assert_eq!(
-        retried.lines().count(),
-        120,
-        "kdig retried over TCP after TC"
-    );
+    let addrs = retried
+        .lines()
+        .filter(|l| l.parse::<IpAddr>().is_ok())
+        .count();
+    assert_eq!(addrs, 120, "kdig retried over TCP after TC:\n{retried}");
 }

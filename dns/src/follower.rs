@@ -1,0 +1,185 @@
+//! Following a federation: long-poll `GET /v1/config/dns?after=V`, publish
+//! each new snapshot, and persist it in the cache dir so a restart without
+//! the federation still answers (static stability).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::server::DnsServer;
+use crate::snapshot::ZoneSnapshot;
+
+/// File name of the cached snapshot inside the cache dir.
+pub const CACHE_FILE: &str = "dns-snapshot.json";
+
+/// Errors of the follower.
+#[derive(Debug, thiserror::Error)]
+pub enum FollowError {
+    /// The cache file could not be read or written.
+    #[error("snapshot cache {path}: {source}")]
+    Cache {
+        /// File.
+        path: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The cache file is not a snapshot.
+    #[error("snapshot cache {path} is not a valid snapshot: {source}")]
+    CacheFormat {
+        /// File.
+        path: String,
+        /// Cause.
+        source: serde_json::Error,
+    },
+}
+
+/// Where to follow and how.
+#[derive(Debug, Clone)]
+pub struct FollowConfig {
+    /// Federation base URL, e.g. `http://127.0.0.1:8080`.
+    pub federation: String,
+    /// Bearer token.
+    pub token: String,
+    /// Directory of the snapshot cache.
+    pub cache_dir: PathBuf,
+    /// Long-poll timeout asked of the federation.
+    pub poll_timeout: Duration,
+}
+
+/// Counters of the follower.
+#[derive(Debug, Default)]
+pub struct FollowStats {
+    /// Snapshots received.
+    pub received: AtomicU64,
+    /// Failed polls.
+    pub errors: AtomicU64,
+}
+
+fn cache_path(dir: &Path) -> PathBuf {
+    dir.join(CACHE_FILE)
+}
+
+/// Loads the cached snapshot, if there is one.
+pub fn load_cache(dir: &Path) -> Result<Option<ZoneSnapshot>, FollowError> {
+    let path = cache_path(dir);
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|source| FollowError::CacheFormat {
+                    path: path.display().to_string(),
+                    source,
+                })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(FollowError::Cache {
+            path: path.display().to_string(),
+            source,
+        }),
+    }
+}
+
+/// Writes the snapshot to the cache atomically (temp file, fsync, rename).
+pub fn store_cache(dir: &Path, snapshot: &ZoneSnapshot) -> Result<(), FollowError> {
+    use std::io::Write;
+    let path = cache_path(dir);
+    let err = |source| FollowError::Cache {
+        path: path.display().to_string(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(err)?;
+    let tmp = path.with_extension("tmp");
+    let bytes = serde_json::to_vec(snapshot).map_err(|e| err(std::io::Error::other(e)))?;
+    let mut file = std::fs::File::create(&tmp).map_err(err)?;
+    file.write_all(&bytes).map_err(err)?;
+    file.sync_all().map_err(err)?;
+    std::fs::rename(&tmp, &path).map_err(err)
+}
+
+async fn publish(server: &Arc<DnsServer>, snapshot: ZoneSnapshot) {
+    let server = Arc::clone(server);
+    let snapshot = Arc::new(snapshot);
+    let version = snapshot.version;
+    match tokio::task::spawn_blocking(move || server.publish(snapshot)).await {
+        Ok(problems) => {
+            for p in problems {
+                tracing::warn!(zone = %p.zone, problem = %p.message, "left out of the DNS snapshot");
+            }
+            tracing::info!(version, "serving DNS snapshot");
+        }
+        Err(e) => tracing::error!(error = %e, "rendering the snapshot failed"),
+    }
+}
+
+/// Serves the cached snapshot (if any) at once, then follows the federation forever.
+pub async fn follow(server: Arc<DnsServer>, config: FollowConfig, stats: Arc<FollowStats>) {
+    match load_cache(&config.cache_dir) {
+        Ok(Some(snapshot)) => {
+            tracing::info!(
+                version = snapshot.version,
+                "loaded DNS snapshot from the cache"
+            );
+            publish(&server, snapshot).await;
+        }
+        Ok(None) => tracing::info!("no cached DNS snapshot; waiting for the federation"),
+        Err(e) => tracing::warn!(error = %e, "ignoring the snapshot cache"),
+    }
+    let client = match reqwest::Client::builder()
+        .timeout(config.poll_timeout + Duration::from_secs(15))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build an HTTP client; serving the cache only");
+            return;
+        }
+    };
+    let base = config.federation.trim_end_matches('/').to_owned();
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        let have = if server.is_loaded() {
+            server.version()
+        } else {
+            0
+        };
+        let url = format!(
+            "{base}/v1/config/dns?after={have}&timeout={}",
+            config.poll_timeout.as_secs()
+        );
+        let result = client.get(&url).bearer_auth(&config.token).send().await;
+        let outcome = match result {
+            Ok(resp) if resp.status() == reqwest::StatusCode::NOT_MODIFIED => Ok(None),
+            Ok(resp) if resp.status().is_success() => resp
+                .json::<ZoneSnapshot>()
+                .await
+                .map(Some)
+                .map_err(|e| e.to_string()),
+            Ok(resp) => {
+                let status = resp.status();
+                let body = resp.text().await.unwrap_or_default();
+                Err(format!("HTTP {status}: {body}"))
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        match outcome {
+            Ok(Some(snapshot)) => {
+                backoff = Duration::from_millis(250);
+                stats.received.fetch_add(1, Ordering::Relaxed);
+                if snapshot.version > have || !server.is_loaded() {
+                    if let Err(e) = store_cache(&config.cache_dir, &snapshot) {
+                        tracing::warn!(error = %e, "could not persist the snapshot");
+                    }
+                    publish(&server, snapshot).await;
+                }
+            }
+            Ok(None) => backoff = Duration::from_millis(250),
+            Err(e) => {
+                stats.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(federation = %base, error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot reach the federation; still serving the last snapshot");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
