@@ -2,6 +2,7 @@
 //!
 //! - [`model`]: validated resource types;
 //! - [`store`]: versioned persistence (Postgres or embedded SQLite) with change notification;
+//! - [`snapshot`]: the snapshot compiler and the builder task that publishes snapshots;
 //! - [`api`]: the REST API (axum), auth, OpenAPI and metrics;
 //! - [`server`]: configuration and startup of `gns-federation`;
 //! - [`ctl`]: the `gnsctl` command-line client.
@@ -11,4 +12,5 @@ pub mod ctl;
 pub mod files;
 pub mod model;
 pub mod server;
+pub mod snapshot;
 pub mod store;

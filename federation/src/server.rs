@@ -11,8 +11,11 @@ use std::sync::Arc;
 use clap::{Parser, ValueEnum};
 use tokio::net::TcpListener;
 
+use gns_dns::{DnsServer, ServerConfig};
+
 use crate::api::{self, AppState, Authenticator};
 use crate::model::Cidr;
+use crate::snapshot::{self, CompileOptions, SnapshotReceiver};
 use crate::store::{self, SecretBox, Store};
 
 /// Log output format.
@@ -59,6 +62,12 @@ pub struct Config {
     /// Comma-separated addr:port of secondaries to NOTIFY on each change.
     #[arg(long, env = "GNS_DNS_NOTIFY", value_delimiter = ',')]
     pub dns_notify: Vec<SocketAddr>,
+    /// TTL of DNS answers that can change, seconds (1-30).
+    #[arg(long, env = "GNS_DNS_ANSWER_TTL", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=30))]
+    pub dns_answer_ttl: u32,
+    /// DNS UDP worker threads (default: one per core).
+    #[arg(long, env = "GNS_DNS_UDP_WORKERS")]
+    pub dns_udp_workers: Option<usize>,
 }
 
 /// Startup failures, each with what to do about it.
@@ -100,6 +109,12 @@ pub enum StartError {
 pub struct Federation {
     /// Address the API is bound to.
     pub api_addr: SocketAddr,
+    /// Address the in-process DNS is bound to (UDP and TCP).
+    pub dns_addr: SocketAddr,
+    /// Compiled snapshots, newest first.
+    pub snapshots: SnapshotReceiver,
+    dns: Arc<DnsServer>,
+    background: Vec<tokio::task::JoinHandle<()>>,
     /// Where the generated admin token was written, if it was.
     pub admin_token_file: Option<PathBuf>,
     /// The store.
@@ -159,13 +174,62 @@ pub async fn build(config: &Config) -> Result<Federation, StartError> {
         addr: config.listen,
         source,
     })?;
+    let mut dns_config = ServerConfig::new(config.dns_listen);
+    if let Some(workers) = config.dns_udp_workers {
+        dns_config.udp_workers = workers.max(1);
+    }
+    dns_config.allow_transfer = config.dns_allow_transfer.iter().map(Cidr::net).collect();
+    dns_config.notify = config.dns_notify.clone();
+    let dns = Arc::new(
+        DnsServer::start(dns_config)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: config.dns_listen,
+                source,
+            })?,
+    );
+    let (snapshots, builder) = snapshot::spawn_builder(
+        Arc::clone(&store),
+        CompileOptions {
+            answer_ttl: config.dns_answer_ttl,
+            nameserver_addresses: vec![dns.udp_addr.ip()],
+            ..CompileOptions::default()
+        },
+    );
+    let feeder = tokio::spawn(feed_dns(snapshots.clone(), Arc::clone(&dns)));
     Ok(Federation {
         api_addr,
+        dns_addr: dns.udp_addr,
+        snapshots: snapshots.clone(),
+        dns,
+        background: vec![builder, feeder],
         admin_token_file,
         store,
         listener,
-        router: api::router(state),
+        router: api::router_with_snapshots(state, snapshots),
     })
+}
+
+/// Publishes every new snapshot's zones to the in-process DNS server (rendering off the runtime).
+async fn feed_dns(mut snapshots: SnapshotReceiver, dns: Arc<DnsServer>) {
+    loop {
+        let current = snapshots.borrow_and_update().clone();
+        if let Some(snapshot) = current {
+            let dns = Arc::clone(&dns);
+            let zones = Arc::clone(&snapshot.dns);
+            match tokio::task::spawn_blocking(move || dns.publish(zones)).await {
+                Ok(problems) => {
+                    for p in problems {
+                        tracing::warn!(zone = %p.zone, problem = %p.message, "left out of DNS");
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "rendering DNS failed"),
+            }
+        }
+        if snapshots.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 impl Federation {
@@ -174,9 +238,19 @@ impl Federation {
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        axum::serve(self.listener, self.router)
+        let background = self.background;
+        // Stopping the builder ends pending long-polls, so graceful shutdown doesn't wait for them.
+        let shutdown = async move {
+            shutdown.await;
+            for task in background {
+                task.abort();
+            }
+        };
+        let result = axum::serve(self.listener, self.router)
             .with_graceful_shutdown(shutdown)
-            .await
+            .await;
+        drop(self.dns);
+        result
     }
 }
 

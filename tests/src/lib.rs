@@ -1,1 +1,164 @@
-//! e2e
+//! Support for the end-to-end tests: finding the workspace binaries, free
+//! ports, child processes that die with the test, HTTP and DNS probes.
+
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::{Message, MessageType, OpCode, Query};
+use hickory_proto::rr::{Name, RecordType};
+
+/// A workspace binary next to the test executable's directory (`target/<profile>/`).
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("path of the test executable");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test executable is in target/<profile>/deps");
+    let path = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build --workspace --bins` first (scripts/test does this)",
+        path.display()
+    );
+    path
+}
+
+/// A TCP port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind an ephemeral port")
+        .port()
+}
+
+/// A child process, killed when dropped (also when a test panics), with its log file.
+pub struct Proc {
+    child: Child,
+    /// Its combined stdout/stderr.
+    pub log: PathBuf,
+}
+
+impl Proc {
+    /// Starts `program args…` with stdout and stderr to `log`; `GNS_*` variables of the caller are removed.
+    pub fn spawn(program: &Path, args: &[String], log: PathBuf) -> Proc {
+        let file = std::fs::File::create(&log).expect("create log");
+        let err = file.try_clone().expect("clone log");
+        let mut command = Command::new(program);
+        command
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(file)
+            .stderr(err)
+            .env("GNS_LOG", "info");
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("GNS_") && name != "GNS_LOG" {
+                command.env_remove(name);
+            }
+        }
+        let child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", program.display()));
+        Proc { child, log }
+    }
+
+    /// The log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_else(|e| format!("(no log: {e})"))
+    }
+
+    /// True while the process runs.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Kills it now (SIGKILL) and waits.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, or panics after `timeout` with `what`.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Blocking HTTP request with a JSON body; `(status, body)`.
+pub fn http(
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    body: Option<&serde_json::Value>,
+) -> Result<(u16, String), String> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| e.to_string())?;
+        let method = reqwest::Method::from_bytes(method.as_bytes()).map_err(|e| e.to_string())?;
+        let mut request = client.request(method, url);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.map_err(|e| e.to_string())?;
+        let status = response.status().as_u16();
+        let text = response.text().await.map_err(|e| e.to_string())?;
+        Ok((status, text))
+    })
+}
+
+/// One DNS query over UDP from `bind` (e.g. `127.0.0.1:0`); `None` on timeout.
+pub fn dns_udp(server: SocketAddr, bind: &str, name: &str, rtype: RecordType) -> Option<Message> {
+    let mut msg = Message::new(0x4242, MessageType::Query, OpCode::Query);
+    let mut n = Name::from_ascii(name).expect("valid name");
+    n.set_fqdn(true);
+    msg.add_query(Query::query(n, rtype));
+    let socket = UdpSocket::bind(bind).expect("bind client socket");
+    socket
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    socket
+        .send_to(&msg.to_vec().expect("encode"), server)
+        .ok()?;
+    let mut buf = [0u8; 4096];
+    let (len, _) = socket.recv_from(&mut buf).ok()?;
+    Message::from_vec(&buf[..len]).ok()
+}
+
+/// The A/AAAA addresses of an answer, sorted, as text.
+pub fn addresses(m: &Message) -> Vec<String> {
+    let mut v: Vec<String> = m
+        .answers
+        .iter()
+        .filter(|r| matches!(r.record_type(), RecordType::A | RecordType::AAAA))
+        .map(|r| r.data.to_string())
+        .collect();
+    v.sort();
+    v
+}

@@ -50,6 +50,9 @@ pub enum ApiError {
     /// 503: the store can't be reached.
     #[error("the store is unavailable; retry later")]
     Unavailable,
+    /// 503: something this request needs is not ready yet (the message says what).
+    #[error("{0}")]
+    NotReady(String),
     /// 500: a bug; the cause is logged.
     #[error("internal error")]
     Internal(String),
@@ -73,7 +76,9 @@ impl ApiError {
             ApiError::Conflict { .. } => (StatusCode::CONFLICT, "conflict"),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
-            ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Unavailable | ApiError::NotReady(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+            }
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }

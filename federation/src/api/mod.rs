@@ -4,6 +4,7 @@
 pub mod auth;
 mod body;
 mod catalog;
+pub mod config;
 mod error;
 pub mod metrics;
 pub mod openapi;
@@ -19,7 +20,7 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::{get, put};
-use axum::{Json, Router, middleware};
+use axum::{Extension, Json, Router, middleware};
 use serde_json::json;
 
 pub use auth::{Authenticator, Principal};
@@ -28,6 +29,7 @@ pub use catalog::{EXTERNAL_CLUSTER, catalog};
 pub use error::{ApiError, ErrorBody};
 
 use crate::model::{AccessPolicy, Cluster, ExternalWorkload, GlobalNamespace};
+use crate::snapshot::SnapshotReceiver;
 use crate::store::Store;
 
 /// What every handler can reach.
@@ -39,7 +41,15 @@ pub struct AppState {
     pub auth: Authenticator,
 }
 
-/// The complete HTTP router of `gns-federation`.
+/// The complete HTTP router of `gns-federation`, serving config watches
+/// (`/v1/config/…`) from `snapshots`, the receiver of
+/// [`crate::snapshot::spawn_builder`].
+pub fn router_with_snapshots(state: AppState, snapshots: SnapshotReceiver) -> Router {
+    router(state).layer(Extension(snapshots))
+}
+
+/// The HTTP router of `gns-federation`; without a snapshot feed (see
+/// [`router_with_snapshots`]) config watches answer 503.
 pub fn router(state: AppState) -> Router {
     // Install the recorder before the first request so every request is counted.
     let _ = metrics::handle();
@@ -99,6 +109,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/tokens", get(tokens::list).post(tokens::create))
         .route("/v1/tokens/{name}", axum::routing::delete(tokens::delete))
         .route("/v1/audit", get(tokens::audit))
+        .route("/v1/config/dns", get(config::dns))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_auth,
@@ -117,11 +128,26 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+/// Ready when the store answers and, with a snapshot feed, the first snapshot is built.
+async fn readyz(
+    State(state): State<AppState>,
+    snapshots: Option<Extension<crate::snapshot::SnapshotReceiver>>,
+) -> impl IntoResponse {
+    let version = snapshots
+        .as_ref()
+        .map(|Extension(rx)| rx.borrow().as_ref().map(|s| s.version));
+    if version == Some(None) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not ready", "reason": "no snapshot built yet"})),
+        );
+    }
     match state.store.ping().await {
         Ok(()) => (
             StatusCode::OK,
-            Json(json!({"status": "ready", "store": state.store.backend()})),
+            Json(
+                json!({"status": "ready", "store": state.store.backend(), "snapshot": version.flatten()}),
+            ),
         ),
         Err(e) => {
             tracing::warn!(error = %e, "not ready");

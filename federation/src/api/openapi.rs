@@ -75,6 +75,7 @@ const WORKLOAD: &str = "/v1/global-namespaces/{gns}/external-workloads/{name}";
 const HEARTBEAT: &str = "/v1/global-namespaces/{gns}/external-workloads/{name}/heartbeat";
 const POLICIES: &str = "/v1/global-namespaces/{gns}/access-policies";
 const POLICY: &str = "/v1/global-namespaces/{gns}/access-policies/{name}";
+const CONFIG_DNS: &str = "/v1/config/dns";
 
 /// Every operation of the API.
 pub const OPERATIONS: &[Operation] = {
@@ -359,6 +360,15 @@ pub const OPERATIONS: &[Operation] = {
             None,
             200,
         ),
+        op(
+            Get,
+            CONFIG_DNS,
+            "DNS zone snapshot for DNS replicas; long-poll: answers at once when its version is newer than ?after=, else 304 after ?timeout= seconds (default 30, at most 60)",
+            "config",
+            None,
+            None,
+            200,
+        ),
         Operation {
             auth: false,
             ..op(Get, "/healthz", "Liveness", "health", None, None, 200)
@@ -489,6 +499,40 @@ fn build_operation(o: &Operation) -> utoipa::openapi::path::Operation {
                     .parameter_in(ParameterIn::Query)
                     .required(Required::False)
                     .schema(Some(ObjectBuilder::new().schema_type(Type::String))),
+            );
+    }
+    if o.path == CONFIG_DNS {
+        b = b
+            .parameter(
+                ParameterBuilder::new()
+                    .name("after")
+                    .parameter_in(ParameterIn::Query)
+                    .required(Required::False)
+                    .description(Some("version the caller has; answer only a newer one"))
+                    .schema(Some(
+                        ObjectBuilder::new()
+                            .schema_type(Type::Integer)
+                            .minimum(Some(0)),
+                    )),
+            )
+            .parameter(
+                ParameterBuilder::new()
+                    .name("timeout")
+                    .parameter_in(ParameterIn::Query)
+                    .required(Required::False)
+                    .description(Some("seconds to wait for a newer version"))
+                    .schema(Some(
+                        ObjectBuilder::new()
+                            .schema_type(Type::Integer)
+                            .minimum(Some(0))
+                            .maximum(Some(60)),
+                    )),
+            )
+            .response(
+                "304",
+                ResponseBuilder::new()
+                    .description("nothing newer than ?after= within the timeout")
+                    .build(),
             );
     }
     if let Some(req) = o.request {

@@ -21,6 +21,7 @@ async fn main() -> anyhow::Result<()> {
         .context("gns-federation could not start")?;
     tracing::info!(
         api = %federation.api_addr,
+        dns = %federation.dns_addr,
         store = federation.store.backend(),
         data_dir = %config.data_dir.display(),
         "gns-federation listening"

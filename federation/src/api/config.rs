@@ -1,0 +1,148 @@
+//! Config distribution to the data planes: `GET /v1/config/dns?after=V`, the
+//! long-poll by which DNS replicas (`gns-dns`) follow the compiled zone snapshot.
+//!
+//! The handler reads the snapshot feed (a `tokio::sync::watch` receiver of
+//! the builder, installed with [`super::router_with_snapshots`]); it never
+//! touches the store. A snapshot newer than `after` is answered at once with
+//! its pre-encoded JSON; otherwise the request waits for one until `timeout`
+//! seconds pass and then answers `304 Not Modified`.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use axum::Extension;
+use axum::extract::Query;
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use tokio::time::Instant;
+
+use super::ApiError;
+use crate::snapshot::{Snapshot, SnapshotReceiver};
+
+/// Wait when `timeout` is not given, seconds.
+pub const DEFAULT_TIMEOUT_SECS: u64 = 30;
+/// Longest accepted `timeout`, seconds.
+pub const MAX_TIMEOUT_SECS: u64 = 60;
+/// Response header carrying the snapshot version.
+pub const VERSION_HEADER: &str = "x-gns-snapshot-version";
+
+fn parse_query(query: &HashMap<String, String>) -> Result<(Option<u64>, Duration), ApiError> {
+    let after = match query.get("after") {
+        None => None,
+        Some(text) => Some(text.parse::<u64>().map_err(|_| {
+            ApiError::invalid_field(
+                "after",
+                "must be a snapshot version (a non-negative integer)",
+            )
+        })?),
+    };
+    let timeout = match query.get("timeout") {
+        None => DEFAULT_TIMEOUT_SECS,
+        Some(text) => text
+            .parse::<u64>()
+            .ok()
+            .filter(|t| *t <= MAX_TIMEOUT_SECS)
+            .ok_or_else(|| {
+                ApiError::invalid_field(
+                    "timeout",
+                    format!("must be whole seconds from 0 to {MAX_TIMEOUT_SECS}"),
+                )
+            })?,
+    };
+    Ok((after, Duration::from_secs(timeout)))
+}
+
+fn snapshot_response(snapshot: &Snapshot) -> Result<Response, ApiError> {
+    let body = snapshot
+        .dns_json()
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let headers = [
+        (CONTENT_TYPE, HeaderValue::from_static("application/json")),
+        (CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        (
+            HeaderName::from_static(VERSION_HEADER),
+            HeaderValue::from(snapshot.version),
+        ),
+    ];
+    Ok((StatusCode::OK, headers, body).into_response())
+}
+
+/// The current snapshot if it is newer than `after` (any, without `after`).
+fn newer(rx: &mut SnapshotReceiver, after: Option<u64>) -> Option<std::sync::Arc<Snapshot>> {
+    rx.borrow_and_update()
+        .as_ref()
+        .filter(|s| after.is_none_or(|a| s.version > a))
+        .cloned()
+}
+
+/// `GET /v1/config/dns?after=V&timeout=S`: the zone snapshot (JSON) when its
+/// version is newer than `V`, else `304` after waiting up to `S` seconds
+/// (default 30, at most 60) for one. `503` when no snapshot has been built
+/// within the wait, or this server builds none.
+pub async fn dns(
+    snapshots: Option<Extension<SnapshotReceiver>>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let (after, timeout) = parse_query(&query)?;
+    let Some(Extension(mut rx)) = snapshots else {
+        return Err(ApiError::NotReady(
+            "this server does not build DNS snapshots".into(),
+        ));
+    };
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(snapshot) = newer(&mut rx, after) {
+            return snapshot_response(&snapshot);
+        }
+        match tokio::time::timeout_at(deadline, rx.changed()).await {
+            Ok(Ok(())) => {}
+            // Timed out, or the builder stopped (shutting down): answer with what there is.
+            Ok(Err(_)) | Err(_) => break,
+        }
+    }
+    if let Some(snapshot) = newer(&mut rx, after) {
+        return snapshot_response(&snapshot);
+    }
+    if rx.borrow().is_some() {
+        Ok(StatusCode::NOT_MODIFIED.into_response())
+    } else {
+        Err(ApiError::NotReady(
+            "no DNS snapshot has been built yet; retry later".into(),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn query_defaults_and_limits() {
+        let (after, timeout) = parse_query(&query(&[])).expect("ok");
+        assert_eq!(after, None);
+        assert_eq!(timeout, Duration::from_secs(DEFAULT_TIMEOUT_SECS));
+        let (after, timeout) =
+            parse_query(&query(&[("after", "7"), ("timeout", "60")])).expect("ok");
+        assert_eq!(after, Some(7));
+        assert_eq!(timeout, Duration::from_secs(60));
+        for (field, value) in [
+            ("after", "-1"),
+            ("after", "x"),
+            ("timeout", "61"),
+            ("timeout", "1.5"),
+        ] {
+            match parse_query(&query(&[(field, value)])) {
+                Err(ApiError::Invalid { details, .. }) => assert_eq!(details[0].field, field),
+                other => panic!("{field}={value}: {other:?}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,299 @@
+//! The builder task: follows the store's revision, rebuilds the snapshot and
+//! publishes it on a `tokio::sync::watch` channel.
+//!
+//! - A build is load (async, from the store) plus compile (on the blocking
+//!   pool, off the runtime's worker threads) plus encoding the DNS JSON once.
+//! - Bursts coalesce: the revision watch is marked seen before a build starts,
+//!   so any number of writes during a build cause exactly one more build.
+//! - Publication is one `send_replace` of an `Arc<Snapshot>`: readers see the
+//!   old snapshot or the new one, never a half-built one. A snapshot equal to
+//!   the current one is not republished.
+//! - A store error is logged and retried with backoff (200 ms doubling to 5 s);
+//!   readers keep the last good snapshot meanwhile.
+//! - When an external workload expires the answers change without a write.
+//!   The builder rebuilds at that time, and records the expiry in the store
+//!   (a status write conditional on the workload's resource version), so the
+//!   changed answers get a new version: DNS replicas polling by version and
+//!   zone transfers comparing SOA serials see them too.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::{
+    CompileOptions, Problem, Snapshot, SnapshotError, SnapshotReceiver, SnapshotSender, StoreState,
+    UnrecordedExpiry, compile, load,
+};
+use crate::store::{ObjectWrite, Store, StoreError};
+
+/// First retry delay after a failed build.
+const INITIAL_BACKOFF: Duration = Duration::from_millis(200);
+/// Longest retry delay.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Audit actor of expiry records.
+pub const EXPIRY_ACTOR: &str = "system:expiry";
+
+/// Starts the builder on the current runtime. The receiver holds `None` until
+/// the first build succeeds. The task ends when every receiver is dropped;
+/// abort the handle to stop it sooner (which also ends waiting long-polls).
+pub fn spawn_builder(
+    store: Arc<dyn Store>,
+    options: CompileOptions,
+) -> (SnapshotReceiver, JoinHandle<()>) {
+    // Install the metrics recorder first, so the first build is counted.
+    let _ = crate::api::metrics::handle();
+    let (tx, rx) = watch::channel(None);
+    let revisions = store.subscribe();
+    let builder = Builder {
+        store,
+        options: Arc::new(options),
+        tx,
+        revisions,
+        revisions_open: true,
+        built: None,
+        backoff: INITIAL_BACKOFF,
+        problems: Vec::new(),
+    };
+    (rx, tokio::spawn(builder.run()))
+}
+
+/// Unix milliseconds now.
+fn now_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// When to wake up besides a new revision.
+#[derive(Debug, Default)]
+struct Wake {
+    /// Wall-clock time (Unix ms) the answers change on their own.
+    at_ms: Option<i64>,
+    /// Retry after a failure.
+    retry_in: Option<Duration>,
+}
+
+struct Builder {
+    store: Arc<dyn Store>,
+    options: Arc<CompileOptions>,
+    tx: SnapshotSender,
+    revisions: watch::Receiver<u64>,
+    /// False once the store dropped its side of the revision channel.
+    revisions_open: bool,
+    /// Version of the last successful build.
+    built: Option<u64>,
+    backoff: Duration,
+    /// Problems of the last build, to log only changes.
+    problems: Vec<Problem>,
+}
+
+impl Builder {
+    async fn run(mut self) {
+        loop {
+            let wake = self.build_and_publish().await;
+            if !self.wait(wake).await {
+                tracing::debug!("every snapshot reader is gone; builder stops");
+                return;
+            }
+        }
+    }
+
+    async fn build_and_publish(&mut self) -> Wake {
+        // Writes committed from here on make the next wait return at once.
+        self.revisions.borrow_and_update();
+        let started = std::time::Instant::now();
+        let result = build(self.store.as_ref(), Arc::clone(&self.options)).await;
+        metrics::histogram!("gns_snapshot_build_seconds").record(started.elapsed().as_secs_f64());
+        match result {
+            Ok((state, snapshot)) => {
+                metrics::counter!("gns_snapshot_builds_total", "result" => "ok").increment(1);
+                self.built = Some(snapshot.version);
+                let mut wake = Wake {
+                    at_ms: snapshot.next_change_ms,
+                    retry_in: None,
+                };
+                let expiries = snapshot.unrecorded_expiries.clone();
+                self.publish(snapshot);
+                if !expiries.is_empty()
+                    && let Err(e) = record_expiries(self.store.as_ref(), &state, &expiries).await
+                {
+                    tracing::warn!(
+                        error = %e,
+                        "cannot record external workload expiries; retrying"
+                    );
+                    wake.retry_in = Some(self.next_backoff());
+                } else {
+                    self.backoff = INITIAL_BACKOFF;
+                }
+                wake
+            }
+            Err(e) => {
+                metrics::counter!("gns_snapshot_builds_total", "result" => "error").increment(1);
+                let retry_in = self.next_backoff();
+                tracing::warn!(
+                    error = %e,
+                    retry_in = ?retry_in,
+                    "snapshot build failed; serving the last snapshot"
+                );
+                Wake {
+                    at_ms: None,
+                    retry_in: Some(retry_in),
+                }
+            }
+        }
+    }
+
+    fn next_backoff(&mut self) -> Duration {
+        let delay = self.backoff;
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        delay
+    }
+
+    fn publish(&mut self, snapshot: Snapshot) {
+        metrics::gauge!("gns_snapshot_problems").set(snapshot.problems.len() as f64);
+        if snapshot.problems != self.problems {
+            for problem in snapshot
+                .problems
+                .iter()
+                .filter(|p| !self.problems.contains(p))
+            {
+                tracing::warn!(%problem, version = snapshot.version, "left out of the snapshot");
+            }
+            self.problems = snapshot.problems.clone();
+        }
+        let current = self.tx.borrow().clone();
+        if let Some(current) = &current {
+            if **current == snapshot {
+                return;
+            }
+            if snapshot.version < current.version {
+                tracing::warn!(
+                    from = current.version,
+                    to = snapshot.version,
+                    "store revision went backwards (database restored?); publishing it"
+                );
+            }
+        }
+        metrics::gauge!("gns_snapshot_version").set(snapshot.version as f64);
+        tracing::debug!(
+            version = snapshot.version,
+            zones = snapshot.dns.zones.len(),
+            "snapshot published"
+        );
+        self.tx.send_replace(Some(Arc::new(snapshot)));
+    }
+
+    /// Waits for a newer revision, the wake time, or a retry. False when no reader is left.
+    async fn wait(&mut self, wake: Wake) -> bool {
+        let now = Instant::now();
+        let at = wake.at_ms.map(|ms| {
+            let delay = u64::try_from(ms.saturating_sub(now_millis())).unwrap_or(0);
+            // One extra millisecond: liveness ends exactly at the expiry time.
+            now + Duration::from_millis(delay.saturating_add(1))
+        });
+        let retry = wake.retry_in.map(|d| now + d);
+        let deadline = match (at, retry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let Self {
+            tx,
+            revisions,
+            revisions_open,
+            built,
+            ..
+        } = self;
+        loop {
+            let timer = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = tx.closed() => return false,
+                () = timer => return true,
+                changed = revisions.changed(), if *revisions_open => {
+                    if changed.is_err() {
+                        tracing::warn!(
+                            "the store stopped announcing revisions; rebuilding on timers only"
+                        );
+                        *revisions_open = false;
+                        continue;
+                    }
+                    let newest = *revisions.borrow_and_update();
+                    if built.is_some_and(|b| newest <= b) {
+                        continue;
+                    }
+                    return true;
+                }
+            }
+        }
+    }
+}
+
+/// Loads and compiles one snapshot, compiling and encoding on the blocking pool.
+async fn build(
+    store: &dyn Store,
+    options: Arc<CompileOptions>,
+) -> Result<(StoreState, Snapshot), SnapshotError> {
+    let state = load(store).await?;
+    let now = now_millis();
+    let (state, snapshot, encoded) = tokio::task::spawn_blocking(move || {
+        let snapshot = compile(&state, now, &options);
+        let encoded = snapshot.dns_json().map(drop);
+        (state, snapshot, encoded)
+    })
+    .await
+    .map_err(|e| SnapshotError::Compiler(e.to_string()))?;
+    encoded?;
+    Ok((state, snapshot))
+}
+
+/// Records each expiry with a status write conditional on the version the
+/// compiler saw; a workload that changed meanwhile (a heartbeat, an edit, a
+/// delete) is skipped, its change already makes a new revision.
+async fn record_expiries(
+    store: &dyn Store,
+    state: &StoreState,
+    expiries: &[UnrecordedExpiry],
+) -> Result<(), StoreError> {
+    for expiry in expiries {
+        let Some(object) = state
+            .scoped
+            .get(&expiry.key.scope)
+            .and_then(|s| s.external_workloads.iter().find(|o| o.key == expiry.key))
+        else {
+            continue;
+        };
+        let mut status = match &object.status {
+            Value::Object(map) => map.clone(),
+            _ => serde_json::Map::new(),
+        };
+        status.insert("expiredAtMillis".into(), json!(expiry.expired_at_ms));
+        let write = ObjectWrite {
+            key: expiry.key.clone(),
+            spec: object.spec.clone(),
+            secret: None,
+            cluster_refs: Vec::new(),
+            domain: None,
+            status: Some(Value::Object(status)),
+            actor: EXPIRY_ACTOR.to_owned(),
+        };
+        match store.update(write, Some(expiry.resource_version)).await {
+            Ok(outcome) => tracing::info!(
+                workload = %expiry.key,
+                revision = outcome.object.resource_version,
+                "external workload expired"
+            ),
+            Err(StoreError::Conflict { .. } | StoreError::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

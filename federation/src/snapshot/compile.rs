@@ -1,0 +1,987 @@
+//! The compiler proper: [`compile`] turns a [`StoreState`] into a [`Snapshot`]
+//! by the DNS answer rules of the design ("DNS answers"):
+//!
+//! - one zone per global namespace, its origin the namespace's domain, with
+//!   NS `ns1.<origin>` (glue from the options) and apex TXT `gns=<name>`;
+//! - a service per name discovered in the namespace, served by an alive
+//!   external workload, or named by a routing object;
+//! - the external view of a service: the public gateway address of every
+//!   member cluster that has one and ready endpoints of the service, plus the
+//!   addresses of its alive external workloads;
+//! - a cluster's view (every cluster with networks): its own ready endpoints
+//!   when it has some and no routing rule sends the service to another
+//!   cluster, else its egress gateway address, else nothing (the cluster gets
+//!   the external answer); a service with no ready endpoint anywhere gets no
+//!   cluster view entries, so every client sees an empty (NODATA) answer;
+//! - SRV ports from the discovered service and the alive workloads (UDP →
+//!   `_udp`, everything else `_tcp`), TXT `clusters=<clusters with ready endpoints>`.
+//!
+//! Objects that can't compile (a spec that no longer parses, routing to a
+//! cluster without a gateway, a service that collides with a name server)
+//! become [`Problem`]s and are left out. Output is sorted and deduplicated
+//! so equal input gives equal snapshots.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use gns_dns::ZoneSnapshot;
+use gns_dns::snapshot::{
+    ClusterView, MAX_ANSWER_TTL, Nameserver, Service, ServicePort, Transport, Zone,
+};
+use serde::de::DeserializeOwned;
+
+use super::{CompileOptions, Problem, ScopedObjects, Snapshot, StoreState, UnrecordedExpiry};
+use crate::model::{
+    Cluster, DiscoveredService, ExternalWorkload, GlobalNamespace, Kind, Name, Protocol, Routing,
+    WorkloadPort,
+};
+use crate::store::{ObjectKey, StoredObject};
+
+/// First label of each zone's default name server.
+const DEFAULT_NAMESERVER_LABEL: &str = "ns1";
+
+/// Compiles `state` as of `now_ms` (Unix milliseconds). Pure: no I/O, no clock.
+pub fn compile(state: &StoreState, now_ms: i64, options: &CompileOptions) -> Snapshot {
+    let mut problems = Vec::new();
+    let mut clusters = BTreeMap::new();
+    for object in &state.clusters {
+        if let Some(cluster) = parse::<Cluster>(object, &mut problems) {
+            clusters.insert(object.key.name.clone(), cluster);
+        }
+    }
+    let views = clusters
+        .iter()
+        .filter(|(_, c)| !c.networks.is_empty())
+        .map(|(name, c)| {
+            let mut networks: Vec<ipnet::IpNet> = c.networks.iter().map(|n| n.net()).collect();
+            networks.sort();
+            networks.dedup();
+            ClusterView {
+                cluster: name.clone(),
+                networks,
+            }
+        })
+        .collect();
+
+    let mut compiler = Compiler {
+        now_ms,
+        options,
+        clusters: &clusters,
+        problems,
+        next_change_ms: None,
+        expiries: Vec::new(),
+    };
+    let empty = ScopedObjects::default();
+    // origin -> (owning global namespace, zone)
+    let mut zones: BTreeMap<String, (String, Zone)> = BTreeMap::new();
+    for object in &state.global_namespaces {
+        let Some(gns) = parse::<GlobalNamespace>(object, &mut compiler.problems) else {
+            continue;
+        };
+        let origin = gns.domain.as_str().to_owned();
+        if let Some((owner, _)) = zones.get(&origin) {
+            let message = format!("domain {origin} is also the domain of global namespace {owner}");
+            compiler.problems.push(Problem::new(&object.key, message));
+            continue;
+        }
+        let scoped = state.scoped.get(&object.key.name).unwrap_or(&empty);
+        let zone = compiler.zone(&object.key.name, &gns, scoped);
+        zones.insert(origin, (object.key.name.clone(), zone));
+    }
+
+    let Compiler {
+        mut problems,
+        next_change_ms,
+        mut expiries,
+        ..
+    } = compiler;
+    problems.sort();
+    problems.dedup();
+    expiries.sort_by(|a, b| a.key.cmp(&b.key));
+    let dns = ZoneSnapshot {
+        version: state.revision,
+        answer_ttl: options.answer_ttl.clamp(1, MAX_ANSWER_TTL),
+        views,
+        zones: zones.into_values().map(|(_, zone)| zone).collect(),
+    };
+    Snapshot::new(state.revision, dns, problems, next_change_ms, expiries)
+}
+
+/// Parses a stored spec, reporting (with the failing field) when it no longer parses.
+fn parse<T: DeserializeOwned>(object: &StoredObject, problems: &mut Vec<Problem>) -> Option<T> {
+    match serde_path_to_error::deserialize::<_, T>(&object.spec) {
+        Ok(value) => Some(value),
+        Err(e) => {
+            problems.push(Problem::new(
+                &object.key,
+                format!("stored spec does not parse: {e}"),
+            ));
+            None
+        }
+    }
+}
+
+/// When an external workload expires: last heartbeat (from the status) plus its TTL.
+fn expires_at(object: &StoredObject, workload: &ExternalWorkload) -> Option<i64> {
+    let last = object.status.get("lastHeartbeatMillis")?.as_i64()?;
+    let ttl = i64::try_from(workload.ttl.get().as_millis()).unwrap_or(i64::MAX);
+    Some(last.saturating_add(ttl))
+}
+
+/// True if a rule of `routing` sends some traffic to a cluster other than `cluster`.
+fn sends_elsewhere(routing: &Routing, cluster: &str) -> bool {
+    routing.rules.iter().any(|rule| {
+        rule.destinations
+            .iter()
+            .any(|d| d.weight > 0 && d.cluster.as_str() != cluster)
+    })
+}
+
+fn sorted(mut addresses: Vec<IpAddr>) -> Vec<IpAddr> {
+    addresses.sort();
+    addresses.dedup();
+    addresses
+}
+
+fn transport(protocol: Protocol) -> Transport {
+    match protocol {
+        Protocol::Udp => Transport::Udp,
+        Protocol::Tcp | Protocol::Http | Protocol::Http2 | Protocol::Grpc | Protocol::Tls => {
+            Transport::Tcp
+        }
+    }
+}
+
+/// The state of one compilation.
+struct Compiler<'a> {
+    now_ms: i64,
+    options: &'a CompileOptions,
+    clusters: &'a BTreeMap<String, Cluster>,
+    problems: Vec<Problem>,
+    next_change_ms: Option<i64>,
+    expiries: Vec<UnrecordedExpiry>,
+}
+
+/// What one global namespace says about one service name.
+struct ServiceInputs<'a> {
+    discovered: Option<&'a DiscoveredService>,
+    workloads: &'a [ExternalWorkload],
+    routing: Option<&'a Routing>,
+}
+
+impl Compiler<'_> {
+    fn zone(&mut self, gns_name: &str, gns: &GlobalNamespace, scoped: &ScopedObjects) -> Zone {
+        let origin = gns.domain.as_str();
+        let members: BTreeSet<&str> = gns
+            .members
+            .iter()
+            .map(|m| m.cluster.as_str())
+            .filter(|c| self.clusters.contains_key(*c))
+            .collect();
+        let nameservers = self.nameservers(origin);
+        // Single-label names inside the zone taken by name servers.
+        let suffix = format!(".{origin}");
+        let reserved: BTreeSet<String> = nameservers
+            .iter()
+            .filter_map(|ns| ns.name.strip_suffix(&suffix))
+            .filter(|label| !label.contains('.'))
+            .map(str::to_owned)
+            .collect();
+
+        let routings = self.routings(&scoped.routings);
+        let mut discovered: BTreeMap<String, DiscoveredService> = BTreeMap::new();
+        for object in &scoped.services {
+            if let Err(e) = Name::try_from(object.key.name.clone()) {
+                self.problems.push(Problem::new(&object.key, e));
+                continue;
+            }
+            if let Some(svc) = parse::<DiscoveredService>(object, &mut self.problems) {
+                discovered.insert(object.key.name.clone(), svc);
+            }
+        }
+        let alive = self.alive_workloads(&scoped.external_workloads);
+
+        let names: BTreeSet<&String> = discovered
+            .keys()
+            .chain(alive.keys())
+            .chain(routings.keys())
+            .collect();
+        let mut services = Vec::new();
+        for name in names {
+            if reserved.contains(name.as_str()) {
+                self.problems.push(Problem::new(
+                    &ObjectKey::scoped(Kind::Service, gns_name, name.as_str()),
+                    format!(
+                        "{name}.{origin} is a name server of the zone; \
+                         the service is left out of DNS until it is renamed"
+                    ),
+                ));
+                continue;
+            }
+            let inputs = ServiceInputs {
+                discovered: discovered.get(name),
+                workloads: alive.get(name).map_or(&[], Vec::as_slice),
+                routing: routings.get(name),
+            };
+            services.push(self.service(name, &members, &inputs));
+        }
+        Zone {
+            origin: origin.to_owned(),
+            nameservers,
+            txt: vec![format!("gns={gns_name}")],
+            services,
+        }
+    }
+
+    fn nameservers(&self, origin: &str) -> Vec<Nameserver> {
+        let default_name = format!("{DEFAULT_NAMESERVER_LABEL}.{origin}");
+        let glue = sorted(
+            self.options
+                .nameserver_addresses
+                .iter()
+                .copied()
+                .filter(|a| !a.is_unspecified())
+                .collect(),
+        );
+        let mut out = vec![Nameserver {
+            name: default_name,
+            addresses: glue,
+        }];
+        for extra in &self.options.extra_nameservers {
+            let name = extra.name.trim_end_matches('.').to_ascii_lowercase();
+            if name.is_empty() || out.iter().any(|ns| ns.name == name) {
+                continue;
+            }
+            out.push(Nameserver {
+                name,
+                addresses: sorted(extra.addresses.clone()),
+            });
+        }
+        out
+    }
+
+    /// Routing objects by service; one that can't be honoured is reported and ignored.
+    fn routings(&mut self, objects: &[StoredObject]) -> BTreeMap<String, Routing> {
+        let mut out = BTreeMap::new();
+        for object in objects {
+            if let Err(e) = Name::try_from(object.key.name.clone()) {
+                self.problems.push(Problem::new(&object.key, e));
+                continue;
+            }
+            let Some(routing) = parse::<Routing>(object, &mut self.problems) else {
+                continue;
+            };
+            let mut unreachable = Vec::new();
+            for (i, rule) in routing.rules.iter().enumerate() {
+                for (j, d) in rule.destinations.iter().enumerate() {
+                    if d.weight == 0 {
+                        continue;
+                    }
+                    let at = format!("rules[{i}].destinations[{j}]");
+                    match self.clusters.get(d.cluster.as_str()) {
+                        None => unreachable.push(format!(
+                            "{at}: cluster {} is not registered (or its spec does not parse)",
+                            d.cluster
+                        )),
+                        Some(c) if c.gateway.is_none() => unreachable.push(format!(
+                            "{at}: cluster {} has no gateway, so traffic can't be routed to it",
+                            d.cluster
+                        )),
+                        Some(_) => {}
+                    }
+                }
+            }
+            if unreachable.is_empty() {
+                out.insert(object.key.name.clone(), routing);
+            } else {
+                let message = format!("routing ignored: {}", unreachable.join("; "));
+                self.problems.push(Problem::new(&object.key, message));
+            }
+        }
+        out
+    }
+
+    /// Alive external workloads by service; notes the next expiry and expiries the store missed.
+    fn alive_workloads(
+        &mut self,
+        objects: &[StoredObject],
+    ) -> BTreeMap<String, Vec<ExternalWorkload>> {
+        let mut alive: BTreeMap<String, Vec<ExternalWorkload>> = BTreeMap::new();
+        for object in objects {
+            let Some(workload) = parse::<ExternalWorkload>(object, &mut self.problems) else {
+                continue;
+            };
+            // No recorded heartbeat: not alive (the API always records one).
+            let Some(expires) = expires_at(object, &workload) else {
+                continue;
+            };
+            if self.now_ms < expires {
+                self.next_change_ms = Some(self.next_change_ms.map_or(expires, |t| t.min(expires)));
+                alive
+                    .entry(workload.service.to_string())
+                    .or_default()
+                    .push(workload);
+            } else if object.updated_at < expires {
+                self.expiries.push(UnrecordedExpiry {
+                    key: object.key.clone(),
+                    resource_version: object.resource_version,
+                    expired_at_ms: expires,
+                });
+            }
+        }
+        // Input order must not matter (the first port of a name wins).
+        for workloads in alive.values_mut() {
+            workloads.sort_by(|a, b| a.name.cmp(&b.name));
+        }
+        alive
+    }
+
+    fn service(&self, name: &str, members: &BTreeSet<&str>, inputs: &ServiceInputs<'_>) -> Service {
+        // Member clusters with ready endpoints, and those endpoints.
+        let mut ready: BTreeMap<&str, Vec<IpAddr>> = BTreeMap::new();
+        if let Some(d) = inputs.discovered {
+            for (cluster, endpoints) in &d.clusters {
+                if members.contains(cluster.as_str()) && !endpoints.ready.is_empty() {
+                    let addresses = endpoints.ready.iter().map(|e| e.address).collect();
+                    ready.insert(cluster.as_str(), sorted(addresses));
+                }
+            }
+        }
+
+        let external = sorted(
+            ready
+                .keys()
+                .filter_map(|c| self.clusters.get(*c)?.gateway.as_ref()?.public_address)
+                .chain(inputs.workloads.iter().map(|w| w.address))
+                .collect(),
+        );
+
+        let mut views = BTreeMap::new();
+        let available = !ready.is_empty() || !inputs.workloads.is_empty();
+        if available {
+            for (cluster_name, cluster) in
+                self.clusters.iter().filter(|(_, c)| !c.networks.is_empty())
+            {
+                let elsewhere = inputs
+                    .routing
+                    .is_some_and(|r| sends_elsewhere(r, cluster_name));
+                let answer = match ready.get(cluster_name.as_str()) {
+                    Some(local) if !elsewhere => Some(local.clone()),
+                    _ => cluster.gateway.as_ref().map(|g| vec![g.egress_address]),
+                };
+                if let Some(addresses) = answer {
+                    views.insert(cluster_name.clone(), addresses);
+                }
+            }
+        }
+
+        let mut ports: BTreeMap<String, ServicePort> = BTreeMap::new();
+        let declared = inputs.discovered.map_or(&[][..], |d| d.ports.as_slice());
+        let from_workloads = inputs.workloads.iter().flat_map(|w| w.ports.iter());
+        for port in declared.iter().chain(from_workloads) {
+            add_port(&mut ports, port);
+        }
+
+        let ready_clusters: Vec<&str> = ready.keys().copied().collect();
+        Service {
+            name: name.to_owned(),
+            ports: ports.into_values().collect(),
+            external,
+            views,
+            txt: vec![format!("clusters={}", ready_clusters.join(","))],
+        }
+    }
+}
+
+/// Adds `port` unless one of that name is there already (the first wins) or it is port 0.
+fn add_port(ports: &mut BTreeMap<String, ServicePort>, port: &WorkloadPort) {
+    if port.port == 0 {
+        return;
+    }
+    ports
+        .entry(port.name.to_string())
+        .or_insert_with(|| ServicePort {
+            name: port.name.to_string(),
+            port: port.port,
+            protocol: transport(port.protocol),
+        });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::ObjectKey;
+    use serde_json::{Value, json};
+
+    const NOW: i64 = 1_700_000_000_000;
+    const ORIGIN: &str = "production.app.acme.com";
+
+    fn object(key: ObjectKey, spec: Value) -> StoredObject {
+        StoredObject {
+            key,
+            spec,
+            status: json!({}),
+            resource_version: 1,
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+
+    fn cluster(name: &str, networks: &[&str], gateway: Option<Value>) -> StoredObject {
+        let mut spec = json!({"name": name, "kubernetes": {"server": "https://10.0.0.1:6443"},
+                              "networks": networks});
+        if let Some(gw) = gateway {
+            spec["gateway"] = gw;
+        }
+        object(ObjectKey::global(Kind::Cluster, name), spec)
+    }
+
+    fn gateway(egress: &str, public: Option<&str>) -> Value {
+        let mut gw = json!({"ingressAddress": "203.0.113.10:15443", "egressAddress": egress});
+        if let Some(p) = public {
+            gw["publicAddress"] = json!(p);
+        }
+        gw
+    }
+
+    /// Discovered service: `clusters` as (cluster, ready addresses, not-ready addresses).
+    fn service(name: &str, clusters: &[(&str, &[&str], &[&str])]) -> StoredObject {
+        let eps = |addrs: &[&str]| -> Vec<Value> {
+            addrs.iter().map(|a| json!({"address": a})).collect()
+        };
+        let mut map = serde_json::Map::new();
+        for (c, ready, not_ready) in clusters {
+            map.insert(
+                (*c).to_owned(),
+                json!({"ready": eps(ready), "notReady": eps(not_ready)}),
+            );
+        }
+        object(
+            ObjectKey::scoped(Kind::Service, "production", name),
+            json!({"name": name, "ports": [{"name": "http", "port": 80, "protocol": "HTTP"}],
+                   "clusters": map}),
+        )
+    }
+
+    fn workload(name: &str, svc: &str, address: &str, last_heartbeat: i64) -> StoredObject {
+        let mut o = object(
+            ObjectKey::scoped(Kind::ExternalWorkload, "production", name),
+            json!({"name": name, "service": svc, "address": address, "ttl": "30s",
+                   "ports": [{"name": "pg", "port": 5432}, {"name": "stats", "port": 8125, "protocol": "UDP"}]}),
+        );
+        o.status = json!({"lastHeartbeatMillis": last_heartbeat});
+        o.updated_at = last_heartbeat;
+        o
+    }
+
+    fn routing(svc: &str, destinations: Value) -> StoredObject {
+        object(
+            ObjectKey::scoped(Kind::Routing, "production", svc),
+            json!({"rules": [{"destinations": destinations}]}),
+        )
+    }
+
+    /// east: networks, gateway with public address; west: networks, gateway
+    /// without one; north: networks, no gateway; south: gateway with a public
+    /// address, no networks. All four are members of `production`.
+    fn base() -> StoreState {
+        let gns = object(
+            ObjectKey::global(Kind::GlobalNamespace, "production"),
+            json!({"name": "production", "domain": ORIGIN,
+                   "members": [{"cluster": "east", "namespace": "shop"},
+                               {"cluster": "west", "namespace": "shop"},
+                               {"cluster": "north", "namespace": "shop"},
+                               {"cluster": "south", "namespace": "shop"}]}),
+        );
+        StoreState {
+            revision: 42,
+            clusters: vec![
+                cluster(
+                    "east",
+                    &["10.8.0.0/16"],
+                    Some(gateway("10.8.0.53", Some("198.51.100.1"))),
+                ),
+                cluster("west", &["10.9.0.0/16"], Some(gateway("10.9.0.53", None))),
+                cluster("north", &["10.10.0.0/16"], None),
+                cluster(
+                    "south",
+                    &[],
+                    Some(gateway("10.11.0.53", Some("198.51.100.4"))),
+                ),
+            ],
+            global_namespaces: vec![gns],
+            scoped: BTreeMap::from([("production".to_owned(), ScopedObjects::default())]),
+        }
+    }
+
+    fn scoped(state: &mut StoreState) -> &mut ScopedObjects {
+        state.scoped.entry("production".into()).or_default()
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("ip")
+    }
+
+    fn ips(list: &[&str]) -> Vec<IpAddr> {
+        list.iter().map(|s| ip(s)).collect()
+    }
+
+    fn find<'a>(snapshot: &'a Snapshot, svc: &str) -> &'a Service {
+        snapshot.dns.zones[0]
+            .services
+            .iter()
+            .find(|s| s.name == svc)
+            .unwrap_or_else(|| panic!("service {svc} missing from {:?}", snapshot.dns))
+    }
+
+    fn build(state: &StoreState) -> Snapshot {
+        compile(state, NOW, &CompileOptions::default())
+    }
+
+    #[test]
+    fn zone_apex_nameservers_views_and_ttl() {
+        let state = base();
+        let options = CompileOptions {
+            answer_ttl: 300,
+            nameserver_addresses: vec![ip("192.0.2.53"), ip("0.0.0.0"), ip("192.0.2.53")],
+            extra_nameservers: vec![Nameserver {
+                name: "NS2.Example.NET.".into(),
+                addresses: vec![],
+            }],
+        };
+        let snap = compile(&state, NOW, &options);
+        assert_eq!(snap.version, 42);
+        assert_eq!(snap.dns.version, 42);
+        assert_eq!(snap.dns.answer_ttl, MAX_ANSWER_TTL);
+        assert!(snap.problems.is_empty(), "{:?}", snap.problems);
+        let zone = &snap.dns.zones[0];
+        assert_eq!(zone.origin, ORIGIN);
+        assert_eq!(zone.txt, vec!["gns=production".to_owned()]);
+        assert_eq!(
+            zone.nameservers,
+            vec![
+                Nameserver {
+                    name: format!("ns1.{ORIGIN}"),
+                    addresses: ips(&["192.0.2.53"])
+                },
+                Nameserver {
+                    name: "ns2.example.net".into(),
+                    addresses: vec![]
+                },
+            ]
+        );
+        let clusters: Vec<&str> = snap.dns.views.iter().map(|v| v.cluster.as_str()).collect();
+        assert_eq!(clusters, ["east", "north", "west"], "south has no networks");
+        assert_eq!(
+            snap.dns.views[0].networks,
+            vec!["10.8.0.0/16".parse::<ipnet::IpNet>().expect("net")]
+        );
+        let zero = compile(
+            &state,
+            NOW,
+            &CompileOptions {
+                answer_ttl: 0,
+                ..CompileOptions::default()
+            },
+        );
+        assert_eq!(zero.dns.answer_ttl, 1);
+        assert_eq!(build(&state).dns.answer_ttl, 5);
+    }
+
+    #[test]
+    fn external_view_is_public_addresses_of_clusters_with_ready_endpoints() {
+        let mut state = base();
+        scoped(&mut state).services.push(service(
+            "web",
+            &[
+                ("east", &["10.8.1.1", "10.8.1.2"], &[]),
+                ("west", &["10.9.1.1"], &[]),
+                ("south", &[], &["10.11.1.1"]),
+            ],
+        ));
+        let snap = build(&state);
+        let web = find(&snap, "web");
+        // east: public + ready; west: ready but no public address; south: public but only not-ready.
+        assert_eq!(web.external, ips(&["198.51.100.1"]));
+        assert_eq!(web.txt, vec!["clusters=east,west".to_owned()]);
+        assert_eq!(
+            web.ports,
+            vec![ServicePort {
+                name: "http".into(),
+                port: 80,
+                protocol: Transport::Tcp
+            }]
+        );
+    }
+
+    #[test]
+    fn only_not_ready_endpoints_give_empty_answers_everywhere() {
+        let mut state = base();
+        scoped(&mut state)
+            .services
+            .push(service("web", &[("east", &[], &["10.8.1.1"])]));
+        let snap = build(&state);
+        let web = find(&snap, "web");
+        assert!(web.external.is_empty());
+        assert!(web.views.is_empty(), "{:?}", web.views);
+        assert_eq!(web.txt, vec!["clusters=".to_owned()]);
+    }
+
+    #[test]
+    fn cluster_view_is_local_endpoints_else_egress_else_external() {
+        let mut state = base();
+        scoped(&mut state).services.push(service(
+            "api",
+            &[("east", &["10.8.2.2", "10.8.2.1", "10.8.2.2"], &["10.8.2.9"])],
+        ));
+        let snap = build(&state);
+        let api = find(&snap, "api");
+        assert_eq!(
+            api.views["east"],
+            ips(&["10.8.2.1", "10.8.2.2"]),
+            "local, sorted, deduped"
+        );
+        assert_eq!(
+            api.views["west"],
+            ips(&["10.9.0.53"]),
+            "west's egress gateway"
+        );
+        assert!(
+            !api.views.contains_key("north"),
+            "no gateway: external answer"
+        );
+        assert!(!api.views.contains_key("south"), "no networks: no view");
+    }
+
+    #[test]
+    fn routing_elsewhere_sends_the_cluster_to_its_egress() {
+        let mut state = base();
+        let objects = scoped(&mut state);
+        objects.services.push(service(
+            "web",
+            &[("east", &["10.8.1.1"], &[]), ("west", &["10.9.1.1"], &[])],
+        ));
+        objects.services.push(service(
+            "api",
+            &[("east", &["10.8.2.1"], &[]), ("west", &["10.9.2.1"], &[])],
+        ));
+        // All of web's traffic goes to west; api keeps a zero-weight destination elsewhere.
+        objects
+            .routings
+            .push(routing("web", json!([{"cluster": "west", "weight": 100}])));
+        objects.routings.push(routing(
+            "api",
+            json!([{"cluster": "east", "weight": 100}, {"cluster": "west", "weight": 0}]),
+        ));
+        let snap = build(&state);
+        assert!(snap.problems.is_empty(), "{:?}", snap.problems);
+        let web = find(&snap, "web");
+        assert_eq!(
+            web.views["east"],
+            ips(&["10.8.0.53"]),
+            "routed elsewhere: egress"
+        );
+        assert_eq!(
+            web.views["west"],
+            ips(&["10.9.1.1"]),
+            "destination itself: local"
+        );
+        let api = find(&snap, "api");
+        assert_eq!(api.views["east"], ips(&["10.8.2.1"]));
+        assert_eq!(
+            api.views["west"],
+            ips(&["10.9.0.53"]),
+            "west is routed to east: egress"
+        );
+    }
+
+    #[test]
+    fn routing_only_service_exists_without_addresses() {
+        let mut state = base();
+        scoped(&mut state).routings.push(routing(
+            "later",
+            json!([{"cluster": "east", "weight": 100}]),
+        ));
+        let snap = build(&state);
+        let later = find(&snap, "later");
+        assert!(later.external.is_empty() && later.views.is_empty() && later.ports.is_empty());
+    }
+
+    #[test]
+    fn routing_to_a_cluster_without_gateway_is_a_problem_and_ignored() {
+        let mut state = base();
+        let objects = scoped(&mut state);
+        objects
+            .services
+            .push(service("web", &[("east", &["10.8.1.1"], &[])]));
+        objects.routings.push(routing(
+            "web",
+            json!([{"cluster": "east", "weight": 50}, {"cluster": "north", "weight": 50}]),
+        ));
+        let snap = build(&state);
+        assert_eq!(snap.problems.len(), 1, "{:?}", snap.problems);
+        let p = &snap.problems[0];
+        assert_eq!(
+            (p.kind, p.scope.as_str(), p.name.as_str()),
+            (Kind::Routing, "production", "web")
+        );
+        assert!(
+            p.message.contains("rules[0].destinations[1]") && p.message.contains("north"),
+            "{p}"
+        );
+        // Left out: east answers locally as if there were no routing.
+        assert_eq!(find(&snap, "web").views["east"], ips(&["10.8.1.1"]));
+    }
+
+    #[test]
+    fn workloads_alive_expired_and_next_change() {
+        let mut state = base();
+        let objects = scoped(&mut state);
+        objects
+            .services
+            .push(service("db", &[("east", &["10.8.3.1"], &[])]));
+        // Expires at NOW + 10 s, NOW + 20 s; expired 1 s ago (unrecorded), expired and recorded.
+        objects
+            .external_workloads
+            .push(workload("vm-a", "db", "192.0.2.10", NOW - 20_000));
+        objects
+            .external_workloads
+            .push(workload("vm-b", "db", "192.0.2.11", NOW - 10_000));
+        objects
+            .external_workloads
+            .push(workload("vm-c", "db", "192.0.2.12", NOW - 31_000));
+        let mut recorded = workload("vm-d", "cache", "192.0.2.13", NOW - 60_000);
+        recorded.updated_at = NOW - 25_000;
+        objects.external_workloads.push(recorded);
+        objects
+            .external_workloads
+            .push(workload("vm-e", "queue", "192.0.2.14", NOW - 1_000));
+        let snap = build(&state);
+        let db = find(&snap, "db");
+        assert_eq!(
+            db.external,
+            ips(&["192.0.2.10", "192.0.2.11", "198.51.100.1"])
+        );
+        let ports: Vec<(&str, u16, Transport)> = db
+            .ports
+            .iter()
+            .map(|p| (p.name.as_str(), p.port, p.protocol))
+            .collect();
+        assert_eq!(
+            ports,
+            [
+                ("http", 80, Transport::Tcp),
+                ("pg", 5432, Transport::Tcp),
+                ("stats", 8125, Transport::Udp)
+            ]
+        );
+        // Workload-only service: external has the workload; clusters go through their egress.
+        let queue = find(&snap, "queue");
+        assert_eq!(queue.external, ips(&["192.0.2.14"]));
+        assert_eq!(queue.views["east"], ips(&["10.8.0.53"]));
+        assert_eq!(queue.txt, vec!["clusters=".to_owned()]);
+        // An expired-only service is not there at all.
+        assert!(snap.dns.zones[0].services.iter().all(|s| s.name != "cache"));
+        assert_eq!(snap.next_change_ms, Some(NOW + 10_000));
+        let expired: Vec<(&str, i64)> = snap
+            .unrecorded_expiries
+            .iter()
+            .map(|e| (e.key.name.as_str(), e.expired_at_ms))
+            .collect();
+        assert_eq!(expired, [("vm-c", NOW - 1_000)]);
+
+        // Exactly at expiry the workload is gone.
+        let later = compile(&state, NOW + 10_000, &CompileOptions::default());
+        assert_eq!(
+            find(&later, "db").external,
+            ips(&["192.0.2.11", "198.51.100.1"])
+        );
+        assert_eq!(later.next_change_ms, Some(NOW + 20_000));
+    }
+
+    #[test]
+    fn workload_without_heartbeat_is_not_alive() {
+        let mut state = base();
+        let mut w = workload("vm", "db", "192.0.2.10", NOW);
+        w.status = json!({});
+        scoped(&mut state).external_workloads.push(w);
+        let snap = build(&state);
+        assert!(snap.dns.zones[0].services.is_empty());
+        assert_eq!(snap.next_change_ms, None);
+        assert!(snap.unrecorded_expiries.is_empty());
+    }
+
+    #[test]
+    fn endpoints_of_clusters_outside_the_namespace_are_ignored() {
+        let mut state = base();
+        state.clusters.push(cluster(
+            "other",
+            &["10.20.0.0/16"],
+            Some(gateway("10.20.0.53", Some("198.51.100.20"))),
+        ));
+        scoped(&mut state).services.push(service(
+            "web",
+            &[
+                ("other", &["10.20.1.1"], &[]),
+                ("ghost", &["10.30.1.1"], &[]),
+            ],
+        ));
+        let snap = build(&state);
+        let web = find(&snap, "web");
+        assert!(web.external.is_empty());
+        assert!(web.views.is_empty());
+        assert_eq!(web.txt, vec!["clusters=".to_owned()]);
+    }
+
+    #[test]
+    fn broken_specs_are_reported_and_skipped() {
+        let mut state = base();
+        state.clusters.push(object(
+            ObjectKey::global(Kind::Cluster, "broken"),
+            json!({"name": "broken", "kubernetes": {"server": "https://x"}, "networks": ["not-a-cidr"]}),
+        ));
+        state.global_namespaces.push(object(
+            ObjectKey::global(Kind::GlobalNamespace, "old"),
+            json!({"name": "old", "domain": "old.example.com", "retired": true}),
+        ));
+        let objects = scoped(&mut state);
+        objects
+            .services
+            .push(service("web", &[("east", &["10.8.1.1"], &[])]));
+        objects.services.push(object(
+            ObjectKey::scoped(Kind::Service, "production", "bad"),
+            json!({"name": "bad", "ports": "eighty"}),
+        ));
+        objects.external_workloads.push(object(
+            ObjectKey::scoped(Kind::ExternalWorkload, "production", "vm"),
+            json!({"name": "vm", "service": "db", "address": "192.0.2.300", "ports": [], "ttl": "30s"}),
+        ));
+        objects.routings.push(object(
+            ObjectKey::scoped(Kind::Routing, "production", "web"),
+            json!({"rules": "all to east"}),
+        ));
+        let snap = build(&state);
+        let keys: Vec<(Kind, &str, &str)> = snap
+            .problems
+            .iter()
+            .map(|p| (p.kind, p.scope.as_str(), p.name.as_str()))
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                (Kind::Cluster, "", "broken"),
+                (Kind::GlobalNamespace, "", "old"),
+                (Kind::Routing, "production", "web"),
+                (Kind::ExternalWorkload, "production", "vm"),
+                (Kind::Service, "production", "bad"),
+            ]
+        );
+        assert!(
+            snap.problems[0].message.contains("networks[0]"),
+            "{}",
+            snap.problems[0]
+        );
+        // Everything else still compiles.
+        assert_eq!(snap.dns.zones.len(), 1);
+        assert_eq!(snap.dns.views.len(), 3);
+        assert_eq!(find(&snap, "web").views["east"], ips(&["10.8.1.1"]));
+        assert!(snap.dns.zones[0].services.iter().all(|s| s.name != "bad"));
+    }
+
+    #[test]
+    fn service_named_like_the_nameserver_is_a_problem() {
+        let mut state = base();
+        scoped(&mut state)
+            .services
+            .push(service("ns1", &[("east", &["10.8.1.1"], &[])]));
+        let snap = build(&state);
+        assert!(snap.dns.zones[0].services.is_empty());
+        assert_eq!(snap.problems.len(), 1);
+        assert_eq!(snap.problems[0].name, "ns1");
+    }
+
+    #[test]
+    fn duplicate_domain_is_a_problem() {
+        let mut state = base();
+        state.global_namespaces.push(object(
+            ObjectKey::global(Kind::GlobalNamespace, "staging"),
+            json!({"name": "staging", "domain": ORIGIN}),
+        ));
+        let snap = build(&state);
+        assert_eq!(snap.dns.zones.len(), 1);
+        assert_eq!(snap.dns.zones[0].txt, vec!["gns=production".to_owned()]);
+        assert_eq!(snap.problems.len(), 1);
+        assert_eq!(snap.problems[0].name, "staging");
+    }
+
+    #[test]
+    fn output_is_deterministic_and_sorted() {
+        let mut state = base();
+        state.global_namespaces.push(object(
+            ObjectKey::global(Kind::GlobalNamespace, "alpha"),
+            json!({"name": "alpha", "domain": "zzz.example.com", "members": [{"cluster": "east", "namespace": "a"}]}),
+        ));
+        state.scoped.insert(
+            "alpha".into(),
+            ScopedObjects {
+                services: vec![service("x", &[("east", &["10.8.9.9"], &[])])],
+                ..ScopedObjects::default()
+            },
+        );
+        let objects = scoped(&mut state);
+        for name in ["zeta", "alpha", "mid"] {
+            objects.services.push(service(
+                name,
+                &[
+                    ("west", &["10.9.1.2", "10.9.1.1"], &[]),
+                    ("east", &["10.8.1.1"], &[]),
+                ],
+            ));
+        }
+        objects
+            .external_workloads
+            .push(workload("vm-2", "mid", "2001:db8::1", NOW));
+        objects
+            .external_workloads
+            .push(workload("vm-1", "mid", "192.0.2.1", NOW));
+        let first = build(&state);
+
+        let mut shuffled = state.clone();
+        shuffled.clusters.reverse();
+        shuffled.global_namespaces.reverse();
+        for objects in shuffled.scoped.values_mut() {
+            objects.services.reverse();
+            objects.external_workloads.reverse();
+        }
+        let second = build(&shuffled);
+        assert_eq!(first, second);
+        assert_eq!(
+            serde_json::to_string(first.dns.as_ref()).expect("json"),
+            serde_json::to_string(second.dns.as_ref()).expect("json")
+        );
+
+        let origins: Vec<&str> = first.dns.zones.iter().map(|z| z.origin.as_str()).collect();
+        assert_eq!(origins, [ORIGIN, "zzz.example.com"]);
+        let names: Vec<&str> = first.dns.zones[0]
+            .services
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect();
+        assert_eq!(names, ["alpha", "mid", "zeta"]);
+        let mid = find(&first, "mid");
+        assert_eq!(
+            mid.external,
+            ips(&["192.0.2.1", "198.51.100.1", "2001:db8::1"])
+        );
+        assert_eq!(mid.views["west"], ips(&["10.9.1.1", "10.9.1.2"]));
+    }
+
+    #[test]
+    fn dns_json_is_the_zone_snapshot() {
+        let snap = build(&base());
+        let bytes = snap.dns_json().expect("json");
+        let back: ZoneSnapshot = serde_json::from_slice(&bytes).expect("parses");
+        assert_eq!(&back, snap.dns.as_ref());
+        assert_eq!(snap.dns_json().expect("cached"), bytes);
+    }
+}

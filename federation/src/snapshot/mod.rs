@@ -1,0 +1,250 @@
+//! The snapshot compiler: store state in, one immutable, versioned
+//! [`Snapshot`] out, from which the data planes are served.
+//!
+//! This module owns the path from the store to published snapshots:
+//! - [`StoreState`] and [`load`]: everything the compiler reads, fetched from the store;
+//! - [`compile`]: a pure function (no I/O, no clock) from a [`StoreState`] and a
+//!   time to a [`Snapshot`]; objects that can't compile are reported as
+//!   [`Problem`]s and left out, the rest still compiles;
+//! - [`spawn_builder`]: the task that rebuilds on every store revision (and when
+//!   an external workload expires), off the async hot path, and publishes each
+//!   snapshot atomically on a `tokio::sync::watch` channel.
+//!
+//! The snapshot's `version` is the store revision it was compiled from, which
+//! is also the SOA serial of every zone and what config watchers poll by.
+
+mod builder;
+mod compile;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
+use gns_dns::ZoneSnapshot;
+use gns_dns::snapshot::{DEFAULT_ANSWER_TTL, Nameserver};
+use serde::Serialize;
+use tokio::sync::watch;
+
+pub use builder::spawn_builder;
+pub use compile::compile;
+
+use crate::model::Kind;
+use crate::store::{ObjectKey, PageRequest, Store, StoreError, StoredObject};
+
+/// Errors of building a snapshot.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// The store could not be read.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The compiler task failed (a bug: it panicked).
+    #[error("snapshot compiler failed: {0}")]
+    Compiler(String),
+    /// The zone snapshot could not be encoded as JSON.
+    #[error("cannot encode the zone snapshot: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+/// Settings of the compiler that do not come from the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompileOptions {
+    /// TTL of answers that can change, seconds; clamped to
+    /// 1..=[`gns_dns::snapshot::MAX_ANSWER_TTL`].
+    pub answer_ttl: u32,
+    /// Glue addresses of each zone's default name server `ns1.<origin>`
+    /// (the DNS listen address). Unspecified addresses (`0.0.0.0`, `::`) are
+    /// left out; may be empty.
+    pub nameserver_addresses: Vec<IpAddr>,
+    /// Further name servers of every zone (e.g. secondaries), absolute names
+    /// with optional glue, listed after `ns1.<origin>`.
+    pub extra_nameservers: Vec<Nameserver>,
+}
+
+impl Default for CompileOptions {
+    fn default() -> Self {
+        Self {
+            answer_ttl: DEFAULT_ANSWER_TTL,
+            nameserver_addresses: Vec::new(),
+            extra_nameservers: Vec::new(),
+        }
+    }
+}
+
+/// An object that could not be compiled; it was left out of the snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Problem {
+    /// Kind of the object.
+    pub kind: Kind,
+    /// Its global namespace, or `""` for clusters and global namespaces.
+    pub scope: String,
+    /// Its name.
+    pub name: String,
+    /// What is wrong, for an operator.
+    pub message: String,
+}
+
+impl Problem {
+    fn new(key: &ObjectKey, message: impl Into<String>) -> Self {
+        Self {
+            kind: key.kind,
+            scope: key.scope.clone(),
+            name: key.name.clone(),
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let key = ObjectKey {
+            kind: self.kind,
+            scope: self.scope.clone(),
+            name: self.name.clone(),
+        };
+        write!(f, "{key}: {}", self.message)
+    }
+}
+
+/// An external workload whose TTL ran out without the store recording it:
+/// its last write is older than its expiry. The builder records the expiry
+/// (a conditional status write), so that the snapshot without the workload
+/// gets a new version instead of changing the content of an old one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnrecordedExpiry {
+    /// The workload.
+    pub key: ObjectKey,
+    /// Its resource version; the recording write is conditional on it.
+    pub resource_version: u64,
+    /// When it expired, Unix milliseconds.
+    pub expired_at_ms: i64,
+}
+
+/// One compiled, immutable snapshot of the federation.
+#[derive(Clone)]
+pub struct Snapshot {
+    /// Store revision it was compiled from.
+    pub version: u64,
+    /// What the DNS servers serve.
+    pub dns: Arc<ZoneSnapshot>,
+    /// Objects left out, sorted.
+    pub problems: Vec<Problem>,
+    /// Earliest time (Unix milliseconds) the answers change without a store
+    /// write: when the next external workload expires.
+    pub next_change_ms: Option<i64>,
+    /// Expired workloads whose expiry the store has not recorded yet.
+    pub unrecorded_expiries: Vec<UnrecordedExpiry>,
+    dns_json: OnceLock<Bytes>,
+}
+
+impl Snapshot {
+    /// A snapshot from its parts.
+    pub fn new(
+        version: u64,
+        dns: ZoneSnapshot,
+        problems: Vec<Problem>,
+        next_change_ms: Option<i64>,
+        unrecorded_expiries: Vec<UnrecordedExpiry>,
+    ) -> Self {
+        Self {
+            version,
+            dns: Arc::new(dns),
+            problems,
+            next_change_ms,
+            unrecorded_expiries,
+            dns_json: OnceLock::new(),
+        }
+    }
+
+    /// The DNS part as JSON (what `GET /v1/config/dns` answers), encoded once.
+    pub fn dns_json(&self) -> Result<Bytes, SnapshotError> {
+        if let Some(bytes) = self.dns_json.get() {
+            return Ok(bytes.clone());
+        }
+        let bytes = Bytes::from(serde_json::to_vec(self.dns.as_ref())?);
+        Ok(self.dns_json.get_or_init(|| bytes).clone())
+    }
+}
+
+impl PartialEq for Snapshot {
+    fn eq(&self, other: &Self) -> bool {
+        self.version == other.version
+            && self.dns == other.dns
+            && self.problems == other.problems
+            && self.next_change_ms == other.next_change_ms
+            && self.unrecorded_expiries == other.unrecorded_expiries
+    }
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("version", &self.version)
+            .field("dns", &self.dns)
+            .field("problems", &self.problems)
+            .field("next_change_ms", &self.next_change_ms)
+            .field("unrecorded_expiries", &self.unrecorded_expiries)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The objects inside one global namespace that the compiler reads.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ScopedObjects {
+    /// Routing objects, one per service (the object's name is the service).
+    pub routings: Vec<StoredObject>,
+    /// External workloads (spec, and `lastHeartbeatMillis` in the status).
+    pub external_workloads: Vec<StoredObject>,
+    /// Discovered services.
+    pub services: Vec<StoredObject>,
+}
+
+/// Everything the compiler needs, as read from the store. Specs are kept as
+/// stored, so the compiler can report (rather than fail on) one that no
+/// longer parses.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StoreState {
+    /// Store revision read before anything else, so the snapshot never claims
+    /// more than it contains.
+    pub revision: u64,
+    /// Clusters (spec and status).
+    pub clusters: Vec<StoredObject>,
+    /// Global namespaces.
+    pub global_namespaces: Vec<StoredObject>,
+    /// Objects inside each global namespace, by its name.
+    pub scoped: BTreeMap<String, ScopedObjects>,
+}
+
+/// Reads everything the compiler needs. The revision is read first: the
+/// objects may be newer than it, never older, so a snapshot labelled with it
+/// contains at least that revision (and the next build gets a higher one).
+pub async fn load(store: &dyn Store) -> Result<StoreState, StoreError> {
+    let revision = store.revision().await?;
+    let all = PageRequest::default();
+    let clusters = store.list(Kind::Cluster, "", &all).await?.items;
+    let global_namespaces = store.list(Kind::GlobalNamespace, "", &all).await?.items;
+    let mut scoped = BTreeMap::new();
+    for gns in &global_namespaces {
+        let scope = gns.key.name.as_str();
+        let objects = ScopedObjects {
+            routings: store.list(Kind::Routing, scope, &all).await?.items,
+            external_workloads: store.list(Kind::ExternalWorkload, scope, &all).await?.items,
+            services: store.list(Kind::Service, scope, &all).await?.items,
+        };
+        scoped.insert(scope.to_owned(), objects);
+    }
+    Ok(StoreState {
+        revision,
+        clusters,
+        global_namespaces,
+        scoped,
+    })
+}
+
+/// Where readers get the newest snapshot; `None` until the first one is built.
+/// Readers only ever see whole snapshots.
+pub type SnapshotReceiver = watch::Receiver<Option<Arc<Snapshot>>>;
+
+/// The publishing side of a [`SnapshotReceiver`].
+pub type SnapshotSender = watch::Sender<Option<Arc<Snapshot>>>;
