@@ -197,6 +197,7 @@ pub async fn build(config: &Config) -> Result<Federation, StartError> {
         },
     );
     let feeder = tokio::spawn(feed_dns(snapshots.clone(), Arc::clone(&dns)));
+    let dns_for_metrics = Arc::clone(&dns);
     Ok(Federation {
         api_addr,
         dns_addr: dns.udp_addr,
@@ -206,7 +207,8 @@ pub async fn build(config: &Config) -> Result<Federation, StartError> {
         admin_token_file,
         store,
         listener,
-        router: api::router_with_snapshots(state, snapshots),
+        router: api::router_with_snapshots(state, snapshots)
+            .layer(axum::Extension(dns_for_metrics)),
     })
 }
 

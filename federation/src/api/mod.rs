@@ -159,9 +159,11 @@ async fn readyz(
     }
 }
 
-async fn metrics_text() -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        metrics::handle().render(),
-    )
+/// Prometheus text: HTTP and snapshot metrics, plus the in-process DNS server's counters.
+async fn metrics_text(dns: Option<Extension<Arc<gns_dns::DnsServer>>>) -> impl IntoResponse {
+    let mut text = metrics::handle().render();
+    if let Some(Extension(dns)) = dns {
+        text.push_str(&dns.metrics_text());
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
