@@ -369,6 +369,15 @@ pub const OPERATIONS: &[Operation] = {
             None,
             200,
         ),
+        op(
+            Get,
+            "/v1/config/status",
+            "Current snapshot version and the objects left out of it, with why",
+            "config",
+            None,
+            None,
+            200,
+        ),
         Operation {
             auth: false,
             ..op(Get, "/healthz", "Liveness", "health", None, None, 200)
