@@ -113,6 +113,39 @@ pub async fn dns(
     }
 }
 
+/// `GET /v1/config/status`: the current snapshot's version and the objects left
+/// out of it, with why (the operator's view of what did not compile).
+pub async fn status(
+    snapshots: Option<Extension<SnapshotReceiver>>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let Some(Extension(rx)) = snapshots else {
+        return Err(ApiError::NotReady(
+            "this server compiles no snapshots".into(),
+        ));
+    };
+    let current = rx.borrow().clone();
+    let Some(snapshot) = current else {
+        return Err(ApiError::NotReady("no snapshot built yet".into()));
+    };
+    let problems: Vec<serde_json::Value> = snapshot
+        .problems
+        .iter()
+        .map(|p| {
+            serde_json::json!({
+                "kind": p.kind.as_str(),
+                "globalNamespace": if p.scope.is_empty() { None } else { Some(&p.scope) },
+                "name": p.name,
+                "message": p.message,
+            })
+        })
+        .collect();
+    Ok(axum::Json(serde_json::json!({
+        "version": snapshot.version,
+        "zones": snapshot.dns.zones.len(),
+        "problems": problems,
+    })))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,37 +178,4 @@ mod tests {
             }
         }
     }
-}
-
-/// `GET /v1/config/status`: the current snapshot's version and the objects left
-/// out of it, with why (the operator's view of what did not compile).
-pub async fn status(
-    snapshots: Option<Extension<SnapshotReceiver>>,
-) -> Result<axum::Json<serde_json::Value>, ApiError> {
-    let Some(Extension(rx)) = snapshots else {
-        return Err(ApiError::NotReady(
-            "this server compiles no snapshots".into(),
-        ));
-    };
-    let current = rx.borrow().clone();
-    let Some(snapshot) = current else {
-        return Err(ApiError::NotReady("no snapshot built yet".into()));
-    };
-    let problems: Vec<serde_json::Value> = snapshot
-        .problems
-        .iter()
-        .map(|p| {
-            serde_json::json!({
-                "kind": p.kind.as_str(),
-                "globalNamespace": if p.scope.is_empty() { None } else { Some(&p.scope) },
-                "name": p.name,
-                "message": p.message,
-            })
-        })
-        .collect();
-    Ok(axum::Json(serde_json::json!({
-        "version": snapshot.version,
-        "zones": snapshot.dns.zones.len(),
-        "problems": problems,
-    })))
 }
