@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gns_federation::model::{ClusterRef, Domain, Kind, Name, Role};
-use gns_federation::store::{ObjectKey, ObjectWrite, PageRequest, Store, StoreError};
+use gns_federation::store::{BatchOp, ObjectKey, ObjectWrite, PageRequest, Store, StoreError};
 use serde_json::{Value, json};
 use support::Backend;
 
@@ -599,6 +599,102 @@ async fn tokens_and_audit(store: Arc<dyn Store>) {
     );
 }
 
+async fn batches_are_one_revision(store: Arc<dyn Store>) {
+    seed(store.as_ref()).await;
+    let before = store.revision().await.expect("revision");
+    let svc = |name: &str, addr: &str| {
+        BatchOp::Put(scoped_write(
+            Kind::Service,
+            "production",
+            name,
+            json!({"name": name, "addr": addr}),
+            &[],
+        ))
+    };
+    let outcome = store
+        .write_batch(
+            vec![
+                svc("web.east", "10.0.0.1"),
+                svc("db.east", "10.0.0.2"),
+                BatchOp::Put(scoped_write(
+                    Kind::Service,
+                    "gone",
+                    "x.east",
+                    json!({}),
+                    &[],
+                )),
+                BatchOp::Delete(ObjectKey::scoped(Kind::Service, "production", "never-was")),
+            ],
+            "sync",
+        )
+        .await
+        .expect("batch");
+    assert_eq!(
+        (outcome.applied, outcome.skipped, outcome.revision),
+        (2, 1, before + 1)
+    );
+    let listed = store
+        .list(Kind::Service, "production", &PageRequest::default())
+        .await
+        .expect("list");
+    assert!(
+        listed
+            .items
+            .iter()
+            .all(|o| o.resource_version == before + 1),
+        "one revision for the batch"
+    );
+    let second = store
+        .write_batch(
+            vec![
+                BatchOp::Delete(ObjectKey::scoped(Kind::Service, "production", "web.east")),
+                svc("db.east", "10.0.0.3"),
+            ],
+            "sync",
+        )
+        .await
+        .expect("batch");
+    assert_eq!((second.applied, second.revision), (2, before + 2));
+    let db = store
+        .get(&ObjectKey::scoped(Kind::Service, "production", "db.east"))
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(db.spec["addr"], "10.0.0.3", "a put replaces");
+    assert!(
+        store
+            .get(&ObjectKey::scoped(Kind::Service, "production", "web.east"))
+            .await
+            .expect("get")
+            .is_none()
+    );
+    let nothing = store
+        .write_batch(
+            vec![BatchOp::Delete(ObjectKey::scoped(
+                Kind::Service,
+                "production",
+                "web.east",
+            ))],
+            "sync",
+        )
+        .await
+        .expect("batch");
+    assert_eq!(
+        (nothing.applied, nothing.revision),
+        (0, before + 2),
+        "a batch that changes nothing makes no revision"
+    );
+    assert_eq!(store.revision().await.expect("revision"), before + 2);
+    let audit = store
+        .list_audit(&PageRequest {
+            limit: Some(1),
+            after: None,
+        })
+        .await
+        .expect("audit");
+    assert_eq!(audit.items[0].action, "sync");
+}
+
 async fn second_handle_sees_data(backend: &Backend) {
     seed(backend.store.as_ref()).await;
     let other = backend.reopen().await;
@@ -672,6 +768,10 @@ macro_rules! battery {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn tokens_and_audit() {
                 run(super::tokens_and_audit).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn batches_are_one_revision() {
+                run(super::batches_are_one_revision).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn second_handle_sees_data() {

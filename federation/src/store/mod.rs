@@ -114,6 +114,26 @@ pub struct WriteOutcome {
     pub changed: bool,
 }
 
+/// One change in a [`Store::write_batch`].
+#[derive(Debug, Clone)]
+pub enum BatchOp {
+    /// Create or replace (no precondition). `domain` must be `None`.
+    Put(ObjectWrite),
+    /// Delete if present.
+    Delete(ObjectKey),
+}
+
+/// What a batch did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BatchOutcome {
+    /// The revision the batch made (unchanged if it made none).
+    pub revision: u64,
+    /// Objects written or deleted.
+    pub applied: usize,
+    /// Puts skipped because their global namespace does not exist (any more).
+    pub skipped: usize,
+}
+
 /// A page request: at most `limit` items after `after` (exclusive, by name or id).
 #[derive(Debug, Clone, Default)]
 pub struct PageRequest {
@@ -291,6 +311,13 @@ pub trait Store: Send + Sync + 'static {
     async fn find_token(&self, secret_hash: &str) -> Result<Option<TokenRecord>, StoreError>;
     /// Audit log, newest first; `after` is an entry id.
     async fn list_audit(&self, page: &PageRequest) -> Result<Page<AuditEntry>, StoreError>;
+
+    /// Applies many changes in one transaction and one revision (discovery
+    /// sync writes its diffs this way); audited once as `sync`. Puts into a
+    /// global namespace that doesn't exist are skipped, not failed; deletes
+    /// of missing objects are no-ops.
+    async fn write_batch(&self, ops: Vec<BatchOp>, actor: &str)
+    -> Result<BatchOutcome, StoreError>;
 }
 
 /// Opens the store named by `database_url`: `postgres://…` selects Postgres,

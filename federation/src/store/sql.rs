@@ -16,8 +16,8 @@ use tokio::sync::{Mutex, watch};
 use tokio::task::JoinHandle;
 
 use super::{
-    AuditEntry, ObjectKey, ObjectWrite, Page, PageRequest, SecretBox, Store, StoreError,
-    StoredObject, TokenRecord, WriteOutcome,
+    AuditEntry, BatchOp, BatchOutcome, ObjectKey, ObjectWrite, Page, PageRequest, SecretBox, Store,
+    StoreError, StoredObject, TokenRecord, WriteOutcome,
 };
 use crate::model::{ClusterRef, Domain, Kind, Role};
 
@@ -970,6 +970,111 @@ impl Store for SqlStore {
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(paginate(items, page, |a| a.id.to_string()))
+    }
+
+    async fn write_batch(
+        &self,
+        ops: Vec<BatchOp>,
+        actor: &str,
+    ) -> Result<BatchOutcome, StoreError> {
+        if ops.is_empty() {
+            return Ok(BatchOutcome {
+                revision: self.revision().await?,
+                ..BatchOutcome::default()
+            });
+        }
+        let (_guard, mut tx, revision) = self.begin_write().await?;
+        let mut outcome = BatchOutcome {
+            revision,
+            ..BatchOutcome::default()
+        };
+        let now = now_millis();
+        let mut live_scopes: std::collections::HashMap<String, bool> =
+            std::collections::HashMap::new();
+        for op in ops {
+            match op {
+                BatchOp::Put(write) => {
+                    let key = &write.key;
+                    if write.domain.is_some() {
+                        return Err(StoreError::Internal(
+                            "write_batch can't claim domains".into(),
+                        ));
+                    }
+                    if key.kind.is_scoped() {
+                        let exists = match live_scopes.get(&key.scope) {
+                            Some(e) => *e,
+                            None => {
+                                let parent =
+                                    ObjectKey::global(Kind::GlobalNamespace, key.scope.clone());
+                                let e = fetch_object(&mut tx, &parent).await?.is_some();
+                                live_scopes.insert(key.scope.clone(), e);
+                                e
+                            }
+                        };
+                        if !exists {
+                            outcome.skipped += 1;
+                            continue;
+                        }
+                    }
+                    check_cluster_refs(&mut tx, &write.cluster_refs).await?;
+                    let sealed = write
+                        .secret
+                        .as_deref()
+                        .map(|s| self.seal(key, s))
+                        .transpose()?;
+                    let status = write
+                        .status
+                        .clone()
+                        .unwrap_or_else(|| Value::Object(Default::default()));
+                    sqlx::query(
+                        "INSERT INTO gns_objects (kind, scope, name, spec, status, secret, resource_version, created_at, updated_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) \
+                         ON CONFLICT (kind, scope, name) DO UPDATE SET spec = excluded.spec, status = excluded.status, \
+                         secret = COALESCE(excluded.secret, gns_objects.secret), resource_version = excluded.resource_version, \
+                         updated_at = excluded.updated_at",
+                    )
+                    .bind(key.kind.as_str())
+                    .bind(&key.scope)
+                    .bind(&key.name)
+                    .bind(spec_text(&write.spec)?)
+                    .bind(spec_text(&status)?)
+                    .bind(sealed)
+                    .bind(i64_of(revision))
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                    replace_cluster_refs(&mut tx, key, &write.cluster_refs).await?;
+                    outcome.applied += 1;
+                }
+                BatchOp::Delete(key) => {
+                    let deleted = sqlx::query(
+                        "DELETE FROM gns_objects WHERE kind = $1 AND scope = $2 AND name = $3",
+                    )
+                    .bind(key.kind.as_str())
+                    .bind(&key.scope)
+                    .bind(&key.name)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                    if deleted.rows_affected() > 0 {
+                        replace_cluster_refs(&mut tx, &key, &[]).await?;
+                        outcome.applied += 1;
+                    }
+                }
+            }
+        }
+        if outcome.applied == 0 {
+            // Nothing changed: roll back the revision bump.
+            return Ok(BatchOutcome {
+                revision: revision - 1,
+                ..outcome
+            });
+        }
+        let summary = ObjectKey::global(Kind::Service, format!("{} objects", outcome.applied));
+        self.finish_write(tx, revision, (actor, "sync", &summary))
+            .await?;
+        Ok(outcome)
     }
 }
 
