@@ -28,10 +28,17 @@ pub async fn catalog(
     let all = PageRequest::default();
     let mut services: BTreeMap<String, DiscoveredService> = BTreeMap::new();
     for object in store.list(Kind::Service, gns, &all).await?.items {
+        // One object per service and cluster (`<service>.<cluster>`): merge by service.
         match serde_json::from_value::<DiscoveredService>(object.spec) {
-            Ok(svc) => {
-                services.insert(svc.name.to_string(), svc);
-            }
+            Ok(svc) => match services.get_mut(svc.name.as_str()) {
+                Some(merged) => {
+                    merge_ports(&mut merged.ports, &svc.ports);
+                    merged.clusters.extend(svc.clusters);
+                }
+                None => {
+                    services.insert(svc.name.to_string(), svc);
+                }
+            },
             Err(e) => {
                 tracing::warn!(gns, service = %object.key.name, error = %e, "skipping unreadable service")
             }

@@ -190,13 +190,29 @@ impl Compiler<'_> {
 
         let routings = self.routings(&scoped.routings);
         let mut discovered: BTreeMap<String, DiscoveredService> = BTreeMap::new();
+        // Discovery writes one object per service and cluster (`<service>.<cluster>`);
+        // older or hand-written ones hold several clusters. Merge them by service.
         for object in &scoped.services {
-            if let Err(e) = Name::try_from(object.key.name.clone()) {
+            let service_part = object.key.name.split('.').next().unwrap_or_default();
+            if let Err(e) = Name::try_from(service_part.to_owned()) {
                 self.problems.push(Problem::new(&object.key, e));
                 continue;
             }
             if let Some(svc) = parse::<DiscoveredService>(object, &mut self.problems) {
-                discovered.insert(object.key.name.clone(), svc);
+                match discovered.entry(svc.name.to_string()) {
+                    std::collections::btree_map::Entry::Vacant(slot) => {
+                        slot.insert(svc);
+                    }
+                    std::collections::btree_map::Entry::Occupied(mut slot) => {
+                        let merged = slot.get_mut();
+                        for port in svc.ports {
+                            if !merged.ports.iter().any(|p| p.name == port.name) {
+                                merged.ports.push(port);
+                            }
+                        }
+                        merged.clusters.extend(svc.clusters);
+                    }
+                }
             }
         }
         let alive = self.alive_workloads(&scoped.external_workloads);
@@ -611,6 +627,28 @@ mod tests {
                 port: 80,
                 protocol: Transport::Tcp
             }]
+        );
+    }
+
+    #[test]
+    fn per_cluster_objects_of_one_service_are_merged() {
+        let mut state = base();
+        let mut east = service("web", &[("east", &["10.8.1.1"], &[])]);
+        east.key.name = "web.east".into();
+        let mut west = service("web", &[("west", &["10.9.1.1"], &[])]);
+        west.key.name = "web.west".into();
+        scoped(&mut state).services.extend([east, west]);
+        let snap = build(&state);
+        let web = find(&snap, "web");
+        assert_eq!(web.txt, vec!["clusters=east,west".to_owned()]);
+        assert_eq!(web.external, ips(&["198.51.100.1"]));
+        assert_eq!(
+            snap.dns.zones[0]
+                .services
+                .iter()
+                .filter(|s| s.name == "web")
+                .count(),
+            1
         );
     }
 
