@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod ctl;
+pub mod discovery;
 pub mod files;
 pub mod model;
 pub mod server;

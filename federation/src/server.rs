@@ -197,13 +197,14 @@ pub async fn build(config: &Config) -> Result<Federation, StartError> {
         },
     );
     let feeder = tokio::spawn(feed_dns(snapshots.clone(), Arc::clone(&dns)));
+    let discovery = crate::discovery::spawn(Arc::clone(&store));
     let dns_for_metrics = Arc::clone(&dns);
     Ok(Federation {
         api_addr,
         dns_addr: dns.udp_addr,
         snapshots: snapshots.clone(),
         dns,
-        background: vec![builder, feeder],
+        background: vec![builder, feeder, discovery],
         admin_token_file,
         store,
         listener,

@@ -27,6 +27,7 @@ pub use auth::{Authenticator, Principal};
 pub use body::MAX_BODY_BYTES;
 pub use catalog::{EXTERNAL_CLUSTER, catalog};
 pub use error::{ApiError, ErrorBody};
+pub use render::{now_millis, rfc3339};
 
 use crate::model::{AccessPolicy, Cluster, ExternalWorkload, GlobalNamespace};
 use crate::snapshot::SnapshotReceiver;

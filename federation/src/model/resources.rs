@@ -121,6 +121,50 @@ pub struct Cluster {
     /// Addresses of the cluster's gateway.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<GatewayAddresses>,
+    /// What DNS does with this cluster's endpoints while its API is unreachable:
+    /// `"keep"`, or `{"withdrawAfter": "30s"}` (the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stale_endpoint_policy: Option<StaleEndpointPolicy>,
+}
+
+/// What happens to the last known endpoints of a cluster whose API can't be reached.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum StaleEndpointPolicy {
+    /// `"keep"`: keep answering with them (the workloads probably still run).
+    Keep(KeepStale),
+    /// `{"withdrawAfter": "30s"}`: stop answering with them after this long.
+    WithdrawAfter(WithdrawAfter),
+}
+
+/// The word `keep`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum KeepStale {
+    /// Keep stale endpoints.
+    Keep,
+}
+
+/// Withdraw stale endpoints after a delay.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WithdrawAfter {
+    /// Delay after the cluster became unreachable.
+    pub withdraw_after: DurationSpec,
+}
+
+/// Default delay before DNS stops answering with an unreachable cluster.
+pub const DEFAULT_WITHDRAW_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
+
+impl Cluster {
+    /// How long stale endpoints are served (`None`: forever).
+    pub fn withdraw_after(&self) -> Option<std::time::Duration> {
+        match &self.stale_endpoint_policy {
+            Some(StaleEndpointPolicy::Keep(_)) => None,
+            Some(StaleEndpointPolicy::WithdrawAfter(w)) => Some(w.withdraw_after.get()),
+            None => Some(DEFAULT_WITHDRAW_AFTER),
+        }
+    }
 }
 
 /// API server endpoint and credentials. `token` and `clientKeyData` are write-only.

@@ -63,12 +63,39 @@ pub fn compile(state: &StoreState, now_ms: i64, options: &CompileOptions) -> Sna
         })
         .collect();
 
+    // Clusters whose API has been unreachable for longer than their stale-endpoint policy allows.
+    let mut withdrawn = BTreeSet::new();
+    let mut next_withdrawal: Option<i64> = None;
+    for object in &state.clusters {
+        let Some(cluster) = clusters.get(&object.key.name) else {
+            continue;
+        };
+        let unreachable = object
+            .status
+            .get("phase")
+            .and_then(serde_json::Value::as_str)
+            == Some("Unreachable");
+        let since = object
+            .status
+            .get("unreachableSinceMillis")
+            .and_then(serde_json::Value::as_i64);
+        if let (true, Some(since), Some(after)) = (unreachable, since, cluster.withdraw_after()) {
+            let at = since.saturating_add(i64::try_from(after.as_millis()).unwrap_or(i64::MAX));
+            if now_ms >= at {
+                withdrawn.insert(object.key.name.clone());
+            } else {
+                next_withdrawal = Some(next_withdrawal.map_or(at, |t| t.min(at)));
+            }
+        }
+    }
+
     let mut compiler = Compiler {
         now_ms,
         options,
         clusters: &clusters,
+        withdrawn: &withdrawn,
         problems,
-        next_change_ms: None,
+        next_change_ms: next_withdrawal,
         expiries: Vec::new(),
     };
     let empty = ScopedObjects::default();
@@ -157,6 +184,8 @@ struct Compiler<'a> {
     now_ms: i64,
     options: &'a CompileOptions,
     clusters: &'a BTreeMap<String, Cluster>,
+    /// Unreachable clusters past their stale-endpoint policy: their endpoints don't count.
+    withdrawn: &'a BTreeSet<String>,
     problems: Vec<Problem>,
     next_change_ms: Option<i64>,
     expiries: Vec<UnrecordedExpiry>,
@@ -176,7 +205,7 @@ impl Compiler<'_> {
             .members
             .iter()
             .map(|m| m.cluster.as_str())
-            .filter(|c| self.clusters.contains_key(*c))
+            .filter(|c| self.clusters.contains_key(*c) && !self.withdrawn.contains(*c))
             .collect();
         let nameservers = self.nameservers(origin);
         // Single-label names inside the zone taken by name servers.
@@ -650,6 +679,50 @@ mod tests {
                 .count(),
             1
         );
+    }
+
+    #[test]
+    fn unreachable_clusters_are_withdrawn_per_policy() {
+        let mut state = base();
+        scoped(&mut state)
+            .services
+            .push(service("web", &[("east", &["10.8.1.1"], &[])]));
+        let east = state
+            .clusters
+            .iter_mut()
+            .find(|c| c.key.name == "east")
+            .expect("east");
+        east.status = json!({"phase": "Unreachable", "unreachableSinceMillis": NOW - 10_000});
+        // Default policy: withdraw after 30 s; 10 s in, the stale endpoints still count.
+        let snap = build(&state);
+        assert_eq!(find(&snap, "web").external, ips(&["198.51.100.1"]));
+        assert_eq!(
+            snap.next_change_ms,
+            Some(NOW + 20_000),
+            "rebuild when the withdrawal is due"
+        );
+        let later = compile(&state, NOW + 20_000, &CompileOptions::default());
+        assert!(
+            find(&later, "web").external.is_empty(),
+            "withdrawn after 30 s"
+        );
+        // keep: never withdrawn.
+        let east = state
+            .clusters
+            .iter_mut()
+            .find(|c| c.key.name == "east")
+            .expect("east");
+        east.spec["staleEndpointPolicy"] = json!("keep");
+        let kept = compile(&state, NOW + 3_600_000, &CompileOptions::default());
+        assert_eq!(find(&kept, "web").external, ips(&["198.51.100.1"]));
+        // withdrawAfter: 5s.
+        let east = state
+            .clusters
+            .iter_mut()
+            .find(|c| c.key.name == "east")
+            .expect("east");
+        east.spec["staleEndpointPolicy"] = json!({"withdrawAfter": "5s"});
+        assert!(find(&build(&state), "web").external.is_empty());
     }
 
     #[test]

@@ -1,0 +1,466 @@
+//! The sync of one member cluster: kube-rs watchers on Services and
+//! EndpointSlices in every namespace global namespaces select there, an
+//! in-memory model replaced atomically after each (re)list, and catalog
+//! diffs written in batches. Reports the cluster's status (phase, last sync,
+//! counts, last error in words). Losing the API keeps the last endpoints.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::utils::Backoff;
+use kube::runtime::watcher::{self, Event};
+use kube::{Api, ResourceExt};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use super::model::{self, Member, NamespaceObjects};
+use crate::model::Kind;
+use crate::store::{BatchOp, ObjectKey, ObjectWrite, PageRequest, Store};
+
+/// Actor name of discovery writes in the audit log.
+pub const ACTOR: &str = "system:discovery";
+/// How long changes are gathered before one batch is written.
+const DEBOUNCE: Duration = Duration::from_millis(20);
+/// Status is rewritten at least this often while connected (for `lastSync`).
+const STATUS_REFRESH: Duration = Duration::from_secs(15);
+
+/// Watcher backoff: 100 ms doubling to 2 s, with jitter — fast enough for the
+/// one-second convergence bound after a `410 Gone` or a cut watch.
+pub struct FastBackoff {
+    next: Duration,
+    seed: u64,
+}
+
+impl FastBackoff {
+    const MIN: Duration = Duration::from_millis(100);
+    const MAX: Duration = Duration::from_secs(2);
+
+    fn new() -> Self {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64 | 1);
+        Self {
+            next: Self::MIN,
+            seed,
+        }
+    }
+}
+
+impl Iterator for FastBackoff {
+    type Item = Duration;
+    fn next(&mut self) -> Option<Duration> {
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        let base = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        // Jitter: 50–100 % of the base delay.
+        let jitter = 0.5 + (self.seed % 1000) as f64 / 2000.0;
+        Some(base.mul_f64(jitter))
+    }
+}
+
+impl Backoff for FastBackoff {
+    fn reset(&mut self) {
+        self.next = Self::MIN;
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Resource {
+    Services,
+    Slices,
+}
+
+enum Update {
+    Services(String, Box<Event<Service>>),
+    Slices(String, Box<Event<EndpointSlice>>),
+    Failed(String, Resource, String),
+}
+
+/// What an error means for the cluster, in words.
+fn describe(error: &watcher::Error) -> String {
+    let inner = match error {
+        watcher::Error::InitialListFailed(e)
+        | watcher::Error::WatchStartFailed(e)
+        | watcher::Error::WatchFailed(e) => e,
+        other => return other.to_string(),
+    };
+    match inner {
+        kube::Error::Api(status) if status.code == 401 => {
+            "bad credentials: the API server answered 401 Unauthorized".into()
+        }
+        kube::Error::Api(status) if status.code == 403 => format!("forbidden: {}", status.message),
+        kube::Error::Api(status) => format!("API error {}: {}", status.code, status.message),
+        kube::Error::HyperError(e) => format!("unreachable: {e}"),
+        kube::Error::Service(e) => {
+            let text = e.to_string();
+            if text.contains("certificate") || text.contains("tls") || text.contains("TLS") {
+                format!("TLS failure: {text}")
+            } else {
+                format!("unreachable: {text}")
+            }
+        }
+        other => other.to_string(),
+    }
+}
+
+fn spawn_watch<K>(
+    api: Api<K>,
+    ns: String,
+    resource: Resource,
+    tx: mpsc::Sender<Update>,
+    wrap: fn(String, Box<Event<K>>) -> Update,
+) -> tokio::task::JoinHandle<()>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut stream = watcher::watcher(api, watcher::Config::default().timeout(60))
+            .backoff(FastBackoff::new())
+            .boxed();
+        while let Some(item) = stream.next().await {
+            let update = match item {
+                Ok(event) => wrap(ns.clone(), Box::new(event)),
+                Err(e) => Update::Failed(ns.clone(), resource, describe(&e)),
+            };
+            if tx.send(update).await.is_err() {
+                return;
+            }
+        }
+    })
+}
+
+/// Per-watcher progress: buffered objects during a (re)list, and health.
+#[derive(Default)]
+struct WatchState<K> {
+    buffer: Option<BTreeMap<String, K>>,
+    synced: bool,
+    error: Option<String>,
+}
+
+/// Runs the sync of `cluster` until aborted.
+pub async fn run(
+    cluster: String,
+    client: kube::Client,
+    members: Vec<Member>,
+    all_gns: Vec<String>,
+    store: Arc<dyn Store>,
+) {
+    let namespaces: BTreeSet<String> = members.iter().map(|m| m.namespace.clone()).collect();
+    let (tx, mut rx) = mpsc::channel(1024);
+    let mut tasks = Vec::new();
+    for ns in &namespaces {
+        tasks.push(spawn_watch(
+            Api::<Service>::namespaced(client.clone(), ns),
+            ns.clone(),
+            Resource::Services,
+            tx.clone(),
+            Update::Services,
+        ));
+        tasks.push(spawn_watch(
+            Api::<EndpointSlice>::namespaced(client.clone(), ns),
+            ns.clone(),
+            Resource::Slices,
+            tx.clone(),
+            Update::Slices,
+        ));
+    }
+    drop(tx);
+    let _guard = AbortOnDrop(tasks);
+
+    let mut objects: HashMap<String, NamespaceObjects> = HashMap::new();
+    let mut svc_watch: HashMap<String, WatchState<Service>> = HashMap::new();
+    let mut slice_watch: HashMap<String, WatchState<EndpointSlice>> = HashMap::new();
+    let mut written: Option<BTreeMap<ObjectKey, Value>> = None;
+    let mut status = StatusWriter::new(&cluster, Arc::clone(&store));
+    status
+        .report(Phase::Connecting, "connecting", None, None)
+        .await;
+
+    while let Some(first) = rx.recv().await {
+        // Gather what arrives within the debounce window into one batch.
+        let mut updates = vec![first];
+        let deadline = tokio::time::Instant::now() + DEBOUNCE;
+        while let Ok(Some(u)) = tokio::time::timeout_at(deadline, rx.recv()).await {
+            updates.push(u);
+        }
+        for update in updates {
+            match update {
+                Update::Services(ns, event) => {
+                    let state = svc_watch.entry(ns.clone()).or_default();
+                    apply(*event, state, &mut objects.entry(ns).or_default().services);
+                }
+                Update::Slices(ns, event) => {
+                    let state = slice_watch.entry(ns.clone()).or_default();
+                    apply(*event, state, &mut objects.entry(ns).or_default().slices);
+                }
+                Update::Failed(ns, resource, message) => {
+                    tracing::warn!(cluster, namespace = ns, ?resource, error = %message, "watch failed");
+                    match resource {
+                        Resource::Services => {
+                            svc_watch.entry(ns).or_default().error = Some(message)
+                        }
+                        Resource::Slices => {
+                            slice_watch.entry(ns).or_default().error = Some(message)
+                        }
+                    }
+                }
+            }
+        }
+        let total = namespaces.len() * 2;
+        let synced = namespaces
+            .iter()
+            .filter(|ns| svc_watch.get(*ns).is_some_and(|w| w.synced))
+            .count()
+            + namespaces
+                .iter()
+                .filter(|ns| slice_watch.get(*ns).is_some_and(|w| w.synced))
+                .count();
+        let errors: Vec<String> = svc_watch
+            .values()
+            .filter_map(|w| w.error.clone())
+            .chain(slice_watch.values().filter_map(|w| w.error.clone()))
+            .collect();
+        if synced == total {
+            let desired = model::contributions(&cluster, &members, &objects);
+            let previous = match written.take() {
+                Some(p) => p,
+                None => existing_objects(store.as_ref(), &cluster, &all_gns).await,
+            };
+            let ops = diff(&previous, &desired);
+            if !ops.is_empty() {
+                match store.write_batch(ops, ACTOR).await {
+                    Ok(_) => written = Some(desired.clone()),
+                    Err(e) => {
+                        tracing::warn!(cluster, error = %e, "catalog write failed; will retry");
+                        written = Some(previous);
+                        status
+                            .report(
+                                Phase::Degraded,
+                                &format!("catalog write failed: {e}"),
+                                None,
+                                None,
+                            )
+                            .await;
+                        continue;
+                    }
+                }
+            } else {
+                written = Some(desired.clone());
+            }
+            let endpoints: usize = objects
+                .values()
+                .map(|o| o.slices.values().map(|s| s.endpoints.len()).sum::<usize>())
+                .sum();
+            let services: usize = objects.values().map(|o| o.services.len()).sum();
+            let (phase, message) = if errors.is_empty() {
+                (Phase::Connected, "synced".to_owned())
+            } else if errors.len() == total {
+                (Phase::Unreachable, errors[0].clone())
+            } else {
+                (Phase::Degraded, errors[0].clone())
+            };
+            status
+                .report(phase, &message, Some(services), Some(endpoints))
+                .await;
+        } else if !errors.is_empty() {
+            let phase = if errors.len() >= total {
+                Phase::Unreachable
+            } else {
+                Phase::Degraded
+            };
+            status.report(phase, &errors[0], None, None).await;
+        }
+    }
+}
+
+/// Applies one watcher event to a namespace's objects; a (re)list replaces them at its end.
+fn apply<K: kube::Resource + Clone>(
+    event: Event<K>,
+    state: &mut WatchState<K>,
+    target: &mut BTreeMap<String, K>,
+) {
+    match event {
+        Event::Init => state.buffer = Some(BTreeMap::new()),
+        Event::InitApply(obj) => {
+            state
+                .buffer
+                .get_or_insert_with(BTreeMap::new)
+                .insert(obj.name_any(), obj);
+        }
+        Event::InitDone => {
+            *target = state.buffer.take().unwrap_or_default();
+            state.synced = true;
+            state.error = None;
+        }
+        Event::Apply(obj) => {
+            target.insert(obj.name_any(), obj);
+            state.error = None;
+        }
+        Event::Delete(obj) => {
+            target.remove(&obj.name_any());
+            state.error = None;
+        }
+    }
+}
+
+/// This cluster's catalog objects already in the store (from an earlier run).
+async fn existing_objects(
+    store: &dyn Store,
+    cluster: &str,
+    all_gns: &[String],
+) -> BTreeMap<ObjectKey, Value> {
+    let suffix = format!(".{cluster}");
+    let mut out = BTreeMap::new();
+    for gns in all_gns {
+        if let Ok(page) = store
+            .list(Kind::Service, gns, &PageRequest::default())
+            .await
+        {
+            for o in page
+                .items
+                .into_iter()
+                .filter(|o| o.key.name.ends_with(&suffix))
+            {
+                out.insert(o.key, o.spec);
+            }
+        }
+    }
+    out
+}
+
+fn diff(
+    previous: &BTreeMap<ObjectKey, Value>,
+    desired: &BTreeMap<ObjectKey, Value>,
+) -> Vec<BatchOp> {
+    let mut ops = Vec::new();
+    for (key, spec) in desired {
+        if previous.get(key) != Some(spec) {
+            ops.push(BatchOp::Put(ObjectWrite {
+                key: key.clone(),
+                spec: spec.clone(),
+                secret: None,
+                cluster_refs: vec![],
+                domain: None,
+                status: None,
+                actor: ACTOR.into(),
+            }));
+        }
+    }
+    for key in previous.keys().filter(|k| !desired.contains_key(*k)) {
+        ops.push(BatchOp::Delete(key.clone()));
+    }
+    ops
+}
+
+struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
+/// Connection phase of a member cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Not synced yet.
+    Connecting,
+    /// Every watch is healthy.
+    Connected,
+    /// Some watches fail.
+    Degraded,
+    /// No watch works; the last known endpoints are kept (stale).
+    Unreachable,
+}
+
+impl Phase {
+    fn as_str(self) -> &'static str {
+        match self {
+            Phase::Connecting => "Connecting",
+            Phase::Connected => "Connected",
+            Phase::Degraded => "Degraded",
+            Phase::Unreachable => "Unreachable",
+        }
+    }
+}
+
+/// Writes the cluster status when it changes (and now and then for lastSync).
+struct StatusWriter {
+    key: ObjectKey,
+    store: Arc<dyn Store>,
+    last: Option<(Phase, String, Option<usize>, Option<usize>)>,
+    last_write: Option<Instant>,
+    last_sync_ms: Option<i64>,
+    unreachable_since_ms: Option<i64>,
+}
+
+impl StatusWriter {
+    fn new(cluster: &str, store: Arc<dyn Store>) -> Self {
+        Self {
+            key: ObjectKey::global(Kind::Cluster, cluster),
+            store,
+            last: None,
+            last_write: None,
+            last_sync_ms: None,
+            unreachable_since_ms: None,
+        }
+    }
+
+    async fn report(
+        &mut self,
+        phase: Phase,
+        message: &str,
+        services: Option<usize>,
+        endpoints: Option<usize>,
+    ) {
+        let now = crate::api::now_millis();
+        if phase == Phase::Connected || (phase == Phase::Degraded && services.is_some()) {
+            self.last_sync_ms = Some(now);
+        }
+        if phase == Phase::Unreachable {
+            self.unreachable_since_ms.get_or_insert(now);
+        } else {
+            self.unreachable_since_ms = None;
+        }
+        let (services, endpoints) = match (&self.last, services) {
+            (Some((_, _, s, e)), None) => (*s, *e),
+            _ => (services, endpoints),
+        };
+        let current = (phase, message.to_owned(), services, endpoints);
+        let stale = self.last_write.is_none_or(|t| t.elapsed() > STATUS_REFRESH);
+        if self.last.as_ref() == Some(&current) && !stale {
+            return;
+        }
+        let status = json!({
+            "phase": phase.as_str(),
+            "message": message,
+            "lastSync": self.last_sync_ms.map(crate::api::rfc3339),
+            "lastSyncMillis": self.last_sync_ms,
+            "unreachableSinceMillis": self.unreachable_since_ms,
+            "services": services,
+            "endpoints": endpoints,
+        });
+        match self
+            .store
+            .set_status(&self.key, status, ACTOR, "status")
+            .await
+        {
+            Ok(_) => {
+                self.last = Some(current);
+                self.last_write = Some(Instant::now());
+            }
+            Err(e) => {
+                tracing::warn!(cluster = %self.key.name, error = %e, "cannot write cluster status")
+            }
+        }
+    }
+}
