@@ -28,6 +28,10 @@ pub const ACTOR: &str = "system:discovery";
 const DEBOUNCE: Duration = Duration::from_millis(20);
 /// Status is rewritten at least this often while connected (for `lastSync`).
 const STATUS_REFRESH: Duration = Duration::from_secs(15);
+/// A watch that reported no error for this long is healthy again (a resumed
+/// watch with nothing new to say reports nothing at all). Longer than the
+/// largest backoff plus the connect timeout.
+const ERROR_FRESHNESS: Duration = Duration::from_secs(8);
 
 /// Watcher backoff: 100 ms doubling to 2 s, with jitter — fast enough for the
 /// one-second convergence bound after a `410 Gone` or a cut watch.
@@ -141,7 +145,16 @@ where
 struct WatchState<K> {
     buffer: Option<BTreeMap<String, K>>,
     synced: bool,
-    error: Option<String>,
+    error: Option<(String, Instant)>,
+}
+
+impl<K> WatchState<K> {
+    fn current_error(&self) -> Option<String> {
+        self.error
+            .as_ref()
+            .filter(|(_, at)| at.elapsed() < ERROR_FRESHNESS)
+            .map(|(e, _)| e.clone())
+    }
 }
 
 /// Runs the sync of `cluster` until aborted.
@@ -183,9 +196,17 @@ pub async fn run(
         .report(Phase::Connecting, "connecting", None, None)
         .await;
 
-    while let Some(first) = rx.recv().await {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let mut updates = Vec::new();
+        tokio::select! {
+            first = rx.recv() => match first {
+                Some(u) => updates.push(u),
+                None => return,
+            },
+            _ = tick.tick() => {}
+        }
         // Gather what arrives within the debounce window into one batch.
-        let mut updates = vec![first];
         let deadline = tokio::time::Instant::now() + DEBOUNCE;
         while let Ok(Some(u)) = tokio::time::timeout_at(deadline, rx.recv()).await {
             updates.push(u);
@@ -202,13 +223,10 @@ pub async fn run(
                 }
                 Update::Failed(ns, resource, message) => {
                     tracing::warn!(cluster, namespace = ns, ?resource, error = %message, "watch failed");
+                    let error = Some((message, Instant::now()));
                     match resource {
-                        Resource::Services => {
-                            svc_watch.entry(ns).or_default().error = Some(message)
-                        }
-                        Resource::Slices => {
-                            slice_watch.entry(ns).or_default().error = Some(message)
-                        }
+                        Resource::Services => svc_watch.entry(ns).or_default().error = error,
+                        Resource::Slices => slice_watch.entry(ns).or_default().error = error,
                     }
                 }
             }
@@ -224,8 +242,8 @@ pub async fn run(
                 .count();
         let errors: Vec<String> = svc_watch
             .values()
-            .filter_map(|w| w.error.clone())
-            .chain(slice_watch.values().filter_map(|w| w.error.clone()))
+            .filter_map(WatchState::current_error)
+            .chain(slice_watch.values().filter_map(WatchState::current_error))
             .collect();
         if synced == total {
             let desired = model::contributions(&cluster, &members, &objects);

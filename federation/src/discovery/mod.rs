@@ -32,6 +32,13 @@ struct Running {
     task: tokio::task::JoinHandle<()>,
 }
 
+impl Drop for Running {
+    /// A cluster's sync (and its lease) never outlives the manager that started it.
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 async fn desired(
     store: &dyn Store,
 ) -> Result<(BTreeMap<String, Fingerprint>, Vec<String>), StoreError> {
@@ -73,6 +80,10 @@ async fn desired(
     Ok((out, gns_names))
 }
 
+/// How often a replica without a cluster's lease tries to take it over, and
+/// how often the holder checks it still has it.
+pub const LEASE_RETRY: Duration = Duration::from_secs(1);
+
 fn start(
     name: &str,
     fp: &Fingerprint,
@@ -95,17 +106,57 @@ fn start(
             .as_deref()
             .and_then(|s| serde_json::from_slice(s).ok())
             .unwrap_or_default();
-        match client::client(&cluster, &credentials) {
-            Ok(kube) => cluster::run(name, kube, fp.members, all_gns, store).await,
-            Err(e) => {
-                let status = serde_json::json!({"phase": "Unreachable", "message": e.to_string(), "lastSync": null});
-                let key = ObjectKey::global(Kind::Cluster, name.clone());
-                if let Err(e) = store
-                    .set_status(&key, status, cluster::ACTOR, "status")
-                    .await
-                {
-                    tracing::warn!(cluster = name, error = %e, "cannot write cluster status");
+        loop {
+            // Exactly one replica syncs a cluster: the one holding its lease.
+            let lease = match store.try_lease(&format!("sync/{name}")).await {
+                Ok(Some(lease)) => lease,
+                Ok(None) => {
+                    tokio::time::sleep(LEASE_RETRY).await;
+                    continue;
                 }
+                Err(e) => {
+                    tracing::warn!(cluster = name, error = %e, "cannot take the sync lease; retrying");
+                    tokio::time::sleep(LEASE_RETRY).await;
+                    continue;
+                }
+            };
+            tracing::info!(cluster = name, "holding the sync lease");
+            let sync = async {
+                match client::client(&cluster, &credentials) {
+                    Ok(kube) => {
+                        cluster::run(
+                            name.clone(),
+                            kube,
+                            fp.members.clone(),
+                            all_gns.clone(),
+                            Arc::clone(&store),
+                        )
+                        .await
+                    }
+                    Err(e) => {
+                        let status = serde_json::json!({"phase": "Unreachable", "message": e.to_string(), "lastSync": null});
+                        let key = ObjectKey::global(Kind::Cluster, name.clone());
+                        if let Err(e) = store
+                            .set_status(&key, status, cluster::ACTOR, "status")
+                            .await
+                        {
+                            tracing::warn!(cluster = name, error = %e, "cannot write cluster status");
+                        }
+                        std::future::pending::<()>().await;
+                    }
+                }
+            };
+            let watch_lease = async {
+                loop {
+                    tokio::time::sleep(LEASE_RETRY).await;
+                    if !lease.is_held().await {
+                        return;
+                    }
+                }
+            };
+            tokio::select! {
+                () = sync => return,
+                () = watch_lease => tracing::warn!(cluster = name, "lost the sync lease; stopping and retrying"),
             }
         }
     })
@@ -147,7 +198,7 @@ pub async fn run(store: Arc<dyn Store>) {
                     .collect();
                 for name in stopped {
                     if let Some(r) = running.remove(&name) {
-                        r.task.abort();
+                        drop(r);
                         tracing::info!(cluster = name, "stopped syncing");
                         withdraw(store.as_ref(), &name, &all_gns).await;
                     }
@@ -157,9 +208,7 @@ pub async fn run(store: Arc<dyn Store>) {
                         .get(&name)
                         .is_none_or(|r| r.fingerprint != fp || r.task.is_finished());
                     if restart {
-                        if let Some(old) = running.remove(&name) {
-                            old.task.abort();
-                        }
+                        drop(running.remove(&name));
                         tracing::info!(cluster = name, "starting sync");
                         let task = start(&name, &fp, all_gns.clone(), &store);
                         running.insert(

@@ -247,6 +247,14 @@ pub enum StoreError {
     Internal(String),
 }
 
+/// Exclusive right to do one job (e.g. sync one cluster) among federation
+/// replicas sharing a store. Released when dropped, or when the holder dies.
+#[async_trait]
+pub trait Lease: Send + Sync {
+    /// True while the lease is still held (false once the store connection behind it is lost).
+    async fn is_held(&self) -> bool;
+}
+
 /// The federation's persistent state.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -318,6 +326,11 @@ pub trait Store: Send + Sync + 'static {
     /// of missing objects are no-ops.
     async fn write_batch(&self, ops: Vec<BatchOp>, actor: &str)
     -> Result<BatchOutcome, StoreError>;
+
+    /// Tries to take the lease `name`; `None` if another replica holds it.
+    /// Postgres: a session advisory lock on a dedicated connection, so a replica
+    /// that dies loses it at once. SQLite: one process owns the file, so always granted.
+    async fn try_lease(&self, name: &str) -> Result<Option<Box<dyn Lease>>, StoreError>;
 }
 
 /// Opens the store named by `database_url`: `postgres://…` selects Postgres,

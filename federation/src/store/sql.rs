@@ -16,8 +16,8 @@ use tokio::sync::{Mutex, watch};
 use tokio::task::JoinHandle;
 
 use super::{
-    AuditEntry, BatchOp, BatchOutcome, ObjectKey, ObjectWrite, Page, PageRequest, SecretBox, Store,
-    StoreError, StoredObject, TokenRecord, WriteOutcome,
+    AuditEntry, BatchOp, BatchOutcome, Lease, ObjectKey, ObjectWrite, Page, PageRequest, SecretBox,
+    Store, StoreError, StoredObject, TokenRecord, WriteOutcome,
 };
 use crate::model::{ClusterRef, Domain, Kind, Role};
 
@@ -41,6 +41,54 @@ pub struct SqlStore {
     secrets: SecretBox,
     revision_tx: Arc<watch::Sender<u64>>,
     listener: Option<JoinHandle<()>>,
+    /// Postgres URL, for lease connections.
+    url: Option<String>,
+}
+
+/// A lease that is always held (SQLite: one process owns the store).
+struct LocalLease;
+
+#[async_trait]
+impl Lease for LocalLease {
+    async fn is_held(&self) -> bool {
+        true
+    }
+}
+
+/// A Postgres session advisory lock, held by keeping its connection open.
+struct PgLease {
+    conn: Mutex<Option<sqlx::PgConnection>>,
+}
+
+#[async_trait]
+impl Lease for PgLease {
+    async fn is_held(&self) -> bool {
+        let mut guard = self.conn.lock().await;
+        let Some(conn) = guard.as_mut() else {
+            return false;
+        };
+        let alive = tokio::time::timeout(
+            Duration::from_secs(2),
+            sqlx::query("SELECT 1").execute(&mut *conn),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok());
+        if !alive {
+            // The session (and with it the lock) is gone or unusable: never trust it again.
+            *guard = None;
+        }
+        alive
+    }
+}
+
+/// Stable 64-bit advisory-lock key for a lease name (FNV-1a).
+fn lease_key(name: &str) -> i64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in format!("gns-lease:{name}").bytes() {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash as i64
 }
 
 impl Drop for SqlStore {
@@ -203,6 +251,7 @@ impl SqlStore {
             })?;
         let mut store = Self::init(pool, Backend::Postgres, secrets).await?;
         store.listener = Some(store.spawn_listener(url).await?);
+        store.url = Some(url.to_owned());
         Ok(store)
     }
 
@@ -251,6 +300,7 @@ impl SqlStore {
             secrets,
             revision_tx: Arc::new(revision_tx),
             listener: None,
+            url: None,
         };
         store.check_secret_key().await?;
         Ok(store)
@@ -1075,6 +1125,27 @@ impl Store for SqlStore {
         self.finish_write(tx, revision, (actor, "sync", &summary))
             .await?;
         Ok(outcome)
+    }
+
+    async fn try_lease(&self, name: &str) -> Result<Option<Box<dyn Lease>>, StoreError> {
+        let Some(url) = &self.url else {
+            return Ok(Some(Box::new(LocalLease)));
+        };
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(url).await.map_err(db_err)?;
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(lease_key(name))
+            .fetch_one(&mut conn)
+            .await
+            .map_err(db_err)?;
+        if got {
+            Ok(Some(Box::new(PgLease {
+                conn: Mutex::new(Some(conn)),
+            })))
+        } else {
+            let _ = conn.close().await;
+            Ok(None)
+        }
     }
 }
 

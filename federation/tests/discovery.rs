@@ -1,0 +1,443 @@
+//! Discovery end to end, in process: a real federation (API, store, snapshot
+//! builder, DNS) syncing two member clusters served by the Kubernetes API test
+//! server over HTTPS through the real kube-rs client. Services and endpoints
+//! reach the catalog and DNS; readiness changes move DNS; `410 Gone` with cut
+//! watches loses nothing; bad credentials and an unreachable API show in the
+//! cluster status, and an unreachable cluster is withdrawn per its policy.
+//! Two replicas on one Postgres: exactly one syncs a cluster, and the other
+//! takes over when it stops.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use clap::Parser;
+use gns_federation::server::{self, Config};
+use hickory_proto::op::{Message, MessageType, OpCode, Query};
+use hickory_proto::rr::{Name, RecordType};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube_apiserver_test::{Grant, TestApiServer, TestApiServerOptions, endpoint_slice, service};
+use serde_json::{Value, json};
+
+const TOKEN: &str = "discovery-admin";
+const DOMAIN: &str = "production.app.acme.com";
+
+struct Fed {
+    api: String,
+    dns: SocketAddr,
+    client: reqwest::Client,
+    _dir: tempfile::TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Fed {
+    async fn start() -> Fed {
+        Self::start_on(None).await
+    }
+
+    /// A federation on the embedded store, or on `database_url`.
+    async fn start_on(database_url: Option<&str>) -> Fed {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data_dir = dir.path().display().to_string();
+        let mut args = vec![
+            "gns-federation",
+            "--listen",
+            "127.0.0.1:0",
+            "--dns-listen",
+            "127.0.0.1:0",
+            "--admin-token",
+            TOKEN,
+            "--data-dir",
+            &data_dir,
+            "--secret-key",
+            "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+        ];
+        if let Some(url) = database_url {
+            args.extend(["--database-url", url]);
+        }
+        let config = Config::parse_from(args);
+        let federation = server::build(&config).await.expect("federation starts");
+        let api = format!("http://{}", federation.api_addr);
+        let dns = federation.dns_addr;
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let _ = federation
+                .serve(async {
+                    let _ = rx.await;
+                })
+                .await;
+        });
+        Fed {
+            api,
+            dns,
+            client: reqwest::Client::new(),
+            _dir: dir,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// Shuts this replica down (its syncs and leases end with it).
+    async fn shutdown(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        }
+    }
+
+    async fn send(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut req = self
+            .client
+            .request(method, format!("{}{path}", self.api))
+            .bearer_auth(TOKEN);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn post(&self, path: &str, body: Value) {
+        let (status, v) = self.send(reqwest::Method::POST, path, Some(body)).await;
+        assert!((200..300).contains(&status), "POST {path}: {status} {v}");
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        self.send(reqwest::Method::GET, path, None).await.1
+    }
+}
+
+async fn member(name: &str, token: &str) -> TestApiServer {
+    TestApiServer::start(TestApiServerOptions::default().token(
+        token,
+        Grant::admin(format!("system:serviceaccount:gns:{name}")),
+    ))
+    .await
+    .expect("test API server starts")
+}
+
+fn cluster_body(name: &str, api: &TestApiServer, token: &str, public: &str, net: &str) -> Value {
+    json!({"name": name, "kubernetes": {"server": api.url(), "token": token,
+            "caData": base64::engine::general_purpose::STANDARD.encode(api.ca_pem())},
+           "networks": [net],
+           "gateway": {"ingressAddress": format!("{public}:15443"), "egressAddress": "10.99.0.1", "publicAddress": public},
+           "staleEndpointPolicy": {"withdrawAfter": "1s"}})
+}
+
+fn seed(api: &TestApiServer, ready: bool) {
+    api.apply::<Service>(&service(
+        "shop",
+        "web",
+        &[("app", "web")],
+        &[("http", 8080)],
+    ))
+    .expect("service");
+    api.apply::<EndpointSlice>(&endpoint_slice(
+        "shop",
+        "web",
+        "web-1",
+        &[
+            ("10.8.1.1", ready, ready, false, Some("a")),
+            ("10.8.1.2", true, true, false, Some("b")),
+        ],
+        &[("http", 8080)],
+    ))
+    .expect("slice");
+}
+
+async fn dns_a(server: SocketAddr, name: &str) -> Vec<String> {
+    let mut msg = Message::new(7, MessageType::Query, OpCode::Query);
+    let mut n = Name::from_ascii(name).expect("name");
+    n.set_fqdn(true);
+    msg.add_query(Query::query(n, RecordType::A));
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    socket
+        .send_to(&msg.to_vec().expect("encode"), server)
+        .await
+        .expect("send");
+    let mut buf = [0u8; 2048];
+    let Ok(Ok((len, _))) =
+        tokio::time::timeout(Duration::from_millis(500), socket.recv_from(&mut buf)).await
+    else {
+        return vec![];
+    };
+    let reply = Message::from_vec(&buf[..len]).expect("decodes");
+    let mut out: Vec<String> = reply.answers.iter().map(|r| r.data.to_string()).collect();
+    out.sort();
+    out
+}
+
+async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        match check().await {
+            Ok(()) => return,
+            Err(e) => last = e,
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{what} did not happen within {timeout:?}; last: {last}");
+}
+
+async fn expect_dns(fed: &Fed, expected: &[&str], what: &str) {
+    let expected: Vec<String> = expected.iter().map(|s| (*s).to_owned()).collect();
+    eventually(what, Duration::from_secs(10), || async {
+        let got = dns_a(fed.dns, &format!("web.{DOMAIN}")).await;
+        if got == expected {
+            Ok(())
+        } else {
+            Err(format!("{got:?}"))
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_clusters_reach_catalog_and_dns() {
+    let fed = Fed::start().await;
+    let east = member("east", "east-token").await;
+    let west = member("west", "west-token").await;
+    seed(&east, true);
+    seed(&west, true);
+    fed.post(
+        "/v1/clusters",
+        cluster_body("east", &east, "east-token", "198.51.100.1", "10.8.0.0/16"),
+    )
+    .await;
+    fed.post(
+        "/v1/clusters",
+        cluster_body("west", &west, "west-token", "198.51.100.2", "10.9.0.0/16"),
+    )
+    .await;
+    fed.post("/v1/global-namespaces", json!({"name": "production", "domain": DOMAIN,
+        "members": [{"cluster": "east", "namespace": "shop"}, {"cluster": "west", "namespace": "shop"}]})).await;
+
+    // Both clusters' endpoints in the catalog, and both public gateways in DNS.
+    eventually(
+        "the catalog to list web in both clusters",
+        Duration::from_secs(10),
+        || async {
+            let web = fed
+                .get("/v1/global-namespaces/production/services/web")
+                .await;
+            let ready = |c: &str| web["clusters"][c]["ready"].as_array().map_or(0, Vec::len);
+            if ready("east") == 2 && ready("west") == 2 && web["ports"][0]["port"] == 8080 {
+                Ok(())
+            } else {
+                Err(web.to_string())
+            }
+        },
+    )
+    .await;
+    expect_dns(
+        &fed,
+        &["198.51.100.1", "198.51.100.2"],
+        "both clusters in DNS",
+    )
+    .await;
+    let status = fed.get("/v1/clusters/east").await;
+    assert_eq!(status["status"]["phase"], "Connected", "{status}");
+
+    // Scale west down to nothing ready: DNS drops west.
+    west.apply::<EndpointSlice>(&endpoint_slice(
+        "shop",
+        "web",
+        "web-1",
+        &[("10.8.1.1", false, false, true, None)],
+        &[("http", 8080)],
+    ))
+    .expect("slice");
+    expect_dns(
+        &fed,
+        &["198.51.100.1"],
+        "west withdrawn after its endpoints went unready",
+    )
+    .await;
+
+    // History compacted and every watch cut: the watchers relist (410 Gone) and nothing is lost.
+    east.compact();
+    west.compact();
+    west.apply::<EndpointSlice>(&endpoint_slice(
+        "shop",
+        "web",
+        "web-1",
+        &[("10.8.1.9", true, true, false, None)],
+        &[("http", 8080)],
+    ))
+    .expect("slice");
+    east.drop_watches();
+    west.drop_watches();
+    expect_dns(
+        &fed,
+        &["198.51.100.1", "198.51.100.2"],
+        "west back after 410 Gone and dropped watches",
+    )
+    .await;
+    eventually(
+        "west's new endpoint in the catalog",
+        Duration::from_secs(10),
+        || async {
+            let web = fed
+                .get("/v1/global-namespaces/production/services/web")
+                .await;
+            if web["clusters"]["west"]["ready"][0]["address"] == "10.8.1.9" {
+                Ok(())
+            } else {
+                Err(web.to_string())
+            }
+        },
+    )
+    .await;
+
+    // East's API goes away: the cluster shows Unreachable, its endpoints are kept, then withdrawn after 1 s.
+    east.go_down().await;
+    eventually(
+        "east to show Unreachable",
+        Duration::from_secs(15),
+        || async {
+            let c = fed.get("/v1/clusters/east").await;
+            if c["status"]["phase"] == "Unreachable" {
+                Ok(())
+            } else {
+                Err(c["status"].to_string())
+            }
+        },
+    )
+    .await;
+    expect_dns(
+        &fed,
+        &["198.51.100.2"],
+        "east withdrawn per staleEndpointPolicy",
+    )
+    .await;
+    east.come_up().await.expect("east comes back");
+    expect_dns(
+        &fed,
+        &["198.51.100.1", "198.51.100.2"],
+        "east back when its API is",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_credentials_show_in_the_status() {
+    let fed = Fed::start().await;
+    let east = member("east", "right-token").await;
+    seed(&east, true);
+    fed.post(
+        "/v1/clusters",
+        cluster_body("east", &east, "wrong-token", "198.51.100.1", "10.8.0.0/16"),
+    )
+    .await;
+    fed.post("/v1/global-namespaces", json!({"name": "production", "domain": DOMAIN, "members": [{"cluster": "east", "namespace": "shop"}]})).await;
+    eventually(
+        "a bad-credentials status",
+        Duration::from_secs(10),
+        || async {
+            let c = fed.get("/v1/clusters/east").await;
+            let message = c["status"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            if message.contains("bad credentials") && c["status"]["phase"] == "Unreachable" {
+                Ok(())
+            } else {
+                Err(c["status"].to_string())
+            }
+        },
+    )
+    .await;
+    // Fixing the token (a PUT with new credentials) restarts the sync without restarting anything.
+    let mut fixed = cluster_body("east", &east, "right-token", "198.51.100.1", "10.8.0.0/16");
+    fixed["resourceVersion"] = Value::Null;
+    let (status, body) = fed
+        .send(reqwest::Method::PUT, "/v1/clusters/east", Some(fixed))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    expect_dns(
+        &fed,
+        &["198.51.100.1"],
+        "sync after the credentials were fixed",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_replica_syncs_and_the_other_takes_over() {
+    let db = support::TestDb::create().await;
+    let east = member("east", "east-token").await;
+    seed(&east, true);
+    let mut first = Fed::start_on(Some(&db.url)).await;
+    first
+        .post(
+            "/v1/clusters",
+            cluster_body("east", &east, "east-token", "198.51.100.1", "10.8.0.0/16"),
+        )
+        .await;
+    first.post("/v1/global-namespaces", json!({"name": "production", "domain": DOMAIN, "members": [{"cluster": "east", "namespace": "shop"}]})).await;
+    expect_dns(&first, &["198.51.100.1"], "the first replica syncing").await;
+
+    // A second replica on the same database: its API and DNS work, but it does not sync east.
+    let second = Fed::start_on(Some(&db.url)).await;
+    expect_dns(&second, &["198.51.100.1"], "the second replica's DNS").await;
+    let lists_before = east.stats().lists;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        east.stats().lists,
+        lists_before,
+        "only the lease holder lists and watches the cluster"
+    );
+    assert_eq!(
+        second.get("/v1/clusters/east").await["status"]["phase"],
+        "Connected"
+    );
+
+    // The first replica stops: the second takes the lease and follows the cluster.
+    first.shutdown().await;
+    let stopped = Instant::now();
+    east.apply::<EndpointSlice>(&endpoint_slice(
+        "shop",
+        "web",
+        "web-1",
+        &[("10.8.1.1", false, false, true, None)],
+        &[("http", 8080)],
+    ))
+    .expect("slice");
+    eventually(
+        "the second replica to see east's endpoints go unready",
+        Duration::from_secs(10),
+        || async {
+            let web = second
+                .get("/v1/global-namespaces/production/services/web")
+                .await;
+            let ready = web["clusters"]["east"]["ready"]
+                .as_array()
+                .map_or(usize::MAX, Vec::len);
+            if ready == 0 {
+                Ok(())
+            } else {
+                Err(web.to_string())
+            }
+        },
+    )
+    .await;
+    expect_dns(&second, &[], "east gone from the second replica's DNS").await;
+    eprintln!("takeover and convergence took {:?}", stopped.elapsed());
+    drop(second);
+    db.drop_db().await;
+}

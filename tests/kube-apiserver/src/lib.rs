@@ -1,0 +1,49 @@
+//! A small, faithful stand-in for kube-apiserver, for tests.
+//!
+//! No real Kubernetes API server can run on the machines this project is
+//! built and tested on, so this crate speaks the real Kubernetes API over
+//! HTTPS for the resource types it is given (by default core/v1 `Service` and
+//! `discovery.k8s.io/v1` `EndpointSlice`), well enough that the real kube-rs
+//! client (`kube::Client`, `kube::runtime::watcher`) cannot tell the
+//! difference for what it uses:
+//!
+//! * GET one object, LIST with label/field selectors, `limit` + `continue`
+//!   paging that is consistent at the first page's resourceVersion, and the
+//!   `resourceVersion` / `resourceVersionMatch` rules;
+//! * WATCH streams (chunked, newline-delimited JSON) resumed from a
+//!   resourceVersion, with bookmarks, `timeoutSeconds`, streaming lists
+//!   (`sendInitialEvents`) and `410 Gone` (as an `ERROR` event) once history
+//!   is compacted;
+//! * bearer-token authentication (401) and RBAC-like authorization (403),
+//!   with `Status` error bodies as the real server writes them.
+//!
+//! A test drives it through [`TestApiServer`]: it changes objects
+//! ([`TestApiServer::apply`], [`TestApiServer::delete`]), compacts history,
+//! cuts watch connections, takes the server down and back up on the same
+//! port, slows it down or makes it answer garbage, and reads counters.
+//!
+//! Module map: [`server`] owns the listener, connections and the handle;
+//! `http` turns requests into responses; `store` is the versioned object
+//! store with its history and watch fan-out; [`registry`] knows the served
+//! resource types and URL layout; [`selector`] parses label and field
+//! selectors; [`auth`] holds tokens and grants; [`tls`] makes the CA and
+//! serving certificate; [`builders`] makes test objects; `status` writes
+//! `Status` bodies.
+
+pub mod auth;
+pub mod builders;
+mod error;
+mod http;
+pub mod registry;
+pub mod selector;
+pub mod server;
+mod status;
+mod store;
+pub mod tls;
+
+pub use auth::{Grant, Verb};
+pub use builders::{EndpointSpec, endpoint_slice, service};
+pub use error::{HookError, StartError};
+pub use registry::ResourceType;
+pub use server::{RequestRecord, Stats, TestApiServer, TestApiServerOptions};
+pub use tls::TlsIdentity;

@@ -1,0 +1,665 @@
+//! The running server and the handle tests drive it with: options, the TLS
+//! listener and its connections (tracked so they can be cut), fault
+//! injection, counters, the request log, and the object hooks.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::convert::Infallible;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use k8s_openapi::Resource;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::{AbortHandle, JoinHandle};
+use tokio_rustls::TlsAcceptor;
+
+use crate::auth::Grant;
+use crate::error::{HookError, StartError};
+use crate::registry::{Registry, ResourceType};
+use crate::store::Store;
+use crate::tls::TlsIdentity;
+
+/// How many requests the log keeps (the newest).
+const REQUEST_LOG: usize = 4096;
+
+/// How a test server is started. `Default` gives a server on a free port of
+/// 127.0.0.1 with a new CA, no tokens, `Service` and `EndpointSlice`, and a
+/// bookmark every second.
+#[derive(Clone, Debug)]
+pub struct TestApiServerOptions {
+    /// Where to listen; `None` is 127.0.0.1 on a free port. Give the address
+    /// of a previous server (and its [`TestApiServerOptions::tls`]) to
+    /// restart "the same" API server.
+    pub addr: Option<SocketAddr>,
+    /// The CA and serving certificate; `None` makes new ones.
+    pub tls: Option<TlsIdentity>,
+    /// Valid bearer tokens and what each may do.
+    pub tokens: BTreeMap<String, Grant>,
+    /// Served resource types (`Service` and `EndpointSlice` by default).
+    pub resources: Vec<ResourceType>,
+    /// How often a watch that allows bookmarks gets one.
+    pub bookmark_interval: Duration,
+    /// How long a watch lasts when the client gives no `timeoutSeconds`.
+    pub default_watch_timeout: Duration,
+    /// How many changes history keeps before compacting the oldest away
+    /// (the real watch cache is bounded too).
+    pub history_limit: usize,
+    /// How many changes an open watch may fall behind before the server
+    /// closes it (the client then resumes from its last resourceVersion).
+    pub watch_buffer: usize,
+}
+
+impl Default for TestApiServerOptions {
+    fn default() -> Self {
+        Self {
+            addr: None,
+            tls: None,
+            tokens: BTreeMap::new(),
+            resources: ResourceType::defaults(),
+            bookmark_interval: Duration::from_secs(1),
+            default_watch_timeout: Duration::from_secs(1800),
+            history_limit: 1_000_000,
+            watch_buffer: 16_384,
+        }
+    }
+}
+
+impl TestApiServerOptions {
+    /// Adds a valid token.
+    pub fn token(mut self, token: impl Into<String>, grant: Grant) -> Self {
+        self.tokens.insert(token.into(), grant);
+        self
+    }
+
+    /// Listens on this address.
+    pub fn addr(mut self, addr: SocketAddr) -> Self {
+        self.addr = Some(addr);
+        self
+    }
+
+    /// Serves this TLS identity.
+    pub fn tls(mut self, tls: TlsIdentity) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Sets the bookmark interval.
+    pub fn bookmark_interval(mut self, interval: Duration) -> Self {
+        self.bookmark_interval = interval;
+        self
+    }
+
+    /// Sets the history limit.
+    pub fn history_limit(mut self, limit: usize) -> Self {
+        self.history_limit = limit;
+        self
+    }
+}
+
+/// Counters of what the server did, for assertions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// TLS connections accepted.
+    pub connections: u64,
+    /// HTTP requests received.
+    pub requests: u64,
+    /// GETs of one object.
+    pub gets: u64,
+    /// LIST requests (every page counts).
+    pub lists: u64,
+    /// WATCH requests.
+    pub watches: u64,
+    /// Watch events sent (ADDED, MODIFIED, DELETED).
+    pub watch_events: u64,
+    /// BOOKMARK events sent.
+    pub bookmarks: u64,
+    /// `410 Gone` answers: ERROR events in watches and expired lists.
+    pub expired: u64,
+    /// 401 answers.
+    pub unauthorized: u64,
+    /// 403 answers.
+    pub forbidden: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) connections: AtomicU64,
+    pub(crate) requests: AtomicU64,
+    pub(crate) gets: AtomicU64,
+    pub(crate) lists: AtomicU64,
+    pub(crate) watches: AtomicU64,
+    pub(crate) watch_events: AtomicU64,
+    pub(crate) bookmarks: AtomicU64,
+    pub(crate) expired: AtomicU64,
+    pub(crate) unauthorized: AtomicU64,
+    pub(crate) forbidden: AtomicU64,
+}
+
+pub(crate) fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// One request as the server saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestRecord {
+    /// HTTP method.
+    pub method: String,
+    /// URL path.
+    pub path: String,
+    /// Raw query string (without `?`).
+    pub query: String,
+    /// The authenticated user, if the token was valid.
+    pub user: Option<String>,
+    /// Request headers, with `authorization` redacted.
+    pub headers: Vec<(String, String)>,
+    /// The response status code.
+    pub status: u16,
+}
+
+struct Conn {
+    abort: AbortHandle,
+    watches: usize,
+}
+
+/// State shared by the handle, the accept loop, connections and watches.
+pub(crate) struct Shared {
+    pub(crate) registry: Registry,
+    pub(crate) store: Store,
+    tokens: RwLock<HashMap<String, Grant>>,
+    latency: Mutex<Duration>,
+    garbage: AtomicBool,
+    pub(crate) stall: tokio::sync::watch::Sender<bool>,
+    pub(crate) counters: Counters,
+    conns: Mutex<HashMap<u64, Conn>>,
+    next_conn: AtomicU64,
+    open_watches: AtomicUsize,
+    log: Mutex<VecDeque<RequestRecord>>,
+    pub(crate) bookmark_interval: Duration,
+    pub(crate) default_watch_timeout: Duration,
+    pub(crate) addr: SocketAddr,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Shared {
+    pub(crate) fn grant(&self, token: &str) -> Option<Grant> {
+        self.tokens
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(token)
+            .cloned()
+    }
+
+    pub(crate) fn latency(&self) -> Duration {
+        *lock(&self.latency)
+    }
+
+    pub(crate) fn garbage(&self) -> bool {
+        self.garbage.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn record(&self, record: RequestRecord) {
+        let mut log = lock(&self.log);
+        if log.len() >= REQUEST_LOG {
+            log.pop_front();
+        }
+        log.push_back(record);
+    }
+
+    /// Marks connection `conn` as carrying a watch until the guard drops.
+    pub(crate) fn watch_started(self: &Arc<Self>, conn: u64) -> WatchGuard {
+        if let Some(c) = lock(&self.conns).get_mut(&conn) {
+            c.watches += 1;
+        }
+        self.open_watches.fetch_add(1, Ordering::Relaxed);
+        WatchGuard {
+            shared: Arc::clone(self),
+            conn,
+        }
+    }
+
+    fn cut(&self, only_watching: bool) -> Vec<AbortHandle> {
+        let handles: Vec<AbortHandle> = {
+            let mut conns = lock(&self.conns);
+            let ids: Vec<u64> = conns
+                .iter()
+                .filter(|(_, c)| !only_watching || c.watches > 0)
+                .map(|(id, _)| *id)
+                .collect();
+            ids.iter()
+                .filter_map(|id| conns.remove(id))
+                .map(|c| c.abort)
+                .collect()
+        };
+        for handle in &handles {
+            handle.abort();
+        }
+        handles
+    }
+}
+
+/// Held by a watch while it streams.
+pub(crate) struct WatchGuard {
+    shared: Arc<Shared>,
+    conn: u64,
+}
+
+impl Drop for WatchGuard {
+    fn drop(&mut self) {
+        if let Some(c) = lock(&self.shared.conns).get_mut(&self.conn) {
+            c.watches = c.watches.saturating_sub(1);
+        }
+        self.shared.open_watches.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Removes a connection from the table when its task ends or is aborted.
+struct ConnGuard {
+    shared: Arc<Shared>,
+    id: u64,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        lock(&self.shared.conns).remove(&self.id);
+    }
+}
+
+/// A running test API server. Dropping it stops it.
+pub struct TestApiServer {
+    shared: Arc<Shared>,
+    tls: TlsIdentity,
+    acceptor: TlsAcceptor,
+    accept_task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for TestApiServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestApiServer")
+            .field("addr", &self.shared.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TestApiServer {
+    /// Starts a server: makes (or reuses) the TLS identity, binds, serves.
+    pub async fn start(options: TestApiServerOptions) -> Result<Self, StartError> {
+        let tls = match options.tls {
+            Some(tls) => tls,
+            None => TlsIdentity::generate()?,
+        };
+        let acceptor = TlsAcceptor::from(tls.server_config()?);
+        let wanted = options
+            .addr
+            .unwrap_or_else(|| SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
+        let listener = bind(wanted).await?;
+        let addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: wanted,
+            source,
+        })?;
+        let types = options.resources.len();
+        let shared = Arc::new(Shared {
+            registry: Registry::new(options.resources),
+            store: Store::new(types, options.history_limit, options.watch_buffer),
+            tokens: RwLock::new(options.tokens.into_iter().collect()),
+            latency: Mutex::new(Duration::ZERO),
+            garbage: AtomicBool::new(false),
+            stall: tokio::sync::watch::Sender::new(false),
+            counters: Counters::default(),
+            conns: Mutex::new(HashMap::new()),
+            next_conn: AtomicU64::new(1),
+            open_watches: AtomicUsize::new(0),
+            log: Mutex::new(VecDeque::new()),
+            bookmark_interval: options.bookmark_interval,
+            default_watch_timeout: options.default_watch_timeout,
+            addr,
+        });
+        let task = tokio::spawn(accept_loop(listener, acceptor.clone(), Arc::clone(&shared)));
+        Ok(Self {
+            shared,
+            tls,
+            acceptor,
+            accept_task: Mutex::new(Some(task)),
+        })
+    }
+
+    /// The base URL, `https://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("https://{}", self.shared.addr)
+    }
+
+    /// The listening address (kept across [`TestApiServer::go_down`] and
+    /// [`TestApiServer::come_up`]).
+    pub fn addr(&self) -> SocketAddr {
+        self.shared.addr
+    }
+
+    /// The CA certificate clients must trust, PEM.
+    pub fn ca_pem(&self) -> &str {
+        self.tls.ca_pem()
+    }
+
+    /// The CA certificate, DER.
+    pub fn ca_der(&self) -> &[u8] {
+        self.tls.ca_der()
+    }
+
+    /// The TLS identity, to start a replacement server clients still trust.
+    pub fn tls_identity(&self) -> &TlsIdentity {
+        &self.tls
+    }
+
+    // ----- objects -----
+
+    fn resource_index<K: Resource>(&self) -> Result<usize, HookError> {
+        self.shared
+            .registry
+            .by_kind(K::API_VERSION, K::KIND)
+            .ok_or_else(|| HookError::UnknownResource {
+                api_version: K::API_VERSION.to_owned(),
+                kind: K::KIND.to_owned(),
+            })
+    }
+
+    /// Creates or replaces an object (by namespace and name), as a
+    /// controller in the cluster would: bumps the resourceVersion and
+    /// sends `ADDED` or `MODIFIED` to watches. The server sets uid,
+    /// creationTimestamp, generation and resourceVersion; an object equal to
+    /// the stored one changes nothing. Returns the stored object.
+    pub fn apply<K>(&self, object: &K) -> Result<K, HookError>
+    where
+        K: Resource + Serialize + DeserializeOwned,
+    {
+        let index = self.resource_index::<K>()?;
+        let value = serde_json::to_value(object)?;
+        let stored = self
+            .shared
+            .store
+            .apply(index, self.shared.registry.get(index), value)?;
+        Ok(serde_json::from_value((*stored).clone())?)
+    }
+
+    /// Deletes an object (`namespace` is ignored for cluster-scoped kinds);
+    /// sends `DELETED` to watches. Returns its last state.
+    pub fn delete<K>(&self, namespace: &str, name: &str) -> Result<K, HookError>
+    where
+        K: Resource + DeserializeOwned,
+    {
+        let index = self.resource_index::<K>()?;
+        let last =
+            self.shared
+                .store
+                .delete(index, self.shared.registry.get(index), namespace, name)?;
+        Ok(serde_json::from_value((*last).clone())?)
+    }
+
+    /// One stored object.
+    pub fn get<K>(&self, namespace: &str, name: &str) -> Result<Option<K>, HookError>
+    where
+        K: Resource + DeserializeOwned,
+    {
+        let index = self.resource_index::<K>()?;
+        let namespace = if self.shared.registry.get(index).namespaced {
+            namespace
+        } else {
+            ""
+        };
+        self.shared
+            .store
+            .get(index, namespace, name)
+            .map(|v| serde_json::from_value((*v).clone()))
+            .transpose()
+            .map_err(HookError::from)
+    }
+
+    /// Every stored object of a kind, ordered by namespace and name.
+    pub fn list<K>(&self) -> Result<Vec<K>, HookError>
+    where
+        K: Resource + DeserializeOwned,
+    {
+        let index = self.resource_index::<K>()?;
+        self.shared
+            .store
+            .all(index)
+            .into_iter()
+            .map(|v| serde_json::from_value((*v).clone()).map_err(HookError::from))
+            .collect()
+    }
+
+    /// The newest resourceVersion of the store.
+    pub fn resource_version(&self) -> u64 {
+        self.shared.store.resource_version()
+    }
+
+    /// The oldest resourceVersion a watch can still resume from.
+    pub fn compacted_resource_version(&self) -> u64 {
+        self.shared.store.compacted()
+    }
+
+    // ----- faults -----
+
+    /// Forgets history up to now: a watch resumed from an older
+    /// resourceVersion gets `410 Gone` (an `ERROR` event), and continue
+    /// tokens of older lists expire.
+    pub fn compact(&self) {
+        self.shared.store.compact();
+    }
+
+    /// Cuts every connection that carries a watch, abruptly (no final
+    /// chunk, no TLS close_notify). Returns how many connections were cut.
+    pub fn drop_watches(&self) -> usize {
+        self.shared.cut(true).len()
+    }
+
+    /// While stalled, open watches send nothing (no events, no bookmarks),
+    /// like a stuck network path; what they missed is sent when unstalled
+    /// (unless they fell more than `watch_buffer` changes behind, which
+    /// closes them).
+    pub fn stall_watches(&self, stalled: bool) {
+        self.shared.stall.send_replace(stalled);
+    }
+
+    /// Stops accepting connections (new ones are refused) and cuts every
+    /// open one; returns when they are closed. Objects and history are kept.
+    pub async fn go_down(&self) {
+        let task = lock(&self.accept_task).take();
+        if let Some(task) = task {
+            task.abort();
+            // Wait until the listener is closed; the task was aborted, so
+            // the join error is expected.
+            let _ = task.await;
+        }
+        // Wait (briefly) until the connections and their watches are gone,
+        // so a test sees the server down when this returns.
+        let handles = self.shared.cut(false);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while (handles.iter().any(|h| !h.is_finished()) || self.open_watches() > 0)
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Listens again on the same address after [`TestApiServer::go_down`].
+    pub async fn come_up(&self) -> Result<(), StartError> {
+        if self.is_up() {
+            return Err(StartError::AlreadyUp);
+        }
+        let listener = bind(self.shared.addr).await?;
+        let task = tokio::spawn(accept_loop(
+            listener,
+            self.acceptor.clone(),
+            Arc::clone(&self.shared),
+        ));
+        *lock(&self.accept_task) = Some(task);
+        Ok(())
+    }
+
+    /// Whether the server is accepting connections.
+    pub fn is_up(&self) -> bool {
+        lock(&self.accept_task).is_some()
+    }
+
+    /// Delays every response by this much (zero: no delay).
+    pub fn set_latency(&self, latency: Duration) {
+        *lock(&self.shared.latency) = latency;
+    }
+
+    /// When on, every response is `200` with a body that is not JSON.
+    pub fn set_garbage(&self, garbage: bool) {
+        self.shared.garbage.store(garbage, Ordering::Relaxed);
+    }
+
+    // ----- auth -----
+
+    /// Adds or replaces a valid token.
+    pub fn set_token(&self, token: impl Into<String>, grant: Grant) {
+        self.shared
+            .tokens
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(token.into(), grant);
+    }
+
+    /// Makes a token invalid (requests with it get 401).
+    pub fn revoke_token(&self, token: &str) {
+        self.shared
+            .tokens
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(token);
+    }
+
+    // ----- observation -----
+
+    /// The counters.
+    pub fn stats(&self) -> Stats {
+        let c = &self.shared.counters;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Stats {
+            connections: load(&c.connections),
+            requests: load(&c.requests),
+            gets: load(&c.gets),
+            lists: load(&c.lists),
+            watches: load(&c.watches),
+            watch_events: load(&c.watch_events),
+            bookmarks: load(&c.bookmarks),
+            expired: load(&c.expired),
+            unauthorized: load(&c.unauthorized),
+            forbidden: load(&c.forbidden),
+        }
+    }
+
+    /// How many watches are streaming now.
+    pub fn open_watches(&self) -> usize {
+        self.shared.open_watches.load(Ordering::Relaxed)
+    }
+
+    /// Waits until at least `count` watches are streaming; false on timeout.
+    pub async fn wait_for_watches(&self, count: usize, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.open_watches() < count {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
+    }
+
+    /// The newest requests (up to 4096), oldest first.
+    pub fn requests(&self) -> Vec<RequestRecord> {
+        lock(&self.shared.log).iter().cloned().collect()
+    }
+}
+
+impl Drop for TestApiServer {
+    fn drop(&mut self) {
+        if let Some(task) = lock(&self.accept_task).take() {
+            task.abort();
+        }
+        self.shared.cut(false);
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    // After `go_down` the port may take a moment to be free again.
+    let mut attempt = 0;
+    loop {
+        match TcpListener::bind(addr).await {
+            Ok(listener) => return Ok(listener),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && attempt < 50 => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(source) => return Err(StartError::Bind { addr, source }),
+        }
+    }
+}
+
+async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<Shared>) {
+    loop {
+        let tcp = match listener.accept().await {
+            Ok((tcp, _)) => tcp,
+            Err(e) => {
+                tracing::warn!(error = %e, "kube-apiserver-test: accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        bump(&shared.counters.connections);
+        let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+        // Insert under the lock so the connection's guard cannot remove the
+        // entry before it exists.
+        let mut conns = lock(&shared.conns);
+        let task = tokio::spawn(serve_connection(
+            tcp,
+            acceptor.clone(),
+            Arc::clone(&shared),
+            id,
+        ));
+        conns.insert(
+            id,
+            Conn {
+                abort: task.abort_handle(),
+                watches: 0,
+            },
+        );
+    }
+}
+
+async fn serve_connection(tcp: TcpStream, acceptor: TlsAcceptor, shared: Arc<Shared>, id: u64) {
+    let _guard = ConnGuard {
+        shared: Arc::clone(&shared),
+        id,
+    };
+    // Failing to set no-delay only costs latency.
+    let _ = tcp.set_nodelay(true);
+    let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "kube-apiserver-test: TLS handshake failed");
+            return;
+        }
+        Err(_) => return,
+    };
+    let service = service_fn(move |request| {
+        let shared = Arc::clone(&shared);
+        async move { Ok::<_, Infallible>(crate::http::handle(shared, id, request).await) }
+    });
+    if let Err(e) = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .serve_connection(TokioIo::new(tls), service)
+        .await
+    {
+        tracing::debug!(error = %e, "kube-apiserver-test: connection ended with an error");
+    }
+}
