@@ -68,6 +68,11 @@ impl Proc {
         std::fs::read_to_string(&self.log).unwrap_or_else(|e| format!("(no log: {e})"))
     }
 
+    /// The process id.
+    pub fn pid(&self) -> Option<u32> {
+        Some(self.child.id())
+    }
+
     /// True while the process runs.
     pub fn running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
