@@ -10,7 +10,6 @@
 //! (default `postgres://postgres@127.0.0.1:5432/postgres`); a fresh database
 //! is created for the run with `psql` and dropped afterwards.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -74,13 +73,7 @@ fn manifest_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/acme.yaml")
 }
 
-/// A port that was free a moment ago.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind an ephemeral port")
-        .port()
-}
+use gns_tests::free_port;
 
 /// How a federation keeps its state; the same setup is used for every restart.
 struct StoreSetup {
@@ -185,25 +178,7 @@ impl Drop for Federation {
 
 /// One GET with a fresh client; `(status, body)`.
 fn http_get(url: &str, token: Option<&str>) -> Result<(u16, String), String> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    runtime.block_on(async {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .build()
-            .map_err(|e| e.to_string())?;
-        let mut request = client.get(url);
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        let response = request.send().await.map_err(|e| e.to_string())?;
-        let status = response.status().as_u16();
-        let body = response.text().await.map_err(|e| e.to_string())?;
-        Ok((status, body))
-    })
+    gns_tests::http("GET", url, token, None)
 }
 
 /// What a gnsctl run printed.

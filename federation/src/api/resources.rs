@@ -247,7 +247,7 @@ pub async fn replace<R: ApiResource>(
     Extension(principal): Extension<Principal>,
     Path(params): PathParams,
     body: JsonObject,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<(axum::http::HeaderMap, Json<Value>), ApiError> {
     let key = key_of::<R>(&params);
     let (_, write, expected) = parse_write::<R>(body, &key.scope, &principal)?;
     if write.key.name != key.name {
@@ -264,7 +264,20 @@ pub async fn replace<R: ApiResource>(
             crate::store::StoreError::NotFound(_) => not_found(&key),
             other => other.into(),
         })?;
-    Ok(Json(render::<R>(&outcome.object)))
+    Ok((
+        changed_header(outcome.changed),
+        Json(render::<R>(&outcome.object)),
+    ))
+}
+
+/// The `x-gns-changed` header: whether a PUT changed anything (`gnsctl apply` says "unchanged" on false).
+pub fn changed_header(changed: bool) -> axum::http::HeaderMap {
+    let mut headers = axum::http::HeaderMap::new();
+    headers.insert(
+        axum::http::HeaderName::from_static("x-gns-changed"),
+        axum::http::HeaderValue::from_static(if changed { "true" } else { "false" }),
+    );
+    headers
 }
 
 /// `DELETE` one object; `?resourceVersion=` makes it conditional.

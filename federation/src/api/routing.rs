@@ -13,7 +13,7 @@ use super::auth::Principal;
 use super::body::JsonObject;
 use super::paging::{continue_token, page_request};
 use super::render::{list_body, render_with_status};
-use super::resources::{PathParams, require_gns};
+use super::resources::{PathParams, changed_header, require_gns};
 use super::{ApiError, AppState};
 use crate::model::{Kind, Name, Resource, Routing};
 use crate::store::{ObjectKey, ObjectWrite, StoreError, StoredObject};
@@ -61,7 +61,7 @@ pub async fn put(
     Extension(principal): Extension<Principal>,
     Path(params): PathParams,
     mut body: JsonObject,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, axum::http::HeaderMap, Json<Value>), ApiError> {
     let key = routing_key(&params)?;
     let expected = body.take_resource_version()?;
     // `service` is output-only (the URL names the service); accept it if it matches.
@@ -85,10 +85,18 @@ pub async fn put(
         actor: principal.name.clone(),
     };
     match state.store.update(write.clone(), expected).await {
-        Ok(outcome) => Ok((StatusCode::OK, Json(render(&outcome.object)))),
+        Ok(outcome) => Ok((
+            StatusCode::OK,
+            changed_header(outcome.changed),
+            Json(render(&outcome.object)),
+        )),
         Err(StoreError::NotFound(_)) if expected.is_none() => {
             let object = state.store.create(write).await?;
-            Ok((StatusCode::CREATED, Json(render(&object))))
+            Ok((
+                StatusCode::CREATED,
+                changed_header(true),
+                Json(render(&object)),
+            ))
         }
         Err(StoreError::NotFound(_)) => {
             require_gns(&state, &key.scope).await?;

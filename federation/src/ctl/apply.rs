@@ -51,7 +51,7 @@ pub async fn apply_one(client: &Client, doc: &Document) -> Result<Outcome, CtlEr
     let body = Value::Object(doc.body.clone());
     match client.get_optional(&object_path).await? {
         None if doc.kind == CtlKind::Routing => {
-            let (_, created) = client.put(&object_path, &body).await?;
+            let (_, created, _) = client.put(&object_path, &body).await?;
             // Someone may have created it between our GET and PUT; then it was replaced.
             Ok(if created {
                 Outcome::Created
@@ -65,9 +65,14 @@ pub async fn apply_one(client: &Client, doc: &Document) -> Result<Outcome, CtlEr
         }
         Some(existing) => {
             let before = resource_version(&existing);
-            let (after, _) = client.put(&object_path, &body).await?;
-            let after = resource_version(&after);
-            Ok(if before.is_some() && before == after {
+            let (after, _, changed) = client.put(&object_path, &body).await?;
+            // The server says whether it changed anything; without that, compare
+            // versions (a status write in between would then read as a change).
+            let unchanged = match changed {
+                Some(changed) => !changed,
+                None => before.is_some() && before == resource_version(&after),
+            };
+            Ok(if unchanged {
                 Outcome::Unchanged
             } else {
                 Outcome::Configured

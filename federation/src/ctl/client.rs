@@ -10,6 +10,9 @@ use serde_json::Value;
 
 use super::{CtlError, ServerError};
 
+/// Response header by which the server says whether a PUT changed anything.
+pub const CHANGED_HEADER: &str = "x-gns-changed";
+
 /// Page size asked for when listing.
 pub const PAGE_LIMIT: u32 = 500;
 /// Upper bound on pages followed in one list, against a server that never stops.
@@ -98,7 +101,7 @@ impl Client {
         segments: &[String],
         query: &[(&str, &str)],
         body: Option<&Value>,
-    ) -> Result<(StatusCode, Value), CtlError> {
+    ) -> Result<(StatusCode, Value, Option<bool>), CtlError> {
         let url = self.url(segments);
         let mut request = self.http.request(method.clone(), url.clone());
         if !query.is_empty() {
@@ -131,6 +134,12 @@ impl Client {
         };
         let response = request.send().await.map_err(transport)?;
         let status = response.status();
+        // Whether a PUT changed anything, as the server says (absent from older servers).
+        let changed = response
+            .headers()
+            .get(CHANGED_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v == "true");
         let bytes = response.bytes().await.map_err(transport)?;
         if !status.is_success() {
             let mut error = ServerError::from_body(status.as_u16(), &bytes);
@@ -143,13 +152,13 @@ impl Client {
             return Err(error.into());
         }
         if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Ok((status, Value::Null));
+            return Ok((status, Value::Null, changed));
         }
         let value = serde_json::from_slice(&bytes).map_err(|e| CtlError::BadResponse {
             url: url.to_string(),
             reason: format!("body is not JSON: {e}"),
         })?;
-        Ok((status, value))
+        Ok((status, value, changed))
     }
 
     /// `GET` one object.
@@ -171,10 +180,15 @@ impl Client {
         Ok(self.send(Method::POST, segments, &[], Some(body)).await?.1)
     }
 
-    /// `PUT` a JSON body; also returns whether the server answered 201 Created.
-    pub async fn put(&self, segments: &[String], body: &Value) -> Result<(Value, bool), CtlError> {
-        let (status, value) = self.send(Method::PUT, segments, &[], Some(body)).await?;
-        Ok((value, status == StatusCode::CREATED))
+    /// `PUT` a JSON body; also returns whether the server answered 201 Created,
+    /// and whether it changed anything (`x-gns-changed`).
+    pub async fn put(
+        &self,
+        segments: &[String],
+        body: &Value,
+    ) -> Result<(Value, bool, Option<bool>), CtlError> {
+        let (status, value, changed) = self.send(Method::PUT, segments, &[], Some(body)).await?;
+        Ok((value, status == StatusCode::CREATED, changed))
     }
 
     /// `DELETE` one object.
@@ -192,7 +206,7 @@ impl Client {
             if let Some(t) = &token {
                 query.push(("continue", t.as_str()));
             }
-            let (_, page) = self.send(Method::GET, segments, &query, None).await?;
+            let (_, page, _) = self.send(Method::GET, segments, &query, None).await?;
             let bad = |reason: &str| CtlError::BadResponse {
                 url: self.url(segments).to_string(),
                 reason: reason.to_owned(),
