@@ -326,7 +326,10 @@ async fn cluster_credentials_update_rules() {
         .body(Body::from(cluster("east", "10.8.0.0/16").to_string()))
         .expect("request");
     let resp = api.app.clone().oneshot(req).await.expect("response");
-    assert_eq!(resp.headers().get("x-gns-changed").map(|v| v.as_bytes()), Some(&b"false"[..]));
+    assert_eq!(
+        resp.headers().get("x-gns-changed").map(|v| v.as_bytes()),
+        Some(&b"false"[..])
+    );
     // A PUT without credentials keeps them (and the rest is an ordinary update).
     c["labels"] = json!({"region": "eu-west-1"});
     let updated = api.ok(Method::PUT, "/v1/clusters/east", Some(c)).await;
