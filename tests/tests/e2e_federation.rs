@@ -47,24 +47,9 @@ struct Binaries {
 
 /// The workspace binaries, next to this test's directory (target/<profile>/).
 fn binaries() -> Binaries {
-    let exe = std::env::current_exe().expect("path of the test executable");
-    // target/<profile>/deps/e2e_federation-<hash> -> target/<profile>/
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("the test executable is in target/<profile>/deps");
-    let find = |name: &str| {
-        let path = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
-        assert!(
-            path.is_file(),
-            "{} is missing: run `cargo build --workspace --bins` first (scripts/test does this)",
-            path.display()
-        );
-        path
-    };
     Binaries {
-        federation: find("gns-federation"),
-        gnsctl: find("gnsctl"),
+        federation: gns_tests::binary("gns-federation"),
+        gnsctl: gns_tests::binary("gnsctl"),
     }
 }
 

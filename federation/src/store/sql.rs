@@ -580,6 +580,49 @@ async fn claim_domain(tx: &mut Tx, domain: &Domain, gns: &str) -> Result<(), Sto
     Ok(())
 }
 
+/// Writes an object, creating or replacing it; a `None` secret keeps the stored one.
+async fn put_object(
+    tx: &mut Tx,
+    key: &ObjectKey,
+    spec: &Value,
+    status: &Value,
+    sealed: Option<Vec<u8>>,
+    revision: u64,
+    now: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO gns_objects (kind, scope, name, spec, status, secret, resource_version, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) \
+         ON CONFLICT (kind, scope, name) DO UPDATE SET spec = excluded.spec, status = excluded.status, \
+         secret = COALESCE(excluded.secret, gns_objects.secret), resource_version = excluded.resource_version, \
+         updated_at = excluded.updated_at",
+    )
+    .bind(key.kind.as_str())
+    .bind(&key.scope)
+    .bind(&key.name)
+    .bind(spec_text(spec)?)
+    .bind(spec_text(status)?)
+    .bind(sealed)
+    .bind(i64_of(revision))
+    .bind(now)
+    .execute(&mut **tx)
+    .await
+    .map_err(db_err)?;
+    Ok(())
+}
+
+/// Fails with [`StoreError::Conflict`] unless `expected` (if given) is the current version.
+fn check_version(key: &ObjectKey, expected: Option<u64>, current: u64) -> Result<(), StoreError> {
+    match expected {
+        Some(expected) if expected != current => Err(StoreError::Conflict {
+            key: key.to_string(),
+            expected,
+            current,
+        }),
+        _ => Ok(()),
+    }
+}
+
 fn spec_text(value: &Value) -> Result<String, StoreError> {
     serde_json::to_string(value).map_err(|e| StoreError::Internal(e.to_string()))
 }
@@ -691,21 +734,7 @@ impl Store for SqlStore {
             .status
             .clone()
             .unwrap_or_else(|| Value::Object(Default::default()));
-        sqlx::query(
-            "INSERT INTO gns_objects (kind, scope, name, spec, status, secret, resource_version, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)",
-        )
-        .bind(key.kind.as_str())
-        .bind(&key.scope)
-        .bind(&key.name)
-        .bind(spec_text(&write.spec)?)
-        .bind(spec_text(&status)?)
-        .bind(sealed)
-        .bind(i64_of(revision))
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
+        put_object(&mut tx, key, &write.spec, &status, sealed, revision, now).await?;
         replace_cluster_refs(&mut tx, key, &write.cluster_refs).await?;
         self.finish_write(tx, revision, (&write.actor, "create", key))
             .await?;
@@ -729,15 +758,7 @@ impl Store for SqlStore {
         let Some((current, current_secret)) = fetch_object(&mut tx, key).await? else {
             return Err(StoreError::NotFound(key.to_string()));
         };
-        if let Some(expected) = expected
-            && expected != current.resource_version
-        {
-            return Err(StoreError::Conflict {
-                key: key.to_string(),
-                expected,
-                current: current.resource_version,
-            });
-        }
+        check_version(key, expected, current.resource_version)?;
         let same_secret = match (&write.secret, &current_secret) {
             (None, _) => true,
             (Some(new), Some(sealed)) => self.secrets.open(&key.to_string(), sealed)? == *new,
@@ -847,15 +868,7 @@ impl Store for SqlStore {
         let Some((current, _)) = fetch_object(&mut tx, key).await? else {
             return Err(StoreError::NotFound(key.to_string()));
         };
-        if let Some(expected) = expected
-            && expected != current.resource_version
-        {
-            return Err(StoreError::Conflict {
-                key: key.to_string(),
-                expected,
-                current: current.resource_version,
-            });
-        }
+        check_version(key, expected, current.resource_version)?;
         if key.kind == Kind::Cluster {
             let rows = sqlx::query(
                 "SELECT from_kind, from_scope, from_name FROM gns_cluster_refs WHERE cluster = $1 \
@@ -1076,24 +1089,7 @@ impl Store for SqlStore {
                         .status
                         .clone()
                         .unwrap_or_else(|| Value::Object(Default::default()));
-                    sqlx::query(
-                        "INSERT INTO gns_objects (kind, scope, name, spec, status, secret, resource_version, created_at, updated_at) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) \
-                         ON CONFLICT (kind, scope, name) DO UPDATE SET spec = excluded.spec, status = excluded.status, \
-                         secret = COALESCE(excluded.secret, gns_objects.secret), resource_version = excluded.resource_version, \
-                         updated_at = excluded.updated_at",
-                    )
-                    .bind(key.kind.as_str())
-                    .bind(&key.scope)
-                    .bind(&key.name)
-                    .bind(spec_text(&write.spec)?)
-                    .bind(spec_text(&status)?)
-                    .bind(sealed)
-                    .bind(i64_of(revision))
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db_err)?;
+                    put_object(&mut tx, key, &write.spec, &status, sealed, revision, now).await?;
                     replace_cluster_refs(&mut tx, key, &write.cluster_refs).await?;
                     outcome.applied += 1;
                 }
