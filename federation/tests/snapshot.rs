@@ -371,3 +371,72 @@ async fn config_dns_rejects_bad_parameters_and_waits_for_a_first_snapshot() {
     drop(tx);
     backend.cleanup().await;
 }
+
+/// The builder keeps its state and reads only changes; after any sequence of
+/// writes, deletes and cascades that state must equal a fresh full read.
+async fn incremental_state_equals_a_full_read(backend: Backend) {
+    use gns_federation::snapshot::{load, refresh};
+    let store = Arc::clone(&backend.store);
+    let mut state = load(store.as_ref()).await.expect("load");
+    seed(store.as_ref()).await;
+    let check = async |state: &mut gns_federation::snapshot::StoreState, step: &str| {
+        refresh(store.as_ref(), state).await.expect("refresh");
+        let full = load(store.as_ref()).await.expect("load");
+        assert_eq!(*state, full, "after {step}");
+    };
+    check(&mut state, "seed").await;
+    for name in ["web", "api", "db"] {
+        put_service(store.as_ref(), name, &["10.8.1.1"]).await;
+    }
+    check(&mut state, "three services").await;
+    put_service(store.as_ref(), "api", &["10.8.1.2", "10.8.1.3"]).await;
+    store
+        .delete(
+            &ObjectKey::scoped(Kind::Service, "production", "db"),
+            None,
+            "test",
+        )
+        .await
+        .expect("delete db");
+    check(&mut state, "an update and a delete").await;
+    put_service(store.as_ref(), "db", &["10.8.1.9"]).await;
+    check(&mut state, "db again").await;
+    store
+        .delete(
+            &ObjectKey::global(Kind::GlobalNamespace, "production"),
+            None,
+            "test",
+        )
+        .await
+        .expect("delete gns");
+    check(&mut state, "the global namespace deleted").await;
+    assert!(state.scoped.is_empty(), "nothing left of its objects");
+    seed_gns_again(store.as_ref()).await;
+    put_service(store.as_ref(), "web", &["10.8.1.4"]).await;
+    check(&mut state, "the global namespace again").await;
+    backend.cleanup().await;
+}
+
+async fn seed_gns_again(store: &dyn Store) {
+    let gns: GlobalNamespace = serde_json::from_value(json!({
+        "name": "production", "domain": ORIGIN,
+        "members": [{"cluster": "east", "namespace": "shop"}]}))
+    .expect("gns");
+    let mut w = write(
+        ObjectKey::global(Kind::GlobalNamespace, "production"),
+        serde_json::to_value(&gns).expect("json"),
+    );
+    w.cluster_refs = gns.cluster_refs();
+    w.domain = Some(gns.domain.clone());
+    store.create(w).await.expect("create gns");
+}
+
+#[tokio::test]
+async fn incremental_state_equals_a_full_read_sqlite() {
+    incremental_state_equals_a_full_read(Backend::sqlite().await).await;
+}
+
+#[tokio::test]
+async fn incremental_state_equals_a_full_read_postgres() {
+    incremental_state_equals_a_full_read(Backend::postgres().await).await;
+}

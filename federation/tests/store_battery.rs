@@ -695,6 +695,89 @@ async fn batches_are_one_revision(store: Arc<dyn Store>) {
     assert_eq!(audit.items[0].action, "sync");
 }
 
+async fn changes_since_sees_writes_and_deletes(store: Arc<dyn Store>) {
+    seed(store.as_ref()).await;
+    let all = store.changes_since(0).await.expect("changes");
+    assert_eq!(all.revision, store.revision().await.expect("revision"));
+    let names: Vec<&str> = all.changed.iter().map(|o| o.key.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["east", "west", "production"],
+        "kind, scope, name order"
+    );
+    assert!(all.deleted.is_empty());
+
+    let base = all.revision;
+    let svc = |n: &str| scoped_write(Kind::Service, "production", n, json!({"name": n}), &[]);
+    store.create(svc("web.east")).await.expect("web");
+    store.create(svc("db.east")).await.expect("db");
+    store
+        .write_batch(
+            vec![BatchOp::Delete(ObjectKey::scoped(
+                Kind::Service,
+                "production",
+                "db.east",
+            ))],
+            "sync",
+        )
+        .await
+        .expect("batch delete");
+    let since = store.changes_since(base).await.expect("changes");
+    let changed: Vec<&str> = since.changed.iter().map(|o| o.key.name.as_str()).collect();
+    assert_eq!(changed, ["web.east"], "only what was written after {base}");
+    assert_eq!(
+        since.deleted,
+        [ObjectKey::scoped(Kind::Service, "production", "db.east")]
+    );
+
+    // Deleted and created again: among both, and it exists.
+    let mid = since.revision;
+    store.create(svc("db.east")).await.expect("db again");
+    let again = store.changes_since(mid).await.expect("changes");
+    assert_eq!(again.changed.len(), 1);
+    assert!(again.deleted.is_empty(), "the old delete is before {mid}");
+    let both = store.changes_since(base).await.expect("changes");
+    assert!(both.changed.iter().any(|o| o.key.name == "db.east"));
+    assert!(both.deleted.iter().any(|k| k.name == "db.east"));
+
+    // Deleting a global namespace deletes, and reports, everything in it.
+    let before_cascade = store.revision().await.expect("revision");
+    store
+        .delete(
+            &ObjectKey::global(Kind::GlobalNamespace, "production"),
+            None,
+            "tester",
+        )
+        .await
+        .expect("delete gns");
+    let cascade = store.changes_since(before_cascade).await.expect("changes");
+    assert!(cascade.changed.is_empty());
+    let deleted: Vec<(Kind, &str)> = cascade
+        .deleted
+        .iter()
+        .map(|k| (k.kind, k.name.as_str()))
+        .collect();
+    assert_eq!(
+        deleted,
+        [
+            (Kind::GlobalNamespace, "production"),
+            (Kind::Service, "db.east"),
+            (Kind::Service, "web.east"),
+        ]
+    );
+    assert_eq!(
+        store
+            .changes_since(cascade.revision)
+            .await
+            .expect("changes"),
+        gns_federation::store::Changes {
+            revision: cascade.revision,
+            ..Default::default()
+        },
+        "nothing after the newest revision"
+    );
+}
+
 async fn second_handle_sees_data(backend: &Backend) {
     seed(backend.store.as_ref()).await;
     let other = backend.reopen().await;
@@ -772,6 +855,10 @@ macro_rules! battery {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn batches_are_one_revision() {
                 run(super::batches_are_one_revision).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn changes_since_sees_writes_and_deletes() {
+                run(super::changes_since_sees_writes_and_deletes).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn second_handle_sees_data() {

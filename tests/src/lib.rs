@@ -41,7 +41,7 @@ pub struct Proc {
 }
 
 impl Proc {
-    /// Starts `program args…` with stdout and stderr to `log`; `GNS_*` variables of the caller are removed.
+    /// Starts `program args…` with stdout and stderr to `log`; `GNS_*` variables of the caller are removed, except `GNS_LOG` (default `info`).
     pub fn spawn(program: &Path, args: &[String], log: PathBuf) -> Proc {
         let file = std::fs::File::create(&log).expect("create log");
         let err = file.try_clone().expect("clone log");
@@ -51,7 +51,10 @@ impl Proc {
             .stdin(Stdio::null())
             .stdout(file)
             .stderr(err)
-            .env("GNS_LOG", "info");
+            .env(
+                "GNS_LOG",
+                std::env::var("GNS_LOG").unwrap_or_else(|_| "info".to_owned()),
+            );
         for (name, _) in std::env::vars_os() {
             if name.to_string_lossy().starts_with("GNS_") && name != "GNS_LOG" {
                 command.env_remove(name);

@@ -5,6 +5,12 @@ use clap::Parser;
 use gns_federation::server::{self, Config, LogFormat};
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc: snapshot rebuilds churn large, short-lived allocations across
+/// threads, which glibc malloc keeps as fragmented arenas.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();

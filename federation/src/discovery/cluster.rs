@@ -15,11 +15,11 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::utils::Backoff;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, ResourceExt};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::sync::mpsc;
 
-use super::model::{self, Member, NamespaceObjects};
-use crate::model::Kind;
+use super::model::{self, Member, NamespaceObjects, ServiceInfo, SliceInfo};
+use crate::model::{DiscoveredService, Kind};
 use crate::store::{BatchOp, ObjectKey, ObjectWrite, PageRequest, Store};
 
 /// Actor name of discovery writes in the audit log.
@@ -141,11 +141,20 @@ where
 }
 
 /// Per-watcher progress: buffered objects during a (re)list, and health.
-#[derive(Default)]
 struct WatchState<K> {
     buffer: Option<BTreeMap<String, K>>,
     synced: bool,
     error: Option<(String, Instant)>,
+}
+
+impl<K> Default for WatchState<K> {
+    fn default() -> Self {
+        Self {
+            buffer: None,
+            synced: false,
+            error: None,
+        }
+    }
 }
 
 impl<K> WatchState<K> {
@@ -188,9 +197,12 @@ pub async fn run(
     let _guard = AbortOnDrop(tasks);
 
     let mut objects: HashMap<String, NamespaceObjects> = HashMap::new();
-    let mut svc_watch: HashMap<String, WatchState<Service>> = HashMap::new();
-    let mut slice_watch: HashMap<String, WatchState<EndpointSlice>> = HashMap::new();
-    let mut written: Option<BTreeMap<ObjectKey, Value>> = None;
+    let mut svc_watch: HashMap<String, WatchState<ServiceInfo>> = HashMap::new();
+    let mut slice_watch: HashMap<String, WatchState<SliceInfo>> = HashMap::new();
+    // Services whose catalog entries may have changed, by namespace.
+    let mut dirty: HashMap<String, BTreeSet<String>> = HashMap::new();
+    // Hash of each catalog entry this cluster has in the store; `None` until read.
+    let mut written: Option<HashMap<ObjectKey, u64>> = None;
     let mut status = StatusWriter::new(&cluster, Arc::clone(&store));
     status
         .report(Phase::Connecting, "connecting", None, None)
@@ -215,11 +227,25 @@ pub async fn run(
             match update {
                 Update::Services(ns, event) => {
                     let state = svc_watch.entry(ns.clone()).or_default();
-                    apply(*event, state, &mut objects.entry(ns).or_default().services);
+                    let target = &mut objects.entry(ns.clone()).or_default().services;
+                    apply(
+                        *event,
+                        state,
+                        target,
+                        dirty.entry(ns).or_default(),
+                        |name, _| Some(name.to_owned()),
+                    );
                 }
                 Update::Slices(ns, event) => {
                     let state = slice_watch.entry(ns.clone()).or_default();
-                    apply(*event, state, &mut objects.entry(ns).or_default().slices);
+                    let target = &mut objects.entry(ns.clone()).or_default().slices;
+                    apply(
+                        *event,
+                        state,
+                        target,
+                        dirty.entry(ns).or_default(),
+                        |_, slice| slice.service.clone(),
+                    );
                 }
                 Update::Failed(ns, resource, message) => {
                     tracing::warn!(cluster, namespace = ns, ?resource, error = %message, "watch failed");
@@ -246,35 +272,47 @@ pub async fn run(
             .chain(slice_watch.values().filter_map(WatchState::current_error))
             .collect();
         if synced == total {
-            let desired = model::contributions(&cluster, &members, &objects);
-            let previous = match written.take() {
-                Some(p) => p,
-                None => existing_objects(store.as_ref(), &cluster, &all_gns).await,
-            };
-            let ops = diff(&previous, &desired);
-            if !ops.is_empty() {
-                match store.write_batch(ops, ACTOR).await {
-                    Ok(_) => written = Some(desired.clone()),
-                    Err(e) => {
-                        tracing::warn!(cluster, error = %e, "catalog write failed; will retry");
-                        written = Some(previous);
-                        status
-                            .report(
-                                Phase::Degraded,
-                                &format!("catalog write failed: {e}"),
-                                None,
-                                None,
-                            )
-                            .await;
-                        continue;
-                    }
+            let (ops, updated) = match &written {
+                Some(previous) => changed_entries(&cluster, &members, &objects, &dirty, previous),
+                None => {
+                    let previous = existing_objects(store.as_ref(), &cluster, &all_gns).await;
+                    all_entries(&cluster, &members, &objects, previous)
                 }
+            };
+            let outcome = if ops.is_empty() {
+                Ok(())
             } else {
-                written = Some(desired.clone());
+                store.write_batch(ops, ACTOR).await.map(drop)
+            };
+            match outcome {
+                Ok(()) => {
+                    let hashes = written.get_or_insert_with(HashMap::new);
+                    for (key, hash) in updated {
+                        match hash {
+                            Some(h) => hashes.insert(key, h),
+                            None => hashes.remove(&key),
+                        };
+                    }
+                    dirty.clear();
+                }
+                Err(e) => {
+                    // The dirty set stays, so the next round writes it again.
+                    tracing::warn!(cluster, error = %e, "catalog write failed; will retry");
+                    status
+                        .report(
+                            Phase::Degraded,
+                            &format!("catalog write failed: {e}"),
+                            None,
+                            None,
+                        )
+                        .await;
+                    continue;
+                }
             }
             let endpoints: usize = objects
                 .values()
-                .map(|o| o.slices.values().map(|s| s.endpoints.len()).sum::<usize>())
+                .flat_map(|o| o.slices.values())
+                .map(SliceInfo::address_count)
                 .sum();
             let services: usize = objects.values().map(|o| o.services.len()).sum();
             let (phase, message) = if errors.is_empty() {
@@ -298,44 +336,157 @@ pub async fn run(
     }
 }
 
-/// Applies one watcher event to a namespace's objects; a (re)list replaces them at its end.
-fn apply<K: kube::Resource + Clone>(
+/// Applies one watcher event to a namespace's objects (kept reduced to what
+/// the catalog needs); a (re)list replaces them at its end. The services
+/// whose entries may change are added to `dirty` (`service_of` names the
+/// service an object belongs to).
+fn apply<K, I>(
     event: Event<K>,
-    state: &mut WatchState<K>,
-    target: &mut BTreeMap<String, K>,
-) {
+    state: &mut WatchState<I>,
+    target: &mut BTreeMap<String, I>,
+    dirty: &mut BTreeSet<String>,
+    service_of: fn(&str, &I) -> Option<String>,
+) where
+    K: kube::Resource,
+    I: for<'a> From<&'a K> + PartialEq,
+{
+    let mut touch = |name: &str, old: Option<&I>, new: Option<&I>| {
+        if old == new {
+            return;
+        }
+        for info in [old, new].into_iter().flatten() {
+            if let Some(service) = service_of(name, info) {
+                dirty.insert(service);
+            }
+        }
+    };
     match event {
         Event::Init => state.buffer = Some(BTreeMap::new()),
         Event::InitApply(obj) => {
             state
                 .buffer
                 .get_or_insert_with(BTreeMap::new)
-                .insert(obj.name_any(), obj);
+                .insert(obj.name_any(), I::from(&obj));
         }
         Event::InitDone => {
-            *target = state.buffer.take().unwrap_or_default();
+            let fresh = state.buffer.take().unwrap_or_default();
+            for (name, old) in target.iter() {
+                touch(name, Some(old), fresh.get(name));
+            }
+            for (name, new) in fresh.iter().filter(|(n, _)| !target.contains_key(*n)) {
+                touch(name, None, Some(new));
+            }
+            *target = fresh;
             state.synced = true;
             state.error = None;
         }
         Event::Apply(obj) => {
-            target.insert(obj.name_any(), obj);
+            let name = obj.name_any();
+            let info = I::from(&obj);
+            touch(&name, target.get(&name), Some(&info));
+            target.insert(name, info);
             state.error = None;
         }
         Event::Delete(obj) => {
-            target.remove(&obj.name_any());
+            let name = obj.name_any();
+            if let Some(old) = target.remove(&name) {
+                touch(&name, Some(&old), None);
+            }
             state.error = None;
         }
     }
 }
 
-/// This cluster's catalog objects already in the store (from an earlier run).
+/// Hash of a catalog entry's JSON, to tell whether it changed.
+fn entry_hash(svc: &DiscoveredService) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    serde_json::to_vec(svc)
+        .unwrap_or_default()
+        .hash(&mut hasher);
+    hasher.finish()
+}
+
+/// Store writes for one entry, and its new hash (`None`: deleted).
+type EntryUpdate = (ObjectKey, Option<u64>);
+
+fn put(key: ObjectKey, svc: &DiscoveredService) -> Option<BatchOp> {
+    let spec = serde_json::to_value(svc).ok()?;
+    Some(BatchOp::Put(ObjectWrite {
+        key,
+        spec,
+        secret: None,
+        cluster_refs: vec![],
+        domain: None,
+        status: None,
+        actor: ACTOR.into(),
+    }))
+}
+
+/// Writes for the entries of the dirty services only.
+fn changed_entries(
+    cluster: &str,
+    members: &[Member],
+    objects: &HashMap<String, NamespaceObjects>,
+    dirty: &HashMap<String, BTreeSet<String>>,
+    written: &HashMap<ObjectKey, u64>,
+) -> (Vec<BatchOp>, Vec<EntryUpdate>) {
+    let (mut ops, mut updated) = (Vec::new(), Vec::new());
+    let empty = NamespaceObjects::default();
+    for (ns, names) in dirty.iter().filter(|(_, names)| !names.is_empty()) {
+        let ns_objects = objects.get(ns).unwrap_or(&empty);
+        let slices = ns_objects.slices_by_service();
+        for member in members.iter().filter(|m| &m.namespace == ns) {
+            for name in names {
+                let key = model::catalog_key(cluster, member, name);
+                let desired = model::contribution(cluster, member, ns_objects, &slices, name);
+                let hash = desired.as_ref().map(entry_hash);
+                if hash == written.get(&key).copied() {
+                    continue;
+                }
+                match desired {
+                    Some(svc) => ops.extend(put(key.clone(), &svc)),
+                    None => ops.push(BatchOp::Delete(key.clone())),
+                }
+                updated.push((key, hash));
+            }
+        }
+    }
+    (ops, updated)
+}
+
+/// Writes that make the store hold exactly this cluster's entries, given
+/// what it holds (`previous`, by hash).
+fn all_entries(
+    cluster: &str,
+    members: &[Member],
+    objects: &HashMap<String, NamespaceObjects>,
+    previous: HashMap<ObjectKey, u64>,
+) -> (Vec<BatchOp>, Vec<EntryUpdate>) {
+    let (mut ops, mut updated) = (Vec::new(), Vec::new());
+    let desired = model::contributions(cluster, members, objects);
+    for (key, svc) in &desired {
+        let hash = entry_hash(svc);
+        if previous.get(key) != Some(&hash) {
+            ops.extend(put(key.clone(), svc));
+        }
+        updated.push((key.clone(), Some(hash)));
+    }
+    for key in previous.into_keys().filter(|k| !desired.contains_key(k)) {
+        ops.push(BatchOp::Delete(key.clone()));
+        updated.push((key, None));
+    }
+    (ops, updated)
+}
+
+/// This cluster's catalog entries already in the store (from an earlier run), by hash.
 async fn existing_objects(
     store: &dyn Store,
     cluster: &str,
     all_gns: &[String],
-) -> BTreeMap<ObjectKey, Value> {
+) -> HashMap<ObjectKey, u64> {
     let suffix = format!(".{cluster}");
-    let mut out = BTreeMap::new();
+    let mut out = HashMap::new();
     for gns in all_gns {
         if let Ok(page) = store
             .list(Kind::Service, gns, &PageRequest::default())
@@ -346,35 +497,14 @@ async fn existing_objects(
                 .into_iter()
                 .filter(|o| o.key.name.ends_with(&suffix))
             {
-                out.insert(o.key, o.spec);
+                // An entry that no longer parses gets hash 0: rewritten.
+                let hash = serde_json::from_value::<DiscoveredService>(o.spec)
+                    .map_or(0, |svc| entry_hash(&svc));
+                out.insert(o.key, hash);
             }
         }
     }
     out
-}
-
-fn diff(
-    previous: &BTreeMap<ObjectKey, Value>,
-    desired: &BTreeMap<ObjectKey, Value>,
-) -> Vec<BatchOp> {
-    let mut ops = Vec::new();
-    for (key, spec) in desired {
-        if previous.get(key) != Some(spec) {
-            ops.push(BatchOp::Put(ObjectWrite {
-                key: key.clone(),
-                spec: spec.clone(),
-                secret: None,
-                cluster_refs: vec![],
-                domain: None,
-                status: None,
-                actor: ACTOR.into(),
-            }));
-        }
-    }
-    for key in previous.keys().filter(|k| !desired.contains_key(*k)) {
-        ops.push(BatchOp::Delete(key.clone()));
-    }
-    ops
 }
 
 struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);

@@ -7,7 +7,6 @@ use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use serde_json::Value;
 
 use crate::model::{
     ClusterEndpoints, DiscoveredService, Endpoint, Kind, Name, Protocol, WorkloadPort,
@@ -28,13 +27,103 @@ pub struct Member {
     pub selector: Option<BTreeMap<String, String>>,
 }
 
+/// What the sync keeps of a Kubernetes Service: its labels (for selectors)
+/// and its ports, not the whole object.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceInfo {
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Ports, as the catalog shows them.
+    pub ports: Vec<WorkloadPort>,
+}
+
+impl From<&Service> for ServiceInfo {
+    fn from(service: &Service) -> Self {
+        Self {
+            labels: service.metadata.labels.clone().unwrap_or_default(),
+            ports: ports(service),
+        }
+    }
+}
+
+/// One endpoint of an EndpointSlice, reduced to what the catalog needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SliceEndpoint {
+    /// Its addresses.
+    pub addresses: Vec<IpAddr>,
+    /// `ready` (absent means true) and not `terminating`.
+    pub ready: bool,
+    /// Zone, from the endpoint or its first zone hint.
+    pub zone: Option<String>,
+}
+
+/// What the sync keeps of an EndpointSlice: its service and endpoints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SliceInfo {
+    /// Owning service (the `kubernetes.io/service-name` label).
+    pub service: Option<String>,
+    /// Endpoints.
+    pub endpoints: Vec<SliceEndpoint>,
+}
+
+impl From<&EndpointSlice> for SliceInfo {
+    fn from(slice: &EndpointSlice) -> Self {
+        let service = slice
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(SERVICE_NAME_LABEL))
+            .cloned();
+        let endpoints = slice
+            .endpoints
+            .iter()
+            .map(|ep| {
+                let conditions = ep.conditions.as_ref();
+                SliceEndpoint {
+                    addresses: ep.addresses.iter().filter_map(|a| a.parse().ok()).collect(),
+                    ready: conditions.and_then(|c| c.ready).unwrap_or(true)
+                        && !conditions.and_then(|c| c.terminating).unwrap_or(false),
+                    zone: ep.zone.clone().or_else(|| {
+                        ep.hints
+                            .as_ref()
+                            .and_then(|h| h.for_zones.as_ref())
+                            .and_then(|z| z.first())
+                            .map(|z| z.name.clone())
+                    }),
+                }
+            })
+            .collect();
+        Self { service, endpoints }
+    }
+}
+
+impl SliceInfo {
+    /// Number of endpoint addresses.
+    pub fn address_count(&self) -> usize {
+        self.endpoints.iter().map(|e| e.addresses.len()).sum()
+    }
+}
+
 /// The objects seen in one Kubernetes namespace.
 #[derive(Debug, Clone, Default)]
 pub struct NamespaceObjects {
     /// Services by name.
-    pub services: BTreeMap<String, Service>,
+    pub services: BTreeMap<String, ServiceInfo>,
     /// EndpointSlices by name.
-    pub slices: BTreeMap<String, EndpointSlice>,
+    pub slices: BTreeMap<String, SliceInfo>,
+}
+
+impl NamespaceObjects {
+    /// The slices of each service.
+    pub fn slices_by_service(&self) -> HashMap<&str, Vec<&SliceInfo>> {
+        let mut index: HashMap<&str, Vec<&SliceInfo>> = HashMap::new();
+        for slice in self.slices.values() {
+            if let Some(service) = &slice.service {
+                index.entry(service.as_str()).or_default().push(slice);
+            }
+        }
+        index
+    }
 }
 
 /// Catalog object name for a service's endpoints in one cluster.
@@ -42,14 +131,13 @@ pub fn object_name(service: &str, cluster: &str) -> String {
     format!("{service}.{cluster}")
 }
 
-fn selected(service: &Service, selector: &Option<BTreeMap<String, String>>) -> bool {
+fn selected(service: &ServiceInfo, selector: &Option<BTreeMap<String, String>>) -> bool {
     let Some(selector) = selector else {
         return true;
     };
-    let labels = service.metadata.labels.as_ref();
     selector
         .iter()
-        .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+        .all(|(k, v)| service.labels.get(k) == Some(v))
 }
 
 fn ports(service: &Service) -> Vec<WorkloadPort> {
@@ -91,39 +179,18 @@ fn ports(service: &Service) -> Vec<WorkloadPort> {
     out
 }
 
-/// Ready and not-ready endpoints of `service` from its EndpointSlices.
-/// An endpoint is ready when its `ready` condition is true (absent means true)
-/// and it is not terminating; addresses repeated across slices count once.
-fn endpoints(service: &str, slices: &BTreeMap<String, EndpointSlice>) -> ClusterEndpoints {
+/// Ready and not-ready endpoints of a service from its slices. An address
+/// repeated across slices counts once, ready if any slice says so.
+fn endpoints(slices: &[&SliceInfo]) -> ClusterEndpoints {
     let mut ready: BTreeMap<IpAddr, Option<String>> = BTreeMap::new();
     let mut not_ready: BTreeMap<IpAddr, Option<String>> = BTreeMap::new();
-    for slice in slices.values() {
-        let owner = slice
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(SERVICE_NAME_LABEL));
-        if owner.map(String::as_str) != Some(service) {
-            continue;
-        }
-        for ep in &slice.endpoints {
-            let conditions = ep.conditions.as_ref();
-            let is_ready = conditions.and_then(|c| c.ready).unwrap_or(true)
-                && !conditions.and_then(|c| c.terminating).unwrap_or(false);
-            let zone = ep.zone.clone().or_else(|| {
-                ep.hints
-                    .as_ref()
-                    .and_then(|h| h.for_zones.as_ref())
-                    .and_then(|z| z.first())
-                    .map(|z| z.name.clone())
-            });
-            for addr in ep.addresses.iter().filter_map(|a| a.parse::<IpAddr>().ok()) {
-                if is_ready {
-                    not_ready.remove(&addr);
-                    ready.insert(addr, zone.clone());
-                } else if !ready.contains_key(&addr) {
-                    not_ready.insert(addr, zone.clone());
-                }
+    for ep in slices.iter().flat_map(|s| s.endpoints.iter()) {
+        for addr in &ep.addresses {
+            if ep.ready {
+                not_ready.remove(addr);
+                ready.insert(*addr, ep.zone.clone());
+            } else if !ready.contains_key(addr) {
+                not_ready.insert(*addr, ep.zone.clone());
             }
         }
     }
@@ -142,40 +209,52 @@ fn endpoints(service: &str, slices: &BTreeMap<String, EndpointSlice>) -> Cluster
     }
 }
 
-/// Every catalog object this cluster contributes, keyed by store key, as spec JSON.
+/// The catalog entry `member` gets from service `name` in its namespace, if
+/// the service exists there and the member's selector takes it.
+pub fn contribution(
+    cluster: &str,
+    member: &Member,
+    objects: &NamespaceObjects,
+    slices: &HashMap<&str, Vec<&SliceInfo>>,
+    name: &str,
+) -> Option<DiscoveredService> {
+    let service = objects.services.get(name)?;
+    if !selected(service, &member.selector) {
+        return None;
+    }
+    let svc_name = Name::try_from(name.to_owned()).ok()?;
+    let own = slices.get(name).map_or(&[][..], Vec::as_slice);
+    Some(DiscoveredService {
+        name: svc_name,
+        ports: service.ports.clone(),
+        clusters: [(cluster.to_owned(), endpoints(own))].into_iter().collect(),
+    })
+}
+
+/// Store key of member `member`'s catalog entry for service `name`.
+pub fn catalog_key(cluster: &str, member: &Member, name: &str) -> ObjectKey {
+    ObjectKey::scoped(
+        Kind::Service,
+        member.gns.clone(),
+        object_name(name, cluster),
+    )
+}
+
+/// Every catalog object this cluster contributes, keyed by store key.
 pub fn contributions(
     cluster: &str,
     members: &[Member],
     namespaces: &HashMap<String, NamespaceObjects>,
-) -> BTreeMap<ObjectKey, Value> {
+) -> BTreeMap<ObjectKey, DiscoveredService> {
     let mut out = BTreeMap::new();
     for member in members {
         let Some(objects) = namespaces.get(&member.namespace) else {
             continue;
         };
-        for (name, service) in &objects.services {
-            if !selected(service, &member.selector) {
-                continue;
-            }
-            let Ok(svc_name) = Name::try_from(name.clone()) else {
-                continue;
-            };
-            let discovered = DiscoveredService {
-                name: svc_name,
-                ports: ports(service),
-                clusters: [(cluster.to_owned(), endpoints(name, &objects.slices))]
-                    .into_iter()
-                    .collect(),
-            };
-            if let Ok(spec) = serde_json::to_value(&discovered) {
-                out.insert(
-                    ObjectKey::scoped(
-                        Kind::Service,
-                        member.gns.clone(),
-                        object_name(name, cluster),
-                    ),
-                    spec,
-                );
+        let slices = objects.slices_by_service();
+        for name in objects.services.keys() {
+            if let Some(svc) = contribution(cluster, member, objects, &slices, name) {
+                out.insert(catalog_key(cluster, member, name), svc);
             }
         }
     }
@@ -247,12 +326,12 @@ mod tests {
     fn readiness_comes_from_conditions() {
         let mut ns = NamespaceObjects::default();
         ns.services
-            .insert("web".into(), service("web", &[("app", "web")]));
+            .insert("web".into(), (&service("web", &[("app", "web")])).into());
         ns.services
-            .insert("db".into(), service("db", &[("app", "db")]));
+            .insert("db".into(), (&service("db", &[("app", "db")])).into());
         ns.slices.insert(
             "web-1".into(),
-            slice(
+            SliceInfo::from(&slice(
                 "web-1",
                 "web",
                 &[
@@ -260,11 +339,15 @@ mod tests {
                     ("10.8.1.2", Some(false), None),
                     ("10.8.1.3", None, None),
                 ],
-            ),
+            )),
         );
         ns.slices.insert(
             "web-2".into(),
-            slice("web-2", "web", &[("10.8.1.4", Some(true), Some(true))]),
+            SliceInfo::from(&slice(
+                "web-2",
+                "web",
+                &[("10.8.1.4", Some(true), Some(true))],
+            )),
         );
         let namespaces: HashMap<String, NamespaceObjects> =
             [("shop".to_owned(), ns)].into_iter().collect();
@@ -275,8 +358,7 @@ mod tests {
         }];
         let out = contributions("east", &members, &namespaces);
         assert_eq!(out.len(), 1, "the selector keeps only web");
-        let spec = &out[&ObjectKey::scoped(Kind::Service, "production", "web.east")];
-        let svc: DiscoveredService = serde_json::from_value(spec.clone()).expect("parses");
+        let svc = &out[&ObjectKey::scoped(Kind::Service, "production", "web.east")];
         let east = &svc.clusters["east"];
         let ready: Vec<String> = east.ready.iter().map(|e| e.address.to_string()).collect();
         let not_ready: Vec<String> = east

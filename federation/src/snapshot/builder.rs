@@ -1,8 +1,10 @@
 //! The builder task: follows the store's revision, rebuilds the snapshot and
 //! publishes it on a `tokio::sync::watch` channel.
 //!
-//! - A build is load (async, from the store) plus compile (on the blocking
-//!   pool, off the runtime's worker threads) plus encoding the DNS JSON once.
+//! - A build reads what changed in the store since the last build (the whole
+//!   store only the first time, or after a failed read), applies it to the
+//!   state it keeps, and compiles that on the blocking pool, off the runtime's
+//!   worker threads. The DNS JSON is encoded when a replica first asks for it.
 //! - Bursts coalesce: the revision watch is marked seen before a build starts,
 //!   so any number of writes during a build cause exactly one more build.
 //! - Publication is one `send_replace` of an `Arc<Snapshot>`: readers see the
@@ -26,7 +28,7 @@ use tokio::time::Instant;
 
 use super::{
     CompileOptions, Problem, Snapshot, SnapshotError, SnapshotReceiver, SnapshotSender, StoreState,
-    UnrecordedExpiry, compile, load,
+    UnrecordedExpiry, compile, load, refresh,
 };
 use crate::store::{ObjectWrite, Store, StoreError};
 
@@ -57,6 +59,7 @@ pub fn spawn_builder(
         built: None,
         backoff: INITIAL_BACKOFF,
         problems: Vec::new(),
+        state: None,
     };
     (rx, tokio::spawn(builder.run()))
 }
@@ -90,6 +93,8 @@ struct Builder {
     backoff: Duration,
     /// Problems of the last build, to log only changes.
     problems: Vec<Problem>,
+    /// What the last build read, kept to read only changes next time.
+    state: Option<StoreState>,
 }
 
 impl Builder {
@@ -107,10 +112,15 @@ impl Builder {
         // Writes committed from here on make the next wait return at once.
         self.revisions.borrow_and_update();
         let started = std::time::Instant::now();
-        let result = build(self.store.as_ref(), Arc::clone(&self.options)).await;
+        let result = build(
+            self.store.as_ref(),
+            &mut self.state,
+            Arc::clone(&self.options),
+        )
+        .await;
         metrics::histogram!("gns_snapshot_build_seconds").record(started.elapsed().as_secs_f64());
         match result {
-            Ok((state, snapshot)) => {
+            Ok(snapshot) => {
                 metrics::counter!("gns_snapshot_builds_total", "result" => "ok").increment(1);
                 self.built = Some(snapshot.version);
                 let mut wake = Wake {
@@ -120,7 +130,8 @@ impl Builder {
                 let expiries = snapshot.unrecorded_expiries.clone();
                 self.publish(snapshot);
                 if !expiries.is_empty()
-                    && let Err(e) = record_expiries(self.store.as_ref(), &state, &expiries).await
+                    && let Some(state) = &self.state
+                    && let Err(e) = record_expiries(self.store.as_ref(), state, &expiries).await
                 {
                     tracing::warn!(
                         error = %e,
@@ -237,22 +248,40 @@ impl Builder {
     }
 }
 
-/// Loads and compiles one snapshot, compiling and encoding on the blocking pool.
+/// Brings the state up to date (only what changed since its revision, or
+/// everything the first time) and compiles it on the blocking pool. On a
+/// store error the state is dropped, and the next build reads everything.
 async fn build(
     store: &dyn Store,
+    state: &mut Option<StoreState>,
     options: Arc<CompileOptions>,
-) -> Result<(StoreState, Snapshot), SnapshotError> {
-    let state = load(store).await?;
+) -> Result<Snapshot, SnapshotError> {
+    let started = std::time::Instant::now();
+    let current = match state.take() {
+        Some(mut current) => {
+            refresh(store, &mut current).await?;
+            current
+        }
+        None => load(store).await?,
+    };
+    let loaded = started.elapsed();
     let now = now_millis();
-    let (state, snapshot, encoded) = tokio::task::spawn_blocking(move || {
-        let snapshot = compile(&state, now, &options);
-        let encoded = snapshot.dns_json().map(drop);
-        (state, snapshot, encoded)
+    let (current, snapshot, compiled) = tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
+        let snapshot = compile(&current, now, &options);
+        (current, snapshot, started.elapsed())
     })
     .await
     .map_err(|e| SnapshotError::Compiler(e.to_string()))?;
-    encoded?;
-    Ok((state, snapshot))
+    *state = Some(current);
+    tracing::debug!(
+        version = snapshot.version,
+        load_ms = loaded.as_millis() as u64,
+        compile_ms = compiled.as_millis() as u64,
+        total_ms = started.elapsed().as_millis() as u64,
+        "snapshot built"
+    );
+    Ok(snapshot)
 }
 
 /// Records each expiry with a status write conditional on the version the

@@ -32,8 +32,8 @@ use serde::de::DeserializeOwned;
 
 use super::{CompileOptions, Problem, ScopedObjects, Snapshot, StoreState, UnrecordedExpiry};
 use crate::model::{
-    Cluster, DiscoveredService, ExternalWorkload, GlobalNamespace, Kind, Name, Protocol, Routing,
-    WorkloadPort,
+    Cluster, ClusterEndpoints, DiscoveredService, ExternalWorkload, GlobalNamespace, Kind, Name,
+    Protocol, Routing, WorkloadPort,
 };
 use crate::store::{ObjectKey, StoredObject};
 
@@ -193,7 +193,9 @@ struct Compiler<'a> {
 
 /// What one global namespace says about one service name.
 struct ServiceInputs<'a> {
-    discovered: Option<&'a DiscoveredService>,
+    /// Its discovered-service objects, in name order (a later object's
+    /// entry for a cluster replaces an earlier one's; the first port of a name wins).
+    discovered: &'a [&'a DiscoveredService],
     workloads: &'a [ExternalWorkload],
     routing: Option<&'a Routing>,
 }
@@ -218,44 +220,35 @@ impl Compiler<'_> {
             .collect();
 
         let routings = self.routings(&scoped.routings);
-        let mut discovered: BTreeMap<String, DiscoveredService> = BTreeMap::new();
         // Discovery writes one object per service and cluster (`<service>.<cluster>`);
-        // older or hand-written ones hold several clusters. Merge them by service.
+        // older or hand-written ones hold several clusters. Group them by service.
+        let mut discovered: BTreeMap<&str, Vec<&DiscoveredService>> = BTreeMap::new();
         for object in &scoped.services {
             let service_part = object.key.name.split('.').next().unwrap_or_default();
             if let Err(e) = Name::try_from(service_part.to_owned()) {
                 self.problems.push(Problem::new(&object.key, e));
                 continue;
             }
-            if let Some(svc) = parse::<DiscoveredService>(object, &mut self.problems) {
-                match discovered.entry(svc.name.to_string()) {
-                    std::collections::btree_map::Entry::Vacant(slot) => {
-                        slot.insert(svc);
-                    }
-                    std::collections::btree_map::Entry::Occupied(mut slot) => {
-                        let merged = slot.get_mut();
-                        for port in svc.ports {
-                            if !merged.ports.iter().any(|p| p.name == port.name) {
-                                merged.ports.push(port);
-                            }
-                        }
-                        merged.clusters.extend(svc.clusters);
-                    }
-                }
+            match &object.spec {
+                Ok(svc) => discovered.entry(svc.name.as_str()).or_default().push(svc),
+                Err(message) => self
+                    .problems
+                    .push(Problem::new(&object.key, message.clone())),
             }
         }
         let alive = self.alive_workloads(&scoped.external_workloads);
 
-        let names: BTreeSet<&String> = discovered
+        let names: BTreeSet<&str> = discovered
             .keys()
-            .chain(alive.keys())
-            .chain(routings.keys())
+            .copied()
+            .chain(alive.keys().map(String::as_str))
+            .chain(routings.keys().map(String::as_str))
             .collect();
         let mut services = Vec::new();
         for name in names {
-            if reserved.contains(name.as_str()) {
+            if reserved.contains(name) {
                 self.problems.push(Problem::new(
-                    &ObjectKey::scoped(Kind::Service, gns_name, name.as_str()),
+                    &ObjectKey::scoped(Kind::Service, gns_name, name),
                     format!(
                         "{name}.{origin} is a name server of the zone; \
                          the service is left out of DNS until it is renamed"
@@ -264,7 +257,7 @@ impl Compiler<'_> {
                 continue;
             }
             let inputs = ServiceInputs {
-                discovered: discovered.get(name),
+                discovered: discovered.get(name).map_or(&[], Vec::as_slice),
                 workloads: alive.get(name).map_or(&[], Vec::as_slice),
                 routing: routings.get(name),
             };
@@ -383,13 +376,17 @@ impl Compiler<'_> {
 
     fn service(&self, name: &str, members: &BTreeSet<&str>, inputs: &ServiceInputs<'_>) -> Service {
         // Member clusters with ready endpoints, and those endpoints.
-        let mut ready: BTreeMap<&str, Vec<IpAddr>> = BTreeMap::new();
-        if let Some(d) = inputs.discovered {
+        let mut per_cluster: BTreeMap<&str, &ClusterEndpoints> = BTreeMap::new();
+        for d in inputs.discovered {
             for (cluster, endpoints) in &d.clusters {
-                if members.contains(cluster.as_str()) && !endpoints.ready.is_empty() {
-                    let addresses = endpoints.ready.iter().map(|e| e.address).collect();
-                    ready.insert(cluster.as_str(), sorted(addresses));
-                }
+                per_cluster.insert(cluster.as_str(), endpoints);
+            }
+        }
+        let mut ready: BTreeMap<&str, Vec<IpAddr>> = BTreeMap::new();
+        for (cluster, endpoints) in per_cluster {
+            if members.contains(cluster) && !endpoints.ready.is_empty() {
+                let addresses = endpoints.ready.iter().map(|e| e.address).collect();
+                ready.insert(cluster, sorted(addresses));
             }
         }
 
@@ -421,9 +418,9 @@ impl Compiler<'_> {
         }
 
         let mut ports: BTreeMap<String, ServicePort> = BTreeMap::new();
-        let declared = inputs.discovered.map_or(&[][..], |d| d.ports.as_slice());
+        let declared = inputs.discovered.iter().flat_map(|d| d.ports.iter());
         let from_workloads = inputs.workloads.iter().flat_map(|w| w.ports.iter());
-        for port in declared.iter().chain(from_workloads) {
+        for port in declared.chain(from_workloads) {
             add_port(&mut ports, port);
         }
 
@@ -455,6 +452,7 @@ fn add_port(ports: &mut BTreeMap<String, ServicePort>, port: &WorkloadPort) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::snapshot::ServiceObject;
     use crate::store::ObjectKey;
     use serde_json::{Value, json};
 
@@ -490,7 +488,7 @@ mod tests {
     }
 
     /// Discovered service: `clusters` as (cluster, ready addresses, not-ready addresses).
-    fn service(name: &str, clusters: &[(&str, &[&str], &[&str])]) -> StoredObject {
+    fn service(name: &str, clusters: &[(&str, &[&str], &[&str])]) -> ServiceObject {
         let eps = |addrs: &[&str]| -> Vec<Value> {
             addrs.iter().map(|a| json!({"address": a})).collect()
         };
@@ -506,6 +504,7 @@ mod tests {
             json!({"name": name, "ports": [{"name": "http", "port": 80, "protocol": "HTTP"}],
                    "clusters": map}),
         )
+        .into()
     }
 
     fn workload(name: &str, svc: &str, address: &str, last_heartbeat: i64) -> StoredObject {
@@ -959,10 +958,13 @@ mod tests {
         objects
             .services
             .push(service("web", &[("east", &["10.8.1.1"], &[])]));
-        objects.services.push(object(
-            ObjectKey::scoped(Kind::Service, "production", "bad"),
-            json!({"name": "bad", "ports": "eighty"}),
-        ));
+        objects.services.push(
+            object(
+                ObjectKey::scoped(Kind::Service, "production", "bad"),
+                json!({"name": "bad", "ports": "eighty"}),
+            )
+            .into(),
+        );
         objects.external_workloads.push(object(
             ObjectKey::scoped(Kind::ExternalWorkload, "production", "vm"),
             json!({"name": "vm", "service": "db", "address": "192.0.2.300", "ports": [], "ttl": "30s"}),

@@ -29,8 +29,8 @@ use tokio::sync::watch;
 pub use builder::spawn_builder;
 pub use compile::compile;
 
-use crate::model::Kind;
-use crate::store::{ObjectKey, PageRequest, Store, StoreError, StoredObject};
+use crate::model::{DiscoveredService, Kind};
+use crate::store::{Changes, ObjectKey, Store, StoreError, StoredObject};
 
 /// Errors of building a snapshot.
 #[derive(Debug, thiserror::Error)]
@@ -189,7 +189,34 @@ impl std::fmt::Debug for Snapshot {
     }
 }
 
-/// The objects inside one global namespace that the compiler reads.
+/// A discovered-service object, parsed once when it is read from the store
+/// (the builder keeps thousands of them; typed they take a fraction of the
+/// memory of their JSON and are not parsed again on every build).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceObject {
+    /// Store key (`<service>.<cluster>` for discovery's objects).
+    pub key: ObjectKey,
+    /// Resource version it was read at.
+    pub resource_version: u64,
+    /// The spec, or why the stored spec no longer parses.
+    pub spec: Result<Arc<DiscoveredService>, String>,
+}
+
+impl From<StoredObject> for ServiceObject {
+    fn from(object: StoredObject) -> Self {
+        let spec = serde_path_to_error::deserialize::<_, DiscoveredService>(&object.spec)
+            .map(Arc::new)
+            .map_err(|e| format!("stored spec does not parse: {e}"));
+        Self {
+            key: object.key,
+            resource_version: object.resource_version,
+            spec,
+        }
+    }
+}
+
+/// The objects inside one global namespace that the compiler reads, each
+/// list sorted by name.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ScopedObjects {
     /// Routing objects, one per service (the object's name is the service).
@@ -197,12 +224,12 @@ pub struct ScopedObjects {
     /// External workloads (spec, and `lastHeartbeatMillis` in the status).
     pub external_workloads: Vec<StoredObject>,
     /// Discovered services.
-    pub services: Vec<StoredObject>,
+    pub services: Vec<ServiceObject>,
 }
 
-/// Everything the compiler needs, as read from the store. Specs are kept as
-/// stored, so the compiler can report (rather than fail on) one that no
-/// longer parses.
+/// Everything the compiler needs, as read from the store. Specs other than
+/// services' are kept as stored, so the compiler can report (rather than
+/// fail on) one that no longer parses. Lists are sorted by name.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct StoreState {
     /// Store revision read before anything else, so the snapshot never claims
@@ -216,30 +243,102 @@ pub struct StoreState {
     pub scoped: BTreeMap<String, ScopedObjects>,
 }
 
-/// Reads everything the compiler needs. The revision is read first: the
-/// objects may be newer than it, never older, so a snapshot labelled with it
-/// contains at least that revision (and the next build gets a higher one).
-pub async fn load(store: &dyn Store) -> Result<StoreState, StoreError> {
-    let revision = store.revision().await?;
-    let all = PageRequest::default();
-    let clusters = store.list(Kind::Cluster, "", &all).await?.items;
-    let global_namespaces = store.list(Kind::GlobalNamespace, "", &all).await?.items;
-    let mut scoped = BTreeMap::new();
-    for gns in &global_namespaces {
-        let scope = gns.key.name.as_str();
-        let objects = ScopedObjects {
-            routings: store.list(Kind::Routing, scope, &all).await?.items,
-            external_workloads: store.list(Kind::ExternalWorkload, scope, &all).await?.items,
-            services: store.list(Kind::Service, scope, &all).await?.items,
-        };
-        scoped.insert(scope.to_owned(), objects);
+/// Name of a list element, for the sorted-list helpers.
+trait Named {
+    fn name(&self) -> &str;
+}
+
+impl Named for StoredObject {
+    fn name(&self) -> &str {
+        &self.key.name
     }
-    Ok(StoreState {
-        revision,
-        clusters,
-        global_namespaces,
-        scoped,
-    })
+}
+
+impl Named for ServiceObject {
+    fn name(&self) -> &str {
+        &self.key.name
+    }
+}
+
+/// Inserts or replaces `item` in a list sorted by name.
+fn upsert_sorted<T: Named>(list: &mut Vec<T>, item: T) {
+    match list.binary_search_by(|o| o.name().cmp(item.name())) {
+        Ok(i) => list[i] = item,
+        Err(i) => list.insert(i, item),
+    }
+}
+
+/// Removes the element named `name` from a list sorted by name.
+fn remove_sorted<T: Named>(list: &mut Vec<T>, name: &str) {
+    if let Ok(i) = list.binary_search_by(|o| o.name().cmp(name)) {
+        list.remove(i);
+    }
+}
+
+impl StoreState {
+    /// Brings the state up to `changes.revision`: deletes first, then the
+    /// written objects (an object deleted and created again is among both,
+    /// and exists). Kinds the compiler does not read are ignored.
+    pub fn apply(&mut self, changes: Changes) {
+        for key in &changes.deleted {
+            match key.kind {
+                Kind::Cluster => remove_sorted(&mut self.clusters, &key.name),
+                Kind::GlobalNamespace => {
+                    remove_sorted(&mut self.global_namespaces, &key.name);
+                    self.scoped.remove(&key.name);
+                }
+                Kind::Routing | Kind::ExternalWorkload | Kind::Service => {
+                    if let Some(scoped) = self.scoped.get_mut(&key.scope) {
+                        match key.kind {
+                            Kind::Routing => remove_sorted(&mut scoped.routings, &key.name),
+                            Kind::ExternalWorkload => {
+                                remove_sorted(&mut scoped.external_workloads, &key.name)
+                            }
+                            _ => remove_sorted(&mut scoped.services, &key.name),
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        for object in changes.changed {
+            match object.key.kind {
+                Kind::Cluster => upsert_sorted(&mut self.clusters, object),
+                Kind::GlobalNamespace => upsert_sorted(&mut self.global_namespaces, object),
+                Kind::Routing => {
+                    let scoped = self.scoped.entry(object.key.scope.clone()).or_default();
+                    upsert_sorted(&mut scoped.routings, object);
+                }
+                Kind::ExternalWorkload => {
+                    let scoped = self.scoped.entry(object.key.scope.clone()).or_default();
+                    upsert_sorted(&mut scoped.external_workloads, object);
+                }
+                Kind::Service => {
+                    let scoped = self.scoped.entry(object.key.scope.clone()).or_default();
+                    upsert_sorted(&mut scoped.services, ServiceObject::from(object));
+                }
+                _ => {}
+            }
+        }
+        self.revision = changes.revision;
+    }
+}
+
+/// Reads everything the compiler needs. The revision is read in the same
+/// transaction as the objects, so a snapshot labelled with it contains
+/// exactly that revision.
+pub async fn load(store: &dyn Store) -> Result<StoreState, StoreError> {
+    let mut state = StoreState::default();
+    state.apply(store.changes_since(0).await?);
+    Ok(state)
+}
+
+/// Brings `state` up to the store's current revision by reading only what
+/// changed since `state.revision`.
+pub async fn refresh(store: &dyn Store, state: &mut StoreState) -> Result<(), StoreError> {
+    let changes = store.changes_since(state.revision).await?;
+    state.apply(changes);
+    Ok(())
 }
 
 /// Where readers get the newest snapshot; `None` until the first one is built.

@@ -247,6 +247,17 @@ pub enum StoreError {
     Internal(String),
 }
 
+/// The answer of [`Store::changes_since`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Changes {
+    /// Store revision when the changes were read; every change up to it is included.
+    pub revision: u64,
+    /// Objects written after the asked revision, in key order.
+    pub changed: Vec<StoredObject>,
+    /// Keys deleted after the asked revision, in key order.
+    pub deleted: Vec<ObjectKey>,
+}
+
 /// Exclusive right to do one job (e.g. sync one cluster) among federation
 /// replicas sharing a store. Released when dropped, or when the holder dies.
 #[async_trait]
@@ -276,6 +287,10 @@ pub trait Store: Send + Sync + 'static {
         scope: &str,
         page: &PageRequest,
     ) -> Result<Page<StoredObject>, StoreError>;
+    /// What changed after `revision`: objects written since (at a higher
+    /// resource version) and keys deleted since. An object deleted and created
+    /// again is in both; it exists if its resource version is above the delete's.
+    async fn changes_since(&self, revision: u64) -> Result<Changes, StoreError>;
     /// Decrypted credentials of an object, if it has any.
     async fn secret(&self, key: &ObjectKey) -> Result<Option<Vec<u8>>, StoreError>;
     /// Creates an object; fails if it exists.

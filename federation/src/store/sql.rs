@@ -16,8 +16,8 @@ use tokio::sync::{Mutex, watch};
 use tokio::task::JoinHandle;
 
 use super::{
-    AuditEntry, BatchOp, BatchOutcome, Lease, ObjectKey, ObjectWrite, Page, PageRequest, SecretBox,
-    Store, StoreError, StoredObject, TokenRecord, WriteOutcome,
+    AuditEntry, BatchOp, BatchOutcome, Changes, Lease, ObjectKey, ObjectWrite, Page, PageRequest,
+    SecretBox, Store, StoreError, StoredObject, TokenRecord, WriteOutcome,
 };
 use crate::model::{ClusterRef, Domain, Kind, Role};
 
@@ -169,23 +169,43 @@ fn paginate<T>(mut items: Vec<T>, page: &PageRequest, key_of: impl Fn(&T) -> Str
 }
 
 fn migrator(backend: Backend) -> Migrator {
-    let (description, sql) = match backend {
-        Backend::Postgres => (
-            "init",
-            include_str!("../../../migrations/postgres/0001_init.sql"),
-        ),
-        Backend::Sqlite => (
-            "init",
-            include_str!("../../../migrations/sqlite/0001_init.sql"),
-        ),
+    let scripts: [(&str, &str); 2] = match backend {
+        Backend::Postgres => [
+            (
+                "init",
+                include_str!("../../../migrations/postgres/0001_init.sql"),
+            ),
+            (
+                "tombstones",
+                include_str!("../../../migrations/postgres/0002_tombstones.sql"),
+            ),
+        ],
+        Backend::Sqlite => [
+            (
+                "init",
+                include_str!("../../../migrations/sqlite/0001_init.sql"),
+            ),
+            (
+                "tombstones",
+                include_str!("../../../migrations/sqlite/0002_tombstones.sql"),
+            ),
+        ],
     };
-    Migrator::with_migrations(vec![Migration::new(
-        1,
-        description.into(),
-        MigrationType::Simple,
-        sql.into_sql_str(),
-        false,
-    )])
+    Migrator::with_migrations(
+        scripts
+            .into_iter()
+            .zip(1_i64..)
+            .map(|((description, sql), version)| {
+                Migration::new(
+                    version,
+                    description.into(),
+                    MigrationType::Simple,
+                    sql.into_sql_str(),
+                    false,
+                )
+            })
+            .collect(),
+    )
 }
 
 const OBJECT_COLUMNS: &str =
@@ -581,6 +601,41 @@ async fn claim_domain(tx: &mut Tx, domain: &Domain, gns: &str) -> Result<(), Sto
 }
 
 /// Writes an object, creating or replacing it; a `None` secret keeps the stored one.
+/// Records that `key` was deleted at `revision`.
+async fn record_tombstone(tx: &mut Tx, key: &ObjectKey, revision: u64) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO gns_tombstones (kind, scope, name, revision) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (kind, scope, name) DO UPDATE SET revision = excluded.revision",
+    )
+    .bind(key.kind.as_str())
+    .bind(&key.scope)
+    .bind(&key.name)
+    .bind(i64_of(revision))
+    .execute(&mut **tx)
+    .await
+    .map_err(db_err)?;
+    Ok(())
+}
+
+/// Records every object in the global namespace `scope` as deleted at `revision`.
+async fn record_scope_tombstones(
+    tx: &mut Tx,
+    scope: &str,
+    revision: u64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO gns_tombstones (kind, scope, name, revision) \
+         SELECT kind, scope, name, $2 FROM gns_objects WHERE scope = $1 \
+         ON CONFLICT (kind, scope, name) DO UPDATE SET revision = excluded.revision",
+    )
+    .bind(scope)
+    .bind(i64_of(revision))
+    .execute(&mut **tx)
+    .await
+    .map_err(db_err)?;
+    Ok(())
+}
+
 async fn put_object(
     tx: &mut Tx,
     key: &ObjectKey,
@@ -693,6 +748,61 @@ impl Store for SqlStore {
             .map(object_from_row)
             .collect::<Result<Vec<_>, _>>()?;
         Ok(paginate(items, page, |o| o.key.name.clone()))
+    }
+
+    async fn changes_since(&self, revision: u64) -> Result<Changes, StoreError> {
+        // One read transaction: a snapshot of the database on Postgres
+        // (REPEATABLE READ), the one connection's view on SQLite.
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+        }
+        let current: i64 = sqlx::query_scalar("SELECT revision FROM gns_revision WHERE id = 1")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        let sql = format!(
+            "SELECT {OBJECT_COLUMNS} FROM gns_objects WHERE resource_version > $1 \
+             ORDER BY kind, scope, name"
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(i64_of(revision))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        let changed = rows
+            .iter()
+            .map(object_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        let rows = sqlx::query(
+            "SELECT kind, scope, name FROM gns_tombstones WHERE revision > $1 \
+             ORDER BY kind, scope, name",
+        )
+        .bind(i64_of(revision))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        let mut deleted = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let kind_text: String = row.try_get("kind").map_err(db_err)?;
+            let kind = Kind::parse(&kind_text).ok_or_else(|| {
+                StoreError::Internal(format!("unknown kind {kind_text:?} in tombstones"))
+            })?;
+            deleted.push(ObjectKey {
+                kind,
+                scope: row.try_get("scope").map_err(db_err)?,
+                name: row.try_get("name").map_err(db_err)?,
+            });
+        }
+        tx.commit().await.map_err(db_err)?;
+        Ok(Changes {
+            revision: u64_of(current),
+            changed,
+            deleted,
+        })
     }
 
     async fn secret(&self, key: &ObjectKey) -> Result<Option<Vec<u8>>, StoreError> {
@@ -900,6 +1010,7 @@ impl Store for SqlStore {
             }
         }
         if key.kind == Kind::GlobalNamespace {
+            record_scope_tombstones(&mut tx, &key.name, revision).await?;
             for sql in [
                 "DELETE FROM gns_objects WHERE scope = $1",
                 "DELETE FROM gns_cluster_refs WHERE from_scope = $1",
@@ -920,6 +1031,7 @@ impl Store for SqlStore {
             .await
             .map_err(db_err)?;
         replace_cluster_refs(&mut tx, key, &[]).await?;
+        record_tombstone(&mut tx, key, revision).await?;
         self.finish_write(tx, revision, (actor, "delete", key))
             .await?;
         Ok(current)
@@ -1105,6 +1217,7 @@ impl Store for SqlStore {
                     .map_err(db_err)?;
                     if deleted.rows_affected() > 0 {
                         replace_cluster_refs(&mut tx, &key, &[]).await?;
+                        record_tombstone(&mut tx, &key, revision).await?;
                         outcome.applied += 1;
                     }
                 }

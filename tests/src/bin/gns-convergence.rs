@@ -42,6 +42,9 @@ struct Args {
     /// Postgres URL (default: the embedded store).
     #[arg(long)]
     database_url: Option<String>,
+    /// Where the federation's log goes (default: a temporary directory).
+    #[arg(long)]
+    federation_log: Option<PathBuf>,
 }
 
 const TOKEN: &str = "convergence-token";
@@ -164,7 +167,9 @@ async fn main() -> anyhow::Result<()> {
     let fed = Proc::spawn(
         &args.bin_dir.join("gns-federation"),
         &fed_args,
-        dir.path().join("federation.log"),
+        args.federation_log
+            .clone()
+            .unwrap_or_else(|| dir.path().join("federation.log")),
     );
     let pid = fed_pid(&fed)?;
     let base = format!("http://127.0.0.1:{api_port}");
@@ -282,6 +287,27 @@ async fn main() -> anyhow::Result<()> {
         "federation RSS: {rss_after_sync:.0} MiB after the initial sync, {:.0} MiB at the end",
         rss_mib(pid)
     );
+    if let Ok((200, metrics)) = call(reqwest::Method::GET, &format!("{base}/metrics"), None).await {
+        let value = |name: &str| -> f64 {
+            metrics
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+                .unwrap_or(0.0)
+        };
+        let (count, sum) = (
+            value("gns_snapshot_build_seconds_count"),
+            value("gns_snapshot_build_seconds_sum"),
+        );
+        println!(
+            "snapshot builds: {count:.0}, mean {:.0} ms",
+            if count > 0.0 {
+                sum / count * 1000.0
+            } else {
+                0.0
+            }
+        );
+    }
     drop(fed);
     Ok(())
 }
