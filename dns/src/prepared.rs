@@ -79,6 +79,8 @@ pub struct Prepared {
     networks: Vec<(IpNet, u16)>,
     view_ids: FxHashMap<String, u16>,
     caches: FxHashMap<String, ServiceCache>,
+    /// Whether zones hold their records for AXFR/IXFR.
+    transfers: bool,
     /// What was left out.
     pub problems: Vec<RenderProblem>,
 }
@@ -189,12 +191,24 @@ fn render_service_view(
 }
 
 impl Prepared {
-    /// Renders `snapshot`, reusing what `previous` rendered for unchanged services.
+    /// Renders `snapshot`, reusing what `previous` rendered for unchanged
+    /// services, with every zone's records for transfers.
     pub fn build(snapshot: Arc<ZoneSnapshot>, previous: Option<&Prepared>) -> Prepared {
+        Self::build_with(snapshot, previous, true)
+    }
+
+    /// [`Prepared::build`]; without `transfers`, each zone's records hold
+    /// only its SOA (a server that serves no AXFR/IXFR needs no more).
+    pub fn build_with(
+        snapshot: Arc<ZoneSnapshot>,
+        previous: Option<&Prepared>,
+        transfers: bool,
+    ) -> Prepared {
         let ttl = snapshot.answer_ttl.clamp(1, MAX_ANSWER_TTL);
         let mut p = Prepared {
             version: snapshot.version,
             snapshot: Arc::clone(&snapshot),
+            transfers,
             ..Prepared::default()
         };
         for (i, view) in snapshot.views.iter().enumerate() {
@@ -369,7 +383,9 @@ impl Prepared {
                     self.add_name(&w, apex_wire.len(), zone_id);
                 }
             }
-            records.extend(self.transfer_records(&origin, svc, ttl));
+            if self.transfers {
+                records.extend(self.transfer_records(&origin, svc, ttl));
+            }
             cache
                 .by_name
                 .insert(svc.name.clone(), (svc.clone(), entries));
@@ -378,9 +394,14 @@ impl Prepared {
             .insert(apex_wire.clone().into_boxed_slice(), zone_id);
         self.caches.insert(zone.origin.clone(), cache);
         // Close the AXFR with the SOA again (RFC 5936).
-        if let Some(first) = records.first().cloned() {
+        if self.transfers
+            && let Some(first) = records.first().cloned()
+        {
             records.push(first);
+        } else {
+            records.truncate(1);
         }
+        records.shrink_to_fit();
         let mut negative_soa = soa_bytes;
         negative_soa.shrink_to_fit();
         self.zones.push(PreparedZone {

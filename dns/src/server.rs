@@ -206,10 +206,14 @@ impl Drop for DnsServer {
 fn publish(shared: &Shared, snapshot: Arc<ZoneSnapshot>) -> Vec<crate::prepared::RenderProblem> {
     let previous = shared.prepared.load_full();
     let started = Instant::now();
-    let next = Prepared::build(snapshot, Some(&previous));
+    // Without sources allowed to transfer, no AXFR/IXFR is ever served:
+    // neither the zones' transfer records nor the IXFR history are kept.
+    let transfers = !shared.config.allow_transfer.is_empty();
+    let next = Prepared::build_with(snapshot, Some(&previous), transfers);
     let problems = next.problems.clone();
     let changed_serial = next.version != previous.version;
-    if let Ok(mut history) = shared.history.lock()
+    if transfers
+        && let Ok(mut history) = shared.history.lock()
         && shared.loaded.load(Ordering::Acquire)
         && changed_serial
     {

@@ -441,3 +441,246 @@ async fn one_replica_syncs_and_the_other_takes_over() {
     drop(second);
     db.drop_db().await;
 }
+
+/// Static stability and isolation: a member API that turns slow, then answers
+/// garbage, degrades only its own cluster. Its last endpoints stay in DNS
+/// (policy `keep`), and another cluster's changes still reach DNS promptly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_or_garbage_member_degrades_only_itself() {
+    let east = member("east", "east-token").await;
+    let west = member("west", "west-token").await;
+    seed(&east, true);
+    seed(&west, true);
+    let fed = Fed::start().await;
+    fed.post(
+        "/v1/clusters",
+        cluster_body("east", &east, "east-token", "198.51.100.1", "10.8.0.0/16"),
+    )
+    .await;
+    let mut west_body = cluster_body("west", &west, "west-token", "198.51.100.2", "10.9.0.0/16");
+    west_body["staleEndpointPolicy"] = json!("keep");
+    fed.post("/v1/clusters", west_body).await;
+    fed.post(
+        "/v1/global-namespaces",
+        json!({"name": "production", "domain": DOMAIN, "members": [
+            {"cluster": "east", "namespace": "shop"}, {"cluster": "west", "namespace": "shop"}]}),
+    )
+    .await;
+    expect_dns(
+        &fed,
+        &["198.51.100.1", "198.51.100.2"],
+        "both clusters synced",
+    )
+    .await;
+
+    // West answers every request 10 s late; its open watches are cut.
+    west.set_latency(Duration::from_secs(10));
+    west.drop_watches();
+    let unready = |ip: &'static str| {
+        endpoint_slice(
+            "shop",
+            "web",
+            "web-1",
+            &[(ip, false, false, false, None)],
+            &[("http", 8080)],
+        )
+    };
+    east.apply::<EndpointSlice>(&unready("10.8.1.1"))
+        .expect("slice");
+    let started = Instant::now();
+    expect_dns(&fed, &["198.51.100.2"], "east's change while west is slow").await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "a slow member held up another cluster's change for {:?}",
+        started.elapsed()
+    );
+
+    eventually(
+        "west to report it is slow",
+        Duration::from_secs(15),
+        || async {
+            let status = fed.get("/v1/clusters/west").await["status"].clone();
+            if status["phase"] == "Degraded"
+                && status["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("slow"))
+            {
+                Ok(())
+            } else {
+                Err(status.to_string())
+            }
+        },
+    )
+    .await;
+
+    // West answers garbage: it degrades, its last endpoints are kept.
+    west.set_latency(Duration::ZERO);
+    west.set_garbage(true);
+    west.drop_watches();
+    eventually(
+        "west to report the garbage",
+        Duration::from_secs(15),
+        || async {
+            let status = fed.get("/v1/clusters/west").await["status"].clone();
+            let phase = status["phase"].as_str().unwrap_or_default().to_owned();
+            if (phase == "Unreachable" || phase == "Degraded")
+                && status["message"].as_str().is_some_and(|m| !m.is_empty())
+            {
+                Ok(())
+            } else {
+                Err(status.to_string())
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        fed.get("/v1/clusters/east").await["status"]["phase"],
+        "Connected",
+        "east is not affected"
+    );
+    expect_dns(
+        &fed,
+        &["198.51.100.2"],
+        "west's endpoints kept while it answers garbage",
+    )
+    .await;
+    east.apply::<EndpointSlice>(&endpoint_slice(
+        "shop",
+        "web",
+        "web-1",
+        &[("10.8.1.1", true, true, false, None)],
+        &[("http", 8080)],
+    ))
+    .expect("slice");
+    expect_dns(
+        &fed,
+        &["198.51.100.1", "198.51.100.2"],
+        "east's next change while west answers garbage",
+    )
+    .await;
+
+    // West recovers and syncs again (once its requests still in flight from
+    // the slow phase have finished).
+    west.set_garbage(false);
+    west.apply::<EndpointSlice>(&unready("10.8.1.1"))
+        .expect("slice");
+    eventually(
+        "west's change after it recovered",
+        Duration::from_secs(30),
+        || async {
+            let got = dns_a(fed.dns, &format!("web.{DOMAIN}")).await;
+            if got == ["198.51.100.1"] {
+                Ok(())
+            } else {
+                Err(format!("{got:?}"))
+            }
+        },
+    )
+    .await;
+    eventually("west connected again", Duration::from_secs(15), || async {
+        let phase = fed.get("/v1/clusters/west").await["status"]["phase"].clone();
+        if phase == "Connected" {
+            Ok(())
+        } else {
+            Err(phase.to_string())
+        }
+    })
+    .await;
+}
+
+/// Terminates every session of the federation's database, which is what a
+/// Postgres restart does to its clients (restarting the shared test server
+/// itself would break the other tests running beside this one).
+async fn kill_sessions(db: &support::TestDb) -> u64 {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(&support::admin_url())
+        .await
+        .expect("admin connection");
+    let killed: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+    )
+    .bind(&db.name)
+    .fetch_all(&mut conn)
+    .await
+    .expect("terminate sessions");
+    killed.into_iter().filter(|k| *k).count() as u64
+}
+
+/// Postgres connections lost during sync (twice, while changes arrive): the
+/// sync lease is taken again, the catalog catches up, nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_sessions_lost_during_sync_lose_nothing() {
+    let db = support::TestDb::create().await;
+    let east = member("east", "east-token").await;
+    seed(&east, true);
+    let fed = Fed::start_on(Some(&db.url)).await;
+    fed.post(
+        "/v1/clusters",
+        cluster_body("east", &east, "east-token", "198.51.100.1", "10.8.0.0/16"),
+    )
+    .await;
+    fed.post("/v1/global-namespaces", json!({"name": "production", "domain": DOMAIN, "members": [{"cluster": "east", "namespace": "shop"}]})).await;
+    expect_dns(&fed, &["198.51.100.1"], "east synced").await;
+
+    for round in 0..2 {
+        let killed = kill_sessions(&db).await;
+        assert!(killed > 0, "the federation had sessions to lose");
+        for i in 0..5 {
+            let name = format!("svc-{round}-{i}");
+            east.apply::<Service>(&service("shop", &name, &[("app", "x")], &[("http", 80)]))
+                .expect("service");
+            east.apply::<EndpointSlice>(&endpoint_slice(
+                "shop",
+                &name,
+                &format!("{name}-1"),
+                &[(
+                    &format!("10.8.{}.{}", round + 2, i + 1),
+                    true,
+                    true,
+                    false,
+                    None,
+                )],
+                &[("http", 80)],
+            ))
+            .expect("slice");
+        }
+    }
+    eventually(
+        "the catalog to hold every service after the lost sessions",
+        Duration::from_secs(30),
+        || async {
+            let (status, list) = fed
+                .send(
+                    reqwest::Method::GET,
+                    "/v1/global-namespaces/production/services",
+                    None,
+                )
+                .await;
+            let names: Vec<String> = list["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|s| s["name"].as_str().map(str::to_owned))
+                .collect();
+            if status == 200 && names.len() == 11 {
+                Ok(())
+            } else {
+                Err(format!("{status}: {names:?}"))
+            }
+        },
+    )
+    .await;
+    let svc_dns = dns_a(fed.dns, &format!("svc-1-4.{DOMAIN}")).await;
+    assert_eq!(svc_dns, ["198.51.100.1"], "the last service reached DNS");
+    eventually("east connected", Duration::from_secs(15), || async {
+        let phase = fed.get("/v1/clusters/east").await["status"]["phase"].clone();
+        if phase == "Connected" {
+            Ok(())
+        } else {
+            Err(phase.to_string())
+        }
+    })
+    .await;
+    drop(fed);
+    db.drop_db().await;
+}

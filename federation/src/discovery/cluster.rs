@@ -28,6 +28,11 @@ pub const ACTOR: &str = "system:discovery";
 const DEBOUNCE: Duration = Duration::from_millis(20);
 /// Status is rewritten at least this often while connected (for `lastSync`).
 const STATUS_REFRESH: Duration = Duration::from_secs(15);
+/// How often the API server is probed (`GET /version`), so that an API that
+/// turns slow or answers garbage shows even while watches wait quietly.
+const PROBE_INTERVAL: Duration = Duration::from_secs(5);
+/// A probe not answered within this is a failure ("slow").
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 /// A watch that reported no error for this long is healthy again (a resumed
 /// watch with nothing new to say reports nothing at all). Longer than the
 /// largest backoff plus the connect timeout.
@@ -85,6 +90,30 @@ enum Update {
     Services(String, Box<Event<Service>>),
     Slices(String, Box<Event<EndpointSlice>>),
     Failed(String, Resource, String),
+    /// Outcome of an API probe: `None` when it answered in time.
+    Probe(Option<String>),
+}
+
+/// Probes the API server every [`PROBE_INTERVAL`] until the receiver is gone.
+fn spawn_probe(client: kube::Client, tx: mpsc::Sender<Update>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(PROBE_INTERVAL);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            let outcome =
+                match tokio::time::timeout(PROBE_TIMEOUT, client.apiserver_version()).await {
+                    Ok(Ok(_)) => None,
+                    Ok(Err(e)) => Some(format!("API probe failed: {}", describe_client_error(&e))),
+                    Err(_) => Some(format!(
+                        "API server slow: GET /version not answered within {PROBE_TIMEOUT:?}"
+                    )),
+                };
+            if tx.send(Update::Probe(outcome)).await.is_err() {
+                return;
+            }
+        }
+    })
 }
 
 /// What an error means for the cluster, in words.
@@ -95,6 +124,11 @@ fn describe(error: &watcher::Error) -> String {
         | watcher::Error::WatchFailed(e) => e,
         other => return other.to_string(),
     };
+    describe_client_error(inner)
+}
+
+/// What a client error means, in words.
+fn describe_client_error(inner: &kube::Error) -> String {
     match inner {
         kube::Error::Api(status) if status.code == 401 => {
             "bad credentials: the API server answered 401 Unauthorized".into()
@@ -193,8 +227,10 @@ pub async fn run(
             Update::Slices,
         ));
     }
+    tasks.push(spawn_probe(client.clone(), tx.clone()));
     drop(tx);
     let _guard = AbortOnDrop(tasks);
+    let mut probe_error: Option<(String, Instant)> = None;
 
     let mut objects: HashMap<String, NamespaceObjects> = HashMap::new();
     let mut svc_watch: HashMap<String, WatchState<ServiceInfo>> = HashMap::new();
@@ -247,6 +283,12 @@ pub async fn run(
                         |_, slice| slice.service.clone(),
                     );
                 }
+                Update::Probe(outcome) => {
+                    if let Some(message) = &outcome {
+                        tracing::warn!(cluster, error = %message, "API probe failed");
+                    }
+                    probe_error = outcome.map(|m| (m, Instant::now()));
+                }
                 Update::Failed(ns, resource, message) => {
                     tracing::warn!(cluster, namespace = ns, ?resource, error = %message, "watch failed");
                     let error = Some((message, Instant::now()));
@@ -266,10 +308,21 @@ pub async fn run(
                 .iter()
                 .filter(|ns| slice_watch.get(*ns).is_some_and(|w| w.synced))
                 .count();
-        let errors: Vec<String> = svc_watch
+        let watch_errors: Vec<String> = svc_watch
             .values()
             .filter_map(WatchState::current_error)
             .chain(slice_watch.values().filter_map(WatchState::current_error))
+            .collect();
+        // Unreachable when every watch fails; Degraded when some do, or the probe does.
+        let all_failing = watch_errors.len() >= total;
+        let errors: Vec<String> = watch_errors
+            .into_iter()
+            .chain(
+                probe_error
+                    .as_ref()
+                    .filter(|(_, at)| at.elapsed() < ERROR_FRESHNESS)
+                    .map(|(m, _)| m.clone()),
+            )
             .collect();
         if synced == total {
             let (ops, updated) = match &written {
@@ -317,7 +370,7 @@ pub async fn run(
             let services: usize = objects.values().map(|o| o.services.len()).sum();
             let (phase, message) = if errors.is_empty() {
                 (Phase::Connected, "synced".to_owned())
-            } else if errors.len() == total {
+            } else if all_failing {
                 (Phase::Unreachable, errors[0].clone())
             } else {
                 (Phase::Degraded, errors[0].clone())
@@ -326,7 +379,7 @@ pub async fn run(
                 .report(phase, &message, Some(services), Some(endpoints))
                 .await;
         } else if !errors.is_empty() {
-            let phase = if errors.len() >= total {
+            let phase = if all_failing {
                 Phase::Unreachable
             } else {
                 Phase::Degraded

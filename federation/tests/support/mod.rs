@@ -22,7 +22,8 @@ pub fn test_key() -> SecretBox {
 pub struct TestDb {
     /// URL of the new database.
     pub url: String,
-    name: String,
+    /// Its name.
+    pub name: String,
 }
 
 fn replace_db_name(url: &str, db: &str) -> String {

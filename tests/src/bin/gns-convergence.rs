@@ -83,6 +83,17 @@ async fn call(
     Ok((resp.status().as_u16(), resp.text().await?))
 }
 
+fn threads(pid: u32) -> usize {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Threads:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 fn rss_mib(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -284,8 +295,9 @@ async fn main() -> anyhow::Result<()> {
         percentile(&lat, 1.0)
     );
     println!(
-        "federation RSS: {rss_after_sync:.0} MiB after the initial sync, {:.0} MiB at the end",
-        rss_mib(pid)
+        "federation RSS: {rss_after_sync:.0} MiB after the initial sync, {:.0} MiB at the end ({} threads)",
+        rss_mib(pid),
+        threads(pid)
     );
     if let Ok((200, metrics)) = call(reqwest::Method::GET, &format!("{base}/metrics"), None).await {
         let value = |name: &str| -> f64 {
