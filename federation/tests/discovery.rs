@@ -306,6 +306,7 @@ async fn member_clusters_reach_catalog_and_dns() {
 
     // East's API goes away: the cluster shows Unreachable, its endpoints are kept, then withdrawn after 1 s.
     east.go_down().await;
+    let down = Instant::now();
     eventually(
         "east to show Unreachable",
         Duration::from_secs(15),
@@ -325,6 +326,20 @@ async fn member_clusters_reach_catalog_and_dns() {
         "east withdrawn per staleEndpointPolicy",
     )
     .await;
+    eprintln!(
+        "API down -> withdrawn from DNS (withdrawAfter 1s): {:?}",
+        down.elapsed()
+    );
+    // The withdrawal is recorded in the store (a new revision), so DNS
+    // replicas following by version get it too, not only in-process DNS.
+    let status = fed.get("/v1/clusters/east").await["status"].clone();
+    let withdrawn_at = status["withdrawnAtMillis"].as_i64();
+    let since = status["unreachableSinceMillis"].as_i64().expect("since");
+    assert_eq!(
+        withdrawn_at,
+        Some(since + 1_000),
+        "withdrawal recorded at unreachableSince + withdrawAfter: {status}"
+    );
     east.come_up().await.expect("east comes back");
     expect_dns(
         &fed,

@@ -30,6 +30,7 @@ use super::{
     CompileOptions, Problem, Snapshot, SnapshotError, SnapshotReceiver, SnapshotSender, StoreState,
     UnrecordedExpiry, compile, load, refresh,
 };
+use crate::model::Kind;
 use crate::store::{ObjectWrite, Store, StoreError};
 
 /// First retry delay after a failed build.
@@ -284,27 +285,38 @@ async fn build(
     Ok(snapshot)
 }
 
-/// Records each expiry with a status write conditional on the version the
-/// compiler saw; a workload that changed meanwhile (a heartbeat, an edit, a
-/// delete) is skipped, its change already makes a new revision.
+/// Records each expiry (of an external workload) or withdrawal (of an
+/// unreachable cluster) with a status write conditional on the version the
+/// compiler saw; an object that changed meanwhile (a heartbeat, an edit, a
+/// status refresh, a delete) is skipped, its change already makes a new revision.
 async fn record_expiries(
     store: &dyn Store,
     state: &StoreState,
     expiries: &[UnrecordedExpiry],
 ) -> Result<(), StoreError> {
     for expiry in expiries {
-        let Some(object) = state
-            .scoped
-            .get(&expiry.key.scope)
-            .and_then(|s| s.external_workloads.iter().find(|o| o.key == expiry.key))
-        else {
+        let (object, field) = match expiry.key.kind {
+            Kind::Cluster => (
+                state.clusters.iter().find(|o| o.key == expiry.key),
+                "withdrawnAtMillis",
+            ),
+            _ => (
+                state
+                    .scoped
+                    .get(&expiry.key.scope)
+                    .and_then(|s| s.external_workloads.iter().find(|o| o.key == expiry.key)),
+                "expiredAtMillis",
+            ),
+        };
+        let Some(object) = object else {
             continue;
         };
         let mut status = match &object.status {
             Value::Object(map) => map.clone(),
             _ => serde_json::Map::new(),
         };
-        status.insert("expiredAtMillis".into(), json!(expiry.expired_at_ms));
+        status.insert(field.into(), json!(expiry.expired_at_ms));
+        // No secret and no references: an update keeps the stored ones.
         let write = ObjectWrite {
             key: expiry.key.clone(),
             spec: object.spec.clone(),
@@ -316,9 +328,14 @@ async fn record_expiries(
         };
         match store.update(write, Some(expiry.resource_version)).await {
             Ok(outcome) => tracing::info!(
-                workload = %expiry.key,
+                object = %expiry.key,
                 revision = outcome.object.resource_version,
-                "external workload expired"
+                "{}",
+                if expiry.key.kind == Kind::Cluster {
+                    "unreachable cluster withdrawn from DNS"
+                } else {
+                    "external workload expired"
+                }
             ),
             Err(StoreError::Conflict { .. } | StoreError::NotFound(_)) => {}
             Err(e) => return Err(e),

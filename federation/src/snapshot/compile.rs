@@ -66,6 +66,8 @@ pub fn compile(state: &StoreState, now_ms: i64, options: &CompileOptions) -> Sna
     // Clusters whose API has been unreachable for longer than their stale-endpoint policy allows.
     let mut withdrawn = BTreeSet::new();
     let mut next_withdrawal: Option<i64> = None;
+    // Withdrawals the store has not seen a write since (recorded like expiries).
+    let mut unrecorded = Vec::new();
     for object in &state.clusters {
         let Some(cluster) = clusters.get(&object.key.name) else {
             continue;
@@ -83,6 +85,13 @@ pub fn compile(state: &StoreState, now_ms: i64, options: &CompileOptions) -> Sna
             let at = since.saturating_add(i64::try_from(after.as_millis()).unwrap_or(i64::MAX));
             if now_ms >= at {
                 withdrawn.insert(object.key.name.clone());
+                if object.updated_at < at {
+                    unrecorded.push(UnrecordedExpiry {
+                        key: object.key.clone(),
+                        resource_version: object.resource_version,
+                        expired_at_ms: at,
+                    });
+                }
             } else {
                 next_withdrawal = Some(next_withdrawal.map_or(at, |t| t.min(at)));
             }
@@ -96,7 +105,7 @@ pub fn compile(state: &StoreState, now_ms: i64, options: &CompileOptions) -> Sna
         withdrawn: &withdrawn,
         problems,
         next_change_ms: next_withdrawal,
-        expiries: Vec::new(),
+        expiries: unrecorded,
     };
     let empty = ScopedObjects::default();
     // origin -> (owning global namespace, zone)
@@ -704,6 +713,22 @@ mod tests {
         assert!(
             find(&later, "web").external.is_empty(),
             "withdrawn after 30 s"
+        );
+        assert_eq!(
+            later.unrecorded_expiries,
+            [UnrecordedExpiry {
+                key: ObjectKey::global(Kind::Cluster, "east"),
+                resource_version: 1,
+                expired_at_ms: NOW + 20_000,
+            }],
+            "the withdrawal is to be recorded, so it gets a new version"
+        );
+        let mut recorded = state.clone();
+        recorded.clusters[0].updated_at = NOW + 20_000;
+        let recorded = compile(&recorded, NOW + 20_000, &CompileOptions::default());
+        assert!(
+            recorded.unrecorded_expiries.is_empty(),
+            "a write at or after the withdrawal records it"
         );
         // keep: never withdrawn.
         let east = state

@@ -107,10 +107,12 @@ impl std::fmt::Display for Problem {
     }
 }
 
-/// An external workload whose TTL ran out without the store recording it:
-/// its last write is older than its expiry. The builder records the expiry
-/// (a conditional status write), so that the snapshot without the workload
-/// gets a new version instead of changing the content of an old one.
+/// An external workload whose TTL ran out, or an unreachable cluster whose
+/// stale endpoints were withdrawn, without the store recording it: its last
+/// write is older than that time. The builder records it (a conditional
+/// status write: `expiredAtMillis` / `withdrawnAtMillis`), so that the snapshot
+/// without it gets a new version instead of changing the content of an old
+/// one, and DNS replicas following by version see it too.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnrecordedExpiry {
     /// The workload.
