@@ -11,6 +11,7 @@ pub mod api;
 pub mod ctl;
 pub mod discovery;
 pub mod files;
+pub mod identity;
 pub mod model;
 pub mod server;
 pub mod snapshot;

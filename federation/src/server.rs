@@ -68,6 +68,9 @@ pub struct Config {
     /// DNS UDP worker threads (default: one per core).
     #[arg(long, env = "GNS_DNS_UDP_WORKERS")]
     pub dns_udp_workers: Option<usize>,
+    /// SPIFFE trust domain of the federation's certificate authority.
+    #[arg(long, env = "GNS_TRUST_DOMAIN", default_value = "gns.local")]
+    pub trust_domain: String,
 }
 
 /// Startup failures, each with what to do about it.
@@ -87,6 +90,9 @@ pub enum StartError {
     /// The store can't be opened.
     #[error(transparent)]
     Store(#[from] store::StoreError),
+    /// The certificate authority can't be loaded or made.
+    #[error(transparent)]
+    Identity(#[from] crate::identity::IdentityError),
     /// The admin token file can't be read or written.
     #[error("admin token file {path}: {source}")]
     AdminToken {
@@ -159,6 +165,9 @@ pub async fn build(config: &Config) -> Result<Federation, StartError> {
         None => SecretBox::load_or_create(&config.data_dir)?,
     };
     let store = store::open(config.database_url.as_deref(), &config.data_dir, secrets).await?;
+    let identity = Arc::new(
+        crate::identity::Identity::load_or_create(store.as_ref(), &config.trust_domain).await?,
+    );
     let (token, admin_token_file) = admin_token(config)?;
     let state = AppState {
         store: Arc::clone(&store),
@@ -209,7 +218,8 @@ pub async fn build(config: &Config) -> Result<Federation, StartError> {
         store,
         listener,
         router: api::router_with_snapshots(state, snapshots)
-            .layer(axum::Extension(dns_for_metrics)),
+            .layer(axum::Extension(dns_for_metrics))
+            .layer(axum::Extension(identity)),
     })
 }
 

@@ -29,6 +29,10 @@ impl<S: Send + Sync> FromRequest<S> for JsonObject {
                 ApiError::BadRequest(format!("could not read the request body: {rejection}"))
             }
         })?;
+        // An empty body is an empty object (POSTs whose fields are all optional).
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(JsonObject(Map::new()));
+        }
         let value: Value = serde_json::from_slice(&bytes)
             .map_err(|e| ApiError::BadRequest(format!("request body is not valid JSON: {e}")))?;
         match value {

@@ -6,6 +6,7 @@ mod body;
 mod catalog;
 pub mod config;
 mod error;
+mod identity;
 pub mod metrics;
 pub mod openapi;
 mod paging;
@@ -19,7 +20,7 @@ use std::sync::Arc;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use axum::routing::{get, put};
+use axum::routing::{get, post, put};
 use axum::{Extension, Json, Router, middleware};
 use serde_json::json;
 
@@ -107,6 +108,10 @@ pub fn router(state: AppState) -> Router {
                 .put(replace::<AccessPolicy>)
                 .delete(remove::<AccessPolicy>),
         )
+        .route(
+            "/v1/clusters/{name}/join-tokens",
+            post(identity::create_join_token),
+        )
         .route("/v1/tokens", get(tokens::list).post(tokens::create))
         .route("/v1/tokens/{name}", axum::routing::delete(tokens::delete))
         .route("/v1/audit", get(tokens::audit))
@@ -122,6 +127,10 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .route("/openapi.json", get(|| async { Json(openapi::document()) }))
+        // The join token is the credential of a signing request; the trust
+        // bundle is public. Neither takes a bearer token.
+        .route("/v1/identity/sign", post(identity::sign))
+        .route("/v1/identity/trust-bundle", get(identity::trust_bundle))
         .merge(v1)
         .route_layer(middleware::from_fn(metrics::track))
         .fallback(|| async { ApiError::NotFound("no such route; see /openapi.json".into()) })

@@ -318,6 +318,24 @@ pub trait Store: Send + Sync + 'static {
         actor: &str,
     ) -> Result<StoredObject, StoreError>;
 
+    /// Returns the sealed store fact `key`, storing `value` first if it has
+    /// none (the first writer wins; every replica gets the same value).
+    /// Sealed with the store's secret key like credentials.
+    async fn sealed_meta_or_insert(&self, key: &str, value: &[u8]) -> Result<Vec<u8>, StoreError>;
+    /// Stores a one-time join token for `cluster` by the SHA-256 of its secret.
+    async fn create_join_token(
+        &self,
+        cluster: &str,
+        secret_hash: &str,
+        expires_at_ms: i64,
+        actor: &str,
+    ) -> Result<(), StoreError>;
+    /// Redeems (deletes) a join token; its cluster if it existed and had not expired.
+    async fn redeem_join_token(
+        &self,
+        secret_hash: &str,
+        now_ms: i64,
+    ) -> Result<Option<String>, StoreError>;
     /// Stores a new token by the SHA-256 of its secret.
     async fn create_token(
         &self,

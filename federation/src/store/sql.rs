@@ -169,7 +169,7 @@ fn paginate<T>(mut items: Vec<T>, page: &PageRequest, key_of: impl Fn(&T) -> Str
 }
 
 fn migrator(backend: Backend) -> Migrator {
-    let scripts: [(&str, &str); 2] = match backend {
+    let scripts: [(&str, &str); 3] = match backend {
         Backend::Postgres => [
             (
                 "init",
@@ -178,6 +178,10 @@ fn migrator(backend: Backend) -> Migrator {
             (
                 "tombstones",
                 include_str!("../../../migrations/postgres/0002_tombstones.sql"),
+            ),
+            (
+                "identity",
+                include_str!("../../../migrations/postgres/0003_identity.sql"),
             ),
         ],
         Backend::Sqlite => [
@@ -188,6 +192,10 @@ fn migrator(backend: Backend) -> Migrator {
             (
                 "tombstones",
                 include_str!("../../../migrations/sqlite/0002_tombstones.sql"),
+            ),
+            (
+                "identity",
+                include_str!("../../../migrations/sqlite/0003_identity.sql"),
             ),
         ],
     };
@@ -1035,6 +1043,74 @@ impl Store for SqlStore {
         self.finish_write(tx, revision, (actor, "delete", key))
             .await?;
         Ok(current)
+    }
+
+    async fn sealed_meta_or_insert(&self, key: &str, value: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let meta_key = format!("sealed:{key}");
+        let sealed = self.secrets.seal(&meta_key, value)?;
+        sqlx::query(
+            "INSERT INTO gns_meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+        )
+        .bind(&meta_key)
+        .bind(sealed)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        let stored: Vec<u8> = sqlx::query_scalar("SELECT value FROM gns_meta WHERE key = $1")
+            .bind(&meta_key)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(self.secrets.open(&meta_key, &stored)?)
+    }
+
+    async fn create_join_token(
+        &self,
+        cluster: &str,
+        secret_hash: &str,
+        expires_at_ms: i64,
+        actor: &str,
+    ) -> Result<(), StoreError> {
+        let key = ObjectKey::global(Kind::Cluster, cluster);
+        let (_guard, mut tx, revision) = self.begin_write().await?;
+        if fetch_object(&mut tx, &key).await?.is_none() {
+            return Err(StoreError::NotFound(key.to_string()));
+        }
+        sqlx::query(
+            "INSERT INTO gns_join_tokens (secret_hash, cluster, expires_at, created_at, created_by) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(secret_hash)
+        .bind(cluster)
+        .bind(expires_at_ms)
+        .bind(now_millis())
+        .bind(actor)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        self.finish_write(tx, revision, (actor, "create-join-token", &key))
+            .await?;
+        Ok(())
+    }
+
+    async fn redeem_join_token(
+        &self,
+        secret_hash: &str,
+        now_ms: i64,
+    ) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query(
+            "DELETE FROM gns_join_tokens WHERE secret_hash = $1 RETURNING cluster, expires_at",
+        )
+        .bind(secret_hash)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err)?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let cluster: String = row.try_get("cluster").map_err(db_err)?;
+        let expires_at: i64 = row.try_get("expires_at").map_err(db_err)?;
+        Ok((expires_at > now_ms).then_some(cluster))
     }
 
     async fn create_token(

@@ -1,0 +1,139 @@
+//! Identity endpoints: join tokens for a cluster's gateway
+//! (`POST /v1/clusters/{name}/join-tokens`, admin), certificate signing for a
+//! CSR plus a join token (`POST /v1/identity/sign`; the join token is the
+//! credential, no bearer token) and the trust bundle
+//! (`GET /v1/identity/trust-bundle`, public: it is public key material).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Extension;
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::auth::{Principal, generate_token, hash_token};
+use super::body::JsonObject;
+use super::render::{now_millis, rfc3339};
+use super::{ApiError, AppState};
+use crate::identity::{DEFAULT_CERT_LIFETIME, Identity, IdentityError};
+use crate::model::{DurationSpec, FieldError};
+
+/// Default lifetime of a join token.
+const DEFAULT_JOIN_TOKEN_TTL: Duration = Duration::from_secs(3600);
+/// Longest lifetime of a join token.
+const MAX_JOIN_TOKEN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Body of `POST /v1/clusters/{name}/join-tokens`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JoinTokenRequest {
+    #[serde(default)]
+    ttl: Option<DurationSpec>,
+}
+
+/// Body of `POST /v1/identity/sign`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct SignRequest {
+    csr: String,
+    join_token: String,
+}
+
+fn invalid(field: &str, message: impl Into<String>) -> ApiError {
+    let message = message.into();
+    ApiError::Invalid {
+        message: format!("{field}: {message}"),
+        details: vec![FieldError {
+            field: field.to_owned(),
+            message,
+        }],
+    }
+}
+
+fn identity(ext: Option<Extension<Arc<Identity>>>) -> Result<Arc<Identity>, ApiError> {
+    ext.map(|Extension(i)| i)
+        .ok_or_else(|| ApiError::NotReady("this federation has no certificate authority".into()))
+}
+
+/// `POST /v1/clusters/{name}/join-tokens`: a one-time token, shown once.
+pub async fn create_join_token(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(params): Path<HashMap<String, String>>,
+    body: JsonObject,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let cluster = params.get("name").cloned().unwrap_or_default();
+    let request: JoinTokenRequest = body.into_typed()?;
+    let ttl = request
+        .ttl
+        .map_or(DEFAULT_JOIN_TOKEN_TTL, DurationSpec::get);
+    if ttl > MAX_JOIN_TOKEN_TTL {
+        return Err(invalid("ttl", "at most 168h"));
+    }
+    let secret = generate_token()?;
+    let expires_at =
+        now_millis().saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
+    state
+        .store
+        .create_join_token(&cluster, &hash_token(&secret), expires_at, &principal.name)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"cluster": cluster, "token": secret, "expiresAt": rfc3339(expires_at)})),
+    ))
+}
+
+/// `POST /v1/identity/sign`: a certificate for the gateway of the join token's cluster.
+pub async fn sign(
+    State(state): State<AppState>,
+    identity_ext: Option<Extension<Arc<Identity>>>,
+    body: JsonObject,
+) -> Result<Json<Value>, ApiError> {
+    let identity = identity(identity_ext)?;
+    let request: SignRequest = body.into_typed()?;
+    // Check the CSR before spending the one-time token on it.
+    if rcgen::CertificateSigningRequestParams::from_pem(&request.csr).is_err() {
+        return Err(invalid(
+            "csr",
+            "not a valid PEM PKCS#10 request signed by its key",
+        ));
+    }
+    let cluster = state
+        .store
+        .redeem_join_token(&hash_token(&request.join_token), now_millis())
+        .await?
+        .ok_or_else(|| {
+            ApiError::Unauthorized("join token unknown, already used or expired".into())
+        })?;
+    let signed = identity
+        .sign_gateway(&request.csr, &cluster, DEFAULT_CERT_LIFETIME)
+        .map_err(|e| match e {
+            IdentityError::BadCsr(m) => invalid("csr", m),
+            other => ApiError::Internal(other.to_string()),
+        })?;
+    tracing::info!(
+        cluster,
+        spiffe_id = signed.spiffe_id,
+        "gateway certificate signed"
+    );
+    Ok(Json(json!({
+        "certificate": signed.chain_pem,
+        "spiffeId": signed.spiffe_id,
+        "expiresAt": rfc3339(signed.expires_at_ms),
+    })))
+}
+
+/// `GET /v1/identity/trust-bundle`.
+pub async fn trust_bundle(
+    identity_ext: Option<Extension<Arc<Identity>>>,
+) -> Result<Json<Value>, ApiError> {
+    let identity = identity(identity_ext)?;
+    Ok(Json(json!({
+        "trustDomain": identity.trust_domain(),
+        "roots": identity.trust_bundle(),
+    })))
+}
