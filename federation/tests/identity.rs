@@ -1,0 +1,320 @@
+//! Identity end to end, in process: a real federation mints a join token for a
+//! cluster, signs a gateway CSR made with rcgen, and the certificate carries
+//! the cluster's SPIFFE ID, lives 24 h and authenticates in a real mutual-TLS
+//! handshake against the trust bundle, while a certificate from another CA is
+//! refused. Join tokens are one-time, expire, and are not spent on a bad CSR.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use gns_federation::server::{self, Config};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const TOKEN: &str = "identity-admin";
+
+struct Fed {
+    api: String,
+    client: reqwest::Client,
+    _dir: tempfile::TempDir,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl Fed {
+    async fn start() -> Fed {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data_dir = dir.path().display().to_string();
+        let config = Config::parse_from([
+            "gns-federation",
+            "--listen",
+            "127.0.0.1:0",
+            "--dns-listen",
+            "127.0.0.1:0",
+            "--admin-token",
+            TOKEN,
+            "--data-dir",
+            &data_dir,
+            "--trust-domain",
+            "acme.test",
+        ]);
+        let federation = server::build(&config).await.expect("federation starts");
+        let api = format!("http://{}", federation.api_addr);
+        let task = tokio::spawn(async move {
+            let _ = federation.serve(std::future::pending()).await;
+        });
+        Fed {
+            api,
+            client: reqwest::Client::new(),
+            _dir: dir,
+            _task: task,
+        }
+    }
+
+    async fn post(&self, path: &str, body: Value, auth: bool) -> (u16, Value) {
+        let mut req = self.client.post(format!("{}{path}", self.api)).json(&body);
+        if auth {
+            req = req.bearer_auth(TOKEN);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+}
+
+fn csr() -> (String, rcgen::KeyPair) {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let params = rcgen::CertificateParams::new(vec!["ignored.example".to_owned()]).expect("params");
+    let csr = params
+        .serialize_request(&key)
+        .expect("csr")
+        .pem()
+        .expect("pem");
+    (csr, key)
+}
+
+fn certs(pem: &str) -> Vec<CertificateDer<'static>> {
+    CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .expect("certificates")
+}
+
+fn key_der(key: &rcgen::KeyPair) -> PrivateKeyDer<'static> {
+    PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).expect("key")
+}
+
+/// A TLS server requiring client certificates from `roots`; answers "ok" after a handshake.
+async fn mtls_server(
+    roots: &[CertificateDer<'static>],
+) -> (std::net::SocketAddr, Vec<CertificateDer<'static>>) {
+    let mut store = rustls::RootCertStore::empty();
+    for r in roots {
+        store.add(r.clone()).expect("root");
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(store))
+        .build()
+        .expect("verifier");
+    let server_key = rcgen::KeyPair::generate().expect("key");
+    let server_cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .expect("params")
+        .self_signed(&server_key)
+        .expect("cert");
+    let config = rustls::ServerConfig::builder()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(vec![server_cert.der().clone()], key_der(&server_key))
+        .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                if let Ok(mut tls) = acceptor.accept(tcp).await {
+                    let _ = tls.write_all(b"ok").await;
+                    let _ = tls.shutdown().await;
+                }
+            });
+        }
+    });
+    (addr, vec![server_cert.der().clone()])
+}
+
+/// Connects with `chain`/`key` as client certificate; the bytes the server sent, or the error.
+async fn mtls_client(
+    addr: std::net::SocketAddr,
+    server_roots: &[CertificateDer<'static>],
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<Vec<u8>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for r in server_roots {
+        roots.add(r.clone()).map_err(|e| e.to_string())?;
+    }
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| e.to_string())?;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut tls = connector
+        .connect(
+            ServerName::try_from("localhost").map_err(|e| e.to_string())?,
+            tcp,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    tls.read_to_end(&mut out).await.map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_certificates_from_join_tokens() {
+    let fed = Fed::start().await;
+    let (status, body) = fed
+        .post(
+            "/v1/clusters",
+            json!({"name": "east", "kubernetes": {"server": "https://10.0.0.1:6443", "token": "t"}}),
+            true,
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+
+    // Join tokens: only for existing clusters, only for admins.
+    let (status, _) = fed
+        .post("/v1/clusters/nowhere/join-tokens", json!({}), true)
+        .await;
+    assert_eq!(status, 404);
+    let (status, _) = fed
+        .post("/v1/clusters/east/join-tokens", json!({}), false)
+        .await;
+    assert_eq!(status, 401);
+    let (status, body) = fed
+        .post("/v1/clusters/east/join-tokens", json!({"ttl": "1h"}), true)
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let join = body["token"].as_str().expect("token").to_owned();
+
+    // A bad CSR is refused without spending the token.
+    let (status, body) = fed
+        .post(
+            "/v1/identity/sign",
+            json!({"csr": "not a csr", "joinToken": join}),
+            false,
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+
+    let (csr_pem, key) = csr();
+    let (status, body) = fed
+        .post(
+            "/v1/identity/sign",
+            json!({"csr": csr_pem, "joinToken": join}),
+            false,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["spiffeId"], "spiffe://acme.test/cluster/east/gateway");
+    let chain = certs(body["certificate"].as_str().expect("chain"));
+    assert_eq!(chain.len(), 2, "leaf and root");
+
+    // The leaf: the SPIFFE ID as its only SAN (the CSR's name is ignored), ~24 h.
+    let (_, leaf) = x509_parser::parse_x509_certificate(&chain[0]).expect("x509");
+    let sans: Vec<String> = leaf
+        .subject_alternative_name()
+        .expect("san")
+        .expect("has san")
+        .value
+        .general_names
+        .iter()
+        .map(|n| format!("{n}"))
+        .collect();
+    assert_eq!(sans, ["URI(spiffe://acme.test/cluster/east/gateway)"]);
+    let lifetime = leaf.validity().not_after.timestamp() - leaf.validity().not_before.timestamp();
+    assert!(
+        (24 * 3600..=24 * 3600 + 600).contains(&lifetime),
+        "lifetime {lifetime} s"
+    );
+
+    // The token was one-time.
+    let (csr2, _) = csr();
+    let (status, _) = fed
+        .post(
+            "/v1/identity/sign",
+            json!({"csr": csr2, "joinToken": join}),
+            false,
+        )
+        .await;
+    assert_eq!(status, 401, "a used join token is refused");
+
+    // The trust bundle is public and verifies the certificate in a real mTLS handshake.
+    let bundle: Value = fed
+        .client
+        .get(format!("{}/v1/identity/trust-bundle", fed.api))
+        .send()
+        .await
+        .expect("bundle")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(bundle["trustDomain"], "acme.test");
+    let roots: Vec<CertificateDer<'static>> = bundle["roots"]
+        .as_array()
+        .expect("roots")
+        .iter()
+        .flat_map(|r| certs(r.as_str().expect("pem")))
+        .collect();
+    assert_eq!(roots, chain[1..], "the chain ends at the bundle's root");
+    let (addr, server_roots) = mtls_server(&roots).await;
+    let accepted = mtls_client(addr, &server_roots, chain.clone(), key_der(&key)).await;
+    assert_eq!(
+        accepted.as_deref(),
+        Ok(&b"ok"[..]),
+        "the signed certificate authenticates"
+    );
+
+    // A certificate from another CA is refused by the same server.
+    let rogue_ca_key = rcgen::KeyPair::generate().expect("key");
+    let mut rogue_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    rogue_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let rogue_ca = rogue_params.self_signed(&rogue_ca_key).expect("rogue ca");
+    let rogue_issuer = rcgen::Issuer::new(rogue_params, &rogue_ca_key);
+    let rogue_key = rcgen::KeyPair::generate().expect("key");
+    let mut leaf_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    leaf_params.subject_alt_names = vec![rcgen::SanType::URI(
+        "spiffe://acme.test/cluster/east/gateway"
+            .try_into()
+            .expect("uri"),
+    )];
+    let rogue_leaf = leaf_params
+        .signed_by(&rogue_key, &rogue_issuer)
+        .expect("leaf");
+    let refused = mtls_client(
+        addr,
+        &server_roots,
+        vec![rogue_leaf.der().clone(), rogue_ca.der().clone()],
+        key_der(&rogue_key),
+    )
+    .await;
+    assert!(
+        refused.is_err(),
+        "a certificate from another CA must be refused: {refused:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_tokens_expire() {
+    let fed = Fed::start().await;
+    fed.post(
+        "/v1/clusters",
+        json!({"name": "west", "kubernetes": {"server": "https://10.0.0.2:6443", "token": "t"}}),
+        true,
+    )
+    .await;
+    let (status, body) = fed
+        .post("/v1/clusters/west/join-tokens", json!({"ttl": "1s"}), true)
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, _) = fed
+        .post("/v1/clusters/west/join-tokens", json!({"ttl": "30d"}), true)
+        .await;
+    assert_eq!(status, 422, "longer than a week");
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let (csr_pem, _) = csr();
+    let (status, _) = fed
+        .post(
+            "/v1/identity/sign",
+            json!({"csr": csr_pem, "joinToken": body["token"]}),
+            false,
+        )
+        .await;
+    assert_eq!(status, 401, "an expired join token is refused");
+}
