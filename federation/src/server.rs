@@ -202,6 +202,7 @@ pub async fn build(config: &Config) -> Result<Federation, StartError> {
         CompileOptions {
             answer_ttl: config.dns_answer_ttl,
             nameserver_addresses: vec![dns.udp_addr.ip()],
+            trust_domain: config.trust_domain.clone(),
             ..CompileOptions::default()
         },
     );

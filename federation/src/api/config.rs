@@ -11,13 +11,13 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use axum::Extension;
-use axum::extract::Query;
+use axum::extract::{Path, Query, State};
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tokio::time::Instant;
 
-use super::ApiError;
+use super::{ApiError, AppState};
 use crate::snapshot::{Snapshot, SnapshotReceiver};
 
 /// Wait when `timeout` is not given, seconds.
@@ -111,6 +111,64 @@ pub async fn dns(
             "no DNS snapshot has been built yet; retry later".into(),
         ))
     }
+}
+
+/// `GET /v1/config/gateways/{cluster}`: the gateway config, long-polled like
+/// `GET /v1/config/dns` (the same snapshot version, so DNS and routing agree).
+pub async fn gateways(
+    State(state): State<AppState>,
+    snapshots: Option<Extension<SnapshotReceiver>>,
+    Path(params): Path<HashMap<String, String>>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let (after, timeout) = parse_query(&query)?;
+    let cluster = params.get("cluster").cloned().unwrap_or_default();
+    let key = crate::store::ObjectKey::global(crate::model::Kind::Cluster, cluster.clone());
+    if state.store.get(&key).await?.is_none() {
+        return Err(ApiError::NotFound(format!(
+            "cluster {cluster} is not registered"
+        )));
+    }
+    let Some(Extension(mut rx)) = snapshots else {
+        return Err(ApiError::NotReady(
+            "this server does not build snapshots".into(),
+        ));
+    };
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(snapshot) = newer(&mut rx, after) {
+            return gateways_response(&snapshot);
+        }
+        match tokio::time::timeout_at(deadline, rx.changed()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) | Err(_) => break,
+        }
+    }
+    if let Some(snapshot) = newer(&mut rx, after) {
+        return gateways_response(&snapshot);
+    }
+    if rx.borrow().is_some() {
+        Ok(StatusCode::NOT_MODIFIED.into_response())
+    } else {
+        Err(ApiError::NotReady(
+            "no snapshot has been built yet; retry later".into(),
+        ))
+    }
+}
+
+fn gateways_response(snapshot: &Snapshot) -> Result<Response, ApiError> {
+    let body = snapshot
+        .gateways_json()
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let headers = [
+        (CONTENT_TYPE, HeaderValue::from_static("application/json")),
+        (CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        (
+            HeaderName::from_static(VERSION_HEADER),
+            HeaderValue::from(snapshot.version),
+        ),
+    ];
+    Ok((StatusCode::OK, headers, body).into_response())
 }
 
 /// `GET /v1/config/status`: the current snapshot's version and the objects left

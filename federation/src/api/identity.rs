@@ -20,7 +20,7 @@ use super::body::JsonObject;
 use super::render::{now_millis, rfc3339};
 use super::{ApiError, AppState};
 use crate::identity::{DEFAULT_CERT_LIFETIME, Identity, IdentityError};
-use crate::model::{DurationSpec, FieldError};
+use crate::model::{DurationSpec, FieldError, Role};
 
 /// Default lifetime of a join token.
 const DEFAULT_JOIN_TOKEN_TTL: Duration = Duration::from_secs(3600);
@@ -115,15 +115,30 @@ pub async fn sign(
             IdentityError::BadCsr(m) => invalid("csr", m),
             other => ApiError::Internal(other.to_string()),
         })?;
+    // A viewer token for the gateway's config watch (shown once, like every token).
+    let api_token = generate_token()?;
+    let token_name = format!("gateway-{cluster}-{}", &hash_token(&api_token)[..8]);
+    state
+        .store
+        .create_token(
+            &token_name,
+            Role::Viewer,
+            &hash_token(&api_token),
+            &format!("join-token:{cluster}"),
+        )
+        .await?;
     tracing::info!(
         cluster,
         spiffe_id = signed.spiffe_id,
+        token = token_name,
         "gateway certificate signed"
     );
     Ok(Json(json!({
         "certificate": signed.chain_pem,
         "spiffeId": signed.spiffe_id,
         "expiresAt": rfc3339(signed.expires_at_ms),
+        "apiToken": api_token,
+        "apiTokenName": token_name,
     })))
 }
 

@@ -116,6 +116,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/tokens/{name}", axum::routing::delete(tokens::delete))
         .route("/v1/audit", get(tokens::audit))
         .route("/v1/config/dns", get(config::dns))
+        .route("/v1/config/gateways/{cluster}", get(config::gateways))
         .route("/v1/config/status", get(config::status))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

@@ -33,8 +33,9 @@ pub struct Member {
 pub struct ServiceInfo {
     /// Labels.
     pub labels: BTreeMap<String, String>,
-    /// Ports, as the catalog shows them.
-    pub ports: Vec<WorkloadPort>,
+    /// Ports, as the catalog shows them, each with its name in the Service
+    /// (`""` when unnamed), which EndpointSlice ports repeat.
+    pub ports: Vec<(WorkloadPort, String)>,
 }
 
 impl From<&Service> for ServiceInfo {
@@ -64,6 +65,8 @@ pub struct SliceInfo {
     pub service: Option<String>,
     /// Endpoints.
     pub endpoints: Vec<SliceEndpoint>,
+    /// The endpoints' ports by the Service port name they serve (`""` when unnamed).
+    pub ports: BTreeMap<String, u16>,
 }
 
 impl From<&EndpointSlice> for SliceInfo {
@@ -93,7 +96,20 @@ impl From<&EndpointSlice> for SliceInfo {
                 }
             })
             .collect();
-        Self { service, endpoints }
+        let ports = slice
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(|p| {
+                let port = u16::try_from(p.port?).ok()?;
+                Some((p.name.clone().unwrap_or_default(), port))
+            })
+            .collect();
+        Self {
+            service,
+            endpoints,
+            ports,
+        }
     }
 }
 
@@ -140,7 +156,7 @@ fn selected(service: &ServiceInfo, selector: &Option<BTreeMap<String, String>>) 
         .all(|(k, v)| service.labels.get(k) == Some(v))
 }
 
-fn ports(service: &Service) -> Vec<WorkloadPort> {
+fn ports(service: &Service) -> Vec<(WorkloadPort, String)> {
     let mut out = Vec::new();
     for (i, p) in service
         .spec
@@ -170,11 +186,15 @@ fn ports(service: &Service) -> Vec<WorkloadPort> {
             (_, Some("grpc")) => Protocol::Grpc,
             _ => Protocol::Tcp,
         };
-        out.push(WorkloadPort {
-            name,
-            port,
-            protocol,
-        });
+        out.push((
+            WorkloadPort {
+                name,
+                port,
+                protocol,
+                target_port: None,
+            },
+            p.name.clone().unwrap_or_default(),
+        ));
     }
     out
 }
@@ -224,9 +244,20 @@ pub fn contribution(
     }
     let svc_name = Name::try_from(name.to_owned()).ok()?;
     let own = slices.get(name).map_or(&[][..], Vec::as_slice);
+    let ports = service
+        .ports
+        .iter()
+        .map(|(port, k8s_name)| {
+            let target = own.iter().find_map(|s| s.ports.get(k8s_name).copied());
+            WorkloadPort {
+                target_port: target.filter(|t| *t != port.port),
+                ..port.clone()
+            }
+        })
+        .collect();
     Some(DiscoveredService {
         name: svc_name,
-        ports: service.ports.clone(),
+        ports,
         clusters: [(cluster.to_owned(), endpoints(own))].into_iter().collect(),
     })
 }

@@ -657,6 +657,18 @@ pub struct WorkloadPort {
     /// Protocol.
     #[serde(default)]
     pub protocol: Protocol,
+    /// The port the endpoints listen on, when it differs from `port` (a
+    /// Kubernetes Service's `targetPort`, from its EndpointSlices). Gateways
+    /// connect to endpoints on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_port: Option<u16>,
+}
+
+impl WorkloadPort {
+    /// The port endpoints listen on.
+    pub fn endpoint_port(&self) -> u16 {
+        self.target_port.unwrap_or(self.port)
+    }
 }
 
 /// Transport / application protocol of a port.

@@ -33,7 +33,7 @@ use serde::de::DeserializeOwned;
 use super::{CompileOptions, Problem, ScopedObjects, Snapshot, StoreState, UnrecordedExpiry};
 use crate::model::{
     Cluster, ClusterEndpoints, DiscoveredService, ExternalWorkload, GlobalNamespace, Kind, Name,
-    Protocol, Routing, WorkloadPort,
+    Protocol, RetryOn, Routing, WorkloadPort,
 };
 use crate::store::{ObjectKey, StoredObject};
 
@@ -106,6 +106,7 @@ pub fn compile(state: &StoreState, now_ms: i64, options: &CompileOptions) -> Sna
         problems,
         next_change_ms: next_withdrawal,
         expiries: unrecorded,
+        gateway_services: BTreeMap::new(),
     };
     let empty = ScopedObjects::default();
     // origin -> (owning global namespace, zone)
@@ -129,8 +130,26 @@ pub fn compile(state: &StoreState, now_ms: i64, options: &CompileOptions) -> Sna
         mut problems,
         next_change_ms,
         mut expiries,
+        gateway_services,
         ..
     } = compiler;
+    let gateways = gns_gateway::GatewayConfig {
+        version: state.revision,
+        trust_domain: options.trust_domain.clone(),
+        gateways: clusters
+            .iter()
+            .filter_map(|(name, c)| {
+                let address = c.gateway.as_ref()?.ingress_address.as_str().parse().ok()?;
+                Some((
+                    name.clone(),
+                    gns_gateway::config::PeerGateway {
+                        ingress_address: address,
+                    },
+                ))
+            })
+            .collect(),
+        services: gateway_services,
+    };
     problems.sort();
     problems.dedup();
     expiries.sort_by(|a, b| a.key.cmp(&b.key));
@@ -140,7 +159,7 @@ pub fn compile(state: &StoreState, now_ms: i64, options: &CompileOptions) -> Sna
         views,
         zones: zones.into_values().map(|(_, zone)| zone).collect(),
     };
-    Snapshot::new(state.revision, dns, problems, next_change_ms, expiries)
+    Snapshot::new(state.revision, dns, problems, next_change_ms, expiries).with_gateways(gateways)
 }
 
 /// Parses a stored spec, reporting (with the failing field) when it no longer parses.
@@ -198,6 +217,8 @@ struct Compiler<'a> {
     problems: Vec<Problem>,
     next_change_ms: Option<i64>,
     expiries: Vec<UnrecordedExpiry>,
+    /// Gateway routes by host, filled zone by zone.
+    gateway_services: BTreeMap<String, gns_gateway::config::ServiceConfig>,
 }
 
 /// What one global namespace says about one service name.
@@ -271,6 +292,9 @@ impl Compiler<'_> {
                 routing: routings.get(name),
             };
             services.push(self.service(name, &members, &inputs));
+            let host = format!("{name}.{origin}").to_ascii_lowercase();
+            let gateway = self.gateway_service(gns_name, name, &members, &inputs);
+            self.gateway_services.insert(host, gateway);
         }
         Zone {
             origin: origin.to_owned(),
@@ -381,6 +405,97 @@ impl Compiler<'_> {
             workloads.sort_by(|a, b| a.name.cmp(&b.name));
         }
         alive
+    }
+
+    /// What gateways need of one service: ready endpoints and the HTTP
+    /// (target) port per member cluster, and its routing.
+    fn gateway_service(
+        &self,
+        gns_name: &str,
+        name: &str,
+        members: &BTreeSet<&str>,
+        inputs: &ServiceInputs<'_>,
+    ) -> gns_gateway::config::ServiceConfig {
+        use gns_gateway::config as gw;
+        let mut out = gw::ServiceConfig {
+            gns: gns_name.to_owned(),
+            service: name.to_owned(),
+            ..gw::ServiceConfig::default()
+        };
+        for d in inputs.discovered {
+            let http = d
+                .ports
+                .iter()
+                .find(|p| {
+                    matches!(
+                        p.protocol,
+                        Protocol::Http | Protocol::Http2 | Protocol::Grpc
+                    )
+                })
+                .or_else(|| d.ports.first());
+            for (cluster, endpoints) in &d.clusters {
+                if !members.contains(cluster.as_str()) {
+                    continue;
+                }
+                out.endpoints.insert(
+                    cluster.clone(),
+                    sorted(endpoints.ready.iter().map(|e| e.address).collect()),
+                );
+                if let Some(port) = http {
+                    out.http_port.insert(cluster.clone(), port.endpoint_port());
+                }
+            }
+        }
+        if let Some(routing) = inputs.routing {
+            out.rules = routing
+                .rules
+                .iter()
+                .map(|rule| gw::Rule {
+                    headers: rule
+                        .matches
+                        .iter()
+                        .flat_map(|m| m.headers.iter())
+                        .filter_map(|h| {
+                            let matcher = match (&h.exact, &h.prefix, &h.regex) {
+                                (Some(v), _, _) => gw::HeaderMatcher::Exact(v.clone()),
+                                (_, Some(v), _) => gw::HeaderMatcher::Prefix(v.clone()),
+                                // The contract matches the whole value.
+                                (_, _, Some(r)) => gw::HeaderMatcher::Regex(format!("^(?:{r})$")),
+                                _ => return None,
+                            };
+                            Some(gw::HeaderCondition {
+                                name: h.name.as_str().to_owned(),
+                                matcher,
+                            })
+                        })
+                        .collect(),
+                    destinations: rule
+                        .destinations
+                        .iter()
+                        .map(|d| gw::WeightedCluster {
+                            cluster: d.cluster.to_string(),
+                            weight: d.weight,
+                        })
+                        .collect(),
+                })
+                .collect();
+            out.failover = routing.failover.iter().map(ToString::to_string).collect();
+            out.timeout_ms = routing
+                .timeout
+                .map(|t| u64::try_from(t.get().as_millis()).unwrap_or(u64::MAX));
+            out.retries = routing.retries.as_ref().map(|r| gw::RetryPolicy {
+                attempts: r.attempts.saturating_add(1),
+                on_5xx: r
+                    .on
+                    .iter()
+                    .any(|o| matches!(o, RetryOn::ServerError | RetryOn::GatewayError)),
+                on_connect_failure: r.on.contains(&RetryOn::ConnectFailure),
+                per_try_timeout_ms: r
+                    .per_try_timeout
+                    .map(|t| u64::try_from(t.get().as_millis()).unwrap_or(u64::MAX)),
+            });
+        }
+        out
     }
 
     fn service(&self, name: &str, members: &BTreeSet<&str>, inputs: &ServiceInputs<'_>) -> Service {
@@ -601,6 +716,7 @@ mod tests {
                 name: "NS2.Example.NET.".into(),
                 addresses: vec![],
             }],
+            ..CompileOptions::default()
         };
         let snap = compile(&state, NOW, &options);
         assert_eq!(snap.version, 42);

@@ -52,6 +52,8 @@ pub struct CompileOptions {
     /// TTL of answers that can change, seconds; clamped to
     /// 1..=[`gns_dns::snapshot::MAX_ANSWER_TTL`].
     pub answer_ttl: u32,
+    /// SPIFFE trust domain written into gateway configs.
+    pub trust_domain: String,
     /// Glue addresses of each zone's default name server `ns1.<origin>`
     /// (the DNS listen address). Unspecified addresses (`0.0.0.0`, `::`) are
     /// left out; may be empty.
@@ -65,6 +67,7 @@ impl Default for CompileOptions {
     fn default() -> Self {
         Self {
             answer_ttl: DEFAULT_ANSWER_TTL,
+            trust_domain: "gns.local".to_owned(),
             nameserver_addresses: Vec::new(),
             extra_nameservers: Vec::new(),
         }
@@ -137,7 +140,10 @@ pub struct Snapshot {
     pub next_change_ms: Option<i64>,
     /// Expired workloads whose expiry the store has not recorded yet.
     pub unrecorded_expiries: Vec<UnrecordedExpiry>,
+    /// What gateways serve (one config for every cluster's gateway).
+    pub gateways: Arc<gns_gateway::GatewayConfig>,
     dns_json: OnceLock<Bytes>,
+    gateways_json: OnceLock<Bytes>,
 }
 
 impl Snapshot {
@@ -155,8 +161,25 @@ impl Snapshot {
             problems,
             next_change_ms,
             unrecorded_expiries,
+            gateways: Arc::default(),
             dns_json: OnceLock::new(),
+            gateways_json: OnceLock::new(),
         }
+    }
+
+    /// The same snapshot with `gateways` as its gateway config.
+    pub fn with_gateways(mut self, gateways: gns_gateway::GatewayConfig) -> Self {
+        self.gateways = Arc::new(gateways);
+        self
+    }
+
+    /// The gateway config as JSON (what `GET /v1/config/gateways/{cluster}` answers), encoded once.
+    pub fn gateways_json(&self) -> Result<Bytes, SnapshotError> {
+        if let Some(bytes) = self.gateways_json.get() {
+            return Ok(bytes.clone());
+        }
+        let bytes = Bytes::from(serde_json::to_vec(self.gateways.as_ref())?);
+        Ok(self.gateways_json.get_or_init(|| bytes).clone())
     }
 
     /// The DNS part as JSON (what `GET /v1/config/dns` answers), encoded once.
@@ -173,6 +196,7 @@ impl PartialEq for Snapshot {
     fn eq(&self, other: &Self) -> bool {
         self.version == other.version
             && self.dns == other.dns
+            && self.gateways == other.gateways
             && self.problems == other.problems
             && self.next_change_ms == other.next_change_ms
             && self.unrecorded_expiries == other.unrecorded_expiries

@@ -1,0 +1,158 @@
+//! `gns-gateway`: the gateway of one member cluster. See `gns-gateway --help`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use anyhow::Context;
+use clap::Parser;
+use gns_gateway::Gateway;
+use gns_gateway::follow::Follower;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// The gateway of one member cluster of a GNS federation.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Federation API base URL.
+    #[arg(long, env = "GNS_FEDERATION")]
+    federation: String,
+    /// This gateway's cluster (as registered in the federation).
+    #[arg(long, env = "GNS_CLUSTER")]
+    cluster: String,
+    /// One-time join token (needed only until a certificate is in --state-dir).
+    #[arg(long, env = "GNS_JOIN_TOKEN")]
+    join_token: Option<String>,
+    /// Where in-cluster clients send plain HTTP for global names.
+    #[arg(long, env = "GNS_EGRESS_LISTEN", default_value = "127.0.0.1:15001")]
+    egress_listen: SocketAddr,
+    /// Where peer gateways connect with mutual TLS.
+    #[arg(long, env = "GNS_INGRESS_LISTEN", default_value = "127.0.0.1:15443")]
+    ingress_listen: SocketAddr,
+    /// `/healthz`, `/readyz`, `/metrics`.
+    #[arg(long, env = "GNS_ADMIN_LISTEN", default_value = "127.0.0.1:15021")]
+    admin_listen: SocketAddr,
+    /// Certificate, key, trust bundle and last config.
+    #[arg(long, env = "GNS_STATE_DIR", default_value = "./gns-gateway-state")]
+    state_dir: PathBuf,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("GNS_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let gateway = Gateway::new(&args.cluster);
+    let follower = Follower::new(&args.federation, &args.cluster, &args.state_dir)?;
+    follower.restore(&gateway);
+    let (identity, api_token) = follower
+        .identity(args.join_token.as_deref())
+        .await
+        .context("gateway identity")?;
+    gateway
+        .set_identity(identity)
+        .await
+        .context("TLS configuration")?;
+    let egress = TcpListener::bind(args.egress_listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.egress_listen))?;
+    let ingress = TcpListener::bind(args.ingress_listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.ingress_listen))?;
+    let admin = TcpListener::bind(args.admin_listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.admin_listen))?;
+    tracing::info!(
+        cluster = args.cluster,
+        egress = %egress.local_addr()?,
+        ingress = %ingress.local_addr()?,
+        admin = %admin.local_addr()?,
+        "gns-gateway listening"
+    );
+    tokio::spawn(Arc::clone(&gateway).serve_egress(egress));
+    tokio::spawn(Arc::clone(&gateway).serve_ingress(ingress));
+    tokio::spawn(follower.follow(Arc::clone(&gateway), api_token));
+    tokio::spawn(serve_admin(admin, Arc::clone(&gateway)));
+    tokio::signal::ctrl_c().await?;
+    Ok(())
+}
+
+/// A minimal HTTP/1.0-style admin endpoint: health, readiness, counters.
+async fn serve_admin(listener: TcpListener, gateway: Arc<Gateway>) {
+    loop {
+        let Ok((mut tcp, _)) = listener.accept().await else {
+            continue;
+        };
+        let gateway = Arc::clone(&gateway);
+        tokio::spawn(async move {
+            let mut buf = [0u8; 1024];
+            let n = tcp.read(&mut buf).await.unwrap_or(0);
+            let request = String::from_utf8_lossy(&buf[..n]);
+            let path = request.split_whitespace().nth(1).unwrap_or("/");
+            let (status, body) = match path {
+                "/healthz" => ("200 OK", "ok\n".to_owned()),
+                "/readyz" if gateway.is_ready() => ("200 OK", "ready\n".to_owned()),
+                "/readyz" => (
+                    "503 Service Unavailable",
+                    "no config or certificate yet\n".to_owned(),
+                ),
+                "/metrics" => ("200 OK", metrics(&gateway)),
+                _ => ("404 Not Found", "not found\n".to_owned()),
+            };
+            let response = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = tcp.write_all(response.as_bytes()).await;
+        });
+    }
+}
+
+fn metrics(gateway: &Gateway) -> String {
+    let c = &gateway.counters;
+    let version = gateway.config().map_or(0, |c| c.version);
+    [
+        (
+            "gns_gateway_egress_requests_total",
+            c.egress_requests.load(Ordering::Relaxed),
+        ),
+        (
+            "gns_gateway_ingress_requests_total",
+            c.ingress_requests.load(Ordering::Relaxed),
+        ),
+        (
+            "gns_gateway_peer_tries_total",
+            c.peer_tries.load(Ordering::Relaxed),
+        ),
+        (
+            "gns_gateway_local_tries_total",
+            c.local_tries.load(Ordering::Relaxed),
+        ),
+        (
+            "gns_gateway_retries_total",
+            c.retries.load(Ordering::Relaxed),
+        ),
+        (
+            "gns_gateway_mtls_refused_total",
+            c.mtls_refused.load(Ordering::Relaxed),
+        ),
+        (
+            "gns_gateway_access_denied_total",
+            c.access_denied.load(Ordering::Relaxed),
+        ),
+        ("gns_gateway_config_version", version),
+    ]
+    .iter()
+    .map(|(name, value)| format!("{name} {value}\n"))
+    .collect()
+}

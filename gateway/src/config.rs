@@ -1,0 +1,126 @@
+//! The gateway's configuration, as the federation compiles it
+//! (`GET /v1/config/gateways/{cluster}`). The gateway depends only on these
+//! types; the federation fills them from the same snapshot as DNS.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Everything a gateway needs to route, for one version of the federation.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayConfig {
+    /// Snapshot version it was compiled from.
+    pub version: u64,
+    /// SPIFFE trust domain of peer gateways.
+    pub trust_domain: String,
+    /// Peer gateways by cluster: where their ingress listens.
+    pub gateways: BTreeMap<String, PeerGateway>,
+    /// Services by host name (`<service>.<gns domain>`, lower case).
+    pub services: BTreeMap<String, ServiceConfig>,
+}
+
+/// Another cluster's gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerGateway {
+    /// Its ingress (mTLS) address.
+    pub ingress_address: SocketAddr,
+}
+
+/// One service of a global namespace.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceConfig {
+    /// Global namespace.
+    pub gns: String,
+    /// Service name.
+    pub service: String,
+    /// HTTP port of the service's endpoints, by cluster (the target port).
+    pub http_port: BTreeMap<String, u16>,
+    /// Ready endpoint addresses by cluster.
+    pub endpoints: BTreeMap<String, Vec<IpAddr>>,
+    /// Routing rules, first match wins; none: every cluster with endpoints, own first.
+    #[serde(default)]
+    pub rules: Vec<Rule>,
+    /// Cluster order to fail over in when a chosen cluster has no endpoints.
+    #[serde(default)]
+    pub failover: Vec<String>,
+    /// Retries.
+    #[serde(default)]
+    pub retries: Option<RetryPolicy>,
+    /// Overall timeout, milliseconds.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// Clusters whose gateways may send requests for this service (access
+    /// policy); `None` lets every gateway of the trust domain in.
+    #[serde(default)]
+    pub allowed_clusters: Option<Vec<String>>,
+}
+
+/// A routing rule.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Rule {
+    /// Header conditions, all must hold; empty matches everything.
+    #[serde(default)]
+    pub headers: Vec<HeaderCondition>,
+    /// Weighted destination clusters.
+    pub destinations: Vec<WeightedCluster>,
+}
+
+/// A condition on one request header.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HeaderCondition {
+    /// Header name, lower case.
+    pub name: String,
+    /// How the value must match.
+    #[serde(flatten)]
+    pub matcher: HeaderMatcher,
+}
+
+/// How a header value must match.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum HeaderMatcher {
+    /// Exactly this value.
+    Exact(String),
+    /// Starts with this.
+    Prefix(String),
+    /// Matches this regular expression (anywhere, unless anchored).
+    Regex(String),
+}
+
+/// A destination cluster and its weight.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WeightedCluster {
+    /// Cluster.
+    pub cluster: String,
+    /// Relative weight.
+    pub weight: u32,
+}
+
+/// When and how often to retry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RetryPolicy {
+    /// Attempts in total, including the first.
+    pub attempts: u32,
+    /// Retry on 5xx answers.
+    pub on_5xx: bool,
+    /// Retry when the connection fails.
+    pub on_connect_failure: bool,
+    /// Timeout of each try, milliseconds.
+    pub per_try_timeout_ms: Option<u64>,
+}
+
+impl ServiceConfig {
+    /// The overall timeout.
+    pub fn timeout(&self) -> Option<Duration> {
+        self.timeout_ms.map(Duration::from_millis)
+    }
+}

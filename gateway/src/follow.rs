@@ -1,0 +1,268 @@
+//! The gateway's link to the federation: its certificate (a CSR traded with
+//! a one-time join token, then kept in `--state-dir`), the trust bundle, and
+//! the config, followed by long-poll (`GET /v1/config/gateways/{cluster}?after=V`),
+//! applied atomically and persisted so a restart without the federation
+//! serves the last config.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use serde::Deserialize;
+
+use crate::config::GatewayConfig;
+use crate::proxy::Gateway;
+use crate::tls::TlsIdentity;
+
+/// Errors of talking to the federation or the state dir.
+#[derive(Debug, thiserror::Error)]
+pub enum FollowError {
+    /// HTTP failed.
+    #[error("federation request failed: {0}")]
+    Http(#[from] reqwest::Error),
+    /// The federation answered an error.
+    #[error("federation answered {status}: {body}")]
+    Status {
+        /// HTTP status.
+        status: u16,
+        /// Its body.
+        body: String,
+    },
+    /// The state dir failed.
+    #[error("state dir {path}: {source}")]
+    State {
+        /// Path.
+        path: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// No certificate in the state dir and no join token to get one.
+    #[error(
+        "no certificate in the state dir; start with --join-token (from POST /v1/clusters/{{name}}/join-tokens)"
+    )]
+    NeedJoinToken,
+    /// Keys or certificates are unusable.
+    #[error("certificate material: {0}")]
+    Pem(String),
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Bundle {
+    trust_domain: String,
+    roots: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Signed {
+    certificate: String,
+    api_token: String,
+}
+
+/// Talks to one federation for one cluster's gateway.
+#[derive(Debug, Clone)]
+pub struct Follower {
+    federation: String,
+    cluster: String,
+    state_dir: PathBuf,
+    http: reqwest::Client,
+}
+
+fn state_err(path: &Path) -> impl FnOnce(std::io::Error) -> FollowError + '_ {
+    move |source| FollowError::State {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// Writes `bytes` to `path` atomically (temporary file, then rename).
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FollowError> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).map_err(state_err(&tmp))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+            .map_err(state_err(&tmp))?;
+    }
+    std::fs::rename(&tmp, path).map_err(state_err(path))
+}
+
+async fn checked(resp: reqwest::Response) -> Result<reqwest::Response, FollowError> {
+    if resp.status().is_success() {
+        Ok(resp)
+    } else {
+        let status = resp.status().as_u16();
+        let body = resp.text().await.unwrap_or_default();
+        Err(FollowError::Status { status, body })
+    }
+}
+
+impl Follower {
+    /// A follower of `federation` (base URL) for `cluster`, keeping state in `state_dir`.
+    pub fn new(federation: &str, cluster: &str, state_dir: &Path) -> Result<Follower, FollowError> {
+        std::fs::create_dir_all(state_dir).map_err(state_err(state_dir))?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(3))
+            .build()?;
+        Ok(Follower {
+            federation: federation.trim_end_matches('/').to_owned(),
+            cluster: cluster.to_owned(),
+            state_dir: state_dir.to_owned(),
+            http,
+        })
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.state_dir.join(name)
+    }
+
+    /// This gateway's identity and API token: from the state dir, or made now
+    /// by trading a CSR and `join_token` for a certificate.
+    pub async fn identity(
+        &self,
+        join_token: Option<&str>,
+    ) -> Result<(TlsIdentity, String), FollowError> {
+        let bundle_path = self.path("trust-bundle.json");
+        let bundle: Bundle = match self.fetch_bundle().await {
+            Ok(text) => {
+                write_atomic(&bundle_path, text.as_bytes())?;
+                serde_json::from_str(&text).map_err(|e| FollowError::Pem(e.to_string()))?
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "trust bundle from the state dir (federation unreachable)");
+                let text =
+                    std::fs::read_to_string(&bundle_path).map_err(state_err(&bundle_path))?;
+                serde_json::from_str(&text).map_err(|e| FollowError::Pem(e.to_string()))?
+            }
+        };
+        let (key_path, cert_path, token_path) = (
+            self.path("key.pem"),
+            self.path("cert.pem"),
+            self.path("api-token"),
+        );
+        if !(key_path.exists() && cert_path.exists() && token_path.exists()) {
+            let join_token = join_token.ok_or(FollowError::NeedJoinToken)?;
+            let key = rcgen::KeyPair::generate().map_err(|e| FollowError::Pem(e.to_string()))?;
+            let csr = rcgen::CertificateParams::new(Vec::<String>::new())
+                .and_then(|p| p.serialize_request(&key))
+                .and_then(|c| c.pem())
+                .map_err(|e| FollowError::Pem(e.to_string()))?;
+            let resp = self
+                .http
+                .post(format!("{}/v1/identity/sign", self.federation))
+                .json(&serde_json::json!({"csr": csr, "joinToken": join_token}))
+                .send()
+                .await?;
+            let signed: Signed = checked(resp).await?.json().await?;
+            write_atomic(&key_path, key.serialize_pem().as_bytes())?;
+            write_atomic(&cert_path, signed.certificate.as_bytes())?;
+            write_atomic(&token_path, signed.api_token.as_bytes())?;
+            tracing::info!(
+                cluster = self.cluster,
+                "gateway certificate obtained with the join token"
+            );
+        }
+        let chain_pem = std::fs::read_to_string(&cert_path).map_err(state_err(&cert_path))?;
+        let key_pem = std::fs::read_to_string(&key_path).map_err(state_err(&key_path))?;
+        let api_token = std::fs::read_to_string(&token_path).map_err(state_err(&token_path))?;
+        let pem = |e: rustls::pki_types::pem::Error| FollowError::Pem(e.to_string());
+        let chain = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(pem)?;
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(pem)?;
+        let roots = bundle
+            .roots
+            .iter()
+            .map(|r| CertificateDer::from_pem_slice(r.as_bytes()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(pem)?;
+        Ok((
+            TlsIdentity {
+                trust_domain: bundle.trust_domain,
+                chain,
+                key,
+                roots,
+            },
+            api_token.trim().to_owned(),
+        ))
+    }
+
+    async fn fetch_bundle(&self) -> Result<String, FollowError> {
+        let resp = self
+            .http
+            .get(format!("{}/v1/identity/trust-bundle", self.federation))
+            .send()
+            .await?;
+        Ok(checked(resp).await?.text().await?)
+    }
+
+    /// Applies the persisted config, if any (static stability across restarts).
+    pub fn restore(&self, gateway: &Gateway) -> Option<u64> {
+        let text = std::fs::read_to_string(self.path("config.json")).ok()?;
+        let config: GatewayConfig = serde_json::from_str(&text).ok()?;
+        let version = config.version;
+        gateway.apply_config(config);
+        tracing::info!(version, "serving the config from the state dir");
+        Some(version)
+    }
+
+    /// Follows the config forever: long-poll, apply, persist; retries with backoff.
+    pub async fn follow(self, gateway: Arc<Gateway>, api_token: String) {
+        let mut version = gateway.config().map(|c| c.version);
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let mut url = format!(
+                "{}/v1/config/gateways/{}?timeout=30",
+                self.federation, self.cluster
+            );
+            if let Some(v) = version {
+                url.push_str(&format!("&after={v}"));
+            }
+            let result = async {
+                let resp = self
+                    .http
+                    .get(&url)
+                    .bearer_auth(&api_token)
+                    .timeout(Duration::from_secs(40))
+                    .send()
+                    .await?;
+                if resp.status() == reqwest::StatusCode::NOT_MODIFIED {
+                    return Ok(None);
+                }
+                let text = checked(resp).await?.text().await?;
+                Ok::<_, FollowError>(Some(text))
+            }
+            .await;
+            match result {
+                Ok(None) => backoff = Duration::from_millis(200),
+                Ok(Some(text)) => match serde_json::from_str::<GatewayConfig>(&text) {
+                    Ok(config) => {
+                        backoff = Duration::from_millis(200);
+                        version = Some(config.version);
+                        for problem in gateway.apply_config(config) {
+                            tracing::warn!(%problem, "route left out");
+                        }
+                        if let Err(e) = write_atomic(&self.path("config.json"), text.as_bytes()) {
+                            tracing::warn!(error = %e, "cannot persist the config");
+                        }
+                        tracing::debug!(version, "config applied");
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "config from the federation does not parse");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                },
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "cannot fetch the config; serving the last one");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! `gns-gateway`: the per-cluster gateway of a GNS federation.
+//!
+//! Module map: [`config`] is what the federation sends (the only contract
+//! with it); [`route`] turns a config into route decisions (pure);
+//! [`tls`] makes the mTLS configurations and checks SPIFFE identities;
+//! [`proxy`] is the data path (egress, ingress, peer pool, retries);
+//! [`follow`] fetches the certificate and follows the config from the
+//! federation, persisting both for static stability.
+
+pub mod config;
+pub mod follow;
+pub mod proxy;
+pub mod route;
+pub mod tls;
+
+pub use config::GatewayConfig;
+pub use proxy::Gateway;

@@ -1,0 +1,497 @@
+//! The data path: egress (plain HTTP/1.1 from in-cluster clients, routed by
+//! `Host`) and ingress (HTTP/2 over mTLS from peer gateways), forwarding to
+//! local endpoints over HTTP/1.1 or to a peer gateway over one pooled,
+//! multiplexed HTTP/2 connection per peer.
+//!
+//! A request body is read whole (up to [`MAX_BODY`]) so a failed try can be
+//! replayed: on a connect failure (and, when the route says so, on a 5xx) the
+//! next cluster of the plan is tried, within the retry budget and timeouts.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, Uri, header};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Mutex;
+
+use crate::config::GatewayConfig;
+use crate::route::{Route, RouteTable};
+use crate::tls::{TlsIdentity, peer_cluster, peer_config};
+
+/// Largest request body a gateway buffers.
+pub const MAX_BODY: usize = 8 * 1024 * 1024;
+/// Connecting to a peer gateway or an endpoint gives up after this.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Overall request timeout when the route sets none.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Body type of everything the gateway sends.
+pub type Body = BoxBody<Bytes, BoxError>;
+
+fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).map_err(|e| match e {}).boxed()
+}
+
+fn reply(status: StatusCode, message: &str) -> Response<Body> {
+    let mut resp = Response::new(full(format!("{message}\n")));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp.headers_mut()
+        .insert("x-gns-gateway", HeaderValue::from_static("1"));
+    resp
+}
+
+/// Counters, exported on `/metrics`.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Requests answered, by where they came in.
+    pub egress_requests: AtomicU64,
+    /// Requests received from peer gateways.
+    pub ingress_requests: AtomicU64,
+    /// Tries sent to peer gateways.
+    pub peer_tries: AtomicU64,
+    /// Tries sent to local endpoints.
+    pub local_tries: AtomicU64,
+    /// Retries after a failed try.
+    pub retries: AtomicU64,
+    /// Peer handshakes refused (bad certificate or identity).
+    pub mtls_refused: AtomicU64,
+    /// Requests refused by access policy.
+    pub access_denied: AtomicU64,
+}
+
+/// A running gateway's shared state.
+pub struct Gateway {
+    cluster: String,
+    routes: ArcSwap<RouteTable>,
+    config: ArcSwapOption<GatewayConfig>,
+    identity: ArcSwapOption<TlsIdentity>,
+    ingress_tls: ArcSwapOption<rustls::ServerConfig>,
+    peers: Mutex<HashMap<String, hyper::client::conn::http2::SendRequest<Body>>>,
+    upstream: Client<HttpConnector, Body>,
+    /// Counters.
+    pub counters: Counters,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("cluster", &self.cluster)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a try failed.
+enum TryError {
+    /// Nothing was sent (connect/handshake failed): safe to try elsewhere.
+    Connect(String),
+    /// The try timed out or broke after sending.
+    Failed(String),
+}
+
+impl Gateway {
+    /// A gateway of `cluster` without config or certificate yet.
+    pub fn new(cluster: &str) -> Arc<Gateway> {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        connector.set_nodelay(true);
+        Arc::new(Gateway {
+            cluster: cluster.to_owned(),
+            routes: ArcSwap::from_pointee(RouteTable::default()),
+            config: ArcSwapOption::empty(),
+            identity: ArcSwapOption::empty(),
+            ingress_tls: ArcSwapOption::empty(),
+            peers: Mutex::new(HashMap::new()),
+            upstream: Client::builder(TokioExecutor::new()).build(connector),
+            counters: Counters::default(),
+        })
+    }
+
+    /// This gateway's cluster.
+    pub fn cluster(&self) -> &str {
+        &self.cluster
+    }
+
+    /// Applies a config atomically; problems (rules left out) are returned.
+    pub fn apply_config(&self, config: GatewayConfig) -> Vec<String> {
+        let (table, problems) = RouteTable::new(&config, &self.cluster);
+        self.routes.store(Arc::new(table));
+        self.config.store(Some(Arc::new(config)));
+        problems
+    }
+
+    /// The config in use.
+    pub fn config(&self) -> Option<Arc<GatewayConfig>> {
+        self.config.load_full()
+    }
+
+    /// Installs a (new) certificate; new connections use it, open ones keep theirs.
+    pub async fn set_identity(&self, identity: TlsIdentity) -> Result<(), crate::tls::TlsError> {
+        let server = crate::tls::ingress_config(&identity)?;
+        self.ingress_tls.store(Some(Arc::new(server)));
+        self.identity.store(Some(Arc::new(identity)));
+        Ok(())
+    }
+
+    /// Ready: a config and a certificate.
+    pub fn is_ready(&self) -> bool {
+        self.config.load().is_some() && self.identity.load().is_some()
+    }
+
+    /// Serves in-cluster clients (HTTP/1.1) on `listener` until the task is aborted.
+    pub async fn serve_egress(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = tcp.set_nodelay(true);
+            let gw = Arc::clone(&self);
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| {
+                    let gw = Arc::clone(&gw);
+                    async move { Ok::<_, Infallible>(gw.egress(req).await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    }
+
+    /// Serves peer gateways (HTTP/2 over mTLS) on `listener` until aborted.
+    pub async fn serve_ingress(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let Ok((tcp, peer_addr)) = listener.accept().await else {
+                continue;
+            };
+            let _ = tcp.set_nodelay(true);
+            let gw = Arc::clone(&self);
+            tokio::spawn(async move {
+                if let Err(e) = Arc::clone(&gw).ingress_connection(tcp).await {
+                    gw.counters.mtls_refused.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(peer = %peer_addr, error = %e, "ingress connection refused");
+                }
+            });
+        }
+    }
+
+    async fn ingress_connection(self: Arc<Self>, tcp: TcpStream) -> Result<(), String> {
+        let (Some(server), Some(identity)) =
+            (self.ingress_tls.load_full(), self.identity.load_full())
+        else {
+            return Err("no certificate yet".into());
+        };
+        let tls = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            tokio_rustls::TlsAcceptor::from(server).accept(tcp),
+        )
+        .await
+        .map_err(|_| "handshake timed out".to_owned())?
+        .map_err(|e| format!("handshake: {e}"))?;
+        let peer = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|c| peer_cluster(c, &identity.trust_domain))
+            .ok_or_else(|| "the peer is not a gateway of this trust domain".to_owned())?;
+        let gw = Arc::clone(&self);
+        let svc = service_fn(move |req| {
+            let gw = Arc::clone(&gw);
+            let peer = peer.clone();
+            async move { Ok::<_, Infallible>(gw.ingress(req, &peer).await) }
+        });
+        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .serve_connection(TokioIo::new(tls), svc)
+            .await
+            .map_err(|e| format!("http2: {e}"))
+    }
+
+    async fn egress(&self, req: Request<Incoming>) -> Response<Body> {
+        self.counters
+            .egress_requests
+            .fetch_add(1, Ordering::Relaxed);
+        let host = host_of(&req);
+        let Some(route) = self.routes.load().route(&host) else {
+            return reply(
+                StatusCode::NOT_FOUND,
+                &format!("no global service {host:?}"),
+            );
+        };
+        let (parts, body) = req.into_parts();
+        let Ok(body) = Limited::new(body, MAX_BODY)
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+        else {
+            return reply(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request body too large or broken",
+            );
+        };
+        let plan = self
+            .routes
+            .load()
+            .plan(&route, &parts.headers, fastrand::u64(..));
+        if plan.is_empty() {
+            return reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("{host}: no cluster has ready endpoints"),
+            );
+        }
+        let timeout = route.config.timeout().unwrap_or(DEFAULT_TIMEOUT);
+        match tokio::time::timeout(timeout, self.try_plan(&route, &plan, &parts, body)).await {
+            Ok(resp) => resp,
+            Err(_) => reply(StatusCode::GATEWAY_TIMEOUT, "timed out"),
+        }
+    }
+
+    async fn try_plan(
+        &self,
+        route: &Route,
+        plan: &[String],
+        parts: &http::request::Parts,
+        body: Bytes,
+    ) -> Response<Body> {
+        let retry = route.config.retries.as_ref();
+        // Connect failures move on through the plan; 5xx only with a retry policy.
+        let budget = retry.map_or(plan.len(), |r| r.attempts.max(1) as usize);
+        let per_try = retry
+            .and_then(|r| r.per_try_timeout_ms)
+            .map(Duration::from_millis);
+        let mut last = reply(StatusCode::BAD_GATEWAY, "no try was made");
+        for (n, cluster) in plan.iter().cycle().take(budget.max(1)).enumerate() {
+            if n > 0 {
+                self.counters.retries.fetch_add(1, Ordering::Relaxed);
+            }
+            let request = rebuild(parts, body.clone());
+            let attempt = async {
+                if *cluster == self.cluster {
+                    self.send_local(route, request).await
+                } else {
+                    self.send_peer(cluster, request).await
+                }
+            };
+            let outcome = match per_try {
+                Some(t) => tokio::time::timeout(t, attempt)
+                    .await
+                    .unwrap_or_else(|_| Err(TryError::Failed("per-try timeout".into()))),
+                None => attempt.await,
+            };
+            match outcome {
+                Ok(resp)
+                    if resp.status().is_server_error()
+                        && retry.is_some_and(|r| r.on_5xx)
+                        && n + 1 < budget =>
+                {
+                    last = resp;
+                }
+                Ok(resp) => return resp,
+                Err(TryError::Connect(e)) => {
+                    tracing::debug!(cluster, error = %e, "try failed to connect");
+                    last = reply(StatusCode::BAD_GATEWAY, &format!("{cluster}: {e}"));
+                }
+                Err(TryError::Failed(e)) => {
+                    let retryable =
+                        retry.is_some_and(|r| r.on_5xx || r.per_try_timeout_ms.is_some());
+                    last = reply(StatusCode::GATEWAY_TIMEOUT, &format!("{cluster}: {e}"));
+                    if !retryable {
+                        return last;
+                    }
+                }
+            }
+        }
+        last
+    }
+
+    async fn ingress(&self, req: Request<Incoming>, peer: &str) -> Response<Body> {
+        self.counters
+            .ingress_requests
+            .fetch_add(1, Ordering::Relaxed);
+        let host = host_of(&req);
+        let Some(route) = self.routes.load().route(&host) else {
+            return reply(
+                StatusCode::NOT_FOUND,
+                &format!("no global service {host:?}"),
+            );
+        };
+        if let Some(allowed) = &route.config.allowed_clusters
+            && !allowed.iter().any(|c| c == peer)
+        {
+            self.counters.access_denied.fetch_add(1, Ordering::Relaxed);
+            return reply(
+                StatusCode::FORBIDDEN,
+                &format!("cluster {peer} may not call {host}"),
+            );
+        }
+        let (parts, body) = req.into_parts();
+        let mut request = Request::from_parts(parts, body.map_err(BoxError::from).boxed());
+        *request.version_mut() = http::Version::HTTP_11;
+        match self.send_local(&route, request).await {
+            Ok(resp) => resp,
+            Err(TryError::Connect(e) | TryError::Failed(e)) => {
+                reply(StatusCode::BAD_GATEWAY, &format!("{}: {e}", self.cluster))
+            }
+        }
+    }
+
+    async fn send_local(
+        &self,
+        route: &Route,
+        mut request: Request<Body>,
+    ) -> Result<Response<Body>, TryError> {
+        self.counters.local_tries.fetch_add(1, Ordering::Relaxed);
+        let endpoints = route
+            .config
+            .endpoints
+            .get(&self.cluster)
+            .filter(|e| !e.is_empty())
+            .ok_or_else(|| TryError::Connect("no local endpoints".into()))?;
+        let port = route
+            .config
+            .http_port
+            .get(&self.cluster)
+            .copied()
+            .ok_or_else(|| TryError::Connect("no HTTP port".into()))?;
+        let ip = endpoints[fastrand::usize(..endpoints.len())];
+        let target = SocketAddr::new(ip, port);
+        let path = request
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
+        *request.uri_mut() = Uri::try_from(format!("http://{target}{path}"))
+            .map_err(|e| TryError::Connect(e.to_string()))?;
+        *request.version_mut() = http::Version::HTTP_11;
+        match self.upstream.request(request).await {
+            Ok(resp) => Ok(resp.map(|b| b.map_err(BoxError::from).boxed())),
+            Err(e) if e.is_connect() => Err(TryError::Connect(format!("{target}: {e}"))),
+            Err(e) => Err(TryError::Failed(format!("{target}: {e}"))),
+        }
+    }
+
+    async fn send_peer(
+        &self,
+        peer: &str,
+        mut request: Request<Body>,
+    ) -> Result<Response<Body>, TryError> {
+        self.counters.peer_tries.fetch_add(1, Ordering::Relaxed);
+        let mut sender = self.peer_sender(peer).await?;
+        let host = request
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("unknown")
+            .to_owned();
+        let path = request
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
+        *request.uri_mut() = Uri::try_from(format!("https://{host}{path}"))
+            .map_err(|e| TryError::Connect(e.to_string()))?;
+        *request.version_mut() = http::Version::HTTP_2;
+        request.headers_mut().remove(header::HOST);
+        request.headers_mut().remove(header::CONNECTION);
+        sender
+            .ready()
+            .await
+            .map_err(|e| TryError::Connect(format!("{peer}: {e}")))?;
+        match sender.send_request(request).await {
+            Ok(resp) => Ok(resp.map(|b| b.map_err(BoxError::from).boxed())),
+            Err(e) => {
+                self.peers.lock().await.remove(peer);
+                Err(TryError::Failed(format!("{peer}: {e}")))
+            }
+        }
+    }
+
+    /// The pooled HTTP/2 connection to `peer`, made when missing or closed.
+    async fn peer_sender(
+        &self,
+        peer: &str,
+    ) -> Result<hyper::client::conn::http2::SendRequest<Body>, TryError> {
+        let mut peers = self.peers.lock().await;
+        if let Some(sender) = peers.get(peer)
+            && !sender.is_closed()
+        {
+            return Ok(sender.clone());
+        }
+        let identity = self
+            .identity
+            .load_full()
+            .ok_or_else(|| TryError::Connect("no certificate yet".into()))?;
+        let address = self
+            .config
+            .load()
+            .as_ref()
+            .and_then(|c| c.gateways.get(peer).map(|g| g.ingress_address))
+            .ok_or_else(|| TryError::Connect(format!("no gateway known for {peer}")))?;
+        let client = peer_config(&identity, peer).map_err(|e| TryError::Connect(e.to_string()))?;
+        let connect = async {
+            let tcp = TcpStream::connect(address)
+                .await
+                .map_err(|e| format!("connect {address}: {e}"))?;
+            let _ = tcp.set_nodelay(true);
+            let name = rustls::pki_types::ServerName::try_from("gns-gateway")
+                .map_err(|e| e.to_string())?;
+            let tls = tokio_rustls::TlsConnector::from(Arc::new(client))
+                .connect(name, tcp)
+                .await
+                .map_err(|e| format!("mTLS with {peer}: {e}"))?;
+            let (sender, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                    .await
+                    .map_err(|e| format!("http2 with {peer}: {e}"))?;
+            tokio::spawn(conn);
+            Ok::<_, String>(sender)
+        };
+        let sender = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+            .await
+            .map_err(|_| TryError::Connect(format!("{peer}: connect timed out")))?
+            .map_err(TryError::Connect)?;
+        peers.insert(peer.to_owned(), sender.clone());
+        Ok(sender)
+    }
+}
+
+fn host_of<B>(req: &Request<B>) -> String {
+    req.headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| req.uri().authority().map(|a| a.as_str().to_owned()))
+        .unwrap_or_default()
+}
+
+/// A fresh request from buffered parts and body (for each try).
+fn rebuild(parts: &http::request::Parts, body: Bytes) -> Request<Body> {
+    let mut request = Request::new(full(body));
+    *request.method_mut() = parts.method.clone();
+    *request.uri_mut() = parts.uri.clone();
+    *request.headers_mut() = parts.headers.clone();
+    if !request.headers().contains_key(header::HOST)
+        && let Some(authority) = parts.uri.authority()
+        && let Ok(value) = HeaderValue::from_str(authority.as_str())
+    {
+        request.headers_mut().insert(header::HOST, value);
+    }
+    request
+}

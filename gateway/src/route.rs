@@ -1,0 +1,256 @@
+//! Route decisions, pure: from a request's host and headers to the clusters
+//! to try, in order. Compiled once per config (regular expressions included).
+//!
+//! - The first rule whose header conditions all hold picks a destination
+//!   cluster by weight; without rules the own cluster is preferred.
+//! - Clusters without ready endpoints are skipped: the `failover` order comes
+//!   next, then every other cluster with endpoints, own cluster first.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use http::HeaderMap;
+use regex::Regex;
+
+use crate::config::{GatewayConfig, HeaderMatcher, ServiceConfig};
+
+/// A header condition ready to evaluate.
+#[derive(Debug)]
+enum Matcher {
+    Exact(String),
+    Prefix(String),
+    Regex(Regex),
+}
+
+#[derive(Debug)]
+struct CompiledRule {
+    headers: Vec<(http::HeaderName, Matcher)>,
+    destinations: Vec<(String, u32)>,
+    total_weight: u64,
+}
+
+/// A service with its rules compiled.
+#[derive(Debug)]
+pub struct Route {
+    /// The service as configured.
+    pub config: ServiceConfig,
+    rules: Vec<CompiledRule>,
+}
+
+/// Every service of a config, by host.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    /// This gateway's cluster.
+    pub cluster: String,
+    by_host: HashMap<String, Arc<Route>>,
+}
+
+impl RouteTable {
+    /// Compiles `config` for the gateway of `cluster`. Rules that can't
+    /// compile (a bad header name or regex) are left out and reported.
+    pub fn new(config: &GatewayConfig, cluster: &str) -> (RouteTable, Vec<String>) {
+        let mut problems = Vec::new();
+        let mut by_host = HashMap::new();
+        for (host, svc) in &config.services {
+            let mut rules = Vec::new();
+            'rules: for (i, rule) in svc.rules.iter().enumerate() {
+                let mut headers = Vec::new();
+                for cond in &rule.headers {
+                    let Ok(name) = http::HeaderName::from_bytes(cond.name.as_bytes()) else {
+                        problems.push(format!("{host}: rule {i}: bad header name {:?}", cond.name));
+                        continue 'rules;
+                    };
+                    let matcher = match &cond.matcher {
+                        HeaderMatcher::Exact(v) => Matcher::Exact(v.clone()),
+                        HeaderMatcher::Prefix(v) => Matcher::Prefix(v.clone()),
+                        HeaderMatcher::Regex(r) => match Regex::new(r) {
+                            Ok(re) => Matcher::Regex(re),
+                            Err(e) => {
+                                problems.push(format!("{host}: rule {i}: bad regex: {e}"));
+                                continue 'rules;
+                            }
+                        },
+                    };
+                    headers.push((name, matcher));
+                }
+                let destinations: Vec<(String, u32)> = rule
+                    .destinations
+                    .iter()
+                    .filter(|d| d.weight > 0)
+                    .map(|d| (d.cluster.clone(), d.weight))
+                    .collect();
+                let total_weight = destinations.iter().map(|(_, w)| u64::from(*w)).sum();
+                rules.push(CompiledRule {
+                    headers,
+                    destinations,
+                    total_weight,
+                });
+            }
+            by_host.insert(
+                host.to_ascii_lowercase(),
+                Arc::new(Route {
+                    config: svc.clone(),
+                    rules,
+                }),
+            );
+        }
+        (
+            RouteTable {
+                cluster: cluster.to_owned(),
+                by_host,
+            },
+            problems,
+        )
+    }
+
+    /// The route of a `Host` header value (port and trailing dot ignored).
+    pub fn route(&self, host: &str) -> Option<Arc<Route>> {
+        let name = host.rsplit_once(':').map_or(host, |(h, port)| {
+            if port.chars().all(|c| c.is_ascii_digit()) {
+                h
+            } else {
+                host
+            }
+        });
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        self.by_host.get(&name).cloned()
+    }
+
+    /// Clusters to try for a request, in order, given a uniformly random `roll`.
+    pub fn plan(&self, route: &Route, headers: &HeaderMap, roll: u64) -> Vec<String> {
+        let has_endpoints = |c: &str| route.config.endpoints.get(c).is_some_and(|e| !e.is_empty());
+        let mut order: Vec<String> = Vec::new();
+        let push = |c: &str, order: &mut Vec<String>| {
+            if has_endpoints(c) && !order.iter().any(|o| o == c) {
+                order.push(c.to_owned());
+            }
+        };
+        if let Some(rule) = route.rules.iter().find(|r| matches(r, headers))
+            && rule.total_weight > 0
+        {
+            let mut point = roll % rule.total_weight;
+            for (cluster, weight) in &rule.destinations {
+                if point < u64::from(*weight) {
+                    push(cluster, &mut order);
+                    break;
+                }
+                point -= u64::from(*weight);
+            }
+        }
+        if order.is_empty() {
+            push(&self.cluster, &mut order);
+        }
+        for c in &route.config.failover {
+            push(c, &mut order);
+        }
+        push(&self.cluster, &mut order);
+        for c in route.config.endpoints.keys() {
+            push(c, &mut order);
+        }
+        order
+    }
+}
+
+fn matches(rule: &CompiledRule, headers: &HeaderMap) -> bool {
+    rule.headers.iter().all(|(name, m)| {
+        headers.get_all(name).iter().any(|v| {
+            let Ok(v) = v.to_str() else {
+                return false;
+            };
+            match m {
+                Matcher::Exact(e) => v == e,
+                Matcher::Prefix(p) => v.starts_with(p.as_str()),
+                Matcher::Regex(re) => re.is_match(v),
+            }
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{HeaderCondition, Rule, WeightedCluster};
+
+    fn config() -> GatewayConfig {
+        let mut svc = ServiceConfig {
+            gns: "production".into(),
+            service: "web".into(),
+            ..ServiceConfig::default()
+        };
+        svc.endpoints
+            .insert("east".into(), vec!["10.8.0.1".parse().expect("ip")]);
+        svc.endpoints
+            .insert("west".into(), vec!["10.9.0.1".parse().expect("ip")]);
+        svc.rules = vec![
+            Rule {
+                headers: vec![HeaderCondition {
+                    name: "user-agent".into(),
+                    matcher: HeaderMatcher::Regex(".*Mobile.*".into()),
+                }],
+                destinations: vec![WeightedCluster {
+                    cluster: "west".into(),
+                    weight: 100,
+                }],
+            },
+            Rule {
+                headers: vec![],
+                destinations: vec![
+                    WeightedCluster {
+                        cluster: "east".into(),
+                        weight: 99,
+                    },
+                    WeightedCluster {
+                        cluster: "west".into(),
+                        weight: 1,
+                    },
+                ],
+            },
+        ];
+        let mut c = GatewayConfig::default();
+        c.services.insert("web.production.app.acme.com".into(), svc);
+        c
+    }
+
+    #[test]
+    fn weights_and_header_rules() {
+        let (table, problems) = RouteTable::new(&config(), "east");
+        assert!(problems.is_empty());
+        let route = table
+            .route("Web.Production.App.Acme.Com:8080")
+            .expect("route");
+        let mut west = 0;
+        for roll in 0..10_000u64 {
+            let plan = table.plan(&route, &HeaderMap::new(), roll);
+            if plan[0] == "west" {
+                west += 1;
+            }
+            assert_eq!(plan.len(), 2, "the other cluster is the fallback");
+        }
+        assert_eq!(west, 100, "1 in 100 to west");
+        let mut mobile = HeaderMap::new();
+        mobile.insert("user-agent", "Foo Mobile Safari".parse().expect("value"));
+        assert_eq!(table.plan(&route, &mobile, 5)[0], "west");
+    }
+
+    #[test]
+    fn clusters_without_endpoints_are_skipped() {
+        let mut config = config();
+        let svc = config.services.values_mut().next().expect("svc");
+        svc.endpoints.get_mut("east").expect("east").clear();
+        svc.failover = vec!["west".into()];
+        let (table, _) = RouteTable::new(&config, "east");
+        let route = table.route("web.production.app.acme.com").expect("route");
+        assert_eq!(table.plan(&route, &HeaderMap::new(), 0), ["west"]);
+    }
+
+    #[test]
+    fn bad_regex_is_a_problem_not_a_failure() {
+        let mut config = config();
+        let svc = config.services.values_mut().next().expect("svc");
+        svc.rules[0].headers[0].matcher = HeaderMatcher::Regex("(".into());
+        let (table, problems) = RouteTable::new(&config, "east");
+        assert_eq!(problems.len(), 1);
+        let route = table.route("web.production.app.acme.com").expect("route");
+        assert!(!table.plan(&route, &HeaderMap::new(), 0).is_empty());
+    }
+}

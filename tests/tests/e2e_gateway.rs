@@ -1,0 +1,419 @@
+//! Gateways end to end with real processes: `gns-federation` plus one
+//! `gns-gateway` per cluster (each bootstrapped with a join token: CSR →
+//! certificate from the federation's CA), two Kubernetes API test servers as
+//! clusters `east` and `west`, and real HTTP upstreams. A request to east's
+//! egress reaches west's upstream through west's ingress over mutual TLS;
+//! the 99/1 split and the User-Agent rule hold; when west's endpoints go
+//! away the request fails over to east; a client with a certificate from
+//! another CA is refused by the ingress (and counted).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use gns_tests::{Proc, binary, free_port};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube_apiserver_test::{Grant, TestApiServer, TestApiServerOptions, endpoint_slice, service};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const TOKEN: &str = "gateway-e2e-admin";
+const HOST: &str = "web.production.app.acme.com";
+
+/// An HTTP/1.1 upstream that answers every request with `name`.
+async fn upstream(name: &'static str) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind upstream");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                let mut seen = Vec::new();
+                loop {
+                    let Ok(n) = tcp.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        seen.drain(..end + 4);
+                        let reply = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\ncontent-type: text/plain\r\n\r\n{name}",
+                            name.len()
+                        );
+                        if tcp.write_all(reply.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+async fn member(name: &str) -> TestApiServer {
+    TestApiServer::start(TestApiServerOptions::default().token(
+        "member-token",
+        Grant::admin(format!("system:serviceaccount:gns:{name}")),
+    ))
+    .await
+    .expect("test API server")
+}
+
+fn web_slice(ready: bool, port: u16) -> EndpointSlice {
+    endpoint_slice(
+        "shop",
+        "web",
+        "web-1",
+        &[("127.0.0.1", ready, ready, false, Some("a"))],
+        &[("http", i32::from(port))],
+    )
+}
+
+async fn api(method: reqwest::Method, url: &str, body: Option<Value>) -> (u16, Value) {
+    let client = reqwest::Client::new();
+    let mut req = client.request(method, url).bearer_auth(TOKEN);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.expect("federation request");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// One request through an egress; `(status, body)`.
+async fn through(egress: SocketAddr, user_agent: Option<&str>) -> (u16, String) {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client");
+    let mut req = client
+        .get(format!("http://{egress}/hello"))
+        .header("host", HOST);
+    if let Some(ua) = user_agent {
+        req = req.header("user-agent", ua);
+    }
+    match req.send().await {
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            (status, resp.text().await.unwrap_or_default())
+        }
+        Err(e) => (0, e.to_string()),
+    }
+}
+
+async fn eventually(
+    what: &str,
+    timeout: Duration,
+    mut check: impl AsyncFnMut() -> Result<(), String>,
+) {
+    let deadline = Instant::now() + timeout;
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        match check().await {
+            Ok(()) => return,
+            Err(e) => last = e,
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{what} did not happen within {timeout:?}; last: {last}");
+}
+
+async fn metric(admin: SocketAddr, name: &str) -> u64 {
+    let text = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} "))?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+struct GatewayProc {
+    egress: SocketAddr,
+    admin: SocketAddr,
+    _proc: Proc,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_cluster_requests_over_mtls() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (east_port, west_port) = (upstream("east").await, upstream("west").await);
+    let east = member("east").await;
+    let west = member("west").await;
+    for (api, port) in [(&east, east_port), (&west, west_port)] {
+        api.apply::<Service>(&service("shop", "web", &[("app", "web")], &[("http", 80)]))
+            .expect("service");
+        api.apply::<EndpointSlice>(&web_slice(true, port))
+            .expect("slice");
+    }
+
+    let api_port = free_port();
+    let base = format!("http://127.0.0.1:{api_port}");
+    let _fed = Proc::spawn(
+        &binary("gns-federation"),
+        &[
+            "--listen".into(),
+            format!("127.0.0.1:{api_port}"),
+            "--dns-listen".into(),
+            format!("127.0.0.1:{}", free_port()),
+            "--data-dir".into(),
+            dir.path().join("fed").display().to_string(),
+            "--admin-token".into(),
+            TOKEN.into(),
+            "--trust-domain".into(),
+            "acme.test".into(),
+        ],
+        dir.path().join("federation.log"),
+    );
+    eventually(
+        "the federation to be ready",
+        Duration::from_secs(20),
+        async || match reqwest::get(format!("{base}/readyz")).await {
+            Ok(r) if r.status().is_success() => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    )
+    .await;
+
+    let ingress: BTreeMap<&str, u16> = [("east", free_port()), ("west", free_port())].into();
+    for (name, kube) in [("east", &east), ("west", &west)] {
+        let (status, body) = api(
+            reqwest::Method::POST,
+            &format!("{base}/v1/clusters"),
+            Some(json!({"name": name,
+                "kubernetes": {"server": kube.url(), "token": "member-token",
+                               "caData": base64::engine::general_purpose::STANDARD.encode(kube.ca_pem())},
+                "gateway": {"ingressAddress": format!("127.0.0.1:{}", ingress[name]), "egressAddress": "127.0.0.1"}})),
+        )
+        .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let (status, body) = api(
+        reqwest::Method::POST,
+        &format!("{base}/v1/global-namespaces"),
+        Some(json!({"name": "production", "domain": "production.app.acme.com",
+                    "members": [{"cluster": "east", "namespace": "shop"}, {"cluster": "west", "namespace": "shop"}]})),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+
+    let mut gateways = BTreeMap::new();
+    for name in ["east", "west"] {
+        let (status, body) = api(
+            reqwest::Method::POST,
+            &format!("{base}/v1/clusters/{name}/join-tokens"),
+            Some(json!({"ttl": "10m"})),
+        )
+        .await;
+        assert_eq!(status, 201, "{body}");
+        let egress: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let proc = Proc::spawn(
+            &binary("gns-gateway"),
+            &[
+                "--federation".into(),
+                base.clone(),
+                "--cluster".into(),
+                name.into(),
+                "--join-token".into(),
+                body["token"].as_str().expect("token").into(),
+                "--egress-listen".into(),
+                egress.to_string(),
+                "--ingress-listen".into(),
+                format!("127.0.0.1:{}", ingress[name]),
+                "--admin-listen".into(),
+                admin.to_string(),
+                "--state-dir".into(),
+                dir.path().join(format!("gw-{name}")).display().to_string(),
+            ],
+            dir.path().join(format!("gateway-{name}.log")),
+        );
+        gateways.insert(
+            name,
+            GatewayProc {
+                egress,
+                admin,
+                _proc: proc,
+            },
+        );
+    }
+    let (east_gw, west_gw) = (&gateways["east"], &gateways["west"]);
+    // Both gateways ready, and discovery has put both clusters' endpoints in their config.
+    eventually(
+        "east's gateway to route to both clusters",
+        Duration::from_secs(30),
+        async || {
+            let (status, cfg) = api(
+                reqwest::Method::GET,
+                &format!("{base}/v1/config/gateways/east"),
+                None,
+            )
+            .await;
+            let eps = &cfg["services"][HOST]["endpoints"];
+            let ready = reqwest::get(format!("http://{}/readyz", east_gw.admin))
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if status == 200
+                && eps["east"].as_array().is_some_and(|a| !a.is_empty())
+                && eps["west"].as_array().is_some_and(|a| !a.is_empty())
+                && ready
+            {
+                Ok(())
+            } else {
+                Err(format!("{status} ready={ready} {cfg}"))
+            }
+        },
+    )
+    .await;
+    // Without routing the own cluster serves.
+    eventually(
+        "east egress to answer from east",
+        Duration::from_secs(15),
+        async || match through(east_gw.egress, None).await {
+            (200, body) if body == "east" => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    )
+    .await;
+
+    // Routing sends everything to west: east egress → mTLS → west ingress → west upstream.
+    let routing_url = format!("{base}/v1/global-namespaces/production/services/web/routing");
+    let (status, body) = api(
+        reqwest::Method::PUT,
+        &routing_url,
+        Some(json!({"rules": [{"destinations": [{"cluster": "west", "weight": 100}]}], "failover": ["east"]})),
+    )
+    .await;
+    assert!(status == 200 || status == 201, "{status} {body}");
+    eventually(
+        "east egress to land in west",
+        Duration::from_secs(15),
+        async || match through(east_gw.egress, None).await {
+            (200, body) if body == "west" => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    )
+    .await;
+    assert!(metric(west_gw.admin, "gns_gateway_ingress_requests_total").await >= 1);
+    assert!(metric(east_gw.admin, "gns_gateway_peer_tries_total").await >= 1);
+
+    // The 99/1 canary and the User-Agent rule.
+    let (status, body) = api(
+        reqwest::Method::PUT,
+        &routing_url,
+        Some(json!({"rules": [
+            {"match": {"headers": [{"name": "user-agent", "regex": ".*Mobile.*"}]},
+             "destinations": [{"cluster": "west", "weight": 100}]},
+            {"destinations": [{"cluster": "east", "weight": 99}, {"cluster": "west", "weight": 1}]}]})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    eventually(
+        "mobile clients to land in west",
+        Duration::from_secs(15),
+        async || match through(east_gw.egress, Some("Foo Mobile Safari")).await {
+            (200, body) if body == "west" => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    )
+    .await;
+    let total = 2_000;
+    let mut west_count = 0;
+    for _ in 0..total {
+        let (status, body) = through(east_gw.egress, Some("curl/8")).await;
+        assert_eq!(status, 200, "{body}");
+        if body == "west" {
+            west_count += 1;
+        }
+    }
+    let share = f64::from(west_count) / f64::from(total);
+    eprintln!(
+        "99/1 split: {west_count} of {total} to west ({:.2} %)",
+        share * 100.0
+    );
+    assert!(
+        (0.002..=0.025).contains(&share),
+        "about 1 % to west, got {west_count} of {total}"
+    );
+    for _ in 0..20 {
+        assert_eq!(
+            through(east_gw.egress, Some("Foo Mobile Safari")).await.1,
+            "west",
+            "every mobile request to west"
+        );
+    }
+
+    // West's endpoints go away: mobile requests fail over to east.
+    west.apply::<EndpointSlice>(&web_slice(false, west_port))
+        .expect("slice");
+    eventually(
+        "failover to east",
+        Duration::from_secs(15),
+        async || match through(east_gw.egress, Some("Foo Mobile Safari")).await {
+            (200, body) if body == "east" => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    )
+    .await;
+
+    // A client with a certificate from another CA is refused by west's ingress.
+    let refused_before = metric(west_gw.admin, "gns_gateway_mtls_refused_total").await;
+    let rogue_key = rcgen::KeyPair::generate().expect("key");
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.subject_alt_names = vec![rcgen::SanType::URI(
+        "spiffe://acme.test/cluster/east/gateway"
+            .try_into()
+            .expect("uri"),
+    )];
+    let rogue = params.self_signed(&rogue_key).expect("rogue cert");
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rogue.der().clone()).expect("root");
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(
+            vec![rogue.der().clone()],
+            rustls::pki_types::PrivateKeyDer::try_from(rogue_key.serialize_der()).expect("key"),
+        )
+        .expect("client config");
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", ingress["west"]))
+        .await
+        .expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("gns-gateway").expect("name");
+    let outcome = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await;
+    if let Ok(mut tls) = outcome {
+        // TLS 1.3: the server's refusal of the client certificate arrives after the client's Finished.
+        let mut buf = [0u8; 16];
+        let read = tls.read(&mut buf).await;
+        assert!(
+            read.is_err() || read.is_ok_and(|n| n == 0),
+            "a rogue client must get nothing"
+        );
+    }
+    eventually(
+        "the refusal to be counted",
+        Duration::from_secs(5),
+        async || {
+            let now = metric(west_gw.admin, "gns_gateway_mtls_refused_total").await;
+            if now > refused_before {
+                Ok(())
+            } else {
+                Err(format!("{now}"))
+            }
+        },
+    )
+    .await;
+}
