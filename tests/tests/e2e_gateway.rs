@@ -161,7 +161,7 @@ async fn cross_cluster_requests_over_mtls() {
 
     let api_port = free_port();
     let base = format!("http://127.0.0.1:{api_port}");
-    let _fed = Proc::spawn(
+    let mut fed = Proc::spawn(
         &binary("gns-federation"),
         &[
             "--listen".into(),
@@ -416,4 +416,44 @@ async fn cross_cluster_requests_over_mtls() {
         },
     )
     .await;
+
+    // The ingress speaks no plaintext and no TLS below 1.3 (openssl s_client).
+    let mut plain = tokio::net::TcpStream::connect(("127.0.0.1", ingress["west"]))
+        .await
+        .expect("connect");
+    plain
+        .write_all(format!("GET / HTTP/1.1\r\nhost: {HOST}\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), plain.read_to_end(&mut answer)).await;
+    assert!(
+        !answer.starts_with(b"HTTP/"),
+        "plaintext HTTP must get no HTTP answer: {:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    for (flag, version) in [("-tls1_2", "TLSv1.2"), ("-tls1_1", "TLSv1.1")] {
+        let out = std::process::Command::new("openssl")
+            .args([
+                "s_client",
+                "-connect",
+                &format!("127.0.0.1:{}", ingress["west"]),
+                flag,
+            ])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("openssl s_client (apt-get install openssl)");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("no peer certificate available") && text.contains("Cipher is (NONE)"),
+            "{version} must be refused: {text}"
+        );
+    }
+
+    // The federation dies: the data path keeps serving from the gateways' config.
+    fed.kill();
+    for _ in 0..20 {
+        let (status, body) = through(east_gw.egress, None).await;
+        assert_eq!(status, 200, "with the federation down: {body}");
+    }
 }
