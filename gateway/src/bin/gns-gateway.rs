@@ -40,11 +40,25 @@ struct Args {
     /// Certificate, key, trust bundle and last config.
     #[arg(long, env = "GNS_STATE_DIR", default_value = "./gns-gateway-state")]
     state_dir: PathBuf,
+    /// Runtime worker threads (default: one per core).
+    #[arg(long, env = "GNS_WORKER_THREADS")]
+    worker_threads: Option<usize>,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if let Some(n) = args.worker_threads {
+        runtime.worker_threads(n.max(1));
+    }
+    runtime
+        .build()
+        .context("tokio runtime")?
+        .block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     tracing_subscriber::fmt()
         .with_env_filter(

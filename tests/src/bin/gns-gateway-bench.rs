@@ -1,0 +1,408 @@
+//! Gateway throughput against haproxy, same topology, same run:
+//! `wrk → proxy A (plain HTTP) → mTLS, HTTP/2 → proxy B → nginx`, where A/B are
+//! the east/west `gns-gateway`s (bootstrapped through a real federation and
+//! Kubernetes API test servers) or two haproxy processes, plus wrk → nginx
+//! directly. Reports requests/s, p50/p99 and proxy CPU per request, and the
+//! ratios against haproxy. Needs `wrk`, `haproxy` and `nginx` on the PATH.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use base64::Engine;
+use clap::Parser;
+use gns_tests::{Proc, free_port};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube_apiserver_test::{Grant, TestApiServer, TestApiServerOptions, endpoint_slice, service};
+use serde_json::{Value, json};
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// Directory with gns-federation and gns-gateway.
+    #[arg(long, default_value = "target/release")]
+    bin_dir: PathBuf,
+    /// wrk connections.
+    #[arg(long, default_value_t = 50)]
+    connections: u32,
+    /// Seconds per run.
+    #[arg(long, default_value_t = 10)]
+    duration: u32,
+    /// Threads of each proxy (haproxy nbthread, gateway worker threads).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Keep the work directory (configs, certificates, logs) and print its path.
+    #[arg(long)]
+    keep_dir: bool,
+}
+
+const TOKEN: &str = "gateway-bench-admin";
+const HOST: &str = "web.production.app.acme.com";
+
+fn write(path: &Path, text: &str) -> anyhow::Result<()> {
+    std::fs::write(path, text).with_context(|| format!("write {}", path.display()))
+}
+
+/// CPU seconds (user + system) a process has used.
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|i| fields.get(*i)?.parse::<f64>().ok())
+        .sum();
+    ticks / 100.0
+}
+
+#[derive(Debug)]
+struct Run {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    cpu_us_per_request: f64,
+}
+
+fn latency_ms(text: &str, label: &str) -> f64 {
+    text.lines()
+        .find(|l| l.trim_start().starts_with(label))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .map_or(0.0, |v| {
+            if let Some(us) = v.strip_suffix("us") {
+                us.parse::<f64>().unwrap_or(0.0) / 1000.0
+            } else if let Some(ms) = v.strip_suffix("ms") {
+                ms.parse().unwrap_or(0.0)
+            } else if let Some(s) = v.strip_suffix('s') {
+                s.parse::<f64>().unwrap_or(0.0) * 1000.0
+            } else {
+                0.0
+            }
+        })
+}
+
+fn wrk(args: &Args, url: &str, host: Option<&str>, pids: &[u32]) -> anyhow::Result<Run> {
+    let before: f64 = pids.iter().map(|p| cpu_seconds(*p)).sum();
+    let mut cmd = Command::new("wrk");
+    cmd.args([
+        "-t1",
+        &format!("-c{}", args.connections),
+        &format!("-d{}s", args.duration),
+        "--latency",
+    ]);
+    if let Some(h) = host {
+        cmd.args(["-H", &format!("Host: {h}")]);
+    }
+    let out = cmd
+        .arg(url)
+        .output()
+        .context("run wrk (apt-get install wrk)")?;
+    let after: f64 = pids.iter().map(|p| cpu_seconds(*p)).sum();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let rps = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .with_context(|| format!("wrk output: {text}"))?;
+    if text.contains("Non-2xx") || text.contains("Socket errors") {
+        eprintln!(
+            "warning: {url}: {}",
+            text.lines()
+                .filter(|l| l.contains("Non-2xx") || l.contains("Socket errors"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+    }
+    let requests = rps * f64::from(args.duration);
+    Ok(Run {
+        rps,
+        p50_ms: latency_ms(&text, "50%"),
+        p99_ms: latency_ms(&text, "99%"),
+        cpu_us_per_request: if pids.is_empty() || requests == 0.0 {
+            0.0
+        } else {
+            (after - before) / requests * 1e6
+        },
+    })
+}
+
+async fn api(method: reqwest::Method, url: &str, body: Option<Value>) -> anyhow::Result<Value> {
+    let mut req = reqwest::Client::new()
+        .request(method, url)
+        .bearer_auth(TOKEN);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await?;
+    let status = resp.status();
+    let value: Value = resp.json().await.unwrap_or(Value::Null);
+    if !status.is_success() {
+        bail!("{url}: {status} {value}");
+    }
+    Ok(value)
+}
+
+async fn wait_ok(url: &str, host: Option<&str>, what: &str) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut req = client.get(url);
+        if let Some(h) = host {
+            req = req.header("host", h);
+        }
+        if let Ok(r) = req.send().await
+            && r.status().is_success()
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{what} never answered");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// CA, server and client certificates for the haproxy chain (ECDSA P-256, like the gateways').
+fn haproxy_certs(dir: &Path) -> anyhow::Result<()> {
+    let ca_key = rcgen::KeyPair::generate()?;
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    // Distinct subjects: OpenSSL takes a leaf whose issuer equals its subject for self-signed.
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "bench CA");
+    let ca = ca_params.self_signed(&ca_key)?;
+    let issuer = rcgen::Issuer::new(ca_params, &ca_key);
+    write(&dir.join("ca.pem"), &ca.pem())?;
+    for name in ["a", "b"] {
+        let key = rcgen::KeyPair::generate()?;
+        let mut params = rcgen::CertificateParams::new(vec![format!("{name}.bench")])?;
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, format!("{name}.bench"));
+        let cert = params.signed_by(&key, &issuer)?;
+        write(
+            &dir.join(format!("{name}.pem")),
+            &format!("{}{}", cert.pem(), key.serialize_pem()),
+        )?;
+    }
+    Ok(())
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 1)]
+async fn main() -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let args = Args::parse();
+    let dir = tempfile::tempdir()?;
+    let kept;
+    let d = if args.keep_dir {
+        kept = dir.keep();
+        eprintln!("work directory: {}", kept.display());
+        kept.as_path()
+    } else {
+        dir.path()
+    };
+
+    // nginx, the upstream.
+    let nginx_port = free_port();
+    write(
+        &d.join("nginx.conf"),
+        &format!(
+            "worker_processes 1; daemon off; pid {0}/nginx.pid; error_log {0}/nginx-error.log;
+events {{ worker_connections 4096; }}
+http {{ access_log off; client_body_temp_path {0}; proxy_temp_path {0}; fastcgi_temp_path {0}; uwsgi_temp_path {0}; scgi_temp_path {0};
+  keepalive_requests 1000000;
+  server {{ listen 127.0.0.1:{1}; location / {{ return 200 \"ok\\n\"; }} }} }}",
+            d.display(),
+            nginx_port
+        ),
+    )?;
+    let _nginx = Proc::spawn(
+        Path::new("/usr/sbin/nginx"),
+        &[
+            "-c".into(),
+            d.join("nginx.conf").display().to_string(),
+            "-p".into(),
+            d.display().to_string(),
+        ],
+        d.join("nginx.log"),
+    );
+    wait_ok(&format!("http://127.0.0.1:{nginx_port}/"), None, "nginx").await?;
+
+    // The federation, two member clusters, their gateways; web runs in west only.
+    let east =
+        TestApiServer::start(TestApiServerOptions::default().token("m", Grant::admin("gns")))
+            .await?;
+    let west =
+        TestApiServer::start(TestApiServerOptions::default().token("m", Grant::admin("gns")))
+            .await?;
+    west.apply::<Service>(&service("shop", "web", &[("app", "web")], &[("http", 80)]))?;
+    west.apply::<EndpointSlice>(&endpoint_slice(
+        "shop",
+        "web",
+        "web-1",
+        &[("127.0.0.1", true, true, false, None)],
+        &[("http", i32::from(nginx_port))],
+    ))?;
+    let api_port = free_port();
+    let base = format!("http://127.0.0.1:{api_port}");
+    let _fed = Proc::spawn(
+        &args.bin_dir.join("gns-federation"),
+        &[
+            "--listen".into(),
+            format!("127.0.0.1:{api_port}"),
+            "--dns-listen".into(),
+            format!("127.0.0.1:{}", free_port()),
+            "--data-dir".into(),
+            d.join("fed").display().to_string(),
+            "--admin-token".into(),
+            TOKEN.into(),
+        ],
+        d.join("federation.log"),
+    );
+    wait_ok(&format!("{base}/readyz"), None, "the federation").await?;
+    let ingress = [("east", free_port()), ("west", free_port())];
+    for ((name, port), kube) in ingress.iter().zip([&east, &west]) {
+        api(
+            reqwest::Method::POST,
+            &format!("{base}/v1/clusters"),
+            Some(json!({"name": name, "kubernetes": {"server": kube.url(), "token": "m",
+                "caData": base64::engine::general_purpose::STANDARD.encode(kube.ca_pem())},
+                "gateway": {"ingressAddress": format!("127.0.0.1:{port}"), "egressAddress": "127.0.0.1"}})),
+        )
+        .await?;
+    }
+    api(
+        reqwest::Method::POST,
+        &format!("{base}/v1/global-namespaces"),
+        Some(json!({"name": "production", "domain": "production.app.acme.com",
+            "members": [{"cluster": "east", "namespace": "shop"}, {"cluster": "west", "namespace": "shop"}]})),
+    )
+    .await?;
+    let mut gateways = Vec::new();
+    let mut east_egress: Option<SocketAddr> = None;
+    for (name, port) in ingress {
+        let join = api(
+            reqwest::Method::POST,
+            &format!("{base}/v1/clusters/{name}/join-tokens"),
+            Some(json!({})),
+        )
+        .await?;
+        let egress: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
+        if name == "east" {
+            east_egress = Some(egress);
+        }
+        gateways.push(Proc::spawn(
+            &args.bin_dir.join("gns-gateway"),
+            &[
+                "--federation".into(),
+                base.clone(),
+                "--cluster".into(),
+                name.into(),
+                "--join-token".into(),
+                join["token"].as_str().unwrap_or_default().into(),
+                "--egress-listen".into(),
+                egress.to_string(),
+                "--ingress-listen".into(),
+                format!("127.0.0.1:{port}"),
+                "--admin-listen".into(),
+                format!("127.0.0.1:{}", free_port()),
+                "--state-dir".into(),
+                d.join(format!("gw-{name}")).display().to_string(),
+                "--worker-threads".into(),
+                args.threads.to_string(),
+            ],
+            d.join(format!("gateway-{name}.log")),
+        ));
+    }
+    let east_egress = east_egress.context("east egress")?;
+    let gns_url = format!("http://{east_egress}/");
+    wait_ok(&gns_url, Some(HOST), "the gateway chain").await?;
+
+    // The haproxy chain: A (plain HTTP front) → mTLS, HTTP/2 → B → nginx.
+    haproxy_certs(d)?;
+    let (a_port, b_port) = (free_port(), free_port());
+    let global = format!(
+        "global\n  nbthread {}\n  maxconn 4096\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n  option http-keep-alive\n  http-reuse always\n",
+        args.threads
+    );
+    write(
+        &d.join("haproxy-b.cfg"),
+        &format!(
+            "{global}frontend fb\n  bind 127.0.0.1:{b_port} ssl crt {0}/b.pem ca-file {0}/ca.pem verify required alpn h2 ssl-min-ver TLSv1.3\n  default_backend nginx\nbackend nginx\n  server n 127.0.0.1:{nginx_port}\n",
+            d.display()
+        ),
+    )?;
+    write(
+        &d.join("haproxy-a.cfg"),
+        &format!(
+            "{global}frontend fa\n  bind 127.0.0.1:{a_port}\n  default_backend b\nbackend b\n  server b 127.0.0.1:{b_port} ssl crt {0}/a.pem ca-file {0}/ca.pem verify required verifyhost b.bench sni str(b.bench) alpn h2 ssl-min-ver TLSv1.3\n",
+            d.display()
+        ),
+    )?;
+    let haproxy = |cfg: &str| {
+        Proc::spawn(
+            Path::new("/usr/sbin/haproxy"),
+            &["-db".into(), "-f".into(), d.join(cfg).display().to_string()],
+            d.join(format!("{cfg}.log")),
+        )
+    };
+    let ha_b = haproxy("haproxy-b.cfg");
+    let ha_a = haproxy("haproxy-a.cfg");
+    let ha_url = format!("http://127.0.0.1:{a_port}/");
+    if let Err(e) = wait_ok(&ha_url, None, "the haproxy chain").await {
+        bail!(
+            "{e}\nhaproxy A: {}\nhaproxy B: {}",
+            ha_a.log_text(),
+            ha_b.log_text()
+        );
+    }
+
+    let pids = |procs: &[&Proc]| procs.iter().filter_map(|p| p.pid()).collect::<Vec<u32>>();
+    let gw_pids = pids(&gateways.iter().collect::<Vec<_>>());
+    let ha_pids = pids(&[&ha_a, &ha_b]);
+    let direct = wrk(&args, &format!("http://127.0.0.1:{nginx_port}/"), None, &[])?;
+    let ha = wrk(&args, &ha_url, None, &ha_pids)?;
+    let gns = wrk(&args, &gns_url, Some(HOST), &gw_pids)?;
+    let ha2 = wrk(&args, &ha_url, None, &ha_pids)?;
+    let gns2 = wrk(&args, &gns_url, Some(HOST), &gw_pids)?;
+    println!(
+        "# {} wrk connections, {} s per run, {} thread(s) per proxy; HTTP/2 over mTLS (TLS 1.3) between the proxies",
+        args.connections, args.duration, args.threads
+    );
+    println!("| path | rps | p50 ms | p99 ms | proxy CPU µs/request |");
+    println!("|---|---|---|---|---|");
+    for (name, r) in [
+        ("nginx direct", &direct),
+        ("haproxy chain", &ha),
+        ("gns-gateway chain", &gns),
+        ("haproxy chain (again)", &ha2),
+        ("gns-gateway chain (again)", &gns2),
+    ] {
+        println!(
+            "| {name} | {:.0} | {:.2} | {:.2} | {:.1} |",
+            r.rps, r.p50_ms, r.p99_ms, r.cpu_us_per_request
+        );
+    }
+    let best = |a: &Run, b: &Run| {
+        if a.rps >= b.rps {
+            (a.rps, a.p99_ms, a.cpu_us_per_request)
+        } else {
+            (b.rps, b.p99_ms, b.cpu_us_per_request)
+        }
+    };
+    let (g_rps, g_p99, g_cpu) = best(&gns, &gns2);
+    let (h_rps, h_p99, h_cpu) = best(&ha, &ha2);
+    println!(
+        "gns-gateway / haproxy (best runs): rps {:.2}x, p99 {:.2}x, CPU per request {:.2}x",
+        g_rps / h_rps,
+        g_p99 / h_p99,
+        g_cpu / h_cpu
+    );
+    Ok(())
+}
