@@ -24,8 +24,9 @@ use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::sync::Mutex;
+
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Mutex;
 
 use crate::config::GatewayConfig;
 use crate::route::{Route, RouteTable};
@@ -229,7 +230,8 @@ impl Gateway {
             .egress_requests
             .fetch_add(1, Ordering::Relaxed);
         let host = host_of(&req);
-        let Some(route) = self.routes.load().route(&host) else {
+        let routes = self.routes.load_full();
+        let Some(route) = routes.route(&host) else {
             return reply(
                 StatusCode::NOT_FOUND,
                 &format!("no global service {host:?}"),
@@ -246,10 +248,7 @@ impl Gateway {
                 "request body too large or broken",
             );
         };
-        let plan = self
-            .routes
-            .load()
-            .plan(&route, &parts.headers, fastrand::u64(..));
+        let plan = routes.plan(&route, &parts.headers, fastrand::u64(..));
         if plan.is_empty() {
             return reply(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -417,7 +416,9 @@ impl Gateway {
         match sender.send_request(request).await {
             Ok(resp) => Ok(resp.map(|b| b.map_err(BoxError::from).boxed())),
             Err(e) => {
-                self.peers.lock().await.remove(peer);
+                if let Ok(mut peers) = self.peers.lock() {
+                    peers.remove(peer);
+                }
                 Err(TryError::Failed(format!("{peer}: {e}")))
             }
         }
@@ -428,8 +429,9 @@ impl Gateway {
         &self,
         peer: &str,
     ) -> Result<hyper::client::conn::http2::SendRequest<Body>, TryError> {
-        let mut peers = self.peers.lock().await;
-        if let Some(sender) = peers.get(peer)
+        // Fast path: the pooled connection (the lock is never held across an await).
+        if let Ok(peers) = self.peers.lock()
+            && let Some(sender) = peers.get(peer)
             && !sender.is_closed()
         {
             return Ok(sender.clone());
@@ -467,7 +469,9 @@ impl Gateway {
             .await
             .map_err(|_| TryError::Connect(format!("{peer}: connect timed out")))?
             .map_err(TryError::Connect)?;
-        peers.insert(peer.to_owned(), sender.clone());
+        if let Ok(mut peers) = self.peers.lock() {
+            peers.insert(peer.to_owned(), sender.clone());
+        }
         Ok(sender)
     }
 }

@@ -40,18 +40,24 @@ struct Args {
     /// Certificate, key, trust bundle and last config.
     #[arg(long, env = "GNS_STATE_DIR", default_value = "./gns-gateway-state")]
     state_dir: PathBuf,
-    /// Runtime worker threads (default: one per core).
+    /// Runtime worker threads (default: one per core; 1 runs a single-threaded runtime).
     #[arg(long, env = "GNS_WORKER_THREADS")]
     worker_threads: Option<usize>,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    // One thread: a current-thread runtime (no work-stealing overhead).
+    let mut runtime = match args.worker_threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n.max(1));
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     runtime.enable_all();
-    if let Some(n) = args.worker_threads {
-        runtime.worker_threads(n.max(1));
-    }
     runtime
         .build()
         .context("tokio runtime")?
