@@ -71,6 +71,22 @@ pub struct Config {
     /// SPIFFE trust domain of the federation's certificate authority.
     #[arg(long, env = "GNS_TRUST_DOMAIN", default_value = "gns.local")]
     pub trust_domain: String,
+    /// Lifetime of gateway certificates (gateways renew at two thirds of it).
+    #[arg(long, env = "GNS_GATEWAY_CERT_LIFETIME", default_value = "24h", value_parser = parse_lifetime)]
+    pub gateway_cert_lifetime: std::time::Duration,
+}
+
+/// A certificate lifetime: a duration like `24h` or `90s`, from 5 s to 90 days.
+fn parse_lifetime(text: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    let (min, max) = (
+        std::time::Duration::from_secs(5),
+        std::time::Duration::from_secs(90 * 24 * 3600),
+    );
+    if d < min || d > max {
+        return Err("must be between 5s and 90 days".into());
+    }
+    Ok(d)
 }
 
 /// Startup failures, each with what to do about it.
@@ -166,7 +182,9 @@ pub async fn build(config: &Config) -> Result<Federation, StartError> {
     };
     let store = store::open(config.database_url.as_deref(), &config.data_dir, secrets).await?;
     let identity = Arc::new(
-        crate::identity::Identity::load_or_create(store.as_ref(), &config.trust_domain).await?,
+        crate::identity::Identity::load_or_create(store.as_ref(), &config.trust_domain)
+            .await?
+            .with_gateway_lifetime(config.gateway_cert_lifetime),
     );
     let (token, admin_token_file) = admin_token(config)?;
     let state = AppState {

@@ -224,6 +224,56 @@ async fn gateway_certificates_from_join_tokens() {
         "lifetime {lifetime} s"
     );
 
+    // Renewal: the current certificate and a CSR for the same key.
+    let (renew_csr, _) = {
+        let params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        (
+            params
+                .serialize_request(&key)
+                .expect("csr")
+                .pem()
+                .expect("pem"),
+            (),
+        )
+    };
+    let leaf_pem = body["certificate"].as_str().expect("chain").to_owned();
+    let (status, renewed) = fed
+        .post(
+            "/v1/identity/sign",
+            json!({"csr": renew_csr, "certificate": leaf_pem}),
+            false,
+        )
+        .await;
+    assert_eq!(status, 200, "{renewed}");
+    assert_eq!(
+        renewed["spiffeId"],
+        "spiffe://acme.test/cluster/east/gateway"
+    );
+    assert_ne!(
+        renewed["certificate"], body["certificate"],
+        "a new certificate"
+    );
+    let (other_csr, _) = csr();
+    let (status, _) = fed
+        .post(
+            "/v1/identity/sign",
+            json!({"csr": other_csr, "certificate": leaf_pem}),
+            false,
+        )
+        .await;
+    assert_eq!(
+        status, 401,
+        "renewal needs a CSR for the certificate's own key"
+    );
+    let (status, _) = fed
+        .post(
+            "/v1/identity/sign",
+            json!({"csr": renew_csr, "certificate": leaf_pem, "joinToken": "x"}),
+            false,
+        )
+        .await;
+    assert_eq!(status, 422, "a join token or a certificate, not both");
+
     // The token was one-time.
     let (csr2, _) = csr();
     let (status, _) = fed
@@ -288,6 +338,20 @@ async fn gateway_certificates_from_join_tokens() {
         refused.is_err(),
         "a certificate from another CA must be refused: {refused:?}"
     );
+    let rogue_csr = rcgen::CertificateParams::new(Vec::<String>::new())
+        .expect("params")
+        .serialize_request(&rogue_key)
+        .expect("csr")
+        .pem()
+        .expect("pem");
+    let (status, _) = fed
+        .post(
+            "/v1/identity/sign",
+            json!({"csr": rogue_csr, "certificate": rogue_leaf.pem()}),
+            false,
+        )
+        .await;
+    assert_eq!(status, 401, "another CA's certificate renews nothing");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

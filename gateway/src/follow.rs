@@ -62,6 +62,26 @@ struct Signed {
     api_token: String,
 }
 
+#[derive(Deserialize)]
+struct Renewed {
+    certificate: String,
+}
+
+/// When a certificate (DER) should be renewed: at two thirds of its lifetime,
+/// as Unix seconds; and when it expires.
+pub fn renewal_times(leaf: &CertificateDer<'_>) -> Option<(i64, i64)> {
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf).ok()?;
+    let from = cert.validity().not_before.timestamp();
+    let to = cert.validity().not_after.timestamp();
+    Some((from + (to - from) * 2 / 3, to))
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
 /// Talks to one federation for one cluster's gateway.
 #[derive(Debug, Clone)]
 pub struct Follower {
@@ -198,6 +218,71 @@ impl Follower {
             .send()
             .await?;
         Ok(checked(resp).await?.text().await?)
+    }
+
+    /// Renews the certificate at two thirds of its lifetime, forever: a CSR
+    /// for the same key plus the current certificate. The gateway keeps
+    /// serving on the old certificate until the new one is installed; a
+    /// failed renewal is retried (every 30 s at most) until the old one expires.
+    pub async fn renew(self, gateway: Arc<Gateway>) {
+        loop {
+            let Some(current) = gateway.identity() else {
+                return;
+            };
+            let Some((renew_at, expires_at)) = current.chain.first().and_then(renewal_times) else {
+                tracing::warn!("cannot read the certificate's validity; not renewing");
+                return;
+            };
+            let wait = u64::try_from(renew_at - unix_now()).unwrap_or(0);
+            tokio::time::sleep(Duration::from_secs(wait)).await;
+            match self.renew_once(&current).await {
+                Ok(fresh) => {
+                    if let Err(e) = gateway.set_identity(fresh).await {
+                        tracing::warn!(error = %e, "renewed certificate unusable; keeping the old one");
+                    } else {
+                        gateway
+                            .counters
+                            .cert_renewals
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tracing::info!("gateway certificate renewed");
+                        continue;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "certificate renewal failed; retrying"),
+            }
+            let left = u64::try_from(expires_at - unix_now()).unwrap_or(0);
+            tokio::time::sleep(Duration::from_secs((left / 10).clamp(1, 30))).await;
+        }
+    }
+
+    async fn renew_once(&self, current: &TlsIdentity) -> Result<TlsIdentity, FollowError> {
+        let key_path = self.path("key.pem");
+        let key_pem = std::fs::read_to_string(&key_path).map_err(state_err(&key_path))?;
+        let key =
+            rcgen::KeyPair::from_pem(&key_pem).map_err(|e| FollowError::Pem(e.to_string()))?;
+        let csr = rcgen::CertificateParams::new(Vec::<String>::new())
+            .and_then(|p| p.serialize_request(&key))
+            .and_then(|c| c.pem())
+            .map_err(|e| FollowError::Pem(e.to_string()))?;
+        let cert_path = self.path("cert.pem");
+        let current_pem = std::fs::read_to_string(&cert_path).map_err(state_err(&cert_path))?;
+        let resp = self
+            .http
+            .post(format!("{}/v1/identity/sign", self.federation))
+            .json(&serde_json::json!({"csr": csr, "certificate": current_pem}))
+            .send()
+            .await?;
+        let renewed: Renewed = checked(resp).await?.json().await?;
+        let chain = CertificateDer::pem_slice_iter(renewed.certificate.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| FollowError::Pem(e.to_string()))?;
+        write_atomic(&cert_path, renewed.certificate.as_bytes())?;
+        Ok(TlsIdentity {
+            trust_domain: current.trust_domain.clone(),
+            chain,
+            key: current.key.clone_key(),
+            roots: current.roots.clone(),
+        })
     }
 
     /// Applies the persisted config, if any (static stability across restarts).

@@ -76,6 +76,8 @@ pub struct Counters {
     pub mtls_refused: AtomicU64,
     /// Requests refused by access policy.
     pub access_denied: AtomicU64,
+    /// Certificates renewed.
+    pub cert_renewals: AtomicU64,
 }
 
 /// A running gateway's shared state.
@@ -148,7 +150,17 @@ impl Gateway {
         let server = crate::tls::ingress_config(&identity)?;
         self.ingress_tls.store(Some(Arc::new(server)));
         self.identity.store(Some(Arc::new(identity)));
+        // New peer connections present the new certificate; requests in
+        // flight finish on the connections they hold.
+        if let Ok(mut peers) = self.peers.lock() {
+            peers.clear();
+        }
         Ok(())
+    }
+
+    /// The certificate in use.
+    pub fn identity(&self) -> Option<Arc<TlsIdentity>> {
+        self.identity.load_full()
     }
 
     /// Ready: a config and a certificate.

@@ -174,6 +174,9 @@ async fn cross_cluster_requests_over_mtls() {
             TOKEN.into(),
             "--trust-domain".into(),
             "acme.test".into(),
+            // Short-lived certificates: gateways renew every 8 s during the test.
+            "--gateway-cert-lifetime".into(),
+            "12s".into(),
         ],
         dir.path().join("federation.log"),
     );
@@ -354,6 +357,56 @@ async fn cross_cluster_requests_over_mtls() {
             "every mobile request to west"
         );
     }
+
+    // Certificate renewal under load: both gateways renew while requests
+    // cross between them, and not one request fails.
+    let renewals = async || {
+        (
+            metric(east_gw.admin, "gns_gateway_cert_renewals_total").await,
+            metric(west_gw.admin, "gns_gateway_cert_renewals_total").await,
+        )
+    };
+    let before = renewals().await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let stop = Arc::clone(&stop);
+        let egress = east_gw.egress;
+        load.push(tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u64, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match through(egress, Some("Foo Mobile Safari")).await {
+                    (200, body) if body == "west" => ok += 1,
+                    other => failed.push(other),
+                }
+            }
+            (ok, failed)
+        }));
+    }
+    let started = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = renewals().await;
+        if now.0 > before.0 && now.1 > before.1 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no renewal within 30 s: {before:?} -> {now:?}"
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut sent = 0;
+    for task in load {
+        let (ok, failed) = task.await.expect("load task");
+        assert!(
+            failed.is_empty(),
+            "requests failed during renewal: {failed:?}"
+        );
+        sent += ok;
+    }
+    assert!(sent > 100, "only {sent} requests under load");
+    eprintln!("{sent} requests across two certificate renewals, none failed");
 
     // West's endpoints go away: mobile requests fail over to east.
     west.apply::<EndpointSlice>(&web_slice(false, west_port))

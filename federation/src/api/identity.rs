@@ -19,7 +19,7 @@ use super::auth::{Principal, generate_token, hash_token};
 use super::body::JsonObject;
 use super::render::{now_millis, rfc3339};
 use super::{ApiError, AppState};
-use crate::identity::{DEFAULT_CERT_LIFETIME, Identity, IdentityError};
+use crate::identity::{Identity, IdentityError};
 use crate::model::{DurationSpec, FieldError, Role};
 
 /// Default lifetime of a join token.
@@ -35,12 +35,16 @@ struct JoinTokenRequest {
     ttl: Option<DurationSpec>,
 }
 
-/// Body of `POST /v1/identity/sign`.
+/// Body of `POST /v1/identity/sign`: a CSR with a join token (first
+/// certificate) or with the current certificate (renewal).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct SignRequest {
     csr: String,
-    join_token: String,
+    #[serde(default)]
+    join_token: Option<String>,
+    #[serde(default)]
+    certificate: Option<String>,
 }
 
 fn invalid(field: &str, message: impl Into<String>) -> ApiError {
@@ -95,6 +99,41 @@ pub async fn sign(
 ) -> Result<Json<Value>, ApiError> {
     let identity = identity(identity_ext)?;
     let request: SignRequest = body.into_typed()?;
+    let lifetime = identity.gateway_lifetime();
+    let join_token = match (request.join_token, request.certificate) {
+        (Some(token), None) => token,
+        (None, Some(current)) => {
+            let (signed, cluster) = identity
+                .renew_gateway(&request.csr, &current, lifetime)
+                .map_err(|e| match e {
+                    IdentityError::BadCsr(m) => invalid("csr", m),
+                    IdentityError::NotTrusted(m) => ApiError::Unauthorized(m),
+                    other => ApiError::Internal(other.to_string()),
+                })?;
+            let key = crate::store::ObjectKey::global(crate::model::Kind::Cluster, cluster.clone());
+            if state.store.get(&key).await?.is_none() {
+                return Err(ApiError::Unauthorized(format!(
+                    "cluster {cluster} is no longer registered"
+                )));
+            }
+            tracing::info!(
+                cluster,
+                spiffe_id = signed.spiffe_id,
+                "gateway certificate renewed"
+            );
+            return Ok(Json(json!({
+                "certificate": signed.chain_pem,
+                "spiffeId": signed.spiffe_id,
+                "expiresAt": rfc3339(signed.expires_at_ms),
+            })));
+        }
+        _ => {
+            return Err(invalid(
+                "joinToken",
+                "give exactly one of joinToken (first certificate) and certificate (renewal)",
+            ));
+        }
+    };
     // Check the CSR before spending the one-time token on it.
     if rcgen::CertificateSigningRequestParams::from_pem(&request.csr).is_err() {
         return Err(invalid(
@@ -104,13 +143,13 @@ pub async fn sign(
     }
     let cluster = state
         .store
-        .redeem_join_token(&hash_token(&request.join_token), now_millis())
+        .redeem_join_token(&hash_token(&join_token), now_millis())
         .await?
         .ok_or_else(|| {
             ApiError::Unauthorized("join token unknown, already used or expired".into())
         })?;
     let signed = identity
-        .sign_gateway(&request.csr, &cluster, DEFAULT_CERT_LIFETIME)
+        .sign_gateway(&request.csr, &cluster, lifetime)
         .map_err(|e| match e {
             IdentityError::BadCsr(m) => invalid("csr", m),
             other => ApiError::Internal(other.to_string()),

@@ -44,6 +44,10 @@ pub enum IdentityError {
     /// The stored CA could not be read.
     #[error("the stored certificate authority is unreadable: {0}")]
     Corrupt(String),
+    /// A certificate presented for renewal is not a valid gateway
+    /// certificate of this CA, or the CSR is not for its key.
+    #[error("renewal refused: {0}")]
+    NotTrusted(String),
 }
 
 /// The stored form of the CA.
@@ -59,6 +63,7 @@ pub struct Identity {
     key: KeyPair,
     cert_pem: String,
     cert_der: Vec<u8>,
+    gateway_lifetime: Duration,
 }
 
 impl std::fmt::Debug for Identity {
@@ -113,6 +118,7 @@ impl Identity {
             key,
             cert_pem: kept.cert_pem,
             cert_der,
+            gateway_lifetime: DEFAULT_CERT_LIFETIME,
         })
     }
 
@@ -138,7 +144,19 @@ impl Identity {
             cert_pem: cert.pem(),
             cert_der: cert.der().to_vec(),
             key,
+            gateway_lifetime: DEFAULT_CERT_LIFETIME,
         })
+    }
+
+    /// Sets how long gateway certificates live.
+    pub fn with_gateway_lifetime(mut self, lifetime: Duration) -> Self {
+        self.gateway_lifetime = lifetime;
+        self
+    }
+
+    /// How long gateway certificates live.
+    pub fn gateway_lifetime(&self) -> Duration {
+        self.gateway_lifetime
     }
 
     /// The trust domain.
@@ -191,7 +209,9 @@ impl Identity {
         params.use_authority_key_identifier_extension = true;
         let now = std::time::SystemTime::now();
         let not_after = now + lifetime;
-        params.not_before = offset(now - BACKDATE);
+        // Backdated for clock skew, but by at most a tenth of the lifetime, so
+        // renewal at two thirds of the validity stays two thirds of the lifetime.
+        params.not_before = offset(now - BACKDATE.min(lifetime / 10));
         params.not_after = offset(not_after);
         let issuer =
             Issuer::from_ca_cert_der(&self.cert_der.clone().into(), &self.key).map_err(ca_error)?;
@@ -207,6 +227,56 @@ impl Identity {
             spiffe_id,
             expires_at_ms,
         })
+    }
+}
+
+impl Identity {
+    /// Renews a gateway certificate: `current_pem` (leaf first) must be a
+    /// currently valid gateway certificate issued by this CA, and the CSR must
+    /// be for the same key (the CSR's signature proves possession of it). The
+    /// new certificate has the same SPIFFE ID. Returns it and the cluster.
+    pub fn renew_gateway(
+        &self,
+        csr_pem: &str,
+        current_pem: &str,
+        lifetime: Duration,
+    ) -> Result<(SignedCertificate, String), IdentityError> {
+        use rcgen::PublicKeyData;
+        let refuse = |m: &str| IdentityError::NotTrusted(m.to_owned());
+        let csr = CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| IdentityError::BadCsr(e.to_string()))?;
+        let leaf_der = pem_to_der(current_pem).map_err(|_| refuse("certificate is not PEM"))?;
+        let (_, leaf) = x509_parser::parse_x509_certificate(&leaf_der)
+            .map_err(|_| refuse("certificate does not parse"))?;
+        let (_, root) = x509_parser::parse_x509_certificate(&self.cert_der)
+            .map_err(|e| IdentityError::Corrupt(e.to_string()))?;
+        leaf.verify_signature(Some(root.public_key()))
+            .map_err(|_| refuse("certificate was not issued by this federation's CA"))?;
+        if !leaf.validity().is_valid() {
+            return Err(refuse("certificate is expired or not yet valid"));
+        }
+        if leaf.public_key().subject_public_key.data.as_ref() != csr.public_key.der_bytes() {
+            return Err(refuse("the CSR is not for the certificate's key"));
+        }
+        let prefix = format!("spiffe://{}/cluster/", self.trust_domain);
+        let cluster = leaf
+            .subject_alternative_name()
+            .ok()
+            .flatten()
+            .into_iter()
+            .flat_map(|san| san.value.general_names.iter())
+            .find_map(|name| match name {
+                x509_parser::extensions::GeneralName::URI(uri) => uri
+                    .strip_prefix(&prefix)?
+                    .strip_suffix("/gateway")
+                    .map(str::to_owned),
+                _ => None,
+            })
+            .ok_or_else(|| {
+                refuse("certificate is not a gateway certificate of this trust domain")
+            })?;
+        let signed = self.sign_gateway(csr_pem, &cluster, lifetime)?;
+        Ok((signed, cluster))
     }
 }
 

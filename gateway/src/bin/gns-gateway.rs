@@ -101,6 +101,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
     tokio::spawn(Arc::clone(&gateway).serve_egress(egress));
     tokio::spawn(Arc::clone(&gateway).serve_ingress(ingress));
+    tokio::spawn(follower.clone().renew(Arc::clone(&gateway)));
     tokio::spawn(follower.follow(Arc::clone(&gateway), api_token));
     tokio::spawn(serve_admin(admin, Arc::clone(&gateway)));
     tokio::signal::ctrl_c().await?;
@@ -169,6 +170,10 @@ fn metrics(gateway: &Gateway) -> String {
         (
             "gns_gateway_access_denied_total",
             c.access_denied.load(Ordering::Relaxed),
+        ),
+        (
+            "gns_gateway_cert_renewals_total",
+            c.cert_renewals.load(Ordering::Relaxed),
         ),
         ("gns_gateway_config_version", version),
     ]
