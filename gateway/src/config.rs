@@ -58,6 +58,10 @@ pub struct ServiceConfig {
     /// policy); `None` lets every gateway of the trust domain in.
     #[serde(default)]
     pub allowed_clusters: Option<Vec<String>>,
+    /// Whether clients outside every cluster (the public entry, identity
+    /// `external`) may call it.
+    #[serde(default)]
+    pub external: bool,
 }
 
 /// A routing rule.

@@ -66,6 +66,8 @@ pub struct Counters {
     pub egress_requests: AtomicU64,
     /// Requests received from peer gateways.
     pub ingress_requests: AtomicU64,
+    /// Requests received on the public entry.
+    pub public_requests: AtomicU64,
     /// Tries sent to peer gateways.
     pub peer_tries: AtomicU64,
     /// Tries sent to local endpoints.
@@ -99,6 +101,15 @@ impl std::fmt::Debug for Gateway {
             .field("cluster", &self.cluster)
             .finish_non_exhaustive()
     }
+}
+
+/// Where a plain-HTTP request came in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Entry {
+    /// From a client in this cluster.
+    Egress,
+    /// From a client outside every cluster (identity `external`).
+    Public,
 }
 
 /// Why a try failed.
@@ -170,6 +181,16 @@ impl Gateway {
 
     /// Serves in-cluster clients (HTTP/1.1) on `listener` until the task is aborted.
     pub async fn serve_egress(self: Arc<Self>, listener: TcpListener) {
+        self.serve_plain(listener, Entry::Egress).await;
+    }
+
+    /// Serves clients outside every cluster (HTTP/1.1, identity `external`:
+    /// only services whose access policy admits it) until aborted.
+    pub async fn serve_public(self: Arc<Self>, listener: TcpListener) {
+        self.serve_plain(listener, Entry::Public).await;
+    }
+
+    async fn serve_plain(self: Arc<Self>, listener: TcpListener, entry: Entry) {
         loop {
             let Ok((tcp, _)) = listener.accept().await else {
                 continue;
@@ -179,7 +200,7 @@ impl Gateway {
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {
                     let gw = Arc::clone(&gw);
-                    async move { Ok::<_, Infallible>(gw.egress(req).await) }
+                    async move { Ok::<_, Infallible>(gw.egress(req, entry).await) }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(tcp), svc)
@@ -237,10 +258,12 @@ impl Gateway {
             .map_err(|e| format!("http2: {e}"))
     }
 
-    async fn egress(&self, req: Request<Incoming>) -> Response<Body> {
-        self.counters
-            .egress_requests
-            .fetch_add(1, Ordering::Relaxed);
+    async fn egress(&self, req: Request<Incoming>, entry: Entry) -> Response<Body> {
+        match entry {
+            Entry::Egress => &self.counters.egress_requests,
+            Entry::Public => &self.counters.public_requests,
+        }
+        .fetch_add(1, Ordering::Relaxed);
         let host = host_of(&req);
         let routes = self.routes.load_full();
         let Some(route) = routes.route(&host) else {
@@ -249,6 +272,13 @@ impl Gateway {
                 &format!("no global service {host:?}"),
             );
         };
+        if entry == Entry::Public && !route.config.external {
+            self.counters.access_denied.fetch_add(1, Ordering::Relaxed);
+            return reply(
+                StatusCode::FORBIDDEN,
+                &format!("{host} is not reachable from outside the clusters (access policy)"),
+            );
+        }
         let (parts, body) = req.into_parts();
         let Ok(body) = Limited::new(body, MAX_BODY)
             .collect()

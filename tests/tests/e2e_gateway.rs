@@ -4,8 +4,12 @@
 //! clusters `east` and `west`, and real HTTP upstreams. A request to east's
 //! egress reaches west's upstream through west's ingress over mutual TLS;
 //! the 99/1 split and the User-Agent rule hold; when west's endpoints go
-//! away the request fails over to east; a client with a certificate from
-//! another CA is refused by the ingress (and counted).
+//! away the request fails over to east; certificates renew under load
+//! without a failed request; the public entry serves clients outside every
+//! cluster until an access policy denies `external`; a client with a
+//! certificate from another CA is refused by the ingress (and counted); the
+//! ingress speaks neither plaintext nor TLS below 1.3; the data path outlives
+//! the federation.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -141,6 +145,7 @@ async fn metric(admin: SocketAddr, name: &str) -> u64 {
 
 struct GatewayProc {
     egress: SocketAddr,
+    public: SocketAddr,
     admin: SocketAddr,
     _proc: Proc,
 }
@@ -223,6 +228,7 @@ async fn cross_cluster_requests_over_mtls() {
         assert_eq!(status, 201, "{body}");
         let egress: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let public: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let proc = Proc::spawn(
             &binary("gns-gateway"),
             &[
@@ -238,6 +244,8 @@ async fn cross_cluster_requests_over_mtls() {
                 format!("127.0.0.1:{}", ingress[name]),
                 "--admin-listen".into(),
                 admin.to_string(),
+                "--public-listen".into(),
+                public.to_string(),
                 "--state-dir".into(),
                 dir.path().join(format!("gw-{name}")).display().to_string(),
             ],
@@ -247,6 +255,7 @@ async fn cross_cluster_requests_over_mtls() {
             name,
             GatewayProc {
                 egress,
+                public,
                 admin,
                 _proc: proc,
             },
@@ -420,6 +429,41 @@ async fn cross_cluster_requests_over_mtls() {
         },
     )
     .await;
+
+    // The public entry (identity `external`): west has no endpoints now, so a
+    // client outside every cluster is sent on to east; an access policy that
+    // denies `external` closes the service to it, not to in-cluster clients.
+    eventually(
+        "the public entry to reach east",
+        Duration::from_secs(15),
+        async || match through(west_gw.public, None).await {
+            (200, body) if body == "east" => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    )
+    .await;
+    let (status, body) = api(
+        reqwest::Method::POST,
+        &format!("{base}/v1/global-namespaces/production/access-policies"),
+        Some(json!({"name": "no-outside", "from": ["external"], "to": "web", "action": "deny"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    eventually(
+        "the public entry to refuse web",
+        Duration::from_secs(15),
+        async || match through(west_gw.public, None).await {
+            (403, _) => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    )
+    .await;
+    assert_eq!(
+        through(east_gw.egress, None).await.0,
+        200,
+        "in-cluster clients still pass"
+    );
+    assert!(metric(west_gw.admin, "gns_gateway_access_denied_total").await >= 1);
 
     // A client with a certificate from another CA is refused by west's ingress.
     let refused_before = metric(west_gw.admin, "gns_gateway_mtls_refused_total").await;

@@ -32,8 +32,8 @@ use serde::de::DeserializeOwned;
 
 use super::{CompileOptions, Problem, ScopedObjects, Snapshot, StoreState, UnrecordedExpiry};
 use crate::model::{
-    Cluster, ClusterEndpoints, DiscoveredService, ExternalWorkload, GlobalNamespace, Kind, Name,
-    Protocol, RetryOn, Routing, WorkloadPort,
+    Access, AccessPolicy, Cluster, ClusterEndpoints, DiscoveredService, ExternalWorkload,
+    GlobalNamespace, Kind, Name, PolicyAction, Protocol, RetryOn, Routing, WorkloadPort,
 };
 use crate::store::{ObjectKey, StoredObject};
 
@@ -267,6 +267,11 @@ impl Compiler<'_> {
             }
         }
         let alive = self.alive_workloads(&scoped.external_workloads);
+        let policies: Vec<AccessPolicy> = scoped
+            .access_policies
+            .iter()
+            .filter_map(|o| parse::<AccessPolicy>(o, &mut self.problems))
+            .collect();
 
         let names: BTreeSet<&str> = discovered
             .keys()
@@ -293,7 +298,8 @@ impl Compiler<'_> {
             };
             services.push(self.service(name, &members, &inputs));
             let host = format!("{name}.{origin}").to_ascii_lowercase();
-            let gateway = self.gateway_service(gns_name, name, &members, &inputs);
+            let mut gateway = self.gateway_service(gns_name, name, &members, &inputs);
+            gateway.external = external_allowed(gns, &policies, name);
             self.gateway_services.insert(host, gateway);
         }
         Zone {
@@ -557,6 +563,26 @@ impl Compiler<'_> {
             txt: vec![format!("clusters={}", ready_clusters.join(","))],
         }
     }
+}
+
+/// Whether clients outside every cluster (identity `external`) may call
+/// `service`: a deny naming them wins, then an allow, then `defaultAccess`.
+fn external_allowed(gns: &GlobalNamespace, policies: &[AccessPolicy], service: &str) -> bool {
+    let names_external = |p: &&AccessPolicy| {
+        p.to.as_str() == service && p.from.iter().any(|f| f == "external" || f == "*")
+    };
+    if policies
+        .iter()
+        .filter(names_external)
+        .any(|p| p.action == PolicyAction::Deny)
+    {
+        return false;
+    }
+    policies
+        .iter()
+        .filter(names_external)
+        .any(|p| p.action == PolicyAction::Allow)
+        || gns.default_access == Access::Allow
 }
 
 /// Adds `port` unless one of that name is there already (the first wins) or it is port 0.

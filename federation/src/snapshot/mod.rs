@@ -251,6 +251,8 @@ pub struct ScopedObjects {
     pub external_workloads: Vec<StoredObject>,
     /// Discovered services.
     pub services: Vec<ServiceObject>,
+    /// Access policies.
+    pub access_policies: Vec<StoredObject>,
 }
 
 /// Everything the compiler needs, as read from the store. Specs other than
@@ -313,18 +315,20 @@ impl StoreState {
                     remove_sorted(&mut self.global_namespaces, &key.name);
                     self.scoped.remove(&key.name);
                 }
-                Kind::Routing | Kind::ExternalWorkload | Kind::Service => {
+                Kind::Routing | Kind::ExternalWorkload | Kind::Service | Kind::AccessPolicy => {
                     if let Some(scoped) = self.scoped.get_mut(&key.scope) {
                         match key.kind {
                             Kind::Routing => remove_sorted(&mut scoped.routings, &key.name),
                             Kind::ExternalWorkload => {
                                 remove_sorted(&mut scoped.external_workloads, &key.name)
                             }
+                            Kind::AccessPolicy => {
+                                remove_sorted(&mut scoped.access_policies, &key.name)
+                            }
                             _ => remove_sorted(&mut scoped.services, &key.name),
                         }
                     }
                 }
-                _ => {}
             }
         }
         for object in changes.changed {
@@ -343,7 +347,10 @@ impl StoreState {
                     let scoped = self.scoped.entry(object.key.scope.clone()).or_default();
                     upsert_sorted(&mut scoped.services, ServiceObject::from(object));
                 }
-                _ => {}
+                Kind::AccessPolicy => {
+                    let scoped = self.scoped.entry(object.key.scope.clone()).or_default();
+                    upsert_sorted(&mut scoped.access_policies, object);
+                }
             }
         }
         self.revision = changes.revision;

@@ -34,6 +34,10 @@ struct Args {
     /// Where peer gateways connect with mutual TLS.
     #[arg(long, env = "GNS_INGRESS_LISTEN", default_value = "127.0.0.1:15443")]
     ingress_listen: SocketAddr,
+    /// Optional north-south entry for clients outside every cluster (HTTP by
+    /// Host; they have the identity `external` in access policies).
+    #[arg(long, env = "GNS_PUBLIC_LISTEN")]
+    public_listen: Option<SocketAddr>,
     /// `/healthz`, `/readyz`, `/metrics`.
     #[arg(long, env = "GNS_ADMIN_LISTEN", default_value = "127.0.0.1:15021")]
     admin_listen: SocketAddr,
@@ -101,6 +105,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
     tokio::spawn(Arc::clone(&gateway).serve_egress(egress));
     tokio::spawn(Arc::clone(&gateway).serve_ingress(ingress));
+    if let Some(addr) = args.public_listen {
+        let public = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        tracing::info!(public = %public.local_addr()?, "public entry listening");
+        tokio::spawn(Arc::clone(&gateway).serve_public(public));
+    }
     tokio::spawn(follower.clone().renew(Arc::clone(&gateway)));
     tokio::spawn(follower.follow(Arc::clone(&gateway), api_token));
     tokio::spawn(serve_admin(admin, Arc::clone(&gateway)));
@@ -170,6 +181,10 @@ fn metrics(gateway: &Gateway) -> String {
         (
             "gns_gateway_access_denied_total",
             c.access_denied.load(Ordering::Relaxed),
+        ),
+        (
+            "gns_gateway_public_requests_total",
+            c.public_requests.load(Ordering::Relaxed),
         ),
         (
             "gns_gateway_cert_renewals_total",
