@@ -1,4 +1,4 @@
-//! Identity end to end, in process: a real federation mints a join token for a
+//! Identity and gateway config end to end, in process: a real federation mints a join token for a
 //! cluster, signs a gateway CSR made with rcgen, and the certificate carries
 //! the cluster's SPIFFE ID, lives 24 h and authenticates in a real mutual-TLS
 //! handshake against the trust bundle, while a certificate from another CA is
@@ -381,4 +381,103 @@ async fn join_tokens_expire() {
         )
         .await;
     assert_eq!(status, 401, "an expired join token is refused");
+}
+
+async fn get(fed: &Fed, path: &str) -> (u16, Value) {
+    let resp = fed
+        .client
+        .get(format!("{}{path}", fed.api))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("request");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// The compiled gateway config is visible per cluster, and routing the
+/// compiler leaves out shows why on the routing object's status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_config_and_routing_problems() {
+    let fed = Fed::start().await;
+    for (name, gateway) in [
+        (
+            "east",
+            Some(json!({"ingressAddress": "127.0.0.1:15443", "egressAddress": "10.8.0.53"})),
+        ),
+        ("west", None),
+    ] {
+        let mut body =
+            json!({"name": name, "kubernetes": {"server": "https://10.0.0.1:6443", "token": "t"}});
+        if let Some(g) = gateway {
+            body["gateway"] = g;
+        }
+        let (status, body) = fed.post("/v1/clusters", body, true).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let (status, body) = fed
+        .post(
+            "/v1/global-namespaces",
+            json!({"name": "production", "domain": "production.app.acme.com",
+                   "members": [{"cluster": "east", "namespace": "shop"}, {"cluster": "west", "namespace": "shop"}]}),
+            true,
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let resp = fed
+        .client
+        .put(format!(
+            "{}/v1/global-namespaces/production/services/web/routing",
+            fed.api
+        ))
+        .bearer_auth(TOKEN)
+        .json(&json!({"rules": [{"destinations": [{"cluster": "west", "weight": 100}]}]}))
+        .send()
+        .await
+        .expect("put routing");
+    assert_eq!(resp.status().as_u16(), 201);
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, routing) = get(
+            &fed,
+            "/v1/global-namespaces/production/services/web/routing",
+        )
+        .await;
+        assert_eq!(status, 200);
+        let problems = routing["status"]["problems"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if problems.iter().any(|p| {
+            p.as_str()
+                .is_some_and(|m| m.contains("west has no gateway"))
+        }) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the routing status never named the problem: {routing}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let (status, config) = get(&fed, "/v1/config/gateways/east").await;
+    assert_eq!(status, 200, "{config}");
+    assert_eq!(config["trustDomain"], "acme.test");
+    assert_eq!(
+        config["gateways"]["east"]["ingressAddress"],
+        "127.0.0.1:15443"
+    );
+    assert!(
+        config["gateways"].get("west").is_none(),
+        "west has no gateway"
+    );
+    let web = &config["services"]["web.production.app.acme.com"];
+    assert!(
+        web.get("rules").is_none_or(|r| r == &json!([])),
+        "the broken routing is left out: {web}"
+    );
+    let (status, _) = get(&fed, "/v1/config/gateways/nowhere").await;
+    assert_eq!(status, 404);
 }

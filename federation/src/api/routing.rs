@@ -43,11 +43,36 @@ fn not_found(key: &ObjectKey) -> ApiError {
 /// `GET …/services/{svc}/routing`.
 pub async fn get(
     State(state): State<AppState>,
+    snapshots: Option<Extension<crate::snapshot::SnapshotReceiver>>,
     Path(params): PathParams,
 ) -> Result<Json<Value>, ApiError> {
     let key = routing_key(&params)?;
     match state.store.get(&key).await? {
-        Some(object) => Ok(Json(render(&object))),
+        Some(object) => {
+            let mut out = render(&object);
+            // Why the compiler left it out (e.g. a split to a cluster without
+            // a gateway), as of the newest snapshot; other routes are unaffected.
+            if let Some(Extension(rx)) = snapshots
+                && let Some(snapshot) = rx.borrow().clone()
+            {
+                let problems: Vec<&str> = snapshot
+                    .problems
+                    .iter()
+                    .filter(|p| p.kind == key.kind && p.scope == key.scope && p.name == key.name)
+                    .map(|p| p.message.as_str())
+                    .collect();
+                if let Some(status) = out.get_mut("status").and_then(Value::as_object_mut) {
+                    status.insert("snapshotVersion".into(), snapshot.version.into());
+                    status.insert("problems".into(), problems.into());
+                } else {
+                    out["status"] = serde_json::json!({
+                        "snapshotVersion": snapshot.version,
+                        "problems": problems,
+                    });
+                }
+            }
+            Ok(Json(out))
+        }
         None => {
             require_gns(&state, &key.scope).await?;
             Err(not_found(&key))
