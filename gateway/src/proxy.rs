@@ -80,6 +80,76 @@ pub struct Counters {
     pub access_denied: AtomicU64,
     /// Certificates renewed.
     pub cert_renewals: AtomicU64,
+    /// Local endpoints ejected after consecutive failures.
+    pub ejections: AtomicU64,
+}
+
+/// Local endpoints tried per request on connect failures.
+const LOCAL_CONNECT_TRIES: usize = 3;
+/// Consecutive failures (connect errors or 5xx) that eject an endpoint.
+const EJECT_AFTER: u32 = 3;
+/// How long an ejected endpoint is left out.
+const EJECTION: Duration = Duration::from_secs(10);
+
+/// Outlier ejection of local endpoints: one that fails [`EJECT_AFTER`] times
+/// in a row is left out for [`EJECTION`]; when every endpoint is ejected, all
+/// are used again (better a likely failure than a certain one).
+#[derive(Debug, Default)]
+struct Outliers {
+    state: Mutex<HashMap<SocketAddr, (u32, Option<std::time::Instant>)>>,
+}
+
+impl Outliers {
+    /// A random endpoint that is not ejected and not in `tried`, if there is one.
+    fn pick(&self, endpoints: &[std::net::IpAddr], port: u16, tried: &[SocketAddr]) -> SocketAddr {
+        let now = std::time::Instant::now();
+        let state = self.state.lock().ok();
+        let usable: Vec<SocketAddr> = endpoints
+            .iter()
+            .map(|ip| SocketAddr::new(*ip, port))
+            .filter(|a| !tried.contains(a))
+            .filter(|a| {
+                state
+                    .as_ref()
+                    .and_then(|s| s.get(a))
+                    .and_then(|(_, until)| *until)
+                    .is_none_or(|until| until <= now)
+            })
+            .collect();
+        let pool: Vec<SocketAddr> = if usable.is_empty() {
+            endpoints
+                .iter()
+                .map(|ip| SocketAddr::new(*ip, port))
+                .filter(|a| !tried.contains(a))
+                .collect()
+        } else {
+            usable
+        };
+        match pool.len() {
+            0 => SocketAddr::new(endpoints[fastrand::usize(..endpoints.len())], port),
+            n => pool[fastrand::usize(..n)],
+        }
+    }
+
+    /// Records an outcome; true when it ejects the endpoint now.
+    fn record(&self, target: SocketAddr, failed: bool) -> bool {
+        let Ok(mut state) = self.state.lock() else {
+            return false;
+        };
+        if !failed {
+            state.remove(&target);
+            return false;
+        }
+        let entry = state.entry(target).or_insert((0, None));
+        entry.0 += 1;
+        if entry.0 >= EJECT_AFTER {
+            entry.0 = 0;
+            entry.1 = Some(std::time::Instant::now() + EJECTION);
+            tracing::info!(endpoint = %target, "endpoint ejected after consecutive failures");
+            return true;
+        }
+        false
+    }
 }
 
 /// A running gateway's shared state.
@@ -91,6 +161,7 @@ pub struct Gateway {
     ingress_tls: ArcSwapOption<rustls::ServerConfig>,
     peers: Mutex<HashMap<String, hyper::client::conn::http2::SendRequest<Body>>>,
     upstream: Client<HttpConnector, Body>,
+    outliers: Outliers,
     /// Counters.
     pub counters: Counters,
 }
@@ -134,6 +205,7 @@ impl Gateway {
             ingress_tls: ArcSwapOption::empty(),
             peers: Mutex::new(HashMap::new()),
             upstream: Client::builder(TokioExecutor::new()).build(connector),
+            outliers: Outliers::default(),
             counters: Counters::default(),
         })
     }
@@ -322,12 +394,11 @@ impl Gateway {
             if n > 0 {
                 self.counters.retries.fetch_add(1, Ordering::Relaxed);
             }
-            let request = rebuild(parts, body.clone());
             let attempt = async {
                 if *cluster == self.cluster {
-                    self.send_local(route, request).await
+                    self.send_local(route, parts, &body).await
                 } else {
-                    self.send_peer(cluster, request).await
+                    self.send_peer(cluster, rebuild(parts, body.clone())).await
                 }
             };
             let outcome = match per_try {
@@ -383,9 +454,18 @@ impl Gateway {
             );
         }
         let (parts, body) = req.into_parts();
-        let mut request = Request::from_parts(parts, body.map_err(BoxError::from).boxed());
-        *request.version_mut() = http::Version::HTTP_11;
-        match self.send_local(&route, request).await {
+        // Buffered, so a connect failure can move on to another endpoint.
+        let Ok(body) = Limited::new(body, MAX_BODY)
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+        else {
+            return reply(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request body too large or broken",
+            );
+        };
+        match self.send_local(&route, &parts, &body).await {
             Ok(resp) => resp,
             Err(TryError::Connect(e) | TryError::Failed(e)) => {
                 reply(StatusCode::BAD_GATEWAY, &format!("{}: {e}", self.cluster))
@@ -393,12 +473,14 @@ impl Gateway {
         }
     }
 
+    /// Sends to a ready local endpoint, skipping ejected ones; on a connect
+    /// failure tries up to [`LOCAL_CONNECT_TRIES`] endpoints.
     async fn send_local(
         &self,
         route: &Route,
-        mut request: Request<Body>,
+        parts: &http::request::Parts,
+        body: &Bytes,
     ) -> Result<Response<Body>, TryError> {
-        self.counters.local_tries.fetch_add(1, Ordering::Relaxed);
         let endpoints = route
             .config
             .endpoints
@@ -411,21 +493,39 @@ impl Gateway {
             .get(&self.cluster)
             .copied()
             .ok_or_else(|| TryError::Connect("no HTTP port".into()))?;
-        let ip = endpoints[fastrand::usize(..endpoints.len())];
-        let target = SocketAddr::new(ip, port);
-        let path = request
-            .uri()
+        let path = parts
+            .uri
             .path_and_query()
             .map_or("/", |p| p.as_str())
             .to_owned();
-        *request.uri_mut() = Uri::try_from(format!("http://{target}{path}"))
-            .map_err(|e| TryError::Connect(e.to_string()))?;
-        *request.version_mut() = http::Version::HTTP_11;
-        match self.upstream.request(request).await {
-            Ok(resp) => Ok(resp.map(|b| b.map_err(BoxError::from).boxed())),
-            Err(e) if e.is_connect() => Err(TryError::Connect(format!("{target}: {e}"))),
-            Err(e) => Err(TryError::Failed(format!("{target}: {e}"))),
+        let mut last = TryError::Connect("no endpoint tried".into());
+        let mut tried: Vec<SocketAddr> = Vec::new();
+        for _ in 0..LOCAL_CONNECT_TRIES.min(endpoints.len()) {
+            let target = self.outliers.pick(endpoints, port, &tried);
+            tried.push(target);
+            self.counters.local_tries.fetch_add(1, Ordering::Relaxed);
+            let mut request = rebuild(parts, body.clone());
+            *request.uri_mut() = Uri::try_from(format!("http://{target}{path}"))
+                .map_err(|e| TryError::Connect(e.to_string()))?;
+            *request.version_mut() = http::Version::HTTP_11;
+            match self.upstream.request(request).await {
+                Ok(resp) => {
+                    let failed = resp.status().is_server_error();
+                    if self.outliers.record(target, failed) {
+                        self.counters.ejections.fetch_add(1, Ordering::Relaxed);
+                    }
+                    return Ok(resp.map(|b| b.map_err(BoxError::from).boxed()));
+                }
+                Err(e) if e.is_connect() => {
+                    if self.outliers.record(target, true) {
+                        self.counters.ejections.fetch_add(1, Ordering::Relaxed);
+                    }
+                    last = TryError::Connect(format!("{target}: {e}"));
+                }
+                Err(e) => return Err(TryError::Failed(format!("{target}: {e}"))),
+            }
         }
+        Err(last)
     }
 
     async fn send_peer(
@@ -540,4 +640,39 @@ fn rebuild(parts: &http::request::Parts, body: Bytes) -> Request<Body> {
         request.headers_mut().insert(header::HOST, value);
     }
     request
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failing_endpoints_are_ejected_until_none_is_left() {
+        let outliers = Outliers::default();
+        let ips: Vec<std::net::IpAddr> = ["10.0.0.1", "10.0.0.2"]
+            .iter()
+            .map(|s| s.parse().expect("ip"))
+            .collect();
+        let bad = SocketAddr::new(ips[0], 80);
+        assert!(!outliers.record(bad, true));
+        assert!(!outliers.record(bad, true));
+        assert!(
+            outliers.record(bad, true),
+            "the third failure in a row ejects"
+        );
+        for _ in 0..100 {
+            assert_ne!(
+                outliers.pick(&ips, 80, &[]),
+                bad,
+                "ejected endpoints are skipped"
+            );
+        }
+        let good = SocketAddr::new(ips[1], 80);
+        assert_eq!(
+            outliers.pick(&ips, 80, &[good]),
+            bad,
+            "with nothing else left, an ejected endpoint is still used"
+        );
+        assert!(!outliers.record(good, false));
+    }
 }

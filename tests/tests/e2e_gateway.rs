@@ -163,6 +163,19 @@ async fn cross_cluster_requests_over_mtls() {
         api.apply::<EndpointSlice>(&web_slice(true, port))
             .expect("slice");
     }
+    // East also lists an endpoint that refuses connections: it is skipped
+    // (another endpoint is tried) and ejected, and no request fails.
+    east.apply::<EndpointSlice>(&endpoint_slice(
+        "shop",
+        "web",
+        "web-1",
+        &[
+            ("127.0.0.1", true, true, false, Some("a")),
+            ("127.0.0.3", true, true, false, Some("a")),
+        ],
+        &[("http", i32::from(east_port))],
+    ))
+    .expect("slice");
 
     let api_port = free_port();
     let base = format!("http://127.0.0.1:{api_port}");
@@ -350,6 +363,10 @@ async fn cross_cluster_requests_over_mtls() {
             west_count += 1;
         }
     }
+    assert!(
+        metric(east_gw.admin, "gns_gateway_ejections_total").await >= 1,
+        "the dead endpoint was ejected"
+    );
     let share = f64::from(west_count) / f64::from(total);
     eprintln!(
         "99/1 split: {west_count} of {total} to west ({:.2} %)",

@@ -187,6 +187,10 @@ fn metrics(gateway: &Gateway) -> String {
             c.public_requests.load(Ordering::Relaxed),
         ),
         (
+            "gns_gateway_ejections_total",
+            c.ejections.load(Ordering::Relaxed),
+        ),
+        (
             "gns_gateway_cert_renewals_total",
             c.cert_renewals.load(Ordering::Relaxed),
         ),
