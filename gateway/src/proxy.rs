@@ -97,11 +97,17 @@ const EJECTION: Duration = Duration::from_secs(10);
 #[derive(Debug, Default)]
 struct Outliers {
     state: Mutex<HashMap<SocketAddr, (u32, Option<std::time::Instant>)>>,
+    /// False while no endpoint has a failure on record (the common case):
+    /// picking and recording successes then take no lock.
+    any: std::sync::atomic::AtomicBool,
 }
 
 impl Outliers {
     /// A random endpoint that is not ejected and not in `tried`, if there is one.
     fn pick(&self, endpoints: &[std::net::IpAddr], port: u16, tried: &[SocketAddr]) -> SocketAddr {
+        if tried.is_empty() && !self.any.load(Ordering::Relaxed) {
+            return SocketAddr::new(endpoints[fastrand::usize(..endpoints.len())], port);
+        }
         let now = std::time::Instant::now();
         let state = self.state.lock().ok();
         let usable: Vec<SocketAddr> = endpoints
@@ -133,13 +139,18 @@ impl Outliers {
 
     /// Records an outcome; true when it ejects the endpoint now.
     fn record(&self, target: SocketAddr, failed: bool) -> bool {
+        if !failed && !self.any.load(Ordering::Relaxed) {
+            return false;
+        }
         let Ok(mut state) = self.state.lock() else {
             return false;
         };
         if !failed {
             state.remove(&target);
+            self.any.store(!state.is_empty(), Ordering::Relaxed);
             return false;
         }
+        self.any.store(true, Ordering::Relaxed);
         let entry = state.entry(target).or_insert((0, None));
         entry.0 += 1;
         if entry.0 >= EJECT_AFTER {
@@ -396,7 +407,8 @@ impl Gateway {
             }
             let attempt = async {
                 if *cluster == self.cluster {
-                    self.send_local(route, parts, &body).await
+                    self.send_local(route, clone_parts(parts), body.clone())
+                        .await
                 } else {
                     self.send_peer(cluster, rebuild(parts, body.clone())).await
                 }
@@ -455,17 +467,21 @@ impl Gateway {
         }
         let (parts, body) = req.into_parts();
         // Buffered, so a connect failure can move on to another endpoint.
-        let Ok(body) = Limited::new(body, MAX_BODY)
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-        else {
+        let body = if hyper::body::Body::is_end_stream(&body) {
+            Ok(Bytes::new())
+        } else {
+            Limited::new(body, MAX_BODY)
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+        };
+        let Ok(body) = body else {
             return reply(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "request body too large or broken",
             );
         };
-        match self.send_local(&route, &parts, &body).await {
+        match self.send_local(&route, parts, body).await {
             Ok(resp) => resp,
             Err(TryError::Connect(e) | TryError::Failed(e)) => {
                 reply(StatusCode::BAD_GATEWAY, &format!("{}: {e}", self.cluster))
@@ -478,8 +494,8 @@ impl Gateway {
     async fn send_local(
         &self,
         route: &Route,
-        parts: &http::request::Parts,
-        body: &Bytes,
+        parts: http::request::Parts,
+        body: Bytes,
     ) -> Result<Response<Body>, TryError> {
         let endpoints = route
             .config
@@ -498,13 +514,30 @@ impl Gateway {
             .path_and_query()
             .map_or("/", |p| p.as_str())
             .to_owned();
+        let mut parts = parts;
+        // From a peer (HTTP/2) the host is the URI's authority: keep it as Host.
+        if !parts.headers.contains_key(header::HOST)
+            && let Some(authority) = parts.uri.authority()
+            && let Ok(value) = HeaderValue::from_str(authority.as_str())
+        {
+            parts.headers.insert(header::HOST, value);
+        }
         let mut last = TryError::Connect("no endpoint tried".into());
         let mut tried: Vec<SocketAddr> = Vec::new();
-        for _ in 0..LOCAL_CONNECT_TRIES.min(endpoints.len()) {
+        let attempts = LOCAL_CONNECT_TRIES.min(endpoints.len());
+        let mut parts = Some(parts);
+        for attempt in 0..attempts {
             let target = self.outliers.pick(endpoints, port, &tried);
             tried.push(target);
             self.counters.local_tries.fetch_add(1, Ordering::Relaxed);
-            let mut request = rebuild(parts, body.clone());
+            // The last try takes the parts; earlier ones copy them.
+            let mut request = match parts.as_ref() {
+                Some(p) if attempt + 1 < attempts => rebuild(p, body.clone()),
+                _ => match parts.take() {
+                    Some(p) => Request::from_parts(p, full(body.clone())),
+                    None => break,
+                },
+            };
             *request.uri_mut() = Uri::try_from(format!("http://{target}{path}"))
                 .map_err(|e| TryError::Connect(e.to_string()))?;
             *request.version_mut() = http::Version::HTTP_11;
@@ -625,6 +658,16 @@ fn host_of<B>(req: &Request<B>) -> String {
         .map(str::to_owned)
         .or_else(|| req.uri().authority().map(|a| a.as_str().to_owned()))
         .unwrap_or_default()
+}
+
+/// A copy of request parts (method, URI, version, headers; not extensions).
+fn clone_parts(parts: &http::request::Parts) -> http::request::Parts {
+    let (mut copy, ()) = Request::new(()).into_parts();
+    copy.method = parts.method.clone();
+    copy.uri = parts.uri.clone();
+    copy.version = parts.version;
+    copy.headers = parts.headers.clone();
+    copy
 }
 
 /// A fresh request from buffered parts and body (for each try).
