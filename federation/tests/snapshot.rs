@@ -48,6 +48,11 @@ async fn seed(store: &dyn Store) -> u64 {
         ))
         .await
         .expect("create cluster");
+    create_gns(store).await
+}
+
+/// Creates global namespace `production` (members: east/shop); its resource version.
+async fn create_gns(store: &dyn Store) -> u64 {
     let gns: GlobalNamespace = serde_json::from_value(json!({
         "name": "production", "domain": ORIGIN,
         "members": [{"cluster": "east", "namespace": "shop"}]}))
@@ -411,24 +416,10 @@ async fn incremental_state_equals_a_full_read(backend: Backend) {
         .expect("delete gns");
     check(&mut state, "the global namespace deleted").await;
     assert!(state.scoped.is_empty(), "nothing left of its objects");
-    seed_gns_again(store.as_ref()).await;
+    create_gns(store.as_ref()).await;
     put_service(store.as_ref(), "web", &["10.8.1.4"]).await;
     check(&mut state, "the global namespace again").await;
     backend.cleanup().await;
-}
-
-async fn seed_gns_again(store: &dyn Store) {
-    let gns: GlobalNamespace = serde_json::from_value(json!({
-        "name": "production", "domain": ORIGIN,
-        "members": [{"cluster": "east", "namespace": "shop"}]}))
-    .expect("gns");
-    let mut w = write(
-        ObjectKey::global(Kind::GlobalNamespace, "production"),
-        serde_json::to_value(&gns).expect("json"),
-    );
-    w.cluster_refs = gns.cluster_refs();
-    w.domain = Some(gns.domain.clone());
-    store.create(w).await.expect("create gns");
 }
 
 #[tokio::test]

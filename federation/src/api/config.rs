@@ -53,10 +53,11 @@ fn parse_query(query: &HashMap<String, String>) -> Result<(Option<u64>, Duration
     Ok((after, Duration::from_secs(timeout)))
 }
 
-fn snapshot_response(snapshot: &Snapshot) -> Result<Response, ApiError> {
-    let body = snapshot
-        .dns_json()
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+/// What a config watch serves of a snapshot.
+type Encode = fn(&Snapshot) -> Result<bytes::Bytes, crate::snapshot::SnapshotError>;
+
+fn snapshot_response(snapshot: &Snapshot, encode: Encode) -> Result<Response, ApiError> {
+    let body = encode(snapshot).map_err(|e| ApiError::Internal(e.to_string()))?;
     let headers = [
         (CONTENT_TYPE, HeaderValue::from_static("application/json")),
         (CACHE_CONTROL, HeaderValue::from_static("no-store")),
@@ -76,59 +77,15 @@ fn newer(rx: &mut SnapshotReceiver, after: Option<u64>) -> Option<std::sync::Arc
         .cloned()
 }
 
-/// `GET /v1/config/dns?after=V&timeout=S`: the zone snapshot (JSON) when its
-/// version is newer than `V`, else `304` after waiting up to `S` seconds
-/// (default 30, at most 60) for one. `503` when no snapshot has been built
-/// within the wait, or this server builds none.
-pub async fn dns(
+/// The long-poll shared by the config watches: `encode(snapshot)` as soon as
+/// a snapshot newer than `after` exists, `304` when none came within
+/// `timeout`, `503` when none has been built at all.
+async fn long_poll(
     snapshots: Option<Extension<SnapshotReceiver>>,
-    Query(query): Query<HashMap<String, String>>,
+    query: &HashMap<String, String>,
+    encode: Encode,
 ) -> Result<Response, ApiError> {
-    let (after, timeout) = parse_query(&query)?;
-    let Some(Extension(mut rx)) = snapshots else {
-        return Err(ApiError::NotReady(
-            "this server does not build DNS snapshots".into(),
-        ));
-    };
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(snapshot) = newer(&mut rx, after) {
-            return snapshot_response(&snapshot);
-        }
-        match tokio::time::timeout_at(deadline, rx.changed()).await {
-            Ok(Ok(())) => {}
-            // Timed out, or the builder stopped (shutting down): answer with what there is.
-            Ok(Err(_)) | Err(_) => break,
-        }
-    }
-    if let Some(snapshot) = newer(&mut rx, after) {
-        return snapshot_response(&snapshot);
-    }
-    if rx.borrow().is_some() {
-        Ok(StatusCode::NOT_MODIFIED.into_response())
-    } else {
-        Err(ApiError::NotReady(
-            "no DNS snapshot has been built yet; retry later".into(),
-        ))
-    }
-}
-
-/// `GET /v1/config/gateways/{cluster}`: the gateway config, long-polled like
-/// `GET /v1/config/dns` (the same snapshot version, so DNS and routing agree).
-pub async fn gateways(
-    State(state): State<AppState>,
-    snapshots: Option<Extension<SnapshotReceiver>>,
-    Path(params): Path<HashMap<String, String>>,
-    Query(query): Query<HashMap<String, String>>,
-) -> Result<Response, ApiError> {
-    let (after, timeout) = parse_query(&query)?;
-    let cluster = params.get("cluster").cloned().unwrap_or_default();
-    let key = crate::store::ObjectKey::global(crate::model::Kind::Cluster, cluster.clone());
-    if state.store.get(&key).await?.is_none() {
-        return Err(ApiError::NotFound(format!(
-            "cluster {cluster} is not registered"
-        )));
-    }
+    let (after, timeout) = parse_query(query)?;
     let Some(Extension(mut rx)) = snapshots else {
         return Err(ApiError::NotReady(
             "this server does not build snapshots".into(),
@@ -137,15 +94,16 @@ pub async fn gateways(
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(snapshot) = newer(&mut rx, after) {
-            return gateways_response(&snapshot);
+            return snapshot_response(&snapshot, encode);
         }
         match tokio::time::timeout_at(deadline, rx.changed()).await {
             Ok(Ok(())) => {}
+            // Timed out, or the builder stopped (shutting down): answer with what there is.
             Ok(Err(_)) | Err(_) => break,
         }
     }
     if let Some(snapshot) = newer(&mut rx, after) {
-        return gateways_response(&snapshot);
+        return snapshot_response(&snapshot, encode);
     }
     if rx.borrow().is_some() {
         Ok(StatusCode::NOT_MODIFIED.into_response())
@@ -156,19 +114,34 @@ pub async fn gateways(
     }
 }
 
-fn gateways_response(snapshot: &Snapshot) -> Result<Response, ApiError> {
-    let body = snapshot
-        .gateways_json()
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
-    let headers = [
-        (CONTENT_TYPE, HeaderValue::from_static("application/json")),
-        (CACHE_CONTROL, HeaderValue::from_static("no-store")),
-        (
-            HeaderName::from_static(VERSION_HEADER),
-            HeaderValue::from(snapshot.version),
-        ),
-    ];
-    Ok((StatusCode::OK, headers, body).into_response())
+/// `GET /v1/config/dns?after=V&timeout=S`: the zone snapshot (JSON) when its
+/// version is newer than `V`, else `304` after waiting up to `S` seconds
+/// (default 30, at most 60) for one. `503` when no snapshot has been built
+/// within the wait, or this server builds none.
+pub async fn dns(
+    snapshots: Option<Extension<SnapshotReceiver>>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    long_poll(snapshots, &query, Snapshot::dns_json).await
+}
+
+/// `GET /v1/config/gateways/{cluster}`: the gateway config, long-polled like
+/// `GET /v1/config/dns` (the same snapshot version, so DNS and routing agree).
+/// `404` for a cluster that is not registered.
+pub async fn gateways(
+    State(state): State<AppState>,
+    snapshots: Option<Extension<SnapshotReceiver>>,
+    Path(params): Path<HashMap<String, String>>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let cluster = params.get("cluster").cloned().unwrap_or_default();
+    let key = crate::store::ObjectKey::global(crate::model::Kind::Cluster, cluster.clone());
+    if state.store.get(&key).await?.is_none() {
+        return Err(ApiError::NotFound(format!(
+            "cluster {cluster} is not registered"
+        )));
+    }
+    long_poll(snapshots, &query, Snapshot::gateways_json).await
 }
 
 /// `GET /v1/config/status`: the current snapshot's version and the objects left
