@@ -62,6 +62,20 @@ pub struct ServiceConfig {
     /// `external`) may call it.
     #[serde(default)]
     pub external: bool,
+    /// TCP ports (passthrough, routed by the port clients dial).
+    #[serde(default)]
+    pub tcp_ports: Vec<TcpPort>,
+}
+
+/// A TCP port of a service: clients dial `port` on the egress; endpoints
+/// listen on `target_port` of their cluster.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TcpPort {
+    /// The service port.
+    pub port: u16,
+    /// The endpoints' port, by cluster.
+    pub target_port: BTreeMap<String, u16>,
 }
 
 /// A routing rule.

@@ -82,6 +82,8 @@ pub struct Counters {
     pub cert_renewals: AtomicU64,
     /// Local endpoints ejected after consecutive failures.
     pub ejections: AtomicU64,
+    /// TCP connections accepted for passthrough.
+    pub tcp_connections: AtomicU64,
 }
 
 /// Local endpoints tried per request on connect failures.
@@ -173,6 +175,8 @@ pub struct Gateway {
     peers: Mutex<HashMap<String, hyper::client::conn::http2::SendRequest<Body>>>,
     upstream: Client<HttpConnector, Body>,
     outliers: Outliers,
+    /// TCP ports the egress must listen on, from the config.
+    tcp_ports: tokio::sync::watch::Sender<std::collections::BTreeSet<u16>>,
     /// Counters.
     pub counters: Counters,
 }
@@ -217,6 +221,7 @@ impl Gateway {
             peers: Mutex::new(HashMap::new()),
             upstream: Client::builder(TokioExecutor::new()).build(connector),
             outliers: Outliers::default(),
+            tcp_ports: tokio::sync::watch::Sender::new(std::collections::BTreeSet::new()),
             counters: Counters::default(),
         })
     }
@@ -229,6 +234,12 @@ impl Gateway {
     /// Applies a config atomically; problems (rules left out) are returned.
     pub fn apply_config(&self, config: GatewayConfig) -> Vec<String> {
         let (table, problems) = RouteTable::new(&config, &self.cluster);
+        let ports = table.tcp_ports();
+        self.tcp_ports.send_if_modified(|current| {
+            let changed = *current != ports;
+            *current = ports;
+            changed
+        });
         self.routes.store(Arc::new(table));
         self.config.store(Some(Arc::new(config)));
         problems
@@ -271,6 +282,194 @@ impl Gateway {
     /// only services whose access policy admits it) until aborted.
     pub async fn serve_public(self: Arc<Self>, listener: TcpListener) {
         self.serve_plain(listener, Entry::Public).await;
+    }
+
+    /// Listens on `ip` on every TCP port the config routes (opening and
+    /// closing listeners as the config changes) and passes connections
+    /// through to the chosen cluster. Runs until aborted.
+    pub async fn serve_tcp(self: Arc<Self>, ip: std::net::IpAddr) {
+        let mut ports = self.tcp_ports.subscribe();
+        let mut listeners: HashMap<u16, tokio::task::JoinHandle<()>> = HashMap::new();
+        loop {
+            let wanted = ports.borrow_and_update().clone();
+            listeners.retain(|port, task| {
+                let keep = wanted.contains(port);
+                if !keep {
+                    task.abort();
+                }
+                keep
+            });
+            let missing: Vec<u16> = wanted
+                .iter()
+                .copied()
+                .filter(|p| !listeners.contains_key(p))
+                .collect();
+            for port in &missing {
+                match TcpListener::bind((ip, *port)).await {
+                    Ok(listener) => {
+                        tracing::info!(%ip, port, "TCP egress listening");
+                        let gw = Arc::clone(&self);
+                        listeners.insert(*port, tokio::spawn(gw.accept_tcp(listener, *port)));
+                    }
+                    Err(e) => tracing::warn!(%ip, port, error = %e, "cannot listen for TCP"),
+                }
+            }
+            if ports.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    async fn accept_tcp(self: Arc<Self>, listener: TcpListener, port: u16) {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = tcp.set_nodelay(true);
+            let gw = Arc::clone(&self);
+            tokio::spawn(async move {
+                if let Err(e) = gw.tcp_egress(tcp, port).await {
+                    tracing::debug!(port, error = %e, "TCP connection not passed through");
+                }
+            });
+        }
+    }
+
+    /// One TCP connection: to a local endpoint, or through a CONNECT tunnel
+    /// on the HTTP/2 connection to a peer gateway, in plan order.
+    async fn tcp_egress(&self, mut client: TcpStream, port: u16) -> Result<(), String> {
+        self.counters
+            .tcp_connections
+            .fetch_add(1, Ordering::Relaxed);
+        let routes = self.routes.load_full();
+        let route = routes
+            .tcp_route(port)
+            .ok_or_else(|| format!("no service on TCP port {port}"))?;
+        let plan = routes.plan(&route, &http::HeaderMap::new(), fastrand::u64(..));
+        let host = format!("{}.{}:{port}", route.config.service, route.config.gns);
+        for cluster in &plan {
+            if *cluster == self.cluster {
+                match self.connect_local_tcp(&route, port).await {
+                    Ok(mut upstream) => {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                        return Ok(());
+                    }
+                    Err(e) => tracing::debug!(cluster, error = %e, "TCP try failed"),
+                }
+                continue;
+            }
+            let Ok(mut sender) = self.peer_sender(cluster).await else {
+                continue;
+            };
+            let Ok(request) = Request::builder()
+                .method(http::Method::CONNECT)
+                .uri(host.as_str())
+                .body(full(Bytes::new()))
+            else {
+                continue;
+            };
+            if sender.ready().await.is_err() {
+                continue;
+            }
+            let Ok(response) = sender.send_request(request).await else {
+                continue;
+            };
+            if !response.status().is_success() {
+                continue;
+            }
+            match hyper::upgrade::on(response).await {
+                Ok(upgraded) => {
+                    let mut tunnel = TokioIo::new(upgraded);
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut tunnel).await;
+                    return Ok(());
+                }
+                Err(e) => tracing::debug!(cluster, error = %e, "CONNECT tunnel failed"),
+            }
+        }
+        Err(format!("port {port}: no cluster could take the connection"))
+    }
+
+    /// A TCP connection to a local endpoint of `route` for service port `port`.
+    async fn connect_local_tcp(&self, route: &Route, port: u16) -> Result<TcpStream, String> {
+        let endpoints = route
+            .config
+            .endpoints
+            .get(&self.cluster)
+            .filter(|e| !e.is_empty())
+            .ok_or("no local endpoints")?;
+        let target_port = route
+            .config
+            .tcp_ports
+            .iter()
+            .find(|t| t.port == port)
+            .and_then(|t| t.target_port.get(&self.cluster).copied())
+            .unwrap_or(port);
+        let mut tried = Vec::new();
+        let mut last = String::from("no endpoint tried");
+        for _ in 0..LOCAL_CONNECT_TRIES.min(endpoints.len()) {
+            let target = self.outliers.pick(endpoints, target_port, &tried);
+            tried.push(target);
+            match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await {
+                Ok(Ok(tcp)) => {
+                    self.outliers.record(target, false);
+                    let _ = tcp.set_nodelay(true);
+                    return Ok(tcp);
+                }
+                Ok(Err(e)) => last = format!("{target}: {e}"),
+                Err(_) => last = format!("{target}: connect timed out"),
+            }
+            if self.outliers.record(target, true) {
+                self.counters.ejections.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Err(last)
+    }
+
+    /// A CONNECT from a peer gateway: answer 200 once the local endpoint is
+    /// connected, then pipe the tunnel to it.
+    async fn ingress_connect(&self, req: Request<Incoming>, peer: &str) -> Response<Body> {
+        let authority = req
+            .uri()
+            .authority()
+            .map(|a| (a.host().to_owned(), a.port_u16()));
+        let Some((host, Some(port))) = authority else {
+            return reply(StatusCode::BAD_REQUEST, "CONNECT needs host:port");
+        };
+        let Some(route) = self.routes.load().tcp_route(port) else {
+            return reply(
+                StatusCode::NOT_FOUND,
+                &format!("no service on TCP port {port}"),
+            );
+        };
+        if host != format!("{}.{}", route.config.service, route.config.gns) {
+            return reply(
+                StatusCode::NOT_FOUND,
+                &format!("{host}:{port} is not a TCP service here"),
+            );
+        }
+        if let Some(allowed) = &route.config.allowed_clusters
+            && !allowed.iter().any(|c| c == peer)
+        {
+            self.counters.access_denied.fetch_add(1, Ordering::Relaxed);
+            return reply(
+                StatusCode::FORBIDDEN,
+                &format!("cluster {peer} may not connect"),
+            );
+        }
+        let mut upstream = match self.connect_local_tcp(&route, port).await {
+            Ok(tcp) => tcp,
+            Err(e) => return reply(StatusCode::BAD_GATEWAY, &e),
+        };
+        tokio::spawn(async move {
+            match hyper::upgrade::on(req).await {
+                Ok(upgraded) => {
+                    let mut tunnel = TokioIo::new(upgraded);
+                    let _ = tokio::io::copy_bidirectional(&mut tunnel, &mut upstream).await;
+                }
+                Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
+            }
+        });
+        Response::new(full(Bytes::new()))
     }
 
     async fn serve_plain(self: Arc<Self>, listener: TcpListener, entry: Entry) {
@@ -449,6 +648,9 @@ impl Gateway {
         self.counters
             .ingress_requests
             .fetch_add(1, Ordering::Relaxed);
+        if req.method() == http::Method::CONNECT {
+            return self.ingress_connect(req, peer).await;
+        }
         let host = host_of(&req);
         let Some(route) = self.routes.load().route(&host) else {
             return reply(

@@ -43,6 +43,7 @@ pub struct RouteTable {
     /// This gateway's cluster.
     pub cluster: String,
     by_host: HashMap<String, Arc<Route>>,
+    by_tcp_port: HashMap<u16, Arc<Route>>,
 }
 
 impl RouteTable {
@@ -51,6 +52,7 @@ impl RouteTable {
     pub fn new(config: &GatewayConfig, cluster: &str) -> (RouteTable, Vec<String>) {
         let mut problems = Vec::new();
         let mut by_host = HashMap::new();
+        let mut by_tcp_port: HashMap<u16, Arc<Route>> = HashMap::new();
         for (host, svc) in &config.services {
             let mut rules = Vec::new();
             'rules: for (i, rule) in svc.rules.iter().enumerate() {
@@ -86,18 +88,28 @@ impl RouteTable {
                     total_weight,
                 });
             }
-            by_host.insert(
-                host.to_ascii_lowercase(),
-                Arc::new(Route {
-                    config: svc.clone(),
-                    rules,
-                }),
-            );
+            let route = Arc::new(Route {
+                config: svc.clone(),
+                rules,
+            });
+            for tcp in &svc.tcp_ports {
+                match by_tcp_port.get(&tcp.port) {
+                    Some(other) => problems.push(format!(
+                        "{host}: TCP port {} is taken by {}.{}",
+                        tcp.port, other.config.service, other.config.gns
+                    )),
+                    None => {
+                        by_tcp_port.insert(tcp.port, Arc::clone(&route));
+                    }
+                }
+            }
+            by_host.insert(host.to_ascii_lowercase(), route);
         }
         (
             RouteTable {
                 cluster: cluster.to_owned(),
                 by_host,
+                by_tcp_port,
             },
             problems,
         )
@@ -114,6 +126,16 @@ impl RouteTable {
         });
         let name = name.trim_end_matches('.').to_ascii_lowercase();
         self.by_host.get(&name).cloned()
+    }
+
+    /// The route of TCP connections to `port`.
+    pub fn tcp_route(&self, port: u16) -> Option<Arc<Route>> {
+        self.by_tcp_port.get(&port).cloned()
+    }
+
+    /// TCP ports with a route.
+    pub fn tcp_ports(&self) -> std::collections::BTreeSet<u16> {
+        self.by_tcp_port.keys().copied().collect()
     }
 
     /// Clusters to try for a request, in order, given a uniformly random `roll`.

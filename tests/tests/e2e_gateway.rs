@@ -63,6 +63,32 @@ async fn upstream(name: &'static str) -> u16 {
     port
 }
 
+/// A TCP upstream that answers each read with `<name>:` and the bytes read.
+async fn tcp_echo(name: &'static str) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind echo");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                while let Ok(n) = tcp.read(&mut buf).await {
+                    if n == 0 {
+                        return;
+                    }
+                    let mut out = format!("{name}:").into_bytes();
+                    out.extend_from_slice(&buf[..n]);
+                    if tcp.write_all(&out).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
 async fn member(name: &str) -> TestApiServer {
     TestApiServer::start(TestApiServerOptions::default().token(
         "member-token",
@@ -163,6 +189,23 @@ async fn cross_cluster_requests_over_mtls() {
         api.apply::<EndpointSlice>(&web_slice(true, port))
             .expect("slice");
     }
+    // A TCP service, db, in west only: clients dial port `db_port` on their egress.
+    let (db_port, echo_port) = (free_port(), tcp_echo("west").await);
+    west.apply::<Service>(&service(
+        "shop",
+        "db",
+        &[("app", "db")],
+        &[("pg", i32::from(db_port))],
+    ))
+    .expect("db service");
+    west.apply::<EndpointSlice>(&endpoint_slice(
+        "shop",
+        "db",
+        "db-1",
+        &[("127.0.0.1", true, true, false, None)],
+        &[("pg", i32::from(echo_port))],
+    ))
+    .expect("db slice");
     // East also lists an endpoint that refuses connections: it is skipped
     // (another endpoint is tried) and ejected, and no request fails.
     east.apply::<EndpointSlice>(&endpoint_slice(
@@ -239,7 +282,15 @@ async fn cross_cluster_requests_over_mtls() {
         )
         .await;
         assert_eq!(status, 201, "{body}");
-        let egress: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        // Distinct egress addresses: each gateway also listens there on the TCP service ports.
+        let egress_ip = if name == "east" {
+            "127.0.0.2"
+        } else {
+            "127.0.0.4"
+        };
+        let egress: SocketAddr = format!("{egress_ip}:{}", free_port())
+            .parse()
+            .expect("addr");
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let public: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let proc = Proc::spawn(
@@ -530,6 +581,32 @@ async fn cross_cluster_requests_over_mtls() {
         },
     )
     .await;
+
+    // TCP passthrough: a connection to db's port on east's egress comes out
+    // at west's TCP upstream, through a CONNECT tunnel in the peer connection.
+    let east_ip = east_gw.egress.ip();
+    eventually(
+        "TCP through east to west",
+        Duration::from_secs(15),
+        async || {
+            let mut tcp = tokio::net::TcpStream::connect((east_ip, db_port))
+                .await
+                .map_err(|e| e.to_string())?;
+            tcp.write_all(b"ping").await.map_err(|e| e.to_string())?;
+            let mut buf = [0u8; 64];
+            let n = tokio::time::timeout(Duration::from_secs(3), tcp.read(&mut buf))
+                .await
+                .map_err(|_| "no answer".to_owned())?
+                .map_err(|e| e.to_string())?;
+            if &buf[..n] == b"west:ping" {
+                Ok(())
+            } else {
+                Err(String::from_utf8_lossy(&buf[..n]).into_owned())
+            }
+        },
+    )
+    .await;
+    assert!(metric(east_gw.admin, "gns_gateway_tcp_connections_total").await >= 1);
 
     // The ingress speaks no plaintext and no TLS below 1.3 (openssl s_client).
     let mut plain = tokio::net::TcpStream::connect(("127.0.0.1", ingress["west"]))

@@ -432,13 +432,13 @@ impl Compiler<'_> {
             let http = d
                 .ports
                 .iter()
-                .find(|p| {
-                    matches!(
-                        p.protocol,
-                        Protocol::Http | Protocol::Http2 | Protocol::Grpc
-                    )
-                })
+                .find(|p| is_http(p))
                 .or_else(|| d.ports.first());
+            let tcp: Vec<&WorkloadPort> = d
+                .ports
+                .iter()
+                .filter(|p| !is_http(p) && matches!(p.protocol, Protocol::Tcp | Protocol::Tls))
+                .collect();
             for (cluster, endpoints) in &d.clusters {
                 if !members.contains(cluster.as_str()) {
                     continue;
@@ -449,6 +449,21 @@ impl Compiler<'_> {
                 );
                 if let Some(port) = http {
                     out.http_port.insert(cluster.clone(), port.endpoint_port());
+                }
+                for port in &tcp {
+                    let i = match out.tcp_ports.iter().position(|t| t.port == port.port) {
+                        Some(i) => i,
+                        None => {
+                            out.tcp_ports.push(gw::TcpPort {
+                                port: port.port,
+                                ..gw::TcpPort::default()
+                            });
+                            out.tcp_ports.len() - 1
+                        }
+                    };
+                    out.tcp_ports[i]
+                        .target_port
+                        .insert(cluster.clone(), port.endpoint_port());
                 }
             }
         }
@@ -563,6 +578,18 @@ impl Compiler<'_> {
             txt: vec![format!("clusters={}", ready_clusters.join(","))],
         }
     }
+}
+
+/// Whether a port carries HTTP: by protocol, or by name (`http`, `http-…`,
+/// `grpc`, `grpc-…`, the Kubernetes/Istio convention).
+fn is_http(port: &WorkloadPort) -> bool {
+    let name = port.name.as_str();
+    matches!(
+        port.protocol,
+        Protocol::Http | Protocol::Http2 | Protocol::Grpc
+    ) || ["http", "grpc"]
+        .iter()
+        .any(|p| name == *p || name.starts_with(&format!("{p}-")))
 }
 
 /// Whether clients outside every cluster (identity `external`) may call

@@ -103,6 +103,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         admin = %admin.local_addr()?,
         "gns-gateway listening"
     );
+    // TCP passthrough: the egress address, on every TCP port the config routes.
+    tokio::spawn(Arc::clone(&gateway).serve_tcp(args.egress_listen.ip()));
     tokio::spawn(Arc::clone(&gateway).serve_egress(egress));
     tokio::spawn(Arc::clone(&gateway).serve_ingress(ingress));
     if let Some(addr) = args.public_listen {
@@ -189,6 +191,10 @@ fn metrics(gateway: &Gateway) -> String {
         (
             "gns_gateway_ejections_total",
             c.ejections.load(Ordering::Relaxed),
+        ),
+        (
+            "gns_gateway_tcp_connections_total",
+            c.tcp_connections.load(Ordering::Relaxed),
         ),
         (
             "gns_gateway_cert_renewals_total",
