@@ -249,6 +249,39 @@ http {{ access_log off; client_body_temp_path {0}; proxy_temp_path {0}; fastcgi_
         &[("127.0.0.1", true, true, false, None)],
         &[("http", i32::from(nginx_port))],
     ))?;
+    // A TCP sink for the passthrough measurement: service db, port `db_port`.
+    let sink = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let sink_port = sink.local_addr()?.port();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = sink.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 256 * 1024];
+                let mut total: u64 = 0;
+                while let Ok(n) = tokio::io::AsyncReadExt::read(&mut tcp, &mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    total += n as u64;
+                }
+                // Acknowledge what arrived, so the sender measures delivery.
+                let _ = tokio::io::AsyncWriteExt::write_all(&mut tcp, &total.to_be_bytes()).await;
+            });
+        }
+    });
+    let db_port = free_port();
+    west.apply::<Service>(&service(
+        "shop",
+        "db",
+        &[("app", "db")],
+        &[("pg", i32::from(db_port))],
+    ))?;
+    west.apply::<EndpointSlice>(&endpoint_slice(
+        "shop",
+        "db",
+        "db-1",
+        &[("127.0.0.1", true, true, false, None)],
+        &[("pg", i32::from(sink_port))],
+    ))?;
     let api_port = free_port();
     let base = format!("http://127.0.0.1:{api_port}");
     let _fed = Proc::spawn(
@@ -293,7 +326,13 @@ http {{ access_log off; client_body_temp_path {0}; proxy_temp_path {0}; fastcgi_
             Some(json!({})),
         )
         .await?;
-        let egress: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
+        // Distinct egress addresses: each gateway listens there on TCP service ports too.
+        let ip = if name == "east" {
+            "127.0.0.2"
+        } else {
+            "127.0.0.4"
+        };
+        let egress: SocketAddr = format!("{ip}:{}", free_port()).parse()?;
         if name == "east" {
             east_egress = Some(egress);
         }
@@ -404,5 +443,74 @@ http {{ access_log off; client_body_temp_path {0}; proxy_temp_path {0}; fastcgi_
         g_p99 / h_p99,
         g_cpu / h_cpu
     );
+
+    // TCP passthrough: 512 MiB through east egress → CONNECT tunnel → west, and directly.
+    let through = tcp_throughput((east_egress.ip(), db_port).into()).await?;
+    let direct = tcp_throughput(([127, 0, 0, 1], sink_port).into()).await?;
+    println!(
+        "TCP passthrough: {through:.0} MB/s through the gateways, {direct:.0} MB/s direct ({:.2}x)",
+        through / direct
+    );
+
+    // Memory per 1,000 idle client connections on the first proxy.
+    let rss = |pid: u32| -> f64 {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+            })
+            .unwrap_or(0.0)
+            / 1024.0
+    };
+    let ha_a_pid = ha_a.pid().context("haproxy pid")?;
+    let gw_pid = gateways
+        .first()
+        .and_then(Proc::pid)
+        .context("gateway pid")?;
+    for (name, pid, addr) in [
+        ("gns-gateway egress", gw_pid, east_egress),
+        (
+            "haproxy front",
+            ha_a_pid,
+            format!("127.0.0.1:{a_port}").parse()?,
+        ),
+    ] {
+        let before = rss(pid);
+        let mut idle = Vec::new();
+        for _ in 0..1000 {
+            idle.push(tokio::net::TcpStream::connect(addr).await?);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let after = rss(pid);
+        println!(
+            "{name}: {:.1} MiB more RSS for 1,000 idle connections",
+            after - before
+        );
+        drop(idle);
+    }
     Ok(())
+}
+
+/// Sends 512 MiB to `addr`, waits for the sink's acknowledgement; MB/s.
+async fn tcp_throughput(addr: SocketAddr) -> anyhow::Result<f64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const TOTAL: u64 = 512 * 1024 * 1024;
+    let mut tcp = tokio::net::TcpStream::connect(addr).await?;
+    let chunk = vec![7u8; 256 * 1024];
+    let started = Instant::now();
+    let mut sent = 0;
+    while sent < TOTAL {
+        tcp.write_all(&chunk).await?;
+        sent += chunk.len() as u64;
+    }
+    tcp.shutdown().await?;
+    let mut ack = [0u8; 8];
+    tcp.read_exact(&mut ack).await?;
+    let received = u64::from_be_bytes(ack);
+    if received != TOTAL {
+        bail!("{addr}: the sink got {received} of {TOTAL} bytes");
+    }
+    Ok(TOTAL as f64 / 1e6 / started.elapsed().as_secs_f64())
 }
