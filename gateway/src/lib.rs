@@ -3,7 +3,8 @@
 //! Module map: [`config`] is what the federation sends (the only contract
 //! with it); [`route`] turns a config into route decisions (pure);
 //! [`tls`] makes the mTLS configurations and checks SPIFFE identities;
-//! [`proxy`] is the data path (egress, ingress, peer pool, retries);
+//! [`proxy`] is the data path (egress, ingress, peer pool, retries, TCP
+//! passthrough); [`sni`] reads the server name of a TLS ClientHello;
 //! [`follow`] fetches the certificate and follows the config from the
 //! federation, persisting both for static stability.
 
@@ -11,6 +12,7 @@ pub mod config;
 pub mod follow;
 pub mod proxy;
 pub mod route;
+pub mod sni;
 pub mod tls;
 
 pub use config::GatewayConfig;

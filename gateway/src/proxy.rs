@@ -342,8 +342,14 @@ impl Gateway {
             .tcp_connections
             .fetch_add(1, Ordering::Relaxed);
         let routes = self.routes.load_full();
+        // Several services on one port: a TLS client's server name picks one.
+        let sni = if routes.tcp_port_shared(port) {
+            server_name(&client).await
+        } else {
+            None
+        };
         let route = routes
-            .tcp_route(port)
+            .tcp_route(port, sni.as_deref())
             .ok_or_else(|| format!("no service on TCP port {port}"))?;
         let plan = routes.plan(&route, &http::HeaderMap::new(), fastrand::u64(..));
         let host = format!("{}.{}:{port}", route.config.service, route.config.gns);
@@ -435,18 +441,12 @@ impl Gateway {
         let Some((host, Some(port))) = authority else {
             return reply(StatusCode::BAD_REQUEST, "CONNECT needs host:port");
         };
-        let Some(route) = self.routes.load().tcp_route(port) else {
-            return reply(
-                StatusCode::NOT_FOUND,
-                &format!("no service on TCP port {port}"),
-            );
-        };
-        if host != format!("{}.{}", route.config.service, route.config.gns) {
+        let Some(route) = self.routes.load().tcp_route_named(port, &host) else {
             return reply(
                 StatusCode::NOT_FOUND,
                 &format!("{host}:{port} is not a TCP service here"),
             );
-        }
+        };
         if let Some(allowed) = &route.config.allowed_clusters
             && !allowed.iter().any(|c| c == peer)
         {
@@ -850,6 +850,28 @@ impl Gateway {
             peers.insert(peer.to_owned(), sender.clone());
         }
         Ok(sender)
+    }
+}
+
+/// The TLS server name a client sends first, read without consuming it
+/// (`None` if it is not TLS, names nothing, or says nothing within 3 s).
+async fn server_name(client: &TcpStream) -> Option<String> {
+    let mut buf = vec![0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let n = tokio::time::timeout_at(deadline, client.peek(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        match crate::sni::peek(&buf[..n]) {
+            crate::sni::Peek::Hello(name) => return name,
+            crate::sni::Peek::NotTls => return None,
+            crate::sni::Peek::Incomplete if n == 0 || n == buf.len() => return None,
+            crate::sni::Peek::Incomplete => {
+                // peek returns what is buffered now; wait a little for more.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
     }
 }
 

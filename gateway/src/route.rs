@@ -43,7 +43,9 @@ pub struct RouteTable {
     /// This gateway's cluster.
     pub cluster: String,
     by_host: HashMap<String, Arc<Route>>,
-    by_tcp_port: HashMap<u16, Arc<Route>>,
+    /// Services on each TCP port, with their host names (several share a
+    /// port when TLS clients name them by SNI).
+    by_tcp_port: HashMap<u16, Vec<(String, Arc<Route>)>>,
 }
 
 impl RouteTable {
@@ -52,7 +54,7 @@ impl RouteTable {
     pub fn new(config: &GatewayConfig, cluster: &str) -> (RouteTable, Vec<String>) {
         let mut problems = Vec::new();
         let mut by_host = HashMap::new();
-        let mut by_tcp_port: HashMap<u16, Arc<Route>> = HashMap::new();
+        let mut by_tcp_port: HashMap<u16, Vec<(String, Arc<Route>)>> = HashMap::new();
         for (host, svc) in &config.services {
             let mut rules = Vec::new();
             'rules: for (i, rule) in svc.rules.iter().enumerate() {
@@ -93,15 +95,10 @@ impl RouteTable {
                 rules,
             });
             for tcp in &svc.tcp_ports {
-                match by_tcp_port.get(&tcp.port) {
-                    Some(other) => problems.push(format!(
-                        "{host}: TCP port {} is taken by {}.{}",
-                        tcp.port, other.config.service, other.config.gns
-                    )),
-                    None => {
-                        by_tcp_port.insert(tcp.port, Arc::clone(&route));
-                    }
-                }
+                by_tcp_port
+                    .entry(tcp.port)
+                    .or_default()
+                    .push((host.to_ascii_lowercase(), Arc::clone(&route)));
             }
             by_host.insert(host.to_ascii_lowercase(), route);
         }
@@ -128,9 +125,36 @@ impl RouteTable {
         self.by_host.get(&name).cloned()
     }
 
-    /// The route of TCP connections to `port`.
-    pub fn tcp_route(&self, port: u16) -> Option<Arc<Route>> {
-        self.by_tcp_port.get(&port).cloned()
+    /// The route of TCP connections to `port`: the service named by the TLS
+    /// server name `sni` when it is one of the port's, else the port's first
+    /// (by host name).
+    pub fn tcp_route(&self, port: u16, sni: Option<&str>) -> Option<Arc<Route>> {
+        let routes = self.by_tcp_port.get(&port)?;
+        let named = sni.and_then(|name| {
+            let name = name.trim_end_matches('.').to_ascii_lowercase();
+            routes.iter().find(|(host, _)| *host == name)
+        });
+        named.or_else(|| routes.first()).map(|(_, r)| Arc::clone(r))
+    }
+
+    /// The route on TCP `port` of the service called `<service>.<gns>`
+    /// (how CONNECT requests between gateways name it).
+    pub fn tcp_route_named(&self, port: u16, service_gns: &str) -> Option<Arc<Route>> {
+        self.by_tcp_port
+            .get(&port)?
+            .iter()
+            .find(|(_, r)| {
+                service_gns
+                    .strip_prefix(r.config.service.as_str())
+                    .and_then(|rest| rest.strip_prefix('.'))
+                    == Some(r.config.gns.as_str())
+            })
+            .map(|(_, r)| Arc::clone(r))
+    }
+
+    /// Whether several services share TCP `port` (so the server name matters).
+    pub fn tcp_port_shared(&self, port: u16) -> bool {
+        self.by_tcp_port.get(&port).is_some_and(|r| r.len() > 1)
     }
 
     /// TCP ports with a route.

@@ -206,6 +206,23 @@ async fn cross_cluster_requests_over_mtls() {
         &[("pg", i32::from(echo_port))],
     ))
     .expect("db slice");
+    // A second TCP service on the same port, told apart by the TLS server name.
+    let secure_echo = tcp_echo("secure").await;
+    west.apply::<Service>(&service(
+        "shop",
+        "secure",
+        &[("app", "secure")],
+        &[("tls", i32::from(db_port))],
+    ))
+    .expect("secure service");
+    west.apply::<EndpointSlice>(&endpoint_slice(
+        "shop",
+        "secure",
+        "secure-1",
+        &[("127.0.0.1", true, true, false, None)],
+        &[("tls", i32::from(secure_echo))],
+    ))
+    .expect("secure slice");
     // East also lists an endpoint that refuses connections: it is skipped
     // (another endpoint is tried) and ejected, and no request fails.
     east.apply::<EndpointSlice>(&endpoint_slice(
@@ -607,6 +624,29 @@ async fn cross_cluster_requests_over_mtls() {
     )
     .await;
     assert!(metric(east_gw.admin, "gns_gateway_tcp_connections_total").await >= 1);
+    // A TLS ClientHello naming secure.production.app.acme.com on the same port
+    // goes to secure's upstream, untouched (TLS passthrough by SNI).
+    let hello = {
+        let config = rustls::ClientConfig::builder()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from("secure.production.app.acme.com")
+            .expect("name");
+        let mut conn = rustls::ClientConnection::new(Arc::new(config), name).expect("client");
+        let mut out = Vec::new();
+        conn.write_tls(&mut out).expect("hello");
+        out
+    };
+    let mut tcp = tokio::net::TcpStream::connect((east_ip, db_port))
+        .await
+        .expect("connect");
+    tcp.write_all(&hello).await.expect("send hello");
+    let mut answer = vec![0u8; 7];
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_exact(&mut answer))
+        .await
+        .expect("answer in time")
+        .expect("read");
+    assert_eq!(&answer, b"secure:", "routed by the server name");
 
     // The ingress speaks no plaintext and no TLS below 1.3 (openssl s_client).
     let mut plain = tokio::net::TcpStream::connect(("127.0.0.1", ingress["west"]))
