@@ -480,13 +480,21 @@ impl Gateway {
             let _ = tcp.set_nodelay(true);
             let gw = Arc::clone(&self);
             tokio::spawn(async move {
+                let listener = match entry {
+                    Entry::Egress => "egress",
+                    Entry::Public => "public",
+                };
                 let svc = service_fn(move |req| {
                     let gw = Arc::clone(&gw);
                     async move { Ok::<_, Infallible>(gw.egress(req, entry).await) }
                 });
+                metrics::gauge!("gns_gateway_active_connections", "listener" => listener)
+                    .increment(1.0);
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(tcp), svc)
                     .await;
+                metrics::gauge!("gns_gateway_active_connections", "listener" => listener)
+                    .decrement(1.0);
             });
         }
     }
@@ -500,7 +508,17 @@ impl Gateway {
             let _ = tcp.set_nodelay(true);
             let gw = Arc::clone(&self);
             tokio::spawn(async move {
-                if let Err(e) = Arc::clone(&gw).ingress_connection(tcp).await {
+                metrics::gauge!("gns_gateway_active_connections", "listener" => "ingress")
+                    .increment(1.0);
+                let outcome = Arc::clone(&gw).ingress_connection(tcp).await;
+                metrics::gauge!("gns_gateway_active_connections", "listener" => "ingress")
+                    .decrement(1.0);
+                if let Err(e) = outcome {
+                    metrics::counter!(
+                        "gns_gateway_mtls_handshake_failures_total",
+                        "reason" => refusal_reason(&e)
+                    )
+                    .increment(1);
                     gw.counters.mtls_refused.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(peer = %peer_addr, error = %e, "ingress connection refused");
                 }
@@ -580,10 +598,21 @@ impl Gateway {
             );
         }
         let timeout = route.config.timeout().unwrap_or(DEFAULT_TIMEOUT);
-        match tokio::time::timeout(timeout, self.try_plan(&route, &plan, &parts, body)).await {
-            Ok(resp) => resp,
-            Err(_) => reply(StatusCode::GATEWAY_TIMEOUT, "timed out"),
-        }
+        let started = std::time::Instant::now();
+        let (resp, cluster) =
+            match tokio::time::timeout(timeout, self.try_plan(&route, &plan, &parts, body)).await {
+                Ok(done) => done,
+                Err(_) => (
+                    reply(StatusCode::GATEWAY_TIMEOUT, "timed out"),
+                    plan.first().cloned().unwrap_or_default(),
+                ),
+            };
+        let entry = match entry {
+            Entry::Egress => "egress",
+            Entry::Public => "public",
+        };
+        observe(entry, &route, &cluster, resp.status(), started);
+        resp
     }
 
     async fn try_plan(
@@ -592,7 +621,7 @@ impl Gateway {
         plan: &[String],
         parts: &http::request::Parts,
         body: Bytes,
-    ) -> Response<Body> {
+    ) -> (Response<Body>, String) {
         let retry = route.config.retries.as_ref();
         // Connect failures move on through the plan; 5xx only with a retry policy.
         let budget = retry.map_or(plan.len(), |r| r.attempts.max(1) as usize);
@@ -600,7 +629,9 @@ impl Gateway {
             .and_then(|r| r.per_try_timeout_ms)
             .map(Duration::from_millis);
         let mut last = reply(StatusCode::BAD_GATEWAY, "no try was made");
+        let mut last_cluster = String::new();
         for (n, cluster) in plan.iter().cycle().take(budget.max(1)).enumerate() {
+            last_cluster.clone_from(cluster);
             if n > 0 {
                 self.counters.retries.fetch_add(1, Ordering::Relaxed);
             }
@@ -626,7 +657,7 @@ impl Gateway {
                 {
                     last = resp;
                 }
-                Ok(resp) => return resp,
+                Ok(resp) => return (resp, cluster.clone()),
                 Err(TryError::Connect(e)) => {
                     tracing::debug!(cluster, error = %e, "try failed to connect");
                     last = reply(StatusCode::BAD_GATEWAY, &format!("{cluster}: {e}"));
@@ -636,12 +667,12 @@ impl Gateway {
                         retry.is_some_and(|r| r.on_5xx || r.per_try_timeout_ms.is_some());
                     last = reply(StatusCode::GATEWAY_TIMEOUT, &format!("{cluster}: {e}"));
                     if !retryable {
-                        return last;
+                        return (last, cluster.clone());
                     }
                 }
             }
         }
-        last
+        (last, last_cluster)
     }
 
     async fn ingress(&self, req: Request<Incoming>, peer: &str) -> Response<Body> {
@@ -850,6 +881,54 @@ impl Gateway {
             peers.insert(peer.to_owned(), sender.clone());
         }
         Ok(sender)
+    }
+}
+
+/// Records one answered request by entry, service and the cluster that served it.
+fn observe(
+    entry: &'static str,
+    route: &Route,
+    cluster: &str,
+    status: StatusCode,
+    started: std::time::Instant,
+) {
+    let service = format!("{}.{}", route.config.service, route.config.gns);
+    let class = match status.as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    metrics::counter!(
+        "gns_gateway_requests_total",
+        "entry" => entry,
+        "service" => service.clone(),
+        "cluster" => cluster.to_owned(),
+        "class" => class
+    )
+    .increment(1);
+    metrics::histogram!(
+        "gns_gateway_request_duration_seconds",
+        "entry" => entry,
+        "service" => service,
+        "cluster" => cluster.to_owned()
+    )
+    .record(started.elapsed().as_secs_f64());
+}
+
+/// Why an ingress connection was refused, for the metric label.
+fn refusal_reason(error: &str) -> &'static str {
+    if error.starts_with("handshake timed out") {
+        "timeout"
+    } else if error.starts_with("handshake") {
+        "handshake"
+    } else if error.starts_with("the peer is not") {
+        "identity"
+    } else if error.starts_with("no certificate") {
+        "no-certificate"
+    } else {
+        "http2"
     }
 }
 

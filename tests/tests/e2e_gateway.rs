@@ -401,6 +401,24 @@ async fn cross_cluster_requests_over_mtls() {
     .await;
     assert!(metric(west_gw.admin, "gns_gateway_ingress_requests_total").await >= 1);
     assert!(metric(east_gw.admin, "gns_gateway_peer_tries_total").await >= 1);
+    let text = reqwest::get(format!("http://{}/metrics", east_gw.admin))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("gns_gateway_requests_total{")
+                && l.contains("cluster=\"west\"")
+                && l.contains("service=\"web.production\"")
+                && l.contains("class=\"2xx\"")),
+        "per-route, per-destination-cluster request counts: {text}"
+    );
+    assert!(
+        text.contains("gns_gateway_request_duration_seconds_bucket{"),
+        "latency histograms"
+    );
 
     // The 99/1 canary and the User-Agent rule.
     let (status, body) = api(
@@ -647,6 +665,17 @@ async fn cross_cluster_requests_over_mtls() {
         .expect("answer in time")
         .expect("read");
     assert_eq!(&answer, b"secure:", "routed by the server name");
+
+    let text = reqwest::get(format!("http://{}/metrics", west_gw.admin))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        text.contains("gns_gateway_mtls_handshake_failures_total{reason=\"handshake\"}"),
+        "refusals counted by reason: {text}"
+    );
 
     // The ingress speaks no plaintext and no TLS below 1.3 (openssl s_client).
     let mut plain = tokio::net::TcpStream::connect(("127.0.0.1", ingress["west"]))

@@ -76,6 +76,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
+    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()),
+            &[
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ],
+        )
+        .context("metric buckets")?
+        .install_recorder()
+        .context("metrics recorder")?;
     let gateway = Gateway::new(&args.cluster);
     let follower = Follower::new(&args.federation, &args.cluster, &args.state_dir)?;
     follower.restore(&gateway);
@@ -116,18 +126,23 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     tokio::spawn(follower.clone().renew(Arc::clone(&gateway)));
     tokio::spawn(follower.follow(Arc::clone(&gateway), api_token));
-    tokio::spawn(serve_admin(admin, Arc::clone(&gateway)));
+    tokio::spawn(serve_admin(admin, Arc::clone(&gateway), prometheus));
     tokio::signal::ctrl_c().await?;
     Ok(())
 }
 
 /// A minimal HTTP/1.0-style admin endpoint: health, readiness, counters.
-async fn serve_admin(listener: TcpListener, gateway: Arc<Gateway>) {
+async fn serve_admin(
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    prometheus: metrics_exporter_prometheus::PrometheusHandle,
+) {
     loop {
         let Ok((mut tcp, _)) = listener.accept().await else {
             continue;
         };
         let gateway = Arc::clone(&gateway);
+        let prometheus = prometheus.clone();
         tokio::spawn(async move {
             let mut buf = [0u8; 1024];
             let n = tcp.read(&mut buf).await.unwrap_or(0);
@@ -140,7 +155,7 @@ async fn serve_admin(listener: TcpListener, gateway: Arc<Gateway>) {
                     "503 Service Unavailable",
                     "no config or certificate yet\n".to_owned(),
                 ),
-                "/metrics" => ("200 OK", metrics(&gateway)),
+                "/metrics" => ("200 OK", metrics(&gateway) + &prometheus.render()),
                 _ => ("404 Not Found", "not found\n".to_owned()),
             };
             let response = format!(
