@@ -486,7 +486,9 @@ impl Gateway {
                 };
                 let svc = service_fn(move |req| {
                     let gw = Arc::clone(&gw);
-                    async move { Ok::<_, Infallible>(gw.egress(req, entry).await) }
+                    // Boxed: an idle connection then holds a pointer, not the
+                    // whole request future (which is large).
+                    async move { Ok::<_, Infallible>(Box::pin(gw.egress(req, entry)).await) }
                 });
                 metrics::gauge!("gns_gateway_active_connections", "listener" => listener)
                     .increment(1.0);
@@ -550,7 +552,7 @@ impl Gateway {
         let svc = service_fn(move |req| {
             let gw = Arc::clone(&gw);
             let peer = peer.clone();
-            async move { Ok::<_, Infallible>(gw.ingress(req, &peer).await) }
+            async move { Ok::<_, Infallible>(Box::pin(gw.ingress(req, &peer)).await) }
         });
         hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .serve_connection(TokioIo::new(tls), svc)
