@@ -340,6 +340,23 @@ async fn member_clusters_reach_catalog_and_dns() {
         Some(since + 1_000),
         "withdrawal recorded at unreachableSince + withdrawAfter: {status}"
     );
+    // The catalog keeps east's last endpoints, marked stale and withdrawn.
+    let web = fed
+        .get("/v1/global-namespaces/production/services/web")
+        .await;
+    let east_entry = &web["clusters"]["east"];
+    assert!(
+        east_entry["ready"]
+            .as_array()
+            .is_some_and(|r| !r.is_empty()),
+        "last known endpoints kept: {web}"
+    );
+    assert_eq!(east_entry["stale"], true, "{web}");
+    assert_eq!(east_entry["withdrawn"], true, "{web}");
+    assert!(
+        web["clusters"]["west"].get("stale").is_none(),
+        "a reachable cluster is not stale: {web}"
+    );
     east.come_up().await.expect("east comes back");
     expect_dns(
         &fed,

@@ -44,6 +44,7 @@ pub async fn catalog(
             }
         }
     }
+    mark_stale_clusters(store, &mut services).await?;
     let now = now_millis();
     for object in store.list(Kind::ExternalWorkload, gns, &all).await?.items {
         let alive = workload_status(&object, &object.status, now)
@@ -74,6 +75,41 @@ pub async fn catalog(
             });
     }
     Ok(services)
+}
+
+/// Marks the endpoints of clusters whose API is unreachable as `stale`, and
+/// as `withdrawn` once the snapshot builder has recorded their withdrawal.
+async fn mark_stale_clusters(
+    store: &dyn Store,
+    services: &mut BTreeMap<String, DiscoveredService>,
+) -> Result<(), StoreError> {
+    let mut stale: HashMap<String, bool> = HashMap::new();
+    for object in store
+        .list(Kind::Cluster, "", &PageRequest::default())
+        .await?
+        .items
+    {
+        let status = &object.status;
+        if status.get("phase").and_then(Value::as_str) != Some("Unreachable") {
+            continue;
+        }
+        let since = status.get("unreachableSinceMillis").and_then(Value::as_i64);
+        let withdrawn_at = status.get("withdrawnAtMillis").and_then(Value::as_i64);
+        let withdrawn = matches!((since, withdrawn_at), (Some(s), Some(w)) if w >= s);
+        stale.insert(object.key.name.clone(), withdrawn);
+    }
+    if stale.is_empty() {
+        return Ok(());
+    }
+    for svc in services.values_mut() {
+        for (cluster, endpoints) in &mut svc.clusters {
+            if let Some(withdrawn) = stale.get(cluster) {
+                endpoints.stale = true;
+                endpoints.withdrawn = *withdrawn;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn merge_ports(ports: &mut Vec<WorkloadPort>, more: &[WorkloadPort]) {

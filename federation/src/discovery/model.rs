@@ -226,6 +226,7 @@ fn endpoints(slices: &[&SliceInfo]) -> ClusterEndpoints {
     ClusterEndpoints {
         ready: to_vec(ready),
         not_ready: to_vec(not_ready),
+        ..ClusterEndpoints::default()
     }
 }
 

@@ -840,6 +840,14 @@ pub struct ClusterEndpoints {
     pub ready: Vec<Endpoint>,
     /// Endpoints that exist but are not ready.
     pub not_ready: Vec<Endpoint>,
+    /// The cluster's API is unreachable: these are its last known endpoints
+    /// (kept, per static stability). Set by the catalog when read.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stale: bool,
+    /// The cluster's stale-endpoint policy has withdrawn these endpoints from
+    /// DNS and gateways. Set by the catalog when read.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub withdrawn: bool,
 }
 
 /// One endpoint address.
