@@ -1,0 +1,181 @@
+//! The local demo (`gns-demo`) as a user runs it: `up` comes up, every
+//! command it prints under "Try:" succeeds and shows what it promises, a
+//! failed cluster fails over and heals, and `down` leaves no process behind.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use gns_tests::{Proc, binary, free_port, wait_for};
+
+/// Runs one printed command with `sh -c`; its stdout, or a panic with stderr.
+fn run(command: &str) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(command)
+        .output()
+        .unwrap_or_else(|e| panic!("run {command}: {e}"));
+    assert!(
+        out.status.success(),
+        "`{command}` failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Processes whose command line mentions `dir` (what the demo started).
+fn processes_under(dir: &Path) -> Vec<String> {
+    let needle = dir.display().to_string();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("read /proc").flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if text.contains(&needle) && !text.contains("e2e_demo") {
+            found.push(format!("{}: {text}", entry.file_name().to_string_lossy()));
+        }
+    }
+    found
+}
+
+fn mobile_via_east(domain: &str) -> String {
+    run(&format!(
+        "curl -s -m 3 -H 'Host: web.{domain}' -A 'Demo Mobile' http://127.0.10.1:15001/"
+    ))
+}
+
+/// Stops the demo like Ctrl-C would (SIGTERM, so it stops its children)
+/// when the test ends, also when it fails half-way.
+struct StopOnDrop(Option<u32>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            let _ = Command::new("kill").arg(pid.to_string()).status();
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    }
+}
+
+#[test]
+fn demo_up_try_fail_heal_down() {
+    for tool in ["dig", "curl"] {
+        assert!(
+            Command::new("sh")
+                .arg("-c")
+                .arg(format!("command -v {tool}"))
+                .status()
+                .is_ok_and(|s| s.success()),
+            "{tool} is missing: apt-get install bind9-dnsutils curl (.ci/run does this)"
+        );
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("demo");
+    let demo = binary("gns-demo");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let dns = format!("127.0.0.1:{}", free_port());
+    let dir_arg = dir.display().to_string();
+    let mut up = Proc::spawn(
+        &demo,
+        &[
+            "up".into(),
+            "--dir".into(),
+            dir_arg.clone(),
+            "--listen".into(),
+            listen.clone(),
+            "--dns-listen".into(),
+            dns,
+        ],
+        tmp.path().join("demo-up.log"),
+    );
+    let _stop = StopOnDrop(up.pid());
+    let guide = wait_for(Duration::from_secs(90), "the demo to come up", || {
+        let text = up.log_text();
+        assert!(up.running(), "gns-demo up exited: {text}");
+        text.contains("GNS demo ready").then_some(text)
+    });
+    eprintln!("{guide}");
+    assert!(guide.contains("first cross-cluster request after"));
+    let domain = "production.app.acme.com";
+
+    let commands: Vec<&str> = guide
+        .lines()
+        .filter_map(|l| l.strip_prefix("  $ "))
+        .collect();
+    assert!(commands.len() >= 7, "the guide lists the commands: {guide}");
+    let expect: [(&str, &[&str]); 7] = [
+        // Most specific first: the first marker a command contains decides.
+        ("-b 127.0.10.100", &["127.0.10.1"]),
+        ("SRV", &["5432", "db.production.app.acme.com."]),
+        ("dig @", &["127.0.10.1", "127.0.20.1"]),
+        ("-A 'Demo Mobile'", &["in west"]),
+        ("seq 200", &["web v1 in east"]),
+        ("api.", &["api v1 in west"]),
+        ("/services", &["db-vm-1", "127.0.20.12"]),
+    ];
+    for command in &commands {
+        let output = run(command);
+        let (_, wanted) = expect
+            .iter()
+            .find(|(marker, _)| command.contains(marker))
+            .unwrap_or_else(|| panic!("an expectation for `{command}`"));
+        for w in *wanted {
+            assert!(
+                output.contains(w),
+                "`{command}` printed {output:?}, expected {w:?}"
+            );
+        }
+    }
+    // The 99/1 split: most of 200 requests stay in east, few go west.
+    let split = commands
+        .iter()
+        .find(|c| c.contains("seq 200"))
+        .expect("split command");
+    let lines = run(split);
+    let west: u32 = lines
+        .lines()
+        .filter(|l| l.contains("in west"))
+        .filter_map(|l| l.split_whitespace().next()?.parse::<u32>().ok())
+        .sum();
+    assert!(west <= 12, "about 1 % of 200 to west, got {west}: {lines}");
+
+    // A cluster failure: mobile requests fail over from west to east, and come back.
+    let dir_flag = format!("--dir {dir_arg}");
+    let demo_cmd = demo.display().to_string();
+    let out = run(&format!("{demo_cmd} fail west {dir_flag}"));
+    assert!(out.contains("west is down"), "{out}");
+    wait_for(Duration::from_secs(15), "failover to east", || {
+        mobile_via_east(domain).contains("in east").then_some(())
+    });
+    let out = run(&format!("{demo_cmd} heal west {dir_flag}"));
+    assert!(out.contains("west is back"), "{out}");
+    wait_for(Duration::from_secs(30), "west serving again", || {
+        mobile_via_east(domain).contains("in west").then_some(())
+    });
+
+    // Down stops everything the demo started.
+    let down = Command::new("sh")
+        .arg("-c")
+        .arg(format!("{demo_cmd} down {dir_flag}"))
+        .output()
+        .expect("run gns-demo down");
+    assert!(
+        down.status.success() && String::from_utf8_lossy(&down.stdout).contains("demo stopped"),
+        "gns-demo down: {} {}; the demo's log: {}",
+        String::from_utf8_lossy(&down.stdout),
+        String::from_utf8_lossy(&down.stderr),
+        up.log_text()
+    );
+    wait_for(Duration::from_secs(15), "gns-demo up to exit", || {
+        (!up.running()).then_some(())
+    });
+    wait_for(Duration::from_secs(10), "no process left", || {
+        processes_under(&dir).is_empty().then_some(())
+    });
+    assert!(
+        std::net::TcpListener::bind(listen.as_str()).is_ok(),
+        "the federation's port is free again"
+    );
+}
