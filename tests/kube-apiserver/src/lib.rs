@@ -32,16 +32,21 @@
 
 pub mod auth;
 pub mod builders;
+mod controllers;
 mod error;
 mod http;
+mod managed;
+mod rbac;
 pub mod registry;
 pub mod selector;
 pub mod server;
 mod status;
 mod store;
 pub mod tls;
+mod tokens;
+mod write;
 
-pub use auth::{Grant, Verb};
+pub use auth::{Attributes, Grant, Verb};
 pub use builders::{EndpointSpec, endpoint_slice, service};
 pub use error::{HookError, StartError};
 pub use registry::ResourceType;
