@@ -182,7 +182,7 @@ fn now() -> Value {
 /// What the server sets or keeps on every write, by kind: the stored status
 /// for main-resource writes of kinds with a status subresource (none on
 /// create), and defaults.
-fn prepare(rt: &ResourceType, live: Option<&Value>, new: &mut Value, part: Part) {
+fn prepare(rt: &ResourceType, name: &str, live: Option<&Value>, new: &mut Value, part: Part) {
     let Some(map) = new.as_object_mut() else {
         return;
     };
@@ -194,14 +194,10 @@ fn prepare(rt: &ResourceType, live: Option<&Value>, new: &mut Value, part: Part)
     }
     match (rt.group, rt.kind) {
         ("", "Namespace") => {
-            let name = new
-                .pointer("/metadata/name")
-                .cloned()
-                .unwrap_or(Value::Null);
             if let Some(meta) = new.get_mut("metadata").and_then(Value::as_object_mut) {
                 let labels = meta.entry("labels").or_insert_with(|| json!({}));
                 if let Some(labels) = labels.as_object_mut() {
-                    labels.insert("kubernetes.io/metadata.name".to_owned(), name);
+                    labels.insert("kubernetes.io/metadata.name".to_owned(), json!(name));
                 }
             }
             if live.is_none() {
@@ -285,7 +281,7 @@ pub(crate) fn create(w: &Write<'_>) -> Outcome {
                     meta.remove(field);
                 }
             }
-            prepare(rt, None, &mut body, Part::Main);
+            prepare(rt, &name, None, &mut body, Part::Main);
             managed::update(None, &mut body, w.manager(), rt.api_version, Part::Main, &now());
             Ok(body)
         })
@@ -311,7 +307,7 @@ pub(crate) fn update(w: &Write<'_>) -> Outcome {
                 Part::Main => body,
                 Part::Status => status_only(live, &body),
             };
-            prepare(rt, Some(live), &mut new, part);
+            prepare(rt, &name, Some(live), &mut new, part);
             managed::update(Some(live), &mut new, w.manager(), rt.api_version, part, &now());
             Ok(new)
         })
@@ -383,7 +379,7 @@ fn patch_with(
                     "the name of the object may not be changed by a patch",
                 )));
             }
-            prepare(rt, Some(live), &mut new, part);
+            prepare(rt, &name, Some(live), &mut new, part);
             managed::update(Some(live), &mut new, w.manager(), rt.api_version, part, &now());
             Ok(new)
         })
@@ -433,7 +429,7 @@ fn apply(w: &Write<'_>) -> Outcome {
             };
             let mut new = managed::apply(live.map(|l| &**l), &config, &how)
                 .map_err(|c| WriteError::Rejected(conflicts(rt, &name, &c)))?;
-            prepare(rt, live.map(|l| &**l), &mut new, part);
+            prepare(rt, &name, live.map(|l| &**l), &mut new, part);
             Ok(new)
         })
         .map_err(|e| w.write_error(&name, e))?;
