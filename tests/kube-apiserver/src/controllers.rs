@@ -44,7 +44,11 @@ pub(crate) struct Controllers {
 }
 
 impl Controllers {
-    pub(crate) fn new(delay: Duration, load_balancer_address: Option<String>, ca_pem: &str) -> Self {
+    pub(crate) fn new(
+        delay: Duration,
+        load_balancer_address: Option<String>,
+        ca_pem: &str,
+    ) -> Self {
         Self {
             delay,
             load_balancer_address,
@@ -106,7 +110,11 @@ fn index(shared: &Shared, api_version: &str, kind: &str) -> Option<usize> {
 
 /// Looks at every object again.
 fn resync(shared: &Arc<Shared>) {
-    for (api_version, kind) in [("apps/v1", "Deployment"), ("v1", "Service"), ("v1", "Secret")] {
+    for (api_version, kind) in [
+        ("apps/v1", "Deployment"),
+        ("v1", "Service"),
+        ("v1", "Secret"),
+    ] {
         let Some(i) = index(shared, api_version, kind) else {
             continue;
         };
@@ -231,7 +239,8 @@ fn deployment_status(deployment: &Value, held: bool) -> Value {
     let condition = |kind: &str, status: &str, reason: &str, message: String| {
         let old = previous.iter().find(|c| c["type"] == kind);
         let same_status = old.is_some_and(|c| c["status"] == status);
-        let same = same_status && old.is_some_and(|c| c["reason"] == reason && c["message"] == message);
+        let same =
+            same_status && old.is_some_and(|c| c["reason"] == reason && c["message"] == message);
         let keep = |field: &str, keep: bool| match old {
             Some(c) if keep => c[field].clone(),
             _ => now.clone(),

@@ -113,7 +113,10 @@ async fn read_body(method: &Method, body: Incoming) -> Result<Bytes, Value> {
     ) {
         return Ok(Bytes::new());
     }
-    match http_body_util::Limited::new(body, BODY_LIMIT).collect().await {
+    match http_body_util::Limited::new(body, BODY_LIMIT)
+        .collect()
+        .await
+    {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(status::failure(
             413,
@@ -259,10 +262,9 @@ fn write_response(shared: &Shared, verb: Verb, target: &Target, call: &Call<'_>)
         }
     };
     match outcome {
-        Ok((code, body)) => json_response(
-            StatusCode::from_u16(code).unwrap_or(StatusCode::OK),
-            &body,
-        ),
+        Ok((code, body)) => {
+            json_response(StatusCode::from_u16(code).unwrap_or(StatusCode::OK), &body)
+        }
         Err(status) => {
             if status.get("code").and_then(Value::as_u64) == Some(409) {
                 bump(&counters.conflicts);
@@ -857,7 +859,12 @@ fn discovery_document(shared: &Shared, route: Route) -> Response<Body> {
                             "v1",
                             json!(["create"]),
                         ),
-                        _ => (t.kind, t.group, t.version, json!(["get", "patch", "update"])),
+                        _ => (
+                            t.kind,
+                            t.group,
+                            t.version,
+                            json!(["get", "patch", "update"]),
+                        ),
                     };
                     let mut entry = json!({
                         "name": format!("{}/{sub}", t.plural),

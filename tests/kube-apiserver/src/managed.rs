@@ -618,13 +618,17 @@ mod tests {
         from_fields_v1(&v1, &Vec::new(), &mut back);
         assert_eq!(back, set);
         assert!(set.contains(&f("spec.replicas")));
-        assert!(!set.iter().any(|p| p.first() == Some(&Seg::Field("status".into()))));
+        assert!(
+            !set.iter()
+                .any(|p| p.first() == Some(&Seg::Field("status".into())))
+        );
     }
 
     #[test]
     fn apply_sets_removes_and_conflicts() {
         let now = json!("2025-01-01T00:00:00Z");
-        let config = json!({"spec": {"replicas": 2, "paused": false}, "metadata": {"labels": {"a": "1"}}});
+        let config =
+            json!({"spec": {"replicas": 2, "paused": false}, "metadata": {"labels": {"a": "1"}}});
         let first = apply(None, &config, &how("fed", false, &now)).expect("create");
         assert_eq!(first["spec"]["replicas"], 2);
         assert_eq!(first["metadata"]["managedFields"][0]["manager"], "fed");
@@ -637,13 +641,20 @@ mod tests {
         // Another manager changes replicas: it now owns it.
         let mut edited = first.clone();
         edited["spec"]["replicas"] = json!(5);
-        update(Some(&first), &mut edited, "kubectl", "apps/v1", Part::Main, &now);
+        update(
+            Some(&first),
+            &mut edited,
+            "kubectl",
+            "apps/v1",
+            Part::Main,
+            &now,
+        );
         assert_eq!(
             owners(&edited, &f("spec.replicas")),
             [("kubectl".to_owned(), "Update".to_owned())]
         );
-        let conflicts = apply(Some(&edited), &config, &how("fed", false, &now))
-            .expect_err("conflict");
+        let conflicts =
+            apply(Some(&edited), &config, &how("fed", false, &now)).expect_err("conflict");
         assert_eq!(conflicts.len(), 1);
         assert_eq!(path_string(&conflicts[0].path), ".spec.replicas");
         assert_eq!(conflicts[0].manager, "kubectl");

@@ -69,7 +69,10 @@ pub(crate) fn allows(
         return false;
     };
     for binding in objects("RoleBinding") {
-        if binding.pointer("/metadata/namespace").and_then(Value::as_str) != Some(namespace)
+        if binding
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            != Some(namespace)
             || !bound(&binding)
         {
             continue;
@@ -119,9 +122,7 @@ pub(crate) fn rule_matches(rule: &Value, attributes: &Attributes) -> bool {
     let resource_matches = |r: &str| match (&attributes.subresource, r) {
         (_, "*") => true,
         (None, r) => r == attributes.resource,
-        (Some(sub), r) => {
-            r == format!("{}/{sub}", attributes.resource) || r == format!("*/{sub}")
-        }
+        (Some(sub), r) => r == format!("{}/{sub}", attributes.resource) || r == format!("*/{sub}"),
     };
     verbs
         .iter()
@@ -151,14 +152,26 @@ mod tests {
         assert!(rule_matches(&rule, &a(Verb::Get, "services")));
         assert!(!rule_matches(&rule, &a(Verb::List, "services")));
         assert!(!rule_matches(&rule, &a(Verb::Get, "services/status")));
-        assert!(rule_matches(&rule, &a(Verb::Create, "serviceaccounts/token")));
+        assert!(rule_matches(
+            &rule,
+            &a(Verb::Create, "serviceaccounts/token")
+        ));
         assert!(!rule_matches(&rule, &a(Verb::Create, "serviceaccounts")));
         assert!(!rule_matches(&rule, &a(Verb::Get, "deployments.apps")));
         let star = json!({"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]});
-        assert!(rule_matches(&star, &a(Verb::Delete, "deployments.apps/status")));
+        assert!(rule_matches(
+            &star,
+            &a(Verb::Delete, "deployments.apps/status")
+        ));
         let named = json!({"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["patch"], "resourceNames": ["gw"]});
-        assert!(rule_matches(&named, &a(Verb::Patch, "deployments.apps").name("gw")));
-        assert!(!rule_matches(&named, &a(Verb::Patch, "deployments.apps").name("x")));
+        assert!(rule_matches(
+            &named,
+            &a(Verb::Patch, "deployments.apps").name("gw")
+        ));
+        assert!(!rule_matches(
+            &named,
+            &a(Verb::Patch, "deployments.apps").name("x")
+        ));
         assert!(!rule_matches(&named, &a(Verb::Patch, "deployments.apps")));
     }
 }

@@ -186,28 +186,29 @@ impl Registry {
             return Route::NotFound;
         }
         let find = |plural: &str| self.by_plural(group, version, plural);
-        let target = |plural: &str, namespace: Option<&str>, name: Option<&str>, sub: Option<&str>| {
-            let index = find(plural)?;
-            let rt = &self.types[index];
-            let misplaced = if rt.namespaced {
-                // Only collections may be addressed across all namespaces.
-                namespace.is_none() && name.is_some()
-            } else {
-                namespace.is_some()
+        let target =
+            |plural: &str, namespace: Option<&str>, name: Option<&str>, sub: Option<&str>| {
+                let index = find(plural)?;
+                let rt = &self.types[index];
+                let misplaced = if rt.namespaced {
+                    // Only collections may be addressed across all namespaces.
+                    namespace.is_none() && name.is_some()
+                } else {
+                    namespace.is_some()
+                };
+                if misplaced {
+                    return None;
+                }
+                if sub.is_some_and(|s| !rt.subresources.contains(&s)) {
+                    return None;
+                }
+                Some(Target {
+                    resource: index,
+                    namespace: namespace.map(str::to_owned),
+                    name: name.map(str::to_owned),
+                    subresource: sub.map(str::to_owned),
+                })
             };
-            if misplaced {
-                return None;
-            }
-            if sub.is_some_and(|s| !rt.subresources.contains(&s)) {
-                return None;
-            }
-            Some(Target {
-                resource: index,
-                namespace: namespace.map(str::to_owned),
-                name: name.map(str::to_owned),
-                subresource: sub.map(str::to_owned),
-            })
-        };
         let target = match rest {
             [] => {
                 return Route::ResourceList {
@@ -336,7 +337,10 @@ mod tests {
                 subresource: None,
             })
         );
-        assert_eq!(r.route("/api/v1/namespaces/a/services/web/token"), Route::NotFound);
+        assert_eq!(
+            r.route("/api/v1/namespaces/a/services/web/token"),
+            Route::NotFound
+        );
         assert_eq!(r.route("/api/v1/namespaces/a/namespaces"), Route::NotFound);
         assert_eq!(r.route("/version"), Route::Version);
         assert_eq!(

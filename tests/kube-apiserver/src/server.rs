@@ -262,7 +262,9 @@ impl Shared {
         let minted = self.tokens.lookup(token)?;
         let accounts = self.registry.by_kind("v1", "ServiceAccount")?;
         let account = self.store.get(accounts, &minted.namespace, &minted.name)?;
-        if account.pointer("/metadata/uid").and_then(serde_json::Value::as_str)
+        if account
+            .pointer("/metadata/uid")
+            .and_then(serde_json::Value::as_str)
             != Some(minted.uid.as_str())
         {
             return None;
@@ -271,7 +273,10 @@ impl Shared {
             let secrets = self.registry.by_kind("v1", "Secret")?;
             self.store.get(secrets, &minted.namespace, secret)?;
         }
-        Some(Identity::of_service_account(&minted.namespace, &minted.name))
+        Some(Identity::of_service_account(
+            &minted.namespace,
+            &minted.name,
+        ))
     }
 
     /// Whether a static grant or the RBAC objects allow a request.

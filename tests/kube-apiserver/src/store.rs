@@ -232,10 +232,10 @@ impl Store {
             name,
         );
         let written = self.write(index, rt, &key, false, |previous| {
-            if let Some(fields) = previous.and_then(|p| p.pointer("/metadata/managedFields")) {
-                if object.pointer("/metadata/managedFields").is_none() {
-                    set_meta(&mut object, "managedFields", fields.clone());
-                }
+            if let Some(fields) = previous.and_then(|p| p.pointer("/metadata/managedFields"))
+                && object.pointer("/metadata/managedFields").is_none()
+            {
+                set_meta(&mut object, "managedFields", fields.clone());
             }
             Ok(object)
         });
@@ -349,10 +349,7 @@ impl Store {
         let object = Arc::new(object);
         let created = kind == ChangeKind::Added;
         if dry_run {
-            return Ok(Written {
-                object,
-                created,
-            });
+            return Ok(Written { object, created });
         }
         Arc::make_mut(&mut inner.objects[index]).insert(key.clone(), Arc::clone(&object));
         self.record(
@@ -365,10 +362,7 @@ impl Store {
                 previous,
             },
         );
-        Ok(Written {
-            object,
-            created,
-        })
+        Ok(Written { object, created })
     }
 
     /// A feed of every change from now on.

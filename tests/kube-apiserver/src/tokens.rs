@@ -78,9 +78,7 @@ impl Tokens {
         if let Some(expires) = expires {
             claims["exp"] = json!(seconds(expires));
         }
-        let signature: Vec<u8> = (0..4)
-            .flat_map(|_| self.random().to_be_bytes())
-            .collect();
+        let signature: Vec<u8> = (0..4).flat_map(|_| self.random().to_be_bytes()).collect();
         let token = format!(
             "{}.{}.{}",
             URL_SAFE_NO_PAD.encode(r#"{"alg":"RS256","kid":"kube-apiserver-test"}"#),
@@ -163,7 +161,10 @@ mod tests {
         let (short, _) = tokens.mint(&request(Some(Duration::ZERO)));
         assert_ne!(forever, short);
         assert_eq!(forever.split('.').count(), 3);
-        assert_eq!(tokens.lookup(&forever).map(|m| m.name), Some("fed".to_owned()));
+        assert_eq!(
+            tokens.lookup(&forever).map(|m| m.name),
+            Some("fed".to_owned())
+        );
         assert!(tokens.lookup(&short).is_none());
         assert!(tokens.lookup("nope").is_none());
     }

@@ -104,7 +104,11 @@ impl Write<'_> {
     /// Checks that the body's kind, name and namespace agree with the URL.
     fn check_identity(&self, body: &Value, name: Option<&str>) -> Result<(), Value> {
         let rt = self.rt();
-        let text = |p: &str| body.pointer(p).and_then(Value::as_str).filter(|s| !s.is_empty());
+        let text = |p: &str| {
+            body.pointer(p)
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+        };
         if let Some(kind) = text("/kind").filter(|k| *k != rt.kind) {
             return Err(status::bad_request(&format!(
                 "the kind in the data ({kind}) does not match the expected kind ({})",
@@ -117,21 +121,17 @@ impl Write<'_> {
                 rt.api_version
             )));
         }
-        if let (Some(url), Some(body)) = (name, text("/metadata/name")) {
-            if url != body {
-                return Err(status::bad_request(&format!(
-                    "the name of the object ({body}) does not match the name on the URL ({url})"
-                )));
-            }
+        if let (Some(url), Some(body)) = (name, text("/metadata/name"))
+            && url != body
+        {
+            return Err(status::bad_request(&format!(
+                "the name of the object ({body}) does not match the name on the URL ({url})"
+            )));
         }
-        if rt.namespaced {
-            if let Some(ns) = text("/metadata/namespace") {
-                if ns != self.namespace() {
-                    return Err(status::bad_request(
-                        "the namespace of the provided object does not match the namespace sent on the request",
-                    ));
-                }
-            }
+        if rt.namespaced && text("/metadata/namespace").is_some_and(|ns| ns != self.namespace()) {
+            return Err(status::bad_request(
+                "the namespace of the provided object does not match the namespace sent on the request",
+            ));
         }
         Ok(())
     }
@@ -205,10 +205,8 @@ fn prepare(rt: &ResourceType, name: &str, live: Option<&Value>, new: &mut Value,
                 new["status"] = json!({"phase": "Active"});
             }
         }
-        ("", "Secret") => {
-            if new.get("type").is_none_or(Value::is_null) {
-                new["type"] = json!("Opaque");
-            }
+        ("", "Secret") if new.get("type").is_none_or(Value::is_null) => {
+            new["type"] = json!("Opaque");
         }
         ("apps", "Deployment") => {
             if let Some(spec) = new.get_mut("spec").and_then(Value::as_object_mut) {
@@ -277,12 +275,24 @@ pub(crate) fn create(w: &Write<'_>) -> Outcome {
             }
             if let Some(meta) = body.get_mut("metadata").and_then(Value::as_object_mut) {
                 meta.insert("name".to_owned(), json!(name));
-                for field in ["uid", "creationTimestamp", "generation", "deletionTimestamp"] {
+                for field in [
+                    "uid",
+                    "creationTimestamp",
+                    "generation",
+                    "deletionTimestamp",
+                ] {
                     meta.remove(field);
                 }
             }
             prepare(rt, &name, None, &mut body, Part::Main);
-            managed::update(None, &mut body, w.manager(), rt.api_version, Part::Main, &now());
+            managed::update(
+                None,
+                &mut body,
+                w.manager(),
+                rt.api_version,
+                Part::Main,
+                &now(),
+            );
             Ok(body)
         })
         .map_err(|e| w.write_error(&name, e))?;
@@ -308,7 +318,14 @@ pub(crate) fn update(w: &Write<'_>) -> Outcome {
                 Part::Status => status_only(live, &body),
             };
             prepare(rt, &name, Some(live), &mut new, part);
-            managed::update(Some(live), &mut new, w.manager(), rt.api_version, part, &now());
+            managed::update(
+                Some(live),
+                &mut new,
+                w.manager(),
+                rt.api_version,
+                part,
+                &now(),
+            );
             Ok(new)
         })
         .map_err(|e| w.write_error(&name, e))?;
@@ -367,9 +384,8 @@ fn patch_with(
             let live = live.ok_or_else(|| WriteError::Rejected(w.not_found()))?;
             w.check_version(sent, live)?;
             let mut patched = (**live).clone();
-            change(&mut patched).map_err(|m| {
-                WriteError::Rejected(status::failure(422, "Invalid", &m, None))
-            })?;
+            change(&mut patched)
+                .map_err(|m| WriteError::Rejected(status::failure(422, "Invalid", &m, None)))?;
             let mut new = match part {
                 Part::Main => patched,
                 Part::Status => status_only(live, &patched),
@@ -380,7 +396,14 @@ fn patch_with(
                 )));
             }
             prepare(rt, &name, Some(live), &mut new, part);
-            managed::update(Some(live), &mut new, w.manager(), rt.api_version, part, &now());
+            managed::update(
+                Some(live),
+                &mut new,
+                w.manager(),
+                rt.api_version,
+                part,
+                &now(),
+            );
             Ok(new)
         })
         .map_err(|e| w.write_error(&name, e))?;
@@ -404,7 +427,11 @@ fn apply(w: &Write<'_>) -> Outcome {
     w.check_identity(&config, Some(&name))?;
     managed::strip(&mut config);
     let part = w.part();
-    if w.shared.store.get(w.target.resource, &w.key(&name).0, &name).is_none() {
+    if w.shared
+        .store
+        .get(w.target.resource, &w.key(&name).0, &name)
+        .is_none()
+    {
         if part == Part::Status {
             return Err(w.not_found());
         }
@@ -639,7 +666,10 @@ pub(crate) fn delete(w: &Write<'_>) -> Outcome {
     let mut answer = if is_namespace {
         let mut terminating = (*live).clone();
         terminating["status"] = json!({"phase": "Terminating"});
-        if let Some(meta) = terminating.get_mut("metadata").and_then(Value::as_object_mut) {
+        if let Some(meta) = terminating
+            .get_mut("metadata")
+            .and_then(Value::as_object_mut)
+        {
             meta.insert("deletionTimestamp".to_owned(), now());
         }
         terminating
@@ -662,10 +692,8 @@ pub(crate) fn delete(w: &Write<'_>) -> Outcome {
         .store
         .delete(w.target.resource, rt, &namespace, &name)
         .map_err(|_| w.not_found())?;
-    if is_namespace {
-        if let Some(rv) = last.pointer("/metadata/resourceVersion") {
-            answer["metadata"]["resourceVersion"] = rv.clone();
-        }
+    if is_namespace && let Some(rv) = last.pointer("/metadata/resourceVersion") {
+        answer["metadata"]["resourceVersion"] = rv.clone();
     }
     Ok((200, answer))
 }
@@ -696,9 +724,9 @@ pub(crate) fn token_request(w: &Write<'_>) -> Outcome {
     } else {
         w.body(false)?
     };
-    if let Err(e) = serde_json::from_value::<k8s_openapi::api::authentication::v1::TokenRequest>(
-        body.clone(),
-    ) {
+    if let Err(e) =
+        serde_json::from_value::<k8s_openapi::api::authentication::v1::TokenRequest>(body.clone())
+    {
         return Err(status::invalid(
             "authentication.k8s.io",
             "TokenRequest",
@@ -730,7 +758,12 @@ pub(crate) fn token_request(w: &Write<'_>) -> Outcome {
     let mut audiences: Vec<String> = body
         .pointer("/spec/audiences")
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
         .unwrap_or_default();
     if audiences.is_empty() {
         audiences.push(tokens::DEFAULT_AUDIENCE.to_owned());

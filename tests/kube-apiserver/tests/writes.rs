@@ -121,11 +121,18 @@ async fn server_side_apply_creates_reapplies_and_tracks_fields() {
     let api: Api<Deployment> = Api::namespaced(admin, "gns-system");
     let config = deployment("gns-system", "gateway", 2, Some("edge"));
     let created = api
-        .patch("gateway", &PatchParams::apply(MANAGER), &Patch::Apply(&config))
+        .patch(
+            "gateway",
+            &PatchParams::apply(MANAGER),
+            &Patch::Apply(&config),
+        )
         .await
         .expect("created by apply");
     assert_eq!(created.metadata.generation, Some(1));
-    assert_eq!(managers(&created), [(MANAGER.to_owned(), "Apply".to_owned())]);
+    assert_eq!(
+        managers(&created),
+        [(MANAGER.to_owned(), "Apply".to_owned())]
+    );
     let entry = &created.managed_fields()[0];
     assert_eq!(entry.api_version.as_deref(), Some("apps/v1"));
     assert_eq!(entry.fields_type.as_deref(), Some("FieldsV1"));
@@ -141,7 +148,11 @@ async fn server_side_apply_creates_reapplies_and_tracks_fields() {
 
     // Identical again: nothing changes.
     let again = api
-        .patch("gateway", &PatchParams::apply(MANAGER), &Patch::Apply(&config))
+        .patch(
+            "gateway",
+            &PatchParams::apply(MANAGER),
+            &Patch::Apply(&config),
+        )
         .await
         .expect("re-applied");
     assert_eq!(again.resource_version(), created.resource_version());
@@ -151,11 +162,22 @@ async fn server_side_apply_creates_reapplies_and_tracks_fields() {
     // the generation.
     let smaller = deployment("gns-system", "gateway", 3, None);
     let changed = api
-        .patch("gateway", &PatchParams::apply(MANAGER), &Patch::Apply(&smaller))
+        .patch(
+            "gateway",
+            &PatchParams::apply(MANAGER),
+            &Patch::Apply(&smaller),
+        )
         .await
         .expect("applied smaller");
-    assert!(!changed.labels().contains_key("tier"), "{:?}", changed.labels());
-    assert_eq!(changed.labels().get("app").map(String::as_str), Some("gateway"));
+    assert!(
+        !changed.labels().contains_key("tier"),
+        "{:?}",
+        changed.labels()
+    );
+    assert_eq!(
+        changed.labels().get("app").map(String::as_str),
+        Some("gateway")
+    );
     assert_eq!(changed.spec.as_ref().and_then(|s| s.replicas), Some(3));
     assert_eq!(changed.metadata.generation, Some(2));
 
@@ -166,7 +188,11 @@ async fn server_side_apply_creates_reapplies_and_tracks_fields() {
             .expect_err("400"),
     );
     assert_eq!(status.code, 400);
-    assert!(status.message.contains("fieldManager"), "{}", status.message);
+    assert!(
+        status.message.contains("fieldManager"),
+        "{}",
+        status.message
+    );
 
     // The server-side view agrees, and the hook sees the same object.
     let stored = server
@@ -182,9 +208,13 @@ async fn apply_conflicts_name_the_other_manager_and_force_takes_ownership() {
     let server = start(TestApiServerOptions::default()).await;
     let api: Api<Deployment> = Api::namespaced(client(&server, ADMIN), "default");
     let config = deployment("default", "gateway", 2, None);
-    api.patch("gateway", &PatchParams::apply(MANAGER), &Patch::Apply(&config))
-        .await
-        .expect("created");
+    api.patch(
+        "gateway",
+        &PatchParams::apply(MANAGER),
+        &Patch::Apply(&config),
+    )
+    .await
+    .expect("created");
 
     // kubectl scales it with a merge patch: it now owns .spec.replicas.
     let scaled = api
@@ -202,9 +232,13 @@ async fn apply_conflicts_name_the_other_manager_and_force_takes_ownership() {
     assert!(!owns_replicas(&scaled, MANAGER));
 
     let status = api_status(
-        api.patch("gateway", &PatchParams::apply(MANAGER), &Patch::Apply(&config))
-            .await
-            .expect_err("conflict"),
+        api.patch(
+            "gateway",
+            &PatchParams::apply(MANAGER),
+            &Patch::Apply(&config),
+        )
+        .await
+        .expect_err("conflict"),
     );
     assert_eq!((status.code, status.reason.as_str()), (409, "Conflict"));
     assert_eq!(
@@ -247,9 +281,13 @@ async fn apply_conflicts_name_the_other_manager_and_force_takes_ownership() {
         .apply_as("hpa-controller", &deployment("default", "gateway", 7, None))
         .expect("hook apply");
     let status = api_status(
-        api.patch("gateway", &PatchParams::apply(MANAGER), &Patch::Apply(&config))
-            .await
-            .expect_err("conflict with the hook's manager"),
+        api.patch(
+            "gateway",
+            &PatchParams::apply(MANAGER),
+            &Patch::Apply(&config),
+        )
+        .await
+        .expect_err("conflict with the hook's manager"),
     );
     assert!(
         status.message.contains("conflict with \"hpa-controller\""),
@@ -279,13 +317,16 @@ async fn controllers_roll_out_deployments_and_assign_load_balancers() {
     let ready = eventually("the rollout", async || {
         let d = api.get("gateway").await.ok()?;
         let s = d.status.clone()?;
-        (s.observed_generation == d.metadata.generation && s.ready_replicas == Some(2))
-            .then_some(d)
+        (s.observed_generation == d.metadata.generation && s.ready_replicas == Some(2)).then_some(d)
     })
     .await;
     let status = ready.status.expect("status");
     assert_eq!(
-        (status.replicas, status.updated_replicas, status.available_replicas),
+        (
+            status.replicas,
+            status.updated_replicas,
+            status.available_replicas
+        ),
         (Some(2), Some(2), Some(2))
     );
     let conditions = status.conditions.expect("conditions");
@@ -297,11 +338,15 @@ async fn controllers_roll_out_deployments_and_assign_load_balancers() {
     assert!(
         conditions
             .iter()
-            .any(|c| c.type_ == "Progressing" && c.reason.as_deref() == Some("NewReplicaSetAvailable"))
+            .any(|c| c.type_ == "Progressing"
+                && c.reason.as_deref() == Some("NewReplicaSetAvailable"))
     );
     let mut kinds = Vec::new();
     while kinds.len() < 2 {
-        match tokio::time::timeout(WAIT, watch.next()).await.expect("event") {
+        match tokio::time::timeout(WAIT, watch.next())
+            .await
+            .expect("event")
+        {
             Some(Ok(WatchEvent::Added(_))) => kinds.push("ADDED"),
             Some(Ok(WatchEvent::Modified(_))) => kinds.push("MODIFIED"),
             Some(Ok(_)) => {}
@@ -328,7 +373,12 @@ async fn controllers_roll_out_deployments_and_assign_load_balancers() {
     assert_eq!(held.ready_replicas.unwrap_or(0), 0);
     assert_eq!(held.unavailable_replicas, Some(3));
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let still = api.get("gateway").await.expect("get").status.expect("status");
+    let still = api
+        .get("gateway")
+        .await
+        .expect("get")
+        .status
+        .expect("status");
     assert_eq!(still.ready_replicas.unwrap_or(0), 0, "still held");
     server.hold_rollouts(false);
     eventually("the released rollout", async || {
@@ -369,7 +419,10 @@ async fn load_balancer_address_and_rollout_delay_are_options() {
         "metadata": {"name": "gw", "namespace": "default"},
         "spec": {"type": "LoadBalancer", "ports": [{"port": 443}]}
     }));
-    services.create(&PostParams::default(), &lb).await.expect("created");
+    services
+        .create(&PostParams::default(), &lb)
+        .await
+        .expect("created");
     let ip = eventually("the load balancer", async || {
         let s = services.get("gw").await.ok()?;
         s.status?.load_balancer?.ingress?.first()?.ip.clone()
@@ -379,11 +432,46 @@ async fn load_balancer_address_and_rollout_delay_are_options() {
 
     let off = start(TestApiServerOptions::default().controllers(false)).await;
     let api: Api<Deployment> = Api::namespaced(client(&off, ADMIN), "default");
-    api.create(&PostParams::default(), &deployment("default", "gw", 1, None))
-        .await
-        .expect("created");
+    api.create(
+        &PostParams::default(),
+        &deployment("default", "gw", 1, None),
+    )
+    .await
+    .expect("created");
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert!(api.get("gw").await.expect("get").status.is_none());
+
+    // The status subresource: status writes change only the status, and
+    // main-resource writes cannot change it.
+    let pp = PatchParams::default();
+    let patched = api
+        .patch_status(
+            "gw",
+            &pp,
+            &Patch::Merge(json!({"status": {"readyReplicas": 1}, "spec": {"replicas": 9}})),
+        )
+        .await
+        .expect("status patched");
+    let status = patched.status.clone().expect("status");
+    assert_eq!(status.ready_replicas, Some(1));
+    assert_eq!(patched.spec.as_ref().and_then(|s| s.replicas), Some(1));
+    assert_eq!(patched.metadata.generation, Some(1));
+    let read = api.get_status("gw").await.expect("status read");
+    assert_eq!(read.status.and_then(|s| s.ready_replicas), Some(1));
+    let main = api
+        .patch(
+            "gw",
+            &pp,
+            &Patch::Merge(json!({"status": {"readyReplicas": 7}})),
+        )
+        .await
+        .expect("main patched");
+    assert_eq!(main.status.as_ref().and_then(|s| s.ready_replicas), Some(1));
+    assert_eq!(
+        main.resource_version(),
+        patched.resource_version(),
+        "no change"
+    );
 }
 
 #[tokio::test]
@@ -400,7 +488,10 @@ async fn create_replace_delete_through_kube_rs() {
         "metadata": {"name": "settings", "namespace": "apps"},
         "data": {"mode": "a"}
     }));
-    let created = api.create(&PostParams::default(), &cm).await.expect("created");
+    let created = api
+        .create(&PostParams::default(), &cm)
+        .await
+        .expect("created");
     assert!(created.uid().is_some());
     assert!(created.creation_timestamp().is_some());
     let status = api_status(
@@ -408,7 +499,10 @@ async fn create_replace_delete_through_kube_rs() {
             .await
             .expect_err("exists"),
     );
-    assert_eq!((status.code, status.reason.as_str()), (409, "AlreadyExists"));
+    assert_eq!(
+        (status.code, status.reason.as_str()),
+        (409, "AlreadyExists")
+    );
     assert_eq!(status.message, "configmaps \"settings\" already exists");
 
     // Create in a namespace that does not exist.
@@ -470,9 +564,15 @@ async fn create_replace_delete_through_kube_rs() {
     // Dry run: an answer, nothing stored.
     let mut dry = cm.clone();
     dry.metadata.name = Some("dry".to_owned());
-    api.create(&PostParams { dry_run: true, ..PostParams::default() }, &dry)
-        .await
-        .expect("dry run");
+    api.create(
+        &PostParams {
+            dry_run: true,
+            ..PostParams::default()
+        },
+        &dry,
+    )
+    .await
+    .expect("dry run");
     assert!(api.get_opt("dry").await.expect("get").is_none());
 
     // Delete: the watch sees DELETED; a second delete is 404.
@@ -485,7 +585,10 @@ async fn create_replace_delete_through_kube_rs() {
     api.delete("settings", &DeleteParams::default())
         .await
         .expect("deleted");
-    match tokio::time::timeout(WAIT, watch.next()).await.expect("event") {
+    match tokio::time::timeout(WAIT, watch.next())
+        .await
+        .expect("event")
+    {
         Some(Ok(WatchEvent::Deleted(gone))) => assert_eq!(gone.name_any(), "settings"),
         other => panic!("expected DELETED, got {other:?}"),
     }
@@ -500,7 +603,9 @@ async fn create_replace_delete_through_kube_rs() {
     );
 
     // Deleting a namespace deletes what is in it.
-    api.create(&PostParams::default(), &cm).await.expect("again");
+    api.create(&PostParams::default(), &cm)
+        .await
+        .expect("again");
     let deployments: Api<Deployment> = Api::namespaced(admin.clone(), "apps");
     deployments
         .create(&PostParams::default(), &deployment("apps", "web", 1, None))
@@ -511,7 +616,13 @@ async fn create_replace_delete_through_kube_rs() {
         .await
         .expect("namespace deleted");
     assert!(namespaces.get_opt("apps").await.expect("get").is_none());
-    assert!(api.list(&ListParams::default()).await.expect("list").items.is_empty());
+    assert!(
+        api.list(&ListParams::default())
+            .await
+            .expect("list")
+            .items
+            .is_empty()
+    );
     assert!(server.list::<Deployment>().expect("list").is_empty());
     assert!(server.stats().deletes >= 3);
 }
@@ -603,7 +714,11 @@ async fn token_requests_and_rbac_for_service_accounts() {
     let config = deployment("gns-system", "gateway", 1, None);
     let forbidden = api_status(
         deployments
-            .patch("gateway", &PatchParams::apply(MANAGER), &Patch::Apply(&config))
+            .patch(
+                "gateway",
+                &PatchParams::apply(MANAGER),
+                &Patch::Apply(&config),
+            )
             .await
             .expect_err("403"),
     );
@@ -646,7 +761,11 @@ async fn token_requests_and_rbac_for_service_accounts() {
         .await
         .expect("role binding");
     deployments
-        .patch("gateway", &PatchParams::apply(MANAGER), &Patch::Apply(&config))
+        .patch(
+            "gateway",
+            &PatchParams::apply(MANAGER),
+            &Patch::Apply(&config),
+        )
         .await
         .expect("may apply in gns-system");
     let forbidden = api_status(
@@ -691,13 +810,16 @@ async fn minted_tokens_expire() {
         "subjects": [{"kind": "ServiceAccount", "name": "short", "namespace": "default"}]
     }));
     server.apply(&binding).expect("binding");
-    let role: ClusterRole = from(json!({"metadata": {"name": "all"}, "rules": [rule(&["*"], &["*"], &["*"])]}));
+    let role: ClusterRole =
+        from(json!({"metadata": {"name": "all"}, "rules": [rule(&["*"], &["*"], &["*"])]}));
     server.apply(&role).expect("role");
     let token = server
         .service_account_token("default", "short", Some(Duration::from_millis(300)))
         .expect("token");
     let api: Api<ConfigMap> = Api::namespaced(client(&server, &token), "default");
-    api.list(&ListParams::default()).await.expect("valid for now");
+    api.list(&ListParams::default())
+        .await
+        .expect("valid for now");
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(
         api_status(api.list(&ListParams::default()).await.expect_err("expired")).code,
@@ -711,7 +833,10 @@ async fn service_account_token_secrets_get_a_token() {
     let admin = client(&server, ADMIN);
     let pp = PostParams::default();
     Api::<ServiceAccount>::namespaced(admin.clone(), "default")
-        .create(&pp, &from(json!({"metadata": {"name": "federation", "namespace": "default"}})))
+        .create(
+            &pp,
+            &from(json!({"metadata": {"name": "federation", "namespace": "default"}})),
+        )
         .await
         .expect("account");
     let secrets: Api<Secret> = Api::namespaced(admin.clone(), "default");
@@ -735,7 +860,11 @@ async fn service_account_token_secrets_get_a_token() {
     let token = String::from_utf8(data["token"].0.clone()).expect("utf-8");
     assert_eq!(data["namespace"].0, b"default");
     assert_eq!(data["ca.crt"].0, server.ca_pem().as_bytes());
-    assert!(secret.annotations().contains_key("kubernetes.io/service-account.uid"));
+    assert!(
+        secret
+            .annotations()
+            .contains_key("kubernetes.io/service-account.uid")
+    );
     // The token authenticates as the account (which may do nothing yet).
     let status = api_status(
         Api::<Service>::all(client(&server, &token))
@@ -778,7 +907,10 @@ async fn discovery_lists_the_new_types() {
             namespaced,
             "{kind}"
         );
-        assert!(caps.supports_operation(kube::discovery::verbs::PATCH), "{kind}");
+        assert!(
+            caps.supports_operation(kube::discovery::verbs::PATCH),
+            "{kind}"
+        );
         assert!(!resource.plural.is_empty());
     }
 }
