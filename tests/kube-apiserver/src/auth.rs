@@ -1,7 +1,12 @@
-//! Authentication and authorization: bearer tokens map to a [`Grant`] (the
-//! user name and RBAC-like rules: verbs, resources, namespaces); a request
-//! with no or an unknown token is `401 Unauthorized`, one outside its grant is
-//! `403 Forbidden` with the message kube-apiserver's RBAC authorizer writes.
+//! Authentication and authorization: static bearer tokens map to a
+//! [`Grant`] (the user name and RBAC-like rules: verbs, resources,
+//! namespaces); service-account tokens minted by the server (TokenRequest,
+//! token Secrets) authenticate as `system:serviceaccount:{ns}:{name}`. A
+//! request with no or an unknown token is `401 Unauthorized`. A request is
+//! allowed when its static grant allows it or when the RBAC objects in the
+//! store do (see the `rbac` module); otherwise it is `403 Forbidden` with the
+//! message kube-apiserver's RBAC authorizer writes. [`Attributes`] is what
+//! the authorizer looks at.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -110,16 +115,115 @@ impl Grant {
     /// Whether this grant allows `verb` on `resource` in `namespace`
     /// (`None`: cluster-wide).
     pub fn allows(&self, verb: Verb, resource: &ResourceType, namespace: Option<&str>) -> bool {
+        self.allows_resource(verb, resource.plural, namespace)
+    }
+
+    /// Like [`Grant::allows`], by the resource's RBAC name (a plural, or
+    /// `plural/subresource` such as `serviceaccounts/token`).
+    pub fn allows_resource(&self, verb: Verb, resource: &str, namespace: Option<&str>) -> bool {
         self.verbs.as_ref().is_none_or(|v| v.contains(&verb))
-            && self
-                .resources
-                .as_ref()
-                .is_none_or(|r| r.contains(resource.plural))
+            && self.resources.as_ref().is_none_or(|r| r.contains(resource))
             && match (&self.namespaces, namespace) {
                 (None, _) => true,
                 (Some(allowed), Some(ns)) => allowed.contains(ns),
                 (Some(_), None) => false,
             }
+    }
+
+    /// Whether this grant allows a request.
+    pub fn allows_request(&self, attributes: &Attributes) -> bool {
+        self.allows_resource(
+            attributes.verb,
+            &attributes.rbac_resource(),
+            attributes.namespace.as_deref(),
+        )
+    }
+}
+
+/// What a request asks to do, as the authorizer sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attributes {
+    /// The verb.
+    pub verb: Verb,
+    /// The API group ("" for core).
+    pub api_group: String,
+    /// The resource's plural name.
+    pub resource: String,
+    /// The subresource (`status`, `token`), if any.
+    pub subresource: Option<String>,
+    /// The namespace; `None` for cluster-scoped kinds and requests across
+    /// all namespaces.
+    pub namespace: Option<String>,
+    /// The object's name (`None` for collections and creates).
+    pub name: Option<String>,
+}
+
+impl Attributes {
+    /// Parses `kubectl auth can-i` style resources: `services`,
+    /// `deployments.apps`, `serviceaccounts/token`, `deployments.apps/status`.
+    pub fn parse(verb: Verb, resource: &str, namespace: Option<&str>) -> Self {
+        let (resource, subresource) = match resource.split_once('/') {
+            Some((r, s)) => (r, Some(s.to_owned())),
+            None => (resource, None),
+        };
+        let (resource, api_group) = resource.split_once('.').unwrap_or((resource, ""));
+        Self {
+            verb,
+            api_group: api_group.to_owned(),
+            resource: resource.to_owned(),
+            subresource,
+            namespace: namespace.map(str::to_owned),
+            name: None,
+        }
+    }
+
+    /// Names one object.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// `resource` or `resource/subresource`, as RBAC rules name it.
+    pub fn rbac_resource(&self) -> String {
+        match &self.subresource {
+            Some(sub) => format!("{}/{sub}", self.resource),
+            None => self.resource.clone(),
+        }
+    }
+}
+
+/// Who made a request.
+#[derive(Clone, Debug)]
+pub(crate) struct Identity {
+    /// The user name.
+    pub(crate) user: String,
+    /// The user's groups.
+    pub(crate) groups: Vec<String>,
+    /// The static grant (tokens given in the options), if any.
+    pub(crate) grant: Option<Grant>,
+}
+
+impl Identity {
+    /// The identity of a static token.
+    pub(crate) fn of_grant(grant: Grant) -> Self {
+        Self {
+            user: grant.user.clone(),
+            groups: vec!["system:authenticated".to_owned()],
+            grant: Some(grant),
+        }
+    }
+
+    /// The identity of a service account's token.
+    pub(crate) fn of_service_account(namespace: &str, name: &str) -> Self {
+        Self {
+            user: format!("system:serviceaccount:{namespace}:{name}"),
+            groups: vec![
+                "system:serviceaccounts".to_owned(),
+                format!("system:serviceaccounts:{namespace}"),
+                "system:authenticated".to_owned(),
+            ],
+            grant: None,
+        }
     }
 }
 
@@ -129,30 +233,36 @@ pub(crate) fn unauthorized() -> Value {
 }
 
 /// The 403 body, worded like the RBAC authorizer's.
-pub(crate) fn forbidden(
-    user: &str,
-    verb: Verb,
-    rt: &ResourceType,
-    namespace: Option<&str>,
-    name: Option<&str>,
-) -> Value {
-    let subject = match name {
-        Some(name) => format!("{} \"{name}\"", rt.qualified_plural()),
-        None => rt.qualified_plural(),
+pub(crate) fn forbidden(user: &str, attributes: &Attributes) -> Value {
+    let qualified = if attributes.api_group.is_empty() {
+        attributes.resource.clone()
+    } else {
+        format!("{}.{}", attributes.resource, attributes.api_group)
     };
-    let scope = match namespace {
+    let name = attributes.name.as_deref();
+    let subject = match name {
+        Some(name) => format!("{qualified} \"{name}\""),
+        None => qualified,
+    };
+    let scope = match &attributes.namespace {
         Some(ns) => format!("in the namespace \"{ns}\""),
         None => "at the cluster scope".to_owned(),
     };
     let message = format!(
-        "{subject} is forbidden: User \"{user}\" cannot {verb} resource \"{}\" in API group \"{}\" {scope}",
-        rt.plural, rt.group
+        "{subject} is forbidden: User \"{user}\" cannot {} resource \"{}\" in API group \"{}\" {scope}",
+        attributes.verb,
+        attributes.rbac_resource(),
+        attributes.api_group
     );
     status::failure(
         403,
         "Forbidden",
         &message,
-        Some(status::details(name, rt.group, rt.plural)),
+        Some(status::details(
+            name,
+            &attributes.api_group,
+            &attributes.resource,
+        )),
     )
 }
 
@@ -176,12 +286,24 @@ mod tests {
                 .resources(["services"])
                 .allows(Verb::Get, &rt, Some("prod"))
         );
-        let body = forbidden("alice", Verb::Watch, &rt, None, None);
+        let body = forbidden(
+            "alice",
+            &Attributes::parse(Verb::Watch, "endpointslices.discovery.k8s.io", None),
+        );
         assert_eq!(
             body["message"],
             "endpointslices.discovery.k8s.io is forbidden: User \"alice\" cannot watch resource \
              \"endpointslices\" in API group \"discovery.k8s.io\" at the cluster scope"
         );
         assert_eq!(body["code"], 403);
+        let body = forbidden(
+            "bob",
+            &Attributes::parse(Verb::Create, "serviceaccounts/token", Some("gns")).name("fed"),
+        );
+        assert_eq!(
+            body["message"],
+            "serviceaccounts \"fed\" is forbidden: User \"bob\" cannot create resource \
+             \"serviceaccounts/token\" in API group \"\" in the namespace \"gns\""
+        );
     }
 }

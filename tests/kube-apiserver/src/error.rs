@@ -50,6 +50,9 @@ pub enum HookError {
         /// The object's name.
         name: String,
     },
+    /// A server-side apply conflicted with another manager's fields.
+    #[error("{0}")]
+    Conflict(String),
     /// The object could not be converted to or from JSON.
     #[error("cannot convert the object: {0}")]
     Json(#[from] serde_json::Error),

@@ -1,7 +1,9 @@
 //! Request handling: authentication, authorization, routing, and the
 //! responses — GET, LIST (selectors, paging, resourceVersion rules), WATCH
 //! (a chunked stream of newline-delimited JSON events), discovery documents,
-//! `/version`, health — and `Status` bodies for every failure.
+//! `/version`, health — and `Status` bodies for every failure. Write verbs
+//! are routed here (the body is read with a size limit) and handled by the
+//! `write` module.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -21,18 +23,31 @@ use serde::ser::SerializeMap;
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc};
 
-use crate::auth::{self, Grant, Verb};
+use crate::auth::{self, Attributes, Identity, Verb};
 use crate::registry::{ResourceType, Route, Target};
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::server::{RequestRecord, Shared, WatchGuard, bump};
 use crate::status;
 use crate::store::{Change, ChangeKind, Key, ListError, ListFrom, WatchFrom, WatchStart};
+use crate::write::{self, Write};
 
 /// The response body type: a whole body or a watch stream.
 pub(crate) type Body = UnsyncBoxBody<Bytes, Infallible>;
 
 /// The version `/version` reports.
 const GIT_VERSION: &str = "v1.33.0";
+
+/// The largest request body accepted (the real server's limit, 3 MiB).
+pub(crate) const BODY_LIMIT: usize = 3 * 1024 * 1024;
+
+/// One request, its body read.
+struct Call<'a> {
+    method: &'a Method,
+    path: &'a str,
+    query: &'a Query,
+    headers: &'a HeaderMap,
+    body: &'a [u8],
+}
 
 /// Handles one request.
 pub(crate) async fn handle(
@@ -45,23 +60,36 @@ pub(crate) async fn handle(
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
-    let method = request.method().clone();
-    let path = request.uri().path().to_owned();
-    let raw_query = request.uri().query().unwrap_or("").to_owned();
-    let grant = bearer_token(request.headers()).and_then(|t| shared.grant(t));
+    let (parts, body) = request.into_parts();
+    let method = parts.method.clone();
+    let path = parts.uri.path().to_owned();
+    let raw_query = parts.uri.query().unwrap_or("").to_owned();
+    let identity = bearer_token(&parts.headers).and_then(|t| shared.authenticate(t));
     let response = if shared.garbage() {
         garbage()
     } else {
         let query = Query::parse(&raw_query);
-        respond(&shared, conn, &method, &path, &query, grant.as_ref())
+        match read_body(&method, body).await {
+            Ok(body) => {
+                let call = Call {
+                    method: &method,
+                    path: &path,
+                    query: &query,
+                    headers: &parts.headers,
+                    body: &body,
+                };
+                respond(&shared, conn, &call, identity.as_ref())
+            }
+            Err(status) => status_response(&status),
+        }
     };
     shared.record(RequestRecord {
         method: method.to_string(),
         path,
         query: raw_query,
-        user: grant.map(|g| g.user),
-        headers: request
-            .headers()
+        user: identity.map(|i| i.user),
+        headers: parts
+            .headers
             .iter()
             .map(|(name, value)| {
                 let value = if name == header::AUTHORIZATION {
@@ -77,6 +105,43 @@ pub(crate) async fn handle(
     response
 }
 
+/// Reads the body of a write (up to [`BODY_LIMIT`]); reads have none.
+async fn read_body(method: &Method, body: Incoming) -> Result<Bytes, Value> {
+    if !matches!(
+        *method,
+        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+    ) {
+        return Ok(Bytes::new());
+    }
+    match http_body_util::Limited::new(body, BODY_LIMIT)
+        .collect()
+        .await
+    {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(status::failure(
+            413,
+            "RequestEntityTooLarge",
+            &format!("Request entity too large: limit is {BODY_LIMIT}"),
+            None,
+        )),
+        Err(e) => Err(status::bad_request(&format!(
+            "error reading the request body: {e}"
+        ))),
+    }
+}
+
+/// The field manager of a write that names none, as the real server
+/// derives it: the user agent up to its first `/`, or `unknown`.
+fn manager_from_user_agent(headers: &HeaderMap) -> String {
+    headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|ua| ua.split('/').next())
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map_or_else(|| "unknown".to_owned(), |s| s.chars().take(128).collect())
+}
+
 fn bearer_token(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
@@ -86,19 +151,18 @@ fn bearer_token(headers: &HeaderMap) -> Option<&str> {
 fn respond(
     shared: &Arc<Shared>,
     conn: u64,
-    method: &Method,
-    path: &str,
-    query: &Query,
-    grant: Option<&Grant>,
+    call: &Call<'_>,
+    identity: Option<&Identity>,
 ) -> Response<Body> {
-    let route = shared.registry.route(path);
+    let query = call.query;
+    let route = shared.registry.route(call.path);
     // Health and version are public, as with the system:public-info-viewer role.
     match route {
         Route::Health => return text(StatusCode::OK, "ok"),
         Route::Version => return json_response(StatusCode::OK, &version()),
         _ => {}
     }
-    let Some(grant) = grant else {
+    let Some(identity) = identity else {
         bump(&shared.counters.unauthorized);
         return status_response(&auth::unauthorized());
     };
@@ -109,10 +173,16 @@ fn respond(
     };
     let rt = shared.registry.get(target.resource);
     let watch = query.flag("watch");
-    let verb = match (method, &target.name, watch) {
-        (&Method::GET, _, true) => Verb::Watch,
-        (&Method::GET, Some(_), false) => Verb::Get,
-        (&Method::GET, None, false) => Verb::List,
+    let named = target.name.is_some();
+    let sub = target.subresource.as_deref();
+    let verb = match (call.method, named, watch, sub) {
+        (&Method::GET, _, true, None) => Verb::Watch,
+        (&Method::GET, true, false, None | Some("status")) => Verb::Get,
+        (&Method::GET, false, false, None) => Verb::List,
+        (&Method::POST, false, _, None) | (&Method::POST, true, _, Some("token")) => Verb::Create,
+        (&Method::PUT, true, _, None | Some("status")) => Verb::Update,
+        (&Method::PATCH, true, _, None | Some("status")) => Verb::Patch,
+        (&Method::DELETE, true, _, None) => Verb::Delete,
         _ => {
             return status_response(&status::failure(
                 405,
@@ -122,22 +192,86 @@ fn respond(
             ));
         }
     };
-    if !grant.allows(verb, rt, target.namespace.as_deref()) {
+    let attributes = Attributes {
+        verb,
+        api_group: rt.group.to_owned(),
+        resource: rt.plural.to_owned(),
+        subresource: target.subresource.clone(),
+        namespace: target.namespace.clone(),
+        name: target.name.clone(),
+    };
+    if !shared.authorize(identity, &attributes) {
         bump(&shared.counters.forbidden);
-        return status_response(&auth::forbidden(
-            &grant.user,
-            verb,
-            rt,
-            target.namespace.as_deref(),
-            target.name.as_deref(),
-        ));
+        return status_response(&auth::forbidden(&identity.user, &attributes));
     }
     let result = match verb {
         Verb::Get => Ok(get(shared, rt, &target)),
         Verb::List => list(shared, rt, &target, query),
-        _ => watch_response(shared, conn, rt, &target, query),
+        Verb::Watch => watch_response(shared, conn, rt, &target, query),
+        _ => Ok(write_response(shared, verb, &target, call)),
     };
     result.unwrap_or_else(|status| status_response(&status))
+}
+
+fn write_response(shared: &Shared, verb: Verb, target: &Target, call: &Call<'_>) -> Response<Body> {
+    let query = call.query;
+    let dry_run = match query.get("dryRun") {
+        None | Some("") => false,
+        Some("All") => true,
+        Some(other) => {
+            return status_response(&status::bad_request(&format!(
+                "dryRun: Unsupported value: {other:?}: supported values: \"All\""
+            )));
+        }
+    };
+    let w = Write {
+        shared,
+        target,
+        body: call.body,
+        content_type: call
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or(""),
+        field_manager: query.get("fieldManager"),
+        default_manager: manager_from_user_agent(call.headers),
+        force: query.flag("force"),
+        dry_run,
+    };
+    let counters = &shared.counters;
+    let outcome = match verb {
+        Verb::Create if target.subresource.is_some() => {
+            bump(&counters.creates);
+            write::token_request(&w)
+        }
+        Verb::Create => {
+            bump(&counters.creates);
+            write::create(&w)
+        }
+        Verb::Update => {
+            bump(&counters.updates);
+            write::update(&w)
+        }
+        Verb::Patch => {
+            bump(&counters.patches);
+            write::patch(&w)
+        }
+        _ => {
+            bump(&counters.deletes);
+            write::delete(&w)
+        }
+    };
+    match outcome {
+        Ok((code, body)) => {
+            json_response(StatusCode::from_u16(code).unwrap_or(StatusCode::OK), &body)
+        }
+        Err(status) => {
+            if status.get("code").and_then(Value::as_u64) == Some(409) {
+                bump(&counters.conflicts);
+            }
+            status_response(&status)
+        }
+    }
 }
 
 // ----- GET -----
@@ -704,20 +838,48 @@ fn discovery_document(shared: &Shared, route: Route) -> Response<Body> {
         }
         Route::Group(group) if registry.serves_group(&group, None) => api_group(&group),
         Route::ResourceList { group, version } => {
-            let resources: Vec<Value> = registry
+            let mut resources: Vec<Value> = Vec::new();
+            for t in registry
                 .types()
                 .iter()
                 .filter(|t| t.group == group && t.version == version)
-                .map(|t| {
-                    json!({
-                        "name": t.plural,
-                        "singularName": t.kind.to_ascii_lowercase(),
+            {
+                resources.push(json!({
+                    "name": t.plural,
+                    "singularName": t.kind.to_ascii_lowercase(),
+                    "namespaced": t.namespaced,
+                    "kind": t.kind,
+                    "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"],
+                }));
+                for sub in t.subresources {
+                    let (kind, group, version, verbs) = match *sub {
+                        "token" => (
+                            "TokenRequest",
+                            "authentication.k8s.io",
+                            "v1",
+                            json!(["create"]),
+                        ),
+                        _ => (
+                            t.kind,
+                            t.group,
+                            t.version,
+                            json!(["get", "patch", "update"]),
+                        ),
+                    };
+                    let mut entry = json!({
+                        "name": format!("{}/{sub}", t.plural),
+                        "singularName": "",
                         "namespaced": t.namespaced,
-                        "kind": t.kind,
-                        "verbs": ["get", "list", "watch"],
-                    })
-                })
-                .collect();
+                        "kind": kind,
+                        "verbs": verbs,
+                    });
+                    if group != t.group || version != t.version {
+                        entry["group"] = json!(group);
+                        entry["version"] = json!(version);
+                    }
+                    resources.push(entry);
+                }
+            }
             let group_version = if group.is_empty() {
                 version
             } else {

@@ -4,10 +4,14 @@
 //! the server is schema-driven like the real one: it stores objects as JSON
 //! and consults the registry for the group, version, kind, plural and scope.
 //! Adding a resource type to a server is adding an entry to
-//! [`crate::TestApiServerOptions::resources`].
+//! [`crate::TestApiServerOptions::resources`]. It also knows each type's
+//! subresources (`status` for the kinds whose status the real server keeps
+//! apart from the main resource, `token` for service accounts).
 
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::{ClusterResourceScope, ListableResource, NamespaceResourceScope};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -43,6 +47,8 @@ pub struct ResourceType {
     pub plural: &'static str,
     /// Whether objects live in namespaces.
     pub namespaced: bool,
+    /// Served subresources (`status`, `token`), by the kind's name.
+    pub subresources: &'static [&'static str],
     validate: fn(&Value) -> Result<(), String>,
 }
 
@@ -61,6 +67,12 @@ impl ResourceType {
             list_kind: K::LIST_KIND,
             plural: K::URL_PATH_SEGMENT,
             namespaced: <K::Scope as Scope>::NAMESPACED,
+            subresources: match (K::GROUP, K::KIND) {
+                ("apps", "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet")
+                | ("", "Service") => &["status"],
+                ("", "ServiceAccount") => &["token"],
+                _ => &[],
+            },
             validate: |value| {
                 serde_json::from_value::<K>(value.clone())
                     .map(drop)
@@ -75,9 +87,32 @@ impl ResourceType {
         (self.validate)(value)
     }
 
-    /// The types served when the options name none: `Service` and `EndpointSlice`.
+    /// The types served when the options name none: core/v1 `Service`,
+    /// `Namespace`, `ServiceAccount`, `Secret`, `ConfigMap`;
+    /// `discovery.k8s.io/v1` `EndpointSlice`; `apps/v1` `Deployment`; and
+    /// `rbac.authorization.k8s.io/v1` `Role`, `RoleBinding`, `ClusterRole`,
+    /// `ClusterRoleBinding`. (`Service` and `EndpointSlice` come first, so
+    /// their indices are 0 and 1.)
     pub fn defaults() -> Vec<Self> {
-        vec![Self::of::<Service>(), Self::of::<EndpointSlice>()]
+        vec![
+            Self::of::<Service>(),
+            Self::of::<EndpointSlice>(),
+            Self::of::<Namespace>(),
+            Self::of::<ServiceAccount>(),
+            Self::of::<Secret>(),
+            Self::of::<ConfigMap>(),
+            Self::of::<Deployment>(),
+            Self::of::<Role>(),
+            Self::of::<RoleBinding>(),
+            Self::of::<ClusterRole>(),
+            Self::of::<ClusterRoleBinding>(),
+        ]
+    }
+
+    /// Whether the kind has a `status` subresource (main-resource writes
+    /// then keep the stored status, and `/status` writes change only it).
+    pub fn has_status(&self) -> bool {
+        self.subresources.contains(&"status")
     }
 
     /// `plural` for the core group, `plural.group` otherwise (as in RBAC
@@ -151,6 +186,29 @@ impl Registry {
             return Route::NotFound;
         }
         let find = |plural: &str| self.by_plural(group, version, plural);
+        let target =
+            |plural: &str, namespace: Option<&str>, name: Option<&str>, sub: Option<&str>| {
+                let index = find(plural)?;
+                let rt = &self.types[index];
+                let misplaced = if rt.namespaced {
+                    // Only collections may be addressed across all namespaces.
+                    namespace.is_none() && name.is_some()
+                } else {
+                    namespace.is_some()
+                };
+                if misplaced {
+                    return None;
+                }
+                if sub.is_some_and(|s| !rt.subresources.contains(&s)) {
+                    return None;
+                }
+                Some(Target {
+                    resource: index,
+                    namespace: namespace.map(str::to_owned),
+                    name: name.map(str::to_owned),
+                    subresource: sub.map(str::to_owned),
+                })
+            };
         let target = match rest {
             [] => {
                 return Route::ResourceList {
@@ -158,32 +216,22 @@ impl Registry {
                     version: version.to_owned(),
                 };
             }
-            ["namespaces", namespace, plural] => find(plural)
-                .filter(|&i| self.types[i].namespaced)
-                .map(|i| Target {
-                    resource: i,
-                    namespace: Some((*namespace).to_owned()),
-                    name: None,
-                }),
-            ["namespaces", namespace, plural, name] => find(plural)
-                .filter(|&i| self.types[i].namespaced)
-                .map(|i| Target {
-                    resource: i,
-                    namespace: Some((*namespace).to_owned()),
-                    name: Some((*name).to_owned()),
-                }),
+            ["namespaces", namespace, plural] => target(plural, Some(namespace), None, None)
+                .or_else(|| target("namespaces", None, Some(namespace), Some(plural))),
+            ["namespaces", namespace, plural, name] => {
+                target(plural, Some(namespace), Some(name), None)
+            }
+            ["namespaces", namespace, plural, name, sub] => {
+                target(plural, Some(namespace), Some(name), Some(sub))
+            }
             [plural] => find(plural).map(|i| Target {
                 resource: i,
                 namespace: None,
                 name: None,
+                subresource: None,
             }),
-            [plural, name] => find(plural)
-                .filter(|&i| !self.types[i].namespaced)
-                .map(|i| Target {
-                    resource: i,
-                    namespace: None,
-                    name: Some((*name).to_owned()),
-                }),
+            [plural, name] => target(plural, None, Some(name), None),
+            [plural, name, sub] => target(plural, None, Some(name), Some(sub)),
             _ => None,
         };
         target.map_or(Route::NotFound, Route::Resource)
@@ -214,12 +262,15 @@ pub(crate) enum Route {
 }
 
 /// A collection (no name) or an object (name) of one served type, in one
-/// namespace or across all of them (namespace `None`).
+/// namespace or across all of them (namespace `None`), or a subresource of
+/// an object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Target {
     pub(crate) resource: usize,
     pub(crate) namespace: Option<String>,
     pub(crate) name: Option<String>,
+    /// `status`, `token`: a subresource of the named object.
+    pub(crate) subresource: Option<String>,
 }
 
 #[cfg(test)]
@@ -234,7 +285,8 @@ mod tests {
             Route::Resource(Target {
                 resource: 0,
                 namespace: Some("prod".into()),
-                name: None
+                name: None,
+                subresource: None,
             })
         );
         assert_eq!(
@@ -242,7 +294,8 @@ mod tests {
             Route::Resource(Target {
                 resource: 1,
                 namespace: None,
-                name: None
+                name: None,
+                subresource: None,
             })
         );
         assert_eq!(
@@ -250,12 +303,45 @@ mod tests {
             Route::Resource(Target {
                 resource: 1,
                 namespace: Some("a".into()),
-                name: Some("web-1".into())
+                name: Some("web-1".into()),
+                subresource: None,
             })
         );
         assert_eq!(r.route("/api/v1/services/web"), Route::NotFound);
         assert_eq!(r.route("/api/v1/pods"), Route::NotFound);
-        assert_eq!(r.route("/apis/apps/v1/deployments"), Route::NotFound);
+        assert_eq!(r.route("/apis/apps/v1/replicasets"), Route::NotFound);
+        assert_eq!(
+            r.route("/apis/apps/v1/namespaces/a/deployments/web/status"),
+            Route::Resource(Target {
+                resource: 6,
+                namespace: Some("a".into()),
+                name: Some("web".into()),
+                subresource: Some("status".into()),
+            })
+        );
+        assert_eq!(
+            r.route("/api/v1/namespaces/a/serviceaccounts/fed/token"),
+            Route::Resource(Target {
+                resource: 3,
+                namespace: Some("a".into()),
+                name: Some("fed".into()),
+                subresource: Some("token".into()),
+            })
+        );
+        assert_eq!(
+            r.route("/api/v1/namespaces/a"),
+            Route::Resource(Target {
+                resource: 2,
+                namespace: None,
+                name: Some("a".into()),
+                subresource: None,
+            })
+        );
+        assert_eq!(
+            r.route("/api/v1/namespaces/a/services/web/token"),
+            Route::NotFound
+        );
+        assert_eq!(r.route("/api/v1/namespaces/a/namespaces"), Route::NotFound);
         assert_eq!(r.route("/version"), Route::Version);
         assert_eq!(
             r.route("/api/v1"),

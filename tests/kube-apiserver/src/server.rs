@@ -1,6 +1,9 @@
 //! The running server and the handle tests drive it with: options, the TLS
 //! listener and its connections (tracked so they can be cut), fault
-//! injection, counters, the request log, and the object hooks.
+//! injection, counters, the request log, the object hooks (including
+//! server-side apply as a named manager), the controller switches, and
+//! authentication (static tokens, minted service-account tokens) and
+//! authorization checks.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::convert::Infallible;
@@ -19,18 +22,22 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{AbortHandle, JoinHandle};
 use tokio_rustls::TlsAcceptor;
 
-use crate::auth::Grant;
+use crate::auth::{Attributes, Grant, Identity, Verb};
+use crate::controllers::Controllers;
 use crate::error::{HookError, StartError};
-use crate::registry::{Registry, ResourceType};
+use crate::registry::{Registry, ResourceType, Target};
 use crate::store::Store;
 use crate::tls::TlsIdentity;
+use crate::tokens::{MintRequest, Tokens};
 
 /// How many requests the log keeps (the newest).
 const REQUEST_LOG: usize = 4096;
 
 /// How a test server is started. `Default` gives a server on a free port of
-/// 127.0.0.1 with a new CA, no tokens, `Service` and `EndpointSlice`, and a
-/// bookmark every second.
+/// 127.0.0.1 with a new CA, no tokens, every type of
+/// [`ResourceType::defaults`], a bookmark every second, and the built-in
+/// controllers on (rollouts finish 200 ms after a Deployment's spec changes;
+/// LoadBalancer Services get addresses from `203.0.113.0/24`).
 #[derive(Clone, Debug)]
 pub struct TestApiServerOptions {
     /// Where to listen; `None` is 127.0.0.1 on a free port. Give the address
@@ -41,7 +48,7 @@ pub struct TestApiServerOptions {
     pub tls: Option<TlsIdentity>,
     /// Valid bearer tokens and what each may do.
     pub tokens: BTreeMap<String, Grant>,
-    /// Served resource types (`Service` and `EndpointSlice` by default).
+    /// Served resource types ([`ResourceType::defaults`] by default).
     pub resources: Vec<ResourceType>,
     /// How often a watch that allows bookmarks gets one.
     pub bookmark_interval: Duration,
@@ -53,6 +60,14 @@ pub struct TestApiServerOptions {
     /// How many changes an open watch may fall behind before the server
     /// closes it (the client then resumes from its last resourceVersion).
     pub watch_buffer: usize,
+    /// Whether the built-in controllers run: Deployment status, Service
+    /// load-balancer addresses, service-account token Secrets.
+    pub controllers: bool,
+    /// How long after a Deployment's spec changes its rollout is reported.
+    pub rollout_delay: Duration,
+    /// The address every LoadBalancer Service gets; `None`: `203.0.113.N`,
+    /// N counting up from 1.
+    pub load_balancer_address: Option<String>,
 }
 
 impl Default for TestApiServerOptions {
@@ -66,6 +81,9 @@ impl Default for TestApiServerOptions {
             default_watch_timeout: Duration::from_secs(1800),
             history_limit: 1_000_000,
             watch_buffer: 16_384,
+            controllers: true,
+            rollout_delay: Duration::from_millis(200),
+            load_balancer_address: None,
         }
     }
 }
@@ -100,6 +118,24 @@ impl TestApiServerOptions {
         self.history_limit = limit;
         self
     }
+
+    /// Turns the built-in controllers on or off.
+    pub fn controllers(mut self, on: bool) -> Self {
+        self.controllers = on;
+        self
+    }
+
+    /// Sets how long a rollout takes to be reported.
+    pub fn rollout_delay(mut self, delay: Duration) -> Self {
+        self.rollout_delay = delay;
+        self
+    }
+
+    /// Gives every LoadBalancer Service this address.
+    pub fn load_balancer_address(mut self, address: impl Into<String>) -> Self {
+        self.load_balancer_address = Some(address.into());
+        self
+    }
 }
 
 /// Counters of what the server did, for assertions.
@@ -125,6 +161,16 @@ pub struct Stats {
     pub unauthorized: u64,
     /// 403 answers.
     pub forbidden: u64,
+    /// POST requests (creates and TokenRequests).
+    pub creates: u64,
+    /// PUT requests.
+    pub updates: u64,
+    /// PATCH requests (including server-side apply).
+    pub patches: u64,
+    /// DELETE requests.
+    pub deletes: u64,
+    /// `409` answers to writes (exists, stale resourceVersion, apply conflicts).
+    pub conflicts: u64,
 }
 
 #[derive(Default)]
@@ -139,6 +185,11 @@ pub(crate) struct Counters {
     pub(crate) expired: AtomicU64,
     pub(crate) unauthorized: AtomicU64,
     pub(crate) forbidden: AtomicU64,
+    pub(crate) creates: AtomicU64,
+    pub(crate) updates: AtomicU64,
+    pub(crate) patches: AtomicU64,
+    pub(crate) deletes: AtomicU64,
+    pub(crate) conflicts: AtomicU64,
 }
 
 pub(crate) fn bump(counter: &AtomicU64) {
@@ -171,7 +222,10 @@ struct Conn {
 pub(crate) struct Shared {
     pub(crate) registry: Registry,
     pub(crate) store: Store,
-    tokens: RwLock<HashMap<String, Grant>>,
+    static_tokens: RwLock<HashMap<String, Grant>>,
+    /// Service-account tokens the server minted.
+    pub(crate) tokens: Tokens,
+    pub(crate) controllers: Controllers,
     latency: Mutex<Duration>,
     garbage: AtomicBool,
     pub(crate) stall: tokio::sync::watch::Sender<bool>,
@@ -191,11 +245,53 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Shared {
     pub(crate) fn grant(&self, token: &str) -> Option<Grant> {
-        self.tokens
+        self.static_tokens
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .get(token)
             .cloned()
+    }
+
+    /// Who a bearer token is: a static token's user, or a minted token's
+    /// service account (while it exists with the same uid, and the token's
+    /// Secret, if any, exists).
+    pub(crate) fn authenticate(&self, token: &str) -> Option<Identity> {
+        if let Some(grant) = self.grant(token) {
+            return Some(Identity::of_grant(grant));
+        }
+        let minted = self.tokens.lookup(token)?;
+        let accounts = self.registry.by_kind("v1", "ServiceAccount")?;
+        let account = self.store.get(accounts, &minted.namespace, &minted.name)?;
+        if account
+            .pointer("/metadata/uid")
+            .and_then(serde_json::Value::as_str)
+            != Some(minted.uid.as_str())
+        {
+            return None;
+        }
+        if let Some(secret) = &minted.secret {
+            let secrets = self.registry.by_kind("v1", "Secret")?;
+            self.store.get(secrets, &minted.namespace, secret)?;
+        }
+        Some(Identity::of_service_account(
+            &minted.namespace,
+            &minted.name,
+        ))
+    }
+
+    /// Whether a static grant or the RBAC objects allow a request.
+    pub(crate) fn authorize(&self, identity: &Identity, attributes: &Attributes) -> bool {
+        identity
+            .grant
+            .as_ref()
+            .is_some_and(|g| g.allows_request(attributes))
+            || crate::rbac::allows(
+                &self.registry,
+                &self.store,
+                &identity.user,
+                &identity.groups,
+                attributes,
+            )
     }
 
     pub(crate) fn latency(&self) -> Duration {
@@ -279,6 +375,7 @@ pub struct TestApiServer {
     tls: TlsIdentity,
     acceptor: TlsAcceptor,
     accept_task: Mutex<Option<JoinHandle<()>>>,
+    controller_task: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for TestApiServer {
@@ -309,7 +406,13 @@ impl TestApiServer {
         let shared = Arc::new(Shared {
             registry: Registry::new(options.resources),
             store: Store::new(types, options.history_limit, options.watch_buffer),
-            tokens: RwLock::new(options.tokens.into_iter().collect()),
+            static_tokens: RwLock::new(options.tokens.into_iter().collect()),
+            tokens: Tokens::default(),
+            controllers: Controllers::new(
+                options.rollout_delay,
+                options.load_balancer_address.clone(),
+                tls.ca_pem(),
+            ),
             latency: Mutex::new(Duration::ZERO),
             garbage: AtomicBool::new(false),
             stall: tokio::sync::watch::Sender::new(false),
@@ -322,12 +425,17 @@ impl TestApiServer {
             default_watch_timeout: options.default_watch_timeout,
             addr,
         });
+        seed_namespaces(&shared);
+        let controller_task = options
+            .controllers
+            .then(|| crate::controllers::spawn(Arc::clone(&shared)));
         let task = tokio::spawn(accept_loop(listener, acceptor.clone(), Arc::clone(&shared)));
         Ok(Self {
             shared,
             tls,
             acceptor,
             accept_task: Mutex::new(Some(task)),
+            controller_task,
         })
     }
 
@@ -388,17 +496,95 @@ impl TestApiServer {
     }
 
     /// Deletes an object (`namespace` is ignored for cluster-scoped kinds);
-    /// sends `DELETED` to watches. Returns its last state.
+    /// sends `DELETED` to watches. Returns its last state. A Namespace takes
+    /// the objects in it along.
     pub fn delete<K>(&self, namespace: &str, name: &str) -> Result<K, HookError>
     where
         K: Resource + DeserializeOwned,
     {
         let index = self.resource_index::<K>()?;
+        if K::API_VERSION == "v1" && K::KIND == "Namespace" {
+            crate::write::delete_namespace_contents(&self.shared, name);
+        }
         let last =
             self.shared
                 .store
                 .delete(index, self.shared.registry.get(index), namespace, name)?;
         Ok(serde_json::from_value((*last).clone())?)
+    }
+
+    /// Server-side apply of `object` as field manager `manager`, forced
+    /// (it takes the fields from other managers): how a test makes another
+    /// manager own a field. Returns the stored object.
+    pub fn apply_as<K>(&self, manager: &str, object: &K) -> Result<K, HookError>
+    where
+        K: Resource + Serialize + DeserializeOwned,
+    {
+        self.server_side_apply(manager, object, true)
+    }
+
+    /// Server-side apply of `object` as field manager `manager`, as
+    /// `PATCH` with `application/apply-patch+yaml` does; a conflict is
+    /// [`HookError::Conflict`] unless `force`.
+    pub fn server_side_apply<K>(
+        &self,
+        manager: &str,
+        object: &K,
+        force: bool,
+    ) -> Result<K, HookError>
+    where
+        K: Resource + Serialize + DeserializeOwned,
+    {
+        let index = self.resource_index::<K>()?;
+        let rt = self.shared.registry.get(index);
+        let body = serde_json::to_vec(object)?;
+        let value: serde_json::Value = serde_json::from_slice(&body)?;
+        let text = |p: &str| {
+            value
+                .pointer(p)
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_owned)
+        };
+        let name = text("/metadata/name")
+            .ok_or_else(|| HookError::Invalid("metadata.name is required".to_owned()))?;
+        let namespace = text("/metadata/namespace").filter(|_| rt.namespaced);
+        if rt.namespaced && namespace.is_none() {
+            return Err(HookError::Invalid(format!(
+                "a {} needs metadata.namespace",
+                rt.kind
+            )));
+        }
+        let target = Target {
+            resource: index,
+            namespace,
+            name: Some(name),
+            subresource: None,
+        };
+        let write = crate::write::Write {
+            shared: &self.shared,
+            target: &target,
+            body: &body,
+            content_type: "application/apply-patch+yaml",
+            field_manager: Some(manager),
+            default_manager: manager.to_owned(),
+            force,
+            dry_run: false,
+        };
+        match crate::write::patch(&write) {
+            Ok((_, stored)) => Ok(serde_json::from_value(stored)?),
+            Err(status) => {
+                let message = status
+                    .get("message")
+                    .and_then(serde_json::Value::as_str)
+                    .unwrap_or("refused")
+                    .to_owned();
+                if status.get("code").and_then(serde_json::Value::as_u64) == Some(409) {
+                    Err(HookError::Conflict(message))
+                } else {
+                    Err(HookError::Invalid(message))
+                }
+            }
+        }
     }
 
     /// One stored object.
@@ -523,7 +709,7 @@ impl TestApiServer {
     /// Adds or replaces a valid token.
     pub fn set_token(&self, token: impl Into<String>, grant: Grant) {
         self.shared
-            .tokens
+            .static_tokens
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(token.into(), grant);
@@ -532,10 +718,81 @@ impl TestApiServer {
     /// Makes a token invalid (requests with it get 401).
     pub fn revoke_token(&self, token: &str) {
         self.shared
-            .tokens
+            .static_tokens
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(token);
+    }
+
+    /// Mints a token for a service account (which must exist), as a
+    /// TokenRequest would; `lifetime` `None` never expires. The token works
+    /// until it expires or the account is deleted.
+    pub fn service_account_token(
+        &self,
+        namespace: &str,
+        name: &str,
+        lifetime: Option<Duration>,
+    ) -> Result<String, HookError> {
+        let index = self.resource_index::<k8s_openapi::api::core::v1::ServiceAccount>()?;
+        let account = self
+            .shared
+            .store
+            .get(index, namespace, name)
+            .ok_or_else(|| HookError::NotFound {
+                plural: "serviceaccounts".to_owned(),
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+            })?;
+        let uid = account
+            .pointer("/metadata/uid")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("");
+        let (token, _) = self.shared.tokens.mint(&MintRequest {
+            namespace,
+            name,
+            uid,
+            audiences: &[crate::tokens::DEFAULT_AUDIENCE.to_owned()],
+            lifetime,
+            secret: None,
+        });
+        Ok(token)
+    }
+
+    /// Whether `user` may do what `attributes` asks, by the static grants
+    /// given to that user name and the RBAC objects in the store (a
+    /// `system:serviceaccount:{ns}:{name}` user is in that account's groups).
+    pub fn allowed(&self, user: &str, attributes: &Attributes) -> bool {
+        let mut identity = match user
+            .strip_prefix("system:serviceaccount:")
+            .and_then(|rest| rest.split_once(':'))
+        {
+            Some((namespace, name)) => Identity::of_service_account(namespace, name),
+            None => Identity::of_grant(Grant::nothing(user)),
+        };
+        identity.grant = None;
+        let grants = self
+            .shared
+            .static_tokens
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .any(|g| g.user == user && g.allows_request(attributes));
+        grants || self.shared.authorize(&identity, attributes)
+    }
+
+    /// `kubectl auth can-i` for tests: whether `user` may `verb` the
+    /// `resource` (`services`, `deployments.apps`, `serviceaccounts/token`)
+    /// in `namespace` (`None`: cluster-wide).
+    pub fn can(&self, user: &str, verb: Verb, resource: &str, namespace: Option<&str>) -> bool {
+        self.allowed(user, &Attributes::parse(verb, resource, namespace))
+    }
+
+    // ----- controllers -----
+
+    /// While held, Deployments report a rollout that is not done
+    /// (`readyReplicas` 0, `Available` false); releasing reports them done.
+    pub fn hold_rollouts(&self, hold: bool) {
+        self.shared.controllers.hold(hold);
     }
 
     // ----- observation -----
@@ -555,6 +812,11 @@ impl TestApiServer {
             expired: load(&c.expired),
             unauthorized: load(&c.unauthorized),
             forbidden: load(&c.forbidden),
+            creates: load(&c.creates),
+            updates: load(&c.updates),
+            patches: load(&c.patches),
+            deletes: load(&c.deletes),
+            conflicts: load(&c.conflicts),
         }
     }
 
@@ -586,7 +848,30 @@ impl Drop for TestApiServer {
         if let Some(task) = lock(&self.accept_task).take() {
             task.abort();
         }
+        if let Some(task) = &self.controller_task {
+            task.abort();
+        }
         self.shared.cut(false);
+    }
+}
+
+/// The namespaces every cluster has.
+fn seed_namespaces(shared: &Shared) {
+    let Some(index) = shared.registry.by_kind("v1", "Namespace") else {
+        return;
+    };
+    for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        let namespace = serde_json::json!({
+            "metadata": {"name": name, "labels": {"kubernetes.io/metadata.name": name}},
+            "spec": {"finalizers": ["kubernetes"]},
+            "status": {"phase": "Active"}
+        });
+        if let Err(e) = shared
+            .store
+            .apply(index, shared.registry.get(index), namespace)
+        {
+            tracing::warn!(error = %e, "kube-apiserver-test: cannot seed namespace {name}");
+        }
     }
 }
 

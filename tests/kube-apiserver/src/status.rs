@@ -62,3 +62,87 @@ pub(crate) fn continue_expired() -> Value {
 pub(crate) fn bad_request(message: &str) -> Value {
     failure(400, "BadRequest", message, None)
 }
+
+/// `404 NotFound` for a named object: `deployments.apps "web" not found`.
+pub(crate) fn not_found(group: &str, plural: &str, name: &str) -> Value {
+    failure(
+        404,
+        "NotFound",
+        &format!("{} \"{name}\" not found", qualified(group, plural)),
+        Some(details(Some(name), group, plural)),
+    )
+}
+
+/// `409 AlreadyExists` for a create of an existing object.
+pub(crate) fn already_exists(group: &str, plural: &str, name: &str) -> Value {
+    failure(
+        409,
+        "AlreadyExists",
+        &format!("{} \"{name}\" already exists", qualified(group, plural)),
+        Some(details(Some(name), group, plural)),
+    )
+}
+
+/// `409 Conflict` for a write with a stale resourceVersion, worded as the
+/// real server words it.
+pub(crate) fn modified(group: &str, plural: &str, name: &str) -> Value {
+    failure(
+        409,
+        "Conflict",
+        &format!(
+            "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; \
+             please apply your changes to the latest version and try again",
+            qualified(group, plural)
+        ),
+        Some(details(Some(name), group, plural)),
+    )
+}
+
+/// `409 Conflict` for a failed precondition (delete options).
+pub(crate) fn precondition_failed(group: &str, plural: &str, name: &str, message: &str) -> Value {
+    failure(
+        409,
+        "Conflict",
+        &format!(
+            "Operation cannot be fulfilled on {} \"{name}\": {message}",
+            qualified(group, plural)
+        ),
+        Some(details(Some(name), group, plural)),
+    )
+}
+
+/// `422 Invalid`: `Deployment.apps "web" is invalid: <why>`.
+pub(crate) fn invalid(group: &str, kind: &str, name: &str, why: &str) -> Value {
+    let subject = if group.is_empty() {
+        kind.to_owned()
+    } else {
+        format!("{kind}.{group}")
+    };
+    let mut details = details(Some(name), group, kind);
+    details["causes"] = json!([{"reason": "FieldValueInvalid", "message": why, "field": ""}]);
+    failure(
+        422,
+        "Invalid",
+        &format!("{subject} \"{name}\" is invalid: {why}"),
+        Some(details),
+    )
+}
+
+/// A `Success` status, as a delete answers for most kinds.
+pub(crate) fn success(details: Value) -> Value {
+    json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Success",
+        "details": details,
+    })
+}
+
+fn qualified(group: &str, plural: &str) -> String {
+    if group.is_empty() {
+        plural.to_owned()
+    } else {
+        format!("{plural}.{group}")
+    }
+}

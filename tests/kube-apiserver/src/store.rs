@@ -109,6 +109,24 @@ pub(crate) struct WatchStart {
     pub(crate) feed: broadcast::Receiver<Arc<Change>>,
 }
 
+/// Why [`Store::write`] wrote nothing.
+#[derive(Debug)]
+pub(crate) enum WriteError {
+    /// The result is not a valid object of its type.
+    Invalid(String),
+    /// The change refused, with the `Status` to answer.
+    Rejected(Value),
+}
+
+/// What [`Store::write`] did.
+#[derive(Debug)]
+pub(crate) struct Written {
+    /// The object as stored (or as it would be, for a dry run).
+    pub(crate) object: Arc<Value>,
+    /// Whether it did not exist before.
+    pub(crate) created: bool,
+}
+
 /// The store; cheap to share behind an `Arc`.
 pub(crate) struct Store {
     inner: Mutex<Inner>,
@@ -161,7 +179,8 @@ impl Store {
 
     /// Creates or replaces an object; returns it as stored. An object equal
     /// to the stored one changes nothing (no new revision, no event), as in
-    /// kube-apiserver.
+    /// kube-apiserver. The stored `managedFields` are kept when the object
+    /// has none.
     pub(crate) fn apply(
         &self,
         index: usize,
@@ -169,12 +188,9 @@ impl Store {
         mut object: Value,
     ) -> Result<Arc<Value>, HookError> {
         rt.validate(&object).map_err(HookError::Invalid)?;
-        let map = object
+        let meta = object
             .as_object_mut()
-            .ok_or_else(|| HookError::Invalid("not a JSON object".to_owned()))?;
-        map.insert("apiVersion".to_owned(), json!(rt.api_version));
-        map.insert("kind".to_owned(), json!(rt.kind));
-        let meta = map
+            .ok_or_else(|| HookError::Invalid("not a JSON object".to_owned()))?
             .entry("metadata")
             .or_insert_with(|| json!({}))
             .as_object_mut()
@@ -190,12 +206,6 @@ impl Store {
                 rt.kind
             )));
         }
-        if !rt.namespaced {
-            meta.remove("namespace");
-        }
-        meta.remove("resourceVersion");
-
-        let mut inner = self.lock();
         let mut name = meta
             .get("name")
             .and_then(Value::as_str)
@@ -211,8 +221,7 @@ impl Store {
                     "metadata.name or metadata.generateName is required".to_owned(),
                 ));
             }
-            name = format!("{prefix}{}", inner.name_suffix());
-            meta.insert("name".to_owned(), json!(name));
+            name = self.generate_name(prefix);
         }
         let key = (
             if rt.namespaced {
@@ -222,9 +231,79 @@ impl Store {
             },
             name,
         );
-        let previous = inner.objects[index].get(&key).cloned();
+        let written = self.write(index, rt, &key, false, |previous| {
+            if let Some(fields) = previous.and_then(|p| p.pointer("/metadata/managedFields"))
+                && object.pointer("/metadata/managedFields").is_none()
+            {
+                set_meta(&mut object, "managedFields", fields.clone());
+            }
+            Ok(object)
+        });
+        match written {
+            Ok(written) => Ok(written.object),
+            Err(WriteError::Invalid(message)) => Err(HookError::Invalid(message)),
+            Err(WriteError::Rejected(status)) => Err(HookError::Invalid(
+                status
+                    .get("message")
+                    .and_then(Value::as_str)
+                    .unwrap_or("refused")
+                    .to_owned(),
+            )),
+        }
+    }
+
+    /// A name for `generateName`: the prefix and five random characters.
+    pub(crate) fn generate_name(&self, prefix: &str) -> String {
+        format!("{prefix}{}", self.lock().name_suffix())
+    }
+
+    /// Writes the object at `key`, atomically: `change` gets the stored
+    /// object (if any) and returns the new content (or refuses). The store
+    /// then sets `apiVersion`, `kind`, the name and namespace from `key`,
+    /// validates the object against its type, and sets the server's fields:
+    /// uid and creationTimestamp (kept from the stored object, or new),
+    /// generation (bumped when anything outside metadata and status
+    /// changed) and resourceVersion. A result equal to the stored object
+    /// changes nothing (no new revision, no event). With `dry_run`, nothing
+    /// is stored, but the result is what would have been.
+    pub(crate) fn write<F>(
+        &self,
+        index: usize,
+        rt: &ResourceType,
+        key: &Key,
+        dry_run: bool,
+        change: F,
+    ) -> Result<Written, WriteError>
+    where
+        F: FnOnce(Option<&Arc<Value>>) -> Result<Value, WriteError>,
+    {
+        let mut inner = self.lock();
+        let previous = inner.objects[index].get(key).cloned();
+        let mut object = change(previous.as_ref())?;
+        let map = object
+            .as_object_mut()
+            .ok_or_else(|| WriteError::Invalid("not a JSON object".to_owned()))?;
+        map.insert("apiVersion".to_owned(), json!(rt.api_version));
+        map.insert("kind".to_owned(), json!(rt.kind));
+        let meta = map
+            .entry("metadata")
+            .or_insert_with(|| json!({}))
+            .as_object_mut()
+            .ok_or_else(|| WriteError::Invalid("metadata is not an object".to_owned()))?;
+        meta.insert("name".to_owned(), json!(key.1));
+        if rt.namespaced {
+            meta.insert("namespace".to_owned(), json!(key.0));
+        } else {
+            meta.remove("namespace");
+        }
+        meta.remove("resourceVersion");
+        rt.validate(&object).map_err(WriteError::Invalid)?;
         let kind = match &previous {
             Some(old) => {
+                let meta = object
+                    .get_mut("metadata")
+                    .and_then(Value::as_object_mut)
+                    .ok_or_else(|| WriteError::Invalid("metadata is not an object".to_owned()))?;
                 for field in ["uid", "creationTimestamp"] {
                     match old.pointer(&format!("/metadata/{field}")) {
                         Some(v) => meta.insert(field.to_owned(), v.clone()),
@@ -246,22 +325,33 @@ impl Store {
                     set_meta(&mut object, "generation", json!(old_generation + 1));
                 }
                 if **old == object {
-                    return Ok(Arc::clone(old));
+                    return Ok(Written {
+                        object: Arc::clone(old),
+                        created: false,
+                    });
                 }
                 ChangeKind::Modified
             }
             None => {
                 let uid = inner.uid();
-                meta.insert("uid".to_owned(), json!(uid));
-                meta.insert("creationTimestamp".to_owned(), serde_json::to_value(now())?);
-                meta.insert("generation".to_owned(), json!(1));
+                set_meta(&mut object, "uid", json!(uid));
+                set_meta(
+                    &mut object,
+                    "creationTimestamp",
+                    serde_json::to_value(now()).unwrap_or(Value::Null),
+                );
+                set_meta(&mut object, "generation", json!(1));
                 ChangeKind::Added
             }
         };
         let rv = inner.rv + 1;
         set_meta(&mut object, "resourceVersion", json!(rv.to_string()));
         let object = Arc::new(object);
-        Arc::make_mut(&mut inner.objects[index]).insert(key, Arc::clone(&object));
+        let created = kind == ChangeKind::Added;
+        if dry_run {
+            return Ok(Written { object, created });
+        }
+        Arc::make_mut(&mut inner.objects[index]).insert(key.clone(), Arc::clone(&object));
         self.record(
             &mut inner,
             Change {
@@ -272,7 +362,12 @@ impl Store {
                 previous,
             },
         );
-        Ok(object)
+        Ok(Written { object, created })
+    }
+
+    /// A feed of every change from now on.
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<Arc<Change>> {
+        self.events.subscribe()
     }
 
     /// Deletes an object; returns its last state (with the deletion's
