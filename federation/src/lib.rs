@@ -13,6 +13,7 @@ pub mod discovery;
 pub mod files;
 pub mod identity;
 pub mod model;
+pub mod rollout;
 pub mod server;
 pub mod snapshot;
 pub mod store;

@@ -74,6 +74,12 @@ pub struct Config {
     /// Lifetime of gateway certificates (gateways renew at two thirds of it).
     #[arg(long, env = "GNS_GATEWAY_CERT_LIFETIME", default_value = "24h", value_parser = parse_lifetime)]
     pub gateway_cert_lifetime: std::time::Duration,
+    /// URL at which gateways the federation deploys reach it (default: http:// + the --listen address).
+    #[arg(long, env = "GNS_ADVERTISE_URL")]
+    pub advertise_url: Option<String>,
+    /// `ip:port` member clusters' CoreDNS forwards the GNS domains to (default: the --dns-listen address).
+    #[arg(long, env = "GNS_ADVERTISE_DNS")]
+    pub advertise_dns: Option<SocketAddr>,
 }
 
 /// A certificate lifetime: a duration like `24h` or `90s`, from 5 s to 90 days.
@@ -225,7 +231,16 @@ pub async fn build(config: &Config) -> Result<Federation, StartError> {
         },
     );
     let feeder = tokio::spawn(feed_dns(snapshots.clone(), Arc::clone(&dns)));
-    let discovery = crate::discovery::spawn(Arc::clone(&store));
+    let discovery = crate::discovery::spawn_with(
+        Arc::clone(&store),
+        crate::discovery::DiscoveryOptions {
+            federation_url: config
+                .advertise_url
+                .clone()
+                .unwrap_or_else(|| format!("http://{api_addr}")),
+            dns_address: config.advertise_dns.unwrap_or(dns.udp_addr).to_string(),
+        },
+    );
     let dns_for_metrics = Arc::clone(&dns);
     Ok(Federation {
         api_addr,

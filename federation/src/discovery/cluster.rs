@@ -15,7 +15,7 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::utils::Backoff;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, ResourceExt};
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use super::model::{self, Member, NamespaceObjects, ServiceInfo, SliceInfo};
@@ -207,6 +207,7 @@ pub async fn run(
     members: Vec<Member>,
     all_gns: Vec<String>,
     store: Arc<dyn Store>,
+    gateway: tokio::sync::watch::Receiver<Option<serde_json::Value>>,
 ) {
     let namespaces: BTreeSet<String> = members.iter().map(|m| m.namespace.clone()).collect();
     let (tx, mut rx) = mpsc::channel(1024);
@@ -239,7 +240,7 @@ pub async fn run(
     let mut dirty: HashMap<String, BTreeSet<String>> = HashMap::new();
     // Hash of each catalog entry this cluster has in the store; `None` until read.
     let mut written: Option<HashMap<ObjectKey, u64>> = None;
-    let mut status = StatusWriter::new(&cluster, Arc::clone(&store));
+    let mut status = StatusWriter::new(&cluster, Arc::clone(&store), gateway);
     status
         .report(Phase::Connecting, "connecting", None, None)
         .await;
@@ -594,21 +595,31 @@ impl Phase {
     }
 }
 
+/// What a status write said: phase, message, service and endpoint counts, gateway.
+type Reported = (Phase, String, Option<usize>, Option<usize>, Option<Value>);
+
 /// Writes the cluster status when it changes (and now and then for lastSync).
 struct StatusWriter {
     key: ObjectKey,
     store: Arc<dyn Store>,
-    last: Option<(Phase, String, Option<usize>, Option<usize>)>,
+    last: Option<Reported>,
+    /// The deployed gateway's status, from the rollout (if the cluster has one).
+    gateway: tokio::sync::watch::Receiver<Option<Value>>,
     last_write: Option<Instant>,
     last_sync_ms: Option<i64>,
     unreachable_since_ms: Option<i64>,
 }
 
 impl StatusWriter {
-    fn new(cluster: &str, store: Arc<dyn Store>) -> Self {
+    fn new(
+        cluster: &str,
+        store: Arc<dyn Store>,
+        gateway: tokio::sync::watch::Receiver<Option<Value>>,
+    ) -> Self {
         Self {
             key: ObjectKey::global(Kind::Cluster, cluster),
             store,
+            gateway,
             last: None,
             last_write: None,
             last_sync_ms: None,
@@ -633,10 +644,17 @@ impl StatusWriter {
             self.unreachable_since_ms = None;
         }
         let (services, endpoints) = match (&self.last, services) {
-            (Some((_, _, s, e)), None) => (*s, *e),
+            (Some((_, _, s, e, _)), None) => (*s, *e),
             _ => (services, endpoints),
         };
-        let current = (phase, message.to_owned(), services, endpoints);
+        let gateway = self.gateway.borrow().clone();
+        let current = (
+            phase,
+            message.to_owned(),
+            services,
+            endpoints,
+            gateway.clone(),
+        );
         let stale = self.last_write.is_none_or(|t| t.elapsed() > STATUS_REFRESH);
         if self.last.as_ref() == Some(&current) && !stale {
             return;
@@ -650,6 +668,10 @@ impl StatusWriter {
             "services": services,
             "endpoints": endpoints,
         });
+        let mut status = status;
+        if let Some(gateway) = gateway {
+            status["gateway"] = gateway;
+        }
         match self
             .store
             .set_status(&self.key, status, ACTOR, "status")

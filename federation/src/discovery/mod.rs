@@ -3,7 +3,9 @@
 //! global namespace members) and runs one [`cluster::run`] task per member
 //! cluster, restarting it when the cluster's spec, credentials or selected
 //! namespaces change, and stopping it (removing its catalog entries) when the
-//! cluster leaves every global namespace.
+//! cluster leaves every global namespace. A cluster with a
+//! `gatewayDeployment` also gets its gateway installed ([`crate::rollout`])
+//! by the replica holding its lease, and removed when it leaves.
 
 pub mod client;
 pub mod cluster;
@@ -25,6 +27,17 @@ struct Fingerprint {
     spec: Value,
     secret: Option<Vec<u8>>,
     members: Vec<Member>,
+    /// Domains of the global namespaces the cluster is a member of.
+    domains: Vec<String>,
+}
+
+/// What discovery needs to know about the federation itself.
+#[derive(Debug, Clone, Default)]
+pub struct DiscoveryOptions {
+    /// URL deployed gateways follow (`--advertise-url`).
+    pub federation_url: String,
+    /// `ip:port` of the federation's DNS, for the CoreDNS forwarding blocks.
+    pub dns_address: String,
 }
 
 struct Running {
@@ -44,6 +57,7 @@ async fn desired(
 ) -> Result<(BTreeMap<String, Fingerprint>, Vec<String>), StoreError> {
     let all = PageRequest::default();
     let mut members: BTreeMap<String, Vec<Member>> = BTreeMap::new();
+    let mut domains: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut gns_names = Vec::new();
     for object in store.list(Kind::GlobalNamespace, "", &all).await?.items {
         gns_names.push(object.key.name.clone());
@@ -51,6 +65,10 @@ async fn desired(
             continue;
         };
         for m in gns.members {
+            let cluster_domains = domains.entry(m.cluster.to_string()).or_default();
+            if !cluster_domains.contains(&gns.domain.to_string()) {
+                cluster_domains.push(gns.domain.to_string());
+            }
             members
                 .entry(m.cluster.to_string())
                 .or_default()
@@ -74,6 +92,7 @@ async fn desired(
                 spec: object.spec,
                 secret,
                 members: m,
+                domains: domains.remove(&object.key.name).unwrap_or_default(),
             },
         );
     }
@@ -89,10 +108,12 @@ fn start(
     fp: &Fingerprint,
     all_gns: Vec<String>,
     store: &Arc<dyn Store>,
+    options: &DiscoveryOptions,
 ) -> tokio::task::JoinHandle<()> {
     let name = name.to_owned();
     let fp = fp.clone();
     let store = Arc::clone(store);
+    let options = options.clone();
     tokio::spawn(async move {
         let cluster: Cluster = match serde_json::from_value(fp.spec.clone()) {
             Ok(c) => c,
@@ -124,14 +145,33 @@ fn start(
             let sync = async {
                 match client::client(&cluster, &credentials) {
                     Ok(kube) => {
-                        cluster::run(
+                        let (gateway_tx, gateway_rx) = tokio::sync::watch::channel(None);
+                        let sync = cluster::run(
                             name.clone(),
-                            kube,
+                            kube.clone(),
                             fp.members.clone(),
                             all_gns.clone(),
                             Arc::clone(&store),
-                        )
-                        .await
+                            gateway_rx,
+                        );
+                        match &cluster.gateway_deployment {
+                            Some(spec) => {
+                                let rollout = crate::rollout::Rollout {
+                                    cluster: name.clone(),
+                                    client: kube,
+                                    spec: spec.clone(),
+                                    federation_url: spec
+                                        .federation_url
+                                        .clone()
+                                        .unwrap_or_else(|| options.federation_url.clone()),
+                                    dns_address: options.dns_address.clone(),
+                                    domains: fp.domains.clone(),
+                                    store: Arc::clone(&store),
+                                };
+                                tokio::join!(sync, crate::rollout::run(rollout, gateway_tx));
+                            }
+                            None => sync.await,
+                        }
                     }
                     Err(e) => {
                         let status = serde_json::json!({"phase": "Unreachable", "message": e.to_string(), "lastSync": null});
@@ -184,8 +224,52 @@ async fn withdraw(store: &dyn Store, cluster: &str, all_gns: &[String]) {
     }
 }
 
+/// Removes the gateway the federation deployed into a cluster that it stopped
+/// syncing (left every global namespace, or its `gatewayDeployment` was
+/// removed), with the credentials it was last synced with.
+fn remove_gateway(name: &str, fp: &Fingerprint) {
+    let Ok(cluster) = serde_json::from_value::<Cluster>(fp.spec.clone()) else {
+        return;
+    };
+    if cluster.gateway_deployment.is_none() {
+        return;
+    }
+    let credentials: ClusterCredentials = fp
+        .secret
+        .as_deref()
+        .and_then(|s| serde_json::from_slice(s).ok())
+        .unwrap_or_default();
+    let name = name.to_owned();
+    tokio::spawn(async move {
+        let kube = match client::client(&cluster, &credentials) {
+            Ok(kube) => kube,
+            Err(e) => {
+                tracing::warn!(cluster = name, error = %e, "cannot remove the gateway");
+                return;
+            }
+        };
+        for attempt in 0..5u32 {
+            match crate::rollout::remove(&kube).await {
+                Ok(count) => {
+                    tracing::info!(cluster = name, objects = count, "gateway removed");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(cluster = name, attempt, error = %e, "gateway removal failed");
+                    tokio::time::sleep(Duration::from_secs(2 << attempt)).await;
+                }
+            }
+        }
+    });
+}
+
 /// Runs discovery until aborted.
 pub async fn run(store: Arc<dyn Store>) {
+    run_with(store, DiscoveryOptions::default()).await;
+}
+
+/// Runs discovery (and gateway rollouts) until aborted.
+pub async fn run_with(store: Arc<dyn Store>, options: DiscoveryOptions) {
     let mut revisions = store.subscribe();
     let mut running: HashMap<String, Running> = HashMap::new();
     loop {
@@ -198,6 +282,7 @@ pub async fn run(store: Arc<dyn Store>) {
                     .collect();
                 for name in stopped {
                     if let Some(r) = running.remove(&name) {
+                        remove_gateway(&name, &r.fingerprint);
                         drop(r);
                         tracing::info!(cluster = name, "stopped syncing");
                         withdraw(store.as_ref(), &name, &all_gns).await;
@@ -208,9 +293,14 @@ pub async fn run(store: Arc<dyn Store>) {
                         .get(&name)
                         .is_none_or(|r| r.fingerprint != fp || r.task.is_finished());
                     if restart {
-                        drop(running.remove(&name));
+                        if let Some(previous) = running.remove(&name) {
+                            let deployed = |spec: &Value| spec.get("gatewayDeployment").is_some();
+                            if deployed(&previous.fingerprint.spec) && !deployed(&fp.spec) {
+                                remove_gateway(&name, &previous.fingerprint);
+                            }
+                        }
                         tracing::info!(cluster = name, "starting sync");
-                        let task = start(&name, &fp, all_gns.clone(), &store);
+                        let task = start(&name, &fp, all_gns.clone(), &store, &options);
                         running.insert(
                             name,
                             Running {
@@ -235,4 +325,9 @@ pub async fn run(store: Arc<dyn Store>) {
 /// Starts discovery in the background.
 pub fn spawn(store: Arc<dyn Store>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(run(store))
+}
+
+/// Starts discovery (and gateway rollouts) in the background.
+pub fn spawn_with(store: Arc<dyn Store>, options: DiscoveryOptions) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(run_with(store, options))
 }

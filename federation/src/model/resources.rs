@@ -125,6 +125,71 @@ pub struct Cluster {
     /// `"keep"`, or `{"withdrawAfter": "30s"}` (the default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stale_endpoint_policy: Option<StaleEndpointPolicy>,
+    /// When set, the federation installs and upgrades the cluster's gateway
+    /// itself (server-side apply into namespace `gns-system`) while the
+    /// cluster is a member of a global namespace, and removes it when it
+    /// stops being one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_deployment: Option<GatewayDeployment>,
+}
+
+/// The default gateway image (its tag is the version reported in the status).
+pub const DEFAULT_GATEWAY_IMAGE: &str = concat!(
+    "ghcr.io/gns-project/gns-gateway:",
+    env!("CARGO_PKG_VERSION")
+);
+
+/// How the federation deploys a cluster's gateway.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GatewayDeployment {
+    /// Container image of `gns-gateway`; changing it upgrades the gateway.
+    #[serde(default = "default_gateway_image")]
+    #[schema(example = "ghcr.io/gns-project/gns-gateway:0.1.0")]
+    pub image: String,
+    /// Gateway replicas (1–100).
+    #[serde(default = "default_gateway_replicas")]
+    pub replicas: u16,
+    /// Type of the ingress Service: `LoadBalancer` (default), `NodePort` or `ClusterIP`.
+    #[serde(default)]
+    pub ingress_service_type: IngressServiceType,
+    /// Federation URL the gateway follows (default: the federation's `--advertise-url`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub federation_url: Option<String>,
+    /// Take over fields another field manager owns instead of reporting the conflict.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force_conflicts: bool,
+}
+
+fn default_gateway_image() -> String {
+    DEFAULT_GATEWAY_IMAGE.to_owned()
+}
+
+fn default_gateway_replicas() -> u16 {
+    1
+}
+
+/// Kubernetes Service type of a deployed gateway's ingress.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub enum IngressServiceType {
+    /// A cloud load balancer (the address is read back from the Service status).
+    #[default]
+    LoadBalancer,
+    /// A port on every node.
+    NodePort,
+    /// Reachable inside the cluster network only.
+    ClusterIP,
+}
+
+impl IngressServiceType {
+    /// The Kubernetes name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::LoadBalancer => "LoadBalancer",
+            Self::NodePort => "NodePort",
+            Self::ClusterIP => "ClusterIP",
+        }
+    }
 }
 
 /// What happens to the last known endpoints of a cluster whose API can't be reached.
@@ -285,6 +350,27 @@ impl Resource for Cluster {
             .is_some_and(|t| t.trim().is_empty() || t.len() > 16 * 1024)
         {
             errors.add("kubernetes.token", "must be non-empty and at most 16 KiB");
+        }
+        if let Some(d) = &self.gateway_deployment {
+            let image_ok = !d.image.is_empty()
+                && d.image.len() <= 512
+                && !d
+                    .image
+                    .contains(|c: char| c.is_whitespace() || c.is_control());
+            if !image_ok {
+                errors.add(
+                    "gatewayDeployment.image",
+                    "must be a container image reference such as ghcr.io/gns-project/gns-gateway:0.1.0",
+                );
+            }
+            if !(1..=100).contains(&d.replicas) {
+                errors.add("gatewayDeployment.replicas", "must be from 1 to 100");
+            }
+            if let Some(url) = &d.federation_url
+                && !(url.starts_with("http://") || url.starts_with("https://"))
+            {
+                errors.add("gatewayDeployment.federationUrl", "must be an http(s) URL");
+            }
         }
         let mut seen = BTreeSet::new();
         for (i, net) in self.networks.iter().enumerate() {

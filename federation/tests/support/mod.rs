@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod fed;
+
 use std::sync::Arc;
 
 use gns_federation::store::{SecretBox, SqlStore, Store};

@@ -205,8 +205,28 @@ fn prepare(rt: &ResourceType, name: &str, live: Option<&Value>, new: &mut Value,
                 new["status"] = json!({"phase": "Active"});
             }
         }
-        ("", "Secret") if new.get("type").is_none_or(Value::is_null) => {
-            new["type"] = json!("Opaque");
+        ("", "Secret") => {
+            if new.get("type").is_none_or(Value::is_null) {
+                new["type"] = json!("Opaque");
+            }
+            // Like the real server: stringData is written into data (base64) and not kept.
+            if let Some(Value::Object(strings)) =
+                new.as_object_mut().and_then(|m| m.remove("stringData"))
+            {
+                use base64::Engine;
+                let data = new
+                    .as_object_mut()
+                    .map(|m| m.entry("data").or_insert_with(|| json!({})));
+                if let Some(Value::Object(data)) = data {
+                    for (key, value) in strings {
+                        let text = value.as_str().map(str::to_owned).unwrap_or_default();
+                        data.insert(
+                            key,
+                            json!(base64::engine::general_purpose::STANDARD.encode(text)),
+                        );
+                    }
+                }
+            }
         }
         ("apps", "Deployment") => {
             if let Some(spec) = new.get_mut("spec").and_then(Value::as_object_mut) {

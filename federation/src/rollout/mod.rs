@@ -1,0 +1,401 @@
+//! Gateway rollout: installs, upgrades and removes the gateway of a member
+//! cluster whose spec has a `gatewayDeployment`, with Kubernetes server-side
+//! apply (field manager `gns-federation`) through kube-rs.
+//!
+//! The objects come from [`templates::GATEWAY_TEMPLATE`]
+//! (`deploy/gateway/gateway.yaml`): namespace `gns-system`, a
+//! ServiceAccount, a Secret with a fresh one-time join token and the
+//! federation URL, the CoreDNS forwarding server blocks, the Deployment and
+//! the ingress (LoadBalancer by default) and egress (ClusterIP) Services.
+//! [`run`] applies them, then follows the rollout and publishes the gateway
+//! status (`phase`, `readyReplicas`, `version`, `ingressAddress`) that
+//! discovery writes into the cluster status. A field owned by another
+//! manager is reported as a conflict, not taken, unless the spec says
+//! `forceConflicts`. A changed spec (a new image is an upgrade) restarts the
+//! task, which applies again; [`remove`] deletes what [`run`] created.
+
+pub mod templates;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams};
+use kube::core::GroupVersionKind;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use crate::model::GatewayDeployment;
+use crate::store::Store;
+use templates::TemplateError;
+
+/// The field manager of everything the federation applies.
+pub const FIELD_MANAGER: &str = "gns-federation";
+/// The namespace the gateway lives in.
+pub const NAMESPACE: &str = "gns-system";
+/// How long a gateway's join token is valid.
+const JOIN_TOKEN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How often a rollout in progress (and a finished one) is looked at.
+const POLL: Duration = Duration::from_secs(1);
+/// The ingress port of a deployed gateway (its Service port).
+const INGRESS_PORT: u16 = 15443;
+
+/// Why applying or following the gateway failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RolloutError {
+    /// Another field manager owns fields of ours.
+    #[error("conflict with another field manager: {0}")]
+    Conflict(String),
+    /// The federation's credentials may not do this.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    /// Any other Kubernetes API failure.
+    #[error("{0}")]
+    Kube(String),
+    /// The template did not render.
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+    /// The join token could not be stored.
+    #[error("cannot store the join token: {0}")]
+    Store(String),
+}
+
+impl RolloutError {
+    fn phase(&self) -> &'static str {
+        match self {
+            RolloutError::Conflict(_) => "Conflict",
+            _ => "Failed",
+        }
+    }
+}
+
+fn kube_error(object: &str, e: kube::Error) -> RolloutError {
+    match e {
+        kube::Error::Api(status) if status.code == 409 => {
+            RolloutError::Conflict(format!("{object}: {}", status.message))
+        }
+        kube::Error::Api(status) if status.code == 403 => {
+            RolloutError::Forbidden(format!("{object}: {}", status.message))
+        }
+        kube::Error::Api(status) if status.code == 401 => {
+            RolloutError::Kube("bad credentials: the API server answered 401 Unauthorized".into())
+        }
+        kube::Error::Api(status) => RolloutError::Kube(format!(
+            "{object}: API error {}: {}",
+            status.code, status.message
+        )),
+        other => RolloutError::Kube(format!("{object}: {other}")),
+    }
+}
+
+/// Everything a rollout needs.
+#[derive(Clone)]
+pub struct Rollout {
+    /// The cluster's name.
+    pub cluster: String,
+    /// A client with the cluster's stored credentials.
+    pub client: kube::Client,
+    /// What to deploy.
+    pub spec: GatewayDeployment,
+    /// The URL the gateway follows (the spec's, else the federation's advertised one).
+    pub federation_url: String,
+    /// Where CoreDNS should forward the GNS domains (`ip:port`).
+    pub dns_address: String,
+    /// The domains of the global namespaces the cluster is a member of.
+    pub domains: Vec<String>,
+    /// The store (join tokens).
+    pub store: Arc<dyn Store>,
+}
+
+impl Rollout {
+    /// The image tag, reported as the gateway version.
+    pub fn version(&self) -> String {
+        image_tag(&self.spec.image)
+    }
+}
+
+/// The tag of an image reference (`latest` when it has none; a digest as is).
+pub fn image_tag(image: &str) -> String {
+    if let Some((_, digest)) = image.split_once('@') {
+        return digest.to_owned();
+    }
+    let last = image.rsplit('/').next().unwrap_or(image);
+    last.split_once(':')
+        .map_or_else(|| "latest".to_owned(), |(_, tag)| tag.to_owned())
+}
+
+/// The CoreDNS server blocks that forward the GNS domains to the federation's DNS.
+pub fn dns_forwarding(domains: &[String], dns_address: &str) -> String {
+    domains
+        .iter()
+        .map(|d| format!("{d}:53 {{\n    forward . {dns_address}\n    cache 5\n}}\n"))
+        .collect()
+}
+
+/// The objects of the gateway of `rollout`, rendered with a join token.
+pub fn manifests(rollout: &Rollout, join_token: &str) -> Result<Vec<Value>, TemplateError> {
+    let values: BTreeMap<&str, Value> = [
+        ("CLUSTER", json!(rollout.cluster)),
+        ("VERSION", json!(rollout.version())),
+        ("IMAGE", json!(rollout.spec.image)),
+        ("REPLICAS", json!(rollout.spec.replicas)),
+        ("FEDERATION_URL", json!(rollout.federation_url)),
+        ("JOIN_TOKEN", json!(join_token)),
+        (
+            "INGRESS_SERVICE_TYPE",
+            json!(rollout.spec.ingress_service_type.as_str()),
+        ),
+        (
+            "DNS_FORWARDING",
+            json!(dns_forwarding(&rollout.domains, &rollout.dns_address)),
+        ),
+    ]
+    .into_iter()
+    .collect();
+    templates::render(templates::GATEWAY_TEMPLATE, &values)
+}
+
+/// The API of an object's kind, and its name, from its `apiVersion`/`kind`/`metadata`.
+fn api_for(
+    client: &kube::Client,
+    object: &Value,
+) -> Result<(Api<DynamicObject>, String), RolloutError> {
+    let text = |pointer: &str| object.pointer(pointer).and_then(Value::as_str);
+    let (Some(api_version), Some(kind), Some(name)) =
+        (text("/apiVersion"), text("/kind"), text("/metadata/name"))
+    else {
+        return Err(RolloutError::Kube(
+            "a gateway manifest lacks apiVersion, kind or metadata.name".into(),
+        ));
+    };
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind));
+    let api = match text("/metadata/namespace") {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
+        None => Api::all_with(client.clone(), &resource),
+    };
+    Ok((api, format!("{}/{name}", kind.to_lowercase())))
+}
+
+/// Applies every gateway object once, in order (the namespace first).
+pub async fn apply_all(rollout: &Rollout) -> Result<usize, RolloutError> {
+    let token =
+        crate::api::auth::generate_token().map_err(|e| RolloutError::Store(e.to_string()))?;
+    let expires = crate::api::now_millis()
+        .saturating_add(i64::try_from(JOIN_TOKEN_TTL.as_millis()).unwrap_or(i64::MAX));
+    rollout
+        .store
+        .create_join_token(
+            &rollout.cluster,
+            &crate::api::auth::hash_token(&token),
+            expires,
+            FIELD_MANAGER,
+        )
+        .await
+        .map_err(|e| RolloutError::Store(e.to_string()))?;
+    let objects = manifests(rollout, &token)?;
+    let mut params = PatchParams::apply(FIELD_MANAGER);
+    if rollout.spec.force_conflicts {
+        params = params.force();
+    }
+    for object in &objects {
+        let (api, what) = api_for(&rollout.client, object)?;
+        let name = object
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        api.patch(name, &params, &Patch::Apply(object))
+            .await
+            .map_err(|e| kube_error(&what, e))?;
+    }
+    Ok(objects.len())
+}
+
+/// The gateway status from the Deployment and the ingress Service.
+async fn observe(rollout: &Rollout) -> Result<Option<Value>, RolloutError> {
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(rollout.client.clone(), NAMESPACE);
+    let Some(deployment) = deployments
+        .get_opt("gns-gateway")
+        .await
+        .map_err(|e| kube_error("deployment/gns-gateway", e))?
+    else {
+        return Ok(None);
+    };
+    let services: Api<k8s_openapi::api::core::v1::Service> =
+        Api::namespaced(rollout.client.clone(), NAMESPACE);
+    let service = services
+        .get_opt("gns-gateway-ingress")
+        .await
+        .map_err(|e| kube_error("service/gns-gateway-ingress", e))?;
+    let wanted = deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.replicas)
+        .unwrap_or(1);
+    let status = deployment.status.clone().unwrap_or_default();
+    let generation = deployment.metadata.generation.unwrap_or(0);
+    let observed = status.observed_generation.unwrap_or(0) >= generation;
+    let ready = status.ready_replicas.unwrap_or(0);
+    let updated = status.updated_replicas.unwrap_or(0);
+    let running_version = deployment
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get("app.kubernetes.io/version"))
+        .cloned();
+    let ingress = service.as_ref().and_then(ingress_address);
+    let done = observed && ready >= wanted && updated >= wanted;
+    let (phase, message) = match (done, &ingress) {
+        (true, Some(_)) => ("Ready", "the gateway is ready".to_owned()),
+        (true, None) => (
+            "Progressing",
+            "waiting for the ingress Service to get an address".to_owned(),
+        ),
+        (false, _) => (
+            "Progressing",
+            format!("{ready} of {wanted} gateway replicas ready"),
+        ),
+    };
+    Ok(Some(json!({
+        "phase": phase,
+        "message": message,
+        "replicas": wanted,
+        "readyReplicas": ready,
+        "version": running_version,
+        "ingressAddress": ingress,
+    })))
+}
+
+/// `host:port` where peer gateways reach the ingress Service.
+fn ingress_address(service: &k8s_openapi::api::core::v1::Service) -> Option<String> {
+    let spec = service.spec.as_ref()?;
+    match spec.type_.as_deref() {
+        Some("LoadBalancer") => {
+            let lb = service.status.as_ref()?.load_balancer.as_ref()?;
+            let first = lb.ingress.as_ref()?.first()?;
+            let host = first.ip.clone().or_else(|| first.hostname.clone())?;
+            Some(format!("{host}:{INGRESS_PORT}"))
+        }
+        Some("ClusterIP") | None => spec
+            .cluster_ip
+            .as_ref()
+            .filter(|ip| !ip.is_empty() && *ip != "None")
+            .map(|ip| format!("{ip}:{INGRESS_PORT}")),
+        _ => None,
+    }
+}
+
+/// Applies the gateway and follows it forever, publishing its status on `status`.
+pub async fn run(rollout: Rollout, status: watch::Sender<Option<Value>>) {
+    let mut backoff = Duration::from_secs(1);
+    let publish = |value: Value| {
+        status.send_if_modified(|current| {
+            if current.as_ref() == Some(&value) {
+                false
+            } else {
+                *current = Some(value);
+                true
+            }
+        });
+    };
+    let failed = |e: &RolloutError| json!({"phase": e.phase(), "message": e.to_string(), "version": rollout.version()});
+    loop {
+        publish(
+            json!({"phase": "Applying", "message": "applying the gateway", "version": rollout.version()}),
+        );
+        match apply_all(&rollout).await {
+            Ok(count) => {
+                tracing::info!(
+                    cluster = rollout.cluster,
+                    objects = count,
+                    version = rollout.version(),
+                    "gateway applied"
+                );
+                backoff = Duration::from_secs(1);
+            }
+            Err(e) => {
+                tracing::warn!(cluster = rollout.cluster, error = %e, "gateway apply failed");
+                publish(failed(&e));
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+                continue;
+            }
+        }
+        // Follow the rollout; a deleted Deployment is applied again.
+        loop {
+            match observe(&rollout).await {
+                Ok(Some(value)) => publish(value),
+                Ok(None) => break,
+                Err(e) => {
+                    let mut value = status.borrow().clone().unwrap_or_else(|| failed(&e));
+                    value["message"] = json!(format!("cannot read the rollout: {e}"));
+                    publish(value);
+                }
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+}
+
+/// Deletes what [`run`] created in the cluster; the namespace too, unless
+/// `gnsctl cluster add` put the federation's own ServiceAccount in it.
+/// Objects already gone are fine. Returns how many were deleted.
+pub async fn remove(client: &kube::Client) -> Result<usize, RolloutError> {
+    let mut deleted = 0;
+    let objects = [
+        ("apps/v1", "Deployment", "gns-gateway"),
+        ("v1", "Service", "gns-gateway-ingress"),
+        ("v1", "Service", "gns-gateway-egress"),
+        ("v1", "ConfigMap", "gns-dns-forwarding"),
+        ("v1", "Secret", "gns-gateway-join"),
+        ("v1", "ServiceAccount", "gns-gateway"),
+    ];
+    for (api_version, kind, name) in objects {
+        let object = json!({"apiVersion": api_version, "kind": kind,
+                            "metadata": {"name": name, "namespace": NAMESPACE}});
+        let (api, what) = api_for(client, &object)?;
+        match api.delete(name, &DeleteParams::default()).await {
+            Ok(_) => deleted += 1,
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(e) => return Err(kube_error(&what, e)),
+        }
+    }
+    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(client.clone(), NAMESPACE);
+    let federation_account = accounts
+        .get_opt("gns-federation")
+        .await
+        .map_err(|e| kube_error("serviceaccount/gns-federation", e))?;
+    if federation_account.is_none() {
+        let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+        match namespaces.delete(NAMESPACE, &DeleteParams::default()).await {
+            Ok(_) => deleted += 1,
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(e) => return Err(kube_error("namespace/gns-system", e)),
+        }
+    }
+    Ok(deleted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_are_image_tags() {
+        assert_eq!(image_tag("ghcr.io/gns/gns-gateway:0.2.0"), "0.2.0");
+        assert_eq!(image_tag("registry:5000/gns-gateway"), "latest");
+        assert_eq!(image_tag("gns-gateway@sha256:abc"), "sha256:abc");
+    }
+
+    #[test]
+    fn forwarding_names_every_domain() {
+        let text = dns_forwarding(
+            &["a.example.com".into(), "b.example.com".into()],
+            "10.0.0.1:53",
+        );
+        assert!(text.contains("a.example.com:53 {\n    forward . 10.0.0.1:53"));
+        assert!(text.contains("b.example.com:53"));
+    }
+}

@@ -1,0 +1,320 @@
+//! Gateway rollout end to end, in process: a federation installs the gateway
+//! of a member cluster (a Kubernetes API test server, driven by the real
+//! kube-rs client) with server-side apply when the cluster joins a global
+//! namespace, reports the rollout in the cluster status, upgrades it when the
+//! image changes, reports a field owned by another manager as a conflict
+//! (and takes it over only when told to), and removes everything when the
+//! cluster leaves its last global namespace.
+
+mod support;
+
+use std::time::Duration;
+
+use base64::Engine;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
+use kube_apiserver_test::{Grant, TestApiServer, TestApiServerOptions};
+use serde_json::{Value, json};
+use support::fed::{Fed, eventually};
+
+const DOMAIN: &str = "production.app.acme.com";
+
+async fn member(grant: Grant) -> TestApiServer {
+    TestApiServer::start(
+        TestApiServerOptions::default()
+            .token("fed-token", grant)
+            .rollout_delay(Duration::from_millis(300)),
+    )
+    .await
+    .expect("test API server starts")
+}
+
+fn cluster_body(api: &TestApiServer, deployment: Value) -> Value {
+    json!({"name": "east", "kubernetes": {"server": api.url(), "token": "fed-token",
+            "caData": base64::engine::general_purpose::STANDARD.encode(api.ca_pem())},
+           "networks": ["10.8.0.0/16"], "gatewayDeployment": deployment})
+}
+
+/// Waits for the cluster's `status.gateway` to satisfy `check`; returns it.
+async fn gateway_status(fed: &Fed, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let cluster = fed.get("/v1/clusters/east").await;
+        let gateway = cluster["status"]["gateway"].clone();
+        if check(&gateway) {
+            return gateway;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} did not happen within 20 s; status: {}",
+            cluster["status"]
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn put_cluster(fed: &Fed, api: &TestApiServer, deployment: Value) {
+    let (status, body) = fed
+        .send(
+            reqwest::Method::PUT,
+            "/v1/clusters/east",
+            Some(cluster_body(api, deployment)),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+fn deployment(api: &TestApiServer) -> Option<Deployment> {
+    api.get::<Deployment>("gns-system", "gns-gateway")
+        .expect("read deployment")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_is_installed_upgraded_reported_and_removed() {
+    let api = member(Grant::admin(
+        "system:serviceaccount:gns-system:gns-federation",
+    ))
+    .await;
+    let fed = Fed::start().await;
+    fed.post(
+        "/v1/clusters",
+        cluster_body(
+            &api,
+            json!({"image": "registry.example/gns-gateway:0.1.0", "replicas": 2}),
+        ),
+    )
+    .await;
+    // Registered but in no global namespace: nothing is installed yet.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        deployment(&api).is_none(),
+        "no gateway before the cluster joins"
+    );
+
+    let joined = std::time::Instant::now();
+    fed.post(
+        "/v1/global-namespaces",
+        json!({"name": "production", "domain": DOMAIN,
+               "members": [{"cluster": "east", "namespace": "shop"}]}),
+    )
+    .await;
+    let ready = gateway_status(&fed, "the gateway to be Ready", |g| g["phase"] == "Ready").await;
+    eprintln!(
+        "cluster joined -> gateway Ready in the cluster status: {:?} (test server rollout delay 300 ms)",
+        joined.elapsed()
+    );
+    assert_eq!(ready["readyReplicas"], 2, "{ready}");
+    assert_eq!(ready["version"], "0.1.0", "{ready}");
+    assert_eq!(
+        ready["ingressAddress"], "203.0.113.1:15443",
+        "the ingress address is read back from the LoadBalancer Service: {ready}"
+    );
+
+    // What was applied, and by whom.
+    assert!(
+        api.get::<Namespace>("", "gns-system")
+            .expect("namespace")
+            .is_some()
+    );
+    let d = deployment(&api).expect("deployment");
+    let managers: Vec<(String, String)> = d
+        .metadata
+        .managed_fields
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|m| {
+            (
+                m.manager.unwrap_or_default(),
+                m.operation.unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert!(
+        managers.contains(&("gns-federation".into(), "Apply".into())),
+        "applied with field manager gns-federation: {managers:?}"
+    );
+    let spec = d.spec.clone().expect("spec");
+    assert_eq!(spec.replicas, Some(2));
+    let container = &spec.template.spec.clone().expect("pod spec").containers[0];
+    assert_eq!(
+        container.image.as_deref(),
+        Some("registry.example/gns-gateway:0.1.0")
+    );
+    assert!(
+        container
+            .args
+            .clone()
+            .unwrap_or_default()
+            .contains(&"--cluster=east".to_owned())
+    );
+    let ingress = api
+        .get::<Service>("gns-system", "gns-gateway-ingress")
+        .expect("svc")
+        .expect("ingress service");
+    assert_eq!(
+        ingress.spec.and_then(|s| s.type_).as_deref(),
+        Some("LoadBalancer")
+    );
+    let egress = api
+        .get::<Service>("gns-system", "gns-gateway-egress")
+        .expect("svc")
+        .expect("egress service");
+    assert_eq!(
+        egress.spec.and_then(|s| s.type_).as_deref(),
+        Some("ClusterIP")
+    );
+    let secret = api
+        .get::<Secret>("gns-system", "gns-gateway-join")
+        .expect("secret")
+        .expect("join secret");
+    let data = secret.data.unwrap_or_default();
+    let token = data
+        .get("join-token")
+        .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+        .unwrap_or_default();
+    assert!(
+        token.starts_with("gns_"),
+        "a join token in the Secret: {token:?}"
+    );
+    let url = data
+        .get("federation-url")
+        .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+        .unwrap_or_default();
+    assert_eq!(
+        url, fed.api,
+        "the gateway follows the federation's advertised URL"
+    );
+    let forwarding = api
+        .get::<ConfigMap>("gns-system", "gns-dns-forwarding")
+        .expect("configmap")
+        .expect("forwarding");
+    let stanza = forwarding
+        .data
+        .unwrap_or_default()
+        .get("gns.server")
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        stanza.contains(&format!("{DOMAIN}:53 {{")) && stanza.contains("forward . 127.0.0.1:"),
+        "a CoreDNS server block for the GNS domain: {stanza}"
+    );
+
+    // Upgrade: a new image rolls out; held, the status shows it progressing.
+    api.hold_rollouts(true);
+    put_cluster(
+        &fed,
+        &api,
+        json!({"image": "registry.example/gns-gateway:0.2.0", "replicas": 2}),
+    )
+    .await;
+    let progressing = gateway_status(&fed, "the upgrade to be in progress", |g| {
+        g["phase"] == "Progressing" && g["version"] == "0.2.0"
+    })
+    .await;
+    eprintln!("during the upgrade: {progressing}");
+    api.hold_rollouts(false);
+    gateway_status(&fed, "the upgrade to finish", |g| {
+        g["phase"] == "Ready" && g["version"] == "0.2.0"
+    })
+    .await;
+
+    // Another manager takes .spec.replicas: the next apply reports the conflict.
+    let mut theirs = deployment(&api).expect("deployment");
+    theirs.metadata.managed_fields = None;
+    theirs.metadata.resource_version = None;
+    theirs.status = None;
+    if let Some(spec) = theirs.spec.as_mut() {
+        spec.replicas = Some(5);
+    }
+    api.apply_as("kubectl", &theirs).expect("kubectl applies");
+    put_cluster(
+        &fed,
+        &api,
+        json!({"image": "registry.example/gns-gateway:0.2.0", "replicas": 3}),
+    )
+    .await;
+    let conflict = gateway_status(&fed, "the conflict to be reported", |g| {
+        g["phase"] == "Conflict"
+    })
+    .await;
+    let message = conflict["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("kubectl") && message.contains(".spec.replicas"),
+        "the conflict names the manager and the field: {conflict}"
+    );
+    assert_eq!(
+        deployment(&api)
+            .and_then(|d| d.spec)
+            .and_then(|s| s.replicas),
+        Some(5),
+        "not forced"
+    );
+    // Told to, the federation takes the field over.
+    put_cluster(
+        &fed,
+        &api,
+        json!({"image": "registry.example/gns-gateway:0.2.0", "replicas": 3, "forceConflicts": true}),
+    )
+    .await;
+    gateway_status(&fed, "ready after forcing", |g| {
+        g["phase"] == "Ready" && g["readyReplicas"] == 3
+    })
+    .await;
+
+    // The cluster leaves its last global namespace: everything goes.
+    let (status, body) = fed
+        .send(
+            reqwest::Method::DELETE,
+            "/v1/global-namespaces/production",
+            None,
+        )
+        .await;
+    assert!((200..300).contains(&status), "{status} {body}");
+    eventually(
+        "the gateway to be removed",
+        Duration::from_secs(20),
+        || async {
+            let left = (
+                deployment(&api).is_some(),
+                api.get::<Namespace>("", "gns-system")
+                    .expect("ns")
+                    .is_some(),
+            );
+            if left == (false, false) {
+                Ok(())
+            } else {
+                Err(format!("deployment, namespace still there: {left:?}"))
+            }
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_that_may_not_install_are_reported() {
+    let api = member(Grant::read_only("system:serviceaccount:gns-system:reader")).await;
+    let fed = Fed::start().await;
+    fed.post("/v1/clusters", cluster_body(&api, json!({})))
+        .await;
+    fed.post(
+        "/v1/global-namespaces",
+        json!({"name": "production", "domain": DOMAIN,
+               "members": [{"cluster": "east", "namespace": "shop"}]}),
+    )
+    .await;
+    let failed = gateway_status(&fed, "the failure to be reported", |g| {
+        g["phase"] == "Failed"
+    })
+    .await;
+    let message = failed["message"].as_str().unwrap_or_default();
+    assert!(message.contains("forbidden"), "{failed}");
+    assert_eq!(
+        failed["version"],
+        env!("CARGO_PKG_VERSION"),
+        "the default image is this version"
+    );
+    // Discovery is unaffected: the cluster still syncs.
+    let cluster = fed.get("/v1/clusters/east").await;
+    assert_eq!(cluster["status"]["phase"], "Connected", "{cluster}");
+}
