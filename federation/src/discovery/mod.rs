@@ -157,15 +157,17 @@ fn start(
                         match &cluster.gateway_deployment {
                             Some(spec) => {
                                 let rollout = crate::rollout::Rollout {
-                                    cluster: name.clone(),
+                                    params: crate::rollout::GatewayParams {
+                                        cluster: name.clone(),
+                                        spec: spec.clone(),
+                                        federation_url: spec
+                                            .federation_url
+                                            .clone()
+                                            .unwrap_or_else(|| options.federation_url.clone()),
+                                        dns_address: options.dns_address.clone(),
+                                        domains: fp.domains.clone(),
+                                    },
                                     client: kube,
-                                    spec: spec.clone(),
-                                    federation_url: spec
-                                        .federation_url
-                                        .clone()
-                                        .unwrap_or_else(|| options.federation_url.clone()),
-                                    dns_address: options.dns_address.clone(),
-                                    domains: fp.domains.clone(),
                                     store: Arc::clone(&store),
                                 };
                                 tokio::join!(sync, crate::rollout::run(rollout, gateway_tx));

@@ -88,13 +88,11 @@ fn kube_error(object: &str, e: kube::Error) -> RolloutError {
     }
 }
 
-/// Everything a rollout needs.
-#[derive(Clone)]
-pub struct Rollout {
+/// What the gateway of a cluster is rendered from (plain data).
+#[derive(Debug, Clone)]
+pub struct GatewayParams {
     /// The cluster's name.
     pub cluster: String,
-    /// A client with the cluster's stored credentials.
-    pub client: kube::Client,
     /// What to deploy.
     pub spec: GatewayDeployment,
     /// The URL the gateway follows (the spec's, else the federation's advertised one).
@@ -103,15 +101,24 @@ pub struct Rollout {
     pub dns_address: String,
     /// The domains of the global namespaces the cluster is a member of.
     pub domains: Vec<String>,
-    /// The store (join tokens).
-    pub store: Arc<dyn Store>,
 }
 
-impl Rollout {
+impl GatewayParams {
     /// The image tag, reported as the gateway version.
     pub fn version(&self) -> String {
         image_tag(&self.spec.image)
     }
+}
+
+/// Everything a rollout needs.
+#[derive(Clone)]
+pub struct Rollout {
+    /// What to render.
+    pub params: GatewayParams,
+    /// A client with the cluster's stored credentials.
+    pub client: kube::Client,
+    /// The store (join tokens).
+    pub store: Arc<dyn Store>,
 }
 
 /// The tag of an image reference (`latest` when it has none; a digest as is).
@@ -132,22 +139,22 @@ pub fn dns_forwarding(domains: &[String], dns_address: &str) -> String {
         .collect()
 }
 
-/// The objects of the gateway of `rollout`, rendered with a join token.
-pub fn manifests(rollout: &Rollout, join_token: &str) -> Result<Vec<Value>, TemplateError> {
+/// The objects of a gateway, rendered with a join token, in apply order.
+pub fn manifests(params: &GatewayParams, join_token: &str) -> Result<Vec<Value>, TemplateError> {
     let values: BTreeMap<&str, Value> = [
-        ("CLUSTER", json!(rollout.cluster)),
-        ("VERSION", json!(rollout.version())),
-        ("IMAGE", json!(rollout.spec.image)),
-        ("REPLICAS", json!(rollout.spec.replicas)),
-        ("FEDERATION_URL", json!(rollout.federation_url)),
+        ("CLUSTER", json!(params.cluster)),
+        ("VERSION", json!(params.version())),
+        ("IMAGE", json!(params.spec.image)),
+        ("REPLICAS", json!(params.spec.replicas)),
+        ("FEDERATION_URL", json!(params.federation_url)),
         ("JOIN_TOKEN", json!(join_token)),
         (
             "INGRESS_SERVICE_TYPE",
-            json!(rollout.spec.ingress_service_type.as_str()),
+            json!(params.spec.ingress_service_type.as_str()),
         ),
         (
             "DNS_FORWARDING",
-            json!(dns_forwarding(&rollout.domains, &rollout.dns_address)),
+            json!(dns_forwarding(&params.domains, &params.dns_address)),
         ),
     ]
     .into_iter()
@@ -186,16 +193,16 @@ pub async fn apply_all(rollout: &Rollout) -> Result<usize, RolloutError> {
     rollout
         .store
         .create_join_token(
-            &rollout.cluster,
+            &rollout.params.cluster,
             &crate::api::auth::hash_token(&token),
             expires,
             FIELD_MANAGER,
         )
         .await
         .map_err(|e| RolloutError::Store(e.to_string()))?;
-    let objects = manifests(rollout, &token)?;
+    let objects = manifests(&rollout.params, &token)?;
     let mut params = PatchParams::apply(FIELD_MANAGER);
-    if rollout.spec.force_conflicts {
+    if rollout.params.spec.force_conflicts {
         params = params.force();
     }
     for object in &objects {
@@ -299,23 +306,23 @@ pub async fn run(rollout: Rollout, status: watch::Sender<Option<Value>>) {
             }
         });
     };
-    let failed = |e: &RolloutError| json!({"phase": e.phase(), "message": e.to_string(), "version": rollout.version()});
+    let failed = |e: &RolloutError| json!({"phase": e.phase(), "message": e.to_string(), "version": rollout.params.version()});
     loop {
         publish(
-            json!({"phase": "Applying", "message": "applying the gateway", "version": rollout.version()}),
+            json!({"phase": "Applying", "message": "applying the gateway", "version": rollout.params.version()}),
         );
         match apply_all(&rollout).await {
             Ok(count) => {
                 tracing::info!(
-                    cluster = rollout.cluster,
+                    cluster = rollout.params.cluster,
                     objects = count,
-                    version = rollout.version(),
+                    version = rollout.params.version(),
                     "gateway applied"
                 );
                 backoff = Duration::from_secs(1);
             }
             Err(e) => {
-                tracing::warn!(cluster = rollout.cluster, error = %e, "gateway apply failed");
+                tracing::warn!(cluster = rollout.params.cluster, error = %e, "gateway apply failed");
                 publish(failed(&e));
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(30));

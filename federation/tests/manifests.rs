@@ -1,0 +1,137 @@
+//! Every manifest in `deploy/` parses into its k8s-openapi type, and no field
+//! is lost on the way (a misspelt field would be dropped by the typed parse,
+//! so it fails here). The gateway template is checked as the federation
+//! renders it.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use gns_federation::model::GatewayDeployment;
+use gns_federation::rollout::{GatewayParams, manifests};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+/// JSON pointers of every leaf in `value`.
+fn leaves(value: &Value, at: String, out: &mut BTreeSet<String>) {
+    match value {
+        Value::Object(map) if !map.is_empty() => {
+            for (k, v) in map {
+                leaves(v, format!("{at}/{k}"), out);
+            }
+        }
+        Value::Array(items) if !items.is_empty() => {
+            for (i, v) in items.iter().enumerate() {
+                leaves(v, format!("{at}/{i}"), out);
+            }
+        }
+        _ => {
+            out.insert(at);
+        }
+    }
+}
+
+fn roundtrip<K: DeserializeOwned + serde::Serialize>(doc: &Value, what: &str) {
+    let typed: K = serde_json::from_value(doc.clone())
+        .unwrap_or_else(|e| panic!("{what}: does not parse as its kind: {e}"));
+    let back = serde_json::to_value(&typed).expect("serialize");
+    let (mut wanted, mut kept) = (BTreeSet::new(), BTreeSet::new());
+    leaves(doc, String::new(), &mut wanted);
+    leaves(&back, String::new(), &mut kept);
+    let lost: Vec<&String> = wanted.difference(&kept).collect();
+    assert!(
+        lost.is_empty(),
+        "{what}: fields the type does not know: {lost:?}"
+    );
+}
+
+fn check(doc: &Value, what: &str) {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount};
+    use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+    let kind = doc["kind"].as_str().unwrap_or_default();
+    let what = format!("{what} ({kind} {})", doc["metadata"]["name"]);
+    match (doc["apiVersion"].as_str().unwrap_or_default(), kind) {
+        ("v1", "Namespace") => roundtrip::<Namespace>(doc, &what),
+        ("v1", "ServiceAccount") => roundtrip::<ServiceAccount>(doc, &what),
+        ("v1", "Secret") => roundtrip::<Secret>(doc, &what),
+        ("v1", "ConfigMap") => roundtrip::<ConfigMap>(doc, &what),
+        ("v1", "Service") => roundtrip::<Service>(doc, &what),
+        ("apps/v1", "Deployment") => roundtrip::<Deployment>(doc, &what),
+        ("policy/v1", "PodDisruptionBudget") => roundtrip::<PodDisruptionBudget>(doc, &what),
+        other => panic!("{what}: no check for {other:?}; add its k8s-openapi type here"),
+    }
+}
+
+fn documents(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).expect("read manifest");
+    serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|d| Value::deserialize(d).expect("valid YAML"))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+#[test]
+fn every_manifest_in_deploy_parses_into_its_kind() {
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    let mut checked = 0;
+    let mut dirs = vec![deploy.clone()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read deploy/").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            let is_yaml = path.extension().is_some_and(|e| e == "yaml" || e == "yml");
+            // The gateway template is checked rendered, below.
+            if !is_yaml || path.ends_with("gateway/gateway.yaml") {
+                continue;
+            }
+            for doc in documents(&path) {
+                check(&doc, &path.display().to_string());
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 6, "found the federation manifests ({checked})");
+}
+
+#[test]
+fn the_rendered_gateway_parses_into_its_kinds() {
+    let spec: GatewayDeployment = serde_json::from_value(serde_json::json!({
+        "image": "ghcr.io/gns-project/gns-gateway:9.9.9", "replicas": 3
+    }))
+    .expect("spec");
+    let params = GatewayParams {
+        cluster: "east".into(),
+        spec,
+        federation_url: "https://gns.example.com".into(),
+        dns_address: "10.0.0.53:53".into(),
+        domains: vec!["production.app.acme.com".into()],
+    };
+    let docs = manifests(&params, "gns_join").expect("renders");
+    let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "Namespace",
+            "ServiceAccount",
+            "Secret",
+            "ConfigMap",
+            "Deployment",
+            "Service",
+            "Service"
+        ],
+        "the namespace comes first"
+    );
+    for doc in &docs {
+        check(doc, "deploy/gateway/gateway.yaml");
+    }
+    let deployment = &docs[4];
+    assert_eq!(deployment["spec"]["replicas"], 3);
+    assert_eq!(
+        deployment["metadata"]["labels"]["app.kubernetes.io/version"],
+        "9.9.9"
+    );
+}
