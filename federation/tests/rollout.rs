@@ -109,6 +109,27 @@ async fn gateway_is_installed_upgraded_reported_and_removed() {
         ready["ingressAddress"], "203.0.113.1:15443",
         "the ingress address is read back from the LoadBalancer Service: {ready}"
     );
+    // The cluster's spec names no gateway addresses: the gateway configs use
+    // the ones read back from the deployed Services.
+    let egress_ip = ready["egressAddress"]
+        .as_str()
+        .expect("egress address")
+        .to_owned();
+    eventually(
+        "peers to learn east's deployed ingress",
+        Duration::from_secs(10),
+        || async {
+            let config = fed.get("/v1/config/gateways/east").await;
+            let peer = &config["gateways"]["east"]["ingressAddress"];
+            if peer == "203.0.113.1:15443" {
+                Ok(())
+            } else {
+                Err(config["gateways"].to_string())
+            }
+        },
+    )
+    .await;
+    assert!(egress_ip.starts_with("10.96."), "{ready}");
 
     // What was applied, and by whom.
     assert!(

@@ -252,6 +252,12 @@ async fn observe(rollout: &Rollout) -> Result<Option<Value>, RolloutError> {
         .and_then(|l| l.get("app.kubernetes.io/version"))
         .cloned();
     let ingress = service.as_ref().and_then(ingress_address);
+    let egress = services
+        .get_opt("gns-gateway-egress")
+        .await
+        .map_err(|e| kube_error("service/gns-gateway-egress", e))?
+        .and_then(|s| s.spec?.cluster_ip)
+        .filter(|ip| ip.parse::<std::net::IpAddr>().is_ok());
     let done = observed && ready >= wanted && updated >= wanted;
     let (phase, message) = match (done, &ingress) {
         (true, Some(_)) => ("Ready", "the gateway is ready".to_owned()),
@@ -271,6 +277,7 @@ async fn observe(rollout: &Rollout) -> Result<Option<Value>, RolloutError> {
         "readyReplicas": ready,
         "version": running_version,
         "ingressAddress": ingress,
+        "egressAddress": egress,
     })))
 }
 

@@ -37,6 +37,16 @@ use crate::model::{
 };
 use crate::store::{ObjectKey, StoredObject};
 
+/// The addresses of a gateway the federation deployed, as read back from its
+/// Services (`status.gateway`), for a cluster whose spec names none.
+fn deployed_gateway(status: &serde_json::Value) -> Option<crate::model::GatewayAddresses> {
+    let gateway = status.get("gateway")?;
+    let ingress = gateway.get("ingressAddress")?.as_str()?;
+    let egress = gateway.get("egressAddress")?.as_str()?;
+    serde_json::from_value(serde_json::json!({"ingressAddress": ingress, "egressAddress": egress}))
+        .ok()
+}
+
 /// First label of each zone's default name server.
 const DEFAULT_NAMESERVER_LABEL: &str = "ns1";
 
@@ -45,7 +55,10 @@ pub fn compile(state: &StoreState, now_ms: i64, options: &CompileOptions) -> Sna
     let mut problems = Vec::new();
     let mut clusters = BTreeMap::new();
     for object in &state.clusters {
-        if let Some(cluster) = parse::<Cluster>(object, &mut problems) {
+        if let Some(mut cluster) = parse::<Cluster>(object, &mut problems) {
+            if cluster.gateway.is_none() {
+                cluster.gateway = deployed_gateway(&object.status);
+            }
             clusters.insert(object.key.name.clone(), cluster);
         }
     }

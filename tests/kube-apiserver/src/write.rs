@@ -228,6 +228,20 @@ fn prepare(rt: &ResourceType, name: &str, live: Option<&Value>, new: &mut Value,
                 }
             }
         }
+        ("", "Service") => {
+            // Like the real server: a Service gets a cluster IP, kept across writes.
+            let kept = live
+                .and_then(|l| l.pointer("/spec/clusterIP"))
+                .cloned()
+                .unwrap_or_else(|| json!(cluster_ip(new)));
+            let external =
+                new.pointer("/spec/type").and_then(Value::as_str) == Some("ExternalName");
+            if let Some(spec) = new.get_mut("spec").and_then(Value::as_object_mut)
+                && !external
+            {
+                spec.entry("clusterIP").or_insert(kept);
+            }
+        }
         ("apps", "Deployment") => {
             if let Some(spec) = new.get_mut("spec").and_then(Value::as_object_mut) {
                 spec.entry("replicas").or_insert(json!(1));
@@ -235,6 +249,21 @@ fn prepare(rt: &ResourceType, name: &str, live: Option<&Value>, new: &mut Value,
         }
         _ => {}
     }
+}
+
+/// A cluster IP in 10.96.0.0/16 derived from the Service's namespace and name.
+fn cluster_ip(service: &Value) -> String {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    let meta = |f: &str| {
+        service
+            .pointer(&format!("/metadata/{f}"))
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let hash =
+        BuildHasherDefault::<DefaultHasher>::default().hash_one((meta("namespace"), meta("name")));
+    format!("10.96.{}.{}", (hash >> 8) & 0xff, (hash & 0xfe).max(2))
 }
 
 /// The object a status write makes: the stored object with `status` taken
