@@ -286,6 +286,16 @@ impl Compiler<'_> {
             .filter_map(|o| parse::<AccessPolicy>(o, &mut self.problems))
             .collect();
 
+        // Which services run in which member cluster (callers, for access between gateways).
+        let mut runs_in: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+        for svc in discovered.values().flatten() {
+            for cluster in svc.clusters.keys() {
+                runs_in
+                    .entry(cluster.as_str())
+                    .or_default()
+                    .insert(svc.name.as_str());
+            }
+        }
         let names: BTreeSet<&str> = discovered
             .keys()
             .copied()
@@ -313,6 +323,7 @@ impl Compiler<'_> {
             let host = format!("{name}.{origin}").to_ascii_lowercase();
             let mut gateway = self.gateway_service(gns_name, name, &members, &inputs);
             gateway.external = external_allowed(gns, &policies, name);
+            gateway.allowed_clusters = allowed_peer_clusters(gns, &policies, name, &runs_in);
             self.gateway_services.insert(host, gateway);
         }
         Zone {
@@ -608,21 +619,62 @@ fn is_http(port: &WorkloadPort) -> bool {
 /// Whether clients outside every cluster (identity `external`) may call
 /// `service`: a deny naming them wins, then an allow, then `defaultAccess`.
 fn external_allowed(gns: &GlobalNamespace, policies: &[AccessPolicy], service: &str) -> bool {
-    let names_external = |p: &&AccessPolicy| {
-        p.to.as_str() == service && p.from.iter().any(|f| f == "external" || f == "*")
+    caller_allowed(gns, policies, "external", service)
+}
+
+/// Whether service `caller` may call `service`: a deny naming it (or `*`)
+/// wins, then an allow, then `defaultAccess`.
+fn caller_allowed(
+    gns: &GlobalNamespace,
+    policies: &[AccessPolicy],
+    caller: &str,
+    service: &str,
+) -> bool {
+    let names = |p: &&AccessPolicy| {
+        p.to.as_str() == service && p.from.iter().any(|f| f == caller || f == "*")
     };
     if policies
         .iter()
-        .filter(names_external)
+        .filter(names)
         .any(|p| p.action == PolicyAction::Deny)
     {
         return false;
     }
     policies
         .iter()
-        .filter(names_external)
+        .filter(names)
         .any(|p| p.action == PolicyAction::Allow)
         || gns.default_access == Access::Allow
+}
+
+/// The peer clusters whose gateways may call `service` through this
+/// cluster's ingress: a gateway carries the traffic of every workload of
+/// its cluster, so a cluster may call when some service running there may.
+/// `None` (no restriction) when no policy names `service` and access is
+/// allowed by default.
+fn allowed_peer_clusters(
+    gns: &GlobalNamespace,
+    policies: &[AccessPolicy],
+    service: &str,
+    runs_in: &BTreeMap<&str, BTreeSet<&str>>,
+) -> Option<Vec<String>> {
+    let named = policies
+        .iter()
+        .any(|p| p.to.as_str() == service && p.from.iter().any(|f| f != "external"));
+    if !named && gns.default_access == Access::Allow {
+        return None;
+    }
+    Some(
+        runs_in
+            .iter()
+            .filter(|(_, callers)| {
+                callers
+                    .iter()
+                    .any(|caller| caller_allowed(gns, policies, caller, service))
+            })
+            .map(|(cluster, _)| (*cluster).to_owned())
+            .collect(),
+    )
 }
 
 /// Adds `port` unless one of that name is there already (the first wins) or it is port 0.
@@ -1022,6 +1074,54 @@ mod tests {
         let snap = build(&state);
         let later = find(&snap, "later");
         assert!(later.external.is_empty() && later.views.is_empty() && later.ports.is_empty());
+    }
+
+    #[test]
+    fn peer_clusters_may_call_when_a_service_running_there_may() {
+        let mut state = base();
+        state.global_namespaces[0].spec["defaultAccess"] = json!("deny");
+        let objects = scoped(&mut state);
+        objects.services.push(service(
+            "web",
+            &[("east", &["10.8.1.1"], &[]), ("west", &["10.9.1.1"], &[])],
+        ));
+        objects
+            .services
+            .push(service("api", &[("west", &["10.9.2.1"], &[])]));
+        let policy = |name: &str, from: &[&str], to: &str, action: &str| {
+            object(
+                ObjectKey::scoped(Kind::AccessPolicy, "production", name),
+                json!({"name": name, "from": from, "to": to, "action": action}),
+            )
+        };
+        objects
+            .access_policies
+            .push(policy("api-to-web", &["api"], "web", "allow"));
+        let snap = build(&state);
+        let web = &snap.gateways.services[&format!("web.{ORIGIN}")];
+        assert_eq!(
+            web.allowed_clusters,
+            Some(vec!["west".to_owned()]),
+            "only west runs a permitted caller (api)"
+        );
+        let api = &snap.gateways.services[&format!("api.{ORIGIN}")];
+        assert_eq!(api.allowed_clusters, Some(vec![]), "no one may call api");
+
+        // Allowed by default, and no policy names web: no restriction.
+        let mut open = state.clone();
+        open.global_namespaces[0].spec["defaultAccess"] = json!("allow");
+        scoped(&mut open).access_policies.clear();
+        let snap = build(&open);
+        assert_eq!(snap.gateways.services[&format!("web.{ORIGIN}")].allowed_clusters, None);
+        // A deny of every caller wins over the default.
+        scoped(&mut open)
+            .access_policies
+            .push(policy("nobody", &["*"], "web", "deny"));
+        let snap = build(&open);
+        assert_eq!(
+            snap.gateways.services[&format!("web.{ORIGIN}")].allowed_clusters,
+            Some(vec![])
+        );
     }
 
     #[test]
