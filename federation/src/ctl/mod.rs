@@ -277,6 +277,74 @@ mod tests {
     }
 
     #[test]
+    fn cluster_subcommands_parse() {
+        let cli = Cli::try_parse_from([
+            "gnsctl",
+            "cluster",
+            "add",
+            "east",
+            "--kubeconfig",
+            "kc.yaml",
+            "--labels",
+            "region=us-east-1,zone=us-east-1a",
+            "--networks",
+            "10.8.0.0/16,10.9.0.0/16",
+            "--ingress-address",
+            "203.0.113.10:15443",
+            "--egress-address",
+            "10.8.0.53",
+            "--token-ttl",
+            "30d",
+        ])
+        .expect("parses");
+        let Command::Cluster {
+            command: ClusterCommand::Add(add),
+        } = cli.command
+        else {
+            panic!("parsed as {:?}", cli.command);
+        };
+        assert_eq!(add.name, "east");
+        assert_eq!(add.labels.len(), 2);
+        assert_eq!(add.networks.len(), 2);
+        assert_eq!(add.member.context, None);
+        assert_eq!(
+            add.member.token_ttl,
+            std::time::Duration::from_secs(30 * 86400)
+        );
+        let cli = Cli::try_parse_from([
+            "gnsctl",
+            "cluster",
+            "rotate-credentials",
+            "east",
+            "--kubeconfig",
+            "kc.yaml",
+            "--context",
+            "admin",
+        ])
+        .expect("parses");
+        assert!(matches!(
+            cli.command,
+            Command::Cluster {
+                command: ClusterCommand::RotateCredentials(_)
+            }
+        ));
+        assert!(Cli::try_parse_from(["gnsctl", "cluster", "add", "east"]).is_err());
+        assert!(
+            Cli::try_parse_from([
+                "gnsctl",
+                "cluster",
+                "add",
+                "east",
+                "--kubeconfig",
+                "k",
+                "--labels",
+                "oops"
+            ])
+            .is_err()
+        );
+    }
+
+    #[test]
     fn token_from_flag_or_file() {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("admin-token");
