@@ -225,6 +225,43 @@ async fn cluster_add_joins_with_a_service_account_and_rotates_its_token() {
     );
     assert_eq!(kube.stats().requests, 0, "nothing was sent to the cluster");
 
+    // A user without the rights gets the server's 403 message and a hint.
+    kube.set_token("viewer-token", Grant::read_only("viewer"));
+    let viewer_config = dir.path().join("kubeconfig-viewer");
+    std::fs::write(
+        &viewer_config,
+        kubeconfig(&kube, "    token: viewer-token\n"),
+    )
+    .expect("viewer kubeconfig");
+    let forbidden = gnsctl(
+        &base,
+        &[
+            "cluster",
+            "add",
+            "east",
+            "--kubeconfig",
+            &viewer_config.display().to_string(),
+        ],
+    )
+    .await;
+    assert!(!forbidden.status.success(), "{}", text(&forbidden));
+    let stderr = String::from_utf8_lossy(&forbidden.stderr);
+    assert!(
+        stderr.contains("apply namespace/gns-system")
+            && stderr.contains("403")
+            && stderr.contains("forbidden")
+            && stderr.contains("lacks the rights"),
+        "{}",
+        text(&forbidden)
+    );
+    let (status, _) = api(
+        reqwest::Method::GET,
+        &format!("{base}/v1/clusters/east"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 404, "nothing was registered");
+
     // Join the cluster.
     let added_at = Instant::now();
     let added = gnsctl(

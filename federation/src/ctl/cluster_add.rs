@@ -378,9 +378,10 @@ pub async fn mint_token(kube: &kube::Client, ttl: Duration) -> Result<String, Ct
                 action,
                 status: Some(404),
                 message,
-                hint: Some(format!(
+                hint: Some(
                     "the service account is missing: run `gnsctl cluster add` to create it"
-                )),
+                        .to_owned(),
+                ),
             },
             other => other,
         })?;
