@@ -57,7 +57,7 @@ pub fn parse_server(server: &str) -> Result<Url, CtlError> {
 }
 
 /// The innermost cause of an error, e.g. "Connection refused (os error 111)".
-fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
     let mut current = error;
     while let Some(next) = current.source() {
         current = next;

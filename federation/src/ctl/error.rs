@@ -87,6 +87,53 @@ pub enum CtlError {
         /// Documents in the manifest.
         total: usize,
     },
+    /// The kubeconfig can't be read or does not describe a usable context.
+    #[error("kubeconfig {path}: {reason}")]
+    Kubeconfig {
+        /// The `--kubeconfig` file.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The kubeconfig user authenticates in a way gnsctl does not use.
+    #[error(
+        "the kubeconfig user {user:?} of context {context:?} authenticates with {mechanism}; \
+         gnsctl cluster add/rotate-credentials only uses static credentials (it runs no credential \
+         plugins and keeps nothing). Use a context whose user has a bearer token or a client \
+         certificate, e.g. mint a short-lived admin token and make a context for it:\n  \
+         kubectl create token <admin-serviceaccount> -n <namespace> --duration=1h\n  \
+         kubectl config set-credentials gns-operator --token=<that token>\n  \
+         kubectl config set-context gns-operator --cluster=<cluster> --user=gns-operator\n\
+         then pass --context gns-operator"
+    )]
+    KubeconfigAuth {
+        /// The context.
+        context: String,
+        /// The kubeconfig user entry.
+        user: String,
+        /// How it authenticates, e.g. "an exec credential plugin (aws)".
+        mechanism: String,
+    },
+    /// A request to the member cluster's Kubernetes API failed.
+    #[error("{action}: {message}{}", hint.as_deref().map(|h| format!("\n  hint: {h}")).unwrap_or_default())]
+    Kubernetes {
+        /// What gnsctl was doing, e.g. "apply clusterrole/gns-federation-discovery".
+        action: String,
+        /// The HTTP status the API server answered, if it answered.
+        status: Option<u16>,
+        /// The server's message, or the transport error.
+        message: String,
+        /// Advice from gnsctl, if any.
+        hint: Option<String>,
+    },
+    /// A command-line value that can't be used.
+    #[error("{flag}: {reason}")]
+    InvalidArgument {
+        /// The flag, e.g. `--labels`.
+        flag: &'static str,
+        /// Why.
+        reason: String,
+    },
     /// Rendering output failed.
     #[error("cannot render output: {0}")]
     Render(String),

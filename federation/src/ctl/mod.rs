@@ -6,6 +6,9 @@
 //! - [`manifest`]: reading YAML/JSON manifests;
 //! - [`apply`]: create-or-update with `created` / `configured` / `unchanged`;
 //! - [`output`]: tables, JSON and YAML for `get`;
+//! - [`cluster_add`]: `cluster add` / `cluster rotate-credentials`, joining a
+//!   member cluster with a service account of its own;
+//! - [`kubeconfig`]: the operator's kubeconfig context for those;
 //! - [`error`]: [`CtlError`] and the server's error body.
 //!
 //! Objects are named in output as `kind/name`, or `kind/gns/name` inside a
@@ -13,8 +16,10 @@
 
 pub mod apply;
 pub mod client;
+pub mod cluster_add;
 pub mod error;
 pub mod kind;
+pub mod kubeconfig;
 pub mod manifest;
 pub mod output;
 
@@ -24,6 +29,7 @@ use std::path::Path;
 use clap::{Parser, Subcommand};
 
 pub use client::Client;
+pub use cluster_add::ClusterCommand;
 pub use error::{CtlError, ErrorDetail, ServerError};
 pub use kind::CtlKind;
 pub use output::OutputFormat;
@@ -92,6 +98,12 @@ pub enum Command {
         /// Global namespace (for routing, externalworkload, accesspolicy).
         #[arg(long, short = 'n', value_name = "NAME")]
         gns: Option<String>,
+    },
+    /// Join member clusters and rotate their credentials.
+    Cluster {
+        /// What to do.
+        #[command(subcommand)]
+        command: ClusterCommand,
     },
 }
 
@@ -211,6 +223,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<(
         Command::Delete { kind, name, gns } => {
             delete(&client, kind, &name, gns.as_deref(), out).await
         }
+        Command::Cluster { command } => cluster_add::run(&client, command, out).await,
     }
 }
 
@@ -261,6 +274,74 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn cluster_subcommands_parse() {
+        let cli = Cli::try_parse_from([
+            "gnsctl",
+            "cluster",
+            "add",
+            "east",
+            "--kubeconfig",
+            "kc.yaml",
+            "--labels",
+            "region=us-east-1,zone=us-east-1a",
+            "--networks",
+            "10.8.0.0/16,10.9.0.0/16",
+            "--ingress-address",
+            "203.0.113.10:15443",
+            "--egress-address",
+            "10.8.0.53",
+            "--token-ttl",
+            "30d",
+        ])
+        .expect("parses");
+        let Command::Cluster {
+            command: ClusterCommand::Add(add),
+        } = cli.command
+        else {
+            panic!("parsed as {:?}", cli.command);
+        };
+        assert_eq!(add.name, "east");
+        assert_eq!(add.labels.len(), 2);
+        assert_eq!(add.networks.len(), 2);
+        assert_eq!(add.member.context, None);
+        assert_eq!(
+            add.member.token_ttl,
+            std::time::Duration::from_secs(30 * 86400)
+        );
+        let cli = Cli::try_parse_from([
+            "gnsctl",
+            "cluster",
+            "rotate-credentials",
+            "east",
+            "--kubeconfig",
+            "kc.yaml",
+            "--context",
+            "admin",
+        ])
+        .expect("parses");
+        assert!(matches!(
+            cli.command,
+            Command::Cluster {
+                command: ClusterCommand::RotateCredentials(_)
+            }
+        ));
+        assert!(Cli::try_parse_from(["gnsctl", "cluster", "add", "east"]).is_err());
+        assert!(
+            Cli::try_parse_from([
+                "gnsctl",
+                "cluster",
+                "add",
+                "east",
+                "--kubeconfig",
+                "k",
+                "--labels",
+                "oops"
+            ])
+            .is_err()
+        );
     }
 
     #[test]
