@@ -672,6 +672,35 @@ async fn cross_cluster_requests_over_mtls() {
         .expect("read");
     assert_eq!(&answer, b"secure:", "routed by the server name");
 
+    // Access between gateways: once policies let no caller reach db, west's
+    // ingress refuses east's gateway (and counts it); east's client gets no answer.
+    let denied_before = metric(west_gw.admin, "gns_gateway_access_denied_total").await;
+    let (status, body) = api(
+        reqwest::Method::POST,
+        &format!("{base}/v1/global-namespaces/production/access-policies"),
+        Some(json!({"name": "no-db", "from": ["*"], "to": "db", "action": "deny"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    eventually(
+        "west's ingress to refuse east for db",
+        Duration::from_secs(15),
+        async || {
+            let mut tcp = tokio::net::TcpStream::connect((east_ip, db_port))
+                .await
+                .map_err(|e| e.to_string())?;
+            tcp.write_all(b"ping").await.map_err(|e| e.to_string())?;
+            let mut buf = [0u8; 64];
+            let read = tokio::time::timeout(Duration::from_secs(3), tcp.read(&mut buf)).await;
+            let denied = metric(west_gw.admin, "gns_gateway_access_denied_total").await;
+            match read {
+                Ok(Ok(0)) | Ok(Err(_)) if denied > denied_before => Ok(()),
+                other => Err(format!("{other:?}, denied {denied_before} -> {denied}")),
+            }
+        },
+    )
+    .await;
+
     let text = reqwest::get(format!("http://{}/metrics", west_gw.admin))
         .await
         .expect("metrics")

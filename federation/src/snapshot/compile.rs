@@ -1112,7 +1112,10 @@ mod tests {
         open.global_namespaces[0].spec["defaultAccess"] = json!("allow");
         scoped(&mut open).access_policies.clear();
         let snap = build(&open);
-        assert_eq!(snap.gateways.services[&format!("web.{ORIGIN}")].allowed_clusters, None);
+        assert_eq!(
+            snap.gateways.services[&format!("web.{ORIGIN}")].allowed_clusters,
+            None
+        );
         // A deny of every caller wins over the default.
         scoped(&mut open)
             .access_policies
