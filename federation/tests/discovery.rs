@@ -301,6 +301,42 @@ async fn bad_credentials_show_in_the_status() {
     .await;
 }
 
+/// A cluster registered with a client certificate (no token) syncs: the
+/// member API authenticates the certificate's Common Name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificate_credentials_sync() {
+    let fed = Fed::start().await;
+    let east = member("east", "some-other-token").await;
+    seed(&east, true);
+    let user = "system:serviceaccount:gns:east";
+    let (cert, key) = east
+        .tls_identity()
+        .client_certificate(user, &["gns"])
+        .expect("client certificate");
+    let b64 = |pem: &str| base64::engine::general_purpose::STANDARD.encode(pem);
+    let mut body = cluster_body("east", &east, "unused", "198.51.100.1", "10.8.0.0/16");
+    body["kubernetes"] = json!({"server": east.url(), "caData": b64(east.ca_pem()),
+                                "clientCertificateData": b64(&cert), "clientKeyData": b64(&key)});
+    fed.post("/v1/clusters", body).await;
+    fed.post("/v1/global-namespaces", json!({"name": "production", "domain": DOMAIN, "members": [{"cluster": "east", "namespace": "shop"}]})).await;
+    expect_dns(&fed, &["198.51.100.1"], "sync with a client certificate").await;
+    let listed_as: Vec<Option<String>> = east
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.contains("endpointslices"))
+        .map(|r| r.user)
+        .collect();
+    assert!(
+        !listed_as.is_empty() && listed_as.iter().all(|u| u.as_deref() == Some(user)),
+        "every EndpointSlice request authenticated by the certificate: {listed_as:?}"
+    );
+    let cluster = fed.get("/v1/clusters/east").await;
+    assert!(
+        !cluster.to_string().contains("BEGIN"),
+        "credentials are never returned: {cluster}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_replica_syncs_and_the_other_takes_over() {
     let db = support::TestDb::create().await;

@@ -53,6 +53,7 @@ struct Call<'a> {
 pub(crate) async fn handle(
     shared: Arc<Shared>,
     conn: u64,
+    client: Option<Arc<(String, Vec<String>)>>,
     request: Request<Incoming>,
 ) -> Response<Body> {
     bump(&shared.counters.requests);
@@ -64,7 +65,11 @@ pub(crate) async fn handle(
     let method = parts.method.clone();
     let path = parts.uri.path().to_owned();
     let raw_query = parts.uri.query().unwrap_or("").to_owned();
-    let identity = bearer_token(&parts.headers).and_then(|t| shared.authenticate(t));
+    // A verified client certificate authenticates first, as with kube-apiserver's x509 authenticator.
+    let identity = match &client {
+        Some(cert) => Some(shared.certificate_identity(&cert.0, &cert.1)),
+        None => bearer_token(&parts.headers).and_then(|t| shared.authenticate(t)),
+    };
     let response = if shared.garbage() {
         garbage()
     } else {

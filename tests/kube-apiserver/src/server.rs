@@ -252,6 +252,25 @@ impl Shared {
             .cloned()
     }
 
+    /// Who a client certificate is: its user and groups, with the grant of a
+    /// static token of the same user if there is one (else RBAC bindings decide).
+    pub(crate) fn certificate_identity(&self, user: &str, groups: &[String]) -> Identity {
+        let grant = self
+            .static_tokens
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .find(|g| g.user == user)
+            .cloned();
+        let mut all_groups = groups.to_vec();
+        all_groups.push("system:authenticated".to_owned());
+        Identity {
+            user: user.to_owned(),
+            groups: all_groups,
+            grant,
+        }
+    }
+
     /// Who a bearer token is: a static token's user, or a minted token's
     /// service account (while it exists with the same uid, and the token's
     /// Secret, if any, exists).
@@ -936,9 +955,17 @@ async fn serve_connection(tcp: TcpStream, acceptor: TlsAcceptor, shared: Arc<Sha
         }
         Err(_) => return,
     };
+    let client = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(crate::tls::client_identity)
+        .map(Arc::new);
     let service = service_fn(move |request| {
         let shared = Arc::clone(&shared);
-        async move { Ok::<_, Infallible>(crate::http::handle(shared, id, request).await) }
+        let client = client.clone();
+        async move { Ok::<_, Infallible>(crate::http::handle(shared, id, client, request).await) }
     });
     if let Err(e) = http1::Builder::new()
         .timer(TokioTimer::new())
