@@ -267,7 +267,7 @@ async fn observe(rollout: &Rollout) -> Result<Option<Value>, RolloutError> {
         ),
         (false, _) => (
             "Progressing",
-            format!("{ready} of {wanted} gateway replicas ready"),
+            format!("{updated} of {wanted} gateway replicas updated, {ready} ready"),
         ),
     };
     Ok(Some(json!({
