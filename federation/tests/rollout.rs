@@ -91,13 +91,55 @@ async fn gateway_is_installed_upgraded_reported_and_removed() {
         "no gateway before the cluster joins"
     );
 
+    // A second member cluster, west, with its own API server and load balancer.
+    let west = TestApiServer::start(
+        TestApiServerOptions::default()
+            .token(
+                "fed-token",
+                Grant::admin("system:serviceaccount:gns-system:gns-federation"),
+            )
+            .load_balancer_address("203.0.113.2"),
+    )
+    .await
+    .expect("west's API server");
+    let mut west_body = cluster_body(
+        &west,
+        json!({"image": "registry.example/gns-gateway:0.1.0"}),
+    );
+    west_body["name"] = json!("west");
+    fed.post("/v1/clusters", west_body).await;
+
     let joined = std::time::Instant::now();
     fed.post(
         "/v1/global-namespaces",
         json!({"name": "production", "domain": DOMAIN,
-               "members": [{"cluster": "east", "namespace": "shop"}]}),
+               "members": [{"cluster": "east", "namespace": "shop"},
+                           {"cluster": "west", "namespace": "shop"}]}),
     )
     .await;
+    // Both clusters get their gateway; each learns the other's deployed ingress.
+    eventually(
+        "west's gateway in east's config",
+        Duration::from_secs(20),
+        || async {
+            let config = fed.get("/v1/config/gateways/east").await;
+            let west_status = fed.get("/v1/clusters/west").await["status"]["gateway"].clone();
+            if west_status["phase"] == "Ready"
+                && config["gateways"]["west"]["ingressAddress"] == "203.0.113.2:15443"
+            {
+                Ok(())
+            } else {
+                Err(format!("{west_status} {}", config["gateways"]))
+            }
+        },
+    )
+    .await;
+    assert!(
+        west.get::<Deployment>("gns-system", "gns-gateway")
+            .expect("read")
+            .is_some(),
+        "west's gateway applied into west's API server"
+    );
     let ready = gateway_status(&fed, "the gateway to be Ready", |g| g["phase"] == "Ready").await;
     eprintln!(
         "cluster joined -> gateway Ready in the cluster status: {:?} (test server rollout delay 300 ms)",
@@ -302,7 +344,11 @@ async fn gateway_is_installed_upgraded_reported_and_removed() {
                     .expect("ns")
                     .is_some(),
             );
-            if left == (false, false) {
+            let west_left = west
+                .get::<Deployment>("gns-system", "gns-gateway")
+                .expect("read")
+                .is_some();
+            if left == (false, false) && !west_left {
                 Ok(())
             } else {
                 Err(format!("deployment, namespace still there: {left:?}"))
