@@ -357,7 +357,9 @@ impl Gateway {
             if *cluster == self.cluster {
                 match self.connect_local_tcp(&route, port).await {
                     Ok(mut upstream) => {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                        let copied =
+                            tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                        count_tcp(&route, cluster, copied);
                         return Ok(());
                     }
                     Err(e) => tracing::debug!(cluster, error = %e, "TCP try failed"),
@@ -386,7 +388,8 @@ impl Gateway {
             match hyper::upgrade::on(response).await {
                 Ok(upgraded) => {
                     let mut tunnel = TokioIo::new(upgraded);
-                    let _ = tokio::io::copy_bidirectional(&mut client, &mut tunnel).await;
+                    let copied = tokio::io::copy_bidirectional(&mut client, &mut tunnel).await;
+                    count_tcp(&route, cluster, copied);
                     return Ok(());
                 }
                 Err(e) => tracing::debug!(cluster, error = %e, "CONNECT tunnel failed"),
@@ -492,7 +495,8 @@ impl Gateway {
                 });
                 metrics::gauge!("gns_gateway_active_connections", "listener" => listener)
                     .increment(1.0);
-                let _ = hyper::server::conn::http1::Builder::new()
+                // HTTP/1.1, or h2c with prior knowledge (told apart by the HTTP/2 preface).
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(tcp), svc)
                     .await;
                 metrics::gauge!("gns_gateway_active_connections", "listener" => listener)
@@ -592,6 +596,7 @@ impl Gateway {
                 "request body too large or broken",
             );
         };
+        let request_bytes = body.len() as u64;
         let plan = routes.plan(&route, &parts.headers, fastrand::u64(..));
         if plan.is_empty() {
             return reply(
@@ -613,8 +618,15 @@ impl Gateway {
             Entry::Egress => "egress",
             Entry::Public => "public",
         };
-        observe(entry, &route, &cluster, resp.status(), started);
-        resp
+        let response_bytes = observe(
+            entry,
+            &route,
+            &cluster,
+            resp.status(),
+            started,
+            request_bytes,
+        );
+        count_response(resp, response_bytes)
     }
 
     async fn try_plan(
@@ -886,14 +898,17 @@ impl Gateway {
     }
 }
 
-/// Records one answered request by entry, service and the cluster that served it.
+/// Records one answered request by entry, service and the cluster that
+/// served it (count, status class, latency, request body bytes); returns the
+/// counter of its response body bytes.
 fn observe(
     entry: &'static str,
     route: &Route,
     cluster: &str,
     status: StatusCode,
     started: std::time::Instant,
-) {
+    request_bytes: u64,
+) -> metrics::Counter {
     let service = format!("{}.{}", route.config.service, route.config.gns);
     let class = match status.as_u16() {
         100..=199 => "1xx",
@@ -913,10 +928,63 @@ fn observe(
     metrics::histogram!(
         "gns_gateway_request_duration_seconds",
         "entry" => entry,
-        "service" => service,
+        "service" => service.clone(),
         "cluster" => cluster.to_owned()
     )
     .record(started.elapsed().as_secs_f64());
+    metrics::counter!(
+        "gns_gateway_request_bytes_total",
+        "entry" => entry,
+        "service" => service.clone(),
+        "cluster" => cluster.to_owned()
+    )
+    .increment(request_bytes);
+    metrics::counter!(
+        "gns_gateway_response_bytes_total",
+        "entry" => entry,
+        "service" => service,
+        "cluster" => cluster.to_owned()
+    )
+}
+
+/// Counts a response's body bytes: at once when its length is known, else
+/// frame by frame as it streams to the client.
+fn count_response(resp: Response<Body>, bytes: metrics::Counter) -> Response<Body> {
+    if let Some(n) = hyper::body::Body::size_hint(resp.body()).exact() {
+        bytes.increment(n);
+        return resp;
+    }
+    resp.map(|body| {
+        body.map_frame(move |frame| {
+            if let Some(data) = frame.data_ref() {
+                bytes.increment(data.len() as u64);
+            }
+            frame
+        })
+        .boxed()
+    })
+}
+
+/// Counts the bytes a TCP connection carried each way (when it ended cleanly).
+fn count_tcp(route: &Route, cluster: &str, copied: std::io::Result<(u64, u64)>) {
+    let Ok((sent, received)) = copied else {
+        return;
+    };
+    let service = format!("{}.{}", route.config.service, route.config.gns);
+    metrics::counter!(
+        "gns_gateway_tcp_bytes_total",
+        "service" => service.clone(),
+        "cluster" => cluster.to_owned(),
+        "direction" => "sent"
+    )
+    .increment(sent);
+    metrics::counter!(
+        "gns_gateway_tcp_bytes_total",
+        "service" => service,
+        "cluster" => cluster.to_owned(),
+        "direction" => "received"
+    )
+    .increment(received);
 }
 
 /// Why an ingress connection was refused, for the metric label.

@@ -1,0 +1,134 @@
+//! The egress listener in process, over real sockets: in-cluster clients may
+//! speak HTTP/1.1 or h2c (prior knowledge) to it; both are routed by host to
+//! a local upstream, and request and response body bytes are counted per
+//! service and cluster.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use gns_gateway::Gateway;
+use gns_gateway::config::{GatewayConfig, ServiceConfig};
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const HOST: &str = "web.production.app.acme.com";
+
+/// An HTTP/1.1 upstream answering `hello from east` (15 bytes).
+async fn upstream() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc = service_fn(|_req| async {
+                    Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(
+                        b"hello from east",
+                    ))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    port
+}
+
+async fn egress(upstream_port: u16) -> SocketAddr {
+    let gateway = Gateway::new("east");
+    let service = ServiceConfig {
+        gns: "production".into(),
+        service: "web".into(),
+        http_port: BTreeMap::from([("east".to_owned(), upstream_port)]),
+        endpoints: BTreeMap::from([("east".to_owned(), vec!["127.0.0.1".parse().expect("ip")])]),
+        ..ServiceConfig::default()
+    };
+    gateway.apply_config(GatewayConfig {
+        version: 1,
+        trust_domain: "acme.test".into(),
+        services: BTreeMap::from([(HOST.to_owned(), service)]),
+        ..GatewayConfig::default()
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(gateway.serve_egress(listener));
+    addr
+}
+
+fn metric(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.starts_with(name) && labels.iter().all(|x| l.contains(x)))
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[tokio::test]
+async fn http1_and_h2c_clients_are_routed_and_bytes_counted() {
+    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .expect("recorder");
+    let addr = egress(upstream().await).await;
+
+    // HTTP/1.1 with a body.
+    let mut tcp = TcpStream::connect(addr).await.expect("connect");
+    tcp.write_all(
+        format!(
+            "POST /x HTTP/1.1\r\nhost: {HOST}\r\ncontent-length: 4\r\nconnection: close\r\n\r\nping"
+        )
+        .as_bytes(),
+    )
+    .await
+    .expect("write");
+    let mut answer = String::new();
+    tcp.read_to_string(&mut answer).await.expect("read");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("hello from east"), "{answer}");
+
+    // h2c with prior knowledge: the HTTP/2 preface on a plain connection.
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .expect("h2c handshake");
+    tokio::spawn(conn);
+    let request = hyper::Request::builder()
+        .uri(format!("http://{HOST}/"))
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let response = sender.send_request(request).await.expect("h2c request");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.version(), hyper::Version::HTTP_2);
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    assert_eq!(&body[..], b"hello from east");
+
+    let text = prometheus.render();
+    let labels = [
+        "entry=\"egress\"",
+        "service=\"web.production\"",
+        "cluster=\"east\"",
+    ];
+    assert_eq!(
+        metric(&text, "gns_gateway_requests_total", &labels),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "gns_gateway_request_bytes_total", &labels),
+        Some(4.0),
+        "the 4-byte request body: {text}"
+    );
+    assert_eq!(
+        metric(&text, "gns_gateway_response_bytes_total", &labels),
+        Some(30.0),
+        "two 15-byte responses: {text}"
+    );
+}
