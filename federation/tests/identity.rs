@@ -481,3 +481,175 @@ async fn gateway_config_and_routing_problems() {
     let (status, _) = get(&fed, "/v1/config/gateways/nowhere").await;
     assert_eq!(status, 404);
 }
+
+/// Fetches the trust bundle: (roots DER, rotating).
+async fn bundle(fed: &Fed) -> (Vec<CertificateDer<'static>>, bool) {
+    let body: Value = fed
+        .client
+        .get(format!("{}/v1/identity/trust-bundle", fed.api))
+        .send()
+        .await
+        .expect("bundle")
+        .json()
+        .await
+        .expect("json");
+    let roots = body["roots"]
+        .as_array()
+        .expect("roots")
+        .iter()
+        .flat_map(|r| certs(r.as_str().expect("pem")))
+        .collect();
+    (roots, body["rotating"] == true)
+}
+
+/// A CSR for `key` (renewal needs the certificate's own key).
+fn csr_for(key: &rcgen::KeyPair) -> String {
+    rcgen::CertificateParams::new(Vec::<String>::new())
+        .expect("params")
+        .serialize_request(key)
+        .expect("csr")
+        .pem()
+        .expect("pem")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn root_rotation_keeps_old_certificates_trusted_until_finished() {
+    let fed = Fed::start().await;
+    let (status, body) = fed
+        .post(
+            "/v1/clusters",
+            json!({"name": "east", "kubernetes": {"server": "https://10.0.0.1:6443", "token": "t"}}),
+            true,
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (_, body) = fed
+        .post("/v1/clusters/east/join-tokens", json!({}), true)
+        .await;
+    let join = body["token"].as_str().expect("token").to_owned();
+    let (csr_pem, key) = csr();
+    let (status, body) = fed
+        .post(
+            "/v1/identity/sign",
+            json!({"csr": csr_pem, "joinToken": join}),
+            false,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let old_pem = body["certificate"].as_str().expect("chain").to_owned();
+    let old_chain = certs(&old_pem);
+    let (old_roots, rotating) = bundle(&fed).await;
+    assert_eq!((old_roots.len(), rotating), (1, false));
+
+    // Only admins rotate; finishing without a rotation is a conflict.
+    let (status, _) = fed
+        .post(
+            "/v1/identity/root-rotation",
+            json!({"phase": "start"}),
+            false,
+        )
+        .await;
+    assert_eq!(status, 401);
+    let (status, body) = fed
+        .post(
+            "/v1/identity/root-rotation",
+            json!({"phase": "finish"}),
+            true,
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    let (status, body) = fed
+        .post(
+            "/v1/identity/root-rotation",
+            json!({"phase": "sideways"}),
+            true,
+        )
+        .await;
+    assert!(status == 400 || status == 422, "{status} {body}");
+
+    // Start: the bundle holds the new root (first) and the old one.
+    let (status, body) = fed
+        .post(
+            "/v1/identity/root-rotation",
+            json!({"phase": "start"}),
+            true,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["rotating"], true);
+    let (roots, rotating) = bundle(&fed).await;
+    assert!(rotating);
+    assert_eq!(roots.len(), 2, "new and old roots");
+    assert_eq!(roots[1], old_roots[0], "the old root is still trusted");
+    assert_ne!(roots[0], old_roots[0], "a new root signs");
+    let (status, _) = fed
+        .post(
+            "/v1/identity/root-rotation",
+            json!({"phase": "start"}),
+            true,
+        )
+        .await;
+    assert_eq!(status, 409, "one rotation at a time");
+
+    // During the rotation both generations authenticate against the bundle.
+    let (addr, server_roots) = mtls_server(&roots).await;
+    assert_eq!(
+        mtls_client(addr, &server_roots, old_chain.clone(), key_der(&key))
+            .await
+            .as_deref(),
+        Ok(&b"ok"[..]),
+        "a certificate of the old root still authenticates"
+    );
+    // The old certificate renews onto the new root.
+    let (status, renewed) = fed
+        .post(
+            "/v1/identity/sign",
+            json!({"csr": csr_for(&key), "certificate": old_pem}),
+            false,
+        )
+        .await;
+    assert_eq!(status, 200, "{renewed}");
+    let new_chain = certs(renewed["certificate"].as_str().expect("chain"));
+    assert_eq!(new_chain[1], roots[0], "renewed under the new root");
+    assert_eq!(
+        mtls_client(addr, &server_roots, new_chain.clone(), key_der(&key))
+            .await
+            .as_deref(),
+        Ok(&b"ok"[..]),
+        "a certificate of the new root authenticates"
+    );
+
+    // Finish: only the new root is left; the old generation is refused.
+    let (status, body) = fed
+        .post(
+            "/v1/identity/root-rotation",
+            json!({"phase": "finish"}),
+            true,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (final_roots, rotating) = bundle(&fed).await;
+    assert_eq!(final_roots, vec![roots[0].clone()]);
+    assert!(!rotating);
+    let (addr, server_roots) = mtls_server(&final_roots).await;
+    assert!(
+        mtls_client(addr, &server_roots, old_chain, key_der(&key))
+            .await
+            .is_err(),
+        "the old root is no longer trusted"
+    );
+    assert_eq!(
+        mtls_client(addr, &server_roots, new_chain, key_der(&key))
+            .await
+            .as_deref(),
+        Ok(&b"ok"[..])
+    );
+    let (status, _) = fed
+        .post(
+            "/v1/identity/sign",
+            json!({"csr": csr_for(&key), "certificate": old_pem}),
+            false,
+        )
+        .await;
+    assert_eq!(status, 401, "the old generation renews nothing any more");
+}

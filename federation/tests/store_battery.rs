@@ -778,6 +778,54 @@ async fn changes_since_sees_writes_and_deletes(store: Arc<dyn Store>) {
     );
 }
 
+async fn sealed_facts_insert_once_and_swap(store: Arc<dyn Store>) {
+    assert_eq!(store.sealed_meta("ca/x").await.expect("read"), None);
+    assert!(
+        !store
+            .swap_sealed_meta("ca/x", b"a", b"b")
+            .await
+            .expect("swap"),
+        "nothing to swap"
+    );
+    let first = store
+        .sealed_meta_or_insert("ca/x", b"one")
+        .await
+        .expect("insert");
+    assert_eq!(first, b"one");
+    let kept = store
+        .sealed_meta_or_insert("ca/x", b"two")
+        .await
+        .expect("insert again");
+    assert_eq!(kept, b"one", "the first writer wins");
+    assert!(
+        !store
+            .swap_sealed_meta("ca/x", b"stale", b"three")
+            .await
+            .expect("swap"),
+        "a stale expectation loses"
+    );
+    assert!(
+        store
+            .swap_sealed_meta("ca/x", b"one", b"three")
+            .await
+            .expect("swap")
+    );
+    assert_eq!(
+        store.sealed_meta("ca/x").await.expect("read").as_deref(),
+        Some(&b"three"[..])
+    );
+    // Two swaps from the same value: exactly one wins.
+    let (a, b) = tokio::join!(
+        store.swap_sealed_meta("ca/x", b"three", b"four"),
+        store.swap_sealed_meta("ca/x", b"three", b"five")
+    );
+    assert_eq!(
+        u8::from(a.expect("swap a")) + u8::from(b.expect("swap b")),
+        1,
+        "one of two concurrent swaps wins"
+    );
+}
+
 async fn second_handle_sees_data(backend: &Backend) {
     seed(backend.store.as_ref()).await;
     let other = backend.reopen().await;
@@ -859,6 +907,10 @@ macro_rules! battery {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn changes_since_sees_writes_and_deletes() {
                 run(super::changes_since_sees_writes_and_deletes).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sealed_facts_insert_once_and_swap() {
+                run(super::sealed_facts_insert_once_and_swap).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn second_handle_sees_data() {

@@ -121,7 +121,9 @@ impl Authenticator {
 
 /// The least role that may call `method` on `path`.
 pub fn required_role(method: &Method, path: &str) -> Role {
-    let admin_only = path.starts_with("/v1/tokens") || path.starts_with("/v1/audit");
+    let admin_only = path.starts_with("/v1/tokens")
+        || path.starts_with("/v1/audit")
+        || path.starts_with("/v1/identity/root-rotation");
     let read = matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
     if admin_only || (!read && path.starts_with("/v1/clusters")) {
         Role::Admin

@@ -2,7 +2,9 @@
 //! (`POST /v1/clusters/{name}/join-tokens`, admin), certificate signing for a
 //! CSR plus a join token (`POST /v1/identity/sign`; the join token is the
 //! credential, no bearer token) and the trust bundle
-//! (`GET /v1/identity/trust-bundle`, public: it is public key material).
+//! (`GET /v1/identity/trust-bundle`, public: it is public key material), and
+//! root rotation (`POST /v1/identity/root-rotation` `{"phase": "start" |
+//! "finish"}`, admin).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -45,6 +47,67 @@ struct SignRequest {
     join_token: Option<String>,
     #[serde(default)]
     certificate: Option<String>,
+}
+
+/// Body of `POST /v1/identity/root-rotation`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RotationRequest {
+    phase: RotationPhase,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+enum RotationPhase {
+    Start,
+    Finish,
+}
+
+fn identity_error(e: IdentityError) -> ApiError {
+    match e {
+        IdentityError::BadCsr(m) => invalid("csr", m),
+        IdentityError::NotTrusted(m) => ApiError::Unauthorized(m),
+        IdentityError::Rotation(m) => ApiError::Conflict {
+            message: m,
+            details: Vec::new(),
+        },
+        IdentityError::Store(e) => e.into(),
+        other => ApiError::Internal(other.to_string()),
+    }
+}
+
+fn bundle_body(identity: &Identity) -> Value {
+    json!({
+        "trustDomain": identity.trust_domain(),
+        "roots": identity.trust_bundle(),
+        "rotating": identity.rotating(),
+    })
+}
+
+/// `POST /v1/identity/root-rotation`: `start` makes a new signing root and
+/// keeps the current one trusted; `finish` drops the old roots (once every
+/// gateway renewed onto the new one). Answers the trust bundle.
+pub async fn root_rotation(
+    State(state): State<AppState>,
+    identity_ext: Option<Extension<Arc<Identity>>>,
+    Extension(principal): Extension<Principal>,
+    body: JsonObject,
+) -> Result<Json<Value>, ApiError> {
+    let identity = identity(identity_ext)?;
+    let request: RotationRequest = body.into_typed()?;
+    let store = state.store.as_ref();
+    match request.phase {
+        RotationPhase::Start => identity.start_rotation(store).await,
+        RotationPhase::Finish => identity.finish_rotation(store).await,
+    }
+    .map_err(identity_error)?;
+    tracing::info!(
+        by = principal.name,
+        phase = ?request.phase,
+        roots = identity.trust_bundle().len(),
+        "root rotation step"
+    );
+    Ok(Json(bundle_body(&identity)))
 }
 
 fn invalid(field: &str, message: impl Into<String>) -> ApiError {
@@ -98,6 +161,10 @@ pub async fn sign(
     body: JsonObject,
 ) -> Result<Json<Value>, ApiError> {
     let identity = identity(identity_ext)?;
+    identity
+        .refresh(state.store.as_ref())
+        .await
+        .map_err(identity_error)?;
     let request: SignRequest = body.into_typed()?;
     let lifetime = identity.gateway_lifetime();
     let join_token = match (request.join_token, request.certificate) {
@@ -105,11 +172,7 @@ pub async fn sign(
         (None, Some(current)) => {
             let (signed, cluster) = identity
                 .renew_gateway(&request.csr, &current, lifetime)
-                .map_err(|e| match e {
-                    IdentityError::BadCsr(m) => invalid("csr", m),
-                    IdentityError::NotTrusted(m) => ApiError::Unauthorized(m),
-                    other => ApiError::Internal(other.to_string()),
-                })?;
+                .map_err(identity_error)?;
             let key = crate::store::ObjectKey::global(crate::model::Kind::Cluster, cluster.clone());
             if state.store.get(&key).await?.is_none() {
                 return Err(ApiError::Unauthorized(format!(
@@ -150,10 +213,7 @@ pub async fn sign(
         })?;
     let signed = identity
         .sign_gateway(&request.csr, &cluster, lifetime)
-        .map_err(|e| match e {
-            IdentityError::BadCsr(m) => invalid("csr", m),
-            other => ApiError::Internal(other.to_string()),
-        })?;
+        .map_err(identity_error)?;
     // A viewer token for the gateway's config watch (shown once, like every token).
     let api_token = generate_token()?;
     let token_name = format!("gateway-{cluster}-{}", &hash_token(&api_token)[..8]);
@@ -183,11 +243,13 @@ pub async fn sign(
 
 /// `GET /v1/identity/trust-bundle`.
 pub async fn trust_bundle(
+    State(state): State<AppState>,
     identity_ext: Option<Extension<Arc<Identity>>>,
 ) -> Result<Json<Value>, ApiError> {
     let identity = identity(identity_ext)?;
-    Ok(Json(json!({
-        "trustDomain": identity.trust_domain(),
-        "roots": identity.trust_bundle(),
-    })))
+    identity
+        .refresh(state.store.as_ref())
+        .await
+        .map_err(identity_error)?;
+    Ok(Json(bundle_body(&identity)))
 }

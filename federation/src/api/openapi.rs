@@ -354,7 +354,16 @@ pub const OPERATIONS: &[Operation] = {
         op(
             Get,
             "/v1/identity/trust-bundle",
-            "The trust domain and its root certificates (PEM); public",
+            "The trust domain, its root certificates (PEM; the signing root first, then roots still trusted during a rotation) and whether a rotation is in progress; public",
+            "identity",
+            None,
+            None,
+            200,
+        ),
+        op(
+            Post,
+            "/v1/identity/root-rotation",
+            "Root rotation (admin): body {phase: start} makes a new signing root and keeps the current one in the trust bundle; {phase: finish} drops the old roots once gateways have renewed. 409 when the step does not fit the state. Returns the trust bundle",
             "identity",
             None,
             None,

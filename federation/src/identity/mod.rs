@@ -10,10 +10,17 @@
 //!   `spiffe://<trust-domain>/cluster/<cluster>/gateway` — and ignores the
 //!   names in the CSR. Certificates are short-lived (default 24 h) and good
 //!   for both TLS server and client authentication.
-//! - The trust bundle is the list of roots (one now; two during a rotation).
+//! - The trust bundle is the list of roots: one, or during a root rotation
+//!   the new root (which signs) and the old ones (still trusted, so
+//!   certificates they signed keep working until their gateways renew).
+//!   [`Identity::start_rotation`] makes a new root, [`Identity::finish_rotation`]
+//!   drops the old ones. The state is one sealed store fact changed by
+//!   compare-and-swap; [`Identity::refresh`] picks up another replica's change.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
     DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
@@ -48,6 +55,9 @@ pub enum IdentityError {
     /// certificate of this CA, or the CSR is not for its key.
     #[error("renewal refused: {0}")]
     NotTrusted(String),
+    /// A rotation step that does not fit the current state.
+    #[error("{0}")]
+    Rotation(String),
 }
 
 /// The stored form of the CA.
@@ -55,14 +65,47 @@ pub enum IdentityError {
 struct StoredCa {
     key_pem: String,
     cert_pem: String,
+    /// Older roots still trusted during a rotation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    previous: Vec<String>,
+}
+
+/// The CA as loaded: the signing root and the roots still trusted.
+struct CaState {
+    key: KeyPair,
+    cert_pem: String,
+    cert_der: Vec<u8>,
+    /// Older roots (PEM, DER), trusted until the rotation finishes.
+    previous: Vec<(String, Vec<u8>)>,
+    /// The stored bytes this was read from (the compare-and-swap version).
+    raw: Vec<u8>,
+}
+
+impl CaState {
+    fn parse(raw: Vec<u8>) -> Result<CaState, IdentityError> {
+        let corrupt = |e: &dyn std::fmt::Display| IdentityError::Corrupt(e.to_string());
+        let stored: StoredCa = serde_json::from_slice(&raw).map_err(|e| corrupt(&e))?;
+        let key = KeyPair::from_pem(&stored.key_pem).map_err(|e| corrupt(&e))?;
+        let cert_der = pem_to_der(&stored.cert_pem)?;
+        let previous = stored
+            .previous
+            .into_iter()
+            .map(|pem| pem_to_der(&pem).map(|der| (pem, der)))
+            .collect::<Result<_, _>>()?;
+        Ok(CaState {
+            key,
+            cert_pem: stored.cert_pem,
+            cert_der,
+            previous,
+            raw,
+        })
+    }
 }
 
 /// The CA of one trust domain.
 pub struct Identity {
     trust_domain: String,
-    key: KeyPair,
-    cert_pem: String,
-    cert_der: Vec<u8>,
+    state: ArcSwap<CaState>,
     gateway_lifetime: Duration,
 }
 
@@ -99,53 +142,91 @@ impl Identity {
         store: &dyn Store,
         trust_domain: &str,
     ) -> Result<Identity, IdentityError> {
-        let fresh = Self::generate(trust_domain)?;
-        let stored = StoredCa {
-            key_pem: fresh.key.serialize_pem(),
-            cert_pem: fresh.cert_pem.clone(),
-        };
-        let bytes = serde_json::to_vec(&stored).map_err(ca_error)?;
+        let fresh = new_root(trust_domain)?;
         let kept = store
-            .sealed_meta_or_insert(&format!("ca/{trust_domain}"), &bytes)
+            .sealed_meta_or_insert(&Self::store_key(trust_domain), &fresh)
             .await?;
-        let kept: StoredCa =
-            serde_json::from_slice(&kept).map_err(|e| IdentityError::Corrupt(e.to_string()))?;
-        let key =
-            KeyPair::from_pem(&kept.key_pem).map_err(|e| IdentityError::Corrupt(e.to_string()))?;
-        let cert_der = pem_to_der(&kept.cert_pem)?;
         Ok(Identity {
             trust_domain: trust_domain.to_owned(),
-            key,
-            cert_pem: kept.cert_pem,
-            cert_der,
+            state: ArcSwap::from_pointee(CaState::parse(kept)?),
             gateway_lifetime: DEFAULT_CERT_LIFETIME,
         })
     }
 
-    fn generate(trust_domain: &str) -> Result<Identity, IdentityError> {
-        let key = KeyPair::generate().map_err(ca_error)?;
-        let mut params = CertificateParams::default();
-        let mut name = DistinguishedName::new();
-        name.push(DnType::OrganizationName, "GNS federation");
-        name.push(DnType::CommonName, format!("GNS root CA {trust_domain}"));
-        params.distinguished_name = name;
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let now = std::time::SystemTime::now();
-        params.not_before = offset(now - BACKDATE);
-        params.not_after = offset(now + ROOT_LIFETIME);
-        let cert = params.self_signed(&key).map_err(ca_error)?;
-        Ok(Identity {
-            trust_domain: trust_domain.to_owned(),
-            cert_pem: cert.pem(),
-            cert_der: cert.der().to_vec(),
-            key,
-            gateway_lifetime: DEFAULT_CERT_LIFETIME,
-        })
+    fn store_key(trust_domain: &str) -> String {
+        format!("ca/{trust_domain}")
+    }
+
+    /// Reloads the CA from the store if another replica (or a rotation) changed it.
+    pub async fn refresh(&self, store: &dyn Store) -> Result<(), IdentityError> {
+        let Some(raw) = store
+            .sealed_meta(&Self::store_key(&self.trust_domain))
+            .await?
+        else {
+            return Ok(());
+        };
+        if raw != self.state.load().raw {
+            self.state.store(Arc::new(CaState::parse(raw)?));
+        }
+        Ok(())
+    }
+
+    /// Starts a root rotation: a new root signs from now on; the current one
+    /// stays in the trust bundle until [`Identity::finish_rotation`].
+    pub async fn start_rotation(&self, store: &dyn Store) -> Result<(), IdentityError> {
+        self.refresh(store).await?;
+        let current = self.state.load_full();
+        if !current.previous.is_empty() {
+            return Err(IdentityError::Rotation(
+                "a root rotation is already in progress; finish it first".into(),
+            ));
+        }
+        let fresh: StoredCa = serde_json::from_slice(&new_root(&self.trust_domain)?)
+            .map_err(|e| IdentityError::Ca(e.to_string()))?;
+        let next = StoredCa {
+            previous: vec![current.cert_pem.clone()],
+            ..fresh
+        };
+        self.swap(store, &current, &next).await
+    }
+
+    /// Finishes a root rotation: only the new root stays in the trust bundle.
+    pub async fn finish_rotation(&self, store: &dyn Store) -> Result<(), IdentityError> {
+        self.refresh(store).await?;
+        let current = self.state.load_full();
+        if current.previous.is_empty() {
+            return Err(IdentityError::Rotation(
+                "no root rotation is in progress".into(),
+            ));
+        }
+        let next = StoredCa {
+            key_pem: current.key.serialize_pem(),
+            cert_pem: current.cert_pem.clone(),
+            previous: Vec::new(),
+        };
+        self.swap(store, &current, &next).await
+    }
+
+    async fn swap(
+        &self,
+        store: &dyn Store,
+        current: &CaState,
+        next: &StoredCa,
+    ) -> Result<(), IdentityError> {
+        let bytes = serde_json::to_vec(next).map_err(ca_error)?;
+        let key = Self::store_key(&self.trust_domain);
+        if !store.swap_sealed_meta(&key, &current.raw, &bytes).await? {
+            return Err(IdentityError::Rotation(
+                "the certificate authority changed meanwhile (another replica); try again".into(),
+            ));
+        }
+        self.state.store(Arc::new(CaState::parse(bytes)?));
+        Ok(())
+    }
+
+    /// Whether a root rotation is in progress.
+    pub fn rotating(&self) -> bool {
+        !self.state.load().previous.is_empty()
     }
 
     /// Sets how long gateway certificates live.
@@ -164,14 +245,17 @@ impl Identity {
         &self.trust_domain
     }
 
-    /// The roots peers trust, PEM.
+    /// The roots peers trust, PEM: the signing root first.
     pub fn trust_bundle(&self) -> Vec<String> {
-        vec![self.cert_pem.clone()]
+        let state = self.state.load();
+        std::iter::once(state.cert_pem.clone())
+            .chain(state.previous.iter().map(|(pem, _)| pem.clone()))
+            .collect()
     }
 
-    /// The root certificate, DER.
-    pub fn root_der(&self) -> &[u8] {
-        &self.cert_der
+    /// The signing root certificate, DER.
+    pub fn root_der(&self) -> Vec<u8> {
+        self.state.load().cert_der.clone()
     }
 
     /// SPIFFE ID of `cluster`'s gateway.
@@ -213,8 +297,9 @@ impl Identity {
         // renewal at two thirds of the validity stays two thirds of the lifetime.
         params.not_before = offset(now - BACKDATE.min(lifetime / 10));
         params.not_after = offset(not_after);
-        let issuer =
-            Issuer::from_ca_cert_der(&self.cert_der.clone().into(), &self.key).map_err(ca_error)?;
+        let state = self.state.load();
+        let issuer = Issuer::from_ca_cert_der(&state.cert_der.clone().into(), &state.key)
+            .map_err(ca_error)?;
         let leaf = params
             .signed_by(&csr.public_key, &issuer)
             .map_err(ca_error)?;
@@ -223,7 +308,7 @@ impl Identity {
             .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
             .unwrap_or(0);
         Ok(SignedCertificate {
-            chain_pem: format!("{}{}", leaf.pem(), self.cert_pem),
+            chain_pem: format!("{}{}", leaf.pem(), state.cert_pem),
             spiffe_id,
             expires_at_ms,
         })
@@ -248,10 +333,15 @@ impl Identity {
         let leaf_der = pem_to_der(current_pem).map_err(|_| refuse("certificate is not PEM"))?;
         let (_, leaf) = x509_parser::parse_x509_certificate(&leaf_der)
             .map_err(|_| refuse("certificate does not parse"))?;
-        let (_, root) = x509_parser::parse_x509_certificate(&self.cert_der)
-            .map_err(|e| IdentityError::Corrupt(e.to_string()))?;
-        leaf.verify_signature(Some(root.public_key()))
-            .map_err(|_| refuse("certificate was not issued by this federation's CA"))?;
+        // Issued by the signing root, or by a root still trusted during a rotation.
+        let state = self.state.load();
+        let issued_here = std::iter::once(&state.cert_der)
+            .chain(state.previous.iter().map(|(_, der)| der))
+            .filter_map(|der| x509_parser::parse_x509_certificate(der).ok())
+            .any(|(_, root)| leaf.verify_signature(Some(root.public_key())).is_ok());
+        if !issued_here {
+            return Err(refuse("certificate was not issued by this federation's CA"));
+        }
         if !leaf.validity().is_valid() {
             return Err(refuse("certificate is expired or not yet valid"));
         }
@@ -278,6 +368,32 @@ impl Identity {
         let signed = self.sign_gateway(csr_pem, &cluster, lifetime)?;
         Ok((signed, cluster))
     }
+}
+
+/// A new self-signed root for `trust_domain`, as the stored form (JSON).
+fn new_root(trust_domain: &str) -> Result<Vec<u8>, IdentityError> {
+    let key = KeyPair::generate().map_err(ca_error)?;
+    let mut params = CertificateParams::default();
+    let mut name = DistinguishedName::new();
+    name.push(DnType::OrganizationName, "GNS federation");
+    name.push(DnType::CommonName, format!("GNS root CA {trust_domain}"));
+    params.distinguished_name = name;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let now = std::time::SystemTime::now();
+    params.not_before = offset(now - BACKDATE);
+    params.not_after = offset(now + ROOT_LIFETIME);
+    let cert = params.self_signed(&key).map_err(ca_error)?;
+    serde_json::to_vec(&StoredCa {
+        key_pem: key.serialize_pem(),
+        cert_pem: cert.pem(),
+        previous: Vec::new(),
+    })
+    .map_err(ca_error)
 }
 
 fn pem_to_der(pem: &str) -> Result<Vec<u8>, IdentityError> {

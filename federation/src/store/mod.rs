@@ -322,6 +322,17 @@ pub trait Store: Send + Sync + 'static {
     /// none (the first writer wins; every replica gets the same value).
     /// Sealed with the store's secret key like credentials.
     async fn sealed_meta_or_insert(&self, key: &str, value: &[u8]) -> Result<Vec<u8>, StoreError>;
+    /// The sealed store fact `key`, if there is one.
+    async fn sealed_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Replaces the sealed fact `key` with `value` if it still is `expected`
+    /// (compare and swap); `false` when it was something else (a concurrent
+    /// change won) or absent.
+    async fn swap_sealed_meta(
+        &self,
+        key: &str,
+        expected: &[u8],
+        value: &[u8],
+    ) -> Result<bool, StoreError>;
     /// Stores a one-time join token for `cluster` by the SHA-256 of its secret.
     async fn create_join_token(
         &self,

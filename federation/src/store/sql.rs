@@ -1064,6 +1064,50 @@ impl Store for SqlStore {
         Ok(self.secrets.open(&meta_key, &stored)?)
     }
 
+    async fn sealed_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let meta_key = format!("sealed:{key}");
+        let stored: Option<Vec<u8>> =
+            sqlx::query_scalar("SELECT value FROM gns_meta WHERE key = $1")
+                .bind(&meta_key)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_err)?;
+        stored
+            .map(|v| self.secrets.open(&meta_key, &v).map_err(StoreError::from))
+            .transpose()
+    }
+
+    async fn swap_sealed_meta(
+        &self,
+        key: &str,
+        expected: &[u8],
+        value: &[u8],
+    ) -> Result<bool, StoreError> {
+        let meta_key = format!("sealed:{key}");
+        let Some(current): Option<Vec<u8>> =
+            sqlx::query_scalar("SELECT value FROM gns_meta WHERE key = $1")
+                .bind(&meta_key)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_err)?
+        else {
+            return Ok(false);
+        };
+        if self.secrets.open(&meta_key, &current)? != expected {
+            return Ok(false);
+        }
+        // The sealed bytes read are the version: a concurrent swap changed them.
+        let sealed = self.secrets.seal(&meta_key, value)?;
+        let updated = sqlx::query("UPDATE gns_meta SET value = $1 WHERE key = $2 AND value = $3")
+            .bind(sealed)
+            .bind(&meta_key)
+            .bind(current)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(updated.rows_affected() == 1)
+    }
+
     async fn create_join_token(
         &self,
         cluster: &str,
