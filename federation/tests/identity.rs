@@ -567,29 +567,49 @@ async fn root_rotation_keeps_old_certificates_trusted_until_finished() {
         .await;
     assert!(status == 400 || status == 422, "{status} {body}");
 
-    // Start: the bundle holds the new root (first) and the old one.
+    // Start: the new root joins the bundle; the current one still signs.
+    let rotate = async |phase: &str| {
+        fed.post("/v1/identity/root-rotation", json!({"phase": phase}), true)
+            .await
+    };
+    let (status, body) = rotate("start").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["rotating"], true);
+    let (staged, rotating) = bundle(&fed).await;
+    assert!(rotating);
+    assert_eq!(staged.len(), 2, "current and next roots");
+    assert_eq!(staged[0], old_roots[0], "the current root still signs");
+    assert_eq!(rotate("start").await.0, 409, "one rotation at a time");
+    let (status, body) = rotate("finish").await;
+    assert_eq!(status, 409, "not before the new root signs: {body}");
+    let (_, body) = fed
+        .post("/v1/clusters/east/join-tokens", json!({}), true)
+        .await;
+    let join = body["token"].as_str().expect("token").to_owned();
+    let (staged_csr, _) = csr();
     let (status, body) = fed
         .post(
-            "/v1/identity/root-rotation",
-            json!({"phase": "start"}),
-            true,
+            "/v1/identity/sign",
+            json!({"csr": staged_csr, "joinToken": join}),
+            false,
         )
         .await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["rotating"], true);
+    assert_eq!(
+        certs(body["certificate"].as_str().expect("chain"))[1],
+        old_roots[0],
+        "signed by the current root while the next one is only trusted"
+    );
+
+    // Activate: the new root signs (first in the bundle), the old one stays trusted.
+    let (status, body) = rotate("activate").await;
+    assert_eq!(status, 200, "{body}");
     let (roots, rotating) = bundle(&fed).await;
     assert!(rotating);
     assert_eq!(roots.len(), 2, "new and old roots");
+    assert_eq!(roots[0], staged[1], "the staged root signs now");
     assert_eq!(roots[1], old_roots[0], "the old root is still trusted");
-    assert_ne!(roots[0], old_roots[0], "a new root signs");
-    let (status, _) = fed
-        .post(
-            "/v1/identity/root-rotation",
-            json!({"phase": "start"}),
-            true,
-        )
-        .await;
-    assert_eq!(status, 409, "one rotation at a time");
+    assert_eq!(rotate("activate").await.0, 409, "nothing staged any more");
 
     // During the rotation both generations authenticate against the bundle.
     let (addr, server_roots) = mtls_server(&roots).await;

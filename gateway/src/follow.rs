@@ -67,6 +67,17 @@ struct Renewed {
     certificate: String,
 }
 
+/// The roots (DER) of a trust bundle document.
+fn parse_roots(text: &str) -> Result<Vec<CertificateDer<'static>>, FollowError> {
+    let bundle: Bundle = serde_json::from_str(text).map_err(|e| FollowError::Pem(e.to_string()))?;
+    bundle
+        .roots
+        .iter()
+        .map(|r| CertificateDer::from_pem_slice(r.as_bytes()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| FollowError::Pem(e.to_string()))
+}
+
 /// When a certificate (DER) should be renewed: at two thirds of its lifetime,
 /// as Unix seconds; and when it expires.
 pub fn renewal_times(leaf: &CertificateDer<'_>) -> Option<(i64, i64)> {
@@ -89,7 +100,12 @@ pub struct Follower {
     cluster: String,
     state_dir: PathBuf,
     http: reqwest::Client,
+    bundle_refresh: Duration,
 }
+
+/// How often the trust bundle is fetched again by default (a root rotation
+/// reaches every gateway within this).
+pub const DEFAULT_BUNDLE_REFRESH: Duration = Duration::from_secs(15);
 
 fn state_err(path: &Path) -> impl FnOnce(std::io::Error) -> FollowError + '_ {
     move |source| FollowError::State {
@@ -133,7 +149,14 @@ impl Follower {
             cluster: cluster.to_owned(),
             state_dir: state_dir.to_owned(),
             http,
+            bundle_refresh: DEFAULT_BUNDLE_REFRESH,
         })
+    }
+
+    /// Sets how often the trust bundle is fetched again.
+    pub fn with_bundle_refresh(mut self, every: Duration) -> Follower {
+        self.bundle_refresh = every.max(Duration::from_millis(100));
+        self
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -224,6 +247,8 @@ impl Follower {
     /// for the same key plus the current certificate. The gateway keeps
     /// serving on the old certificate until the new one is installed; a
     /// failed renewal is retried (every 30 s at most) until the old one expires.
+    /// Between renewals the trust bundle is fetched every `bundle_refresh`:
+    /// a changed one (a root rotation) is installed at once.
     pub async fn renew(self, gateway: Arc<Gateway>) {
         loop {
             let Some(current) = gateway.identity() else {
@@ -233,8 +258,13 @@ impl Follower {
                 tracing::warn!("cannot read the certificate's validity; not renewing");
                 return;
             };
-            let wait = u64::try_from(renew_at - unix_now()).unwrap_or(0);
-            tokio::time::sleep(Duration::from_secs(wait)).await;
+            let until_renewal = u64::try_from(renew_at - unix_now()).unwrap_or(0);
+            if until_renewal > 0 {
+                tokio::time::sleep(self.bundle_refresh.min(Duration::from_secs(until_renewal)))
+                    .await;
+                self.refresh_bundle(&gateway, &current).await;
+                continue;
+            }
             match self.renew_once(&current).await {
                 Ok(fresh) => {
                     if let Err(e) = gateway.set_identity(fresh).await {
@@ -252,6 +282,52 @@ impl Follower {
             }
             let left = u64::try_from(expires_at - unix_now()).unwrap_or(0);
             tokio::time::sleep(Duration::from_secs((left / 10).clamp(1, 30))).await;
+        }
+    }
+
+    /// Fetches the trust bundle; installs and persists it when its roots changed.
+    async fn refresh_bundle(&self, gateway: &Gateway, current: &TlsIdentity) {
+        let text = match self.fetch_bundle().await {
+            Ok(text) => text,
+            Err(e) => {
+                tracing::debug!(error = %e, "trust bundle refresh failed; keeping the current one");
+                return;
+            }
+        };
+        let roots = match parse_roots(&text) {
+            Ok(roots) => roots,
+            Err(e) => {
+                tracing::warn!(error = %e, "unusable trust bundle; keeping the current one");
+                return;
+            }
+        };
+        if roots == current.roots || roots.is_empty() {
+            return;
+        }
+        let updated = TlsIdentity {
+            trust_domain: current.trust_domain.clone(),
+            chain: current.chain.clone(),
+            key: current.key.clone_key(),
+            roots,
+        };
+        let count = updated.roots.len();
+        match gateway.set_identity(updated).await {
+            Ok(()) => {
+                if let Err(e) = write_atomic(&self.path("trust-bundle.json"), text.as_bytes()) {
+                    tracing::warn!(error = %e, "cannot persist the trust bundle");
+                }
+                gateway
+                    .counters
+                    .bundle_updates
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::info!(
+                    roots = count,
+                    "trust bundle changed (root rotation); installed"
+                );
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "new trust bundle unusable; keeping the current one")
+            }
         }
     }
 

@@ -80,6 +80,8 @@ pub struct Counters {
     pub access_denied: AtomicU64,
     /// Certificates renewed.
     pub cert_renewals: AtomicU64,
+    /// Trust bundles installed after start (root rotations).
+    pub bundle_updates: AtomicU64,
     /// Local endpoints ejected after consecutive failures.
     pub ejections: AtomicU64,
     /// TCP connections accepted for passthrough.

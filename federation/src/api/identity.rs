@@ -4,7 +4,7 @@
 //! credential, no bearer token) and the trust bundle
 //! (`GET /v1/identity/trust-bundle`, public: it is public key material), and
 //! root rotation (`POST /v1/identity/root-rotation` `{"phase": "start" |
-//! "finish"}`, admin).
+//! "activate" | "finish"}`, admin).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -60,6 +60,7 @@ struct RotationRequest {
 #[serde(rename_all = "camelCase")]
 enum RotationPhase {
     Start,
+    Activate,
     Finish,
 }
 
@@ -84,9 +85,10 @@ fn bundle_body(identity: &Identity) -> Value {
     })
 }
 
-/// `POST /v1/identity/root-rotation`: `start` makes a new signing root and
-/// keeps the current one trusted; `finish` drops the old roots (once every
-/// gateway renewed onto the new one). Answers the trust bundle.
+/// `POST /v1/identity/root-rotation`: `start` adds a new root to the trust
+/// bundle (the current one keeps signing); `activate` makes the new root sign
+/// (once every gateway has the new bundle); `finish` drops the old root (once
+/// every gateway renewed onto the new one). Answers the trust bundle.
 pub async fn root_rotation(
     State(state): State<AppState>,
     identity_ext: Option<Extension<Arc<Identity>>>,
@@ -98,6 +100,7 @@ pub async fn root_rotation(
     let store = state.store.as_ref();
     match request.phase {
         RotationPhase::Start => identity.start_rotation(store).await,
+        RotationPhase::Activate => identity.activate_rotation(store).await,
         RotationPhase::Finish => identity.finish_rotation(store).await,
     }
     .map_err(identity_error)?;

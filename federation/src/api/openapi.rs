@@ -363,7 +363,7 @@ pub const OPERATIONS: &[Operation] = {
         op(
             Post,
             "/v1/identity/root-rotation",
-            "Root rotation (admin): body {phase: start} makes a new signing root and keeps the current one in the trust bundle; {phase: finish} drops the old roots once gateways have renewed. 409 when the step does not fit the state. Returns the trust bundle",
+            "Root rotation (admin), three steps: {phase: start} adds a new root to the trust bundle while the current one keeps signing; {phase: activate} makes the new root sign (the old stays trusted); {phase: finish} drops the old root once gateways have renewed. 409 when the step does not fit the state. Returns the trust bundle",
             "identity",
             None,
             None,

@@ -10,12 +10,15 @@
 //!   `spiffe://<trust-domain>/cluster/<cluster>/gateway` — and ignores the
 //!   names in the CSR. Certificates are short-lived (default 24 h) and good
 //!   for both TLS server and client authentication.
-//! - The trust bundle is the list of roots: one, or during a root rotation
-//!   the new root (which signs) and the old ones (still trusted, so
-//!   certificates they signed keep working until their gateways renew).
-//!   [`Identity::start_rotation`] makes a new root, [`Identity::finish_rotation`]
-//!   drops the old ones. The state is one sealed store fact changed by
-//!   compare-and-swap; [`Identity::refresh`] picks up another replica's change.
+//! - The trust bundle is the list of roots. A root rotation has three steps,
+//!   so no gateway ever meets a certificate from a root it does not trust
+//!   yet: [`Identity::start_rotation`] adds a new root to the bundle while
+//!   the current one keeps signing (gateways fetch the bundle every few
+//!   seconds); [`Identity::activate_rotation`] makes the new root sign (the
+//!   old one stays trusted, so its certificates work until their gateways
+//!   renew); [`Identity::finish_rotation`] drops the old root. The state is
+//!   one sealed store fact changed by compare-and-swap; [`Identity::refresh`]
+//!   picks up another replica's change.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -68,6 +71,16 @@ struct StoredCa {
     /// Older roots still trusted during a rotation.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     previous: Vec<String>,
+    /// The next root, trusted but not signing yet (a rotation's first step).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pending: Option<PendingRoot>,
+}
+
+/// A root added to the bundle before it signs.
+#[derive(Clone, Serialize, Deserialize)]
+struct PendingRoot {
+    key_pem: String,
+    cert_pem: String,
 }
 
 /// The CA as loaded: the signing root and the roots still trusted.
@@ -75,8 +88,11 @@ struct CaState {
     key: KeyPair,
     cert_pem: String,
     cert_der: Vec<u8>,
-    /// Older roots (PEM, DER), trusted until the rotation finishes.
+    /// Other trusted roots (PEM, DER): a pending next root first, then older
+    /// roots kept until the rotation finishes.
     previous: Vec<(String, Vec<u8>)>,
+    /// Whether a rotation is in progress.
+    rotating: bool,
     /// The stored bytes this was read from (the compare-and-swap version).
     raw: Vec<u8>,
 }
@@ -87,9 +103,12 @@ impl CaState {
         let stored: StoredCa = serde_json::from_slice(&raw).map_err(|e| corrupt(&e))?;
         let key = KeyPair::from_pem(&stored.key_pem).map_err(|e| corrupt(&e))?;
         let cert_der = pem_to_der(&stored.cert_pem)?;
+        let rotating = stored.pending.is_some() || !stored.previous.is_empty();
         let previous = stored
-            .previous
+            .pending
+            .map(|p| p.cert_pem)
             .into_iter()
+            .chain(stored.previous)
             .map(|pem| pem_to_der(&pem).map(|der| (pem, der)))
             .collect::<Result<_, _>>()?;
         Ok(CaState {
@@ -97,6 +116,7 @@ impl CaState {
             cert_pem: stored.cert_pem,
             cert_der,
             previous,
+            rotating,
             raw,
         })
     }
@@ -171,12 +191,16 @@ impl Identity {
         Ok(())
     }
 
-    /// Starts a root rotation: a new root signs from now on; the current one
-    /// stays in the trust bundle until [`Identity::finish_rotation`].
+    fn stored(current: &CaState) -> Result<StoredCa, IdentityError> {
+        serde_json::from_slice(&current.raw).map_err(|e| IdentityError::Corrupt(e.to_string()))
+    }
+
+    /// Rotation step 1: a new root joins the trust bundle; the current root
+    /// keeps signing until [`Identity::activate_rotation`].
     pub async fn start_rotation(&self, store: &dyn Store) -> Result<(), IdentityError> {
         self.refresh(store).await?;
         let current = self.state.load_full();
-        if !current.previous.is_empty() {
+        if current.rotating {
             return Err(IdentityError::Rotation(
                 "a root rotation is already in progress; finish it first".into(),
             ));
@@ -184,25 +208,52 @@ impl Identity {
         let fresh: StoredCa = serde_json::from_slice(&new_root(&self.trust_domain)?)
             .map_err(|e| IdentityError::Ca(e.to_string()))?;
         let next = StoredCa {
-            previous: vec![current.cert_pem.clone()],
-            ..fresh
+            pending: Some(PendingRoot {
+                key_pem: fresh.key_pem,
+                cert_pem: fresh.cert_pem,
+            }),
+            ..Self::stored(&current)?
         };
         self.swap(store, &current, &next).await
     }
 
-    /// Finishes a root rotation: only the new root stays in the trust bundle.
+    /// Rotation step 2: the new root signs; the old one stays trusted.
+    pub async fn activate_rotation(&self, store: &dyn Store) -> Result<(), IdentityError> {
+        self.refresh(store).await?;
+        let current = self.state.load_full();
+        let stored = Self::stored(&current)?;
+        let Some(pending) = stored.pending else {
+            return Err(IdentityError::Rotation(
+                "no new root to activate: start a rotation first".into(),
+            ));
+        };
+        let next = StoredCa {
+            key_pem: pending.key_pem,
+            cert_pem: pending.cert_pem,
+            previous: vec![stored.cert_pem],
+            pending: None,
+        };
+        self.swap(store, &current, &next).await
+    }
+
+    /// Rotation step 3: only the new root stays in the trust bundle.
     pub async fn finish_rotation(&self, store: &dyn Store) -> Result<(), IdentityError> {
         self.refresh(store).await?;
         let current = self.state.load_full();
-        if current.previous.is_empty() {
+        let stored = Self::stored(&current)?;
+        if stored.pending.is_some() {
+            return Err(IdentityError::Rotation(
+                "the new root does not sign yet: activate it first".into(),
+            ));
+        }
+        if stored.previous.is_empty() {
             return Err(IdentityError::Rotation(
                 "no root rotation is in progress".into(),
             ));
         }
         let next = StoredCa {
-            key_pem: current.key.serialize_pem(),
-            cert_pem: current.cert_pem.clone(),
             previous: Vec::new(),
+            ..stored
         };
         self.swap(store, &current, &next).await
     }
@@ -226,7 +277,7 @@ impl Identity {
 
     /// Whether a root rotation is in progress.
     pub fn rotating(&self) -> bool {
-        !self.state.load().previous.is_empty()
+        self.state.load().rotating
     }
 
     /// Sets how long gateway certificates live.
@@ -392,6 +443,7 @@ fn new_root(trust_domain: &str) -> Result<Vec<u8>, IdentityError> {
         key_pem: key.serialize_pem(),
         cert_pem: cert.pem(),
         previous: Vec::new(),
+        pending: None,
     })
     .map_err(ca_error)
 }

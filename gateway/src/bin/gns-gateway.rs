@@ -44,6 +44,9 @@ struct Args {
     /// Certificate, key, trust bundle and last config.
     #[arg(long, env = "GNS_STATE_DIR", default_value = "./gns-gateway-state")]
     state_dir: PathBuf,
+    /// How often the trust bundle is fetched again (a root rotation reaches the gateway within this).
+    #[arg(long, env = "GNS_TRUST_BUNDLE_REFRESH", default_value = "15s", value_parser = humantime::parse_duration)]
+    trust_bundle_refresh: std::time::Duration,
     /// Runtime worker threads (default: one per core; 1 runs a single-threaded runtime).
     #[arg(long, env = "GNS_WORKER_THREADS")]
     worker_threads: Option<usize>,
@@ -87,7 +90,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .install_recorder()
         .context("metrics recorder")?;
     let gateway = Gateway::new(&args.cluster);
-    let follower = Follower::new(&args.federation, &args.cluster, &args.state_dir)?;
+    let follower = Follower::new(&args.federation, &args.cluster, &args.state_dir)?
+        .with_bundle_refresh(args.trust_bundle_refresh);
     follower.restore(&gateway);
     let (identity, api_token) = follower
         .identity(args.join_token.as_deref())
@@ -214,6 +218,14 @@ fn metrics(gateway: &Gateway) -> String {
         (
             "gns_gateway_cert_renewals_total",
             c.cert_renewals.load(Ordering::Relaxed),
+        ),
+        (
+            "gns_gateway_trust_bundle_updates_total",
+            c.bundle_updates.load(Ordering::Relaxed),
+        ),
+        (
+            "gns_gateway_trust_roots",
+            gateway.identity().map_or(0, |i| i.roots.len() as u64),
         ),
         ("gns_gateway_config_version", version),
     ]
