@@ -673,3 +673,62 @@ async fn root_rotation_keeps_old_certificates_trusted_until_finished() {
         .await;
     assert_eq!(status, 401, "the old generation renews nothing any more");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workload_certificates_carry_namespace_and_service_account() {
+    let fed = Fed::start().await;
+    let (csr_pem, key) = csr();
+    let request =
+        json!({"csr": csr_pem, "namespace": "shop", "serviceAccount": "web", "ttl": "1h"});
+    let (status, _) = fed
+        .post("/v1/identity/workloads/sign", request.clone(), false)
+        .await;
+    assert_eq!(status, 401, "needs a bearer token");
+    for (bad, field) in [
+        (
+            json!({"csr": csr_pem, "namespace": "Shop!", "serviceAccount": "web"}),
+            "namespace",
+        ),
+        (
+            json!({"csr": csr_pem, "namespace": "shop", "serviceAccount": "web", "ttl": "1000h"}),
+            "ttl",
+        ),
+        (
+            json!({"csr": "nope", "namespace": "shop", "serviceAccount": "web"}),
+            "csr",
+        ),
+    ] {
+        let (status, body) = fed.post("/v1/identity/workloads/sign", bad, true).await;
+        assert_eq!(status, 422, "{body}");
+        assert!(body.to_string().contains(field), "names {field}: {body}");
+    }
+    let (status, body) = fed.post("/v1/identity/workloads/sign", request, true).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["spiffeId"], "spiffe://acme.test/ns/shop/sa/web");
+    let chain = certs(body["certificate"].as_str().expect("chain"));
+    let (_, leaf) = x509_parser::parse_x509_certificate(&chain[0]).expect("x509");
+    let sans: Vec<String> = leaf
+        .subject_alternative_name()
+        .expect("san")
+        .expect("has san")
+        .value
+        .general_names
+        .iter()
+        .map(|n| format!("{n}"))
+        .collect();
+    assert_eq!(sans, ["URI(spiffe://acme.test/ns/shop/sa/web)"]);
+    let lifetime = leaf.validity().not_after.timestamp() - leaf.validity().not_before.timestamp();
+    assert!(
+        (3600..=3600 + 360).contains(&lifetime),
+        "about 1 h: {lifetime} s"
+    );
+    let (roots, _) = bundle(&fed).await;
+    let (addr, server_roots) = mtls_server(&roots).await;
+    assert_eq!(
+        mtls_client(addr, &server_roots, chain, key_der(&key))
+            .await
+            .as_deref(),
+        Ok(&b"ok"[..]),
+        "the workload certificate authenticates against the trust bundle"
+    );
+}

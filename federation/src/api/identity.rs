@@ -49,6 +49,64 @@ struct SignRequest {
     certificate: Option<String>,
 }
 
+/// Body of `POST /v1/identity/workloads/sign`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct WorkloadSignRequest {
+    csr: String,
+    namespace: crate::model::Name,
+    service_account: crate::model::Name,
+    #[serde(default)]
+    ttl: Option<DurationSpec>,
+}
+
+/// `POST /v1/identity/workloads/sign` (editor): a certificate for a workload
+/// identity, `spiffe://<trust-domain>/ns/<namespace>/sa/<serviceAccount>`,
+/// for workload agents and tests; lifetime `ttl` (default and at most the
+/// gateway certificate lifetime).
+pub async fn sign_workload(
+    State(state): State<AppState>,
+    identity_ext: Option<Extension<Arc<Identity>>>,
+    Extension(principal): Extension<Principal>,
+    body: JsonObject,
+) -> Result<Json<Value>, ApiError> {
+    let identity = identity(identity_ext)?;
+    identity
+        .refresh(state.store.as_ref())
+        .await
+        .map_err(identity_error)?;
+    let request: WorkloadSignRequest = body.into_typed()?;
+    let max = identity.gateway_lifetime();
+    let lifetime = request.ttl.map_or(max, DurationSpec::get);
+    if lifetime > max || lifetime < Duration::from_secs(1) {
+        return Err(invalid(
+            "ttl",
+            format!(
+                "from 1s to {} (the certificate lifetime)",
+                humantime::format_duration(max)
+            ),
+        ));
+    }
+    let signed = identity
+        .sign_workload(
+            &request.csr,
+            request.namespace.as_str(),
+            request.service_account.as_str(),
+            lifetime,
+        )
+        .map_err(identity_error)?;
+    tracing::info!(
+        by = principal.name,
+        spiffe_id = signed.spiffe_id,
+        "workload certificate signed"
+    );
+    Ok(Json(json!({
+        "certificate": signed.chain_pem,
+        "spiffeId": signed.spiffe_id,
+        "expiresAt": rfc3339(signed.expires_at_ms),
+    })))
+}
+
 /// Body of `POST /v1/identity/root-rotation`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

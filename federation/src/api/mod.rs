@@ -113,6 +113,7 @@ pub fn router(state: AppState) -> Router {
             post(identity::create_join_token),
         )
         .route("/v1/identity/root-rotation", post(identity::root_rotation))
+        .route("/v1/identity/workloads/sign", post(identity::sign_workload))
         .route("/v1/tokens", get(tokens::list).post(tokens::create))
         .route("/v1/tokens/{name}", axum::routing::delete(tokens::delete))
         .route("/v1/audit", get(tokens::audit))

@@ -362,6 +362,15 @@ pub const OPERATIONS: &[Operation] = {
         ),
         op(
             Post,
+            "/v1/identity/workloads/sign",
+            "Sign a workload CSR (editor): body {csr: PEM PKCS#10, namespace, serviceAccount, ttl?}; returns {certificate: PEM leaf + root, spiffeId: spiffe://<trust-domain>/ns/<namespace>/sa/<serviceAccount>, expiresAt}",
+            "identity",
+            None,
+            None,
+            200,
+        ),
+        op(
+            Post,
             "/v1/identity/root-rotation",
             "Root rotation (admin), three steps: {phase: start} adds a new root to the trust bundle while the current one keeps signing; {phase: activate} makes the new root sign (the old stays trusted); {phase: finish} drops the old root once gateways have renewed. 409 when the step does not fit the state. Returns the trust bundle",
             "identity",

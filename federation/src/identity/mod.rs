@@ -314,6 +314,14 @@ impl Identity {
         format!("spiffe://{}/cluster/{cluster}/gateway", self.trust_domain)
     }
 
+    /// SPIFFE ID of a workload: its Kubernetes namespace and service account.
+    pub fn workload_id(&self, namespace: &str, service_account: &str) -> String {
+        format!(
+            "spiffe://{}/ns/{namespace}/sa/{service_account}",
+            self.trust_domain
+        )
+    }
+
     /// Signs `csr_pem` as the gateway of `cluster`, valid for `lifetime`.
     pub fn sign_gateway(
         &self,
@@ -321,13 +329,42 @@ impl Identity {
         cluster: &str,
         lifetime: Duration,
     ) -> Result<SignedCertificate, IdentityError> {
+        let spiffe_id = self.gateway_id(cluster);
+        self.sign(csr_pem, spiffe_id, format!("{cluster} gateway"), lifetime)
+    }
+
+    /// Signs `csr_pem` for the workload running as `service_account` in
+    /// `namespace` (SPIFFE ID `spiffe://<td>/ns/<ns>/sa/<sa>`), valid for `lifetime`.
+    pub fn sign_workload(
+        &self,
+        csr_pem: &str,
+        namespace: &str,
+        service_account: &str,
+        lifetime: Duration,
+    ) -> Result<SignedCertificate, IdentityError> {
+        let spiffe_id = self.workload_id(namespace, service_account);
+        self.sign(
+            csr_pem,
+            spiffe_id,
+            format!("{namespace}/{service_account}"),
+            lifetime,
+        )
+    }
+
+    /// Signs `csr_pem` with `spiffe_id` as the only SAN (the CSR's names are ignored).
+    fn sign(
+        &self,
+        csr_pem: &str,
+        spiffe_id: String,
+        common_name: String,
+        lifetime: Duration,
+    ) -> Result<SignedCertificate, IdentityError> {
         let csr = CertificateSigningRequestParams::from_pem(csr_pem)
             .map_err(|e| IdentityError::BadCsr(e.to_string()))?;
-        let spiffe_id = self.gateway_id(cluster);
         let mut params = CertificateParams::default();
         let mut name = DistinguishedName::new();
         name.push(DnType::OrganizationName, "GNS federation");
-        name.push(DnType::CommonName, format!("{cluster} gateway"));
+        name.push(DnType::CommonName, common_name);
         params.distinguished_name = name;
         params.subject_alt_names = vec![SanType::URI(
             spiffe_id.clone().try_into().map_err(ca_error)?,
