@@ -21,8 +21,6 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::sync::Mutex;
 
@@ -39,7 +37,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Overall request timeout when the route sets none.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Errors carried in bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Body type of everything the gateway sends.
 pub type Body = BoxBody<Bytes, BoxError>;
 
@@ -175,7 +174,7 @@ pub struct Gateway {
     identity: ArcSwapOption<TlsIdentity>,
     ingress_tls: ArcSwapOption<rustls::ServerConfig>,
     peers: Mutex<HashMap<String, hyper::client::conn::http2::SendRequest<Body>>>,
-    upstream: Client<HttpConnector, Body>,
+    local: crate::pool::LocalPool,
     outliers: Outliers,
     /// TCP ports the egress must listen on, from the config.
     tcp_ports: tokio::sync::watch::Sender<std::collections::BTreeSet<u16>>,
@@ -211,9 +210,6 @@ enum TryError {
 impl Gateway {
     /// A gateway of `cluster` without config or certificate yet.
     pub fn new(cluster: &str) -> Arc<Gateway> {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        connector.set_nodelay(true);
         Arc::new(Gateway {
             cluster: cluster.to_owned(),
             routes: ArcSwap::from_pointee(RouteTable::default()),
@@ -221,7 +217,7 @@ impl Gateway {
             identity: ArcSwapOption::empty(),
             ingress_tls: ArcSwapOption::empty(),
             peers: Mutex::new(HashMap::new()),
-            upstream: Client::builder(TokioExecutor::new()).build(connector),
+            local: crate::pool::LocalPool::new(CONNECT_TIMEOUT),
             outliers: Outliers::default(),
             tcp_ports: tokio::sync::watch::Sender::new(std::collections::BTreeSet::new()),
             counters: Counters::default(),
@@ -790,15 +786,20 @@ impl Gateway {
             *request.uri_mut() = Uri::try_from(format!("http://{target}{path}"))
                 .map_err(|e| TryError::Connect(e.to_string()))?;
             *request.version_mut() = http::Version::HTTP_11;
-            match self.upstream.request(request).await {
+            let again = || {
+                parts
+                    .as_ref()
+                    .map(|p| local_request(p, &body, target, &path))
+            };
+            match self.local.send(target, request, again).await {
                 Ok(resp) => {
                     let failed = resp.status().is_server_error();
                     if self.outliers.record(target, failed) {
                         self.counters.ejections.fetch_add(1, Ordering::Relaxed);
                     }
-                    return Ok(resp.map(|b| b.map_err(BoxError::from).boxed()));
+                    return Ok(resp);
                 }
-                Err(e) if e.is_connect() => {
+                Err(crate::pool::PoolError::Connect(e)) => {
                     if self.outliers.record(target, true) {
                         self.counters.ejections.fetch_add(1, Ordering::Relaxed);
                     }
@@ -1036,6 +1037,21 @@ fn host_of<B>(req: &Request<B>) -> String {
 }
 
 /// A copy of request parts (method, URI, version, headers; not extensions).
+/// A copy of a request for a local endpoint (HTTP/1.1 to `target`).
+fn local_request(
+    parts: &http::request::Parts,
+    body: &Bytes,
+    target: SocketAddr,
+    path: &str,
+) -> Request<Body> {
+    let mut request = rebuild(parts, body.clone());
+    if let Ok(uri) = Uri::try_from(format!("http://{target}{path}")) {
+        *request.uri_mut() = uri;
+    }
+    *request.version_mut() = http::Version::HTTP_11;
+    request
+}
+
 fn clone_parts(parts: &http::request::Parts) -> http::request::Parts {
     let (mut copy, ()) = Request::new(()).into_parts();
     copy.method = parts.method.clone();

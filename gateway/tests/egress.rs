@@ -18,25 +18,75 @@ use tokio::net::{TcpListener, TcpStream};
 
 const HOST: &str = "web.production.app.acme.com";
 
-/// An HTTP/1.1 upstream answering `hello from east` (15 bytes).
-async fn upstream() -> u16 {
+/// An HTTP/1.1 upstream answering `hello from east` (15 bytes); counts the
+/// connections it accepted; with `close_silently` it closes each connection
+/// after one answer without saying so (as an idle-timeout would).
+async fn upstream_with(
+    close_silently: bool,
+) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = listener.local_addr().expect("addr").port();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = std::sync::Arc::clone(&accepted);
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             tokio::spawn(async move {
                 let svc = service_fn(|_req| async {
                     Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(
                         b"hello from east",
                     ))))
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .await;
+                let mut builder = hyper::server::conn::http1::Builder::new();
+                if close_silently {
+                    builder.keep_alive(false);
+                }
+                let _ = builder.serve_connection(TokioIo::new(tcp), svc).await;
             });
         }
     });
-    port
+    (port, accepted)
+}
+
+async fn upstream() -> u16 {
+    upstream_with(false).await.0
+}
+
+async fn get(client: &reqwest::Client, addr: SocketAddr) -> String {
+    client
+        .get(format!("http://{addr}/"))
+        .header("host", HOST)
+        .send()
+        .await
+        .expect("request")
+        .text()
+        .await
+        .expect("body")
+}
+
+#[tokio::test]
+async fn connections_to_local_endpoints_are_reused_and_closed_ones_replaced() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::new();
+    let (port, accepted) = upstream_with(false).await;
+    let addr = egress(port).await;
+    for _ in 0..20 {
+        assert_eq!(get(&client, addr).await, "hello from east");
+    }
+    assert_eq!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "20 sequential requests share one upstream connection"
+    );
+    // An upstream that closes every connection after one answer: each
+    // request still succeeds, on a new connection.
+    let (port, accepted) = upstream_with(true).await;
+    let addr = egress(port).await;
+    for i in 0..10 {
+        assert_eq!(get(&client, addr).await, "hello from east", "request {i}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 10);
 }
 
 async fn egress(upstream_port: u16) -> SocketAddr {
