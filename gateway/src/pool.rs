@@ -88,24 +88,24 @@ impl LocalPool {
         request: Request<Body>,
         retry: impl FnOnce() -> Option<Request<Body>>,
     ) -> Result<Response<Body>, PoolError> {
-        if let Some(mut sender) = self.pop(target) {
-            if sender.ready().await.is_ok() {
-                return match sender.try_send_request(request).await {
-                    Ok(response) => Ok(self.wrap(target, sender, response)),
-                    Err(mut failed) => {
-                        // Not sent: the endpoint had closed the idle connection.
-                        if let Some(unsent) = failed.take_message() {
-                            return self.send_new(target, unsent).await;
-                        }
-                        if failed.error().is_incomplete_message()
-                            && let Some(again) = retry()
-                        {
-                            return self.send_new(target, again).await;
-                        }
-                        Err(PoolError::Request(failed.into_error()))
+        if let Some(mut sender) = self.pop(target)
+            && sender.ready().await.is_ok()
+        {
+            return match sender.try_send_request(request).await {
+                Ok(response) => Ok(self.wrap(target, sender, response)),
+                Err(mut failed) => {
+                    // Not sent: the endpoint had closed the idle connection.
+                    if let Some(unsent) = failed.take_message() {
+                        return self.send_new(target, unsent).await;
                     }
-                };
-            }
+                    if failed.error().is_incomplete_message()
+                        && let Some(again) = retry()
+                    {
+                        return self.send_new(target, again).await;
+                    }
+                    Err(PoolError::Request(failed.into_error()))
+                }
+            };
         }
         self.send_new(target, request).await
     }
