@@ -301,7 +301,7 @@ async fn ingress_get(
         )
         .await
         .map_err(|e| format!("http2 handshake: {e}"))?;
-        tokio::spawn(conn);
+        let conn = tokio::spawn(conn);
         let request = hyper::Request::get(format!("https://{HOST}/hello"))
             .body(http_body_util::Empty::<hyper::body::Bytes>::new())
             .map_err(|e| e.to_string())?;
@@ -316,6 +316,9 @@ async fn ingress_get(
             .await
             .map_err(|e| format!("body: {e}"))?
             .to_bytes();
+        // Close the connection cleanly (GOAWAY), as a gateway does.
+        drop(sender);
+        let _ = conn.await;
         Ok((status, String::from_utf8_lossy(&body).into_owned()))
     };
     tokio::time::timeout(Duration::from_secs(5), exchange)
@@ -327,7 +330,7 @@ struct GatewayProc {
     egress: SocketAddr,
     public: SocketAddr,
     admin: SocketAddr,
-    _proc: Proc,
+    process: Proc,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -507,7 +510,7 @@ async fn cross_cluster_requests_over_mtls() {
                 egress,
                 public,
                 admin,
-                _proc: proc,
+                process: proc,
             },
         );
     }
@@ -1115,7 +1118,9 @@ async fn cross_cluster_requests_over_mtls() {
             .saturating_duration_since(Instant::now()),
     )
     .await;
+    let handshake_failures = "gns_gateway_mtls_handshake_failures_total{reason=\"handshake\"}";
     let refused_before = metric(west_gw.admin, "gns_gateway_mtls_refused_total").await;
+    let handshake_before = metric(west_gw.admin, handshake_failures).await;
     let outcome = ingress_get(west_ingress, &bundle_roots, east_chain, east_key_der()).await;
     assert!(
         outcome.is_err(),
@@ -1126,14 +1131,24 @@ async fn cross_cluster_requests_over_mtls() {
         Duration::from_secs(5),
         async || {
             let now = metric(west_gw.admin, "gns_gateway_mtls_refused_total").await;
-            if now > refused_before {
+            let handshake = metric(west_gw.admin, handshake_failures).await;
+            if now > refused_before && handshake > handshake_before {
                 Ok(())
             } else {
-                Err(format!("{now}"))
+                Err(format!(
+                    "refused {refused_before} -> {now}, handshake failures {handshake_before} -> {handshake}"
+                ))
             }
         },
     )
     .await;
+    let west_log = west_gw.process.log_text();
+    assert!(
+        west_log
+            .lines()
+            .any(|l| l.contains("ingress connection refused") && l.contains("certificate expired")),
+        "west refused the certificate for its expiry"
+    );
 
     // The federation dies: the data path keeps serving from the gateways' config.
     fed.kill();
