@@ -7,7 +7,9 @@
 //! federation's data dir. A kubeconfig with an exec plugin is refused with an
 //! explanation. Rotation swaps in a fresh token: once the first one has
 //! expired and the watches are cut, discovery keeps syncing without a
-//! restart.
+//! restart. A kubeconfig whose user is a client certificate works the same
+//! way: gnsctl authenticates with the certificate, and its private key
+//! reaches no file of the federation.
 //!
 //! The binaries must be built first: `cargo build -p gns-federation --bins`.
 
@@ -126,9 +128,9 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-fn ready_addresses(service: &Value) -> Vec<String> {
+fn ready_addresses(service: &Value, cluster: &str) -> Vec<String> {
     service
-        .pointer("/clusters/east/ready")
+        .pointer(&format!("/clusters/{cluster}/ready"))
         .and_then(Value::as_array)
         .map(|a| {
             a.iter()
@@ -136,6 +138,34 @@ fn ready_addresses(service: &Value) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Starts gns-federation with its data in `data`, its log in `dir`; the process and its API URL, once ready.
+async fn start_federation(dir: &Path, data: &Path) -> (Proc, String) {
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let args = [
+        "--listen".to_owned(),
+        format!("127.0.0.1:{port}"),
+        "--dns-listen".to_owned(),
+        format!("127.0.0.1:{}", free_port()),
+        "--data-dir".to_owned(),
+        data.display().to_string(),
+        "--admin-token".to_owned(),
+        ADMIN_TOKEN.to_owned(),
+    ];
+    let mut federation = Proc::spawn(&binary("gns-federation"), &args, dir.join("federation.log"));
+    eventually("gns-federation to be ready", async || {
+        assert!(
+            federation.running(),
+            "gns-federation exited:\n{}",
+            federation.log_text()
+        );
+        let (status, _) = api(reqwest::Method::GET, &format!("{base}/readyz"), None).await;
+        (status == 200).then_some(())
+    })
+    .await;
+    (federation, base)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -170,33 +200,7 @@ async fn cluster_add_joins_with_a_service_account_and_rotates_its_token() {
     )
     .expect("exec kubeconfig");
 
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let args = [
-        "--listen".to_owned(),
-        format!("127.0.0.1:{port}"),
-        "--dns-listen".to_owned(),
-        format!("127.0.0.1:{}", free_port()),
-        "--data-dir".to_owned(),
-        data.display().to_string(),
-        "--admin-token".to_owned(),
-        ADMIN_TOKEN.to_owned(),
-    ];
-    let mut federation = Proc::spawn(
-        &binary("gns-federation"),
-        &args,
-        dir.path().join("federation.log"),
-    );
-    eventually("gns-federation to be ready", async || {
-        assert!(
-            federation.running(),
-            "gns-federation exited:\n{}",
-            federation.log_text()
-        );
-        let (status, _) = api(reqwest::Method::GET, &format!("{base}/readyz"), None).await;
-        (status == 200).then_some(())
-    })
-    .await;
+    let (mut federation, base) = start_federation(dir.path(), &data).await;
 
     // An exec-plugin user is refused, with what to do instead; nothing is registered.
     let config_arg = config.display().to_string();
@@ -384,7 +388,7 @@ async fn cluster_add_joins_with_a_service_account_and_rotates_its_token() {
     let web = format!("{base}/v1/global-namespaces/production/services/web");
     eventually("east's ready endpoint in the catalog", async || {
         let service = get_json(&web).await?;
-        (ready_addresses(&service) == ["10.1.0.5"]).then_some(())
+        (ready_addresses(&service, "east") == ["10.1.0.5"]).then_some(())
     })
     .await;
     let cluster_url = format!("{base}/v1/clusters/east");
@@ -470,14 +474,14 @@ async fn cluster_add_joins_with_a_service_account_and_rotates_its_token() {
     eventually("the not-ready endpoint in the catalog", async || {
         let service = get_json(&web).await?;
         let not_ready = service.pointer("/clusters/east/notReady")?.as_array()?;
-        (ready_addresses(&service).is_empty() && not_ready.len() == 1).then_some(())
+        (ready_addresses(&service, "east").is_empty() && not_ready.len() == 1).then_some(())
     })
     .await;
     kube.drop_watches();
     kube.apply(&web_slice(true)).expect("slice ready again");
     eventually("the endpoint ready again", async || {
         let service = get_json(&web).await?;
-        (ready_addresses(&service) == ["10.1.0.5"]).then_some(())
+        (ready_addresses(&service, "east") == ["10.1.0.5"]).then_some(())
     })
     .await;
     assert_eq!(
@@ -514,4 +518,181 @@ async fn cluster_add_joins_with_a_service_account_and_rotates_its_token() {
         federation.log_text().as_bytes(),
         OPERATOR_TOKEN.as_bytes()
     ));
+}
+
+/// A kubeconfig whose user is a client certificate (CN `operator-cert`)
+/// signed by the member's CA: gnsctl applies the RBAC and mints the token
+/// as that user, the cluster syncs as the service account, and the
+/// certificate's private key is in no file of the federation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_add_with_a_client_certificate_user() {
+    const CERT_USER: &str = "operator-cert";
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    // The certificate's user gets the grant of the static token for the same
+    // user; nobody presents that token.
+    let kube = TestApiServer::start(
+        TestApiServerOptions::default().token("never-presented", Grant::admin(CERT_USER)),
+    )
+    .await
+    .expect("test API server");
+    kube.apply(&service("shop", "web", &[], &[("http", 8080)]))
+        .expect("service");
+    kube.apply(&web_slice(true)).expect("slice");
+    let (cert_pem, key_pem) = kube
+        .tls_identity()
+        .client_certificate(CERT_USER, &[])
+        .expect("client certificate");
+    assert!(key_pem.contains("PRIVATE KEY"), "{key_pem}");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).expect("data dir");
+    let config = dir.path().join("kubeconfig-cert");
+    std::fs::write(
+        &config,
+        kubeconfig(
+            &kube,
+            &format!(
+                "    client-certificate-data: {}\n    client-key-data: {}\n",
+                B64.encode(&cert_pem),
+                B64.encode(&key_pem)
+            ),
+        ),
+    )
+    .expect("kubeconfig");
+    let (mut federation, base) = start_federation(dir.path(), &data).await;
+
+    let added = gnsctl(
+        &base,
+        &[
+            "cluster",
+            "add",
+            "west",
+            "--kubeconfig",
+            &config.display().to_string(),
+        ],
+    )
+    .await;
+    assert!(added.status.success(), "{}", text(&added));
+    assert!(
+        String::from_utf8_lossy(&added.stdout).contains("cluster/west registered"),
+        "{}",
+        text(&added)
+    );
+    assert!(
+        kube.get::<ServiceAccount>("gns-system", "gns-federation")
+            .expect("get")
+            .is_some()
+    );
+    assert!(
+        kube.get::<ClusterRole>("", "gns-federation-discovery")
+            .expect("get")
+            .is_some()
+    );
+    assert!(
+        kube.get::<ClusterRoleBinding>("", "gns-federation-discovery")
+            .expect("get")
+            .is_some()
+    );
+    assert!(
+        kube.get::<Role>("gns-system", "gns-federation-gateway")
+            .expect("get")
+            .is_some()
+    );
+    assert!(
+        kube.get::<RoleBinding>("gns-system", "gns-federation-gateway")
+            .expect("get")
+            .is_some()
+    );
+    // gnsctl's applies and its token request were authenticated by the certificate.
+    let requests = kube.requests();
+    let rbac_writes: Vec<_> = requests
+        .iter()
+        .filter(|r| r.method != "GET" && r.path.contains("/rbac.authorization.k8s.io/"))
+        .collect();
+    assert_eq!(
+        rbac_writes.len(),
+        4,
+        "one apply per role and binding: {rbac_writes:?}"
+    );
+    let token_requests: Vec<_> = requests
+        .iter()
+        .filter(|r| r.method == "POST" && r.path.ends_with("/token"))
+        .collect();
+    assert!(
+        !token_requests.is_empty(),
+        "a token was minted: {requests:?}"
+    );
+    for r in rbac_writes.iter().chain(&token_requests) {
+        assert_eq!(
+            r.user.as_deref(),
+            Some(CERT_USER),
+            "{} {} ({})",
+            r.method,
+            r.path,
+            r.status
+        );
+        assert!((200..300).contains(&r.status), "{r:?}");
+    }
+
+    // The federation syncs the member as the service account.
+    let (status, body) = api(
+        reqwest::Method::POST,
+        &format!("{base}/v1/global-namespaces"),
+        Some(
+            json!({"name": "production", "domain": "production.app.acme.com",
+            "members": [{"cluster": "west", "namespace": "shop"}]}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let web = format!("{base}/v1/global-namespaces/production/services/web");
+    eventually("west's ready endpoint in the catalog", async || {
+        let service = get_json(&web).await?;
+        (ready_addresses(&service, "west") == ["10.1.0.5"]).then_some(())
+    })
+    .await;
+    let cluster_url = format!("{base}/v1/clusters/west");
+    eventually("cluster west Connected", async || {
+        let cluster = get_json(&cluster_url).await?;
+        (cluster.pointer("/status/phase")? == "Connected").then_some(())
+    })
+    .await;
+    let reads: Vec<_> = kube
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "GET" && r.path.ends_with("/endpointslices"))
+        .collect();
+    assert!(!reads.is_empty(), "discovery listed/watched the member");
+    assert!(
+        reads.iter().all(|r| r.user.as_deref() == Some(SA_USER)),
+        "discovery used the minted token, not the certificate: {reads:?}"
+    );
+
+    // The private key is in no response, no file of the federation and not in its log.
+    let key_b64 = B64.encode(&key_pem);
+    let key_body: String = key_pem
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    let (_, one) = api(reqwest::Method::GET, &cluster_url, None).await;
+    assert!(!one.contains(&key_body) && !one.contains(&key_b64), "{one}");
+    let mut files = Vec::new();
+    files_under(&data, &mut files);
+    assert!(!files.is_empty(), "the store is in the data dir");
+    for file in &files {
+        let bytes = std::fs::read(file).expect("read data file");
+        for needle in [key_pem.as_bytes(), key_body.as_bytes(), key_b64.as_bytes()] {
+            assert!(
+                !contains(&bytes, needle),
+                "{} holds the client key",
+                file.display()
+            );
+        }
+    }
+    assert!(!contains(
+        federation.log_text().as_bytes(),
+        key_body.as_bytes()
+    ));
+    assert!(federation.running());
 }

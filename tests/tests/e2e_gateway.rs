@@ -9,23 +9,37 @@
 //! cluster until an access policy denies `external`; a client with a
 //! certificate from another CA is refused by the ingress (and counted); the
 //! ingress speaks neither plaintext nor TLS below 1.3; the data path outlives
-//! the federation.
+//! the federation. Routing's L7 policies act on the data path: a 503 is
+//! retried (and counted) within the retry budget and passed on beyond it, an
+//! overall timeout answers 504 before a slow upstream does, and a per-try
+//! timeout abandons a slow try for a fast one. A gateway certificate the
+//! ingress accepted while it was valid is refused (and counted) once expired.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use gns_tests::{Proc, binary, free_port};
+use http_body_util::BodyExt;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube_apiserver_test::{Grant, TestApiServer, TestApiServerOptions, endpoint_slice, service};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TOKEN: &str = "gateway-e2e-admin";
 const HOST: &str = "web.production.app.acme.com";
+const FLAKY_HOST: &str = "flaky.production.app.acme.com";
+const SLOW_HOST: &str = "slow.production.app.acme.com";
+/// The federation's `--gateway-cert-lifetime`.
+const CERT_LIFETIME: Duration = Duration::from_secs(12);
+/// How long a slow answer of a [`scripted`] upstream takes.
+const SLOW: Duration = Duration::from_secs(2);
 
 /// An HTTP/1.1 upstream that answers every request with `name`.
 async fn upstream(name: &'static str) -> u16 {
@@ -61,6 +75,77 @@ async fn upstream(name: &'static str) -> u16 {
         }
     });
     port
+}
+
+/// What a [`scripted`] upstream answers, counted from the last [`Script::reset`].
+#[derive(Debug, Default)]
+struct Script {
+    /// Requests received.
+    seen: AtomicU64,
+    /// The first this many requests get `503 unavailable`.
+    fail: AtomicU64,
+    /// The first this many requests wait [`SLOW`] before their answer.
+    slow: AtomicU64,
+}
+
+impl Script {
+    fn reset(&self, fail: u64, slow: u64) {
+        self.fail.store(fail, Ordering::SeqCst);
+        self.slow.store(slow, Ordering::SeqCst);
+        self.seen.store(0, Ordering::SeqCst);
+    }
+
+    fn seen(&self) -> u64 {
+        self.seen.load(Ordering::SeqCst)
+    }
+}
+
+/// An HTTP/1.1 upstream that follows its [`Script`]; other requests get `200 name`.
+async fn scripted(name: &'static str) -> (u16, Arc<Script>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind upstream");
+    let port = listener.local_addr().expect("addr").port();
+    let script = Arc::new(Script::default());
+    let shared = Arc::clone(&script);
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let script = Arc::clone(&shared);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                let mut seen = Vec::new();
+                loop {
+                    let Ok(n) = tcp.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        seen.drain(..end + 4);
+                        let n = script.seen.fetch_add(1, Ordering::SeqCst);
+                        if n < script.slow.load(Ordering::SeqCst) {
+                            tokio::time::sleep(SLOW).await;
+                        }
+                        let (status, body) = if n < script.fail.load(Ordering::SeqCst) {
+                            ("503 Service Unavailable", "unavailable")
+                        } else {
+                            ("200 OK", name)
+                        };
+                        let reply = format!(
+                            "HTTP/1.1 {status}\r\ncontent-length: {}\r\ncontent-type: text/plain\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if tcp.write_all(reply.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (port, script)
 }
 
 /// A TCP upstream that answers each read with `<name>:` and the bytes read.
@@ -119,15 +204,26 @@ async fn api(method: reqwest::Method, url: &str, body: Option<Value>) -> (u16, V
     (status, resp.json().await.unwrap_or(Value::Null))
 }
 
-/// One request through an egress; `(status, body)`.
+/// One request for `web` through an egress; `(status, body)`.
 async fn through(egress: SocketAddr, user_agent: Option<&str>) -> (u16, String) {
+    get(egress, HOST, user_agent, Duration::from_secs(5)).await
+}
+
+/// One request for `host` through an egress, given up after `limit`;
+/// `(status, body)`, status 0 when the client failed.
+async fn get(
+    egress: SocketAddr,
+    host: &str,
+    user_agent: Option<&str>,
+    limit: Duration,
+) -> (u16, String) {
     let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
+        .timeout(limit)
         .build()
         .expect("client");
     let mut req = client
         .get(format!("http://{egress}/hello"))
-        .header("host", HOST);
+        .header("host", host);
     if let Some(ua) = user_agent {
         req = req.header("user-agent", ua);
     }
@@ -169,11 +265,72 @@ async fn metric(admin: SocketAddr, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// A GET for `web` sent straight to a peer ingress over mutual TLS, as
+/// east's gateway would send it: client certificate `chain`/`key`, the
+/// server verified as west's gateway against the trust bundle `roots`.
+/// `(status, body)`, or where it failed.
+async fn ingress_get(
+    ingress: SocketAddr,
+    roots: &[CertificateDer<'static>],
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<(u16, String), String> {
+    let verifier = gns_gateway::tls::SpiffeServerVerifier::new(
+        roots,
+        gns_gateway::tls::gateway_id("acme.test", "west"),
+    )
+    .map_err(|e| format!("verifier: {e}"))?;
+    let mut config = rustls::ClientConfig::builder()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| format!("client config: {e}"))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(ingress)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let name = rustls::pki_types::ServerName::try_from("gns-gateway").expect("name");
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let exchange = async {
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tls),
+        )
+        .await
+        .map_err(|e| format!("http2 handshake: {e}"))?;
+        let conn = tokio::spawn(conn);
+        let request = hyper::Request::get(format!("https://{HOST}/hello"))
+            .body(http_body_util::Empty::<hyper::body::Bytes>::new())
+            .map_err(|e| e.to_string())?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| format!("request: {e}"))?;
+        let status = response.status().as_u16();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("body: {e}"))?
+            .to_bytes();
+        // Close the connection cleanly (GOAWAY), as a gateway does.
+        drop(sender);
+        let _ = conn.await;
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    };
+    tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .map_err(|_| "no answer within 5 s".to_owned())?
+}
+
 struct GatewayProc {
     egress: SocketAddr,
     public: SocketAddr,
     admin: SocketAddr,
-    _proc: Proc,
+    process: Proc,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -188,6 +345,21 @@ async fn cross_cluster_requests_over_mtls() {
             .expect("service");
         api.apply::<EndpointSlice>(&web_slice(true, port))
             .expect("slice");
+    }
+    // Two HTTP services in west only, for retries and timeouts: flaky and slow.
+    let (flaky_port, flaky) = scripted("flaky").await;
+    let (slow_port, slow) = scripted("slow").await;
+    for (name, port) in [("flaky", flaky_port), ("slow", slow_port)] {
+        west.apply::<Service>(&service("shop", name, &[("app", name)], &[("http", 80)]))
+            .expect("service");
+        west.apply::<EndpointSlice>(&endpoint_slice(
+            "shop",
+            name,
+            &format!("{name}-1"),
+            &[("127.0.0.1", true, true, false, None)],
+            &[("http", i32::from(port))],
+        ))
+        .expect("slice");
     }
     // A TCP service, db, in west only: clients dial port `db_port` on their egress.
     let (db_port, echo_port) = (free_port(), tcp_echo("west").await);
@@ -338,7 +510,7 @@ async fn cross_cluster_requests_over_mtls() {
                 egress,
                 public,
                 admin,
-                _proc: proc,
+                process: proc,
             },
         );
     }
@@ -370,6 +542,73 @@ async fn cross_cluster_requests_over_mtls() {
         },
     )
     .await;
+
+    // A certificate for east's gateway, obtained as a gateway obtains one
+    // (join token, CSR): west's ingress accepts it now and must refuse it
+    // once it has expired, near the end of this test.
+    let (status, body) = api(
+        reqwest::Method::POST,
+        &format!("{base}/v1/clusters/east/join-tokens"),
+        Some(json!({"ttl": "10m"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let east_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let csr = rcgen::CertificateParams::new(Vec::<String>::new())
+        .expect("params")
+        .serialize_request(&east_key)
+        .expect("csr")
+        .pem()
+        .expect("pem");
+    let signed = reqwest::Client::new()
+        .post(format!("{base}/v1/identity/sign"))
+        .json(&json!({"csr": csr, "joinToken": body["token"]}))
+        .send()
+        .await
+        .expect("sign");
+    assert_eq!(signed.status().as_u16(), 200);
+    let issued_at = Instant::now();
+    let signed: Value = signed.json().await.expect("json");
+    assert_eq!(
+        signed["spiffeId"],
+        "spiffe://acme.test/cluster/east/gateway"
+    );
+    let east_chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(signed["certificate"].as_str().expect("pem").as_bytes())
+            .collect::<Result<_, _>>()
+            .expect("certificate chain");
+    let east_key_der = || PrivateKeyDer::try_from(east_key.serialize_der()).expect("key");
+    let bundle: Value = reqwest::get(format!("{base}/v1/identity/trust-bundle"))
+        .await
+        .expect("trust bundle")
+        .json()
+        .await
+        .expect("json");
+    let bundle_roots: Vec<CertificateDer<'static>> = bundle["roots"]
+        .as_array()
+        .expect("roots")
+        .iter()
+        .flat_map(|r| {
+            CertificateDer::pem_slice_iter(r.as_str().expect("pem").as_bytes())
+                .map(|c| c.expect("root"))
+        })
+        .collect();
+    assert!(!bundle_roots.is_empty(), "{bundle}");
+    let west_ingress: SocketAddr = format!("127.0.0.1:{}", ingress["west"])
+        .parse()
+        .expect("addr");
+    assert_eq!(
+        ingress_get(
+            west_ingress,
+            &bundle_roots,
+            east_chain.clone(),
+            east_key_der()
+        )
+        .await,
+        Ok((200, "west".to_owned())),
+        "west's ingress serves a valid certificate of east's gateway"
+    );
+
     // Without routing the own cluster serves.
     eventually(
         "east egress to answer from east",
@@ -538,6 +777,133 @@ async fn cross_cluster_requests_over_mtls() {
         },
     )
     .await;
+
+    // Retries: flaky's only endpoint (in west) answers 503 to the first
+    // request and 200 afterwards; with up to 3 retries on 5xx the client
+    // gets the 200, after exactly one retry.
+    let put_routing = async |service: &str, routing: Value| {
+        let (status, body) = api(
+            reqwest::Method::PUT,
+            &format!("{base}/v1/global-namespaces/production/services/{service}/routing"),
+            Some(routing),
+        )
+        .await;
+        assert!(status == 200 || status == 201, "{status} {body}");
+    };
+    let to_west = json!([{"destinations": [{"cluster": "west", "weight": 100}]}]);
+    put_routing(
+        "flaky",
+        json!({"rules": to_west, "retries": {"attempts": 3, "on": ["5xx"]}}),
+    )
+    .await;
+    let flaky_get = async || get(east_gw.egress, FLAKY_HOST, None, Duration::from_secs(5)).await;
+    eventually(
+        "east to retry flaky's 503",
+        Duration::from_secs(15),
+        async || {
+            flaky.reset(1, 0);
+            match flaky_get().await {
+                (200, body) if body == "flaky" && flaky.seen() == 2 => Ok(()),
+                other => Err(format!(
+                    "{other:?} after {} upstream requests",
+                    flaky.seen()
+                )),
+            }
+        },
+    )
+    .await;
+    flaky.reset(1, 0);
+    let retries = metric(east_gw.admin, "gns_gateway_retries_total").await;
+    assert_eq!(flaky_get().await, (200, "flaky".to_owned()));
+    assert_eq!(flaky.seen(), 2, "one failed try, one retry");
+    assert_eq!(
+        metric(east_gw.admin, "gns_gateway_retries_total").await,
+        retries + 1,
+        "the retry is counted"
+    );
+    // `attempts` counts the tries after the first: with 1, a 503 that comes
+    // twice reaches the client, after two tries.
+    put_routing(
+        "flaky",
+        json!({"rules": to_west, "retries": {"attempts": 1, "on": ["5xx"]}}),
+    )
+    .await;
+    eventually(
+        "east to stop retrying after one retry",
+        Duration::from_secs(15),
+        async || {
+            flaky.reset(2, 0);
+            match flaky_get().await {
+                (503, body) if body == "unavailable" && flaky.seen() == 2 => Ok(()),
+                other => Err(format!(
+                    "{other:?} after {} upstream requests",
+                    flaky.seen()
+                )),
+            }
+        },
+    )
+    .await;
+
+    // Timeouts: slow's only endpoint (in west) answers after 2 s; with a
+    // 500 ms timeout the client gets a 504 after about 500 ms.
+    slow.reset(0, u64::MAX);
+    put_routing("slow", json!({"rules": to_west, "timeout": "500ms"})).await;
+    let slow_get = async || {
+        let started = Instant::now();
+        let got = get(east_gw.egress, SLOW_HOST, None, Duration::from_millis(1500)).await;
+        (got, started.elapsed())
+    };
+    eventually(
+        "the timeout to cut slow's answer",
+        Duration::from_secs(20),
+        async || match slow_get().await {
+            ((504, _), _) => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    )
+    .await;
+    slow.reset(0, u64::MAX);
+    let ((status, body), took) = slow_get().await;
+    assert_eq!(status, 504, "{body}");
+    assert!(
+        took >= Duration::from_millis(450) && took < Duration::from_millis(1500),
+        "504 after the 500 ms timeout, well before the 2 s answer: {took:?}"
+    );
+    assert_eq!(slow.seen(), 1, "the request reached slow's upstream");
+    // A per-try timeout of 300 ms with one retry: the first (slow) try is
+    // abandoned, the second answers at once.
+    put_routing(
+        "slow",
+        json!({"rules": to_west, "timeout": "1500ms",
+               "retries": {"attempts": 1, "on": ["5xx"], "perTryTimeout": "300ms"}}),
+    )
+    .await;
+    eventually(
+        "a slow try to be abandoned for a fast one",
+        Duration::from_secs(15),
+        async || {
+            slow.reset(0, 1);
+            match slow_get().await {
+                ((200, body), _) if body == "slow" && slow.seen() == 2 => Ok(()),
+                other => Err(format!("{other:?} after {} upstream requests", slow.seen())),
+            }
+        },
+    )
+    .await;
+    slow.reset(0, 1);
+    let retries = metric(east_gw.admin, "gns_gateway_retries_total").await;
+    let ((status, body), took) = slow_get().await;
+    assert_eq!((status, body.as_str()), (200, "slow"));
+    assert_eq!(slow.seen(), 2, "the slow try and the retry");
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_millis(1200),
+        "answered after the 300 ms per-try timeout, not after the 2 s answer: {took:?}"
+    );
+    assert_eq!(
+        metric(east_gw.admin, "gns_gateway_retries_total").await,
+        retries + 1,
+        "the retry after the per-try timeout is counted"
+    );
 
     // The public entry (identity `external`): west has no endpoints now, so a
     // client outside every cluster is sent on to east; an access policy that
@@ -744,6 +1110,45 @@ async fn cross_cluster_requests_over_mtls() {
             "{version} must be refused: {text}"
         );
     }
+
+    // The certificate west's ingress accepted at the start has expired by
+    // now: the same client is refused, and the refusal counted.
+    tokio::time::sleep(
+        (issued_at + CERT_LIFETIME + Duration::from_secs(1))
+            .saturating_duration_since(Instant::now()),
+    )
+    .await;
+    let handshake_failures = "gns_gateway_mtls_handshake_failures_total{reason=\"handshake\"}";
+    let refused_before = metric(west_gw.admin, "gns_gateway_mtls_refused_total").await;
+    let handshake_before = metric(west_gw.admin, handshake_failures).await;
+    let outcome = ingress_get(west_ingress, &bundle_roots, east_chain, east_key_der()).await;
+    assert!(
+        outcome.is_err(),
+        "an expired certificate must get no answer: {outcome:?}"
+    );
+    eventually(
+        "the expired certificate's refusal to be counted",
+        Duration::from_secs(5),
+        async || {
+            let now = metric(west_gw.admin, "gns_gateway_mtls_refused_total").await;
+            let handshake = metric(west_gw.admin, handshake_failures).await;
+            if now > refused_before && handshake > handshake_before {
+                Ok(())
+            } else {
+                Err(format!(
+                    "refused {refused_before} -> {now}, handshake failures {handshake_before} -> {handshake}"
+                ))
+            }
+        },
+    )
+    .await;
+    let west_log = west_gw.process.log_text();
+    assert!(
+        west_log
+            .lines()
+            .any(|l| l.contains("ingress connection refused") && l.contains("certificate expired")),
+        "west refused the certificate for its expiry"
+    );
 
     // The federation dies: the data path keeps serving from the gateways' config.
     fed.kill();
