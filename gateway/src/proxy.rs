@@ -517,14 +517,21 @@ impl Gateway {
                 let outcome = Arc::clone(&gw).ingress_connection(tcp).await;
                 metrics::gauge!("gns_gateway_active_connections", "listener" => "ingress")
                     .decrement(1.0);
-                if let Err(e) = outcome {
-                    metrics::counter!(
-                        "gns_gateway_mtls_handshake_failures_total",
-                        "reason" => refusal_reason(&e)
-                    )
-                    .increment(1);
-                    gw.counters.mtls_refused.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(peer = %peer_addr, error = %e, "ingress connection refused");
+                match outcome.map_err(|e| (refusal_reason(&e), e)) {
+                    Ok(()) => {}
+                    // Accepted and served, then broken: not a refusal.
+                    Err(("http2", e)) => {
+                        tracing::debug!(peer = %peer_addr, error = %e, "ingress connection ended with an error");
+                    }
+                    Err((reason, e)) => {
+                        metrics::counter!(
+                            "gns_gateway_mtls_handshake_failures_total",
+                            "reason" => reason
+                        )
+                        .increment(1);
+                        gw.counters.mtls_refused.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(peer = %peer_addr, error = %e, "ingress connection refused");
+                    }
                 }
             });
         }
