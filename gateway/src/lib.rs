@@ -4,12 +4,13 @@
 //! with it); [`route`] turns a config into route decisions (pure);
 //! [`tls`] makes the mTLS configurations and checks SPIFFE identities;
 //! [`proxy`] is the data path (egress, ingress, peer pool, retries, TCP
-//! passthrough); [`pool`] keeps HTTP/1.1 connections to local endpoints; [`sni`] reads the server name of a TLS ClientHello;
+//! passthrough); [`metrics`] caches per-route metric handles; [`pool`] keeps HTTP/1.1 connections to local endpoints; [`sni`] reads the server name of a TLS ClientHello;
 //! [`follow`] fetches the certificate and follows the config from the
 //! federation, persisting both for static stability.
 
 pub mod config;
 pub mod follow;
+pub mod metrics;
 pub mod pool;
 pub mod proxy;
 pub mod route;

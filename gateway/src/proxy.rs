@@ -919,42 +919,16 @@ fn observe(
     started: std::time::Instant,
     request_bytes: u64,
 ) -> metrics::Counter {
-    let service = format!("{}.{}", route.config.service, route.config.gns);
-    let class = match status.as_u16() {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
+    let entry = if entry == "public" {
+        crate::metrics::EntryLabel::Public
+    } else {
+        crate::metrics::EntryLabel::Egress
     };
-    metrics::counter!(
-        "gns_gateway_requests_total",
-        "entry" => entry,
-        "service" => service.clone(),
-        "cluster" => cluster.to_owned(),
-        "class" => class
-    )
-    .increment(1);
-    metrics::histogram!(
-        "gns_gateway_request_duration_seconds",
-        "entry" => entry,
-        "service" => service.clone(),
-        "cluster" => cluster.to_owned()
-    )
-    .record(started.elapsed().as_secs_f64());
-    metrics::counter!(
-        "gns_gateway_request_bytes_total",
-        "entry" => entry,
-        "service" => service.clone(),
-        "cluster" => cluster.to_owned()
-    )
-    .increment(request_bytes);
-    metrics::counter!(
-        "gns_gateway_response_bytes_total",
-        "entry" => entry,
-        "service" => service,
-        "cluster" => cluster.to_owned()
-    )
+    let handles = route.metrics.handles(entry, cluster, status.as_u16());
+    handles.requests.increment(1);
+    handles.duration.record(started.elapsed().as_secs_f64());
+    handles.request_bytes.increment(request_bytes);
+    handles.response_bytes
 }
 
 /// Counts a response's body bytes: at once when its length is known, else

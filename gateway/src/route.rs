@@ -35,6 +35,8 @@ pub struct Route {
     /// The service as configured.
     pub config: ServiceConfig,
     rules: Vec<CompiledRule>,
+    /// Its metric handles, made on first use (no registry lookup per request).
+    pub metrics: crate::metrics::RouteMetrics,
 }
 
 /// Every service of a config, by host.
@@ -93,6 +95,7 @@ impl RouteTable {
             let route = Arc::new(Route {
                 config: svc.clone(),
                 rules,
+                metrics: crate::metrics::RouteMetrics::new(&svc.service, &svc.gns),
             });
             for tcp in &svc.tcp_ports {
                 by_tcp_port

@@ -1,0 +1,119 @@
+//! Per-route metric handles: the request counter, latency histogram and
+//! body-byte counters of each (entry, destination cluster, status class),
+//! registered on first use and then reused, so the request path does not
+//! format labels or look up the registry.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use metrics::{Counter, Histogram};
+
+/// Where a request entered the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryLabel {
+    /// In-cluster clients.
+    Egress,
+    /// Clients outside every cluster.
+    Public,
+}
+
+impl EntryLabel {
+    fn as_str(self) -> &'static str {
+        match self {
+            EntryLabel::Egress => "egress",
+            EntryLabel::Public => "public",
+        }
+    }
+}
+
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// The handles one request records into.
+#[derive(Clone)]
+pub struct Handles {
+    /// `gns_gateway_requests_total`.
+    pub requests: Counter,
+    /// `gns_gateway_request_duration_seconds`.
+    pub duration: Histogram,
+    /// `gns_gateway_request_bytes_total`.
+    pub request_bytes: Counter,
+    /// `gns_gateway_response_bytes_total`.
+    pub response_bytes: Counter,
+}
+
+type Slots = [Option<Handles>; 2 * CLASSES.len()];
+
+/// The handles of one route, by destination cluster.
+#[derive(Debug)]
+pub struct RouteMetrics {
+    service: Arc<str>,
+    by_cluster: Mutex<HashMap<String, Box<Slots>>>,
+}
+
+impl std::fmt::Debug for Handles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Handles")
+    }
+}
+
+impl RouteMetrics {
+    /// The handles of `service.gns`.
+    pub fn new(service: &str, gns: &str) -> Self {
+        Self {
+            service: Arc::from(format!("{service}.{gns}")),
+            by_cluster: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The handles for a request from `entry` served by `cluster` with `status`.
+    pub fn handles(&self, entry: EntryLabel, cluster: &str, status: u16) -> Handles {
+        let class = usize::from((status / 100).clamp(1, 5)) - 1;
+        let slot = match entry {
+            EntryLabel::Egress => class,
+            EntryLabel::Public => CLASSES.len() + class,
+        };
+        let mut by_cluster = self
+            .by_cluster
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let slots = match by_cluster.get_mut(cluster) {
+            Some(slots) => slots,
+            None => by_cluster.entry(cluster.to_owned()).or_default(),
+        };
+        slots[slot]
+            .get_or_insert_with(|| self.register(entry, cluster, CLASSES[class]))
+            .clone()
+    }
+
+    fn register(&self, entry: EntryLabel, cluster: &str, class: &'static str) -> Handles {
+        let (entry, service, cluster) =
+            (entry.as_str(), self.service.to_string(), cluster.to_owned());
+        Handles {
+            requests: metrics::counter!(
+                "gns_gateway_requests_total",
+                "entry" => entry,
+                "service" => service.clone(),
+                "cluster" => cluster.clone(),
+                "class" => class
+            ),
+            duration: metrics::histogram!(
+                "gns_gateway_request_duration_seconds",
+                "entry" => entry,
+                "service" => service.clone(),
+                "cluster" => cluster.clone()
+            ),
+            request_bytes: metrics::counter!(
+                "gns_gateway_request_bytes_total",
+                "entry" => entry,
+                "service" => service.clone(),
+                "cluster" => cluster.clone()
+            ),
+            response_bytes: metrics::counter!(
+                "gns_gateway_response_bytes_total",
+                "entry" => entry,
+                "service" => service,
+                "cluster" => cluster
+            ),
+        }
+    }
+}
