@@ -5,23 +5,25 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use metrics::{Counter, Histogram};
 
-/// Where a request entered the gateway.
+/// Where a plain-HTTP request entered the gateway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EntryLabel {
-    /// In-cluster clients.
+pub enum Entry {
+    /// From a client in this cluster.
     Egress,
-    /// Clients outside every cluster.
+    /// From a client outside every cluster (identity `external`).
     Public,
 }
 
-impl EntryLabel {
-    fn as_str(self) -> &'static str {
+impl Entry {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
         match self {
-            EntryLabel::Egress => "egress",
-            EntryLabel::Public => "public",
+            Entry::Egress => "egress",
+            Entry::Public => "public",
         }
     }
 }
@@ -29,16 +31,15 @@ impl EntryLabel {
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// The handles one request records into.
-#[derive(Clone)]
-pub struct Handles {
+struct Handles {
     /// `gns_gateway_requests_total`.
-    pub requests: Counter,
+    requests: Counter,
     /// `gns_gateway_request_duration_seconds`.
-    pub duration: Histogram,
+    duration: Histogram,
     /// `gns_gateway_request_bytes_total`.
-    pub request_bytes: Counter,
+    request_bytes: Counter,
     /// `gns_gateway_response_bytes_total`.
-    pub response_bytes: Counter,
+    response_bytes: Counter,
 }
 
 type Slots = [Option<Handles>; 2 * CLASSES.len()];
@@ -65,12 +66,21 @@ impl RouteMetrics {
         }
     }
 
-    /// The handles for a request from `entry` served by `cluster` with `status`.
-    pub fn handles(&self, entry: EntryLabel, cluster: &str, status: u16) -> Handles {
+    /// Records one answered request from `entry` served by `cluster` (count
+    /// by status class, latency, request body bytes); returns the counter of
+    /// its response body bytes.
+    pub fn record(
+        &self,
+        entry: Entry,
+        cluster: &str,
+        status: u16,
+        elapsed: Duration,
+        request_bytes: u64,
+    ) -> Counter {
         let class = usize::from((status / 100).clamp(1, 5)) - 1;
         let slot = match entry {
-            EntryLabel::Egress => class,
-            EntryLabel::Public => CLASSES.len() + class,
+            Entry::Egress => class,
+            Entry::Public => CLASSES.len() + class,
         };
         let mut by_cluster = self
             .by_cluster
@@ -80,12 +90,15 @@ impl RouteMetrics {
             Some(slots) => slots,
             None => by_cluster.entry(cluster.to_owned()).or_default(),
         };
-        slots[slot]
-            .get_or_insert_with(|| self.register(entry, cluster, CLASSES[class]))
-            .clone()
+        let handles =
+            slots[slot].get_or_insert_with(|| self.register(entry, cluster, CLASSES[class]));
+        handles.requests.increment(1);
+        handles.duration.record(elapsed.as_secs_f64());
+        handles.request_bytes.increment(request_bytes);
+        handles.response_bytes.clone()
     }
 
-    fn register(&self, entry: EntryLabel, cluster: &str, class: &'static str) -> Handles {
+    fn register(&self, entry: Entry, cluster: &str, class: &'static str) -> Handles {
         let (entry, service, cluster) =
             (entry.as_str(), self.service.to_string(), cluster.to_owned());
         Handles {

@@ -27,6 +27,7 @@ use std::sync::Mutex;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::config::GatewayConfig;
+use crate::metrics::Entry;
 use crate::route::{Route, RouteTable};
 use crate::tls::{TlsIdentity, peer_cluster, peer_config};
 
@@ -188,15 +189,6 @@ impl std::fmt::Debug for Gateway {
             .field("cluster", &self.cluster)
             .finish_non_exhaustive()
     }
-}
-
-/// Where a plain-HTTP request came in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Entry {
-    /// From a client in this cluster.
-    Egress,
-    /// From a client outside every cluster (identity `external`).
-    Public,
 }
 
 /// Why a try failed.
@@ -481,10 +473,7 @@ impl Gateway {
             let _ = tcp.set_nodelay(true);
             let gw = Arc::clone(&self);
             tokio::spawn(async move {
-                let listener = match entry {
-                    Entry::Egress => "egress",
-                    Entry::Public => "public",
-                };
+                let listener = entry.as_str();
                 let svc = service_fn(move |req| {
                     let gw = Arc::clone(&gw);
                     // Boxed: an idle connection then holds a pointer, not the
@@ -619,16 +608,11 @@ impl Gateway {
                     plan.first().cloned().unwrap_or_default(),
                 ),
             };
-        let entry = match entry {
-            Entry::Egress => "egress",
-            Entry::Public => "public",
-        };
-        let response_bytes = observe(
+        let response_bytes = route.metrics.record(
             entry,
-            &route,
             &cluster,
-            resp.status(),
-            started,
+            resp.status().as_u16(),
+            started.elapsed(),
             request_bytes,
         );
         count_response(resp, response_bytes)
@@ -906,29 +890,6 @@ impl Gateway {
         }
         Ok(sender)
     }
-}
-
-/// Records one answered request by entry, service and the cluster that
-/// served it (count, status class, latency, request body bytes); returns the
-/// counter of its response body bytes.
-fn observe(
-    entry: &'static str,
-    route: &Route,
-    cluster: &str,
-    status: StatusCode,
-    started: std::time::Instant,
-    request_bytes: u64,
-) -> metrics::Counter {
-    let entry = if entry == "public" {
-        crate::metrics::EntryLabel::Public
-    } else {
-        crate::metrics::EntryLabel::Egress
-    };
-    let handles = route.metrics.handles(entry, cluster, status.as_u16());
-    handles.requests.increment(1);
-    handles.duration.record(started.elapsed().as_secs_f64());
-    handles.request_bytes.increment(request_bytes);
-    handles.response_bytes
 }
 
 /// Counts a response's body bytes: at once when its length is known, else

@@ -70,11 +70,7 @@ pub async fn sign_workload(
     Extension(principal): Extension<Principal>,
     body: JsonObject,
 ) -> Result<Json<Value>, ApiError> {
-    let identity = identity(identity_ext)?;
-    identity
-        .refresh(state.store.as_ref())
-        .await
-        .map_err(identity_error)?;
+    let identity = current_identity(identity_ext, &state).await?;
     let request: WorkloadSignRequest = body.into_typed()?;
     let max = identity.gateway_lifetime();
     let lifetime = request.ttl.map_or(max, DurationSpec::get);
@@ -187,6 +183,19 @@ fn identity(ext: Option<Extension<Arc<Identity>>>) -> Result<Arc<Identity>, ApiE
         .ok_or_else(|| ApiError::NotReady("this federation has no certificate authority".into()))
 }
 
+/// The CA, as the store has it now (another replica may have rotated it).
+async fn current_identity(
+    ext: Option<Extension<Arc<Identity>>>,
+    state: &AppState,
+) -> Result<Arc<Identity>, ApiError> {
+    let identity = identity(ext)?;
+    identity
+        .refresh(state.store.as_ref())
+        .await
+        .map_err(identity_error)?;
+    Ok(identity)
+}
+
 /// `POST /v1/clusters/{name}/join-tokens`: a one-time token, shown once.
 pub async fn create_join_token(
     State(state): State<AppState>,
@@ -221,11 +230,7 @@ pub async fn sign(
     identity_ext: Option<Extension<Arc<Identity>>>,
     body: JsonObject,
 ) -> Result<Json<Value>, ApiError> {
-    let identity = identity(identity_ext)?;
-    identity
-        .refresh(state.store.as_ref())
-        .await
-        .map_err(identity_error)?;
+    let identity = current_identity(identity_ext, &state).await?;
     let request: SignRequest = body.into_typed()?;
     let lifetime = identity.gateway_lifetime();
     let join_token = match (request.join_token, request.certificate) {
@@ -307,10 +312,6 @@ pub async fn trust_bundle(
     State(state): State<AppState>,
     identity_ext: Option<Extension<Arc<Identity>>>,
 ) -> Result<Json<Value>, ApiError> {
-    let identity = identity(identity_ext)?;
-    identity
-        .refresh(state.store.as_ref())
-        .await
-        .map_err(identity_error)?;
+    let identity = current_identity(identity_ext, &state).await?;
     Ok(Json(bundle_body(&identity)))
 }
