@@ -127,8 +127,9 @@ fn describe(error: &watcher::Error) -> String {
     describe_client_error(inner)
 }
 
-/// What a client error means, in words.
-fn describe_client_error(inner: &kube::Error) -> String {
+/// What a client error means, in words (bad credentials, forbidden, TLS
+/// failure, unreachable).
+pub(crate) fn describe_client_error(inner: &kube::Error) -> String {
     match inner {
         kube::Error::Api(status) if status.code == 401 => {
             "bad credentials: the API server answered 401 Unauthorized".into()

@@ -70,21 +70,18 @@ impl RolloutError {
 }
 
 fn kube_error(object: &str, e: kube::Error) -> RolloutError {
-    match e {
+    match &e {
         kube::Error::Api(status) if status.code == 409 => {
             RolloutError::Conflict(format!("{object}: {}", status.message))
         }
         kube::Error::Api(status) if status.code == 403 => {
             RolloutError::Forbidden(format!("{object}: {}", status.message))
         }
-        kube::Error::Api(status) if status.code == 401 => {
-            RolloutError::Kube("bad credentials: the API server answered 401 Unauthorized".into())
-        }
-        kube::Error::Api(status) => RolloutError::Kube(format!(
-            "{object}: API error {}: {}",
-            status.code, status.message
+        // The same words as the cluster's discovery status.
+        _ => RolloutError::Kube(format!(
+            "{object}: {}",
+            crate::discovery::cluster::describe_client_error(&e)
         )),
-        other => RolloutError::Kube(format!("{object}: {other}")),
     }
 }
 
