@@ -375,28 +375,9 @@ async fn cluster_add_joins_with_a_service_account_and_rotates_its_token() {
     assert!(cluster["kubernetes"].get("token").is_none());
 
     // The federation syncs the member as the service account.
-    let (status, body) = api(
-        reqwest::Method::POST,
-        &format!("{base}/v1/global-namespaces"),
-        Some(
-            json!({"name": "production", "domain": "production.app.acme.com",
-            "members": [{"cluster": "east", "namespace": "shop"}]}),
-        ),
-    )
-    .await;
-    assert_eq!(status, 201, "{body}");
+    join_and_sync(&base, "east").await;
     let web = format!("{base}/v1/global-namespaces/production/services/web");
-    eventually("east's ready endpoint in the catalog", async || {
-        let service = get_json(&web).await?;
-        (ready_addresses(&service, "east") == ["10.1.0.5"]).then_some(())
-    })
-    .await;
     let cluster_url = format!("{base}/v1/clusters/east");
-    eventually("cluster east Connected", async || {
-        let cluster = get_json(&cluster_url).await?;
-        (cluster.pointer("/status/phase")? == "Connected").then_some(())
-    })
-    .await;
     let requests = kube.requests();
     let reads: Vec<_> = requests
         .iter()
@@ -636,28 +617,8 @@ async fn cluster_add_with_a_client_certificate_user() {
     }
 
     // The federation syncs the member as the service account.
-    let (status, body) = api(
-        reqwest::Method::POST,
-        &format!("{base}/v1/global-namespaces"),
-        Some(
-            json!({"name": "production", "domain": "production.app.acme.com",
-            "members": [{"cluster": "west", "namespace": "shop"}]}),
-        ),
-    )
-    .await;
-    assert_eq!(status, 201, "{body}");
-    let web = format!("{base}/v1/global-namespaces/production/services/web");
-    eventually("west's ready endpoint in the catalog", async || {
-        let service = get_json(&web).await?;
-        (ready_addresses(&service, "west") == ["10.1.0.5"]).then_some(())
-    })
-    .await;
+    join_and_sync(&base, "west").await;
     let cluster_url = format!("{base}/v1/clusters/west");
-    eventually("cluster west Connected", async || {
-        let cluster = get_json(&cluster_url).await?;
-        (cluster.pointer("/status/phase")? == "Connected").then_some(())
-    })
-    .await;
     let reads: Vec<_> = kube
         .requests()
         .into_iter()
@@ -695,4 +656,34 @@ async fn cluster_add_with_a_client_certificate_user() {
         key_body.as_bytes()
     ));
     assert!(federation.running());
+}
+
+/// Puts `cluster`'s namespace `shop` into a new global namespace and waits
+/// until its ready endpoint is in the catalog and the cluster is Connected.
+async fn join_and_sync(base: &str, cluster: &str) {
+    let (status, body) = api(
+        reqwest::Method::POST,
+        &format!("{base}/v1/global-namespaces"),
+        Some(
+            json!({"name": "production", "domain": "production.app.acme.com",
+            "members": [{"cluster": cluster, "namespace": "shop"}]}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let web = format!("{base}/v1/global-namespaces/production/services/web");
+    eventually(
+        &format!("{cluster}'s ready endpoint in the catalog"),
+        async || {
+            let service = get_json(&web).await?;
+            (ready_addresses(&service, cluster) == ["10.1.0.5"]).then_some(())
+        },
+    )
+    .await;
+    let cluster_url = format!("{base}/v1/clusters/{cluster}");
+    eventually(&format!("cluster {cluster} Connected"), async || {
+        let status = get_json(&cluster_url).await?;
+        (status.pointer("/status/phase")? == "Connected").then_some(())
+    })
+    .await;
 }
