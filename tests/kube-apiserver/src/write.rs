@@ -266,6 +266,14 @@ fn cluster_ip(service: &Value) -> String {
     format!("10.96.{}.{}", (hash >> 8) & 0xff, (hash & 0xfe).max(2))
 }
 
+/// What an update or non-apply patch of an existing object adds: the
+/// server's fields and defaults, and `Update` ownership of what changed.
+fn update_existing(w: &Write<'_>, name: &str, live: &Value, new: &mut Value, part: Part) {
+    let rt = w.rt();
+    prepare(rt, name, Some(live), new, part);
+    managed::update(Some(live), new, w.manager(), rt.api_version, part, &now());
+}
+
 /// The object a status write makes: the stored object with `status` taken
 /// from `new`.
 fn status_only(live: &Value, new: &Value) -> Value {
@@ -366,15 +374,7 @@ pub(crate) fn update(w: &Write<'_>) -> Outcome {
                 Part::Main => body,
                 Part::Status => status_only(live, &body),
             };
-            prepare(rt, &name, Some(live), &mut new, part);
-            managed::update(
-                Some(live),
-                &mut new,
-                w.manager(),
-                rt.api_version,
-                part,
-                &now(),
-            );
+            update_existing(w, &name, live, &mut new, part);
             Ok(new)
         })
         .map_err(|e| w.write_error(&name, e))?;
@@ -444,15 +444,7 @@ fn patch_with(
                     "the name of the object may not be changed by a patch",
                 )));
             }
-            prepare(rt, &name, Some(live), &mut new, part);
-            managed::update(
-                Some(live),
-                &mut new,
-                w.manager(),
-                rt.api_version,
-                part,
-                &now(),
-            );
+            update_existing(w, &name, live, &mut new, part);
             Ok(new)
         })
         .map_err(|e| w.write_error(&name, e))?;
