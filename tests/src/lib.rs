@@ -170,3 +170,16 @@ pub fn addresses(m: &Message) -> Vec<String> {
     v.sort();
     v
 }
+
+/// An unlabelled counter or gauge of a gns-gateway's `/metrics` at `admin` (0 when absent).
+pub async fn gateway_metric(admin: SocketAddr, name: &str) -> u64 {
+    let text = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .expect("gateway metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} "))?.trim().parse().ok())
+        .unwrap_or(0)
+}

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use gns_tests::{Proc, binary, free_port};
+use gns_tests::{Proc, binary, free_port, gateway_metric as metric};
 use http_body_util::BodyExt;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -251,18 +251,6 @@ async fn eventually(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("{what} did not happen within {timeout:?}; last: {last}");
-}
-
-async fn metric(admin: SocketAddr, name: &str) -> u64 {
-    let text = reqwest::get(format!("http://{admin}/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} "))?.trim().parse().ok())
-        .unwrap_or(0)
 }
 
 /// A GET for `web` sent straight to a peer ingress over mutual TLS, as

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use gns_tests::{Proc, binary, free_port};
+use gns_tests::{Proc, binary, free_port, gateway_metric as metric};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube_apiserver_test::{Grant, TestApiServer, TestApiServerOptions, endpoint_slice, service};
@@ -62,18 +62,6 @@ async fn call(method: reqwest::Method, url: &str, body: Option<Value>) -> (u16, 
     let resp = req.send().await.expect("federation request");
     let status = resp.status().as_u16();
     (status, resp.json().await.unwrap_or(Value::Null))
-}
-
-async fn metric(admin: SocketAddr, name: &str) -> u64 {
-    let text = reqwest::get(format!("http://{admin}/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} "))?.trim().parse().ok())
-        .unwrap_or(0)
 }
 
 async fn until(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) {
