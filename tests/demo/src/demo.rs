@@ -27,6 +27,8 @@ use crate::upstream;
 
 /// The token the simulated clusters accept from the federation.
 const MEMBER_TOKEN: &str = "demo-federation-sa-token";
+/// How often the VM workload's heartbeat is sent.
+const HEARTBEAT: Duration = Duration::from_secs(10);
 
 /// Settings of `gns-demo up`.
 #[derive(Debug, Clone)]
@@ -140,6 +142,9 @@ pub async fn up(options: Options) -> anyhow::Result<()> {
         .context("write the control address")?;
     print_guide(&options, &token_file, elapsed, &first);
 
+    // A fixed schedule: control requests in between don't postpone heartbeats.
+    let mut heartbeats =
+        tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
@@ -153,7 +158,7 @@ pub async fn up(options: Options) -> anyhow::Result<()> {
                     let _ = reply.send(heal(&api, &options, &mut members, &name).await);
                 }
             },
-            _ = heartbeat(&api) => {}
+            _ = heartbeats.tick() => heartbeat(&api).await,
         }
         if let Some(status) = federation.exited() {
             eprintln!(
@@ -190,9 +195,8 @@ async fn terminate() {
     }
 }
 
-/// Keeps the VM workload alive: a heartbeat every 10 s (its TTL is 30 s).
+/// Keeps the VM workload alive (sent every [`HEARTBEAT`]; its TTL is 30 s).
 async fn heartbeat(api: &Api) {
-    tokio::time::sleep(Duration::from_secs(10)).await;
     let path = format!(
         "/v1/global-namespaces/{}/external-workloads/db-vm-1/heartbeat",
         topology::GNS
