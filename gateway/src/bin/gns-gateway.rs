@@ -12,6 +12,9 @@ use gns_gateway::follow::Follower;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+/// How often histogram samples are folded into their buckets.
+const METRICS_UPKEEP: std::time::Duration = std::time::Duration::from_secs(5);
+
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -89,6 +92,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .context("metric buckets")?
         .install_recorder()
         .context("metrics recorder")?;
+    // Histogram samples are kept until upkeep folds them into buckets; without
+    // it they pile up between scrapes (or forever when nobody scrapes).
+    let upkeep = prometheus.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(METRICS_UPKEEP);
+        loop {
+            every.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
     let gateway = Gateway::new(&args.cluster);
     let follower = Follower::new(&args.federation, &args.cluster, &args.state_dir)?
         .with_bundle_refresh(args.trust_bundle_refresh);
