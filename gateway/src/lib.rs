@@ -11,6 +11,7 @@
 pub mod config;
 pub mod follow;
 pub mod metrics;
+pub mod peer;
 pub mod pool;
 pub mod proxy;
 pub mod route;

@@ -35,6 +35,10 @@ use crate::tls::{TlsIdentity, peer_cluster, peer_config};
 pub const MAX_BODY: usize = 8 * 1024 * 1024;
 /// Connecting to a peer gateway or an endpoint gives up after this.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Requests a peer gateway may have in flight on one connection.
+const MAX_PEER_STREAMS: u32 = 1024;
+/// Copy buffer of each direction of a passed-through TCP connection.
+const TCP_BUFFER: usize = 64 * 1024;
 /// Overall request timeout when the route sets none.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -174,7 +178,7 @@ pub struct Gateway {
     config: ArcSwapOption<GatewayConfig>,
     identity: ArcSwapOption<TlsIdentity>,
     ingress_tls: ArcSwapOption<rustls::ServerConfig>,
-    peers: Mutex<HashMap<String, hyper::client::conn::http2::SendRequest<Body>>>,
+    peers: crate::peer::PeerPool,
     local: crate::pool::LocalPool,
     outliers: Outliers,
     /// TCP ports the egress must listen on, from the config.
@@ -208,7 +212,7 @@ impl Gateway {
             config: ArcSwapOption::empty(),
             identity: ArcSwapOption::empty(),
             ingress_tls: ArcSwapOption::empty(),
-            peers: Mutex::new(HashMap::new()),
+            peers: crate::peer::PeerPool::default(),
             local: crate::pool::LocalPool::new(CONNECT_TIMEOUT),
             outliers: Outliers::default(),
             tcp_ports: tokio::sync::watch::Sender::new(std::collections::BTreeSet::new()),
@@ -247,9 +251,7 @@ impl Gateway {
         self.identity.store(Some(Arc::new(identity)));
         // New peer connections present the new certificate; requests in
         // flight finish on the connections they hold.
-        if let Ok(mut peers) = self.peers.lock() {
-            peers.clear();
-        }
+        self.peers.clear();
         Ok(())
     }
 
@@ -347,8 +349,13 @@ impl Gateway {
             if *cluster == self.cluster {
                 match self.connect_local_tcp(&route, port).await {
                     Ok(mut upstream) => {
-                        let copied =
-                            tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                        let copied = tokio::io::copy_bidirectional_with_sizes(
+                            &mut client,
+                            &mut upstream,
+                            TCP_BUFFER,
+                            TCP_BUFFER,
+                        )
+                        .await;
                         count_tcp(&route, cluster, copied);
                         return Ok(());
                     }
@@ -356,29 +363,18 @@ impl Gateway {
                 }
                 continue;
             }
-            let Ok(mut sender) = self.peer_sender(cluster).await else {
+            let Ok(connection) = self.peer_connection(cluster).await else {
                 continue;
             };
-            let Ok(request) = Request::builder()
-                .method(http::Method::CONNECT)
-                .uri(host.as_str())
-                .body(full(Bytes::new()))
-            else {
-                continue;
-            };
-            if sender.ready().await.is_err() {
-                continue;
-            }
-            let Ok(response) = sender.send_request(request).await else {
-                continue;
-            };
-            if !response.status().is_success() {
-                continue;
-            }
-            match hyper::upgrade::on(response).await {
-                Ok(upgraded) => {
-                    let mut tunnel = TokioIo::new(upgraded);
-                    let copied = tokio::io::copy_bidirectional(&mut client, &mut tunnel).await;
+            match connection.tunnel(&host).await {
+                Ok(mut tunnel) => {
+                    let copied = tokio::io::copy_bidirectional_with_sizes(
+                        &mut client,
+                        &mut tunnel,
+                        TCP_BUFFER,
+                        TCP_BUFFER,
+                    )
+                    .await;
                     count_tcp(&route, cluster, copied);
                     return Ok(());
                 }
@@ -457,7 +453,13 @@ impl Gateway {
             match hyper::upgrade::on(req).await {
                 Ok(upgraded) => {
                     let mut tunnel = TokioIo::new(upgraded);
-                    let _ = tokio::io::copy_bidirectional(&mut tunnel, &mut upstream).await;
+                    let _ = tokio::io::copy_bidirectional_with_sizes(
+                        &mut tunnel,
+                        &mut upstream,
+                        TCP_BUFFER,
+                        TCP_BUFFER,
+                    )
+                    .await;
                 }
                 Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
             }
@@ -553,6 +555,10 @@ impl Gateway {
             async move { Ok::<_, Infallible>(Box::pin(gw.ingress(req, &peer)).await) }
         });
         hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .initial_stream_window_size(crate::peer::STREAM_WINDOW)
+            .initial_connection_window_size(crate::peer::CONNECTION_WINDOW)
+            .max_frame_size(crate::peer::MAX_FRAME)
+            .max_concurrent_streams(MAX_PEER_STREAMS)
             .serve_connection(TokioIo::new(tls), svc)
             .await
             .map_err(|e| format!("http2: {e}"))
@@ -643,7 +649,7 @@ impl Gateway {
                     self.send_local(route, clone_parts(parts), body.clone())
                         .await
                 } else {
-                    self.send_peer(cluster, rebuild(parts, body.clone())).await
+                    self.send_peer(cluster, parts, body.clone()).await
                 }
             };
             let outcome = match per_try {
@@ -802,56 +808,57 @@ impl Gateway {
         Err(last)
     }
 
+    /// One try at `peer`: the request goes out on the pooled connection; if
+    /// that connection turns out to be gone before anything was sent, once
+    /// more on a new one.
     async fn send_peer(
         &self,
         peer: &str,
-        mut request: Request<Body>,
+        parts: &http::request::Parts,
+        body: Bytes,
     ) -> Result<Response<Body>, TryError> {
         self.counters.peer_tries.fetch_add(1, Ordering::Relaxed);
-        let mut sender = self.peer_sender(peer).await?;
-        let host = request
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or("unknown")
-            .to_owned();
-        let path = request
-            .uri()
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_owned();
-        *request.uri_mut() = Uri::try_from(format!("https://{host}{path}"))
-            .map_err(|e| TryError::Connect(e.to_string()))?;
-        *request.version_mut() = http::Version::HTTP_2;
-        request.headers_mut().remove(header::HOST);
-        request.headers_mut().remove(header::CONNECTION);
-        sender
-            .ready()
-            .await
-            .map_err(|e| TryError::Connect(format!("{peer}: {e}")))?;
-        match sender.send_request(request).await {
-            Ok(resp) => Ok(resp.map(|b| b.map_err(BoxError::from).boxed())),
-            Err(e) => {
-                if let Ok(mut peers) = self.peers.lock() {
-                    peers.remove(peer);
-                }
-                Err(TryError::Failed(format!("{peer}: {e}")))
+        let pooled = self.peers.get(peer);
+        let fresh = pooled.is_none();
+        let connection = match pooled {
+            Some(c) => c,
+            None => self.connect_peer(peer).await?,
+        };
+        match connection.send(peer_head(parts)?, body.clone()).await {
+            Ok(resp) => Ok(resp),
+            Err(crate::peer::PeerError::NotSent(e)) if fresh => {
+                self.peers.remove(peer);
+                Err(TryError::Connect(format!("{peer}: {e}")))
             }
+            Err(crate::peer::PeerError::NotSent(_)) => {
+                self.peers.remove(peer);
+                let connection = self.connect_peer(peer).await?;
+                connection
+                    .send(peer_head(parts)?, body)
+                    .await
+                    .map_err(|e| match e {
+                        crate::peer::PeerError::NotSent(e) => {
+                            TryError::Connect(format!("{peer}: {e}"))
+                        }
+                        crate::peer::PeerError::Failed(e) => {
+                            TryError::Failed(format!("{peer}: {e}"))
+                        }
+                    })
+            }
+            Err(crate::peer::PeerError::Failed(e)) => Err(TryError::Failed(format!("{peer}: {e}"))),
         }
     }
 
-    /// The pooled HTTP/2 connection to `peer`, made when missing or closed.
-    async fn peer_sender(
-        &self,
-        peer: &str,
-    ) -> Result<hyper::client::conn::http2::SendRequest<Body>, TryError> {
-        // Fast path: the pooled connection (the lock is never held across an await).
-        if let Ok(peers) = self.peers.lock()
-            && let Some(sender) = peers.get(peer)
-            && !sender.is_closed()
-        {
-            return Ok(sender.clone());
+    /// The pooled connection to `peer`, made when missing or closed.
+    async fn peer_connection(&self, peer: &str) -> Result<crate::peer::PeerConnection, TryError> {
+        match self.peers.get(peer) {
+            Some(connection) => Ok(connection),
+            None => self.connect_peer(peer).await,
         }
+    }
+
+    /// A new connection to `peer`, pooled for the requests after this one.
+    async fn connect_peer(&self, peer: &str) -> Result<crate::peer::PeerConnection, TryError> {
         let identity = self
             .identity
             .load_full()
@@ -862,34 +869,41 @@ impl Gateway {
             .as_ref()
             .and_then(|c| c.gateways.get(peer).map(|g| g.ingress_address))
             .ok_or_else(|| TryError::Connect(format!("no gateway known for {peer}")))?;
-        let client = peer_config(&identity, peer).map_err(|e| TryError::Connect(e.to_string()))?;
-        let connect = async {
-            let tcp = TcpStream::connect(address)
-                .await
-                .map_err(|e| format!("connect {address}: {e}"))?;
-            let _ = tcp.set_nodelay(true);
-            let name = rustls::pki_types::ServerName::try_from("gns-gateway")
-                .map_err(|e| e.to_string())?;
-            let tls = tokio_rustls::TlsConnector::from(Arc::new(client))
-                .connect(name, tcp)
-                .await
-                .map_err(|e| format!("mTLS with {peer}: {e}"))?;
-            let (sender, conn) =
-                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-                    .await
-                    .map_err(|e| format!("http2 with {peer}: {e}"))?;
-            tokio::spawn(conn);
-            Ok::<_, String>(sender)
-        };
-        let sender = tokio::time::timeout(CONNECT_TIMEOUT, connect)
-            .await
-            .map_err(|_| TryError::Connect(format!("{peer}: connect timed out")))?
-            .map_err(TryError::Connect)?;
-        if let Ok(mut peers) = self.peers.lock() {
-            peers.insert(peer.to_owned(), sender.clone());
-        }
-        Ok(sender)
+        let tls = peer_config(&identity, peer).map_err(|e| TryError::Connect(e.to_string()))?;
+        let connection = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            crate::peer::PeerConnection::connect(address, Arc::new(tls), peer),
+        )
+        .await
+        .map_err(|_| TryError::Connect(format!("{peer}: connect timed out")))?
+        .map_err(TryError::Connect)?;
+        self.peers.put(peer, connection.clone());
+        Ok(connection)
     }
+}
+
+/// The head of a request to a peer gateway: the client's method, headers
+/// and path, with its host as the HTTP/2 authority.
+fn peer_head(parts: &http::request::Parts) -> Result<Request<()>, TryError> {
+    let host = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| parts.uri.authority().map(|a| a.as_str()))
+        .unwrap_or("unknown");
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let uri = Uri::builder()
+        .scheme("https")
+        .authority(host)
+        .path_and_query(path)
+        .build()
+        .map_err(|e| TryError::Connect(format!("bad request target: {e}")))?;
+    let mut head = Request::new(());
+    *head.method_mut() = parts.method.clone();
+    *head.uri_mut() = uri;
+    *head.version_mut() = http::Version::HTTP_2;
+    *head.headers_mut() = parts.headers.clone();
+    Ok(head)
 }
 
 /// Counts a response's body bytes: at once when its length is known, else

@@ -1,0 +1,382 @@
+//! Connections to peer gateways: mutual TLS 1.3 carrying HTTP/2, driven with
+//! the `h2` crate directly. A request is queued on the shared connection
+//! state and written by the connection's one driver task, with no task or
+//! channel hop of its own; the response body is the HTTP/2 stream itself.
+//! One connection per peer is pooled and multiplexed; a CONNECT stream on it
+//! becomes a byte tunnel for TCP passthrough ([`Tunnel`]).
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes};
+use http::{HeaderMap, Request, Response, header};
+use http_body_util::BodyExt;
+use hyper::body::{Body as HttpBody, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::proxy::{Body, BoxError};
+
+/// HTTP/2 window of one stream (what a peer may send before we read it).
+pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+/// HTTP/2 window of a whole connection.
+pub const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+/// Largest HTTP/2 frame we accept (fewer frames for bulk tunnel data).
+pub const MAX_FRAME: u32 = 256 * 1024;
+
+/// Why a request to a peer failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    /// Nothing was sent: the connection could not be made or was gone.
+    #[error("{0}")]
+    NotSent(String),
+    /// The request was sent (or partly sent) and then failed.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// One multiplexed connection to a peer gateway.
+#[derive(Clone)]
+pub struct PeerConnection {
+    sender: h2::client::SendRequest<Bytes>,
+    closed: Arc<AtomicBool>,
+}
+
+impl PeerConnection {
+    /// Makes a connection: TCP to `address`, the mTLS handshake with
+    /// `tls` (which checks the peer's identity), then HTTP/2.
+    pub async fn connect(
+        address: SocketAddr,
+        tls: Arc<rustls::ClientConfig>,
+        peer: &str,
+    ) -> Result<Self, String> {
+        let tcp = TcpStream::connect(address)
+            .await
+            .map_err(|e| format!("connect {address}: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        let name =
+            rustls::pki_types::ServerName::try_from("gns-gateway").map_err(|e| e.to_string())?;
+        let tls = tokio_rustls::TlsConnector::from(tls)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("mTLS with {peer}: {e}"))?;
+        let (sender, connection) = h2::client::Builder::new()
+            .initial_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_frame_size(MAX_FRAME)
+            .enable_push(false)
+            .handshake::<_, Bytes>(tls)
+            .await
+            .map_err(|e| format!("http2 with {peer}: {e}"))?;
+        let closed = Arc::new(AtomicBool::new(false));
+        let driver_closed = Arc::clone(&closed);
+        let peer = peer.to_owned();
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(peer, error = %e, "peer connection ended");
+            }
+            driver_closed.store(true, Ordering::Relaxed);
+        });
+        Ok(Self { sender, closed })
+    }
+
+    /// False once the connection has ended.
+    pub fn is_open(&self) -> bool {
+        !self.closed.load(Ordering::Relaxed)
+    }
+
+    /// Opens a stream for `head` (whose hop-by-hop headers are dropped here).
+    async fn open(
+        &self,
+        mut head: Request<()>,
+        end_of_stream: bool,
+    ) -> Result<(h2::client::ResponseFuture, h2::SendStream<Bytes>), PeerError> {
+        strip_hop_by_hop(head.headers_mut());
+        let mut sender = self
+            .sender
+            .clone()
+            .ready()
+            .await
+            .map_err(|e| PeerError::NotSent(e.to_string()))?;
+        sender
+            .send_request(head, end_of_stream)
+            .map_err(|e| PeerError::NotSent(e.to_string()))
+    }
+
+    /// Sends a request with a buffered body; the response streams back.
+    pub async fn send(&self, head: Request<()>, body: Bytes) -> Result<Response<Body>, PeerError> {
+        let (response, mut stream) = self.open(head, body.is_empty()).await?;
+        if !body.is_empty() {
+            // Buffered by h2 and sent as the peer's window allows; the body is
+            // bounded by the gateway's request body limit.
+            stream
+                .send_data(body, true)
+                .map_err(|e| PeerError::Failed(e.to_string()))?;
+        }
+        let response = response
+            .await
+            .map_err(|e| PeerError::Failed(e.to_string()))?;
+        Ok(response.map(|recv| StreamBody::new(recv).boxed()))
+    }
+
+    /// Opens a CONNECT tunnel to `authority` (`host:port`); the peer answers
+    /// 2xx once it has connected the far end.
+    pub async fn tunnel(&self, authority: &str) -> Result<Tunnel, PeerError> {
+        let head = Request::builder()
+            .method(http::Method::CONNECT)
+            .uri(authority)
+            .body(())
+            .map_err(|e| PeerError::NotSent(e.to_string()))?;
+        let (response, send) = self.open(head, false).await?;
+        let response = response
+            .await
+            .map_err(|e| PeerError::Failed(e.to_string()))?;
+        if !response.status().is_success() {
+            return Err(PeerError::Failed(format!(
+                "CONNECT {authority}: {}",
+                response.status()
+            )));
+        }
+        Ok(Tunnel {
+            send,
+            recv: response.into_body(),
+            pending: Bytes::new(),
+        })
+    }
+}
+
+/// The pooled connection of each peer.
+#[derive(Default)]
+pub struct PeerPool {
+    connections: Mutex<HashMap<String, PeerConnection>>,
+}
+
+impl PeerPool {
+    /// The open pooled connection to `peer`, if there is one.
+    pub fn get(&self, peer: &str) -> Option<PeerConnection> {
+        let connections = self
+            .connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        connections.get(peer).filter(|c| c.is_open()).cloned()
+    }
+
+    /// Pools `connection` for `peer` (replacing an older one).
+    pub fn put(&self, peer: &str, connection: PeerConnection) {
+        self.connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(peer.to_owned(), connection);
+    }
+
+    /// Forgets `peer`'s connection (after it failed).
+    pub fn remove(&self, peer: &str) {
+        self.connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(peer);
+    }
+
+    /// Forgets every connection (a new certificate: new connections present it).
+    pub fn clear(&self) {
+        self.connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+}
+
+/// Drops the headers HTTP/2 forbids (RFC 9113 §8.2.2): `Connection` and the
+/// headers it names, `Keep-Alive`, `Proxy-Connection`, `Transfer-Encoding`,
+/// `Upgrade`, `Host` (carried as the authority) and `TE` other than `trailers`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if let Some(named) = headers.remove(header::CONNECTION)
+        && let Ok(named) = named.to_str()
+    {
+        for name in named.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            headers.remove(name);
+        }
+    }
+    for name in [
+        "keep-alive",
+        "proxy-connection",
+        header::TRANSFER_ENCODING.as_str(),
+        header::UPGRADE.as_str(),
+        header::HOST.as_str(),
+    ] {
+        headers.remove(name);
+    }
+    if headers
+        .get(header::TE)
+        .is_some_and(|te| !te.as_bytes().eq_ignore_ascii_case(b"trailers"))
+    {
+        headers.remove(header::TE);
+    }
+}
+
+/// An HTTP/2 response stream as a body: data frames then trailers, with the
+/// flow-control window given back as data is taken.
+struct StreamBody {
+    recv: h2::RecvStream,
+    data_done: bool,
+}
+
+impl StreamBody {
+    fn new(recv: h2::RecvStream) -> Self {
+        Self {
+            recv,
+            data_done: false,
+        }
+    }
+}
+
+impl HttpBody for StreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if !self.data_done {
+            match ready!(self.recv.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    let _ = self.recv.flow_control().release_capacity(data.len());
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
+                None => self.data_done = true,
+            }
+        }
+        match ready!(self.recv.poll_trailers(cx)) {
+            Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
+            Ok(None) => Poll::Ready(None),
+            Err(e) => Poll::Ready(Some(Err(e.into()))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.recv.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        if self.recv.is_end_stream() {
+            SizeHint::with_exact(0)
+        } else {
+            SizeHint::default()
+        }
+    }
+}
+
+/// A CONNECT stream on a peer connection, read and written as bytes.
+pub struct Tunnel {
+    send: h2::SendStream<Bytes>,
+    recv: h2::RecvStream,
+    /// Received data not yet read.
+    pending: Bytes,
+}
+
+fn broken(e: h2::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::BrokenPipe, e)
+}
+
+impl AsyncRead for Tunnel {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        while self.pending.is_empty() {
+            match ready!(self.recv.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    let _ = self.recv.flow_control().release_capacity(data.len());
+                    self.pending = data;
+                }
+                Some(Err(e)) if e.is_reset() && e.reason() == Some(h2::Reason::NO_ERROR) => {
+                    return Poll::Ready(Ok(()));
+                }
+                Some(Err(e)) => return Poll::Ready(Err(broken(e))),
+                // The far end closed its side: EOF.
+                None => return Poll::Ready(Ok(())),
+            }
+        }
+        let n = self.pending.len().min(buf.remaining());
+        buf.put_slice(&self.pending[..n]);
+        self.pending.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Tunnel {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        self.send.reserve_capacity(buf.len());
+        let granted = match ready!(self.send.poll_capacity(cx)) {
+            Some(Ok(n)) => n,
+            Some(Err(e)) => return Poll::Ready(Err(broken(e))),
+            None => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+        };
+        let n = granted.min(buf.len());
+        self.send
+            .send_data(Bytes::copy_from_slice(&buf[..n]), false)
+            .map_err(broken)?;
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Data is handed to the connection at once; its driver writes it.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // End of our half: an empty DATA frame with END_STREAM.
+        let _ = self.send.send_data(Bytes::new(), true);
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_are_dropped() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("connection", "keep-alive, x-private"),
+            ("keep-alive", "timeout=5"),
+            ("x-private", "1"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("host", "web.production.app.acme.com"),
+            ("te", "gzip"),
+            ("user-agent", "curl/8"),
+        ] {
+            headers.insert(
+                http::HeaderName::from_static(name),
+                http::HeaderValue::from_static(value),
+            );
+        }
+        strip_hop_by_hop(&mut headers);
+        let left: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["user-agent"]);
+        let mut trailers_only = HeaderMap::new();
+        trailers_only.insert(header::TE, http::HeaderValue::from_static("trailers"));
+        strip_hop_by_hop(&mut trailers_only);
+        assert!(
+            trailers_only.contains_key(header::TE),
+            "TE: trailers is allowed"
+        );
+    }
+}
