@@ -7,6 +7,7 @@
 //! replayed: on a connect failure (and, when the route says so, on a 5xx) the
 //! next cluster of the plan is tried, within the retry budget and timeouts.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -171,6 +172,24 @@ impl Outliers {
     }
 }
 
+thread_local! {
+    /// The data-path worker the current thread is (0 unless set).
+    static WORKER: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Marks the calling thread as data-path worker `index`: the requests it
+/// serves use that worker's connections to peers and local endpoints, which
+/// its own runtime drives (no wake-ups across threads on the data path).
+pub fn enter_worker(index: usize) {
+    WORKER.with(|w| w.set(index));
+}
+
+/// The connection pools of one worker thread.
+struct Shard {
+    peers: crate::peer::PeerPool,
+    local: crate::pool::LocalPool,
+}
+
 /// A running gateway's shared state.
 pub struct Gateway {
     cluster: String,
@@ -178,8 +197,8 @@ pub struct Gateway {
     config: ArcSwapOption<GatewayConfig>,
     identity: ArcSwapOption<TlsIdentity>,
     ingress_tls: ArcSwapOption<rustls::ServerConfig>,
-    peers: crate::peer::PeerPool,
-    local: crate::pool::LocalPool,
+    /// Connection pools, one per data-path worker thread.
+    shards: Box<[Shard]>,
     outliers: Outliers,
     /// TCP ports the egress must listen on, from the config.
     tcp_ports: tokio::sync::watch::Sender<std::collections::BTreeSet<u16>>,
@@ -204,20 +223,36 @@ enum TryError {
 }
 
 impl Gateway {
-    /// A gateway of `cluster` without config or certificate yet.
+    /// A gateway of `cluster` without config or certificate yet, served by
+    /// one thread.
     pub fn new(cluster: &str) -> Arc<Gateway> {
+        Self::with_workers(cluster, 1)
+    }
+
+    /// A gateway served by `workers` data-path threads, each with its own
+    /// connection pools (see [`enter_worker`]).
+    pub fn with_workers(cluster: &str, workers: usize) -> Arc<Gateway> {
         Arc::new(Gateway {
             cluster: cluster.to_owned(),
             routes: ArcSwap::from_pointee(RouteTable::default()),
             config: ArcSwapOption::empty(),
             identity: ArcSwapOption::empty(),
             ingress_tls: ArcSwapOption::empty(),
-            peers: crate::peer::PeerPool::default(),
-            local: crate::pool::LocalPool::new(CONNECT_TIMEOUT),
+            shards: (0..workers.max(1))
+                .map(|_| Shard {
+                    peers: crate::peer::PeerPool::default(),
+                    local: crate::pool::LocalPool::new(CONNECT_TIMEOUT),
+                })
+                .collect(),
             outliers: Outliers::default(),
             tcp_ports: tokio::sync::watch::Sender::new(std::collections::BTreeSet::new()),
             counters: Counters::default(),
         })
+    }
+
+    /// The pools of the calling worker thread.
+    fn shard(&self) -> &Shard {
+        &self.shards[WORKER.with(Cell::get) % self.shards.len()]
     }
 
     /// This gateway's cluster.
@@ -251,7 +286,9 @@ impl Gateway {
         self.identity.store(Some(Arc::new(identity)));
         // New peer connections present the new certificate; requests in
         // flight finish on the connections they hold.
-        self.peers.clear();
+        for shard in &self.shards {
+            shard.peers.clear();
+        }
         Ok(())
     }
 
@@ -278,8 +315,9 @@ impl Gateway {
 
     /// Listens on `ip` on every TCP port the config routes (opening and
     /// closing listeners as the config changes) and passes connections
-    /// through to the chosen cluster. Runs until aborted.
-    pub async fn serve_tcp(self: Arc<Self>, ip: std::net::IpAddr) {
+    /// through to the chosen cluster. `shared`: the ports are bound with
+    /// `SO_REUSEPORT`, one listener per worker. Runs until aborted.
+    pub async fn serve_tcp(self: Arc<Self>, ip: std::net::IpAddr, shared: bool) {
         let mut ports = self.tcp_ports.subscribe();
         let mut listeners: HashMap<u16, tokio::task::JoinHandle<()>> = HashMap::new();
         loop {
@@ -297,7 +335,9 @@ impl Gateway {
                 .filter(|p| !listeners.contains_key(p))
                 .collect();
             for port in &missing {
-                match TcpListener::bind((ip, *port)).await {
+                let bound = crate::listen::bind(SocketAddr::new(ip, *port), shared)
+                    .and_then(TcpListener::from_std);
+                match bound {
                     Ok(listener) => {
                         tracing::info!(%ip, port, "TCP egress listening");
                         let gw = Arc::clone(&self);
@@ -788,7 +828,7 @@ impl Gateway {
                     .as_ref()
                     .map(|p| local_request(p, &body, target, &path))
             };
-            match self.local.send(target, request, again).await {
+            match self.shard().local.send(target, request, again).await {
                 Ok(resp) => {
                     let failed = resp.status().is_server_error();
                     if self.outliers.record(target, failed) {
@@ -818,7 +858,7 @@ impl Gateway {
         body: Bytes,
     ) -> Result<Response<Body>, TryError> {
         self.counters.peer_tries.fetch_add(1, Ordering::Relaxed);
-        let pooled = self.peers.get(peer);
+        let pooled = self.shard().peers.get(peer);
         let fresh = pooled.is_none();
         let connection = match pooled {
             Some(c) => c,
@@ -827,11 +867,11 @@ impl Gateway {
         match connection.send(peer_head(parts)?, body.clone()).await {
             Ok(resp) => Ok(resp),
             Err(crate::peer::PeerError::NotSent(e)) if fresh => {
-                self.peers.remove(peer);
+                self.shard().peers.remove(peer);
                 Err(TryError::Connect(format!("{peer}: {e}")))
             }
             Err(crate::peer::PeerError::NotSent(_)) => {
-                self.peers.remove(peer);
+                self.shard().peers.remove(peer);
                 let connection = self.connect_peer(peer).await?;
                 connection
                     .send(peer_head(parts)?, body)
@@ -851,7 +891,7 @@ impl Gateway {
 
     /// The pooled connection to `peer`, made when missing or closed.
     async fn peer_connection(&self, peer: &str) -> Result<crate::peer::PeerConnection, TryError> {
-        match self.peers.get(peer) {
+        match self.shard().peers.get(peer) {
             Some(connection) => Ok(connection),
             None => self.connect_peer(peer).await,
         }
@@ -877,7 +917,7 @@ impl Gateway {
         .await
         .map_err(|_| TryError::Connect(format!("{peer}: connect timed out")))?
         .map_err(TryError::Connect)?;
-        self.peers.put(peer, connection.clone());
+        self.shard().peers.put(peer, connection.clone());
         Ok(connection)
     }
 }

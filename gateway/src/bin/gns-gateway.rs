@@ -50,28 +50,75 @@ struct Args {
     /// How often the trust bundle is fetched again (a root rotation reaches the gateway within this).
     #[arg(long, env = "GNS_TRUST_BUNDLE_REFRESH", default_value = "15s", value_parser = humantime::parse_duration)]
     trust_bundle_refresh: std::time::Duration,
-    /// Runtime worker threads (default: one per core; 1 runs a single-threaded runtime).
+    /// Data-path worker threads, each with its own runtime, listeners
+    /// (`SO_REUSEPORT`) and connection pools (default: one per core).
     #[arg(long, env = "GNS_WORKER_THREADS")]
     worker_threads: Option<usize>,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    // One thread: a current-thread runtime (no work-stealing overhead).
-    let mut runtime = match args.worker_threads {
-        Some(1) => tokio::runtime::Builder::new_current_thread(),
-        Some(n) => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            b.worker_threads(n.max(1));
-            b
-        }
-        None => tokio::runtime::Builder::new_multi_thread(),
-    };
-    runtime.enable_all();
-    runtime
+    // Control (config, certificates, admin) runs on this thread; each data
+    // path worker runs its own current-thread runtime on a thread of its own.
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
         .build()
         .context("tokio runtime")?
         .block_on(run(args))
+}
+
+/// The listening sockets of one data-path worker.
+struct WorkerListeners {
+    egress: std::net::TcpListener,
+    ingress: std::net::TcpListener,
+    public: Option<std::net::TcpListener>,
+}
+
+/// Binds `address` for `workers` workers: the first socket picks the port
+/// (when `address` says 0), the others share it with `SO_REUSEPORT`.
+fn bind_for_workers(
+    address: SocketAddr,
+    workers: usize,
+) -> anyhow::Result<Vec<std::net::TcpListener>> {
+    let shared = workers > 1;
+    let first = gns_gateway::listen::bind(address, shared)
+        .with_context(|| format!("cannot listen on {address}"))?;
+    let address = first.local_addr()?;
+    let mut sockets = vec![first];
+    for _ in 1..workers {
+        sockets.push(
+            gns_gateway::listen::bind(address, shared)
+                .with_context(|| format!("cannot listen on {address}"))?,
+        );
+    }
+    Ok(sockets)
+}
+
+/// One data-path worker: its own runtime, its listeners, its pools.
+fn run_worker(
+    index: usize,
+    gateway: Arc<Gateway>,
+    listeners: WorkerListeners,
+    tcp_ip: std::net::IpAddr,
+    shared: bool,
+) -> anyhow::Result<()> {
+    gns_gateway::proxy::enter_worker(index);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("worker runtime")?;
+    runtime.block_on(async move {
+        let egress = TcpListener::from_std(listeners.egress)?;
+        let ingress = TcpListener::from_std(listeners.ingress)?;
+        // TCP passthrough: the egress address, on every TCP port the config routes.
+        tokio::spawn(Arc::clone(&gateway).serve_tcp(tcp_ip, shared));
+        tokio::spawn(Arc::clone(&gateway).serve_egress(egress));
+        tokio::spawn(Arc::clone(&gateway).serve_ingress(ingress));
+        if let Some(public) = listeners.public {
+            tokio::spawn(Arc::clone(&gateway).serve_public(TcpListener::from_std(public)?));
+        }
+        std::future::pending::<anyhow::Result<()>>().await
+    })
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -102,7 +149,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
             upkeep.run_upkeep();
         }
     });
-    let gateway = Gateway::new(&args.cluster);
+    let workers = args
+        .worker_threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
+        .max(1);
+    let gateway = Gateway::with_workers(&args.cluster, workers);
     let follower = Follower::new(&args.federation, &args.cluster, &args.state_dir)?
         .with_bundle_refresh(args.trust_bundle_refresh);
     follower.restore(&gateway);
@@ -114,32 +165,48 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .set_identity(identity)
         .await
         .context("TLS configuration")?;
-    let egress = TcpListener::bind(args.egress_listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.egress_listen))?;
-    let ingress = TcpListener::bind(args.ingress_listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.ingress_listen))?;
+    // Every socket is bound before any worker starts, so a taken port is an
+    // error at start.
+    let mut egress = bind_for_workers(args.egress_listen, workers)?;
+    let mut ingress = bind_for_workers(args.ingress_listen, workers)?;
+    let mut public = match args.public_listen {
+        Some(address) => bind_for_workers(address, workers)?,
+        None => Vec::new(),
+    };
     let admin = TcpListener::bind(args.admin_listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.admin_listen))?;
     tracing::info!(
         cluster = args.cluster,
-        egress = %egress.local_addr()?,
-        ingress = %ingress.local_addr()?,
+        egress = %egress[0].local_addr()?,
+        ingress = %ingress[0].local_addr()?,
         admin = %admin.local_addr()?,
+        workers,
         "gns-gateway listening"
     );
-    // TCP passthrough: the egress address, on every TCP port the config routes.
-    tokio::spawn(Arc::clone(&gateway).serve_tcp(args.egress_listen.ip()));
-    tokio::spawn(Arc::clone(&gateway).serve_egress(egress));
-    tokio::spawn(Arc::clone(&gateway).serve_ingress(ingress));
-    if let Some(addr) = args.public_listen {
-        let public = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr}"))?;
-        tracing::info!(public = %public.local_addr()?, "public entry listening");
-        tokio::spawn(Arc::clone(&gateway).serve_public(public));
+    if let Some(first) = public.first() {
+        tracing::info!(public = %first.local_addr()?, "public entry listening");
+    }
+    let tcp_ip = args.egress_listen.ip();
+    for index in (0..workers).rev() {
+        let (Some(egress), Some(ingress)) = (egress.pop(), ingress.pop()) else {
+            anyhow::bail!("worker {index} has no listener");
+        };
+        let listeners = WorkerListeners {
+            egress,
+            ingress,
+            public: public.pop(),
+        };
+        let gateway = Arc::clone(&gateway);
+        std::thread::Builder::new()
+            .name(format!("gns-worker-{index}"))
+            .spawn(move || {
+                if let Err(e) = run_worker(index, gateway, listeners, tcp_ip, workers > 1) {
+                    tracing::error!(worker = index, error = %e, "data-path worker failed");
+                    std::process::exit(1);
+                }
+            })
+            .context("worker thread")?;
     }
     tokio::spawn(follower.clone().renew(Arc::clone(&gateway)));
     tokio::spawn(follower.follow(Arc::clone(&gateway), api_token));
