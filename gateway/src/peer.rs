@@ -121,7 +121,12 @@ impl PeerConnection {
         let response = response
             .await
             .map_err(|e| PeerError::Failed(e.to_string()))?;
-        Ok(response.map(|recv| StreamBody::new(recv).boxed()))
+        let length = response
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        Ok(response.map(|recv| StreamBody::new(recv, length).boxed()))
     }
 
     /// Opens a CONNECT tunnel to `authority` (`host:port`); the peer answers
@@ -224,13 +229,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 struct StreamBody {
     recv: h2::RecvStream,
     data_done: bool,
+    /// Bytes still to come, when the response said (`Content-Length`).
+    remaining: Option<u64>,
 }
 
 impl StreamBody {
-    fn new(recv: h2::RecvStream) -> Self {
+    fn new(recv: h2::RecvStream, length: Option<u64>) -> Self {
         Self {
             recv,
             data_done: false,
+            remaining: length,
         }
     }
 }
@@ -247,6 +255,8 @@ impl HttpBody for StreamBody {
             match ready!(self.recv.poll_data(cx)) {
                 Some(Ok(data)) => {
                     let _ = self.recv.flow_control().release_capacity(data.len());
+                    let taken = data.len() as u64;
+                    self.remaining = self.remaining.map(|r| r.saturating_sub(taken));
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
                 Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
@@ -265,10 +275,10 @@ impl HttpBody for StreamBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        if self.recv.is_end_stream() {
-            SizeHint::with_exact(0)
-        } else {
-            SizeHint::default()
+        match self.remaining {
+            _ if self.recv.is_end_stream() => SizeHint::with_exact(0),
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
         }
     }
 }

@@ -610,9 +610,9 @@ impl Gateway {
             Entry::Public => &self.counters.public_requests,
         }
         .fetch_add(1, Ordering::Relaxed);
-        let host = host_of(&req);
         let routes = self.routes.load_full();
-        let Some(route) = routes.route(&host) else {
+        let Some(route) = routes.route(host_in(req.headers(), req.uri())) else {
+            let host = host_in(req.headers(), req.uri());
             return reply(
                 StatusCode::NOT_FOUND,
                 &format!("no global service {host:?}"),
@@ -620,6 +620,7 @@ impl Gateway {
         };
         if entry == Entry::Public && !route.config.external {
             self.counters.access_denied.fetch_add(1, Ordering::Relaxed);
+            let host = host_in(req.headers(), req.uri());
             return reply(
                 StatusCode::FORBIDDEN,
                 &format!("{host} is not reachable from outside the clusters (access policy)"),
@@ -639,6 +640,7 @@ impl Gateway {
         let request_bytes = body.len() as u64;
         let plan = routes.plan(&route, &parts.headers, fastrand::u64(..));
         if plan.is_empty() {
+            let host = host_in(&parts.headers, &parts.uri);
             return reply(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &format!("{host}: no cluster has ready endpoints"),
@@ -651,12 +653,12 @@ impl Gateway {
                 Ok(done) => done,
                 Err(_) => (
                     reply(StatusCode::GATEWAY_TIMEOUT, "timed out"),
-                    plan.first().cloned().unwrap_or_default(),
+                    plan.first().copied().unwrap_or_default(),
                 ),
             };
         let response_bytes = route.metrics.record(
             entry,
-            &cluster,
+            cluster,
             resp.status().as_u16(),
             started.elapsed(),
             request_bytes,
@@ -664,13 +666,13 @@ impl Gateway {
         count_response(resp, response_bytes)
     }
 
-    async fn try_plan(
+    async fn try_plan<'p>(
         &self,
         route: &Route,
-        plan: &[String],
+        plan: &[&'p str],
         parts: &http::request::Parts,
         body: Bytes,
-    ) -> (Response<Body>, String) {
+    ) -> (Response<Body>, &'p str) {
         let retry = route.config.retries.as_ref();
         // Connect failures move on through the plan; 5xx only with a retry policy.
         let budget = retry.map_or(plan.len(), |r| r.attempts.max(1) as usize);
@@ -678,14 +680,14 @@ impl Gateway {
             .and_then(|r| r.per_try_timeout_ms)
             .map(Duration::from_millis);
         let mut last = reply(StatusCode::BAD_GATEWAY, "no try was made");
-        let mut last_cluster = String::new();
-        for (n, cluster) in plan.iter().cycle().take(budget.max(1)).enumerate() {
-            last_cluster.clone_from(cluster);
+        let mut last_cluster = "";
+        for (n, &cluster) in plan.iter().cycle().take(budget.max(1)).enumerate() {
+            last_cluster = cluster;
             if n > 0 {
                 self.counters.retries.fetch_add(1, Ordering::Relaxed);
             }
             let attempt = async {
-                if *cluster == self.cluster {
+                if cluster == self.cluster {
                     self.send_local(route, clone_parts(parts), body.clone())
                         .await
                 } else {
@@ -706,7 +708,7 @@ impl Gateway {
                 {
                     last = resp;
                 }
-                Ok(resp) => return (resp, cluster.clone()),
+                Ok(resp) => return (resp, cluster),
                 Err(TryError::Connect(e)) => {
                     tracing::debug!(cluster, error = %e, "try failed to connect");
                     last = reply(StatusCode::BAD_GATEWAY, &format!("{cluster}: {e}"));
@@ -716,7 +718,7 @@ impl Gateway {
                         retry.is_some_and(|r| r.on_5xx || r.per_try_timeout_ms.is_some());
                     last = reply(StatusCode::GATEWAY_TIMEOUT, &format!("{cluster}: {e}"));
                     if !retryable {
-                        return (last, cluster.clone());
+                        return (last, cluster);
                     }
                 }
             }
@@ -731,8 +733,8 @@ impl Gateway {
         if req.method() == http::Method::CONNECT {
             return self.ingress_connect(req, peer).await;
         }
-        let host = host_of(&req);
-        let Some(route) = self.routes.load().route(&host) else {
+        let host = host_in(req.headers(), req.uri());
+        let Some(route) = self.routes.load().route(host) else {
             return reply(
                 StatusCode::NOT_FOUND,
                 &format!("no global service {host:?}"),
@@ -791,11 +793,8 @@ impl Gateway {
             .get(&self.cluster)
             .copied()
             .ok_or_else(|| TryError::Connect("no HTTP port".into()))?;
-        let path = parts
-            .uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_owned();
+        // Origin form (RFC 9112 §3.2.1): endpoints are origin servers, not proxies.
+        let target_uri = origin_form(&parts.uri);
         let mut parts = parts;
         // From a peer (HTTP/2) the host is the URI's authority: keep it as Host.
         if !parts.headers.contains_key(header::HOST)
@@ -820,14 +819,9 @@ impl Gateway {
                     None => break,
                 },
             };
-            *request.uri_mut() = Uri::try_from(format!("http://{target}{path}"))
-                .map_err(|e| TryError::Connect(e.to_string()))?;
+            *request.uri_mut() = target_uri.clone();
             *request.version_mut() = http::Version::HTTP_11;
-            let again = || {
-                parts
-                    .as_ref()
-                    .map(|p| local_request(p, &body, target, &path))
-            };
+            let again = || parts.as_ref().map(|p| local_request(p, &body, &target_uri));
             match self.shard().local.send(target, request, again).await {
                 Ok(resp) => {
                     let failed = resp.status().is_server_error();
@@ -1023,31 +1017,36 @@ async fn server_name(client: &TcpStream) -> Option<String> {
     }
 }
 
-fn host_of<B>(req: &Request<B>) -> String {
-    req.headers()
+/// The host a request is for: its `Host` header, else its URI's authority
+/// (HTTP/2), else empty.
+fn host_in<'a>(headers: &'a http::HeaderMap, uri: &'a Uri) -> &'a str {
+    headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| req.uri().authority().map(|a| a.as_str().to_owned()))
+        .or_else(|| uri.authority().map(|a| a.as_str()))
         .unwrap_or_default()
 }
 
-/// A copy of request parts (method, URI, version, headers; not extensions).
-/// A copy of a request for a local endpoint (HTTP/1.1 to `target`).
-fn local_request(
-    parts: &http::request::Parts,
-    body: &Bytes,
-    target: SocketAddr,
-    path: &str,
-) -> Request<Body> {
+/// A copy of a request for a local endpoint (HTTP/1.1, target `uri`).
+fn local_request(parts: &http::request::Parts, body: &Bytes, uri: &Uri) -> Request<Body> {
     let mut request = rebuild(parts, body.clone());
-    if let Ok(uri) = Uri::try_from(format!("http://{target}{path}")) {
-        *request.uri_mut() = uri;
-    }
+    *request.uri_mut() = uri.clone();
     *request.version_mut() = http::Version::HTTP_11;
     request
 }
 
+/// `uri` as an origin-form request target: its path and query only.
+fn origin_form(uri: &Uri) -> Uri {
+    let mut origin = http::uri::Parts::default();
+    origin.path_and_query = Some(
+        uri.path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+    );
+    Uri::from_parts(origin).unwrap_or_else(|_| Uri::from_static("/"))
+}
+
+/// A copy of request parts (method, URI, version, headers; not extensions).
 fn clone_parts(parts: &http::request::Parts) -> http::request::Parts {
     let (mut copy, ()) = Request::new(()).into_parts();
     copy.method = parts.method.clone();

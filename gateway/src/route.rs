@@ -124,8 +124,12 @@ impl RouteTable {
                 host
             }
         });
-        let name = name.trim_end_matches('.').to_ascii_lowercase();
-        self.by_host.get(&name).cloned()
+        let name = name.trim_end_matches('.');
+        // Host names usually arrive in lower case: look up without a copy then.
+        if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            return self.by_host.get(&name.to_ascii_lowercase()).cloned();
+        }
+        self.by_host.get(name).cloned()
     }
 
     /// The route of TCP connections to `port`: the service named by the TLS
@@ -166,12 +170,12 @@ impl RouteTable {
     }
 
     /// Clusters to try for a request, in order, given a uniformly random `roll`.
-    pub fn plan(&self, route: &Route, headers: &HeaderMap, roll: u64) -> Vec<String> {
+    pub fn plan<'a>(&'a self, route: &'a Route, headers: &HeaderMap, roll: u64) -> Vec<&'a str> {
         let has_endpoints = |c: &str| route.config.endpoints.get(c).is_some_and(|e| !e.is_empty());
-        let mut order: Vec<String> = Vec::new();
-        let push = |c: &str, order: &mut Vec<String>| {
-            if has_endpoints(c) && !order.iter().any(|o| o == c) {
-                order.push(c.to_owned());
+        let mut order: Vec<&'a str> = Vec::with_capacity(4);
+        let push = |c: &'a str, order: &mut Vec<&'a str>| {
+            if has_endpoints(c) && !order.contains(&c) {
+                order.push(c);
             }
         };
         if let Some(rule) = route.rules.iter().find(|r| matches(r, headers))

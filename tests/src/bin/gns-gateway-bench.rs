@@ -33,6 +33,9 @@ struct Args {
     /// Threads of each proxy (haproxy nbthread, gateway worker threads).
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Alternating haproxy / gns-gateway runs (the ratios use the best of each).
+    #[arg(long, default_value_t = 2)]
+    rounds: usize,
     /// Keep the work directory (configs, certificates, logs) and print its path.
     #[arg(long)]
     keep_dir: bool,
@@ -406,37 +409,37 @@ http {{ access_log off; client_body_temp_path {0}; proxy_temp_path {0}; fastcgi_
     let gw_pids = pids(&gateways.iter().collect::<Vec<_>>());
     let ha_pids = pids(&[&ha_a, &ha_b]);
     let direct = wrk(&args, &format!("http://127.0.0.1:{nginx_port}/"), None, &[])?;
-    let ha = wrk(&args, &ha_url, None, &ha_pids)?;
-    let gns = wrk(&args, &gns_url, Some(HOST), &gw_pids)?;
-    let ha2 = wrk(&args, &ha_url, None, &ha_pids)?;
-    let gns2 = wrk(&args, &gns_url, Some(HOST), &gw_pids)?;
+    let mut ha_runs = Vec::new();
+    let mut gns_runs = Vec::new();
+    for _ in 0..args.rounds.max(1) {
+        ha_runs.push(wrk(&args, &ha_url, None, &ha_pids)?);
+        gns_runs.push(wrk(&args, &gns_url, Some(HOST), &gw_pids)?);
+    }
     println!(
         "# {} wrk connections, {} s per run, {} thread(s) per proxy; HTTP/2 over mTLS (TLS 1.3) between the proxies",
         args.connections, args.duration, args.threads
     );
     println!("| path | rps | p50 ms | p99 ms | proxy CPU µs/request |");
     println!("|---|---|---|---|---|");
-    for (name, r) in [
-        ("nginx direct", &direct),
-        ("haproxy chain", &ha),
-        ("gns-gateway chain", &gns),
-        ("haproxy chain (again)", &ha2),
-        ("gns-gateway chain (again)", &gns2),
-    ] {
+    let row = |name: &str, r: &Run| {
         println!(
             "| {name} | {:.0} | {:.2} | {:.2} | {:.1} |",
             r.rps, r.p50_ms, r.p99_ms, r.cpu_us_per_request
         );
-    }
-    let best = |a: &Run, b: &Run| {
-        if a.rps >= b.rps {
-            (a.rps, a.p99_ms, a.cpu_us_per_request)
-        } else {
-            (b.rps, b.p99_ms, b.cpu_us_per_request)
-        }
     };
-    let (g_rps, g_p99, g_cpu) = best(&gns, &gns2);
-    let (h_rps, h_p99, h_cpu) = best(&ha, &ha2);
+    row("nginx direct", &direct);
+    for (round, (ha, gns)) in ha_runs.iter().zip(&gns_runs).enumerate() {
+        row(&format!("haproxy chain, round {}", round + 1), ha);
+        row(&format!("gns-gateway chain, round {}", round + 1), gns);
+    }
+    let best = |runs: &[Run]| {
+        runs.iter()
+            .max_by(|a, b| a.rps.total_cmp(&b.rps))
+            .map(|r| (r.rps, r.p99_ms, r.cpu_us_per_request))
+            .unwrap_or_default()
+    };
+    let (g_rps, g_p99, g_cpu) = best(&gns_runs);
+    let (h_rps, h_p99, h_cpu) = best(&ha_runs);
     println!(
         "gns-gateway / haproxy (best runs): rps {:.2}x, p99 {:.2}x, CPU per request {:.2}x",
         g_rps / h_rps,
