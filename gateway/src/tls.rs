@@ -72,8 +72,15 @@ pub fn peer_cluster(cert: &CertificateDer<'_>, trust_domain: &str) -> Option<Str
     })
 }
 
+/// ring, with AES-128-GCM first: both ends prefer it to AES-256-GCM (four
+/// fewer AES rounds per block, still a TLS 1.3 mandatory suite), which is
+/// what bulk tunnel traffic between gateways pays for.
 fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider
+        .cipher_suites
+        .sort_by_key(|suite| suite.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+    Arc::new(provider)
 }
 
 fn root_store(roots: &[CertificateDer<'static>]) -> Result<rustls::RootCertStore, TlsError> {

@@ -19,7 +19,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube_apiserver_test::{Grant, TestApiServer, TestApiServerOptions, endpoint_slice, service};
 use serde_json::{Value, json};
 
-#[derive(Debug, Parser)]
+#[derive(Debug, Clone, Parser)]
 struct Args {
     /// Directory with gns-federation and gns-gateway.
     #[arg(long, default_value = "target/release")]
@@ -36,6 +36,9 @@ struct Args {
     /// Alternating haproxy / gns-gateway runs (the ratios use the best of each).
     #[arg(long, default_value_t = 2)]
     rounds: usize,
+    /// MiB sent through the TCP passthrough (and directly) for its throughput.
+    #[arg(long, default_value_t = 512)]
+    tcp_mib: u64,
     /// Keep the work directory (configs, certificates, logs) and print its path.
     #[arg(long)]
     keep_dir: bool,
@@ -409,6 +412,13 @@ http {{ access_log off; client_body_temp_path {0}; proxy_temp_path {0}; fastcgi_
     let gw_pids = pids(&gateways.iter().collect::<Vec<_>>());
     let ha_pids = pids(&[&ha_a, &ha_b]);
     let direct = wrk(&args, &format!("http://127.0.0.1:{nginx_port}/"), None, &[])?;
+    // Warm both chains up alike (connection pools, allocator, caches) before measuring.
+    let warm_up = Args {
+        duration: 2,
+        ..args.clone()
+    };
+    wrk(&warm_up, &ha_url, None, &ha_pids)?;
+    wrk(&warm_up, &gns_url, Some(HOST), &gw_pids)?;
     let mut ha_runs = Vec::new();
     let mut gns_runs = Vec::new();
     for _ in 0..args.rounds.max(1) {
@@ -447,9 +457,9 @@ http {{ access_log off; client_body_temp_path {0}; proxy_temp_path {0}; fastcgi_
         g_cpu / h_cpu
     );
 
-    // TCP passthrough: 512 MiB through east egress → CONNECT tunnel → west, and directly.
-    let through = tcp_throughput((east_egress.ip(), db_port).into()).await?;
-    let direct = tcp_throughput(([127, 0, 0, 1], sink_port).into()).await?;
+    // TCP passthrough: --tcp-mib through east egress → CONNECT tunnel → west, and directly.
+    let through = tcp_throughput((east_egress.ip(), db_port).into(), args.tcp_mib).await?;
+    let direct = tcp_throughput(([127, 0, 0, 1], sink_port).into(), args.tcp_mib).await?;
     println!(
         "TCP passthrough: {through:.0} MB/s through the gateways, {direct:.0} MB/s direct ({:.2}x)",
         through / direct
@@ -496,15 +506,15 @@ http {{ access_log off; client_body_temp_path {0}; proxy_temp_path {0}; fastcgi_
     Ok(())
 }
 
-/// Sends 512 MiB to `addr`, waits for the sink's acknowledgement; MB/s.
-async fn tcp_throughput(addr: SocketAddr) -> anyhow::Result<f64> {
+/// Sends `mib` MiB to `addr`, waits for the sink's acknowledgement; MB/s.
+async fn tcp_throughput(addr: SocketAddr, mib: u64) -> anyhow::Result<f64> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    const TOTAL: u64 = 512 * 1024 * 1024;
+    let total: u64 = mib * 1024 * 1024;
     let mut tcp = tokio::net::TcpStream::connect(addr).await?;
     let chunk = vec![7u8; 256 * 1024];
     let started = Instant::now();
     let mut sent = 0;
-    while sent < TOTAL {
+    while sent < total {
         tcp.write_all(&chunk).await?;
         sent += chunk.len() as u64;
     }
@@ -512,8 +522,8 @@ async fn tcp_throughput(addr: SocketAddr) -> anyhow::Result<f64> {
     let mut ack = [0u8; 8];
     tcp.read_exact(&mut ack).await?;
     let received = u64::from_be_bytes(ack);
-    if received != TOTAL {
-        bail!("{addr}: the sink got {received} of {TOTAL} bytes");
+    if received != total {
+        bail!("{addr}: the sink got {received} of {total} bytes");
     }
-    Ok(TOTAL as f64 / 1e6 / started.elapsed().as_secs_f64())
+    Ok(total as f64 / 1e6 / started.elapsed().as_secs_f64())
 }
