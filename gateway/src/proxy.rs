@@ -184,6 +184,16 @@ pub fn enter_worker(index: usize) {
     WORKER.with(|w| w.set(index));
 }
 
+/// `gns_gateway_worker_connections_total` of the calling worker for
+/// `listener`: how evenly the kernel spreads connections over the workers.
+fn accepted_counter(listener: &'static str) -> metrics::Counter {
+    metrics::counter!(
+        "gns_gateway_worker_connections_total",
+        "listener" => listener,
+        "worker" => WORKER.with(Cell::get).to_string()
+    )
+}
+
 /// The connection pools of one worker thread.
 struct Shard {
     peers: crate::peer::PeerPool,
@@ -508,10 +518,12 @@ impl Gateway {
     }
 
     async fn serve_plain(self: Arc<Self>, listener: TcpListener, entry: Entry) {
+        let accepted = accepted_counter(entry.as_str());
         loop {
             let Ok((tcp, _)) = listener.accept().await else {
                 continue;
             };
+            accepted.increment(1);
             let _ = tcp.set_nodelay(true);
             let gw = Arc::clone(&self);
             tokio::spawn(async move {
@@ -536,10 +548,12 @@ impl Gateway {
 
     /// Serves peer gateways (HTTP/2 over mTLS) on `listener` until aborted.
     pub async fn serve_ingress(self: Arc<Self>, listener: TcpListener) {
+        let accepted = accepted_counter("ingress");
         loop {
             let Ok((tcp, peer_addr)) = listener.accept().await else {
                 continue;
             };
+            accepted.increment(1);
             let _ = tcp.set_nodelay(true);
             let gw = Arc::clone(&self);
             tokio::spawn(async move {

@@ -489,6 +489,10 @@ async fn cross_cluster_requests_over_mtls() {
                 public.to_string(),
                 "--state-dir".into(),
                 dir.path().join(format!("gw-{name}")).display().to_string(),
+                // Two data-path workers whatever the machine: SO_REUSEPORT
+                // listeners and per-worker pools are on the tested path.
+                "--worker-threads".into(),
+                "2".into(),
             ],
             dir.path().join(format!("gateway-{name}.log")),
         );
@@ -530,6 +534,49 @@ async fn cross_cluster_requests_over_mtls() {
         },
     )
     .await;
+
+    // Connections are spread over both workers of east's gateway, and every
+    // one of them is served (each worker has its own peer connection).
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..24 {
+        let egress = east_gw.egress;
+        clients.spawn(async move {
+            // A client of its own: a new connection (a new source port) each.
+            let client = reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()
+                .expect("client");
+            client
+                .get(format!("http://{egress}/hello"))
+                .header("host", HOST)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0)
+        });
+    }
+    let statuses = clients.join_all().await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    let metrics_text = reqwest::get(format!("http://{}/metrics", east_gw.admin))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    for worker in ["0", "1"] {
+        let accepted: u64 = metrics_text
+            .lines()
+            .filter(|l| l.starts_with("gns_gateway_worker_connections_total{"))
+            .filter(|l| {
+                l.contains("listener=\"egress\"") && l.contains(&format!("worker=\"{worker}\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum();
+        assert!(
+            accepted > 0,
+            "worker {worker} of east's gateway accepted no connection:\n{metrics_text}"
+        );
+    }
 
     // A certificate for east's gateway, obtained as a gateway obtains one
     // (join token, CSR): west's ingress accepts it now and must refuse it
