@@ -265,6 +265,63 @@ async fn gateway_certificates_from_join_tokens() {
         status, 401,
         "renewal needs a CSR for the certificate's own key"
     );
+
+    // Or a CSR for a new key, vouched for by the current one: the key rotates.
+    {
+        use base64::Engine as _;
+        use rcgen::{PublicKeyData, SigningKey};
+        let b64 = |bytes: Vec<u8>| base64::engine::general_purpose::STANDARD.encode(bytes);
+        let next_key = rcgen::KeyPair::generate().expect("key");
+        let next_csr = csr_for(&next_key);
+        let stranger = rcgen::KeyPair::generate().expect("key");
+        let forged = b64(stranger.sign(next_csr.as_bytes()).expect("sign"));
+        let (status, body) = fed
+            .post(
+                "/v1/identity/sign",
+                json!({"csr": next_csr, "certificate": leaf_pem, "keyProof": forged}),
+                false,
+            )
+            .await;
+        assert_eq!(status, 401, "a proof by another key is refused: {body}");
+        let (status, body) = fed
+            .post(
+                "/v1/identity/sign",
+                json!({"csr": next_csr, "certificate": leaf_pem, "keyProof": "%%%"}),
+                false,
+            )
+            .await;
+        assert_eq!(status, 422, "keyProof must be base64: {body}");
+        let other_csr_proof = b64(key.sign(other_csr.as_bytes()).expect("sign"));
+        let (status, _) = fed
+            .post(
+                "/v1/identity/sign",
+                json!({"csr": next_csr, "certificate": leaf_pem, "keyProof": other_csr_proof}),
+                false,
+            )
+            .await;
+        assert_eq!(status, 401, "the proof must be over this very CSR");
+        let proof = b64(key.sign(next_csr.as_bytes()).expect("sign"));
+        let (status, rotated) = fed
+            .post(
+                "/v1/identity/sign",
+                json!({"csr": next_csr, "certificate": leaf_pem, "keyProof": proof}),
+                false,
+            )
+            .await;
+        assert_eq!(status, 200, "{rotated}");
+        assert_eq!(
+            rotated["spiffeId"],
+            "spiffe://acme.test/cluster/east/gateway"
+        );
+        let rotated_chain = certs(rotated["certificate"].as_str().expect("chain"));
+        let (_, rotated_leaf) =
+            x509_parser::parse_x509_certificate(&rotated_chain[0]).expect("x509");
+        assert_eq!(
+            rotated_leaf.public_key().subject_public_key.data.as_ref(),
+            next_key.der_bytes(),
+            "the renewed certificate is for the new key"
+        );
+    }
     let (status, _) = fed
         .post(
             "/v1/identity/sign",

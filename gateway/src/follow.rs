@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use base64::Engine as _;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
@@ -85,6 +86,20 @@ pub fn renewal_times(leaf: &CertificateDer<'_>) -> Option<(i64, i64)> {
     let from = cert.validity().not_before.timestamp();
     let to = cert.validity().not_after.timestamp();
     Some((from + (to - from) * 2 / 3, to))
+}
+
+/// True when `cert_pem`'s leaf certifies the key in `key_pem`.
+fn certifies(cert_pem: &str, key_pem: &str) -> bool {
+    let Ok(key) = rcgen::KeyPair::from_pem(key_pem) else {
+        return false;
+    };
+    let Some(Ok(leaf)) = CertificateDer::pem_slice_iter(cert_pem.as_bytes()).next() else {
+        return false;
+    };
+    x509_parser::parse_x509_certificate(&leaf).is_ok_and(|(_, cert)| {
+        use rcgen::PublicKeyData;
+        cert.public_key().subject_public_key.data.as_ref() == key.der_bytes()
+    })
 }
 
 fn unix_now() -> i64 {
@@ -209,6 +224,7 @@ impl Follower {
                 "gateway certificate obtained with the join token"
             );
         }
+        self.settle_key_rotation()?;
         let chain_pem = std::fs::read_to_string(&cert_path).map_err(state_err(&cert_path))?;
         let key_pem = std::fs::read_to_string(&key_path).map_err(state_err(&key_path))?;
         let api_token = std::fs::read_to_string(&token_path).map_err(state_err(&token_path))?;
@@ -243,8 +259,8 @@ impl Follower {
         Ok(checked(resp).await?.text().await?)
     }
 
-    /// Renews the certificate at two thirds of its lifetime, forever: a CSR
-    /// for the same key plus the current certificate. The gateway keeps
+    /// Renews the certificate at two thirds of its lifetime, forever, with a
+    /// new key each time (see [`Self::renew_once`]). The gateway keeps
     /// serving on the old certificate until the new one is installed; a
     /// failed renewal is retried (every 30 s at most) until the old one expires.
     /// Between renewals the trust bundle is fetched every `bundle_refresh`:
@@ -331,32 +347,74 @@ impl Follower {
         }
     }
 
+    /// Finishes a key rotation a crash interrupted: `next-key.pem` becomes
+    /// `key.pem` when `cert.pem` is already for it, and is dropped otherwise
+    /// (the renewal that made it never completed).
+    fn settle_key_rotation(&self) -> Result<(), FollowError> {
+        let next_path = self.path("next-key.pem");
+        let Ok(next_pem) = std::fs::read_to_string(&next_path) else {
+            return Ok(());
+        };
+        let cert_path = self.path("cert.pem");
+        let cert_pem = std::fs::read_to_string(&cert_path).map_err(state_err(&cert_path))?;
+        if certifies(&cert_pem, &next_pem) {
+            let key_path = self.path("key.pem");
+            std::fs::rename(&next_path, &key_path).map_err(state_err(&key_path))?;
+            tracing::info!("finished a key rotation interrupted by a restart");
+        } else {
+            std::fs::remove_file(&next_path).map_err(state_err(&next_path))?;
+        }
+        Ok(())
+    }
+
+    /// One renewal, with a new key: the CSR is for a fresh key and the
+    /// current key signs it (`keyProof`), so the federation knows the holder
+    /// of the current certificate asked. On disk the new key is written
+    /// first as `next-key.pem`, then the certificate, then the key moves to
+    /// `key.pem`; [`Self::settle_key_rotation`] repairs a crash in between.
     async fn renew_once(&self, current: &TlsIdentity) -> Result<TlsIdentity, FollowError> {
+        use rcgen::SigningKey;
+        let pem_err = |e: rcgen::Error| FollowError::Pem(e.to_string());
         let key_path = self.path("key.pem");
         let key_pem = std::fs::read_to_string(&key_path).map_err(state_err(&key_path))?;
-        let key =
-            rcgen::KeyPair::from_pem(&key_pem).map_err(|e| FollowError::Pem(e.to_string()))?;
+        let current_key = rcgen::KeyPair::from_pem(&key_pem).map_err(pem_err)?;
+        let next_key = rcgen::KeyPair::generate().map_err(pem_err)?;
         let csr = rcgen::CertificateParams::new(Vec::<String>::new())
-            .and_then(|p| p.serialize_request(&key))
+            .and_then(|p| p.serialize_request(&next_key))
             .and_then(|c| c.pem())
-            .map_err(|e| FollowError::Pem(e.to_string()))?;
+            .map_err(pem_err)?;
+        let proof = current_key.sign(csr.as_bytes()).map_err(pem_err)?;
         let cert_path = self.path("cert.pem");
         let current_pem = std::fs::read_to_string(&cert_path).map_err(state_err(&cert_path))?;
+        let next_path = self.path("next-key.pem");
+        write_atomic(&next_path, next_key.serialize_pem().as_bytes())?;
         let resp = self
             .http
             .post(format!("{}/v1/identity/sign", self.federation))
-            .json(&serde_json::json!({"csr": csr, "certificate": current_pem}))
+            .json(&serde_json::json!({
+                "csr": csr,
+                "certificate": current_pem,
+                "keyProof": base64::engine::general_purpose::STANDARD.encode(proof),
+            }))
             .send()
             .await?;
         let renewed: Renewed = checked(resp).await?.json().await?;
         let chain = CertificateDer::pem_slice_iter(renewed.certificate.as_bytes())
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| FollowError::Pem(e.to_string()))?;
+        if !certifies(&renewed.certificate, &next_key.serialize_pem()) {
+            return Err(FollowError::Pem(
+                "the renewed certificate is not for the new key".into(),
+            ));
+        }
         write_atomic(&cert_path, renewed.certificate.as_bytes())?;
+        std::fs::rename(&next_path, &key_path).map_err(state_err(&key_path))?;
+        let key = PrivateKeyDer::try_from(next_key.serialize_der())
+            .map_err(|e| FollowError::Pem(e.to_string()))?;
         Ok(TlsIdentity {
             trust_domain: current.trust_domain.clone(),
             chain,
-            key: current.key.clone_key(),
+            key,
             roots: current.roots.clone(),
         })
     }
@@ -425,5 +483,47 @@ impl Follower {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key_and_cert() -> (String, String) {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(Vec::<String>::new())
+            .expect("params")
+            .self_signed(&key)
+            .expect("certificate");
+        (key.serialize_pem(), cert.pem())
+    }
+
+    #[test]
+    fn an_interrupted_key_rotation_is_finished_or_dropped_at_start() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let follower = Follower::new("http://127.0.0.1:1", "east", dir.path()).expect("follower");
+        let (old_key, _) = key_and_cert();
+        let (new_key, new_cert) = key_and_cert();
+        let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text);
+        let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).expect(name);
+
+        // Crash after the new certificate was written, before the key moved.
+        write("key.pem", &old_key).expect("write");
+        write("next-key.pem", &new_key).expect("write");
+        write("cert.pem", &new_cert).expect("write");
+        assert!(!certifies(&new_cert, &old_key));
+        follower.settle_key_rotation().expect("settle");
+        assert_eq!(read("key.pem"), new_key, "the new key is the key now");
+        assert!(!dir.path().join("next-key.pem").exists());
+        assert!(certifies(&read("cert.pem"), &read("key.pem")));
+
+        // Crash before the federation answered: the next key is dropped.
+        let (stale_key, _) = key_and_cert();
+        write("next-key.pem", &stale_key).expect("write");
+        follower.settle_key_rotation().expect("settle");
+        assert_eq!(read("key.pem"), new_key, "the key in use stays");
+        assert!(!dir.path().join("next-key.pem").exists());
     }
 }

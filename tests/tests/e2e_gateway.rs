@@ -204,6 +204,22 @@ async fn api(method: reqwest::Method, url: &str, body: Option<Value>) -> (u16, V
     (status, resp.json().await.unwrap_or(Value::Null))
 }
 
+/// A gateway state dir's key (PEM), once its `cert.pem` is checked to be
+/// for that key.
+fn state_dir_identity(state: &std::path::Path) -> Result<String, String> {
+    let key_pem = std::fs::read_to_string(state.join("key.pem")).map_err(|e| e.to_string())?;
+    let cert_pem = std::fs::read_to_string(state.join("cert.pem")).map_err(|e| e.to_string())?;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| e.to_string())?;
+    let signer = rustls::crypto::ring::sign::any_supported_type(&key).map_err(|e| e.to_string())?;
+    rustls::sign::CertifiedKey::new(chain, signer)
+        .keys_match()
+        .map_err(|e| format!("cert.pem is not for key.pem: {e}"))?;
+    Ok(key_pem)
+}
+
 /// One request for `web` through an egress; `(status, body)`.
 async fn through(egress: SocketAddr, user_agent: Option<&str>) -> (u16, String) {
     get(egress, HOST, user_agent, Duration::from_secs(5)).await
@@ -753,6 +769,8 @@ async fn cross_cluster_requests_over_mtls() {
         )
     };
     let before = renewals().await;
+    let east_state = dir.path().join("gw-east");
+    let key_before = std::fs::read_to_string(east_state.join("key.pem")).expect("east key");
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let answered = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut load = Vec::new();
@@ -799,6 +817,23 @@ async fn cross_cluster_requests_over_mtls() {
     }
     assert!(sent >= 200, "only {sent} requests under load");
     eprintln!("{sent} requests across two certificate renewals, none failed");
+    // Each renewal rotated the key: east's state dir holds a new key and a
+    // certificate for it (read again if a renewal is midway).
+    let mut consistent = Err("not checked".to_owned());
+    for _ in 0..30 {
+        consistent = state_dir_identity(&east_state).and_then(|key| {
+            if key == key_before {
+                Err("key.pem is still the first key".to_owned())
+            } else {
+                Ok(())
+            }
+        });
+        if consistent.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    consistent.expect("renewal rotates the gateway's key");
 
     // West's endpoints go away: mobile requests fail over to east.
     west.apply::<EndpointSlice>(&web_slice(false, west_port))

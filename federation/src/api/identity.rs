@@ -14,6 +14,7 @@ use axum::Extension;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -47,6 +48,10 @@ struct SignRequest {
     join_token: Option<String>,
     #[serde(default)]
     certificate: Option<String>,
+    /// Renewal with a new key: the CSR's PEM text signed by the current key
+    /// (base64 of an ASN.1 ECDSA P-256 SHA-256 signature).
+    #[serde(default)]
+    key_proof: Option<String>,
 }
 
 /// Body of `POST /v1/identity/workloads/sign`.
@@ -236,8 +241,16 @@ pub async fn sign(
     let join_token = match (request.join_token, request.certificate) {
         (Some(token), None) => token,
         (None, Some(current)) => {
+            let key_proof = match request.key_proof.as_deref() {
+                Some(proof) => Some(
+                    base64::engine::general_purpose::STANDARD
+                        .decode(proof)
+                        .map_err(|_| invalid("keyProof", "not base64"))?,
+                ),
+                None => None,
+            };
             let (signed, cluster) = identity
-                .renew_gateway(&request.csr, &current, lifetime)
+                .renew_gateway(&request.csr, &current, key_proof.as_deref(), lifetime)
                 .map_err(identity_error)?;
             let key = crate::store::ObjectKey::global(crate::model::Kind::Cluster, cluster.clone());
             if state.store.get(&key).await?.is_none() {

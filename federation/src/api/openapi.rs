@@ -345,7 +345,7 @@ pub const OPERATIONS: &[Operation] = {
         op(
             Post,
             "/v1/identity/sign",
-            "Sign a gateway CSR: body {csr: PEM PKCS#10, joinToken} for a first certificate (returns also a viewer apiToken for the config watch, once), or {csr, certificate: the current PEM} to renew (the CSR must be for the certificate's key); returns {certificate: PEM leaf + root, spiffeId, expiresAt}. No bearer token",
+            "Sign a gateway CSR: body {csr: PEM PKCS#10, joinToken} for a first certificate (returns also a viewer apiToken for the config watch, once), or {csr, certificate: the current PEM, keyProof?} to renew (the CSR is for the certificate's key, or for a new key with keyProof: base64 of the CSR's PEM text signed by the current key, ECDSA P-256 SHA-256); returns {certificate: PEM leaf + root, spiffeId, expiresAt}. No bearer token",
             "identity",
             None,
             None,

@@ -405,13 +405,17 @@ impl Identity {
 
 impl Identity {
     /// Renews a gateway certificate: `current_pem` (leaf first) must be a
-    /// currently valid gateway certificate issued by this CA, and the CSR must
-    /// be for the same key (the CSR's signature proves possession of it). The
-    /// new certificate has the same SPIFFE ID. Returns it and the cluster.
+    /// currently valid gateway certificate issued by this CA. The CSR is for
+    /// the same key (its signature proves possession of it), or for a new key
+    /// when `key_proof` is the CSR's PEM text signed by the current key
+    /// (ECDSA P-256, SHA-256, ASN.1): the key then rotates with the
+    /// certificate. The new certificate has the same SPIFFE ID. Returns it
+    /// and the cluster.
     pub fn renew_gateway(
         &self,
         csr_pem: &str,
         current_pem: &str,
+        key_proof: Option<&[u8]>,
         lifetime: Duration,
     ) -> Result<(SignedCertificate, String), IdentityError> {
         use rcgen::PublicKeyData;
@@ -433,8 +437,20 @@ impl Identity {
         if !leaf.validity().is_valid() {
             return Err(refuse("certificate is expired or not yet valid"));
         }
-        if leaf.public_key().subject_public_key.data.as_ref() != csr.public_key.der_bytes() {
-            return Err(refuse("the CSR is not for the certificate's key"));
+        let current_key = leaf.public_key().subject_public_key.data.as_ref();
+        if current_key != csr.public_key.der_bytes() {
+            // A new key: the current one must vouch for it.
+            let Some(proof) = key_proof else {
+                return Err(refuse(
+                    "the CSR is not for the certificate's key (a new key needs keyProof: the CSR signed with the current key)",
+                ));
+            };
+            ring::signature::UnparsedPublicKey::new(
+                &ring::signature::ECDSA_P256_SHA256_ASN1,
+                current_key,
+            )
+            .verify(csr_pem.as_bytes(), proof)
+            .map_err(|_| refuse("keyProof is not the CSR signed with the certificate's key"))?;
         }
         let prefix = format!("spiffe://{}/cluster/", self.trust_domain);
         let cluster = leaf
