@@ -456,6 +456,20 @@ http {{ access_log off; client_body_temp_path {0}; proxy_temp_path {0}; fastcgi_
         g_p99 / h_p99,
         g_cpu / h_cpu
     );
+    // Each figure's median over the rounds (robust to one noisy run).
+    let median = |runs: &[Run], figure: fn(&Run) -> f64| {
+        let mut values: Vec<f64> = runs.iter().map(figure).collect();
+        values.sort_by(f64::total_cmp);
+        values.get(values.len() / 2).copied().unwrap_or_default()
+    };
+    let ratio = |figure: fn(&Run) -> f64| median(&gns_runs, figure) / median(&ha_runs, figure);
+    println!(
+        "gns-gateway / haproxy (medians of {} rounds): rps {:.2}x, p99 {:.2}x, CPU per request {:.2}x",
+        gns_runs.len(),
+        ratio(|r| r.rps),
+        ratio(|r| r.p99_ms),
+        ratio(|r| r.cpu_us_per_request)
+    );
 
     // TCP passthrough: --tcp-mib through east egress → CONNECT tunnel → west, and directly.
     let through = tcp_throughput((east_egress.ip(), db_port).into(), args.tcp_mib).await?;
