@@ -39,6 +39,10 @@ struct Args {
     /// MiB sent through the TCP passthrough (and directly) for its throughput.
     #[arg(long, default_value_t = 512)]
     tcp_mib: u64,
+    /// Pin the proxies (both chains alike) to the last CPU and wrk and nginx
+    /// to CPU 0, so where the scheduler puts them does not move the figures.
+    #[arg(long)]
+    pin: bool,
     /// Keep the work directory (configs, certificates, logs) and print its path.
     #[arg(long)]
     keep_dir: bool,
@@ -90,6 +94,21 @@ fn latency_ms(text: &str, label: &str) -> f64 {
                 0.0
             }
         })
+}
+
+/// Sets the CPU affinity of every thread of `pid` (`taskset`).
+fn pin(pid: u32, cpus: &str) -> anyhow::Result<()> {
+    let out = Command::new("taskset")
+        .args(["-a", "-p", "-c", cpus, &pid.to_string()])
+        .output()
+        .context("run taskset (util-linux)")?;
+    if !out.status.success() {
+        bail!(
+            "taskset {pid}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
 }
 
 fn wrk(args: &Args, url: &str, host: Option<&str>, pids: &[u32]) -> anyhow::Result<Run> {
@@ -204,6 +223,11 @@ fn haproxy_certs(dir: &Path) -> anyhow::Result<()> {
 async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let args = Args::parse();
+    if args.pin {
+        // Inherited by everything started from here (nginx, the federation,
+        // wrk); the proxies are moved to the last CPU once they run.
+        pin(std::process::id(), "0")?;
+    }
     let dir = tempfile::tempdir()?;
     let kept;
     let d = if args.keep_dir {
@@ -411,6 +435,13 @@ http {{ access_log off; client_body_temp_path {0}; proxy_temp_path {0}; fastcgi_
     let pids = |procs: &[&Proc]| procs.iter().filter_map(|p| p.pid()).collect::<Vec<u32>>();
     let gw_pids = pids(&gateways.iter().collect::<Vec<_>>());
     let ha_pids = pids(&[&ha_a, &ha_b]);
+    if args.pin {
+        let last = std::thread::available_parallelism().map_or(1, usize::from) - 1;
+        for pid in gw_pids.iter().chain(&ha_pids) {
+            pin(*pid, &last.to_string())?;
+        }
+        println!("# pinned: proxies on CPU {last}, wrk and nginx on CPU 0");
+    }
     let direct = wrk(&args, &format!("http://127.0.0.1:{nginx_port}/"), None, &[])?;
     // Warm both chains up alike (connection pools, allocator, caches) before measuring.
     let warm_up = Args {
