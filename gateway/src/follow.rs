@@ -367,6 +367,17 @@ impl Follower {
         Ok(())
     }
 
+    /// `POST /v1/identity/sign` with a renewal body.
+    async fn sign_renewal(&self, body: serde_json::Value) -> Result<Renewed, FollowError> {
+        let resp = self
+            .http
+            .post(format!("{}/v1/identity/sign", self.federation))
+            .json(&body)
+            .send()
+            .await?;
+        Ok(checked(resp).await?.json().await?)
+    }
+
     /// One renewal, with a new key: the CSR is for a fresh key and the
     /// current key signs it (`keyProof`), so the federation knows the holder
     /// of the current certificate asked. On disk the new key is written
@@ -388,28 +399,46 @@ impl Follower {
         let current_pem = std::fs::read_to_string(&cert_path).map_err(state_err(&cert_path))?;
         let next_path = self.path("next-key.pem");
         write_atomic(&next_path, next_key.serialize_pem().as_bytes())?;
-        let resp = self
-            .http
-            .post(format!("{}/v1/identity/sign", self.federation))
-            .json(&serde_json::json!({
+        let rotated = self
+            .sign_renewal(serde_json::json!({
                 "csr": csr,
                 "certificate": current_pem,
                 "keyProof": base64::engine::general_purpose::STANDARD.encode(proof),
             }))
-            .send()
-            .await?;
-        let renewed: Renewed = checked(resp).await?.json().await?;
+            .await;
+        let (renewed, key_pem) = match rotated {
+            Ok(renewed) => (renewed, next_key.serialize_pem()),
+            // A federation from before key rotation refuses the field: renew
+            // the current key (as it did) rather than not at all.
+            Err(FollowError::Status { status: 422, body }) if body.contains("keyProof") => {
+                tracing::warn!(
+                    "the federation cannot rotate keys yet; renewing with the current key"
+                );
+                std::fs::remove_file(&next_path).map_err(state_err(&next_path))?;
+                let csr = rcgen::CertificateParams::new(Vec::<String>::new())
+                    .and_then(|p| p.serialize_request(&current_key))
+                    .and_then(|c| c.pem())
+                    .map_err(pem_err)?;
+                let renewed = self
+                    .sign_renewal(serde_json::json!({"csr": csr, "certificate": current_pem}))
+                    .await?;
+                (renewed, key_pem)
+            }
+            Err(e) => return Err(e),
+        };
         let chain = CertificateDer::pem_slice_iter(renewed.certificate.as_bytes())
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| FollowError::Pem(e.to_string()))?;
-        if !certifies(&renewed.certificate, &next_key.serialize_pem()) {
+        if !certifies(&renewed.certificate, &key_pem) {
             return Err(FollowError::Pem(
-                "the renewed certificate is not for the new key".into(),
+                "the renewed certificate is not for the key it was asked for".into(),
             ));
         }
         write_atomic(&cert_path, renewed.certificate.as_bytes())?;
-        std::fs::rename(&next_path, &key_path).map_err(state_err(&key_path))?;
-        let key = PrivateKeyDer::try_from(next_key.serialize_der())
+        if next_path.exists() {
+            std::fs::rename(&next_path, &key_path).map_err(state_err(&key_path))?;
+        }
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
             .map_err(|e| FollowError::Pem(e.to_string()))?;
         Ok(TlsIdentity {
             trust_domain: current.trust_domain.clone(),
@@ -525,5 +554,93 @@ mod tests {
         follower.settle_key_rotation().expect("settle");
         assert_eq!(read("key.pem"), new_key, "the key in use stays");
         assert!(!dir.path().join("next-key.pem").exists());
+    }
+
+    /// A federation from before key rotation: it refuses `keyProof` with
+    /// 422 and renews a CSR for the current key.
+    async fn federation_without_key_rotation(cert_for_current_key: String) -> String {
+        use http_body_util::BodyExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("listen");
+        let address = listener.local_addr().expect("address");
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let cert = cert_for_current_key.clone();
+                let service = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let cert = cert.clone();
+                        async move {
+                            let body = req.into_body().collect().await?.to_bytes();
+                            let body: serde_json::Value =
+                                serde_json::from_slice(&body).unwrap_or_default();
+                            let (status, answer) = if body.get("keyProof").is_some() {
+                                (
+                                    422,
+                                    serde_json::json!({"error": "unknown field `keyProof`"}),
+                                )
+                            } else {
+                                (200, serde_json::json!({"certificate": cert}))
+                            };
+                            let mut resp = hyper::Response::new(http_body_util::Full::new(
+                                bytes::Bytes::from(answer.to_string()),
+                            ));
+                            *resp.status_mut() =
+                                http::StatusCode::from_u16(status).expect("status");
+                            Ok::<_, hyper::Error>(resp)
+                        }
+                    },
+                );
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), service),
+                );
+            }
+        });
+        format!("http://{address}")
+    }
+
+    #[tokio::test]
+    async fn renewal_keeps_the_key_when_the_federation_cannot_rotate_it() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let ca_key = rcgen::KeyPair::generate().expect("key");
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let current_key = rcgen::KeyPair::generate().expect("key");
+        let leaf = || {
+            rcgen::CertificateParams::new(Vec::<String>::new())
+                .expect("params")
+                .signed_by(&current_key, &issuer)
+                .expect("leaf")
+                .pem()
+        };
+        let federation = federation_without_key_rotation(leaf()).await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let follower = Follower::new(&federation, "east", dir.path()).expect("follower");
+        let first = leaf();
+        std::fs::write(dir.path().join("key.pem"), current_key.serialize_pem()).expect("key");
+        std::fs::write(dir.path().join("cert.pem"), &first).expect("cert");
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(first.as_bytes())
+            .collect::<Result<_, _>>()
+            .expect("chain");
+        let current = TlsIdentity {
+            trust_domain: "acme.test".into(),
+            chain,
+            key: PrivateKeyDer::try_from(current_key.serialize_der()).expect("key"),
+            roots: Vec::new(),
+        };
+        let renewed = follower.renew_once(&current).await.expect("renewed");
+        let key_pem = std::fs::read_to_string(dir.path().join("key.pem")).expect("key");
+        assert_eq!(key_pem, current_key.serialize_pem(), "the key stays");
+        let cert_pem = std::fs::read_to_string(dir.path().join("cert.pem")).expect("cert");
+        assert_ne!(cert_pem, first, "a new certificate");
+        assert!(certifies(&cert_pem, &key_pem));
+        assert!(!dir.path().join("next-key.pem").exists());
+        assert_eq!(
+            renewed.key.secret_der(),
+            current.key.secret_der(),
+            "the identity in use keeps the key"
+        );
     }
 }
