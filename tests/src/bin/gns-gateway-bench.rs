@@ -243,7 +243,7 @@ async fn main() -> anyhow::Result<()> {
     write(
         &d.join("nginx.conf"),
         &format!(
-            "worker_processes 1; daemon off; pid {0}/nginx.pid; error_log {0}/nginx-error.log;
+            "master_process off; worker_processes 1; daemon off; pid {0}/nginx.pid; error_log {0}/nginx-error.log;
 events {{ worker_connections 4096; }}
 http {{ access_log off; client_body_temp_path {0}; proxy_temp_path {0}; fastcgi_temp_path {0}; uwsgi_temp_path {0}; scgi_temp_path {0};
   keepalive_requests 1000000;
