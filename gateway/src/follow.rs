@@ -88,6 +88,14 @@ pub fn renewal_times(leaf: &CertificateDer<'_>) -> Option<(i64, i64)> {
     Some((from + (to - from) * 2 / 3, to))
 }
 
+/// A PEM CSR for `key` (the federation puts the SPIFFE ID in; no names here).
+fn csr_for(key: &rcgen::KeyPair) -> Result<String, FollowError> {
+    rcgen::CertificateParams::new(Vec::<String>::new())
+        .and_then(|p| p.serialize_request(key))
+        .and_then(|c| c.pem())
+        .map_err(|e| FollowError::Pem(e.to_string()))
+}
+
 /// True when `cert_pem`'s leaf certifies the key in `key_pem`.
 fn certifies(cert_pem: &str, key_pem: &str) -> bool {
     let Ok(key) = rcgen::KeyPair::from_pem(key_pem) else {
@@ -205,10 +213,7 @@ impl Follower {
         if !(key_path.exists() && cert_path.exists() && token_path.exists()) {
             let join_token = join_token.ok_or(FollowError::NeedJoinToken)?;
             let key = rcgen::KeyPair::generate().map_err(|e| FollowError::Pem(e.to_string()))?;
-            let csr = rcgen::CertificateParams::new(Vec::<String>::new())
-                .and_then(|p| p.serialize_request(&key))
-                .and_then(|c| c.pem())
-                .map_err(|e| FollowError::Pem(e.to_string()))?;
+            let csr = csr_for(&key)?;
             let resp = self
                 .http
                 .post(format!("{}/v1/identity/sign", self.federation))
@@ -390,10 +395,7 @@ impl Follower {
         let key_pem = std::fs::read_to_string(&key_path).map_err(state_err(&key_path))?;
         let current_key = rcgen::KeyPair::from_pem(&key_pem).map_err(pem_err)?;
         let next_key = rcgen::KeyPair::generate().map_err(pem_err)?;
-        let csr = rcgen::CertificateParams::new(Vec::<String>::new())
-            .and_then(|p| p.serialize_request(&next_key))
-            .and_then(|c| c.pem())
-            .map_err(pem_err)?;
+        let csr = csr_for(&next_key)?;
         let proof = current_key.sign(csr.as_bytes()).map_err(pem_err)?;
         let cert_path = self.path("cert.pem");
         let current_pem = std::fs::read_to_string(&cert_path).map_err(state_err(&cert_path))?;
@@ -415,10 +417,7 @@ impl Follower {
                     "the federation cannot rotate keys yet; renewing with the current key"
                 );
                 std::fs::remove_file(&next_path).map_err(state_err(&next_path))?;
-                let csr = rcgen::CertificateParams::new(Vec::<String>::new())
-                    .and_then(|p| p.serialize_request(&current_key))
-                    .and_then(|c| c.pem())
-                    .map_err(pem_err)?;
+                let csr = csr_for(&current_key)?;
                 let renewed = self
                     .sign_renewal(serde_json::json!({"csr": csr, "certificate": current_pem}))
                     .await?;

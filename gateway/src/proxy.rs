@@ -399,13 +399,7 @@ impl Gateway {
             if *cluster == self.cluster {
                 match self.connect_local_tcp(&route, port).await {
                     Ok(mut upstream) => {
-                        let copied = tokio::io::copy_bidirectional_with_sizes(
-                            &mut client,
-                            &mut upstream,
-                            TCP_BUFFER,
-                            TCP_BUFFER,
-                        )
-                        .await;
+                        let copied = pipe(&mut client, &mut upstream).await;
                         count_tcp(&route, cluster, copied);
                         return Ok(());
                     }
@@ -418,13 +412,7 @@ impl Gateway {
             };
             match connection.tunnel(&host).await {
                 Ok(mut tunnel) => {
-                    let copied = tokio::io::copy_bidirectional_with_sizes(
-                        &mut client,
-                        &mut tunnel,
-                        TCP_BUFFER,
-                        TCP_BUFFER,
-                    )
-                    .await;
+                    let copied = pipe(&mut client, &mut tunnel).await;
                     count_tcp(&route, cluster, copied);
                     return Ok(());
                 }
@@ -503,13 +491,7 @@ impl Gateway {
             match hyper::upgrade::on(req).await {
                 Ok(upgraded) => {
                     let mut tunnel = TokioIo::new(upgraded);
-                    let _ = tokio::io::copy_bidirectional_with_sizes(
-                        &mut tunnel,
-                        &mut upstream,
-                        TCP_BUFFER,
-                        TCP_BUFFER,
-                    )
-                    .await;
+                    let _ = pipe(&mut tunnel, &mut upstream).await;
                 }
                 Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
             }
@@ -865,35 +847,32 @@ impl Gateway {
         parts: &http::request::Parts,
         body: Bytes,
     ) -> Result<Response<Body>, TryError> {
+        use crate::peer::PeerError;
         self.counters.peer_tries.fetch_add(1, Ordering::Relaxed);
+        let as_try = |e: PeerError| match e {
+            PeerError::NotSent(e) => TryError::Connect(format!("{peer}: {e}")),
+            PeerError::Failed(e) => TryError::Failed(format!("{peer}: {e}")),
+        };
         let pooled = self.shard().peers.get(peer);
-        let fresh = pooled.is_none();
+        let reused = pooled.is_some();
         let connection = match pooled {
-            Some(c) => c,
+            Some(connection) => connection,
             None => self.connect_peer(peer).await?,
         };
         match connection.send(peer_head(parts)?, body.clone()).await {
-            Ok(resp) => Ok(resp),
-            Err(crate::peer::PeerError::NotSent(e)) if fresh => {
+            Err(PeerError::NotSent(e)) => {
                 self.shard().peers.remove(peer);
-                Err(TryError::Connect(format!("{peer}: {e}")))
-            }
-            Err(crate::peer::PeerError::NotSent(_)) => {
-                self.shard().peers.remove(peer);
+                if !reused {
+                    return Err(as_try(PeerError::NotSent(e)));
+                }
+                // The pooled connection had gone away: once more on a new one.
                 let connection = self.connect_peer(peer).await?;
                 connection
                     .send(peer_head(parts)?, body)
                     .await
-                    .map_err(|e| match e {
-                        crate::peer::PeerError::NotSent(e) => {
-                            TryError::Connect(format!("{peer}: {e}"))
-                        }
-                        crate::peer::PeerError::Failed(e) => {
-                            TryError::Failed(format!("{peer}: {e}"))
-                        }
-                    })
+                    .map_err(as_try)
             }
-            Err(crate::peer::PeerError::Failed(e)) => Err(TryError::Failed(format!("{peer}: {e}"))),
+            outcome => outcome.map_err(as_try),
         }
     }
 
@@ -970,6 +949,16 @@ fn count_response(resp: Response<Body>, bytes: metrics::Counter) -> Response<Bod
         })
         .boxed()
     })
+}
+
+/// Copies both ways between `a` and `b` until both ends are done; the bytes
+/// each way (a → b, b → a).
+async fn pipe<A, B>(a: &mut A, b: &mut B) -> std::io::Result<(u64, u64)>
+where
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + ?Sized,
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + ?Sized,
+{
+    tokio::io::copy_bidirectional_with_sizes(a, b, TCP_BUFFER, TCP_BUFFER).await
 }
 
 /// Counts the bytes a TCP connection carried each way (when it ended cleanly).

@@ -25,6 +25,41 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// Starts `gns-federation` with its state in `dir/fed`, its API and DNS on
+/// free ports, admin token `token` and the `extra` flags; returns it and its
+/// API base URL once `/readyz` answers (panics after 20 s, with its log).
+pub async fn start_federation(dir: &Path, token: &str, extra: &[&str]) -> (Proc, String) {
+    let api = format!("127.0.0.1:{}", free_port());
+    let mut args = vec![
+        "--listen".to_owned(),
+        api.clone(),
+        "--dns-listen".into(),
+        format!("127.0.0.1:{}", free_port()),
+        "--data-dir".into(),
+        dir.join("fed").display().to_string(),
+        "--admin-token".into(),
+        token.into(),
+    ];
+    args.extend(extra.iter().map(|a| (*a).to_owned()));
+    let fed = Proc::spawn(&binary("gns-federation"), &args, dir.join("federation.log"));
+    let base = format!("http://{api}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if reqwest::get(format!("{base}/readyz"))
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return (fed, base);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the federation was not ready within 20 s:\n{}",
+            fed.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A TCP port that was free a moment ago.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use gns_tests::{Proc, binary, free_port, gateway_metric as metric};
+use gns_tests::{Proc, binary, free_port, gateway_metric as metric, start_federation};
 use http_body_util::BodyExt;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -413,34 +413,16 @@ async fn cross_cluster_requests_over_mtls() {
     ))
     .expect("slice");
 
-    let api_port = free_port();
-    let base = format!("http://127.0.0.1:{api_port}");
-    let mut fed = Proc::spawn(
-        &binary("gns-federation"),
+    // Short-lived certificates: gateways renew every 8 s during the test.
+    let (mut fed, base) = start_federation(
+        dir.path(),
+        TOKEN,
         &[
-            "--listen".into(),
-            format!("127.0.0.1:{api_port}"),
-            "--dns-listen".into(),
-            format!("127.0.0.1:{}", free_port()),
-            "--data-dir".into(),
-            dir.path().join("fed").display().to_string(),
-            "--admin-token".into(),
-            TOKEN.into(),
-            "--trust-domain".into(),
-            "acme.test".into(),
-            // Short-lived certificates: gateways renew every 8 s during the test.
-            "--gateway-cert-lifetime".into(),
-            "12s".into(),
+            "--trust-domain",
+            "acme.test",
+            "--gateway-cert-lifetime",
+            "12s",
         ],
-        dir.path().join("federation.log"),
-    );
-    eventually(
-        "the federation to be ready",
-        Duration::from_secs(20),
-        async || match reqwest::get(format!("{base}/readyz")).await {
-            Ok(r) if r.status().is_success() => Ok(()),
-            other => Err(format!("{other:?}")),
-        },
     )
     .await;
 

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use gns_tests::{Proc, binary, free_port, gateway_metric as metric};
+use gns_tests::{Proc, binary, free_port, gateway_metric as metric, start_federation};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube_apiserver_test::{Grant, TestApiServer, TestApiServerOptions, endpoint_slice, service};
@@ -124,34 +124,15 @@ async fn root_rotation_under_traffic_drops_no_request() {
         ))
         .expect("slice");
 
-    let api_port = free_port();
-    let base = format!("http://127.0.0.1:{api_port}");
-    let _fed = Proc::spawn(
-        &binary("gns-federation"),
+    let (_fed, base) = start_federation(
+        dir.path(),
+        TOKEN,
         &[
-            "--listen".into(),
-            format!("127.0.0.1:{api_port}"),
-            "--dns-listen".into(),
-            format!("127.0.0.1:{}", free_port()),
-            "--data-dir".into(),
-            dir.path().join("fed").display().to_string(),
-            "--admin-token".into(),
-            TOKEN.into(),
-            "--trust-domain".into(),
-            "acme.test".into(),
-            "--gateway-cert-lifetime".into(),
-            "9s".into(),
+            "--trust-domain",
+            "acme.test",
+            "--gateway-cert-lifetime",
+            "9s",
         ],
-        dir.path().join("federation.log"),
-    );
-    until(
-        "the federation to be ready",
-        Duration::from_secs(20),
-        async || {
-            reqwest::get(format!("{base}/readyz"))
-                .await
-                .is_ok_and(|r| r.status().is_success())
-        },
     )
     .await;
     let ingress = [free_port(), free_port()];
