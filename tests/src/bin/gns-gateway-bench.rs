@@ -223,6 +223,8 @@ fn haproxy_certs(dir: &Path) -> anyhow::Result<()> {
 async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let args = Args::parse();
+    // Counted before pinning: afterwards this process sees only CPU 0.
+    let last_cpu = std::thread::available_parallelism().map_or(1, usize::from) - 1;
     if args.pin {
         // Inherited by everything started from here (nginx, the federation,
         // wrk); the proxies are moved to the last CPU once they run.
@@ -436,11 +438,10 @@ http {{ access_log off; client_body_temp_path {0}; proxy_temp_path {0}; fastcgi_
     let gw_pids = pids(&gateways.iter().collect::<Vec<_>>());
     let ha_pids = pids(&[&ha_a, &ha_b]);
     if args.pin {
-        let last = std::thread::available_parallelism().map_or(1, usize::from) - 1;
         for pid in gw_pids.iter().chain(&ha_pids) {
-            pin(*pid, &last.to_string())?;
+            pin(*pid, &last_cpu.to_string())?;
         }
-        println!("# pinned: proxies on CPU {last}, wrk and nginx on CPU 0");
+        println!("# pinned: proxies on CPU {last_cpu}, wrk and nginx on CPU 0");
     }
     let direct = wrk(&args, &format!("http://127.0.0.1:{nginx_port}/"), None, &[])?;
     // Warm both chains up alike (connection pools, allocator, caches) before measuring.
