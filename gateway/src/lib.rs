@@ -10,6 +10,7 @@
 
 pub mod config;
 pub mod follow;
+pub mod ingress;
 pub mod listen;
 pub mod metrics;
 pub mod peer;

@@ -147,11 +147,7 @@ impl PeerConnection {
                 response.status()
             )));
         }
-        Ok(Tunnel {
-            send,
-            recv: response.into_body(),
-            pending: Bytes::new(),
-        })
+        Ok(Tunnel::new(send, response.into_body()))
     }
 }
 
@@ -289,6 +285,17 @@ pub struct Tunnel {
     recv: h2::RecvStream,
     /// Received data not yet read.
     pending: Bytes,
+}
+
+impl Tunnel {
+    /// A tunnel over a stream's two halves (either side of a CONNECT).
+    pub fn new(send: h2::SendStream<Bytes>, recv: h2::RecvStream) -> Self {
+        Self {
+            send,
+            recv,
+            pending: Bytes::new(),
+        }
+    }
 }
 
 fn broken(e: h2::Error) -> io::Error {

@@ -1,10 +1,13 @@
-//! HTTP/1.1 connections to local endpoints, kept alive and reused: idle
-//! senders per endpoint address, a connection driver task per connection
-//! (not per request), and a response body that hands its connection back to
-//! the pool when it ends. Built on hyper's low-level client connection API,
-//! so a request costs a lock to pop a sender and another to push it back.
+//! HTTP/1.1 connections to local endpoints, kept alive and reused. Built on
+//! hyper's low-level client connection API, with no task of its own: the
+//! request that uses a connection drives it (polls its `Connection` beside
+//! the send), and so does the response body, which hands the connection back
+//! to the pool when it ends. A request therefore stays on the task that
+//! serves it (no wake-up of another task, no channel hop to a driver), and a
+//! request costs a lock to pop a connection and another to push it back.
 
 use std::collections::HashMap;
+use std::future::{Future, poll_fn};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -14,7 +17,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
-use hyper::client::conn::http1::SendRequest;
+use hyper::client::conn::http1::{Connection, SendRequest};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -35,7 +38,67 @@ pub enum PoolError {
     Request(#[from] hyper::Error),
 }
 
-type Idle = Arc<Mutex<HashMap<SocketAddr, Vec<SendRequest<Body>>>>>;
+/// The driving half of a connection: reads and writes happen when it is polled.
+type Driver = Connection<TokioIo<TcpStream>, Body>;
+
+/// One kept-alive connection to an endpoint.
+struct LocalConnection {
+    sender: SendRequest<Body>,
+    /// `None` once the connection has ended (then it is not reused).
+    driver: Option<Driver>,
+}
+
+impl LocalConnection {
+    /// Polls the driver; false once the connection has ended. An ended
+    /// driver is dropped, which fails the requests it still held (giving
+    /// back the ones it never wrote).
+    fn drive(&mut self, cx: &mut Context<'_>) -> bool {
+        if let Some(driver) = &mut self.driver
+            && Pin::new(driver).poll(cx).is_ready()
+        {
+            self.driver = None;
+        }
+        self.driver.is_some()
+    }
+
+    /// Sends `request` and waits for the response head, driving the
+    /// connection meanwhile.
+    async fn exchange(&mut self, request: Request<Body>) -> Result<Response<Incoming>, Exchange> {
+        let ready = poll_fn(|cx| {
+            self.drive(cx);
+            self.sender.poll_ready(cx)
+        })
+        .await;
+        if let Err(e) = ready {
+            return Err(Exchange::Unsent(Box::new(request), e));
+        }
+        let mut response = std::pin::pin!(self.sender.try_send_request(request));
+        let driver = &mut self.driver;
+        poll_fn(|cx| {
+            if let Some(d) = driver
+                && Pin::new(d).poll(cx).is_ready()
+            {
+                *driver = None;
+            }
+            response.as_mut().poll(cx)
+        })
+        .await
+        .map_err(|mut failed| match failed.take_message() {
+            Some(unsent) => Exchange::Unsent(Box::new(unsent), failed.into_error()),
+            None => Exchange::Failed(failed.into_error()),
+        })
+    }
+}
+
+/// How an exchange on a pooled connection failed.
+enum Exchange {
+    /// Nothing was written: the request comes back, safe to send elsewhere.
+    Unsent(Box<Request<Body>>, hyper::Error),
+    /// The request was (at least partly) written.
+    Failed(hyper::Error),
+}
+
+type Idle = Arc<Mutex<HashMap<SocketAddr, Vec<LocalConnection>>>>;
 
 /// The pool of connections to local endpoints.
 #[derive(Clone, Default)]
@@ -53,30 +116,30 @@ impl LocalPool {
         }
     }
 
-    fn pop(&self, target: SocketAddr) -> Option<SendRequest<Body>> {
+    fn pop(&self, target: SocketAddr) -> Option<LocalConnection> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        let senders = idle.get_mut(&target)?;
-        while let Some(sender) = senders.pop() {
-            if !sender.is_closed() {
-                return Some(sender);
+        let connections = idle.get_mut(&target)?;
+        while let Some(connection) = connections.pop() {
+            if connection.driver.is_some() && !connection.sender.is_closed() {
+                return Some(connection);
             }
         }
         None
     }
 
-    async fn connect(&self, target: SocketAddr) -> Result<SendRequest<Body>, PoolError> {
+    async fn connect(&self, target: SocketAddr) -> Result<LocalConnection, PoolError> {
         let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(target))
             .await
             .map_err(|_| PoolError::Connect("connect timed out".into()))?
             .map_err(|e| PoolError::Connect(e.to_string()))?;
         let _ = tcp.set_nodelay(true);
-        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        let (sender, driver) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
             .await
             .map_err(|e| PoolError::Connect(e.to_string()))?;
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        Ok(sender)
+        Ok(LocalConnection {
+            sender,
+            driver: Some(driver),
+        })
     }
 
     /// Sends `request` to `target` on a pooled connection (a new one when
@@ -88,26 +151,19 @@ impl LocalPool {
         request: Request<Body>,
         retry: impl FnOnce() -> Option<Request<Body>>,
     ) -> Result<Response<Body>, PoolError> {
-        if let Some(mut sender) = self.pop(target)
-            && sender.ready().await.is_ok()
-        {
-            return match sender.try_send_request(request).await {
-                Ok(response) => Ok(self.wrap(target, sender, response)),
-                Err(mut failed) => {
-                    // Not sent: the endpoint had closed the idle connection.
-                    if let Some(unsent) = failed.take_message() {
-                        return self.send_new(target, unsent).await;
-                    }
-                    if failed.error().is_incomplete_message()
-                        && let Some(again) = retry()
-                    {
-                        return self.send_new(target, again).await;
-                    }
-                    Err(PoolError::Request(failed.into_error()))
-                }
-            };
+        let Some(mut connection) = self.pop(target) else {
+            return self.send_new(target, request).await;
+        };
+        match connection.exchange(request).await {
+            Ok(response) => Ok(self.wrap(target, connection, response)),
+            // Not sent: the endpoint had closed the idle connection.
+            Err(Exchange::Unsent(unsent, _)) => self.send_new(target, *unsent).await,
+            Err(Exchange::Failed(e)) => match retry() {
+                // Closed as the request went out: nothing was answered.
+                Some(again) if e.is_incomplete_message() => self.send_new(target, again).await,
+                _ => Err(PoolError::Request(e)),
+            },
         }
-        self.send_new(target, request).await
     }
 
     async fn send_new(
@@ -115,16 +171,18 @@ impl LocalPool {
         target: SocketAddr,
         request: Request<Body>,
     ) -> Result<Response<Body>, PoolError> {
-        let mut sender = self.connect(target).await?;
-        let response = sender.send_request(request).await?;
-        Ok(self.wrap(target, sender, response))
+        let mut connection = self.connect(target).await?;
+        match connection.exchange(request).await {
+            Ok(response) => Ok(self.wrap(target, connection, response)),
+            Err(Exchange::Unsent(_, e) | Exchange::Failed(e)) => Err(PoolError::Request(e)),
+        }
     }
 
     /// The response, with its connection going back to the pool when its body ends.
     fn wrap(
         &self,
         target: SocketAddr,
-        sender: SendRequest<Body>,
+        connection: LocalConnection,
         response: Response<Incoming>,
     ) -> Response<Body> {
         let keep_alive = !response
@@ -134,7 +192,8 @@ impl LocalPool {
         let (parts, body) = response.into_parts();
         let mut returning = Returning {
             body,
-            back: keep_alive.then(|| (sender, target, Arc::clone(&self.idle))),
+            connection: Some(connection),
+            back: keep_alive.then(|| (target, Arc::clone(&self.idle))),
         };
         if returning.body.is_end_stream() {
             returning.give_back();
@@ -143,19 +202,28 @@ impl LocalPool {
     }
 }
 
-/// A response body that returns its connection to the pool at its end.
+/// A response body that drives its connection while it streams and returns
+/// the connection to the pool at its end.
 struct Returning {
     body: Incoming,
-    back: Option<(SendRequest<Body>, SocketAddr, Idle)>,
+    /// `None` once given back.
+    connection: Option<LocalConnection>,
+    /// Where the connection goes back to (`None`: not reusable).
+    back: Option<(SocketAddr, Idle)>,
 }
 
 impl Returning {
     fn give_back(&mut self) {
-        if let Some((sender, target, idle)) = self.back.take() {
+        let Some(connection) = self.connection.take() else {
+            return;
+        };
+        if let Some((target, idle)) = self.back.take()
+            && connection.driver.is_some()
+        {
             let mut idle = idle.lock().unwrap_or_else(PoisonError::into_inner);
-            let senders = idle.entry(target).or_default();
-            if senders.len() < MAX_IDLE_PER_ENDPOINT {
-                senders.push(sender);
+            let connections = idle.entry(target).or_default();
+            if connections.len() < MAX_IDLE_PER_ENDPOINT {
+                connections.push(connection);
             }
         }
     }
@@ -169,6 +237,9 @@ impl HttpBody for Returning {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if let Some(connection) = &mut self.connection {
+            connection.drive(cx);
+        }
         let polled = Pin::new(&mut self.body).poll_frame(cx);
         match &polled {
             Poll::Ready(None) => self.give_back(),

@@ -36,8 +36,6 @@ use crate::tls::{TlsIdentity, peer_cluster, peer_config};
 pub const MAX_BODY: usize = 8 * 1024 * 1024;
 /// Connecting to a peer gateway or an endpoint gives up after this.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// Requests a peer gateway may have in flight on one connection.
-const MAX_PEER_STREAMS: u32 = 1024;
 /// Copy buffer of each direction of a passed-through TCP connection.
 const TCP_BUFFER: usize = 64 * 1024;
 /// Overall request timeout when the route sets none.
@@ -459,44 +457,55 @@ impl Gateway {
     }
 
     /// A CONNECT from a peer gateway: answer 200 once the local endpoint is
-    /// connected, then pipe the tunnel to it.
-    async fn ingress_connect(&self, req: Request<Incoming>, peer: &str) -> Response<Body> {
-        let authority = req
-            .uri()
-            .authority()
-            .map(|a| (a.host().to_owned(), a.port_u16()));
-        let Some((host, Some(port))) = authority else {
-            return reply(StatusCode::BAD_REQUEST, "CONNECT needs host:port");
+    /// connected, then pipe the stream to it (on a task of its own).
+    async fn ingress_connect(
+        &self,
+        req: Request<h2::RecvStream>,
+        mut respond: h2::server::SendResponse<Bytes>,
+        peer: &str,
+    ) {
+        let mut upstream = match self.connect_target(req.uri(), peer).await {
+            Ok(tcp) => tcp,
+            Err(refusal) => return crate::ingress::send_response(respond, refusal).await,
         };
-        let Some(route) = self.routes.load().tcp_route_named(port, &host) else {
-            return reply(
+        let send = match respond.send_response(Response::new(()), false) {
+            Ok(send) => send,
+            Err(e) => {
+                tracing::debug!(error = %e, "CONNECT answer not sent");
+                return;
+            }
+        };
+        let mut tunnel = crate::peer::Tunnel::new(send, req.into_body());
+        tokio::spawn(async move {
+            let _ = pipe(&mut tunnel, &mut upstream).await;
+        });
+    }
+
+    /// The local endpoint a peer's CONNECT to `target` (`host:port`) goes
+    /// to, connected; or the answer that refuses it.
+    async fn connect_target(&self, target: &Uri, peer: &str) -> Result<TcpStream, Response<Body>> {
+        let authority = target.authority().map(|a| (a.host(), a.port_u16()));
+        let Some((host, Some(port))) = authority else {
+            return Err(reply(StatusCode::BAD_REQUEST, "CONNECT needs host:port"));
+        };
+        let Some(route) = self.routes.load().tcp_route_named(port, host) else {
+            return Err(reply(
                 StatusCode::NOT_FOUND,
                 &format!("{host}:{port} is not a TCP service here"),
-            );
+            ));
         };
         if let Some(allowed) = &route.config.allowed_clusters
             && !allowed.iter().any(|c| c == peer)
         {
             self.counters.access_denied.fetch_add(1, Ordering::Relaxed);
-            return reply(
+            return Err(reply(
                 StatusCode::FORBIDDEN,
                 &format!("cluster {peer} may not connect"),
-            );
+            ));
         }
-        let mut upstream = match self.connect_local_tcp(&route, port).await {
-            Ok(tcp) => tcp,
-            Err(e) => return reply(StatusCode::BAD_GATEWAY, &e),
-        };
-        tokio::spawn(async move {
-            match hyper::upgrade::on(req).await {
-                Ok(upgraded) => {
-                    let mut tunnel = TokioIo::new(upgraded);
-                    let _ = pipe(&mut tunnel, &mut upstream).await;
-                }
-                Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
-            }
-        });
-        Response::new(full(Bytes::new()))
+        self.connect_local_tcp(&route, port)
+            .await
+            .map_err(|e| reply(StatusCode::BAD_GATEWAY, &e))
     }
 
     async fn serve_plain(self: Arc<Self>, listener: TcpListener, entry: Entry) {
@@ -584,18 +593,9 @@ impl Gateway {
             .and_then(|c| c.first())
             .and_then(|c| peer_cluster(c, &identity.trust_domain))
             .ok_or_else(|| "the peer is not a gateway of this trust domain".to_owned())?;
-        let gw = Arc::clone(&self);
-        let svc = service_fn(move |req| {
-            let gw = Arc::clone(&gw);
-            let peer = peer.clone();
-            async move { Ok::<_, Infallible>(Box::pin(gw.ingress(req, &peer)).await) }
-        });
-        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-            .initial_stream_window_size(crate::peer::STREAM_WINDOW)
-            .initial_connection_window_size(crate::peer::CONNECTION_WINDOW)
-            .max_frame_size(crate::peer::MAX_FRAME)
-            .max_concurrent_streams(MAX_PEER_STREAMS)
-            .serve_connection(TokioIo::new(tls), svc)
+        let gw = &*self;
+        let peer = peer.as_str();
+        crate::ingress::serve(tls, |req, respond| gw.ingress_stream(req, respond, peer))
             .await
             .map_err(|e| format!("http2: {e}"))
     }
@@ -722,13 +722,23 @@ impl Gateway {
         (last, last_cluster)
     }
 
-    async fn ingress(&self, req: Request<Incoming>, peer: &str) -> Response<Body> {
+    /// One stream from a peer gateway: a CONNECT tunnel or a request.
+    async fn ingress_stream(
+        &self,
+        req: Request<h2::RecvStream>,
+        respond: h2::server::SendResponse<Bytes>,
+        peer: &str,
+    ) {
         self.counters
             .ingress_requests
             .fetch_add(1, Ordering::Relaxed);
         if req.method() == http::Method::CONNECT {
-            return self.ingress_connect(req, peer).await;
+            return self.ingress_connect(req, respond, peer).await;
         }
+        crate::ingress::respond(respond, self.ingress(req, peer)).await;
+    }
+
+    async fn ingress(&self, req: Request<h2::RecvStream>, peer: &str) -> Response<Body> {
         let host = host_in(req.headers(), req.uri());
         let Some(route) = self.routes.load().route(host) else {
             return reply(
@@ -747,19 +757,12 @@ impl Gateway {
         }
         let (parts, body) = req.into_parts();
         // Buffered, so a connect failure can move on to another endpoint.
-        let body = if hyper::body::Body::is_end_stream(&body) {
-            Ok(Bytes::new())
-        } else {
-            Limited::new(body, MAX_BODY)
-                .collect()
-                .await
-                .map(|b| b.to_bytes())
-        };
-        let Ok(body) = body else {
-            return reply(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "request body too large or broken",
-            );
+        let body = match crate::ingress::read_body(body, MAX_BODY).await {
+            Ok(body) => body,
+            Err(e @ crate::ingress::BodyError::TooLarge(_)) => {
+                return reply(StatusCode::PAYLOAD_TOO_LARGE, &e.to_string());
+            }
+            Err(e) => return reply(StatusCode::BAD_REQUEST, &e.to_string()),
         };
         match self.send_local(&route, parts, body).await {
             Ok(resp) => resp,

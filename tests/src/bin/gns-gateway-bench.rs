@@ -43,6 +43,10 @@ struct Args {
     /// to CPU 0, so where the scheduler puts them does not move the figures.
     #[arg(long)]
     pin: bool,
+    /// Also count the proxies' system calls, context switches and page faults per request
+    /// (`perf stat` on their processes during each run; needs `perf`).
+    #[arg(long)]
+    syscalls: bool,
     /// Keep the work directory (configs, certificates, logs) and print its path.
     #[arg(long)]
     keep_dir: bool,
@@ -77,6 +81,56 @@ struct Run {
     p50_ms: f64,
     p99_ms: f64,
     cpu_us_per_request: f64,
+    /// Kernel events of the proxies per request (`--syscalls`).
+    per_request: Option<KernelCounts>,
+}
+
+/// System calls, context switches and page faults (in all, or per request).
+#[derive(Debug, Clone, Copy)]
+struct KernelCounts {
+    syscalls: f64,
+    switches: f64,
+    faults: f64,
+}
+
+/// `perf stat` counting the [`KernelCounts`] of `pids` until stopped.
+fn start_syscall_count(pids: &[u32], out: &Path) -> anyhow::Result<std::process::Child> {
+    let list = pids
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    Command::new("perf")
+        .args([
+            "stat",
+            "-x,",
+            "-e",
+            "raw_syscalls:sys_enter,context-switches,page-faults",
+        ])
+        .args(["-p", &list, "-o"])
+        .arg(out)
+        .spawn()
+        .context("run perf (apt-get install linux-perf)")
+}
+
+/// Stops a [`start_syscall_count`] and reads its counts.
+fn finish_syscall_count(mut perf: std::process::Child, out: &Path) -> anyhow::Result<KernelCounts> {
+    let pid = perf.id().to_string();
+    Command::new("kill").args(["-INT", &pid]).status()?;
+    perf.wait()?;
+    let text = std::fs::read_to_string(out).with_context(|| format!("read {}", out.display()))?;
+    let count = |event: &str| {
+        text.lines()
+            .find(|l| l.contains(event))
+            .and_then(|l| l.split(',').next())
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .with_context(|| format!("no {event} count in perf output: {text}"))
+    };
+    Ok(KernelCounts {
+        syscalls: count("raw_syscalls:sys_enter")?,
+        switches: count("context-switches")?,
+        faults: count("page-faults")?,
+    })
 }
 
 fn latency_ms(text: &str, label: &str) -> f64 {
@@ -112,6 +166,14 @@ fn pin(pid: u32, cpus: &str) -> anyhow::Result<()> {
 }
 
 fn wrk(args: &Args, url: &str, host: Option<&str>, pids: &[u32]) -> anyhow::Result<Run> {
+    let counting = match (&args.syscalls, pids.is_empty()) {
+        (true, false) => {
+            let out =
+                std::env::temp_dir().join(format!("gns-bench-perf-{}.txt", std::process::id()));
+            Some((start_syscall_count(pids, &out)?, out))
+        }
+        _ => None,
+    };
     let before: f64 = pids.iter().map(|p| cpu_seconds(*p)).sum();
     let mut cmd = Command::new("wrk");
     cmd.args([
@@ -128,6 +190,10 @@ fn wrk(args: &Args, url: &str, host: Option<&str>, pids: &[u32]) -> anyhow::Resu
         .output()
         .context("run wrk (apt-get install wrk)")?;
     let after: f64 = pids.iter().map(|p| cpu_seconds(*p)).sum();
+    let counted = match counting {
+        Some((perf, out)) => Some(finish_syscall_count(perf, &out)?),
+        None => None,
+    };
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     let rps = text
         .lines()
@@ -153,6 +219,11 @@ fn wrk(args: &Args, url: &str, host: Option<&str>, pids: &[u32]) -> anyhow::Resu
         } else {
             (after - before) / requests * 1e6
         },
+        per_request: counted.filter(|_| requests > 0.0).map(|c| KernelCounts {
+            syscalls: c.syscalls / requests,
+            switches: c.switches / requests,
+            faults: c.faults / requests,
+        }),
     })
 }
 
@@ -461,11 +532,31 @@ http {{ access_log off; client_body_temp_path {0}; proxy_temp_path {0}; fastcgi_
         "# {} wrk connections, {} s per run, {} thread(s) per proxy; HTTP/2 over mTLS (TLS 1.3) between the proxies",
         args.connections, args.duration, args.threads
     );
-    println!("| path | rps | p50 ms | p99 ms | proxy CPU µs/request |");
-    println!("|---|---|---|---|---|");
+    println!(
+        "| path | rps | p50 ms | p99 ms | proxy CPU µs/request |{}",
+        if args.syscalls {
+            " syscalls/request | context switches/request | page faults/request |"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "|---|---|---|---|---|{}",
+        if args.syscalls { "---|---|---|" } else { "" }
+    );
     let row = |name: &str, r: &Run| {
+        let counts = r
+            .per_request
+            .map(|c| format!(" {:.2} | {:.3} | {:.3} |", c.syscalls, c.switches, c.faults))
+            .unwrap_or_else(|| {
+                if args.syscalls {
+                    " | | |".into()
+                } else {
+                    String::new()
+                }
+            });
         println!(
-            "| {name} | {:.0} | {:.2} | {:.2} | {:.1} |",
+            "| {name} | {:.0} | {:.2} | {:.2} | {:.1} |{counts}",
             r.rps, r.p50_ms, r.p99_ms, r.cpu_us_per_request
         );
     };
