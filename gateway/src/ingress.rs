@@ -64,17 +64,20 @@ pub async fn respond<W>(mut respond: h2::server::SendResponse<Bytes>, work: W)
 where
     W: Future<Output = Response<Body>>,
 {
-    let mut work = std::pin::pin!(work);
-    let response = poll_fn(|cx| {
-        if let Poll::Ready(response) = work.as_mut().poll(cx) {
-            return Poll::Ready(Some(response));
-        }
-        match respond.poll_reset(cx) {
-            Poll::Ready(_) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
-        }
-    })
-    .await;
+    let response = {
+        // Scoped: the finished work's state is not kept beside the sending.
+        let mut work = std::pin::pin!(work);
+        poll_fn(|cx| {
+            if let Poll::Ready(response) = work.as_mut().poll(cx) {
+                return Poll::Ready(Some(response));
+            }
+            match respond.poll_reset(cx) {
+                Poll::Ready(_) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await
+    };
     if let Some(response) = response {
         send_response(respond, response).await;
     }

@@ -98,7 +98,9 @@ enum Exchange {
     Failed(hyper::Error),
 }
 
-type Idle = Arc<Mutex<HashMap<SocketAddr, Vec<LocalConnection>>>>;
+/// Idle connections by endpoint; boxed, so a request moves a pointer, not
+/// the connection's state.
+type Idle = Arc<Mutex<HashMap<SocketAddr, Vec<Box<LocalConnection>>>>>;
 
 /// The pool of connections to local endpoints.
 #[derive(Clone, Default)]
@@ -116,7 +118,7 @@ impl LocalPool {
         }
     }
 
-    fn pop(&self, target: SocketAddr) -> Option<LocalConnection> {
+    fn pop(&self, target: SocketAddr) -> Option<Box<LocalConnection>> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         let connections = idle.get_mut(&target)?;
         while let Some(connection) = connections.pop() {
@@ -127,7 +129,7 @@ impl LocalPool {
         None
     }
 
-    async fn connect(&self, target: SocketAddr) -> Result<LocalConnection, PoolError> {
+    async fn connect(&self, target: SocketAddr) -> Result<Box<LocalConnection>, PoolError> {
         let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(target))
             .await
             .map_err(|_| PoolError::Connect("connect timed out".into()))?
@@ -136,10 +138,10 @@ impl LocalPool {
         let (sender, driver) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
             .await
             .map_err(|e| PoolError::Connect(e.to_string()))?;
-        Ok(LocalConnection {
+        Ok(Box::new(LocalConnection {
             sender,
             driver: Some(driver),
-        })
+        }))
     }
 
     /// Sends `request` to `target` on a pooled connection (a new one when
@@ -151,16 +153,20 @@ impl LocalPool {
         request: Request<Body>,
         retry: impl FnOnce() -> Option<Request<Body>>,
     ) -> Result<Response<Body>, PoolError> {
+        // New connections are the cold path: boxed, so the future of every
+        // request (moved as it is made and queued) stays small.
         let Some(mut connection) = self.pop(target) else {
-            return self.send_new(target, request).await;
+            return Box::pin(self.send_new(target, request)).await;
         };
         match connection.exchange(request).await {
             Ok(response) => Ok(self.wrap(target, connection, response)),
             // Not sent: the endpoint had closed the idle connection.
-            Err(Exchange::Unsent(unsent, _)) => self.send_new(target, *unsent).await,
+            Err(Exchange::Unsent(unsent, _)) => Box::pin(self.send_new(target, *unsent)).await,
             Err(Exchange::Failed(e)) => match retry() {
                 // Closed as the request went out: nothing was answered.
-                Some(again) if e.is_incomplete_message() => self.send_new(target, again).await,
+                Some(again) if e.is_incomplete_message() => {
+                    Box::pin(self.send_new(target, again)).await
+                }
                 _ => Err(PoolError::Request(e)),
             },
         }
@@ -182,7 +188,7 @@ impl LocalPool {
     fn wrap(
         &self,
         target: SocketAddr,
-        connection: LocalConnection,
+        connection: Box<LocalConnection>,
         response: Response<Incoming>,
     ) -> Response<Body> {
         let keep_alive = !response
@@ -207,7 +213,7 @@ impl LocalPool {
 struct Returning {
     body: Incoming,
     /// `None` once given back.
-    connection: Option<LocalConnection>,
+    connection: Option<Box<LocalConnection>>,
     /// Where the connection goes back to (`None`: not reusable).
     back: Option<(SocketAddr, Idle)>,
 }

@@ -623,11 +623,14 @@ impl Gateway {
             );
         }
         let (parts, body) = req.into_parts();
-        let Ok(body) = Limited::new(body, MAX_BODY)
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-        else {
+        let body = if hyper::body::Body::is_end_stream(&body) {
+            Ok(Bytes::new())
+        } else {
+            Box::pin(Limited::new(body, MAX_BODY).collect())
+                .await
+                .map(|b| b.to_bytes())
+        };
+        let Ok(body) = body else {
             return reply(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "request body too large or broken",
@@ -691,7 +694,8 @@ impl Gateway {
                 }
             };
             let outcome = match per_try {
-                Some(t) => tokio::time::timeout(t, attempt)
+                // Boxed: the try is held once in the request's future, not twice.
+                Some(t) => Box::pin(tokio::time::timeout(t, attempt))
                     .await
                     .unwrap_or_else(|_| Err(TryError::Failed("per-try timeout".into()))),
                 None => attempt.await,
@@ -733,7 +737,9 @@ impl Gateway {
             .ingress_requests
             .fetch_add(1, Ordering::Relaxed);
         if req.method() == http::Method::CONNECT {
-            return self.ingress_connect(req, respond, peer).await;
+            // Boxed, like every cold path: the future of each request stream
+            // is moved as it is made and queued, so it is kept small.
+            return Box::pin(self.ingress_connect(req, respond, peer)).await;
         }
         crate::ingress::respond(respond, self.ingress(req, peer)).await;
     }
@@ -860,7 +866,8 @@ impl Gateway {
         let reused = pooled.is_some();
         let connection = match pooled {
             Some(connection) => connection,
-            None => self.connect_peer(peer).await?,
+            // Boxed: the cold path stays out of every request's future.
+            None => Box::pin(self.connect_peer(peer)).await?,
         };
         match connection.send(peer_head(parts)?, body.clone()).await {
             Err(PeerError::NotSent(e)) => {
@@ -869,7 +876,7 @@ impl Gateway {
                     return Err(as_try(PeerError::NotSent(e)));
                 }
                 // The pooled connection had gone away: once more on a new one.
-                let connection = self.connect_peer(peer).await?;
+                let connection = Box::pin(self.connect_peer(peer)).await?;
                 connection
                     .send(peer_head(parts)?, body)
                     .await
