@@ -58,6 +58,12 @@ pub struct ServiceConfig {
     /// policy); `None` lets every gateway of the trust domain in.
     #[serde(default)]
     pub allowed_clusters: Option<Vec<String>>,
+    /// Services of the same global namespace whose workloads may call this
+    /// one (access policy), as gateways tell callers by their endpoint
+    /// addresses; `*` admits callers that are no service's endpoint.
+    /// `None` lets every caller in.
+    #[serde(default)]
+    pub allowed_callers: Option<Vec<String>>,
     /// Whether clients outside every cluster (the public entry, identity
     /// `external`) may call it.
     #[serde(default)]

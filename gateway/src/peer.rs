@@ -129,14 +129,16 @@ impl PeerConnection {
         Ok(response.map(|recv| StreamBody::new(recv, length).boxed()))
     }
 
-    /// Opens a CONNECT tunnel to `authority` (`host:port`); the peer answers
-    /// 2xx once it has connected the far end.
-    pub async fn tunnel(&self, authority: &str) -> Result<Tunnel, PeerError> {
-        let head = Request::builder()
+    /// Opens a CONNECT tunnel to `authority` (`host:port`) with `headers`
+    /// (the caller's identity); the peer answers 2xx once it has connected
+    /// the far end.
+    pub async fn tunnel(&self, authority: &str, headers: HeaderMap) -> Result<Tunnel, PeerError> {
+        let mut head = Request::builder()
             .method(http::Method::CONNECT)
             .uri(authority)
             .body(())
             .map_err(|e| PeerError::NotSent(e.to_string()))?;
+        *head.headers_mut() = headers;
         let (response, send) = self.open(head, false).await?;
         let response = response
             .await

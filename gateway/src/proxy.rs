@@ -38,6 +38,12 @@ pub const MAX_BODY: usize = 8 * 1024 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Copy buffer of each direction of a passed-through TCP connection.
 const TCP_BUFFER: usize = 64 * 1024;
+/// The header a gateway names the caller in when it forwards a request:
+/// the services the calling workload is an endpoint of (comma-separated;
+/// absent when it is none's), or `external` from the public entry. Set by
+/// the gateway that took the request (a client's own is dropped) and
+/// trusted only from peer gateways, over mutual TLS.
+pub const CALLER_HEADER: &str = "x-gns-caller";
 /// Overall request timeout when the route sets none.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -391,6 +397,15 @@ impl Gateway {
         let route = routes
             .tcp_route(port, sni.as_deref())
             .ok_or_else(|| format!("no service on TCP port {port}"))?;
+        let client_ip = client.peer_addr().map_err(|e| e.to_string())?.ip();
+        let callers = routes.callers_at(client_ip, &route.config.gns);
+        if !route.admits(&callers) {
+            self.counters.access_denied.fetch_add(1, Ordering::Relaxed);
+            let host = format!("{}.{}", route.config.service, route.config.gns);
+            return Err(denied_caller(&callers, &host));
+        }
+        let mut caller = http::HeaderMap::new();
+        name_caller(&mut caller, &callers.join(","));
         let plan = routes.plan(&route, &http::HeaderMap::new(), fastrand::u64(..));
         let host = format!("{}.{}:{port}", route.config.service, route.config.gns);
         for cluster in &plan {
@@ -408,7 +423,7 @@ impl Gateway {
             let Ok(connection) = self.peer_connection(cluster).await else {
                 continue;
             };
-            match connection.tunnel(&host).await {
+            match connection.tunnel(&host, caller.clone()).await {
                 Ok(mut tunnel) => {
                     let copied = pipe(&mut client, &mut tunnel).await;
                     count_tcp(&route, cluster, copied);
@@ -464,7 +479,7 @@ impl Gateway {
         mut respond: h2::server::SendResponse<Bytes>,
         peer: &str,
     ) {
-        let mut upstream = match self.connect_target(req.uri(), peer).await {
+        let mut upstream = match self.connect_target(req.uri(), req.headers(), peer).await {
             Ok(tcp) => tcp,
             Err(refusal) => return crate::ingress::send_response(respond, refusal).await,
         };
@@ -483,7 +498,12 @@ impl Gateway {
 
     /// The local endpoint a peer's CONNECT to `target` (`host:port`) goes
     /// to, connected; or the answer that refuses it.
-    async fn connect_target(&self, target: &Uri, peer: &str) -> Result<TcpStream, Response<Body>> {
+    async fn connect_target(
+        &self,
+        target: &Uri,
+        headers: &http::HeaderMap,
+        peer: &str,
+    ) -> Result<TcpStream, Response<Body>> {
         let authority = target.authority().map(|a| (a.host(), a.port_u16()));
         let Some((host, Some(port))) = authority else {
             return Err(reply(StatusCode::BAD_REQUEST, "CONNECT needs host:port"));
@@ -503,6 +523,11 @@ impl Gateway {
                 &format!("cluster {peer} may not connect"),
             ));
         }
+        if !caller_admitted(&route, headers) {
+            self.counters.access_denied.fetch_add(1, Ordering::Relaxed);
+            let callers = callers_named(headers);
+            return Err(reply(StatusCode::FORBIDDEN, &denied_caller(&callers, host)));
+        }
         self.connect_local_tcp(&route, port)
             .await
             .map_err(|e| reply(StatusCode::BAD_GATEWAY, &e))
@@ -511,7 +536,7 @@ impl Gateway {
     async fn serve_plain(self: Arc<Self>, listener: TcpListener, entry: Entry) {
         let accepted = accepted_counter(entry.as_str());
         loop {
-            let Ok((tcp, _)) = listener.accept().await else {
+            let Ok((tcp, client)) = listener.accept().await else {
                 continue;
             };
             accepted.increment(1);
@@ -523,7 +548,9 @@ impl Gateway {
                     let gw = Arc::clone(&gw);
                     // Boxed: an idle connection then holds a pointer, not the
                     // whole request future (which is large).
-                    async move { Ok::<_, Infallible>(Box::pin(gw.egress(req, entry)).await) }
+                    async move {
+                        Ok::<_, Infallible>(Box::pin(gw.egress(req, entry, client.ip())).await)
+                    }
                 });
                 metrics::gauge!("gns_gateway_active_connections", "listener" => listener)
                     .increment(1.0);
@@ -600,7 +627,12 @@ impl Gateway {
             .map_err(|e| format!("http2: {e}"))
     }
 
-    async fn egress(&self, req: Request<Incoming>, entry: Entry) -> Response<Body> {
+    async fn egress(
+        &self,
+        req: Request<Incoming>,
+        entry: Entry,
+        client: std::net::IpAddr,
+    ) -> Response<Body> {
         match entry {
             Entry::Egress => &self.counters.egress_requests,
             Entry::Public => &self.counters.public_requests,
@@ -622,7 +654,22 @@ impl Gateway {
                 &format!("{host} is not reachable from outside the clusters (access policy)"),
             );
         }
-        let (parts, body) = req.into_parts();
+        // Who calls: the services the client is an endpoint of (access
+        // policy by name), or `external` from the public entry.
+        let caller = match entry {
+            Entry::Egress => {
+                let callers = routes.callers_at(client, &route.config.gns);
+                if !route.admits(&callers) {
+                    self.counters.access_denied.fetch_add(1, Ordering::Relaxed);
+                    let host = host_in(req.headers(), req.uri());
+                    return reply(StatusCode::FORBIDDEN, &denied_caller(&callers, host));
+                }
+                callers.join(",")
+            }
+            Entry::Public => "external".to_owned(),
+        };
+        let (mut parts, body) = req.into_parts();
+        name_caller(&mut parts.headers, &caller);
         let body = if hyper::body::Body::is_end_stream(&body) {
             Ok(Bytes::new())
         } else {
@@ -760,6 +807,11 @@ impl Gateway {
                 StatusCode::FORBIDDEN,
                 &format!("cluster {peer} may not call {host}"),
             );
+        }
+        if !caller_admitted(&route, req.headers()) {
+            self.counters.access_denied.fetch_add(1, Ordering::Relaxed);
+            let callers = callers_named(req.headers());
+            return reply(StatusCode::FORBIDDEN, &denied_caller(&callers, host));
         }
         let (parts, body) = req.into_parts();
         // Buffered, so a connect failure can move on to another endpoint.
@@ -941,6 +993,49 @@ fn peer_head(parts: &http::request::Parts) -> Result<Request<()>, TryError> {
     *head.version_mut() = http::Version::HTTP_2;
     *head.headers_mut() = parts.headers.clone();
     Ok(head)
+}
+
+/// Replaces whatever caller a client named with `caller` (none when empty).
+fn name_caller(headers: &mut http::HeaderMap, caller: &str) {
+    headers.remove(CALLER_HEADER);
+    if !caller.is_empty()
+        && let Ok(value) = HeaderValue::from_str(caller)
+    {
+        headers.insert(CALLER_HEADER, value);
+    }
+}
+
+/// The callers a peer gateway named ([`CALLER_HEADER`]).
+fn callers_named(headers: &http::HeaderMap) -> Vec<&str> {
+    headers
+        .get(CALLER_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Whether the caller a peer gateway named may call `route`'s service:
+/// `external` when the service is open to outside clients, else by name.
+fn caller_admitted(route: &Route, headers: &http::HeaderMap) -> bool {
+    let callers = callers_named(headers);
+    if callers == ["external"] {
+        return route.config.external;
+    }
+    route.admits(&callers)
+}
+
+/// Why a caller was refused, for the answer and the log.
+fn denied_caller(callers: &[&str], host: &str) -> String {
+    if callers.is_empty() {
+        format!("{host}: callers that are no service's endpoint may not call it (access policy)")
+    } else {
+        format!("{} may not call {host} (access policy)", callers.join(", "))
+    }
 }
 
 /// Counts a response's body bytes: at once when its length is known, else

@@ -7,6 +7,7 @@
 //!   next, then every other cluster with endpoints, own cluster first.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use http::HeaderMap;
@@ -39,6 +40,20 @@ pub struct Route {
     pub metrics: crate::metrics::RouteMetrics,
 }
 
+impl Route {
+    /// Whether callers named `callers` (the services a calling workload is
+    /// an endpoint of; none when it is no service's) may call this service.
+    pub fn admits(&self, callers: &[&str]) -> bool {
+        let Some(allowed) = &self.config.allowed_callers else {
+            return true;
+        };
+        if callers.is_empty() {
+            return allowed.iter().any(|a| a == "*");
+        }
+        callers.iter().any(|c| allowed.iter().any(|a| a == c))
+    }
+}
+
 /// Every service of a config, by host.
 #[derive(Debug, Default)]
 pub struct RouteTable {
@@ -48,6 +63,9 @@ pub struct RouteTable {
     /// Services on each TCP port, with their host names (several share a
     /// port when TLS clients name them by SNI).
     by_tcp_port: HashMap<u16, Vec<(String, Arc<Route>)>>,
+    /// The services (global namespace, name) each address of this
+    /// cluster's endpoints serves: how a caller is named.
+    services_at: HashMap<IpAddr, Vec<(String, String)>>,
 }
 
 impl RouteTable {
@@ -57,7 +75,14 @@ impl RouteTable {
         let mut problems = Vec::new();
         let mut by_host = HashMap::new();
         let mut by_tcp_port: HashMap<u16, Vec<(String, Arc<Route>)>> = HashMap::new();
+        let mut services_at: HashMap<IpAddr, Vec<(String, String)>> = HashMap::new();
         for (host, svc) in &config.services {
+            for ip in svc.endpoints.get(cluster).into_iter().flatten() {
+                services_at
+                    .entry(*ip)
+                    .or_default()
+                    .push((svc.gns.clone(), svc.service.clone()));
+            }
             let mut rules = Vec::new();
             'rules: for (i, rule) in svc.rules.iter().enumerate() {
                 let mut headers = Vec::new();
@@ -110,9 +135,22 @@ impl RouteTable {
                 cluster: cluster.to_owned(),
                 by_host,
                 by_tcp_port,
+                services_at,
             },
             problems,
         )
+    }
+
+    /// The services of global namespace `gns` that the workload at `ip`
+    /// (a client in this cluster) is an endpoint of: its caller identity.
+    pub fn callers_at(&self, ip: IpAddr, gns: &str) -> Vec<&str> {
+        self.services_at
+            .get(&ip)
+            .into_iter()
+            .flatten()
+            .filter(|(g, _)| g == gns)
+            .map(|(_, service)| service.as_str())
+            .collect()
     }
 
     /// The route of a `Host` header value (port and trailing dot ignored).
@@ -283,6 +321,46 @@ mod tests {
         let mut mobile = HeaderMap::new();
         mobile.insert("user-agent", "Foo Mobile Safari".parse().expect("value"));
         assert_eq!(table.plan(&route, &mobile, 5)[0], "west");
+    }
+
+    #[test]
+    fn callers_are_named_by_own_endpoints_and_checked_by_policy() {
+        let config = config();
+        let svc = config.services.values().next().expect("svc");
+        let own = svc.endpoints["east"][0];
+        let (table, _) = RouteTable::new(&config, "east");
+        assert_eq!(table.callers_at(own, "production"), ["web"]);
+        assert!(
+            table.callers_at(own, "staging").is_empty(),
+            "services of other global namespaces do not name the caller"
+        );
+        assert!(
+            table
+                .callers_at(svc.endpoints["west"][0], "production")
+                .is_empty(),
+            "another cluster's endpoints do not name local callers"
+        );
+
+        let mut restricted = config.clone();
+        let svc = restricted.services.values_mut().next().expect("svc");
+        svc.allowed_callers = Some(vec!["api".into()]);
+        let (table, _) = RouteTable::new(&restricted, "east");
+        let route = table.route("web.production.app.acme.com").expect("route");
+        assert!(route.admits(&["api"]));
+        assert!(
+            route.admits(&["web", "api"]),
+            "one allowed service is enough"
+        );
+        assert!(!route.admits(&["web"]));
+        assert!(!route.admits(&[]), "unnamed callers need `*`");
+        let svc = restricted.services.values_mut().next().expect("svc");
+        svc.allowed_callers = Some(vec!["*".into()]);
+        let (table, _) = RouteTable::new(&restricted, "east");
+        let route = table.route("web.production.app.acme.com").expect("route");
+        assert!(route.admits(&[]));
+        let (table, _) = RouteTable::new(&config, "east");
+        let route = table.route("web.production.app.acme.com").expect("route");
+        assert!(route.admits(&["anyone"]), "no policy: every caller");
     }
 
     #[test]

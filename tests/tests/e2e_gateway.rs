@@ -271,13 +271,15 @@ async fn eventually(
 
 /// A GET for `web` sent straight to a peer ingress over mutual TLS, as
 /// east's gateway would send it: client certificate `chain`/`key`, the
-/// server verified as west's gateway against the trust bundle `roots`.
+/// server verified as west's gateway against the trust bundle `roots`,
+/// naming `caller` (the calling service) if given.
 /// `(status, body)`, or where it failed.
 async fn ingress_get(
     ingress: SocketAddr,
     roots: &[CertificateDer<'static>],
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
+    caller: Option<&str>,
 ) -> Result<(u16, String), String> {
     let verifier = gns_gateway::tls::SpiffeServerVerifier::new(
         roots,
@@ -306,7 +308,11 @@ async fn ingress_get(
         .await
         .map_err(|e| format!("http2 handshake: {e}"))?;
         let conn = tokio::spawn(conn);
-        let request = hyper::Request::get(format!("https://{HOST}/hello"))
+        let mut request = hyper::Request::get(format!("https://{HOST}/hello"));
+        if let Some(caller) = caller {
+            request = request.header(gns_gateway::proxy::CALLER_HEADER, caller);
+        }
+        let request = request
             .body(http_body_util::Empty::<hyper::body::Bytes>::new())
             .map_err(|e| e.to_string())?;
         let response = sender
@@ -328,6 +334,42 @@ async fn ingress_get(
     tokio::time::timeout(Duration::from_secs(5), exchange)
         .await
         .map_err(|_| "no answer within 5 s".to_owned())?
+}
+
+/// A certificate for east's gateway, obtained as a gateway obtains one
+/// (join token, CSR): its chain and key.
+async fn east_certificate(base: &str) -> (Vec<CertificateDer<'static>>, rcgen::KeyPair) {
+    let (status, body) = api(
+        reqwest::Method::POST,
+        &format!("{base}/v1/clusters/east/join-tokens"),
+        Some(json!({"ttl": "10m"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let csr = rcgen::CertificateParams::new(Vec::<String>::new())
+        .expect("params")
+        .serialize_request(&key)
+        .expect("csr")
+        .pem()
+        .expect("pem");
+    let signed = reqwest::Client::new()
+        .post(format!("{base}/v1/identity/sign"))
+        .json(&json!({"csr": csr, "joinToken": body["token"]}))
+        .send()
+        .await
+        .expect("sign");
+    assert_eq!(signed.status().as_u16(), 200);
+    let signed: Value = signed.json().await.expect("json");
+    assert_eq!(
+        signed["spiffeId"],
+        "spiffe://acme.test/cluster/east/gateway"
+    );
+    let chain =
+        CertificateDer::pem_slice_iter(signed["certificate"].as_str().expect("pem").as_bytes())
+            .collect::<Result<_, _>>()
+            .expect("certificate chain");
+    (chain, key)
 }
 
 struct GatewayProc {
@@ -579,37 +621,8 @@ async fn cross_cluster_requests_over_mtls() {
     // A certificate for east's gateway, obtained as a gateway obtains one
     // (join token, CSR): west's ingress accepts it now and must refuse it
     // once it has expired, near the end of this test.
-    let (status, body) = api(
-        reqwest::Method::POST,
-        &format!("{base}/v1/clusters/east/join-tokens"),
-        Some(json!({"ttl": "10m"})),
-    )
-    .await;
-    assert_eq!(status, 201, "{body}");
-    let east_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
-    let csr = rcgen::CertificateParams::new(Vec::<String>::new())
-        .expect("params")
-        .serialize_request(&east_key)
-        .expect("csr")
-        .pem()
-        .expect("pem");
-    let signed = reqwest::Client::new()
-        .post(format!("{base}/v1/identity/sign"))
-        .json(&json!({"csr": csr, "joinToken": body["token"]}))
-        .send()
-        .await
-        .expect("sign");
-    assert_eq!(signed.status().as_u16(), 200);
+    let (east_chain, east_key) = east_certificate(&base).await;
     let issued_at = Instant::now();
-    let signed: Value = signed.json().await.expect("json");
-    assert_eq!(
-        signed["spiffeId"],
-        "spiffe://acme.test/cluster/east/gateway"
-    );
-    let east_chain: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_slice_iter(signed["certificate"].as_str().expect("pem").as_bytes())
-            .collect::<Result<_, _>>()
-            .expect("certificate chain");
     let east_key_der = || PrivateKeyDer::try_from(east_key.serialize_der()).expect("key");
     let bundle: Value = reqwest::get(format!("{base}/v1/identity/trust-bundle"))
         .await
@@ -635,7 +648,8 @@ async fn cross_cluster_requests_over_mtls() {
             west_ingress,
             &bundle_roots,
             east_chain.clone(),
-            east_key_der()
+            east_key_der(),
+            None
         )
         .await,
         Ok((200, "west".to_owned())),
@@ -1090,9 +1104,10 @@ async fn cross_cluster_requests_over_mtls() {
         .expect("read");
     assert_eq!(&answer, b"secure:", "routed by the server name");
 
-    // Access between gateways: once policies let no caller reach db, west's
-    // ingress refuses east's gateway (and counts it); east's client gets no answer.
-    let denied_before = metric(west_gw.admin, "gns_gateway_access_denied_total").await;
+    // Access by caller: once policies let no caller reach db, east's egress
+    // refuses its client (a web endpoint, named by its address) before
+    // anything leaves the cluster, and counts it.
+    let denied_before = metric(east_gw.admin, "gns_gateway_access_denied_total").await;
     let (status, body) = api(
         reqwest::Method::POST,
         &format!("{base}/v1/global-namespaces/production/access-policies"),
@@ -1101,7 +1116,7 @@ async fn cross_cluster_requests_over_mtls() {
     .await;
     assert_eq!(status, 201, "{body}");
     eventually(
-        "west's ingress to refuse east for db",
+        "east's egress to refuse the TCP client of db",
         Duration::from_secs(15),
         async || {
             let mut tcp = tokio::net::TcpStream::connect((east_ip, db_port))
@@ -1110,7 +1125,7 @@ async fn cross_cluster_requests_over_mtls() {
             tcp.write_all(b"ping").await.map_err(|e| e.to_string())?;
             let mut buf = [0u8; 64];
             let read = tokio::time::timeout(Duration::from_secs(3), tcp.read(&mut buf)).await;
-            let denied = metric(west_gw.admin, "gns_gateway_access_denied_total").await;
+            let denied = metric(east_gw.admin, "gns_gateway_access_denied_total").await;
             match read {
                 Ok(Ok(0)) | Ok(Err(_)) if denied > denied_before => Ok(()),
                 other => Err(format!("{other:?}, denied {denied_before} -> {denied}")),
@@ -1118,6 +1133,66 @@ async fn cross_cluster_requests_over_mtls() {
         },
     )
     .await;
+
+    // West's ingress checks the caller east's gateway names: with api denied
+    // web, a request naming api is refused (and counted) while one naming
+    // no service is still let in (allowed by default); east's own clients
+    // (web endpoints) still reach web.
+    let (status, body) = api(
+        reqwest::Method::POST,
+        &format!("{base}/v1/global-namespaces/production/access-policies"),
+        Some(json!({"name": "no-api-to-web", "from": ["api"], "to": "web", "action": "deny"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let (fresh_chain, fresh_key) = east_certificate(&base).await;
+    let fresh_key_der = || PrivateKeyDer::try_from(fresh_key.serialize_der()).expect("key");
+    let denied_before = metric(west_gw.admin, "gns_gateway_access_denied_total").await;
+    eventually(
+        "west's ingress to refuse a request naming api",
+        Duration::from_secs(15),
+        async || {
+            let named = ingress_get(
+                west_ingress,
+                &bundle_roots,
+                fresh_chain.clone(),
+                fresh_key_der(),
+                Some("api"),
+            )
+            .await?;
+            match named {
+                (403, body) if body.contains("api may not call") => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    assert!(
+        metric(west_gw.admin, "gns_gateway_access_denied_total").await > denied_before,
+        "west counts the refusal"
+    );
+    // (West's web endpoints are gone by now: admitted means not a 403.)
+    let unnamed = ingress_get(
+        west_ingress,
+        &bundle_roots,
+        fresh_chain.clone(),
+        fresh_key_der(),
+        None,
+    )
+    .await;
+    assert!(
+        matches!(&unnamed, Ok((status, _)) if *status != 403),
+        "a caller that is no service's endpoint is allowed by default: {unnamed:?}"
+    );
+    let (status, body) = through(east_gw.egress, None).await;
+    assert_eq!(status, 200, "web may still call web: {body}");
+    let (status, body) = api(
+        reqwest::Method::DELETE,
+        &format!("{base}/v1/global-namespaces/production/access-policies/no-api-to-web"),
+        None,
+    )
+    .await;
+    assert!(status == 204 || status == 200, "{status} {body}");
 
     let text = reqwest::get(format!("http://{}/metrics", west_gw.admin))
         .await
@@ -1173,7 +1248,14 @@ async fn cross_cluster_requests_over_mtls() {
     let handshake_failures = "gns_gateway_mtls_handshake_failures_total{reason=\"handshake\"}";
     let refused_before = metric(west_gw.admin, "gns_gateway_mtls_refused_total").await;
     let handshake_before = metric(west_gw.admin, handshake_failures).await;
-    let outcome = ingress_get(west_ingress, &bundle_roots, east_chain, east_key_der()).await;
+    let outcome = ingress_get(
+        west_ingress,
+        &bundle_roots,
+        east_chain,
+        east_key_der(),
+        None,
+    )
+    .await;
     assert!(
         outcome.is_err(),
         "an expired certificate must get no answer: {outcome:?}"

@@ -303,7 +303,7 @@ impl Compiler<'_> {
             .chain(routings.keys().map(String::as_str))
             .collect();
         let mut services = Vec::new();
-        for name in names {
+        for &name in &names {
             if reserved.contains(name) {
                 self.problems.push(Problem::new(
                     &ObjectKey::scoped(Kind::Service, gns_name, name),
@@ -324,6 +324,7 @@ impl Compiler<'_> {
             let mut gateway = self.gateway_service(gns_name, name, &members, &inputs);
             gateway.external = external_allowed(gns, &policies, name);
             gateway.allowed_clusters = allowed_peer_clusters(gns, &policies, name, &runs_in);
+            gateway.allowed_callers = allowed_callers(gns, &policies, name, &names);
             self.gateway_services.insert(host, gateway);
         }
         Zone {
@@ -675,6 +676,34 @@ fn allowed_peer_clusters(
             .map(|(cluster, _)| (*cluster).to_owned())
             .collect(),
     )
+}
+
+/// The services that may call `service` (access policy), for gateways to
+/// check callers by name, plus `*` when a caller that is no service's
+/// endpoint may (a `*` allow, or allowed by default). `None` (no
+/// restriction) when no policy names `service` and access is allowed by
+/// default.
+fn allowed_callers(
+    gns: &GlobalNamespace,
+    policies: &[AccessPolicy],
+    service: &str,
+    services: &BTreeSet<&str>,
+) -> Option<Vec<String>> {
+    let named = policies
+        .iter()
+        .any(|p| p.to.as_str() == service && p.from.iter().any(|f| f != "external"));
+    if !named && gns.default_access == Access::Allow {
+        return None;
+    }
+    let mut callers: Vec<String> = services
+        .iter()
+        .filter(|caller| caller_allowed(gns, policies, caller, service))
+        .map(|caller| (*caller).to_owned())
+        .collect();
+    if caller_allowed(gns, policies, "*", service) {
+        callers.push("*".to_owned());
+    }
+    Some(callers)
 }
 
 /// Adds `port` unless one of that name is there already (the first wins) or it is port 0.
@@ -1104,8 +1133,14 @@ mod tests {
             Some(vec!["west".to_owned()]),
             "only west runs a permitted caller (api)"
         );
+        assert_eq!(
+            web.allowed_callers,
+            Some(vec!["api".to_owned()]),
+            "by name, only api may call web; callers no service owns may not"
+        );
         let api = &snap.gateways.services[&format!("api.{ORIGIN}")];
         assert_eq!(api.allowed_clusters, Some(vec![]), "no one may call api");
+        assert_eq!(api.allowed_callers, Some(vec![]));
 
         // Allowed by default, and no policy names web: no restriction.
         let mut open = state.clone();
@@ -1116,6 +1151,21 @@ mod tests {
             snap.gateways.services[&format!("web.{ORIGIN}")].allowed_clusters,
             None
         );
+        assert_eq!(
+            snap.gateways.services[&format!("web.{ORIGIN}")].allowed_callers,
+            None
+        );
+        // A deny of one caller, allowed by default otherwise: the others by
+        // name and unnamed callers (`*`) may call.
+        scoped(&mut open)
+            .access_policies
+            .push(policy("not-api", &["api"], "web", "deny"));
+        let snap = build(&open);
+        assert_eq!(
+            snap.gateways.services[&format!("web.{ORIGIN}")].allowed_callers,
+            Some(vec!["web".to_owned(), "*".to_owned()])
+        );
+        scoped(&mut open).access_policies.clear();
         // A deny of every caller wins over the default.
         scoped(&mut open)
             .access_policies
