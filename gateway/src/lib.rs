@@ -22,3 +22,8 @@ pub mod tls;
 
 pub use config::GatewayConfig;
 pub use proxy::Gateway;
+
+/// A hash map for the data path's lookups (hosts, peers, endpoints): a fast
+/// hash with a per-process seed. Its keys come from the config or from the
+/// gateway itself, not from clients, so flooding resistance is not needed.
+pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;

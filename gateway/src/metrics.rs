@@ -3,7 +3,6 @@
 //! registered on first use and then reused, so the request path does not
 //! format labels or look up the registry.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -48,7 +47,7 @@ type Slots = [Option<Handles>; 2 * CLASSES.len()];
 #[derive(Debug)]
 pub struct RouteMetrics {
     service: Arc<str>,
-    by_cluster: Mutex<HashMap<String, Box<Slots>>>,
+    by_cluster: Mutex<crate::FastMap<String, Box<Slots>>>,
 }
 
 impl std::fmt::Debug for Handles {
@@ -62,7 +61,7 @@ impl RouteMetrics {
     pub fn new(service: &str, gns: &str) -> Self {
         Self {
             service: Arc::from(format!("{service}.{gns}")),
-            by_cluster: Mutex::new(HashMap::new()),
+            by_cluster: Mutex::new(crate::FastMap::default()),
         }
     }
 

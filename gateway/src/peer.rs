@@ -5,7 +5,6 @@
 //! One connection per peer is pooled and multiplexed; a CONNECT stream on it
 //! becomes a byte tunnel for TCP passthrough ([`Tunnel`]).
 
-use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -156,7 +155,7 @@ impl PeerConnection {
 /// The pooled connection of each peer.
 #[derive(Default)]
 pub struct PeerPool {
-    connections: Mutex<HashMap<String, PeerConnection>>,
+    connections: Mutex<crate::FastMap<String, PeerConnection>>,
 }
 
 impl PeerPool {

@@ -6,7 +6,6 @@
 //! serves it (no wake-up of another task, no channel hop to a driver), and a
 //! request costs a lock to pop a connection and another to push it back.
 
-use std::collections::HashMap;
 use std::future::{Future, poll_fn};
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -100,7 +99,7 @@ enum Exchange {
 
 /// Idle connections by endpoint; boxed, so a request moves a pointer, not
 /// the connection's state.
-type Idle = Arc<Mutex<HashMap<SocketAddr, Vec<Box<LocalConnection>>>>>;
+type Idle = Arc<Mutex<crate::FastMap<SocketAddr, Vec<Box<LocalConnection>>>>>;
 
 /// The pool of connections to local endpoints.
 #[derive(Clone, Default)]

@@ -109,7 +109,7 @@ const EJECTION: Duration = Duration::from_secs(10);
 /// are used again (better a likely failure than a certain one).
 #[derive(Debug, Default)]
 struct Outliers {
-    state: Mutex<HashMap<SocketAddr, (u32, Option<std::time::Instant>)>>,
+    state: Mutex<crate::FastMap<SocketAddr, (u32, Option<std::time::Instant>)>>,
     /// False while no endpoint has a failure on record (the common case):
     /// picking and recording successes then take no lock.
     any: std::sync::atomic::AtomicBool,
@@ -695,7 +695,10 @@ impl Gateway {
         let timeout = route.config.timeout().unwrap_or(DEFAULT_TIMEOUT);
         let started = std::time::Instant::now();
         let (resp, cluster) =
-            match tokio::time::timeout(timeout, self.try_plan(&route, &plan, &parts, body)).await {
+            // Boxed: the tries are moved once, not with every wrapper.
+            match tokio::time::timeout(timeout, Box::pin(self.try_plan(&route, &plan, &parts, body)))
+                .await
+            {
                 Ok(done) => done,
                 Err(_) => (
                     reply(StatusCode::GATEWAY_TIMEOUT, "timed out"),
@@ -788,7 +791,9 @@ impl Gateway {
             // is moved as it is made and queued, so it is kept small.
             return Box::pin(self.ingress_connect(req, respond, peer)).await;
         }
-        crate::ingress::respond(respond, self.ingress(req, peer)).await;
+        // Boxed work: the stream's own future, moved as it is made and
+        // queued on the connection, stays small.
+        crate::ingress::respond(respond, Box::pin(self.ingress(req, peer))).await;
     }
 
     async fn ingress(&self, req: Request<h2::RecvStream>, peer: &str) -> Response<Body> {

@@ -6,7 +6,7 @@
 //! - Clusters without ready endpoints are skipped: the `failover` order comes
 //!   next, then every other cluster with endpoints, own cluster first.
 
-use std::collections::HashMap;
+use crate::FastMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -59,13 +59,13 @@ impl Route {
 pub struct RouteTable {
     /// This gateway's cluster.
     pub cluster: String,
-    by_host: HashMap<String, Arc<Route>>,
+    by_host: FastMap<String, Arc<Route>>,
     /// Services on each TCP port, with their host names (several share a
     /// port when TLS clients name them by SNI).
-    by_tcp_port: HashMap<u16, Vec<(String, Arc<Route>)>>,
+    by_tcp_port: FastMap<u16, Vec<(String, Arc<Route>)>>,
     /// The services (global namespace, name) each address of this
     /// cluster's endpoints serves: how a caller is named.
-    services_at: HashMap<IpAddr, Vec<(String, String)>>,
+    services_at: FastMap<IpAddr, Vec<(String, String)>>,
 }
 
 impl RouteTable {
@@ -73,9 +73,9 @@ impl RouteTable {
     /// compile (a bad header name or regex) are left out and reported.
     pub fn new(config: &GatewayConfig, cluster: &str) -> (RouteTable, Vec<String>) {
         let mut problems = Vec::new();
-        let mut by_host = HashMap::new();
-        let mut by_tcp_port: HashMap<u16, Vec<(String, Arc<Route>)>> = HashMap::new();
-        let mut services_at: HashMap<IpAddr, Vec<(String, String)>> = HashMap::new();
+        let mut by_host = FastMap::default();
+        let mut by_tcp_port: FastMap<u16, Vec<(String, Arc<Route>)>> = FastMap::default();
+        let mut services_at: FastMap<IpAddr, Vec<(String, String)>> = FastMap::default();
         for (host, svc) in &config.services {
             for ip in svc.endpoints.get(cluster).into_iter().flatten() {
                 services_at

@@ -47,6 +47,11 @@ struct Args {
     /// (`perf stat` on their processes during each run; needs `perf`).
     #[arg(long)]
     syscalls: bool,
+    /// Instead of timed runs, count the proxies' user-space instructions per
+    /// request under valgrind's callgrind: slow, but free of the noise of a
+    /// shared machine (needs `apt-get install valgrind`).
+    #[arg(long)]
+    callgrind: bool,
     /// Keep the work directory (configs, certificates, logs) and print its path.
     #[arg(long)]
     keep_dir: bool,
@@ -91,6 +96,85 @@ struct KernelCounts {
     syscalls: f64,
     switches: f64,
     faults: f64,
+}
+
+/// Starts a proxy, under callgrind (counting nothing until switched on)
+/// when `dir` is given.
+fn spawn_proxy(program: &Path, args: &[String], log: PathBuf, callgrind: Option<&Path>) -> Proc {
+    match callgrind {
+        None => Proc::spawn(program, args, log),
+        Some(dir) => {
+            let mut wrapped = vec![
+                "--tool=callgrind".to_owned(),
+                "--instr-atstart=no".to_owned(),
+                format!("--callgrind-out-file={}/callgrind-%p.out", dir.display()),
+                program.display().to_string(),
+            ];
+            wrapped.extend_from_slice(args);
+            Proc::spawn(Path::new("valgrind"), &wrapped, log)
+        }
+    }
+}
+
+/// Runs `callgrind_control` with `flag` on `pid`.
+fn callgrind_control(flag: &str, pid: u32) -> anyhow::Result<()> {
+    let out = Command::new("callgrind_control")
+        .args([flag, &pid.to_string()])
+        .output()
+        .context("run callgrind_control (apt-get install valgrind)")?;
+    if !out.status.success() {
+        bail!(
+            "callgrind_control {flag} {pid}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Instructions the proxies `pids` (under callgrind, writing to `dir`)
+/// execute per request during one wrk run.
+fn instructions_per_request(
+    args: &Args,
+    url: &str,
+    host: Option<&str>,
+    pids: &[u32],
+    dir: &Path,
+) -> anyhow::Result<(f64, f64)> {
+    for pid in pids {
+        callgrind_control("--instr=on", *pid)?;
+    }
+    let run = wrk(args, url, host, &[])?;
+    let mut instructions = 0.0;
+    for pid in pids {
+        callgrind_control("--dump", *pid)?;
+        callgrind_control("--instr=off", *pid)?;
+        // The newest dump of this process.
+        let newest = std::fs::read_dir(dir)?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&format!("callgrind-{pid}.out.")))
+            })
+            .max_by_key(|p| {
+                p.extension()
+                    .and_then(|e| e.to_str())
+                    .and_then(|e| e.parse::<u32>().ok())
+            })
+            .with_context(|| format!("no callgrind dump of {pid} in {}", dir.display()))?;
+        let text = std::fs::read_to_string(&newest)?;
+        instructions += text
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("summary:")
+                    .or_else(|| l.strip_prefix("totals:"))
+            })
+            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+            .with_context(|| format!("no instruction total in {}", newest.display()))?;
+    }
+    let requests = run.rps * f64::from(args.duration);
+    Ok((run.rps, instructions / requests.max(1.0)))
 }
 
 /// `perf stat` counting the [`KernelCounts`] of `pids` until stopped.
@@ -439,7 +523,7 @@ http {{ access_log off; client_body_temp_path {0}; proxy_temp_path {0}; fastcgi_
         if name == "east" {
             east_egress = Some(egress);
         }
-        gateways.push(Proc::spawn(
+        gateways.push(spawn_proxy(
             &args.bin_dir.join("gns-gateway"),
             &[
                 "--federation".into(),
@@ -460,6 +544,7 @@ http {{ access_log off; client_body_temp_path {0}; proxy_temp_path {0}; fastcgi_
                 args.threads.to_string(),
             ],
             d.join(format!("gateway-{name}.log")),
+            args.callgrind.then_some(d),
         ));
     }
     let east_egress = east_egress.context("east egress")?;
@@ -488,10 +573,11 @@ http {{ access_log off; client_body_temp_path {0}; proxy_temp_path {0}; fastcgi_
         ),
     )?;
     let haproxy = |cfg: &str| {
-        Proc::spawn(
+        spawn_proxy(
             Path::new("/usr/sbin/haproxy"),
             &["-db".into(), "-f".into(), d.join(cfg).display().to_string()],
             d.join(format!("{cfg}.log")),
+            args.callgrind.then_some(d),
         )
     };
     let ha_b = haproxy("haproxy-b.cfg");
@@ -513,6 +599,30 @@ http {{ access_log off; client_body_temp_path {0}; proxy_temp_path {0}; fastcgi_
             pin(*pid, &last_cpu.to_string())?;
         }
         println!("# pinned: proxies on CPU {last_cpu}, wrk and nginx on CPU 0");
+    }
+    if args.callgrind {
+        // Warm up (uncounted), then one counted run of each chain.
+        let warm_up = Args {
+            duration: 2,
+            ..args.clone()
+        };
+        wrk(&warm_up, &ha_url, None, &[])?;
+        wrk(&warm_up, &gns_url, Some(HOST), &[])?;
+        let (ha_rps, ha) = instructions_per_request(&args, &ha_url, None, &ha_pids, d)?;
+        let (gns_rps, gns) = instructions_per_request(&args, &gns_url, Some(HOST), &gw_pids, d)?;
+        println!(
+            "# under callgrind: {} wrk connections, {} s per run, {} thread(s) per proxy",
+            args.connections, args.duration, args.threads
+        );
+        println!("| path | rps under callgrind | user-space instructions/request (both proxies) |");
+        println!("|---|---|---|");
+        println!("| haproxy chain | {ha_rps:.0} | {ha:.0} |");
+        println!("| gns-gateway chain | {gns_rps:.0} | {gns:.0} |");
+        println!(
+            "gns-gateway / haproxy: instructions per request {:.2}x",
+            gns / ha
+        );
+        return Ok(());
     }
     let direct = wrk(&args, &format!("http://127.0.0.1:{nginx_port}/"), None, &[])?;
     // Warm both chains up alike (connection pools, allocator, caches) before measuring.
