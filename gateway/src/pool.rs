@@ -47,24 +47,22 @@ struct LocalConnection {
     driver: Option<Driver>,
 }
 
-impl LocalConnection {
-    /// Polls the driver; false once the connection has ended. An ended
-    /// driver is dropped, which fails the requests it still held (giving
-    /// back the ones it never wrote).
-    fn drive(&mut self, cx: &mut Context<'_>) -> bool {
-        if let Some(driver) = &mut self.driver
-            && Pin::new(driver).poll(cx).is_ready()
-        {
-            self.driver = None;
-        }
-        self.driver.is_some()
+/// Polls a connection's driver. An ended driver is dropped (`None`), which
+/// fails the requests it still held, giving back the ones it never wrote.
+fn drive(driver: &mut Option<Driver>, cx: &mut Context<'_>) {
+    if let Some(d) = driver
+        && Pin::new(d).poll(cx).is_ready()
+    {
+        *driver = None;
     }
+}
 
+impl LocalConnection {
     /// Sends `request` and waits for the response head, driving the
     /// connection meanwhile.
     async fn exchange(&mut self, request: Request<Body>) -> Result<Response<Incoming>, Exchange> {
         let ready = poll_fn(|cx| {
-            self.drive(cx);
+            drive(&mut self.driver, cx);
             self.sender.poll_ready(cx)
         })
         .await;
@@ -74,11 +72,7 @@ impl LocalConnection {
         let mut response = std::pin::pin!(self.sender.try_send_request(request));
         let driver = &mut self.driver;
         poll_fn(|cx| {
-            if let Some(d) = driver
-                && Pin::new(d).poll(cx).is_ready()
-            {
-                *driver = None;
-            }
+            drive(driver, cx);
             response.as_mut().poll(cx)
         })
         .await
@@ -243,7 +237,7 @@ impl HttpBody for Returning {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         if let Some(connection) = &mut self.connection {
-            connection.drive(cx);
+            drive(&mut connection.driver, cx);
         }
         let polled = Pin::new(&mut self.body).poll_frame(cx);
         match &polled {

@@ -398,14 +398,10 @@ impl Gateway {
             .tcp_route(port, sni.as_deref())
             .ok_or_else(|| format!("no service on TCP port {port}"))?;
         let client_ip = client.peer_addr().map_err(|e| e.to_string())?.ip();
-        let callers = routes.callers_at(client_ip, &route.config.gns);
-        if !route.admits(&callers) {
-            self.counters.access_denied.fetch_add(1, Ordering::Relaxed);
-            let host = format!("{}.{}", route.config.service, route.config.gns);
-            return Err(denied_caller(&callers, &host));
-        }
-        let mut caller = http::HeaderMap::new();
-        name_caller(&mut caller, &callers.join(","));
+        let service = format!("{}.{}", route.config.service, route.config.gns);
+        let caller = self.local_caller(&routes, &route, client_ip, &service)?;
+        let mut caller_headers = http::HeaderMap::new();
+        name_caller(&mut caller_headers, caller.and_then(|c| c.header.clone()));
         let plan = routes.plan(&route, &http::HeaderMap::new(), fastrand::u64(..));
         let host = format!("{}.{}:{port}", route.config.service, route.config.gns);
         for cluster in &plan {
@@ -423,7 +419,7 @@ impl Gateway {
             let Ok(connection) = self.peer_connection(cluster).await else {
                 continue;
             };
-            match connection.tunnel(&host, caller.clone()).await {
+            match connection.tunnel(&host, caller_headers.clone()).await {
                 Ok(mut tunnel) => {
                     let copied = pipe(&mut client, &mut tunnel).await;
                     count_tcp(&route, cluster, copied);
@@ -471,6 +467,58 @@ impl Gateway {
         Err(last)
     }
 
+    /// Who the client at `client` (in this cluster) is when it calls
+    /// `route`'s service (`host` in messages), if the access policy lets it;
+    /// else why not (the refusal is counted).
+    fn local_caller<'t>(
+        &self,
+        routes: &'t RouteTable,
+        route: &Route,
+        client: std::net::IpAddr,
+        host: &str,
+    ) -> Result<Option<&'t crate::route::Caller>, String> {
+        let caller = routes.caller_at(client, &route.config.gns);
+        let services = caller.map_or(&[][..], |c| c.services.as_slice());
+        if route.admits(services) {
+            return Ok(caller);
+        }
+        self.counters.access_denied.fetch_add(1, Ordering::Relaxed);
+        Err(denied_caller(services, host))
+    }
+
+    /// The answer refusing a peer's request for `route`'s service (`host`),
+    /// if the access policy refuses it (counted): the peer's cluster must run
+    /// a permitted caller, and the caller it names must be permitted.
+    fn peer_refusal(
+        &self,
+        route: &Route,
+        peer: &str,
+        headers: &http::HeaderMap,
+        host: &str,
+    ) -> Option<Response<Body>> {
+        let cluster_allowed = route
+            .config
+            .allowed_clusters
+            .as_ref()
+            .is_none_or(|allowed| allowed.iter().any(|c| c == peer));
+        let refusal = if !cluster_allowed {
+            format!("cluster {peer} may not call {host}")
+        } else {
+            let callers = callers_named(headers);
+            let admitted = if callers == ["external"] {
+                route.config.external
+            } else {
+                route.admits(&callers)
+            };
+            if admitted {
+                return None;
+            }
+            denied_caller(&callers, host)
+        };
+        self.counters.access_denied.fetch_add(1, Ordering::Relaxed);
+        Some(reply(StatusCode::FORBIDDEN, &refusal))
+    }
+
     /// A CONNECT from a peer gateway: answer 200 once the local endpoint is
     /// connected, then pipe the stream to it (on a task of its own).
     async fn ingress_connect(
@@ -514,19 +562,8 @@ impl Gateway {
                 &format!("{host}:{port} is not a TCP service here"),
             ));
         };
-        if let Some(allowed) = &route.config.allowed_clusters
-            && !allowed.iter().any(|c| c == peer)
-        {
-            self.counters.access_denied.fetch_add(1, Ordering::Relaxed);
-            return Err(reply(
-                StatusCode::FORBIDDEN,
-                &format!("cluster {peer} may not connect"),
-            ));
-        }
-        if !caller_admitted(&route, headers) {
-            self.counters.access_denied.fetch_add(1, Ordering::Relaxed);
-            let callers = callers_named(headers);
-            return Err(reply(StatusCode::FORBIDDEN, &denied_caller(&callers, host)));
+        if let Some(refusal) = self.peer_refusal(&route, peer, headers, host) {
+            return Err(refusal);
         }
         self.connect_local_tcp(&route, port)
             .await
@@ -658,18 +695,16 @@ impl Gateway {
         // policy by name), or `external` from the public entry.
         let caller = match entry {
             Entry::Egress => {
-                let callers = routes.callers_at(client, &route.config.gns);
-                if !route.admits(&callers) {
-                    self.counters.access_denied.fetch_add(1, Ordering::Relaxed);
-                    let host = host_in(req.headers(), req.uri());
-                    return reply(StatusCode::FORBIDDEN, &denied_caller(&callers, host));
+                let host = host_in(req.headers(), req.uri());
+                match self.local_caller(&routes, &route, client, host) {
+                    Ok(caller) => caller.and_then(|c| c.header.clone()),
+                    Err(refusal) => return reply(StatusCode::FORBIDDEN, &refusal),
                 }
-                callers.join(",")
             }
-            Entry::Public => "external".to_owned(),
+            Entry::Public => Some(HeaderValue::from_static("external")),
         };
         let (mut parts, body) = req.into_parts();
-        name_caller(&mut parts.headers, &caller);
+        name_caller(&mut parts.headers, caller);
         let body = if hyper::body::Body::is_end_stream(&body) {
             Ok(Bytes::new())
         } else {
@@ -804,19 +839,8 @@ impl Gateway {
                 &format!("no global service {host:?}"),
             );
         };
-        if let Some(allowed) = &route.config.allowed_clusters
-            && !allowed.iter().any(|c| c == peer)
-        {
-            self.counters.access_denied.fetch_add(1, Ordering::Relaxed);
-            return reply(
-                StatusCode::FORBIDDEN,
-                &format!("cluster {peer} may not call {host}"),
-            );
-        }
-        if !caller_admitted(&route, req.headers()) {
-            self.counters.access_denied.fetch_add(1, Ordering::Relaxed);
-            let callers = callers_named(req.headers());
-            return reply(StatusCode::FORBIDDEN, &denied_caller(&callers, host));
+        if let Some(refusal) = self.peer_refusal(&route, peer, req.headers(), host) {
+            return refusal;
         }
         let (parts, body) = req.into_parts();
         // Buffered, so a connect failure can move on to another endpoint.
@@ -1000,12 +1024,10 @@ fn peer_head(parts: &http::request::Parts) -> Result<Request<()>, TryError> {
     Ok(head)
 }
 
-/// Replaces whatever caller a client named with `caller` (none when empty).
-fn name_caller(headers: &mut http::HeaderMap, caller: &str) {
+/// Replaces whatever caller a client named with `caller`.
+fn name_caller(headers: &mut http::HeaderMap, caller: Option<HeaderValue>) {
     headers.remove(CALLER_HEADER);
-    if !caller.is_empty()
-        && let Ok(value) = HeaderValue::from_str(caller)
-    {
+    if let Some(value) = caller {
         headers.insert(CALLER_HEADER, value);
     }
 }
@@ -1024,23 +1046,15 @@ fn callers_named(headers: &http::HeaderMap) -> Vec<&str> {
         .unwrap_or_default()
 }
 
-/// Whether the caller a peer gateway named may call `route`'s service:
-/// `external` when the service is open to outside clients, else by name.
-fn caller_admitted(route: &Route, headers: &http::HeaderMap) -> bool {
-    let callers = callers_named(headers);
-    if callers == ["external"] {
-        return route.config.external;
-    }
-    route.admits(&callers)
-}
-
-/// Why a caller was refused, for the answer and the log.
-fn denied_caller(callers: &[&str], host: &str) -> String {
+/// Why callers `callers` were refused `host`, for the answer and the log.
+fn denied_caller<S: AsRef<str>>(callers: &[S], host: &str) -> String {
     if callers.is_empty() {
-        format!("{host}: callers that are no service's endpoint may not call it (access policy)")
-    } else {
-        format!("{} may not call {host} (access policy)", callers.join(", "))
+        return format!(
+            "{host}: callers that are no service's endpoint may not call it (access policy)"
+        );
     }
+    let names: Vec<&str> = callers.iter().map(AsRef::as_ref).collect();
+    format!("{} may not call {host} (access policy)", names.join(", "))
 }
 
 /// Counts a response's body bytes: at once when its length is known, else

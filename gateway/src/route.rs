@@ -43,14 +43,16 @@ pub struct Route {
 impl Route {
     /// Whether callers named `callers` (the services a calling workload is
     /// an endpoint of; none when it is no service's) may call this service.
-    pub fn admits(&self, callers: &[&str]) -> bool {
+    pub fn admits<S: AsRef<str>>(&self, callers: &[S]) -> bool {
         let Some(allowed) = &self.config.allowed_callers else {
             return true;
         };
         if callers.is_empty() {
             return allowed.iter().any(|a| a == "*");
         }
-        callers.iter().any(|c| allowed.iter().any(|a| a == c))
+        callers
+            .iter()
+            .any(|c| allowed.iter().any(|a| a == c.as_ref()))
     }
 }
 
@@ -63,9 +65,19 @@ pub struct RouteTable {
     /// Services on each TCP port, with their host names (several share a
     /// port when TLS clients name them by SNI).
     by_tcp_port: FastMap<u16, Vec<(String, Arc<Route>)>>,
-    /// The services (global namespace, name) each address of this
-    /// cluster's endpoints serves: how a caller is named.
-    services_at: FastMap<IpAddr, Vec<(String, String)>>,
+    /// The caller identity of each address of this cluster's endpoints,
+    /// by global namespace.
+    callers_at: FastMap<IpAddr, FastMap<String, Caller>>,
+}
+
+/// Who a workload of this cluster is when it calls into one global
+/// namespace: the services it is an endpoint of, named once per config.
+#[derive(Debug, Default)]
+pub struct Caller {
+    /// The services, by name.
+    pub services: Vec<String>,
+    /// The same, as the value of [`crate::proxy::CALLER_HEADER`].
+    pub header: Option<http::HeaderValue>,
 }
 
 impl RouteTable {
@@ -75,13 +87,12 @@ impl RouteTable {
         let mut problems = Vec::new();
         let mut by_host = FastMap::default();
         let mut by_tcp_port: FastMap<u16, Vec<(String, Arc<Route>)>> = FastMap::default();
-        let mut services_at: FastMap<IpAddr, Vec<(String, String)>> = FastMap::default();
+        let mut callers_at: FastMap<IpAddr, FastMap<String, Caller>> = FastMap::default();
         for (host, svc) in &config.services {
             for ip in svc.endpoints.get(cluster).into_iter().flatten() {
-                services_at
-                    .entry(*ip)
-                    .or_default()
-                    .push((svc.gns.clone(), svc.service.clone()));
+                let by_gns = callers_at.entry(*ip).or_default();
+                let caller = by_gns.entry(svc.gns.clone()).or_default();
+                caller.services.push(svc.service.clone());
             }
             let mut rules = Vec::new();
             'rules: for (i, rule) in svc.rules.iter().enumerate() {
@@ -130,27 +141,27 @@ impl RouteTable {
             }
             by_host.insert(host.to_ascii_lowercase(), route);
         }
+        for caller in callers_at
+            .values_mut()
+            .flat_map(|by_gns| by_gns.values_mut())
+        {
+            caller.header = http::HeaderValue::from_str(&caller.services.join(",")).ok();
+        }
         (
             RouteTable {
                 cluster: cluster.to_owned(),
                 by_host,
                 by_tcp_port,
-                services_at,
+                callers_at,
             },
             problems,
         )
     }
 
-    /// The services of global namespace `gns` that the workload at `ip`
-    /// (a client in this cluster) is an endpoint of: its caller identity.
-    pub fn callers_at(&self, ip: IpAddr, gns: &str) -> Vec<&str> {
-        self.services_at
-            .get(&ip)
-            .into_iter()
-            .flatten()
-            .filter(|(g, _)| g == gns)
-            .map(|(_, service)| service.as_str())
-            .collect()
+    /// Who the workload at `ip` (a client in this cluster) is when it calls
+    /// into global namespace `gns`; `None` when it is no service's endpoint.
+    pub fn caller_at(&self, ip: IpAddr, gns: &str) -> Option<&Caller> {
+        self.callers_at.get(&ip)?.get(gns)
     }
 
     /// The route of a `Host` header value (port and trailing dot ignored).
@@ -329,15 +340,20 @@ mod tests {
         let svc = config.services.values().next().expect("svc");
         let own = svc.endpoints["east"][0];
         let (table, _) = RouteTable::new(&config, "east");
-        assert_eq!(table.callers_at(own, "production"), ["web"]);
+        let caller = table.caller_at(own, "production").expect("web's endpoint");
+        assert_eq!(caller.services, ["web"]);
+        assert_eq!(
+            caller.header.as_ref().map(|h| h.as_bytes()),
+            Some(&b"web"[..])
+        );
         assert!(
-            table.callers_at(own, "staging").is_empty(),
+            table.caller_at(own, "staging").is_none(),
             "services of other global namespaces do not name the caller"
         );
         assert!(
             table
-                .callers_at(svc.endpoints["west"][0], "production")
-                .is_empty(),
+                .caller_at(svc.endpoints["west"][0], "production")
+                .is_none(),
             "another cluster's endpoints do not name local callers"
         );
 
@@ -352,12 +368,12 @@ mod tests {
             "one allowed service is enough"
         );
         assert!(!route.admits(&["web"]));
-        assert!(!route.admits(&[]), "unnamed callers need `*`");
+        assert!(!route.admits::<&str>(&[]), "unnamed callers need `*`");
         let svc = restricted.services.values_mut().next().expect("svc");
         svc.allowed_callers = Some(vec!["*".into()]);
         let (table, _) = RouteTable::new(&restricted, "east");
         let route = table.route("web.production.app.acme.com").expect("route");
-        assert!(route.admits(&[]));
+        assert!(route.admits::<&str>(&[]));
         let (table, _) = RouteTable::new(&config, "east");
         let route = table.route("web.production.app.acme.com").expect("route");
         assert!(route.admits(&["anyone"]), "no policy: every caller");

@@ -336,16 +336,22 @@ async fn ingress_get(
         .map_err(|_| "no answer within 5 s".to_owned())?
 }
 
-/// A certificate for east's gateway, obtained as a gateway obtains one
-/// (join token, CSR): its chain and key.
-async fn east_certificate(base: &str) -> (Vec<CertificateDer<'static>>, rcgen::KeyPair) {
+/// A new join token of `cluster` (valid 10 minutes).
+async fn join_token(base: &str, cluster: &str) -> String {
     let (status, body) = api(
         reqwest::Method::POST,
-        &format!("{base}/v1/clusters/east/join-tokens"),
+        &format!("{base}/v1/clusters/{cluster}/join-tokens"),
         Some(json!({"ttl": "10m"})),
     )
     .await;
     assert_eq!(status, 201, "{body}");
+    body["token"].as_str().expect("token").to_owned()
+}
+
+/// A certificate for east's gateway, obtained as a gateway obtains one
+/// (join token, CSR): its chain and key.
+async fn east_certificate(base: &str) -> (Vec<CertificateDer<'static>>, rcgen::KeyPair) {
+    let token = join_token(base, "east").await;
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
     let csr = rcgen::CertificateParams::new(Vec::<String>::new())
         .expect("params")
@@ -355,7 +361,7 @@ async fn east_certificate(base: &str) -> (Vec<CertificateDer<'static>>, rcgen::K
         .expect("pem");
     let signed = reqwest::Client::new()
         .post(format!("{base}/v1/identity/sign"))
-        .json(&json!({"csr": csr, "joinToken": body["token"]}))
+        .json(&json!({"csr": csr, "joinToken": token}))
         .send()
         .await
         .expect("sign");
@@ -492,13 +498,7 @@ async fn cross_cluster_requests_over_mtls() {
 
     let mut gateways = BTreeMap::new();
     for name in ["east", "west"] {
-        let (status, body) = api(
-            reqwest::Method::POST,
-            &format!("{base}/v1/clusters/{name}/join-tokens"),
-            Some(json!({"ttl": "10m"})),
-        )
-        .await;
-        assert_eq!(status, 201, "{body}");
+        let token = join_token(&base, name).await;
         // Distinct egress addresses: each gateway also listens there on the TCP service ports.
         let egress_ip = if name == "east" {
             "127.0.0.2"
@@ -518,7 +518,7 @@ async fn cross_cluster_requests_over_mtls() {
                 "--cluster".into(),
                 name.into(),
                 "--join-token".into(),
-                body["token"].as_str().expect("token").into(),
+                token,
                 "--egress-listen".into(),
                 egress.to_string(),
                 "--ingress-listen".into(),

@@ -648,6 +648,16 @@ fn caller_allowed(
         || gns.default_access == Access::Allow
 }
 
+/// Whether any service may call `service` (so gateways need not check):
+/// no policy names a caller of it other than `external`, and access is
+/// allowed by default.
+fn unrestricted(gns: &GlobalNamespace, policies: &[AccessPolicy], service: &str) -> bool {
+    let named = policies
+        .iter()
+        .any(|p| p.to.as_str() == service && p.from.iter().any(|f| f != "external"));
+    !named && gns.default_access == Access::Allow
+}
+
 /// The peer clusters whose gateways may call `service` through this
 /// cluster's ingress: a gateway carries the traffic of every workload of
 /// its cluster, so a cluster may call when some service running there may.
@@ -659,10 +669,7 @@ fn allowed_peer_clusters(
     service: &str,
     runs_in: &BTreeMap<&str, BTreeSet<&str>>,
 ) -> Option<Vec<String>> {
-    let named = policies
-        .iter()
-        .any(|p| p.to.as_str() == service && p.from.iter().any(|f| f != "external"));
-    if !named && gns.default_access == Access::Allow {
+    if unrestricted(gns, policies, service) {
         return None;
     }
     Some(
@@ -689,10 +696,7 @@ fn allowed_callers(
     service: &str,
     services: &BTreeSet<&str>,
 ) -> Option<Vec<String>> {
-    let named = policies
-        .iter()
-        .any(|p| p.to.as_str() == service && p.from.iter().any(|f| f != "external"));
-    if !named && gns.default_access == Access::Allow {
+    if unrestricted(gns, policies, service) {
         return None;
     }
     let mut callers: Vec<String> = services

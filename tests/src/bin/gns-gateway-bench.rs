@@ -118,17 +118,11 @@ fn spawn_proxy(program: &Path, args: &[String], log: PathBuf, callgrind: Option<
 
 /// Runs `callgrind_control` with `flag` on `pid`.
 fn callgrind_control(flag: &str, pid: u32) -> anyhow::Result<()> {
-    let out = Command::new("callgrind_control")
-        .args([flag, &pid.to_string()])
-        .output()
-        .context("run callgrind_control (apt-get install valgrind)")?;
-    if !out.status.success() {
-        bail!(
-            "callgrind_control {flag} {pid}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
+    run_tool(
+        "callgrind_control",
+        &[flag, &pid.to_string()],
+        "apt-get install valgrind",
+    )
 }
 
 /// Instructions the proxies `pids` (under callgrind, writing to `dir`)
@@ -200,7 +194,7 @@ fn start_syscall_count(pids: &[u32], out: &Path) -> anyhow::Result<std::process:
 /// Stops a [`start_syscall_count`] and reads its counts.
 fn finish_syscall_count(mut perf: std::process::Child, out: &Path) -> anyhow::Result<KernelCounts> {
     let pid = perf.id().to_string();
-    Command::new("kill").args(["-INT", &pid]).status()?;
+    run_tool("kill", &["-INT", &pid], "procps")?;
     perf.wait()?;
     let text = std::fs::read_to_string(out).with_context(|| format!("read {}", out.display()))?;
     let count = |event: &str| {
@@ -236,13 +230,24 @@ fn latency_ms(text: &str, label: &str) -> f64 {
 
 /// Sets the CPU affinity of every thread of `pid` (`taskset`).
 fn pin(pid: u32, cpus: &str) -> anyhow::Result<()> {
-    let out = Command::new("taskset")
-        .args(["-a", "-p", "-c", cpus, &pid.to_string()])
+    run_tool(
+        "taskset",
+        &["-a", "-p", "-c", cpus, &pid.to_string()],
+        "util-linux",
+    )
+}
+
+/// Runs `program args…`, failing with its error output unless it succeeds
+/// (`install`: where the program comes from).
+fn run_tool(program: &str, args: &[&str], install: &str) -> anyhow::Result<()> {
+    let out = Command::new(program)
+        .args(args)
         .output()
-        .context("run taskset (util-linux)")?;
+        .with_context(|| format!("run {program} ({install})"))?;
     if !out.status.success() {
         bail!(
-            "taskset {pid}: {}",
+            "{program} {}: {}",
+            args.join(" "),
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
