@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes};
-use http::{HeaderMap, Request, Response, header};
+use http::{HeaderMap, HeaderName, Request, Response, header};
 use http_body_util::BodyExt;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -197,29 +197,47 @@ impl PeerPool {
 /// headers it names, `Keep-Alive`, `Proxy-Connection`, `Transfer-Encoding`,
 /// `Upgrade`, `Host` (carried as the authority) and `TE` other than `trailers`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if let Some(named) = headers.remove(header::CONNECTION)
+    // One pass over the names first: most messages carry few or none of
+    // these, and a removal by name costs a hash and a probe each.
+    let mut present = [false; HOP_BY_HOP_COUNT];
+    let mut connection = false;
+    for name in headers.keys() {
+        if name == header::CONNECTION {
+            connection = true;
+        } else if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present[i] = true;
+        }
+    }
+    if connection
+        && let Some(named) = headers.remove(header::CONNECTION)
         && let Ok(named) = named.to_str()
     {
         for name in named.split(',').map(str::trim).filter(|n| !n.is_empty()) {
             headers.remove(name);
         }
     }
-    for name in [
-        "keep-alive",
-        "proxy-connection",
-        header::TRANSFER_ENCODING.as_str(),
-        header::UPGRADE.as_str(),
-        header::HOST.as_str(),
-    ] {
-        headers.remove(name);
-    }
-    if headers
-        .get(header::TE)
-        .is_some_and(|te| !te.as_bytes().eq_ignore_ascii_case(b"trailers"))
-    {
-        headers.remove(header::TE);
+    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
+        let keep = name == header::TE
+            && headers
+                .get(header::TE)
+                .is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers"));
+        if !keep {
+            headers.remove(name);
+        }
     }
 }
+
+const HOP_BY_HOP_COUNT: usize = 6;
+/// The headers besides `Connection` that [`strip_hop_by_hop`] drops (`TE`
+/// only when it is not `trailers`).
+static HOP_BY_HOP: [HeaderName; HOP_BY_HOP_COUNT] = [
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::HOST,
+    header::TE,
+];
 
 /// An HTTP/2 response stream as a body: data frames then trailers, with the
 /// flow-control window given back as data is taken.

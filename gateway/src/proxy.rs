@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, StatusCode, Uri, header};
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode, Uri, header};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -43,7 +43,7 @@ const TCP_BUFFER: usize = 64 * 1024;
 /// absent when it is none's), or `external` from the public entry. Set by
 /// the gateway that took the request (a client's own is dropped) and
 /// trusted only from peer gateways, over mutual TLS.
-pub const CALLER_HEADER: &str = "x-gns-caller";
+pub const CALLER_HEADER: HeaderName = HeaderName::from_static("x-gns-caller");
 /// Overall request timeout when the route sets none.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -56,6 +56,9 @@ fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into()).map_err(|e| match e {}).boxed()
 }
 
+/// Marks an answer the gateway made itself (not an endpoint's).
+const ANSWERED_HEADER: HeaderName = HeaderName::from_static("x-gns-gateway");
+
 fn reply(status: StatusCode, message: &str) -> Response<Body> {
     let mut resp = Response::new(full(format!("{message}\n")));
     *resp.status_mut() = status;
@@ -64,7 +67,7 @@ fn reply(status: StatusCode, message: &str) -> Response<Body> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     resp.headers_mut()
-        .insert("x-gns-gateway", HeaderValue::from_static("1"));
+        .insert(ANSWERED_HEADER, HeaderValue::from_static("1"));
     resp
 }
 
@@ -763,7 +766,8 @@ impl Gateway {
         let per_try = retry
             .and_then(|r| r.per_try_timeout_ms)
             .map(Duration::from_millis);
-        let mut last = reply(StatusCode::BAD_GATEWAY, "no try was made");
+        // Made only when a try fails: most requests need no error answer.
+        let mut last = None;
         let mut last_cluster = "";
         for (n, &cluster) in plan.iter().cycle().take(budget.max(1)).enumerate() {
             last_cluster = cluster;
@@ -791,23 +795,25 @@ impl Gateway {
                         && retry.is_some_and(|r| r.on_5xx)
                         && n + 1 < budget =>
                 {
-                    last = resp;
+                    last = Some(resp);
                 }
                 Ok(resp) => return (resp, cluster),
                 Err(TryError::Connect(e)) => {
                     tracing::debug!(cluster, error = %e, "try failed to connect");
-                    last = reply(StatusCode::BAD_GATEWAY, &format!("{cluster}: {e}"));
+                    last = Some(reply(StatusCode::BAD_GATEWAY, &format!("{cluster}: {e}")));
                 }
                 Err(TryError::Failed(e)) => {
                     let retryable =
                         retry.is_some_and(|r| r.on_5xx || r.per_try_timeout_ms.is_some());
-                    last = reply(StatusCode::GATEWAY_TIMEOUT, &format!("{cluster}: {e}"));
+                    let answer = reply(StatusCode::GATEWAY_TIMEOUT, &format!("{cluster}: {e}"));
                     if !retryable {
-                        return (last, cluster);
+                        return (answer, cluster);
                     }
+                    last = Some(answer);
                 }
             }
         }
+        let last = last.unwrap_or_else(|| reply(StatusCode::BAD_GATEWAY, "no try was made"));
         (last, last_cluster)
     }
 
@@ -1026,7 +1032,7 @@ fn peer_head(parts: &http::request::Parts) -> Result<Request<()>, TryError> {
 
 /// Replaces whatever caller a client named with `caller`.
 fn name_caller(headers: &mut http::HeaderMap, caller: Option<HeaderValue>) {
-    headers.remove(CALLER_HEADER);
+    headers.remove(&CALLER_HEADER);
     if let Some(value) = caller {
         headers.insert(CALLER_HEADER, value);
     }
@@ -1035,7 +1041,7 @@ fn name_caller(headers: &mut http::HeaderMap, caller: Option<HeaderValue>) {
 /// The callers a peer gateway named ([`CALLER_HEADER`]).
 fn callers_named(headers: &http::HeaderMap) -> Vec<&str> {
     headers
-        .get(CALLER_HEADER)
+        .get(&CALLER_HEADER)
         .and_then(|v| v.to_str().ok())
         .map(|v| {
             v.split(',')

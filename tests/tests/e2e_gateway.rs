@@ -310,7 +310,7 @@ async fn ingress_get(
         let conn = tokio::spawn(conn);
         let mut request = hyper::Request::get(format!("https://{HOST}/hello"));
         if let Some(caller) = caller {
-            request = request.header(gns_gateway::proxy::CALLER_HEADER, caller);
+            request = request.header(&gns_gateway::proxy::CALLER_HEADER, caller);
         }
         let request = request
             .body(http_body_util::Empty::<hyper::body::Bytes>::new())
