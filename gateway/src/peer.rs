@@ -90,26 +90,24 @@ impl PeerConnection {
     }
 
     /// Opens a stream for `head` (whose hop-by-hop headers are dropped here).
-    async fn open(
-        &self,
+    /// The connection is a clone taken from the pool for this request: its
+    /// handle opens the stream directly (h2 queues the stream when the peer's
+    /// stream limit is reached; a connection that has gone away fails here).
+    fn open(
+        self,
         mut head: Request<()>,
         end_of_stream: bool,
     ) -> Result<(h2::client::ResponseFuture, h2::SendStream<Bytes>), PeerError> {
         strip_hop_by_hop(head.headers_mut());
-        let mut sender = self
-            .sender
-            .clone()
-            .ready()
-            .await
-            .map_err(|e| PeerError::NotSent(e.to_string()))?;
+        let mut sender = self.sender;
         sender
             .send_request(head, end_of_stream)
             .map_err(|e| PeerError::NotSent(e.to_string()))
     }
 
     /// Sends a request with a buffered body; the response streams back.
-    pub async fn send(&self, head: Request<()>, body: Bytes) -> Result<Response<Body>, PeerError> {
-        let (response, mut stream) = self.open(head, body.is_empty()).await?;
+    pub async fn send(self, head: Request<()>, body: Bytes) -> Result<Response<Body>, PeerError> {
+        let (response, mut stream) = self.open(head, body.is_empty())?;
         if !body.is_empty() {
             // Buffered by h2 and sent as the peer's window allows; the body is
             // bounded by the gateway's request body limit.
@@ -131,14 +129,14 @@ impl PeerConnection {
     /// Opens a CONNECT tunnel to `authority` (`host:port`) with `headers`
     /// (the caller's identity); the peer answers 2xx once it has connected
     /// the far end.
-    pub async fn tunnel(&self, authority: &str, headers: HeaderMap) -> Result<Tunnel, PeerError> {
+    pub async fn tunnel(self, authority: &str, headers: HeaderMap) -> Result<Tunnel, PeerError> {
         let mut head = Request::builder()
             .method(http::Method::CONNECT)
             .uri(authority)
             .body(())
             .map_err(|e| PeerError::NotSent(e.to_string()))?;
         *head.headers_mut() = headers;
-        let (response, send) = self.open(head, false).await?;
+        let (response, send) = self.open(head, false)?;
         let response = response
             .await
             .map_err(|e| PeerError::Failed(e.to_string()))?;
@@ -213,7 +211,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         && let Ok(named) = named.to_str()
     {
         for name in named.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-            headers.remove(name);
+            // The usual tokens: `close` names no header, `keep-alive` is
+            // dropped below anyway.
+            if !name.eq_ignore_ascii_case("keep-alive") && !name.eq_ignore_ascii_case("close") {
+                headers.remove(name);
+            }
         }
     }
     for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {

@@ -895,13 +895,14 @@ impl Gateway {
         {
             parts.headers.insert(header::HOST, value);
         }
-        let mut last = TryError::Connect("no endpoint tried".into());
-        let mut tried: Vec<SocketAddr> = Vec::new();
+        let mut last = None;
+        // The endpoints tried so far (no allocation per request).
+        let mut tried = [SocketAddr::from(([0, 0, 0, 0], 0)); LOCAL_CONNECT_TRIES];
         let attempts = LOCAL_CONNECT_TRIES.min(endpoints.len());
         let mut parts = Some(parts);
         for attempt in 0..attempts {
-            let target = self.outliers.pick(endpoints, port, &tried);
-            tried.push(target);
+            let target = self.outliers.pick(endpoints, port, &tried[..attempt]);
+            tried[attempt] = target;
             self.counters.local_tries.fetch_add(1, Ordering::Relaxed);
             // The last try takes the parts; earlier ones copy them.
             let mut request = match parts.as_ref() {
@@ -926,12 +927,12 @@ impl Gateway {
                     if self.outliers.record(target, true) {
                         self.counters.ejections.fetch_add(1, Ordering::Relaxed);
                     }
-                    last = TryError::Connect(format!("{target}: {e}"));
+                    last = Some(TryError::Connect(format!("{target}: {e}")));
                 }
                 Err(e) => return Err(TryError::Failed(format!("{target}: {e}"))),
             }
         }
-        Err(last)
+        Err(last.unwrap_or_else(|| TryError::Connect("no endpoint tried".into())))
     }
 
     /// One try at `peer`: the request goes out on the pooled connection; if
@@ -1009,22 +1010,31 @@ impl Gateway {
 /// The head of a request to a peer gateway: the client's method, headers
 /// and path, with its host as the HTTP/2 authority.
 fn peer_head(parts: &http::request::Parts) -> Result<Request<()>, TryError> {
-    let host = parts
-        .headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| parts.uri.authority().map(|a| a.as_str()))
-        .unwrap_or("unknown");
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let uri = Uri::builder()
-        .scheme("https")
-        .authority(host)
-        .path_and_query(path)
-        .build()
-        .map_err(|e| TryError::Connect(format!("bad request target: {e}")))?;
+    let bad_target = |e: http::Error| TryError::Connect(format!("bad request target: {e}"));
+    let authority = match parts.headers.get(header::HOST) {
+        Some(host) => {
+            http::uri::Authority::try_from(host.as_bytes()).map_err(|e| bad_target(e.into()))?
+        }
+        None => parts
+            .uri
+            .authority()
+            .cloned()
+            .unwrap_or_else(|| http::uri::Authority::from_static("unknown")),
+    };
+    // From parts: the path is shared with the request, not parsed again.
+    let mut target = http::uri::Parts::default();
+    target.scheme = Some(http::uri::Scheme::HTTPS);
+    target.authority = Some(authority);
+    target.path_and_query = Some(
+        parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+    );
     let mut head = Request::new(());
     *head.method_mut() = parts.method.clone();
-    *head.uri_mut() = uri;
+    *head.uri_mut() = Uri::from_parts(target).map_err(|e| bad_target(e.into()))?;
     *head.version_mut() = http::Version::HTTP_2;
     *head.headers_mut() = parts.headers.clone();
     Ok(head)

@@ -166,13 +166,17 @@ impl RouteTable {
 
     /// The route of a `Host` header value (port and trailing dot ignored).
     pub fn route(&self, host: &str) -> Option<Arc<Route>> {
-        let name = host.rsplit_once(':').map_or(host, |(h, port)| {
-            if port.chars().all(|c| c.is_ascii_digit()) {
-                h
-            } else {
-                host
-            }
-        });
+        // A port only when the name ends in a digit (most carry none).
+        let name = match host.as_bytes().last() {
+            Some(b) if b.is_ascii_digit() => host.rsplit_once(':').map_or(host, |(h, port)| {
+                if port.bytes().all(|c| c.is_ascii_digit()) {
+                    h
+                } else {
+                    host
+                }
+            }),
+            _ => host,
+        };
         let name = name.trim_end_matches('.');
         // Host names usually arrive in lower case: look up without a copy then.
         if name.bytes().any(|b| b.is_ascii_uppercase()) {
