@@ -61,9 +61,13 @@ impl LocalConnection {
     /// Sends `request` and waits for the response head, driving the
     /// connection meanwhile.
     async fn exchange(&mut self, request: Request<Body>) -> Result<Response<Incoming>, Exchange> {
-        let ready = poll_fn(|cx| {
-            drive(&mut self.driver, cx);
-            self.sender.poll_ready(cx)
+        // An idle pooled connection is ready at once: driven only if not.
+        let ready = poll_fn(|cx| match self.sender.poll_ready(cx) {
+            Poll::Pending => {
+                drive(&mut self.driver, cx);
+                self.sender.poll_ready(cx)
+            }
+            ready => ready,
         })
         .await;
         if let Err(e) = ready {
@@ -236,10 +240,15 @@ impl HttpBody for Returning {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        if let Some(connection) = &mut self.connection {
+        // The body usually came in with the head: the connection is driven
+        // only when the body waits for more.
+        let mut polled = Pin::new(&mut self.body).poll_frame(cx);
+        if polled.is_pending()
+            && let Some(connection) = &mut self.connection
+        {
             drive(&mut connection.driver, cx);
+            polled = Pin::new(&mut self.body).poll_frame(cx);
         }
-        let polled = Pin::new(&mut self.body).poll_frame(cx);
         match &polled {
             Poll::Ready(None) => self.give_back(),
             Poll::Ready(Some(Ok(_))) if self.body.is_end_stream() => self.give_back(),

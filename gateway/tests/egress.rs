@@ -182,3 +182,92 @@ async fn http1_and_h2c_clients_are_routed_and_bytes_counted() {
         "two 15-byte responses: {text}"
     );
 }
+
+/// An HTTP/1.1 upstream that streams large bodies in pieces with pauses
+/// between them (so they arrive in many reads): `/chunked` in the chunked
+/// encoding, anything else with a `content-length`. Keeps connections alive
+/// and counts the ones it accepted.
+async fn streaming_upstream(
+    pieces: usize,
+    piece: usize,
+) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = std::sync::Arc::clone(&accepted);
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                loop {
+                    // One request head at a time (these requests have no body).
+                    while !head.ends_with(b"\r\n\r\n") {
+                        if tcp.read(&mut byte).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        head.push(byte[0]);
+                    }
+                    let chunked = head.starts_with(b"GET /chunked ");
+                    head.clear();
+                    let answer = if chunked {
+                        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_owned()
+                    } else {
+                        format!(
+                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n",
+                            pieces * piece
+                        )
+                    };
+                    tcp.write_all(answer.as_bytes()).await.expect("head");
+                    for n in 0..pieces {
+                        let data = vec![b'a' + (n % 26) as u8; piece];
+                        if chunked {
+                            tcp.write_all(format!("{piece:x}\r\n").as_bytes())
+                                .await
+                                .expect("size");
+                        }
+                        tcp.write_all(&data).await.expect("data");
+                        if chunked {
+                            tcp.write_all(b"\r\n").await.expect("end of chunk");
+                        }
+                        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                    }
+                    if chunked {
+                        tcp.write_all(b"0\r\n\r\n").await.expect("last chunk");
+                    }
+                }
+            });
+        }
+    });
+    (port, accepted)
+}
+
+#[tokio::test]
+async fn large_bodies_arriving_in_pieces_are_relayed_whole_on_a_kept_connection() {
+    let (pieces, piece) = (40, 32 * 1024);
+    let (port, accepted) = streaming_upstream(pieces, piece).await;
+    let addr = egress(port).await;
+    let client = reqwest::Client::new();
+    let expected: Vec<u8> = (0..pieces)
+        .flat_map(|n| std::iter::repeat_n(b'a' + (n % 26) as u8, piece))
+        .collect();
+    for path in ["/chunked", "/length", "/chunked", "/length"] {
+        let response = client
+            .get(format!("http://{addr}{path}"))
+            .header("host", HOST)
+            .timeout(std::time::Duration::from_secs(20))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status(), 200, "{path}");
+        let body = response.bytes().await.expect("the body within 20 s");
+        assert_eq!(body.len(), expected.len(), "{path}: the whole body");
+        assert!(body[..] == expected[..], "{path}: the body as sent");
+    }
+    assert_eq!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "each body ended cleanly, so the connection was reused"
+    );
+}
