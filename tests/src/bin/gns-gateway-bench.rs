@@ -64,20 +64,30 @@ fn write(path: &Path, text: &str) -> anyhow::Result<()> {
     std::fs::write(path, text).with_context(|| format!("write {}", path.display()))
 }
 
-/// CPU seconds (user + system) a process has used.
-fn cpu_seconds(pid: u32) -> f64 {
+/// CPU seconds a process has used: user and system (kernel) time.
+fn cpu_seconds(pid: u32) -> (f64, f64) {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
+        return (0.0, 0.0);
     };
     let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-        return 0.0;
+        return (0.0, 0.0);
     };
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = [11, 12]
-        .iter()
-        .filter_map(|i| fields.get(*i)?.parse::<f64>().ok())
-        .sum();
-    ticks / 100.0
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 100.0
+    };
+    (ticks(11), ticks(12))
+}
+
+/// CPU seconds of `pids` together: (user + system, system).
+fn cpu_of(pids: &[u32]) -> (f64, f64) {
+    pids.iter()
+        .map(|p| cpu_seconds(*p))
+        .fold((0.0, 0.0), |(all, sys), (u, s)| (all + u + s, sys + s))
 }
 
 #[derive(Debug)]
@@ -86,6 +96,8 @@ struct Run {
     p50_ms: f64,
     p99_ms: f64,
     cpu_us_per_request: f64,
+    /// Of that, the kernel's (system time).
+    kernel_us_per_request: f64,
     /// Kernel events of the proxies per request (`--syscalls`).
     per_request: Option<KernelCounts>,
 }
@@ -263,7 +275,7 @@ fn wrk(args: &Args, url: &str, host: Option<&str>, pids: &[u32]) -> anyhow::Resu
         }
         _ => None,
     };
-    let before: f64 = pids.iter().map(|p| cpu_seconds(*p)).sum();
+    let before = cpu_of(pids);
     let mut cmd = Command::new("wrk");
     cmd.args([
         "-t1",
@@ -278,7 +290,7 @@ fn wrk(args: &Args, url: &str, host: Option<&str>, pids: &[u32]) -> anyhow::Resu
         .arg(url)
         .output()
         .context("run wrk (apt-get install wrk)")?;
-    let after: f64 = pids.iter().map(|p| cpu_seconds(*p)).sum();
+    let after = cpu_of(pids);
     let counted = match counting {
         Some((perf, out)) => Some(finish_syscall_count(perf, &out)?),
         None => None,
@@ -299,15 +311,19 @@ fn wrk(args: &Args, url: &str, host: Option<&str>, pids: &[u32]) -> anyhow::Resu
         );
     }
     let requests = rps * f64::from(args.duration);
+    let per_request = |seconds: f64| {
+        if pids.is_empty() || requests == 0.0 {
+            0.0
+        } else {
+            seconds / requests * 1e6
+        }
+    };
     Ok(Run {
         rps,
         p50_ms: latency_ms(&text, "50%"),
         p99_ms: latency_ms(&text, "99%"),
-        cpu_us_per_request: if pids.is_empty() || requests == 0.0 {
-            0.0
-        } else {
-            (after - before) / requests * 1e6
-        },
+        cpu_us_per_request: per_request(after.0 - before.0),
+        kernel_us_per_request: per_request(after.1 - before.1),
         per_request: counted.filter(|_| requests > 0.0).map(|c| KernelCounts {
             syscalls: c.syscalls / requests,
             switches: c.switches / requests,
@@ -648,7 +664,7 @@ http {{ access_log off; client_body_temp_path {0}; proxy_temp_path {0}; fastcgi_
         args.connections, args.duration, args.threads
     );
     println!(
-        "| path | rps | p50 ms | p99 ms | proxy CPU µs/request |{}",
+        "| path | rps | p50 ms | p99 ms | proxy CPU µs/request | of which kernel |{}",
         if args.syscalls {
             " syscalls/request | context switches/request | page faults/request |"
         } else {
@@ -656,7 +672,7 @@ http {{ access_log off; client_body_temp_path {0}; proxy_temp_path {0}; fastcgi_
         }
     );
     println!(
-        "|---|---|---|---|---|{}",
+        "|---|---|---|---|---|---|{}",
         if args.syscalls { "---|---|---|" } else { "" }
     );
     let row = |name: &str, r: &Run| {
@@ -671,8 +687,8 @@ http {{ access_log off; client_body_temp_path {0}; proxy_temp_path {0}; fastcgi_
                 }
             });
         println!(
-            "| {name} | {:.0} | {:.2} | {:.2} | {:.1} |{counts}",
-            r.rps, r.p50_ms, r.p99_ms, r.cpu_us_per_request
+            "| {name} | {:.0} | {:.2} | {:.2} | {:.1} | {:.1} |{counts}",
+            r.rps, r.p50_ms, r.p99_ms, r.cpu_us_per_request, r.kernel_us_per_request
         );
     };
     row("nginx direct", &direct);
@@ -762,17 +778,25 @@ http {{ access_log off; client_body_temp_path {0}; proxy_temp_path {0}; fastcgi_
 async fn tcp_throughput(addr: SocketAddr, mib: u64) -> anyhow::Result<f64> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let total: u64 = mib * 1024 * 1024;
-    let mut tcp = tokio::net::TcpStream::connect(addr).await?;
+    let mut tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connect {addr}"))?;
     let chunk = vec![7u8; 256 * 1024];
     let started = Instant::now();
     let mut sent = 0;
     while sent < total {
-        tcp.write_all(&chunk).await?;
+        tcp.write_all(&chunk)
+            .await
+            .with_context(|| format!("{addr}: write after {sent} bytes"))?;
         sent += chunk.len() as u64;
     }
-    tcp.shutdown().await?;
+    tcp.shutdown()
+        .await
+        .with_context(|| format!("{addr}: shutdown after {sent} bytes"))?;
     let mut ack = [0u8; 8];
-    tcp.read_exact(&mut ack).await?;
+    tcp.read_exact(&mut ack)
+        .await
+        .with_context(|| format!("{addr}: the sink's count after {sent} bytes"))?;
     let received = u64::from_be_bytes(ack);
     if received != total {
         bail!("{addr}: the sink got {received} of {total} bytes");
