@@ -758,18 +758,53 @@ http {{ access_log off; client_body_temp_path {0}; proxy_temp_path {0}; fastcgi_
             format!("127.0.0.1:{a_port}").parse()?,
         ),
     ] {
-        let before = rss(pid);
-        let mut idle = Vec::new();
-        for _ in 0..1000 {
-            idle.push(tokio::net::TcpStream::connect(addr).await?);
+        // Connected and never used, then kept alive after one request (a
+        // proxy may keep per-connection buffers from then on).
+        for used in [false, true] {
+            let before = rss(pid);
+            let mut idle = Vec::new();
+            for _ in 0..1000 {
+                let mut tcp = tokio::net::TcpStream::connect(addr)
+                    .await
+                    .with_context(|| format!("connect {addr}"))?;
+                if used {
+                    one_request(&mut tcp).await?;
+                }
+                idle.push(tcp);
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let after = rss(pid);
+            println!(
+                "{name}: {:.1} MiB more RSS for 1,000 idle connections ({})",
+                after - before,
+                if used {
+                    "kept alive after one request"
+                } else {
+                    "never used"
+                }
+            );
+            drop(idle);
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let after = rss(pid);
-        println!(
-            "{name}: {:.1} MiB more RSS for 1,000 idle connections",
-            after - before
-        );
-        drop(idle);
+    }
+    Ok(())
+}
+
+/// One keep-alive request on `tcp`, its answer read whole (the bench's
+/// upstream answers `ok\n`).
+async fn one_request(tcp: &mut tokio::net::TcpStream) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tcp.write_all(format!("GET / HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes())
+        .await
+        .context("write a request")?;
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !(answer.windows(4).any(|w| w == b"\r\n\r\n") && answer.ends_with(b"ok\n")) {
+        let n = tcp.read(&mut buf).await.context("read the answer")?;
+        if n == 0 {
+            bail!("the connection closed before the answer was whole");
+        }
+        answer.extend_from_slice(&buf[..n]);
     }
     Ok(())
 }
