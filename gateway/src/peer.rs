@@ -106,24 +106,34 @@ impl PeerConnection {
     }
 
     /// Sends a request with a buffered body; the response streams back.
-    pub async fn send(self, head: Request<()>, body: Bytes) -> Result<Response<Body>, PeerError> {
-        let (response, mut stream) = self.open(head, body.is_empty())?;
-        if !body.is_empty() {
-            // Buffered by h2 and sent as the peer's window allows; the body is
-            // bounded by the gateway's request body limit.
-            stream
-                .send_data(body, true)
+    pub fn send(
+        self,
+        head: Request<()>,
+        body: Bytes,
+    ) -> impl Future<Output = Result<Response<Body>, PeerError>> {
+        // The stream is opened at the call, so the future holds the open
+        // stream, not the request head (an `async fn` would keep the head,
+        // twice).
+        let opened = self.open(head, body.is_empty());
+        async move {
+            let (response, mut stream) = opened?;
+            if !body.is_empty() {
+                // Buffered by h2 and sent as the peer's window allows; the body is
+                // bounded by the gateway's request body limit.
+                stream
+                    .send_data(body, true)
+                    .map_err(|e| PeerError::Failed(e.to_string()))?;
+            }
+            let response = response
+                .await
                 .map_err(|e| PeerError::Failed(e.to_string()))?;
+            let length = response
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            Ok(response.map(|recv| StreamBody::new(recv, length).boxed()))
         }
-        let response = response
-            .await
-            .map_err(|e| PeerError::Failed(e.to_string()))?;
-        let length = response
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        Ok(response.map(|recv| StreamBody::new(recv, length).boxed()))
     }
 
     /// Opens a CONNECT tunnel to `authority` (`host:port`) with `headers`

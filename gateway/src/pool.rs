@@ -60,30 +60,39 @@ fn drive(driver: &mut Option<Driver>, cx: &mut Context<'_>) {
 impl LocalConnection {
     /// Sends `request` and waits for the response head, driving the
     /// connection meanwhile.
-    async fn exchange(&mut self, request: Request<Body>) -> Result<Response<Incoming>, Exchange> {
-        // An idle pooled connection is ready at once: driven only if not.
-        let ready = poll_fn(|cx| match self.sender.poll_ready(cx) {
-            Poll::Pending => {
-                drive(&mut self.driver, cx);
-                self.sender.poll_ready(cx)
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps its arguments twice in its per-request future"
+    )]
+    fn exchange(
+        &mut self,
+        request: Request<Body>,
+    ) -> impl Future<Output = Result<Response<Incoming>, Exchange>> {
+        async move {
+            // An idle pooled connection is ready at once: driven only if not.
+            let ready = poll_fn(|cx| match self.sender.poll_ready(cx) {
+                Poll::Pending => {
+                    drive(&mut self.driver, cx);
+                    self.sender.poll_ready(cx)
+                }
+                ready => ready,
+            })
+            .await;
+            if let Err(e) = ready {
+                return Err(Exchange::Unsent(Box::new(request), e));
             }
-            ready => ready,
-        })
-        .await;
-        if let Err(e) = ready {
-            return Err(Exchange::Unsent(Box::new(request), e));
+            let mut response = std::pin::pin!(self.sender.try_send_request(request));
+            let driver = &mut self.driver;
+            poll_fn(|cx| {
+                drive(driver, cx);
+                response.as_mut().poll(cx)
+            })
+            .await
+            .map_err(|mut failed| match failed.take_message() {
+                Some(unsent) => Exchange::Unsent(Box::new(unsent), failed.into_error()),
+                None => Exchange::Failed(failed.into_error()),
+            })
         }
-        let mut response = std::pin::pin!(self.sender.try_send_request(request));
-        let driver = &mut self.driver;
-        poll_fn(|cx| {
-            drive(driver, cx);
-            response.as_mut().poll(cx)
-        })
-        .await
-        .map_err(|mut failed| match failed.take_message() {
-            Some(unsent) => Exchange::Unsent(Box::new(unsent), failed.into_error()),
-            None => Exchange::Failed(failed.into_error()),
-        })
     }
 }
 
@@ -144,28 +153,36 @@ impl LocalPool {
     /// Sends `request` to `target` on a pooled connection (a new one when
     /// none is idle). A pooled connection the endpoint closed meanwhile is
     /// retried once on a new connection, since nothing reached the endpoint.
-    pub async fn send(
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps its arguments twice in its per-request future"
+    )]
+    pub fn send(
         &self,
         target: SocketAddr,
         request: Request<Body>,
         retry: impl FnOnce() -> Option<Request<Body>>,
-    ) -> Result<Response<Body>, PoolError> {
-        // New connections are the cold path: boxed, so the future of every
-        // request (moved as it is made and queued) stays small.
-        let Some(mut connection) = self.pop(target) else {
-            return Box::pin(self.send_new(target, request)).await;
-        };
-        match connection.exchange(request).await {
-            Ok(response) => Ok(self.wrap(target, connection, response)),
-            // Not sent: the endpoint had closed the idle connection.
-            Err(Exchange::Unsent(unsent, _)) => Box::pin(self.send_new(target, *unsent)).await,
-            Err(Exchange::Failed(e)) => match retry() {
-                // Closed as the request went out: nothing was answered.
-                Some(again) if e.is_incomplete_message() => {
-                    Box::pin(self.send_new(target, again)).await
-                }
-                _ => Err(PoolError::Request(e)),
-            },
+    ) -> impl Future<Output = Result<Response<Body>, PoolError>> {
+        // A plain function around an `async move` block: an `async fn` would
+        // keep the request twice in this per-request future.
+        async move {
+            // New connections are the cold path: boxed, so the future of every
+            // request (moved as it is made and queued) stays small.
+            let Some(mut connection) = self.pop(target) else {
+                return Box::pin(self.send_new(target, request)).await;
+            };
+            match connection.exchange(request).await {
+                Ok(response) => Ok(self.wrap(target, connection, response)),
+                // Not sent: the endpoint had closed the idle connection.
+                Err(Exchange::Unsent(unsent, _)) => Box::pin(self.send_new(target, *unsent)).await,
+                Err(Exchange::Failed(e)) => match retry() {
+                    // Closed as the request went out: nothing was answered.
+                    Some(again) if e.is_incomplete_message() => {
+                        Box::pin(self.send_new(target, again)).await
+                    }
+                    _ => Err(PoolError::Request(e)),
+                },
+            }
         }
     }
 

@@ -667,90 +667,96 @@ impl Gateway {
             .map_err(|e| format!("http2: {e}"))
     }
 
-    async fn egress(
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps its arguments twice in its per-request future"
+    )]
+    fn egress(
         &self,
         req: Request<Incoming>,
         entry: Entry,
         client: std::net::IpAddr,
-    ) -> Response<Body> {
-        match entry {
-            Entry::Egress => &self.counters.egress_requests,
-            Entry::Public => &self.counters.public_requests,
-        }
-        .fetch_add(1, Ordering::Relaxed);
-        let routes = self.routes.load_full();
-        let Some(route) = routes.route(host_in(req.headers(), req.uri())) else {
-            let host = host_in(req.headers(), req.uri());
-            return reply(
-                StatusCode::NOT_FOUND,
-                &format!("no global service {host:?}"),
-            );
-        };
-        if entry == Entry::Public && !route.config.external {
-            self.counters.access_denied.fetch_add(1, Ordering::Relaxed);
-            let host = host_in(req.headers(), req.uri());
-            return reply(
-                StatusCode::FORBIDDEN,
-                &format!("{host} is not reachable from outside the clusters (access policy)"),
-            );
-        }
-        // Who calls: the services the client is an endpoint of (access
-        // policy by name), or `external` from the public entry.
-        let caller = match entry {
-            Entry::Egress => {
-                let host = host_in(req.headers(), req.uri());
-                match self.local_caller(&routes, &route, client, host) {
-                    Ok(caller) => caller.and_then(|c| c.header.clone()),
-                    Err(refusal) => return reply(StatusCode::FORBIDDEN, &refusal),
-                }
+    ) -> impl Future<Output = Response<Body>> + '_ {
+        async move {
+            match entry {
+                Entry::Egress => &self.counters.egress_requests,
+                Entry::Public => &self.counters.public_requests,
             }
-            Entry::Public => Some(HeaderValue::from_static("external")),
-        };
-        let (mut parts, body) = req.into_parts();
-        name_caller(&mut parts.headers, caller);
-        let body = if hyper::body::Body::is_end_stream(&body) {
-            Ok(Bytes::new())
-        } else {
-            Box::pin(Limited::new(body, MAX_BODY).collect())
-                .await
-                .map(|b| b.to_bytes())
-        };
-        let Ok(body) = body else {
-            return reply(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "request body too large or broken",
-            );
-        };
-        let request_bytes = body.len() as u64;
-        let plan = routes.plan(&route, &parts.headers, fastrand::u64(..));
-        if plan.is_empty() {
-            let host = host_in(&parts.headers, &parts.uri);
-            return reply(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &format!("{host}: no cluster has ready endpoints"),
-            );
-        }
-        let timeout = route.config.timeout().unwrap_or(DEFAULT_TIMEOUT);
-        let started = std::time::Instant::now();
-        let (resp, cluster) =
-            // Boxed: the tries are moved once, not with every wrapper.
-            match tokio::time::timeout(timeout, Box::pin(self.try_plan(&route, &plan, &parts, body)))
-                .await
-            {
-                Ok(done) => done,
-                Err(_) => (
-                    reply(StatusCode::GATEWAY_TIMEOUT, "timed out"),
-                    plan.first().copied().unwrap_or_default(),
-                ),
+            .fetch_add(1, Ordering::Relaxed);
+            let routes = self.routes.load_full();
+            let Some(route) = routes.route(host_in(req.headers(), req.uri())) else {
+                let host = host_in(req.headers(), req.uri());
+                return reply(
+                    StatusCode::NOT_FOUND,
+                    &format!("no global service {host:?}"),
+                );
             };
-        let response_bytes = route.metrics.record(
-            entry,
-            cluster,
-            resp.status().as_u16(),
-            started.elapsed(),
-            request_bytes,
-        );
-        count_response(resp, response_bytes)
+            if entry == Entry::Public && !route.config.external {
+                self.counters.access_denied.fetch_add(1, Ordering::Relaxed);
+                let host = host_in(req.headers(), req.uri());
+                return reply(
+                    StatusCode::FORBIDDEN,
+                    &format!("{host} is not reachable from outside the clusters (access policy)"),
+                );
+            }
+            // Who calls: the services the client is an endpoint of (access
+            // policy by name), or `external` from the public entry.
+            let caller = match entry {
+                Entry::Egress => {
+                    let host = host_in(req.headers(), req.uri());
+                    match self.local_caller(&routes, &route, client, host) {
+                        Ok(caller) => caller.and_then(|c| c.header.clone()),
+                        Err(refusal) => return reply(StatusCode::FORBIDDEN, &refusal),
+                    }
+                }
+                Entry::Public => Some(HeaderValue::from_static("external")),
+            };
+            let (mut parts, body) = req.into_parts();
+            name_caller(&mut parts.headers, caller);
+            let body = if hyper::body::Body::is_end_stream(&body) {
+                Ok(Bytes::new())
+            } else {
+                Box::pin(Limited::new(body, MAX_BODY).collect())
+                    .await
+                    .map(|b| b.to_bytes())
+            };
+            let Ok(body) = body else {
+                return reply(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "request body too large or broken",
+                );
+            };
+            let request_bytes = body.len() as u64;
+            let plan = routes.plan(&route, &parts.headers, fastrand::u64(..));
+            if plan.is_empty() {
+                let host = host_in(&parts.headers, &parts.uri);
+                return reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("{host}: no cluster has ready endpoints"),
+                );
+            }
+            let timeout = route.config.timeout().unwrap_or(DEFAULT_TIMEOUT);
+            let started = std::time::Instant::now();
+            let (resp, cluster) =
+                // Boxed: the tries are moved once, not with every wrapper.
+                match tokio::time::timeout(timeout, Box::pin(self.try_plan(&route, &plan, &parts, body)))
+                    .await
+                {
+                    Ok(done) => done,
+                    Err(_) => (
+                        reply(StatusCode::GATEWAY_TIMEOUT, "timed out"),
+                        plan.first().copied().unwrap_or_default(),
+                    ),
+                };
+            let response_bytes = route.metrics.record(
+                entry,
+                cluster,
+                resp.status().as_u16(),
+                started.elapsed(),
+                request_bytes,
+            );
+            count_response(resp, response_bytes)
+        }
     }
 
     async fn try_plan<'p>(
@@ -818,121 +824,160 @@ impl Gateway {
     }
 
     /// One stream from a peer gateway: a CONNECT tunnel or a request.
-    async fn ingress_stream(
-        &self,
+    ///
+    /// The per-request steps here are plain functions returning futures
+    /// rather than `async fn`s: an `async fn` keeps its arguments twice in its
+    /// future (as captured and as moved into the body), and these futures are
+    /// moved and allocated per request. This one holds only the chosen work.
+    fn ingress_stream<'a>(
+        &'a self,
         req: Request<h2::RecvStream>,
         respond: h2::server::SendResponse<Bytes>,
-        peer: &str,
-    ) {
+        peer: &'a str,
+    ) -> impl Future<Output = ()> + 'a {
+        use futures::future::Either;
         self.counters
             .ingress_requests
             .fetch_add(1, Ordering::Relaxed);
         if req.method() == http::Method::CONNECT {
-            // Boxed, like every cold path: the future of each request stream
-            // is moved as it is made and queued, so it is kept small.
-            return Box::pin(self.ingress_connect(req, respond, peer)).await;
+            // Boxed, like every cold path.
+            Either::Left(Box::pin(self.ingress_connect(req, respond, peer)))
+        } else {
+            // Boxed work: the stream's own future, moved as it is made and
+            // queued on the connection, stays small.
+            Either::Right(crate::ingress::respond(
+                respond,
+                Box::pin(self.ingress(req, peer)),
+            ))
         }
-        // Boxed work: the stream's own future, moved as it is made and
-        // queued on the connection, stays small.
-        crate::ingress::respond(respond, Box::pin(self.ingress(req, peer))).await;
     }
 
-    async fn ingress(&self, req: Request<h2::RecvStream>, peer: &str) -> Response<Body> {
-        let host = host_in(req.headers(), req.uri());
-        let Some(route) = self.routes.load().route(host) else {
-            return reply(
-                StatusCode::NOT_FOUND,
-                &format!("no global service {host:?}"),
-            );
-        };
-        if let Some(refusal) = self.peer_refusal(&route, peer, req.headers(), host) {
-            return refusal;
-        }
-        let (parts, body) = req.into_parts();
-        // Buffered, so a connect failure can move on to another endpoint.
-        let body = match crate::ingress::read_body(body, MAX_BODY).await {
-            Ok(body) => body,
-            Err(e @ crate::ingress::BodyError::TooLarge(_)) => {
-                return reply(StatusCode::PAYLOAD_TOO_LARGE, &e.to_string());
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps its arguments twice in its per-request future"
+    )]
+    fn ingress<'a>(
+        &'a self,
+        req: Request<h2::RecvStream>,
+        peer: &'a str,
+    ) -> impl Future<Output = Response<Body>> + 'a {
+        async move {
+            let host = host_in(req.headers(), req.uri());
+            let Some(route) = self.routes.load().route(host) else {
+                return reply(
+                    StatusCode::NOT_FOUND,
+                    &format!("no global service {host:?}"),
+                );
+            };
+            if let Some(refusal) = self.peer_refusal(&route, peer, req.headers(), host) {
+                return refusal;
             }
-            Err(e) => return reply(StatusCode::BAD_REQUEST, &e.to_string()),
-        };
-        match self.send_local(&route, parts, body).await {
-            Ok(resp) => resp,
-            Err(TryError::Connect(e) | TryError::Failed(e)) => {
-                reply(StatusCode::BAD_GATEWAY, &format!("{}: {e}", self.cluster))
+            let sent = {
+                // Scoped: the parts live in the send's future only.
+                let (parts, body) = req.into_parts();
+                // Buffered, so a connect failure can move on to another endpoint.
+                let body = match crate::ingress::read_body(body, MAX_BODY).await {
+                    Ok(body) => body,
+                    Err(e @ crate::ingress::BodyError::TooLarge(_)) => {
+                        return reply(StatusCode::PAYLOAD_TOO_LARGE, &e.to_string());
+                    }
+                    Err(e) => return reply(StatusCode::BAD_REQUEST, &e.to_string()),
+                };
+                self.send_local(&route, parts, body)
+            }
+            .await;
+            match sent {
+                Ok(resp) => resp,
+                Err(TryError::Connect(e) | TryError::Failed(e)) => {
+                    reply(StatusCode::BAD_GATEWAY, &format!("{}: {e}", self.cluster))
+                }
             }
         }
     }
 
     /// Sends to a ready local endpoint, skipping ejected ones; on a connect
     /// failure tries up to [`LOCAL_CONNECT_TRIES`] endpoints.
-    async fn send_local(
-        &self,
-        route: &Route,
-        parts: http::request::Parts,
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps its arguments twice in its per-request future"
+    )]
+    fn send_local<'a>(
+        &'a self,
+        route: &'a Route,
+        mut parts: http::request::Parts,
         body: Bytes,
-    ) -> Result<Response<Body>, TryError> {
-        let endpoints = route
-            .config
-            .endpoints
-            .get(&self.cluster)
-            .filter(|e| !e.is_empty())
-            .ok_or_else(|| TryError::Connect("no local endpoints".into()))?;
-        let port = route
-            .config
-            .http_port
-            .get(&self.cluster)
-            .copied()
-            .ok_or_else(|| TryError::Connect("no HTTP port".into()))?;
-        // Origin form (RFC 9112 §3.2.1): endpoints are origin servers, not proxies.
-        let target_uri = origin_form(&parts.uri);
-        let mut parts = parts;
-        // From a peer (HTTP/2) the host is the URI's authority: keep it as Host.
-        if !parts.headers.contains_key(header::HOST)
-            && let Some(authority) = parts.uri.authority()
-            && let Ok(value) = HeaderValue::from_str(authority.as_str())
-        {
-            parts.headers.insert(header::HOST, value);
-        }
-        let mut last = None;
-        // The endpoints tried so far (no allocation per request).
-        let mut tried = [SocketAddr::from(([0, 0, 0, 0], 0)); LOCAL_CONNECT_TRIES];
-        let attempts = LOCAL_CONNECT_TRIES.min(endpoints.len());
-        let mut parts = Some(parts);
-        for attempt in 0..attempts {
-            let target = self.outliers.pick(endpoints, port, &tried[..attempt]);
-            tried[attempt] = target;
-            self.counters.local_tries.fetch_add(1, Ordering::Relaxed);
-            // The last try takes the parts; earlier ones copy them.
-            let mut request = match parts.as_ref() {
-                Some(p) if attempt + 1 < attempts => rebuild(p, body.clone()),
-                _ => match parts.take() {
-                    Some(p) => Request::from_parts(p, full(body.clone())),
-                    None => break,
-                },
-            };
-            *request.uri_mut() = target_uri.clone();
-            *request.version_mut() = http::Version::HTTP_11;
-            let again = || parts.as_ref().map(|p| local_request(p, &body, &target_uri));
-            match self.shard().local.send(target, request, again).await {
-                Ok(resp) => {
-                    let failed = resp.status().is_server_error();
-                    if self.outliers.record(target, failed) {
-                        self.counters.ejections.fetch_add(1, Ordering::Relaxed);
-                    }
-                    return Ok(resp);
-                }
-                Err(crate::pool::PoolError::Connect(e)) => {
-                    if self.outliers.record(target, true) {
-                        self.counters.ejections.fetch_add(1, Ordering::Relaxed);
-                    }
-                    last = Some(TryError::Connect(format!("{target}: {e}")));
-                }
-                Err(e) => return Err(TryError::Failed(format!("{target}: {e}"))),
+    ) -> impl Future<Output = Result<Response<Body>, TryError>> + 'a {
+        async move {
+            let endpoints = route
+                .config
+                .endpoints
+                .get(&self.cluster)
+                .filter(|e| !e.is_empty())
+                .ok_or_else(|| TryError::Connect("no local endpoints".into()))?;
+            let port = route
+                .config
+                .http_port
+                .get(&self.cluster)
+                .copied()
+                .ok_or_else(|| TryError::Connect("no HTTP port".into()))?;
+            // Origin form (RFC 9112 §3.2.1): endpoints are origin servers, not proxies.
+            let target_uri = origin_form(&parts.uri);
+            // From a peer (HTTP/2) the host is the URI's authority: keep it as Host.
+            if !parts.headers.contains_key(header::HOST)
+                && let Some(authority) = parts.uri.authority()
+                && let Ok(value) = HeaderValue::from_str(authority.as_str())
+            {
+                parts.headers.insert(header::HOST, value);
             }
+            let mut last = None;
+            // The endpoints tried so far (no allocation per request).
+            let mut tried = [SocketAddr::from(([0, 0, 0, 0], 0)); LOCAL_CONNECT_TRIES];
+            let attempts = LOCAL_CONNECT_TRIES.min(endpoints.len());
+            for attempt in 0..attempts {
+                let target = self.outliers.pick(endpoints, port, &tried[..attempt]);
+                tried[attempt] = target;
+                self.counters.local_tries.fetch_add(1, Ordering::Relaxed);
+                let final_try = attempt + 1 == attempts;
+                let sent = {
+                    // The last try takes the parts; earlier ones copy them.
+                    let mut request = if final_try {
+                        let (taken, ()) = Request::new(()).into_parts();
+                        Request::from_parts(
+                            std::mem::replace(&mut parts, taken),
+                            full(body.clone()),
+                        )
+                    } else {
+                        rebuild(&parts, body.clone())
+                    };
+                    *request.uri_mut() = target_uri.clone();
+                    *request.version_mut() = http::Version::HTTP_11;
+                    let parts = &parts;
+                    let body = &body;
+                    let target_uri = &target_uri;
+                    let again =
+                        move || (!final_try).then(|| local_request(parts, body, target_uri));
+                    self.shard().local.send(target, request, again)
+                }
+                .await;
+                match sent {
+                    Ok(resp) => {
+                        let failed = resp.status().is_server_error();
+                        if self.outliers.record(target, failed) {
+                            self.counters.ejections.fetch_add(1, Ordering::Relaxed);
+                        }
+                        return Ok(resp);
+                    }
+                    Err(crate::pool::PoolError::Connect(e)) => {
+                        if self.outliers.record(target, true) {
+                            self.counters.ejections.fetch_add(1, Ordering::Relaxed);
+                        }
+                        last = Some(TryError::Connect(format!("{target}: {e}")));
+                    }
+                    Err(e) => return Err(TryError::Failed(format!("{target}: {e}"))),
+                }
+            }
+            Err(last.unwrap_or_else(|| TryError::Connect("no endpoint tried".into())))
         }
-        Err(last.unwrap_or_else(|| TryError::Connect("no endpoint tried".into())))
     }
 
     /// One try at `peer`: the request goes out on the pooled connection; if
