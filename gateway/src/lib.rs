@@ -5,11 +5,13 @@
 //! [`tls`] makes the mTLS configurations and checks SPIFFE identities;
 //! [`proxy`] is the data path (egress, ingress, peer pool, retries, TCP
 //! passthrough); [`metrics`] caches per-route metric handles; [`pool`] keeps HTTP/1.1 connections to local endpoints; [`sni`] reads the server name of a TLS ClientHello;
+//! [`idle`] closes client connections left unused;
 //! [`follow`] fetches the certificate and follows the config from the
 //! federation, persisting both for static stability.
 
 pub mod config;
 pub mod follow;
+pub mod idle;
 pub mod ingress;
 pub mod listen;
 pub mod metrics;

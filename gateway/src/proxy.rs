@@ -13,6 +13,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -44,6 +45,8 @@ const TCP_BUFFER: usize = 64 * 1024;
 /// the gateway that took the request (a client's own is dropped) and
 /// trusted only from peer gateways, over mutual TLS.
 pub const CALLER_HEADER: HeaderName = HeaderName::from_static("x-gns-caller");
+/// How long a client connection may go without a request before it is closed.
+pub const DEFAULT_CLIENT_IDLE: Duration = Duration::from_secs(60);
 /// Overall request timeout when the route sets none.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -219,6 +222,9 @@ pub struct Gateway {
     outliers: Outliers,
     /// TCP ports the egress must listen on, from the config.
     tcp_ports: tokio::sync::watch::Sender<std::collections::BTreeSet<u16>>,
+    /// Client connections (egress, public entry) with no request for this
+    /// many milliseconds are closed; 0: never.
+    client_idle_ms: AtomicU64,
     /// Counters.
     pub counters: Counters,
 }
@@ -263,8 +269,24 @@ impl Gateway {
                 .collect(),
             outliers: Outliers::default(),
             tcp_ports: tokio::sync::watch::Sender::new(std::collections::BTreeSet::new()),
+            client_idle_ms: AtomicU64::new(DEFAULT_CLIENT_IDLE.as_millis() as u64),
             counters: Counters::default(),
         })
+    }
+
+    /// Closes client connections (egress, public entry) on which no request
+    /// has started for `idle` (`None` or zero: never); applies to
+    /// connections accepted from then on.
+    pub fn set_client_idle_timeout(&self, idle: Option<Duration>) {
+        let ms = idle.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        self.client_idle_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn client_idle_timeout(&self) -> Option<Duration> {
+        match self.client_idle_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
+        }
     }
 
     /// The pools of the calling worker thread.
@@ -582,9 +604,13 @@ impl Gateway {
             accepted.increment(1);
             let _ = tcp.set_nodelay(true);
             let gw = Arc::clone(&self);
+            let idle = self.client_idle_timeout();
             tokio::spawn(async move {
                 let listener = entry.as_str();
+                let activity = Arc::new(crate::idle::Activity::default());
+                let active = Arc::clone(&activity);
                 let svc = service_fn(move |req| {
+                    active.mark();
                     let gw = Arc::clone(&gw);
                     // Boxed: an idle connection then holds a pointer, not the
                     // whole request future (which is large).
@@ -595,9 +621,22 @@ impl Gateway {
                 metrics::gauge!("gns_gateway_active_connections", "listener" => listener)
                     .increment(1.0);
                 // HTTP/1.1, or h2c with prior knowledge (told apart by the HTTP/2 preface).
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .await;
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let mut connection =
+                    std::pin::pin!(builder.serve_connection(TokioIo::new(tcp), svc));
+                let mut watch = crate::idle::Watch::new(idle);
+                let _ = std::future::poll_fn(|cx| {
+                    if let Poll::Ready(done) = connection.as_mut().poll(cx) {
+                        return Poll::Ready(done);
+                    }
+                    if watch.poll_idle(cx, &activity) {
+                        // Graceful: a response in progress is finished first.
+                        connection.as_mut().graceful_shutdown();
+                        return connection.as_mut().poll(cx);
+                    }
+                    Poll::Pending
+                })
+                .await;
                 metrics::gauge!("gns_gateway_active_connections", "listener" => listener)
                     .decrement(1.0);
             });

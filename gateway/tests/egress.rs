@@ -90,7 +90,16 @@ async fn connections_to_local_endpoints_are_reused_and_closed_ones_replaced() {
 }
 
 async fn egress(upstream_port: u16) -> SocketAddr {
+    egress_with_idle(upstream_port, None).await
+}
+
+/// An egress to the upstream on `upstream_port`, closing client connections
+/// after `idle` without a request (`None`: the default).
+async fn egress_with_idle(upstream_port: u16, idle: Option<std::time::Duration>) -> SocketAddr {
     let gateway = Gateway::new("east");
+    if let Some(idle) = idle {
+        gateway.set_client_idle_timeout(Some(idle));
+    }
     let service = ServiceConfig {
         gns: "production".into(),
         service: "web".into(),
@@ -269,5 +278,72 @@ async fn large_bodies_arriving_in_pieces_are_relayed_whole_on_a_kept_connection(
         accepted.load(std::sync::atomic::Ordering::SeqCst),
         1,
         "each body ended cleanly, so the connection was reused"
+    );
+}
+
+/// Sends `GET /` on `tcp` and reads the answer up to the end of `body`.
+async fn get_on(tcp: &mut TcpStream, body: &[u8]) {
+    tcp.write_all(format!("GET / HTTP/1.1\r\nhost: {HOST}\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !answer.ends_with(body) {
+        let n = tokio::time::timeout(std::time::Duration::from_secs(10), tcp.read(&mut buf))
+            .await
+            .expect("an answer within 10 s")
+            .expect("read");
+        assert_ne!(n, 0, "closed before the answer: {answer:?}");
+        answer.extend_from_slice(&buf[..n]);
+    }
+    assert!(answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
+}
+
+#[tokio::test]
+async fn idle_client_connections_are_closed_and_busy_ones_kept() {
+    let idle = std::time::Duration::from_millis(400);
+    let addr = egress_with_idle(upstream().await, Some(idle)).await;
+
+    // Used once, then left: closed by the gateway after the idle time.
+    let mut left = TcpStream::connect(addr).await.expect("connect");
+    get_on(&mut left, b"hello from east").await;
+    // Used every 100 ms meanwhile: kept open throughout.
+    let mut busy = TcpStream::connect(addr).await.expect("connect");
+    let started = std::time::Instant::now();
+    while started.elapsed() < idle * 4 {
+        get_on(&mut busy, b"hello from east").await;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(5), left.read(&mut buf))
+        .await
+        .expect("the idle connection is closed within 5 s");
+    assert_eq!(
+        read.expect("read"),
+        0,
+        "an orderly close of the idle connection"
+    );
+    get_on(&mut busy, b"hello from east").await;
+
+    // A response that takes longer than the idle time is finished first.
+    let (pieces, piece) = (400, 1024);
+    let (slow_port, _) = streaming_upstream(pieces, piece).await;
+    let slow = egress_with_idle(slow_port, Some(std::time::Duration::from_millis(200))).await;
+    let begun = std::time::Instant::now();
+    let body = reqwest::Client::new()
+        .get(format!("http://{slow}/"))
+        .header("host", HOST)
+        .timeout(std::time::Duration::from_secs(20))
+        .send()
+        .await
+        .expect("request")
+        .bytes()
+        .await
+        .expect("the whole body");
+    assert_eq!(body.len(), pieces * piece, "the whole body");
+    assert!(
+        begun.elapsed() > std::time::Duration::from_millis(600),
+        "the response took longer than the idle time ({:?})",
+        begun.elapsed()
     );
 }

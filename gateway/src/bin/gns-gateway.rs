@@ -50,6 +50,10 @@ struct Args {
     /// How often the trust bundle is fetched again (a root rotation reaches the gateway within this).
     #[arg(long, env = "GNS_TRUST_BUNDLE_REFRESH", default_value = "15s", value_parser = humantime::parse_duration)]
     trust_bundle_refresh: std::time::Duration,
+    /// Client connections (egress, public entry) on which no request has
+    /// started for this long are closed, gracefully; `0s`: never.
+    #[arg(long, env = "GNS_CLIENT_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    client_idle_timeout: std::time::Duration,
     /// Data-path worker threads, each with its own runtime, listeners
     /// (`SO_REUSEPORT`) and connection pools (default: one per core).
     #[arg(long, env = "GNS_WORKER_THREADS")]
@@ -154,6 +158,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
         .max(1);
     let gateway = Gateway::with_workers(&args.cluster, workers);
+    gateway.set_client_idle_timeout(Some(args.client_idle_timeout));
     let follower = Follower::new(&args.federation, &args.cluster, &args.state_dir)?
         .with_bundle_refresh(args.trust_bundle_refresh);
     follower.restore(&gateway);
