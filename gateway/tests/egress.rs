@@ -18,12 +18,15 @@ use tokio::net::{TcpListener, TcpStream};
 
 const HOST: &str = "web.production.app.acme.com";
 
-/// An HTTP/1.1 upstream answering `hello from east` (15 bytes); counts the
-/// connections it accepted; with `close_silently` it closes each connection
-/// after one answer without saying so (as an idle-timeout would).
-async fn upstream_with(
-    close_silently: bool,
-) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+/// An upstream on a free port: counts the connections it accepted and
+/// serves each with `serve` on a task of its own.
+async fn counting_upstream<F, Fut>(
+    serve: F,
+) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>)
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = listener.local_addr().expect("addr").port();
     let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -31,21 +34,31 @@ async fn upstream_with(
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
             counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            tokio::spawn(async move {
-                let svc = service_fn(|_req| async {
-                    Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(
-                        b"hello from east",
-                    ))))
-                });
-                let mut builder = hyper::server::conn::http1::Builder::new();
-                if close_silently {
-                    builder.keep_alive(false);
-                }
-                let _ = builder.serve_connection(TokioIo::new(tcp), svc).await;
-            });
+            tokio::spawn(serve(tcp));
         }
     });
     (port, accepted)
+}
+
+/// An HTTP/1.1 upstream answering `hello from east` (15 bytes); counts the
+/// connections it accepted; with `close_silently` it closes each connection
+/// after one answer without saying so (as an idle-timeout would).
+async fn upstream_with(
+    close_silently: bool,
+) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    counting_upstream(move |tcp| async move {
+        let svc = service_fn(|_req| async {
+            Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(
+                b"hello from east",
+            ))))
+        });
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        if close_silently {
+            builder.keep_alive(false);
+        }
+        let _ = builder.serve_connection(TokioIo::new(tcp), svc).await;
+    })
+    .await
 }
 
 async fn upstream() -> u16 {
@@ -200,56 +213,47 @@ async fn streaming_upstream(
     pieces: usize,
     piece: usize,
 ) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let counter = std::sync::Arc::clone(&accepted);
-    tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                loop {
-                    // One request head at a time (these requests have no body).
-                    while !head.ends_with(b"\r\n\r\n") {
-                        if tcp.read(&mut byte).await.unwrap_or(0) == 0 {
-                            return;
-                        }
-                        head.push(byte[0]);
-                    }
-                    let chunked = head.starts_with(b"GET /chunked ");
-                    head.clear();
-                    let answer = if chunked {
-                        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_owned()
-                    } else {
-                        format!(
-                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n",
-                            pieces * piece
-                        )
-                    };
-                    tcp.write_all(answer.as_bytes()).await.expect("head");
-                    for n in 0..pieces {
-                        let data = vec![b'a' + (n % 26) as u8; piece];
-                        if chunked {
-                            tcp.write_all(format!("{piece:x}\r\n").as_bytes())
-                                .await
-                                .expect("size");
-                        }
-                        tcp.write_all(&data).await.expect("data");
-                        if chunked {
-                            tcp.write_all(b"\r\n").await.expect("end of chunk");
-                        }
-                        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-                    }
-                    if chunked {
-                        tcp.write_all(b"0\r\n\r\n").await.expect("last chunk");
-                    }
+    counting_upstream(move |mut tcp| async move {
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        loop {
+            // One request head at a time (these requests have no body).
+            while !head.ends_with(b"\r\n\r\n") {
+                if tcp.read(&mut byte).await.unwrap_or(0) == 0 {
+                    return;
                 }
-            });
+                head.push(byte[0]);
+            }
+            let chunked = head.starts_with(b"GET /chunked ");
+            head.clear();
+            let answer = if chunked {
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_owned()
+            } else {
+                format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n",
+                    pieces * piece
+                )
+            };
+            tcp.write_all(answer.as_bytes()).await.expect("head");
+            for n in 0..pieces {
+                let data = vec![b'a' + (n % 26) as u8; piece];
+                if chunked {
+                    tcp.write_all(format!("{piece:x}\r\n").as_bytes())
+                        .await
+                        .expect("size");
+                }
+                tcp.write_all(&data).await.expect("data");
+                if chunked {
+                    tcp.write_all(b"\r\n").await.expect("end of chunk");
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+            if chunked {
+                tcp.write_all(b"0\r\n\r\n").await.expect("last chunk");
+            }
         }
-    });
-    (port, accepted)
+    })
+    .await
 }
 
 #[tokio::test]
