@@ -9,7 +9,7 @@
 
 mod support;
 
-use support::fed::{Fed, eventually};
+use support::fed::{Fed, FedProcess, eventually};
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -62,7 +62,10 @@ fn seed(api: &TestApiServer, ready: bool) {
     .expect("slice");
 }
 
-async fn dns_a(server: SocketAddr, name: &str) -> Vec<String> {
+/// The A records `server` answers for `name`, sorted; an error when no
+/// answer came within a second (so a dead server never passes for an empty
+/// answer).
+async fn dns_a(server: SocketAddr, name: &str) -> Result<Vec<String>, String> {
     let mut msg = Message::new(7, MessageType::Query, OpCode::Query);
     let mut n = Name::from_ascii(name).expect("name");
     n.set_fqdn(true);
@@ -75,21 +78,21 @@ async fn dns_a(server: SocketAddr, name: &str) -> Vec<String> {
         .await
         .expect("send");
     let mut buf = [0u8; 2048];
-    let Ok(Ok((len, _))) =
-        tokio::time::timeout(Duration::from_millis(500), socket.recv_from(&mut buf)).await
-    else {
-        return vec![];
-    };
-    let reply = Message::from_vec(&buf[..len]).expect("decodes");
+    let (len, _) = tokio::time::timeout(Duration::from_secs(1), socket.recv_from(&mut buf))
+        .await
+        .map_err(|_| format!("no DNS answer from {server} within 1 s"))?
+        .map_err(|e| format!("DNS from {server}: {e}"))?;
+    let reply = Message::from_vec(&buf[..len]).map_err(|e| format!("undecodable answer: {e}"))?;
     let mut out: Vec<String> = reply.answers.iter().map(|r| r.data.to_string()).collect();
     out.sort();
-    out
+    Ok(out)
 }
 
-async fn expect_dns(fed: &Fed, expected: &[&str], what: &str) {
+/// Waits until `dns` answers exactly `expected` for `web`.
+async fn expect_dns_at(dns: SocketAddr, expected: &[&str], what: &str) {
     let expected: Vec<String> = expected.iter().map(|s| (*s).to_owned()).collect();
     eventually(what, Duration::from_secs(10), || async {
-        let got = dns_a(fed.dns, &format!("web.{DOMAIN}")).await;
+        let got = dns_a(dns, &format!("web.{DOMAIN}")).await?;
         if got == expected {
             Ok(())
         } else {
@@ -97,6 +100,10 @@ async fn expect_dns(fed: &Fed, expected: &[&str], what: &str) {
         }
     })
     .await;
+}
+
+async fn expect_dns(fed: &Fed, expected: &[&str], what: &str) {
+    expect_dns_at(fed.dns, expected, what).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -337,12 +344,52 @@ async fn client_certificate_credentials_sync() {
     );
 }
 
+/// Sets east's only `web` endpoint ready or not, as a rollout would.
+fn set_east_web(east: &TestApiServer, ip: &str, ready: bool) {
+    east.apply::<EndpointSlice>(&endpoint_slice(
+        "shop",
+        "web",
+        "web-1",
+        &[(ip, ready, ready, !ready, None)],
+        &[("http", 8080)],
+    ))
+    .expect("slice");
+}
+
+/// Waits until `fed`'s `/metrics` show it was refused east's sync lease
+/// at least `times` times since it started.
+async fn refused_lease(fed: &FedProcess, times: f64) {
+    eventually(
+        "the replica to be refused east's lease",
+        Duration::from_secs(15),
+        || async {
+            let refused = fed
+                .metric(
+                    "gns_discovery_lease_attempts_total",
+                    &["cluster=\"east\"", "outcome=\"held_elsewhere\""],
+                )
+                .await;
+            if refused >= times {
+                Ok(())
+            } else {
+                Err(format!("refused {refused} times"))
+            }
+        },
+    )
+    .await;
+}
+
+/// Three replicas on one Postgres, each a process of its own: exactly one
+/// syncs east (the others are refused its lease, and east sees no list or
+/// watch from them); when the holder crashes (SIGKILL, nothing released
+/// cleanly) the next takes over, and when that one stops gracefully
+/// (SIGTERM) the third does. Each takeover carries a change to DNS.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_replica_syncs_and_the_other_takes_over() {
+async fn one_replica_syncs_and_another_takes_over_after_a_crash_or_a_stop() {
     let db = support::TestDb::create().await;
     let east = member("east", "east-token").await;
     seed(&east, true);
-    let mut first = Fed::start_on(Some(&db.url)).await;
+    let mut first = FedProcess::start(&db.url).await;
     first
         .post(
             "/v1/clusters",
@@ -350,55 +397,82 @@ async fn one_replica_syncs_and_the_other_takes_over() {
         )
         .await;
     first.post("/v1/global-namespaces", json!({"name": "production", "domain": DOMAIN, "members": [{"cluster": "east", "namespace": "shop"}]})).await;
-    expect_dns(&first, &["198.51.100.1"], "the first replica syncing").await;
+    expect_dns_at(first.dns, &["198.51.100.1"], "the first replica syncing").await;
+    assert_eq!(
+        first
+            .metric("gns_discovery_lease_held", &["cluster=\"east\""])
+            .await,
+        1.0,
+        "the first replica holds east's lease"
+    );
 
-    // A second replica on the same database: its API and DNS work, but it does not sync east.
-    let second = Fed::start_on(Some(&db.url)).await;
-    expect_dns(&second, &["198.51.100.1"], "the second replica's DNS").await;
+    // Two more replicas on the same database: their API and DNS work, but
+    // they are refused the lease and never list or watch east.
+    let second = FedProcess::start(&db.url).await;
+    let third = FedProcess::start(&db.url).await;
+    expect_dns_at(second.dns, &["198.51.100.1"], "the second replica's DNS").await;
+    expect_dns_at(third.dns, &["198.51.100.1"], "the third replica's DNS").await;
     let lists_before = east.stats().lists;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    refused_lease(&second, 3.0).await;
+    refused_lease(&third, 3.0).await;
     assert_eq!(
         east.stats().lists,
         lists_before,
-        "only the lease holder lists and watches the cluster"
+        "only the lease holder lists the cluster"
     );
     assert_eq!(
         second.get("/v1/clusters/east").await["status"]["phase"],
         "Connected"
     );
 
-    // The first replica stops: the second takes the lease and follows the cluster.
-    first.shutdown().await;
+    // The holder crashes: one of the others takes the lease and follows east.
+    first.crash();
+    let crashed = Instant::now();
+    set_east_web(&east, "10.8.1.1", false);
+    expect_dns_at(second.dns, &[], "east gone from DNS after the crash").await;
+    eprintln!(
+        "takeover after a crash and convergence took {:?}",
+        crashed.elapsed()
+    );
+    let second_holds = second
+        .metric("gns_discovery_lease_held", &["cluster=\"east\""])
+        .await
+        == 1.0;
+    let (mut holder, standby) = if second_holds {
+        (second, third)
+    } else {
+        (third, second)
+    };
+    assert_eq!(
+        holder
+            .metric("gns_discovery_lease_held", &["cluster=\"east\""])
+            .await,
+        1.0,
+        "a surviving replica holds east's lease"
+    );
+
+    // The new holder stops gracefully: the last replica takes over.
+    holder.stop().await;
     let stopped = Instant::now();
-    east.apply::<EndpointSlice>(&endpoint_slice(
-        "shop",
-        "web",
-        "web-1",
-        &[("10.8.1.1", false, false, true, None)],
-        &[("http", 8080)],
-    ))
-    .expect("slice");
-    eventually(
-        "the second replica to see east's endpoints go unready",
-        Duration::from_secs(10),
-        || async {
-            let web = second
-                .get("/v1/global-namespaces/production/services/web")
-                .await;
-            let ready = web["clusters"]["east"]["ready"]
-                .as_array()
-                .map_or(usize::MAX, Vec::len);
-            if ready == 0 {
-                Ok(())
-            } else {
-                Err(web.to_string())
-            }
-        },
+    set_east_web(&east, "10.8.1.7", true);
+    expect_dns_at(
+        standby.dns,
+        &["198.51.100.1"],
+        "east back in DNS through the last replica",
     )
     .await;
-    expect_dns(&second, &[], "east gone from the second replica's DNS").await;
-    eprintln!("takeover and convergence took {:?}", stopped.elapsed());
-    drop(second);
+    eprintln!(
+        "takeover after a stop and convergence took {:?}",
+        stopped.elapsed()
+    );
+    assert_eq!(
+        standby
+            .metric("gns_discovery_lease_held", &["cluster=\"east\""])
+            .await,
+        1.0,
+        "the last replica holds east's lease"
+    );
+    drop(standby);
     db.drop_db().await;
 }
 
@@ -528,7 +602,7 @@ async fn a_slow_or_garbage_member_degrades_only_itself() {
         "west's change after it recovered",
         Duration::from_secs(30),
         || async {
-            let got = dns_a(fed.dns, &format!("web.{DOMAIN}")).await;
+            let got = dns_a(fed.dns, &format!("web.{DOMAIN}")).await?;
             if got == ["198.51.100.1"] {
                 Ok(())
             } else {
@@ -583,8 +657,19 @@ async fn postgres_sessions_lost_during_sync_lose_nothing() {
     expect_dns(&fed, &["198.51.100.1"], "east synced").await;
 
     for round in 0..2 {
-        let killed = kill_sessions(&db).await;
-        assert!(killed > 0, "the federation had sessions to lose");
+        // After the first round the federation may not have reconnected
+        // yet: the sessions are killed as soon as there are some again.
+        eventually(
+            "the federation to have sessions to lose",
+            Duration::from_secs(15),
+            || async {
+                match kill_sessions(&db).await {
+                    0 => Err("no session of the federation's database".to_owned()),
+                    _ => Ok(()),
+                }
+            },
+        )
+        .await;
         for i in 0..5 {
             let name = format!("svc-{round}-{i}");
             east.apply::<Service>(&service("shop", &name, &[("app", "x")], &[("http", 80)]))
@@ -636,7 +721,7 @@ async fn postgres_sessions_lost_during_sync_lose_nothing() {
         "the last service to reach DNS",
         Duration::from_secs(10),
         || async {
-            let got = dns_a(fed.dns, &format!("svc-1-4.{DOMAIN}")).await;
+            let got = dns_a(fed.dns, &format!("svc-1-4.{DOMAIN}")).await?;
             if got == ["198.51.100.1"] {
                 Ok(())
             } else {

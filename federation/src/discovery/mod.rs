@@ -103,6 +103,25 @@ async fn desired(
 /// how often the holder checks it still has it.
 pub const LEASE_RETRY: Duration = Duration::from_secs(1);
 
+/// `gns_discovery_lease_held{cluster}` is 1 while this value lives: set
+/// when this replica takes a cluster's sync lease, back to 0 when the sync
+/// ends, whether it returns, loses the lease or is aborted.
+struct HeldGauge(metrics::Gauge);
+
+impl HeldGauge {
+    fn set(cluster: &str) -> Self {
+        let gauge = metrics::gauge!("gns_discovery_lease_held", "cluster" => cluster.to_owned());
+        gauge.set(1.0);
+        Self(gauge)
+    }
+}
+
+impl Drop for HeldGauge {
+    fn drop(&mut self) {
+        self.0.set(0.0);
+    }
+}
+
 fn start(
     name: &str,
     fp: &Fingerprint,
@@ -129,7 +148,15 @@ fn start(
             .unwrap_or_default();
         loop {
             // Exactly one replica syncs a cluster: the one holding its lease.
-            let lease = match store.try_lease(&format!("sync/{name}")).await {
+            let attempt = store.try_lease(&format!("sync/{name}")).await;
+            let outcome = match &attempt {
+                Ok(Some(_)) => "taken",
+                Ok(None) => "held_elsewhere",
+                Err(_) => "error",
+            };
+            metrics::counter!("gns_discovery_lease_attempts_total", "cluster" => name.clone(), "outcome" => outcome)
+                .increment(1);
+            let lease = match attempt {
                 Ok(Some(lease)) => lease,
                 Ok(None) => {
                     tokio::time::sleep(LEASE_RETRY).await;
@@ -142,6 +169,7 @@ fn start(
                 }
             };
             tracing::info!(cluster = name, "holding the sync lease");
+            let _held = HeldGauge::set(&name);
             let sync = async {
                 match client::client(&cluster, &credentials) {
                     Ok(kube) => {

@@ -126,3 +126,164 @@ where
     }
     panic!("{what} did not happen within {timeout:?}; last: {last}");
 }
+
+/// A federation replica in a process of its own (`gns-federation`), so it
+/// can crash (SIGKILL: no lease released, no connection closed cleanly) or
+/// stop gracefully (SIGTERM), and so its `/metrics` are its own.
+pub struct FedProcess {
+    /// API base URL.
+    pub api: String,
+    /// DNS address.
+    pub dns: SocketAddr,
+    child: std::process::Child,
+    log: std::path::PathBuf,
+    client: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+impl FedProcess {
+    /// Starts `gns-federation` on `database_url` and waits for `/readyz`
+    /// (panics with its log after 20 s).
+    pub async fn start(database_url: &str) -> FedProcess {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let free = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("free port")
+                .port()
+        };
+        let (api_port, dns_port) = (free(), free());
+        let log = dir.path().join("federation.log");
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_gns-federation"))
+            .args(["--listen", &format!("127.0.0.1:{api_port}")])
+            .args(["--dns-listen", &format!("127.0.0.1:{dns_port}")])
+            .args(["--admin-token", TOKEN])
+            .args(["--data-dir", &dir.path().display().to_string()])
+            .args([
+                "--secret-key",
+                "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+            ])
+            .args(["--database-url", database_url])
+            .env("GNS_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(file.try_clone().expect("log file"))
+            .stderr(file)
+            .spawn()
+            .expect("spawn gns-federation");
+        let fed = FedProcess {
+            api: format!("http://127.0.0.1:{api_port}"),
+            dns: format!("127.0.0.1:{dns_port}").parse().expect("addr"),
+            child,
+            log,
+            client: reqwest::Client::new(),
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ready = fed
+                .client
+                .get(format!("{}/readyz", fed.api))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if ready {
+                return fed;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gns-federation was not ready within 20 s:\n{}",
+                fed.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Its log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_else(|e| format!("(no log: {e})"))
+    }
+
+    /// Kills it with SIGKILL, as a crash or an OOM kill would.
+    pub fn crash(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM and waits (up to 15 s) for it to exit.
+    pub async fn stop(&mut self) {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill -TERM");
+        assert!(status.success(), "kill -TERM failed");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while matches!(self.child.try_wait(), Ok(None)) {
+            assert!(
+                Instant::now() < deadline,
+                "gns-federation did not exit within 15 s of SIGTERM:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `GET path` with the admin token: the JSON body (`Null` if none).
+    pub async fn get(&self, path: &str) -> Value {
+        self.client
+            .get(format!("{}{path}", self.api))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .expect("request")
+            .json()
+            .await
+            .unwrap_or(Value::Null)
+    }
+
+    /// `POST path` with the admin token; panics unless 2xx.
+    pub async fn post(&self, path: &str, body: Value) {
+        let resp = self
+            .client
+            .post(format!("{}{path}", self.api))
+            .bearer_auth(TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .expect("request");
+        let status = resp.status();
+        assert!(
+            status.is_success(),
+            "POST {path}: {status} {}",
+            resp.text().await.unwrap_or_default()
+        );
+    }
+
+    /// The value of the series `name` whose labels include all of
+    /// `labels` (e.g. `cluster="east"`) in its `/metrics`; 0 when absent.
+    pub async fn metric(&self, name: &str, labels: &[&str]) -> f64 {
+        let text = self
+            .client
+            .get(format!("{}/metrics", self.api))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        text.lines()
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+            })
+            .filter(|l| labels.iter().all(|x| l.contains(x)))
+            .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0.0)
+    }
+}
+
+impl Drop for FedProcess {
+    fn drop(&mut self) {
+        self.crash();
+    }
+}
