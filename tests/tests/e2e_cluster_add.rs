@@ -5,8 +5,11 @@
 //! token, and the federation then syncs as that service account only. The
 //! operator's token appears in no response and in no file of the
 //! federation's data dir. A kubeconfig with an exec plugin is refused with an
-//! explanation. Rotation swaps in a fresh token: once the first one has
-//! expired and the watches are cut, discovery keeps syncing without a
+//! explanation, and so is a `--token-ttl` below the 10 minutes Kubernetes
+//! allows a TokenRequest, before anything reaches the cluster. Rotation
+//! swaps in a fresh token: once the first one has expired (the member API
+//! server's clock is moved past its 10 minutes, rather than waiting them
+//! out) and the watches are cut, discovery keeps syncing without a
 //! restart. A kubeconfig whose user is a client certificate works the same
 //! way: gnsctl authenticates with the certificate, and its private key
 //! reaches no file of the federation.
@@ -34,8 +37,12 @@ const ADMIN_TOKEN: &str = "gns_e2e_cluster_add_admin";
 const OPERATOR_TOKEN: &str = "operator-kube-token-7f3a9c0e51d2";
 /// The user the minted tokens authenticate as.
 const SA_USER: &str = "system:serviceaccount:gns-system:gns-federation";
-/// Lifetime of the first token: it expires during the test, after rotation.
-const FIRST_TTL: Duration = Duration::from_secs(25);
+/// Lifetime of the first tokens (`--token-ttl`, the shortest Kubernetes
+/// allows): they expire during the test, after rotation, when the member's
+/// clock is advanced past it. The rotated token gets gnsctl's default (a
+/// year), so it outlives that.
+const FIRST_TTL: Duration = Duration::from_secs(10 * 60);
+const FIRST_TTL_ARG: &str = "10m";
 const TIMEOUT: Duration = Duration::from_secs(20);
 
 fn web_slice(ready: bool) -> EndpointSlice {
@@ -83,6 +90,23 @@ async fn api(method: reqwest::Method, url: &str, body: Option<Value>) -> (u16, S
         }
         Err(e) => (0, e.to_string()),
     }
+}
+
+/// The member API server's answer to listing services with `token`: 200
+/// while the service-account token is valid, 401 once it has expired.
+async fn member_list_status(kube: &TestApiServer, token: &str) -> u16 {
+    let ca = reqwest::Certificate::from_pem(kube.ca_pem().as_bytes()).expect("member CA");
+    reqwest::Client::builder()
+        .tls_certs_only([ca])
+        .build()
+        .expect("https client")
+        .get(format!("{}/api/v1/services", kube.url()))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("list services")
+        .status()
+        .as_u16()
 }
 
 async fn get_json(url: &str) -> Option<Value> {
@@ -266,6 +290,46 @@ async fn cluster_add_joins_with_a_service_account_and_rotates_its_token() {
     .await;
     assert_eq!(status, 404, "nothing was registered");
 
+    // A token lifetime Kubernetes would refuse is refused up front, naming
+    // the limit; nothing reaches the cluster or the federation.
+    let requests_before = kube.stats().requests;
+    for ttl in ["1s", "5m", "599s"] {
+        let short = gnsctl(
+            &base,
+            &[
+                "cluster",
+                "add",
+                "east",
+                "--kubeconfig",
+                &config_arg,
+                "--token-ttl",
+                ttl,
+            ],
+        )
+        .await;
+        assert!(!short.status.success(), "{}", text(&short));
+        let stderr = String::from_utf8_lossy(&short.stderr);
+        assert!(
+            stderr.contains("--token-ttl")
+                && stderr.contains("at least 10m")
+                && stderr.contains("Kubernetes refuses TokenRequests shorter than 10 minutes"),
+            "{}",
+            text(&short)
+        );
+    }
+    assert_eq!(
+        kube.stats().requests,
+        requests_before,
+        "nothing was sent to the cluster"
+    );
+    let (status, _) = api(
+        reqwest::Method::GET,
+        &format!("{base}/v1/clusters/east"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 404, "nothing was registered");
+
     // Join the cluster.
     let added_at = Instant::now();
     let added = gnsctl(
@@ -279,7 +343,7 @@ async fn cluster_add_joins_with_a_service_account_and_rotates_its_token() {
             "--labels",
             "region=us-east-1",
             "--token-ttl",
-            &format!("{}s", FIRST_TTL.as_secs()),
+            FIRST_TTL_ARG,
         ],
     )
     .await;
@@ -301,6 +365,11 @@ async fn cluster_add_joins_with_a_service_account_and_rotates_its_token() {
         );
     }
     assert!(!stdout.contains(OPERATOR_TOKEN));
+    assert!(
+        stdout.contains("expires in 10m"),
+        "the lifetime asked for: {}",
+        text(&added)
+    );
 
     // What it made in the cluster, and what the service account may do.
     let account: ServiceAccount = kube
@@ -356,7 +425,7 @@ async fn cluster_add_joins_with_a_service_account_and_rotates_its_token() {
             "--kubeconfig",
             &config_arg,
             "--token-ttl",
-            &format!("{}s", FIRST_TTL.as_secs()),
+            FIRST_TTL_ARG,
         ],
     )
     .await;
@@ -446,9 +515,21 @@ async fn cluster_add_joins_with_a_service_account_and_rotates_its_token() {
     );
 
     // Once the first token has expired, cut the watches: discovery
-    // reconnects with the rotated token, and changes keep arriving.
-    let expired_at = added_at + FIRST_TTL + Duration::from_secs(1);
-    tokio::time::sleep(expired_at.saturating_duration_since(Instant::now())).await;
+    // reconnects with the rotated token, and changes keep arriving. Rather
+    // than wait 10 minutes, move the member API server's clock past the
+    // first tokens' lifetime (minted since `added_at`), far short of the
+    // rotated token's year. A token minted with the same lifetime after
+    // them shows they are expired.
+    let probe = kube
+        .service_account_token("gns-system", "gns-federation", Some(FIRST_TTL))
+        .expect("probe token");
+    assert_eq!(member_list_status(&kube, &probe).await, 200, "valid before");
+    kube.advance_clock(FIRST_TTL + added_at.elapsed() + Duration::from_secs(1));
+    assert_eq!(
+        member_list_status(&kube, &probe).await,
+        401,
+        "tokens of the first lifetime have expired"
+    );
     let unauthorized = kube.stats().unauthorized;
     kube.drop_watches();
     kube.apply(&web_slice(false)).expect("slice not ready");

@@ -75,7 +75,8 @@ pub struct MemberArgs {
     /// Kubeconfig context [default: its current-context].
     #[arg(long, value_name = "CTX")]
     pub context: Option<String>,
-    /// Lifetime of the minted service-account token, e.g. 8760h, 30d.
+    /// Lifetime of the minted service-account token, e.g. 8760h, 30d
+    /// (10m to 2^32 s, the bounds Kubernetes enforces).
     #[arg(long, value_name = "DURATION", default_value = DEFAULT_TOKEN_TTL, value_parser = parse_ttl)]
     pub token_ttl: Duration,
 }
@@ -115,11 +116,38 @@ pub struct RotateArgs {
     pub member: MemberArgs,
 }
 
-/// Parses `--token-ttl` (humantime: `8760h`, `30d`, `1h 30m`); at least one second.
+/// The shortest `--token-ttl`: kube-apiserver refuses a TokenRequest whose
+/// `expirationSeconds` is below 10 minutes.
+pub const MIN_TOKEN_TTL: Duration = Duration::from_secs(10 * 60);
+/// The longest `--token-ttl`: kube-apiserver refuses a TokenRequest whose
+/// `expirationSeconds` is above 2^32 seconds.
+pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(1 << 32);
+
+/// Parses `--token-ttl` (humantime: `8760h`, `30d`, `1h 30m`): whole
+/// seconds (TokenRequest's `expirationSeconds`), from 10 minutes to 2^32
+/// seconds, the bounds kube-apiserver enforces, so an out-of-range lifetime
+/// is refused before anything is applied to the cluster.
 pub fn parse_ttl(text: &str) -> Result<Duration, String> {
     let ttl = humantime::parse_duration(text.trim()).map_err(|e| e.to_string())?;
-    if ttl < Duration::from_secs(1) {
-        return Err("must be at least 1s".to_owned());
+    if ttl < MIN_TOKEN_TTL {
+        return Err(format!(
+            "must be at least 10m: Kubernetes refuses TokenRequests shorter than 10 minutes \
+             (got {})",
+            humantime::format_duration(ttl)
+        ));
+    }
+    if ttl > MAX_TOKEN_TTL {
+        return Err(format!(
+            "must be at most 2^32 seconds ({}): Kubernetes refuses longer TokenRequests (got {})",
+            humantime::format_duration(MAX_TOKEN_TTL),
+            humantime::format_duration(ttl)
+        ));
+    }
+    if ttl.subsec_nanos() != 0 {
+        return Err(format!(
+            "must be whole seconds (TokenRequest expirationSeconds), not {}",
+            humantime::format_duration(ttl)
+        ));
     }
     Ok(ttl)
 }
@@ -604,8 +632,33 @@ mod tests {
             parse_ttl(DEFAULT_TOKEN_TTL),
             Ok(Duration::from_secs(365 * 24 * 3600))
         );
-        assert!(parse_ttl("0s").is_err());
         assert!(parse_ttl("soon").is_err());
+    }
+
+    #[test]
+    fn token_ttls_are_bounded_as_kubernetes_bounds_token_requests() {
+        assert_eq!(parse_ttl("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_ttl("600s"), Ok(Duration::from_secs(600)));
+        assert_eq!(
+            parse_ttl(&format!("{}s", 1_u64 << 32)),
+            Ok(Duration::from_secs(1 << 32))
+        );
+        for short in ["0s", "1s", "25s", "5m", "9m 59s", "599s"] {
+            let refused = parse_ttl(short).expect_err(short);
+            assert!(
+                refused.starts_with(
+                    "must be at least 10m: Kubernetes refuses TokenRequests shorter than 10 minutes"
+                ),
+                "{short}: {refused}"
+            );
+        }
+        let refused = parse_ttl(&format!("{}s", (1_u64 << 32) + 1)).expect_err("too long");
+        assert!(
+            refused.starts_with("must be at most 2^32 seconds") && refused.contains("Kubernetes"),
+            "{refused}"
+        );
+        let refused = parse_ttl("10m 500ms").expect_err("fractional");
+        assert!(refused.contains("whole seconds"), "{refused}");
     }
 
     #[test]

@@ -23,13 +23,16 @@
 //! * built-in controllers: Deployment rollout status, LoadBalancer
 //!   addresses, service-account token Secrets;
 //! * bearer-token authentication (401): static tokens with a [`Grant`], and
-//!   service-account tokens minted by `TokenRequest`; authorization (403) by
+//!   service-account tokens minted by `TokenRequest` (lifetimes bounded as
+//!   the real server bounds them, 10 minutes to 2^32 seconds, and expiring
+//!   by a server clock tests can move forward); authorization (403) by
 //!   the grants and by the RBAC objects in the store; `Status` error bodies
 //!   as the real server writes them.
 //!
 //! A test drives it through [`TestApiServer`]: it changes objects
 //! ([`TestApiServer::apply`], [`TestApiServer::apply_as`],
-//! [`TestApiServer::delete`]), holds rollouts, mints tokens, compacts
+//! [`TestApiServer::delete`]), holds rollouts, mints tokens, advances the
+//! server's clock to expire them ([`TestApiServer::advance_clock`]), compacts
 //! history, cuts watch connections, takes the server down and back up on
 //! the same port, slows it down or makes it answer garbage, and reads
 //! counters.

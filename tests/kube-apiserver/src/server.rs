@@ -743,15 +743,28 @@ impl TestApiServer {
             .remove(token);
     }
 
-    /// Mints a token for a service account (which must exist), as a
-    /// TokenRequest would; `lifetime` `None` never expires. The token works
-    /// until it expires or the account is deleted.
+    /// Mints a token for a service account (which must exist). With a
+    /// `lifetime`, as a TokenRequest with that `expirationSeconds` would
+    /// (whole seconds; the same bounds: at least 10 minutes, at most 2^32
+    /// seconds, else [`HookError::Invalid`] with the real server's
+    /// message); to see it expire, [`TestApiServer::advance_clock`] past
+    /// it. `None` never expires, like the token of a
+    /// `kubernetes.io/service-account-token` Secret. The token works until
+    /// it expires or the account is deleted.
     pub fn service_account_token(
         &self,
         namespace: &str,
         name: &str,
         lifetime: Option<Duration>,
     ) -> Result<String, HookError> {
+        let lifetime = lifetime
+            .map(|l| {
+                let seconds = i64::try_from(l.as_secs()).unwrap_or(i64::MAX);
+                crate::tokens::expiration(seconds).map_err(|why| {
+                    HookError::Invalid(format!("{}: {why}", crate::tokens::EXPIRATION_FIELD))
+                })
+            })
+            .transpose()?;
         let index = self.resource_index::<k8s_openapi::api::core::v1::ServiceAccount>()?;
         let account = self
             .shared
@@ -775,6 +788,20 @@ impl TestApiServer {
             secret: None,
         });
         Ok(token)
+    }
+
+    /// Moves the API server's clock forward by `by`: simulates that much
+    /// time passing on the API server, so a test can see a token expire
+    /// without waiting for it (TokenRequest lifetimes are at least 10
+    /// minutes, as on a real server). The clock decides when tokens are
+    /// minted (their `iat`/`exp` claims and `expirationTimestamp`) and
+    /// whether a presented token has expired; tokens minted before keep
+    /// their expiry, so advancing past it makes them fail with 401 while
+    /// later or longer-lived ones keep working. It never goes back, and
+    /// stored objects' timestamps (`creationTimestamp`, conditions) stay on
+    /// the wall clock.
+    pub fn advance_clock(&self, by: Duration) {
+        self.shared.tokens.clock.advance(by);
     }
 
     /// Whether `user` may do what `attributes` asks, by the static grants

@@ -6,7 +6,7 @@
 //! `MODIFIED` and `DELETED`; field ownership is kept by the `managed`
 //! module. Every refusal is a `Status` as the real server words it.
 
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use serde_json::{Map, Value, json};
 
@@ -784,18 +784,14 @@ pub(crate) fn token_request(w: &Write<'_>) -> Outcome {
         .pointer("/metadata/uid")
         .and_then(Value::as_str)
         .unwrap_or("");
+    // Validated as kube-apiserver validates it, once the account is found:
+    // 10 minutes to 2^32 seconds (an absent one defaults to an hour; 0 is
+    // not absent). The TokenRequest parsed above, so a given one is an integer.
     let seconds = body
         .pointer("/spec/expirationSeconds")
-        .and_then(Value::as_u64)
-        .unwrap_or(tokens::DEFAULT_EXPIRATION.as_secs());
-    if seconds == 0 {
-        return Err(status::invalid(
-            "authentication.k8s.io",
-            "TokenRequest",
-            &name,
-            "spec.expirationSeconds: Invalid value: 0: may not specify a duration of zero",
-        ));
-    }
+        .and_then(Value::as_i64)
+        .unwrap_or(tokens::DEFAULT_EXPIRATION_SECONDS);
+    let lifetime = tokens::expiration(seconds).map_err(|why| invalid_token_request(&why))?;
     let mut audiences: Vec<String> = body
         .pointer("/spec/audiences")
         .and_then(Value::as_array)
@@ -809,18 +805,23 @@ pub(crate) fn token_request(w: &Write<'_>) -> Outcome {
     if audiences.is_empty() {
         audiences.push(tokens::DEFAULT_AUDIENCE.to_owned());
     }
-    let lifetime = Duration::from_secs(seconds);
+    // One reading of the server's clock for the token's claims, its
+    // expirationTimestamp and the answer's creationTimestamp.
+    let minted_at = w.shared.tokens.clock.now();
     let (token, expires) = if w.dry_run {
-        (String::new(), Some(SystemTime::now() + lifetime))
+        (String::new(), minted_at.checked_add(lifetime))
     } else {
-        w.shared.tokens.mint(&MintRequest {
-            namespace: &namespace,
-            name: &name,
-            uid,
-            audiences: &audiences,
-            lifetime: Some(lifetime),
-            secret: None,
-        })
+        w.shared.tokens.mint_at(
+            &MintRequest {
+                namespace: &namespace,
+                name: &name,
+                uid,
+                audiences: &audiences,
+                lifetime: Some(lifetime),
+                secret: None,
+            },
+            minted_at,
+        )
     };
     let expires = expires.map_or(Value::Null, tokens::timestamp);
     Ok((
@@ -828,7 +829,7 @@ pub(crate) fn token_request(w: &Write<'_>) -> Outcome {
         json!({
             "kind": "TokenRequest",
             "apiVersion": "authentication.k8s.io/v1",
-            "metadata": {"name": name, "namespace": namespace, "creationTimestamp": now()},
+            "metadata": {"name": name, "namespace": namespace, "creationTimestamp": tokens::timestamp(minted_at)},
             "spec": {
                 "audiences": audiences,
                 "expirationSeconds": seconds,
@@ -837,6 +838,22 @@ pub(crate) fn token_request(w: &Write<'_>) -> Outcome {
             "status": {"token": token, "expirationTimestamp": expires},
         }),
     ))
+}
+
+/// The 422 kube-apiserver answers a TokenRequest whose
+/// `spec.expirationSeconds` is out of bounds with (`why`: the field's
+/// message). It names no object: the real server reports it for `""`.
+fn invalid_token_request(why: &str) -> Value {
+    const GROUP: &str = "authentication.k8s.io";
+    let field = tokens::EXPIRATION_FIELD;
+    let mut details = status::details(None, GROUP, "TokenRequest");
+    details["causes"] = json!([{"reason": "FieldValueInvalid", "message": why, "field": field}]);
+    status::failure(
+        422,
+        "Invalid",
+        &format!("TokenRequest.{GROUP} \"\" is invalid: {field}: {why}"),
+        Some(details),
+    )
 }
 
 #[cfg(test)]

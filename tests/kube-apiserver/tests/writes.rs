@@ -798,9 +798,8 @@ async fn token_requests_and_rbac_for_service_accounts() {
     assert_eq!(gone.code, 401);
 }
 
-#[tokio::test]
-async fn minted_tokens_expire() {
-    let server = start(TestApiServerOptions::default()).await;
+/// Makes `default/short`, a service account that may do anything.
+fn almighty_account(server: &TestApiServer) {
     let account: ServiceAccount =
         from(json!({"metadata": {"name": "short", "namespace": "default"}}));
     server.apply(&account).expect("account");
@@ -813,18 +812,183 @@ async fn minted_tokens_expire() {
     let role: ClusterRole =
         from(json!({"metadata": {"name": "all"}, "rules": [rule(&["*"], &["*"], &["*"])]}));
     server.apply(&role).expect("role");
+}
+
+fn token_request(expiration_seconds: Option<i64>) -> TokenRequest {
+    let mut request =
+        json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {}});
+    if let Some(seconds) = expiration_seconds {
+        request["spec"]["expirationSeconds"] = json!(seconds);
+    }
+    from(request)
+}
+
+/// Seconds since the epoch of a Kubernetes timestamp.
+fn epoch_seconds(time: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> i64 {
+    time.0.as_second()
+}
+
+#[tokio::test]
+async fn minted_tokens_expire_when_the_servers_clock_passes_their_lifetime() {
+    let server = start(TestApiServerOptions::default()).await;
+    almighty_account(&server);
+    let lifetime = Duration::from_secs(600);
     let token = server
-        .service_account_token("default", "short", Some(Duration::from_millis(300)))
+        .service_account_token("default", "short", Some(lifetime))
         .expect("token");
     let api: Api<ConfigMap> = Api::namespaced(client(&server, &token), "default");
     api.list(&ListParams::default())
         .await
         .expect("valid for now");
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Ten seconds short of its lifetime (a margin for the test's own time).
+    server.advance_clock(lifetime - Duration::from_secs(10));
+    api.list(&ListParams::default())
+        .await
+        .expect("still valid just before it expires");
+    server.advance_clock(Duration::from_secs(10));
+    let expired = api_status(api.list(&ListParams::default()).await.expect_err("expired"));
+    assert_eq!(expired.code, 401, "{expired:?}");
+
+    // A TokenRequest made now is minted on the advanced clock: it works, and
+    // expires 600 s after the advanced "now", not after the wall clock's.
+    let admin = client(&server, ADMIN);
+    let accounts: Api<ServiceAccount> = Api::namespaced(admin, "default");
+    let answer = accounts
+        .create_token_request("short", &PostParams::default(), &token_request(Some(600)))
+        .await
+        .expect("token request");
+    let status = answer.status.expect("status");
+    let created = answer
+        .metadata
+        .creation_timestamp
+        .expect("creationTimestamp");
     assert_eq!(
-        api_status(api.list(&ListParams::default()).await.expect_err("expired")).code,
-        401
+        epoch_seconds(&status.expiration_timestamp) - epoch_seconds(&created),
+        600
     );
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs();
+    assert!(
+        epoch_seconds(&created) >= i64::try_from(wall).expect("seconds") + 600,
+        "issued on the server's clock, 600 s ahead of the wall clock: {created:?}"
+    );
+    let fresh: Api<ConfigMap> = Api::namespaced(client(&server, &status.token), "default");
+    fresh
+        .list(&ListParams::default())
+        .await
+        .expect("the fresh token is valid");
+    server.advance_clock(Duration::from_secs(600));
+    let expired = api_status(
+        fresh
+            .list(&ListParams::default())
+            .await
+            .expect_err("expired"),
+    );
+    assert_eq!(expired.code, 401, "{expired:?}");
+
+    // The test shortcut is bounded like a TokenRequest; without a lifetime
+    // a token never expires.
+    let refused = server
+        .service_account_token("default", "short", Some(Duration::from_secs(300)))
+        .expect_err("shorter than 10 minutes");
+    assert!(
+        refused
+            .to_string()
+            .contains("may not specify a duration less than 10 minutes"),
+        "{refused}"
+    );
+    let forever = server
+        .service_account_token("default", "short", None)
+        .expect("token");
+    server.advance_clock(Duration::from_secs(10 * 365 * 24 * 3600));
+    Api::<ConfigMap>::namespaced(client(&server, &forever), "default")
+        .list(&ListParams::default())
+        .await
+        .expect("a token without a lifetime never expires");
+}
+
+#[tokio::test]
+async fn token_requests_outside_10_minutes_to_2_pow_32_seconds_are_invalid() {
+    let server = start(TestApiServerOptions::default()).await;
+    almighty_account(&server);
+    let accounts: Api<ServiceAccount> = Api::namespaced(client(&server, ADMIN), "default");
+    let pp = PostParams::default();
+    for (seconds, why) in [
+        (599, "may not specify a duration less than 10 minutes"),
+        (0, "may not specify a duration less than 10 minutes"),
+        (-600, "may not specify a duration less than 10 minutes"),
+        (
+            (1_i64 << 32) + 1,
+            "may not specify a duration larger than 2^32 seconds",
+        ),
+    ] {
+        let refused = api_status(
+            accounts
+                .create_token_request("short", &pp, &token_request(Some(seconds)))
+                .await
+                .expect_err("invalid"),
+        );
+        assert_eq!(refused.code, 422, "{seconds}: {refused:?}");
+        assert_eq!(refused.reason, "Invalid");
+        assert_eq!(
+            refused.message,
+            format!(
+                "TokenRequest.authentication.k8s.io \"\" is invalid: \
+                 spec.expirationSeconds: Invalid value: {seconds}: {why}"
+            )
+        );
+        let details = refused.details.expect("details");
+        assert_eq!(details.group, "authentication.k8s.io");
+        assert_eq!(details.kind, "TokenRequest");
+        assert_eq!(details.causes.len(), 1, "{details:?}");
+        assert_eq!(details.causes[0].reason, "FieldValueInvalid");
+        assert_eq!(details.causes[0].field, "spec.expirationSeconds");
+        assert_eq!(
+            details.causes[0].message,
+            format!("Invalid value: {seconds}: {why}")
+        );
+    }
+    // The account is looked up first: a missing one is 404 whatever the lifetime.
+    let missing = api_status(
+        accounts
+            .create_token_request("nobody", &pp, &token_request(Some(599)))
+            .await
+            .expect_err("404"),
+    );
+    assert_eq!(missing.code, 404, "{missing:?}");
+    assert!(
+        server
+            .requests()
+            .iter()
+            .filter(|r| r.path.ends_with("/token"))
+            .all(|r| r.status != 201),
+        "nothing was minted"
+    );
+
+    // The bounds themselves are accepted, and an absent lifetime is an hour.
+    for (asked, expected) in [(Some(600), 600), (Some(1_i64 << 32), 1 << 32), (None, 3600)] {
+        let answer = accounts
+            .create_token_request("short", &pp, &token_request(asked))
+            .await
+            .unwrap_or_else(|e| panic!("{asked:?} is accepted: {e}"));
+        assert_eq!(answer.spec.expiration_seconds, Some(expected));
+        let status = answer.status.expect("status");
+        let created = answer
+            .metadata
+            .creation_timestamp
+            .expect("creationTimestamp");
+        assert_eq!(
+            epoch_seconds(&status.expiration_timestamp) - epoch_seconds(&created),
+            expected,
+            "{asked:?}"
+        );
+        Api::<ConfigMap>::namespaced(client(&server, &status.token), "default")
+            .list(&ListParams::default())
+            .await
+            .expect("the token works");
+    }
 }
 
 #[tokio::test]
