@@ -14,6 +14,7 @@ use http_body_util::BodyExt;
 use hyper::body::Body as HttpBody;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::budget::{BodyError, BufferBudget, Buffered, Collector};
 use crate::peer::{CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW, strip_hop_by_hop};
 use crate::proxy::Body;
 
@@ -153,32 +154,19 @@ pub async fn send_data(
     Ok(())
 }
 
-/// Why a request body could not be read.
-#[derive(Debug, thiserror::Error)]
-pub enum BodyError {
-    /// Longer than the limit.
-    #[error("request body larger than {0} bytes")]
-    TooLarge(usize),
-    /// The stream broke.
-    #[error("request body: {0}")]
-    Broken(#[from] h2::Error),
-}
-
 /// Reads a request body whole (up to `limit` bytes), giving the window back
-/// as it goes.
-pub async fn read_body(mut recv: h2::RecvStream, limit: usize) -> Result<Bytes, BodyError> {
-    let mut whole = bytes::BytesMut::new();
+/// as it goes and holding each chunk's size in `budget` as it arrives: the
+/// returned body keeps it until dropped; a refusal gives it back at once.
+pub async fn read_body<'b>(
+    mut recv: h2::RecvStream,
+    limit: usize,
+    budget: &'b BufferBudget,
+) -> Result<Buffered<'b>, BodyError> {
+    let mut collector = Collector::new(limit, budget);
     while let Some(data) = recv.data().await {
-        let data = data?;
+        let data = data.map_err(|e| BodyError::Broken(e.into()))?;
         let _ = recv.flow_control().release_capacity(data.len());
-        if whole.len() + data.len() > limit {
-            return Err(BodyError::TooLarge(limit));
-        }
-        if whole.is_empty() && recv.is_end_stream() {
-            // One frame (the common case): no copy.
-            return Ok(data);
-        }
-        whole.extend_from_slice(&data);
+        collector.push(data)?;
     }
-    Ok(whole.freeze())
+    Ok(collector.finish())
 }

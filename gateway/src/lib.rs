@@ -4,11 +4,13 @@
 //! with it); [`route`] turns a config into route decisions (pure);
 //! [`tls`] makes the mTLS configurations and checks SPIFFE identities;
 //! [`proxy`] is the data path (egress, ingress, peer pool, retries, TCP
-//! passthrough); [`metrics`] caches per-route metric handles; [`pool`] keeps HTTP/1.1 connections to local endpoints; [`sni`] reads the server name of a TLS ClientHello;
+//! passthrough); [`budget`] bounds the request-body bytes buffered by
+//! the whole process; [`metrics`] caches per-route metric handles; [`pool`] keeps HTTP/1.1 connections to local endpoints; [`sni`] reads the server name of a TLS ClientHello;
 //! [`idle`] closes client connections left unused;
 //! [`follow`] fetches the certificate and follows the config from the
 //! federation, persisting both for static stability.
 
+pub mod budget;
 pub mod config;
 pub mod follow;
 pub mod idle;

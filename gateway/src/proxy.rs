@@ -3,9 +3,13 @@
 //! local endpoints over HTTP/1.1 or to a peer gateway over one pooled,
 //! multiplexed HTTP/2 connection per peer.
 //!
-//! A request body is read whole (up to [`MAX_BODY`]) so a failed try can be
-//! replayed: on a connect failure (and, when the route says so, on a 5xx) the
-//! next cluster of the plan is tried, within the retry budget and timeouts.
+//! A request body is read whole (up to [`MAX_BODY`], 32 MiB) so a failed try
+//! can be replayed: on a connect failure (and, when the route says so, on a
+//! 5xx) the next cluster of the plan is tried, within the retry budget and
+//! timeouts. All bodies being buffered share one process-wide budget
+//! ([`BufferBudget`], `--buffer-budget`, 64 MiB by default): a body that
+//! arrives when it is spent is refused with `503` and `retry-after: 1`, and
+//! one above [`MAX_BODY`] (or the whole budget) with `413`.
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -20,7 +24,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode, Uri, header};
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -28,13 +32,17 @@ use std::sync::Mutex;
 
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::budget::{BodyError, BudgetError, BufferBudget};
 use crate::config::GatewayConfig;
 use crate::metrics::Entry;
 use crate::route::{Route, RouteTable};
 use crate::tls::{TlsIdentity, peer_cluster, peer_config};
 
-/// Largest request body a gateway buffers.
-pub const MAX_BODY: usize = 8 * 1024 * 1024;
+/// Largest request body a gateway buffers (32 MiB), whole, so that a failed
+/// try can be sent again; a larger one is refused with `413`. What all
+/// requests buffer together is bounded by the gateway's [`BufferBudget`]
+/// (`--buffer-budget`), which may be smaller: then that is the cap.
+pub const MAX_BODY: usize = 32 * 1024 * 1024;
 /// Connecting to a peer gateway or an endpoint gives up after this.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Copy buffer of each direction of a passed-through TCP connection.
@@ -72,6 +80,24 @@ fn reply(status: StatusCode, message: &str) -> Response<Body> {
     resp.headers_mut()
         .insert(ANSWERED_HEADER, HeaderValue::from_static("1"));
     resp
+}
+
+/// The answer to a request whose body was not buffered: `503` with
+/// `retry-after: 1` when the buffer budget is spent (it may fit later),
+/// `413` when it is too large to ever fit, `400` when it broke off.
+fn refuse_body(error: &BodyError) -> Response<Body> {
+    match error {
+        BodyError::Budget(BudgetError::Exhausted { .. }) => {
+            let mut resp = reply(StatusCode::SERVICE_UNAVAILABLE, &error.to_string());
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            resp
+        }
+        BodyError::TooLarge(_) | BodyError::Budget(BudgetError::LargerThanBudget { .. }) => {
+            reply(StatusCode::PAYLOAD_TOO_LARGE, &error.to_string())
+        }
+        BodyError::Broken(_) => reply(StatusCode::BAD_REQUEST, &error.to_string()),
+    }
 }
 
 /// Counters, exported on `/metrics`.
@@ -225,6 +251,8 @@ pub struct Gateway {
     /// Client connections (egress, public entry) with no request for this
     /// many milliseconds are closed; 0: never.
     client_idle_ms: AtomicU64,
+    /// Request-body bytes buffered by every worker together, bounded.
+    buffers: BufferBudget,
     /// Counters.
     pub counters: Counters,
 }
@@ -270,6 +298,7 @@ impl Gateway {
             outliers: Outliers::default(),
             tcp_ports: tokio::sync::watch::Sender::new(std::collections::BTreeSet::new()),
             client_idle_ms: AtomicU64::new(DEFAULT_CLIENT_IDLE.as_millis() as u64),
+            buffers: BufferBudget::default(),
             counters: Counters::default(),
         })
     }
@@ -280,6 +309,17 @@ impl Gateway {
     pub fn set_client_idle_timeout(&self, idle: Option<Duration>) {
         let ms = idle.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         self.client_idle_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Bounds the request-body bytes all requests may hold buffered at once
+    /// (default [`crate::budget::DEFAULT_BUFFER_BUDGET`]); applies at once.
+    pub fn set_buffer_budget(&self, bytes: usize) {
+        self.buffers.set_limit(bytes);
+    }
+
+    /// The buffer budget: its limit, bytes in use and refusals.
+    pub fn buffer_budget(&self) -> &BufferBudget {
+        &self.buffers
     }
 
     fn client_idle_timeout(&self) -> Option<Duration> {
@@ -752,19 +792,19 @@ impl Gateway {
             };
             let (mut parts, body) = req.into_parts();
             name_caller(&mut parts.headers, caller);
-            let body = if hyper::body::Body::is_end_stream(&body) {
-                Ok(Bytes::new())
+            // Holds its share of the buffer budget until every try is made.
+            let buffered = if hyper::body::Body::is_end_stream(&body) {
+                crate::budget::Buffered::empty(&self.buffers)
             } else {
-                Box::pin(Limited::new(body, MAX_BODY).collect())
-                    .await
-                    .map(|b| b.to_bytes())
+                match Box::pin(crate::budget::read_body(body, MAX_BODY, &self.buffers)).await {
+                    Ok(buffered) => buffered,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "request body refused");
+                        return refuse_body(&e);
+                    }
+                }
             };
-            let Ok(body) = body else {
-                return reply(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "request body too large or broken",
-                );
-            };
+            let body = buffered.bytes().clone();
             let request_bytes = body.len() as u64;
             let plan = routes.plan(&route, &parts.headers, fastrand::u64(..));
             if plan.is_empty() {
@@ -787,6 +827,8 @@ impl Gateway {
                         plan.first().copied().unwrap_or_default(),
                     ),
                 };
+            // Every try is done: the body's budget is given back.
+            drop(buffered);
             let response_bytes = route.metrics.record(
                 entry,
                 cluster,
@@ -911,20 +953,20 @@ impl Gateway {
             if let Some(refusal) = self.peer_refusal(&route, peer, req.headers(), host) {
                 return refusal;
             }
-            let sent = {
-                // Scoped: the parts live in the send's future only.
-                let (parts, body) = req.into_parts();
-                // Buffered, so a connect failure can move on to another endpoint.
-                let body = match crate::ingress::read_body(body, MAX_BODY).await {
-                    Ok(body) => body,
-                    Err(e @ crate::ingress::BodyError::TooLarge(_)) => {
-                        return reply(StatusCode::PAYLOAD_TOO_LARGE, &e.to_string());
-                    }
-                    Err(e) => return reply(StatusCode::BAD_REQUEST, &e.to_string()),
-                };
-                self.send_local(&route, parts, body)
-            }
-            .await;
+            let (parts, body) = req.into_parts();
+            // Buffered, so a connect failure can move on to another
+            // endpoint; holds its share of the buffer budget until then.
+            let buffered = match crate::ingress::read_body(body, MAX_BODY, &self.buffers).await {
+                Ok(buffered) => buffered,
+                Err(e) => {
+                    tracing::debug!(peer, error = %e, "request body refused");
+                    return refuse_body(&e);
+                }
+            };
+            let sent = self
+                .send_local(&route, parts, buffered.bytes().clone())
+                .await;
+            drop(buffered);
             match sent {
                 Ok(resp) => resp,
                 Err(TryError::Connect(e) | TryError::Failed(e)) => {

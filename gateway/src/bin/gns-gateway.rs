@@ -58,6 +58,13 @@ struct Args {
     /// (`SO_REUSEPORT`) and connection pools (default: one per core).
     #[arg(long, env = "GNS_WORKER_THREADS")]
     worker_threads: Option<usize>,
+    /// Request-body bytes all requests together may hold buffered (bodies
+    /// are read whole, up to 32 MiB each, so a failed try can be sent
+    /// again), shared by every worker: `64MiB`, `512KiB`, `1GiB` or plain
+    /// bytes. A body arriving when it is spent gets `503` with
+    /// `retry-after: 1`; one larger than the whole budget gets `413`.
+    #[arg(long, env = "GNS_BUFFER_BUDGET", default_value = "64MiB", value_parser = gns_gateway::budget::parse_size)]
+    buffer_budget: usize,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -159,6 +166,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .max(1);
     let gateway = Gateway::with_workers(&args.cluster, workers);
     gateway.set_client_idle_timeout(Some(args.client_idle_timeout));
+    gateway.set_buffer_budget(args.buffer_budget);
     let follower = Follower::new(&args.federation, &args.cluster, &args.state_dir)?
         .with_bundle_refresh(args.trust_bundle_refresh);
     follower.restore(&gateway);
@@ -187,6 +195,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         ingress = %ingress[0].local_addr()?,
         admin = %admin.local_addr()?,
         workers,
+        buffer_budget = args.buffer_budget,
         "gns-gateway listening"
     );
     if let Some(first) = public.first() {
@@ -259,6 +268,7 @@ async fn serve_admin(
 fn metrics(gateway: &Gateway) -> String {
     let c = &gateway.counters;
     let version = gateway.config().map_or(0, |c| c.version);
+    let budget = gateway.buffer_budget().metrics();
     [
         (
             "gns_gateway_egress_requests_total",
@@ -315,6 +325,7 @@ fn metrics(gateway: &Gateway) -> String {
         ("gns_gateway_config_version", version),
     ]
     .iter()
+    .chain(&budget)
     .map(|(name, value)| format!("{name} {value}\n"))
     .collect()
 }
