@@ -1,6 +1,9 @@
-//! API tests through the real router (`Router::oneshot`) on a real SQLite
-//! store: every route's success path, every validation error class, auth,
-//! conflicts and paging. One test runs on Postgres for the 503 path.
+//! API tests through the real router (`Router::oneshot`) on a real store:
+//! every route's success path, every validation error class, auth,
+//! conflicts and paging. Each scenario runs twice, as `<scenario>_on_sqlite`
+//! on a fresh SQLite file and as `<scenario>_on_postgres` on a fresh Postgres
+//! database (`GNS_TEST_DATABASE_URL`). The 503 path, taking the database
+//! away under the running API, is on Postgres only.
 
 mod support;
 
@@ -18,14 +21,10 @@ const ADMIN: &str = "admin-test-token";
 
 struct Api {
     app: Router,
-    _backend: Backend,
+    backend: Backend,
 }
 
 impl Api {
-    async fn new() -> Api {
-        Self::on(Backend::sqlite().await)
-    }
-
     fn on(backend: Backend) -> Api {
         let state = AppState {
             store: Arc::clone(&backend.store),
@@ -33,8 +32,23 @@ impl Api {
         };
         Api {
             app: api::router(state),
-            _backend: backend,
+            backend,
         }
+    }
+
+    /// The store's backend as `/readyz` names it.
+    fn store_name(&self) -> &'static str {
+        if self.backend.db.is_some() {
+            "postgres"
+        } else {
+            "sqlite"
+        }
+    }
+
+    /// Drops the router and the store, then the Postgres database (if any).
+    async fn cleanup(self) {
+        drop(self.app);
+        self.backend.cleanup().await;
     }
 
     async fn raw(
@@ -141,9 +155,7 @@ fn fields(error: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-#[tokio::test]
-async fn every_resource_round_trips() {
-    let api = Api::new().await;
+async fn every_resource_round_trips(api: &Api) {
     api.seed().await;
     let c = api.ok(Method::GET, "/v1/clusters/east", None).await;
     assert_eq!(c["networks"], json!(["10.8.0.0/16"]));
@@ -302,9 +314,7 @@ async fn every_resource_round_trips() {
     api.ok(Method::DELETE, "/v1/clusters/east", None).await;
 }
 
-#[tokio::test]
-async fn cluster_credentials_update_rules() {
-    let api = Api::new().await;
+async fn cluster_credentials_update_rules(api: &Api) {
     let mut c = cluster("east", "10.8.0.0/16");
     c["kubernetes"] = json!({"server": "https://10.0.0.1:6443"});
     let (status, body) = api
@@ -336,9 +346,7 @@ async fn cluster_credentials_update_rules() {
     assert_eq!(updated["labels"]["region"], "eu-west-1");
 }
 
-#[tokio::test]
-async fn validation_errors_name_the_field() {
-    let api = Api::new().await;
+async fn validation_errors_name_the_field(api: &Api) {
     api.seed().await;
     let cases: Vec<(&str, Method, Value, &str)> = vec![
         (
@@ -519,9 +527,7 @@ async fn validation_errors_name_the_field() {
     assert!(fields(&error).len() >= 3, "{error}");
 }
 
-#[tokio::test]
-async fn malformed_oversized_and_unknown() {
-    let api = Api::new().await;
+async fn malformed_oversized_and_unknown(api: &Api) {
     let (status, body) = api
         .raw(
             Method::POST,
@@ -566,9 +572,7 @@ async fn malformed_oversized_and_unknown() {
     assert!(status == StatusCode::UNPROCESSABLE_ENTITY || status == StatusCode::BAD_REQUEST);
 }
 
-#[tokio::test]
-async fn auth_roles_and_tokens() {
-    let api = Api::new().await;
+async fn auth_roles_and_tokens(api: &Api) {
     api.seed().await;
     let (status, body) = api.raw(Method::GET, "/v1/clusters", None, None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
@@ -691,9 +695,7 @@ async fn auth_roles_and_tokens() {
     );
 }
 
-#[tokio::test]
-async fn conflicts() {
-    let api = Api::new().await;
+async fn conflicts(api: &Api) {
     api.seed().await;
     let (status, body) = api
         .call(
@@ -756,9 +758,7 @@ async fn conflicts() {
     );
 }
 
-#[tokio::test]
-async fn paging_through_lists() {
-    let api = Api::new().await;
+async fn paging_through_lists(api: &Api) {
     for i in 0..7 {
         api.ok(
             Method::POST,
@@ -790,9 +790,7 @@ async fn paging_through_lists() {
     assert_eq!(names, (0..7).map(|i| format!("c{i}")).collect::<Vec<_>>());
 }
 
-#[tokio::test]
-async fn openapi_documents_every_route_and_every_route_exists() {
-    let api = Api::new().await;
+async fn openapi_documents_every_route_and_every_route_exists(api: &Api) {
     let doc = api.ok(Method::GET, "/openapi.json", None).await;
     let paths = doc["paths"].as_object().expect("paths");
     for op in gns_federation::api::openapi::OPERATIONS {
@@ -834,16 +832,14 @@ async fn openapi_documents_every_route_and_every_route_exists() {
     }
 }
 
-#[tokio::test]
-async fn health_ready_and_metrics() {
-    let api = Api::new().await;
+async fn health_ready_and_metrics(api: &Api) {
     assert_eq!(
         api.raw(Method::GET, "/healthz", None, None).await.0,
         StatusCode::OK
     );
     let (status, body) = api.raw(Method::GET, "/readyz", None, None).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(body["store"], "sqlite");
+    assert_eq!(body["store"], api.store_name());
     api.ok(Method::GET, "/v1/clusters", None).await;
     let (status, text) = api.raw(Method::GET, "/metrics", None, None).await;
     assert_eq!(status, StatusCode::OK);
@@ -860,12 +856,71 @@ async fn health_ready_and_metrics() {
     );
 }
 
+/// Runs `scenario` against the API on `backend`, then drops the backend's
+/// database (left behind if the scenario fails, for a look at it).
+async fn run(backend: Backend, scenario: impl AsyncFnOnce(&Api)) {
+    let api = Api::on(backend);
+    scenario(&api).await;
+    api.cleanup().await;
+}
+
+/// One `#[tokio::test]` per scenario and backend, named `<scenario>_on_sqlite`
+/// and `<scenario>_on_postgres`, so a failure names its backend.
+macro_rules! on_both_backends {
+    ($($scenario:ident: $on_sqlite:ident, $on_postgres:ident;)+) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $on_sqlite() {
+            run(Backend::sqlite().await, $scenario).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $on_postgres() {
+            run(Backend::postgres().await, $scenario).await;
+        }
+    )+};
+}
+
+on_both_backends! {
+    every_resource_round_trips:
+        every_resource_round_trips_on_sqlite,
+        every_resource_round_trips_on_postgres;
+    cluster_credentials_update_rules:
+        cluster_credentials_update_rules_on_sqlite,
+        cluster_credentials_update_rules_on_postgres;
+    validation_errors_name_the_field:
+        validation_errors_name_the_field_on_sqlite,
+        validation_errors_name_the_field_on_postgres;
+    malformed_oversized_and_unknown:
+        malformed_oversized_and_unknown_on_sqlite,
+        malformed_oversized_and_unknown_on_postgres;
+    auth_roles_and_tokens:
+        auth_roles_and_tokens_on_sqlite,
+        auth_roles_and_tokens_on_postgres;
+    conflicts:
+        conflicts_on_sqlite,
+        conflicts_on_postgres;
+    paging_through_lists:
+        paging_through_lists_on_sqlite,
+        paging_through_lists_on_postgres;
+    openapi_documents_every_route_and_every_route_exists:
+        openapi_documents_every_route_and_every_route_exists_on_sqlite,
+        openapi_documents_every_route_and_every_route_exists_on_postgres;
+    health_ready_and_metrics:
+        health_ready_and_metrics_on_sqlite,
+        health_ready_and_metrics_on_postgres;
+}
+
+/// Postgres only: a server can be taken away under a running API (the
+/// embedded SQLite file is opened by the process itself and stays usable).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn store_down_is_503() {
+async fn store_down_is_503_on_postgres() {
     let backend = Backend::postgres().await;
     let url = backend.db.as_ref().map(|d| d.url.clone()).expect("pg");
     let api = Api::on(backend);
     api.ok(Method::GET, "/v1/clusters", None).await;
+    let (status, body) = api.raw(Method::GET, "/readyz", None, None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["store"], "postgres");
     // Take the database away under the running API.
     let name = url.rsplit('/').next().expect("db name").to_owned();
     let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&support::admin_url())
@@ -880,6 +935,6 @@ async fn store_down_is_503() {
     let (status, body) = api.call(Method::GET, "/v1/global-namespaces", None).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(body["error"]["code"], "unavailable");
-    let (status, _) = api.raw(Method::GET, "/readyz", None, None).await;
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let (status, body) = api.raw(Method::GET, "/readyz", None, None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
 }

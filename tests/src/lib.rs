@@ -176,22 +176,32 @@ pub fn http(
     })
 }
 
-/// One DNS query over UDP from `bind` (e.g. `127.0.0.1:0`); `None` on timeout.
+/// One DNS query over UDP from `bind` (e.g. `127.0.0.1:0`), sent up to
+/// three times a second apart as a stub resolver would (a datagram may be
+/// dropped on a loaded machine); `None` when no answer came to any of them.
 pub fn dns_udp(server: SocketAddr, bind: &str, name: &str, rtype: RecordType) -> Option<Message> {
     let mut msg = Message::new(0x4242, MessageType::Query, OpCode::Query);
     let mut n = Name::from_ascii(name).expect("valid name");
     n.set_fqdn(true);
     msg.add_query(Query::query(n, rtype));
+    let query = msg.to_vec().expect("encode");
     let socket = UdpSocket::bind(bind).expect("bind client socket");
     socket
-        .set_read_timeout(Some(Duration::from_millis(500)))
+        .set_read_timeout(Some(Duration::from_secs(1)))
         .expect("timeout");
-    socket
-        .send_to(&msg.to_vec().expect("encode"), server)
-        .ok()?;
     let mut buf = [0u8; 4096];
-    let (len, _) = socket.recv_from(&mut buf).ok()?;
-    Message::from_vec(&buf[..len]).ok()
+    for _ in 0..3 {
+        socket.send_to(&query, server).ok()?;
+        let Ok((len, _)) = socket.recv_from(&mut buf) else {
+            continue;
+        };
+        if let Ok(answer) = Message::from_vec(&buf[..len])
+            && answer.metadata.id == 0x4242
+        {
+            return Some(answer);
+        }
+    }
+    None
 }
 
 /// The A/AAAA addresses of an answer, sorted, as text.
@@ -217,4 +227,150 @@ pub async fn gateway_metric(admin: SocketAddr, name: &str) -> u64 {
     text.lines()
         .find_map(|l| l.strip_prefix(&format!("{name} "))?.trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// Where a federation under test keeps its state: the embedded SQLite file
+/// in its data dir, or a fresh Postgres database.
+pub enum StoreBackend {
+    /// The embedded store (the default).
+    Sqlite,
+    /// A fresh database on the test Postgres server.
+    Postgres(TestDatabase),
+}
+
+impl StoreBackend {
+    /// A fresh Postgres database (panics with how to start Postgres if it is down).
+    pub fn postgres() -> StoreBackend {
+        StoreBackend::Postgres(TestDatabase::create())
+    }
+
+    /// The `gns-federation` flags that select this store.
+    pub fn federation_args(&self) -> Vec<String> {
+        match self {
+            StoreBackend::Sqlite => Vec::new(),
+            StoreBackend::Postgres(db) => vec!["--database-url".to_owned(), db.url.clone()],
+        }
+    }
+
+    /// `sqlite` or `postgres`, for messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            StoreBackend::Sqlite => "sqlite",
+            StoreBackend::Postgres(_) => "postgres",
+        }
+    }
+}
+
+/// Postgres for tests: `GNS_TEST_DATABASE_URL`, default the local server.
+pub fn test_database_admin_url() -> String {
+    std::env::var("GNS_TEST_DATABASE_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+fn psql(url: &str, sql: &str) -> Result<(), String> {
+    let output = Command::new("psql")
+        .arg(url)
+        .args(["-v", "ON_ERROR_STOP=1", "-q", "-c", sql])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run psql: {e}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).trim().to_owned())
+    }
+}
+
+/// A database of its own on the test Postgres server, dropped with this value.
+pub struct TestDatabase {
+    admin_url: String,
+    /// Its name.
+    pub name: String,
+    /// Its URL.
+    pub url: String,
+}
+
+impl TestDatabase {
+    /// Creates `gns_e2e_<pid>_<nanos>`; panics with how to start Postgres if it is down.
+    pub fn create() -> TestDatabase {
+        let admin_url = test_database_admin_url();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        let name = format!("gns_e2e_{}_{nanos}", std::process::id());
+        if let Err(e) = psql(&admin_url, &format!("CREATE DATABASE {name}")) {
+            panic!(
+                "Postgres not reachable at {admin_url} ({e}): start it with \
+                 `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`, \
+                 or point GNS_TEST_DATABASE_URL at a server where this user may CREATE DATABASE"
+            );
+        }
+        let mut url = reqwest::Url::parse(&admin_url)
+            .unwrap_or_else(|e| panic!("GNS_TEST_DATABASE_URL {admin_url:?} is not a URL: {e}"));
+        url.set_path(&format!("/{name}"));
+        TestDatabase {
+            admin_url,
+            name,
+            url: url.to_string(),
+        }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        if let Err(e) = psql(&self.admin_url, &sql) {
+            eprintln!("could not drop test database {}: {e}", self.name);
+        }
+    }
+}
+
+/// Runs the steps of one end-to-end scenario in order, naming each: a step
+/// that panics fails the test with the step's name first, so a failure says
+/// which behaviour broke, not only which line.
+pub struct Steps {
+    scenario: String,
+    done: Vec<&'static str>,
+}
+
+impl Steps {
+    /// The steps of `scenario` (e.g. the store backend it runs on).
+    pub fn new(scenario: impl Into<String>) -> Steps {
+        Steps {
+            scenario: scenario.into(),
+            done: Vec::new(),
+        }
+    }
+
+    /// Runs `step`, named `name`; panics with the name and the steps that
+    /// passed before it if it panics.
+    pub async fn run<F: std::future::Future<Output = ()>>(&mut self, name: &'static str, step: F) {
+        use futures::FutureExt;
+        let started = Instant::now();
+        eprintln!("[{}] step: {name}", self.scenario);
+        match std::panic::AssertUnwindSafe(step).catch_unwind().await {
+            Ok(()) => {
+                eprintln!(
+                    "[{}] step passed in {:?}: {name}",
+                    self.scenario,
+                    started.elapsed()
+                );
+                self.done.push(name);
+            }
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                    .unwrap_or_else(|| "(no message)".to_owned());
+                panic!(
+                    "[{}] step failed: {name}\n{message}\n(steps passed before it: {:?})",
+                    self.scenario, self.done
+                );
+            }
+        }
+    }
 }

@@ -46,6 +46,66 @@ fn mobile_via_east(domain: &str) -> String {
     ))
 }
 
+/// Requests sent for the two-sided check of the 99/1 split.
+const SPLIT_REQUESTS: u32 = 2_000;
+/// How many of them may go west. With a correct 1 % split, X ~ Binomial(2000,
+/// 0.01), mean 20: P(X < 4) and P(X > 45) are both below 1e-5. A split that
+/// sends nothing west, or 5 % or more (mean 100), falls outside.
+const SPLIT_WEST: std::ops::RangeInclusive<u32> = 4..=45;
+
+/// The egress URL and Host header of the printed split command
+/// (`… curl -s -H 'Host: web.<domain>' http://<egress>/; done …`).
+fn split_target(command: &str) -> (String, String) {
+    let parse = || {
+        let (_, after) = command.split_once("-H 'Host: ")?;
+        let (host, rest) = after.split_once('\'')?;
+        let url = rest.trim_start().split([';', ' ']).next()?;
+        url.starts_with("http://")
+            .then(|| (url.to_owned(), host.to_owned()))
+    };
+    parse().unwrap_or_else(|| panic!("an egress URL and a Host header in `{command}`"))
+}
+
+/// Sends `n` requests to `url` with `Host: host` over one keep-alive
+/// connection; `(west, east)`: how many were answered from each cluster.
+/// Panics on a request that fails, is not 200, or is answered by neither.
+fn split_counts(url: &str, host: &str, n: u32) -> (u32, u32) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .expect("client");
+        let (mut west, mut east) = (0, 0);
+        for i in 0..n {
+            let response = client
+                .get(url)
+                .header("host", host)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("request {i} of {n} to {url}: {e}"));
+            let status = response.status();
+            let body = response
+                .text()
+                .await
+                .unwrap_or_else(|e| panic!("body of request {i} of {n}: {e}"));
+            assert_eq!(status, 200, "request {i} of {n} to {url}: {body}");
+            if body.contains(" in west ") {
+                west += 1;
+            } else if body.contains(" in east ") {
+                east += 1;
+            } else {
+                panic!("request {i} of {n} answered by neither cluster: {body:?}");
+            }
+        }
+        (west, east)
+    })
+}
+
 /// Stops the demo like Ctrl-C would (SIGTERM, so it stops its children)
 /// when the test ends, also when it fails half-way.
 struct StopOnDrop(Option<u32>);
@@ -134,12 +194,43 @@ fn demo_up_try_fail_heal_down() {
         .find(|c| c.contains("seq 200"))
         .expect("split command");
     let lines = run(split);
-    let west: u32 = lines
+    let counts: Vec<(u32, &str)> = lines
         .lines()
-        .filter(|l| l.contains("in west"))
-        .filter_map(|l| l.split_whitespace().next()?.parse::<u32>().ok())
+        .filter_map(|l| {
+            let (count, answer) = l.trim_start().split_once(' ')?;
+            Some((count.parse().ok()?, answer))
+        })
+        .collect();
+    assert_eq!(
+        counts.iter().map(|(n, _)| n).sum::<u32>(),
+        200,
+        "every one of the 200 requests is answered: {lines}"
+    );
+    let west: u32 = counts
+        .iter()
+        .filter(|(_, answer)| answer.contains("in west"))
+        .map(|(n, _)| n)
         .sum();
+    // Only an upper bound here: at 1 %, none of 200 goes west 13 % of the time.
     assert!(west <= 12, "about 1 % of 200 to west, got {west}: {lines}");
+    // Two-sided, on enough requests to the same egress with the same Host.
+    let (egress, host) = split_target(split);
+    let started = std::time::Instant::now();
+    let (west, east) = split_counts(&egress, &host, SPLIT_REQUESTS);
+    eprintln!(
+        "99/1 split: {west} west, {east} east of {SPLIT_REQUESTS} requests in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        east,
+        SPLIT_REQUESTS - west,
+        "every other request is answered in east"
+    );
+    assert!(
+        SPLIT_WEST.contains(&west),
+        "99/1 split: {west} of {SPLIT_REQUESTS} requests to {egress} (Host {host}) went \
+         west, expected {SPLIT_WEST:?} (about 20)"
+    );
 
     // A cluster failure: mobile requests fail over from west to east, and come back.
     let dir_flag = format!("--dir {dir_arg}");

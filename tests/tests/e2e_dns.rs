@@ -2,13 +2,14 @@
 //! becomes visible in its in-process DNS and in a `gns-dns` replica; an
 //! external workload that stops heartbeating disappears from answers; the
 //! replica keeps answering when the federation dies, and starts answering
-//! from its cache alone after a restart.
+//! from its cache alone after a restart. Run once with the federation on its
+//! embedded SQLite store and once on Postgres.
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use gns_tests::{Proc, addresses, binary, dns_udp, free_port, http, wait_for};
+use gns_tests::{Proc, StoreBackend, addresses, binary, dns_udp, free_port, http, wait_for};
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
 use serde_json::json;
@@ -16,8 +17,8 @@ use serde_json::json;
 const TOKEN: &str = "gns_e2e_dns_token";
 const DOMAIN: &str = "production.app.acme.com";
 
-fn federation(data: &Path, api: u16, dns: u16) -> Proc {
-    let args = [
+fn federation(data: &Path, api: u16, dns: u16, store: &StoreBackend) -> Proc {
+    let mut args = vec![
         "--listen".to_owned(),
         format!("127.0.0.1:{api}"),
         "--dns-listen".to_owned(),
@@ -27,6 +28,7 @@ fn federation(data: &Path, api: u16, dns: u16) -> Proc {
         "--admin-token".to_owned(),
         TOKEN.to_owned(),
     ];
+    args.extend(store.federation_args());
     let mut proc = Proc::spawn(
         &binary("gns-federation"),
         &args,
@@ -39,7 +41,8 @@ fn federation(data: &Path, api: u16, dns: u16) -> Proc {
         || {
             assert!(
                 proc.running(),
-                "gns-federation exited:\n{}",
+                "gns-federation on {} exited:\n{}",
+                store.name(),
                 proc.log_text()
             );
             matches!(http("GET", &url, None, None), Ok((200, _))).then_some(())
@@ -90,10 +93,21 @@ fn wait_answer(server: SocketAddr, name: &str, expected: &[&str], what: &str) {
 }
 
 #[test]
-fn rest_writes_reach_dns_and_replicas_outlive_the_federation() {
+fn rest_writes_reach_dns_and_replicas_outlive_the_federation_on_sqlite() {
+    rest_writes_reach_dns_and_replicas_outlive_the_federation(StoreBackend::Sqlite);
+}
+
+#[test]
+fn rest_writes_reach_dns_and_replicas_outlive_the_federation_on_postgres() {
+    rest_writes_reach_dns_and_replicas_outlive_the_federation(StoreBackend::postgres());
+}
+
+/// The scenario, with the federation's state in `store` (dropped, with its
+/// Postgres database, after every process of the scenario is killed).
+fn rest_writes_reach_dns_and_replicas_outlive_the_federation(store: StoreBackend) {
     let dir = tempfile::tempdir().expect("tempdir");
     let (api, dns) = (free_port(), free_port());
-    let mut fed = federation(dir.path(), api, dns);
+    let mut fed = federation(dir.path(), api, dns, &store);
     let dns_addr: SocketAddr = format!("127.0.0.1:{dns}").parse().expect("addr");
 
     post(

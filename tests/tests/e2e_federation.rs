@@ -8,12 +8,14 @@
 //! The binaries must be built first: `cargo build --workspace --bins`
 //! (`scripts/test` does this). Postgres comes from `GNS_TEST_DATABASE_URL`
 //! (default `postgres://postgres@127.0.0.1:5432/postgres`); a fresh database
-//! is created for the run with `psql` and dropped afterwards.
+//! is created for the run with `psql` and dropped afterwards
+//! (`gns_tests::TestDatabase`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
+use gns_tests::TestDatabase;
 use serde_json::Value;
 
 /// Bootstrap admin token given to the federation, used by gnsctl via `--token`.
@@ -34,7 +36,6 @@ const OBJECTS: [&str; 6] = [
     "externalworkload/production/db-vm-1",
     "accesspolicy/production/web-to-api",
 ];
-const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(20);
 
 // ---------------------------------------------------------------------------
@@ -358,68 +359,6 @@ fn check_everything_is_there(bins: &Binaries, federation: &Federation, workdir: 
 }
 
 // ---------------------------------------------------------------------------
-// Postgres: a throwaway database per run
-
-/// A database created for this run; dropped (best effort) when this goes out of scope.
-struct TempDatabase {
-    admin_url: String,
-    name: String,
-    url: String,
-}
-
-fn psql(url: &str, sql: &str) -> Result<(), String> {
-    let output = Command::new("psql")
-        .arg(url)
-        .args(["-v", "ON_ERROR_STOP=1", "-q", "-c", sql])
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run psql: {e}"))?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(String::from_utf8_lossy(&output.stderr).trim().to_owned())
-    }
-}
-
-impl TempDatabase {
-    fn create() -> TempDatabase {
-        let admin_url = std::env::var("GNS_TEST_DATABASE_URL")
-            .ok()
-            .filter(|u| !u.is_empty())
-            .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned());
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or_default();
-        let name = format!("gns_e2e_{}_{nanos}", std::process::id());
-        if let Err(e) = psql(&admin_url, &format!("CREATE DATABASE {name}")) {
-            panic!(
-                "Postgres not reachable at {admin_url} ({e}): start it with \
-                 `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`, \
-                 or point GNS_TEST_DATABASE_URL at a server where this user may CREATE DATABASE"
-            );
-        }
-        let mut url = reqwest::Url::parse(&admin_url)
-            .unwrap_or_else(|e| panic!("GNS_TEST_DATABASE_URL {admin_url:?} is not a URL: {e}"));
-        url.set_path(&format!("/{name}"));
-        TempDatabase {
-            admin_url,
-            name,
-            url: url.to_string(),
-        }
-    }
-}
-
-impl Drop for TempDatabase {
-    fn drop(&mut self) {
-        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
-        if let Err(e) = psql(&self.admin_url, &sql) {
-            eprintln!("could not drop test database {}: {e}", self.name);
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------
 // The tests
 
 #[test]
@@ -434,7 +373,7 @@ fn gnsctl_against_federation_on_sqlite() {
 
 #[test]
 fn gnsctl_against_federation_on_postgres() {
-    let database = TempDatabase::create();
+    let database = TestDatabase::create();
     let data = tempfile::tempdir().expect("data dir");
     scenario(&StoreSetup {
         data_dir: data.path().to_path_buf(),
