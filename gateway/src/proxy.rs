@@ -732,13 +732,21 @@ impl Gateway {
         .await
         .map_err(|_| "handshake timed out".to_owned())?
         .map_err(|e| format!("handshake: {e}"))?;
-        let peer = tls
-            .get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|c| c.first())
+        let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+        let peer = leaf
             .and_then(|c| peer_cluster(c, &identity.trust_domain))
-            .ok_or_else(|| "the peer is not a gateway of this trust domain".to_owned())?;
+            .ok_or_else(|| {
+                // Say whom it refused: the identities the certificate names.
+                let named = leaf.map(crate::tls::uri_sans).unwrap_or_default();
+                format!(
+                    "the peer is not a gateway of this trust domain (its certificate names {})",
+                    if named.is_empty() {
+                        "no URI SAN".to_owned()
+                    } else {
+                        named.join(", ")
+                    }
+                )
+            })?;
         let gw = &*self;
         let peer = peer.as_str();
         crate::ingress::serve(tls, |req, respond| gw.ingress_stream(req, respond, peer))
