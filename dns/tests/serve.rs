@@ -109,17 +109,23 @@ fn query(name: &str, rtype: RecordType, edns: Option<u16>) -> Message {
     msg
 }
 
+/// Asks `server` from `bind` over UDP as a stub resolver does: the query
+/// is sent again after a second without an answer, three times in all (a
+/// datagram may be lost on a loaded machine); panics if none is answered.
 fn udp_from(bind: &str, server: SocketAddr, msg: &Message) -> Message {
     let socket = UdpSocket::bind(bind).expect("bind client");
     socket
-        .set_read_timeout(Some(Duration::from_secs(3)))
+        .set_read_timeout(Some(Duration::from_secs(1)))
         .expect("timeout");
-    socket
-        .send_to(&msg.to_vec().expect("encode"), server)
-        .expect("send");
+    let query = msg.to_vec().expect("encode");
     let mut buf = [0u8; 65535];
-    let (n, _) = socket.recv_from(&mut buf).expect("an answer within 3 s");
-    Message::from_vec(&buf[..n]).expect("decodes")
+    for _ in 0..3 {
+        socket.send_to(&query, server).expect("send");
+        if let Ok((n, _)) = socket.recv_from(&mut buf) {
+            return Message::from_vec(&buf[..n]).expect("decodes");
+        }
+    }
+    panic!("no answer from {server} to three tries, a second apart")
 }
 
 fn udp(server: SocketAddr, msg: &Message) -> Message {
