@@ -85,6 +85,26 @@ fn reuseport_socket(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     Ok(socket)
 }
 
+/// How many ports the system picks, for `--dns-listen …:0`, before giving up
+/// on finding one free for both UDP and TCP.
+const PORT_PICKS: usize = 16;
+
+/// The first UDP socket and the TCP listener, on one port: the one asked
+/// for, or (port 0) one the system picks that is free for both. A port the
+/// system gives UDP may be taken for TCP by someone else: then another is
+/// picked.
+async fn bind_udp_and_tcp(listen: SocketAddr) -> std::io::Result<(UdpSocket, TcpListener)> {
+    let mut picks = if listen.port() == 0 { PORT_PICKS } else { 1 };
+    loop {
+        let udp = reuseport_socket(listen)?;
+        match TcpListener::bind(udp.local_addr()?).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && picks > 1 => picks -= 1,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -95,9 +115,8 @@ impl DnsServer {
     /// Binds UDP and TCP and starts serving an empty snapshot (every query REFUSED until one is published).
     /// Must be called inside a tokio runtime.
     pub async fn start(config: ServerConfig) -> std::io::Result<DnsServer> {
-        let first = reuseport_socket(config.listen)?;
+        let (first, tcp) = bind_udp_and_tcp(config.listen).await?;
         let udp_addr = first.local_addr()?;
-        let tcp = TcpListener::bind(udp_addr).await?;
         let tcp_addr = tcp.local_addr()?;
         let shared = Arc::new(Shared {
             prepared: ArcSwap::from_pointee(Prepared::default()),

@@ -570,3 +570,26 @@ fn kdig_interop() {
         .count();
     assert_eq!(addrs, 120, "kdig retried over TCP after TC:\n{retried}");
 }
+
+#[test]
+fn an_explicit_port_taken_for_tcp_is_an_error_not_another_port() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = taken.local_addr().expect("addr");
+        let started = DnsServer::start(ServerConfig::new(addr)).await;
+        assert_eq!(
+            started.err().map(|e| e.kind()),
+            Some(std::io::ErrorKind::AddrInUse),
+            "the asked-for port, or an error"
+        );
+        // Port 0: a port free for both, picked by the system.
+        let server = DnsServer::start(ServerConfig::new("127.0.0.1:0".parse().expect("addr")))
+            .await
+            .expect("start on port 0");
+        assert_eq!(server.udp_addr, server.tcp_addr);
+    });
+}
