@@ -291,50 +291,31 @@ pub(crate) fn pattern(len: usize) -> Bytes {
 }
 
 /// A certificate for a workload of the federation's own trust domain
-/// (`spiffe://acme.test/ns/shop/sa/web`), signed by the federation's CA
-/// itself, read from its store: the same CA as the gateways, not a gateway
-/// identity. Its chain and key.
+/// (`spiffe://acme.test/ns/shop/sa/web`), as a workload agent gets one
+/// (`POST /v1/identity/workloads/sign`): signed by the same CA as the
+/// gateways' certificates, but not a gateway identity. Its chain and key.
 pub(crate) async fn workload_certificate(
-    data_dir: &std::path::Path,
-    backend: &StoreBackend,
+    base: &str,
 ) -> (Vec<CertificateDer<'static>>, rcgen::KeyPair) {
-    let secrets =
-        gns_federation::store::SecretBox::load_or_create(data_dir).expect("the federation's key");
-    let url = match backend {
-        StoreBackend::Sqlite => None,
-        StoreBackend::Postgres(db) => Some(db.url.as_str()),
-    };
-    let store = gns_federation::store::open(url, data_dir, secrets)
-        .await
-        .expect("the federation's store");
-    let ca: Value = serde_json::from_slice(
-        &store
-            .sealed_meta("ca/acme.test")
-            .await
-            .expect("read the CA")
-            .expect("the CA exists"),
-    )
-    .expect("CA JSON");
-    let ca_key =
-        rcgen::KeyPair::from_pem(ca["key_pem"].as_str().expect("key_pem")).expect("CA key");
-    let issuer =
-        rcgen::Issuer::from_ca_cert_pem(ca["cert_pem"].as_str().expect("cert_pem"), ca_key)
-            .expect("CA certificate");
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-    params.subject_alt_names = vec![rcgen::SanType::URI(
-        "spiffe://acme.test/ns/shop/sa/web".try_into().expect("uri"),
-    )];
-    params.extended_key_usages = vec![
-        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
-        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
-    ];
-    let cert = params.signed_by(&key, &issuer).expect("sign");
-    let chain = vec![
-        cert.der().clone(),
-        CertificateDer::from_pem_slice(ca["cert_pem"].as_str().expect("pem").as_bytes())
-            .expect("CA der"),
-    ];
+    let csr = rcgen::CertificateParams::new(Vec::<String>::new())
+        .expect("params")
+        .serialize_request(&key)
+        .expect("csr")
+        .pem()
+        .expect("pem");
+    let (status, signed) = api(
+        reqwest::Method::POST,
+        &format!("{base}/v1/identity/workloads/sign"),
+        Some(json!({"csr": csr, "namespace": "shop", "serviceAccount": "web"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{signed}");
+    assert_eq!(signed["spiffeId"], "spiffe://acme.test/ns/shop/sa/web");
+    let chain =
+        CertificateDer::pem_slice_iter(signed["certificate"].as_str().expect("pem").as_bytes())
+            .collect::<Result<_, _>>()
+            .expect("certificate chain");
     (chain, key)
 }
 

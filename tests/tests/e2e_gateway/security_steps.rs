@@ -100,7 +100,7 @@ pub(crate) async fn a_certificate_from_another_ca_is_refused(w: &World) {
 /// not a gateway's identity) is refused by west's ingress, and the log
 /// says why.
 pub(crate) async fn a_workload_certificate_of_the_same_ca_is_refused(w: &World) {
-    let (chain, key) = workload_certificate(&w.dir.path().join("fed"), &w.backend).await;
+    let (chain, key) = workload_certificate(&w.base).await;
     west_refuses_client(
         w,
         "a workload certificate",

@@ -6,7 +6,8 @@ use super::*;
 /// Everything the scenario's steps share.
 pub(crate) struct World {
     pub(crate) dir: tempfile::TempDir,
-    pub(crate) backend: StoreBackend,
+    /// The store (a Postgres database lives as long as this).
+    pub(crate) _backend: StoreBackend,
     pub(crate) base: String,
     pub(crate) fed: Proc,
     /// East's API server, kept running for discovery.
@@ -304,7 +305,7 @@ pub(crate) async fn setup(backend: StoreBackend) -> World {
     }
     let world = World {
         dir,
-        backend,
+        _backend: backend,
         base,
         fed,
         _east: east,
