@@ -88,16 +88,23 @@ fn snapshot(version: u64) -> ZoneSnapshot {
     }
 }
 
-/// A TCP and UDP port that were free a moment ago.
+/// A TCP and UDP port that were free a moment ago, for knotd. Picked below
+/// Linux's ephemeral range (32768–60999), where the source ports of the
+/// tests' own connections come from, so none of those takes it first.
 fn free_port() -> u16 {
-    for _ in 0..50 {
-        let tcp = TcpListener::bind("127.0.0.1:0").expect("bind a probe TCP socket");
-        let port = tcp.local_addr().expect("probe address").port();
+    use std::hash::{BuildHasher, Hasher};
+    for attempt in 0..200u64 {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u64(attempt);
+        let port = 20_000 + (hasher.finish() % 12_000) as u16;
+        let Ok(_tcp) = TcpListener::bind(("127.0.0.1", port)) else {
+            continue;
+        };
         if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
     }
-    panic!("no port free for both TCP and UDP on 127.0.0.1");
+    panic!("no port free for both TCP and UDP on 127.0.0.1 in 20000-31999");
 }
 
 /// knotd as a child process, killed when dropped (also when the test panics).

@@ -60,12 +60,36 @@ pub async fn start_federation(dir: &Path, token: &str, extra: &[&str]) -> (Proc,
     }
 }
 
-/// A TCP port that was free a moment ago.
+/// A port, free for TCP and UDP on 127.0.0.1 a moment ago, for a process
+/// a test starts to listen on. Picked below Linux's ephemeral range
+/// (32768–60999), where the source ports of the many connections the tests
+/// make are taken from, so none of those can take it before the process
+/// binds it; picked at random there, so parallel tests rarely pick alike.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind an ephemeral port")
-        .port()
+    for _ in 0..200 {
+        let port = 20_000 + (random_u64() % 12_000) as u16;
+        let Ok(tcp) = TcpListener::bind(("127.0.0.1", port)) else {
+            continue;
+        };
+        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            drop(tcp);
+            return port;
+        }
+    }
+    panic!("no port free for TCP and UDP on 127.0.0.1 in 20000-31999")
+}
+
+/// 64 random bits (the standard library's randomly keyed hasher).
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    hasher.finish()
 }
 
 /// A child process, killed when dropped (also when a test panics), with its log file.
