@@ -322,21 +322,22 @@ pub(crate) async fn setup(backend: StoreBackend) -> World {
         east_cert: None,
     };
     // Both gateways ready, and discovery has put both clusters' endpoints in their config.
-    let east_admin = world.east_gw().admin;
     world.east_config_has("web", "east").await;
     world.east_config_has("web", "west").await;
     eventually(
-        "east's gateway to be ready",
+        "both gateways to be ready",
         Duration::from_secs(30),
         async || {
-            let ready = reqwest::get(format!("http://{east_admin}/readyz"))
-                .await
-                .is_ok_and(|r| r.status().is_success());
-            if ready {
-                Ok(())
-            } else {
-                Err("not ready".to_owned())
+            for gateway in world.gateways.values() {
+                let ready = reqwest::get(format!("http://{}/readyz", gateway.admin)).await;
+                if !ready.as_ref().is_ok_and(|r| r.status().is_success()) {
+                    return Err(format!(
+                        "{ready:?}; its log:\n{}",
+                        std::fs::read_to_string(&gateway.log).unwrap_or_default()
+                    ));
+                }
             }
+            Ok(())
         },
     )
     .await;
