@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # API benchmark: 1,000 global namespaces and 10,000 routing/workload objects,
-# then GET and PUT throughput and latency at 32 concurrent clients, on the
-# embedded SQLite store and on Postgres, in one run. Release build.
+# then GET, PUT and external-workload heartbeat throughput and latency at 32
+# concurrent clients, on the embedded SQLite store and on Postgres, in one
+# run, and whether the heartbeats moved the SOA serial or the gateway config
+# version (they must not). Release build. For 10,000 workloads: --objects 20000.
 #
 #   bench/api.sh [--seconds 15] [--concurrency 32] ...   (extra flags go to gns-bench)
 set -euo pipefail

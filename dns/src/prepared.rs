@@ -262,7 +262,13 @@ impl Prepared {
         let soa = SOA::new(
             mname,
             fqdn(&format!("hostmaster.{origin}"))?,
-            self.version as u32,
+            // A zone's own serial, else the snapshot's version (RFC 1982
+            // arithmetic wraps; a store revision fits 32 bits for years).
+            (if zone.serial > 0 {
+                zone.serial
+            } else {
+                self.version
+            }) as u32,
             SOA_REFRESH,
             SOA_RETRY,
             SOA_EXPIRE,

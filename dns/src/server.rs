@@ -447,11 +447,24 @@ fn transfer_response(
 /// retrying (1 s apart, 5 tries) until each answers.
 async fn notifier(shared: Arc<Shared>) {
     let mut id: u16 = 1;
+    // The SOA last announced per zone: only a zone whose serial changed is
+    // announced again.
+    let mut announced: std::collections::HashMap<String, Vec<u8>> =
+        std::collections::HashMap::new();
     loop {
         shared.notify_wake.notified().await;
         let prepared = shared.prepared.load_full();
+        announced.retain(|origin, _| prepared.zones.iter().any(|z| &z.origin == origin));
         for zone in &prepared.zones {
             let soa = transfer::zone_soa(zone);
+            let serial = soa
+                .as_ref()
+                .map(|r| r.data.to_string().into_bytes())
+                .unwrap_or_default();
+            if announced.get(&zone.origin) == Some(&serial) {
+                continue;
+            }
+            announced.insert(zone.origin.clone(), serial);
             for target in &shared.config.notify {
                 id = id.wrapping_add(1);
                 let Ok(message) = transfer::notify_message(id, &zone.origin, soa.as_ref()) else {

@@ -13,7 +13,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ZoneSnapshot {
-    /// Store revision it was compiled from; the SOA serial of every zone.
+    /// Version of the snapshot: the store revision at which its content (any
+    /// zone, the views, the TTL) last changed; the SOA serial of a zone
+    /// without one of its own.
     pub version: u64,
     /// TTL of answers that can change (service addresses), seconds; capped at 30.
     pub answer_ttl: u32,
@@ -42,6 +44,10 @@ pub struct ClusterView {
 pub struct Zone {
     /// Zone apex, e.g. `production.app.acme.com` (no trailing dot).
     pub origin: String,
+    /// SOA serial: the version at which this zone's answers last changed
+    /// (0: the snapshot's version). Other zones' changes leave it alone.
+    #[serde(default)]
+    pub serial: u64,
     /// NS records of the apex, with optional glue addresses (for names inside the zone).
     #[serde(default)]
     pub nameservers: Vec<Nameserver>,

@@ -21,6 +21,7 @@ fn prepared() -> &'static Prepared {
                 networks: vec!["10.8.0.0/16".parse().expect("net")],
             }],
             zones: vec![Zone {
+                serial: 0,
                 origin: "a.example".into(),
                 nameservers: vec![],
                 txt: vec!["t".into()],

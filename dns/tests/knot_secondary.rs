@@ -66,6 +66,7 @@ fn snapshot(version: u64) -> ZoneSnapshot {
             networks: vec!["10.8.0.0/16".parse().expect("valid network")],
         }],
         zones: vec![Zone {
+            serial: 0,
             origin: ZONE.into(),
             nameservers: vec![Nameserver {
                 name: format!("ns1.{ZONE}"),

@@ -31,6 +31,7 @@ fn snapshot(version: u64) -> ZoneSnapshot {
             ],
         }],
         zones: vec![Zone {
+            serial: 0,
             origin: ZONE.into(),
             nameservers: vec![Nameserver {
                 name: format!("ns1.{ZONE}"),

@@ -12,6 +12,7 @@ pub mod ctl;
 pub mod discovery;
 pub mod files;
 pub mod identity;
+pub mod liveness;
 pub mod model;
 pub mod rollout;
 pub mod server;

@@ -80,6 +80,40 @@ pub struct Config {
     /// `ip:port` member clusters' CoreDNS forwards the GNS domains to (default: the --dns-listen address).
     #[arg(long, env = "GNS_ADVERTISE_DNS")]
     pub advertise_dns: Option<SocketAddr>,
+    /// How long audit rows are kept (pruned in the background), from 1 hour to 100 years.
+    #[arg(long, env = "GNS_AUDIT_RETENTION", default_value = "90d", value_parser = parse_retention)]
+    pub audit_retention: std::time::Duration,
+}
+
+/// An audit retention: a duration like `90d` or `12h`, from 1 hour to 100 years.
+fn parse_retention(text: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    let (min, max) = (
+        std::time::Duration::from_secs(3600),
+        std::time::Duration::from_secs(100 * 365 * 24 * 3600),
+    );
+    if d < min || d > max {
+        return Err("must be between 1h and 100 years".into());
+    }
+    Ok(d)
+}
+
+/// How often audit rows past the retention are deleted.
+const AUDIT_PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Deletes audit rows older than `retention`, now and every [`AUDIT_PRUNE_EVERY`].
+async fn prune_audit(store: Arc<dyn store::Store>, retention: std::time::Duration) {
+    let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+    let mut every = tokio::time::interval(AUDIT_PRUNE_EVERY);
+    loop {
+        every.tick().await;
+        let before = crate::api::now_millis().saturating_sub(retention_ms);
+        match store.prune_audit(before).await {
+            Ok(0) => {}
+            Ok(rows) => tracing::info!(rows, "audit rows past the retention deleted"),
+            Err(e) => tracing::warn!(error = %e, "cannot prune the audit log"),
+        }
+    }
 }
 
 /// A certificate lifetime: a duration like `24h` or `90s`, from 5 s to 90 days.
@@ -193,10 +227,7 @@ pub async fn build(config: &Config) -> Result<Federation, StartError> {
             .with_gateway_lifetime(config.gateway_cert_lifetime),
     );
     let (token, admin_token_file) = admin_token(config)?;
-    let state = AppState {
-        store: Arc::clone(&store),
-        auth: Authenticator::new(&token),
-    };
+    let state = AppState::new(Arc::clone(&store), Authenticator::new(&token));
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| StartError::Bind {
@@ -247,7 +278,13 @@ pub async fn build(config: &Config) -> Result<Federation, StartError> {
         dns_addr: dns.udp_addr,
         snapshots: snapshots.clone(),
         dns,
-        background: vec![builder, feeder, discovery],
+        background: vec![
+            builder,
+            feeder,
+            discovery,
+            crate::liveness::spawn(Arc::clone(&store)),
+            tokio::spawn(prune_audit(Arc::clone(&store), config.audit_retention)),
+        ],
         admin_token_file,
         store,
         listener,

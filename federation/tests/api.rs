@@ -26,10 +26,7 @@ struct Api {
 
 impl Api {
     fn on(backend: Backend) -> Api {
-        let state = AppState {
-            store: Arc::clone(&backend.store),
-            auth: Authenticator::new(ADMIN),
-        };
+        let state = AppState::new(Arc::clone(&backend.store), Authenticator::new(ADMIN));
         Api {
             app: api::router(state),
             backend,
@@ -219,7 +216,20 @@ async fn every_resource_round_trips(api: &Api) {
             None,
         )
         .await;
-    assert!(hb["resourceVersion"].as_str() > w.1["resourceVersion"].as_str());
+    // A beat is liveness, not configuration: no new resourceVersion.
+    assert_eq!(hb["resourceVersion"], w.1["resourceVersion"], "{hb}");
+    assert_eq!(hb["status"]["phase"], "Healthy", "{hb}");
+    let shown = api
+        .ok(
+            Method::GET,
+            "/v1/global-namespaces/production/external-workloads/db-vm-1",
+            None,
+        )
+        .await;
+    assert_eq!(
+        shown["status"]["lastHeartbeat"], hb["status"]["lastHeartbeat"],
+        "the beat shows in the status: {shown}"
+    );
     let svc = api
         .ok(
             Method::GET,

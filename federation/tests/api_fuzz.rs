@@ -139,7 +139,7 @@ fn fixture() -> Fixture {
         .expect("runtime");
     let (app, backend) = rt.block_on(async {
         let backend = support::Backend::sqlite().await;
-        let app = api::router(AppState { store: Arc::clone(&backend.store), auth: Authenticator::new("t") });
+        let app = api::router(AppState::new(Arc::clone(&backend.store), Authenticator::new("t")));
         for (path, body) in [
             ("/v1/clusters", json!({"name": "east", "kubernetes": {"server": "https://10.0.0.1:6443", "token": "t"}})),
             ("/v1/global-namespaces", json!({"name": "production", "domain": "production.app.acme.com"})),

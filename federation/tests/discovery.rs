@@ -252,6 +252,33 @@ async fn member_clusters_reach_catalog_and_dns() {
     );
     assert_eq!(east_entry["stale"], true, "{web}");
     assert_eq!(east_entry["withdrawn"], true, "{web}");
+    // Discovery keeps reporting while east stays down (every 15 s); the
+    // recorded withdrawal survives two of its reports.
+    let reported = |status: &Value| status["lastReportMillis"].as_i64().unwrap_or(0);
+    let mut reports = vec![reported(&status)];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while reports.len() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "no two more sync reports of east within 60 s: {reports:?}"
+        );
+        let now = reported(&fed.get("/v1/clusters/east").await["status"]);
+        if reports.last() != Some(&now) {
+            reports.push(now);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let later = fed.get("/v1/clusters/east").await["status"].clone();
+    assert_eq!(
+        later["withdrawnAtMillis"].as_i64(),
+        withdrawn_at,
+        "the withdrawal stays recorded: {later}"
+    );
+    let web = fed
+        .get("/v1/global-namespaces/production/services/web")
+        .await;
+    assert_eq!(web["clusters"]["east"]["withdrawn"], true, "{web}");
+    expect_dns(&fed, &["198.51.100.2"], "east still withdrawn").await;
     assert!(
         web["clusters"]["west"].get("stale").is_none(),
         "a reachable cluster is not stale: {web}"

@@ -169,53 +169,105 @@ async fn a_burst_of_writes_ends_at_the_last_revision() {
     backend.cleanup().await;
 }
 
+/// The liveness plane decides a lapse once (a status write, a new
+/// version without the workload); beats meanwhile make no version; a beat
+/// after the lapse brings it back under another version.
 #[tokio::test]
-async fn an_expired_workload_leaves_under_a_new_version() {
+async fn an_expired_workload_leaves_under_a_new_version_once() {
     let backend = Backend::sqlite().await;
     let store = Arc::clone(&backend.store);
     seed(store.as_ref()).await;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as i64;
+    let now = alive_time_ms();
+    let key = ObjectKey::scoped(Kind::ExternalWorkload, "production", "vm");
     let mut w = write(
-        ObjectKey::scoped(Kind::ExternalWorkload, "production", "vm"),
+        key.clone(),
         json!({"name": "vm", "service": "db", "address": "192.0.2.10",
                "ports": [{"name": "pg", "port": 5432}], "ttl": "1s"}),
     );
     w.status = Some(json!({"lastHeartbeatMillis": now}));
-    let created = store
-        .create(w)
+    let created = store.create(w).await.expect("create workload");
+    store
+        .record_liveness(&[gns_federation::liveness::workload_beat(&created, now)])
         .await
-        .expect("create workload")
-        .resource_version;
+        .expect("first beat");
 
     let (mut rx, builder) = spawn_builder(Arc::clone(&store), CompileOptions::default());
-    let alive = wait_for(&mut rx, Duration::from_secs(2), |s| s.version >= created).await;
-    if now + 1000 > alive_time_ms() {
-        // Built before the TTL ran out: the workload is served and its expiry is the next change.
-        assert!(service(&alive, "db").is_some(), "{:?}", alive.dns);
-        assert_eq!(alive.next_change_ms, Some(now + 1000));
-    }
-    // The expiry is recorded in the store, so the snapshot without the workload has a new version.
-    let gone = wait_for(&mut rx, Duration::from_secs(4), |s| {
-        service(s, "db").is_none() && s.version > created
+    let alive = wait_for(&mut rx, Duration::from_secs(2), |s| {
+        s.version >= created.resource_version
     })
     .await;
-    let stored = store
-        .get(&ObjectKey::scoped(
-            Kind::ExternalWorkload,
-            "production",
-            "vm",
-        ))
+    assert!(service(&alive, "db").is_some(), "{:?}", alive.dns);
+    assert_eq!(
+        alive.next_change_ms, None,
+        "beats are not the compiler's clock"
+    );
+
+    // Beats before the TTL runs out: no revision.
+    let beat = |at: i64| gns_federation::liveness::workload_beat(&created, at);
+    store
+        .record_liveness(&[beat(now + 500)])
         .await
-        .expect("get")
-        .expect("still stored");
-    assert_eq!(stored.status["lastHeartbeatMillis"], json!(now));
-    assert_eq!(stored.status["expiredAtMillis"], json!(now + 1000));
-    // Recorded once: no further versions.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(store.revision().await.expect("revision"), gone.version);
+        .expect("beat");
+    gns_federation::liveness::sweep(store.as_ref(), now + 1_400)
+        .await
+        .expect("sweep");
+    assert_eq!(
+        store.revision().await.expect("revision"),
+        created.resource_version,
+        "a beat and a sweep before the lapse write nothing"
+    );
+
+    // The lapse: recorded once, and the snapshot without it has a new version.
+    gns_federation::liveness::sweep(store.as_ref(), now + 1_500)
+        .await
+        .expect("sweep");
+    let gone = wait_for(&mut rx, Duration::from_secs(4), |s| {
+        service(s, "db").is_none() && s.version > created.resource_version
+    })
+    .await;
+    let stored = store.get(&key).await.expect("get").expect("still stored");
+    assert_eq!(stored.status["expiredAtMillis"], json!(now + 1_500));
+    gns_federation::liveness::sweep(store.as_ref(), now + 9_000)
+        .await
+        .expect("sweep");
+    assert_eq!(
+        store.revision().await.expect("revision"),
+        gone.version,
+        "recorded once"
+    );
+    let audit = store
+        .list_audit(&gns_federation::store::PageRequest::default())
+        .await
+        .expect("audit");
+    assert_eq!(
+        (
+            audit.items[0].actor.as_str(),
+            audit.items[0].action.as_str()
+        ),
+        (gns_federation::liveness::ACTOR, "expired"),
+        "the transition is audited"
+    );
+
+    // Its next beat brings it back, once.
+    store
+        .record_liveness(&[beat(now + 10_000)])
+        .await
+        .expect("beat");
+    let back = gns_federation::liveness::mark_alive(store.as_ref(), &key)
+        .await
+        .expect("alive");
+    assert!(back.status.get("expiredAtMillis").is_none());
+    let again = gns_federation::liveness::mark_alive(store.as_ref(), &key)
+        .await
+        .expect("alive");
+    assert_eq!(
+        again.resource_version, back.resource_version,
+        "written once"
+    );
+    wait_for(&mut rx, Duration::from_secs(4), |s| {
+        service(s, "db").is_some() && s.version == back.resource_version
+    })
+    .await;
     builder.abort();
     backend.cleanup().await;
 }
@@ -231,13 +283,7 @@ fn alive_time_ms() -> i64 {
 // GET /v1/config/dns
 
 fn app(store: Arc<dyn Store>, snapshots: SnapshotReceiver) -> Router {
-    api::router_with_snapshots(
-        AppState {
-            store,
-            auth: Authenticator::new(TOKEN),
-        },
-        snapshots,
-    )
+    api::router_with_snapshots(AppState::new(store, Authenticator::new(TOKEN)), snapshots)
 }
 
 async fn get(app: &Router, uri: &str) -> (StatusCode, Option<String>, Vec<u8>) {
@@ -367,10 +413,7 @@ async fn config_dns_rejects_bad_parameters_and_waits_for_a_first_snapshot() {
     assert_eq!(version, Some(state.revision.to_string()));
 
     // Without a feed the route exists but answers 503.
-    let bare = api::router(AppState {
-        store: Arc::clone(&store),
-        auth: Authenticator::new(TOKEN),
-    });
+    let bare = api::router(AppState::new(Arc::clone(&store), Authenticator::new(TOKEN)));
     let (status, _, _) = get(&bare, "/v1/config/dns?timeout=0").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     drop(tx);

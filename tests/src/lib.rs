@@ -29,12 +29,25 @@ pub fn binary(name: &str) -> PathBuf {
 /// free ports, admin token `token` and the `extra` flags; returns it and its
 /// API base URL once `/readyz` answers (panics after 20 s, with its log).
 pub async fn start_federation(dir: &Path, token: &str, extra: &[&str]) -> (Proc, String) {
+    let (fed, base, _) = start_federation_with_dns(dir, token, extra).await;
+    (fed, base)
+}
+
+/// [`start_federation`], also returning its DNS address.
+pub async fn start_federation_with_dns(
+    dir: &Path,
+    token: &str,
+    extra: &[&str],
+) -> (Proc, String, SocketAddr) {
     let api = format!("127.0.0.1:{}", free_port());
+    let dns: SocketAddr = format!("127.0.0.1:{}", free_port())
+        .parse()
+        .expect("DNS address");
     let mut args = vec![
         "--listen".to_owned(),
         api.clone(),
         "--dns-listen".into(),
-        format!("127.0.0.1:{}", free_port()),
+        dns.to_string(),
         "--data-dir".into(),
         dir.join("fed").display().to_string(),
         "--admin-token".into(),
@@ -49,7 +62,7 @@ pub async fn start_federation(dir: &Path, token: &str, extra: &[&str]) -> (Proc,
             .await
             .is_ok_and(|r| r.status().is_success())
         {
-            return (fed, base);
+            return (fed, base, dns);
         }
         assert!(
             Instant::now() < deadline,

@@ -9,12 +9,10 @@ use axum::extract::{Path, Query, State};
 use serde_json::Value;
 
 use super::paging::{continue_token, page_request};
-use super::render::{list_body, now_millis};
-use super::resources::{PathParams, require_gns, workload_status};
+use super::render::list_body;
+use super::resources::{PathParams, require_gns};
 use super::{ApiError, AppState};
-use crate::model::{
-    DiscoveredService, Endpoint, ExternalWorkload, Kind, Name, WorkloadPhase, WorkloadPort,
-};
+use crate::model::{DiscoveredService, Endpoint, ExternalWorkload, Kind, Name, WorkloadPort};
 use crate::store::{PageRequest, Store, StoreError};
 
 /// Pseudo-cluster under which external workloads are listed.
@@ -45,10 +43,9 @@ pub async fn catalog(
         }
     }
     mark_stale_clusters(store, &mut services).await?;
-    let now = now_millis();
     for object in store.list(Kind::ExternalWorkload, gns, &all).await?.items {
-        let alive = workload_status(&object, &object.status, now)
-            .is_some_and(|s| s.phase == WorkloadPhase::Healthy);
+        // As DNS has it: the recorded liveness state, not the beats.
+        let alive = !crate::liveness::workload_expired(&object.status);
         let Ok(workload) = serde_json::from_value::<ExternalWorkload>(object.spec) else {
             continue;
         };

@@ -53,27 +53,54 @@ fn parse_query(query: &HashMap<String, String>) -> Result<(Option<u64>, Duration
     Ok((after, Duration::from_secs(timeout)))
 }
 
-/// What a config watch serves of a snapshot.
-type Encode = fn(&Snapshot) -> Result<bytes::Bytes, crate::snapshot::SnapshotError>;
+/// What a config watch serves of a snapshot: the DNS zones or the gateway
+/// config, each with the version at which it last changed.
+#[derive(Debug, Clone, Copy)]
+enum Output {
+    Dns,
+    Gateways,
+}
 
-fn snapshot_response(snapshot: &Snapshot, encode: Encode) -> Result<Response, ApiError> {
-    let body = encode(snapshot).map_err(|e| ApiError::Internal(e.to_string()))?;
+impl Output {
+    fn version(self, snapshot: &Snapshot) -> u64 {
+        match self {
+            Output::Dns => snapshot.dns.version,
+            Output::Gateways => snapshot.gateways.version,
+        }
+    }
+
+    fn encode(self, snapshot: &Snapshot) -> Result<bytes::Bytes, crate::snapshot::SnapshotError> {
+        match self {
+            Output::Dns => snapshot.dns_json(),
+            Output::Gateways => snapshot.gateways_json(),
+        }
+    }
+}
+
+fn snapshot_response(snapshot: &Snapshot, output: Output) -> Result<Response, ApiError> {
+    let body = output
+        .encode(snapshot)
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
     let headers = [
         (CONTENT_TYPE, HeaderValue::from_static("application/json")),
         (CACHE_CONTROL, HeaderValue::from_static("no-store")),
         (
             HeaderName::from_static(VERSION_HEADER),
-            HeaderValue::from(snapshot.version),
+            HeaderValue::from(output.version(snapshot)),
         ),
     ];
     Ok((StatusCode::OK, headers, body).into_response())
 }
 
-/// The current snapshot if it is newer than `after` (any, without `after`).
-fn newer(rx: &mut SnapshotReceiver, after: Option<u64>) -> Option<std::sync::Arc<Snapshot>> {
+/// The current snapshot if its `output` is newer than `after` (any, without `after`).
+fn newer(
+    rx: &mut SnapshotReceiver,
+    after: Option<u64>,
+    output: Output,
+) -> Option<std::sync::Arc<Snapshot>> {
     rx.borrow_and_update()
         .as_ref()
-        .filter(|s| after.is_none_or(|a| s.version > a))
+        .filter(|s| after.is_none_or(|a| output.version(s) > a))
         .cloned()
 }
 
@@ -83,7 +110,7 @@ fn newer(rx: &mut SnapshotReceiver, after: Option<u64>) -> Option<std::sync::Arc
 async fn long_poll(
     snapshots: Option<Extension<SnapshotReceiver>>,
     query: &HashMap<String, String>,
-    encode: Encode,
+    output: Output,
 ) -> Result<Response, ApiError> {
     let (after, timeout) = parse_query(query)?;
     let Some(Extension(mut rx)) = snapshots else {
@@ -93,8 +120,8 @@ async fn long_poll(
     };
     let deadline = Instant::now() + timeout;
     loop {
-        if let Some(snapshot) = newer(&mut rx, after) {
-            return snapshot_response(&snapshot, encode);
+        if let Some(snapshot) = newer(&mut rx, after, output) {
+            return snapshot_response(&snapshot, output);
         }
         match tokio::time::timeout_at(deadline, rx.changed()).await {
             Ok(Ok(())) => {}
@@ -102,8 +129,8 @@ async fn long_poll(
             Ok(Err(_)) | Err(_) => break,
         }
     }
-    if let Some(snapshot) = newer(&mut rx, after) {
-        return snapshot_response(&snapshot, encode);
+    if let Some(snapshot) = newer(&mut rx, after, output) {
+        return snapshot_response(&snapshot, output);
     }
     if rx.borrow().is_some() {
         Ok(StatusCode::NOT_MODIFIED.into_response())
@@ -115,18 +142,19 @@ async fn long_poll(
 }
 
 /// `GET /v1/config/dns?after=V&timeout=S`: the zone snapshot (JSON) when its
-/// version is newer than `V`, else `304` after waiting up to `S` seconds
+/// version (the revision at which the zones last changed) is newer than `V`, else `304` after waiting up to `S` seconds
 /// (default 30, at most 60) for one. `503` when no snapshot has been built
 /// within the wait, or this server builds none.
 pub async fn dns(
     snapshots: Option<Extension<SnapshotReceiver>>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    long_poll(snapshots, &query, Snapshot::dns_json).await
+    long_poll(snapshots, &query, Output::Dns).await
 }
 
 /// `GET /v1/config/gateways/{cluster}`: the gateway config, long-polled like
-/// `GET /v1/config/dns` (the same snapshot version, so DNS and routing agree).
+/// `GET /v1/config/dns` (compiled from the same snapshot, so DNS and routing
+/// agree; its version moves only when the config changed).
 /// `404` for a cluster that is not registered.
 pub async fn gateways(
     State(state): State<AppState>,
@@ -141,7 +169,7 @@ pub async fn gateways(
             "cluster {cluster} is not registered"
         )));
     }
-    long_poll(snapshots, &query, Snapshot::gateways_json).await
+    long_poll(snapshots, &query, Output::Gateways).await
 }
 
 /// `GET /v1/config/status`: the current snapshot's version and the objects left

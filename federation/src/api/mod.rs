@@ -41,6 +41,20 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     /// Token verification.
     pub auth: Authenticator,
+    /// Liveness facts (heartbeats), written in batches.
+    pub beats: crate::liveness::BeatWriter,
+}
+
+impl AppState {
+    /// The API's state over `store`; starts the heartbeat batcher on the
+    /// current runtime.
+    pub fn new(store: Arc<dyn Store>, auth: Authenticator) -> AppState {
+        AppState {
+            beats: crate::liveness::BeatWriter::spawn(Arc::clone(&store)),
+            store,
+            auth,
+        }
+    }
 }
 
 /// The complete HTTP router of `gns-federation`, serving config watches

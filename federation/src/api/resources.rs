@@ -46,6 +46,59 @@ pub trait ApiResource: NamedResource {
     fn render_status(_object: &StoredObject, stored: &Value, _now: i64) -> Value {
         stored.clone()
     }
+    /// Whether the status shown includes liveness facts (see [`overlay_liveness`]).
+    const LIVENESS: bool = false;
+}
+
+/// Shows the liveness facts of `objects` in their status: a workload's last
+/// heartbeat (`lastHeartbeatMillis`), what a cluster's sync last reported
+/// (`lastSync`, counts). They are kept apart from the stored objects, so
+/// beats and sync reports make no revision.
+pub async fn overlay_liveness(
+    state: &AppState,
+    kind: Kind,
+    scope: &str,
+    objects: &mut [StoredObject],
+) -> Result<(), ApiError> {
+    let name = match objects {
+        [one] => Some(one.key.name.clone()),
+        _ => None,
+    };
+    let facts = state
+        .store
+        .liveness(kind, Some(scope), name.as_deref())
+        .await?;
+    if facts.is_empty() {
+        return Ok(());
+    }
+    let by_name: HashMap<&str, &crate::store::Liveness> =
+        facts.iter().map(|f| (f.key.name.as_str(), f)).collect();
+    for object in objects {
+        let Some(fact) = by_name.get(object.key.name.as_str()) else {
+            continue;
+        };
+        let Value::Object(status) = &mut object.status else {
+            continue;
+        };
+        if kind == Kind::ExternalWorkload {
+            let stored = status
+                .get("lastHeartbeatMillis")
+                .and_then(Value::as_i64)
+                .unwrap_or(i64::MIN);
+            if fact.beat_ms > stored {
+                status.insert("lastHeartbeatMillis".into(), json!(fact.beat_ms));
+            }
+        } else {
+            if let Value::Object(data) = &fact.data {
+                for (field, value) in data {
+                    status.insert(field.clone(), value.clone());
+                }
+            }
+            // When discovery last reported, whatever it said.
+            status.insert("lastReportMillis".into(), json!(fact.beat_ms));
+        }
+    }
+    Ok(())
 }
 
 impl ApiResource for Cluster {
@@ -72,6 +125,8 @@ impl ApiResource for Cluster {
     fn initial_status(&self, _now: i64) -> Option<Value> {
         Some(json!({"phase": "Pending", "lastSync": null, "message": "waiting for discovery sync"}))
     }
+
+    const LIVENESS: bool = true;
 }
 
 impl ApiResource for GlobalNamespace {
@@ -92,6 +147,8 @@ impl ApiResource for ExternalWorkload {
             .and_then(|s| serde_json::to_value(s).ok())
             .unwrap_or_else(|| stored.clone())
     }
+
+    const LIVENESS: bool = true;
 }
 
 /// Liveness of an external workload at `now`, from its TTL and last heartbeat.
@@ -201,10 +258,13 @@ pub async fn list<R: ApiResource>(
     if R::KIND.is_scoped() {
         require_gns(&state, &scope).await?;
     }
-    let page = state
+    let mut page = state
         .store
         .list(R::KIND, &scope, &page_request(&query)?)
         .await?;
+    if R::LIVENESS {
+        overlay_liveness(&state, R::KIND, &scope, &mut page.items).await?;
+    }
     let items = page.items.iter().map(render::<R>).collect();
     Ok(Json(list_body(items, continue_token(page.next))))
 }
@@ -216,7 +276,13 @@ pub async fn get<R: ApiResource>(
 ) -> Result<Json<Value>, ApiError> {
     let key = key_of::<R>(&params);
     match state.store.get(&key).await? {
-        Some(object) => Ok(Json(render::<R>(&object))),
+        Some(object) => {
+            let mut objects = [object];
+            if R::LIVENESS {
+                overlay_liveness(&state, R::KIND, &key.scope, &mut objects).await?;
+            }
+            Ok(Json(render::<R>(&objects[0])))
+        }
         None => {
             if R::KIND.is_scoped() {
                 require_gns(&state, &key.scope).await?;
@@ -236,8 +302,20 @@ pub async fn create<R: ApiResource>(
     let scope = scope_of::<R>(&params);
     let (resource, mut write, _) = parse_write::<R>(body, &scope, &principal)?;
     resource.check_create(&write.secret)?;
-    write.status = resource.initial_status(now_millis());
+    let now = now_millis();
+    write.status = resource.initial_status(now);
     let object = state.store.create(write).await?;
+    if R::KIND == Kind::ExternalWorkload {
+        // Its first beat; should this write fail, the liveness sweeper gives
+        // it one from the stored status.
+        if let Err(e) = state
+            .beats
+            .record(crate::liveness::workload_beat(&object, now))
+            .await
+        {
+            tracing::warn!(object = %object.key, error = %e, "cannot record the first heartbeat");
+        }
+    }
     Ok((StatusCode::CREATED, Json(render::<R>(&object))))
 }
 
@@ -308,25 +386,35 @@ pub async fn remove<R: ApiResource>(
 }
 
 /// `PUT …/external-workloads/{name}/heartbeat`: renews the workload's TTL.
+/// A beat is a liveness fact (batched with concurrent beats; no revision,
+/// no audit row); only the beat of an expired workload writes a revision,
+/// the transition back to alive.
 pub async fn heartbeat(
     State(state): State<AppState>,
-    Extension(principal): Extension<Principal>,
     Path(params): PathParams,
 ) -> Result<Json<Value>, ApiError> {
     let key = key_of::<ExternalWorkload>(&params);
-    require_gns(&state, &key.scope).await?;
-    let object = state
-        .store
-        .set_status(
-            &key,
-            json!({ "lastHeartbeatMillis": now_millis() }),
-            &principal.name,
-            "heartbeat",
-        )
-        .await
-        .map_err(|e| match e {
-            crate::store::StoreError::NotFound(_) => not_found(&key),
-            other => other.into(),
-        })?;
+    let Some(object) = state.store.get(&key).await? else {
+        require_gns(&state, &key.scope).await?;
+        return Err(not_found(&key));
+    };
+    let now = now_millis();
+    state
+        .beats
+        .record(crate::liveness::workload_beat(&object, now))
+        .await?;
+    let mut object = if crate::liveness::workload_expired(&object.status) {
+        crate::liveness::mark_alive(state.store.as_ref(), &key)
+            .await
+            .map_err(|e| match e {
+                crate::store::StoreError::NotFound(_) => not_found(&key),
+                other => other.into(),
+            })?
+    } else {
+        object
+    };
+    if let Value::Object(status) = &mut object.status {
+        status.insert("lastHeartbeatMillis".into(), json!(now));
+    }
     Ok(Json(render::<ExternalWorkload>(&object)))
 }

@@ -26,7 +26,7 @@ use crate::store::{BatchOp, ObjectKey, ObjectWrite, PageRequest, Store};
 pub const ACTOR: &str = "system:discovery";
 /// How long changes are gathered before one batch is written.
 const DEBOUNCE: Duration = Duration::from_millis(20);
-/// Status is rewritten at least this often while connected (for `lastSync`).
+/// The sync report (`lastSync`, counts) is recorded at least this often while connected.
 const STATUS_REFRESH: Duration = Duration::from_secs(15);
 /// How often the API server is probed (`GET /version`), so that an API that
 /// turns slow or answers garbage shows even while watches wait quietly.
@@ -596,17 +596,24 @@ impl Phase {
     }
 }
 
-/// What a status write said: phase, message, service and endpoint counts, gateway.
-type Reported = (Phase, String, Option<usize>, Option<usize>, Option<Value>);
+/// The effective state a status write recorded: phase, since when
+/// unreachable, the deployed gateway's status.
+type Transition = (Phase, Option<i64>, Option<Value>);
 
 /// Writes the cluster status when it changes (and now and then for lastSync).
 struct StatusWriter {
     key: ObjectKey,
     store: Arc<dyn Store>,
-    last: Option<Reported>,
+    /// The last transition written.
+    last: Option<Transition>,
+    /// The last sync report recorded as a liveness fact.
+    last_facts: Option<Value>,
     /// The deployed gateway's status, from the rollout (if the cluster has one).
     gateway: tokio::sync::watch::Receiver<Option<Value>>,
+    /// When the sync report was last recorded.
     last_write: Option<Instant>,
+    /// Service and endpoint counts of the last full sync.
+    counts: (Option<usize>, Option<usize>),
     last_sync_ms: Option<i64>,
     unreachable_since_ms: Option<i64>,
 }
@@ -622,7 +629,9 @@ impl StatusWriter {
             store,
             gateway,
             last: None,
+            last_facts: None,
             last_write: None,
+            counts: (None, None),
             last_sync_ms: None,
             unreachable_since_ms: None,
         }
@@ -644,44 +653,68 @@ impl StatusWriter {
         } else {
             self.unreachable_since_ms = None;
         }
-        let (services, endpoints) = match (&self.last, services) {
-            (Some((_, _, s, e, _)), None) => (*s, *e),
-            _ => (services, endpoints),
-        };
-        let gateway = self.gateway.borrow().clone();
-        let current = (
-            phase,
-            message.to_owned(),
-            services,
-            endpoints,
-            gateway.clone(),
-        );
-        let stale = self.last_write.is_none_or(|t| t.elapsed() > STATUS_REFRESH);
-        if self.last.as_ref() == Some(&current) && !stale {
-            return;
+        if services.is_some() {
+            self.counts = (services, endpoints);
         }
-        let status = json!({
-            "phase": phase.as_str(),
+        let (services, endpoints) = self.counts;
+        let gateway = self.gateway.borrow().clone();
+        // What the sync reported (last sync, counts) is a liveness fact: no
+        // revision, no audit row; refreshed now and then for `lastSync`.
+        let facts = json!({
             "message": message,
             "lastSync": self.last_sync_ms.map(crate::api::rfc3339),
             "lastSyncMillis": self.last_sync_ms,
-            "unreachableSinceMillis": self.unreachable_since_ms,
             "services": services,
             "endpoints": endpoints,
         });
-        let mut status = status;
-        if let Some(gateway) = gateway {
-            status["gateway"] = gateway;
+        let stale = self.last_write.is_none_or(|t| t.elapsed() > STATUS_REFRESH);
+        if self.last_facts.as_ref() != Some(&facts) || stale {
+            let fact = crate::store::Liveness {
+                key: self.key.clone(),
+                beat_ms: now,
+                expires_ms: crate::store::NO_EXPIRY,
+                data: facts.clone(),
+            };
+            match self.store.record_liveness(&[fact]).await {
+                Ok(()) => {
+                    self.last_facts = Some(facts);
+                    self.last_write = Some(Instant::now());
+                }
+                Err(e) => {
+                    tracing::warn!(cluster = %self.key.name, error = %e, "cannot record the cluster's sync report")
+                }
+            }
+        }
+        // A change of the effective state (phase, since when it is
+        // unreachable, the deployed gateway) is a transition: merged into
+        // the stored status (a withdrawal recorded meanwhile is kept while
+        // the cluster stays unreachable), one revision, audited. The words
+        // of the last error are a fact above: they vary while it is down.
+        let transition = (phase, self.unreachable_since_ms, gateway.clone());
+        if self.last.as_ref() == Some(&transition) {
+            return;
+        }
+        let mut patch = serde_json::Map::new();
+        patch.insert("phase".into(), json!(phase.as_str()));
+        patch.insert("message".into(), json!(message));
+        patch.insert(
+            "unreachableSinceMillis".into(),
+            json!(self.unreachable_since_ms),
+        );
+        if phase != Phase::Unreachable {
+            patch.insert("withdrawnAtMillis".into(), Value::Null);
+        }
+        patch.insert("gateway".into(), gateway.unwrap_or(Value::Null));
+        // Written by discovery before the liveness plane; now liveness facts.
+        for moved in ["lastSync", "lastSyncMillis", "services", "endpoints"] {
+            patch.insert(moved.into(), Value::Null);
         }
         match self
             .store
-            .set_status(&self.key, status, ACTOR, "status")
+            .merge_status(&self.key, patch, None, ACTOR, "status")
             .await
         {
-            Ok(_) => {
-                self.last = Some(current);
-                self.last_write = Some(Instant::now());
-            }
+            Ok(_) => self.last = Some(transition),
             Err(e) => {
                 tracing::warn!(cluster = %self.key.name, error = %e, "cannot write cluster status")
             }

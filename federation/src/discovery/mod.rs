@@ -204,10 +204,12 @@ fn start(
                         }
                     }
                     Err(e) => {
-                        let status = serde_json::json!({"phase": "Unreachable", "message": e.to_string(), "lastSync": null});
+                        let mut patch = serde_json::Map::new();
+                        patch.insert("phase".into(), "Unreachable".into());
+                        patch.insert("message".into(), e.to_string().into());
                         let key = ObjectKey::global(Kind::Cluster, name.clone());
                         if let Err(e) = store
-                            .set_status(&key, status, cluster::ACTOR, "status")
+                            .merge_status(&key, patch, None, cluster::ACTOR, "status")
                             .await
                         {
                             tracing::warn!(cluster = name, error = %e, "cannot write cluster status");

@@ -12,11 +12,13 @@
 //!   the current one is not republished.
 //! - A store error is logged and retried with backoff (200 ms doubling to 5 s);
 //!   readers keep the last good snapshot meanwhile.
-//! - When an external workload expires the answers change without a write.
-//!   The builder rebuilds at that time, and records the expiry in the store
-//!   (a status write conditional on the workload's resource version), so the
-//!   changed answers get a new version: DNS replicas polling by version and
-//!   zone transfers comparing SOA serials see them too.
+//! - When an unreachable cluster's stale-endpoint policy runs out the
+//!   answers change without a write. The builder rebuilds at that time, and
+//!   records the withdrawal in the store (a status write conditional on the
+//!   cluster's resource version), so the changed answers get a new version:
+//!   DNS replicas polling by version and zone transfers comparing SOA
+//!   serials see them too. (External workloads lapse through the liveness
+//!   plane, `crate::liveness`, which records them the same way.)
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -166,7 +168,7 @@ impl Builder {
         delay
     }
 
-    fn publish(&mut self, snapshot: Snapshot) {
+    fn publish(&mut self, mut snapshot: Snapshot) {
         metrics::gauge!("gns_snapshot_problems").set(snapshot.problems.len() as f64);
         if snapshot.problems != self.problems {
             for problem in snapshot
@@ -180,6 +182,12 @@ impl Builder {
         }
         let current = self.tx.borrow().clone();
         if let Some(current) = &current {
+            // Outputs that did not change keep their versions (the first
+            // build after a start takes the store's revision for all, which
+            // is above every version published before: still monotonic).
+            if snapshot.version >= current.version {
+                snapshot.carry_versions(current);
+            }
             if **current == snapshot {
                 return;
             }

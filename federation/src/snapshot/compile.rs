@@ -112,7 +112,6 @@ pub fn compile(state: &StoreState, now_ms: i64, options: &CompileOptions) -> Sna
     }
 
     let mut compiler = Compiler {
-        now_ms,
         options,
         clusters: &clusters,
         withdrawn: &withdrawn,
@@ -189,13 +188,6 @@ fn parse<T: DeserializeOwned>(object: &StoredObject, problems: &mut Vec<Problem>
     }
 }
 
-/// When an external workload expires: last heartbeat (from the status) plus its TTL.
-fn expires_at(object: &StoredObject, workload: &ExternalWorkload) -> Option<i64> {
-    let last = object.status.get("lastHeartbeatMillis")?.as_i64()?;
-    let ttl = i64::try_from(workload.ttl.get().as_millis()).unwrap_or(i64::MAX);
-    Some(last.saturating_add(ttl))
-}
-
 /// True if a rule of `routing` sends some traffic to a cluster other than `cluster`.
 fn sends_elsewhere(routing: &Routing, cluster: &str) -> bool {
     routing.rules.iter().any(|rule| {
@@ -222,7 +214,6 @@ fn transport(protocol: Protocol) -> Transport {
 
 /// The state of one compilation.
 struct Compiler<'a> {
-    now_ms: i64,
     options: &'a CompileOptions,
     clusters: &'a BTreeMap<String, Cluster>,
     /// Unreachable clusters past their stale-endpoint policy: their endpoints don't count.
@@ -329,6 +320,8 @@ impl Compiler<'_> {
         }
         Zone {
             origin: origin.to_owned(),
+            // The builder carries the serial of an unchanged zone over.
+            serial: 0,
             nameservers,
             txt: vec![format!("gns={gns_name}")],
             services,
@@ -403,7 +396,9 @@ impl Compiler<'_> {
         out
     }
 
-    /// Alive external workloads by service; notes the next expiry and expiries the store missed.
+    /// Alive external workloads by service: those the store does not record
+    /// as expired (the liveness plane records lapses and returns; beats
+    /// themselves change nothing here).
     fn alive_workloads(
         &mut self,
         objects: &[StoredObject],
@@ -413,22 +408,11 @@ impl Compiler<'_> {
             let Some(workload) = parse::<ExternalWorkload>(object, &mut self.problems) else {
                 continue;
             };
-            // No recorded heartbeat: not alive (the API always records one).
-            let Some(expires) = expires_at(object, &workload) else {
-                continue;
-            };
-            if self.now_ms < expires {
-                self.next_change_ms = Some(self.next_change_ms.map_or(expires, |t| t.min(expires)));
+            if !crate::liveness::workload_expired(&object.status) {
                 alive
                     .entry(workload.service.to_string())
                     .or_default()
                     .push(workload);
-            } else if object.updated_at < expires {
-                self.expiries.push(UnrecordedExpiry {
-                    key: object.key.clone(),
-                    resource_version: object.resource_version,
-                    expired_at_ms: expires,
-                });
             }
         }
         // Input order must not matter (the first port of a name wins).
@@ -1207,26 +1191,35 @@ mod tests {
         assert_eq!(find(&snap, "web").views["east"], ips(&["10.8.1.1"]));
     }
 
+    /// `w`, recorded expired (by the liveness plane) at `at`.
+    fn expired(mut w: StoredObject, at: i64) -> StoredObject {
+        w.status["expiredAtMillis"] = json!(at);
+        w
+    }
+
     #[test]
-    fn workloads_alive_expired_and_next_change() {
+    fn only_workloads_recorded_expired_leave_the_answers() {
         let mut state = base();
         let objects = scoped(&mut state);
         objects
             .services
             .push(service("db", &[("east", &["10.8.3.1"], &[])]));
-        // Expires at NOW + 10 s, NOW + 20 s; expired 1 s ago (unrecorded), expired and recorded.
+        // Beats are not the compiler's business: an old heartbeat time is
+        // still alive until the liveness plane records the workload expired.
         objects
             .external_workloads
             .push(workload("vm-a", "db", "192.0.2.10", NOW - 20_000));
         objects
             .external_workloads
-            .push(workload("vm-b", "db", "192.0.2.11", NOW - 10_000));
-        objects
-            .external_workloads
-            .push(workload("vm-c", "db", "192.0.2.12", NOW - 31_000));
-        let mut recorded = workload("vm-d", "cache", "192.0.2.13", NOW - 60_000);
-        recorded.updated_at = NOW - 25_000;
-        objects.external_workloads.push(recorded);
+            .push(workload("vm-b", "db", "192.0.2.11", NOW - 120_000));
+        objects.external_workloads.push(expired(
+            workload("vm-c", "db", "192.0.2.12", NOW - 31_000),
+            NOW - 1_000,
+        ));
+        objects.external_workloads.push(expired(
+            workload("vm-d", "cache", "192.0.2.13", NOW - 60_000),
+            NOW - 30_000,
+        ));
         objects
             .external_workloads
             .push(workload("vm-e", "queue", "192.0.2.14", NOW - 1_000));
@@ -1256,33 +1249,13 @@ mod tests {
         assert_eq!(queue.txt, vec!["clusters=".to_owned()]);
         // An expired-only service is not there at all.
         assert!(snap.dns.zones[0].services.iter().all(|s| s.name != "cache"));
-        assert_eq!(snap.next_change_ms, Some(NOW + 10_000));
-        let expired: Vec<(&str, i64)> = snap
-            .unrecorded_expiries
-            .iter()
-            .map(|e| (e.key.name.as_str(), e.expired_at_ms))
-            .collect();
-        assert_eq!(expired, [("vm-c", NOW - 1_000)]);
-
-        // Exactly at expiry the workload is gone.
-        let later = compile(&state, NOW + 10_000, &CompileOptions::default());
-        assert_eq!(
-            find(&later, "db").external,
-            ips(&["192.0.2.11", "198.51.100.1"])
-        );
-        assert_eq!(later.next_change_ms, Some(NOW + 20_000));
-    }
-
-    #[test]
-    fn workload_without_heartbeat_is_not_alive() {
-        let mut state = base();
-        let mut w = workload("vm", "db", "192.0.2.10", NOW);
-        w.status = json!({});
-        scoped(&mut state).external_workloads.push(w);
-        let snap = build(&state);
-        assert!(snap.dns.zones[0].services.is_empty());
+        // No workload makes the answers change on their own, and none is
+        // left for the builder to record.
         assert_eq!(snap.next_change_ms, None);
         assert!(snap.unrecorded_expiries.is_empty());
+        // An hour later, without a write, nothing changed.
+        let later = compile(&state, NOW + 3_600_000, &CompileOptions::default());
+        assert_eq!(later.dns, snap.dns);
     }
 
     #[test]

@@ -173,6 +173,51 @@ impl Snapshot {
         self
     }
 
+    /// Carries the versions of what did not change over from `previous` (the
+    /// snapshot published before): each zone keeps the serial at which its
+    /// answers last changed, and the DNS snapshot and the gateway config keep
+    /// the version at which they last changed. So a write that changes one
+    /// zone moves that zone's SOA serial only, and one that changes no
+    /// output (a status, a problem) moves no version that data planes follow.
+    pub fn carry_versions(&mut self, previous: &Snapshot) {
+        let version = self.version;
+        let before = previous.dns.as_ref();
+        let dns = Arc::make_mut(&mut self.dns);
+        let same_frame = dns.views == before.views && dns.answer_ttl == before.answer_ttl;
+        let old: std::collections::HashMap<&str, &gns_dns::snapshot::Zone> = before
+            .zones
+            .iter()
+            .map(|z| (z.origin.as_str(), z))
+            .collect();
+        let mut all_kept = same_frame && dns.zones.len() == before.zones.len();
+        for zone in &mut dns.zones {
+            zone.serial = match old.get(zone.origin.as_str()) {
+                Some(o)
+                    if same_frame
+                        && o.nameservers == zone.nameservers
+                        && o.txt == zone.txt
+                        && o.services == zone.services =>
+                {
+                    if o.serial > 0 {
+                        o.serial
+                    } else {
+                        before.version
+                    }
+                }
+                _ => {
+                    all_kept = false;
+                    version
+                }
+            };
+        }
+        dns.version = if all_kept { before.version } else { version };
+        let gateways = Arc::make_mut(&mut self.gateways);
+        gateways.version = previous.gateways.version;
+        if *gateways != *previous.gateways {
+            gateways.version = version;
+        }
+    }
+
     /// The gateway config as JSON (what `GET /v1/config/gateways/{cluster}` answers), encoded once.
     pub fn gateways_json(&self) -> Result<Bytes, SnapshotError> {
         if let Some(bytes) = self.gateways_json.get() {
@@ -380,3 +425,97 @@ pub type SnapshotReceiver = watch::Receiver<Option<Arc<Snapshot>>>;
 
 /// The publishing side of a [`SnapshotReceiver`].
 pub type SnapshotSender = watch::Sender<Option<Arc<Snapshot>>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gns_dns::snapshot::{Service, Zone};
+
+    fn zone(origin: &str, address: &str) -> Zone {
+        Zone {
+            origin: origin.into(),
+            serial: 0,
+            nameservers: Vec::new(),
+            txt: Vec::new(),
+            services: vec![Service {
+                name: "web".into(),
+                ports: Vec::new(),
+                external: vec![address.parse().expect("ip")],
+                views: Default::default(),
+                txt: Vec::new(),
+            }],
+        }
+    }
+
+    fn snapshot(version: u64, zones: Vec<Zone>, gateway_change: u64) -> Snapshot {
+        let dns = ZoneSnapshot {
+            version,
+            answer_ttl: 5,
+            views: Vec::new(),
+            zones,
+        };
+        // The trust domain stands in for any change of the gateway config.
+        let gateways = gns_gateway::GatewayConfig {
+            version,
+            trust_domain: format!("acme-{gateway_change}.test"),
+            ..Default::default()
+        };
+        Snapshot::new(version, dns, Vec::new(), None, Vec::new()).with_gateways(gateways)
+    }
+
+    fn serials(snapshot: &Snapshot) -> Vec<u64> {
+        snapshot.dns.zones.iter().map(|z| z.serial).collect()
+    }
+
+    #[test]
+    fn versions_move_only_with_what_they_version() {
+        let first = snapshot(
+            5,
+            vec![zone("a.test", "192.0.2.1"), zone("b.test", "192.0.2.2")],
+            1,
+        );
+        // Zone b changes, a and the gateway config do not.
+        let mut second = snapshot(
+            9,
+            vec![zone("a.test", "192.0.2.1"), zone("b.test", "192.0.2.9")],
+            1,
+        );
+        second.carry_versions(&first);
+        assert_eq!(serials(&second), [5, 9]);
+        assert_eq!(second.dns.version, 9);
+        assert_eq!(second.gateways.version, 5);
+        // Nothing an output holds changes: every version stays.
+        let mut third = snapshot(
+            12,
+            vec![zone("a.test", "192.0.2.1"), zone("b.test", "192.0.2.9")],
+            1,
+        );
+        third.carry_versions(&second);
+        assert_eq!(serials(&third), [5, 9]);
+        assert_eq!(third.dns.version, 9);
+        assert_eq!(third.gateways.version, 5);
+        // Only the gateway config changes.
+        let mut fourth = snapshot(
+            14,
+            vec![zone("a.test", "192.0.2.1"), zone("b.test", "192.0.2.9")],
+            2,
+        );
+        fourth.carry_versions(&third);
+        assert_eq!((serials(&fourth), fourth.dns.version), (vec![5, 9], 9));
+        assert_eq!(fourth.gateways.version, 14);
+        // A zone removed moves the DNS version; the other keeps its serial.
+        let mut fifth = snapshot(20, vec![zone("a.test", "192.0.2.1")], 2);
+        fifth.carry_versions(&fourth);
+        assert_eq!((serials(&fifth), fifth.dns.version), (vec![5], 20));
+        // The views change every view's answers: every zone moves.
+        let mut sixth = snapshot(21, vec![zone("a.test", "192.0.2.1")], 2);
+        Arc::make_mut(&mut sixth.dns)
+            .views
+            .push(gns_dns::snapshot::ClusterView {
+                cluster: "east".into(),
+                networks: vec!["10.8.0.0/16".parse().expect("net")],
+            });
+        sixth.carry_versions(&fifth);
+        assert_eq!((serials(&sixth), sixth.dns.version), (vec![21], 21));
+    }
+}

@@ -247,6 +247,26 @@ pub enum StoreError {
     Internal(String),
 }
 
+/// `expires_ms` of a liveness fact with nothing pending (a lapse already
+/// handled, or a fact that does not lapse).
+pub const NO_EXPIRY: i64 = i64::MAX;
+
+/// A liveness fact, kept apart from the store of intent: the last beat (a
+/// workload's heartbeat, a cluster's sync report) of one object, when it
+/// lapses without another, and what the beat reported. Written without a
+/// revision and without an audit row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Liveness {
+    /// The object it is about.
+    pub key: ObjectKey,
+    /// Unix ms of the last beat.
+    pub beat_ms: i64,
+    /// Unix ms when it lapses without another beat ([`NO_EXPIRY`]: nothing pending).
+    pub expires_ms: i64,
+    /// What the beat reported (a JSON object).
+    pub data: Value,
+}
+
 /// The answer of [`Store::changes_since`].
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Changes {
@@ -370,6 +390,41 @@ pub trait Store: Send + Sync + 'static {
     /// of missing objects are no-ops.
     async fn write_batch(&self, ops: Vec<BatchOp>, actor: &str)
     -> Result<BatchOutcome, StoreError>;
+
+    /// Merges `patch` into an object's status (a key set to `null` is
+    /// removed): a new revision, audited as `action`, only if that changes
+    /// the status; else the object as it is. With `expected`, fails with
+    /// [`StoreError::Conflict`] unless it is the current resource version.
+    /// Returns the object and whether it changed.
+    async fn merge_status(
+        &self,
+        key: &ObjectKey,
+        patch: serde_json::Map<String, Value>,
+        expected: Option<u64>,
+        actor: &str,
+        action: &str,
+    ) -> Result<(StoredObject, bool), StoreError>;
+
+    /// Records liveness facts (each replaces the object's previous one), all
+    /// in one statement: no revision, no audit row. Facts of objects that do
+    /// not exist are kept until they are forgotten.
+    async fn record_liveness(&self, facts: &[Liveness]) -> Result<(), StoreError>;
+    /// The liveness facts of `kind`, in `scope` if given, of `name` if given.
+    async fn liveness(
+        &self,
+        kind: Kind,
+        scope: Option<&str>,
+        name: Option<&str>,
+    ) -> Result<Vec<Liveness>, StoreError>;
+    /// The facts of `kind` that lapsed by `now_ms` and were not settled.
+    async fn lapsed(&self, kind: Kind, now_ms: i64) -> Result<Vec<Liveness>, StoreError>;
+    /// Settles a lapse (its `expires_ms` becomes [`NO_EXPIRY`]) if no beat
+    /// came since `beat_ms`; false if one did.
+    async fn settle_lapse(&self, key: &ObjectKey, beat_ms: i64) -> Result<bool, StoreError>;
+    /// Forgets an object's liveness fact.
+    async fn forget_liveness(&self, key: &ObjectKey) -> Result<(), StoreError>;
+    /// Deletes the audit rows written before `before_ms`; how many.
+    async fn prune_audit(&self, before_ms: i64) -> Result<u64, StoreError>;
 
     /// Tries to take the lease `name`; `None` if another replica holds it.
     /// Postgres: a session advisory lock on a dedicated connection, so a replica

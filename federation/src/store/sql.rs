@@ -16,10 +16,12 @@ use tokio::sync::{Mutex, watch};
 use tokio::task::JoinHandle;
 
 use super::{
-    AuditEntry, BatchOp, BatchOutcome, Changes, Lease, ObjectKey, ObjectWrite, Page, PageRequest,
-    SecretBox, Store, StoreError, StoredObject, TokenRecord, WriteOutcome,
+    AuditEntry, BatchOp, BatchOutcome, Changes, Lease, Liveness, ObjectKey, ObjectWrite, Page,
+    PageRequest, SecretBox, Store, StoreError, StoredObject, TokenRecord, WriteOutcome,
 };
 use crate::model::{ClusterRef, Domain, Kind, Role};
+
+mod liveness;
 
 const NOTIFY_CHANNEL: &str = "gns_revision";
 const KEY_CHECK: &str = "secret-key-check";
@@ -169,7 +171,7 @@ fn paginate<T>(mut items: Vec<T>, page: &PageRequest, key_of: impl Fn(&T) -> Str
 }
 
 fn migrator(backend: Backend) -> Migrator {
-    let scripts: [(&str, &str); 3] = match backend {
+    let scripts: [(&str, &str); 4] = match backend {
         Backend::Postgres => [
             (
                 "init",
@@ -182,6 +184,10 @@ fn migrator(backend: Backend) -> Migrator {
             (
                 "identity",
                 include_str!("../../../migrations/postgres/0003_identity.sql"),
+            ),
+            (
+                "liveness",
+                include_str!("../../../migrations/postgres/0004_liveness.sql"),
             ),
         ],
         Backend::Sqlite => [
@@ -196,6 +202,10 @@ fn migrator(backend: Backend) -> Migrator {
             (
                 "identity",
                 include_str!("../../../migrations/sqlite/0003_identity.sql"),
+            ),
+            (
+                "liveness",
+                include_str!("../../../migrations/sqlite/0004_liveness.sql"),
             ),
         ],
     };
@@ -976,6 +986,47 @@ impl Store for SqlStore {
         })
     }
 
+    async fn merge_status(
+        &self,
+        key: &ObjectKey,
+        patch: serde_json::Map<String, Value>,
+        expected: Option<u64>,
+        actor: &str,
+        action: &str,
+    ) -> Result<(StoredObject, bool), StoreError> {
+        self.merge_status_of(key, patch, expected, (actor, action))
+            .await
+    }
+
+    async fn record_liveness(&self, facts: &[Liveness]) -> Result<(), StoreError> {
+        self.record_liveness_facts(facts).await
+    }
+
+    async fn liveness(
+        &self,
+        kind: Kind,
+        scope: Option<&str>,
+        name: Option<&str>,
+    ) -> Result<Vec<Liveness>, StoreError> {
+        self.liveness_facts(kind, scope, name).await
+    }
+
+    async fn lapsed(&self, kind: Kind, now_ms: i64) -> Result<Vec<Liveness>, StoreError> {
+        self.lapsed_facts(kind, now_ms).await
+    }
+
+    async fn settle_lapse(&self, key: &ObjectKey, beat_ms: i64) -> Result<bool, StoreError> {
+        self.settle(key, beat_ms).await
+    }
+
+    async fn forget_liveness(&self, key: &ObjectKey) -> Result<(), StoreError> {
+        self.forget(key).await
+    }
+
+    async fn prune_audit(&self, before_ms: i64) -> Result<u64, StoreError> {
+        self.prune_audit_rows(before_ms).await
+    }
+
     async fn delete(
         &self,
         key: &ObjectKey,
@@ -1021,6 +1072,7 @@ impl Store for SqlStore {
             record_scope_tombstones(&mut tx, &key.name, revision).await?;
             for sql in [
                 "DELETE FROM gns_objects WHERE scope = $1",
+                "DELETE FROM gns_liveness WHERE scope = $1",
                 "DELETE FROM gns_cluster_refs WHERE from_scope = $1",
                 "DELETE FROM gns_domains WHERE gns = $1",
             ] {
@@ -1031,13 +1083,18 @@ impl Store for SqlStore {
                     .map_err(db_err)?;
             }
         }
-        sqlx::query("DELETE FROM gns_objects WHERE kind = $1 AND scope = $2 AND name = $3")
-            .bind(key.kind.as_str())
-            .bind(&key.scope)
-            .bind(&key.name)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
+        for sql in [
+            "DELETE FROM gns_objects WHERE kind = $1 AND scope = $2 AND name = $3",
+            "DELETE FROM gns_liveness WHERE kind = $1 AND scope = $2 AND name = $3",
+        ] {
+            sqlx::query(sql)
+                .bind(key.kind.as_str())
+                .bind(&key.scope)
+                .bind(&key.name)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+        }
         replace_cluster_refs(&mut tx, key, &[]).await?;
         record_tombstone(&mut tx, key, revision).await?;
         self.finish_write(tx, revision, (actor, "delete", key))

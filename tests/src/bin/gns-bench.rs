@@ -1,8 +1,11 @@
 //! `gns-bench`: API throughput and latency of a running `gns-federation`.
 //!
 //! Seeds global namespaces and routing / external-workload objects, then runs
-//! N concurrent clients doing GETs, then PUTs (each a real change), for a fixed
-//! time each, and prints requests/s and latency percentiles. See `bench/api.sh`.
+//! N concurrent clients doing GETs, then PUTs (each a real change), then
+//! heartbeats of the external workloads, for a fixed time each, and prints
+//! requests/s and latency percentiles; after the heartbeats, whether the
+//! store revision (the SOA serial and the gateways' config version) moved.
+//! See `bench/api.sh`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,6 +39,20 @@ struct Args {
     /// Label printed with the results (e.g. the backend).
     #[arg(long, default_value = "")]
     label: String,
+    /// Phases to measure, in order: `get`, `put`, `beat`.
+    #[arg(long, value_delimiter = ',', default_value = "get,put,beat")]
+    phases: Vec<Mode>,
+}
+
+/// What the clients of a measured phase do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Mode {
+    /// GET an object.
+    Get,
+    /// PUT a changed routing object.
+    Put,
+    /// PUT …/heartbeat of an external workload.
+    Beat,
 }
 
 /// A tiny deterministic generator (xorshift), so runs are comparable.
@@ -216,7 +233,7 @@ impl PhaseResult {
 async fn phase(
     args: Arc<Args>,
     client: &reqwest::Client,
-    put: bool,
+    mode: Mode,
 ) -> anyhow::Result<PhaseResult> {
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
     let start = Instant::now();
@@ -231,7 +248,12 @@ async fn phase(
                 let i = rng.below(args.objects);
                 let t = target(&args, i);
                 let sent = Instant::now();
-                let status = if put {
+                let status = if mode == Mode::Beat {
+                    // Odd indices are external workloads.
+                    let t = target(&args, (i | 1).min(args.objects - 1));
+                    let path = format!("{}/heartbeat", object_path(&t));
+                    send(&client, &args, reqwest::Method::PUT, &path, None).await?
+                } else if mode == Mode::Put {
                     let t = target(&args, i - i % 2);
                     // A new split each time (1 in 50 repeats the current one and is a no-op).
                     let body = routing_body(50 + rng.next() % 50);
@@ -278,11 +300,18 @@ async fn main() -> anyhow::Result<()> {
         .pool_max_idle_per_host(args.concurrency)
         .build()?;
     seed(Arc::clone(&args), &client).await?;
-    for (name, put) in [("GET", false), ("PUT", true)] {
-        let r = phase(Arc::clone(&args), &client, put).await?;
+    for mode in args.phases.clone() {
+        let before = versions(&args, &client).await?;
+        let r = phase(Arc::clone(&args), &client, mode).await?;
         let rps = r.requests as f64 / r.elapsed.as_secs_f64();
+        let name = match mode {
+            Mode::Get => "GET",
+            Mode::Put => "PUT",
+            Mode::Beat => "BEAT",
+        };
+        let after = versions(&args, &client).await?;
         println!(
-            "{:<10} {name:<4} clients={} requests={} errors={} rps={:.0} p50={:.2}ms p99={:.2}ms max={:.2}ms",
+            "{:<10} {name:<4} clients={} requests={} errors={} rps={:.0} p50={:.2}ms p99={:.2}ms max={:.2}ms versions {}",
             args.label,
             args.concurrency,
             r.requests,
@@ -291,7 +320,37 @@ async fn main() -> anyhow::Result<()> {
             r.percentile(0.50),
             r.percentile(0.99),
             r.percentile(1.0),
+            if before == after {
+                format!("unchanged ({before:?})")
+            } else {
+                format!("{before:?} -> {after:?}")
+            }
         );
     }
     Ok(())
+}
+
+/// The DNS snapshot's version (the SOA serial) and east's gateway config
+/// version, once the builder has caught up with the store (a second apart).
+async fn versions(args: &Args, client: &reqwest::Client) -> anyhow::Result<(u64, u64)> {
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut out = [0u64; 2];
+    for (slot, path) in out
+        .iter_mut()
+        .zip(["/v1/config/dns", "/v1/config/gateways/east"])
+    {
+        let body: Value = client
+            .get(format!("{}{path}", args.server))
+            .bearer_auth(&args.token)
+            .send()
+            .await
+            .with_context(|| format!("GET {path}"))?
+            .json()
+            .await
+            .with_context(|| format!("GET {path}: not JSON"))?;
+        *slot = body["version"]
+            .as_u64()
+            .with_context(|| format!("GET {path}: no version"))?;
+    }
+    Ok((out[0], out[1]))
 }
