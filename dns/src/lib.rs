@@ -11,6 +11,7 @@
 
 pub mod answer;
 pub mod follower;
+mod outage;
 pub mod prepared;
 pub mod server;
 pub mod snapshot;

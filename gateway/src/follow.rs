@@ -49,6 +49,14 @@ pub enum FollowError {
     Pem(String),
 }
 
+impl FollowError {
+    /// True when no answer came from the federation at all (it is down or
+    /// out of reach), as opposed to an answer that was an error.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, FollowError::Http(e) if e.is_connect() || e.is_timeout())
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Bundle {
@@ -271,6 +279,7 @@ impl Follower {
     /// Between renewals the trust bundle is fetched every `bundle_refresh`:
     /// a changed one (a root rotation) is installed at once.
     pub async fn renew(self, gateway: Arc<Gateway>) {
+        let mut outage = crate::outage::Outage::new("certificate renewal");
         loop {
             let Some(current) = gateway.identity() else {
                 return;
@@ -286,7 +295,13 @@ impl Follower {
                 self.refresh_bundle(&gateway, &current).await;
                 continue;
             }
-            match self.renew_once(&current).await {
+            let renewed = self.renew_once(&current).await;
+            match &renewed {
+                Ok(_) => outage.reached(&self.federation),
+                Err(e) if e.is_unreachable() => outage.failed(&self.federation, e),
+                Err(_) => {}
+            }
+            match renewed {
                 Ok(fresh) => {
                     if let Err(e) = gateway.set_identity(fresh).await {
                         tracing::warn!(error = %e, "renewed certificate unusable; keeping the old one");
@@ -298,6 +313,10 @@ impl Follower {
                         tracing::info!("gateway certificate renewed");
                         continue;
                     }
+                }
+                // An unreachable federation is logged once per outage above.
+                Err(e) if e.is_unreachable() => {
+                    tracing::debug!(error = %e, "certificate renewal failed; retrying");
                 }
                 Err(e) => tracing::warn!(error = %e, "certificate renewal failed; retrying"),
             }
@@ -461,6 +480,7 @@ impl Follower {
     pub async fn follow(self, gateway: Arc<Gateway>, api_token: String) {
         let mut version = gateway.config().map(|c| c.version);
         let mut backoff = Duration::from_millis(200);
+        let mut outage = crate::outage::Outage::new("config watch");
         loop {
             let mut url = format!(
                 "{}/v1/config/gateways/{}?timeout=30",
@@ -484,6 +504,9 @@ impl Follower {
                 Ok::<_, FollowError>(Some(text))
             }
             .await;
+            if result.is_ok() {
+                outage.reached(&self.federation);
+            }
             match result {
                 Ok(None) => backoff = Duration::from_millis(200),
                 Ok(Some(text)) => match serde_json::from_str::<GatewayConfig>(&text) {
@@ -505,7 +528,9 @@ impl Follower {
                     }
                 },
                 Err(e) => {
-                    tracing::warn!(error = %e, retry_in = ?backoff, "cannot fetch the config; serving the last one");
+                    // Logged once per outage (and summed up each minute), not per attempt.
+                    tracing::debug!(error = %e, retry_in = ?backoff, "cannot fetch the config; serving the last one");
+                    outage.failed(&self.federation, &e);
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }

@@ -16,9 +16,12 @@ async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     // TLS to member clusters and Postgres: rustls with the ring provider only.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let filter = EnvFilter::try_from_env("GNS_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::new(log_directives(std::env::var("GNS_LOG").ok()));
     match config.log_format {
-        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
+        LogFormat::Text => tracing_subscriber::fmt()
+            .with_ansi(colour())
+            .with_env_filter(filter)
+            .init(),
         LogFormat::Json => tracing_subscriber::fmt()
             .json()
             .with_env_filter(filter)
@@ -40,4 +43,46 @@ async fn main() -> anyhow::Result<()> {
     federation.serve(server::shutdown_signal()).await?;
     tracing::info!("gns-federation stopped");
     Ok(())
+}
+
+/// Colours only for a terminal, and never with `NO_COLOR` set.
+fn colour() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+/// The log filter: `GNS_LOG` (default `info`). kube-rs logs every failed
+/// request to a member cluster at ERROR and every cut connection at WARN;
+/// discovery logs a cluster's loss and recovery once each instead, so those
+/// are left out unless `GNS_LOG` names `kube_client` itself.
+fn log_directives(gns_log: Option<String>) -> String {
+    let spec = gns_log
+        .filter(|s| !s.trim().is_empty())
+        .unwrap_or_else(|| "info".to_owned());
+    if spec.contains("kube_client") {
+        spec
+    } else {
+        format!("{spec},kube_client::client=error,kube_client::client::builder=off")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_directives;
+
+    #[test]
+    fn kube_request_errors_are_left_out_unless_asked_for() {
+        assert_eq!(
+            log_directives(None),
+            "info,kube_client::client=error,kube_client::client::builder=off"
+        );
+        assert_eq!(
+            log_directives(Some("debug".into())),
+            "debug,kube_client::client=error,kube_client::client::builder=off"
+        );
+        assert_eq!(
+            log_directives(Some("info,kube_client=debug".into())),
+            "info,kube_client=debug"
+        );
+    }
 }

@@ -11,13 +11,12 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::runtime::WatchStreamExt;
-use kube::runtime::utils::Backoff;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
+use super::health::{ApiHealth, Outage, is_connect_failure};
 use super::model::{self, Member, NamespaceObjects, ServiceInfo, SliceInfo};
 use crate::model::{DiscoveredService, Kind};
 use crate::store::{BatchOp, ObjectKey, ObjectWrite, PageRequest, Store};
@@ -38,45 +37,53 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 /// largest backoff plus the connect timeout.
 const ERROR_FRESHNESS: Duration = Duration::from_secs(8);
 
-/// Watcher backoff: 100 ms doubling to 2 s, with jitter — fast enough for the
-/// one-second convergence bound after a `410 Gone` or a cut watch.
-pub struct FastBackoff {
+/// Longest a watcher waits, after its requests could not connect, for the
+/// probe to see the API back before it tries again on its own.
+const CONNECT_CEILING: Duration = Duration::from_secs(30);
+
+/// Watcher retry delays: 100 ms doubling to `ceiling`, each 50–100 % of
+/// that (jitter). Reset only by progress (an object, a finished list), not
+/// by `Event::Init`, which kube's watcher emits before every list attempt:
+/// kube's own `StreamBackoff` resets on any `Ok` and so retried a failing
+/// list at 50–100 ms for as long as it failed.
+pub struct RetryDelays {
     next: Duration,
+    ceiling: Duration,
     seed: u64,
 }
 
-impl FastBackoff {
+impl RetryDelays {
     const MIN: Duration = Duration::from_millis(100);
-    const MAX: Duration = Duration::from_secs(2);
 
-    fn new() -> Self {
+    /// Delays from 100 ms up to `ceiling`.
+    pub fn new(ceiling: Duration) -> Self {
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64 | 1);
         Self {
             next: Self::MIN,
+            ceiling,
             seed,
         }
     }
+
+    /// Starts again from 100 ms.
+    pub fn reset(&mut self) {
+        self.next = Self::MIN;
+    }
 }
 
-impl Iterator for FastBackoff {
+impl Iterator for RetryDelays {
     type Item = Duration;
     fn next(&mut self) -> Option<Duration> {
         self.seed ^= self.seed << 13;
         self.seed ^= self.seed >> 7;
         self.seed ^= self.seed << 17;
         let base = self.next;
-        self.next = (self.next * 2).min(Self::MAX);
+        self.next = (self.next * 2).min(self.ceiling);
         // Jitter: 50–100 % of the base delay.
         let jitter = 0.5 + (self.seed % 1000) as f64 / 2000.0;
         Some(base.mul_f64(jitter))
-    }
-}
-
-impl Backoff for FastBackoff {
-    fn reset(&mut self) {
-        self.next = Self::MIN;
     }
 }
 
@@ -89,13 +96,21 @@ enum Resource {
 enum Update {
     Services(String, Box<Event<Service>>),
     Slices(String, Box<Event<EndpointSlice>>),
-    Failed(String, Resource, String),
+    /// A watcher failed: namespace, resource, the error in words, and
+    /// whether its request could not connect at all.
+    Failed(String, Resource, String, bool),
     /// Outcome of an API probe: `None` when it answered in time.
     Probe(Option<String>),
 }
 
-/// Probes the API server every [`PROBE_INTERVAL`] until the receiver is gone.
-fn spawn_probe(client: kube::Client, tx: mpsc::Sender<Update>) -> tokio::task::JoinHandle<()> {
+/// Probes the API server every [`PROBE_INTERVAL`] until the receiver is
+/// gone, and keeps the cluster's [`ApiHealth`]: an answer marks it up (and
+/// wakes the watchers waiting for that), a failed connection marks it down.
+fn spawn_probe(
+    client: kube::Client,
+    tx: mpsc::Sender<Update>,
+    health: ApiHealth,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut interval = tokio::time::interval(PROBE_INTERVAL);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -103,8 +118,16 @@ fn spawn_probe(client: kube::Client, tx: mpsc::Sender<Update>) -> tokio::task::J
             interval.tick().await;
             let outcome =
                 match tokio::time::timeout(PROBE_TIMEOUT, client.apiserver_version()).await {
-                    Ok(Ok(_)) => None,
-                    Ok(Err(e)) => Some(format!("API probe failed: {}", describe_client_error(&e))),
+                    Ok(Ok(_)) => {
+                        health.mark_up();
+                        None
+                    }
+                    Ok(Err(e)) => {
+                        if is_connect_failure(&e) {
+                            health.mark_down();
+                        }
+                        Some(format!("API probe failed: {}", describe_client_error(&e)))
+                    }
                     Err(_) => Some(format!(
                         "API server slow: GET /version not answered within {PROBE_TIMEOUT:?}"
                     )),
@@ -149,30 +172,96 @@ pub(crate) fn describe_client_error(inner: &kube::Error) -> String {
     }
 }
 
+/// The client error inside a watcher error, if there is one.
+fn client_error(error: &watcher::Error) -> Option<&kube::Error> {
+    match error {
+        watcher::Error::InitialListFailed(e)
+        | watcher::Error::WatchStartFailed(e)
+        | watcher::Error::WatchFailed(e) => Some(e),
+        _ => None,
+    }
+}
+
+/// Follows one resource of one namespace with a kube-rs watcher, retrying
+/// after errors: after a failure that says nothing about reachability (a
+/// cut watch, `410 Gone`, an API error) at once and then backing off to
+/// 2 s; after a request that could not connect once fast, then by waiting
+/// for the cluster's probe to see the API back (at most [`CONNECT_CEILING`],
+/// growing from 1 s), so a dead API costs no retries of its own.
 fn spawn_watch<K>(
     api: Api<K>,
     ns: String,
     resource: Resource,
     tx: mpsc::Sender<Update>,
     wrap: fn(String, Box<Event<K>>) -> Update,
+    health: ApiHealth,
 ) -> tokio::task::JoinHandle<()>
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
     tokio::spawn(async move {
-        let mut stream = watcher::watcher(api, watcher::Config::default().timeout(60))
-            .backoff(FastBackoff::new())
-            .boxed();
+        let mut stream = watcher::watcher(api, watcher::Config::default().timeout(60)).boxed();
+        let mut delays = RetryDelays::new(Duration::from_secs(2));
+        let mut connect_delays = RetryDelays::new(CONNECT_CEILING);
+        let mut connect_failures = 0u32;
         while let Some(item) = stream.next().await {
-            let update = match item {
-                Ok(event) => wrap(ns.clone(), Box::new(event)),
-                Err(e) => Update::Failed(ns.clone(), resource, describe(&e)),
+            let (update, wait) = match item {
+                Ok(event) => {
+                    // `Init` comes before every list attempt: not progress.
+                    if !matches!(event, Event::Init) {
+                        delays.reset();
+                        connect_delays.reset();
+                        connect_failures = 0;
+                    }
+                    (wrap(ns.clone(), Box::new(event)), Wait::None)
+                }
+                Err(e) => {
+                    let connect = client_error(&e).is_some_and(is_connect_failure);
+                    let wait = if connect {
+                        connect_failures += 1;
+                        if connect_failures == 1 {
+                            Wait::Sleep(delays.next().unwrap_or(RetryDelays::MIN))
+                        } else {
+                            health.mark_down();
+                            // From 1 s: skip the fast steps of the sequence.
+                            let mut delay = connect_delays.next().unwrap_or(CONNECT_CEILING);
+                            while delay < Duration::from_millis(500) {
+                                delay = connect_delays.next().unwrap_or(CONNECT_CEILING);
+                            }
+                            Wait::UntilUp(delay)
+                        }
+                    } else {
+                        Wait::Sleep(delays.next().unwrap_or(RetryDelays::MIN))
+                    };
+                    (
+                        Update::Failed(ns.clone(), resource, describe(&e), connect),
+                        wait,
+                    )
+                }
             };
             if tx.send(update).await.is_err() {
                 return;
             }
+            match wait {
+                Wait::None => {}
+                Wait::Sleep(delay) => tokio::time::sleep(delay).await,
+                Wait::UntilUp(most) => {
+                    tokio::select! {
+                        () = health.wait_up() => {}
+                        () = tokio::time::sleep(most) => {}
+                    }
+                }
+            }
         }
     })
+}
+
+/// What a watcher does before its next attempt.
+enum Wait {
+    None,
+    Sleep(Duration),
+    /// Until the probe sees the API back, or this long.
+    UntilUp(Duration),
 }
 
 /// Per-watcher progress: buffered objects during a (re)list, and health.
@@ -193,10 +282,11 @@ impl<K> Default for WatchState<K> {
 }
 
 impl<K> WatchState<K> {
-    fn current_error(&self) -> Option<String> {
+    /// The watch's error if it is recent, or any while the API is down.
+    fn current_error(&self, api_down: bool) -> Option<String> {
         self.error
             .as_ref()
-            .filter(|(_, at)| at.elapsed() < ERROR_FRESHNESS)
+            .filter(|(_, at)| api_down || at.elapsed() < ERROR_FRESHNESS)
             .map(|(e, _)| e.clone())
     }
 }
@@ -212,6 +302,7 @@ pub async fn run(
 ) {
     let namespaces: BTreeSet<String> = members.iter().map(|m| m.namespace.clone()).collect();
     let (tx, mut rx) = mpsc::channel(1024);
+    let health = ApiHealth::new();
     let mut tasks = Vec::new();
     for ns in &namespaces {
         tasks.push(spawn_watch(
@@ -220,6 +311,7 @@ pub async fn run(
             Resource::Services,
             tx.clone(),
             Update::Services,
+            health.clone(),
         ));
         tasks.push(spawn_watch(
             Api::<EndpointSlice>::namespaced(client.clone(), ns),
@@ -227,12 +319,14 @@ pub async fn run(
             Resource::Slices,
             tx.clone(),
             Update::Slices,
+            health.clone(),
         ));
     }
-    tasks.push(spawn_probe(client.clone(), tx.clone()));
+    tasks.push(spawn_probe(client.clone(), tx.clone(), health.clone()));
     drop(tx);
     let _guard = AbortOnDrop(tasks);
     let mut probe_error: Option<(String, Instant)> = None;
+    let mut outage = Outage::default();
 
     let mut objects: HashMap<String, NamespaceObjects> = HashMap::new();
     let mut svc_watch: HashMap<String, WatchState<ServiceInfo>> = HashMap::new();
@@ -286,13 +380,18 @@ pub async fn run(
                     );
                 }
                 Update::Probe(outcome) => {
-                    if let Some(message) = &outcome {
-                        tracing::warn!(cluster, error = %message, "API probe failed");
+                    match &outcome {
+                        Some(message) => outage.failed(&cluster, message),
+                        None => outage.reached(&cluster),
                     }
                     probe_error = outcome.map(|m| (m, Instant::now()));
                 }
-                Update::Failed(ns, resource, message) => {
-                    tracing::warn!(cluster, namespace = ns, ?resource, error = %message, "watch failed");
+                Update::Failed(ns, resource, message, connect) => {
+                    // Logged per attempt at debug; the outage is logged once.
+                    tracing::debug!(cluster, namespace = ns, ?resource, error = %message, "watch failed");
+                    if connect {
+                        outage.failed(&cluster, &message);
+                    }
                     let error = Some((message, Instant::now()));
                     match resource {
                         Resource::Services => svc_watch.entry(ns).or_default().error = error,
@@ -310,10 +409,17 @@ pub async fn run(
                 .iter()
                 .filter(|ns| slice_watch.get(*ns).is_some_and(|w| w.synced))
                 .count();
+        // While the API is down the watchers wait for the probe instead of
+        // failing again: their last errors stand until it is back.
+        let api_down = health.is_down();
         let watch_errors: Vec<String> = svc_watch
             .values()
-            .filter_map(WatchState::current_error)
-            .chain(slice_watch.values().filter_map(WatchState::current_error))
+            .filter_map(|w| w.current_error(api_down))
+            .chain(
+                slice_watch
+                    .values()
+                    .filter_map(|w| w.current_error(api_down)),
+            )
             .collect();
         // Unreachable when every watch fails; Degraded when some do, or the probe does.
         let all_failing = watch_errors.len() >= total;

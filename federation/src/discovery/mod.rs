@@ -9,6 +9,7 @@
 
 pub mod client;
 pub mod cluster;
+mod health;
 pub mod model;
 
 use std::collections::{BTreeMap, HashMap};

@@ -135,6 +135,7 @@ fn run_worker(
 async fn run(args: Args) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     tracing_subscriber::fmt()
+        .with_ansi(colour())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("GNS_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
@@ -328,4 +329,10 @@ fn metrics(gateway: &Gateway) -> String {
     .chain(&budget)
     .map(|(name, value)| format!("{name} {value}\n"))
     .collect()
+}
+
+/// Colours only for a terminal, and never with `NO_COLOR` set.
+fn colour() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }

@@ -228,6 +228,8 @@ pub(crate) struct Shared {
     pub(crate) controllers: Controllers,
     latency: Mutex<Duration>,
     garbage: AtomicBool,
+    /// When on, every connection is accepted, counted and reset at once.
+    resetting: AtomicBool,
     pub(crate) stall: tokio::sync::watch::Sender<bool>,
     pub(crate) counters: Counters,
     conns: Mutex<HashMap<u64, Conn>>,
@@ -434,6 +436,7 @@ impl TestApiServer {
             ),
             latency: Mutex::new(Duration::ZERO),
             garbage: AtomicBool::new(false),
+            resetting: AtomicBool::new(false),
             stall: tokio::sync::watch::Sender::new(false),
             counters: Counters::default(),
             conns: Mutex::new(HashMap::new()),
@@ -718,6 +721,17 @@ impl TestApiServer {
         *lock(&self.shared.latency) = latency;
     }
 
+    /// When on, every connection is accepted (and counted in
+    /// [`Stats::connections`]) and reset at once, before TLS: a server that
+    /// is down, as its clients see it, that still counts their attempts.
+    /// Open connections are cut too.
+    pub fn set_resetting(&self, resetting: bool) {
+        self.shared.resetting.store(resetting, Ordering::Relaxed);
+        if resetting {
+            self.shared.cut(false);
+        }
+    }
+
     /// When on, every response is `200` with a body that is not JSON.
     pub fn set_garbage(&self, garbage: bool) {
         self.shared.garbage.store(garbage, Ordering::Relaxed);
@@ -947,6 +961,12 @@ async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<S
             }
         };
         bump(&shared.counters.connections);
+        if shared.resetting.load(Ordering::Relaxed) {
+            // Reset, not an orderly close: what a refused connection looks like.
+            let _ = socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO));
+            drop(tcp);
+            continue;
+        }
         let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
         // Insert under the lock so the connection's guard cannot remove the
         // entry before it exists.
