@@ -699,59 +699,57 @@ impl Gateway {
                 let outcome = Arc::clone(&gw).ingress_connection(tcp).await;
                 metrics::gauge!("gns_gateway_active_connections", "listener" => "ingress")
                     .decrement(1.0);
-                match outcome.map_err(|e| (refusal_reason(&e), e)) {
-                    Ok(()) => {}
-                    // Accepted and served, then broken: not a refusal.
-                    Err(("http2", e)) => {
-                        tracing::debug!(peer = %peer_addr, error = %e, "ingress connection ended with an error");
+                let Err(end) = outcome else {
+                    return;
+                };
+                match end.refusal_reason() {
+                    None => {
+                        tracing::debug!(peer = %peer_addr, error = %end, "ingress connection ended with an error");
                     }
-                    Err((reason, e)) => {
+                    Some(reason) => {
                         metrics::counter!(
                             "gns_gateway_mtls_handshake_failures_total",
                             "reason" => reason
                         )
                         .increment(1);
                         gw.counters.mtls_refused.fetch_add(1, Ordering::Relaxed);
-                        tracing::info!(peer = %peer_addr, error = %e, "ingress connection refused");
+                        tracing::info!(peer = %peer_addr, error = %end, "ingress connection refused");
                     }
                 }
             });
         }
     }
 
-    async fn ingress_connection(self: Arc<Self>, tcp: TcpStream) -> Result<(), String> {
+    async fn ingress_connection(self: Arc<Self>, tcp: TcpStream) -> Result<(), IngressEnd> {
         let (Some(server), Some(identity)) =
             (self.ingress_tls.load_full(), self.identity.load_full())
         else {
-            return Err("no certificate yet".into());
+            return Err(IngressEnd::NoCertificate);
         };
         let tls = tokio::time::timeout(
             CONNECT_TIMEOUT,
             tokio_rustls::TlsAcceptor::from(server).accept(tcp),
         )
         .await
-        .map_err(|_| "handshake timed out".to_owned())?
-        .map_err(|e| format!("handshake: {e}"))?;
+        .map_err(|_| IngressEnd::HandshakeTimeout)?
+        .map_err(IngressEnd::Handshake)?;
         let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
         let peer = leaf
             .and_then(|c| peer_cluster(c, &identity.trust_domain))
             .ok_or_else(|| {
                 // Say whom it refused: the identities the certificate names.
                 let named = leaf.map(crate::tls::uri_sans).unwrap_or_default();
-                format!(
-                    "the peer is not a gateway of this trust domain (its certificate names {})",
-                    if named.is_empty() {
-                        "no URI SAN".to_owned()
-                    } else {
-                        named.join(", ")
-                    }
-                )
+                IngressEnd::NotAGateway(if named.is_empty() {
+                    "no URI SAN".to_owned()
+                } else {
+                    named.join(", ")
+                })
             })?;
         let gw = &*self;
         let peer = peer.as_str();
         crate::ingress::serve(tls, |req, respond| gw.ingress_stream(req, respond, peer))
             .await
-            .map_err(|e| format!("http2: {e}"))
+            .map_err(IngressEnd::Http2)
     }
 
     #[allow(
@@ -1257,18 +1255,37 @@ fn count_tcp(route: &Route, cluster: &str, copied: std::io::Result<(u64, u64)>) 
     .increment(received);
 }
 
-/// Why an ingress connection was refused, for the metric label.
-fn refusal_reason(error: &str) -> &'static str {
-    if error.starts_with("handshake timed out") {
-        "timeout"
-    } else if error.starts_with("handshake") {
-        "handshake"
-    } else if error.starts_with("the peer is not") {
-        "identity"
-    } else if error.starts_with("no certificate") {
-        "no-certificate"
-    } else {
-        "http2"
+/// How an ingress connection ended without being served to its end.
+#[derive(Debug, thiserror::Error)]
+enum IngressEnd {
+    /// This gateway has no certificate yet.
+    #[error("no certificate yet")]
+    NoCertificate,
+    /// The peer did not finish the TLS handshake in time.
+    #[error("handshake timed out")]
+    HandshakeTimeout,
+    /// The TLS handshake failed (an untrusted or expired certificate, an old TLS version).
+    #[error("handshake: {0}")]
+    Handshake(std::io::Error),
+    /// A certificate of the trust domain that is not a gateway's (its URI SANs).
+    #[error("the peer is not a gateway of this trust domain (its certificate names {0})")]
+    NotAGateway(String),
+    /// Accepted and served, then broken: not a refusal.
+    #[error("http2: {0}")]
+    Http2(h2::Error),
+}
+
+impl IngressEnd {
+    /// The `reason` label of `gns_gateway_mtls_handshake_failures_total`;
+    /// `None` for a connection that was accepted (not a refusal).
+    fn refusal_reason(&self) -> Option<&'static str> {
+        match self {
+            IngressEnd::HandshakeTimeout => Some("timeout"),
+            IngressEnd::Handshake(_) => Some("handshake"),
+            IngressEnd::NotAGateway(_) => Some("identity"),
+            IngressEnd::NoCertificate => Some("no-certificate"),
+            IngressEnd::Http2(_) => None,
+        }
     }
 }
 
@@ -1351,6 +1368,33 @@ fn rebuild(parts: &http::request::Parts, body: Bytes) -> Request<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refusals_are_labelled_by_kind_and_served_connections_are_not_refusals() {
+        let io = || std::io::Error::other("bad certificate");
+        let labels: Vec<Option<&str>> = [
+            IngressEnd::NoCertificate,
+            IngressEnd::HandshakeTimeout,
+            IngressEnd::Handshake(io()),
+            IngressEnd::NotAGateway("spiffe://acme.test/ns/shop/sa/web".into()),
+        ]
+        .iter()
+        .map(IngressEnd::refusal_reason)
+        .collect();
+        assert_eq!(
+            labels,
+            [
+                Some("no-certificate"),
+                Some("timeout"),
+                Some("handshake"),
+                Some("identity")
+            ]
+        );
+        assert_eq!(
+            IngressEnd::NotAGateway("spiffe://acme.test/ns/shop/sa/web".into()).to_string(),
+            "the peer is not a gateway of this trust domain (its certificate names spiffe://acme.test/ns/shop/sa/web)"
+        );
+    }
 
     #[test]
     fn failing_endpoints_are_ejected_until_none_is_left() {
