@@ -137,7 +137,7 @@ pub async fn follow(server: Arc<DnsServer>, config: FollowConfig, stats: Arc<Fol
     };
     let base = config.federation.trim_end_matches('/').to_owned();
     let mut backoff = Duration::from_millis(250);
-    let mut outage = crate::outage::Outage::new("DNS snapshot watch");
+    let mut outage = gns_outage::Outage::new("federation (DNS snapshot watch)", &base);
     loop {
         let have = if server.is_loaded() {
             server.version()
@@ -164,7 +164,7 @@ pub async fn follow(server: Arc<DnsServer>, config: FollowConfig, stats: Arc<Fol
             Err(e) => Err(e.to_string()),
         };
         if outcome.is_ok() {
-            outage.reached(&base);
+            outage.reached();
         }
         match outcome {
             Ok(Some(snapshot)) => {
@@ -182,7 +182,7 @@ pub async fn follow(server: Arc<DnsServer>, config: FollowConfig, stats: Arc<Fol
                 stats.errors.fetch_add(1, Ordering::Relaxed);
                 // Logged once per outage (and summed up each minute), not per attempt.
                 tracing::debug!(federation = %base, error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot reach the federation; still serving the last snapshot");
-                outage.failed(&base, &e);
+                outage.failed(&e);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }

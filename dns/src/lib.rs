@@ -11,7 +11,6 @@
 
 pub mod answer;
 pub mod follower;
-mod outage;
 pub mod prepared;
 pub mod server;
 pub mod snapshot;

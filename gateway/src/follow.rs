@@ -279,7 +279,8 @@ impl Follower {
     /// Between renewals the trust bundle is fetched every `bundle_refresh`:
     /// a changed one (a root rotation) is installed at once.
     pub async fn renew(self, gateway: Arc<Gateway>) {
-        let mut outage = crate::outage::Outage::new("certificate renewal");
+        let mut outage =
+            gns_outage::Outage::new("federation (certificate renewal)", &self.federation);
         loop {
             let Some(current) = gateway.identity() else {
                 return;
@@ -297,8 +298,8 @@ impl Follower {
             }
             let renewed = self.renew_once(&current).await;
             match &renewed {
-                Ok(_) => outage.reached(&self.federation),
-                Err(e) if e.is_unreachable() => outage.failed(&self.federation, e),
+                Ok(_) => outage.reached(),
+                Err(e) if e.is_unreachable() => outage.failed(e),
                 Err(_) => {}
             }
             match renewed {
@@ -480,7 +481,7 @@ impl Follower {
     pub async fn follow(self, gateway: Arc<Gateway>, api_token: String) {
         let mut version = gateway.config().map(|c| c.version);
         let mut backoff = Duration::from_millis(200);
-        let mut outage = crate::outage::Outage::new("config watch");
+        let mut outage = gns_outage::Outage::new("federation (config watch)", &self.federation);
         loop {
             let mut url = format!(
                 "{}/v1/config/gateways/{}?timeout=30",
@@ -505,7 +506,7 @@ impl Follower {
             }
             .await;
             if result.is_ok() {
-                outage.reached(&self.federation);
+                outage.reached();
             }
             match result {
                 Ok(None) => backoff = Duration::from_millis(200),
@@ -530,7 +531,7 @@ impl Follower {
                 Err(e) => {
                     // Logged once per outage (and summed up each minute), not per attempt.
                     tracing::debug!(error = %e, retry_in = ?backoff, "cannot fetch the config; serving the last one");
-                    outage.failed(&self.federation, &e);
+                    outage.failed(&e);
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }

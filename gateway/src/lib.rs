@@ -17,7 +17,6 @@ pub mod idle;
 pub mod ingress;
 pub mod listen;
 pub mod metrics;
-mod outage;
 pub mod peer;
 pub mod pool;
 pub mod proxy;

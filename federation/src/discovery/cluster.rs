@@ -16,7 +16,7 @@ use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use super::health::{ApiHealth, Outage, is_connect_failure};
+use super::health::{ApiHealth, is_connect_failure};
 use super::model::{self, Member, NamespaceObjects, ServiceInfo, SliceInfo};
 use crate::model::{DiscoveredService, Kind};
 use crate::store::{BatchOp, ObjectKey, ObjectWrite, PageRequest, Store};
@@ -64,6 +64,14 @@ impl RetryDelays {
             next: Self::MIN,
             ceiling,
             seed,
+        }
+    }
+
+    /// Delays of `ceiling` (each 50–100 % of it) until reset.
+    pub fn starting_at(ceiling: Duration) -> Self {
+        Self {
+            next: ceiling,
+            ..Self::new(ceiling)
         }
     }
 
@@ -186,8 +194,8 @@ fn client_error(error: &watcher::Error) -> Option<&kube::Error> {
 /// after errors: after a failure that says nothing about reachability (a
 /// cut watch, `410 Gone`, an API error) at once and then backing off to
 /// 2 s; after a request that could not connect once fast, then by waiting
-/// for the cluster's probe to see the API back (at most [`CONNECT_CEILING`],
-/// growing from 1 s), so a dead API costs no retries of its own.
+/// for the cluster's probe to see the API back (at most 50–100 % of
+/// [`CONNECT_CEILING`]), so a dead API costs almost no retries of its own.
 fn spawn_watch<K>(
     api: Api<K>,
     ns: String,
@@ -202,7 +210,8 @@ where
     tokio::spawn(async move {
         let mut stream = watcher::watcher(api, watcher::Config::default().timeout(60)).boxed();
         let mut delays = RetryDelays::new(Duration::from_secs(2));
-        let mut connect_delays = RetryDelays::new(CONNECT_CEILING);
+        // Starts at the ceiling: a watcher that could not connect waits for the probe.
+        let mut connect_delays = RetryDelays::starting_at(CONNECT_CEILING);
         let mut connect_failures = 0u32;
         while let Some(item) = stream.next().await {
             let (update, wait) = match item {
@@ -210,7 +219,6 @@ where
                     // `Init` comes before every list attempt: not progress.
                     if !matches!(event, Event::Init) {
                         delays.reset();
-                        connect_delays.reset();
                         connect_failures = 0;
                     }
                     (wrap(ns.clone(), Box::new(event)), Wait::None)
@@ -223,12 +231,9 @@ where
                             Wait::Sleep(delays.next().unwrap_or(RetryDelays::MIN))
                         } else {
                             health.mark_down();
-                            // From 1 s: skip the fast steps of the sequence.
-                            let mut delay = connect_delays.next().unwrap_or(CONNECT_CEILING);
-                            while delay < Duration::from_millis(500) {
-                                delay = connect_delays.next().unwrap_or(CONNECT_CEILING);
-                            }
-                            Wait::UntilUp(delay)
+                            // The probe decides; its own timer (15–30 s, the
+                            // ceiling with jitter) is only a safety net.
+                            Wait::UntilUp(connect_delays.next().unwrap_or(CONNECT_CEILING))
                         }
                     } else {
                         Wait::Sleep(delays.next().unwrap_or(RetryDelays::MIN))
@@ -326,7 +331,7 @@ pub async fn run(
     drop(tx);
     let _guard = AbortOnDrop(tasks);
     let mut probe_error: Option<(String, Instant)> = None;
-    let mut outage = Outage::default();
+    let mut outage = gns_outage::Outage::new("member cluster API", cluster.as_str());
 
     let mut objects: HashMap<String, NamespaceObjects> = HashMap::new();
     let mut svc_watch: HashMap<String, WatchState<ServiceInfo>> = HashMap::new();
@@ -381,8 +386,8 @@ pub async fn run(
                 }
                 Update::Probe(outcome) => {
                     match &outcome {
-                        Some(message) => outage.failed(&cluster, message),
-                        None => outage.reached(&cluster),
+                        Some(message) => outage.failed(message),
+                        None => outage.reached(),
                     }
                     probe_error = outcome.map(|m| (m, Instant::now()));
                 }
@@ -390,7 +395,7 @@ pub async fn run(
                     // Logged per attempt at debug; the outage is logged once.
                     tracing::debug!(cluster, namespace = ns, ?resource, error = %message, "watch failed");
                     if connect {
-                        outage.failed(&cluster, &message);
+                        outage.failed(&message);
                     }
                     let error = Some((message, Instant::now()));
                     match resource {
