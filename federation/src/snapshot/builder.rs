@@ -23,7 +23,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -32,8 +32,8 @@ use super::{
     CompileOptions, Problem, Snapshot, SnapshotError, SnapshotReceiver, SnapshotSender, StoreState,
     UnrecordedExpiry, compile, load, refresh,
 };
-use crate::model::Kind;
-use crate::store::{ObjectWrite, Store, StoreError};
+
+use crate::store::{Store, StoreError};
 
 /// First retry delay after a failed build.
 const INITIAL_BACKOFF: Duration = Duration::from_millis(200);
@@ -133,12 +133,11 @@ impl Builder {
                 let expiries = snapshot.unrecorded_expiries.clone();
                 self.publish(snapshot);
                 if !expiries.is_empty()
-                    && let Some(state) = &self.state
-                    && let Err(e) = record_expiries(self.store.as_ref(), state, &expiries).await
+                    && let Err(e) = record_expiries(self.store.as_ref(), &expiries).await
                 {
                     tracing::warn!(
                         error = %e,
-                        "cannot record external workload expiries; retrying"
+                        "cannot record cluster withdrawals; retrying"
                     );
                     wake.retry_in = Some(self.next_backoff());
                 } else {
@@ -293,57 +292,32 @@ async fn build(
     Ok(snapshot)
 }
 
-/// Records each expiry (of an external workload) or withdrawal (of an
-/// unreachable cluster) with a status write conditional on the version the
-/// compiler saw; an object that changed meanwhile (a heartbeat, an edit, a
-/// status refresh, a delete) is skipped, its change already makes a new revision.
+/// Records each withdrawal (of an unreachable cluster past its stale-endpoint
+/// policy) by merging `withdrawnAtMillis` into its status, conditional on
+/// the version the compiler saw; a cluster that changed meanwhile (an edit,
+/// a status transition, a delete) is skipped, its change already makes a new
+/// revision. (External workloads lapse through `crate::liveness`.)
 async fn record_expiries(
     store: &dyn Store,
-    state: &StoreState,
     expiries: &[UnrecordedExpiry],
 ) -> Result<(), StoreError> {
     for expiry in expiries {
-        let (object, field) = match expiry.key.kind {
-            Kind::Cluster => (
-                state.clusters.iter().find(|o| o.key == expiry.key),
-                "withdrawnAtMillis",
-            ),
-            _ => (
-                state
-                    .scoped
-                    .get(&expiry.key.scope)
-                    .and_then(|s| s.external_workloads.iter().find(|o| o.key == expiry.key)),
-                "expiredAtMillis",
-            ),
-        };
-        let Some(object) = object else {
-            continue;
-        };
-        let mut status = match &object.status {
-            Value::Object(map) => map.clone(),
-            _ => serde_json::Map::new(),
-        };
-        status.insert(field.into(), json!(expiry.expired_at_ms));
-        // No secret and no references: an update keeps the stored ones.
-        let write = ObjectWrite {
-            key: expiry.key.clone(),
-            spec: object.spec.clone(),
-            secret: None,
-            cluster_refs: Vec::new(),
-            domain: None,
-            status: Some(Value::Object(status)),
-            actor: EXPIRY_ACTOR.to_owned(),
-        };
-        match store.update(write, Some(expiry.resource_version)).await {
-            Ok(outcome) => tracing::info!(
+        let mut patch = serde_json::Map::new();
+        patch.insert("withdrawnAtMillis".into(), json!(expiry.expired_at_ms));
+        match store
+            .merge_status(
+                &expiry.key,
+                patch,
+                Some(expiry.resource_version),
+                EXPIRY_ACTOR,
+                "withdrawn",
+            )
+            .await
+        {
+            Ok((object, _)) => tracing::info!(
                 object = %expiry.key,
-                revision = outcome.object.resource_version,
-                "{}",
-                if expiry.key.kind == Kind::Cluster {
-                    "unreachable cluster withdrawn from DNS"
-                } else {
-                    "external workload expired"
-                }
+                revision = object.resource_version,
+                "unreachable cluster withdrawn from DNS"
             ),
             Err(StoreError::Conflict { .. } | StoreError::NotFound(_)) => {}
             Err(e) => return Err(e),

@@ -110,15 +110,14 @@ impl std::fmt::Display for Problem {
     }
 }
 
-/// An external workload whose TTL ran out, or an unreachable cluster whose
-/// stale endpoints were withdrawn, without the store recording it: its last
-/// write is older than that time. The builder records it (a conditional
-/// status write: `expiredAtMillis` / `withdrawnAtMillis`), so that the snapshot
+/// An unreachable cluster whose stale endpoints were withdrawn without the
+/// store recording it: its last write is older than that time. The builder
+/// records it (a conditional status merge: `withdrawnAtMillis`), so that the snapshot
 /// without it gets a new version instead of changing the content of an old
 /// one, and DNS replicas following by version see it too.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnrecordedExpiry {
-    /// The workload.
+    /// The cluster.
     pub key: ObjectKey,
     /// Its resource version; the recording write is conditional on it.
     pub resource_version: u64,
@@ -136,9 +135,9 @@ pub struct Snapshot {
     /// Objects left out, sorted.
     pub problems: Vec<Problem>,
     /// Earliest time (Unix milliseconds) the answers change without a store
-    /// write: when the next external workload expires.
+    /// write: when the next unreachable cluster's endpoints are withdrawn.
     pub next_change_ms: Option<i64>,
-    /// Expired workloads whose expiry the store has not recorded yet.
+    /// Withdrawals the store has not recorded yet.
     pub unrecorded_expiries: Vec<UnrecordedExpiry>,
     /// What gateways serve (one config for every cluster's gateway).
     pub gateways: Arc<gns_gateway::GatewayConfig>,

@@ -229,18 +229,29 @@ fn migrator(backend: Backend) -> Migrator {
 const OBJECT_COLUMNS: &str =
     "kind, scope, name, spec, status, resource_version, created_at, updated_at";
 
+/// A text column of `row`.
+fn text_column(row: &AnyRow, col: &str) -> Result<String, StoreError> {
+    row.try_get::<String, _>(col)
+        .map_err(|e| StoreError::Internal(format!("column {col}: {e}")))
+}
+
+/// A number column of `row`.
+fn number_column(row: &AnyRow, col: &str) -> Result<i64, StoreError> {
+    row.try_get::<i64, _>(col)
+        .map_err(|e| StoreError::Internal(format!("column {col}: {e}")))
+}
+
+/// The `kind` column of `row`.
+fn kind_column(row: &AnyRow) -> Result<Kind, StoreError> {
+    let text = text_column(row, "kind")?;
+    Kind::parse(&text)
+        .ok_or_else(|| StoreError::Internal(format!("unknown kind {text:?} in store")))
+}
+
 fn object_from_row(row: &AnyRow) -> Result<StoredObject, StoreError> {
-    let get_str = |col: &str| -> Result<String, StoreError> {
-        row.try_get::<String, _>(col)
-            .map_err(|e| StoreError::Internal(format!("column {col}: {e}")))
-    };
-    let get_i64 = |col: &str| -> Result<i64, StoreError> {
-        row.try_get::<i64, _>(col)
-            .map_err(|e| StoreError::Internal(format!("column {col}: {e}")))
-    };
-    let kind_text = get_str("kind")?;
-    let kind = Kind::parse(&kind_text)
-        .ok_or_else(|| StoreError::Internal(format!("unknown kind {kind_text:?} in store")))?;
+    let get_str = |col: &str| text_column(row, col);
+    let get_i64 = |col: &str| number_column(row, col);
+    let kind = kind_column(row)?;
     let parse_json = |col: &str| -> Result<Value, StoreError> {
         serde_json::from_str(&get_str(col)?)
             .map_err(|e| StoreError::Internal(format!("column {col} is not JSON: {e}")))

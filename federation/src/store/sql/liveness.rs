@@ -8,9 +8,11 @@
 
 use serde_json::Value;
 use sqlx::any::AnyRow;
-use sqlx::{AssertSqlSafe, Executor, Row};
+use sqlx::{AssertSqlSafe, Executor};
 
-use super::{Backend, SqlStore, db_err, i64_of, now_millis};
+use super::{
+    Backend, SqlStore, db_err, i64_of, kind_column, now_millis, number_column, text_column,
+};
 use crate::model::Kind;
 use crate::store::{Liveness, NO_EXPIRY, ObjectKey, StoreError, StoredObject};
 
@@ -20,27 +22,16 @@ const ROWS_PER_STATEMENT: usize = 512;
 const COLUMNS: &str = "kind, scope, name, beat_ms, expires_ms, data";
 
 fn fact_from_row(row: &AnyRow) -> Result<Liveness, StoreError> {
-    let text = |col: &str| -> Result<String, StoreError> {
-        row.try_get::<String, _>(col)
-            .map_err(|e| StoreError::Internal(format!("liveness column {col}: {e}")))
-    };
-    let number = |col: &str| -> Result<i64, StoreError> {
-        row.try_get::<i64, _>(col)
-            .map_err(|e| StoreError::Internal(format!("liveness column {col}: {e}")))
-    };
-    let kind_text = text("kind")?;
-    let kind = Kind::parse(&kind_text)
-        .ok_or_else(|| StoreError::Internal(format!("unknown kind {kind_text:?} in liveness")))?;
-    let data = serde_json::from_str(&text("data")?)
+    let data = serde_json::from_str(&text_column(row, "data")?)
         .map_err(|e| StoreError::Internal(format!("liveness data is not JSON: {e}")))?;
     Ok(Liveness {
         key: ObjectKey {
-            kind,
-            scope: text("scope")?,
-            name: text("name")?,
+            kind: kind_column(row)?,
+            scope: text_column(row, "scope")?,
+            name: text_column(row, "name")?,
         },
-        beat_ms: number("beat_ms")?,
-        expires_ms: number("expires_ms")?,
+        beat_ms: number_column(row, "beat_ms")?,
+        expires_ms: number_column(row, "expires_ms")?,
         data,
     })
 }
