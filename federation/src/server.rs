@@ -83,6 +83,20 @@ pub struct Config {
     /// How long audit rows are kept (pruned in the background), from 1 hour to 100 years.
     #[arg(long, env = "GNS_AUDIT_RETENTION", default_value = "90d", value_parser = parse_retention)]
     pub audit_retention: std::time::Duration,
+    /// A cluster whose gateways have reported before and all stayed silent
+    /// this long leaves the external view and its peers' destinations
+    /// until one reports again (1s to 1h).
+    #[arg(long, env = "GNS_GATEWAY_TIMEOUT", default_value = "30s", value_parser = parse_gateway_timeout)]
+    pub gateway_timeout: std::time::Duration,
+}
+
+/// A gateway timeout: a duration like `30s`, from 1 s to 1 h.
+fn parse_gateway_timeout(text: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if d < std::time::Duration::from_secs(1) || d > std::time::Duration::from_secs(3600) {
+        return Err("must be between 1s and 1h".into());
+    }
+    Ok(d)
 }
 
 /// An audit retention: a duration like `90d` or `12h`, from 1 hour to 100 years.
@@ -227,7 +241,8 @@ pub async fn build(config: &Config) -> Result<Federation, StartError> {
             .with_gateway_lifetime(config.gateway_cert_lifetime),
     );
     let (token, admin_token_file) = admin_token(config)?;
-    let state = AppState::new(Arc::clone(&store), Authenticator::new(&token));
+    let state = AppState::new(Arc::clone(&store), Authenticator::new(&token))
+        .with_gateway_timeout(config.gateway_timeout);
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| StartError::Bind {
@@ -282,7 +297,7 @@ pub async fn build(config: &Config) -> Result<Federation, StartError> {
             builder,
             feeder,
             discovery,
-            crate::liveness::spawn(Arc::clone(&store)),
+            crate::liveness::spawn(Arc::clone(&store), config.gateway_timeout),
             tokio::spawn(prune_audit(Arc::clone(&store), config.audit_retention)),
         ],
         admin_token_file,

@@ -868,6 +868,206 @@ async fn health_ready_and_metrics(api: &Api) {
 
 /// Runs `scenario` against the API on `backend`, then drops the backend's
 /// database (left behind if the scenario fails, for a look at it).
+fn report(config_version: u64, requests: u64) -> Value {
+    let mut buckets = vec![0u64; gns_gateway::report::BUCKETS];
+    buckets[1] = requests;
+    json!({"version": "0.1.0", "configVersion": config_version,
+           "certificateExpiresAt": "2026-12-07T10:00:00Z", "intervalMillis": 5000,
+           "traffic": [{"globalNamespace": "production", "service": "web", "cluster": "west",
+                        "entry": "egress", "requests": requests,
+                        "responses": {"2xx": requests}, "latencyBuckets": buckets,
+                        "requestBytes": 0, "responseBytes": 10 * requests}]})
+}
+
+async fn gateway_tokens_report_their_own_cluster_only(api: &Api) {
+    api.seed().await;
+    // A gateway token belongs to one registered cluster; no other role names one.
+    for (body, field) in [
+        (json!({"name": "gw", "role": "gateway"}), "cluster"),
+        (
+            json!({"name": "gw", "role": "gateway", "cluster": "nowhere"}),
+            "cluster",
+        ),
+        (
+            json!({"name": "gw", "role": "viewer", "cluster": "east"}),
+            "cluster",
+        ),
+    ] {
+        let (status, error) = api
+            .call(Method::POST, "/v1/tokens", Some(body.clone()))
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {error}");
+        assert_eq!(fields(&error), [field], "{error}");
+    }
+    let created = api
+        .ok(
+            Method::POST,
+            "/v1/tokens",
+            Some(json!({"name": "gw-east", "role": "gateway", "cluster": "east"})),
+        )
+        .await;
+    assert_eq!(
+        (created["role"].as_str(), created["cluster"].as_str()),
+        (Some("gateway"), Some("east"))
+    );
+    let token = created["token"].as_str().expect("secret").to_owned();
+    let listed = api.ok(Method::GET, "/v1/tokens", None).await;
+    assert!(
+        listed["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .any(|t| t["name"] == "gw-east" && t["cluster"] == "east"),
+        "{listed}"
+    );
+
+    let as_gateway = async |method: Method, path: &str, body: Option<Value>| {
+        api.raw(
+            method,
+            path,
+            Some(&token),
+            body.map(|b| b.to_string().into_bytes()),
+        )
+        .await
+    };
+    // Nothing but its own cluster's gateway routes.
+    for (method, path) in [
+        (Method::GET, "/v1/clusters"),
+        (Method::GET, "/v1/clusters/east"),
+        (Method::GET, "/v1/config/gateways/west"),
+        (Method::GET, "/v1/config/dns"),
+        (Method::GET, "/v1/global-namespaces"),
+        (Method::PUT, "/v1/clusters/west/gateway-instances/gw-0"),
+    ] {
+        let (status, error) = as_gateway(method.clone(), path, Some(report(1, 1))).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{method} {path}: {error}");
+    }
+    // Its config watch is open to it (no snapshot feed in this router: 503, not 403).
+    let (status, _) = as_gateway(Method::GET, "/v1/config/gateways/east", None).await;
+    assert_ne!(status, StatusCode::FORBIDDEN);
+
+    let revision = api.backend.store.revision().await.expect("revision");
+    let audited = api.ok(Method::GET, "/v1/audit", None).await["items"]
+        .as_array()
+        .expect("items")
+        .len();
+    let (status, shown) = as_gateway(
+        Method::PUT,
+        "/v1/clusters/east/gateway-instances/gw-0",
+        Some(report(7, 3)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{shown}");
+    assert_eq!(
+        (shown["instance"].as_str(), shown["configVersion"].as_u64()),
+        (Some("gw-0"), Some(7))
+    );
+    // Bad reports are refused, naming the field.
+    let mut short = report(7, 3);
+    short["traffic"][0]["latencyBuckets"] = json!([3]);
+    let mut uneven = report(7, 3);
+    uneven["traffic"][0]["responses"] = json!({"2xx": 2});
+    let mut unknown = report(7, 3);
+    unknown["colour"] = json!("red");
+    let mut late = report(7, 3);
+    late["certificateExpiresAt"] = json!("tomorrow");
+    for (body, field) in [
+        (short, "traffic[0].latencyBuckets"),
+        (uneven, "traffic[0].requests"),
+        (unknown, "colour"),
+        (late, "certificateExpiresAt"),
+    ] {
+        let (status, error) = as_gateway(
+            Method::PUT,
+            "/v1/clusters/east/gateway-instances/gw-0",
+            Some(body),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{error}");
+        assert_eq!(fields(&error), [field], "{error}");
+    }
+    let (status, error) = as_gateway(
+        Method::PUT,
+        "/v1/clusters/east/gateway-instances/GW_0",
+        Some(report(7, 3)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{error}");
+    // An admin may report too; a report for an unknown cluster is 404.
+    api.ok(
+        Method::PUT,
+        "/v1/clusters/east/gateway-instances/gw-1",
+        Some(report(6, 0)),
+    )
+    .await;
+    let (status, _) = api
+        .call(
+            Method::PUT,
+            "/v1/clusters/nowhere/gateway-instances/gw-0",
+            Some(report(6, 0)),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // Reports are liveness: no revision, no audit row.
+    assert_eq!(
+        api.backend.store.revision().await.expect("revision"),
+        revision
+    );
+    let audit = api.ok(Method::GET, "/v1/audit", None).await;
+    assert_eq!(
+        audit["items"].as_array().expect("items").len(),
+        audited,
+        "{audit}"
+    );
+
+    // The cluster's status lists the instances, newest first; west's never reported.
+    let east = api.ok(Method::GET, "/v1/clusters/east", None).await;
+    let instances = east["status"]["gatewayInstances"]
+        .as_array()
+        .expect("instances");
+    let names: Vec<&str> = instances
+        .iter()
+        .filter_map(|i| i["instance"].as_str())
+        .collect();
+    assert_eq!(names.len(), 2, "{east}");
+    assert!(names.contains(&"gw-0") && names.contains(&"gw-1"));
+    let gw0 = instances
+        .iter()
+        .find(|i| i["instance"] == "gw-0")
+        .expect("gw-0");
+    assert_eq!(gw0["configVersion"], 7);
+    assert_eq!(gw0["certificateExpiresAt"], "2026-12-07T10:00:00Z");
+    assert!(
+        gw0["lastSeen"].is_string() && gw0.get("traffic").is_none(),
+        "{gw0}"
+    );
+    assert_eq!(east["status"]["gatewayHealth"], "Reporting");
+    let list = api.ok(Method::GET, "/v1/clusters", None).await;
+    let west = list["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .find(|c| c["name"] == "west")
+        .expect("west")
+        .clone();
+    assert_eq!(west["status"]["gatewayHealth"], "NeverReported", "{west}");
+    assert_eq!(west["status"]["gatewayInstances"], json!([]));
+    // The instances' page has their last traffic.
+    let page = api
+        .ok(Method::GET, "/v1/clusters/east/gateway-instances", None)
+        .await;
+    let gw0 = page["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .find(|i| i["instance"] == "gw-0")
+        .expect("gw-0")
+        .clone();
+    assert_eq!(gw0["traffic"][0]["requests"], 3, "{page}");
+    assert_eq!(gw0["traffic"][0]["responseBytes"], 30);
+}
+
 async fn run(backend: Backend, scenario: impl AsyncFnOnce(&Api)) {
     let api = Api::on(backend);
     scenario(&api).await;
@@ -918,6 +1118,9 @@ on_both_backends! {
     health_ready_and_metrics:
         health_ready_and_metrics_on_sqlite,
         health_ready_and_metrics_on_postgres;
+    gateway_tokens_report_their_own_cluster_only:
+        gateway_tokens_report_their_own_cluster_only_on_sqlite,
+        gateway_tokens_report_their_own_cluster_only_on_postgres;
 }
 
 /// Postgres only: a server can be taken away under a running API (the

@@ -264,6 +264,107 @@ async fn audit_rows_are_pruned_by_age(store: Arc<dyn Store>) {
     );
 }
 
+async fn gateway_silence_is_recorded_once_and_cleared_by_a_report(store: Arc<dyn Store>) {
+    use gns_federation::liveness::cluster::{
+        FORGET_REPLACED, instance_key, prune_instances, reported, sweep_gateways,
+    };
+    use gns_federation::model::ClusterStatus;
+    const TIMEOUT: i64 = 3_000;
+    store.create(cluster("east")).await.expect("east");
+    let east = ObjectKey::global(Kind::Cluster, "east");
+    let (a, b) = (instance_key("east", "gw-a"), instance_key("east", "gw-b"));
+    store
+        .record_liveness(&[
+            fact(&a, 1_000, 1_000 + TIMEOUT, json!({"version": "1"})),
+            fact(&b, 2_000, 2_000 + TIMEOUT, json!({"version": "1"})),
+        ])
+        .await
+        .expect("record");
+    let start = store.revision().await.expect("revision");
+    let audited = audit_rows(store.as_ref()).await;
+
+    // gw-a is silent, gw-b still reports: no transition.
+    sweep_gateways(store.as_ref(), 4_500, TIMEOUT)
+        .await
+        .expect("sweep");
+    assert_eq!(store.revision().await.expect("revision"), start);
+    // Both silent: recorded once.
+    sweep_gateways(store.as_ref(), 5_000, TIMEOUT)
+        .await
+        .expect("sweep");
+    sweep_gateways(store.as_ref(), 6_000, TIMEOUT)
+        .await
+        .expect("sweep again");
+    assert_eq!(store.revision().await.expect("revision"), start + 1);
+    let object = store.get(&east).await.expect("get").expect("east");
+    let status = ClusterStatus::of(&object.status);
+    assert_eq!(status.gateways_silent_since_millis, Some(5_000));
+    assert_eq!(object.status["phase"], "Pending", "the sync state is kept");
+    let audit = store
+        .list_audit(&PageRequest::default())
+        .await
+        .expect("audit");
+    assert_eq!(audit.items.len(), audited + 1);
+    assert_eq!(
+        (
+            audit.items[0].actor.as_str(),
+            audit.items[0].action.as_str()
+        ),
+        ("system:liveness", "gateways-silent")
+    );
+
+    // gw-a reports again: recorded back, once.
+    store
+        .record_liveness(&[fact(&a, 7_000, 7_000 + TIMEOUT, json!({"version": "2"}))])
+        .await
+        .expect("record");
+    reported(store.as_ref(), &object).await.expect("reported");
+    let back = store.get(&east).await.expect("get").expect("east");
+    assert!(!ClusterStatus::of(&back.status).gateways_silent());
+    reported(store.as_ref(), &back)
+        .await
+        .expect("reported again");
+    assert_eq!(store.revision().await.expect("revision"), start + 2);
+    let audit = store
+        .list_audit(&PageRequest::default())
+        .await
+        .expect("audit");
+    assert_eq!(audit.items[0].action, "gateways-back");
+
+    // gw-b was replaced long ago: forgotten; gw-a, the last, stays.
+    assert_eq!(
+        prune_instances(store.as_ref(), 1_000).await.expect("prune"),
+        0,
+        "not long enough"
+    );
+    assert_eq!(
+        prune_instances(store.as_ref(), 2_001 + FORGET_REPLACED)
+            .await
+            .expect("prune"),
+        1
+    );
+    let left: Vec<String> = store
+        .liveness(Kind::Cluster, Some("east"), None)
+        .await
+        .expect("facts")
+        .into_iter()
+        .map(|f| f.key.name)
+        .collect();
+    assert_eq!(left, ["gw-a"]);
+    // Instances of a deleted cluster are forgotten when they lapse.
+    store.delete(&east, None, "tester").await.expect("delete");
+    sweep_gateways(store.as_ref(), 20_000, TIMEOUT)
+        .await
+        .expect("sweep");
+    assert!(
+        store
+            .liveness(Kind::Cluster, Some("east"), None)
+            .await
+            .expect("facts")
+            .is_empty()
+    );
+}
+
 macro_rules! battery {
     ($backend:ident) => {
         mod $backend {
@@ -294,6 +395,10 @@ macro_rules! battery {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn deleting_an_object_forgets_its_liveness() {
                 run(super::deleting_an_object_forgets_its_liveness).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn gateway_silence_is_recorded_once_and_cleared_by_a_report() {
+                run(super::gateway_silence_is_recorded_once_and_cleared_by_a_report).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn audit_rows_are_pruned_by_age() {

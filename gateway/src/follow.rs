@@ -190,6 +190,24 @@ impl Follower {
         self
     }
 
+    /// A reporter of this gateway as `instance` (see [`crate::report`]),
+    /// over the same client as the config watch.
+    pub fn reporter(
+        &self,
+        instance: &str,
+        api_token: String,
+        every: Duration,
+    ) -> crate::report::Reporter {
+        crate::report::Reporter::new(
+            self.http.clone(),
+            &self.federation,
+            &self.cluster,
+            instance,
+            api_token,
+            every,
+        )
+    }
+
     fn path(&self, name: &str) -> PathBuf {
         self.state_dir.join(name)
     }

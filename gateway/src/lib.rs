@@ -6,7 +6,8 @@
 //! [`proxy`] is the data path (egress, ingress, peer pool, retries, TCP
 //! passthrough); [`budget`] bounds the request-body bytes buffered by
 //! the whole process; [`metrics`] caches per-route metric handles; [`pool`] keeps HTTP/1.1 connections to local endpoints; [`sni`] reads the server name of a TLS ClientHello;
-//! [`idle`] closes client connections left unused;
+//! [`idle`] closes client connections left unused; [`report`] tells the
+//! federation every few seconds who this gateway is and what it carried;
 //! [`follow`] fetches the certificate and follows the config from the
 //! federation, persisting both for static stability.
 
@@ -20,6 +21,7 @@ pub mod metrics;
 pub mod peer;
 pub mod pool;
 pub mod proxy;
+pub mod report;
 pub mod route;
 pub mod sni;
 pub mod tls;

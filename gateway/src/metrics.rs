@@ -8,8 +8,13 @@ use std::time::Duration;
 
 use metrics::{Counter, Histogram};
 
+use crate::report::{Tally, Traffic};
+
 /// Where a plain-HTTP request entered the gateway.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum Entry {
     /// From a client in this cluster.
     Egress,
@@ -39,6 +44,24 @@ struct Handles {
     request_bytes: Counter,
     /// `gns_gateway_response_bytes_total`.
     response_bytes: Counter,
+    /// The counts of the next report to the federation.
+    tally: Arc<Tally>,
+}
+
+/// Counts a response's body bytes as they stream: the metric and the tally
+/// of the next report.
+#[derive(Debug, Clone)]
+pub struct ResponseBytes {
+    counter: Counter,
+    tally: Arc<Tally>,
+}
+
+impl ResponseBytes {
+    /// `n` more bytes.
+    pub fn increment(&self, n: u64) {
+        self.counter.increment(n);
+        self.tally.add_response_bytes(n);
+    }
 }
 
 type Slots = [Option<Handles>; 2 * CLASSES.len()];
@@ -47,6 +70,9 @@ type Slots = [Option<Handles>; 2 * CLASSES.len()];
 #[derive(Debug)]
 pub struct RouteMetrics {
     service: Arc<str>,
+    /// The service and its global namespace, apart, for reports.
+    names: (String, String),
+    traffic: Arc<Traffic>,
     by_cluster: Mutex<crate::FastMap<String, Box<Slots>>>,
 }
 
@@ -57,17 +83,20 @@ impl std::fmt::Debug for Handles {
 }
 
 impl RouteMetrics {
-    /// The handles of `service.gns`.
-    pub fn new(service: &str, gns: &str) -> Self {
+    /// The handles of `service.gns`, whose requests are also counted in
+    /// `traffic` for the gateway's reports.
+    pub fn new(service: &str, gns: &str, traffic: &Arc<Traffic>) -> Self {
         Self {
             service: Arc::from(format!("{service}.{gns}")),
+            names: (gns.to_owned(), service.to_owned()),
+            traffic: Arc::clone(traffic),
             by_cluster: Mutex::new(crate::FastMap::default()),
         }
     }
 
     /// Records one answered request from `entry` served by `cluster` (count
     /// by status class, latency, request body bytes); returns the counter of
-    /// its response body bytes.
+    /// its response body bytes. The same counts go to the next report.
     pub fn record(
         &self,
         entry: Entry,
@@ -75,7 +104,7 @@ impl RouteMetrics {
         status: u16,
         elapsed: Duration,
         request_bytes: u64,
-    ) -> Counter {
+    ) -> ResponseBytes {
         let class = usize::from((status / 100).clamp(1, 5)) - 1;
         let slot = match entry {
             Entry::Egress => class,
@@ -94,10 +123,17 @@ impl RouteMetrics {
         handles.requests.increment(1);
         handles.duration.record(elapsed.as_secs_f64());
         handles.request_bytes.increment(request_bytes);
-        handles.response_bytes.clone()
+        handles.tally.record(class, elapsed, request_bytes);
+        ResponseBytes {
+            counter: handles.response_bytes.clone(),
+            tally: Arc::clone(&handles.tally),
+        }
     }
 
     fn register(&self, entry: Entry, cluster: &str, class: &'static str) -> Handles {
+        let tally = self
+            .traffic
+            .tally(&self.names.0, &self.names.1, cluster, entry);
         let (entry, service, cluster) =
             (entry.as_str(), self.service.to_string(), cluster.to_owned());
         Handles {
@@ -126,6 +162,7 @@ impl RouteMetrics {
                 "service" => service,
                 "cluster" => cluster
             ),
+            tally,
         }
     }
 }

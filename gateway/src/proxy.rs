@@ -255,6 +255,8 @@ pub struct Gateway {
     buffers: BufferBudget,
     /// Counters.
     pub counters: Counters,
+    /// Traffic since the last report to the federation.
+    traffic: Arc<crate::report::Traffic>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -300,6 +302,7 @@ impl Gateway {
             client_idle_ms: AtomicU64::new(DEFAULT_CLIENT_IDLE.as_millis() as u64),
             buffers: BufferBudget::default(),
             counters: Counters::default(),
+            traffic: Arc::default(),
         })
     }
 
@@ -334,6 +337,11 @@ impl Gateway {
         &self.shards[WORKER.with(Cell::get) % self.shards.len()]
     }
 
+    /// The traffic counted for the next report to the federation.
+    pub fn traffic(&self) -> &crate::report::Traffic {
+        &self.traffic
+    }
+
     /// This gateway's cluster.
     pub fn cluster(&self) -> &str {
         &self.cluster
@@ -341,7 +349,7 @@ impl Gateway {
 
     /// Applies a config atomically; problems (rules left out) are returned.
     pub fn apply_config(&self, config: GatewayConfig) -> Vec<String> {
-        let (table, problems) = RouteTable::new(&config, &self.cluster);
+        let (table, problems) = RouteTable::new(&config, &self.cluster, &self.traffic);
         let ports = table.tcp_ports();
         self.tcp_ports.send_if_modified(|current| {
             let changed = *current != ports;
@@ -1207,7 +1215,7 @@ fn denied_caller<S: AsRef<str>>(callers: &[S], host: &str) -> String {
 
 /// Counts a response's body bytes: at once when its length is known, else
 /// frame by frame as it streams to the client.
-fn count_response(resp: Response<Body>, bytes: metrics::Counter) -> Response<Body> {
+fn count_response(resp: Response<Body>, bytes: crate::metrics::ResponseBytes) -> Response<Body> {
     if let Some(n) = hyper::body::Body::size_hint(resp.body()).exact() {
         bytes.increment(n);
         return resp;

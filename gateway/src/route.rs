@@ -83,7 +83,12 @@ pub struct Caller {
 impl RouteTable {
     /// Compiles `config` for the gateway of `cluster`. Rules that can't
     /// compile (a bad header name or regex) are left out and reported.
-    pub fn new(config: &GatewayConfig, cluster: &str) -> (RouteTable, Vec<String>) {
+    /// Requests are counted in `traffic` for the gateway's reports.
+    pub fn new(
+        config: &GatewayConfig,
+        cluster: &str,
+        traffic: &Arc<crate::report::Traffic>,
+    ) -> (RouteTable, Vec<String>) {
         let mut problems = Vec::new();
         let mut by_host = FastMap::default();
         let mut by_tcp_port: FastMap<u16, Vec<(String, Arc<Route>)>> = FastMap::default();
@@ -131,7 +136,7 @@ impl RouteTable {
             let route = Arc::new(Route {
                 config: svc.clone(),
                 rules,
-                metrics: crate::metrics::RouteMetrics::new(&svc.service, &svc.gns),
+                metrics: crate::metrics::RouteMetrics::new(&svc.service, &svc.gns, traffic),
             });
             for tcp in &svc.tcp_ports {
                 by_tcp_port
@@ -319,7 +324,7 @@ mod tests {
 
     #[test]
     fn weights_and_header_rules() {
-        let (table, problems) = RouteTable::new(&config(), "east");
+        let (table, problems) = RouteTable::new(&config(), "east", &Arc::default());
         assert!(problems.is_empty());
         let route = table
             .route("Web.Production.App.Acme.Com:8080")
@@ -343,7 +348,7 @@ mod tests {
         let config = config();
         let svc = config.services.values().next().expect("svc");
         let own = svc.endpoints["east"][0];
-        let (table, _) = RouteTable::new(&config, "east");
+        let (table, _) = RouteTable::new(&config, "east", &Arc::default());
         let caller = table.caller_at(own, "production").expect("web's endpoint");
         assert_eq!(caller.services, ["web"]);
         assert_eq!(
@@ -364,7 +369,7 @@ mod tests {
         let mut restricted = config.clone();
         let svc = restricted.services.values_mut().next().expect("svc");
         svc.allowed_callers = Some(vec!["api".into()]);
-        let (table, _) = RouteTable::new(&restricted, "east");
+        let (table, _) = RouteTable::new(&restricted, "east", &Arc::default());
         let route = table.route("web.production.app.acme.com").expect("route");
         assert!(route.admits(&["api"]));
         assert!(
@@ -375,10 +380,10 @@ mod tests {
         assert!(!route.admits::<&str>(&[]), "unnamed callers need `*`");
         let svc = restricted.services.values_mut().next().expect("svc");
         svc.allowed_callers = Some(vec!["*".into()]);
-        let (table, _) = RouteTable::new(&restricted, "east");
+        let (table, _) = RouteTable::new(&restricted, "east", &Arc::default());
         let route = table.route("web.production.app.acme.com").expect("route");
         assert!(route.admits::<&str>(&[]));
-        let (table, _) = RouteTable::new(&config, "east");
+        let (table, _) = RouteTable::new(&config, "east", &Arc::default());
         let route = table.route("web.production.app.acme.com").expect("route");
         assert!(route.admits(&["anyone"]), "no policy: every caller");
     }
@@ -389,7 +394,7 @@ mod tests {
         let svc = config.services.values_mut().next().expect("svc");
         svc.endpoints.get_mut("east").expect("east").clear();
         svc.failover = vec!["west".into()];
-        let (table, _) = RouteTable::new(&config, "east");
+        let (table, _) = RouteTable::new(&config, "east", &Arc::default());
         let route = table.route("web.production.app.acme.com").expect("route");
         assert_eq!(table.plan(&route, &HeaderMap::new(), 0), ["west"]);
     }
@@ -399,7 +404,7 @@ mod tests {
         let mut config = config();
         let svc = config.services.values_mut().next().expect("svc");
         svc.rules[0].headers[0].matcher = HeaderMatcher::Regex("(".into());
-        let (table, problems) = RouteTable::new(&config, "east");
+        let (table, problems) = RouteTable::new(&config, "east", &Arc::default());
         assert_eq!(problems.len(), 1);
         let route = table.route("web.production.app.acme.com").expect("route");
         assert!(!table.plan(&route, &HeaderMap::new(), 0).is_empty());

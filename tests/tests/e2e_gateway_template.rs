@@ -36,8 +36,8 @@
 //! federation's real `http://127.0.0.1:PORT`.
 //!
 //! What the kubelet would know and the API objects don't say, the test makes
-//! up plausibly for `fieldRef` (the template uses none today, but a new
-//! reference must not silently become an empty value): `metadata.name` is a
+//! up plausibly for `fieldRef` (the template takes the instance name from
+//! `metadata.name`; a new reference must not silently become an empty value): `metadata.name` is a
 //! ReplicaSet-style pod name (`gns-gateway-7c5d9b8f6d-x2k4q`),
 //! `metadata.namespace` the Deployment's, `metadata.uid` a fixed UUID,
 //! `metadata.labels['…']`/`metadata.annotations['…']` the pod template's (plus
@@ -1027,8 +1027,10 @@ async fn the_rendered_gateway_deployment_starts_a_gateway_that_joins() {
                     .as_str()
                     .is_some_and(|n| n.starts_with(&format!("gateway-{CLUSTER}-")))
                     && t["createdBy"] == format!("join-token:{CLUSTER}")
+                    && t["role"] == "gateway"
+                    && t["cluster"] == CLUSTER
             })),
-        "the federation lists the gateway's API token: {tokens}"
+        "the federation lists the gateway's API token, a gateway token of {CLUSTER}: {tokens}"
     );
 
     // ...loaded east's config, and passes the Deployment's own probes.
@@ -1077,6 +1079,33 @@ async fn the_rendered_gateway_deployment_starts_a_gateway_that_joins() {
             r.setting
         );
     }
+    // It reports itself under its pod's name (the downward API's
+    // metadata.name), with the config it serves.
+    let pod_name = pod.name.clone();
+    eventually(
+        "the cluster's status to list the pod as a reporting gateway instance",
+        logs,
+        async || {
+            let cluster = get_json(&format!("{base}/v1/clusters/{CLUSTER}")).await?;
+            let status = &cluster["status"];
+            let instances = status["gatewayInstances"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let listed = instances.iter().any(|i| {
+                i["instance"] == pod_name.as_str()
+                    && i["configVersion"].as_u64() == Some(version)
+                    && i["version"] == env!("CARGO_PKG_VERSION")
+                    && i["certificateExpiresAt"].is_string()
+            });
+            if listed && status["gatewayHealth"] == "Reporting" {
+                Ok(())
+            } else {
+                Err(format!("status: {status}"))
+            }
+        },
+    )
+    .await;
     gateway.assert_running(federation_log);
     eprintln!(
         "deployment applied {applied_after:?} after start; gateway ready with config version \

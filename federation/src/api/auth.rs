@@ -1,5 +1,6 @@
 //! Authentication and authorization: bearer tokens (stored as SHA-256 hashes),
-//! roles `viewer` < `editor` < `admin`, and the bootstrap admin token.
+//! roles `viewer` < `editor` < `admin`, the bootstrap admin token, and
+//! `gateway` tokens, which reach only their own cluster's gateway routes.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -26,6 +27,8 @@ pub struct Principal {
     pub name: String,
     /// Role.
     pub role: Role,
+    /// The cluster of a gateway token.
+    pub cluster: Option<String>,
 }
 
 /// Hex SHA-256 of a token secret, as stored.
@@ -100,6 +103,7 @@ impl Authenticator {
             return Ok(Principal {
                 name: BOOTSTRAP_ADMIN.into(),
                 role: Role::Admin,
+                cluster: None,
             });
         }
         if let Some(principal) = self.cached(&hash) {
@@ -110,6 +114,7 @@ impl Authenticator {
                 let principal = Principal {
                     name: record.name,
                     role: record.role,
+                    cluster: record.cluster,
                 };
                 self.remember(hash, &principal);
                 Ok(principal)
@@ -134,6 +139,20 @@ pub fn required_role(method: &Method, path: &str) -> Role {
     }
 }
 
+/// Whether the gateway token of `cluster` may call `method` on `path`: its
+/// config watch and its instances' reports.
+pub fn gateway_may(method: &Method, path: &str, cluster: &str) -> bool {
+    let config = path
+        .strip_prefix("/v1/config/gateways/")
+        .is_some_and(|c| c == cluster);
+    let report = path
+        .strip_prefix("/v1/clusters/")
+        .and_then(|rest| rest.strip_prefix(cluster))
+        .and_then(|rest| rest.strip_prefix("/gateway-instances/"))
+        .is_some_and(|instance| !instance.is_empty() && !instance.contains('/'));
+    (*method == Method::GET && config) || (*method == Method::PUT && report)
+}
+
 /// Middleware: authenticates the bearer token and checks the role for the route.
 pub async fn require_auth(
     State(state): State<AppState>,
@@ -156,6 +175,17 @@ pub async fn require_auth(
             ApiError::Unauthorized("Authorization header must be: Bearer <token>".into())
         })?;
     let principal = state.auth.authenticate(&state, secret).await?;
+    if principal.role == Role::Gateway {
+        let cluster = principal.cluster.as_deref().unwrap_or_default();
+        if !gateway_may(req.method(), req.uri().path(), cluster) {
+            return Err(ApiError::Forbidden(format!(
+                "token {} is the gateway token of cluster {cluster}: it reads that cluster's gateway config and reports its instances, nothing else",
+                principal.name
+            )));
+        }
+        req.extensions_mut().insert(principal);
+        return Ok(next.run(req).await);
+    }
     let needed = required_role(req.method(), req.uri().path());
     if principal.role < needed {
         return Err(ApiError::Forbidden(format!(
@@ -183,6 +213,32 @@ mod tests {
         );
         assert_eq!(required_role(&Method::GET, "/v1/tokens"), Role::Admin);
         assert_eq!(required_role(&Method::GET, "/v1/audit"), Role::Admin);
+    }
+
+    #[test]
+    fn a_gateway_token_reaches_only_its_own_clusters_gateway_routes() {
+        let may = |m: Method, p: &str| gateway_may(&m, p, "east");
+        assert!(may(Method::GET, "/v1/config/gateways/east"));
+        assert!(may(Method::PUT, "/v1/clusters/east/gateway-instances/gw-0"));
+        assert!(!may(Method::GET, "/v1/config/gateways/west"));
+        assert!(!may(Method::GET, "/v1/config/gateways/east2"));
+        assert!(!may(
+            Method::PUT,
+            "/v1/clusters/east2/gateway-instances/gw-0"
+        ));
+        assert!(!may(
+            Method::PUT,
+            "/v1/clusters/west/gateway-instances/gw-0"
+        ));
+        assert!(!may(Method::PUT, "/v1/clusters/east/gateway-instances/"));
+        assert!(!may(Method::PUT, "/v1/clusters/east/gateway-instances/a/b"));
+        assert!(!may(
+            Method::DELETE,
+            "/v1/clusters/east/gateway-instances/gw-0"
+        ));
+        assert!(!may(Method::GET, "/v1/clusters/east"));
+        assert!(!may(Method::GET, "/v1/config/dns"));
+        assert!(!may(Method::PUT, "/v1/clusters/east"));
     }
 
     #[test]

@@ -86,13 +86,11 @@ async fn mark_stale_clusters(
         .await?
         .items
     {
-        let status = &object.status;
-        if status.get("phase").and_then(Value::as_str) != Some("Unreachable") {
+        let status = crate::model::ClusterStatus::of(&object.status);
+        if !status.unreachable() {
             continue;
         }
-        let since = status.get("unreachableSinceMillis").and_then(Value::as_i64);
-        let withdrawn_at = status.get("withdrawnAtMillis").and_then(Value::as_i64);
-        let withdrawn = matches!((since, withdrawn_at), (Some(s), Some(w)) if w >= s);
+        let withdrawn = status.withdrawn();
         stale.insert(object.key.name.clone(), withdrawn);
     }
     if stale.is_empty() {

@@ -293,14 +293,16 @@ pub async fn sign(
     let signed = identity
         .sign_gateway(&request.csr, &cluster, lifetime)
         .map_err(identity_error)?;
-    // A viewer token for the gateway's config watch (shown once, like every token).
+    // The gateway's token (shown once, like every token): its cluster's
+    // config watch and instance reports, nothing else.
     let api_token = generate_token()?;
     let token_name = format!("gateway-{cluster}-{}", &hash_token(&api_token)[..8]);
     state
         .store
         .create_token(
             &token_name,
-            Role::Viewer,
+            Role::Gateway,
+            Some(&cluster),
             &hash_token(&api_token),
             &format!("join-token:{cluster}"),
         )

@@ -6,6 +6,7 @@ mod body;
 mod catalog;
 pub mod config;
 mod error;
+mod gateways;
 mod identity;
 pub mod metrics;
 pub mod openapi;
@@ -43,6 +44,8 @@ pub struct AppState {
     pub auth: Authenticator,
     /// Liveness facts (heartbeats), written in batches.
     pub beats: crate::liveness::BeatWriter,
+    /// A gateway instance without a report for this long is silent.
+    pub gateway_timeout: std::time::Duration,
 }
 
 impl AppState {
@@ -53,9 +56,24 @@ impl AppState {
             beats: crate::liveness::BeatWriter::spawn(Arc::clone(&store)),
             store,
             auth,
+            gateway_timeout: DEFAULT_GATEWAY_TIMEOUT,
         }
     }
+
+    /// Sets how long a gateway instance may go without a report.
+    pub fn with_gateway_timeout(mut self, timeout: std::time::Duration) -> AppState {
+        self.gateway_timeout = timeout;
+        self
+    }
+
+    /// [`AppState::gateway_timeout`] in milliseconds.
+    pub fn gateway_timeout_ms(&self) -> i64 {
+        i64::try_from(self.gateway_timeout.as_millis()).unwrap_or(i64::MAX)
+    }
 }
+
+/// `--gateway-timeout`'s default.
+pub const DEFAULT_GATEWAY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The complete HTTP router of `gns-federation`, serving config watches
 /// (`/v1/config/…`) from `snapshots`, the receiver of
@@ -121,6 +139,11 @@ pub fn router(state: AppState) -> Router {
             get(get_one::<AccessPolicy>)
                 .put(replace::<AccessPolicy>)
                 .delete(remove::<AccessPolicy>),
+        )
+        .route("/v1/clusters/{name}/gateway-instances", get(gateways::list))
+        .route(
+            "/v1/clusters/{name}/gateway-instances/{instance}",
+            put(gateways::report),
         )
         .route(
             "/v1/clusters/{name}/join-tokens",

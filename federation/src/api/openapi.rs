@@ -325,6 +325,24 @@ pub const OPERATIONS: &[Operation] = {
             200,
         ),
         op(
+            Put,
+            "/v1/clusters/{name}/gateway-instances/{instance}",
+            "A gateway instance's report (the cluster's gateway token, or admin), every few seconds: body {version, configVersion?, certificateExpiresAt?: RFC 3339, intervalMillis, traffic: [{globalNamespace, service, cluster (that served), entry: egress|public, requests, responses: {1xx..5xx}, latencyBuckets: 12 counts (<=5,10,25,50,100,250,500,1000,2500,5000,10000 ms, slower), requestBytes, responseBytes}] since the last report}. A liveness fact: no revision, no audit row. When every instance of a cluster stayed silent for --gateway-timeout, the cluster leaves the external view and its peers' destinations until one reports again. Returns the instance as the cluster's status shows it",
+            "clusters",
+            None,
+            None,
+            200,
+        ),
+        op(
+            Get,
+            "/v1/clusters/{name}/gateway-instances",
+            "The cluster's gateway instances as they last reported, newest first, with their last traffic: {cluster, gatewayHealth: NeverReported|Reporting|Silent, items: [{instance, version, configVersion, lastSeen, certificateExpiresAt, silent, intervalMillis, traffic}]}",
+            "clusters",
+            None,
+            None,
+            200,
+        ),
+        op(
             Post,
             "/v1/clusters/{name}/join-tokens",
             "Create a one-time join token for the cluster's gateway, body {\"ttl\": \"1h\"} (default 1h, at most 168h); returns {cluster, token, expiresAt}, the token once (admin)",
@@ -345,7 +363,7 @@ pub const OPERATIONS: &[Operation] = {
         op(
             Post,
             "/v1/identity/sign",
-            "Sign a gateway CSR: body {csr: PEM PKCS#10, joinToken} for a first certificate (returns also a viewer apiToken for the config watch, once), or {csr, certificate: the current PEM, keyProof?} to renew (the CSR is for the certificate's key, or for a new key with keyProof: base64 of the CSR's PEM text signed by the current key, ECDSA P-256 SHA-256); returns {certificate: PEM leaf + root, spiffeId, expiresAt}. No bearer token",
+            "Sign a gateway CSR: body {csr: PEM PKCS#10, joinToken} for a first certificate (returns also the gateway's apiToken, once: role gateway, its cluster's config watch and instance reports only), or {csr, certificate: the current PEM, keyProof?} to renew (the CSR is for the certificate's key, or for a new key with keyProof: base64 of the CSR's PEM text signed by the current key, ECDSA P-256 SHA-256); returns {certificate: PEM leaf + root, spiffeId, expiresAt}. No bearer token",
             "identity",
             None,
             None,

@@ -68,6 +68,9 @@ pub async fn overlay_liveness(
         .store
         .liveness(kind, Some(scope), name.as_deref())
         .await?;
+    if kind == Kind::Cluster {
+        overlay_gateway_instances(state, name.as_deref(), objects).await?;
+    }
     if facts.is_empty() {
         return Ok(());
     }
@@ -97,6 +100,56 @@ pub async fn overlay_liveness(
             // When discovery last reported, whatever it said.
             status.insert("lastReportMillis".into(), json!(fact.beat_ms));
         }
+    }
+    Ok(())
+}
+
+/// Shows each cluster's gateway instances (`gatewayInstances`, newest
+/// first) and how they stand (`gatewayHealth`) in its status.
+async fn overlay_gateway_instances(
+    state: &AppState,
+    name: Option<&str>,
+    clusters: &mut [StoredObject],
+) -> Result<(), ApiError> {
+    use crate::liveness::cluster::{health, instance_view};
+    let facts = match name {
+        Some(name) => {
+            state
+                .store
+                .liveness(Kind::Cluster, Some(name), None)
+                .await?
+        }
+        None => state.store.liveness(Kind::Cluster, None, None).await?,
+    };
+    let mut by_cluster: HashMap<&str, Vec<&crate::store::Liveness>> = HashMap::new();
+    for fact in facts.iter().filter(|f| !f.key.scope.is_empty()) {
+        by_cluster
+            .entry(fact.key.scope.as_str())
+            .or_default()
+            .push(fact);
+    }
+    let (now, timeout) = (now_millis(), state.gateway_timeout_ms());
+    for cluster in clusters {
+        let mut instances = by_cluster
+            .remove(cluster.key.name.as_str())
+            .unwrap_or_default();
+        instances.sort_by_key(|f| std::cmp::Reverse(f.beat_ms));
+        let Value::Object(status) = &mut cluster.status else {
+            continue;
+        };
+        status.insert(
+            "gatewayHealth".into(),
+            json!(health(&instances, now, timeout).as_str()),
+        );
+        status.insert(
+            "gatewayInstances".into(),
+            Value::Array(
+                instances
+                    .iter()
+                    .map(|f| instance_view(f, now, timeout, false))
+                    .collect(),
+            ),
+        );
     }
     Ok(())
 }

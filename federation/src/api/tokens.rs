@@ -14,11 +14,41 @@ use super::body::JsonObject;
 use super::paging::{continue_token, page_request};
 use super::render::{list_body, rfc3339};
 use super::{ApiError, AppState};
-use crate::model::TokenRequest;
-use crate::store::{AuditEntry, StoreError, TokenRecord};
+use crate::model::{Kind, Role, TokenRequest};
+use crate::store::{AuditEntry, ObjectKey, StoreError, TokenRecord};
 
 fn render_token(t: &TokenRecord) -> Value {
-    json!({"name": t.name, "role": t.role, "createdAt": rfc3339(t.created_at), "createdBy": t.created_by})
+    let mut out = json!({"name": t.name, "role": t.role, "createdAt": rfc3339(t.created_at), "createdBy": t.created_by});
+    if let Some(cluster) = &t.cluster {
+        out["cluster"] = json!(cluster);
+    }
+    out
+}
+
+/// Checks a token request's scope: a gateway token names an existing
+/// cluster, no other role names one.
+async fn check_scope(state: &AppState, request: &TokenRequest) -> Result<(), ApiError> {
+    match (request.role, &request.cluster) {
+        (Role::Gateway, None) => Err(ApiError::invalid_field(
+            "cluster",
+            "a gateway token belongs to one cluster: give its name",
+        )),
+        (Role::Gateway, Some(cluster)) => {
+            let key = ObjectKey::global(Kind::Cluster, cluster.as_str());
+            if state.store.get(&key).await?.is_none() {
+                return Err(ApiError::invalid_field(
+                    "cluster",
+                    format!("no cluster {cluster} is registered"),
+                ));
+            }
+            Ok(())
+        }
+        (_, Some(_)) => Err(ApiError::invalid_field(
+            "cluster",
+            "only a gateway token belongs to a cluster",
+        )),
+        (_, None) => Ok(()),
+    }
 }
 
 /// `POST /v1/tokens`: returns the secret once.
@@ -28,12 +58,14 @@ pub async fn create(
     body: JsonObject,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let request: TokenRequest = body.into_typed()?;
+    check_scope(&state, &request).await?;
     let secret = generate_token()?;
     let record = state
         .store
         .create_token(
             request.name.as_str(),
             request.role,
+            request.cluster.as_ref().map(|c| c.as_str()),
             &hash_token(&secret),
             &principal.name,
         )

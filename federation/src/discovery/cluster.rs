@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 
 use super::health::{ApiHealth, is_connect_failure};
 use super::model::{self, Member, NamespaceObjects, ServiceInfo, SliceInfo};
-use crate::model::{DiscoveredService, Kind};
+use crate::model::{ClusterChange, ClusterPhase, DiscoveredService, Kind};
 use crate::store::{BatchOp, ObjectKey, ObjectWrite, PageRequest, Store};
 
 /// Actor name of discovery writes in the audit log.
@@ -342,7 +342,7 @@ pub async fn run(
     let mut written: Option<HashMap<ObjectKey, u64>> = None;
     let mut status = StatusWriter::new(&cluster, Arc::clone(&store), gateway);
     status
-        .report(Phase::Connecting, "connecting", None, None)
+        .report(ClusterPhase::Connecting, "connecting", None, None)
         .await;
 
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -466,7 +466,7 @@ pub async fn run(
                     tracing::warn!(cluster, error = %e, "catalog write failed; will retry");
                     status
                         .report(
-                            Phase::Degraded,
+                            ClusterPhase::Degraded,
                             &format!("catalog write failed: {e}"),
                             None,
                             None,
@@ -482,20 +482,20 @@ pub async fn run(
                 .sum();
             let services: usize = objects.values().map(|o| o.services.len()).sum();
             let (phase, message) = if errors.is_empty() {
-                (Phase::Connected, "synced".to_owned())
+                (ClusterPhase::Connected, "synced".to_owned())
             } else if all_failing {
-                (Phase::Unreachable, errors[0].clone())
+                (ClusterPhase::Unreachable, errors[0].clone())
             } else {
-                (Phase::Degraded, errors[0].clone())
+                (ClusterPhase::Degraded, errors[0].clone())
             };
             status
                 .report(phase, &message, Some(services), Some(endpoints))
                 .await;
         } else if !errors.is_empty() {
             let phase = if all_failing {
-                Phase::Unreachable
+                ClusterPhase::Unreachable
             } else {
-                Phase::Degraded
+                ClusterPhase::Degraded
             };
             status.report(phase, &errors[0], None, None).await;
         }
@@ -683,33 +683,9 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Connection phase of a member cluster.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    /// Not synced yet.
-    Connecting,
-    /// Every watch is healthy.
-    Connected,
-    /// Some watches fail.
-    Degraded,
-    /// No watch works; the last known endpoints are kept (stale).
-    Unreachable,
-}
-
-impl Phase {
-    fn as_str(self) -> &'static str {
-        match self {
-            Phase::Connecting => "Connecting",
-            Phase::Connected => "Connected",
-            Phase::Degraded => "Degraded",
-            Phase::Unreachable => "Unreachable",
-        }
-    }
-}
-
 /// The effective state a status write recorded: phase, since when
 /// unreachable, the deployed gateway's status.
-type Transition = (Phase, Option<i64>, Option<Value>);
+type Transition = (ClusterPhase, Option<i64>, Option<Value>);
 
 /// Writes the cluster status when it changes (and now and then for lastSync).
 struct StatusWriter {
@@ -750,16 +726,18 @@ impl StatusWriter {
 
     async fn report(
         &mut self,
-        phase: Phase,
+        phase: ClusterPhase,
         message: &str,
         services: Option<usize>,
         endpoints: Option<usize>,
     ) {
         let now = crate::api::now_millis();
-        if phase == Phase::Connected || (phase == Phase::Degraded && services.is_some()) {
+        if phase == ClusterPhase::Connected
+            || (phase == ClusterPhase::Degraded && services.is_some())
+        {
             self.last_sync_ms = Some(now);
         }
-        if phase == Phase::Unreachable {
+        if phase == ClusterPhase::Unreachable {
             self.unreachable_since_ms.get_or_insert(now);
         } else {
             self.unreachable_since_ms = None;
@@ -805,25 +783,20 @@ impl StatusWriter {
         if self.last.as_ref() == Some(&transition) {
             return;
         }
-        let mut patch = serde_json::Map::new();
-        patch.insert("phase".into(), json!(phase.as_str()));
-        patch.insert("message".into(), json!(message));
-        patch.insert(
-            "unreachableSinceMillis".into(),
-            json!(self.unreachable_since_ms),
-        );
-        if phase != Phase::Unreachable {
-            patch.insert("withdrawnAtMillis".into(), Value::Null);
-        }
-        patch.insert("gateway".into(), gateway.unwrap_or(Value::Null));
-        // Written by discovery before the liveness plane; now liveness facts.
-        for moved in ["lastSync", "lastSyncMillis", "services", "endpoints"] {
-            patch.insert(moved.into(), Value::Null);
-        }
-        match self
-            .store
-            .merge_status(&self.key, patch, None, ACTOR, "status")
-            .await
+        let change = ClusterChange::Sync {
+            phase,
+            message: message.to_owned(),
+            unreachable_since_millis: self.unreachable_since_ms,
+            gateway,
+        };
+        match crate::liveness::cluster::record(
+            self.store.as_ref(),
+            &self.key.name,
+            &change,
+            None,
+            ACTOR,
+        )
+        .await
         {
             Ok(_) => self.last = Some(transition),
             Err(e) => {

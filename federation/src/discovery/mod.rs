@@ -19,7 +19,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::model::{Cluster, ClusterCredentials, GlobalNamespace, Kind};
-use crate::store::{BatchOp, ObjectKey, PageRequest, Store, StoreError};
+use crate::store::{BatchOp, PageRequest, Store, StoreError};
 use model::Member;
 
 /// What a cluster task was started from; a change restarts it.
@@ -205,13 +205,17 @@ fn start(
                         }
                     }
                     Err(e) => {
-                        let mut patch = serde_json::Map::new();
-                        patch.insert("phase".into(), "Unreachable".into());
-                        patch.insert("message".into(), e.to_string().into());
-                        let key = ObjectKey::global(Kind::Cluster, name.clone());
-                        if let Err(e) = store
-                            .merge_status(&key, patch, None, cluster::ACTOR, "status")
-                            .await
+                        let change = crate::model::ClusterChange::Failed {
+                            message: e.to_string(),
+                        };
+                        if let Err(e) = crate::liveness::cluster::record(
+                            store.as_ref(),
+                            &name,
+                            &change,
+                            None,
+                            cluster::ACTOR,
+                        )
+                        .await
                         {
                             tracing::warn!(cluster = name, error = %e, "cannot write cluster status");
                         }
@@ -326,13 +330,20 @@ pub async fn run_with(store: Arc<dyn Store>, options: DiscoveryOptions) {
                         .get(&name)
                         .is_none_or(|r| r.fingerprint != fp || r.task.is_finished());
                     if restart {
+                        let why = match running.get(&name) {
+                            None => "new",
+                            Some(r) if r.task.is_finished() => "the last sync ended",
+                            Some(r) if r.fingerprint.secret != fp.secret => "credentials changed",
+                            Some(r) if r.fingerprint.spec != fp.spec => "spec changed",
+                            Some(_) => "membership changed",
+                        };
                         if let Some(previous) = running.remove(&name) {
                             let deployed = |spec: &Value| spec.get("gatewayDeployment").is_some();
                             if deployed(&previous.fingerprint.spec) && !deployed(&fp.spec) {
                                 remove_gateway(&name, &previous.fingerprint);
                             }
                         }
-                        tracing::info!(cluster = name, "starting sync");
+                        tracing::info!(cluster = name, why, "starting sync");
                         let task = start(&name, &fp, all_gns.clone(), &store, &options);
                         running.insert(
                             name,

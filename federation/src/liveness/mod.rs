@@ -8,12 +8,18 @@
 //! The snapshot compiler reads only the recorded state, so beats change no
 //! output.
 //!
+//! A member cluster's gateway instances report the same way ([`cluster`]):
+//! when every one of them went silent, the cluster's status records it
+//! (`gatewaysSilentSinceMillis`), and the next report records them back.
+//!
 //! One replica decides lapses (the [`spawn`]ed sweeper holds the store
 //! lease `liveness`, as discovery holds one per cluster); any replica that
-//! takes a beat of an expired workload records it alive. Both transitions
-//! are conditional writes, so each is written once.
+//! takes a beat of an expired workload (or a report of a silent cluster's
+//! gateway) records it alive. Both transitions are conditional writes, so
+//! each is written once.
 
 mod batch;
+pub mod cluster;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -76,8 +82,10 @@ pub async fn mark_alive(store: &dyn Store, key: &ObjectKey) -> Result<StoredObje
 }
 
 /// Starts the deciding side on the current runtime: whichever replica
-/// holds the lease `liveness` records lapses as they happen.
-pub fn spawn(store: Arc<dyn Store>) -> JoinHandle<()> {
+/// holds the lease `liveness` records lapses as they happen; a cluster's
+/// gateways are silent after `gateway_timeout` without a report.
+pub fn spawn(store: Arc<dyn Store>, gateway_timeout: Duration) -> JoinHandle<()> {
+    let gateway_timeout_ms = i64::try_from(gateway_timeout.as_millis()).unwrap_or(i64::MAX);
     tokio::spawn(async move {
         loop {
             let lease = match store.try_lease("liveness").await {
@@ -105,10 +113,22 @@ pub fn spawn(store: Arc<dyn Store>) -> JoinHandle<()> {
                         ),
                         Err(e) => tracing::warn!(error = %e, "cannot backfill liveness facts"),
                     }
+                    match cluster::prune_instances(store.as_ref(), now_millis()).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(instances = n, "forgot replaced gateway instances"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot forget replaced gateway instances")
+                        }
+                    }
                     last_backfill = Some(tokio::time::Instant::now());
                 }
                 if let Err(e) = sweep(store.as_ref(), now_millis()).await {
                     tracing::warn!(error = %e, "cannot decide liveness transitions; retrying");
+                }
+                if let Err(e) =
+                    cluster::sweep_gateways(store.as_ref(), now_millis(), gateway_timeout_ms).await
+                {
+                    tracing::warn!(error = %e, "cannot decide gateway liveness; retrying");
                 }
                 tokio::time::sleep(SWEEP).await;
                 if last_lease_check.elapsed() >= LEASE_RETRY {

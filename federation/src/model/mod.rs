@@ -6,10 +6,12 @@
 //! rules, duplicate members) by each resource's `validate`. Either way the
 //! failure names the offending field.
 
+mod cluster_status;
 mod primitives;
 mod resources;
 mod validation;
 
+pub use cluster_status::{ClusterChange, ClusterPhase, ClusterStatus};
 pub use primitives::{
     Cidr, Domain, DurationSpec, HeaderName, HostPort, LabelMap, Name, validate_labels,
 };

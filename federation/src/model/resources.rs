@@ -972,6 +972,9 @@ impl NamedResource for DiscoveredService {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
+    /// A member cluster's gateway (with `cluster`): reads that cluster's
+    /// gateway config and reports its instances, nothing else.
+    Gateway,
     /// Read everything except tokens and the audit log.
     Viewer,
     /// Also write global namespaces and what is in them.
@@ -984,6 +987,7 @@ impl Role {
     /// Stable identifier.
     pub fn as_str(self) -> &'static str {
         match self {
+            Role::Gateway => "gateway",
             Role::Viewer => "viewer",
             Role::Editor => "editor",
             Role::Admin => "admin",
@@ -992,7 +996,7 @@ impl Role {
 
     /// Parses [`Role::as_str`].
     pub fn parse(s: &str) -> Option<Role> {
-        [Role::Viewer, Role::Editor, Role::Admin]
+        [Role::Gateway, Role::Viewer, Role::Editor, Role::Admin]
             .into_iter()
             .find(|r| r.as_str() == s)
     }
@@ -1006,6 +1010,10 @@ pub struct TokenRequest {
     pub name: Name,
     /// Role granted.
     pub role: Role,
+    /// The cluster of a `gateway` token (required for it, refused for
+    /// other roles).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<Name>,
 }
 
 #[cfg(test)]

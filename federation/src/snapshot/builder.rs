@@ -23,7 +23,6 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde_json::json;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -302,17 +301,17 @@ async fn record_expiries(
     expiries: &[UnrecordedExpiry],
 ) -> Result<(), StoreError> {
     for expiry in expiries {
-        let mut patch = serde_json::Map::new();
-        patch.insert("withdrawnAtMillis".into(), json!(expiry.expired_at_ms));
-        match store
-            .merge_status(
-                &expiry.key,
-                patch,
-                Some(expiry.resource_version),
-                EXPIRY_ACTOR,
-                "withdrawn",
-            )
-            .await
+        let change = crate::model::ClusterChange::Withdrawn {
+            at_millis: expiry.expired_at_ms,
+        };
+        match crate::liveness::cluster::record(
+            store,
+            &expiry.key.name,
+            &change,
+            Some(expiry.resource_version),
+            EXPIRY_ACTOR,
+        )
+        .await
         {
             Ok((object, _)) => tracing::info!(
                 object = %expiry.key,

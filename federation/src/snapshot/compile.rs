@@ -13,6 +13,10 @@
 //!   cluster, else its egress gateway address, else nothing (the cluster gets
 //!   the external answer); a service with no ready endpoint anywhere gets no
 //!   cluster view entries, so every client sees an empty (NODATA) answer;
+//! - a cluster whose gateways all went silent (recorded by the liveness
+//!   plane) counts as having no ready endpoints for the external view, for
+//!   other clusters and in the gateways' config; its own clients still get
+//!   its local endpoints;
 //! - SRV ports from the discovered service and the alive workloads (UDP →
 //!   `_udp`, everything else `_tcp`), TXT `clusters=<clusters with ready endpoints>`.
 //!
@@ -32,15 +36,16 @@ use serde::de::DeserializeOwned;
 
 use super::{CompileOptions, Problem, ScopedObjects, Snapshot, StoreState, UnrecordedExpiry};
 use crate::model::{
-    Access, AccessPolicy, Cluster, ClusterEndpoints, DiscoveredService, ExternalWorkload,
-    GlobalNamespace, Kind, Name, PolicyAction, Protocol, RetryOn, Routing, WorkloadPort,
+    Access, AccessPolicy, Cluster, ClusterEndpoints, ClusterStatus, DiscoveredService,
+    ExternalWorkload, GlobalNamespace, Kind, Name, PolicyAction, Protocol, RetryOn, Routing,
+    WorkloadPort,
 };
 use crate::store::{ObjectKey, StoredObject};
 
 /// The addresses of a gateway the federation deployed, as read back from its
 /// Services (`status.gateway`), for a cluster whose spec names none.
-fn deployed_gateway(status: &serde_json::Value) -> Option<crate::model::GatewayAddresses> {
-    let gateway = status.get("gateway")?;
+fn deployed_gateway(status: &ClusterStatus) -> Option<crate::model::GatewayAddresses> {
+    let gateway = status.gateway.as_ref()?;
     let ingress = gateway.get("ingressAddress")?.as_str()?;
     let egress = gateway.get("egressAddress")?.as_str()?;
     serde_json::from_value(serde_json::json!({"ingressAddress": ingress, "egressAddress": egress}))
@@ -57,7 +62,7 @@ pub fn compile(state: &StoreState, now_ms: i64, options: &CompileOptions) -> Sna
     for object in &state.clusters {
         if let Some(mut cluster) = parse::<Cluster>(object, &mut problems) {
             if cluster.gateway.is_none() {
-                cluster.gateway = deployed_gateway(&object.status);
+                cluster.gateway = deployed_gateway(&ClusterStatus::of(&object.status));
             }
             clusters.insert(object.key.name.clone(), cluster);
         }
@@ -85,15 +90,8 @@ pub fn compile(state: &StoreState, now_ms: i64, options: &CompileOptions) -> Sna
         let Some(cluster) = clusters.get(&object.key.name) else {
             continue;
         };
-        let unreachable = object
-            .status
-            .get("phase")
-            .and_then(serde_json::Value::as_str)
-            == Some("Unreachable");
-        let since = object
-            .status
-            .get("unreachableSinceMillis")
-            .and_then(serde_json::Value::as_i64);
+        let status = ClusterStatus::of(&object.status);
+        let (unreachable, since) = (status.unreachable(), status.unreachable_since_millis);
         if let (true, Some(since), Some(after)) = (unreachable, since, cluster.withdraw_after()) {
             let at = since.saturating_add(i64::try_from(after.as_millis()).unwrap_or(i64::MAX));
             if now_ms >= at {
@@ -111,10 +109,20 @@ pub fn compile(state: &StoreState, now_ms: i64, options: &CompileOptions) -> Sna
         }
     }
 
+    // Clusters whose gateways all went silent: as if they had no ready
+    // endpoints, for everyone but themselves.
+    let gateways_silent: BTreeSet<String> = state
+        .clusters
+        .iter()
+        .filter(|o| ClusterStatus::of(&o.status).gateways_silent())
+        .map(|o| o.key.name.clone())
+        .collect();
+
     let mut compiler = Compiler {
         options,
         clusters: &clusters,
         withdrawn: &withdrawn,
+        gateways_silent: &gateways_silent,
         problems,
         next_change_ms: next_withdrawal,
         expiries: unrecorded,
@@ -218,6 +226,9 @@ struct Compiler<'a> {
     clusters: &'a BTreeMap<String, Cluster>,
     /// Unreachable clusters past their stale-endpoint policy: their endpoints don't count.
     withdrawn: &'a BTreeSet<String>,
+    /// Clusters whose gateways all went silent: their endpoints count only
+    /// for their own clients.
+    gateways_silent: &'a BTreeSet<String>,
     problems: Vec<Problem>,
     next_change_ms: Option<i64>,
     expiries: Vec<UnrecordedExpiry>,
@@ -449,7 +460,7 @@ impl Compiler<'_> {
                 .filter(|p| !is_http(p) && matches!(p.protocol, Protocol::Tcp | Protocol::Tls))
                 .collect();
             for (cluster, endpoints) in &d.clusters {
-                if !members.contains(cluster.as_str()) {
+                if !members.contains(cluster.as_str()) || self.gateways_silent.contains(cluster) {
                     continue;
                 }
                 out.endpoints.insert(
@@ -544,30 +555,34 @@ impl Compiler<'_> {
             }
         }
 
+        // Where other clusters' clients and outside clients can be sent.
+        let reachable: Vec<&str> = ready
+            .keys()
+            .copied()
+            .filter(|c| !self.gateways_silent.contains(*c))
+            .collect();
         let external = sorted(
-            ready
-                .keys()
+            reachable
+                .iter()
                 .filter_map(|c| self.clusters.get(*c)?.gateway.as_ref()?.public_address)
                 .chain(inputs.workloads.iter().map(|w| w.address))
                 .collect(),
         );
 
         let mut views = BTreeMap::new();
-        let available = !ready.is_empty() || !inputs.workloads.is_empty();
-        if available {
-            for (cluster_name, cluster) in
-                self.clusters.iter().filter(|(_, c)| !c.networks.is_empty())
-            {
-                let elsewhere = inputs
-                    .routing
-                    .is_some_and(|r| sends_elsewhere(r, cluster_name));
-                let answer = match ready.get(cluster_name.as_str()) {
-                    Some(local) if !elsewhere => Some(local.clone()),
-                    _ => cluster.gateway.as_ref().map(|g| vec![g.egress_address]),
-                };
-                if let Some(addresses) = answer {
-                    views.insert(cluster_name.clone(), addresses);
-                }
+        let available = !reachable.is_empty() || !inputs.workloads.is_empty();
+        for (cluster_name, cluster) in self.clusters.iter().filter(|(_, c)| !c.networks.is_empty())
+        {
+            let elsewhere = inputs
+                .routing
+                .is_some_and(|r| sends_elsewhere(r, cluster_name));
+            let answer = match ready.get(cluster_name.as_str()) {
+                Some(local) if !elsewhere => Some(local.clone()),
+                _ if available => cluster.gateway.as_ref().map(|g| vec![g.egress_address]),
+                _ => None,
+            };
+            if let Some(addresses) = answer {
+                views.insert(cluster_name.clone(), addresses);
             }
         }
 
@@ -578,13 +593,12 @@ impl Compiler<'_> {
             add_port(&mut ports, port);
         }
 
-        let ready_clusters: Vec<&str> = ready.keys().copied().collect();
         Service {
             name: name.to_owned(),
             ports: ports.into_values().collect(),
             external,
             views,
-            txt: vec![format!("clusters={}", ready_clusters.join(","))],
+            txt: vec![format!("clusters={}", reachable.join(","))],
         }
     }
 }
@@ -916,6 +930,53 @@ mod tests {
                 protocol: Transport::Tcp
             }]
         );
+    }
+
+    #[test]
+    fn a_cluster_whose_gateways_went_silent_counts_only_for_its_own_clients() {
+        let mut state = base();
+        scoped(&mut state).services.push(service(
+            "web",
+            &[("east", &["10.8.1.1"], &[]), ("south", &["10.11.1.1"], &[])],
+        ));
+        scoped(&mut state)
+            .services
+            .push(service("solo", &[("east", &["10.8.1.9"], &[])]));
+        let before = build(&state);
+        assert_eq!(
+            find(&before, "web").external,
+            ips(&["198.51.100.1", "198.51.100.4"])
+        );
+        state.clusters[0].status =
+            json!({"phase": "Connected", "gatewaysSilentSinceMillis": NOW - 1});
+        let snap = build(&state);
+        let web = find(&snap, "web");
+        assert_eq!(
+            web.external,
+            ips(&["198.51.100.4"]),
+            "east's public address left"
+        );
+        assert_eq!(web.txt, vec!["clusters=south".to_owned()]);
+        assert_eq!(
+            web.views["east"],
+            ips(&["10.8.1.1"]),
+            "east's own clients keep its endpoints"
+        );
+        assert_eq!(
+            web.views["west"],
+            ips(&["10.9.0.53"]),
+            "west still goes through its egress"
+        );
+        let gw = &snap.gateways.services[&format!("web.{ORIGIN}")];
+        assert!(
+            !gw.endpoints.contains_key("east"),
+            "peers no longer send to east: {gw:?}"
+        );
+        assert!(gw.endpoints.contains_key("south"));
+        // A service only east serves: nothing for anyone but east.
+        let solo = find(&snap, "solo");
+        assert!(solo.external.is_empty());
+        assert_eq!(solo.views.keys().collect::<Vec<_>>(), vec!["east"]);
     }
 
     #[test]

@@ -159,6 +159,8 @@ pub struct TokenRecord {
     pub name: String,
     /// Role.
     pub role: Role,
+    /// The cluster of a gateway token.
+    pub cluster: Option<String>,
     /// Creation time, Unix milliseconds.
     pub created_at: i64,
     /// Who created it.
@@ -367,11 +369,13 @@ pub trait Store: Send + Sync + 'static {
         secret_hash: &str,
         now_ms: i64,
     ) -> Result<Option<String>, StoreError>;
-    /// Stores a new token by the SHA-256 of its secret.
+    /// Stores a new token by the SHA-256 of its secret (`cluster`: the
+    /// cluster of a gateway token).
     async fn create_token(
         &self,
         name: &str,
         role: Role,
+        cluster: Option<&str>,
         secret_hash: &str,
         actor: &str,
     ) -> Result<TokenRecord, StoreError>;

@@ -171,7 +171,7 @@ fn paginate<T>(mut items: Vec<T>, page: &PageRequest, key_of: impl Fn(&T) -> Str
 }
 
 fn migrator(backend: Backend) -> Migrator {
-    let scripts: [(&str, &str); 4] = match backend {
+    let scripts: [(&str, &str); 5] = match backend {
         Backend::Postgres => [
             (
                 "init",
@@ -188,6 +188,10 @@ fn migrator(backend: Backend) -> Migrator {
             (
                 "liveness",
                 include_str!("../../../migrations/postgres/0004_liveness.sql"),
+            ),
+            (
+                "gateway tokens",
+                include_str!("../../../migrations/postgres/0005_gateway_tokens.sql"),
             ),
         ],
         Backend::Sqlite => [
@@ -206,6 +210,10 @@ fn migrator(backend: Backend) -> Migrator {
             (
                 "liveness",
                 include_str!("../../../migrations/sqlite/0004_liveness.sql"),
+            ),
+            (
+                "gateway tokens",
+                include_str!("../../../migrations/sqlite/0005_gateway_tokens.sql"),
             ),
         ],
     };
@@ -276,6 +284,7 @@ fn token_from_row(row: &AnyRow) -> Result<TokenRecord, StoreError> {
         name: row.try_get("name").map_err(db_err)?,
         role: Role::parse(&role_text)
             .ok_or_else(|| StoreError::Internal(format!("unknown role {role_text:?} in store")))?,
+        cluster: row.try_get("cluster").map_err(db_err)?,
         created_at: row.try_get("created_at").map_err(db_err)?,
         created_by: row.try_get("created_by").map_err(db_err)?,
     })
@@ -1229,17 +1238,19 @@ impl Store for SqlStore {
         &self,
         name: &str,
         role: Role,
+        cluster: Option<&str>,
         secret_hash: &str,
         actor: &str,
     ) -> Result<TokenRecord, StoreError> {
         let now = now_millis();
         let mut tx = self.pool.begin().await.map_err(db_err)?;
         let inserted = sqlx::query(
-            "INSERT INTO gns_tokens (name, role, secret_hash, created_at, created_by) \
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (name) DO NOTHING",
+            "INSERT INTO gns_tokens (name, role, cluster, secret_hash, created_at, created_by) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (name) DO NOTHING",
         )
         .bind(name)
         .bind(role.as_str())
+        .bind(cluster.map(str::to_owned))
         .bind(secret_hash)
         .bind(now)
         .bind(actor)
@@ -1254,6 +1265,7 @@ impl Store for SqlStore {
         Ok(TokenRecord {
             name: name.to_owned(),
             role,
+            cluster: cluster.map(str::to_owned),
             created_at: now,
             created_by: actor.to_owned(),
         })
@@ -1261,7 +1273,7 @@ impl Store for SqlStore {
 
     async fn list_tokens(&self, page: &PageRequest) -> Result<Page<TokenRecord>, StoreError> {
         let rows = sqlx::query(
-            "SELECT name, role, created_at, created_by FROM gns_tokens WHERE name > $1 ORDER BY name LIMIT $2",
+            "SELECT name, role, cluster, created_at, created_by FROM gns_tokens WHERE name > $1 ORDER BY name LIMIT $2",
         )
         .bind(page.after.clone().unwrap_or_default())
         .bind(limit_plus_one(page))
@@ -1292,7 +1304,7 @@ impl Store for SqlStore {
 
     async fn find_token(&self, secret_hash: &str) -> Result<Option<TokenRecord>, StoreError> {
         let row = sqlx::query(
-            "SELECT name, role, created_at, created_by FROM gns_tokens WHERE secret_hash = $1",
+            "SELECT name, role, cluster, created_at, created_by FROM gns_tokens WHERE secret_hash = $1",
         )
         .bind(secret_hash)
         .fetch_optional(&self.pool)

@@ -65,10 +65,47 @@ struct Args {
     /// `retry-after: 1`; one larger than the whole budget gets `413`.
     #[arg(long, env = "GNS_BUFFER_BUDGET", default_value = "64MiB", value_parser = gns_gateway::budget::parse_size)]
     buffer_budget: usize,
+    /// This instance's name in the cluster's status (the pod's name; the
+    /// rollout sets it): lowercase letters, digits, `-` and `.`. Default:
+    /// the host name.
+    #[arg(long, env = "GNS_INSTANCE")]
+    instance: Option<String>,
+    /// How often the gateway reports itself and its traffic to the federation.
+    #[arg(long, env = "GNS_REPORT_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    report_interval: std::time::Duration,
+}
+
+/// The instance name: `--instance`, else the host name, checked.
+fn instance_name(given: Option<&str>) -> anyhow::Result<String> {
+    let name = match given {
+        Some(name) => name.to_owned(),
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .context("no --instance and no host name to default to")?
+            .trim()
+            .to_ascii_lowercase(),
+    };
+    let valid = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && !name.starts_with(['-', '.'])
+        && !name.ends_with(['-', '.']);
+    if !valid {
+        anyhow::bail!(
+            "--instance {name:?}: use up to 253 lowercase letters, digits, '-' and '.', starting and ending with a letter or digit"
+        );
+    }
+    Ok(name)
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.report_interval < std::time::Duration::from_millis(100) {
+        anyhow::bail!("--report-interval must be at least 100ms");
+    }
     // Control (config, certificates, admin) runs on this thread; each data
     // path worker runs its own current-thread runtime on a thread of its own.
     tokio::runtime::Builder::new_current_thread()
@@ -168,6 +205,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let gateway = Gateway::with_workers(&args.cluster, workers);
     gateway.set_client_idle_timeout(Some(args.client_idle_timeout));
     gateway.set_buffer_budget(args.buffer_budget);
+    let instance = instance_name(args.instance.as_deref())?;
     let follower = Follower::new(&args.federation, &args.cluster, &args.state_dir)?
         .with_bundle_refresh(args.trust_bundle_refresh);
     follower.restore(&gateway);
@@ -192,6 +230,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", args.admin_listen))?;
     tracing::info!(
         cluster = args.cluster,
+        instance,
         egress = %egress[0].local_addr()?,
         ingress = %ingress[0].local_addr()?,
         admin = %admin.local_addr()?,
@@ -224,6 +263,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .context("worker thread")?;
     }
     tokio::spawn(follower.clone().renew(Arc::clone(&gateway)));
+    let reporter = follower.reporter(&instance, api_token.clone(), args.report_interval);
+    tokio::spawn(gns_gateway::report::run(reporter, Arc::clone(&gateway)));
     tokio::spawn(follower.follow(Arc::clone(&gateway), api_token));
     tokio::spawn(serve_admin(admin, Arc::clone(&gateway), prometheus));
     tokio::signal::ctrl_c().await?;

@@ -5,6 +5,11 @@
 //! endpoint change makes exactly one of each. A VM that stops beating leaves
 //! DNS within its TTL and a second, and comes back on its next beat; with
 //! two federation replicas on one Postgres each transition is written once.
+//! A cluster whose only gateway dies leaves the external view and its
+//! peers' destinations within the gateway timeout and two seconds, and
+//! comes back when the gateway is restarted (`gateways.rs`).
+
+mod gateways;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -144,8 +149,24 @@ async fn register(base: &str, name: &str, kube: &TestApiServer, public: &str) ->
     ingress
 }
 
-/// Starts `name`'s gateway (join token → certificate) and waits until it is ready.
-async fn gateway(base: &str, dir: &std::path::Path, name: &str, ingress: u16) -> Proc {
+/// A started gateway: the process, where it was started from, its egress.
+struct Gateway {
+    process: Proc,
+    args: Vec<String>,
+    log: std::path::PathBuf,
+    egress: SocketAddr,
+    admin: SocketAddr,
+}
+
+/// Starts `name`'s gateway (join token → certificate) with `extra` flags
+/// and waits until it is ready.
+async fn gateway(
+    base: &str,
+    dir: &std::path::Path,
+    name: &str,
+    ingress: u16,
+    extra: &[&str],
+) -> Gateway {
     let token = ok(
         reqwest::Method::POST,
         &format!("{base}/v1/clusters/{name}/join-tokens"),
@@ -155,8 +176,9 @@ async fn gateway(base: &str, dir: &std::path::Path, name: &str, ingress: u16) ->
         .as_str()
         .expect("join token")
         .to_owned();
-    let admin = free_port();
-    let args: Vec<String> = vec![
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let egress: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let mut args: Vec<String> = vec![
         "--federation".into(),
         base.into(),
         "--cluster".into(),
@@ -164,31 +186,49 @@ async fn gateway(base: &str, dir: &std::path::Path, name: &str, ingress: u16) ->
         "--join-token".into(),
         token,
         "--egress-listen".into(),
-        format!("127.0.0.1:{}", free_port()),
+        egress.to_string(),
         "--ingress-listen".into(),
         format!("127.0.0.1:{ingress}"),
         "--admin-listen".into(),
-        format!("127.0.0.1:{admin}"),
+        admin.to_string(),
         "--state-dir".into(),
         dir.join(format!("gw-{name}")).display().to_string(),
         "--worker-threads".into(),
         "1".into(),
     ];
-    let process = Proc::spawn(
-        &binary("gns-gateway"),
-        &args,
-        dir.join(format!("gateway-{name}.log")),
-    );
-    eventually(
-        &format!("{name}'s gateway to be ready"),
-        Duration::from_secs(30),
-        async || match reqwest::get(format!("http://127.0.0.1:{admin}/readyz")).await {
-            Ok(r) if r.status().is_success() => Ok(()),
-            other => Err(format!("{other:?}\n{}", process.log_text())),
-        },
-    )
-    .await;
-    process
+    args.extend(extra.iter().map(|a| (*a).to_owned()));
+    let log = dir.join(format!("gateway-{name}.log"));
+    let process = Proc::spawn(&binary("gns-gateway"), &args, log.clone());
+    let gateway = Gateway {
+        process,
+        args,
+        log,
+        egress,
+        admin,
+    };
+    gateway.wait_ready(name).await;
+    gateway
+}
+
+impl Gateway {
+    async fn wait_ready(&self, name: &str) {
+        eventually(
+            &format!("{name}'s gateway to be ready"),
+            Duration::from_secs(30),
+            async || match reqwest::get(format!("http://{}/readyz", self.admin)).await {
+                Ok(r) if r.status().is_success() => Ok(()),
+                other => Err(format!("{other:?}\n{}", self.process.log_text())),
+            },
+        )
+        .await;
+    }
+
+    /// Starts it again from its state dir (its join token long spent).
+    async fn restart(&mut self, name: &str) {
+        self.process.kill();
+        self.process = Proc::spawn(&binary("gns-gateway"), &self.args, self.log.clone());
+        self.wait_ready(name).await;
+    }
 }
 
 /// Long-polls `cluster`'s gateway config after `version` for `seconds`: its status and version.
@@ -241,8 +281,9 @@ async fn idle_scenario(backend: StoreBackend) {
         )
         .await;
     }
-    let _east_gw = gateway(&base, dir.path(), "east", east_ingress).await;
-    let _west_gw = gateway(&base, dir.path(), "west", west_ingress).await;
+    // Both gateways report themselves every 5 s (the default) throughout.
+    let _east_gw = gateway(&base, dir.path(), "east", east_ingress, &[]).await;
+    let _west_gw = gateway(&base, dir.path(), "west", west_ingress, &[]).await;
     // Every VM beats every 2 s, for as long as the scenario runs.
     let beating = {
         let base = base.clone();

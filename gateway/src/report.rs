@@ -1,0 +1,436 @@
+//! What a gateway tells the federation about itself every few seconds
+//! (`PUT /v1/clusters/{cluster}/gateway-instances/{instance}`): who it is,
+//! which build runs, which config it applied, when its certificate expires,
+//! and the traffic it carried since the last report. [`Report`] is the
+//! contract (the federation reads it with the same type); [`Traffic`] keeps
+//! the per-service, per-destination tallies the data path bumps and each
+//! report drains; [`run`] is the loop that sends them.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use crate::Gateway;
+use crate::metrics::Entry;
+
+/// Upper bounds (milliseconds, inclusive) of the latency buckets of a
+/// report; one more bucket counts everything slower.
+pub const LATENCY_BOUNDS_MS: [u64; 11] = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000];
+/// Buckets in [`TrafficRecord::latency_buckets`].
+pub const BUCKETS: usize = LATENCY_BOUNDS_MS.len() + 1;
+
+/// One gateway instance's report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Report {
+    /// The gateway's build version.
+    pub version: String,
+    /// The version of the config it serves, if it has one.
+    #[serde(default)]
+    pub config_version: Option<u64>,
+    /// When its certificate expires (RFC 3339), if it has one.
+    #[serde(default)]
+    pub certificate_expires_at: Option<String>,
+    /// How long the traffic below was counted for, in milliseconds.
+    pub interval_millis: u64,
+    /// Traffic since the previous report, per service, destination and entry.
+    #[serde(default)]
+    pub traffic: Vec<TrafficRecord>,
+}
+
+/// Responses by status class.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Classes {
+    /// 1xx.
+    #[serde(rename = "1xx", default)]
+    pub informational: u64,
+    /// 2xx.
+    #[serde(rename = "2xx", default)]
+    pub success: u64,
+    /// 3xx.
+    #[serde(rename = "3xx", default)]
+    pub redirection: u64,
+    /// 4xx.
+    #[serde(rename = "4xx", default)]
+    pub client_error: u64,
+    /// 5xx (the gateway's own 502/503/504 included).
+    #[serde(rename = "5xx", default)]
+    pub server_error: u64,
+}
+
+impl Classes {
+    fn from_counts(counts: [u64; 5]) -> Self {
+        let [
+            informational,
+            success,
+            redirection,
+            client_error,
+            server_error,
+        ] = counts;
+        Classes {
+            informational,
+            success,
+            redirection,
+            client_error,
+            server_error,
+        }
+    }
+
+    fn counts(&self) -> [u64; 5] {
+        [
+            self.informational,
+            self.success,
+            self.redirection,
+            self.client_error,
+            self.server_error,
+        ]
+    }
+
+    /// Every response.
+    pub fn total(&self) -> u64 {
+        self.counts().iter().sum()
+    }
+}
+
+/// The traffic of one service to one destination cluster through one entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TrafficRecord {
+    /// The global namespace.
+    pub global_namespace: String,
+    /// The service.
+    pub service: String,
+    /// The cluster that served it (this gateway's own, or a peer).
+    pub cluster: String,
+    /// Where the requests entered: `egress` or `public`.
+    pub entry: Entry,
+    /// Requests answered.
+    pub requests: u64,
+    /// Responses by status class.
+    pub responses: Classes,
+    /// Requests by latency, one count per bucket of [`LATENCY_BOUNDS_MS`]
+    /// and one for slower ones.
+    pub latency_buckets: Vec<u64>,
+    /// Request body bytes.
+    pub request_bytes: u64,
+    /// Response body bytes.
+    pub response_bytes: u64,
+}
+
+impl TrafficRecord {
+    fn key(&self) -> (&str, &str, &str, Entry) {
+        (
+            &self.global_namespace,
+            &self.service,
+            &self.cluster,
+            self.entry,
+        )
+    }
+
+    /// Adds `other`'s counts (same key) to this one's.
+    fn add(&mut self, other: &TrafficRecord) {
+        self.requests += other.requests;
+        self.responses = Classes::from_counts(std::array::from_fn(|i| {
+            self.responses.counts()[i] + other.responses.counts()[i]
+        }));
+        if self.latency_buckets.len() < other.latency_buckets.len() {
+            self.latency_buckets.resize(other.latency_buckets.len(), 0);
+        }
+        for (mine, theirs) in self.latency_buckets.iter_mut().zip(&other.latency_buckets) {
+            *mine += theirs;
+        }
+        self.request_bytes += other.request_bytes;
+        self.response_bytes += other.response_bytes;
+    }
+}
+
+/// Counts of one (service, destination, entry), bumped by the data path.
+#[derive(Debug, Default)]
+pub struct Tally {
+    classes: [AtomicU64; 5],
+    buckets: [AtomicU64; BUCKETS],
+    request_bytes: AtomicU64,
+    response_bytes: AtomicU64,
+}
+
+impl Tally {
+    /// One answered request: its status class (0 for 1xx … 4 for 5xx),
+    /// latency and request body bytes.
+    pub fn record(&self, class: usize, elapsed: Duration, request_bytes: u64) {
+        self.classes[class.min(4)].fetch_add(1, Ordering::Relaxed);
+        let ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+        let bucket = LATENCY_BOUNDS_MS.partition_point(|&bound| bound < ms);
+        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.request_bytes
+            .fetch_add(request_bytes, Ordering::Relaxed);
+    }
+
+    /// Response body bytes, as they stream.
+    pub fn add_response_bytes(&self, n: u64) {
+        self.response_bytes.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Takes the counts, leaving zeros.
+    fn take(&self) -> ([u64; 5], [u64; BUCKETS], u64, u64) {
+        (
+            std::array::from_fn(|i| self.classes[i].swap(0, Ordering::Relaxed)),
+            std::array::from_fn(|i| self.buckets[i].swap(0, Ordering::Relaxed)),
+            self.request_bytes.swap(0, Ordering::Relaxed),
+            self.response_bytes.swap(0, Ordering::Relaxed),
+        )
+    }
+}
+
+/// Who a tally counts for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct TallyKey {
+    gns: String,
+    service: String,
+    cluster: String,
+    entry: Entry,
+}
+
+/// Every tally of one gateway; tallies outlive config changes (a route
+/// rebuilt for a new config finds its tallies again).
+#[derive(Debug, Default)]
+pub struct Traffic {
+    tallies: Mutex<crate::FastMap<TallyKey, Arc<Tally>>>,
+}
+
+impl Traffic {
+    /// The tally of `service` in `gns` served by `cluster` through `entry`.
+    pub fn tally(&self, gns: &str, service: &str, cluster: &str, entry: Entry) -> Arc<Tally> {
+        let key = TallyKey {
+            gns: gns.to_owned(),
+            service: service.to_owned(),
+            cluster: cluster.to_owned(),
+            entry,
+        };
+        let mut tallies = self.tallies.lock().unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(tallies.entry(key).or_default())
+    }
+
+    /// The traffic counted since the last drain, in a stable order; the
+    /// tallies start again from zero.
+    pub fn drain(&self) -> Vec<TrafficRecord> {
+        let tallies: Vec<(TallyKey, Arc<Tally>)> = self
+            .tallies
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(k, t)| (k.clone(), Arc::clone(t)))
+            .collect();
+        let mut out: Vec<TrafficRecord> = tallies
+            .into_iter()
+            .filter_map(|(key, tally)| {
+                let (classes, buckets, request_bytes, response_bytes) = tally.take();
+                let requests: u64 = classes.iter().sum();
+                if requests == 0 && request_bytes == 0 && response_bytes == 0 {
+                    return None;
+                }
+                Some(TrafficRecord {
+                    global_namespace: key.gns,
+                    service: key.service,
+                    cluster: key.cluster,
+                    entry: key.entry,
+                    requests,
+                    responses: Classes::from_counts(classes),
+                    latency_buckets: buckets.to_vec(),
+                    request_bytes,
+                    response_bytes,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.key().cmp(&b.key()));
+        out
+    }
+}
+
+/// Adds `more` to `pending` (records of one key summed), for a report that
+/// could not be sent: its traffic goes with the next one.
+pub fn merge(pending: &mut Vec<TrafficRecord>, more: Vec<TrafficRecord>) {
+    for record in more {
+        match pending.iter_mut().find(|p| p.key() == record.key()) {
+            Some(existing) => existing.add(&record),
+            None => pending.push(record),
+        }
+    }
+    pending.sort_by(|a, b| a.key().cmp(&b.key()));
+}
+
+/// Where and how a gateway reports.
+#[derive(Debug, Clone)]
+pub struct Reporter {
+    /// `…/v1/clusters/{cluster}/gateway-instances/{instance}`.
+    pub url: String,
+    /// The gateway's API token.
+    pub token: String,
+    /// How often.
+    pub every: Duration,
+    /// The client (the federation's trust settings).
+    pub http: reqwest::Client,
+}
+
+impl Reporter {
+    /// A reporter of `instance` of `cluster`'s gateway to `federation`.
+    pub fn new(
+        http: reqwest::Client,
+        federation: &str,
+        cluster: &str,
+        instance: &str,
+        token: String,
+        every: Duration,
+    ) -> Reporter {
+        Reporter {
+            url: format!(
+                "{}/v1/clusters/{cluster}/gateway-instances/{instance}",
+                federation.trim_end_matches('/')
+            ),
+            token,
+            every,
+            http,
+        }
+    }
+}
+
+/// What `gateway` is now, with `traffic` counted over `interval`.
+pub fn snapshot(gateway: &Gateway, interval: Duration, traffic: Vec<TrafficRecord>) -> Report {
+    let expires = gateway
+        .identity()
+        .and_then(|id| id.chain.first().and_then(crate::follow::renewal_times))
+        .and_then(|(_, expires)| u64::try_from(expires).ok())
+        .map(|secs| {
+            humantime::format_rfc3339_seconds(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+                .to_string()
+        });
+    Report {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        config_version: gateway.config().map(|c| c.version),
+        certificate_expires_at: expires,
+        interval_millis: u64::try_from(interval.as_millis()).unwrap_or(u64::MAX),
+        traffic,
+    }
+}
+
+/// Reports `gateway` every `reporter.every`, for ever. A report that cannot
+/// be sent keeps its traffic for the next; failures are logged as one
+/// outage, not per attempt.
+pub async fn run(reporter: Reporter, gateway: Arc<Gateway>) {
+    let mut outage = gns_outage::Outage::new("federation (gateway report)", &reporter.url);
+    let mut pending: Vec<TrafficRecord> = Vec::new();
+    let mut since = Instant::now();
+    loop {
+        merge(&mut pending, gateway.traffic().drain());
+        let report = snapshot(&gateway, since.elapsed(), std::mem::take(&mut pending));
+        let sent = reporter
+            .http
+            .put(&reporter.url)
+            .bearer_auth(&reporter.token)
+            .timeout(Duration::from_secs(10))
+            .json(&report)
+            .send()
+            .await;
+        match sent {
+            Ok(resp) if resp.status().is_success() => {
+                outage.reached();
+                metrics::counter!("gns_gateway_reports_total", "outcome" => "sent").increment(1);
+                since = Instant::now();
+            }
+            failed => {
+                let error = match failed {
+                    Ok(resp) => {
+                        let status = resp.status();
+                        let body = resp.text().await.unwrap_or_default();
+                        format!("{status}: {}", body.trim())
+                    }
+                    Err(e) => e.to_string(),
+                };
+                outage.failed(&error);
+                metrics::counter!("gns_gateway_reports_total", "outcome" => "failed").increment(1);
+                pending = report.traffic;
+            }
+        }
+        tokio::time::sleep(reporter.every).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tally_counts_classes_latency_buckets_and_bytes_then_starts_again() {
+        let traffic = Traffic::default();
+        let tally = traffic.tally("production", "web", "west", Entry::Egress);
+        tally.record(1, Duration::from_millis(3), 10);
+        tally.record(1, Duration::from_millis(5), 0);
+        tally.record(4, Duration::from_millis(6), 0);
+        tally.record(4, Duration::from_secs(20), 0);
+        tally.add_response_bytes(700);
+        // The same key gives the same tally (a route rebuilt for a new config).
+        traffic
+            .tally("production", "web", "west", Entry::Egress)
+            .add_response_bytes(1);
+        let drained = traffic.drain();
+        assert_eq!(drained.len(), 1);
+        let record = &drained[0];
+        assert_eq!(record.requests, 4);
+        assert_eq!(record.responses.success, 2);
+        assert_eq!(record.responses.server_error, 2);
+        assert_eq!(record.latency_buckets[0], 2, "3 ms and 5 ms are in ≤ 5 ms");
+        assert_eq!(record.latency_buckets[1], 1, "6 ms is in ≤ 10 ms");
+        assert_eq!(
+            record.latency_buckets[BUCKETS - 1],
+            1,
+            "20 s is above every bound"
+        );
+        assert_eq!((record.request_bytes, record.response_bytes), (10, 701));
+        assert!(
+            traffic.drain().is_empty(),
+            "a drained tally starts from zero"
+        );
+    }
+
+    #[test]
+    fn unsent_traffic_is_summed_into_the_next_report() {
+        let traffic = Traffic::default();
+        traffic
+            .tally("production", "web", "west", Entry::Egress)
+            .record(1, Duration::from_millis(1), 5);
+        let mut pending = traffic.drain();
+        traffic
+            .tally("production", "web", "west", Entry::Egress)
+            .record(3, Duration::from_millis(1), 5);
+        traffic
+            .tally("production", "api", "east", Entry::Public)
+            .record(1, Duration::from_millis(1), 0);
+        merge(&mut pending, traffic.drain());
+        assert_eq!(pending.len(), 2);
+        let web = pending.iter().find(|r| r.service == "web").expect("web");
+        assert_eq!(web.requests, 2);
+        assert_eq!(web.responses.success + web.responses.client_error, 2);
+        assert_eq!(web.request_bytes, 10);
+    }
+
+    #[test]
+    fn a_report_reads_back_as_it_was_written_and_refuses_unknown_fields() {
+        let report = Report {
+            version: "1.2.3".into(),
+            config_version: Some(7),
+            certificate_expires_at: Some("2026-12-07T00:00:00Z".into()),
+            interval_millis: 5000,
+            traffic: vec![],
+        };
+        let text = serde_json::to_string(&report).expect("serializes");
+        assert!(text.contains("\"configVersion\":7"), "{text}");
+        assert_eq!(
+            serde_json::from_str::<Report>(&text).expect("reads"),
+            report
+        );
+        let extra = text.replacen('{', "{\"colour\":1,", 1);
+        assert!(serde_json::from_str::<Report>(&extra).is_err());
+    }
+}
