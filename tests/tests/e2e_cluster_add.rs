@@ -114,6 +114,25 @@ async fn get_json(url: &str) -> Option<Value> {
     (status == 200).then(|| serde_json::from_str(&text).ok())?
 }
 
+/// How many times discovery started syncing `east` (each start takes the
+/// cluster's sync lease), from the federation's metrics.
+async fn syncs_started(base: &str) -> u64 {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .filter(|l| {
+            l.starts_with("gns_discovery_lease_attempts_total")
+                && l.contains("cluster=\"east\"")
+                && l.contains("outcome=\"taken\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
 async fn gnsctl(server: &str, args: &[&str]) -> Output {
     tokio::process::Command::new(binary("gnsctl"))
         .arg("--server")
@@ -475,6 +494,7 @@ async fn cluster_add_joins_with_a_service_account_and_rotates_its_token() {
     );
 
     // Rotation: a fresh token replaces the first one.
+    let syncs_before = syncs_started(&base).await;
     let rotated = gnsctl(
         &base,
         &[
@@ -487,6 +507,14 @@ async fn cluster_add_joins_with_a_service_account_and_rotates_its_token() {
     )
     .await;
     assert!(rotated.status.success(), "{}", text(&rotated));
+    // Discovery picks the new credentials up in a moment (it restarts the
+    // cluster's sync, which takes the sync lease again): wait for that, so
+    // the watches cut below are the ones on the rotated token.
+    eventually(
+        "discovery to restart with the rotated credentials",
+        async || (syncs_started(&base).await > syncs_before).then_some(()),
+    )
+    .await;
     assert!(
         String::from_utf8_lossy(&rotated.stdout).contains("cluster/east credentials rotated"),
         "{}",
@@ -546,10 +574,17 @@ async fn cluster_add_joins_with_a_service_account_and_rotates_its_token() {
         (ready_addresses(&service, "east") == ["10.1.0.5"]).then_some(())
     })
     .await;
+    let refused: Vec<String> = kube
+        .requests()
+        .iter()
+        .filter(|r| r.status == 401)
+        .map(|r| format!("{} {}?{}", r.method, r.path, r.query))
+        .collect();
     assert_eq!(
         kube.stats().unauthorized,
         unauthorized,
-        "the expired token was not used again"
+        "the expired token was not used again; refused: {refused:?}\n{}",
+        federation.log_text()
     );
     let cluster = get_json(&cluster_url).await.expect("cluster");
     assert_eq!(cluster["status"]["phase"], "Connected", "{cluster}");
