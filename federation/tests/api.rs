@@ -967,6 +967,9 @@ async fn gateway_tokens_report_their_own_cluster_only(api: &Api) {
     short["traffic"][0]["latencyBuckets"] = json!([3]);
     let mut uneven = report(7, 3);
     uneven["traffic"][0]["responses"] = json!({"2xx": 2});
+    let mut huge = report(7, 3);
+    huge["traffic"][0]["requests"] = json!(u64::MAX);
+    huge["traffic"][0]["responses"] = json!({"2xx": u64::MAX, "5xx": 5});
     let mut unknown = report(7, 3);
     unknown["colour"] = json!("red");
     let mut late = report(7, 3);
@@ -974,6 +977,7 @@ async fn gateway_tokens_report_their_own_cluster_only(api: &Api) {
     for (body, field) in [
         (short, "traffic[0].latencyBuckets"),
         (uneven, "traffic[0].requests"),
+        (huge, "traffic[0].requests"),
         (unknown, "colour"),
         (late, "certificateExpiresAt"),
     ] {
@@ -1066,6 +1070,73 @@ async fn gateway_tokens_report_their_own_cluster_only(api: &Api) {
         .clone();
     assert_eq!(gw0["traffic"][0]["requests"], 3, "{page}");
     assert_eq!(gw0["traffic"][0]["responseBytes"], 30);
+
+    // A cluster's gateway tokens and join tokens go with it.
+    api.ok(
+        Method::POST,
+        "/v1/clusters",
+        Some(cluster("north", "10.10.0.0/16")),
+    )
+    .await;
+    let north = api
+        .ok(
+            Method::POST,
+            "/v1/tokens",
+            Some(json!({"name": "gw-north", "role": "gateway", "cluster": "north"})),
+        )
+        .await["token"]
+        .as_str()
+        .expect("secret")
+        .to_owned();
+    let join = api
+        .ok(
+            Method::POST,
+            "/v1/clusters/north/join-tokens",
+            Some(json!({})),
+        )
+        .await["token"]
+        .as_str()
+        .expect("join token")
+        .to_owned();
+    let north_report = async || {
+        api.raw(
+            Method::PUT,
+            "/v1/clusters/north/gateway-instances/gw-0",
+            Some(&north),
+            Some(report(1, 0).to_string().into_bytes()),
+        )
+        .await
+        .0
+    };
+    assert_eq!(north_report().await, StatusCode::OK);
+    api.ok(Method::DELETE, "/v1/clusters/north", None).await;
+    // Re-registered under the same name: nothing of the old one carries over.
+    api.ok(
+        Method::POST,
+        "/v1/clusters",
+        Some(cluster("north", "10.10.0.0/16")),
+    )
+    .await;
+    assert_eq!(
+        north_report().await,
+        StatusCode::UNAUTHORIZED,
+        "the gateway token went with its cluster"
+    );
+    let tokens = api.ok(Method::GET, "/v1/tokens", None).await;
+    assert!(!tokens.to_string().contains("gw-north"), "{tokens}");
+    let again = api.ok(Method::GET, "/v1/clusters/north", None).await;
+    assert_eq!(again["status"]["gatewayInstances"], json!([]), "{again}");
+    assert_eq!(again["status"]["gatewayHealth"], "NeverReported");
+    let redeemed = api
+        .backend
+        .store
+        .redeem_join_token(&api::auth::hash_token(&join), api::now_millis())
+        .await
+        .expect("redeem");
+    assert_eq!(
+        redeemed, None,
+        "the unspent join token went with its cluster"
+    );
 }
 
 async fn run(backend: Backend, scenario: impl AsyncFnOnce(&Api)) {

@@ -351,11 +351,74 @@ async fn gateway_silence_is_recorded_once_and_cleared_by_a_report(store: Arc<dyn
         .map(|f| f.key.name)
         .collect();
     assert_eq!(left, ["gw-a"]);
-    // Instances of a deleted cluster are forgotten when they lapse.
-    store.delete(&east, None, "tester").await.expect("delete");
-    sweep_gateways(store.as_ref(), 20_000, TIMEOUT)
+    // A report taken by a replica with a shorter timeout lapses early: this
+    // sweeper (3 s) keeps judging it until it is silent by its own timeout.
+    store
+        .record_liveness(&[fact(&a, 30_000, 31_000, json!({"version": "2"}))])
+        .await
+        .expect("record");
+    reported(
+        store.as_ref(),
+        &store.get(&east).await.expect("get").expect("east"),
+    )
+    .await
+    .expect("reported");
+    let revision = store.revision().await.expect("revision");
+    sweep_gateways(store.as_ref(), 31_500, TIMEOUT)
         .await
         .expect("sweep");
+    assert_eq!(
+        store.revision().await.expect("revision"),
+        revision,
+        "not silent yet"
+    );
+    sweep_gateways(store.as_ref(), 33_000, TIMEOUT)
+        .await
+        .expect("sweep");
+    let object = store.get(&east).await.expect("get").expect("east");
+    assert_eq!(
+        ClusterStatus::of(&object.status).gateways_silent_since_millis,
+        Some(33_000),
+        "silent by this sweeper's timeout"
+    );
+
+    // Deleting the cluster forgets its instances (settled or not); a global
+    // namespace named like it does not touch them.
+    store
+        .create(ObjectWrite {
+            key: ObjectKey::global(Kind::GlobalNamespace, "west"),
+            spec: json!({"name": "west", "domain": "west.example.com", "members": []}),
+            secret: None,
+            cluster_refs: vec![],
+            domain: Some("west.example.com".parse().expect("domain")),
+            status: None,
+            actor: "tester".into(),
+        })
+        .await
+        .expect("gns west");
+    store.create(cluster("west")).await.expect("west");
+    let w = instance_key("west", "gw-w");
+    store
+        .record_liveness(&[fact(&w, 1, NO_EXPIRY, json!({}))])
+        .await
+        .expect("record");
+    store
+        .delete(
+            &ObjectKey::global(Kind::GlobalNamespace, "west"),
+            None,
+            "tester",
+        )
+        .await
+        .expect("delete gns");
+    assert_eq!(
+        store
+            .liveness(Kind::Cluster, Some("west"), None)
+            .await
+            .expect("facts")
+            .len(),
+        1
+    );
+    store.delete(&east, None, "tester").await.expect("delete");
     assert!(
         store
             .liveness(Kind::Cluster, Some("east"), None)

@@ -20,6 +20,11 @@ pub struct GatewayConfig {
     pub gateways: BTreeMap<String, PeerGateway>,
     /// Services by host name (`<service>.<gns domain>`, lower case).
     pub services: BTreeMap<String, ServiceConfig>,
+    /// Clusters whose gateways all went silent: other clusters' gateways
+    /// send them nothing (as if they had no endpoints); their own gateway,
+    /// when it is back, serves its local endpoints as usual.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    pub silent_clusters: std::collections::BTreeSet<String>,
 }
 
 /// Another cluster's gateway.

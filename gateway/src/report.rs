@@ -20,6 +20,9 @@ use crate::metrics::Entry;
 pub const LATENCY_BOUNDS_MS: [u64; 11] = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000];
 /// Buckets in [`TrafficRecord::latency_buckets`].
 pub const BUCKETS: usize = LATENCY_BOUNDS_MS.len() + 1;
+/// Most traffic records in one report (well inside the federation's 1 MiB
+/// body limit); more wait for the next report.
+pub const MAX_RECORDS: usize = 2_000;
 
 /// One gateway instance's report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -89,9 +92,11 @@ impl Classes {
         ]
     }
 
-    /// Every response.
-    pub fn total(&self) -> u64 {
-        self.counts().iter().sum()
+    /// Every response; `None` if the counts (from the network) overflow.
+    pub fn total(&self) -> Option<u64> {
+        self.counts()
+            .iter()
+            .try_fold(0u64, |sum, n| sum.checked_add(*n))
     }
 }
 
@@ -132,18 +137,18 @@ impl TrafficRecord {
 
     /// Adds `other`'s counts (same key) to this one's.
     fn add(&mut self, other: &TrafficRecord) {
-        self.requests += other.requests;
-        self.responses = Classes::from_counts(std::array::from_fn(|i| {
-            self.responses.counts()[i] + other.responses.counts()[i]
-        }));
+        self.requests = self.requests.saturating_add(other.requests);
+        let (mine, theirs) = (self.responses.counts(), other.responses.counts());
+        self.responses =
+            Classes::from_counts(std::array::from_fn(|i| mine[i].saturating_add(theirs[i])));
         if self.latency_buckets.len() < other.latency_buckets.len() {
             self.latency_buckets.resize(other.latency_buckets.len(), 0);
         }
         for (mine, theirs) in self.latency_buckets.iter_mut().zip(&other.latency_buckets) {
-            *mine += theirs;
+            *mine = mine.saturating_add(*theirs);
         }
-        self.request_bytes += other.request_bytes;
-        self.response_bytes += other.response_bytes;
+        self.request_bytes = self.request_bytes.saturating_add(other.request_bytes);
+        self.response_bytes = self.response_bytes.saturating_add(other.response_bytes);
     }
 }
 
@@ -228,7 +233,13 @@ impl Traffic {
             .filter_map(|(key, tally)| {
                 let (classes, buckets, request_bytes, response_bytes) = tally.take();
                 let requests: u64 = classes.iter().sum();
-                if requests == 0 && request_bytes == 0 && response_bytes == 0 {
+                // A request counted while a drain ran may have its class in
+                // one report and its latency in the next: neither is lost.
+                if requests == 0
+                    && request_bytes == 0
+                    && response_bytes == 0
+                    && buckets.iter().all(|b| *b == 0)
+                {
                     return None;
                 }
                 Some(TrafficRecord {
@@ -316,15 +327,21 @@ pub fn snapshot(gateway: &Gateway, interval: Duration, traffic: Vec<TrafficRecor
 }
 
 /// Reports `gateway` every `reporter.every`, for ever. A report that cannot
-/// be sent keeps its traffic for the next; failures are logged as one
-/// outage, not per attempt.
+/// be sent keeps its traffic for the next; one the federation refuses (4xx)
+/// drops it, so a bad record cannot block every later report. Failures are
+/// logged as one outage, not per attempt.
 pub async fn run(reporter: Reporter, gateway: Arc<Gateway>) {
     let mut outage = gns_outage::Outage::new("federation (gateway report)", &reporter.url);
     let mut pending: Vec<TrafficRecord> = Vec::new();
     let mut since = Instant::now();
     loop {
         merge(&mut pending, gateway.traffic().drain());
-        let report = snapshot(&gateway, since.elapsed(), std::mem::take(&mut pending));
+        let rest = pending.split_off(pending.len().min(MAX_RECORDS));
+        let report = snapshot(
+            &gateway,
+            since.elapsed(),
+            std::mem::replace(&mut pending, rest),
+        );
         let sent = reporter
             .http
             .put(&reporter.url)
@@ -333,26 +350,32 @@ pub async fn run(reporter: Reporter, gateway: Arc<Gateway>) {
             .json(&report)
             .send()
             .await;
-        match sent {
+        let outcome = match sent {
             Ok(resp) if resp.status().is_success() => {
                 outage.reached();
-                metrics::counter!("gns_gateway_reports_total", "outcome" => "sent").increment(1);
                 since = Instant::now();
+                "sent"
             }
-            failed => {
-                let error = match failed {
-                    Ok(resp) => {
-                        let status = resp.status();
-                        let body = resp.text().await.unwrap_or_default();
-                        format!("{status}: {}", body.trim())
-                    }
-                    Err(e) => e.to_string(),
-                };
-                outage.failed(&error);
-                metrics::counter!("gns_gateway_reports_total", "outcome" => "failed").increment(1);
-                pending = report.traffic;
+            Ok(resp) => {
+                let status = resp.status();
+                let body = resp.text().await.unwrap_or_default();
+                outage.failed(&format!("{status}: {}", body.trim()));
+                if status.is_client_error() {
+                    // Refused: its traffic is not sent again.
+                    since = Instant::now();
+                    "refused"
+                } else {
+                    merge(&mut pending, report.traffic);
+                    "failed"
+                }
             }
-        }
+            Err(e) => {
+                outage.failed(&e);
+                merge(&mut pending, report.traffic);
+                "failed"
+            }
+        };
+        metrics::counter!("gns_gateway_reports_total", "outcome" => outcome).increment(1);
         tokio::time::sleep(reporter.every).await;
     }
 }
@@ -392,6 +415,17 @@ mod tests {
             traffic.drain().is_empty(),
             "a drained tally starts from zero"
         );
+    }
+
+    #[test]
+    fn a_latency_counted_after_its_class_was_drained_is_kept() {
+        let traffic = Traffic::default();
+        let tally = traffic.tally("production", "web", "west", Entry::Egress);
+        // As if a drain ran between bumping the class and the bucket.
+        tally.buckets[3].fetch_add(1, Ordering::Relaxed);
+        let drained = traffic.drain();
+        assert_eq!(drained.len(), 1);
+        assert_eq!((drained[0].requests, drained[0].latency_buckets[3]), (0, 1));
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //!   cluster by weight; without rules the own cluster is preferred.
 //! - Clusters without ready endpoints are skipped: the `failover` order comes
 //!   next, then every other cluster with endpoints, own cluster first.
+//! - A peer the config lists as silent (its gateways stopped reporting)
+//!   counts as a cluster without endpoints.
 
 use crate::FastMap;
 use std::net::IpAddr;
@@ -133,8 +135,13 @@ impl RouteTable {
                     total_weight,
                 });
             }
+            let mut service = svc.clone();
+            // A peer whose gateways all went silent gets nothing (failover).
+            service
+                .endpoints
+                .retain(|c, _| c == cluster || !config.silent_clusters.contains(c));
             let route = Arc::new(Route {
-                config: svc.clone(),
+                config: service,
                 rules,
                 metrics: crate::metrics::RouteMetrics::new(&svc.service, &svc.gns, traffic),
             });
@@ -320,6 +327,25 @@ mod tests {
         let mut c = GatewayConfig::default();
         c.services.insert("web.production.app.acme.com".into(), svc);
         c
+    }
+
+    #[test]
+    fn a_silent_peer_gets_nothing_but_a_silent_cluster_serves_itself() {
+        let mut silent = config();
+        silent.silent_clusters.insert("west".into());
+        let (east, _) = RouteTable::new(&silent, "east", &Arc::default());
+        let route = east.route("web.production.app.acme.com").expect("route");
+        let mut mobile = HeaderMap::new();
+        mobile.insert("user-agent", "Foo Mobile Safari".parse().expect("value"));
+        assert_eq!(
+            east.plan(&route, &mobile, 5),
+            ["east"],
+            "the rule's west is skipped"
+        );
+        // West's own gateway, back before the federation noticed, serves west.
+        let (west, _) = RouteTable::new(&silent, "west", &Arc::default());
+        let route = west.route("web.production.app.acme.com").expect("route");
+        assert_eq!(west.plan(&route, &mobile, 5)[0], "west");
     }
 
     #[test]

@@ -96,6 +96,14 @@ impl Authenticator {
         }
     }
 
+    /// Forgets every cached verification of a gateway token of `cluster`
+    /// (after the cluster, and with it its tokens, is deleted).
+    pub fn forget_cluster(&self, cluster: &str) {
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.retain(|_, (p, _)| p.cluster.as_deref() != Some(cluster));
+        }
+    }
+
     async fn authenticate(&self, state: &AppState, secret: &str) -> Result<Principal, ApiError> {
         let hash = hash_token(secret);
         // Both sides are hashes, so an early-exit comparison reveals nothing about the secret.
@@ -177,7 +185,7 @@ pub async fn require_auth(
     let principal = state.auth.authenticate(&state, secret).await?;
     if principal.role == Role::Gateway {
         let cluster = principal.cluster.as_deref().unwrap_or_default();
-        if !gateway_may(req.method(), req.uri().path(), cluster) {
+        if cluster.is_empty() || !gateway_may(req.method(), req.uri().path(), cluster) {
             return Err(ApiError::Forbidden(format!(
                 "token {} is the gateway token of cluster {cluster}: it reads that cluster's gateway config and reports its instances, nothing else",
                 principal.name

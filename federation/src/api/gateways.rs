@@ -7,7 +7,7 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use gns_gateway::report::{BUCKETS, Report};
+use gns_gateway::report::{BUCKETS, MAX_RECORDS, Report};
 use serde_json::{Value, json};
 
 use super::body::JsonObject;
@@ -16,9 +16,6 @@ use super::{ApiError, AppState, now_millis};
 use crate::liveness::cluster as gateway_liveness;
 use crate::model::Kind;
 use crate::store::ObjectKey;
-
-/// Most traffic records in one report.
-const MAX_RECORDS: usize = 10_000;
 
 /// Checks an instance name: up to 253 lowercase letters, digits, `-` and
 /// `.`, starting and ending with a letter or digit (a pod or host name).
@@ -59,6 +56,9 @@ fn check_report(report: &Report) -> Result<(), ApiError> {
             format!("at most {MAX_RECORDS} records"),
         ));
     }
+    // Counts of one interval need not add up exactly: a request counted
+    // while the gateway drained its tallies may have its class in one report
+    // and its latency in the next.
     for (i, record) in report.traffic.iter().enumerate() {
         if record.latency_buckets.len() != BUCKETS {
             return Err(ApiError::invalid_field(
@@ -66,12 +66,10 @@ fn check_report(report: &Report) -> Result<(), ApiError> {
                 format!("{BUCKETS} counts, one per bucket"),
             ));
         }
-        if record.responses.total() != record.requests
-            || record.latency_buckets.iter().sum::<u64>() != record.requests
-        {
+        if record.responses.total() != Some(record.requests) {
             return Err(ApiError::invalid_field(
                 format!("traffic[{i}].requests"),
-                "must equal the sum of responses and of latencyBuckets",
+                "must equal the sum of responses",
             ));
         }
     }

@@ -176,7 +176,7 @@ impl ApiResource for Cluster {
     }
 
     fn initial_status(&self, _now: i64) -> Option<Value> {
-        Some(json!({"phase": "Pending", "lastSync": null, "message": "waiting for discovery sync"}))
+        Some(crate::model::cluster_status::registered_status())
     }
 
     const LIVENESS: bool = true;
@@ -435,6 +435,11 @@ pub async fn remove<R: ApiResource>(
             crate::store::StoreError::NotFound(_) => not_found(&key),
             other => other.into(),
         })?;
+    if key.kind == Kind::Cluster {
+        // Its gateway tokens went with it (in the store): not trusted from
+        // this replica's cache either.
+        state.auth.forget_cluster(&key.name);
+    }
     Ok(Json(render::<R>(&object)))
 }
 

@@ -207,6 +207,7 @@ fn start(
                     Err(e) => {
                         let change = crate::model::ClusterChange::Failed {
                             message: e.to_string(),
+                            at_millis: crate::api::now_millis(),
                         };
                         if let Err(e) = crate::liveness::cluster::record(
                             store.as_ref(),

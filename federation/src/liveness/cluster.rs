@@ -83,6 +83,13 @@ pub async fn reported(store: &dyn Store, cluster: &StoredObject) -> Result<(), S
 
 /// Records every cluster whose gateway instances all stopped reporting
 /// (the last report older than `timeout_ms` at `now_ms`) as silent, once.
+///
+/// A lapsed fact (its expiry set by the replica that took the report, with
+/// that replica's timeout) is settled only once this replica judges its
+/// instance silent too, so replicas with different timeouts cannot leave a
+/// cluster unjudged. After recording a silence it looks at the instances
+/// again: a report that came meanwhile, from any instance, records the
+/// gateways back at once.
 pub async fn sweep_gateways(
     store: &dyn Store,
     now_ms: i64,
@@ -102,9 +109,7 @@ pub async fn sweep_gateways(
             }
             continue;
         };
-        let instances = store.liveness(Kind::Cluster, Some(&cluster), None).await?;
-        let last = instances.iter().map(|f| f.beat_ms).max().unwrap_or(0);
-        let mut marked = false;
+        let last = last_report(store, &cluster).await?;
         if last.saturating_add(timeout_ms) <= now_ms
             && !ClusterStatus::of(&object.status).gateways_silent()
         {
@@ -121,30 +126,40 @@ pub async fn sweep_gateways(
             .await
             {
                 Ok((object, _)) => {
-                    marked = true;
                     tracing::warn!(
                         cluster,
                         revision = object.resource_version,
                         "every gateway of the cluster is silent: out of the external view and its peers' destinations"
                     );
+                    if last_report(store, &cluster).await? > last {
+                        // A report came while the silence was being recorded.
+                        reported(store, &object).await?;
+                    }
                 }
                 // Changed meanwhile: judged again by the next sweep.
                 Err(StoreError::Conflict { .. } | StoreError::NotFound(_)) => continue,
                 Err(e) => return Err(e),
             }
         }
-        let mut beat_meanwhile = false;
         for fact in &facts {
-            beat_meanwhile |= !store.settle_lapse(&fact.key, fact.beat_ms).await?;
-        }
-        if marked && beat_meanwhile {
-            // A report came while the silence was being recorded.
-            if let Some(object) = store.get(&key).await? {
-                reported(store, &object).await?;
+            if fact.beat_ms.saturating_add(timeout_ms) <= now_ms {
+                // A report after `beat_ms` keeps the fact open (not settled).
+                store.settle_lapse(&fact.key, fact.beat_ms).await?;
             }
         }
     }
     Ok(())
+}
+
+/// When any instance of `cluster`'s gateway last reported (0: never).
+async fn last_report(store: &dyn Store, cluster: &str) -> Result<i64, StoreError> {
+    Ok(store
+        .liveness(Kind::Cluster, Some(cluster), None)
+        .await?
+        .iter()
+        .map(|f| f.beat_ms)
+        .max()
+        .unwrap_or(0))
 }
 
 /// Forgets instances silent for longer than [`FORGET_REPLACED`] when another

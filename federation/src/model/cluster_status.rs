@@ -118,10 +118,14 @@ pub enum ClusterChange {
         /// The deployed gateway (`None`: none deployed or not read).
         gateway: Option<Value>,
     },
-    /// The cluster could not be synced at all (bad credentials).
+    /// The cluster could not be synced at all (credentials that make no
+    /// client): unreachable from `at_millis`, so its stale endpoints are
+    /// withdrawn by its policy.
     Failed {
         /// Why.
         message: String,
+        /// When (Unix ms).
+        at_millis: i64,
     },
     /// Its endpoints were withdrawn at this time (unreachable for longer
     /// than its stale-endpoint policy allows).
@@ -136,6 +140,11 @@ pub enum ClusterChange {
     },
     /// A gateway instance reported again.
     GatewaysBack,
+}
+
+/// The status a cluster is registered with: pending its first sync.
+pub fn registered_status() -> Value {
+    json!({"phase": ClusterPhase::Pending.as_str(), "lastSync": null, "message": "waiting for discovery sync"})
 }
 
 impl ClusterChange {
@@ -176,9 +185,10 @@ impl ClusterChange {
                     patch.insert(moved.into(), Value::Null);
                 }
             }
-            ClusterChange::Failed { message } => {
+            ClusterChange::Failed { message, at_millis } => {
                 patch.insert("phase".into(), json!(ClusterPhase::Unreachable.as_str()));
                 patch.insert("message".into(), json!(message));
+                patch.insert("unreachableSinceMillis".into(), json!(at_millis));
             }
             ClusterChange::Withdrawn { at_millis } => {
                 patch.insert("withdrawnAtMillis".into(), json!(at_millis));

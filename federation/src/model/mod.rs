@@ -6,7 +6,7 @@
 //! rules, duplicate members) by each resource's `validate`. Either way the
 //! failure names the offending field.
 
-mod cluster_status;
+pub mod cluster_status;
 mod primitives;
 mod resources;
 mod validation;

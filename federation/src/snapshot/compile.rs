@@ -14,9 +14,9 @@
 //!   the external answer); a service with no ready endpoint anywhere gets no
 //!   cluster view entries, so every client sees an empty (NODATA) answer;
 //! - a cluster whose gateways all went silent (recorded by the liveness
-//!   plane) counts as having no ready endpoints for the external view, for
-//!   other clusters and in the gateways' config; its own clients still get
-//!   its local endpoints;
+//!   plane) counts as having no ready endpoints for the external view and
+//!   for other clusters; the gateways' config lists it as silent, so peers
+//!   send it nothing while its own gateway keeps its local endpoints;
 //! - SRV ports from the discovered service and the alive workloads (UDP →
 //!   `_udp`, everything else `_tcp`), TXT `clusters=<clusters with ready endpoints>`.
 //!
@@ -169,6 +169,7 @@ pub fn compile(state: &StoreState, now_ms: i64, options: &CompileOptions) -> Sna
             })
             .collect(),
         services: gateway_services,
+        silent_clusters: gateways_silent.clone(),
     };
     problems.sort();
     problems.dedup();
@@ -460,7 +461,7 @@ impl Compiler<'_> {
                 .filter(|p| !is_http(p) && matches!(p.protocol, Protocol::Tcp | Protocol::Tls))
                 .collect();
             for (cluster, endpoints) in &d.clusters {
-                if !members.contains(cluster.as_str()) || self.gateways_silent.contains(cluster) {
+                if !members.contains(cluster.as_str()) {
                     continue;
                 }
                 out.endpoints.insert(
@@ -967,12 +968,13 @@ mod tests {
             ips(&["10.9.0.53"]),
             "west still goes through its egress"
         );
-        let gw = &snap.gateways.services[&format!("web.{ORIGIN}")];
-        assert!(
-            !gw.endpoints.contains_key("east"),
-            "peers no longer send to east: {gw:?}"
+        // Peers send east nothing; east's own gateway keeps its endpoints.
+        assert_eq!(
+            snap.gateways.silent_clusters.iter().collect::<Vec<_>>(),
+            ["east"]
         );
-        assert!(gw.endpoints.contains_key("south"));
+        let gw = &snap.gateways.services[&format!("web.{ORIGIN}")];
+        assert!(gw.endpoints.contains_key("east") && gw.endpoints.contains_key("south"));
         // A service only east serves: nothing for anyone but east.
         let solo = find(&snap, "solo");
         assert!(solo.external.is_empty());

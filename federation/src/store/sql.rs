@@ -1092,9 +1092,25 @@ impl Store for SqlStore {
             record_scope_tombstones(&mut tx, &key.name, revision).await?;
             for sql in [
                 "DELETE FROM gns_objects WHERE scope = $1",
-                "DELETE FROM gns_liveness WHERE scope = $1",
+                // Gateway instances are scoped by their cluster, not a namespace.
+                "DELETE FROM gns_liveness WHERE scope = $1 AND kind <> 'cluster'",
                 "DELETE FROM gns_cluster_refs WHERE from_scope = $1",
                 "DELETE FROM gns_domains WHERE gns = $1",
+            ] {
+                sqlx::query(sql)
+                    .bind(&key.name)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+            }
+        }
+        if key.kind == Kind::Cluster {
+            // What belongs to the cluster goes with it: its gateway
+            // instances' facts, its gateway tokens and unspent join tokens.
+            for sql in [
+                "DELETE FROM gns_liveness WHERE kind = 'cluster' AND scope = $1",
+                "DELETE FROM gns_tokens WHERE cluster = $1",
+                "DELETE FROM gns_join_tokens WHERE cluster = $1",
             ] {
                 sqlx::query(sql)
                     .bind(&key.name)

@@ -2,7 +2,7 @@
 //! `--gateway-timeout 3s`, each gateway reports every second. When east's
 //! only gateway is killed, east's public address leaves web's external
 //! answer and west's gateway stops sending web's requests to east (its
-//! applied config no longer lists east's endpoints) within 3 s + 2 s; the
+//! applied config lists east as silent) within 3 s + 2 s; the
 //! cluster's status says so, once, in the audit log. Restarted from its
 //! state dir, the gateway brings east back.
 
@@ -110,10 +110,15 @@ async fn wait_for_web(
             None,
         )
         .await;
+        // West sends to the clusters with endpoints that are not silent.
+        let silent = config["silentClusters"].as_array().cloned().unwrap_or_default();
         let endpoints: Vec<&str> = config["services"][WEB]["endpoints"]
             .as_object()
-            .map(|m| m.keys().map(String::as_str).collect())
-            .unwrap_or_default();
+            .map(|m| m.keys().map(String::as_str).collect::<Vec<_>>())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|c| !silent.iter().any(|s| s == c))
+            .collect();
         let version = config["version"].as_u64().unwrap_or(u64::MAX);
         let applied = gateway_metric(gateway.admin, "gns_gateway_config_version").await;
         let answer = a_records(dns, WEB).await?;
