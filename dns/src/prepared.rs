@@ -54,14 +54,26 @@ pub struct PreparedZone {
 }
 
 /// A packed lookup key and its prepared response.
-type Entry = (Vec<u8>, Arc<[u8]>);
+type Entry = (Arc<[u8]>, Arc<[u8]>);
 /// A record type, wire name and prepared response.
 type Rendered = (u16, Vec<u8>, Arc<[u8]>);
 
-/// Rendered services of one zone, kept for reuse by the next render.
+/// One service as rendered: its answers and the names it makes exist
+/// (with their ancestors below the apex), shared with the next render.
+#[derive(Debug, Clone)]
+struct RenderedService {
+    service: Arc<Service>,
+    entries: Arc<[Entry]>,
+    names: Arc<[Arc<[u8]>]>,
+}
+
+/// Rendered services of one zone, kept for reuse by the next render (valid
+/// while the TTL and the view ids stay the same: both are in the bytes).
 #[derive(Debug, Default)]
 struct ServiceCache {
-    by_name: FxHashMap<String, (Service, Vec<Entry>)>,
+    ttl: u32,
+    view_ids: FxHashMap<String, u16>,
+    by_name: FxHashMap<String, RenderedService>,
 }
 
 /// A snapshot ready to answer from.
@@ -71,8 +83,8 @@ pub struct Prepared {
     pub version: u64,
     /// The snapshot itself (for transfers and persistence).
     pub snapshot: Arc<ZoneSnapshot>,
-    answers: FxHashMap<Box<[u8]>, Arc<[u8]>>,
-    names: FxHashMap<Box<[u8]>, u32>,
+    answers: FxHashMap<Arc<[u8]>, Arc<[u8]>>,
+    names: FxHashMap<Arc<[u8]>, u32>,
     /// Zones by index.
     pub zones: Vec<PreparedZone>,
     zone_index: FxHashMap<Box<[u8]>, u32>,
@@ -94,7 +106,7 @@ pub fn make_key<'a>(buf: &'a mut [u8; 260], view: u16, qtype: u16, wire_name: &[
     &buf[..4 + n]
 }
 
-fn key(view: u16, qtype: u16, wire_name: &[u8]) -> Box<[u8]> {
+fn key(view: u16, qtype: u16, wire_name: &[u8]) -> Arc<[u8]> {
     let mut buf = [0u8; 260];
     make_key(&mut buf, view, qtype, wire_name).into()
 }
@@ -222,7 +234,9 @@ impl Prepared {
         p.networks
             .sort_by_key(|(net, _)| std::cmp::Reverse(net.prefix_len()));
         for zone in &snapshot.zones {
-            let cache = previous.and_then(|prev| prev.caches.get(&zone.origin));
+            let cache = previous
+                .and_then(|prev| prev.caches.get(&zone.origin))
+                .filter(|c| c.ttl == ttl && c.view_ids == p.view_ids);
             if let Err(message) = p.add_zone(zone, ttl, cache) {
                 p.problems.push(RenderProblem {
                     zone: zone.origin.clone(),
@@ -345,10 +359,20 @@ impl Prepared {
         self.add_name(&apex_wire, apex_wire.len(), zone_id);
 
         // Services.
-        let mut cache = ServiceCache::default();
-        let mut seen = std::collections::BTreeSet::new();
+        let mut cache = ServiceCache {
+            ttl,
+            view_ids: self.view_ids.clone(),
+            by_name: FxHashMap::default(),
+        };
+        cache.by_name.reserve(zone.services.len());
         for svc in &zone.services {
-            if !seen.insert(svc.name.to_ascii_lowercase()) {
+            let lower: std::borrow::Cow<'_, str> =
+                if svc.name.bytes().any(|b| b.is_ascii_uppercase()) {
+                    std::borrow::Cow::Owned(svc.name.to_ascii_lowercase())
+                } else {
+                    std::borrow::Cow::Borrowed(&svc.name)
+                };
+            if cache.by_name.contains_key(lower.as_ref()) {
                 self.problems.push(RenderProblem {
                     zone: origin.clone(),
                     message: format!("service {} appears twice", svc.name),
@@ -356,13 +380,13 @@ impl Prepared {
                 continue;
             }
             let reused = previous
-                .and_then(|c| c.by_name.get(&svc.name))
-                .filter(|(old, _)| old == svc)
-                .map(|(_, entries)| entries.clone());
-            let entries = match reused {
-                Some(entries) => entries,
-                None => match self.render_service(&origin, svc, ttl) {
-                    Ok(entries) => entries,
+                .and_then(|c| c.by_name.get(lower.as_ref()))
+                .filter(|old| old.service == *svc)
+                .cloned();
+            let rendered = match reused {
+                Some(rendered) => rendered,
+                None => match self.render_service(&origin, svc, ttl, apex_wire.len()) {
+                    Ok(rendered) => rendered,
                     Err(message) => {
                         self.problems.push(RenderProblem {
                             zone: origin.clone(),
@@ -372,29 +396,17 @@ impl Prepared {
                     }
                 },
             };
-            for (k, bytes) in &entries {
-                self.answers
-                    .insert(k.clone().into_boxed_slice(), Arc::clone(bytes));
+            for (k, bytes) in rendered.entries.iter() {
+                self.answers.insert(Arc::clone(k), Arc::clone(bytes));
             }
             // The service name and every SRV name (with their empty non-terminals) exist.
-            let svc_wire = wire::wire_name(&format!("{}.{origin}", svc.name)).unwrap_or_default();
-            self.add_name(&svc_wire, apex_wire.len(), zone_id);
-            for port in &svc.ports {
-                if let Some(w) = wire::wire_name(&format!(
-                    "_{}._{}.{}.{origin}",
-                    port.name,
-                    port.protocol.label(),
-                    svc.name
-                )) {
-                    self.add_name(&w, apex_wire.len(), zone_id);
-                }
+            for name in rendered.names.iter() {
+                self.names.insert(Arc::clone(name), zone_id);
             }
             if self.transfers {
                 records.extend(self.transfer_records(&origin, svc, ttl));
             }
-            cache
-                .by_name
-                .insert(svc.name.clone(), (svc.clone(), entries));
+            cache.by_name.insert(lower.into_owned(), rendered);
         }
         self.zone_index
             .insert(apex_wire.clone().into_boxed_slice(), zone_id);
@@ -419,10 +431,16 @@ impl Prepared {
         Ok(())
     }
 
-    fn render_service(&self, origin: &str, svc: &Service, ttl: u32) -> Result<Vec<Entry>, String> {
-        let mut out = Vec::new();
+    fn render_service(
+        &self,
+        origin: &str,
+        svc: &Arc<Service>,
+        ttl: u32,
+        apex_len: usize,
+    ) -> Result<RenderedService, String> {
+        let mut out: Vec<Entry> = Vec::new();
         for (qtype, wire, bytes) in render_service_view(origin, svc, &svc.external, ttl, true)? {
-            out.push((key(EXTERNAL_VIEW, qtype, &wire).into_vec(), bytes));
+            out.push((key(EXTERNAL_VIEW, qtype, &wire), bytes));
         }
         for (cluster, addrs) in &svc.views {
             let Some(&view) = self.view_ids.get(cluster) else {
@@ -437,7 +455,7 @@ impl Prepared {
             }
             for (qtype, wire, bytes) in render_service_view(origin, svc, addrs, ttl, false)? {
                 if qtype != rtype::TXT {
-                    out.push((key(view, qtype, &wire).into_vec(), bytes));
+                    out.push((key(view, qtype, &wire), bytes));
                 }
             }
             // A view whose answer has no A (or AAAA) while the external one does must say NODATA.
@@ -449,11 +467,37 @@ impl Prepared {
                     .any(|a| a.is_ipv4() == (qtype == rtype::A));
                 if !has_view && has_ext {
                     let w = wire::wire_name(&format!("{}.{origin}", svc.name)).unwrap_or_default();
-                    out.push((key(view, qtype, &w).into_vec(), Arc::from(&[][..])));
+                    out.push((key(view, qtype, &w), Arc::from(&[][..])));
                 }
             }
         }
-        Ok(out)
+        let mut names: Vec<Arc<[u8]>> = Vec::new();
+        let mut add = |wire_name: &[u8]| {
+            for suffix in wire::suffixes(wire_name) {
+                if suffix.len() < apex_len {
+                    break;
+                }
+                if !names.iter().any(|n| **n == *suffix) {
+                    names.push(Arc::from(suffix));
+                }
+            }
+        };
+        add(&wire::wire_name(&format!("{}.{origin}", svc.name)).unwrap_or_default());
+        for port in &svc.ports {
+            if let Some(w) = wire::wire_name(&format!(
+                "_{}._{}.{}.{origin}",
+                port.name,
+                port.protocol.label(),
+                svc.name
+            )) {
+                add(&w);
+            }
+        }
+        Ok(RenderedService {
+            service: Arc::clone(svc),
+            entries: out.into(),
+            names: names.into(),
+        })
     }
 
     fn transfer_records(&self, origin: &str, svc: &Service, ttl: u32) -> Vec<Record> {
@@ -496,7 +540,9 @@ impl Prepared {
             if suffix.len() < apex_len {
                 break;
             }
-            self.names.insert(suffix.into(), zone);
+            if !self.names.contains_key(suffix) {
+                self.names.insert(Arc::from(suffix), zone);
+            }
         }
     }
 
@@ -540,5 +586,74 @@ impl Prepared {
     /// Views by cluster name (for diagnostics).
     pub fn views(&self) -> BTreeMap<String, u16> {
         self.view_ids.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::{ClusterView, ServicePort, Transport};
+
+    fn snapshot(ttl: u32, views: &[(&str, &str)]) -> Arc<ZoneSnapshot> {
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        Arc::new(ZoneSnapshot {
+            version: 1,
+            answer_ttl: ttl,
+            views: views
+                .iter()
+                .map(|(cluster, net)| ClusterView {
+                    cluster: (*cluster).to_owned(),
+                    networks: vec![net.parse().expect("net")],
+                })
+                .collect(),
+            zones: vec![Zone {
+                origin: "p.example".into(),
+                serial: 0,
+                nameservers: vec![],
+                txt: vec![],
+                services: vec![Arc::new(Service {
+                    name: "web".into(),
+                    ports: vec![ServicePort {
+                        name: "http".into(),
+                        port: 80,
+                        protocol: Transport::Tcp,
+                    }],
+                    external: vec![ip("192.0.2.1")],
+                    views: [("west".to_owned(), vec![ip("10.9.0.1")])].into(),
+                    txt: vec![],
+                })],
+            }],
+        })
+    }
+
+    /// Every prepared answer, by key.
+    fn answers(p: &Prepared) -> BTreeMap<Vec<u8>, Vec<u8>> {
+        p.answers
+            .iter()
+            .map(|(k, v)| (k.to_vec(), v.to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn a_service_is_rendered_again_when_the_ttl_or_the_view_ids_change() {
+        let first = Prepared::build(snapshot(5, &[("west", "10.9.0.0/16")]), None);
+        for next in [
+            snapshot(7, &[("west", "10.9.0.0/16")]),
+            // A new view sorts first: west's id moves.
+            snapshot(5, &[("east", "10.8.0.0/16"), ("west", "10.9.0.0/16")]),
+        ] {
+            let reused = Prepared::build(Arc::clone(&next), Some(&first));
+            let fresh = Prepared::build(next, None);
+            assert_eq!(answers(&reused), answers(&fresh));
+        }
+        // Unchanged: the very same bytes are reused.
+        let again = Prepared::build(snapshot(5, &[("west", "10.9.0.0/16")]), Some(&first));
+        let web = first.caches["p.example"].by_name["web"].entries[0]
+            .1
+            .clone();
+        let reused = again.caches["p.example"].by_name["web"].entries[0]
+            .1
+            .clone();
+        assert!(Arc::ptr_eq(&web, &reused));
     }
 }

@@ -54,9 +54,10 @@ pub struct Zone {
     /// TXT strings at the apex.
     #[serde(default)]
     pub txt: Vec<String>,
-    /// Services: `<name>.<origin>`.
+    /// Services: `<name>.<origin>` (shared: an unchanged service is the
+    /// same allocation from one snapshot to the next).
     #[serde(default)]
-    pub services: Vec<Service>,
+    pub services: Vec<std::sync::Arc<Service>>,
 }
 
 /// A name server of a zone.

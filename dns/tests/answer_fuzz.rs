@@ -25,7 +25,7 @@ fn prepared() -> &'static Prepared {
                 origin: "a.example".into(),
                 nameservers: vec![],
                 txt: vec!["t".into()],
-                services: vec![Service {
+                services: vec![Arc::new(Service {
                     name: "web".into(),
                     ports: vec![ServicePort {
                         name: "http".into(),
@@ -37,7 +37,7 @@ fn prepared() -> &'static Prepared {
                         .into_iter()
                         .collect(),
                     txt: vec![],
-                }],
+                })],
             }],
         };
         Prepared::build(Arc::new(snapshot), None)

@@ -84,7 +84,10 @@ fn snapshot(version: u64) -> ZoneSnapshot {
                 ),
                 service("api", &[("grpc", 9090)], &["2001:db8::40"], &[]),
                 big,
-            ],
+            ]
+            .into_iter()
+            .map(Arc::new)
+            .collect(),
         }],
     }
 }
@@ -411,14 +414,14 @@ fn knot_follows_by_axfr_then_ixfr_on_notify() {
     let mut v2 = v1.clone();
     v2.version = 1001;
     let zone = &mut v2.zones[0];
-    zone.services[1].external = vec![ip("192.0.2.99")]; // db
+    Arc::make_mut(&mut zone.services[1]).external = vec![ip("192.0.2.99")]; // db
     zone.services.retain(|s| s.name != "api");
-    zone.services.push(service(
+    zone.services.push(Arc::new(service(
         "queue",
         &[("amqp", 5672)],
         &["192.0.2.50", "2001:db8::50"],
         &["broker"],
-    ));
+    )));
     let mark = knot.log().len();
     server.publish(Arc::new(v2.clone()));
     let took = wait_for_serial(&mut knot, 1001);
@@ -448,6 +451,7 @@ fn knot_follows_by_axfr_then_ixfr_on_notify() {
     v3.version = 1002;
     let zone = &mut v3.zones[0];
     for svc in &mut zone.services {
+        let svc = Arc::make_mut(svc);
         match svc.name.as_str() {
             "big" => svc.external = many(400, 300),
             "cache" => svc.txt = vec!["tier=disk".into()],

@@ -70,7 +70,10 @@ fn snapshot(version: u64) -> ZoneSnapshot {
                     views: Default::default(),
                     txt: vec![],
                 },
-            ],
+            ]
+            .into_iter()
+            .map(Arc::new)
+            .collect(),
         }],
     }
 }
@@ -360,7 +363,7 @@ fn snapshot_updates_are_atomic_and_visible() {
     let fx = start(|_| {});
     let at = fx.server.udp_addr;
     let mut next = snapshot(8);
-    next.zones[0].services[1].external = vec![ip("192.0.2.99")];
+    Arc::make_mut(&mut next.zones[0].services[1]).external = vec![ip("192.0.2.99")];
     fx.server.publish(Arc::new(next));
     assert_eq!(
         addresses(&udp(at, &query(&format!("db.{ZONE}"), RecordType::A, None))),
@@ -435,7 +438,7 @@ fn zone_transfers_need_permission_and_follow_changes() {
 
     // Change one address; IXFR from 7 carries only the delta.
     let mut next = snapshot(8);
-    next.zones[0].services[1].external = vec![ip("192.0.2.99")];
+    Arc::make_mut(&mut next.zones[0].services[1]).external = vec![ip("192.0.2.99")];
     fx.server.publish(Arc::new(next));
     let mut ixfr = query(ZONE, RecordType::IXFR, None);
     let old_soa = records[0].clone();

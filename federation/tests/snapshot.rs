@@ -115,6 +115,7 @@ fn service<'a>(snapshot: &'a Snapshot, name: &str) -> Option<&'a gns_dns::snapsh
         .services
         .iter()
         .find(|s| s.name == name)
+        .map(|s| &**s)
 }
 
 #[tokio::test]

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 /// Everything a gateway needs to route, for one version of the federation.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct GatewayConfig {
     /// Snapshot version it was compiled from.
@@ -18,8 +18,9 @@ pub struct GatewayConfig {
     pub trust_domain: String,
     /// Peer gateways by cluster: where their ingress listens.
     pub gateways: BTreeMap<String, PeerGateway>,
-    /// Services by host name (`<service>.<gns domain>`, lower case).
-    pub services: BTreeMap<String, ServiceConfig>,
+    /// Services by host name (`<service>.<gns domain>`, lower case); shared:
+    /// an unchanged service is the same allocation from one config to the next.
+    pub services: BTreeMap<String, std::sync::Arc<ServiceConfig>>,
     /// Clusters whose gateways all went silent: other clusters' gateways
     /// send them nothing (as if they had no endpoints); their own gateway,
     /// when it is back, serves its local endpoints as usual.
@@ -36,7 +37,7 @@ pub struct PeerGateway {
 }
 
 /// One service of a global namespace.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceConfig {
     /// Global namespace.
@@ -90,7 +91,7 @@ pub struct TcpPort {
 }
 
 /// A routing rule.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Rule {
     /// Header conditions, all must hold; empty matches everything.
@@ -101,7 +102,7 @@ pub struct Rule {
 }
 
 /// A condition on one request header.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HeaderCondition {
     /// Header name, lower case.
@@ -112,7 +113,7 @@ pub struct HeaderCondition {
 }
 
 /// How a header value must match.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum HeaderMatcher {
     /// Exactly this value.

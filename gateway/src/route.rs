@@ -135,7 +135,7 @@ impl RouteTable {
                     total_weight,
                 });
             }
-            let mut service = svc.clone();
+            let mut service = ServiceConfig::clone(svc);
             // A peer whose gateways all went silent gets nothing (failover).
             service
                 .endpoints
@@ -325,7 +325,8 @@ mod tests {
             },
         ];
         let mut c = GatewayConfig::default();
-        c.services.insert("web.production.app.acme.com".into(), svc);
+        c.services
+            .insert("web.production.app.acme.com".into(), Arc::new(svc));
         c
     }
 
@@ -393,7 +394,7 @@ mod tests {
         );
 
         let mut restricted = config.clone();
-        let svc = restricted.services.values_mut().next().expect("svc");
+        let svc = Arc::make_mut(restricted.services.values_mut().next().expect("svc"));
         svc.allowed_callers = Some(vec!["api".into()]);
         let (table, _) = RouteTable::new(&restricted, "east", &Arc::default());
         let route = table.route("web.production.app.acme.com").expect("route");
@@ -404,7 +405,7 @@ mod tests {
         );
         assert!(!route.admits(&["web"]));
         assert!(!route.admits::<&str>(&[]), "unnamed callers need `*`");
-        let svc = restricted.services.values_mut().next().expect("svc");
+        let svc = Arc::make_mut(restricted.services.values_mut().next().expect("svc"));
         svc.allowed_callers = Some(vec!["*".into()]);
         let (table, _) = RouteTable::new(&restricted, "east", &Arc::default());
         let route = table.route("web.production.app.acme.com").expect("route");
@@ -417,7 +418,7 @@ mod tests {
     #[test]
     fn clusters_without_endpoints_are_skipped() {
         let mut config = config();
-        let svc = config.services.values_mut().next().expect("svc");
+        let svc = Arc::make_mut(config.services.values_mut().next().expect("svc"));
         svc.endpoints.get_mut("east").expect("east").clear();
         svc.failover = vec!["west".into()];
         let (table, _) = RouteTable::new(&config, "east", &Arc::default());
@@ -428,7 +429,7 @@ mod tests {
     #[test]
     fn bad_regex_is_a_problem_not_a_failure() {
         let mut config = config();
-        let svc = config.services.values_mut().next().expect("svc");
+        let svc = Arc::make_mut(config.services.values_mut().next().expect("svc"));
         svc.rules[0].headers[0].matcher = HeaderMatcher::Regex("(".into());
         let (table, problems) = RouteTable::new(&config, "east", &Arc::default());
         assert_eq!(problems.len(), 1);

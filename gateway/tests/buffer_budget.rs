@@ -85,7 +85,7 @@ async fn egress(upstream_port: u16, budget: Option<&str>) -> (SocketAddr, Arc<Ga
     gateway.apply_config(GatewayConfig {
         version: 1,
         trust_domain: "acme.test".into(),
-        services: BTreeMap::from([(HOST.to_owned(), config)]),
+        services: BTreeMap::from([(HOST.to_owned(), std::sync::Arc::new(config))]),
         ..GatewayConfig::default()
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

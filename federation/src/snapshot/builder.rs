@@ -28,8 +28,8 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::{
-    CompileOptions, Problem, Snapshot, SnapshotError, SnapshotReceiver, SnapshotSender, StoreState,
-    UnrecordedExpiry, compile, load, refresh,
+    CompileCache, CompileOptions, Problem, Snapshot, SnapshotError, SnapshotReceiver,
+    SnapshotSender, StoreState, UnrecordedExpiry, compile_with, load, refresh,
 };
 
 use crate::store::{Store, StoreError};
@@ -62,6 +62,7 @@ pub fn spawn_builder(
         backoff: INITIAL_BACKOFF,
         problems: Vec::new(),
         state: None,
+        cache: CompileCache::default(),
     };
     (rx, tokio::spawn(builder.run()))
 }
@@ -97,6 +98,8 @@ struct Builder {
     problems: Vec<Problem>,
     /// What the last build read, kept to read only changes next time.
     state: Option<StoreState>,
+    /// What the last build compiled, kept to compile only changes next time.
+    cache: CompileCache,
 }
 
 impl Builder {
@@ -117,6 +120,7 @@ impl Builder {
         let result = build(
             self.store.as_ref(),
             &mut self.state,
+            &mut self.cache,
             Arc::clone(&self.options),
         )
         .await;
@@ -261,6 +265,7 @@ impl Builder {
 async fn build(
     store: &dyn Store,
     state: &mut Option<StoreState>,
+    cache: &mut CompileCache,
     options: Arc<CompileOptions>,
 ) -> Result<Snapshot, SnapshotError> {
     let started = std::time::Instant::now();
@@ -269,18 +274,25 @@ async fn build(
             refresh(store, &mut current).await?;
             current
         }
-        None => load(store).await?,
+        None => {
+            // Read whole again: nothing compiled before may be trusted
+            // (versions may have gone back with a restored database).
+            *cache = CompileCache::default();
+            load(store).await?
+        }
     };
     let loaded = started.elapsed();
     let now = now_millis();
-    let (current, snapshot, compiled) = tokio::task::spawn_blocking(move || {
+    let mut reuse = std::mem::take(cache);
+    let (current, reuse, snapshot, compiled) = tokio::task::spawn_blocking(move || {
         let started = std::time::Instant::now();
-        let snapshot = compile(&current, now, &options);
-        (current, snapshot, started.elapsed())
+        let snapshot = compile_with(&current, now, &options, &mut reuse);
+        (current, reuse, snapshot, started.elapsed())
     })
     .await
     .map_err(|e| SnapshotError::Compiler(e.to_string()))?;
     *state = Some(current);
+    *cache = reuse;
     tracing::debug!(
         version = snapshot.version,
         load_ms = loaded.as_millis() as u64,

@@ -27,6 +27,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use gns_dns::ZoneSnapshot;
 use gns_dns::snapshot::{
@@ -34,6 +35,7 @@ use gns_dns::snapshot::{
 };
 use serde::de::DeserializeOwned;
 
+use super::cache::{CachedService, CompileCache, fingerprint};
 use super::{CompileOptions, Problem, ScopedObjects, Snapshot, StoreState, UnrecordedExpiry};
 use crate::model::{
     Access, AccessPolicy, Cluster, ClusterEndpoints, ClusterStatus, DiscoveredService,
@@ -57,6 +59,18 @@ const DEFAULT_NAMESERVER_LABEL: &str = "ns1";
 
 /// Compiles `state` as of `now_ms` (Unix milliseconds). Pure: no I/O, no clock.
 pub fn compile(state: &StoreState, now_ms: i64, options: &CompileOptions) -> Snapshot {
+    compile_with(state, now_ms, options, &mut CompileCache::default())
+}
+
+/// [`compile`], reusing the outputs in `cache` of every service whose inputs
+/// did not change since they were compiled, and leaving this compile's
+/// outputs there for the next. The result is the same as [`compile`]'s.
+pub fn compile_with(
+    state: &StoreState,
+    now_ms: i64,
+    options: &CompileOptions,
+    cache: &mut CompileCache,
+) -> Snapshot {
     let mut problems = Vec::new();
     let mut clusters = BTreeMap::new();
     for object in &state.clusters {
@@ -118,6 +132,16 @@ pub fn compile(state: &StoreState, now_ms: i64, options: &CompileOptions) -> Sna
         .map(|o| o.key.name.clone())
         .collect();
 
+    // What every service's outputs depend on besides its own inputs.
+    let clusters_epoch = fingerprint((
+        state
+            .clusters
+            .iter()
+            .map(|o| (&o.key.name, o.resource_version))
+            .collect::<Vec<_>>(),
+        &withdrawn,
+        &gateways_silent,
+    ));
     let mut compiler = Compiler {
         options,
         clusters: &clusters,
@@ -127,6 +151,9 @@ pub fn compile(state: &StoreState, now_ms: i64, options: &CompileOptions) -> Sna
         next_change_ms: next_withdrawal,
         expiries: unrecorded,
         gateway_services: BTreeMap::new(),
+        clusters_epoch,
+        previous: std::mem::take(cache),
+        next: CompileCache::default(),
     };
     let empty = ScopedObjects::default();
     // origin -> (owning global namespace, zone)
@@ -142,7 +169,7 @@ pub fn compile(state: &StoreState, now_ms: i64, options: &CompileOptions) -> Sna
             continue;
         }
         let scoped = state.scoped.get(&object.key.name).unwrap_or(&empty);
-        let zone = compiler.zone(&object.key.name, &gns, scoped);
+        let zone = compiler.zone(&object.key.name, object.resource_version, &gns, scoped);
         zones.insert(origin, (object.key.name.clone(), zone));
     }
 
@@ -151,8 +178,10 @@ pub fn compile(state: &StoreState, now_ms: i64, options: &CompileOptions) -> Sna
         next_change_ms,
         mut expiries,
         gateway_services,
+        next,
         ..
     } = compiler;
+    *cache = next;
     let gateways = gns_gateway::GatewayConfig {
         version: state.revision,
         trust_domain: options.trust_domain.clone(),
@@ -234,7 +263,13 @@ struct Compiler<'a> {
     next_change_ms: Option<i64>,
     expiries: Vec<UnrecordedExpiry>,
     /// Gateway routes by host, filled zone by zone.
-    gateway_services: BTreeMap<String, gns_gateway::config::ServiceConfig>,
+    gateway_services: BTreeMap<String, Arc<gns_gateway::config::ServiceConfig>>,
+    /// Fingerprint of the clusters, withdrawals and silent gateways.
+    clusters_epoch: u64,
+    /// The last compile's outputs (taken from as services are compiled).
+    previous: CompileCache,
+    /// This compile's outputs.
+    next: CompileCache,
 }
 
 /// What one global namespace says about one service name.
@@ -247,7 +282,13 @@ struct ServiceInputs<'a> {
 }
 
 impl Compiler<'_> {
-    fn zone(&mut self, gns_name: &str, gns: &GlobalNamespace, scoped: &ScopedObjects) -> Zone {
+    fn zone(
+        &mut self,
+        gns_name: &str,
+        gns_version: u64,
+        gns: &GlobalNamespace,
+        scoped: &ScopedObjects,
+    ) -> Zone {
         let origin = gns.domain.as_str();
         let members: BTreeSet<&str> = gns
             .members
@@ -269,6 +310,8 @@ impl Compiler<'_> {
         // Discovery writes one object per service and cluster (`<service>.<cluster>`);
         // older or hand-written ones hold several clusters. Group them by service.
         let mut discovered: BTreeMap<&str, Vec<&DiscoveredService>> = BTreeMap::new();
+        // The objects (name, version) each service's entry was made from.
+        let mut discovered_from: BTreeMap<&str, Vec<(&str, u64)>> = BTreeMap::new();
         for object in &scoped.services {
             let service_part = object.key.name.split('.').next().unwrap_or_default();
             if let Err(e) = Name::try_from(service_part.to_owned()) {
@@ -276,13 +319,24 @@ impl Compiler<'_> {
                 continue;
             }
             match &object.spec {
-                Ok(svc) => discovered.entry(svc.name.as_str()).or_default().push(svc),
+                Ok(svc) => {
+                    discovered.entry(svc.name.as_str()).or_default().push(svc);
+                    discovered_from
+                        .entry(svc.name.as_str())
+                        .or_default()
+                        .push((object.key.name.as_str(), object.resource_version));
+                }
                 Err(message) => self
                     .problems
                     .push(Problem::new(&object.key, message.clone())),
             }
         }
-        let alive = self.alive_workloads(&scoped.external_workloads);
+        let (alive, alive_from) = self.alive_workloads(&scoped.external_workloads);
+        let routing_versions: BTreeMap<&str, u64> = scoped
+            .routings
+            .iter()
+            .map(|o| (o.key.name.as_str(), o.resource_version))
+            .collect();
         let policies: Vec<AccessPolicy> = scoped
             .access_policies
             .iter()
@@ -305,6 +359,20 @@ impl Compiler<'_> {
             .chain(alive.keys().map(String::as_str))
             .chain(routings.keys().map(String::as_str))
             .collect();
+        // What every service of the zone depends on; with a restricting
+        // policy, who may call a service depends on every service.
+        let restricted = !(policies.is_empty() && gns.default_access == Access::Allow);
+        let zone_epoch = fingerprint((
+            self.clusters_epoch,
+            gns_name,
+            gns_version,
+            scoped
+                .access_policies
+                .iter()
+                .map(|o| (&o.key.name, o.resource_version))
+                .collect::<Vec<_>>(),
+            restricted.then_some((&names, &runs_in)),
+        ));
         let mut services = Vec::new();
         for &name in &names {
             if reserved.contains(name) {
@@ -317,18 +385,41 @@ impl Compiler<'_> {
                 ));
                 continue;
             }
-            let inputs = ServiceInputs {
-                discovered: discovered.get(name).map_or(&[], Vec::as_slice),
-                workloads: alive.get(name).map_or(&[], Vec::as_slice),
-                routing: routings.get(name),
+            let fingerprint = fingerprint((
+                zone_epoch,
+                name,
+                discovered_from.get(name),
+                alive_from.get(name),
+                // A routing object that does not compile is not an input.
+                routings.get(name).and(routing_versions.get(name)),
+            ));
+            let key = (gns_name.to_owned(), name.to_owned());
+            let compiled = match self.previous.services.remove(&key) {
+                Some(cached) if cached.fingerprint == fingerprint => cached,
+                _ => {
+                    let inputs = ServiceInputs {
+                        discovered: discovered.get(name).map_or(&[], Vec::as_slice),
+                        workloads: alive.get(name).map_or(&[], Vec::as_slice),
+                        routing: routings.get(name),
+                    };
+                    let dns = self.service(name, &members, &inputs);
+                    let mut gateway = self.gateway_service(gns_name, name, &members, &inputs);
+                    gateway.external = external_allowed(gns, &policies, name);
+                    gateway.allowed_clusters =
+                        allowed_peer_clusters(gns, &policies, name, &runs_in);
+                    gateway.allowed_callers = allowed_callers(gns, &policies, name, &names);
+                    CachedService {
+                        fingerprint,
+                        host: format!("{name}.{origin}").to_ascii_lowercase(),
+                        dns: Arc::new(dns),
+                        gateway: Arc::new(gateway),
+                    }
+                }
             };
-            services.push(self.service(name, &members, &inputs));
-            let host = format!("{name}.{origin}").to_ascii_lowercase();
-            let mut gateway = self.gateway_service(gns_name, name, &members, &inputs);
-            gateway.external = external_allowed(gns, &policies, name);
-            gateway.allowed_clusters = allowed_peer_clusters(gns, &policies, name, &runs_in);
-            gateway.allowed_callers = allowed_callers(gns, &policies, name, &names);
-            self.gateway_services.insert(host, gateway);
+            services.push(Arc::clone(&compiled.dns));
+            self.gateway_services
+                .insert(compiled.host.clone(), Arc::clone(&compiled.gateway));
+            self.next.services.insert(key, compiled);
         }
         Zone {
             origin: origin.to_owned(),
@@ -411,16 +502,25 @@ impl Compiler<'_> {
     /// Alive external workloads by service: those the store does not record
     /// as expired (the liveness plane records lapses and returns; beats
     /// themselves change nothing here).
-    fn alive_workloads(
+    /// With them, by service, the objects (name, version) they were read from.
+    #[allow(clippy::type_complexity)]
+    fn alive_workloads<'s>(
         &mut self,
-        objects: &[StoredObject],
-    ) -> BTreeMap<String, Vec<ExternalWorkload>> {
+        objects: &'s [StoredObject],
+    ) -> (
+        BTreeMap<String, Vec<ExternalWorkload>>,
+        BTreeMap<String, Vec<(&'s str, u64)>>,
+    ) {
         let mut alive: BTreeMap<String, Vec<ExternalWorkload>> = BTreeMap::new();
+        let mut from: BTreeMap<String, Vec<(&'s str, u64)>> = BTreeMap::new();
         for object in objects {
             let Some(workload) = parse::<ExternalWorkload>(object, &mut self.problems) else {
                 continue;
             };
             if !crate::liveness::workload_expired(&object.status) {
+                from.entry(workload.service.to_string())
+                    .or_default()
+                    .push((object.key.name.as_str(), object.resource_version));
                 alive
                     .entry(workload.service.to_string())
                     .or_default()
@@ -431,7 +531,10 @@ impl Compiler<'_> {
         for workloads in alive.values_mut() {
             workloads.sort_by(|a, b| a.name.cmp(&b.name));
         }
-        alive
+        for versions in from.values_mut() {
+            versions.sort_unstable();
+        }
+        (alive, from)
     }
 
     /// What gateways need of one service: ready endpoints and the HTTP
@@ -726,6 +829,7 @@ fn add_port(ports: &mut BTreeMap<String, ServicePort>, port: &WorkloadPort) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::snapshot::CompileCache;
     use crate::snapshot::ServiceObject;
     use crate::store::ObjectKey;
     use serde_json::{Value, json};
@@ -1425,6 +1529,88 @@ mod tests {
         assert_eq!(snap.dns.zones[0].txt, vec!["gns=production".to_owned()]);
         assert_eq!(snap.problems.len(), 1);
         assert_eq!(snap.problems[0].name, "staging");
+    }
+
+    /// `compile_with` over a cache must give what `compile` gives.
+    fn check_incremental(state: &StoreState, cache: &mut CompileCache) -> Snapshot {
+        let incremental = compile_with(state, NOW, &CompileOptions::default(), cache);
+        assert_eq!(
+            incremental,
+            build(state),
+            "incremental differs from a full compile"
+        );
+        incremental
+    }
+
+    #[test]
+    fn a_compile_reuses_unchanged_services_and_equals_a_full_one() {
+        let mut state = base();
+        scoped(&mut state).services.push(service(
+            "web",
+            &[("east", &["10.8.1.1"], &[]), ("west", &["10.9.1.1"], &[])],
+        ));
+        scoped(&mut state)
+            .services
+            .push(service("api", &[("east", &["10.8.1.2"], &[])]));
+        let mut cache = CompileCache::default();
+        let first = check_incremental(&state, &mut cache);
+        assert_eq!(cache.len(), 2);
+        let find_arc = |snap: &Snapshot, name: &str| {
+            Arc::clone(
+                snap.dns.zones[0]
+                    .services
+                    .iter()
+                    .find(|s| s.name == name)
+                    .expect("service"),
+            )
+        };
+
+        // One service changes: only it is compiled again.
+        let mut changed = state.clone();
+        let api = &mut scoped(&mut changed).services[1];
+        *api = service("api", &[("east", &["10.8.1.3"], &[])]);
+        api.resource_version = 2;
+        let second = check_incremental(&changed, &mut cache);
+        assert!(Arc::ptr_eq(
+            &find_arc(&first, "web"),
+            &find_arc(&second, "web")
+        ));
+        assert!(!Arc::ptr_eq(
+            &find_arc(&first, "api"),
+            &find_arc(&second, "api")
+        ));
+        let host = format!("web.{ORIGIN}");
+        assert!(Arc::ptr_eq(
+            &first.gateways.services[&host],
+            &second.gateways.services[&host]
+        ));
+
+        // What every service depends on changes: all are compiled again.
+        let mut cluster_changed = changed.clone();
+        cluster_changed.clusters[1].status =
+            json!({"phase": "Connected", "gatewaysSilentSinceMillis": 1});
+        cluster_changed.clusters[1].resource_version = 9;
+        let third = check_incremental(&cluster_changed, &mut cache);
+        assert!(!Arc::ptr_eq(
+            &find_arc(&second, "web"),
+            &find_arc(&third, "web")
+        ));
+
+        // A restricting policy: a new caller service changes who may call web.
+        let mut restricted = cluster_changed.clone();
+        scoped(&mut restricted).access_policies.push(object(
+            ObjectKey::scoped(Kind::AccessPolicy, "production", "p"),
+            json!({"name": "p", "from": ["billing"], "to": "web", "action": "allow"}),
+        ));
+        check_incremental(&restricted, &mut cache);
+        scoped(&mut restricted)
+            .services
+            .push(service("billing", &[("north", &["10.10.1.1"], &[])]));
+        check_incremental(&restricted, &mut cache);
+        // Removed services leave the cache.
+        scoped(&mut restricted).services.clear();
+        check_incremental(&restricted, &mut cache);
+        assert!(cache.is_empty());
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! is also the SOA serial of every zone and what config watchers poll by.
 
 mod builder;
+mod cache;
 mod compile;
 
 use std::collections::BTreeMap;
@@ -27,7 +28,8 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 pub use builder::spawn_builder;
-pub use compile::compile;
+pub use cache::CompileCache;
+pub use compile::{compile, compile_with};
 
 use crate::model::{DiscoveredService, Kind};
 use crate::store::{Changes, ObjectKey, Store, StoreError, StoredObject};
@@ -436,13 +438,13 @@ mod tests {
             serial: 0,
             nameservers: Vec::new(),
             txt: Vec::new(),
-            services: vec![Service {
+            services: vec![Arc::new(Service {
                 name: "web".into(),
                 ports: Vec::new(),
                 external: vec![address.parse().expect("ip")],
                 views: Default::default(),
                 txt: Vec::new(),
-            }],
+            })],
         }
     }
 
