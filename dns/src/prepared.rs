@@ -230,6 +230,11 @@ impl Prepared {
                 p.networks.push((*net, id));
             }
         }
+        // About as many answers and names as last time: no rehashing.
+        if let Some(previous) = previous {
+            p.answers.reserve(previous.answers.len());
+            p.names.reserve(previous.names.len());
+        }
         // Longest prefix first, so the most specific network wins.
         p.networks
             .sort_by_key(|(net, _)| std::cmp::Reverse(net.prefix_len()));

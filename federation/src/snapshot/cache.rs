@@ -33,21 +33,21 @@ pub(super) struct CachedService {
     pub(super) gateway: Arc<ServiceConfig>,
 }
 
-/// The outputs of the last compile, by global namespace and service.
+/// The outputs of the last compile, by global namespace, then service.
 #[derive(Debug, Default)]
 pub struct CompileCache {
-    pub(super) services: HashMap<(String, String), CachedService>,
+    pub(super) zones: HashMap<String, HashMap<String, CachedService>>,
 }
 
 impl CompileCache {
     /// How many services it holds.
     pub fn len(&self) -> usize {
-        self.services.len()
+        self.zones.values().map(HashMap::len).sum()
     }
 
     /// Whether it holds none.
     pub fn is_empty(&self) -> bool {
-        self.services.is_empty()
+        self.len() == 0
     }
 }
 

@@ -313,11 +313,7 @@ impl Compiler<'_> {
         // The objects (name, version) each service's entry was made from.
         let mut discovered_from: BTreeMap<&str, Vec<(&str, u64)>> = BTreeMap::new();
         for object in &scoped.services {
-            let service_part = object.key.name.split('.').next().unwrap_or_default();
-            if let Err(e) = Name::try_from(service_part.to_owned()) {
-                self.problems.push(Problem::new(&object.key, e));
-                continue;
-            }
+            // (The object's name was checked when it was read.)
             match &object.spec {
                 Ok(svc) => {
                     discovered.entry(svc.name.as_str()).or_default().push(svc);
@@ -343,16 +339,6 @@ impl Compiler<'_> {
             .filter_map(|o| parse::<AccessPolicy>(o, &mut self.problems))
             .collect();
 
-        // Which services run in which member cluster (callers, for access between gateways).
-        let mut runs_in: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
-        for svc in discovered.values().flatten() {
-            for cluster in svc.clusters.keys() {
-                runs_in
-                    .entry(cluster.as_str())
-                    .or_default()
-                    .insert(svc.name.as_str());
-            }
-        }
         let names: BTreeSet<&str> = discovered
             .keys()
             .copied()
@@ -362,6 +348,19 @@ impl Compiler<'_> {
         // What every service of the zone depends on; with a restricting
         // policy, who may call a service depends on every service.
         let restricted = !(policies.is_empty() && gns.default_access == Access::Allow);
+        // Which services run in which member cluster (callers, for access
+        // between gateways); only a restricting policy asks.
+        let mut runs_in: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+        if restricted {
+            for svc in discovered.values().flatten() {
+                for cluster in svc.clusters.keys() {
+                    runs_in
+                        .entry(cluster.as_str())
+                        .or_default()
+                        .insert(svc.name.as_str());
+                }
+            }
+        }
         let zone_epoch = fingerprint((
             self.clusters_epoch,
             gns_name,
@@ -373,7 +372,9 @@ impl Compiler<'_> {
                 .collect::<Vec<_>>(),
             restricted.then_some((&names, &runs_in)),
         ));
-        let mut services = Vec::new();
+        let mut services = Vec::with_capacity(names.len());
+        let mut previous = self.previous.zones.remove(gns_name).unwrap_or_default();
+        let mut next = std::collections::HashMap::with_capacity(names.len());
         for &name in &names {
             if reserved.contains(name) {
                 self.problems.push(Problem::new(
@@ -393,8 +394,11 @@ impl Compiler<'_> {
                 // A routing object that does not compile is not an input.
                 routings.get(name).and(routing_versions.get(name)),
             ));
-            let key = (gns_name.to_owned(), name.to_owned());
-            let compiled = match self.previous.services.remove(&key) {
+            let (key, cached) = match previous.remove_entry(name) {
+                Some((key, cached)) => (key, Some(cached)),
+                None => (name.to_owned(), None),
+            };
+            let compiled = match cached {
                 Some(cached) if cached.fingerprint == fingerprint => cached,
                 _ => {
                     let inputs = ServiceInputs {
@@ -419,8 +423,9 @@ impl Compiler<'_> {
             services.push(Arc::clone(&compiled.dns));
             self.gateway_services
                 .insert(compiled.host.clone(), Arc::clone(&compiled.gateway));
-            self.next.services.insert(key, compiled);
+            next.insert(key, compiled);
         }
+        self.next.zones.insert(gns_name.to_owned(), next);
         Zone {
             origin: origin.to_owned(),
             // The builder carries the serial of an unchanged zone over.

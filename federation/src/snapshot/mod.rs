@@ -275,10 +275,15 @@ pub struct ServiceObject {
 }
 
 impl From<StoredObject> for ServiceObject {
+    /// Parses (and checks the service part of the name) once, when read.
     fn from(object: StoredObject) -> Self {
-        let spec = serde_path_to_error::deserialize::<_, DiscoveredService>(&object.spec)
-            .map(Arc::new)
-            .map_err(|e| format!("stored spec does not parse: {e}"));
+        let service_part = object.key.name.split('.').next().unwrap_or_default();
+        let spec = match crate::model::Name::try_from(service_part.to_owned()) {
+            Err(e) => Err(e.to_string()),
+            Ok(_) => serde_path_to_error::deserialize::<_, DiscoveredService>(&object.spec)
+                .map(Arc::new)
+                .map_err(|e| format!("stored spec does not parse: {e}")),
+        };
         Self {
             key: object.key,
             resource_version: object.resource_version,
