@@ -208,17 +208,34 @@ fn append_opt(out: &mut Vec<u8>, edns: Option<Edns>, extended_rcode: u8) {
     }
 }
 
+/// Who asked, as far as the answer depends on it.
+#[derive(Debug, Clone, Copy)]
+pub struct Client {
+    /// The query's source address: it picks the view.
+    pub source: IpAddr,
+    /// Whether the source is a trusted resolver, whose EDNS Client Subnet
+    /// option picks the view instead.
+    pub trusted_subnet: bool,
+    /// UDP or TCP.
+    pub transport: Transport,
+}
+
 /// Answers `query` from `prepared` into `out` (cleared first). `view` forces a
 /// view (gns-dns `--cluster`); otherwise it comes from the client subnet option
-/// or the source address. An empty `out` means: send nothing.
+/// (from a trusted resolver only) or the source address. An empty `out`
+/// means: send nothing.
 pub fn answer(
     prepared: &Prepared,
     query: &[u8],
-    source: IpAddr,
+    client: Client,
     view: Option<u16>,
-    transport: Transport,
     out: &mut Vec<u8>,
 ) -> Outcome {
+    let Client {
+        source,
+        trusted_subnet,
+        transport,
+    } = client;
     out.clear();
     let mut outcome = Outcome {
         qtype: 0,
@@ -297,8 +314,11 @@ pub fn answer(
         return outcome;
     }
 
-    let view = view
-        .unwrap_or_else(|| prepared.view_for(edns.and_then(|e| e.client_subnet).unwrap_or(source)));
+    // EDNS Client Subnet chooses the view only from a trusted resolver.
+    let subnet = edns
+        .and_then(|e| e.client_subnet)
+        .filter(|_| trusted_subnet);
+    let view = view.unwrap_or_else(|| prepared.view_for(subnet.unwrap_or(source)));
     let qtype = if question.qtype == rtype::ANY {
         rtype::A
     } else {

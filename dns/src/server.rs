@@ -38,6 +38,20 @@ pub struct ServerConfig {
     pub allow_transfer: Vec<IpNet>,
     /// Secondaries to NOTIFY on every new serial.
     pub notify: Vec<SocketAddr>,
+    /// Resolvers whose EDNS Client Subnet option may choose the view (a
+    /// resolver forwarding for clients of a cluster); from any other source
+    /// the option is ignored, so an outside client cannot ask for a
+    /// cluster's internal view. Default: none.
+    pub trusted_resolvers: Vec<IpNet>,
+}
+
+impl ServerConfig {
+    /// Whether `source` may choose the view with EDNS Client Subnet.
+    fn trusts_client_subnet(&self, source: IpAddr) -> bool {
+        self.trusted_resolvers
+            .iter()
+            .any(|net| net.contains(&source))
+    }
 }
 
 impl ServerConfig {
@@ -49,6 +63,7 @@ impl ServerConfig {
             cluster_view: None,
             allow_transfer: Vec::new(),
             notify: Vec::new(),
+            trusted_resolvers: Vec::new(),
         }
     }
 }
@@ -281,9 +296,12 @@ fn udp_worker(shared: &Shared, socket: &UdpSocket) {
         let outcome = answer::answer(
             &prepared,
             &buf[..n],
-            src.ip(),
+            answer::Client {
+                source: src.ip(),
+                trusted_subnet: shared.config.trusts_client_subnet(src.ip()),
+                transport: Transport::Udp,
+            },
             view,
-            Transport::Udp,
             &mut out,
         );
         shared.stats.record(&outcome);
@@ -372,7 +390,12 @@ async fn tcp_connection(
             .cluster_view
             .as_deref()
             .and_then(|c| prepared.view_of_cluster(c));
-        let outcome = answer::answer(&prepared, &query, peer.ip(), view, Transport::Tcp, &mut out);
+        let client = answer::Client {
+            source: peer.ip(),
+            trusted_subnet: shared.config.trusts_client_subnet(peer.ip()),
+            transport: Transport::Tcp,
+        };
+        let outcome = answer::answer(&prepared, &query, client, view, &mut out);
         shared.stats.record(&outcome);
         if out.is_empty() {
             return Ok(());

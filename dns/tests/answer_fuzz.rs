@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
 
-use gns_dns::answer::{Transport, answer};
+use gns_dns::answer::{Client, Transport, answer};
 use gns_dns::snapshot::{ClusterView, Service, ServicePort, Transport as Proto, Zone};
 use gns_dns::{Prepared, ZoneSnapshot};
 use proptest::prelude::*;
@@ -48,7 +48,13 @@ const VALID: &[u8] = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x01\x03web\x
 
 fn check(bytes: &[u8], source: IpAddr, transport: Transport) -> Result<(), TestCaseError> {
     let mut out = Vec::new();
-    let _ = answer(prepared(), bytes, source, None, transport, &mut out);
+    // A trusted source: the client subnet option is read too.
+    let client = Client {
+        source,
+        trusted_subnet: true,
+        transport,
+    };
+    let _ = answer(prepared(), bytes, client, None, &mut out);
     if !out.is_empty() {
         prop_assert!(
             hickory_proto::op::Message::from_vec(&out).is_ok(),
@@ -80,14 +86,12 @@ proptest! {
 #[test]
 fn the_seed_query_is_answered() {
     let mut out = Vec::new();
-    let o = answer(
-        prepared(),
-        VALID,
-        "10.8.0.9".parse().expect("ip"),
-        None,
-        Transport::Udp,
-        &mut out,
-    );
+    let client = Client {
+        source: "10.8.0.9".parse().expect("ip"),
+        trusted_subnet: false,
+        transport: Transport::Udp,
+    };
+    let o = answer(prepared(), VALID, client, None, &mut out);
     assert_eq!(o.rcode, 0);
     let m = hickory_proto::op::Message::from_vec(&out).expect("parses");
     assert_eq!(m.answers.len(), 1);

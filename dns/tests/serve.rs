@@ -336,10 +336,10 @@ fn views_by_source_and_forced() {
     );
 }
 
-#[test]
-fn client_subnet_selects_the_view() {
-    let fx = start(|_| {});
-    let mut q = query(&format!("web.{ZONE}"), RecordType::A, Some(1232));
+/// A query for web with an EDNS Client Subnet option naming 10.8.1.0/24
+/// (east's network) from 127.0.0.1: the addresses answered.
+fn ask_with_client_subnet(server: SocketAddr) -> Vec<IpAddr> {
+    let q = query(&format!("web.{ZONE}"), RecordType::A, Some(1232));
     // ECS option: family 1, /24, scope 0, 10.8.1.0
     let mut bytes = q.to_vec().expect("encode");
     // Patch in the option: the OPT record is the last 11 bytes; append an option to its rdata.
@@ -351,11 +351,32 @@ fn client_subnet_selects_the_view() {
     socket
         .set_read_timeout(Some(Duration::from_secs(3)))
         .expect("timeout");
-    socket.send_to(&bytes, fx.server.udp_addr).expect("send");
+    socket.send_to(&bytes, server).expect("send");
     let mut buf = [0u8; 2048];
     let (n, _) = socket.recv_from(&mut buf).expect("answer");
-    q = Message::from_vec(&buf[..n]).expect("decodes");
-    assert_eq!(addresses(&q), vec![ip("10.8.0.53")]);
+    addresses(&Message::from_vec(&buf[..n]).expect("decodes"))
+}
+
+#[test]
+fn client_subnet_selects_the_view_only_from_a_trusted_resolver() {
+    let trusting = start(|c| c.trusted_resolvers = vec!["127.0.0.0/8".parse().expect("net")]);
+    assert_eq!(
+        ask_with_client_subnet(trusting.server.udp_addr),
+        vec![ip("10.8.0.53")],
+        "east's view, for a client of east behind a trusted resolver"
+    );
+    let others = start(|c| c.trusted_resolvers = vec!["192.0.2.0/24".parse().expect("net")]);
+    assert_eq!(
+        ask_with_client_subnet(others.server.udp_addr),
+        vec![ip("198.51.100.10"), ip("198.51.100.20")],
+        "an untrusted source gets the view of its own address (external)"
+    );
+    let default = start(|_| {});
+    assert_eq!(
+        ask_with_client_subnet(default.server.udp_addr),
+        vec![ip("198.51.100.10"), ip("198.51.100.20")],
+        "no resolver is trusted by default"
+    );
 }
 
 #[test]

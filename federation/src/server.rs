@@ -59,6 +59,10 @@ pub struct Config {
     /// Comma-separated CIDRs that may AXFR/IXFR.
     #[arg(long, env = "GNS_DNS_ALLOW_TRANSFER", value_delimiter = ',')]
     pub dns_allow_transfer: Vec<Cidr>,
+    /// Comma-separated CIDRs of resolvers whose EDNS Client Subnet option may
+    /// choose the view (default none: the source address chooses).
+    #[arg(long, env = "GNS_DNS_TRUSTED_RESOLVERS", value_delimiter = ',')]
+    pub dns_trusted_resolvers: Vec<Cidr>,
     /// Comma-separated addr:port of secondaries to NOTIFY on each change.
     #[arg(long, env = "GNS_DNS_NOTIFY", value_delimiter = ',')]
     pub dns_notify: Vec<SocketAddr>,
@@ -258,6 +262,7 @@ pub async fn build(config: &Config) -> Result<Federation, StartError> {
         dns_config.udp_workers = workers.max(1);
     }
     dns_config.allow_transfer = config.dns_allow_transfer.iter().map(Cidr::net).collect();
+    dns_config.trusted_resolvers = config.dns_trusted_resolvers.iter().map(Cidr::net).collect();
     dns_config.notify = config.dns_notify.clone();
     let dns = Arc::new(
         DnsServer::start(dns_config)

@@ -43,6 +43,10 @@ struct Args {
     /// Comma-separated CIDRs that may AXFR/IXFR.
     #[arg(long, env = "GNS_DNS_ALLOW_TRANSFER", value_delimiter = ',')]
     dns_allow_transfer: Vec<ipnet::IpNet>,
+    /// Comma-separated CIDRs of resolvers whose EDNS Client Subnet option may
+    /// choose the view (default none: the source address chooses).
+    #[arg(long, env = "GNS_DNS_TRUSTED_RESOLVERS", value_delimiter = ',')]
+    dns_trusted_resolvers: Vec<ipnet::IpNet>,
     /// Comma-separated addr:port of secondaries to NOTIFY on each change.
     #[arg(long, env = "GNS_DNS_NOTIFY", value_delimiter = ',')]
     dns_notify: Vec<SocketAddr>,
@@ -79,6 +83,7 @@ async fn main() -> anyhow::Result<()> {
     }
     config.cluster_view = args.cluster.clone();
     config.allow_transfer = args.dns_allow_transfer.clone();
+    config.trusted_resolvers = args.dns_trusted_resolvers.clone();
     config.notify = args.dns_notify.clone();
     let server = Arc::new(
         DnsServer::start(config)
