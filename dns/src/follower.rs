@@ -82,19 +82,14 @@ pub fn load_cache(dir: &Path) -> Result<Option<ZoneSnapshot>, FollowError> {
 
 /// Writes the snapshot to the cache atomically (temp file, fsync, rename).
 pub fn store_cache(dir: &Path, snapshot: &ZoneSnapshot) -> Result<(), FollowError> {
-    use std::io::Write;
     let path = cache_path(dir);
     let err = |source| FollowError::Cache {
         path: path.display().to_string(),
         source,
     };
     std::fs::create_dir_all(dir).map_err(err)?;
-    let tmp = path.with_extension("tmp");
     let bytes = serde_json::to_vec(snapshot).map_err(|e| err(std::io::Error::other(e)))?;
-    let mut file = std::fs::File::create(&tmp).map_err(err)?;
-    file.write_all(&bytes).map_err(err)?;
-    file.sync_all().map_err(err)?;
-    std::fs::rename(&tmp, &path).map_err(err)
+    gns_files::write(&path, &bytes, gns_files::Access::Readable).map_err(err)
 }
 
 async fn publish(server: &Arc<DnsServer>, snapshot: ZoneSnapshot) {

@@ -10,7 +10,6 @@
 pub mod api;
 pub mod ctl;
 pub mod discovery;
-pub mod files;
 pub mod identity;
 pub mod liveness;
 pub mod model;

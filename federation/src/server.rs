@@ -221,7 +221,7 @@ fn admin_token(config: &Config) -> Result<(String, Option<PathBuf>), StartError>
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let token = api::auth::generate_token()
                 .map_err(|e| err(std::io::Error::other(e.to_string())))?;
-            crate::files::write_private(&path, format!("{token}\n").as_bytes()).map_err(err)?;
+            gns_files::write_private(&path, format!("{token}\n").as_bytes()).map_err(err)?;
             Ok((token, Some(path)))
         }
         Err(e) => Err(err(e)),

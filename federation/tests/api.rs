@@ -352,8 +352,38 @@ async fn cluster_credentials_update_rules(api: &Api) {
     );
     // A PUT without credentials keeps them (and the rest is an ordinary update).
     c["labels"] = json!({"region": "eu-west-1"});
-    let updated = api.ok(Method::PUT, "/v1/clusters/east", Some(c)).await;
+    let updated = api
+        .ok(Method::PUT, "/v1/clusters/east", Some(c.clone()))
+        .await;
     assert_eq!(updated["labels"]["region"], "eu-west-1");
+    // Credentials follow the server: a new server or CA needs them again.
+    use base64::Engine as _;
+    let ca = base64::engine::general_purpose::STANDARD
+        .encode("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n");
+    for change in [
+        json!({"server": "https://10.0.0.2:6443"}),
+        json!({"server": "https://10.0.0.1:6443", "caData": ca}),
+    ] {
+        let mut moved = c.clone();
+        moved["kubernetes"] = change.clone();
+        let (status, body) = api
+            .call(Method::PUT, "/v1/clusters/east", Some(moved.clone()))
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{change}: {body}");
+        assert_eq!(fields(&body), vec!["kubernetes.token"]);
+        moved["kubernetes"]["token"] = json!("fresh-token");
+        api.ok(Method::PUT, "/v1/clusters/east", Some(moved)).await;
+        // And back, with credentials again.
+        let mut back = c.clone();
+        back["kubernetes"]["token"] = json!("secret-east");
+        api.ok(Method::PUT, "/v1/clusters/east", Some(back)).await;
+    }
+    // Plain HTTP is refused: the credentials would travel in the clear.
+    let mut plain = cluster("north", "10.10.0.0/16");
+    plain["kubernetes"]["server"] = json!("http://10.0.0.3:6443");
+    let (status, body) = api.call(Method::POST, "/v1/clusters", Some(plain)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(fields(&body), vec!["kubernetes.server"]);
 }
 
 async fn validation_errors_name_the_field(api: &Api) {

@@ -145,17 +145,10 @@ fn state_err(path: &Path) -> impl FnOnce(std::io::Error) -> FollowError + '_ {
     }
 }
 
-/// Writes `bytes` to `path` atomically (temporary file, then rename).
+/// Writes `bytes` to `path` in the state dir: owner-only, durably and
+/// atomically (`gns_files`).
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FollowError> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).map_err(state_err(&tmp))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
-            .map_err(state_err(&tmp))?;
-    }
-    std::fs::rename(&tmp, path).map_err(state_err(path))
+    gns_files::write_private(path, bytes).map_err(state_err(path))
 }
 
 async fn checked(resp: reqwest::Response) -> Result<reqwest::Response, FollowError> {

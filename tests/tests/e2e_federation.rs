@@ -28,13 +28,14 @@ const CLUSTER_TOKENS: [&str; 2] = [
     "example-west-token-replace-me",
 ];
 /// Every object of the example manifest, as gnsctl names them, in apply order.
-const OBJECTS: [&str; 6] = [
+const OBJECTS: [&str; 7] = [
     "cluster/east",
     "cluster/west",
     "globalnamespace/production",
     "routing/production/web",
     "externalworkload/production/db-vm-1",
     "accesspolicy/production/web-to-api",
+    "accesspolicy/production/outside-to-web",
 ];
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(20);
 

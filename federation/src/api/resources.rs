@@ -34,6 +34,15 @@ pub trait ApiResource: NamedResource {
     fn check_create(&self, _secret: &Option<Vec<u8>>) -> Result<(), ApiError> {
         Ok(())
     }
+    /// Checks a replace of `current` carries what the change needs (e.g.
+    /// credentials for a new server).
+    fn check_replace(
+        &self,
+        _current: &StoredObject,
+        _secret: &Option<Vec<u8>>,
+    ) -> Result<(), ApiError> {
+        Ok(())
+    }
     /// The domain this object claims.
     fn claimed_domain(&self) -> Option<Domain> {
         None
@@ -177,6 +186,31 @@ impl ApiResource for Cluster {
 
     fn initial_status(&self, _now: i64) -> Option<Value> {
         Some(crate::model::cluster_status::registered_status())
+    }
+
+    /// Credentials follow the server: a new server or CA without them again
+    /// is refused, so stored credentials are never sent where they were not
+    /// given for.
+    fn check_replace(
+        &self,
+        current: &StoredObject,
+        secret: &Option<Vec<u8>>,
+    ) -> Result<(), ApiError> {
+        if secret.is_some() {
+            return Ok(());
+        }
+        let Ok(stored) = serde_json::from_value::<Cluster>(current.spec.clone()) else {
+            return Ok(());
+        };
+        let (new, old) = (&self.kubernetes, &stored.kubernetes);
+        let same_server = new.server.trim_end_matches('/') == old.server.trim_end_matches('/');
+        if !same_server || new.ca_data != old.ca_data {
+            return Err(ApiError::invalid_field(
+                "kubernetes.token",
+                "the API server or its CA changed: give the credentials again (stored credentials are only sent to the server they were given for)",
+            ));
+        }
+        Ok(())
     }
 
     const LIVENESS: bool = true;
@@ -380,12 +414,15 @@ pub async fn replace<R: ApiResource>(
     body: JsonObject,
 ) -> Result<(axum::http::HeaderMap, Json<Value>), ApiError> {
     let key = key_of::<R>(&params);
-    let (_, write, expected) = parse_write::<R>(body, &key.scope, &principal)?;
+    let (resource, write, expected) = parse_write::<R>(body, &key.scope, &principal)?;
     if write.key.name != key.name {
         return Err(ApiError::invalid_field(
             "name",
             format!("must match the name in the URL ({})", key.name),
         ));
+    }
+    if let Some(current) = state.store.get(&key).await? {
+        resource.check_replace(&current, &write.secret)?;
     }
     let outcome = state
         .store

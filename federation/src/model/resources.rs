@@ -312,15 +312,15 @@ impl Resource for Cluster {
         let mut errors = FieldErrors::default();
         validate_labels(&self.labels, "labels", &mut errors);
         let k = &self.kubernetes;
+        // The credentials travel to it: TLS only.
         let server_ok = k
             .server
             .strip_prefix("https://")
-            .or_else(|| k.server.strip_prefix("http://"))
             .is_some_and(|rest| !rest.is_empty() && !rest.contains(char::is_whitespace));
         if !server_ok || k.server.len() > 2048 {
             errors.add(
                 "kubernetes.server",
-                "must be an http(s) URL such as https://10.0.0.1:6443",
+                "must be an https URL such as https://10.0.0.1:6443 (the credentials are sent there)",
             );
         }
         if let Some(ca) = &k.ca_data {

@@ -408,7 +408,7 @@ impl Compiler<'_> {
                     };
                     let dns = self.service(name, &members, &inputs);
                     let mut gateway = self.gateway_service(gns_name, name, &members, &inputs);
-                    gateway.external = external_allowed(gns, &policies, name);
+                    gateway.external = external_allowed(&policies, name);
                     gateway.allowed_clusters =
                         allowed_peer_clusters(gns, &policies, name, &runs_in);
                     gateway.allowed_callers = allowed_callers(gns, &policies, name, &names);
@@ -725,9 +725,23 @@ fn is_http(port: &WorkloadPort) -> bool {
 }
 
 /// Whether clients outside every cluster (identity `external`) may call
-/// `service`: a deny naming them wins, then an allow, then `defaultAccess`.
-fn external_allowed(gns: &GlobalNamespace, policies: &[AccessPolicy], service: &str) -> bool {
-    caller_allowed(gns, policies, "external", service)
+/// `service` through a public entry: only when a policy allows `external`
+/// by name and none denies it (`defaultAccess` and `*` do not open a
+/// service to the internet).
+fn external_allowed(policies: &[AccessPolicy], service: &str) -> bool {
+    let names = |p: &&AccessPolicy| {
+        p.to.as_str() == service && p.from.iter().any(|f| f == "external" || f == "*")
+    };
+    let denied = policies
+        .iter()
+        .filter(names)
+        .any(|p| p.action == PolicyAction::Deny);
+    let allowed = policies.iter().any(|p| {
+        p.to.as_str() == service
+            && p.action == PolicyAction::Allow
+            && p.from.iter().any(|f| f == "external")
+    });
+    allowed && !denied
 }
 
 /// Whether service `caller` may call `service`: a deny naming it (or `*`)
@@ -1263,6 +1277,38 @@ mod tests {
         let snap = build(&state);
         let later = find(&snap, "later");
         assert!(later.external.is_empty() && later.views.is_empty() && later.ports.is_empty());
+    }
+
+    #[test]
+    fn the_public_entry_serves_only_what_a_policy_opens_to_external_by_name() {
+        let mut state = base();
+        scoped(&mut state)
+            .services
+            .push(service("web", &[("east", &["10.8.1.1"], &[])]));
+        let host = format!("web.{ORIGIN}");
+        let external = |state: &StoreState| build(state).gateways.services[&host].external;
+        assert!(
+            !external(&state),
+            "closed by default, even with defaultAccess allow"
+        );
+        let policy = |name: &str, from: &str, action: &str| {
+            object(
+                ObjectKey::scoped(Kind::AccessPolicy, "production", name),
+                json!({"name": name, "from": [from], "to": "web", "action": action}),
+            )
+        };
+        scoped(&mut state)
+            .access_policies
+            .push(policy("any", "*", "allow"));
+        assert!(!external(&state), "`*` does not name the internet");
+        scoped(&mut state)
+            .access_policies
+            .push(policy("outside", "external", "allow"));
+        assert!(external(&state));
+        scoped(&mut state)
+            .access_policies
+            .push(policy("nobody", "*", "deny"));
+        assert!(!external(&state), "a deny of every caller closes it");
     }
 
     #[test]

@@ -84,7 +84,7 @@ impl SecretBox {
             Ok(text) => Self::from_base64(&text),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let text = Self::generate_key_text()?;
-                crate::files::write_private(&path, format!("{text}\n").as_bytes())
+                gns_files::write_private(&path, format!("{text}\n").as_bytes())
                     .map_err(file_err)?;
                 Self::from_base64(&text)
             }

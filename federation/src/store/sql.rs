@@ -326,7 +326,9 @@ impl SqlStore {
             .acquire_timeout(Duration::from_secs(10))
             .after_connect(|conn, _meta| {
                 Box::pin(async move {
-                    conn.execute("PRAGMA busy_timeout = 10000; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")
+                    // FULL: an acknowledged write survives a power loss
+                    // (NORMAL in WAL mode may lose the last ones).
+                    conn.execute("PRAGMA busy_timeout = 10000; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")
                         .await?;
                     Ok(())
                 })

@@ -402,7 +402,8 @@ async fn wait_ready(base: &str, federation: &mut Process) -> anyhow::Result<()> 
 }
 
 /// Registers the clusters, the global namespace, web's routing (a 99/1
-/// canary split with a User-Agent rule and failover) and the VM workload.
+/// canary split with a User-Agent rule and failover), the policy opening api
+/// to outside clients and the VM workload.
 async fn configure(api: &Api, members: &BTreeMap<&str, Member>) -> anyhow::Result<()> {
     use reqwest::Method;
     for member in members.values() {
@@ -453,6 +454,16 @@ async fn configure(api: &Api, members: &BTreeMap<&str, Member>) -> anyhow::Resul
             "timeout": "2s",
             "failover": ["east", "west"],
         })),
+    )
+    .await?;
+    // The public entries serve outside clients (`external`) only what a
+    // policy opens to them by name: api.
+    api.call(
+        Method::POST,
+        &format!("/v1/global-namespaces/{}/access-policies", topology::GNS),
+        Some(
+            json!({"name": "outside-to-api", "from": ["external"], "to": "api", "action": "allow"}),
+        ),
     )
     .await?;
     api.call(
@@ -684,7 +695,9 @@ fn print_guide(options: &Options, token_file: &Path, elapsed: Duration, first: &
     println!(
         "  $ for i in $(seq 200); do curl -s -H 'Host: web.{domain}' {egress}; done | sort | uniq -c"
     );
-    println!("# from outside every cluster, through west's public entry");
+    println!(
+        "# from outside every cluster, through west's public entry (policy outside-to-api allows it)"
+    );
     println!("  $ curl -s -H 'Host: api.{domain}' {public}");
     println!("# the catalog, as the federation sees it");
     println!(

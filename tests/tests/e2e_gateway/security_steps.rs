@@ -4,11 +4,21 @@
 
 use super::*;
 
-/// The public entry (identity `external`): west has no endpoints now, so a
-/// client outside every cluster is sent on to east; an access policy that
-/// denies `external` closes the service to it, not to in-cluster clients.
+/// The public entry (identity `external`): closed to a service until a
+/// policy allows `external` by name; then, with west without endpoints now,
+/// a client outside every cluster is sent on to east; a policy that denies
+/// `external` closes the service again, to it only, not to in-cluster clients.
 pub(crate) async fn the_public_entry_serves_outside_clients_until_external_is_denied(w: &World) {
     let (east_gw, west_gw) = (w.east_gw(), w.west_gw());
+    assert_eq!(
+        through(west_gw.public, None).await.0,
+        403,
+        "closed to outside clients by default"
+    );
+    w.post_policy(
+        json!({"name": "outside-in", "from": ["external"], "to": "web", "action": "allow"}),
+    )
+    .await;
     eventually(
         "the public entry to reach east",
         Duration::from_secs(15),
