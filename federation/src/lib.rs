@@ -5,12 +5,14 @@
 //! - [`snapshot`]: the snapshot compiler and the builder task that publishes snapshots;
 //! - [`api`]: the REST API (axum), auth, OpenAPI and metrics;
 //! - [`server`]: configuration and startup of `gns-federation`;
+//! - [`listener`]: the API's hardened listener (header timeout, connection cap);
 //! - [`ctl`]: the `gnsctl` command-line client.
 
 pub mod api;
 pub mod ctl;
 pub mod discovery;
 pub mod identity;
+pub mod listener;
 pub mod liveness;
 pub mod model;
 pub mod rollout;

@@ -87,6 +87,13 @@ pub struct Config {
     /// How long audit rows are kept (pruned in the background), from 1 hour to 100 years.
     #[arg(long, env = "GNS_AUDIT_RETENTION", default_value = "90d", value_parser = parse_retention)]
     pub audit_retention: std::time::Duration,
+    /// A client must send a whole request header within this (slow or
+    /// stalled clients are closed).
+    #[arg(long, env = "GNS_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_read_timeout: std::time::Duration,
+    /// Most API connections served at once (more wait to be accepted).
+    #[arg(long, env = "GNS_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
     /// A cluster whose gateways have reported before and all stayed silent
     /// this long leaves the external view and its peers' destinations
     /// until one reports again (1s to 1h).
@@ -201,6 +208,7 @@ pub struct Federation {
     pub store: Arc<dyn Store>,
     listener: TcpListener,
     router: axum::Router,
+    limits: crate::listener::Limits,
 }
 
 /// Reads or creates the bootstrap admin token; returns it and the file it is in (if generated).
@@ -311,6 +319,10 @@ pub async fn build(config: &Config) -> Result<Federation, StartError> {
         router: api::router_with_snapshots(state, snapshots)
             .layer(axum::Extension(dns_for_metrics))
             .layer(axum::Extension(identity)),
+        limits: crate::listener::Limits {
+            header_read_timeout: config.header_read_timeout,
+            max_connections: config.max_connections as usize,
+        },
     })
 }
 
@@ -350,11 +362,9 @@ impl Federation {
                 task.abort();
             }
         };
-        let result = axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown)
-            .await;
+        crate::listener::serve(self.listener, self.router, self.limits, shutdown).await;
         drop(self.dns);
-        result
+        Ok(())
     }
 }
 

@@ -913,6 +913,7 @@ async fn gateway_tokens_report_their_own_cluster_only(api: &Api) {
     api.seed().await;
     // A gateway token belongs to one registered cluster; no other role names one.
     for (body, field) in [
+        (json!({"name": "bootstrap-admin", "role": "viewer"}), "name"),
         (json!({"name": "gw", "role": "gateway"}), "cluster"),
         (
             json!({"name": "gw", "role": "gateway", "cluster": "nowhere"}),

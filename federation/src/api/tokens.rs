@@ -28,6 +28,14 @@ fn render_token(t: &TokenRecord) -> Value {
 /// Checks a token request's scope: a gateway token names an existing
 /// cluster, no other role names one.
 async fn check_scope(state: &AppState, request: &TokenRequest) -> Result<(), ApiError> {
+    // Audit rows name tokens: none may pass for the bootstrap admin (names
+    // with `:`, like `system:liveness`, are not valid token names anyway).
+    if request.name.as_str() == super::auth::BOOTSTRAP_ADMIN {
+        return Err(ApiError::invalid_field(
+            "name",
+            format!("{} is reserved", super::auth::BOOTSTRAP_ADMIN),
+        ));
+    }
     match (request.role, &request.cluster) {
         (Role::Gateway, None) => Err(ApiError::invalid_field(
             "cluster",

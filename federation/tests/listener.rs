@@ -1,0 +1,142 @@
+//! The API listener against misbehaving clients, over real TCP: 200
+//! connections dripping header bytes are closed once the header timeout
+//! passes while the API keeps answering; connections past the cap wait to
+//! be accepted and are served once others close.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use gns_federation::server::{self, Config};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const TOKEN: &str = "listener-test-token";
+
+/// Starts a federation with `extra` flags; its API address.
+async fn start(
+    dir: &tempfile::TempDir,
+    extra: &[&str],
+) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let data_dir = dir.path().display().to_string();
+    let mut args = vec![
+        "gns-federation",
+        "--listen",
+        "127.0.0.1:0",
+        "--dns-listen",
+        "127.0.0.1:0",
+        "--admin-token",
+        TOKEN,
+        "--data-dir",
+        &data_dir,
+    ];
+    args.extend_from_slice(extra);
+    let federation = server::build(&Config::parse_from(args))
+        .await
+        .expect("federation starts");
+    let addr = federation.api_addr;
+    let task = tokio::spawn(async move {
+        let _ = federation.serve(std::future::pending()).await;
+    });
+    (addr, task)
+}
+
+/// `GET /healthz` with a fresh client: its status, or the error.
+async fn healthz(addr: SocketAddr) -> Result<u16, String> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()
+        .map_err(|e| e.to_string())?;
+    client
+        .get(format!("http://{addr}/healthz"))
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .map_err(|e| e.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_dripping_header_bytes_are_closed_while_the_api_answers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (addr, _task) = start(&dir, &["--header-read-timeout", "2s"]).await;
+    let started = Instant::now();
+    let mut drips = Vec::new();
+    for _ in 0..200 {
+        let mut tcp = TcpStream::connect(addr).await.expect("connect");
+        tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .expect("first bytes");
+        drips.push(tcp);
+    }
+    // Keep dripping a header line every 500 ms on every connection; the API
+    // answers others meanwhile.
+    let mut closed_after = Vec::new();
+    let mut open: Vec<(usize, TcpStream)> = drips.into_iter().enumerate().collect();
+    while !open.is_empty() && started.elapsed() < Duration::from_secs(8) {
+        assert_eq!(healthz(addr).await, Ok(200), "the API answers meanwhile");
+        let mut still = Vec::new();
+        for (i, mut tcp) in open {
+            let wrote = tcp.write_all(b"X-Drip: 1\r\n").await;
+            let mut buf = [0u8; 256];
+            let read = tokio::time::timeout(Duration::from_millis(5), tcp.read(&mut buf)).await;
+            match (wrote, read) {
+                // Closed (EOF, reset), or answered with an error and closed.
+                (Err(_), _) | (_, Ok(Ok(0) | Err(_))) => closed_after.push(started.elapsed()),
+                (_, Ok(Ok(_))) => {
+                    let mut rest = Vec::new();
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(1), tcp.read_to_end(&mut rest))
+                            .await;
+                    closed_after.push(started.elapsed());
+                }
+                (Ok(()), Err(_)) => still.push((i, tcp)),
+            }
+        }
+        open = still;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        open.is_empty(),
+        "{} dripping connections still open after 8 s",
+        open.len()
+    );
+    let first = closed_after.iter().min().copied().unwrap_or_default();
+    assert!(
+        first >= Duration::from_millis(1500),
+        "closed at {first:?}, before the 2 s header timeout"
+    );
+    assert_eq!(healthz(addr).await, Ok(200));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_cap_wait_and_are_served_when_others_close() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (addr, _task) = start(&dir, &["--max-connections", "2"]).await;
+    // Two idle keep-alive connections take both slots.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut tcp = TcpStream::connect(addr).await.expect("connect");
+        tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("request");
+        let mut buf = [0u8; 512];
+        let n = tcp.read(&mut buf).await.expect("answer");
+        assert!(
+            buf[..n].starts_with(b"HTTP/1.1 200"),
+            "{:?}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+        held.push(tcp);
+    }
+    // A third waits (the kernel completes its handshake; nobody reads it).
+    let waiting = tokio::spawn(healthz(addr));
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(!waiting.is_finished(), "served past the cap of 2");
+    drop(held);
+    let served = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("served once a slot frees")
+        .expect("task");
+    assert_eq!(served, Ok(200));
+}
