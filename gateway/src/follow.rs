@@ -87,6 +87,12 @@ fn parse_roots(text: &str) -> Result<Vec<CertificateDer<'static>>, FollowError> 
         .map_err(|e| FollowError::Pem(e.to_string()))
 }
 
+/// Whether a new bundle continues the trust of `current`: it holds at
+/// least one of its roots (every step of a root rotation does).
+pub fn continues(current: &[CertificateDer<'_>], offered: &[CertificateDer<'_>]) -> bool {
+    offered.iter().any(|root| current.contains(root))
+}
+
 /// When a certificate (DER) should be renewed: at two thirds of its lifetime,
 /// as Unix seconds; and when it expires.
 pub fn renewal_times(leaf: &CertificateDer<'_>) -> Option<(i64, i64)> {
@@ -356,6 +362,19 @@ impl Follower {
         if roots == current.roots || roots.is_empty() {
             return;
         }
+        if !continues(&current.roots, &roots) {
+            // A rotation always keeps a current root in the bundle (start,
+            // activate, finish): one without any is not a rotation.
+            gateway
+                .counters
+                .bundle_refusals
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(
+                offered = roots.len(),
+                "trust bundle refused: it holds none of the roots this gateway trusts"
+            );
+            return;
+        }
         let updated = TlsIdentity {
             trust_domain: current.trust_domain.clone(),
             chain: current.chain.clone(),
@@ -555,6 +574,22 @@ impl Follower {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_bundle_continues_trust_only_with_a_current_root() {
+        let root = |n: u8| CertificateDer::from(vec![n; 8]);
+        let current = [root(1), root(2)];
+        assert!(
+            continues(&current, &[root(2), root(3)]),
+            "rotation: start/activate"
+        );
+        assert!(continues(&current, &[root(2)]), "rotation: finish");
+        assert!(
+            !continues(&current, &[root(3)]),
+            "every current root dropped"
+        );
+        assert!(!continues(&current, &[]));
+    }
+
     fn key_and_cert() -> (String, String) {
         let key = rcgen::KeyPair::generate().expect("key");
         let cert = rcgen::CertificateParams::new(Vec::<String>::new())
@@ -590,6 +625,64 @@ mod tests {
         follower.settle_key_rotation().expect("settle");
         assert_eq!(read("key.pem"), new_key, "the key in use stays");
         assert!(!dir.path().join("next-key.pem").exists());
+    }
+
+    /// A federation stand-in whose trust bundle holds only `root` (PEM).
+    async fn federation_serving_bundle(root: String) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("listen");
+        let address = listener.local_addr().expect("address");
+        let bundle = serde_json::json!({"trustDomain": "acme.test", "roots": [root]}).to_string();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let bundle = bundle.clone();
+                let service = hyper::service::service_fn(move |_req| {
+                    let bundle = bundle.clone();
+                    async move {
+                        Ok::<_, hyper::Error>(hyper::Response::new(http_body_util::Full::new(
+                            bytes::Bytes::from(bundle),
+                        )))
+                    }
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), service),
+                );
+            }
+        });
+        format!("http://{address}")
+    }
+
+    #[tokio::test]
+    async fn a_bundle_without_a_current_root_is_refused_and_counted() {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let foreign = params.self_signed(&key).expect("root").pem();
+        let federation = federation_serving_bundle(foreign).await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let follower = Follower::new(&federation, "east", dir.path()).expect("follower");
+        let gateway = Gateway::new("east");
+        let current = TlsIdentity {
+            trust_domain: "acme.test".into(),
+            chain: Vec::new(),
+            key: PrivateKeyDer::try_from(key.serialize_der()).expect("key"),
+            roots: vec![CertificateDer::from(vec![1u8; 8])],
+        };
+        follower.refresh_bundle(&gateway, &current).await;
+        assert_eq!(
+            gateway
+                .counters
+                .bundle_refusals
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+        assert!(gateway.identity().is_none(), "nothing installed");
+        assert!(
+            !dir.path().join("trust-bundle.json").exists(),
+            "nothing persisted"
+        );
     }
 
     /// A federation from before key rotation: it refuses `keyProof` with

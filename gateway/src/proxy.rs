@@ -123,6 +123,8 @@ pub struct Counters {
     pub cert_renewals: AtomicU64,
     /// Trust bundles installed after start (root rotations).
     pub bundle_updates: AtomicU64,
+    /// Trust bundles refused: none of the current roots was in them.
+    pub bundle_refusals: AtomicU64,
     /// Local endpoints ejected after consecutive failures.
     pub ejections: AtomicU64,
     /// TCP connections accepted for passthrough.

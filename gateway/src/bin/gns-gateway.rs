@@ -361,6 +361,10 @@ fn metrics(gateway: &Gateway) -> String {
             c.bundle_updates.load(Ordering::Relaxed),
         ),
         (
+            "gns_gateway_trust_bundle_refusals_total",
+            c.bundle_refusals.load(Ordering::Relaxed),
+        ),
+        (
             "gns_gateway_trust_roots",
             gateway.identity().map_or(0, |i| i.roots.len() as u64),
         ),
