@@ -656,6 +656,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_bundle_without_a_current_root_is_refused_and_counted() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let key = rcgen::KeyPair::generate().expect("key");
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);

@@ -55,6 +55,10 @@ const TCP_BUFFER: usize = 64 * 1024;
 pub const CALLER_HEADER: HeaderName = HeaderName::from_static("x-gns-caller");
 /// How long a client connection may go without a request before it is closed.
 pub const DEFAULT_CLIENT_IDLE: Duration = Duration::from_secs(60);
+/// How long a client may take to send a request's header, by default.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections each listener serves at once, by default.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
 /// Overall request timeout when the route sets none.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -253,6 +257,10 @@ pub struct Gateway {
     /// Client connections (egress, public entry) with no request for this
     /// many milliseconds are closed; 0: never.
     client_idle_ms: AtomicU64,
+    /// A client must send a request's header within this many milliseconds.
+    header_read_ms: AtomicU64,
+    /// Most connections each listener serves at once.
+    max_connections: std::sync::atomic::AtomicUsize,
     /// Request-body bytes buffered by every worker together, bounded.
     buffers: BufferBudget,
     /// Counters.
@@ -302,6 +310,8 @@ impl Gateway {
             outliers: Outliers::default(),
             tcp_ports: tokio::sync::watch::Sender::new(std::collections::BTreeSet::new()),
             client_idle_ms: AtomicU64::new(DEFAULT_CLIENT_IDLE.as_millis() as u64),
+            header_read_ms: AtomicU64::new(DEFAULT_HEADER_READ_TIMEOUT.as_millis() as u64),
+            max_connections: std::sync::atomic::AtomicUsize::new(DEFAULT_MAX_CONNECTIONS),
             buffers: BufferBudget::default(),
             counters: Counters::default(),
             traffic: Arc::default(),
@@ -314,6 +324,30 @@ impl Gateway {
     pub fn set_client_idle_timeout(&self, idle: Option<Duration>) {
         let ms = idle.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         self.client_idle_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Closes a client connection (egress, public entry) that does not send
+    /// a request's header within `timeout`; applies to connections accepted
+    /// from then on.
+    pub fn set_header_read_timeout(&self, timeout: Duration) {
+        let ms = u64::try_from(timeout.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        self.header_read_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_read_ms.load(Ordering::Relaxed))
+    }
+
+    /// Serves at most `cap` connections per listener at once (more wait to
+    /// be accepted); applies to listeners started from then on.
+    pub fn set_max_connections(&self, cap: usize) {
+        self.max_connections.store(cap.max(1), Ordering::Relaxed);
+    }
+
+    fn max_connections(&self) -> usize {
+        self.max_connections.load(Ordering::Relaxed)
     }
 
     /// Bounds the request-body bytes all requests may hold buffered at once
@@ -442,16 +476,16 @@ impl Gateway {
     }
 
     async fn accept_tcp(self: Arc<Self>, listener: TcpListener, port: u16) {
+        let acceptor = crate::listen::Acceptor::new(listener, self.max_connections(), "tcp");
         loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                continue;
-            };
+            let (tcp, _, slot) = acceptor.accept().await;
             let _ = tcp.set_nodelay(true);
             let gw = Arc::clone(&self);
             tokio::spawn(async move {
                 if let Err(e) = gw.tcp_egress(tcp, port).await {
                     tracing::debug!(port, error = %e, "TCP connection not passed through");
                 }
+                drop(slot);
             });
         }
     }
@@ -647,15 +681,17 @@ impl Gateway {
 
     async fn serve_plain(self: Arc<Self>, listener: TcpListener, entry: Entry) {
         let accepted = accepted_counter(entry.as_str());
+        let acceptor =
+            crate::listen::Acceptor::new(listener, self.max_connections(), entry.as_str());
         loop {
-            let Ok((tcp, client)) = listener.accept().await else {
-                continue;
-            };
+            let (tcp, client, slot) = acceptor.accept().await;
             accepted.increment(1);
             let _ = tcp.set_nodelay(true);
             let gw = Arc::clone(&self);
             let idle = self.client_idle_timeout();
+            let header_timeout = self.header_read_timeout();
             tokio::spawn(async move {
+                let _slot = slot;
                 let listener = entry.as_str();
                 let activity = Arc::new(crate::idle::Activity::default());
                 let active = Arc::clone(&activity);
@@ -671,7 +707,13 @@ impl Gateway {
                 metrics::gauge!("gns_gateway_active_connections", "listener" => listener)
                     .increment(1.0);
                 // HTTP/1.1, or h2c with prior knowledge (told apart by the HTTP/2 preface).
-                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let mut builder =
+                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                // A client must send each request's header within the timeout.
+                builder
+                    .http1()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(header_timeout);
                 let mut connection =
                     std::pin::pin!(builder.serve_connection(TokioIo::new(tcp), svc));
                 let mut watch = crate::idle::Watch::new(idle);
@@ -696,14 +738,14 @@ impl Gateway {
     /// Serves peer gateways (HTTP/2 over mTLS) on `listener` until aborted.
     pub async fn serve_ingress(self: Arc<Self>, listener: TcpListener) {
         let accepted = accepted_counter("ingress");
+        let acceptor = crate::listen::Acceptor::new(listener, self.max_connections(), "ingress");
         loop {
-            let Ok((tcp, peer_addr)) = listener.accept().await else {
-                continue;
-            };
+            let (tcp, peer_addr, slot) = acceptor.accept().await;
             accepted.increment(1);
             let _ = tcp.set_nodelay(true);
             let gw = Arc::clone(&self);
             tokio::spawn(async move {
+                let _slot = slot;
                 metrics::gauge!("gns_gateway_active_connections", "listener" => "ingress")
                     .increment(1.0);
                 let outcome = Arc::clone(&gw).ingress_connection(tcp).await;

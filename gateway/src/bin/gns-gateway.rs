@@ -70,6 +70,14 @@ struct Args {
     /// the host name.
     #[arg(long, env = "GNS_INSTANCE")]
     instance: Option<String>,
+    /// A client (egress, public entry) must send a request's header within
+    /// this; slow or stalled clients are closed. The admin listener too.
+    #[arg(long, env = "GNS_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    header_read_timeout: std::time::Duration,
+    /// Connections each listener (egress, public, ingress, TCP ports) serves
+    /// at once, per worker; more wait to be accepted.
+    #[arg(long, env = "GNS_MAX_CONNECTIONS", default_value_t = gns_gateway::proxy::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
     /// How often the gateway reports itself and its traffic to the federation.
     #[arg(long, env = "GNS_REPORT_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
     report_interval: std::time::Duration,
@@ -205,6 +213,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let gateway = Gateway::with_workers(&args.cluster, workers);
     gateway.set_client_idle_timeout(Some(args.client_idle_timeout));
     gateway.set_buffer_budget(args.buffer_budget);
+    gateway.set_header_read_timeout(args.header_read_timeout);
+    gateway.set_max_connections(args.max_connections);
     let instance = instance_name(args.instance.as_deref())?;
     let follower = Follower::new(&args.federation, &args.cluster, &args.state_dir)?
         .with_bundle_refresh(args.trust_bundle_refresh);
@@ -266,7 +276,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let reporter = follower.reporter(&instance, api_token.clone(), args.report_interval);
     tokio::spawn(gns_gateway::report::run(reporter, Arc::clone(&gateway)));
     tokio::spawn(follower.follow(Arc::clone(&gateway), api_token));
-    tokio::spawn(serve_admin(admin, Arc::clone(&gateway), prometheus));
+    tokio::spawn(serve_admin(
+        admin,
+        Arc::clone(&gateway),
+        prometheus,
+        args.header_read_timeout,
+    ));
     tokio::signal::ctrl_c().await?;
     Ok(())
 }
@@ -276,16 +291,22 @@ async fn serve_admin(
     listener: TcpListener,
     gateway: Arc<Gateway>,
     prometheus: metrics_exporter_prometheus::PrometheusHandle,
+    header_read_timeout: std::time::Duration,
 ) {
+    // Probes and scrapes: a few at a time is plenty.
+    let acceptor = gns_gateway::listen::Acceptor::new(listener, 64, "admin");
     loop {
-        let Ok((mut tcp, _)) = listener.accept().await else {
-            continue;
-        };
+        let (mut tcp, _, slot) = acceptor.accept().await;
         let gateway = Arc::clone(&gateway);
         let prometheus = prometheus.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let mut buf = [0u8; 1024];
-            let n = tcp.read(&mut buf).await.unwrap_or(0);
+            let Ok(read) = tokio::time::timeout(header_read_timeout, tcp.read(&mut buf)).await
+            else {
+                return;
+            };
+            let n = read.unwrap_or(0);
             let request = String::from_utf8_lossy(&buf[..n]);
             let path = request.split_whitespace().nth(1).unwrap_or("/");
             let (status, body) = match path {
