@@ -313,8 +313,15 @@ fn udp_worker(shared: &Shared, socket: &UdpSocket) {
     }
 }
 
+/// Most DNS-over-TCP connections served at once; more wait to be accepted.
+const MAX_TCP_CONNECTIONS: usize = 1024;
+
 async fn tcp_acceptor(shared: Arc<Shared>, listener: TcpListener) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_TCP_CONNECTIONS));
     loop {
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let shared = Arc::clone(&shared);
@@ -322,6 +329,7 @@ async fn tcp_acceptor(shared: Arc<Shared>, listener: TcpListener) {
                     if let Err(e) = tcp_connection(&shared, stream, peer).await {
                         tracing::debug!(%peer, error = %e, "dns tcp connection ended");
                     }
+                    drop(slot);
                 });
             }
             Err(e) => {
@@ -334,12 +342,16 @@ async fn tcp_acceptor(shared: Arc<Shared>, listener: TcpListener) {
 
 const TCP_IDLE: Duration = Duration::from_secs(10);
 
+/// Writes one length-framed message; a client that does not read it within
+/// [`TCP_IDLE`] is given up on.
 async fn write_framed(stream: &mut TcpStream, msg: &[u8]) -> std::io::Result<()> {
     let len = u16::try_from(msg.len()).map_err(|_| std::io::Error::other("message over 64 KiB"))?;
     let mut framed = Vec::with_capacity(msg.len() + 2);
     framed.extend_from_slice(&len.to_be_bytes());
     framed.extend_from_slice(msg);
-    stream.write_all(&framed).await
+    tokio::time::timeout(TCP_IDLE, stream.write_all(&framed))
+        .await
+        .map_err(|_| std::io::Error::new(ErrorKind::TimedOut, "client not reading"))?
 }
 
 fn transfer_allowed(shared: &Shared, peer: IpAddr) -> bool {
