@@ -92,9 +92,8 @@ pub fn store_cache(dir: &Path, snapshot: &ZoneSnapshot) -> Result<(), FollowErro
     gns_files::write(&path, &bytes, gns_files::Access::Readable).map_err(err)
 }
 
-async fn publish(server: &Arc<DnsServer>, snapshot: ZoneSnapshot) {
+async fn publish(server: &Arc<DnsServer>, snapshot: Arc<ZoneSnapshot>) {
     let server = Arc::clone(server);
-    let snapshot = Arc::new(snapshot);
     let version = snapshot.version;
     match tokio::task::spawn_blocking(move || server.publish(snapshot)).await {
         Ok(problems) => {
@@ -115,7 +114,7 @@ pub async fn follow(server: Arc<DnsServer>, config: FollowConfig, stats: Arc<Fol
                 version = snapshot.version,
                 "loaded DNS snapshot from the cache"
             );
-            publish(&server, snapshot).await;
+            publish(&server, Arc::new(snapshot)).await;
         }
         Ok(None) => tracing::info!("no cached DNS snapshot; waiting for the federation"),
         Err(e) => tracing::warn!(error = %e, "ignoring the snapshot cache"),
@@ -166,10 +165,15 @@ pub async fn follow(server: Arc<DnsServer>, config: FollowConfig, stats: Arc<Fol
                 backoff = Duration::from_millis(250);
                 stats.received.fetch_add(1, Ordering::Relaxed);
                 if snapshot.version > have || !server.is_loaded() {
-                    if let Err(e) = store_cache(&config.cache_dir, &snapshot) {
-                        tracing::warn!(error = %e, "could not persist the snapshot");
+                    // Serve first, then persist (fsyncs) off the runtime.
+                    let snapshot = Arc::new(snapshot);
+                    publish(&server, Arc::clone(&snapshot)).await;
+                    let dir = config.cache_dir.clone();
+                    match tokio::task::spawn_blocking(move || store_cache(&dir, &snapshot)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => tracing::warn!(error = %e, "could not persist the snapshot"),
+                        Err(e) => tracing::warn!(error = %e, "could not persist the snapshot"),
                     }
-                    publish(&server, snapshot).await;
                 }
             }
             Ok(None) => backoff = Duration::from_millis(250),

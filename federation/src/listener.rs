@@ -1,6 +1,8 @@
 //! The API's listener, hardened for clients that misbehave: a connection
 //! must send a whole request header within `header_read_timeout` (a client
-//! dripping bytes is closed, not kept forever), at most `max_connections`
+//! dripping bytes is closed, not kept forever), must start its first request
+//! within that time too (whatever the protocol), and is shut down after
+//! two minutes without a request; at most `max_connections`
 //! are served at once (more wait in the kernel's accept queue), and an
 //! accept error (out of file descriptors) pauses accepting instead of
 //! spinning. HTTP/1.1 and HTTP/2 (h2c) are served, as before, by hyper.
@@ -10,7 +12,6 @@ use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -37,6 +38,9 @@ impl Default for Limits {
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(250);
 /// How long open connections get to finish after shutdown starts.
 const DRAIN: Duration = Duration::from_secs(10);
+/// A connection on which no request starts for this long is shut down (a
+/// long-poll in progress is finished first).
+const IDLE: Duration = Duration::from_secs(120);
 
 /// Serves `router` on `listener` within `limits` until `shutdown`
 /// completes, then lets open connections finish (for at most 10 s).
@@ -54,7 +58,8 @@ pub async fn serve(
     builder.http2().timer(TokioTimer::new());
     let builder = Arc::new(builder);
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    let graceful = GracefulShutdown::new();
+    // Told to every connection when shutdown starts.
+    let (stop, stopping) = tokio::sync::watch::channel(false);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -77,23 +82,68 @@ pub async fn serve(
             },
         };
         let _ = tcp.set_nodelay(true);
-        let service = TowerToHyperService::new(router.clone());
+        // Marked when a request starts: a connection whose first request
+        // does not start within the header timeout (one that sends nothing,
+        // or half an HTTP/2 preface), or that starts none for IDLE, is shut
+        // down, so silent clients cannot hold the connection slots.
+        let activity = Arc::new(gns_gateway::idle::Activity::default());
+        let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (active, start) = (Arc::clone(&activity), Arc::clone(&started));
+        let service = TowerToHyperService::new(tower::util::MapRequest::new(
+            router.clone(),
+            move |req: axum::http::Request<hyper::body::Incoming>| {
+                active.mark();
+                start.store(true, std::sync::atomic::Ordering::Relaxed);
+                req.map(axum::body::Body::new)
+            },
+        ));
         let builder = Arc::clone(&builder);
         let connection = builder
             .serve_connection_with_upgrades(TokioIo::new(tcp), service)
             .into_owned();
-        let connection = graceful.watch(connection);
+        let first_request = limits.header_read_timeout;
+        let mut stopping = stopping.clone();
         tokio::spawn(async move {
+            let mut connection = std::pin::pin!(connection);
+            let mut stop = std::pin::pin!(async move {
+                let _ = stopping.wait_for(|stop| *stop).await;
+            });
+            let mut first = std::pin::pin!(tokio::time::sleep(first_request));
+            let mut first_pending = true;
+            let mut idle = gns_gateway::idle::Watch::new(Some(IDLE));
             // A client that breaks off (or is cut off) is not an error of ours.
-            let _ = connection.await;
+            let _ = std::future::poll_fn(|cx| {
+                if let std::task::Poll::Ready(done) = connection.as_mut().poll(cx) {
+                    return std::task::Poll::Ready(done);
+                }
+                let no_first_request = first_pending && first.as_mut().poll(cx).is_ready() && {
+                    first_pending = false;
+                    !started.load(std::sync::atomic::Ordering::Relaxed)
+                };
+                if no_first_request || idle.poll_idle(cx, &activity) {
+                    metrics::counter!("gns_api_idle_connections_closed_total").increment(1);
+                    // Graceful: a response in progress (a long-poll) is finished first.
+                    connection.as_mut().graceful_shutdown();
+                    return connection.as_mut().poll(cx);
+                }
+                if stop.as_mut().poll(cx).is_ready() {
+                    connection.as_mut().graceful_shutdown();
+                    return connection.as_mut().poll(cx);
+                }
+                std::task::Poll::Pending
+            })
+            .await;
             drop(permit);
         });
     }
     drop(listener);
-    if tokio::time::timeout(DRAIN, graceful.shutdown())
+    let _ = stop.send(true);
+    // Every connection holds a slot: all slots back means all finished.
+    let all = u32::try_from(limits.max_connections.max(1)).unwrap_or(u32::MAX);
+    if tokio::time::timeout(DRAIN, slots.acquire_many(all))
         .await
         .is_err()
     {
-        tracing::warn!("connections still open {DRAIN:?} after shutdown; closing them");
+        tracing::warn!("connections still open {DRAIN:?} after shutdown; not waiting for them");
     }
 }

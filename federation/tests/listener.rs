@@ -140,3 +140,38 @@ async fn connections_past_the_cap_wait_and_are_served_when_others_close() {
         .expect("task");
     assert_eq!(served, Ok(200));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_are_closed_and_h2c_is_still_served() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (addr, _task) = start(&dir, &["--header-read-timeout", "1s"]).await;
+    let silent = TcpStream::connect(addr).await.expect("connect");
+    let mut half_preface = TcpStream::connect(addr).await.expect("connect");
+    half_preface
+        .write_all(b"PRI * HTTP/2.0\r\n")
+        .await
+        .expect("half a preface");
+    let started = Instant::now();
+    for mut tcp in [silent, half_preface] {
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf)).await;
+        assert!(
+            matches!(read, Ok(Ok(0) | Err(_))),
+            "a connection that starts no request is closed: {read:?}"
+        );
+    }
+    let closed = started.elapsed();
+    assert!(closed < Duration::from_secs(4), "closed after {closed:?}");
+    // HTTP/2 with prior knowledge (h2c) is served as before.
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .expect("client");
+    let response = h2
+        .get(format!("http://{addr}/healthz"))
+        .send()
+        .await
+        .expect("h2c request");
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    assert_eq!(response.status().as_u16(), 200);
+}

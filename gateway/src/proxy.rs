@@ -55,8 +55,10 @@ const TCP_BUFFER: usize = 64 * 1024;
 pub const CALLER_HEADER: HeaderName = HeaderName::from_static("x-gns-caller");
 /// How long a client connection may go without a request before it is closed.
 pub const DEFAULT_CLIENT_IDLE: Duration = Duration::from_secs(60);
-/// How long a client may take to send a request's header, by default.
-pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to send a request's header, by default. The
+/// timer also runs while a kept-alive connection waits for its next request
+/// (hyper's), so it is the client idle timeout's default too.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// Connections each listener serves at once, by default.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
 /// Overall request timeout when the route sets none.

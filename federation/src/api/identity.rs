@@ -96,6 +96,10 @@ pub async fn sign_workload(
             lifetime,
         )
         .map_err(identity_error)?;
+    state
+        .store
+        .record_audit(&principal.name, "sign", "certificate", &signed.spiffe_id)
+        .await?;
     tracing::info!(
         by = principal.name,
         spiffe_id = signed.spiffe_id,
@@ -163,6 +167,14 @@ pub async fn root_rotation(
         RotationPhase::Finish => identity.finish_rotation(store).await,
     }
     .map_err(identity_error)?;
+    let step = match request.phase {
+        RotationPhase::Start => "rotation-start",
+        RotationPhase::Activate => "rotation-activate",
+        RotationPhase::Finish => "rotation-finish",
+    };
+    store
+        .record_audit(&principal.name, step, "root", identity.trust_domain())
+        .await?;
     tracing::info!(
         by = principal.name,
         phase = ?request.phase,
@@ -258,6 +270,15 @@ pub async fn sign(
                     "cluster {cluster} is no longer registered"
                 )));
             }
+            state
+                .store
+                .record_audit(
+                    &format!("gateway:{cluster}"),
+                    "renew",
+                    "certificate",
+                    &signed.spiffe_id,
+                )
+                .await?;
             tracing::info!(
                 cluster,
                 spiffe_id = signed.spiffe_id,
@@ -305,6 +326,15 @@ pub async fn sign(
             Some(&cluster),
             &hash_token(&api_token),
             &format!("join-token:{cluster}"),
+        )
+        .await?;
+    state
+        .store
+        .record_audit(
+            &format!("join-token:{cluster}"),
+            "sign",
+            "certificate",
+            &signed.spiffe_id,
         )
         .await?;
     tracing::info!(

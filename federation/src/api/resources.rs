@@ -199,12 +199,14 @@ impl ApiResource for Cluster {
         if secret.is_some() {
             return Ok(());
         }
-        let Ok(stored) = serde_json::from_value::<Cluster>(current.spec.clone()) else {
-            return Ok(());
-        };
-        let (new, old) = (&self.kubernetes, &stored.kubernetes);
-        let same_server = new.server.trim_end_matches('/') == old.server.trim_end_matches('/');
-        if !same_server || new.ca_data != old.ca_data {
+        // Read from the stored JSON as it is (fails closed: a stored spec
+        // that no longer parses still has a server to compare with).
+        let stored = &current.spec["kubernetes"];
+        let old_server = stored["server"].as_str().unwrap_or_default();
+        let old_ca = stored["caData"].as_str();
+        let new = &self.kubernetes;
+        let same_server = new.server.trim_end_matches('/') == old_server.trim_end_matches('/');
+        if !same_server || new.ca_data.as_deref() != old_ca {
             return Err(ApiError::invalid_field(
                 "kubernetes.token",
                 "the API server or its CA changed: give the credentials again (stored credentials are only sent to the server they were given for)",

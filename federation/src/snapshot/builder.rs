@@ -271,8 +271,22 @@ async fn build(
     let started = std::time::Instant::now();
     let current = match state.take() {
         Some(mut current) => {
+            let before = current.revision;
             refresh(store, &mut current).await?;
-            current
+            if current.revision < before {
+                // The store went back (a restored database, a failover to
+                // a stale replica): versions are reused, so neither the
+                // state nor the compile cache can be trusted. Read it whole.
+                tracing::warn!(
+                    from = before,
+                    to = current.revision,
+                    "store revision went backwards; reloading"
+                );
+                *cache = CompileCache::default();
+                load(store).await?
+            } else {
+                current
+            }
         }
         None => {
             // Read whole again: nothing compiled before may be trusted

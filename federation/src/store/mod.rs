@@ -429,6 +429,15 @@ pub trait Store: Send + Sync + 'static {
     async fn forget_liveness(&self, key: &ObjectKey) -> Result<(), StoreError>;
     /// Deletes the audit rows written before `before_ms`; how many.
     async fn prune_audit(&self, before_ms: i64) -> Result<u64, StoreError>;
+    /// Records an act that changes no object (a certificate signed, a root
+    /// rotation step) in the audit log: who, what, of which kind and name.
+    async fn record_audit(
+        &self,
+        actor: &str,
+        action: &str,
+        kind: &str,
+        name: &str,
+    ) -> Result<(), StoreError>;
 
     /// Tries to take the lease `name`; `None` if another replica holds it.
     /// Postgres: a session advisory lock on a dedicated connection, so a replica

@@ -1049,6 +1049,22 @@ impl Store for SqlStore {
         self.prune_audit_rows(before_ms).await
     }
 
+    async fn record_audit(
+        &self,
+        actor: &str,
+        action: &str,
+        kind: &str,
+        name: &str,
+    ) -> Result<(), StoreError> {
+        let _guard = match self.backend {
+            Backend::Sqlite => Some(self.write_lock.lock().await),
+            Backend::Postgres => None,
+        };
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        insert_audit(&mut tx, actor, action, kind, "", name, 0).await?;
+        tx.commit().await.map_err(db_err)
+    }
+
     async fn delete(
         &self,
         key: &ObjectKey,
