@@ -729,6 +729,35 @@ async fn root_rotation_keeps_old_certificates_trusted_until_finished() {
         )
         .await;
     assert_eq!(status, 401, "the old generation renews nothing any more");
+
+    // Signing, renewal and every rotation step are in the audit log, by whom.
+    let (status, audit) = get(&fed, "/v1/audit?limit=100").await;
+    assert_eq!(status, 200, "{audit}");
+    let rows: Vec<(String, String, String)> = audit["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|r| {
+            (
+                r["actor"].as_str().unwrap_or_default().to_owned(),
+                r["action"].as_str().unwrap_or_default().to_owned(),
+                r["kind"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    for wanted in [
+        ("join-token:east", "sign", "certificate"),
+        ("gateway:east", "renew", "certificate"),
+        ("bootstrap-admin", "rotation-start", "root"),
+        ("bootstrap-admin", "rotation-activate", "root"),
+        ("bootstrap-admin", "rotation-finish", "root"),
+    ] {
+        assert!(
+            rows.iter()
+                .any(|(a, b, c)| (a.as_str(), b.as_str(), c.as_str()) == wanted),
+            "{wanted:?} in {rows:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
