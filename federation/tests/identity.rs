@@ -818,3 +818,49 @@ async fn workload_certificates_carry_namespace_and_service_account() {
         "the workload certificate authenticates against the trust bundle"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_token_redeemed_at_once_by_several_requests_signs_exactly_once() {
+    let fed = Fed::start().await;
+    let (status, body) = fed
+        .post(
+            "/v1/clusters",
+            json!({"name": "east", "kubernetes": {"server": "https://10.0.0.1:6443", "token": "t"}}),
+            true,
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (_, body) = fed
+        .post("/v1/clusters/east/join-tokens", json!({}), true)
+        .await;
+    let join = body["token"].as_str().expect("token").to_owned();
+    let (csr_pem, _key) = csr();
+    let request = json!({"csr": csr_pem, "joinToken": join});
+    let answers = futures::future::join_all(
+        (0..8).map(|_| fed.post("/v1/identity/sign", request.clone(), false)),
+    )
+    .await;
+    let signed: Vec<&Value> = answers
+        .iter()
+        .filter(|(status, _)| *status == 200)
+        .map(|(_, body)| body)
+        .collect();
+    assert_eq!(signed.len(), 1, "{answers:?}");
+    assert!(signed[0]["certificate"].is_string() && signed[0]["apiToken"].is_string());
+    assert!(
+        answers
+            .iter()
+            .all(|(status, _)| *status == 200 || *status == 401),
+        "{answers:?}"
+    );
+    // One gateway token was minted, the one answered.
+    let (_, tokens) = get(&fed, "/v1/tokens").await;
+    let minted: Vec<&str> = tokens["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .filter(|n| n.starts_with("gateway-east-"))
+        .collect();
+    assert_eq!(minted, [signed[0]["apiTokenName"].as_str().expect("name")]);
+}

@@ -23,7 +23,7 @@ use super::body::JsonObject;
 use super::render::{now_millis, rfc3339};
 use super::{ApiError, AppState};
 use crate::identity::{Identity, IdentityError};
-use crate::model::{DurationSpec, FieldError, Role};
+use crate::model::{DurationSpec, FieldError};
 
 /// Default lifetime of a join token.
 const DEFAULT_JOIN_TOKEN_TTL: Duration = Duration::from_secs(3600);
@@ -304,30 +304,37 @@ pub async fn sign(
             "not a valid PEM PKCS#10 request signed by its key",
         ));
     }
+    let spent = || ApiError::Unauthorized("join token unknown, already used or expired".into());
+    let join_hash = hash_token(&join_token);
     let cluster = state
         .store
-        .redeem_join_token(&hash_token(&join_token), now_millis())
+        .join_token_cluster(&join_hash, now_millis())
         .await?
-        .ok_or_else(|| {
-            ApiError::Unauthorized("join token unknown, already used or expired".into())
-        })?;
+        .ok_or_else(spent)?;
     let signed = identity
         .sign_gateway(&request.csr, &cluster, lifetime)
         .map_err(identity_error)?;
     // The gateway's token (shown once, like every token): its cluster's
-    // config watch and instance reports, nothing else.
+    // config watch and instance reports, nothing else. It is stored as the
+    // join token is spent, in one transaction; a join token spent meanwhile
+    // by another request gets nothing (the certificate is not returned).
     let api_token = generate_token()?;
     let token_name = format!("gateway-{cluster}-{}", &hash_token(&api_token)[..8]);
-    state
+    let minted = state
         .store
-        .create_token(
+        .redeem_join_token_for_gateway(
+            &join_hash,
+            now_millis(),
             &token_name,
-            Role::Gateway,
-            Some(&cluster),
             &hash_token(&api_token),
-            &format!("join-token:{cluster}"),
         )
-        .await?;
+        .await?
+        .ok_or_else(spent)?;
+    if minted.cluster.as_deref() != Some(cluster.as_str()) {
+        return Err(ApiError::Internal(
+            "the join token changed cluster while it was redeemed".into(),
+        ));
+    }
     state
         .store
         .record_audit(

@@ -363,12 +363,24 @@ pub trait Store: Send + Sync + 'static {
         expires_at_ms: i64,
         actor: &str,
     ) -> Result<(), StoreError>;
-    /// Redeems (deletes) a join token; its cluster if it existed and had not expired.
-    async fn redeem_join_token(
+    /// The cluster of a join token that exists and has not expired, without
+    /// redeeming it.
+    async fn join_token_cluster(
         &self,
         secret_hash: &str,
         now_ms: i64,
     ) -> Result<Option<String>, StoreError>;
+    /// Redeems a join token and stores its cluster's new gateway token
+    /// (`token_name`, by the hash of its secret) in one transaction: both or
+    /// neither. The token, or `None` if the join token was not there (or
+    /// had expired) any more.
+    async fn redeem_join_token_for_gateway(
+        &self,
+        secret_hash: &str,
+        now_ms: i64,
+        token_name: &str,
+        token_hash: &str,
+    ) -> Result<Option<TokenRecord>, StoreError>;
     /// Stores a new token by the SHA-256 of its secret (`cluster`: the
     /// cluster of a gateway token).
     async fn create_token(

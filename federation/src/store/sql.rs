@@ -1248,24 +1248,74 @@ impl Store for SqlStore {
         Ok(())
     }
 
-    async fn redeem_join_token(
+    async fn join_token_cluster(
         &self,
         secret_hash: &str,
         now_ms: i64,
     ) -> Result<Option<String>, StoreError> {
         let row = sqlx::query(
-            "DELETE FROM gns_join_tokens WHERE secret_hash = $1 RETURNING cluster, expires_at",
+            "SELECT cluster FROM gns_join_tokens WHERE secret_hash = $1 AND expires_at > $2",
         )
         .bind(secret_hash)
+        .bind(now_ms)
         .fetch_optional(&self.pool)
         .await
         .map_err(db_err)?;
+        row.map(|r| r.try_get::<String, _>("cluster").map_err(db_err))
+            .transpose()
+    }
+
+    async fn redeem_join_token_for_gateway(
+        &self,
+        secret_hash: &str,
+        now_ms: i64,
+        token_name: &str,
+        token_hash: &str,
+    ) -> Result<Option<TokenRecord>, StoreError> {
+        let _guard = match self.backend {
+            Backend::Sqlite => Some(self.write_lock.lock().await),
+            Backend::Postgres => None,
+        };
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let row = sqlx::query(
+            "DELETE FROM gns_join_tokens WHERE secret_hash = $1 AND expires_at > $2 \
+             RETURNING cluster",
+        )
+        .bind(secret_hash)
+        .bind(now_ms)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_err)?;
         let Some(row) = row else {
+            // Spent, expired or unknown: nothing happens (the transaction
+            // rolls back).
             return Ok(None);
         };
         let cluster: String = row.try_get("cluster").map_err(db_err)?;
-        let expires_at: i64 = row.try_get("expires_at").map_err(db_err)?;
-        Ok((expires_at > now_ms).then_some(cluster))
+        let actor = format!("join-token:{cluster}");
+        let now = now_millis();
+        sqlx::query(
+            "INSERT INTO gns_tokens (name, role, cluster, secret_hash, created_at, created_by) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(token_name)
+        .bind(Role::Gateway.as_str())
+        .bind(&cluster)
+        .bind(token_hash)
+        .bind(now)
+        .bind(&actor)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        insert_audit(&mut tx, &actor, "create", "token", "", token_name, 0).await?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(Some(TokenRecord {
+            name: token_name.to_owned(),
+            role: Role::Gateway,
+            cluster: Some(cluster),
+            created_at: now,
+            created_by: actor,
+        }))
     }
 
     async fn create_token(
