@@ -43,6 +43,9 @@ pub struct ServerConfig {
     /// the option is ignored, so an outside client cannot ask for a
     /// cluster's internal view. Default: none.
     pub trusted_resolvers: Vec<IpNet>,
+    /// Most DNS-over-TCP connections served at once; more wait to be
+    /// accepted. Default 1,024.
+    pub max_tcp_connections: usize,
 }
 
 impl ServerConfig {
@@ -64,6 +67,7 @@ impl ServerConfig {
             allow_transfer: Vec::new(),
             notify: Vec::new(),
             trusted_resolvers: Vec::new(),
+            max_tcp_connections: MAX_TCP_CONNECTIONS,
         }
     }
 }
@@ -313,11 +317,13 @@ fn udp_worker(shared: &Shared, socket: &UdpSocket) {
     }
 }
 
-/// Most DNS-over-TCP connections served at once; more wait to be accepted.
+/// [`ServerConfig::max_tcp_connections`]'s default.
 const MAX_TCP_CONNECTIONS: usize = 1024;
 
 async fn tcp_acceptor(shared: Arc<Shared>, listener: TcpListener) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_TCP_CONNECTIONS));
+    let slots = Arc::new(tokio::sync::Semaphore::new(
+        shared.config.max_tcp_connections.max(1),
+    ));
     loop {
         let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
             return;

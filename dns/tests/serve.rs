@@ -618,3 +618,28 @@ fn an_explicit_port_taken_for_tcp_is_an_error_not_another_port() {
         assert_eq!(server.udp_addr, server.tcp_addr);
     });
 }
+
+#[test]
+fn tcp_connections_past_the_cap_wait_until_one_closes() {
+    let fx = start(|c| c.max_tcp_connections = 1);
+    let at = fx.server.tcp_addr;
+    // One idle connection takes the only slot.
+    let held = std::net::TcpStream::connect(at).expect("connect");
+    std::thread::sleep(Duration::from_millis(200));
+    let (done, waited) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let answer = tcp(at, &query(&format!("db.{ZONE}"), RecordType::A, None));
+        let _ = done.send(addresses(&answer));
+    });
+    assert!(
+        waited.recv_timeout(Duration::from_millis(700)).is_err(),
+        "answered past the cap of 1"
+    );
+    drop(held);
+    assert_eq!(
+        waited
+            .recv_timeout(Duration::from_secs(3))
+            .expect("answered once the slot frees"),
+        vec![ip("192.0.2.10")]
+    );
+}
