@@ -26,7 +26,7 @@ const NONE: &str = "-";
 /// Column headers of a kind's table.
 pub fn columns(kind: CtlKind) -> &'static [&'static str] {
     match kind {
-        CtlKind::Cluster => &["NAME", "REGION", "PHASE", "INGRESS"],
+        CtlKind::Cluster => &["NAME", "REGION", "PHASE", "GATEWAYS", "INGRESS"],
         CtlKind::GlobalNamespace => &["NAME", "DOMAIN", "MEMBERS"],
         CtlKind::Service => &["NAME", "CLUSTERS", "READY"],
         CtlKind::Routing => &["SERVICE", "RULES", "FAILOVER"],
@@ -78,6 +78,7 @@ pub fn row(kind: CtlKind, object: &Value) -> Vec<String> {
             at(object, "/name"),
             at(object, "/labels/region"),
             at(object, "/status/phase"),
+            at(object, "/status/gatewayHealth"),
             at(object, "/gateway/ingressAddress"),
         ],
         CtlKind::GlobalNamespace => vec![
@@ -211,16 +212,17 @@ mod tests {
     #[test]
     fn cluster_table() {
         let clusters = [
-            json!({"name":"east","labels":{"region":"us-east-1"},"status":{"phase":"Pending"},
+            json!({"name":"east","labels":{"region":"us-east-1"},
+                   "status":{"phase":"Pending","gatewayHealth":"Silent"},
                    "gateway":{"ingressAddress":"203.0.113.10:15443"}}),
             json!({"name":"west-long-name"}),
         ];
         let text = render(CtlKind::Cluster, OutputFormat::Table, &clusters, false);
         assert_eq!(
             text,
-            "NAME             REGION      PHASE     INGRESS\n\
-             east             us-east-1   Pending   203.0.113.10:15443\n\
-             west-long-name   -           -         -\n"
+            "NAME             REGION      PHASE     GATEWAYS   INGRESS\n\
+             east             us-east-1   Pending   Silent     203.0.113.10:15443\n\
+             west-long-name   -           -         -          -\n"
         );
     }
 
