@@ -75,32 +75,39 @@ pub async fn catalog(
 }
 
 /// Marks the endpoints of clusters whose API is unreachable as `stale`, and
-/// as `withdrawn` once the snapshot builder has recorded their withdrawal.
+/// as `withdrawn` once the snapshot builder has recorded their withdrawal;
+/// those of clusters whose gateways all went silent as `gatewaysSilent`
+/// (out of other clusters' and outside clients' answers).
 async fn mark_stale_clusters(
     store: &dyn Store,
     services: &mut BTreeMap<String, DiscoveredService>,
 ) -> Result<(), StoreError> {
-    let mut stale: HashMap<String, bool> = HashMap::new();
+    // Cluster → (stale, withdrawn, gateways silent).
+    let mut marks: HashMap<String, (bool, bool, bool)> = HashMap::new();
     for object in store
         .list(Kind::Cluster, "", &PageRequest::default())
         .await?
         .items
     {
         let status = crate::model::ClusterStatus::of(&object.status);
-        if !status.unreachable() {
-            continue;
+        let mark = (
+            status.unreachable(),
+            status.withdrawn(),
+            status.gateways_silent(),
+        );
+        if mark != (false, false, false) {
+            marks.insert(object.key.name.clone(), mark);
         }
-        let withdrawn = status.withdrawn();
-        stale.insert(object.key.name.clone(), withdrawn);
     }
-    if stale.is_empty() {
+    if marks.is_empty() {
         return Ok(());
     }
     for svc in services.values_mut() {
         for (cluster, endpoints) in &mut svc.clusters {
-            if let Some(withdrawn) = stale.get(cluster) {
-                endpoints.stale = true;
-                endpoints.withdrawn = *withdrawn;
+            if let Some(&(stale, withdrawn, silent)) = marks.get(cluster) {
+                endpoints.stale = stale;
+                endpoints.withdrawn = withdrawn;
+                endpoints.gateways_silent = silent;
             }
         }
     }

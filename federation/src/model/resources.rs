@@ -934,6 +934,10 @@ pub struct ClusterEndpoints {
     /// DNS and gateways. Set by the catalog when read.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub withdrawn: bool,
+    /// Every gateway of the cluster went silent: these endpoints serve only
+    /// the cluster's own clients. Set by the catalog when read.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub gateways_silent: bool,
 }
 
 /// One endpoint address.

@@ -223,6 +223,17 @@ async fn silent_gateway_scenario(backend: StoreBackend) {
         cluster_status(&base, "west").await["gatewayHealth"],
         "Reporting"
     );
+    let web = ok(
+        reqwest::Method::GET,
+        &format!("{base}/v1/global-namespaces/production/services/web"),
+        None,
+    )
+    .await;
+    assert_eq!(web["clusters"]["east"]["gatewaysSilent"], true, "{web}");
+    assert!(
+        web["clusters"]["west"].get("gatewaysSilent").is_none(),
+        "{web}"
+    );
 
     // Restarted from its state dir, it reports and east comes back.
     east_gw.restart("east").await;
