@@ -347,7 +347,13 @@ impl Compiler<'_> {
             .collect();
         // What every service of the zone depends on; with a restricting
         // policy, who may call a service depends on every service.
-        let restricted = !(policies.is_empty() && gns.default_access == Access::Allow);
+        // Who may call a service depends on which services exist and run
+        // where only when access is denied by default or a policy names a
+        // caller other than `external` (see `unrestricted`).
+        let restricted = gns.default_access != Access::Allow
+            || policies
+                .iter()
+                .any(|p| p.from.iter().any(|f| f != "external"));
         // Which services run in which member cluster (callers, for access
         // between gateways); only a restricting policy asks.
         let mut runs_in: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
@@ -1645,6 +1651,23 @@ mod tests {
         assert!(!Arc::ptr_eq(
             &find_arc(&second, "web"),
             &find_arc(&third, "web")
+        ));
+
+        // A policy opening web to outside clients only: adding a service
+        // elsewhere does not recompile web.
+        let mut open = cluster_changed.clone();
+        scoped(&mut open).access_policies.push(object(
+            ObjectKey::scoped(Kind::AccessPolicy, "production", "outside"),
+            json!({"name": "outside", "from": ["external"], "to": "web", "action": "allow"}),
+        ));
+        let before = check_incremental(&open, &mut cache);
+        scoped(&mut open)
+            .services
+            .push(service("search", &[("north", &["10.10.1.9"], &[])]));
+        let after = check_incremental(&open, &mut cache);
+        assert!(Arc::ptr_eq(
+            &find_arc(&before, "web"),
+            &find_arc(&after, "web")
         ));
 
         // A restricting policy: a new caller service changes who may call web.
