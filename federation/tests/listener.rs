@@ -6,41 +6,12 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use clap::Parser;
-use gns_federation::server::{self, Config};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const TOKEN: &str = "listener-test-token";
+mod support;
 
-/// Starts a federation with `extra` flags; its API address.
-async fn start(
-    dir: &tempfile::TempDir,
-    extra: &[&str],
-) -> (SocketAddr, tokio::task::JoinHandle<()>) {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let data_dir = dir.path().display().to_string();
-    let mut args = vec![
-        "gns-federation",
-        "--listen",
-        "127.0.0.1:0",
-        "--dns-listen",
-        "127.0.0.1:0",
-        "--admin-token",
-        TOKEN,
-        "--data-dir",
-        &data_dir,
-    ];
-    args.extend_from_slice(extra);
-    let federation = server::build(&Config::parse_from(args))
-        .await
-        .expect("federation starts");
-    let addr = federation.api_addr;
-    let task = tokio::spawn(async move {
-        let _ = federation.serve(std::future::pending()).await;
-    });
-    (addr, task)
-}
+use support::fed::Fed;
 
 /// `GET /healthz` with a fresh client: its status, or the error.
 async fn healthz(addr: SocketAddr) -> Result<u16, String> {
@@ -58,8 +29,8 @@ async fn healthz(addr: SocketAddr) -> Result<u16, String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_dripping_header_bytes_are_closed_while_the_api_answers() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (addr, _task) = start(&dir, &["--header-read-timeout", "2s"]).await;
+    let fed = Fed::start_with(None, &["--header-read-timeout", "2s"]).await;
+    let addr = fed.addr;
     let started = Instant::now();
     let mut drips = Vec::new();
     for _ in 0..200 {
@@ -111,8 +82,8 @@ async fn connections_dripping_header_bytes_are_closed_while_the_api_answers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_past_the_cap_wait_and_are_served_when_others_close() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (addr, _task) = start(&dir, &["--max-connections", "2"]).await;
+    let fed = Fed::start_with(None, &["--max-connections", "2"]).await;
+    let addr = fed.addr;
     // Two idle keep-alive connections take both slots.
     let mut held = Vec::new();
     for _ in 0..2 {
@@ -143,8 +114,8 @@ async fn connections_past_the_cap_wait_and_are_served_when_others_close() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_connections_are_closed_and_h2c_is_still_served() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (addr, _task) = start(&dir, &["--header-read-timeout", "1s"]).await;
+    let fed = Fed::start_with(None, &["--header-read-timeout", "1s"]).await;
+    let addr = fed.addr;
     let silent = TcpStream::connect(addr).await.expect("connect");
     let mut half_preface = TcpStream::connect(addr).await.expect("connect");
     half_preface

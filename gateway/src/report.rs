@@ -24,6 +24,23 @@ pub const BUCKETS: usize = LATENCY_BOUNDS_MS.len() + 1;
 /// body limit); more wait for the next report.
 pub const MAX_RECORDS: usize = 2_000;
 
+/// What a valid instance name is, in words (for errors).
+pub const INSTANCE_NAME_RULE: &str =
+    "up to 253 lowercase letters, digits, '-' and '.', starting and ending with a letter or digit";
+
+/// Whether `name` is a valid instance name (a pod or host name): see
+/// [`INSTANCE_NAME_RULE`]. The gateway checks its own, the federation
+/// every report's.
+pub fn valid_instance_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && !name.starts_with(['-', '.'])
+        && !name.ends_with(['-', '.'])
+}
+
 /// One gateway instance's report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -426,6 +443,16 @@ mod tests {
         let drained = traffic.drain();
         assert_eq!(drained.len(), 1);
         assert_eq!((drained[0].requests, drained[0].latency_buckets[3]), (0, 1));
+    }
+
+    #[test]
+    fn instance_names_are_pod_or_host_names() {
+        for good in ["gns-gateway-7c5d9b8f6d-x2k4q", "gw-0", "node1.example"] {
+            assert!(valid_instance_name(good), "{good}");
+        }
+        for bad in ["", "GW", "gw_0", "-gw", "gw.", "a/b", &"a".repeat(254)] {
+            assert!(!valid_instance_name(bad), "{bad}");
+        }
     }
 
     #[test]

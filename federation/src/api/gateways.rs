@@ -7,7 +7,7 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use gns_gateway::report::{BUCKETS, MAX_RECORDS, Report};
+use gns_gateway::report::{BUCKETS, INSTANCE_NAME_RULE, MAX_RECORDS, Report, valid_instance_name};
 use serde_json::{Value, json};
 
 use super::body::JsonObject;
@@ -17,23 +17,12 @@ use crate::liveness::cluster as gateway_liveness;
 use crate::model::Kind;
 use crate::store::ObjectKey;
 
-/// Checks an instance name: up to 253 lowercase letters, digits, `-` and
-/// `.`, starting and ending with a letter or digit (a pod or host name).
+/// Checks an instance name (a pod or host name).
 fn check_instance(name: &str) -> Result<(), ApiError> {
-    let valid = !name.is_empty()
-        && name.len() <= 253
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-        && !name.starts_with(['-', '.'])
-        && !name.ends_with(['-', '.']);
-    if valid {
+    if valid_instance_name(name) {
         Ok(())
     } else {
-        Err(ApiError::invalid_field(
-            "instance",
-            "up to 253 lowercase letters, digits, '-' and '.', starting and ending with a letter or digit",
-        ))
+        Err(ApiError::invalid_field("instance", INSTANCE_NAME_RULE))
     }
 }
 

@@ -15,6 +15,8 @@ pub const TOKEN: &str = "discovery-admin";
 pub struct Fed {
     /// API base URL.
     pub api: String,
+    /// API address.
+    pub addr: SocketAddr,
     /// DNS address.
     pub dns: SocketAddr,
     client: reqwest::Client,
@@ -30,6 +32,11 @@ impl Fed {
 
     /// A federation on the embedded store, or on `database_url`.
     pub async fn start_on(database_url: Option<&str>) -> Fed {
+        Self::start_with(database_url, &[]).await
+    }
+
+    /// [`Fed::start_on`] with `extra` flags.
+    pub async fn start_with(database_url: Option<&str>, extra: &[&str]) -> Fed {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().expect("tempdir");
         let data_dir = dir.path().display().to_string();
@@ -49,9 +56,11 @@ impl Fed {
         if let Some(url) = database_url {
             args.extend(["--database-url", url]);
         }
+        args.extend_from_slice(extra);
         let config = Config::parse_from(args);
         let federation = server::build(&config).await.expect("federation starts");
-        let api = format!("http://{}", federation.api_addr);
+        let addr = federation.api_addr;
+        let api = format!("http://{addr}");
         let dns = federation.dns_addr;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -63,6 +72,7 @@ impl Fed {
         });
         Fed {
             api,
+            addr,
             dns,
             client: reqwest::Client::new(),
             _dir: dir,

@@ -96,16 +96,10 @@ fn instance_name(given: Option<&str>) -> anyhow::Result<String> {
             .trim()
             .to_ascii_lowercase(),
     };
-    let valid = !name.is_empty()
-        && name.len() <= 253
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-        && !name.starts_with(['-', '.'])
-        && !name.ends_with(['-', '.']);
-    if !valid {
+    if !gns_gateway::report::valid_instance_name(&name) {
         anyhow::bail!(
-            "--instance {name:?}: use up to 253 lowercase letters, digits, '-' and '.', starting and ending with a letter or digit"
+            "--instance {name:?}: use {}",
+            gns_gateway::report::INSTANCE_NAME_RULE
         );
     }
     Ok(name)
