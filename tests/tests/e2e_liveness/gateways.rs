@@ -143,15 +143,7 @@ async fn silent_gateway_scenario(backend: StoreBackend) {
     flags.extend(["--gateway-timeout".to_owned(), "3s".to_owned()]);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let (_fed, base, dns) = start_federation_with_dns(dir.path(), TOKEN, &flags).await;
-    let east_ingress = register(&base, "east", &east, "198.51.100.1").await;
-    let west_ingress = register(&base, "west", &west, "198.51.100.2").await;
-    ok(
-        reqwest::Method::POST,
-        &format!("{base}/v1/global-namespaces"),
-        Some(json!({"name": "production", "domain": ZONE,
-                    "members": [{"cluster": "east", "namespace": "shop"}, {"cluster": "west", "namespace": "shop"}]})),
-    )
-    .await;
+    let (east_ingress, west_ingress) = two_clusters(&base, &east, &west).await;
     // West's clients are sent to east.
     ok(
         reqwest::Method::PUT,

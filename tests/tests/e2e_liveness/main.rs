@@ -149,6 +149,21 @@ async fn register(base: &str, name: &str, kube: &TestApiServer, public: &str) ->
     ingress
 }
 
+/// Registers east and west (public addresses 198.51.100.1 and .2) and the
+/// global namespace `production` over both; their ingress ports.
+async fn two_clusters(base: &str, east: &TestApiServer, west: &TestApiServer) -> (u16, u16) {
+    let east_ingress = register(base, "east", east, "198.51.100.1").await;
+    let west_ingress = register(base, "west", west, "198.51.100.2").await;
+    ok(
+        reqwest::Method::POST,
+        &format!("{base}/v1/global-namespaces"),
+        Some(json!({"name": "production", "domain": ZONE,
+                    "members": [{"cluster": "east", "namespace": "shop"}, {"cluster": "west", "namespace": "shop"}]})),
+    )
+    .await;
+    (east_ingress, west_ingress)
+}
+
 /// A started gateway: the process, where it was started from, its egress.
 struct Gateway {
     process: Proc,
@@ -262,15 +277,7 @@ async fn idle_scenario(backend: StoreBackend) {
     flags.extend(["--secret-key".to_owned(), SECRET_KEY.to_owned()]);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let (_fed, base, dns) = start_federation_with_dns(dir.path(), TOKEN, &flags).await;
-    let east_ingress = register(&base, "east", &east, "198.51.100.1").await;
-    let west_ingress = register(&base, "west", &west, "198.51.100.2").await;
-    ok(
-        reqwest::Method::POST,
-        &format!("{base}/v1/global-namespaces"),
-        Some(json!({"name": "production", "domain": ZONE,
-                    "members": [{"cluster": "east", "namespace": "shop"}, {"cluster": "west", "namespace": "shop"}]})),
-    )
-    .await;
+    let (east_ingress, west_ingress) = two_clusters(&base, &east, &west).await;
     for vm in 0..VMS {
         ok(
             reqwest::Method::POST,
