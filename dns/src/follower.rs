@@ -37,8 +37,10 @@ pub enum FollowError {
 /// Where to follow and how.
 #[derive(Debug, Clone)]
 pub struct FollowConfig {
-    /// Federation base URL, e.g. `http://127.0.0.1:8080`.
+    /// Federation base URL, e.g. `https://127.0.0.1:8080`.
     pub federation: String,
+    /// PEM roots that verify an `https://` federation (else the system's).
+    pub federation_ca: Option<PathBuf>,
     /// Bearer token.
     pub token: String,
     /// Directory of the snapshot cache.
@@ -119,10 +121,11 @@ pub async fn follow(server: Arc<DnsServer>, config: FollowConfig, stats: Arc<Fol
         Ok(None) => tracing::info!("no cached DNS snapshot; waiting for the federation"),
         Err(e) => tracing::warn!(error = %e, "ignoring the snapshot cache"),
     }
-    let client = match reqwest::Client::builder()
-        .timeout(config.poll_timeout + Duration::from_secs(15))
-        .build()
-    {
+    let client = match gns_trust::client_builder(config.federation_ca.as_deref()).and_then(|b| {
+        b.timeout(config.poll_timeout + Duration::from_secs(15))
+            .build()
+            .map_err(gns_trust::TrustError::Client)
+    }) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "cannot build an HTTP client; serving the cache only");
@@ -155,7 +158,9 @@ pub async fn follow(server: Arc<DnsServer>, config: FollowConfig, stats: Arc<Fol
                 let body = resp.text().await.unwrap_or_default();
                 Err(format!("HTTP {status}: {body}"))
             }
-            Err(e) => Err(e.to_string()),
+            Err(e) => {
+                Err(gns_trust::unverified(&e, "--federation-ca").unwrap_or_else(|| e.to_string()))
+            }
         };
         if outcome.is_ok() {
             outage.reached();

@@ -5,7 +5,9 @@
 //! two minutes without a request; at most `max_connections`
 //! are served at once (more wait in the kernel's accept queue), and an
 //! accept error (out of file descriptors) pauses accepting instead of
-//! spinning. HTTP/1.1 and HTTP/2 (h2c) are served, as before, by hyper.
+//! spinning. HTTP/1.1 and HTTP/2 are served by hyper, over TLS (ALPN `h2`
+//! or `http/1.1`; the handshake counts against the first request's
+//! deadline) or, with `--insecure-http`, in plain text (h2c too).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,8 +50,10 @@ pub async fn serve(
     listener: TcpListener,
     router: axum::Router,
     limits: Limits,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
+    let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -82,57 +86,32 @@ pub async fn serve(
             },
         };
         let _ = tcp.set_nodelay(true);
-        // Marked when a request starts: a connection whose first request
-        // does not start within the header timeout (one that sends nothing,
-        // or half an HTTP/2 preface), or that starts none for IDLE, is shut
-        // down, so silent clients cannot hold the connection slots.
-        let activity = Arc::new(gns_gateway::idle::Activity::default());
-        let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (active, start) = (Arc::clone(&activity), Arc::clone(&started));
-        let service = TowerToHyperService::new(tower::util::MapRequest::new(
-            router.clone(),
-            move |req: axum::http::Request<hyper::body::Incoming>| {
-                active.mark();
-                start.store(true, std::sync::atomic::Ordering::Relaxed);
-                req.map(axum::body::Body::new)
-            },
-        ));
-        let builder = Arc::clone(&builder);
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(tcp), service)
-            .into_owned();
-        let first_request = limits.header_read_timeout;
-        let mut stopping = stopping.clone();
+        let connection = Connection {
+            router: router.clone(),
+            builder: Arc::clone(&builder),
+            first_request: limits.header_read_timeout,
+            stopping: stopping.clone(),
+        };
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let mut connection = std::pin::pin!(connection);
-            let mut stop = std::pin::pin!(async move {
-                let _ = stopping.wait_for(|stop| *stop).await;
-            });
-            let mut first = std::pin::pin!(tokio::time::sleep(first_request));
-            let mut first_pending = true;
-            let mut idle = gns_gateway::idle::Watch::new(Some(IDLE));
-            // A client that breaks off (or is cut off) is not an error of ours.
-            let _ = std::future::poll_fn(|cx| {
-                if let std::task::Poll::Ready(done) = connection.as_mut().poll(cx) {
-                    return std::task::Poll::Ready(done);
+            match tls {
+                None => connection.serve(tcp).await,
+                Some(acceptor) => {
+                    // The handshake is part of the first request's deadline.
+                    match tokio::time::timeout(connection.first_request, acceptor.accept(tcp)).await
+                    {
+                        Ok(Ok(stream)) => connection.serve(stream).await,
+                        Ok(Err(e)) => {
+                            metrics::counter!("gns_api_tls_handshake_failures_total").increment(1);
+                            tracing::debug!(error = %e, "TLS handshake failed");
+                        }
+                        Err(_) => {
+                            metrics::counter!("gns_api_tls_handshake_failures_total").increment(1);
+                            metrics::counter!("gns_api_idle_connections_closed_total").increment(1);
+                        }
+                    }
                 }
-                let no_first_request = first_pending && first.as_mut().poll(cx).is_ready() && {
-                    first_pending = false;
-                    !started.load(std::sync::atomic::Ordering::Relaxed)
-                };
-                if no_first_request || idle.poll_idle(cx, &activity) {
-                    metrics::counter!("gns_api_idle_connections_closed_total").increment(1);
-                    // Graceful: a response in progress (a long-poll) is finished first.
-                    connection.as_mut().graceful_shutdown();
-                    return connection.as_mut().poll(cx);
-                }
-                if stop.as_mut().poll(cx).is_ready() {
-                    connection.as_mut().graceful_shutdown();
-                    return connection.as_mut().poll(cx);
-                }
-                std::task::Poll::Pending
-            })
-            .await;
+            }
             drop(permit);
         });
     }
@@ -145,5 +124,72 @@ pub async fn serve(
         .is_err()
     {
         tracing::warn!("connections still open {DRAIN:?} after shutdown; not waiting for them");
+    }
+}
+
+/// One accepted connection and what serving it needs.
+struct Connection {
+    router: axum::Router,
+    builder: Arc<Builder<TokioExecutor>>,
+    first_request: Duration,
+    stopping: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Connection {
+    /// Serves HTTP/1.1 or HTTP/2 on `io` until the client leaves, stays
+    /// idle, or shutdown starts.
+    async fn serve<I>(self, io: I)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        // Marked when a request starts: a connection whose first request
+        // does not start within the header timeout (one that sends nothing,
+        // or half an HTTP/2 preface), or that starts none for IDLE, is shut
+        // down, so silent clients cannot hold the connection slots.
+        let activity = Arc::new(gns_gateway::idle::Activity::default());
+        let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (active, start) = (Arc::clone(&activity), Arc::clone(&started));
+        let service = TowerToHyperService::new(tower::util::MapRequest::new(
+            self.router,
+            move |req: axum::http::Request<hyper::body::Incoming>| {
+                active.mark();
+                start.store(true, std::sync::atomic::Ordering::Relaxed);
+                req.map(axum::body::Body::new)
+            },
+        ));
+        let connection = self
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(io), service)
+            .into_owned();
+        let mut stopping = self.stopping;
+        let mut connection = std::pin::pin!(connection);
+        let mut stop = std::pin::pin!(async move {
+            let _ = stopping.wait_for(|stop| *stop).await;
+        });
+        let mut first = std::pin::pin!(tokio::time::sleep(self.first_request));
+        let mut first_pending = true;
+        let mut idle = gns_gateway::idle::Watch::new(Some(IDLE));
+        // A client that breaks off (or is cut off) is not an error of ours.
+        let _ = std::future::poll_fn(|cx| {
+            if let std::task::Poll::Ready(done) = connection.as_mut().poll(cx) {
+                return std::task::Poll::Ready(done);
+            }
+            let no_first_request = first_pending && first.as_mut().poll(cx).is_ready() && {
+                first_pending = false;
+                !started.load(std::sync::atomic::Ordering::Relaxed)
+            };
+            if no_first_request || idle.poll_idle(cx, &activity) {
+                metrics::counter!("gns_api_idle_connections_closed_total").increment(1);
+                // Graceful: a response in progress (a long-poll) is finished first.
+                connection.as_mut().graceful_shutdown();
+                return connection.as_mut().poll(cx);
+            }
+            if stop.as_mut().poll(cx).is_ready() {
+                connection.as_mut().graceful_shutdown();
+                return connection.as_mut().poll(cx);
+            }
+            std::task::Poll::Pending
+        })
+        .await;
     }
 }

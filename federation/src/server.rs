@@ -78,7 +78,29 @@ pub struct Config {
     /// Lifetime of gateway certificates (gateways renew at two thirds of it).
     #[arg(long, env = "GNS_GATEWAY_CERT_LIFETIME", default_value = "24h", value_parser = parse_lifetime)]
     pub gateway_cert_lifetime: std::time::Duration,
-    /// URL at which gateways the federation deploys reach it (default: http:// + the --listen address).
+    /// PEM certificate chain the API serves, leaf first, with --tls-key;
+    /// read again when either file changes. Default: a certificate the
+    /// federation's own CA issues for the --tls-san names.
+    #[arg(
+        long,
+        env = "GNS_TLS_CERT",
+        requires = "tls_key",
+        conflicts_with = "insecure_http"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "GNS_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Comma-separated names (DNS names or IPs) of the certificate the
+    /// federation issues itself [default: localhost, 127.0.0.1, ::1, the
+    /// --listen IP and the host of --advertise-url].
+    #[arg(long, env = "GNS_TLS_SAN", value_delimiter = ',', conflicts_with_all = ["tls_cert", "insecure_http"])]
+    pub tls_san: Vec<String>,
+    /// Serve the API in plain HTTP instead of TLS (only behind something
+    /// that encrypts, such as a mesh; clients then send tokens in clear text).
+    #[arg(long, env = "GNS_INSECURE_HTTP")]
+    pub insecure_http: bool,
+    /// URL at which gateways the federation deploys reach it (default: https:// + the --listen address, http:// with --insecure-http).
     #[arg(long, env = "GNS_ADVERTISE_URL")]
     pub advertise_url: Option<String>,
     /// `ip:port` member clusters' CoreDNS forwards the GNS domains to (default: the --dns-listen address).
@@ -182,6 +204,17 @@ pub enum StartError {
         /// Cause.
         source: std::io::Error,
     },
+    /// TLS can't be set up.
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
+    /// `--advertise-url` is not an http(s) URL with a host.
+    #[error("--advertise-url {url:?}: {reason}")]
+    AdvertiseUrl {
+        /// The value.
+        url: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// The listen address can't be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -206,9 +239,15 @@ pub struct Federation {
     pub admin_token_file: Option<PathBuf>,
     /// The store.
     pub store: Arc<dyn Store>,
+    /// Where the roots that verify the API's certificate were written
+    /// (`None` with `--insecure-http`).
+    pub ca_file: Option<PathBuf>,
+    /// The API's base URL as the federation advertises it.
+    pub advertise_url: String,
     listener: TcpListener,
     router: axum::Router,
     limits: crate::listener::Limits,
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// Reads or creates the bootstrap admin token; returns it and the file it is in (if generated).
@@ -265,6 +304,29 @@ pub async fn build(config: &Config) -> Result<Federation, StartError> {
         addr: config.listen,
         source,
     })?;
+    let advertise_url = advertise_url(config, api_addr)?;
+    let mode = if config.insecure_http {
+        tracing::warn!(
+            "--insecure-http: the API is served in plain text; tokens and configs cross the network unencrypted"
+        );
+        None
+    } else {
+        Some(match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => crate::tls::ServingMode::Files {
+                cert: cert.clone(),
+                key: key.clone(),
+            },
+            _ => crate::tls::ServingMode::Issued {
+                names: serving_names(config, api_addr, &advertise_url),
+            },
+        })
+    };
+    let serving = crate::tls::Serving::start(mode, Arc::clone(&identity), &config.data_dir)?;
+    let tls = serving
+        .resolver()
+        .map(crate::tls::server_config)
+        .transpose()?;
+    let ca_file = tls.as_ref().map(|_| serving.ca_file().to_owned());
     let mut dns_config = ServerConfig::new(config.dns_listen);
     if let Some(workers) = config.dns_udp_workers {
         dns_config.udp_workers = workers.max(1);
@@ -293,27 +355,29 @@ pub async fn build(config: &Config) -> Result<Federation, StartError> {
     let discovery = crate::discovery::spawn_with(
         Arc::clone(&store),
         crate::discovery::DiscoveryOptions {
-            federation_url: config
-                .advertise_url
-                .clone()
-                .unwrap_or_else(|| format!("http://{api_addr}")),
+            federation_url: advertise_url.clone(),
             dns_address: config.advertise_dns.unwrap_or(dns.udp_addr).to_string(),
+            federation_ca: serving.roots(),
         },
     );
     let dns_for_metrics = Arc::clone(&dns);
+    let mut background = vec![
+        builder,
+        feeder,
+        discovery,
+        crate::liveness::spawn(Arc::clone(&store), config.gateway_timeout),
+        tokio::spawn(prune_audit(Arc::clone(&store), config.audit_retention)),
+    ];
+    background.push(tokio::spawn(serving.run(Arc::clone(&store))));
     Ok(Federation {
         api_addr,
         dns_addr: dns.udp_addr,
         snapshots: snapshots.clone(),
         dns,
-        background: vec![
-            builder,
-            feeder,
-            discovery,
-            crate::liveness::spawn(Arc::clone(&store), config.gateway_timeout),
-            tokio::spawn(prune_audit(Arc::clone(&store), config.audit_retention)),
-        ],
+        background,
         admin_token_file,
+        ca_file,
+        advertise_url,
         store,
         listener,
         router: api::router_with_snapshots(state, snapshots)
@@ -323,7 +387,68 @@ pub async fn build(config: &Config) -> Result<Federation, StartError> {
             header_read_timeout: config.header_read_timeout,
             max_connections: config.max_connections as usize,
         },
+        tls,
     })
+}
+
+/// `--advertise-url`, checked, or the scheme the API serves and the bound address.
+fn advertise_url(config: &Config, api_addr: SocketAddr) -> Result<String, StartError> {
+    let scheme = if config.insecure_http {
+        "http"
+    } else {
+        "https"
+    };
+    let Some(url) = config.advertise_url.as_deref() else {
+        return Ok(format!("{scheme}://{api_addr}"));
+    };
+    let bad = |reason: &str| StartError::AdvertiseUrl {
+        url: url.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let parsed = reqwest::Url::parse(url).map_err(|e| bad(&e.to_string()))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+        return Err(bad("must be an http:// or https:// URL with a host"));
+    }
+    if parsed.scheme() == "http" && !config.insecure_http {
+        tracing::warn!(
+            url,
+            "--advertise-url is http:// but the API serves TLS; gateways will not reach it unless something in between ends TLS"
+        );
+    }
+    Ok(url.trim_end_matches('/').to_owned())
+}
+
+/// The names of the certificate the federation issues itself: `--tls-san`,
+/// or localhost, the loopback addresses, the `--listen` IP when it is a
+/// specific one, and the host of the advertised URL.
+fn serving_names(config: &Config, api_addr: SocketAddr, advertise_url: &str) -> Vec<String> {
+    let mut names: Vec<String> = config
+        .tls_san
+        .iter()
+        .map(|n| n.trim().to_owned())
+        .filter(|n| !n.is_empty())
+        .collect();
+    if names.is_empty() {
+        names = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
+        if !api_addr.ip().is_unspecified() {
+            names.push(api_addr.ip().to_string());
+        }
+        if let Some(host) = reqwest::Url::parse(advertise_url)
+            .ok()
+            .and_then(|u| u.host().map(|h| h.to_string()))
+        {
+            let host = host.trim_matches(['[', ']']).to_owned();
+            if !host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_unspecified())
+            {
+                names.push(host);
+            }
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    names.retain(|n| seen.insert(n.clone()));
+    names
 }
 
 /// Publishes every new snapshot's zones to the in-process DNS server (rendering off the runtime).
@@ -362,7 +487,7 @@ impl Federation {
                 task.abort();
             }
         };
-        crate::listener::serve(self.listener, self.router, self.limits, shutdown).await;
+        crate::listener::serve(self.listener, self.router, self.limits, self.tls, shutdown).await;
         drop(self.dns);
         Ok(())
     }

@@ -42,13 +42,14 @@ impl Fed {
             "acme.test",
         ]);
         let federation = server::build(&config).await.expect("federation starts");
-        let api = format!("http://{}", federation.api_addr);
+        let api = federation.advertise_url.clone();
+        let client = gns_trust::client(federation.ca_file.as_deref()).expect("client");
         let task = tokio::spawn(async move {
             let _ = federation.serve(std::future::pending()).await;
         });
         Fed {
             api,
-            client: reqwest::Client::new(),
+            client,
             _dir: dir,
             _task: task,
         }

@@ -107,6 +107,7 @@ fn the_rendered_gateway_parses_into_its_kinds() {
         cluster: "east".into(),
         spec,
         federation_url: "https://gns.example.com".into(),
+        federation_ca: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into(),
         dns_address: "10.0.0.53:53".into(),
         domains: vec!["production.app.acme.com".into()],
     };
@@ -119,6 +120,7 @@ fn the_rendered_gateway_parses_into_its_kinds() {
             "ServiceAccount",
             "Secret",
             "ConfigMap",
+            "ConfigMap",
             "Deployment",
             "Service",
             "Service"
@@ -128,8 +130,28 @@ fn the_rendered_gateway_parses_into_its_kinds() {
     for doc in &docs {
         check(doc, "deploy/gateway/gateway.yaml");
     }
-    let deployment = &docs[4];
+    // The federation's roots go into a ConfigMap the gateway reads them from.
+    assert_eq!(docs[3]["metadata"]["name"], "gns-federation-ca");
+    assert_eq!(docs[3]["data"]["ca.pem"], params.federation_ca.as_str());
+    let deployment = &docs[5];
     assert_eq!(deployment["spec"]["replicas"], 3);
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    let ca_env = container["env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .find(|e| e["name"] == "GNS_FEDERATION_CA")
+        .expect("GNS_FEDERATION_CA");
+    let mount = container["volumeMounts"]
+        .as_array()
+        .expect("mounts")
+        .iter()
+        .find(|m| m["name"] == "federation-ca")
+        .expect("the CA is mounted");
+    assert_eq!(
+        ca_env["value"].as_str().expect("path"),
+        format!("{}/ca.pem", mount["mountPath"].as_str().expect("path"))
+    );
     assert_eq!(
         deployment["metadata"]["labels"]["app.kubernetes.io/version"],
         "9.9.9"

@@ -20,9 +20,12 @@ use crate::tls::TlsIdentity;
 /// Errors of talking to the federation or the state dir.
 #[derive(Debug, thiserror::Error)]
 pub enum FollowError {
-    /// HTTP failed.
-    #[error("federation request failed: {0}")]
+    /// HTTP failed (a TLS verification failure says what to do).
+    #[error("federation request failed: {}", describe(.0))]
     Http(#[from] reqwest::Error),
+    /// The federation's CA file is unusable.
+    #[error(transparent)]
+    Trust(#[from] gns_trust::TrustError),
     /// The federation answered an error.
     #[error("federation answered {status}: {body}")]
     Status {
@@ -47,6 +50,23 @@ pub enum FollowError {
     /// Keys or certificates are unusable.
     #[error("certificate material: {0}")]
     Pem(String),
+}
+
+/// A request error in one line: a failed TLS verification as what to do
+/// about it, anything else with its innermost cause.
+fn describe(error: &reqwest::Error) -> String {
+    if let Some(line) = gns_trust::unverified(error, "--federation-ca") {
+        return line;
+    }
+    let mut cause: &dyn std::error::Error = error;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    if std::ptr::addr_eq(cause, error) {
+        error.to_string()
+    } else {
+        format!("{error}: {cause}")
+    }
 }
 
 impl FollowError {
@@ -137,6 +157,9 @@ pub struct Follower {
     cluster: String,
     state_dir: PathBuf,
     http: reqwest::Client,
+    /// The roots the federation is verified with, when a CA file was given:
+    /// its roots and the trust bundle's.
+    trust: Option<gns_trust::FederationTrust>,
     bundle_refresh: Duration,
 }
 
@@ -168,17 +191,32 @@ async fn checked(resp: reqwest::Response) -> Result<reqwest::Response, FollowErr
 }
 
 impl Follower {
-    /// A follower of `federation` (base URL) for `cluster`, keeping state in `state_dir`.
-    pub fn new(federation: &str, cluster: &str, state_dir: &Path) -> Result<Follower, FollowError> {
+    /// A follower of `federation` (base URL) for `cluster`, keeping state
+    /// in `state_dir`, verifying an `https://` federation against the roots
+    /// of `federation_ca` and of the trust bundle it follows (else the
+    /// system's roots).
+    pub fn new(
+        federation: &str,
+        cluster: &str,
+        state_dir: &Path,
+        federation_ca: Option<&Path>,
+    ) -> Result<Follower, FollowError> {
         std::fs::create_dir_all(state_dir).map_err(state_err(state_dir))?;
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(3))
-            .build()?;
+        let trust = federation_ca
+            .map(gns_trust::FederationTrust::from_file)
+            .transpose()?;
+        let http = match &trust {
+            Some(trust) => trust.client_builder(),
+            None => gns_trust::client_builder(None)?,
+        }
+        .connect_timeout(Duration::from_secs(3))
+        .build()?;
         Ok(Follower {
             federation: federation.trim_end_matches('/').to_owned(),
             cluster: cluster.to_owned(),
             state_dir: state_dir.to_owned(),
             http,
+            trust,
             bundle_refresh: DEFAULT_BUNDLE_REFRESH,
         })
     }
@@ -269,6 +307,7 @@ impl Follower {
             .map(|r| CertificateDer::from_pem_slice(r.as_bytes()))
             .collect::<Result<Vec<_>, _>>()
             .map_err(pem)?;
+        self.follow_roots(&roots);
         Ok((
             TlsIdentity {
                 trust_domain: bundle.trust_domain,
@@ -278,6 +317,15 @@ impl Follower {
             },
             api_token.trim().to_owned(),
         ))
+    }
+
+    /// Verifies the federation with the CA file's roots and `roots` too.
+    fn follow_roots(&self, roots: &[CertificateDer<'static>]) {
+        if let Some(trust) = &self.trust
+            && let Err(e) = trust.follow(roots)
+        {
+            tracing::warn!(error = %e, "cannot verify the federation with the trust bundle's roots");
+        }
     }
 
     async fn fetch_bundle(&self) -> Result<String, FollowError> {
@@ -382,8 +430,10 @@ impl Follower {
             roots,
         };
         let count = updated.roots.len();
+        let followed = updated.roots.clone();
         match gateway.set_identity(updated).await {
             Ok(()) => {
+                self.follow_roots(&followed);
                 if let Err(e) = write_atomic(&self.path("trust-bundle.json"), text.as_bytes()) {
                     tracing::warn!(error = %e, "cannot persist the trust bundle");
                 }
@@ -603,7 +653,8 @@ mod tests {
     fn an_interrupted_key_rotation_is_finished_or_dropped_at_start() {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().expect("tempdir");
-        let follower = Follower::new("http://127.0.0.1:1", "east", dir.path()).expect("follower");
+        let follower =
+            Follower::new("http://127.0.0.1:1", "east", dir.path(), None).expect("follower");
         let (old_key, _) = key_and_cert();
         let (new_key, new_cert) = key_and_cert();
         let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text);
@@ -663,7 +714,7 @@ mod tests {
         let foreign = params.self_signed(&key).expect("root").pem();
         let federation = federation_serving_bundle(foreign).await;
         let dir = tempfile::tempdir().expect("tempdir");
-        let follower = Follower::new(&federation, "east", dir.path()).expect("follower");
+        let follower = Follower::new(&federation, "east", dir.path(), None).expect("follower");
         let gateway = Gateway::new("east");
         let current = TlsIdentity {
             trust_domain: "acme.test".into(),
@@ -747,7 +798,7 @@ mod tests {
         };
         let federation = federation_without_key_rotation(leaf()).await;
         let dir = tempfile::tempdir().expect("tempdir");
-        let follower = Follower::new(&federation, "east", dir.path()).expect("follower");
+        let follower = Follower::new(&federation, "east", dir.path(), None).expect("follower");
         let first = leaf();
         std::fs::write(dir.path().join("key.pem"), current_key.serialize_pem()).expect("key");
         std::fs::write(dir.path().join("cert.pem"), &first).expect("cert");

@@ -25,9 +25,62 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// The federations this test process started, by base URL, with their CA
+/// files: what [`client`] trusts, as a user's client trusts its
+/// federation's `ca.pem`.
+static FEDERATION_CAS: std::sync::Mutex<Vec<(String, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+
+/// Where the federation keeping its state in `dir/fed` writes its CA.
+pub fn federation_ca(dir: &Path) -> PathBuf {
+    dir.join("fed").join("ca.pem")
+}
+
+/// Makes [`client`] trust the roots in `ca_file`, the CA file of the
+/// federation at `base`, from now on.
+pub fn trust(base: &str, ca_file: &Path) {
+    let mut cas = FEDERATION_CAS.lock().unwrap_or_else(|e| e.into_inner());
+    cas.retain(|(b, _)| b != base);
+    cas.push((base.to_owned(), ca_file.to_owned()));
+}
+
+/// The CA file of the federation at `base` (started by this process), as
+/// a flag value for the gateways and DNS replicas that follow it.
+pub fn ca_for(base: &str) -> String {
+    let cas = FEDERATION_CAS.lock().unwrap_or_else(|e| e.into_inner());
+    cas.iter()
+        .rev()
+        .find(|(b, _)| b == base.trim_end_matches('/'))
+        .map(|(_, ca)| ca.display().to_string())
+        .unwrap_or_else(|| panic!("no federation at {base} was started by this test"))
+}
+
+/// A client builder that verifies the federations this process started
+/// against their CA files (plain `http://` URLs, such as admin endpoints,
+/// are unaffected).
+pub fn client() -> reqwest::ClientBuilder {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cas = FEDERATION_CAS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let mut roots = Vec::new();
+    for (_, ca) in cas {
+        // A federation writes its CA before it listens; a file from a
+        // federation of an earlier test may be gone with its temp dir.
+        if let Ok(pem) = std::fs::read(&ca) {
+            roots.extend(
+                reqwest::Certificate::from_pem_bundle(&pem).expect("a federation's CA file is PEM"),
+            );
+        }
+    }
+    reqwest::Client::builder().tls_certs_only(roots)
+}
+
 /// Starts `gns-federation` with its state in `dir/fed`, its API and DNS on
 /// free ports, admin token `token` and the `extra` flags; returns it and its
-/// API base URL once `/readyz` answers (panics after 20 s, with its log).
+/// API base URL (`https://`, verified against `dir/fed/ca.pem`, which
+/// [`client`] trusts from then on; `http://` with `--insecure-http`) once
+/// `/readyz` answers (panics after 20 s, with its log).
 pub async fn start_federation(dir: &Path, token: &str, extra: &[&str]) -> (Proc, String) {
     let (fed, base, _) = start_federation_with_dns(dir, token, extra).await;
     (fed, base)
@@ -55,13 +108,23 @@ pub async fn start_federation_with_dns(
     ];
     args.extend(extra.iter().map(|a| (*a).to_owned()));
     let fed = Proc::spawn(&binary("gns-federation"), &args, dir.join("federation.log"));
-    let base = format!("http://{api}");
+    let scheme = if extra.contains(&"--insecure-http") {
+        "http"
+    } else {
+        "https"
+    };
+    let base = format!("{scheme}://{api}");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        if reqwest::get(format!("{base}/readyz"))
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
+        let ca = federation_ca(dir);
+        if scheme == "https" && ca.is_file() {
+            trust(&base, &ca);
+        }
+        let ready = match client().build() {
+            Ok(c) => c.get(format!("{base}/readyz")).send().await,
+            Err(e) => panic!("cannot build a client: {e}"),
+        };
+        if ready.is_ok_and(|r| r.status().is_success()) {
             return (fed, base, dns);
         }
         assert!(
@@ -188,13 +251,12 @@ pub fn http(
     token: Option<&str>,
     body: Option<&serde_json::Value>,
 ) -> Result<(u16, String), String> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
     runtime.block_on(async {
-        let client = reqwest::Client::builder()
+        let client = client()
             .timeout(Duration::from_secs(5))
             .build()
             .map_err(|e| e.to_string())?;

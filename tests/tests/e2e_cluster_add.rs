@@ -78,7 +78,7 @@ async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) ->
 }
 
 async fn api(method: reqwest::Method, url: &str, body: Option<Value>) -> (u16, String) {
-    let client = reqwest::Client::new();
+    let client = gns_tests::client().build().expect("client");
     let mut request = client.request(method, url).bearer_auth(ADMIN_TOKEN);
     if let Some(body) = body {
         request = request.json(&body);
@@ -96,7 +96,7 @@ async fn api(method: reqwest::Method, url: &str, body: Option<Value>) -> (u16, S
 /// while the service-account token is valid, 401 once it has expired.
 async fn member_list_status(kube: &TestApiServer, token: &str) -> u16 {
     let ca = reqwest::Certificate::from_pem(kube.ca_pem().as_bytes()).expect("member CA");
-    reqwest::Client::builder()
+    gns_tests::client()
         .tls_certs_only([ca])
         .build()
         .expect("https client")
@@ -117,7 +117,11 @@ async fn get_json(url: &str) -> Option<Value> {
 /// How many times discovery started syncing `east` (each start takes the
 /// cluster's sync lease), from the federation's metrics.
 async fn syncs_started(base: &str) -> u64 {
-    let text = reqwest::get(format!("{base}/metrics"))
+    let text = gns_tests::client()
+        .build()
+        .expect("client")
+        .get(format!("{base}/metrics"))
+        .send()
         .await
         .expect("metrics")
         .text()
@@ -137,6 +141,8 @@ async fn gnsctl(server: &str, args: &[&str]) -> Output {
     tokio::process::Command::new(binary("gnsctl"))
         .arg("--server")
         .arg(server)
+        .arg("--ca-file")
+        .arg(gns_tests::ca_for(server))
         .arg("--token")
         .arg(ADMIN_TOKEN)
         .args(args)
@@ -186,7 +192,8 @@ fn ready_addresses(service: &Value, cluster: &str) -> Vec<String> {
 /// Starts gns-federation with its data in `data`, its log in `dir`; the process and its API URL, once ready.
 async fn start_federation(dir: &Path, data: &Path) -> (Proc, String) {
     let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
+    let base = format!("https://127.0.0.1:{port}");
+    gns_tests::trust(&base, &data.join("ca.pem"));
     let args = [
         "--listen".to_owned(),
         format!("127.0.0.1:{port}"),

@@ -76,7 +76,7 @@ fn split_counts(url: &str, host: &str, n: u32) -> (u32, u32) {
         .build()
         .expect("runtime");
     runtime.block_on(async {
-        let client = reqwest::Client::builder()
+        let client = gns_tests::client()
             .timeout(Duration::from_secs(5))
             .build()
             .expect("client");

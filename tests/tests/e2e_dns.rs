@@ -34,7 +34,8 @@ fn federation(data: &Path, api: u16, dns: u16, store: &StoreBackend) -> Proc {
         &args,
         data.join("federation.log"),
     );
-    let url = format!("http://127.0.0.1:{api}/readyz");
+    gns_tests::trust(&format!("https://127.0.0.1:{api}"), &data.join("ca.pem"));
+    let url = format!("https://127.0.0.1:{api}/readyz");
     wait_for(
         Duration::from_secs(20),
         "gns-federation to be ready",
@@ -54,7 +55,9 @@ fn federation(data: &Path, api: u16, dns: u16, store: &StoreBackend) -> Proc {
 fn replica(dir: &Path, api: u16, dns: u16, admin: u16, name: &str) -> Proc {
     let args = [
         "--federation".to_owned(),
-        format!("http://127.0.0.1:{api}"),
+        format!("https://127.0.0.1:{api}"),
+        "--federation-ca".to_owned(),
+        dir.join("ca.pem").display().to_string(),
         "--token".to_owned(),
         TOKEN.to_owned(),
         "--listen".to_owned(),
@@ -70,7 +73,7 @@ fn replica(dir: &Path, api: u16, dns: u16, admin: u16, name: &str) -> Proc {
 fn post(api: u16, path: &str, body: serde_json::Value) {
     let (status, text) = http(
         "POST",
-        &format!("http://127.0.0.1:{api}{path}"),
+        &format!("https://127.0.0.1:{api}{path}"),
         Some(TOKEN),
         Some(&body),
     )

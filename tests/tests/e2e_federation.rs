@@ -116,9 +116,13 @@ impl Federation {
                 command.arg("--secret-key").arg(key);
             }
             let child = command.spawn().expect("spawn gns-federation");
+            gns_tests::trust(
+                &format!("https://127.0.0.1:{port}"),
+                &setup.data_dir.join("ca.pem"),
+            );
             let mut federation = Federation {
                 child,
-                server: format!("http://127.0.0.1:{port}"),
+                server: format!("https://127.0.0.1:{port}"),
                 log,
             };
             match federation.wait_healthy() {
@@ -190,6 +194,8 @@ fn gnsctl(bins: &Binaries, federation: &Federation, workdir: &Path, args: &[&str
     let output: Output = Command::new(&bins.gnsctl)
         .arg("--server")
         .arg(&federation.server)
+        .arg("--ca-file")
+        .arg(gns_tests::ca_for(&federation.server))
         .arg("--token")
         .arg(ADMIN_TOKEN)
         .args(args)

@@ -29,11 +29,16 @@
 //!   `emptyDir` volume, becomes an empty temporary directory: the kubelet
 //!   mounts a fresh empty directory there, and `/var/lib/gns-gateway` does
 //!   not exist (or is not ours) on the test machine.
+//! * a path under the mount path of a `configMap` volume (the federation's
+//!   CA, `GNS_FEDERATION_CA`) becomes the same path under a temporary
+//!   directory into which the test writes the ConfigMap's keys, as the
+//!   kubelet projects them into the pod.
 //!
 //! Every other argument and variable is passed through byte for byte, and
 //! the test asserts so. The federation URL needs no rewriting: the cluster is
 //! registered with `gatewayDeployment.federationUrl` set to the test
-//! federation's real `http://127.0.0.1:PORT`.
+//! federation's real `https://127.0.0.1:PORT`, which the gateway verifies
+//! with the CA the federation put into the ConfigMap.
 //!
 //! What the kubelet would know and the API objects don't say, the test makes
 //! up plausibly for `fieldRef` (the template takes the instance name from
@@ -459,22 +464,91 @@ fn wildcard(value: &str) -> Option<SocketAddr> {
         .filter(|a| a.ip().is_unspecified())
 }
 
+/// Where the pod's volumes are on the test machine.
+struct Volumes {
+    /// The emptyDir of the state dir.
+    state_dir: PathBuf,
+    /// Mount path in the container → the directory holding its ConfigMap's keys.
+    config_maps: Vec<(String, PathBuf)>,
+}
+
+/// Writes the keys of every `configMap` volume the container mounts into
+/// `root/<volume>/`, as the kubelet projects them; returns mount path →
+/// directory. A missing ConfigMap or key that is not optional fails.
+fn project_config_maps(
+    pod_spec: &PodSpec,
+    container: &Container,
+    namespace: &str,
+    objects: &Objects,
+    root: &Path,
+) -> Result<Vec<(String, PathBuf)>, String> {
+    let mut out = Vec::new();
+    for mount in container.volume_mounts.iter().flatten() {
+        let Some(volume) = pod_spec
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == mount.name)
+        else {
+            return Err(format!("volume mount {} names no volume", mount.name));
+        };
+        let Some(source) = &volume.config_map else {
+            continue;
+        };
+        let name = source.name.clone();
+        let optional = source.optional == Some(true);
+        let Some(data) = objects.source("ConfigMap", namespace, &name) else {
+            if optional {
+                continue;
+            }
+            return Err(format!(
+                "ConfigMap {namespace}/{name} of volume {} does not exist: the kubelet would not start the pod",
+                volume.name
+            ));
+        };
+        let dir = root.join(&volume.name);
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let items: Vec<(String, String)> = match &source.items {
+            Some(items) => items
+                .iter()
+                .map(|i| (i.key.clone(), i.path.clone()))
+                .collect(),
+            None => data.keys().map(|k| (k.clone(), k.clone())).collect(),
+        };
+        for (key, path) in items {
+            let bytes = data.get(&key).ok_or_else(|| {
+                format!(
+                    "ConfigMap {namespace}/{name} has no key {key:?} for volume {}",
+                    volume.name
+                )
+            })?;
+            std::fs::write(dir.join(path), bytes).map_err(|e| e.to_string())?;
+        }
+        out.push((mount.mount_path.trim_end_matches('/').to_owned(), dir));
+    }
+    Ok(out)
+}
+
 /// What `setting = value` becomes on the test machine, if it changes.
-fn rewritten(setting: &str, value: &str, state_dir: &Path) -> Option<String> {
+fn rewritten(setting: &str, value: &str, volumes: &Volumes) -> Option<String> {
     let listen = setting.starts_with("--") && setting.ends_with("-listen")
         || setting.starts_with("GNS_") && setting.ends_with("_LISTEN");
     if setting == "--state-dir" || setting == "GNS_STATE_DIR" {
-        Some(state_dir.display().to_string())
+        Some(volumes.state_dir.display().to_string())
     } else if listen && wildcard(value).is_some() {
         Some(format!("127.0.0.1:{}", free_port()))
     } else {
-        None
+        volumes.config_maps.iter().find_map(|(mount, dir)| {
+            let rest = value.strip_prefix(mount.as_str())?.strip_prefix('/')?;
+            Some(dir.join(rest).display().to_string())
+        })
     }
 }
 
-/// The container's arguments and environment with the listen addresses and
-/// the state dir changed for this machine (see the module doc), and nothing else.
-fn for_this_machine(args: &[String], env: &[(String, String)], state_dir: &Path) -> Launch {
+/// The container's arguments and environment with the listen addresses,
+/// the state dir and paths into ConfigMap volumes changed for this machine
+/// (see the module doc), and nothing else.
+fn for_this_machine(args: &[String], env: &[(String, String)], volumes: &Volumes) -> Launch {
     let mut launch = Launch {
         args: args.to_vec(),
         env: env.to_vec(),
@@ -484,7 +558,7 @@ fn for_this_machine(args: &[String], env: &[(String, String)], state_dir: &Path)
     while i < args.len() {
         let arg = &args[i];
         if let Some((flag, value)) = arg.split_once('=').filter(|_| arg.starts_with("--")) {
-            if let Some(to) = rewritten(flag, value, state_dir) {
+            if let Some(to) = rewritten(flag, value, volumes) {
                 launch.args[i] = format!("{flag}={to}");
                 launch.rewrites.push(Rewrite {
                     place: Place::Arg(i),
@@ -495,7 +569,7 @@ fn for_this_machine(args: &[String], env: &[(String, String)], state_dir: &Path)
             }
         } else if arg.starts_with("--")
             && let Some(value) = args.get(i + 1).filter(|v| !v.starts_with("--"))
-            && let Some(to) = rewritten(arg, value, state_dir)
+            && let Some(to) = rewritten(arg, value, volumes)
         {
             launch.args[i + 1] = to.clone();
             launch.rewrites.push(Rewrite {
@@ -509,7 +583,7 @@ fn for_this_machine(args: &[String], env: &[(String, String)], state_dir: &Path)
         i += 1;
     }
     for (name, value) in &mut launch.env {
-        if let Some(to) = rewritten(name, value, state_dir) {
+        if let Some(to) = rewritten(name, value, volumes) {
             launch.rewrites.push(Rewrite {
                 place: Place::Env(name.clone()),
                 setting: name.clone(),
@@ -643,7 +717,7 @@ async fn eventually<T>(
 }
 
 async fn api(method: reqwest::Method, url: &str, body: Option<Value>) -> (u16, String) {
-    let client = reqwest::Client::builder()
+    let client = gns_tests::client()
         .timeout(Duration::from_secs(5))
         .build()
         .expect("client");
@@ -670,7 +744,7 @@ async fn get_json(url: &str) -> Result<Value, String> {
 
 /// `GET http://{addr}{path}`'s status (0 when nothing answers).
 async fn http_status(addr: SocketAddr, path: &str) -> u16 {
-    let client = reqwest::Client::builder()
+    let client = gns_tests::client()
         .timeout(Duration::from_secs(2))
         .build()
         .expect("client");
@@ -931,7 +1005,23 @@ async fn the_rendered_gateway_deployment_starts_a_gateway_that_joins() {
     std::fs::create_dir(&state_dir).expect("state dir");
     let workdir = dir.path().join("workdir");
     std::fs::create_dir(&workdir).expect("workdir");
-    let launch = for_this_machine(&args, &env, &state_dir);
+    let objects = Objects::read(&kube);
+    let config_maps = project_config_maps(
+        &pod_spec,
+        &container,
+        "gns-system",
+        &objects,
+        &dir.path().join("volumes"),
+    )
+    .unwrap_or_else(|e| panic!("the pod's volumes can't be made: {e}"));
+    let launch = for_this_machine(
+        &args,
+        &env,
+        &Volumes {
+            state_dir: state_dir.clone(),
+            config_maps,
+        },
+    );
     assert_passed_through(&args, &env, &launch);
     for r in &launch.rewrites {
         eprintln!(
@@ -1224,7 +1314,7 @@ fn the_kubelet_stand_in_refuses_what_it_cannot_resolve() {
 }
 
 #[test]
-fn only_wildcard_listeners_and_the_state_dir_are_rewritten() {
+fn only_wildcard_listeners_the_state_dir_and_config_map_paths_are_rewritten() {
     let args: Vec<String> = [
         "--cluster=east",
         "--egress-listen=0.0.0.0:15001",
@@ -1241,8 +1331,19 @@ fn only_wildcard_listeners_and_the_state_dir_are_rewritten() {
             "GNS_FEDERATION".to_owned(),
             "http://0.0.0.0:8080".to_owned(),
         ),
+        (
+            "GNS_FEDERATION_CA".to_owned(),
+            "/etc/gns/ca/ca.pem".to_owned(),
+        ),
     ];
-    let launch = for_this_machine(&args, &env, Path::new("/tmp/state"));
+    let launch = for_this_machine(
+        &args,
+        &env,
+        &Volumes {
+            state_dir: "/tmp/state".into(),
+            config_maps: vec![("/etc/gns/ca".into(), "/tmp/volumes/ca".into())],
+        },
+    );
     let settings: Vec<&str> = launch.rewrites.iter().map(|r| r.setting.as_str()).collect();
     assert_eq!(
         settings,
@@ -1250,9 +1351,11 @@ fn only_wildcard_listeners_and_the_state_dir_are_rewritten() {
             "--egress-listen",
             "--admin-listen",
             "--state-dir",
-            "GNS_INGRESS_LISTEN"
+            "GNS_INGRESS_LISTEN",
+            "GNS_FEDERATION_CA"
         ]
     );
+    assert_eq!(launch.env[2].1, "/tmp/volumes/ca/ca.pem");
     assert_eq!(launch.args[0], "--cluster=east");
     assert!(launch.args[1].starts_with("--egress-listen=127.0.0.1:"));
     assert_eq!(launch.args[2], "--admin-listen");

@@ -28,7 +28,9 @@ const DOWN: Duration = Duration::from_secs(60);
 const MAX_ATTEMPTS_PER_MINUTE: u64 = 20;
 
 async fn get(base: &str, path: &str) -> Value {
-    reqwest::Client::new()
+    gns_tests::client()
+        .build()
+        .expect("client")
         .get(format!("{base}{path}"))
         .bearer_auth(TOKEN)
         .send()
@@ -40,7 +42,9 @@ async fn get(base: &str, path: &str) -> Value {
 }
 
 async fn post(base: &str, path: &str, body: Value) {
-    let response = reqwest::Client::new()
+    let response = gns_tests::client()
+        .build()
+        .expect("client")
         .post(format!("{base}{path}"))
         .bearer_auth(TOKEN)
         .json(&body)

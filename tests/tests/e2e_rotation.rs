@@ -63,7 +63,9 @@ async fn west_upstream() -> u16 {
 }
 
 async fn call(method: reqwest::Method, url: &str, body: Option<Value>) -> (u16, Value) {
-    let mut req = reqwest::Client::new()
+    let mut req = gns_tests::client()
+        .build()
+        .expect("client")
         .request(method, url)
         .bearer_auth(TOKEN);
     if let Some(b) = body {
@@ -194,6 +196,8 @@ async fn root_rotation_under_traffic_drops_no_request(store: StoreBackend) {
             &[
                 "--federation".into(),
                 base.clone(),
+                "--federation-ca".into(),
+                gns_tests::ca_for(&base),
                 "--cluster".into(),
                 name.into(),
                 "--join-token".into(),
@@ -215,7 +219,7 @@ async fn root_rotation_under_traffic_drops_no_request(store: StoreBackend) {
     }
     let east_egress = gateways[0].0;
     let admins = [gateways[0].1, gateways[1].1];
-    let client = reqwest::Client::builder()
+    let client = gns_tests::client()
         .timeout(Duration::from_secs(5))
         .build()
         .expect("client");

@@ -26,8 +26,12 @@ enum LogFormat {
 #[command(name = "gns-dns", version)]
 struct Args {
     /// Federation URL to follow.
-    #[arg(long, env = "GNS_FEDERATION", default_value = "http://127.0.0.1:8080")]
+    #[arg(long, env = "GNS_FEDERATION", default_value = "https://127.0.0.1:8080")]
     federation: String,
+    /// PEM roots that verify the federation's certificate (the federation
+    /// writes them to <data-dir>/ca.pem) [default: the system's roots].
+    #[arg(long, env = "GNS_FEDERATION_CA")]
+    federation_ca: Option<PathBuf>,
     /// API token (viewer role is enough).
     #[arg(long, env = "GNS_TOKEN", hide_env_values = true)]
     token: String,
@@ -76,6 +80,10 @@ async fn main() -> anyhow::Result<()> {
             .init(),
     }
     let _ = rustls::crypto::ring::default_provider().install_default();
+    // A CA file that cannot be used stops the start, rather than every poll.
+    if let Some(path) = &args.federation_ca {
+        gns_trust::read_roots(path)?;
+    }
 
     let mut config = ServerConfig::new(args.listen);
     if let Some(n) = args.udp_workers {
@@ -100,6 +108,7 @@ async fn main() -> anyhow::Result<()> {
         Arc::clone(&server),
         FollowConfig {
             federation: args.federation.clone(),
+            federation_ca: args.federation_ca.clone(),
             token: args.token.clone(),
             cache_dir: args.cache_dir.clone(),
             poll_timeout: Duration::from_secs(30),

@@ -35,8 +35,12 @@ async fn main() -> anyhow::Result<()> {
         dns = %federation.dns_addr,
         store = federation.store.backend(),
         data_dir = %config.data_dir.display(),
+        url = %federation.advertise_url,
         "gns-federation listening"
     );
+    if let Some(path) = &federation.ca_file {
+        tracing::info!(path = %path.display(), "clients verify the API with the roots in this file");
+    }
     if let Some(path) = &federation.admin_token_file {
         tracing::info!(path = %path.display(), "bootstrap admin token is in this file");
     }

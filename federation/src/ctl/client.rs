@@ -31,7 +31,7 @@ pub struct Client {
     token: Option<String>,
 }
 
-/// Parses `--server`: an `http(s)://` URL; a bare `host:port` means `http://host:port`.
+/// Parses `--server`: an `http(s)://` URL; a bare `host:port` means `https://host:port`.
 pub fn parse_server(server: &str) -> Result<Url, CtlError> {
     let bad = |reason: String| CtlError::BadServer {
         server: server.to_owned(),
@@ -41,14 +41,14 @@ pub fn parse_server(server: &str) -> Result<Url, CtlError> {
     let text = if trimmed.contains("://") {
         trimmed.to_owned()
     } else {
-        format!("http://{trimmed}")
+        format!("https://{trimmed}")
     };
     let url = Url::parse(&text).map_err(|e| bad(e.to_string()))?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(bad("the scheme must be http or https".into()));
     }
     if url.cannot_be_a_base() || url.host_str().is_none_or(str::is_empty) {
-        return Err(bad("it needs a host, e.g. http://127.0.0.1:8080".into()));
+        return Err(bad("it needs a host, e.g. https://127.0.0.1:8080".into()));
     }
     if url.query().is_some() || url.fragment().is_some() {
         return Err(bad("it must not have a query or fragment".into()));
@@ -66,12 +66,17 @@ pub(crate) fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
 }
 
 impl Client {
-    /// A client for `server`, authenticating with `token` when given.
-    pub fn new(server: &str, token: Option<String>) -> Result<Client, CtlError> {
+    /// A client for `server`, authenticating with `token` when given and
+    /// verifying an `https://` server against the roots of `ca_file` (else
+    /// the system's).
+    pub fn new(
+        server: &str,
+        token: Option<String>,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<Client, CtlError> {
         let base = parse_server(server)?;
-        // reqwest is built without a bundled TLS provider; use ring (ignore "already installed").
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
+        let http = gns_trust::client_builder(ca_file)
+            .map_err(|e| CtlError::ClientSetup(e.to_string()))?
             .timeout(REQUEST_TIMEOUT)
             .connect_timeout(CONNECT_TIMEOUT)
             .user_agent(concat!("gnsctl/", env!("CARGO_PKG_VERSION")))
@@ -114,7 +119,9 @@ impl Client {
             request = request.json(body);
         }
         let transport = |e: reqwest::Error| {
-            if e.is_connect() {
+            if let Some(line) = gns_trust::unverified(&e, "--ca-file or GNS_CA_FILE") {
+                CtlError::Untrusted(line)
+            } else if e.is_connect() {
                 CtlError::Connect {
                     server: self.server.clone(),
                     reason: root_cause(&e),
@@ -245,7 +252,7 @@ mod tests {
         );
         assert_eq!(
             url("127.0.0.1:9000").as_deref(),
-            Some("http://127.0.0.1:9000/")
+            Some("https://127.0.0.1:9000/")
         );
         assert_eq!(
             url("https://gns.example.com/base/").as_deref(),
@@ -257,13 +264,13 @@ mod tests {
 
     #[test]
     fn urls_encode_segments_and_keep_a_base_path() {
-        let client = Client::new("http://h:1/base/", None).expect("client");
+        let client = Client::new("http://h:1/base/", None, None).expect("client");
         let segments = ["v1".to_owned(), "clusters".to_owned(), "a b/c".to_owned()];
         assert_eq!(
             client.url(&segments).as_str(),
             "http://h:1/base/v1/clusters/a%20b%2Fc"
         );
-        let client = Client::new("http://h:1", None).expect("client");
+        let client = Client::new("http://h:1", None, None).expect("client");
         assert_eq!(client.url(&["v1".to_owned()]).as_str(), "http://h:1/v1");
     }
 }

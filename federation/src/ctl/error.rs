@@ -20,6 +20,10 @@ pub enum CtlError {
     /// The HTTP client could not be set up.
     #[error("could not set up the HTTP client: {0}")]
     ClientSetup(String),
+    /// The server's TLS certificate could not be verified (or it does not
+    /// speak TLS): one line saying what to do.
+    #[error("{0}")]
+    Untrusted(String),
     /// The server could not be reached at all.
     #[error("could not reach the GNS server at {server} (set --server or GNS_SERVER): {reason}")]
     Connect {
@@ -147,7 +151,10 @@ impl CtlError {
     pub fn is_fatal(&self) -> bool {
         matches!(
             self,
-            CtlError::Connect { .. } | CtlError::BadServer { .. } | CtlError::ClientSetup(_)
+            CtlError::Connect { .. }
+                | CtlError::BadServer { .. }
+                | CtlError::ClientSetup(_)
+                | CtlError::Untrusted(_)
         )
     }
 

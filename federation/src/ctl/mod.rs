@@ -36,6 +36,9 @@ pub use output::OutputFormat;
 
 /// Where the token comes from when neither `--token` nor `GNS_TOKEN` is set.
 pub const DEFAULT_TOKEN_FILE: &str = "./gns-data/admin-token";
+/// The roots that verify the server when neither `--ca-file` nor
+/// `GNS_CA_FILE` is set, if the file exists (a local federation writes it).
+pub const DEFAULT_CA_FILE: &str = "./gns-data/ca.pem";
 
 /// Flags and commands of `gnsctl`.
 #[derive(Debug, Clone, Parser)]
@@ -52,10 +55,14 @@ pub struct Cli {
     #[arg(
         long,
         env = "GNS_SERVER",
-        default_value = "http://127.0.0.1:8080",
+        default_value = "https://127.0.0.1:8080",
         global = true
     )]
     pub server: String,
+    /// PEM roots that verify the server's certificate [default:
+    /// ./gns-data/ca.pem if it exists, else the system's roots].
+    #[arg(long, env = "GNS_CA_FILE", global = true)]
+    pub ca_file: Option<std::path::PathBuf>,
     /// Bearer token [default: contents of ./gns-data/admin-token, if readable].
     #[arg(long, env = "GNS_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
@@ -105,6 +112,16 @@ pub enum Command {
         #[command(subcommand)]
         command: ClusterCommand,
     },
+}
+
+/// The CA file to use: the flag/environment value, else the default file if it exists.
+pub fn resolve_ca_file(
+    given: Option<std::path::PathBuf>,
+    default_file: &Path,
+) -> Option<std::path::PathBuf> {
+    given
+        .filter(|p| !p.as_os_str().is_empty())
+        .or_else(|| default_file.is_file().then(|| default_file.to_owned()))
 }
 
 /// The token to use: the flag/environment value, else the default token file if readable.
@@ -195,7 +212,8 @@ pub async fn delete(
 /// per-object problems and notes to `err`.
 pub async fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), CtlError> {
     let token = resolve_token(cli.token, Path::new(DEFAULT_TOKEN_FILE));
-    let client = Client::new(&cli.server, token)?;
+    let ca_file = resolve_ca_file(cli.ca_file, Path::new(DEFAULT_CA_FILE));
+    let client = Client::new(&cli.server, token, ca_file.as_deref())?;
     match cli.command {
         Command::Apply { file, gns } => {
             let text = read_manifest(&file)?;
@@ -359,5 +377,17 @@ mod tests {
             resolve_token(Some(String::new()), &file).as_deref(),
             Some("gns_secret")
         );
+    }
+
+    #[test]
+    fn ca_file_from_flag_else_the_local_federations_if_it_exists() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let default = dir.path().join("ca.pem");
+        assert_eq!(resolve_ca_file(None, &default), None);
+        std::fs::write(&default, "pem").expect("write");
+        assert_eq!(resolve_ca_file(None, &default), Some(default.clone()));
+        let given = dir.path().join("other.pem");
+        assert_eq!(resolve_ca_file(Some(given.clone()), &default), Some(given));
+        assert_eq!(resolve_ca_file(Some("".into()), &default), Some(default));
     }
 }

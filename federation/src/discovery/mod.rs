@@ -39,6 +39,8 @@ pub struct DiscoveryOptions {
     pub federation_url: String,
     /// `ip:port` of the federation's DNS, for the CoreDNS forwarding blocks.
     pub dns_address: String,
+    /// The roots deployed gateways verify the federation with.
+    pub federation_ca: crate::tls::ClientRoots,
 }
 
 struct Running {
@@ -194,6 +196,7 @@ fn start(
                                             .clone()
                                             .unwrap_or_else(|| options.federation_url.clone()),
                                         dns_address: options.dns_address.clone(),
+                                        federation_ca: options.federation_ca.pem(),
                                         domains: fp.domains.clone(),
                                     },
                                     client: kube,

@@ -20,6 +20,8 @@
 //!   one sealed store fact changed by compare-and-swap; [`Identity::refresh`]
 //!   picks up another replica's change.
 
+mod serving;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,6 +31,8 @@ use rcgen::{
     DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use serde::{Deserialize, Serialize};
+
+pub use serving::ServingCertificate;
 
 use crate::store::{Store, StoreError};
 

@@ -94,6 +94,8 @@ pub struct GatewayParams {
     pub spec: GatewayDeployment,
     /// The URL the gateway follows (the spec's, else the federation's advertised one).
     pub federation_url: String,
+    /// PEM roots that verify the federation's TLS certificate.
+    pub federation_ca: String,
     /// Where CoreDNS should forward the GNS domains (`ip:port`).
     pub dns_address: String,
     /// The domains of the global namespaces the cluster is a member of.
@@ -145,6 +147,7 @@ pub fn manifests(params: &GatewayParams, join_token: &str) -> Result<Vec<Value>,
         ("REPLICAS", json!(params.spec.replicas)),
         ("FEDERATION_URL", json!(params.federation_url)),
         ("JOIN_TOKEN", json!(join_token)),
+        ("FEDERATION_CA", json!(params.federation_ca)),
         (
             "INGRESS_SERVICE_TYPE",
             json!(params.spec.ingress_service_type.as_str()),
@@ -359,6 +362,7 @@ pub async fn remove(client: &kube::Client) -> Result<usize, RolloutError> {
         ("v1", "Service", "gns-gateway-ingress"),
         ("v1", "Service", "gns-gateway-egress"),
         ("v1", "ConfigMap", "gns-dns-forwarding"),
+        ("v1", "ConfigMap", "gns-federation-ca"),
         ("v1", "Secret", "gns-gateway-join"),
         ("v1", "ServiceAccount", "gns-gateway"),
     ];

@@ -19,6 +19,8 @@ pub struct Fed {
     pub addr: SocketAddr,
     /// DNS address.
     pub dns: SocketAddr,
+    /// The roots the API is verified with (`None` with `--insecure-http`).
+    pub ca_file: Option<std::path::PathBuf>,
     client: reqwest::Client,
     _dir: tempfile::TempDir,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -60,8 +62,11 @@ impl Fed {
         let config = Config::parse_from(args);
         let federation = server::build(&config).await.expect("federation starts");
         let addr = federation.api_addr;
-        let api = format!("http://{addr}");
+        let api = federation.advertise_url.clone();
         let dns = federation.dns_addr;
+        // Verified as a user's client is: with the CA file the federation wrote.
+        let ca_file = federation.ca_file.clone();
+        let client = gns_trust::client(ca_file.as_deref()).expect("client");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let _ = federation
@@ -74,11 +79,22 @@ impl Fed {
             api,
             addr,
             dns,
-            client: reqwest::Client::new(),
+            ca_file,
+            client,
             _dir: dir,
             stop: Some(tx),
             task: Some(task),
         }
+    }
+
+    /// A new client (no pooled connections) that verifies this federation,
+    /// with `timeout` per request.
+    pub fn fresh_client(&self, timeout: Duration) -> reqwest::Client {
+        gns_trust::client_builder(self.ca_file.as_deref())
+            .expect("CA file")
+            .timeout(timeout)
+            .build()
+            .expect("client")
     }
 
     /// Shuts this replica down (its syncs and leases end with it).
@@ -151,6 +167,11 @@ pub struct FedProcess {
     _dir: tempfile::TempDir,
 }
 
+/// Where a federation process keeps the CA file.
+fn dir_ca(fed: &FedProcess) -> std::path::PathBuf {
+    fed._dir.path().join("ca.pem")
+}
+
 impl FedProcess {
     /// Starts `gns-federation` on `database_url` and waits for `/readyz`
     /// (panics with its log after 20 s).
@@ -181,8 +202,8 @@ impl FedProcess {
             .stderr(file)
             .spawn()
             .expect("spawn gns-federation");
-        let fed = FedProcess {
-            api: format!("http://127.0.0.1:{api_port}"),
+        let mut fed = FedProcess {
+            api: format!("https://127.0.0.1:{api_port}"),
             dns: format!("127.0.0.1:{dns_port}").parse().expect("addr"),
             child,
             log,
@@ -190,7 +211,12 @@ impl FedProcess {
             _dir: dir,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
+        let ca_file = dir_ca(&fed);
         loop {
+            // The CA file appears when the federation starts.
+            if ca_file.is_file() {
+                fed.client = gns_trust::client(Some(&ca_file)).expect("client");
+            }
             let ready = fed
                 .client
                 .get(format!("{}/readyz", fed.api))

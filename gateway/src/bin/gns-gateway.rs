@@ -25,6 +25,10 @@ struct Args {
     /// Federation API base URL.
     #[arg(long, env = "GNS_FEDERATION")]
     federation: String,
+    /// PEM roots that verify the federation's certificate (the federation
+    /// writes them to <data-dir>/ca.pem) [default: the system's roots].
+    #[arg(long, env = "GNS_FEDERATION_CA")]
+    federation_ca: Option<PathBuf>,
     /// This gateway's cluster (as registered in the federation).
     #[arg(long, env = "GNS_CLUSTER")]
     cluster: String,
@@ -212,8 +216,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     gateway.set_header_read_timeout(args.header_read_timeout);
     gateway.set_max_connections(args.max_connections);
     let instance = instance_name(args.instance.as_deref())?;
-    let follower = Follower::new(&args.federation, &args.cluster, &args.state_dir)?
-        .with_bundle_refresh(args.trust_bundle_refresh);
+    let follower = Follower::new(
+        &args.federation,
+        &args.cluster,
+        &args.state_dir,
+        args.federation_ca.as_deref(),
+    )?
+    .with_bundle_refresh(args.trust_bundle_refresh);
     follower.restore(&gateway);
     let (identity, api_token) = follower
         .identity(args.join_token.as_deref())

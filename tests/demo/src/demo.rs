@@ -118,14 +118,15 @@ pub async fn up(options: Options) -> anyhow::Result<()> {
         ],
         options.dir.join("federation.log"),
     )?;
-    let base = format!("http://{}", options.listen);
-    wait_ready(&base, &mut federation).await?;
+    let base = format!("https://{}", options.listen);
+    let ca_file = data_dir.join("ca.pem");
+    wait_ready(&base, &ca_file, &mut federation).await?;
     let token_file = data_dir.join("admin-token");
     let token = std::fs::read_to_string(&token_file)
         .with_context(|| format!("read {}", token_file.display()))?
         .trim()
         .to_owned();
-    let api = Api::new(&base, &token)?;
+    let api = Api::new(&base, &token, &ca_file)?;
     configure(&api, &members).await?;
     for member in members.values_mut() {
         member.gateway = Some(start_gateway(&api, &options, member.spec, true).await?);
@@ -340,11 +341,11 @@ pub struct Api {
 }
 
 impl Api {
-    fn new(base: &str, token: &str) -> anyhow::Result<Self> {
+    fn new(base: &str, token: &str, ca_file: &Path) -> anyhow::Result<Self> {
         Ok(Self {
             base: base.to_owned(),
             token: token.to_owned(),
-            client: reqwest::Client::builder()
+            client: gns_trust::client_builder(Some(ca_file))?
                 .timeout(Duration::from_secs(10))
                 .build()
                 .context("HTTP client")?,
@@ -377,10 +378,15 @@ impl Api {
     }
 }
 
-async fn wait_ready(base: &str, federation: &mut Process) -> anyhow::Result<()> {
+async fn wait_ready(base: &str, ca_file: &Path, federation: &mut Process) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Ok(r) = reqwest::get(format!("{base}/readyz")).await
+        // The federation writes its CA file as it starts.
+        if ca_file.is_file()
+            && let Ok(r) = gns_trust::client(Some(ca_file))?
+                .get(format!("{base}/readyz"))
+                .send()
+                .await
             && r.status().is_success()
         {
             return Ok(());
@@ -490,7 +496,14 @@ async fn start_gateway(
     let ip = cluster.gateway_ip;
     let mut args = vec![
         "--federation".to_owned(),
-        format!("http://{}", options.listen),
+        format!("https://{}", options.listen),
+        "--federation-ca".to_owned(),
+        options
+            .dir
+            .join("federation")
+            .join("ca.pem")
+            .display()
+            .to_string(),
         "--cluster".into(),
         cluster.name.into(),
         "--egress-listen".into(),
@@ -661,10 +674,12 @@ fn print_guide(options: &Options, token_file: &Path, elapsed: Duration, first: &
         "\nGNS demo is up: first cross-cluster request after {:.2} s ({first})\n",
         elapsed.as_secs_f64()
     );
+    let ca_file = token_file.with_file_name("ca.pem");
     println!(
-        "federation  http://{}   (admin token in {})",
+        "federation  https://{}   (admin token in {}, CA in {})",
         options.listen,
-        token_file.display()
+        token_file.display(),
+        ca_file.display()
     );
     println!("DNS         {dns} (UDP and TCP)");
     for c in &CLUSTERS {
@@ -701,7 +716,8 @@ fn print_guide(options: &Options, token_file: &Path, elapsed: Duration, first: &
     println!("  $ curl -s -H 'Host: api.{domain}' {public}");
     println!("# the catalog, as the federation sees it");
     println!(
-        "  $ curl -s -H \"Authorization: Bearer $(cat {})\" http://{}/v1/global-namespaces/{}/services",
+        "  $ curl -s --cacert {} -H \"Authorization: Bearer $(cat {})\" https://{}/v1/global-namespaces/{}/services",
+        ca_file.display(),
         token_file.display(),
         options.listen,
         topology::GNS

@@ -296,7 +296,7 @@ async fn phase(
 async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let args = Arc::new(Args::parse());
-    let client = reqwest::Client::builder()
+    let client = gns_tests::client()
         .pool_max_idle_per_host(args.concurrency)
         .build()?;
     seed(Arc::clone(&args), &client).await?;

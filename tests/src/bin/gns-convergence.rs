@@ -74,7 +74,7 @@ async fn call(
     url: &str,
     body: Option<&serde_json::Value>,
 ) -> anyhow::Result<(u16, String)> {
-    let client = reqwest::Client::new();
+    let client = gns_tests::client().build()?;
     let mut req = client.request(method, url).bearer_auth(TOKEN);
     if let Some(b) = body {
         req = req.json(b);
@@ -183,7 +183,8 @@ async fn main() -> anyhow::Result<()> {
             .unwrap_or_else(|| dir.path().join("federation.log")),
     );
     let pid = fed_pid(&fed)?;
-    let base = format!("http://127.0.0.1:{api_port}");
+    let base = format!("https://127.0.0.1:{api_port}");
+    gns_tests::trust(&base, &dir.path().join("ca.pem"));
     let dns: SocketAddr = format!("127.0.0.1:{dns_port}").parse()?;
     for _ in 0..200 {
         if matches!(

@@ -333,7 +333,9 @@ fn wrk(args: &Args, url: &str, host: Option<&str>, pids: &[u32]) -> anyhow::Resu
 }
 
 async fn api(method: reqwest::Method, url: &str, body: Option<Value>) -> anyhow::Result<Value> {
-    let mut req = reqwest::Client::new()
+    let mut req = gns_tests::client()
+        .build()
+        .expect("client")
         .request(method, url)
         .bearer_auth(TOKEN);
     if let Some(b) = body {
@@ -349,9 +351,10 @@ async fn api(method: reqwest::Method, url: &str, body: Option<Value>) -> anyhow:
 }
 
 async fn wait_ok(url: &str, host: Option<&str>, what: &str) -> anyhow::Result<()> {
-    let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
+        // Built each time: the federation's CA file appears when it starts.
+        let client = gns_tests::client().build()?;
         let mut req = client.get(url);
         if let Some(h) = host {
             req = req.header("host", h);
@@ -491,7 +494,8 @@ http {{ access_log off; client_body_temp_path {0}; proxy_temp_path {0}; fastcgi_
         &[("pg", i32::from(sink_port))],
     ))?;
     let api_port = free_port();
-    let base = format!("http://127.0.0.1:{api_port}");
+    let base = format!("https://127.0.0.1:{api_port}");
+    gns_tests::trust(&base, &d.join("fed").join("ca.pem"));
     let _fed = Proc::spawn(
         &args.bin_dir.join("gns-federation"),
         &[
@@ -549,6 +553,8 @@ http {{ access_log off; client_body_temp_path {0}; proxy_temp_path {0}; fastcgi_
             &[
                 "--federation".into(),
                 base.clone(),
+                "--federation-ca".into(),
+                gns_tests::ca_for(&base),
                 "--cluster".into(),
                 name.into(),
                 "--join-token".into(),

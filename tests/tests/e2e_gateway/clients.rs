@@ -24,7 +24,7 @@ pub(crate) fn web_slice(ready: bool, port: u16) -> EndpointSlice {
 }
 
 pub(crate) async fn api(method: reqwest::Method, url: &str, body: Option<Value>) -> (u16, Value) {
-    let client = reqwest::Client::new();
+    let client = gns_tests::client().build().expect("client");
     let mut req = client.request(method, url).bearer_auth(TOKEN);
     if let Some(b) = body {
         req = req.json(&b);
@@ -63,10 +63,7 @@ pub(crate) async fn get(
     user_agent: Option<&str>,
     limit: Duration,
 ) -> (u16, String) {
-    let client = reqwest::Client::builder()
-        .timeout(limit)
-        .build()
-        .expect("client");
+    let client = gns_tests::client().timeout(limit).build().expect("client");
     let mut req = client
         .get(format!("http://{egress}/hello"))
         .header("host", host);
@@ -190,7 +187,9 @@ pub(crate) async fn east_certificate(base: &str) -> (Vec<CertificateDer<'static>
         .expect("csr")
         .pem()
         .expect("pem");
-    let signed = reqwest::Client::new()
+    let signed = gns_tests::client()
+        .build()
+        .expect("client")
         .post(format!("{base}/v1/identity/sign"))
         .json(&json!({"csr": csr, "joinToken": token}))
         .send()

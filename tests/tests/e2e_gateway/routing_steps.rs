@@ -11,7 +11,7 @@ pub(crate) async fn connections_spread_over_both_workers(w: &World) {
         let egress = w.east_gw().egress;
         clients.spawn(async move {
             // A client of its own: a new connection (a new source port) each.
-            let client = reqwest::Client::builder()
+            let client = gns_tests::client()
                 .pool_max_idle_per_host(0)
                 .build()
                 .expect("client");
@@ -26,7 +26,11 @@ pub(crate) async fn connections_spread_over_both_workers(w: &World) {
     }
     let statuses = clients.join_all().await;
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
-    let metrics_text = reqwest::get(format!("http://{}/metrics", w.east_gw().admin))
+    let metrics_text = gns_tests::client()
+        .build()
+        .expect("client")
+        .get(format!("http://{}/metrics", w.east_gw().admin))
+        .send()
         .await
         .expect("metrics")
         .text()
@@ -54,7 +58,11 @@ pub(crate) async fn connections_spread_over_both_workers(w: &World) {
 pub(crate) async fn a_valid_gateway_certificate_is_served(w: &mut World) {
     let (east_chain, east_key) = east_certificate(&w.base).await;
     let issued_at = Instant::now();
-    let bundle: Value = reqwest::get(format!("{}/v1/identity/trust-bundle", w.base))
+    let bundle: Value = gns_tests::client()
+        .build()
+        .expect("client")
+        .get(format!("{}/v1/identity/trust-bundle", w.base))
+        .send()
         .await
         .expect("trust bundle")
         .json()
@@ -117,7 +125,11 @@ pub(crate) async fn routing_sends_east_clients_to_west_over_mtls(w: &World) {
     .await;
     assert!(metric(west_gw.admin, "gns_gateway_ingress_requests_total").await >= 1);
     assert!(metric(east_gw.admin, "gns_gateway_peer_tries_total").await >= 1);
-    let text = reqwest::get(format!("http://{}/metrics", east_gw.admin))
+    let text = gns_tests::client()
+        .build()
+        .expect("client")
+        .get(format!("http://{}/metrics", east_gw.admin))
+        .send()
         .await
         .expect("metrics")
         .text()
@@ -158,7 +170,7 @@ pub(crate) async fn the_99_1_split_and_the_user_agent_rule_hold(w: &World) {
     )
     .await;
     // One kept-alive client: the split is per request, not per connection.
-    let client = reqwest::Client::builder()
+    let client = gns_tests::client()
         .timeout(Duration::from_secs(5))
         .build()
         .expect("client");

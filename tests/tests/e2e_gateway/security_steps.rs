@@ -283,7 +283,7 @@ pub(crate) async fn a_spoofed_caller_header_is_dropped_and_the_real_caller_judge
     let east_gw = w.east_gw();
     w.east_config_has("api", "east").await;
     let send = async |from: &str, claimed: &str| {
-        let client = reqwest::Client::builder()
+        let client = gns_tests::client()
             .local_address(from.parse::<std::net::IpAddr>().expect("ip"))
             .timeout(Duration::from_secs(5))
             .build()
@@ -431,7 +431,11 @@ pub(crate) async fn the_data_path_outlives_the_federation_and_a_restart(w: &mut 
         "the restarted gateway to be ready without the federation",
         Duration::from_secs(15),
         async || {
-            let ready = reqwest::get(format!("http://{admin}/readyz"))
+            let ready = gns_tests::client()
+                .build()
+                .expect("client")
+                .get(format!("http://{admin}/readyz"))
+                .send()
                 .await
                 .map(|r| r.status().as_u16())
                 .map_err(|e| e.to_string())?;

@@ -138,6 +138,8 @@ pub(crate) fn gateway_args(
     vec![
         "--federation".into(),
         w_base.to_owned(),
+        "--federation-ca".into(),
+        gns_tests::ca_for(w_base),
         "--cluster".into(),
         name.into(),
         "--join-token".into(),
@@ -329,7 +331,12 @@ pub(crate) async fn setup(backend: StoreBackend) -> World {
         Duration::from_secs(30),
         async || {
             for gateway in world.gateways.values() {
-                let ready = reqwest::get(format!("http://{}/readyz", gateway.admin)).await;
+                let ready = gns_tests::client()
+                    .build()
+                    .expect("client")
+                    .get(format!("http://{}/readyz", gateway.admin))
+                    .send()
+                    .await;
                 if !ready.as_ref().is_ok_and(|r| r.status().is_success()) {
                     return Err(format!(
                         "{ready:?}; its log:\n{}",

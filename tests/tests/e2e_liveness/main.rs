@@ -32,7 +32,7 @@ const IDLE: Duration = Duration::from_secs(60);
 const VMS: usize = 200;
 
 async fn call(method: reqwest::Method, url: &str, body: Option<Value>) -> (u16, Value) {
-    let client = reqwest::Client::builder()
+    let client = gns_tests::client()
         .timeout(Duration::from_secs(40))
         .build()
         .expect("client");
@@ -196,6 +196,8 @@ async fn gateway(
     let mut args: Vec<String> = vec![
         "--federation".into(),
         base.into(),
+        "--federation-ca".into(),
+        gns_tests::ca_for(base),
         "--cluster".into(),
         name.into(),
         "--join-token".into(),
@@ -230,7 +232,13 @@ impl Gateway {
         eventually(
             &format!("{name}'s gateway to be ready"),
             Duration::from_secs(30),
-            async || match reqwest::get(format!("http://{}/readyz", self.admin)).await {
+            async || match gns_tests::client()
+                .build()
+                .expect("client")
+                .get(format!("http://{}/readyz", self.admin))
+                .send()
+                .await
+            {
                 Ok(r) if r.status().is_success() => Ok(()),
                 other => Err(format!("{other:?}\n{}", self.process.log_text())),
             },
@@ -295,7 +303,7 @@ async fn idle_scenario(backend: StoreBackend) {
     let beating = {
         let base = base.clone();
         tokio::spawn(async move {
-            let client = reqwest::Client::new();
+            let client = gns_tests::client().build().expect("client");
             let mut every = tokio::time::interval(Duration::from_secs(2));
             let mut failed = 0usize;
             loop {
@@ -452,7 +460,7 @@ async fn a_silent_vm_leaves_dns_and_returns_once_on_two_replicas() {
         .await;
     }
     // Beats alternate between the replicas for 5 s: it stays.
-    let client = reqwest::Client::new();
+    let client = gns_tests::client().build().expect("client");
     for i in 0..10 {
         let at = if i % 2 == 0 { &base } else { &other };
         assert_eq!(beat(&client, at, 0).await, 200);
