@@ -47,6 +47,8 @@ pub struct FollowConfig {
     pub cache_dir: PathBuf,
     /// Long-poll timeout asked of the federation.
     pub poll_timeout: Duration,
+    /// How often the trust bundle is fetched again (with a CA file).
+    pub bundle_refresh: Duration,
 }
 
 /// Counters of the follower.
@@ -56,6 +58,10 @@ pub struct FollowStats {
     pub received: AtomicU64,
     /// Failed polls.
     pub errors: AtomicU64,
+    /// Trust bundles refused because they hold none of the roots trusted now.
+    pub bundle_refusals: AtomicU64,
+    /// Roots the federation is verified with (0 without a CA file: the system's).
+    pub federation_roots: AtomicU64,
 }
 
 fn cache_path(dir: &Path) -> PathBuf {
@@ -108,6 +114,48 @@ async fn publish(server: &Arc<DnsServer>, snapshot: Arc<ZoneSnapshot>) {
     }
 }
 
+/// Fetches the trust bundle now and every `every`, over the
+/// verified channel, and follows it when it holds a root trusted now; one
+/// that holds none is refused, logged and counted.
+async fn follow_bundle(
+    trust: gns_trust::FederationTrust,
+    client: reqwest::Client,
+    base: String,
+    stats: Arc<FollowStats>,
+    every: Duration,
+) {
+    let url = format!("{base}/v1/identity/trust-bundle");
+    loop {
+        let count = trust.trusted().len();
+        stats
+            .federation_roots
+            .store(u64::try_from(count).unwrap_or(u64::MAX), Ordering::Relaxed);
+        let offered = match client.get(&url).send().await {
+            Ok(resp) if resp.status().is_success() => match resp.text().await {
+                Ok(text) => gns_trust::parse_bundle(&text).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            },
+            Ok(resp) => Err(format!("HTTP {}", resp.status())),
+            Err(e) => Err(e.to_string()),
+        };
+        match offered.map(|roots| trust.offer(&roots)) {
+            Ok(Ok(true)) => tracing::info!("following the federation's new trust bundle"),
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => {
+                stats.bundle_refusals.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "keeping the roots trusted now");
+            }
+            // The snapshot watch reports an unreachable federation.
+            Err(e) => tracing::debug!(error = %e, "trust bundle refresh failed"),
+        }
+        let count = trust.trusted().len();
+        stats
+            .federation_roots
+            .store(u64::try_from(count).unwrap_or(u64::MAX), Ordering::Relaxed);
+        tokio::time::sleep(every).await;
+    }
+}
+
 /// Serves the cached snapshot (if any) at once, then follows the federation forever.
 pub async fn follow(server: Arc<DnsServer>, config: FollowConfig, stats: Arc<FollowStats>) {
     match load_cache(&config.cache_dir) {
@@ -121,7 +169,25 @@ pub async fn follow(server: Arc<DnsServer>, config: FollowConfig, stats: Arc<Fol
         Ok(None) => tracing::info!("no cached DNS snapshot; waiting for the federation"),
         Err(e) => tracing::warn!(error = %e, "ignoring the snapshot cache"),
     }
-    let client = match gns_trust::client_builder(config.federation_ca.as_deref()).and_then(|b| {
+    // With a CA file, the federation is verified with its roots and those
+    // of the trust bundle, followed so that a root rotation carries along.
+    let trust = match config
+        .federation_ca
+        .as_deref()
+        .map(gns_trust::FederationTrust::from_file)
+        .transpose()
+    {
+        Ok(trust) => trust,
+        Err(e) => {
+            tracing::error!(error = %e, "unusable CA file; serving the cache only");
+            return;
+        }
+    };
+    let builder = match &trust {
+        Some(trust) => Ok(trust.client_builder()),
+        None => gns_trust::client_builder(None),
+    };
+    let client = match builder.and_then(|b| {
         b.timeout(config.poll_timeout + Duration::from_secs(15))
             .build()
             .map_err(gns_trust::TrustError::Client)
@@ -133,6 +199,15 @@ pub async fn follow(server: Arc<DnsServer>, config: FollowConfig, stats: Arc<Fol
         }
     };
     let base = config.federation.trim_end_matches('/').to_owned();
+    if let Some(trust) = trust {
+        tokio::spawn(follow_bundle(
+            trust,
+            client.clone(),
+            base.clone(),
+            Arc::clone(&stats),
+            config.bundle_refresh.max(Duration::from_millis(100)),
+        ));
+    }
     let mut backoff = Duration::from_millis(250);
     let mut outage = gns_outage::Outage::new("federation (DNS snapshot watch)", &base);
     loop {

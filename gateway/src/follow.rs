@@ -107,11 +107,7 @@ fn parse_roots(text: &str) -> Result<Vec<CertificateDer<'static>>, FollowError> 
         .map_err(|e| FollowError::Pem(e.to_string()))
 }
 
-/// Whether a new bundle continues the trust of `current`: it holds at
-/// least one of its roots (every step of a root rotation does).
-pub fn continues(current: &[CertificateDer<'_>], offered: &[CertificateDer<'_>]) -> bool {
-    offered.iter().any(|root| current.contains(root))
-}
+pub use gns_trust::continues;
 
 /// When a certificate (DER) should be renewed: at two thirds of its lifetime,
 /// as Unix seconds; and when it expires.

@@ -76,6 +76,13 @@ pub fn client() -> reqwest::ClientBuilder {
     reqwest::Client::builder().tls_certs_only(roots)
 }
 
+/// A client builder that trusts only the roots in `pem` (a CA file's text).
+pub fn client_builder_with_roots(pem: &[u8]) -> reqwest::ClientBuilder {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let roots = reqwest::Certificate::from_pem_bundle(pem).expect("PEM roots");
+    reqwest::Client::builder().tls_certs_only(roots)
+}
+
 /// Starts `gns-federation` with its state in `dir/fed`, its API and DNS on
 /// free ports, admin token `token` and the `extra` flags; returns it and its
 /// API base URL (`https://`, verified against `dir/fed/ca.pem`, which

@@ -2,7 +2,11 @@
 //! processes and an upstream in west. While requests cross from east's egress
 //! to west over mTLS, the federation's root is rotated in its three steps
 //! (start, activate, finish); both gateways pick up each trust bundle,
-//! renew onto the new root, drop the old one, and no request fails. Run once
+//! renew onto the new root, drop the old one, and no request fails. The
+//! control channel rotates along: the federation's API certificate moves to
+//! the new root, and the gateways and a gns-dns replica, started with the
+//! old root's CA file only, keep verifying it through the bundle they follow
+//! (the replica still receives a change made after the rotation). Run once
 //! with the federation on its embedded SQLite store and once on Postgres.
 
 use std::net::SocketAddr;
@@ -12,8 +16,10 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use gns_tests::{
-    Proc, StoreBackend, binary, free_port, gateway_metric as metric, start_federation,
+    Proc, StoreBackend, addresses, binary, dns_udp, free_port, gateway_metric as metric,
+    start_federation_with_dns,
 };
+use hickory_proto::rr::RecordType;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube_apiserver_test::{Grant, TestApiServer, TestApiServerOptions, endpoint_slice, service};
@@ -157,7 +163,7 @@ async fn root_rotation_under_traffic_drops_no_request(store: StoreBackend) {
     ];
     let store_flags = store.federation_args();
     flags.extend(store_flags.iter().map(String::as_str));
-    let (_fed, base) = start_federation(dir.path(), TOKEN, &flags).await;
+    let (mut fed, base, fed_dns) = start_federation_with_dns(dir.path(), TOKEN, &flags).await;
     let ingress = [free_port(), free_port()];
     for (i, name) in ["east", "west"].into_iter().enumerate() {
         let (status, body) = call(
@@ -234,6 +240,31 @@ async fn root_rotation_under_traffic_drops_no_request(store: StoreBackend) {
     )
     .await;
 
+    // A DNS replica verifying the federation with the CA file of now (the old root).
+    let replica_dns: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let replica_admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let _replica = Proc::spawn(
+        &binary("gns-dns"),
+        &[
+            "--federation".into(),
+            base.clone(),
+            "--federation-ca".into(),
+            gns_tests::ca_for(&base),
+            "--token".into(),
+            TOKEN.into(),
+            "--listen".into(),
+            replica_dns.to_string(),
+            "--admin-listen".into(),
+            replica_admin.to_string(),
+            "--trust-bundle-refresh".into(),
+            "300ms".into(),
+            "--cache-dir".into(),
+            dir.path().join("dns-cache").display().to_string(),
+        ],
+        dir.path().join("gns-dns.log"),
+    );
+    let old_ca = std::fs::read(gns_tests::ca_for(&base)).expect("ca.pem");
+
     // Steady traffic east → west for the whole rotation.
     let stop = Arc::new(AtomicBool::new(false));
     let answered = Arc::new(AtomicU64::new(0));
@@ -262,13 +293,15 @@ async fn root_rotation_under_traffic_drops_no_request(store: StoreBackend) {
         assert_eq!(status, 200, "{phase}: {body}");
         body
     };
+    // The gateways' peer roots, and the roots the replica verifies the
+    // federation with (its CA file's old root and the bundle's).
     let roots_everywhere = async |count: u64| {
         for admin in admins {
             if metric(admin, "gns_gateway_trust_roots").await != count {
                 return false;
             }
         }
-        true
+        metric(replica_admin, "gns_dns_federation_roots").await == 2
     };
 
     // 1. start: both gateways trust the next root too.
@@ -324,6 +357,82 @@ async fn root_rotation_under_traffic_drops_no_request(store: StoreBackend) {
     );
     let total = answered.load(Ordering::Relaxed);
     eprintln!("{total} requests across a root rotation, none failed");
+    // Restarted on the same addresses, the federation makes every client
+    // connect and verify it afresh (no kept-alive connection or resumed
+    // session from before the rotation).
+    fed.kill();
+    let api = base.trim_start_matches("https://").to_owned();
+    let mut args: Vec<String> = [
+        "--listen",
+        &api,
+        "--dns-listen",
+        &fed_dns.to_string(),
+        "--data-dir",
+        &dir.path().join("fed").display().to_string(),
+        "--admin-token",
+        TOKEN,
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    args.extend(flags.iter().map(|f| (*f).to_owned()));
+    let _restarted = Proc::spawn(
+        &binary("gns-federation"),
+        &args,
+        dir.path().join("federation-restarted.log"),
+    );
+    until(
+        "the federation to be back",
+        Duration::from_secs(20),
+        async || {
+            gns_tests::client()
+                .build()
+                .expect("client")
+                .get(format!("{base}/readyz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        },
+    )
+    .await;
+    // The API is now served under the new root only: the old CA file alone
+    // no longer verifies it, yet the replica, which had only that file,
+    // still follows: a workload added now reaches its answers.
+    let old_only = gns_tests::client_builder_with_roots(&old_ca)
+        .timeout(Duration::from_secs(3))
+        .build()
+        .expect("client");
+    assert!(
+        old_only
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .is_err(),
+        "the API still chains to the old root"
+    );
+    let (status, body) = call(
+        reqwest::Method::POST,
+        &format!("{base}/v1/global-namespaces/production/external-workloads"),
+        Some(
+            json!({"name": "after-rotation", "service": "late", "address": "192.0.2.77",
+                    "ports": [{"name": "http", "port": 80}], "ttl": "1h"}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let late = "late.production.app.acme.com";
+    until(
+        "the replica to answer a name added after the rotation",
+        Duration::from_secs(20),
+        async || {
+            tokio::task::spawn_blocking(move || {
+                dns_udp(replica_dns, "127.0.0.1:0", late, RecordType::A)
+                    .is_some_and(|m| addresses(&m) == ["192.0.2.77"])
+            })
+            .await
+            .unwrap_or(false)
+        },
+    )
+    .await;
     assert!(total >= 50, "only {total} requests");
     for admin in admins {
         assert!(metric(admin, "gns_gateway_trust_bundle_updates_total").await >= 3);

@@ -37,6 +37,15 @@ pub enum TrustError {
         /// What the parser said, `": …"`, or empty.
         reason: String,
     },
+    /// A trust bundle does not parse.
+    #[error("the trust bundle does not parse: {0}")]
+    Bundle(String),
+    /// A trust bundle holds none of the roots trusted now: not a rotation.
+    #[error("trust bundle refused: it holds none of the {trusted} roots trusted now")]
+    Discontinuous {
+        /// How many roots are trusted now.
+        trusted: usize,
+    },
     /// No root could be made into a verifier.
     #[error("cannot use these roots: {0}")]
     Roots(String),
@@ -87,7 +96,34 @@ pub fn client(ca_file: Option<&Path>) -> Result<reqwest::Client, TrustError> {
 #[derive(Debug, Clone)]
 pub struct FederationTrust {
     configured: Arc<Vec<CertificateDer<'static>>>,
+    /// The bundle's roots, last followed.
+    followed: Arc<ArcSwap<Vec<CertificateDer<'static>>>>,
     current: Arc<ArcSwap<WebPkiServerVerifier>>,
+}
+
+/// The roots of a trust bundle as `GET /v1/identity/trust-bundle` answers
+/// it (`{"trustDomain", "roots": [PEM]}`).
+pub fn parse_bundle(json: &str) -> Result<Vec<CertificateDer<'static>>, TrustError> {
+    let bad = |m: String| TrustError::Bundle(m);
+    let value: serde_json::Value = serde_json::from_str(json).map_err(|e| bad(e.to_string()))?;
+    let roots = value["roots"]
+        .as_array()
+        .ok_or_else(|| bad("no roots list".into()))?;
+    roots
+        .iter()
+        .map(|r| {
+            let pem = r
+                .as_str()
+                .ok_or_else(|| bad("a root is not a string".into()))?;
+            CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|e| bad(e.to_string()))
+        })
+        .collect()
+}
+
+/// Whether a new bundle continues the trust of `current`: it holds at
+/// least one of its roots (every step of a root rotation does).
+pub fn continues(current: &[CertificateDer<'_>], offered: &[CertificateDer<'_>]) -> bool {
+    offered.iter().any(|root| current.contains(root))
 }
 
 impl FederationTrust {
@@ -112,8 +148,20 @@ impl FederationTrust {
         let current = Arc::new(ArcSwap::new(verifier(&configured)?));
         Ok(FederationTrust {
             configured: Arc::new(configured),
+            followed: Arc::default(),
             current,
         })
+    }
+
+    /// Every root trusted now: the CA file's and the followed bundle's, each once.
+    pub fn trusted(&self) -> Vec<CertificateDer<'static>> {
+        let mut all: Vec<CertificateDer<'static>> = self.configured.to_vec();
+        for root in self.followed.load().iter() {
+            if !all.contains(root) {
+                all.push(root.clone());
+            }
+        }
+        all
     }
 
     /// From now on trusts the CA file's roots and `bundle`'s (the trust
@@ -122,7 +170,24 @@ impl FederationTrust {
         let all: Vec<CertificateDer<'static>> =
             self.configured.iter().chain(bundle).cloned().collect();
         self.current.store(verifier(&all)?);
+        self.followed.store(Arc::new(bundle.to_vec()));
         Ok(())
+    }
+
+    /// Follows `bundle` when it continues the trust of now (holds a root
+    /// trusted now); `Ok(false)` when it is the bundle followed already.
+    pub fn offer(&self, bundle: &[CertificateDer<'static>]) -> Result<bool, TrustError> {
+        if bundle.is_empty() || **self.followed.load() == bundle {
+            return Ok(false);
+        }
+        let trusted = self.trusted();
+        if !continues(&trusted, bundle) {
+            return Err(TrustError::Discontinuous {
+                trusted: trusted.len(),
+            });
+        }
+        self.follow(bundle)?;
+        Ok(true)
     }
 
     /// A client builder verifying the federation with these roots.
@@ -344,6 +409,32 @@ mod tests {
         trust.follow(&[]).expect("follow");
         let fresh = trust.client_builder().build().expect("client");
         assert!(fresh.get(&url).send().await.is_err());
+    }
+
+    #[test]
+    fn a_bundle_is_followed_only_when_it_keeps_a_trusted_root() {
+        let pem = |c: &rcgen::CertifiedKey<rcgen::KeyPair>| c.cert.der().clone();
+        let [a, b, c] = ["a.test", "b.test", "c.test"]
+            .map(|n| rcgen::generate_simple_self_signed(vec![n.into()]).expect("cert"));
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("ca.pem");
+        std::fs::write(&path, a.cert.pem()).expect("write");
+        let trust = FederationTrust::from_file(&path).expect("trust");
+        // A rotation's steps: [a, b], then [b, a], then [b] (a stays, from the file).
+        assert_eq!(trust.offer(&[pem(&a), pem(&b)]).ok(), Some(true));
+        assert_eq!(trust.offer(&[pem(&a), pem(&b)]).ok(), Some(false));
+        assert_eq!(trust.offer(&[pem(&b)]).ok(), Some(true));
+        assert_eq!(trust.trusted(), vec![pem(&a), pem(&b)]);
+        // A bundle with none of them is refused and changes nothing.
+        let refused = trust.offer(&[pem(&c)]).expect_err("discontinuous");
+        assert!(
+            matches!(refused, TrustError::Discontinuous { trusted: 2 }),
+            "{refused}"
+        );
+        assert_eq!(trust.trusted(), vec![pem(&a), pem(&b)]);
+        let json = format!(r#"{{"trustDomain":"t","roots":[{:?}]}}"#, c.cert.pem());
+        assert_eq!(parse_bundle(&json).expect("parses"), vec![pem(&c)]);
+        assert!(parse_bundle("{}").is_err());
     }
 
     #[tokio::test]

@@ -32,6 +32,10 @@ struct Args {
     /// writes them to <data-dir>/ca.pem) [default: the system's roots].
     #[arg(long, env = "GNS_FEDERATION_CA")]
     federation_ca: Option<PathBuf>,
+    /// How often the federation's trust bundle is fetched again (with
+    /// --federation-ca): a root rotation's steps must be at least this far apart.
+    #[arg(long, env = "GNS_TRUST_BUNDLE_REFRESH", default_value = "15s", value_parser = humantime::parse_duration)]
+    trust_bundle_refresh: Duration,
     /// API token (viewer role is enough).
     #[arg(long, env = "GNS_TOKEN", hide_env_values = true)]
     token: String,
@@ -112,6 +116,7 @@ async fn main() -> anyhow::Result<()> {
             token: args.token.clone(),
             cache_dir: args.cache_dir.clone(),
             poll_timeout: Duration::from_secs(30),
+            bundle_refresh: args.trust_bundle_refresh,
         },
         Arc::clone(&stats),
     ));
@@ -141,10 +146,14 @@ async fn main() -> anyhow::Result<()> {
                 async move {
                     format!(
                         "{}# TYPE gns_dns_follow_snapshots_total counter\ngns_dns_follow_snapshots_total {}\n\
-                         # TYPE gns_dns_follow_errors_total counter\ngns_dns_follow_errors_total {}\n",
+                         # TYPE gns_dns_follow_errors_total counter\ngns_dns_follow_errors_total {}\n\
+                         # TYPE gns_dns_trust_bundle_refusals_total counter\ngns_dns_trust_bundle_refusals_total {}\n\
+                         # TYPE gns_dns_federation_roots gauge\ngns_dns_federation_roots {}\n",
                         s.metrics_text(),
                         st.received.load(Ordering::Relaxed),
-                        st.errors.load(Ordering::Relaxed)
+                        st.errors.load(Ordering::Relaxed),
+                        st.bundle_refusals.load(Ordering::Relaxed),
+                        st.federation_roots.load(Ordering::Relaxed)
                     )
                 }
             }),
