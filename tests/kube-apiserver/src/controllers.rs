@@ -334,6 +334,7 @@ fn fill_token_secret(shared: &Shared, resource: usize, secret: &Value) {
         audiences: &[tokens::DEFAULT_AUDIENCE.to_owned()],
         lifetime: None,
         secret: Some(&name),
+        pod: None,
     });
     let rt = shared.registry.get(resource);
     let ca = STANDARD.encode(&shared.controllers.ca_pem);

@@ -197,6 +197,14 @@ fn respond(
             ));
         }
     };
+    if rt.create_only() && verb != Verb::Create {
+        return status_response(&status::failure(
+            405,
+            "MethodNotAllowed",
+            "the server does not allow this method on the requested resource",
+            Some(json!({})),
+        ));
+    }
     let attributes = Attributes {
         verb,
         api_group: rt.group.to_owned(),
@@ -245,6 +253,10 @@ fn write_response(shared: &Shared, verb: Verb, target: &Target, call: &Call<'_>)
     };
     let counters = &shared.counters;
     let outcome = match verb {
+        Verb::Create if shared.registry.get(target.resource).create_only() => {
+            bump(&counters.creates);
+            crate::review::token_review(shared, call.body)
+        }
         Verb::Create if target.subresource.is_some() => {
             bump(&counters.creates);
             write::token_request(&w)

@@ -56,6 +56,7 @@ mod http;
 mod managed;
 mod rbac;
 pub mod registry;
+mod review;
 pub mod selector;
 pub mod server;
 mod status;

@@ -81,6 +81,34 @@ impl ResourceType {
         }
     }
 
+    /// `authentication.k8s.io/v1` `TokenReview`: create only, never stored
+    /// (the answer reviews the token; see `review`).
+    pub fn token_reviews() -> Self {
+        Self {
+            group: "authentication.k8s.io",
+            version: "v1",
+            api_version: "authentication.k8s.io/v1",
+            kind: "TokenReview",
+            list_kind: "TokenReviewList",
+            plural: "tokenreviews",
+            namespaced: false,
+            subresources: &[],
+            validate: |value| {
+                serde_json::from_value::<k8s_openapi::api::authentication::v1::TokenReview>(
+                    value.clone(),
+                )
+                .map(drop)
+                .map_err(|e| e.to_string())
+            },
+        }
+    }
+
+    /// Whether objects of this type are only created, as requests, and
+    /// never stored (`TokenReview`).
+    pub fn create_only(&self) -> bool {
+        self.group == "authentication.k8s.io" && self.plural == "tokenreviews"
+    }
+
     /// Checks that a JSON object is a valid object of this type (it
     /// deserializes into the k8s-openapi type).
     pub fn validate(&self, value: &Value) -> Result<(), String> {
@@ -91,8 +119,9 @@ impl ResourceType {
     /// `Namespace`, `ServiceAccount`, `Secret`, `ConfigMap`;
     /// `discovery.k8s.io/v1` `EndpointSlice`; `apps/v1` `Deployment`; and
     /// `rbac.authorization.k8s.io/v1` `Role`, `RoleBinding`, `ClusterRole`,
-    /// `ClusterRoleBinding`. (`Service` and `EndpointSlice` come first, so
-    /// their indices are 0 and 1.)
+    /// `ClusterRoleBinding`; `authentication.k8s.io/v1` `TokenReview`
+    /// (create only). (`Service` and `EndpointSlice` come first, so their
+    /// indices are 0 and 1.)
     pub fn defaults() -> Vec<Self> {
         vec![
             Self::of::<Service>(),
@@ -106,6 +135,7 @@ impl ResourceType {
             Self::of::<RoleBinding>(),
             Self::of::<ClusterRole>(),
             Self::of::<ClusterRoleBinding>(),
+            Self::token_reviews(),
         ]
     }
 

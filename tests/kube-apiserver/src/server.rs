@@ -275,11 +275,31 @@ impl Shared {
 
     /// Who a bearer token is: a static token's user, or a minted token's
     /// service account (while it exists with the same uid, and the token's
-    /// Secret, if any, exists).
+    /// Secret, if any, exists). A token minted for other audiences only
+    /// (a projected token for some service) does not authenticate to the
+    /// API server, as on a real one.
     pub(crate) fn authenticate(&self, token: &str) -> Option<Identity> {
         if let Some(grant) = self.grant(token) {
             return Some(Identity::of_grant(grant));
         }
+        let minted = self.review(token)?;
+        if !minted
+            .audiences
+            .iter()
+            .any(|a| a == crate::tokens::DEFAULT_AUDIENCE)
+        {
+            return None;
+        }
+        Some(Identity::of_service_account(
+            &minted.namespace,
+            &minted.name,
+        ))
+    }
+
+    /// A minted token that is still valid: not expired, its service account
+    /// there with the uid it was minted for, its Secret (if any) there, and
+    /// its bound pod (if any, and when Pods are served) there with its uid.
+    pub(crate) fn review(&self, token: &str) -> Option<crate::tokens::Minted> {
         let minted = self.tokens.lookup(token)?;
         let accounts = self.registry.by_kind("v1", "ServiceAccount")?;
         let account = self.store.get(accounts, &minted.namespace, &minted.name)?;
@@ -294,10 +314,13 @@ impl Shared {
             let secrets = self.registry.by_kind("v1", "Secret")?;
             self.store.get(secrets, &minted.namespace, secret)?;
         }
-        Some(Identity::of_service_account(
-            &minted.namespace,
-            &minted.name,
-        ))
+        if let (Some((pod, uid)), Some(pods)) = (&minted.pod, self.registry.by_kind("v1", "Pod")) {
+            let found = self.store.get(pods, &minted.namespace, pod)?;
+            if found.pointer("/metadata/uid").and_then(serde_json::Value::as_str) != Some(uid) {
+                return None;
+            }
+        }
+        Some(minted)
     }
 
     /// Whether a static grant or the RBAC objects allow a request.
@@ -800,6 +823,52 @@ impl TestApiServer {
             audiences: &[crate::tokens::DEFAULT_AUDIENCE.to_owned()],
             lifetime,
             secret: None,
+            pod: None,
+        });
+        Ok(token)
+    }
+
+    /// A projected service-account token, as the kubelet mounts one into a
+    /// pod: for `audiences`, valid for `lifetime` (10 minutes to 2^32
+    /// seconds), bound to pod `pod` (with `pod_uid`) when given. It does not
+    /// authenticate to this API server unless its audiences include the
+    /// server's; a `TokenReview` for one of its audiences accepts it while
+    /// it is valid.
+    pub fn projected_token(
+        &self,
+        namespace: &str,
+        name: &str,
+        audiences: &[&str],
+        lifetime: Duration,
+        pod: Option<(&str, &str)>,
+    ) -> Result<String, HookError> {
+        let seconds = i64::try_from(lifetime.as_secs()).unwrap_or(i64::MAX);
+        let lifetime = crate::tokens::expiration(seconds).map_err(|why| {
+            HookError::Invalid(format!("{}: {why}", crate::tokens::EXPIRATION_FIELD))
+        })?;
+        let index = self.resource_index::<k8s_openapi::api::core::v1::ServiceAccount>()?;
+        let account = self
+            .shared
+            .store
+            .get(index, namespace, name)
+            .ok_or_else(|| HookError::NotFound {
+                plural: "serviceaccounts".to_owned(),
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+            })?;
+        let uid = account
+            .pointer("/metadata/uid")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("");
+        let audiences: Vec<String> = audiences.iter().map(|a| (*a).to_owned()).collect();
+        let (token, _) = self.shared.tokens.mint(&MintRequest {
+            namespace,
+            name,
+            uid,
+            audiences: &audiences,
+            lifetime: Some(lifetime),
+            secret: None,
+            pod,
         });
         Ok(token)
     }

@@ -98,6 +98,10 @@ pub(crate) struct Minted {
     pub(crate) expires: Option<SystemTime>,
     /// The Secret (in the same namespace) the token belongs to, if any.
     pub(crate) secret: Option<String>,
+    /// Who the token is for (the `aud` claim).
+    pub(crate) audiences: Vec<String>,
+    /// The pod a projected token is bound to (name, uid), if any.
+    pub(crate) pod: Option<(String, String)>,
 }
 
 /// What a token is minted for.
@@ -108,6 +112,8 @@ pub(crate) struct MintRequest<'a> {
     pub(crate) audiences: &'a [String],
     pub(crate) lifetime: Option<Duration>,
     pub(crate) secret: Option<&'a str>,
+    /// The pod (name, uid) a projected token is bound to.
+    pub(crate) pod: Option<(&'a str, &'a str)>,
 }
 
 /// The table of minted tokens.
@@ -155,6 +161,9 @@ impl Tokens {
         if let Some(expires) = expires {
             claims["exp"] = json!(seconds(expires));
         }
+        if let Some((pod, uid)) = request.pod {
+            claims["kubernetes.io"]["pod"] = json!({"name": pod, "uid": uid});
+        }
         let signature: Vec<u8> = (0..4).flat_map(|_| self.random().to_be_bytes()).collect();
         let token = format!(
             "{}.{}.{}",
@@ -173,6 +182,8 @@ impl Tokens {
                     uid: request.uid.to_owned(),
                     expires,
                     secret: request.secret.map(str::to_owned),
+                    audiences: request.audiences.to_vec(),
+                    pod: request.pod.map(|(n, u)| (n.to_owned(), u.to_owned())),
                 },
             );
         (token, expires)
@@ -231,6 +242,7 @@ mod tests {
             audiences: &[],
             lifetime,
             secret: None,
+            pod: None,
         }
     }
 

@@ -819,6 +819,7 @@ pub(crate) fn token_request(w: &Write<'_>) -> Outcome {
                 audiences: &audiences,
                 lifetime: Some(lifetime),
                 secret: None,
+                pod: None,
             },
             minted_at,
         )
