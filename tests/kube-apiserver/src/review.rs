@@ -51,7 +51,12 @@ pub(crate) fn token_review(shared: &Shared, body: &[u8]) -> Outcome {
         .filter(|a| !a.is_empty())
         .map_or_else(
             || vec![tokens::DEFAULT_AUDIENCE.to_owned()],
-            |a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
+            |a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect()
+            },
         );
     let status = match shared.review(token) {
         None => json!({"authenticated": false, "error": "invalid bearer token"}),

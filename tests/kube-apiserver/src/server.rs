@@ -316,7 +316,11 @@ impl Shared {
         }
         if let (Some((pod, uid)), Some(pods)) = (&minted.pod, self.registry.by_kind("v1", "Pod")) {
             let found = self.store.get(pods, &minted.namespace, pod)?;
-            if found.pointer("/metadata/uid").and_then(serde_json::Value::as_str) != Some(uid) {
+            if found
+                .pointer("/metadata/uid")
+                .and_then(serde_json::Value::as_str)
+                != Some(uid)
+            {
                 return None;
             }
         }

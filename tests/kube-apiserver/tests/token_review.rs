@@ -10,8 +10,8 @@ use std::time::Duration;
 use k8s_openapi::api::authentication::v1::TokenReview;
 use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::Client;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube_apiserver_test::{Grant, TestApiServer, TestApiServerOptions};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -57,7 +57,8 @@ async fn projected_tokens_are_reviewed_for_their_audience_only() {
     )
     .await
     .expect("server");
-    let account: ServiceAccount = from(json!({"metadata": {"name": "gns-gateway", "namespace": "gns-system"}}));
+    let account: ServiceAccount =
+        from(json!({"metadata": {"name": "gns-gateway", "namespace": "gns-system"}}));
     server.apply(&account).expect("account");
     let token = server
         .projected_token(
@@ -72,7 +73,10 @@ async fn projected_tokens_are_reviewed_for_their_audience_only() {
 
     let ok = reviewed(&api, &token, &[AUDIENCE]).await;
     assert_eq!(ok["authenticated"], true, "{ok}");
-    assert_eq!(ok["user"]["username"], "system:serviceaccount:gns-system:gns-gateway");
+    assert_eq!(
+        ok["user"]["username"],
+        "system:serviceaccount:gns-system:gns-gateway"
+    );
     assert_eq!(ok["audiences"], json!([AUDIENCE]));
     assert_eq!(
         ok["user"]["extra"]["authentication.kubernetes.io/pod-name"],
@@ -82,7 +86,12 @@ async fn projected_tokens_are_reviewed_for_their_audience_only() {
     for audiences in [&["other"][..], &[][..]] {
         let no = reviewed(&api, &token, audiences).await;
         assert_eq!(no["authenticated"], false, "{no}");
-        assert!(no["error"].as_str().is_some_and(|e| e.contains("audiences")), "{no}");
+        assert!(
+            no["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("audiences")),
+            "{no}"
+        );
     }
     // Nor does it authenticate to the API server.
     let refused = Api::<ConfigMap>::all(client(&server, &token))
@@ -94,16 +103,31 @@ async fn projected_tokens_are_reviewed_for_their_audience_only() {
     let unknown = reviewed(&api, "not-a-token", &[AUDIENCE]).await;
     assert_eq!(unknown["authenticated"], false);
     let short = server
-        .projected_token("gns-system", "gns-gateway", &[AUDIENCE], Duration::from_secs(600), None)
+        .projected_token(
+            "gns-system",
+            "gns-gateway",
+            &[AUDIENCE],
+            Duration::from_secs(600),
+            None,
+        )
         .expect("token");
     server.advance_clock(Duration::from_secs(601));
-    assert_eq!(reviewed(&api, &short, &[AUDIENCE]).await["authenticated"], false);
-    assert_eq!(reviewed(&api, &token, &[AUDIENCE]).await["authenticated"], true);
+    assert_eq!(
+        reviewed(&api, &short, &[AUDIENCE]).await["authenticated"],
+        false
+    );
+    assert_eq!(
+        reviewed(&api, &token, &[AUDIENCE]).await["authenticated"],
+        true
+    );
     Api::<ServiceAccount>::namespaced(client(&server, ADMIN), "gns-system")
         .delete("gns-gateway", &DeleteParams::default())
         .await
         .expect("delete account");
-    assert_eq!(reviewed(&api, &token, &[AUDIENCE]).await["authenticated"], false);
+    assert_eq!(
+        reviewed(&api, &token, &[AUDIENCE]).await["authenticated"],
+        false
+    );
     // Reviews are not stored: nothing to list.
     let listed = Api::<kube::api::DynamicObject>::all_with(
         client(&server, ADMIN),
@@ -118,17 +142,22 @@ async fn projected_tokens_are_reviewed_for_their_audience_only() {
     .list(&ListParams::default())
     .await
     .expect_err("tokenreviews cannot be listed");
-    assert!(matches!(&listed, kube::Error::Api(s) if s.code == 405), "{listed:?}");
+    assert!(
+        matches!(&listed, kube::Error::Api(s) if s.code == 405),
+        "{listed:?}"
+    );
 }
 
 #[tokio::test]
 async fn reviewing_needs_create_on_tokenreviews() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let server = TestApiServer::start(TestApiServerOptions::default().token(ADMIN, Grant::admin("admin")))
-        .await
-        .expect("server");
+    let server =
+        TestApiServer::start(TestApiServerOptions::default().token(ADMIN, Grant::admin("admin")))
+            .await
+            .expect("server");
     for (name, verbs) in [("can-review", vec!["create"]), ("cannot", vec!["get"])] {
-        let account: ServiceAccount = from(json!({"metadata": {"name": name, "namespace": "default"}}));
+        let account: ServiceAccount =
+            from(json!({"metadata": {"name": name, "namespace": "default"}}));
         server.apply(&account).expect("account");
         let role: ClusterRole = from(json!({"metadata": {"name": name}, "rules": [
             {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": verbs}]}));
@@ -138,10 +167,20 @@ async fn reviewing_needs_create_on_tokenreviews() {
             "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": "default"}]}));
         server.apply(&binding).expect("binding");
     }
-    let can = server.service_account_token("default", "can-review", None).expect("token");
-    let cannot = server.service_account_token("default", "cannot", None).expect("token");
+    let can = server
+        .service_account_token("default", "can-review", None)
+        .expect("token");
+    let cannot = server
+        .service_account_token("default", "cannot", None)
+        .expect("token");
     let subject = server
-        .projected_token("default", "cannot", &[AUDIENCE], Duration::from_secs(3600), None)
+        .projected_token(
+            "default",
+            "cannot",
+            &[AUDIENCE],
+            Duration::from_secs(3600),
+            None,
+        )
         .expect("token");
     let ok = Api::<TokenReview>::all(client(&server, &can))
         .create(&PostParams::default(), &review(&subject, &[AUDIENCE]))

@@ -673,9 +673,28 @@ async fn token_requests_and_rbac_for_service_accounts() {
         .await
         .expect("cluster role binding");
 
-    let request: TokenRequest = from(json!({
+    // A token for another audience does not authenticate to the API server.
+    let elsewhere: TokenRequest = from(json!({
         "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
         "spec": {"audiences": ["gns"], "expirationSeconds": 3600}
+    }));
+    let for_gns = accounts
+        .create_token_request("federation", &pp, &elsewhere)
+        .await
+        .expect("token")
+        .status
+        .expect("status")
+        .token;
+    let refused = api_status(
+        Api::<Service>::all(client(&server, &for_gns))
+            .list(&ListParams::default())
+            .await
+            .expect_err("401"),
+    );
+    assert_eq!(refused.code, 401);
+    let request: TokenRequest = from(json!({
+        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+        "spec": {"expirationSeconds": 3600}
     }));
     let answer = accounts
         .create_token_request("federation", &pp, &request)
