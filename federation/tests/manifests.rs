@@ -111,7 +111,7 @@ fn the_rendered_gateway_parses_into_its_kinds() {
         dns_address: "10.0.0.53:53".into(),
         domains: vec!["production.app.acme.com".into()],
     };
-    let docs = manifests(&params, "gns_join").expect("renders");
+    let docs = manifests(&params).expect("renders");
     let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
     assert_eq!(
         kinds,

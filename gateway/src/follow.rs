@@ -42,9 +42,9 @@ pub enum FollowError {
         /// Cause.
         source: std::io::Error,
     },
-    /// No certificate in the state dir and no join token to get one.
+    /// No certificate in the state dir and no credential to get one.
     #[error(
-        "no certificate in the state dir; start with --join-token (from POST /v1/clusters/{{name}}/join-tokens)"
+        "no certificate in the state dir; start with --service-account-token (a Kubernetes token for audience gns-federation) or --join-token (from POST /v1/clusters/{{name}}/join-tokens)"
     )]
     NeedJoinToken,
     /// Keys or certificates are unusable.
@@ -144,6 +144,17 @@ fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// What a gateway without a certificate proves itself with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JoinCredential {
+    /// A Kubernetes service-account token in this file (read when it is
+    /// needed: the kubelet rotates it), reviewed by the cluster's API
+    /// server; any number of replicas can use the same account.
+    ServiceAccountToken(PathBuf),
+    /// A one-time join token (gateways outside Kubernetes).
+    JoinToken(String),
 }
 
 /// Talks to one federation for one cluster's gateway.
@@ -249,7 +260,7 @@ impl Follower {
     /// by trading a CSR and `join_token` for a certificate.
     pub async fn identity(
         &self,
-        join_token: Option<&str>,
+        credential: Option<&JoinCredential>,
     ) -> Result<(TlsIdentity, String), FollowError> {
         let bundle_path = self.path("trust-bundle.json");
         let bundle: Bundle = match self.fetch_bundle().await {
@@ -270,13 +281,27 @@ impl Follower {
             self.path("api-token"),
         );
         if !(key_path.exists() && cert_path.exists() && token_path.exists()) {
-            let join_token = join_token.ok_or(FollowError::NeedJoinToken)?;
+            let credential = credential.ok_or(FollowError::NeedJoinToken)?;
             let key = rcgen::KeyPair::generate().map_err(|e| FollowError::Pem(e.to_string()))?;
             let csr = csr_for(&key)?;
+            let (body, how) = match credential {
+                JoinCredential::JoinToken(token) => (
+                    serde_json::json!({"csr": csr, "joinToken": token}),
+                    "the join token",
+                ),
+                JoinCredential::ServiceAccountToken(path) => {
+                    let token = std::fs::read_to_string(path).map_err(state_err(path))?;
+                    (
+                        serde_json::json!({"csr": csr, "cluster": self.cluster,
+                                           "serviceAccountToken": token.trim()}),
+                        "the service-account token",
+                    )
+                }
+            };
             let resp = self
                 .http
                 .post(format!("{}/v1/identity/sign", self.federation))
-                .json(&serde_json::json!({"csr": csr, "joinToken": join_token}))
+                .json(&body)
                 .send()
                 .await?;
             let signed: Signed = checked(resp).await?.json().await?;
@@ -285,7 +310,7 @@ impl Follower {
             write_atomic(&token_path, signed.api_token.as_bytes())?;
             tracing::info!(
                 cluster = self.cluster,
-                "gateway certificate obtained with the join token"
+                "gateway certificate obtained with {how}"
             );
         }
         self.settle_key_rotation()?;

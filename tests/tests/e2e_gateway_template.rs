@@ -30,9 +30,17 @@
 //!   mounts a fresh empty directory there, and `/var/lib/gns-gateway` does
 //!   not exist (or is not ours) on the test machine.
 //! * a path under the mount path of a `configMap` volume (the federation's
-//!   CA, `GNS_FEDERATION_CA`) becomes the same path under a temporary
-//!   directory into which the test writes the ConfigMap's keys, as the
-//!   kubelet projects them into the pod.
+//!   CA, `GNS_FEDERATION_CA`) or of a `projected` volume of
+//!   `serviceAccountToken` sources (`GNS_SERVICE_ACCOUNT_TOKEN`) becomes the
+//!   same path under a temporary directory into which the test writes the
+//!   ConfigMap's keys, or a token the API test server mints for the pod's
+//!   service account with the source's audience and lifetime, bound to the
+//!   pod, as the kubelet projects them.
+//!
+//! The gateway joins with that token (no join token is deployed); a second
+//! replica joins with the same token file, and a replica restarted with an
+//! empty state dir joins again. A token of another account, another
+//! audience or another cluster is refused.
 //!
 //! Every other argument and variable is passed through byte for byte, and
 //! the test asserts so. The federation URL needs no rewriting: the cluster is
@@ -472,16 +480,21 @@ struct Volumes {
     config_maps: Vec<(String, PathBuf)>,
 }
 
-/// Writes the keys of every `configMap` volume the container mounts into
+/// Writes the keys of every `configMap` volume the container mounts, and
+/// the tokens of every `projected` volume of `serviceAccountToken` sources
+/// (minted by `kube` for the pod's service account, bound to the pod), into
 /// `root/<volume>/`, as the kubelet projects them; returns mount path →
-/// directory. A missing ConfigMap or key that is not optional fails.
-fn project_config_maps(
+/// directory. A missing ConfigMap or key that is not optional fails, and so
+/// does any other projected source.
+fn project_volumes(
     pod_spec: &PodSpec,
     container: &Container,
-    namespace: &str,
+    pod: &PodFacts,
+    kube: &TestApiServer,
     objects: &Objects,
     root: &Path,
 ) -> Result<Vec<(String, PathBuf)>, String> {
+    let namespace = pod.namespace.as_str();
     let mut out = Vec::new();
     for mount in container.volume_mounts.iter().flatten() {
         let Some(volume) = pod_spec
@@ -492,6 +505,32 @@ fn project_config_maps(
         else {
             return Err(format!("volume mount {} names no volume", mount.name));
         };
+        if let Some(projected) = &volume.projected {
+            let dir = root.join(&volume.name);
+            std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+            for source in projected.sources.iter().flatten() {
+                let Some(sat) = &source.service_account_token else {
+                    return Err(format!(
+                        "projected volume {} has a source other than serviceAccountToken: teach the test",
+                        volume.name
+                    ));
+                };
+                let audience = sat.audience.clone().unwrap_or_default();
+                let seconds = sat.expiration_seconds.unwrap_or(3600);
+                let token = kube
+                    .projected_token(
+                        namespace,
+                        &pod.service_account,
+                        &[audience.as_str()],
+                        Duration::from_secs(u64::try_from(seconds).unwrap_or(3600)),
+                        Some((&pod.name, &pod.uid)),
+                    )
+                    .map_err(|e| format!("projected token of volume {}: {e}", volume.name))?;
+                std::fs::write(dir.join(&sat.path), token).map_err(|e| e.to_string())?;
+            }
+            out.push((mount.mount_path.trim_end_matches('/').to_owned(), dir));
+            continue;
+        }
         let Some(source) = &volume.config_map else {
             continue;
         };
@@ -994,11 +1033,11 @@ async fn the_rendered_gateway_deployment_starts_a_gateway_that_joins() {
         base,
         "the gateway follows the test federation (from the Secret)"
     );
-    let join_token = env_value("GNS_JOIN_TOKEN");
     assert!(
-        join_token.starts_with("gns_"),
-        "a join token minted by the federation: {join_token:?}"
+        env.iter().all(|(n, _)| n != "GNS_JOIN_TOKEN"),
+        "no one-time join token is deployed (replicas would fight over it)"
     );
+    let token_path = env_value("GNS_SERVICE_ACCOUNT_TOKEN");
 
     // The test's part: loopback listeners and an empty state dir, nothing else.
     let state_dir = dir.path().join("state");
@@ -1006,20 +1045,27 @@ async fn the_rendered_gateway_deployment_starts_a_gateway_that_joins() {
     let workdir = dir.path().join("workdir");
     std::fs::create_dir(&workdir).expect("workdir");
     let objects = Objects::read(&kube);
-    let config_maps = project_config_maps(
+    let config_maps = project_volumes(
         &pod_spec,
         &container,
-        "gns-system",
+        &pod,
+        &kube,
         &objects,
         &dir.path().join("volumes"),
     )
     .unwrap_or_else(|e| panic!("the pod's volumes can't be made: {e}"));
+    assert!(
+        config_maps
+            .iter()
+            .any(|(mount, _)| token_path.starts_with(&format!("{mount}/"))),
+        "GNS_SERVICE_ACCOUNT_TOKEN {token_path} is in a projected volume"
+    );
     let launch = for_this_machine(
         &args,
         &env,
         &Volumes {
             state_dir: state_dir.clone(),
-            config_maps,
+            config_maps: config_maps.clone(),
         },
     );
     assert_passed_through(&args, &env, &launch);
@@ -1074,7 +1120,7 @@ async fn the_rendered_gateway_deployment_starts_a_gateway_that_joins() {
         )
     };
 
-    // It traded the Secret's join token for a certificate of east's gateway...
+    // It traded its projected service-account token for a certificate of east's gateway...
     let cert = eventually(
         "the gateway's certificate in its state dir",
         logs,
@@ -1096,16 +1142,6 @@ async fn the_rendered_gateway_deployment_starts_a_gateway_that_joins() {
             && uris[0].ends_with(&format!("/cluster/{CLUSTER}/gateway")),
         "the certificate names east's gateway: {uris:?}"
     );
-    let (status, body) = api(
-        reqwest::Method::POST,
-        &format!("{base}/v1/identity/sign"),
-        Some(json!({"csr": csr(), "joinToken": join_token})),
-    )
-    .await;
-    assert!(
-        status == 401 && body.contains("already used"),
-        "the Secret's join token is the one the gateway spent: {status} {body}"
-    );
     let tokens = get_json(&format!("{base}/v1/tokens"))
         .await
         .expect("tokens");
@@ -1116,7 +1152,10 @@ async fn the_rendered_gateway_deployment_starts_a_gateway_that_joins() {
                 t["name"]
                     .as_str()
                     .is_some_and(|n| n.starts_with(&format!("gateway-{CLUSTER}-")))
-                    && t["createdBy"] == format!("join-token:{CLUSTER}")
+                    && t["createdBy"]
+                        == format!(
+                            "serviceaccount:{CLUSTER}:system:serviceaccount:gns-system:gns-gateway"
+                        )
                     && t["role"] == "gateway"
                     && t["cluster"] == CLUSTER
             })),
@@ -1202,6 +1241,105 @@ async fn the_rendered_gateway_deployment_starts_a_gateway_that_joins() {
          {version} {ready_after:?} after it started; total {:?}",
         started.elapsed()
     );
+
+    // A second replica: the same token file (the same pod spec), its own
+    // empty state dir and ports. Both join; one-time join tokens would have
+    // left it crash-looping. Then it restarts as a new pod would (empty
+    // state dir) and joins again, with no join token anywhere.
+    for round in ["second replica", "second replica restarted"] {
+        let replica_state = dir.path().join("state-2");
+        let _ = std::fs::remove_dir_all(&replica_state);
+        std::fs::create_dir(&replica_state).expect("state dir");
+        let replica_launch = for_this_machine(
+            &args,
+            &env,
+            &Volumes {
+                state_dir: replica_state.clone(),
+                config_maps: config_maps.clone(),
+            },
+        );
+        let mut replica = Running::start(
+            &binary("gns-gateway"),
+            &replica_launch,
+            &workdir,
+            dir.path().join(format!("{}.log", round.replace(' ', "-"))),
+        );
+        let replica_admin = replica_launch
+            .listener("--admin-listen")
+            .expect("the replica's admin listener");
+        eventually(
+            &format!("the {round} to join and be ready"),
+            logs,
+            async || {
+                replica.assert_running(federation_log);
+                std::fs::read_to_string(replica_state.join("cert.pem"))
+                    .map_err(|e| e.to_string())?;
+                match http_status(replica_admin, &ready_path).await {
+                    200 => Ok(()),
+                    other => Err(format!("readiness {other}")),
+                }
+            },
+        )
+        .await;
+        gateway.assert_running(federation_log);
+        drop(replica);
+    }
+
+    // What the federation refuses: a token of another account, for another
+    // audience, or of another cluster (its API server does not know it).
+    let sign = async |token: &str| {
+        api(
+            reqwest::Method::POST,
+            &format!("{base}/v1/identity/sign"),
+            Some(json!({"csr": csr(), "cluster": CLUSTER, "serviceAccountToken": token})),
+        )
+        .await
+    };
+    let other_account: k8s_openapi::api::core::v1::ServiceAccount =
+        serde_json::from_value(json!({"metadata": {"name": "web", "namespace": "gns-system"}}))
+            .expect("account");
+    kube.apply(&other_account).expect("account");
+    let hour = Duration::from_secs(3600);
+    let other = kube
+        .projected_token("gns-system", "web", &["gns-federation"], hour, None)
+        .expect("token");
+    let elsewhere = kube
+        .projected_token("gns-system", "gns-gateway", &["vault"], hour, None)
+        .expect("token");
+    let west = TestApiServer::start(TestApiServerOptions::default())
+        .await
+        .expect("west's API server");
+    west.apply(
+        &serde_json::from_value::<k8s_openapi::api::core::v1::ServiceAccount>(
+            json!({"metadata": {"name": "gns-gateway", "namespace": "gns-system"}}),
+        )
+        .expect("account"),
+    )
+    .expect("account");
+    let wests = west
+        .projected_token("gns-system", "gns-gateway", &["gns-federation"], hour, None)
+        .expect("token");
+    for (what, token) in [
+        ("another account", other),
+        ("another audience", elsewhere),
+        ("another cluster", wests),
+    ] {
+        let (status, body) = sign(&token).await;
+        assert_eq!(status, 401, "{what}: {body}");
+    }
+    let (status, body) = sign(
+        &std::fs::read_to_string(
+            config_maps
+                .iter()
+                .find_map(|(mount, dir)| {
+                    Some(dir.join(token_path.strip_prefix(&format!("{mount}/"))?))
+                })
+                .expect("the token file"),
+        )
+        .expect("token"),
+    )
+    .await;
+    assert_eq!(status, 200, "the pod's own token signs: {body}");
 }
 
 // ---------------------------------------------------------------------------

@@ -38,14 +38,22 @@ struct JoinTokenRequest {
     ttl: Option<DurationSpec>,
 }
 
-/// Body of `POST /v1/identity/sign`: a CSR with a join token (first
-/// certificate) or with the current certificate (renewal).
+/// Body of `POST /v1/identity/sign`: a CSR with a join token or with a
+/// cluster and a Kubernetes service-account token (first certificate), or
+/// with the current certificate (renewal).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct SignRequest {
     csr: String,
     #[serde(default)]
     join_token: Option<String>,
+    /// The cluster whose API server vouches for `service_account_token`.
+    #[serde(default)]
+    cluster: Option<crate::model::Name>,
+    /// A service-account token (audience `gns-federation`) of the cluster's
+    /// gateway service account, reviewed by the cluster's API server.
+    #[serde(default)]
+    service_account_token: Option<String>,
     #[serde(default)]
     certificate: Option<String>,
     /// Renewal with a new key: the CSR's PEM text signed by the current key
@@ -250,9 +258,29 @@ pub async fn sign(
     let identity = current_identity(identity_ext, &state).await?;
     let request: SignRequest = body.into_typed()?;
     let lifetime = identity.gateway_lifetime();
-    let join_token = match (request.join_token, request.certificate) {
-        (Some(token), None) => token,
-        (None, Some(current)) => {
+    let join_token = match (
+        request.join_token,
+        request.certificate,
+        request.service_account_token,
+    ) {
+        (None, None, Some(sa_token)) => {
+            let Some(cluster) = request.cluster else {
+                return Err(invalid(
+                    "cluster",
+                    "a serviceAccountToken is reviewed by its cluster: name it",
+                ));
+            };
+            return sign_for_service_account(
+                &state,
+                &identity,
+                &request.csr,
+                cluster.as_str(),
+                &sa_token,
+            )
+            .await;
+        }
+        (Some(token), None, None) => token,
+        (None, Some(current), None) => {
             let key_proof = match request.key_proof.as_deref() {
                 Some(proof) => Some(
                     base64::engine::general_purpose::STANDARD
@@ -293,10 +321,16 @@ pub async fn sign(
         _ => {
             return Err(invalid(
                 "joinToken",
-                "give exactly one of joinToken (first certificate) and certificate (renewal)",
+                "give exactly one of joinToken or serviceAccountToken (first certificate) and certificate (renewal)",
             ));
         }
     };
+    if request.cluster.is_some() {
+        return Err(invalid(
+            "cluster",
+            "only with serviceAccountToken (a join token names its cluster)",
+        ));
+    }
     // Check the CSR before spending the one-time token on it.
     if rcgen::CertificateSigningRequestParams::from_pem(&request.csr).is_err() {
         return Err(invalid(
@@ -349,6 +383,73 @@ pub async fn sign(
         spiffe_id = signed.spiffe_id,
         token = token_name,
         "gateway certificate signed"
+    );
+    Ok(Json(json!({
+        "certificate": signed.chain_pem,
+        "spiffeId": signed.spiffe_id,
+        "expiresAt": rfc3339(signed.expires_at_ms),
+        "apiToken": api_token,
+        "apiTokenName": token_name,
+    })))
+}
+
+/// The first certificate of a gateway pod that proves itself with a
+/// service-account token of its cluster: reviewed by the cluster's API
+/// server, then signed, with a gateway token minted for the pod. Any number
+/// of replicas may use the same account; each gets its own certificate.
+async fn sign_for_service_account(
+    state: &AppState,
+    identity: &Identity,
+    csr: &str,
+    cluster: &str,
+    sa_token: &str,
+) -> Result<Json<Value>, ApiError> {
+    use crate::discovery::review::{self, ReviewError};
+    if rcgen::CertificateSigningRequestParams::from_pem(csr).is_err() {
+        return Err(invalid(
+            "csr",
+            "not a valid PEM PKCS#10 request signed by its key",
+        ));
+    }
+    let reviewed = match review::gateway_token(state.store.as_ref(), cluster, sa_token).await {
+        Ok(reviewed) => reviewed,
+        Err(ReviewError::Store(e)) => return Err(e.into()),
+        Err(e @ ReviewError::Unreachable { .. }) => {
+            tracing::warn!(cluster, error = %e, "cannot review a gateway's service-account token");
+            return Err(ApiError::NotReady(e.to_string()));
+        }
+        Err(e) => {
+            metrics::counter!("gns_gateway_token_reviews_refused_total").increment(1);
+            return Err(ApiError::Unauthorized(e.to_string()));
+        }
+    };
+    let signed = identity
+        .sign_gateway(csr, cluster, identity.gateway_lifetime())
+        .map_err(identity_error)?;
+    let api_token = generate_token()?;
+    let who = reviewed.pod.as_deref().unwrap_or("pod");
+    let token_name = format!("gateway-{cluster}-{who}-{}", &hash_token(&api_token)[..8]);
+    let actor = format!("serviceaccount:{cluster}:{}", reviewed.user);
+    state
+        .store
+        .create_token(
+            &token_name,
+            crate::model::Role::Gateway,
+            Some(cluster),
+            &hash_token(&api_token),
+            &actor,
+        )
+        .await?;
+    state
+        .store
+        .record_audit(&actor, "sign", "certificate", &signed.spiffe_id)
+        .await?;
+    tracing::info!(
+        cluster,
+        pod = reviewed.pod.as_deref().unwrap_or(""),
+        spiffe_id = signed.spiffe_id,
+        token = token_name,
+        "gateway certificate signed for a service-account token"
     );
     Ok(Json(json!({
         "certificate": signed.chain_pem,

@@ -363,7 +363,7 @@ pub const OPERATIONS: &[Operation] = {
         op(
             Post,
             "/v1/identity/sign",
-            "Sign a gateway CSR: body {csr: PEM PKCS#10, joinToken} for a first certificate (returns also the gateway's apiToken, once: role gateway, its cluster's config watch and instance reports only), or {csr, certificate: the current PEM, keyProof?} to renew (the CSR is for the certificate's key, or for a new key with keyProof: base64 of the CSR's PEM text signed by the current key, ECDSA P-256 SHA-256); returns {certificate: PEM leaf + root, spiffeId, expiresAt}. No bearer token",
+            "Sign a gateway CSR: body {csr: PEM PKCS#10, joinToken}, or {csr, cluster, serviceAccountToken: a Kubernetes token of the cluster's gateway service account (default gns-system/gns-gateway) for audience gns-federation, checked by a TokenReview in that cluster; any number of pods may use it}, for a first certificate (returns also the gateway's apiToken, once: role gateway, its cluster's config watch and instance reports only), or {csr, certificate: the current PEM, keyProof?} to renew (the CSR is for the certificate's key, or for a new key with keyProof: base64 of the CSR's PEM text signed by the current key, ECDSA P-256 SHA-256); returns {certificate: PEM leaf + root, spiffeId, expiresAt}. No bearer token",
             "identity",
             None,
             None,

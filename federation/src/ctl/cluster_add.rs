@@ -225,7 +225,9 @@ fn role_ref(kind: &str, name: &str) -> RoleRef {
 }
 
 /// The ClusterRole discovery needs: read services and EndpointSlices
-/// everywhere, and read/patch its own namespace.
+/// everywhere, read/patch its own namespace, and review tokens (gateway
+/// pods join with their service-account tokens, which the federation checks
+/// with a TokenReview).
 pub fn discovery_role() -> ClusterRole {
     const READ: [&str; 3] = ["get", "list", "watch"];
     ClusterRole {
@@ -238,6 +240,12 @@ pub fn discovery_role() -> ClusterRole {
                 &["namespaces"],
                 &["get", "patch"],
                 &[SYSTEM_NAMESPACE],
+            ),
+            rule(
+                &["authentication.k8s.io"],
+                &["tokenreviews"],
+                &["create"],
+                &[],
             ),
         ]),
         ..ClusterRole::default()
@@ -665,11 +673,17 @@ mod tests {
     fn rbac_is_scoped() {
         let role = discovery_role();
         let rules = role.rules.expect("rules");
-        assert_eq!(rules.len(), 3);
+        assert_eq!(rules.len(), 4);
         assert_eq!(
             rules[2].resource_names.as_deref(),
             Some(&[SYSTEM_NAMESPACE.to_owned()][..])
         );
+        // Reviewing gateway tokens: create on tokenreviews, nothing else there.
+        assert_eq!(
+            rules[3].resources.as_deref(),
+            Some(&["tokenreviews".to_owned()][..])
+        );
+        assert_eq!(rules[3].verbs, ["create"]);
         let gateway = gateway_role();
         assert_eq!(
             gateway.metadata.namespace.as_deref(),

@@ -11,6 +11,7 @@ pub mod client;
 pub mod cluster;
 mod health;
 pub mod model;
+pub mod review;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -200,7 +201,6 @@ fn start(
                                         domains: fp.domains.clone(),
                                     },
                                     client: kube,
-                                    store: Arc::clone(&store),
                                 };
                                 tokio::join!(sync, crate::rollout::run(rollout, gateway_tx));
                             }

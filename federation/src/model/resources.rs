@@ -131,6 +131,29 @@ pub struct Cluster {
     /// stops being one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway_deployment: Option<GatewayDeployment>,
+    /// The service account (`namespace/name`) whose Kubernetes tokens
+    /// (audience `gns-federation`, checked by a TokenReview in this
+    /// cluster) prove a pod is this cluster's gateway; default
+    /// `gns-system/gns-gateway`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "gns-system/gns-gateway")]
+    pub gateway_service_account: Option<String>,
+}
+
+/// The service account of a cluster's gateway when the cluster names none.
+pub const DEFAULT_GATEWAY_SERVICE_ACCOUNT: &str = "gns-system/gns-gateway";
+
+impl Cluster {
+    /// The Kubernetes user name of the cluster's gateway service account
+    /// (`system:serviceaccount:<namespace>:<name>`).
+    pub fn gateway_account_user(&self) -> String {
+        let account = self
+            .gateway_service_account
+            .as_deref()
+            .unwrap_or(DEFAULT_GATEWAY_SERVICE_ACCOUNT);
+        let (namespace, name) = account.split_once('/').unwrap_or(("gns-system", account));
+        format!("system:serviceaccount:{namespace}:{name}")
+    }
 }
 
 /// The default gateway image (its tag is the version reported in the status).
@@ -325,6 +348,17 @@ impl Resource for Cluster {
         }
         if let Some(ca) = &k.ca_data {
             validate_base64_pem(ca, "kubernetes.caData", "CERTIFICATE", &mut errors);
+        }
+        if let Some(account) = &self.gateway_service_account {
+            let valid = account.split_once('/').is_some_and(|(ns, name)| {
+                Name::try_from(ns.to_owned()).is_ok() && Name::try_from(name.to_owned()).is_ok()
+            });
+            if !valid {
+                errors.add(
+                    "gatewayServiceAccount",
+                    "must be namespace/name, e.g. gns-system/gns-gateway",
+                );
+            }
         }
         if let Some(cert) = &k.client_certificate_data {
             validate_base64_pem(

@@ -4,8 +4,10 @@
 //!
 //! The objects come from [`templates::GATEWAY_TEMPLATE`]
 //! (`deploy/gateway/gateway.yaml`): namespace `gns-system`, a
-//! ServiceAccount, a Secret with a fresh one-time join token and the
-//! federation URL, the CoreDNS forwarding server blocks, the Deployment and
+//! ServiceAccount, a Secret with the federation URL, a ConfigMap with the
+//! roots that verify the federation, the CoreDNS forwarding server blocks,
+//! the Deployment (whose pods join with a projected service-account token
+//! for audience `gns-federation`, so any number of replicas can) and
 //! the ingress (LoadBalancer by default) and egress (ClusterIP) Services.
 //! [`run`] applies them, then follows the rollout and publishes the gateway
 //! status (`phase`, `readyReplicas`, `version`, `ingressAddress`) that
@@ -17,7 +19,6 @@
 pub mod templates;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams};
@@ -26,15 +27,12 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use crate::model::GatewayDeployment;
-use crate::store::Store;
 use templates::TemplateError;
 
 /// The field manager of everything the federation applies.
 pub const FIELD_MANAGER: &str = "gns-federation";
 /// The namespace the gateway lives in.
 pub const NAMESPACE: &str = "gns-system";
-/// How long a gateway's join token is valid.
-const JOIN_TOKEN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// How often a rollout in progress (and a finished one) is looked at.
 const POLL: Duration = Duration::from_secs(1);
 /// The ingress port of a deployed gateway (its Service port).
@@ -55,9 +53,6 @@ pub enum RolloutError {
     /// The template did not render.
     #[error(transparent)]
     Template(#[from] TemplateError),
-    /// The join token could not be stored.
-    #[error("cannot store the join token: {0}")]
-    Store(String),
 }
 
 impl RolloutError {
@@ -116,8 +111,6 @@ pub struct Rollout {
     pub params: GatewayParams,
     /// A client with the cluster's stored credentials.
     pub client: kube::Client,
-    /// The store (join tokens).
-    pub store: Arc<dyn Store>,
 }
 
 /// The tag of an image reference (`latest` when it has none; a digest as is).
@@ -139,14 +132,13 @@ pub fn dns_forwarding(domains: &[String], dns_address: &str) -> String {
 }
 
 /// The objects of a gateway, rendered with a join token, in apply order.
-pub fn manifests(params: &GatewayParams, join_token: &str) -> Result<Vec<Value>, TemplateError> {
+pub fn manifests(params: &GatewayParams) -> Result<Vec<Value>, TemplateError> {
     let values: BTreeMap<&str, Value> = [
         ("CLUSTER", json!(params.cluster)),
         ("VERSION", json!(params.version())),
         ("IMAGE", json!(params.spec.image)),
         ("REPLICAS", json!(params.spec.replicas)),
         ("FEDERATION_URL", json!(params.federation_url)),
-        ("JOIN_TOKEN", json!(join_token)),
         ("FEDERATION_CA", json!(params.federation_ca)),
         (
             "INGRESS_SERVICE_TYPE",
@@ -186,21 +178,7 @@ fn api_for(
 
 /// Applies every gateway object once, in order (the namespace first).
 pub async fn apply_all(rollout: &Rollout) -> Result<usize, RolloutError> {
-    let token =
-        crate::api::auth::generate_token().map_err(|e| RolloutError::Store(e.to_string()))?;
-    let expires = crate::api::now_millis()
-        .saturating_add(i64::try_from(JOIN_TOKEN_TTL.as_millis()).unwrap_or(i64::MAX));
-    rollout
-        .store
-        .create_join_token(
-            &rollout.params.cluster,
-            &crate::api::auth::hash_token(&token),
-            expires,
-            FIELD_MANAGER,
-        )
-        .await
-        .map_err(|e| RolloutError::Store(e.to_string()))?;
-    let objects = manifests(&rollout.params, &token)?;
+    let objects = manifests(&rollout.params)?;
     let mut params = PatchParams::apply(FIELD_MANAGER);
     if rollout.params.spec.force_conflicts {
         params = params.force();

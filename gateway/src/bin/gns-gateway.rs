@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use anyhow::Context;
 use clap::Parser;
 use gns_gateway::Gateway;
-use gns_gateway::follow::Follower;
+use gns_gateway::follow::{Follower, JoinCredential};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -35,6 +35,12 @@ struct Args {
     /// One-time join token (needed only until a certificate is in --state-dir).
     #[arg(long, env = "GNS_JOIN_TOKEN")]
     join_token: Option<String>,
+    /// File with a Kubernetes service-account token for audience
+    /// gns-federation (a projected token), read whenever the gateway has no
+    /// certificate: every replica joins with it, a restarted pod rejoins.
+    /// Used instead of --join-token when both are given.
+    #[arg(long, env = "GNS_SERVICE_ACCOUNT_TOKEN")]
+    service_account_token: Option<PathBuf>,
     /// Where in-cluster clients send plain HTTP for global names.
     #[arg(long, env = "GNS_EGRESS_LISTEN", default_value = "127.0.0.1:15001")]
     egress_listen: SocketAddr,
@@ -225,7 +231,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     .with_bundle_refresh(args.trust_bundle_refresh);
     follower.restore(&gateway);
     let (identity, api_token) = follower
-        .identity(args.join_token.as_deref())
+        .identity(
+            args.service_account_token
+                .clone()
+                .map(JoinCredential::ServiceAccountToken)
+                .or_else(|| args.join_token.clone().map(JoinCredential::JoinToken))
+                .as_ref(),
+        )
         .await
         .context("gateway identity")?;
     gateway
