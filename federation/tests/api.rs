@@ -1167,6 +1167,164 @@ async fn gateway_tokens_report_their_own_cluster_only(api: &Api) {
     assert_eq!(left, None, "the unspent join token went with its cluster");
 }
 
+/// Makes a token; returns its secret.
+async fn token(api: &Api, body: Value) -> String {
+    let made = api.ok(Method::POST, "/v1/tokens", Some(body)).await;
+    made["token"].as_str().expect("secret").to_owned()
+}
+
+async fn scoped_tokens_see_their_global_namespaces_only(api: &Api) {
+    api.seed().await;
+    let mut staging = gns();
+    staging["name"] = json!("staging");
+    staging["domain"] = json!("staging.app.acme.com");
+    api.ok(Method::POST, "/v1/global-namespaces", Some(staging))
+        .await;
+    for path in ["production", "staging"] {
+        api.ok(
+            Method::POST,
+            &format!("/v1/global-namespaces/{path}/external-workloads"),
+            Some(workload()),
+        )
+        .await;
+    }
+    // Bad scopes are refused with the field named.
+    for (body, field) in [
+        (
+            json!({"name": "vm", "role": "workload"}),
+            "globalNamespaces",
+        ),
+        (
+            json!({"name": "a", "role": "admin", "globalNamespaces": ["production"]}),
+            "globalNamespaces",
+        ),
+        (
+            json!({"name": "v", "role": "viewer", "globalNamespaces": []}),
+            "globalNamespaces",
+        ),
+        (
+            json!({"name": "v", "role": "viewer", "globalNamespaces": ["Not A Name"]}),
+            "globalNamespaces[0]",
+        ),
+    ] {
+        let (status, error) = api
+            .call(Method::POST, "/v1/tokens", Some(body.clone()))
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {error}");
+        assert!(fields(&error).iter().any(|f| f == field), "{body}: {error}");
+    }
+    let viewer = token(
+        api,
+        json!({"name": "team-view", "role": "viewer", "globalNamespaces": ["production"]}),
+    )
+    .await;
+    let listed = api
+        .raw(Method::GET, "/v1/tokens", Some(ADMIN), None)
+        .await
+        .1;
+    assert!(
+        listed["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .any(|t| t["name"] == "team-view" && t["globalNamespaces"] == json!(["production"])),
+        "{listed}"
+    );
+    let as_viewer =
+        async |method: Method, path: &str| api.raw(method, path, Some(&viewer), None).await;
+    let (status, list) = as_viewer(Method::GET, "/v1/global-namespaces").await;
+    assert_eq!(status, StatusCode::OK);
+    let names: Vec<&str> = list["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|g| g["name"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        ["production"],
+        "only its own global namespace is listed"
+    );
+    assert_eq!(
+        as_viewer(Method::GET, "/v1/global-namespaces/production/services")
+            .await
+            .0,
+        StatusCode::OK
+    );
+    for path in [
+        "/v1/global-namespaces/staging",
+        "/v1/global-namespaces/staging/external-workloads",
+    ] {
+        let (status, body) = as_viewer(Method::GET, path).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}: {body}");
+    }
+    let (status, body) = as_viewer(Method::GET, "/v1/clusters").await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(
+        body.to_string().contains("[production]"),
+        "the scope is named: {body}"
+    );
+
+    let editor = token(
+        api,
+        json!({"name": "team-edit", "role": "editor", "globalNamespaces": ["production"]}),
+    )
+    .await;
+    let put = |gns: &str| {
+        let body = workload().to_string().into_bytes();
+        let path = format!("/v1/global-namespaces/{gns}/external-workloads/db-vm-1");
+        let editor = editor.clone();
+        async move {
+            api.raw(Method::PUT, &path, Some(&editor), Some(body))
+                .await
+                .0
+        }
+    };
+    assert_eq!(put("production").await, StatusCode::OK);
+    assert_eq!(put("staging").await, StatusCode::NOT_FOUND);
+    let (status, _) = api
+        .raw(
+            Method::POST,
+            "/v1/global-namespaces",
+            Some(&editor),
+            Some(gns().to_string().into_bytes()),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "a scoped editor creates no global namespace"
+    );
+
+    let vm = token(
+        api,
+        json!({"name": "vm-agent", "role": "workload", "globalNamespaces": ["production"]}),
+    )
+    .await;
+    let beat =
+        |gns: &str| format!("/v1/global-namespaces/{gns}/external-workloads/db-vm-1/heartbeat");
+    assert_eq!(
+        api.raw(Method::PUT, &beat("production"), Some(&vm), None)
+            .await
+            .0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        api.raw(Method::PUT, &beat("staging"), Some(&vm), None)
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
+    for path in [
+        "/v1/global-namespaces/production/services",
+        "/v1/global-namespaces",
+        "/v1/clusters",
+    ] {
+        let (status, body) = api.raw(Method::GET, path, Some(&vm), None).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}: {body}");
+    }
+}
+
 async fn run(backend: Backend, scenario: impl AsyncFnOnce(&Api)) {
     let api = Api::on(backend);
     scenario(&api).await;
@@ -1220,6 +1378,9 @@ on_both_backends! {
     gateway_tokens_report_their_own_cluster_only:
         gateway_tokens_report_their_own_cluster_only_on_sqlite,
         gateway_tokens_report_their_own_cluster_only_on_postgres;
+    scoped_tokens_see_their_global_namespaces_only:
+        scoped_tokens_see_their_global_namespaces_only_on_sqlite,
+        scoped_tokens_see_their_global_namespaces_only_on_postgres;
 }
 
 /// Postgres only: a server can be taken away under a running API (the

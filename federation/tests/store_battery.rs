@@ -530,13 +530,13 @@ async fn credentials_are_kept_and_replaced(store: Arc<dyn Store>) {
 
 async fn tokens_and_audit(store: Arc<dyn Store>) {
     let t = store
-        .create_token("ci", Role::Viewer, None, "hash-ci", "admin")
+        .create_token("ci", Role::Viewer, None, &[], "hash-ci", "admin")
         .await
         .expect("token");
     assert_eq!(t.role, Role::Viewer);
     assert!(matches!(
         store
-            .create_token("ci", Role::Admin, None, "hash-2", "admin")
+            .create_token("ci", Role::Admin, None, &[], "hash-2", "admin")
             .await,
         Err(StoreError::AlreadyExists(_))
     ));
@@ -550,7 +550,7 @@ async fn tokens_and_audit(store: Arc<dyn Store>) {
     );
     assert!(store.find_token("other").await.expect("find").is_none());
     store
-        .create_token("ops", Role::Editor, None, "hash-ops", "admin")
+        .create_token("ops", Role::Editor, None, &[], "hash-ops", "admin")
         .await
         .expect("token");
     assert_eq!(

@@ -1,6 +1,10 @@
 //! Authentication and authorization: bearer tokens (stored as SHA-256 hashes),
-//! roles `viewer` < `editor` < `admin`, the bootstrap admin token, and
-//! `gateway` tokens, which reach only their own cluster's gateway routes.
+//! roles `viewer` < `editor` < `admin`, the bootstrap admin token, `gateway`
+//! tokens, which reach only their own cluster's gateway routes, `workload`
+//! tokens, which reach only external workloads of their global namespaces,
+//! and scoped viewer and editor tokens, limited to their global namespaces
+//! (others answer 404, as if absent; routes outside every global namespace
+//! 403).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -29,6 +33,15 @@ pub struct Principal {
     pub role: Role,
     /// The cluster of a gateway token.
     pub cluster: Option<String>,
+    /// The global namespaces a scoped token is limited to (empty: not scoped).
+    pub global_namespaces: Vec<String>,
+}
+
+impl Principal {
+    /// Whether the token may see global namespace `gns`.
+    pub fn sees(&self, gns: &str) -> bool {
+        self.global_namespaces.is_empty() || self.global_namespaces.iter().any(|g| g == gns)
+    }
 }
 
 /// Hex SHA-256 of a token secret, as stored.
@@ -112,6 +125,7 @@ impl Authenticator {
                 name: BOOTSTRAP_ADMIN.into(),
                 role: Role::Admin,
                 cluster: None,
+                global_namespaces: Vec::new(),
             });
         }
         if let Some(principal) = self.cached(&hash) {
@@ -123,6 +137,7 @@ impl Authenticator {
                     name: record.name,
                     role: record.role,
                     cluster: record.cluster,
+                    global_namespaces: record.global_namespaces,
                 };
                 self.remember(hash, &principal);
                 Ok(principal)
@@ -161,6 +176,89 @@ pub fn gateway_may(method: &Method, path: &str, cluster: &str) -> bool {
     (*method == Method::GET && config) || (*method == Method::PUT && report)
 }
 
+/// Where a path leads, for scoped tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach<'a> {
+    /// `/v1/global-namespaces` itself (a list, or a create).
+    GlobalNamespaces,
+    /// Global namespace `gns` or something in it; `rest` is what follows
+    /// its name (`""`, `/services`, `/external-workloads/db/heartbeat`, ...).
+    Inside {
+        /// The global namespace.
+        gns: &'a str,
+        /// The rest of the path.
+        rest: &'a str,
+    },
+    /// Anything else (clusters, tokens, configs, identity).
+    Elsewhere,
+}
+
+/// Where `path` leads.
+pub fn reach(path: &str) -> Reach<'_> {
+    match path.strip_prefix("/v1/global-namespaces") {
+        Some("" | "/") => Reach::GlobalNamespaces,
+        Some(rest) => match rest.strip_prefix('/') {
+            Some(inner) => {
+                let (gns, rest) = inner.find('/').map_or((inner, ""), |i| inner.split_at(i));
+                Reach::Inside { gns, rest }
+            }
+            None => Reach::Elsewhere,
+        },
+        None => Reach::Elsewhere,
+    }
+}
+
+/// Whether a workload token may call `method` on `rest` (the path inside
+/// one of its global namespaces): external workloads and their heartbeats.
+pub fn workload_may(method: &Method, rest: &str) -> bool {
+    let Some(tail) = rest.strip_prefix("/external-workloads") else {
+        return false;
+    };
+    let parts: Vec<&str> = tail.split('/').skip(1).collect();
+    match parts.as_slice() {
+        [] => matches!(*method, Method::GET | Method::POST),
+        [name] => !name.is_empty() && matches!(*method, Method::GET | Method::PUT | Method::DELETE),
+        [name, "heartbeat"] => !name.is_empty() && *method == Method::PUT,
+        _ => false,
+    }
+}
+
+/// What a scoped or workload token may not do: `None` when the request may
+/// go on to the role check; else the error (404 for a global namespace
+/// outside the scope, as if absent; 403 for the rest, naming the scope).
+fn scope_refusal(principal: &Principal, method: &Method, path: &str) -> Option<ApiError> {
+    if principal.global_namespaces.is_empty() && principal.role != Role::Workload {
+        return None;
+    }
+    let scope = principal.global_namespaces.join(", ");
+    let forbidden = |what: &str| {
+        ApiError::Forbidden(format!(
+            "token {} is limited to global namespaces [{scope}]: {what}",
+            principal.name
+        ))
+    };
+    match reach(path) {
+        Reach::Inside { gns, .. } if !principal.sees(gns) => Some(ApiError::NotFound(format!(
+            "global namespace {gns} not found"
+        ))),
+        Reach::Inside { rest, .. } if principal.role == Role::Workload => {
+            (!workload_may(method, rest)).then(|| {
+                forbidden("a workload token reads, writes and heartbeats external workloads there, nothing else")
+            })
+        }
+        Reach::Inside { .. } => None,
+        Reach::GlobalNamespaces
+            if *method == Method::GET && principal.role != Role::Workload =>
+        {
+            None
+        }
+        Reach::GlobalNamespaces => Some(forbidden(
+            "it cannot create global namespaces, only work in those",
+        )),
+        Reach::Elsewhere => Some(forbidden("it reaches only those and what is in them")),
+    }
+}
+
 /// Middleware: authenticates the bearer token and checks the role for the route.
 pub async fn require_auth(
     State(state): State<AppState>,
@@ -191,6 +289,13 @@ pub async fn require_auth(
                 principal.name
             )));
         }
+        req.extensions_mut().insert(principal);
+        return Ok(next.run(req).await);
+    }
+    if let Some(refusal) = scope_refusal(&principal, req.method(), req.uri().path()) {
+        return Err(refusal);
+    }
+    if principal.role == Role::Workload {
         req.extensions_mut().insert(principal);
         return Ok(next.run(req).await);
     }
@@ -247,6 +352,92 @@ mod tests {
         assert!(!may(Method::GET, "/v1/clusters/east"));
         assert!(!may(Method::GET, "/v1/config/dns"));
         assert!(!may(Method::PUT, "/v1/clusters/east"));
+    }
+
+    fn scoped(role: Role, scope: &[&str]) -> Principal {
+        Principal {
+            name: "team".into(),
+            role,
+            cluster: None,
+            global_namespaces: scope.iter().map(|s| (*s).to_owned()).collect(),
+        }
+    }
+
+    #[test]
+    fn scoped_tokens_see_their_global_namespaces_only() {
+        let viewer = scoped(Role::Viewer, &["production"]);
+        let refused = |p: &Principal, m: Method, path: &str| scope_refusal(p, &m, path);
+        assert!(refused(&viewer, Method::GET, "/v1/global-namespaces").is_none());
+        assert!(
+            refused(
+                &viewer,
+                Method::GET,
+                "/v1/global-namespaces/production/services"
+            )
+            .is_none()
+        );
+        assert!(matches!(
+            refused(&viewer, Method::GET, "/v1/global-namespaces/staging"),
+            Some(ApiError::NotFound(_))
+        ));
+        assert!(matches!(
+            refused(
+                &viewer,
+                Method::GET,
+                "/v1/global-namespaces/staging/services/web"
+            ),
+            Some(ApiError::NotFound(_))
+        ));
+        for path in ["/v1/clusters", "/v1/config/dns", "/v1/config/gateways/east"] {
+            let Some(ApiError::Forbidden(m)) = refused(&viewer, Method::GET, path) else {
+                panic!("{path} is not refused");
+            };
+            assert!(m.contains("[production]"), "{m}");
+        }
+        let editor = scoped(Role::Editor, &["production"]);
+        assert!(matches!(
+            refused(&editor, Method::POST, "/v1/global-namespaces"),
+            Some(ApiError::Forbidden(_))
+        ));
+        assert!(refused(&editor, Method::PUT, "/v1/global-namespaces/production").is_none());
+        // Unscoped tokens are not touched here.
+        assert!(refused(&scoped(Role::Viewer, &[]), Method::GET, "/v1/clusters").is_none());
+    }
+
+    #[test]
+    fn workload_tokens_reach_external_workloads_of_their_namespaces_only() {
+        let vm = scoped(Role::Workload, &["production"]);
+        let ok = |m: Method, path: &str| scope_refusal(&vm, &m, path).is_none();
+        assert!(ok(
+            Method::PUT,
+            "/v1/global-namespaces/production/external-workloads/db-1/heartbeat"
+        ));
+        assert!(ok(
+            Method::POST,
+            "/v1/global-namespaces/production/external-workloads"
+        ));
+        assert!(ok(
+            Method::GET,
+            "/v1/global-namespaces/production/external-workloads/db-1"
+        ));
+        assert!(!ok(
+            Method::PUT,
+            "/v1/global-namespaces/staging/external-workloads/db-1/heartbeat"
+        ));
+        assert!(!ok(
+            Method::GET,
+            "/v1/global-namespaces/production/services"
+        ));
+        assert!(!ok(
+            Method::PUT,
+            "/v1/global-namespaces/production/access-policies/a"
+        ));
+        assert!(!ok(Method::GET, "/v1/global-namespaces"));
+        assert!(!ok(Method::GET, "/v1/clusters"));
+        assert!(!ok(
+            Method::POST,
+            "/v1/global-namespaces/production/external-workloads/db-1/heartbeat"
+        ));
     }
 
     #[test]

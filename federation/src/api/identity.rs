@@ -436,6 +436,7 @@ async fn sign_for_service_account(
             &token_name,
             crate::model::Role::Gateway,
             Some(cluster),
+            &[],
             &hash_token(&api_token),
             &actor,
         )

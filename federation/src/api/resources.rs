@@ -340,6 +340,7 @@ pub fn parse_write<R: ApiResource>(
 /// `GET` a collection.
 pub async fn list<R: ApiResource>(
     State(state): State<AppState>,
+    principal: Option<Extension<Principal>>,
     Path(params): PathParams,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
@@ -353,6 +354,10 @@ pub async fn list<R: ApiResource>(
         .await?;
     if R::LIVENESS {
         overlay_liveness(&state, R::KIND, &scope, &mut page.items).await?;
+    }
+    // A scoped token lists only the global namespaces it may see.
+    if let (Kind::GlobalNamespace, Some(Extension(principal))) = (R::KIND, &principal) {
+        page.items.retain(|o| principal.sees(&o.key.name));
     }
     let items = page.items.iter().map(render::<R>).collect();
     Ok(Json(list_body(items, continue_token(page.next))))

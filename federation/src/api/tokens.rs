@@ -22,6 +22,9 @@ fn render_token(t: &TokenRecord) -> Value {
     if let Some(cluster) = &t.cluster {
         out["cluster"] = json!(cluster);
     }
+    if !t.global_namespaces.is_empty() {
+        out["globalNamespaces"] = json!(t.global_namespaces);
+    }
     out
 }
 
@@ -35,6 +38,27 @@ async fn check_scope(state: &AppState, request: &TokenRequest) -> Result<(), Api
             "name",
             format!("{} is reserved", super::auth::BOOTSTRAP_ADMIN),
         ));
+    }
+    match (request.role, request.global_namespaces.as_deref()) {
+        (Role::Workload, None | Some([])) => {
+            return Err(ApiError::invalid_field(
+                "globalNamespaces",
+                "a workload token works in some global namespaces: name them",
+            ));
+        }
+        (Role::Admin | Role::Gateway, Some(_)) => {
+            return Err(ApiError::invalid_field(
+                "globalNamespaces",
+                "only viewer, editor and workload tokens are limited to global namespaces",
+            ));
+        }
+        (_, Some([])) => {
+            return Err(ApiError::invalid_field(
+                "globalNamespaces",
+                "name at least one global namespace (omit it for an unscoped token)",
+            ));
+        }
+        _ => {}
     }
     match (request.role, &request.cluster) {
         (Role::Gateway, None) => Err(ApiError::invalid_field(
@@ -74,6 +98,14 @@ pub async fn create(
             request.name.as_str(),
             request.role,
             request.cluster.as_ref().map(|c| c.as_str()),
+            &request
+                .global_namespaces
+                .iter()
+                .flatten()
+                .map(|g| g.as_str().to_owned())
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect::<Vec<_>>(),
             &hash_token(&secret),
             &principal.name,
         )

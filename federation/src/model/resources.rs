@@ -1010,6 +1010,9 @@ impl NamedResource for DiscoveredService {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
+    /// A VM agent (with `globalNamespaces`): reads, writes and heartbeats
+    /// external workloads in those global namespaces, nothing else.
+    Workload,
     /// A member cluster's gateway (with `cluster`): reads that cluster's
     /// gateway config and reports its instances, nothing else.
     Gateway,
@@ -1025,6 +1028,7 @@ impl Role {
     /// Stable identifier.
     pub fn as_str(self) -> &'static str {
         match self {
+            Role::Workload => "workload",
             Role::Gateway => "gateway",
             Role::Viewer => "viewer",
             Role::Editor => "editor",
@@ -1034,9 +1038,15 @@ impl Role {
 
     /// Parses [`Role::as_str`].
     pub fn parse(s: &str) -> Option<Role> {
-        [Role::Gateway, Role::Viewer, Role::Editor, Role::Admin]
-            .into_iter()
-            .find(|r| r.as_str() == s)
+        [
+            Role::Workload,
+            Role::Gateway,
+            Role::Viewer,
+            Role::Editor,
+            Role::Admin,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == s)
     }
 }
 
@@ -1052,6 +1062,11 @@ pub struct TokenRequest {
     /// other roles).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<Name>,
+    /// The global namespaces a `viewer` or `editor` token is limited to
+    /// (others answer 404, as if absent), or a `workload` token works in
+    /// (required for it); refused for `admin` and `gateway` tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub global_namespaces: Option<Vec<Name>>,
 }
 
 #[cfg(test)]

@@ -161,6 +161,8 @@ pub struct TokenRecord {
     pub role: Role,
     /// The cluster of a gateway token.
     pub cluster: Option<String>,
+    /// The global namespaces a scoped token is limited to (empty: not scoped).
+    pub global_namespaces: Vec<String>,
     /// Creation time, Unix milliseconds.
     pub created_at: i64,
     /// Who created it.
@@ -382,12 +384,14 @@ pub trait Store: Send + Sync + 'static {
         token_hash: &str,
     ) -> Result<Option<TokenRecord>, StoreError>;
     /// Stores a new token by the SHA-256 of its secret (`cluster`: the
-    /// cluster of a gateway token).
+    /// cluster of a gateway token; `global_namespaces`: the scope of a
+    /// scoped one, empty for none).
     async fn create_token(
         &self,
         name: &str,
         role: Role,
         cluster: Option<&str>,
+        global_namespaces: &[String],
         secret_hash: &str,
         actor: &str,
     ) -> Result<TokenRecord, StoreError>;

@@ -171,7 +171,7 @@ fn paginate<T>(mut items: Vec<T>, page: &PageRequest, key_of: impl Fn(&T) -> Str
 }
 
 fn migrator(backend: Backend) -> Migrator {
-    let scripts: [(&str, &str); 5] = match backend {
+    let scripts: [(&str, &str); 6] = match backend {
         Backend::Postgres => [
             (
                 "init",
@@ -192,6 +192,10 @@ fn migrator(backend: Backend) -> Migrator {
             (
                 "gateway tokens",
                 include_str!("../../../migrations/postgres/0005_gateway_tokens.sql"),
+            ),
+            (
+                "token scopes",
+                include_str!("../../../migrations/postgres/0006_token_scopes.sql"),
             ),
         ],
         Backend::Sqlite => [
@@ -214,6 +218,10 @@ fn migrator(backend: Backend) -> Migrator {
             (
                 "gateway tokens",
                 include_str!("../../../migrations/sqlite/0005_gateway_tokens.sql"),
+            ),
+            (
+                "token scopes",
+                include_str!("../../../migrations/sqlite/0006_token_scopes.sql"),
             ),
         ],
     };
@@ -285,6 +293,14 @@ fn token_from_row(row: &AnyRow) -> Result<TokenRecord, StoreError> {
         role: Role::parse(&role_text)
             .ok_or_else(|| StoreError::Internal(format!("unknown role {role_text:?} in store")))?,
         cluster: row.try_get("cluster").map_err(db_err)?,
+        global_namespaces: match row
+            .try_get::<Option<String>, _>("global_namespaces")
+            .map_err(db_err)?
+        {
+            Some(text) => serde_json::from_str(&text)
+                .map_err(|e| StoreError::Internal(format!("token scope in store: {e}")))?,
+            None => Vec::new(),
+        },
         created_at: row.try_get("created_at").map_err(db_err)?,
         created_by: row.try_get("created_by").map_err(db_err)?,
     })
@@ -1313,6 +1329,7 @@ impl Store for SqlStore {
             name: token_name.to_owned(),
             role: Role::Gateway,
             cluster: Some(cluster),
+            global_namespaces: Vec::new(),
             created_at: now,
             created_by: actor,
         }))
@@ -1323,18 +1340,28 @@ impl Store for SqlStore {
         name: &str,
         role: Role,
         cluster: Option<&str>,
+        global_namespaces: &[String],
         secret_hash: &str,
         actor: &str,
     ) -> Result<TokenRecord, StoreError> {
         let now = now_millis();
+        let scope = if global_namespaces.is_empty() {
+            None
+        } else {
+            Some(
+                serde_json::to_string(global_namespaces)
+                    .map_err(|e| StoreError::Internal(e.to_string()))?,
+            )
+        };
         let mut tx = self.pool.begin().await.map_err(db_err)?;
         let inserted = sqlx::query(
-            "INSERT INTO gns_tokens (name, role, cluster, secret_hash, created_at, created_by) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (name) DO NOTHING",
+            "INSERT INTO gns_tokens (name, role, cluster, global_namespaces, secret_hash, created_at, created_by) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (name) DO NOTHING",
         )
         .bind(name)
         .bind(role.as_str())
         .bind(cluster.map(str::to_owned))
+        .bind(scope)
         .bind(secret_hash)
         .bind(now)
         .bind(actor)
@@ -1350,6 +1377,7 @@ impl Store for SqlStore {
             name: name.to_owned(),
             role,
             cluster: cluster.map(str::to_owned),
+            global_namespaces: global_namespaces.to_vec(),
             created_at: now,
             created_by: actor.to_owned(),
         })
@@ -1357,7 +1385,7 @@ impl Store for SqlStore {
 
     async fn list_tokens(&self, page: &PageRequest) -> Result<Page<TokenRecord>, StoreError> {
         let rows = sqlx::query(
-            "SELECT name, role, cluster, created_at, created_by FROM gns_tokens WHERE name > $1 ORDER BY name LIMIT $2",
+            "SELECT name, role, cluster, global_namespaces, created_at, created_by FROM gns_tokens WHERE name > $1 ORDER BY name LIMIT $2",
         )
         .bind(page.after.clone().unwrap_or_default())
         .bind(limit_plus_one(page))
@@ -1388,7 +1416,7 @@ impl Store for SqlStore {
 
     async fn find_token(&self, secret_hash: &str) -> Result<Option<TokenRecord>, StoreError> {
         let row = sqlx::query(
-            "SELECT name, role, cluster, created_at, created_by FROM gns_tokens WHERE secret_hash = $1",
+            "SELECT name, role, cluster, global_namespaces, created_at, created_by FROM gns_tokens WHERE secret_hash = $1",
         )
         .bind(secret_hash)
         .fetch_optional(&self.pool)
