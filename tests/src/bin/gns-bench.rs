@@ -19,8 +19,11 @@ use serde_json::{Value, json};
 #[command(about = "Load test for the GNS federation API")]
 struct Args {
     /// Federation URL.
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    #[arg(long, default_value = "https://127.0.0.1:8080")]
     server: String,
+    /// PEM roots that verify an https:// federation (its <data-dir>/ca.pem).
+    #[arg(long, env = "GNS_CA_FILE")]
+    ca_file: Option<std::path::PathBuf>,
     /// Admin token.
     #[arg(long, env = "GNS_TOKEN")]
     token: String,
@@ -296,7 +299,7 @@ async fn phase(
 async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let args = Arc::new(Args::parse());
-    let client = gns_tests::client()
+    let client = gns_trust::client_builder(args.ca_file.as_deref())?
         .pool_max_idle_per_host(args.concurrency)
         .build()?;
     seed(Arc::clone(&args), &client).await?;
