@@ -2,8 +2,8 @@
 # API benchmark: 1,000 global namespaces and 10,000 routing/workload objects,
 # then GET, PUT and external-workload heartbeat throughput and latency at 32
 # concurrent clients, over TLS (the default) on the embedded SQLite store and
-# on Postgres, and in plain HTTP (--insecure-http) on SQLite for the cost of
-# TLS, in one run, and whether the heartbeats moved the SOA serial or the
+# on Postgres, and in plain HTTP/2 (--insecure-http, h2c) on SQLite for the
+# cost of TLS alone (clients speak HTTP/2 either way), in one run, and whether the heartbeats moved the SOA serial or the
 # gateway config version (they must not). Release build. For 10,000
 # workloads: --objects 20000.
 #
@@ -44,7 +44,9 @@ run() {
 BENCH_ARGS=("$@")
 echo "# $(date -u +%FT%TZ) $(nproc) cores; gns-federation $(git rev-parse --short HEAD)"
 run sqlite-tls
-run sqlite-plain --insecure-http
+BENCH_ARGS=("$@" --h2c)
+run sqlite-plain-h2c --insecure-http
+BENCH_ARGS=("$@")
 psql "$PG_ADMIN" -qc "DROP DATABASE IF EXISTS gns_bench WITH (FORCE)" >/dev/null
 psql "$PG_ADMIN" -qc "CREATE DATABASE gns_bench" >/dev/null
 PG_URL="${PG_ADMIN%/*}/gns_bench"

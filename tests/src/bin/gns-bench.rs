@@ -24,6 +24,10 @@ struct Args {
     /// PEM roots that verify an https:// federation (its <data-dir>/ca.pem).
     #[arg(long, env = "GNS_CA_FILE")]
     ca_file: Option<std::path::PathBuf>,
+    /// Plain HTTP/2 (h2c, prior knowledge) to an http:// federation, so a
+    /// comparison with TLS (HTTP/2 by ALPN) measures TLS alone.
+    #[arg(long)]
+    h2c: bool,
     /// Admin token.
     #[arg(long, env = "GNS_TOKEN")]
     token: String,
@@ -299,9 +303,12 @@ async fn phase(
 async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let args = Arc::new(Args::parse());
-    let client = gns_trust::client_builder(args.ca_file.as_deref())?
-        .pool_max_idle_per_host(args.concurrency)
-        .build()?;
+    let mut builder = gns_trust::client_builder(args.ca_file.as_deref())?
+        .pool_max_idle_per_host(args.concurrency);
+    if args.h2c {
+        builder = builder.http2_prior_knowledge();
+    }
+    let client = builder.build()?;
     seed(Arc::clone(&args), &client).await?;
     for mode in args.phases.clone() {
         let before = versions(&args, &client).await?;
