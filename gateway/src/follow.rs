@@ -167,6 +167,9 @@ pub struct Follower {
     /// The roots the federation is verified with, when a CA file was given:
     /// its roots and the trust bundle's.
     trust: Option<gns_trust::FederationTrust>,
+    /// A Kubernetes service-account token file to join again with when the
+    /// current certificate can no longer be renewed (it expired).
+    service_account_token: Option<PathBuf>,
     bundle_refresh: Duration,
 }
 
@@ -224,8 +227,17 @@ impl Follower {
             state_dir: state_dir.to_owned(),
             http,
             trust,
+            service_account_token: None,
             bundle_refresh: DEFAULT_BUNDLE_REFRESH,
         })
+    }
+
+    /// Joins again with the service-account token in `path` (read then:
+    /// the kubelet rotates it) when a renewal is refused, e.g. because the
+    /// certificate expired while the federation was out of reach.
+    pub fn with_service_account_token(mut self, path: Option<PathBuf>) -> Follower {
+        self.service_account_token = path;
+        self
     }
 
     /// Sets how often the trust bundle is fetched again.
@@ -544,6 +556,26 @@ impl Follower {
                     .await?;
                 (renewed, key_pem)
             }
+            // Refused (expired, or issued by a root no longer trusted): a
+            // pod proves itself again with its service-account token.
+            Err(FollowError::Status { status: 401, body }) => {
+                let Some(path) = &self.service_account_token else {
+                    return Err(FollowError::Status { status: 401, body });
+                };
+                tracing::warn!(
+                    refused = body,
+                    "renewal refused; joining again with the service-account token"
+                );
+                let token = std::fs::read_to_string(path).map_err(state_err(path))?;
+                let renewed = self
+                    .sign_renewal(serde_json::json!({
+                        "csr": csr,
+                        "cluster": self.cluster,
+                        "serviceAccountToken": token.trim(),
+                    }))
+                    .await?;
+                (renewed, next_key.serialize_pem())
+            }
             Err(e) => return Err(e),
         };
         let chain = CertificateDer::pem_slice_iter(renewed.certificate.as_bytes())
@@ -844,5 +876,111 @@ mod tests {
             current.key.secret_der(),
             "the identity in use keeps the key"
         );
+    }
+
+    /// A federation answering every request with `answer(body)`.
+    async fn fake_federation(
+        answer: impl Fn(serde_json::Value) -> (u16, serde_json::Value) + Send + Sync + 'static,
+    ) -> String {
+        use http_body_util::BodyExt;
+        let answer = Arc::new(answer);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("listen");
+        let address = listener.local_addr().expect("address");
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let answer = Arc::clone(&answer);
+                let service = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let answer = Arc::clone(&answer);
+                        async move {
+                            let body = req.into_body().collect().await?.to_bytes();
+                            let body = serde_json::from_slice(&body).unwrap_or_default();
+                            let (status, value) = answer(body);
+                            let mut resp = hyper::Response::new(http_body_util::Full::new(
+                                bytes::Bytes::from(value.to_string()),
+                            ));
+                            *resp.status_mut() =
+                                http::StatusCode::from_u16(status).expect("status");
+                            Ok::<_, hyper::Error>(resp)
+                        }
+                    },
+                );
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), service),
+                );
+            }
+        });
+        format!("http://{address}")
+    }
+
+    #[tokio::test]
+    async fn a_refused_renewal_joins_again_with_the_service_account_token() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let ca_key = rcgen::KeyPair::generate().expect("key");
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let issuer = Arc::new(rcgen::Issuer::new(ca_params, ca_key));
+        let signer = Arc::clone(&issuer);
+        let federation = fake_federation(move |body| {
+            if body.get("certificate").is_some() {
+                return (
+                    401,
+                    serde_json::json!({"error": {"message": "certificate is expired"}}),
+                );
+            }
+            let sat = body["serviceAccountToken"].as_str().unwrap_or_default();
+            if body["cluster"] != "east" || sat != "projected-token-2" {
+                return (401, serde_json::json!({"error": {"message": "refused"}}));
+            }
+            let csr = rcgen::CertificateSigningRequestParams::from_pem(
+                body["csr"].as_str().unwrap_or_default(),
+            )
+            .expect("csr");
+            let leaf = csr.signed_by(&signer).expect("leaf");
+            (
+                200,
+                serde_json::json!({"certificate": leaf.pem(), "apiToken": "gns_new"}),
+            )
+        })
+        .await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let token_file = dir.path().join("token");
+        // The kubelet rotated the token since the pod started.
+        std::fs::write(&token_file, "projected-token-2\n").expect("token");
+        let state = dir.path().join("state");
+        let follower = Follower::new(&federation, "east", &state, None)
+            .expect("follower")
+            .with_service_account_token(Some(token_file));
+        let current_key = rcgen::KeyPair::generate().expect("key");
+        let first = rcgen::CertificateParams::new(Vec::<String>::new())
+            .expect("params")
+            .signed_by(&current_key, &issuer)
+            .expect("leaf")
+            .pem();
+        std::fs::write(state.join("key.pem"), current_key.serialize_pem()).expect("key");
+        std::fs::write(state.join("cert.pem"), &first).expect("cert");
+        let current = TlsIdentity {
+            trust_domain: "acme.test".into(),
+            chain: CertificateDer::pem_slice_iter(first.as_bytes())
+                .collect::<Result<_, _>>()
+                .expect("chain"),
+            key: PrivateKeyDer::try_from(current_key.serialize_der()).expect("key"),
+            roots: Vec::new(),
+        };
+        follower.renew_once(&current).await.expect("joined again");
+        let cert = std::fs::read_to_string(state.join("cert.pem")).expect("cert");
+        let key = std::fs::read_to_string(state.join("key.pem")).expect("key");
+        assert_ne!(cert, first, "a new certificate");
+        assert_ne!(key, current_key.serialize_pem(), "for a new key");
+        assert!(certifies(&cert, &key));
+        // Without a token file the refusal stands.
+        let bare = Follower::new(&federation, "east", &state, None).expect("follower");
+        assert!(matches!(
+            bare.renew_once(&current).await,
+            Err(FollowError::Status { status: 401, .. })
+        ));
     }
 }

@@ -228,7 +228,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         &args.state_dir,
         args.federation_ca.as_deref(),
     )?
-    .with_bundle_refresh(args.trust_bundle_refresh);
+    .with_bundle_refresh(args.trust_bundle_refresh)
+    .with_service_account_token(args.service_account_token.clone());
     follower.restore(&gateway);
     let (identity, api_token) = follower
         .identity(
