@@ -394,3 +394,36 @@ fn record_expiry(key: &CertifiedKey) {
         metrics::gauge!("gns_api_tls_certificate_expiry_seconds").set(left as f64);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn issued(not_before: SystemTime, lifetime: Duration, issuer: &[u8]) -> ServingCertificate {
+        ServingCertificate {
+            chain: vec![b"leaf".to_vec(), issuer.to_vec()],
+            key_pkcs8: Vec::new(),
+            not_before,
+            not_after: not_before + lifetime,
+        }
+    }
+
+    #[test]
+    fn an_issued_certificate_is_renewed_at_two_thirds_or_when_another_root_signs() {
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let cert = issued(start, Duration::from_secs(300), b"root-a");
+        assert!(!renewal_due(&cert, b"root-a", start));
+        assert!(!renewal_due(
+            &cert,
+            b"root-a",
+            start + Duration::from_secs(199)
+        ));
+        assert!(renewal_due(
+            &cert,
+            b"root-a",
+            start + Duration::from_secs(200)
+        ));
+        // A rotation's second step: the new root signs, so renew at once.
+        assert!(renewal_due(&cert, b"root-b", start));
+    }
+}
