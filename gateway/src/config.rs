@@ -140,12 +140,24 @@ pub struct WeightedCluster {
 pub struct RetryPolicy {
     /// Attempts in total, including the first.
     pub attempts: u32,
-    /// Retry on 5xx answers.
+    /// Retry on 5xx answers (and broken exchanges and timeouts).
     pub on_5xx: bool,
     /// Retry when the connection fails.
     pub on_connect_failure: bool,
     /// Timeout of each try, milliseconds.
     pub per_try_timeout_ms: Option<u64>,
+    /// Retry on 502, 503 and 504 answers (and timeouts).
+    #[serde(default)]
+    pub on_gateway_error: bool,
+    /// Retry when the exchange broke off after the request was sent.
+    #[serde(default)]
+    pub on_reset: bool,
+    /// Retry on exactly these statuses.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retriable_status_codes: Vec<u16>,
+    /// Send requests whose method is not idempotent again too.
+    #[serde(default)]
+    pub non_idempotent: bool,
 }
 
 impl ServiceConfig {

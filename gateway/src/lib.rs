@@ -22,6 +22,7 @@ pub mod peer;
 pub mod pool;
 pub mod proxy;
 pub mod report;
+pub mod retry;
 pub mod route;
 pub mod sni;
 pub mod tls;

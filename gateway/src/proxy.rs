@@ -283,8 +283,10 @@ impl std::fmt::Debug for Gateway {
 enum TryError {
     /// Nothing was sent (connect/handshake failed): safe to try elsewhere.
     Connect(String),
-    /// The try timed out or broke after sending.
-    Failed(String),
+    /// The exchange broke off after the request was sent.
+    Reset(String),
+    /// The per-try timeout passed.
+    Timeout(String),
 }
 
 impl Gateway {
@@ -933,27 +935,34 @@ impl Gateway {
                 // Boxed: the try is held once in the request's future, not twice.
                 Some(t) => Box::pin(tokio::time::timeout(t, attempt))
                     .await
-                    .unwrap_or_else(|_| Err(TryError::Failed("per-try timeout".into()))),
+                    .unwrap_or_else(|_| Err(TryError::Timeout("per-try timeout".into()))),
                 None => attempt.await,
             };
+            use crate::retry::{Failure, again};
+            let method = &parts.method;
             match outcome {
                 Ok(resp)
-                    if resp.status().is_server_error()
-                        && retry.is_some_and(|r| r.on_5xx)
-                        && n + 1 < budget =>
+                    if n + 1 < budget
+                        && again(retry, method, Failure::Status(resp.status().as_u16())) =>
                 {
                     last = Some(resp);
                 }
                 Ok(resp) => return (resp, cluster),
+                // Nothing was sent: move on, whatever the method.
                 Err(TryError::Connect(e)) => {
                     tracing::debug!(cluster, error = %e, "try failed to connect");
                     last = Some(reply(StatusCode::BAD_GATEWAY, &format!("{cluster}: {e}")));
                 }
-                Err(TryError::Failed(e)) => {
-                    let retryable =
-                        retry.is_some_and(|r| r.on_5xx || r.per_try_timeout_ms.is_some());
+                Err(TryError::Reset(e)) => {
+                    let answer = reply(StatusCode::BAD_GATEWAY, &format!("{cluster}: {e}"));
+                    if !again(retry, method, Failure::Reset) {
+                        return (answer, cluster);
+                    }
+                    last = Some(answer);
+                }
+                Err(TryError::Timeout(e)) => {
                     let answer = reply(StatusCode::GATEWAY_TIMEOUT, &format!("{cluster}: {e}"));
-                    if !retryable {
+                    if !again(retry, method, Failure::Timeout) {
                         return (answer, cluster);
                     }
                     last = Some(answer);
@@ -1029,7 +1038,7 @@ impl Gateway {
             drop(buffered);
             match sent {
                 Ok(resp) => resp,
-                Err(TryError::Connect(e) | TryError::Failed(e)) => {
+                Err(TryError::Connect(e) | TryError::Reset(e) | TryError::Timeout(e)) => {
                     reply(StatusCode::BAD_GATEWAY, &format!("{}: {e}", self.cluster))
                 }
             }
@@ -1114,7 +1123,7 @@ impl Gateway {
                         }
                         last = Some(TryError::Connect(format!("{target}: {e}")));
                     }
-                    Err(e) => return Err(TryError::Failed(format!("{target}: {e}"))),
+                    Err(e) => return Err(TryError::Reset(format!("{target}: {e}"))),
                 }
             }
             Err(last.unwrap_or_else(|| TryError::Connect("no endpoint tried".into())))
@@ -1134,7 +1143,7 @@ impl Gateway {
         self.counters.peer_tries.fetch_add(1, Ordering::Relaxed);
         let as_try = |e: PeerError| match e {
             PeerError::NotSent(e) => TryError::Connect(format!("{peer}: {e}")),
-            PeerError::Failed(e) => TryError::Failed(format!("{peer}: {e}")),
+            PeerError::Failed(e) => TryError::Reset(format!("{peer}: {e}")),
         };
         let pooled = self.shard().peers.get(peer);
         let reused = pooled.is_some();

@@ -590,6 +590,14 @@ pub struct Retries {
     /// Timeout of each attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_try_timeout: Option<DurationSpec>,
+    /// The statuses `retriable-status-codes` retries on (100–599).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retriable_status_codes: Vec<u16>,
+    /// Send requests whose method is not idempotent (POST, PATCH, ...)
+    /// again too; by default only idempotent ones are retried (a request
+    /// that never reached the upstream moves on either way).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retry_non_idempotent: bool,
 }
 
 /// A retry condition.
@@ -607,6 +615,9 @@ pub enum RetryOn {
     /// The upstream reset the stream.
     #[serde(rename = "reset")]
     Reset,
+    /// One of `retriableStatusCodes`.
+    #[serde(rename = "retriable-status-codes")]
+    RetriableStatusCodes,
 }
 
 impl Resource for Routing {
@@ -644,6 +655,27 @@ impl Resource for Routing {
             }
             if r.attempts > 0 && r.on.is_empty() {
                 errors.add("retries.on", "name at least one retry condition");
+            }
+            let by_codes = r.on.contains(&RetryOn::RetriableStatusCodes);
+            if by_codes && r.retriable_status_codes.is_empty() {
+                errors.add(
+                    "retries.retriableStatusCodes",
+                    "retriable-status-codes needs the statuses to retry on",
+                );
+            }
+            if !by_codes && !r.retriable_status_codes.is_empty() {
+                errors.add(
+                    "retries.retriableStatusCodes",
+                    "used only with the retry condition retriable-status-codes: add it to retries.on",
+                );
+            }
+            for (i, code) in r.retriable_status_codes.iter().enumerate() {
+                if !(100..=599).contains(code) {
+                    errors.add(
+                        format!("retries.retriableStatusCodes[{i}]"),
+                        "must be an HTTP status, 100 to 599",
+                    );
+                }
             }
             if let (Some(per_try), Some(total)) = (r.per_try_timeout, self.timeout)
                 && per_try > total
@@ -1125,5 +1157,43 @@ mod tests {
         assert!(!serde_json::to_string(&c).expect("json").contains("s3cret"));
         let creds = c.take_credentials();
         assert_eq!(creds.token.as_deref(), Some("s3cret"));
+    }
+
+    #[test]
+    fn retriable_status_codes_go_with_their_condition() {
+        let fields = |retries: serde_json::Value| -> Vec<String> {
+            let r = routing(serde_json::json!({
+                "rules": [{"destinations": [{"cluster": "east", "weight": 100}]}],
+                "retries": retries}));
+            r.validate()
+                .err()
+                .map(|e| e.0.iter().map(|f| f.field.clone()).collect())
+                .unwrap_or_default()
+        };
+        assert!(
+            fields(
+                serde_json::json!({"attempts": 2, "on": ["retriable-status-codes"],
+            "retriableStatusCodes": [409, 429]})
+            )
+            .is_empty()
+        );
+        assert_eq!(
+            fields(serde_json::json!({"attempts": 2, "on": ["retriable-status-codes"]})),
+            ["retries.retriableStatusCodes"]
+        );
+        assert_eq!(
+            fields(
+                serde_json::json!({"attempts": 2, "on": ["5xx"], "retriableStatusCodes": [409]})
+            ),
+            ["retries.retriableStatusCodes"],
+            "codes without their condition would be accepted and ignored"
+        );
+        assert_eq!(
+            fields(
+                serde_json::json!({"attempts": 2, "on": ["retriable-status-codes"],
+                "retriableStatusCodes": [42]})
+            ),
+            ["retries.retriableStatusCodes[0]"]
+        );
     }
 }

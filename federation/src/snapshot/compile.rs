@@ -641,10 +641,15 @@ impl Compiler<'_> {
                 .map(|t| u64::try_from(t.get().as_millis()).unwrap_or(u64::MAX));
             out.retries = routing.retries.as_ref().map(|r| gw::RetryPolicy {
                 attempts: r.attempts.saturating_add(1),
-                on_5xx: r
-                    .on
-                    .iter()
-                    .any(|o| matches!(o, RetryOn::ServerError | RetryOn::GatewayError)),
+                on_5xx: r.on.contains(&RetryOn::ServerError),
+                on_gateway_error: r.on.contains(&RetryOn::GatewayError),
+                on_reset: r.on.contains(&RetryOn::Reset),
+                retriable_status_codes: if r.on.contains(&RetryOn::RetriableStatusCodes) {
+                    r.retriable_status_codes.clone()
+                } else {
+                    Vec::new()
+                },
+                non_idempotent: r.retry_non_idempotent,
                 on_connect_failure: r.on.contains(&RetryOn::ConnectFailure),
                 per_try_timeout_ms: r
                     .per_try_timeout

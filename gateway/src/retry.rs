@@ -1,0 +1,112 @@
+//! When a failed try is tried again: the pure decision from a service's
+//! retry policy, the request's method and what went wrong. A request whose
+//! method is not idempotent is not sent twice unless the policy says so
+//! (a try that never reached the upstream, a connect failure, moves on
+//! regardless: nothing was sent); each condition does what its name says:
+//! `5xx` any 5xx (and a reset or timeout, as they mean no answer),
+//! `gateway-error` 502, 503 and 504 (and a timeout), `reset` a broken
+//! exchange, `retriable-status-codes` exactly the listed statuses.
+
+use http::Method;
+
+use crate::config::RetryPolicy;
+
+/// How a try that reached the upstream failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// It answered with this status.
+    Status(u16),
+    /// The exchange broke off after the request was sent.
+    Reset,
+    /// The per-try timeout passed.
+    Timeout,
+}
+
+/// Whether `method` is idempotent (RFC 9110 §9.2.2).
+pub fn idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+/// Whether a try of a `method` request that ended in `failure` is tried
+/// again under `policy` (attempts left are the caller's business).
+pub fn again(policy: Option<&RetryPolicy>, method: &Method, failure: Failure) -> bool {
+    let Some(p) = policy else {
+        return false;
+    };
+    if !p.non_idempotent && !idempotent(method) {
+        return false;
+    }
+    match failure {
+        Failure::Status(status) => {
+            (p.on_5xx && (500..600).contains(&status))
+                || (p.on_gateway_error && matches!(status, 502..=504))
+                || p.retriable_status_codes.contains(&status)
+        }
+        Failure::Reset => p.on_reset || p.on_5xx,
+        Failure::Timeout => p.on_5xx || p.on_gateway_error || p.per_try_timeout_ms.is_some(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(change: impl FnOnce(&mut RetryPolicy)) -> RetryPolicy {
+        let mut p = RetryPolicy {
+            attempts: 3,
+            on_5xx: false,
+            on_connect_failure: false,
+            per_try_timeout_ms: None,
+            on_gateway_error: false,
+            on_reset: false,
+            retriable_status_codes: Vec::new(),
+            non_idempotent: false,
+        };
+        change(&mut p);
+        p
+    }
+
+    #[test]
+    fn each_condition_retries_what_it_names_only() {
+        let get = Method::GET;
+        let five = policy(|p| p.on_5xx = true);
+        assert!(again(Some(&five), &get, Failure::Status(500)));
+        assert!(again(Some(&five), &get, Failure::Reset));
+        assert!(!again(Some(&five), &get, Failure::Status(429)));
+        let gateway = policy(|p| p.on_gateway_error = true);
+        for status in [502, 503, 504] {
+            assert!(again(Some(&gateway), &get, Failure::Status(status)));
+        }
+        assert!(
+            !again(Some(&gateway), &get, Failure::Status(500)),
+            "not any 5xx"
+        );
+        assert!(!again(Some(&gateway), &get, Failure::Reset));
+        let reset = policy(|p| p.on_reset = true);
+        assert!(again(Some(&reset), &get, Failure::Reset));
+        assert!(!again(Some(&reset), &get, Failure::Status(503)));
+        let codes = policy(|p| p.retriable_status_codes = vec![409]);
+        assert!(again(Some(&codes), &get, Failure::Status(409)));
+        assert!(!again(Some(&codes), &get, Failure::Status(503)));
+        assert!(
+            !again(None, &get, Failure::Status(503)),
+            "no policy, no retry"
+        );
+    }
+
+    #[test]
+    fn only_idempotent_methods_are_sent_again_unless_the_policy_says_so() {
+        let gateway = policy(|p| p.on_gateway_error = true);
+        assert!(!again(Some(&gateway), &Method::POST, Failure::Status(503)));
+        assert!(!again(Some(&gateway), &Method::PATCH, Failure::Timeout));
+        assert!(again(Some(&gateway), &Method::PUT, Failure::Status(503)));
+        let any = policy(|p| {
+            p.on_gateway_error = true;
+            p.non_idempotent = true;
+        });
+        assert!(again(Some(&any), &Method::POST, Failure::Status(503)));
+    }
+}
