@@ -57,6 +57,9 @@ pub struct ServiceConfig {
     /// Retries.
     #[serde(default)]
     pub retries: Option<RetryPolicy>,
+    /// Outlier ejection of this service's local endpoints.
+    #[serde(default)]
+    pub outliers: OutlierPolicy,
     /// Overall timeout, milliseconds.
     #[serde(default)]
     pub timeout_ms: Option<u64>,
@@ -132,6 +135,34 @@ pub struct WeightedCluster {
     pub cluster: String,
     /// Relative weight.
     pub weight: u32,
+}
+
+/// When local endpoints of a service are left out for failing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutlierPolicy {
+    /// Failures in a row (connect errors, 5xx) that eject an endpoint.
+    pub consecutive_failures: u32,
+    /// Failures further apart than this, milliseconds, start the count
+    /// again (`None`: any two failures in a row count).
+    #[serde(default)]
+    pub interval_ms: Option<u64>,
+    /// How long an ejected endpoint is left out, milliseconds.
+    pub ejection_ms: u64,
+    /// The most of a service's endpoints ejected at once, percent.
+    pub max_ejected_percent: u8,
+}
+
+impl Default for OutlierPolicy {
+    /// Three failures in a row, ten seconds out, any share.
+    fn default() -> Self {
+        Self {
+            consecutive_failures: 3,
+            interval_ms: None,
+            ejection_ms: 10_000,
+            max_ejected_percent: 100,
+        }
+    }
 }
 
 /// When and how often to retry.

@@ -18,6 +18,7 @@ pub mod idle;
 pub mod ingress;
 pub mod listen;
 pub mod metrics;
+pub mod outlier;
 pub mod peer;
 pub mod pool;
 pub mod proxy;

@@ -28,7 +28,6 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use std::sync::Mutex;
 
 use tokio::net::{TcpListener, TcpStream};
 
@@ -139,83 +138,6 @@ pub struct Counters {
 
 /// Local endpoints tried per request on connect failures.
 const LOCAL_CONNECT_TRIES: usize = 3;
-/// Consecutive failures (connect errors or 5xx) that eject an endpoint.
-const EJECT_AFTER: u32 = 3;
-/// How long an ejected endpoint is left out.
-const EJECTION: Duration = Duration::from_secs(10);
-
-/// Outlier ejection of local endpoints: one that fails [`EJECT_AFTER`] times
-/// in a row is left out for [`EJECTION`]; when every endpoint is ejected, all
-/// are used again (better a likely failure than a certain one).
-#[derive(Debug, Default)]
-struct Outliers {
-    state: Mutex<crate::FastMap<SocketAddr, (u32, Option<std::time::Instant>)>>,
-    /// False while no endpoint has a failure on record (the common case):
-    /// picking and recording successes then take no lock.
-    any: std::sync::atomic::AtomicBool,
-}
-
-impl Outliers {
-    /// A random endpoint that is not ejected and not in `tried`, if there is one.
-    fn pick(&self, endpoints: &[std::net::IpAddr], port: u16, tried: &[SocketAddr]) -> SocketAddr {
-        if tried.is_empty() && !self.any.load(Ordering::Relaxed) {
-            return SocketAddr::new(endpoints[fastrand::usize(..endpoints.len())], port);
-        }
-        let now = std::time::Instant::now();
-        let state = self.state.lock().ok();
-        let usable: Vec<SocketAddr> = endpoints
-            .iter()
-            .map(|ip| SocketAddr::new(*ip, port))
-            .filter(|a| !tried.contains(a))
-            .filter(|a| {
-                state
-                    .as_ref()
-                    .and_then(|s| s.get(a))
-                    .and_then(|(_, until)| *until)
-                    .is_none_or(|until| until <= now)
-            })
-            .collect();
-        let pool: Vec<SocketAddr> = if usable.is_empty() {
-            endpoints
-                .iter()
-                .map(|ip| SocketAddr::new(*ip, port))
-                .filter(|a| !tried.contains(a))
-                .collect()
-        } else {
-            usable
-        };
-        match pool.len() {
-            0 => SocketAddr::new(endpoints[fastrand::usize(..endpoints.len())], port),
-            n => pool[fastrand::usize(..n)],
-        }
-    }
-
-    /// Records an outcome; true when it ejects the endpoint now.
-    fn record(&self, target: SocketAddr, failed: bool) -> bool {
-        if !failed && !self.any.load(Ordering::Relaxed) {
-            return false;
-        }
-        let Ok(mut state) = self.state.lock() else {
-            return false;
-        };
-        if !failed {
-            state.remove(&target);
-            self.any.store(!state.is_empty(), Ordering::Relaxed);
-            return false;
-        }
-        self.any.store(true, Ordering::Relaxed);
-        let entry = state.entry(target).or_insert((0, None));
-        entry.0 += 1;
-        if entry.0 >= EJECT_AFTER {
-            entry.0 = 0;
-            entry.1 = Some(std::time::Instant::now() + EJECTION);
-            tracing::info!(endpoint = %target, "endpoint ejected after consecutive failures");
-            return true;
-        }
-        false
-    }
-}
-
 thread_local! {
     /// The data-path worker the current thread is (0 unless set).
     static WORKER: Cell<usize> = const { Cell::new(0) };
@@ -253,7 +175,7 @@ pub struct Gateway {
     ingress_tls: ArcSwapOption<rustls::ServerConfig>,
     /// Connection pools, one per data-path worker thread.
     shards: Box<[Shard]>,
-    outliers: Outliers,
+    outliers: crate::outlier::Outliers,
     /// TCP ports the egress must listen on, from the config.
     tcp_ports: tokio::sync::watch::Sender<std::collections::BTreeSet<u16>>,
     /// Client connections (egress, public entry) with no request for this
@@ -311,7 +233,7 @@ impl Gateway {
                     local: crate::pool::LocalPool::new(CONNECT_TIMEOUT),
                 })
                 .collect(),
-            outliers: Outliers::default(),
+            outliers: crate::outlier::Outliers::default(),
             tcp_ports: tokio::sync::watch::Sender::new(std::collections::BTreeSet::new()),
             client_idle_ms: AtomicU64::new(DEFAULT_CLIENT_IDLE.as_millis() as u64),
             header_read_ms: AtomicU64::new(DEFAULT_HEADER_READ_TIMEOUT.as_millis() as u64),
@@ -566,14 +488,18 @@ impl Gateway {
             tried.push(target);
             match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await {
                 Ok(Ok(tcp)) => {
-                    self.outliers.record(target, false);
+                    self.outliers
+                        .record(target, false, &route.config.outliers, endpoints);
                     let _ = tcp.set_nodelay(true);
                     return Ok(tcp);
                 }
                 Ok(Err(e)) => last = format!("{target}: {e}"),
                 Err(_) => last = format!("{target}: connect timed out"),
             }
-            if self.outliers.record(target, true) {
+            if self
+                .outliers
+                .record(target, true, &route.config.outliers, endpoints)
+            {
                 self.counters.ejections.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -1112,13 +1038,19 @@ impl Gateway {
                 match sent {
                     Ok(resp) => {
                         let failed = resp.status().is_server_error();
-                        if self.outliers.record(target, failed) {
+                        if self
+                            .outliers
+                            .record(target, failed, &route.config.outliers, endpoints)
+                        {
                             self.counters.ejections.fetch_add(1, Ordering::Relaxed);
                         }
                         return Ok(resp);
                     }
                     Err(crate::pool::PoolError::Connect(e)) => {
-                        if self.outliers.record(target, true) {
+                        if self
+                            .outliers
+                            .record(target, true, &route.config.outliers, endpoints)
+                        {
                             self.counters.ejections.fetch_add(1, Ordering::Relaxed);
                         }
                         last = Some(TryError::Connect(format!("{target}: {e}")));
@@ -1457,35 +1389,5 @@ mod tests {
             IngressEnd::NotAGateway("spiffe://acme.test/ns/shop/sa/web".into()).to_string(),
             "the peer is not a gateway of this trust domain (its certificate names spiffe://acme.test/ns/shop/sa/web)"
         );
-    }
-
-    #[test]
-    fn failing_endpoints_are_ejected_until_none_is_left() {
-        let outliers = Outliers::default();
-        let ips: Vec<std::net::IpAddr> = ["10.0.0.1", "10.0.0.2"]
-            .iter()
-            .map(|s| s.parse().expect("ip"))
-            .collect();
-        let bad = SocketAddr::new(ips[0], 80);
-        assert!(!outliers.record(bad, true));
-        assert!(!outliers.record(bad, true));
-        assert!(
-            outliers.record(bad, true),
-            "the third failure in a row ejects"
-        );
-        for _ in 0..100 {
-            assert_ne!(
-                outliers.pick(&ips, 80, &[]),
-                bad,
-                "ejected endpoints are skipped"
-            );
-        }
-        let good = SocketAddr::new(ips[1], 80);
-        assert_eq!(
-            outliers.pick(&ips, 80, &[good]),
-            bad,
-            "with nothing else left, an ejected endpoint is still used"
-        );
-        assert!(!outliers.record(good, false));
     }
 }

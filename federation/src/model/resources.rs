@@ -526,6 +526,28 @@ pub struct Routing {
     /// Clusters to fail over to, in order, when the chosen one has no healthy endpoints.
     #[serde(default)]
     pub failover: Vec<Name>,
+    /// When local endpoints are left out for failing (defaults: 3 failures
+    /// in a row, 10 s out, any share).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetection>,
+}
+
+/// Outlier ejection of a service's endpoints.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OutlierDetection {
+    /// Failures in a row (connect errors, 5xx) that eject an endpoint (1–1000; default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_failures: Option<u32>,
+    /// Failures further apart than this start the count again (default: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<DurationSpec>,
+    /// How long an ejected endpoint is left out (1s–1h; default 10s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ejection_time: Option<DurationSpec>,
+    /// The most of the service's endpoints ejected at once, percent (0–100; default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ejected_percent: Option<u8>,
 }
 
 /// One routing rule.
@@ -648,6 +670,33 @@ impl Resource for Routing {
                 &format!("{at}.destinations"),
                 &mut errors,
             );
+        }
+        if let Some(o) = &self.outlier_detection {
+            if o.consecutive_failures
+                .is_some_and(|n| !(1..=1000).contains(&n))
+            {
+                errors.add(
+                    "outlierDetection.consecutiveFailures",
+                    "must be between 1 and 1000",
+                );
+            }
+            let hour = std::time::Duration::from_secs(3600);
+            if o.ejection_time
+                .is_some_and(|t| t.get() < std::time::Duration::from_secs(1) || t.get() > hour)
+            {
+                errors.add("outlierDetection.ejectionTime", "must be between 1s and 1h");
+            }
+            if o.interval
+                .is_some_and(|t| t.get() < std::time::Duration::from_millis(100) || t.get() > hour)
+            {
+                errors.add("outlierDetection.interval", "must be between 100ms and 1h");
+            }
+            if o.max_ejected_percent.is_some_and(|p| p > 100) {
+                errors.add(
+                    "outlierDetection.maxEjectedPercent",
+                    "must be between 0 and 100",
+                );
+            }
         }
         if let Some(r) = &self.retries {
             if r.attempts > 10 {
@@ -1194,6 +1243,28 @@ mod tests {
                 "retriableStatusCodes": [42]})
             ),
             ["retries.retriableStatusCodes[0]"]
+        );
+    }
+
+    #[test]
+    fn outlier_settings_out_of_range_are_refused() {
+        let r = routing(serde_json::json!({
+            "rules": [{"destinations": [{"cluster": "east", "weight": 100}]}],
+            "outlierDetection": {"consecutiveFailures": 0, "interval": "10ms",
+                                 "ejectionTime": "2h", "maxEjectedPercent": 101}}));
+        let fields: Vec<String> = r
+            .validate()
+            .err()
+            .map(|e| e.0.iter().map(|f| f.field.clone()).collect())
+            .unwrap_or_default();
+        assert_eq!(
+            fields,
+            [
+                "outlierDetection.consecutiveFailures",
+                "outlierDetection.ejectionTime",
+                "outlierDetection.interval",
+                "outlierDetection.maxEjectedPercent"
+            ]
         );
     }
 }

@@ -639,6 +639,22 @@ impl Compiler<'_> {
             out.timeout_ms = routing
                 .timeout
                 .map(|t| u64::try_from(t.get().as_millis()).unwrap_or(u64::MAX));
+            if let Some(o) = &routing.outlier_detection {
+                let ms = |d: &crate::model::DurationSpec| {
+                    u64::try_from(d.get().as_millis()).unwrap_or(u64::MAX)
+                };
+                let defaults = gw::OutlierPolicy::default();
+                out.outliers = gw::OutlierPolicy {
+                    consecutive_failures: o
+                        .consecutive_failures
+                        .unwrap_or(defaults.consecutive_failures),
+                    interval_ms: o.interval.as_ref().map(ms),
+                    ejection_ms: o.ejection_time.as_ref().map_or(defaults.ejection_ms, ms),
+                    max_ejected_percent: o
+                        .max_ejected_percent
+                        .unwrap_or(defaults.max_ejected_percent),
+                };
+            }
             out.retries = routing.retries.as_ref().map(|r| gw::RetryPolicy {
                 attempts: r.attempts.saturating_add(1),
                 on_5xx: r.on.contains(&RetryOn::ServerError),
@@ -1275,6 +1291,40 @@ mod tests {
             api.views["west"],
             ips(&["10.9.0.53"]),
             "west is routed to east: egress"
+        );
+    }
+
+    #[test]
+    fn retry_and_outlier_settings_reach_the_gateway_config() {
+        let mut state = base();
+        let objects = scoped(&mut state);
+        objects
+            .services
+            .push(service("web", &[("east", &["10.8.1.1"], &[])]));
+        objects.routings.push(object(
+            ObjectKey::scoped(Kind::Routing, "production", "web"),
+            json!({"rules": [{"destinations": [{"cluster": "east", "weight": 100}]}],
+                   "retries": {"attempts": 2, "on": ["gateway-error", "retriable-status-codes"],
+                               "retriableStatusCodes": [409], "retryNonIdempotent": true},
+                   "outlierDetection": {"consecutiveFailures": 5, "interval": "2s",
+                                        "ejectionTime": "30s", "maxEjectedPercent": 50}}),
+        ));
+        let snap = build(&state);
+        assert!(snap.problems.is_empty(), "{:?}", snap.problems);
+        let web = &snap.gateways.services["web.production.app.acme.com"];
+        let retries = web.retries.as_ref().expect("retries");
+        assert_eq!(retries.attempts, 3);
+        assert!(retries.on_gateway_error && !retries.on_5xx && !retries.on_reset);
+        assert_eq!(retries.retriable_status_codes, [409]);
+        assert!(retries.non_idempotent);
+        assert_eq!(
+            web.outliers,
+            gns_gateway::config::OutlierPolicy {
+                consecutive_failures: 5,
+                interval_ms: Some(2_000),
+                ejection_ms: 30_000,
+                max_ejected_percent: 50,
+            }
         );
     }
 
