@@ -89,7 +89,7 @@ pub async fn serve(
         let connection = Connection {
             router: router.clone(),
             builder: Arc::clone(&builder),
-            first_request: limits.header_read_timeout,
+            first_request: tokio::time::Instant::now() + limits.header_read_timeout,
             stopping: stopping.clone(),
         };
         let tls = tls.clone();
@@ -98,7 +98,8 @@ pub async fn serve(
                 None => connection.serve(tcp).await,
                 Some(acceptor) => {
                     // The handshake is part of the first request's deadline.
-                    match tokio::time::timeout(connection.first_request, acceptor.accept(tcp)).await
+                    match tokio::time::timeout_at(connection.first_request, acceptor.accept(tcp))
+                        .await
                     {
                         Ok(Ok(stream)) => connection.serve(stream).await,
                         Ok(Err(e)) => {
@@ -131,7 +132,8 @@ pub async fn serve(
 struct Connection {
     router: axum::Router,
     builder: Arc<Builder<TokioExecutor>>,
-    first_request: Duration,
+    /// When the first request must have started (the TLS handshake included).
+    first_request: tokio::time::Instant,
     stopping: tokio::sync::watch::Receiver<bool>,
 }
 
@@ -166,7 +168,7 @@ impl Connection {
         let mut stop = std::pin::pin!(async move {
             let _ = stopping.wait_for(|stop| *stop).await;
         });
-        let mut first = std::pin::pin!(tokio::time::sleep(self.first_request));
+        let mut first = std::pin::pin!(tokio::time::sleep_until(self.first_request));
         let mut first_pending = true;
         let mut idle = gns_gateway::idle::Watch::new(Some(IDLE));
         // A client that breaks off (or is cut off) is not an error of ours.

@@ -5,8 +5,10 @@
 //!   logged and counted, and the old one kept).
 //! - [`ServingMode::Issued`] (the default): a certificate the federation's
 //!   own CA issues for the `--tls-san` names, renewed at two thirds of its
-//!   lifetime and at once when another root starts signing (a rotation's
-//!   second step), so it always chains to a root in the trust bundle.
+//!   lifetime and at once when the root that issued it leaves the trust
+//!   bundle (a rotation's last step). It moves to the new root as late as
+//!   possible: clients that follow the bundle have had the whole rotation
+//!   to learn the new root, so none is locked out of the control channel.
 //!
 //! Either way the federation writes the roots local clients should trust to
 //! `<data-dir>/ca.pem` (the CA's trust bundle, and with `--tls-cert` the
@@ -253,8 +255,8 @@ impl Serving {
                 }
             }
             Source::Issued { names, current } => {
-                let signing_root = self.identity.root_der();
-                if !renewal_due(current, &signing_root, now) {
+                let trusted = self.identity.trusts(current.issuer());
+                if !renewal_due(current, trusted, now) {
                     return;
                 }
                 match self
@@ -303,13 +305,14 @@ impl Serving {
 }
 
 /// Whether an issued certificate should be replaced: two thirds of its
-/// lifetime are over, or another root signs now.
-pub fn renewal_due(current: &ServingCertificate, signing_root: &[u8], now: SystemTime) -> bool {
+/// lifetime are over, or its issuer is no longer in the trust bundle
+/// (`issuer_trusted` false).
+pub fn renewal_due(current: &ServingCertificate, issuer_trusted: bool, now: SystemTime) -> bool {
     let lifetime = current
         .not_after
         .duration_since(current.not_before)
         .unwrap_or_default();
-    current.issuer() != signing_root || now >= current.not_before + lifetime * 2 / 3
+    !issuer_trusted || now >= current.not_before + lifetime * 2 / 3
 }
 
 fn certified(cert: &ServingCertificate) -> Result<CertifiedKey, TlsError> {
@@ -409,21 +412,13 @@ mod tests {
     }
 
     #[test]
-    fn an_issued_certificate_is_renewed_at_two_thirds_or_when_another_root_signs() {
+    fn an_issued_certificate_is_renewed_at_two_thirds_or_when_its_root_leaves_the_bundle() {
         let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
         let cert = issued(start, Duration::from_secs(300), b"root-a");
-        assert!(!renewal_due(&cert, b"root-a", start));
-        assert!(!renewal_due(
-            &cert,
-            b"root-a",
-            start + Duration::from_secs(199)
-        ));
-        assert!(renewal_due(
-            &cert,
-            b"root-a",
-            start + Duration::from_secs(200)
-        ));
-        // A rotation's second step: the new root signs, so renew at once.
-        assert!(renewal_due(&cert, b"root-b", start));
+        assert!(!renewal_due(&cert, true, start));
+        assert!(!renewal_due(&cert, true, start + Duration::from_secs(199)));
+        assert!(renewal_due(&cert, true, start + Duration::from_secs(200)));
+        // A rotation's last step dropped its root: renew at once.
+        assert!(renewal_due(&cert, false, start));
     }
 }

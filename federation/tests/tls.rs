@@ -81,8 +81,10 @@ async fn the_issued_certificate_verifies_with_ca_pem_and_follows_a_root_rotation
         .await;
     assert!(plain.is_err(), "plain HTTP was answered: {plain:?}");
 
-    // Rotation: once the new root signs, the API is served under it, and
-    // ca.pem holds both roots until the rotation finishes.
+    // Rotation: the API stays on the old root while it is in the bundle
+    // (clients have the whole rotation to learn the new one), ca.pem holds
+    // both meanwhile, and the API moves to the new root when the old one
+    // leaves the bundle.
     for phase in ["start", "activate"] {
         fed.post("/v1/identity/root-rotation", json!({"phase": phase}))
             .await;
@@ -90,15 +92,28 @@ async fn the_issued_certificate_verifies_with_ca_pem_and_follows_a_root_rotation
     let bundle: Value = fed.get("/v1/identity/trust-bundle").await;
     let new_root = bundle["roots"][0].as_str().expect("new root").to_owned();
     until_ok(
+        "ca.pem to hold both roots",
+        Duration::from_secs(15),
+        async || {
+            std::fs::read_to_string(&ca_file)
+                .is_ok_and(|t| t.matches("BEGIN CERTIFICATE").count() == 2)
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(
+        healthz_trusting(&fed.api, &ca_pem).await,
+        Ok(200),
+        "still served under the old root while it is trusted"
+    );
+    fed.post("/v1/identity/root-rotation", json!({"phase": "finish"}))
+        .await;
+    until_ok(
         "the API to be served under the new root",
         Duration::from_secs(15),
         async || healthz_trusting(&fed.api, &new_root).await == Ok(200),
     )
     .await;
-    let during = std::fs::read_to_string(&ca_file).expect("ca.pem");
-    assert_eq!(during.matches("BEGIN CERTIFICATE").count(), 2, "{during}");
-    fed.post("/v1/identity/root-rotation", json!({"phase": "finish"}))
-        .await;
     until_ok(
         "ca.pem to hold the new root only",
         Duration::from_secs(15),

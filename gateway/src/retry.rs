@@ -5,7 +5,8 @@
 //! regardless: nothing was sent); each condition does what its name says:
 //! `5xx` any 5xx (and a reset or timeout, as they mean no answer),
 //! `gateway-error` 502, 503 and 504 (and a timeout), `reset` a broken
-//! exchange, `retriable-status-codes` exactly the listed statuses.
+//! exchange (and a timeout), `retriable-status-codes` exactly the listed
+//! statuses. A per-try timeout alone retries nothing.
 
 use http::Method;
 
@@ -46,7 +47,7 @@ pub fn again(policy: Option<&RetryPolicy>, method: &Method, failure: Failure) ->
                 || p.retriable_status_codes.contains(&status)
         }
         Failure::Reset => p.on_reset || p.on_5xx,
-        Failure::Timeout => p.on_5xx || p.on_gateway_error || p.per_try_timeout_ms.is_some(),
+        Failure::Timeout => p.on_5xx || p.on_gateway_error || p.on_reset,
     }
 }
 

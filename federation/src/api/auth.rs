@@ -246,6 +246,11 @@ fn scope_refusal(principal: &Principal, method: &Method, path: &str) -> Option<A
                 forbidden("a workload token reads, writes and heartbeats external workloads there, nothing else")
             })
         }
+        // Its members and domain decide which clusters' namespaces feed it:
+        // changing them could pull in another team's services.
+        Reach::Inside { rest: "", .. } if *method != Method::GET => Some(forbidden(
+            "changing or deleting a global namespace itself (its members, its domain) needs an unscoped token",
+        )),
         Reach::Inside { .. } => None,
         Reach::GlobalNamespaces
             if *method == Method::GET && principal.role != Role::Workload =>
@@ -399,7 +404,24 @@ mod tests {
             refused(&editor, Method::POST, "/v1/global-namespaces"),
             Some(ApiError::Forbidden(_))
         ));
-        assert!(refused(&editor, Method::PUT, "/v1/global-namespaces/production").is_none());
+        for method in [Method::PUT, Method::DELETE] {
+            assert!(
+                matches!(
+                    refused(&editor, method, "/v1/global-namespaces/production"),
+                    Some(ApiError::Forbidden(_))
+                ),
+                "members and domain are not a scoped token's to change"
+            );
+        }
+        assert!(refused(&editor, Method::GET, "/v1/global-namespaces/production").is_none());
+        assert!(
+            refused(
+                &editor,
+                Method::PUT,
+                "/v1/global-namespaces/production/access-policies/a"
+            )
+            .is_none()
+        );
         // Unscoped tokens are not touched here.
         assert!(refused(&scoped(Role::Viewer, &[]), Method::GET, "/v1/clusters").is_none());
     }

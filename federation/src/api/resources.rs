@@ -19,7 +19,7 @@ use crate::model::{
     AccessPolicy, Cluster, Domain, ExternalWorkload, GlobalNamespace, Kind, NamedResource,
     WorkloadPhase, WorkloadStatus,
 };
-use crate::store::{ObjectKey, ObjectWrite, StoredObject};
+use crate::store::{ObjectKey, ObjectWrite, PageRequest, StoredObject};
 
 /// Path parameters of a resource route (`gns` for scoped kinds, `name` for one object).
 pub type PathParams = Path<HashMap<String, String>>;
@@ -348,16 +348,33 @@ pub async fn list<R: ApiResource>(
     if R::KIND.is_scoped() {
         require_gns(&state, &scope).await?;
     }
-    let mut page = state
-        .store
-        .list(R::KIND, &scope, &page_request(&query)?)
-        .await?;
+    let request = page_request(&query)?;
+    // A scoped token lists only the global namespaces it may see; the page
+    // (and its continue key) is cut from those, so no hidden name leaks.
+    let scoped = match (R::KIND, &principal) {
+        (Kind::GlobalNamespace, Some(Extension(p))) if !p.global_namespaces.is_empty() => Some(p),
+        _ => None,
+    };
+    let mut page = match scoped {
+        None => state.store.list(R::KIND, &scope, &request).await?,
+        Some(principal) => {
+            let all = PageRequest {
+                limit: None,
+                after: request.after.clone(),
+            };
+            let mut visible = state.store.list(R::KIND, &scope, &all).await?.items;
+            visible.retain(|o| principal.sees(&o.key.name));
+            let limit = request.limit.map_or(usize::MAX, |l| l as usize);
+            let next = (visible.len() > limit).then(|| visible[limit - 1].key.name.clone());
+            visible.truncate(limit);
+            crate::store::Page {
+                items: visible,
+                next,
+            }
+        }
+    };
     if R::LIVENESS {
         overlay_liveness(&state, R::KIND, &scope, &mut page.items).await?;
-    }
-    // A scoped token lists only the global namespaces it may see.
-    if let (Kind::GlobalNamespace, Some(Extension(principal))) = (R::KIND, &principal) {
-        page.items.retain(|o| principal.sees(&o.key.name));
     }
     let items = page.items.iter().map(render::<R>).collect();
     Ok(Json(list_body(items, continue_token(page.next))))

@@ -201,6 +201,7 @@ fn start(
                                         domains: fp.domains.clone(),
                                     },
                                     client: kube,
+                                    roots: options.federation_ca.clone(),
                                 };
                                 tokio::join!(sync, crate::rollout::run(rollout, gateway_tx));
                             }

@@ -313,6 +313,13 @@ impl Identity {
         self.state.load().cert_der.clone()
     }
 
+    /// Whether `root` (DER) is in the trust bundle: the signing root, a
+    /// pending next one, or an old one kept until a rotation finishes.
+    pub fn trusts(&self, root: &[u8]) -> bool {
+        let state = self.state.load();
+        state.cert_der == root || state.previous.iter().any(|(_, der)| der == root)
+    }
+
     /// SPIFFE ID of `cluster`'s gateway.
     pub fn gateway_id(&self, cluster: &str) -> String {
         format!("spiffe://{}/cluster/{cluster}/gateway", self.trust_domain)

@@ -111,6 +111,10 @@ pub struct Rollout {
     pub params: GatewayParams,
     /// A client with the cluster's stored credentials.
     pub client: kube::Client,
+    /// The roots that verify the federation, kept current: when they change
+    /// (a root rotation), the gateway objects are applied again, so pods
+    /// started afterwards trust the new root.
+    pub roots: crate::tls::ClientRoots,
 }
 
 /// The tag of an image reference (`latest` when it has none; a digest as is).
@@ -279,7 +283,7 @@ fn ingress_address(service: &k8s_openapi::api::core::v1::Service) -> Option<Stri
 }
 
 /// Applies the gateway and follows it forever, publishing its status on `status`.
-pub async fn run(rollout: Rollout, status: watch::Sender<Option<Value>>) {
+pub async fn run(mut rollout: Rollout, status: watch::Sender<Option<Value>>) {
     let mut backoff = Duration::from_secs(1);
     let publish = |value: Value| {
         status.send_if_modified(|current| {
@@ -291,7 +295,8 @@ pub async fn run(rollout: Rollout, status: watch::Sender<Option<Value>>) {
             }
         });
     };
-    let failed = |e: &RolloutError| json!({"phase": e.phase(), "message": e.to_string(), "version": rollout.params.version()});
+    let version = rollout.params.version();
+    let failed = |e: &RolloutError| json!({"phase": e.phase(), "message": e.to_string(), "version": version});
     loop {
         publish(
             json!({"phase": "Applying", "message": "applying the gateway", "version": rollout.params.version()}),
@@ -324,6 +329,15 @@ pub async fn run(rollout: Rollout, status: watch::Sender<Option<Value>>) {
                     value["message"] = json!(format!("cannot read the rollout: {e}"));
                     publish(value);
                 }
+            }
+            let roots = rollout.roots.pem();
+            if !roots.is_empty() && roots != rollout.params.federation_ca {
+                tracing::info!(
+                    cluster = rollout.params.cluster,
+                    "the federation's roots changed; applying the gateway again"
+                );
+                rollout.params.federation_ca = roots;
+                break;
             }
             tokio::time::sleep(POLL).await;
         }
