@@ -177,7 +177,7 @@ pub async fn follow(server: Arc<DnsServer>, config: FollowConfig, stats: Arc<Fol
         .map(gns_trust::FederationTrust::from_file)
         .transpose()
     {
-        Ok(trust) => trust,
+        Ok(trust) => trust.flatten(),
         Err(e) => {
             tracing::error!(error = %e, "unusable CA file; serving the cache only");
             return;

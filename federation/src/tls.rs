@@ -10,10 +10,11 @@
 //!   possible: clients that follow the bundle have had the whole rotation
 //!   to learn the new root, so none is locked out of the control channel.
 //!
-//! Either way the federation writes the roots local clients should trust to
-//! `<data-dir>/ca.pem` (the CA's trust bundle, and with `--tls-cert` the
-//! self-signed root that ends the given chain, if it has one), and rewrites
-//! it when the bundle changes. One task owns the certificate and the file;
+//! Either way the federation writes the roots that verify its certificate
+//! to `<data-dir>/ca.pem` (the CA's trust bundle; with `--tls-cert` the
+//! self-signed root that ends the given chain, or nothing when the chain
+//! ends below a public root: clients then use the system's roots), and
+//! rewrites it when they change. One task owns the certificate and the file;
 //! the listener reads the certificate through [`Resolver`] per handshake.
 
 use std::path::{Path, PathBuf};
@@ -145,8 +146,8 @@ pub struct Serving {
     roots: ClientRoots,
     identity: Arc<Identity>,
     ca_file: PathBuf,
-    /// What `ca.pem` holds.
-    written: String,
+    /// What `ca.pem` holds, once written.
+    written: Option<String>,
     /// The self-signed root ending a `--tls-cert` chain, PEM, if any.
     file_root: Option<String>,
 }
@@ -186,7 +187,7 @@ impl Serving {
             roots: ClientRoots::default(),
             identity,
             ca_file: data_dir.join("ca.pem"),
-            written: String::new(),
+            written: None,
             file_root,
         };
         serving.write_ca()?;
@@ -285,11 +286,11 @@ impl Serving {
 
     /// Writes `ca.pem` when what it should hold changed.
     fn write_ca(&mut self) -> Result<(), TlsError> {
-        let mut text: String = self.identity.trust_bundle().concat();
-        if let Some(root) = &self.file_root {
-            text.push_str(root);
-        }
-        if text == self.written {
+        let text = match &self.source {
+            Some(Source::Files { .. }) => self.file_root.clone().unwrap_or_default(),
+            _ => self.identity.trust_bundle().concat(),
+        };
+        if self.written.as_ref() == Some(&text) {
             return Ok(());
         }
         gns_files::write(&self.ca_file, text.as_bytes(), gns_files::Access::Readable).map_err(
@@ -299,7 +300,7 @@ impl Serving {
             },
         )?;
         self.roots.0.store(Arc::new(text.clone()));
-        self.written = text;
+        self.written = Some(text);
         Ok(())
     }
 }

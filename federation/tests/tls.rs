@@ -172,6 +172,29 @@ async fn given_certificate_files_are_served_and_reloaded_when_they_change() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_without_its_root_leaves_ca_pem_empty_for_the_systems_roots() {
+    // An operator's certificate from a CA clients already trust (a public
+    // one): the chain ends below the root, so the federation has no root to
+    // hand out, and ca.pem is empty (clients then use the system's roots).
+    let dir = tempfile::tempdir().expect("dir");
+    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    let (operator_ca, chain, leaf_key) = issued_pair();
+    let leaf_only = chain.replace(&operator_ca, "");
+    write(&cert, &leaf_only);
+    write(&key, &leaf_key);
+    let (cert_arg, key_arg) = (cert.display().to_string(), key.display().to_string());
+    let fed = Fed::start_with(None, &["--tls-cert", &cert_arg, "--tls-key", &key_arg]).await;
+    let ca_pem = std::fs::read_to_string(fed.ca_file.as_ref().expect("CA file")).expect("ca.pem");
+    assert!(ca_pem.trim().is_empty(), "{ca_pem}");
+    assert!(
+        gns_trust::read_roots(fed.ca_file.as_ref().expect("CA file"))
+            .expect("reads")
+            .is_empty()
+    );
+    assert_eq!(healthz_trusting(&fed.api, &operator_ca).await, Ok(200));
+}
+
 #[test]
 fn conflicting_tls_flags_are_refused() {
     use clap::Parser;

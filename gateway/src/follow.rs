@@ -214,7 +214,8 @@ impl Follower {
         std::fs::create_dir_all(state_dir).map_err(state_err(state_dir))?;
         let trust = federation_ca
             .map(gns_trust::FederationTrust::from_file)
-            .transpose()?;
+            .transpose()?
+            .flatten();
         let http = match &trust {
             Some(trust) => trust.client_builder(),
             None => gns_trust::client_builder(None)?,

@@ -3,8 +3,9 @@
 //! The federation serves its API over TLS, by default with a certificate its
 //! own CA issues and whose roots it writes to `<data-dir>/ca.pem`. A client
 //! given that file (`--ca-file`, `--federation-ca`) verifies the federation
-//! against its roots only; without one it uses the system's roots, for a
-//! federation behind a publicly trusted certificate. A client never falls
+//! against its roots only; without one, or with an empty one (what a
+//! federation serving a publicly trusted certificate writes), it uses the
+//! system's roots. A client never falls
 //! back to plain text: an `https://` URL is verified or the request fails,
 //! and [`unverified`] turns that failure into one line saying what to do.
 
@@ -54,12 +55,16 @@ pub enum TrustError {
     Client(#[source] reqwest::Error),
 }
 
-/// The certificates of a PEM file (one or more `CERTIFICATE` blocks).
+/// The certificates of a PEM file (one or more `CERTIFICATE` blocks); none
+/// for an empty file (the system's roots then apply).
 pub fn read_roots(path: &Path) -> Result<Vec<reqwest::Certificate>, TrustError> {
     let pem = std::fs::read(path).map_err(|source| TrustError::Read {
         path: path.to_owned(),
         source,
     })?;
+    if pem.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Vec::new());
+    }
     let none = |reason: String| TrustError::NoCertificates {
         path: path.to_owned(),
         reason,
@@ -77,9 +82,14 @@ pub fn client_builder(ca_file: Option<&Path>) -> Result<reqwest::ClientBuilder, 
     // reqwest is built without a bundled TLS provider: ring (ignore "already installed").
     let _ = rustls::crypto::ring::default_provider().install_default();
     let builder = reqwest::Client::builder();
-    Ok(match ca_file {
-        Some(path) => builder.tls_certs_only(read_roots(path)?),
-        None => builder,
+    let roots = match ca_file {
+        Some(path) => read_roots(path)?,
+        None => Vec::new(),
+    };
+    Ok(if roots.is_empty() {
+        builder
+    } else {
+        builder.tls_certs_only(roots)
     })
 }
 
@@ -127,12 +137,16 @@ pub fn continues(current: &[CertificateDer<'_>], offered: &[CertificateDer<'_>])
 }
 
 impl FederationTrust {
-    /// Trusts the roots of `ca_file`.
-    pub fn from_file(ca_file: &Path) -> Result<FederationTrust, TrustError> {
+    /// Trusts the roots of `ca_file`; `None` when it is empty (the
+    /// federation's certificate is verified with the system's roots).
+    pub fn from_file(ca_file: &Path) -> Result<Option<FederationTrust>, TrustError> {
         let pem = std::fs::read(ca_file).map_err(|source| TrustError::Read {
             path: ca_file.to_owned(),
             source,
         })?;
+        if pem.iter().all(u8::is_ascii_whitespace) {
+            return Ok(None);
+        }
         let configured: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
             .collect::<Result<_, _>>()
             .map_err(|e| TrustError::NoCertificates {
@@ -146,11 +160,11 @@ impl FederationTrust {
             });
         }
         let current = Arc::new(ArcSwap::new(verifier(&configured)?));
-        Ok(FederationTrust {
+        Ok(Some(FederationTrust {
             configured: Arc::new(configured),
             followed: Arc::default(),
             current,
-        })
+        }))
     }
 
     /// Every root trusted now: the CA file's and the followed bundle's, each once.
@@ -337,6 +351,10 @@ mod tests {
         );
         let missing = read_roots(&dir.path().join("nope.pem")).expect_err("missing");
         assert!(matches!(missing, TrustError::Read { .. }), "{missing}");
+        // An empty file names no roots of its own: the system's apply.
+        std::fs::write(&path, "\n").expect("write");
+        assert!(read_roots(&path).expect("empty").is_empty());
+        assert!(FederationTrust::from_file(&path).expect("empty").is_none());
     }
 
     #[test]
@@ -392,7 +410,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let path = dir.path().join("ca.pem");
         std::fs::write(&path, other.cert.pem()).expect("write");
-        let trust = FederationTrust::from_file(&path).expect("trust");
+        let trust = FederationTrust::from_file(&path)
+            .expect("trust")
+            .expect("roots");
         let client = trust.client_builder().build().expect("client");
         let url = format!("https://{addr}/");
         let refused = client.get(&url).send().await.expect_err("not trusted yet");
@@ -419,7 +439,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let path = dir.path().join("ca.pem");
         std::fs::write(&path, a.cert.pem()).expect("write");
-        let trust = FederationTrust::from_file(&path).expect("trust");
+        let trust = FederationTrust::from_file(&path)
+            .expect("trust")
+            .expect("roots");
         // A rotation's steps: [a, b], then [b, a], then [b] (a stays, from the file).
         assert_eq!(trust.offer(&[pem(&a), pem(&b)]).ok(), Some(true));
         assert_eq!(trust.offer(&[pem(&a), pem(&b)]).ok(), Some(false));
