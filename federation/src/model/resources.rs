@@ -593,7 +593,7 @@ pub struct HeaderMatch {
 pub struct Destination {
     /// Target cluster.
     pub cluster: Name,
-    /// Optional version subset (matched against the `version` label of endpoints).
+    /// Version subset: refused for now (endpoints carry no labels yet).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subset: Option<Name>,
     /// Share of traffic, 0–100.
@@ -807,6 +807,13 @@ fn validate_destinations(destinations: &[Destination], at: &str, errors: &mut Fi
             errors.add(format!("{at}[{j}].weight"), "must be between 0 and 100");
         }
         sum += u64::from(d.weight);
+        // Refused, not accepted and ignored, until endpoints carry labels.
+        if d.subset.is_some() {
+            errors.add(
+                format!("{at}[{j}].subset"),
+                "version subsets are not supported yet (endpoints carry no labels): route by cluster",
+            );
+        }
         if !seen.insert((&d.cluster, &d.subset)) {
             errors.add(format!("{at}[{j}]"), "the same destination is listed twice");
         }
@@ -1266,5 +1273,17 @@ mod tests {
                 "outlierDetection.maxEjectedPercent"
             ]
         );
+    }
+
+    #[test]
+    fn a_subset_is_refused_until_endpoints_carry_labels() {
+        let r = routing(serde_json::json!({
+            "rules": [{"destinations": [{"cluster": "east", "subset": "v2", "weight": 100}]}]}));
+        let fields: Vec<String> = r
+            .validate()
+            .err()
+            .map(|e| e.0.iter().map(|f| f.field.clone()).collect())
+            .unwrap_or_default();
+        assert_eq!(fields, ["rules[0].destinations[0].subset"]);
     }
 }
