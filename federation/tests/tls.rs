@@ -195,6 +195,25 @@ async fn a_chain_without_its_root_leaves_ca_pem_empty_for_the_systems_roots() {
     assert_eq!(healthz_trusting(&fed.api, &operator_ca).await, Ok(200));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_issued_certificate_names_the_tls_san_hosts_only() {
+    let fed = Fed::start_with(None, &["--tls-san", "localhost"]).await;
+    let ca_pem = std::fs::read_to_string(fed.ca_file.as_ref().expect("CA file")).expect("ca.pem");
+    let port = fed.addr.port();
+    assert_eq!(
+        healthz_trusting(&format!("https://localhost:{port}"), &ca_pem).await,
+        Ok(200)
+    );
+    // 127.0.0.1 is a default name, but --tls-san replaces the defaults.
+    let refused = healthz_trusting(&format!("https://127.0.0.1:{port}"), &ca_pem)
+        .await
+        .expect_err("not a name of the certificate");
+    assert!(
+        refused.contains("cannot verify the certificate"),
+        "{refused}"
+    );
+}
+
 #[test]
 fn conflicting_tls_flags_are_refused() {
     use clap::Parser;

@@ -98,13 +98,7 @@ struct Renewed {
 
 /// The roots (DER) of a trust bundle document.
 fn parse_roots(text: &str) -> Result<Vec<CertificateDer<'static>>, FollowError> {
-    let bundle: Bundle = serde_json::from_str(text).map_err(|e| FollowError::Pem(e.to_string()))?;
-    bundle
-        .roots
-        .iter()
-        .map(|r| CertificateDer::from_pem_slice(r.as_bytes()))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| FollowError::Pem(e.to_string()))
+    gns_trust::parse_bundle(text).map_err(|e| FollowError::Pem(e.to_string()))
 }
 
 pub use gns_trust::continues;
@@ -794,45 +788,20 @@ mod tests {
     /// A federation from before key rotation: it refuses `keyProof` with
     /// 422 and renews a CSR for the current key.
     async fn federation_without_key_rotation(cert_for_current_key: String) -> String {
-        use http_body_util::BodyExt;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("listen");
-        let address = listener.local_addr().expect("address");
-        tokio::spawn(async move {
-            while let Ok((tcp, _)) = listener.accept().await {
-                let cert = cert_for_current_key.clone();
-                let service = hyper::service::service_fn(
-                    move |req: hyper::Request<hyper::body::Incoming>| {
-                        let cert = cert.clone();
-                        async move {
-                            let body = req.into_body().collect().await?.to_bytes();
-                            let body: serde_json::Value =
-                                serde_json::from_slice(&body).unwrap_or_default();
-                            let (status, answer) = if body.get("keyProof").is_some() {
-                                (
-                                    422,
-                                    serde_json::json!({"error": "unknown field `keyProof`"}),
-                                )
-                            } else {
-                                (200, serde_json::json!({"certificate": cert}))
-                            };
-                            let mut resp = hyper::Response::new(http_body_util::Full::new(
-                                bytes::Bytes::from(answer.to_string()),
-                            ));
-                            *resp.status_mut() =
-                                http::StatusCode::from_u16(status).expect("status");
-                            Ok::<_, hyper::Error>(resp)
-                        }
-                    },
-                );
-                tokio::spawn(
-                    hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), service),
-                );
+        fake_federation(move |body| {
+            if body.get("keyProof").is_some() {
+                (
+                    422,
+                    serde_json::json!({"error": "unknown field `keyProof`"}),
+                )
+            } else {
+                (
+                    200,
+                    serde_json::json!({"certificate": cert_for_current_key}),
+                )
             }
-        });
-        format!("http://{address}")
+        })
+        .await
     }
 
     #[tokio::test]

@@ -384,13 +384,7 @@ pub async fn sign(
         token = token_name,
         "gateway certificate signed"
     );
-    Ok(Json(json!({
-        "certificate": signed.chain_pem,
-        "spiffeId": signed.spiffe_id,
-        "expiresAt": rfc3339(signed.expires_at_ms),
-        "apiToken": api_token,
-        "apiTokenName": token_name,
-    })))
+    Ok(first_certificate(&signed, &api_token, &token_name))
 }
 
 /// The first certificate of a gateway pod that proves itself with a
@@ -452,13 +446,23 @@ async fn sign_for_service_account(
         token = token_name,
         "gateway certificate signed for a service-account token"
     );
-    Ok(Json(json!({
+    Ok(first_certificate(&signed, &api_token, &token_name))
+}
+
+/// The answer to a gateway's first signing: its certificate and its API
+/// token (shown this once).
+fn first_certificate(
+    signed: &crate::identity::SignedCertificate,
+    api_token: &str,
+    token_name: &str,
+) -> Json<Value> {
+    Json(json!({
         "certificate": signed.chain_pem,
         "spiffeId": signed.spiffe_id,
         "expiresAt": rfc3339(signed.expires_at_ms),
         "apiToken": api_token,
         "apiTokenName": token_name,
-    })))
+    }))
 }
 
 /// `GET /v1/identity/trust-bundle`.

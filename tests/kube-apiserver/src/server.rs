@@ -798,6 +798,43 @@ impl TestApiServer {
         name: &str,
         lifetime: Option<Duration>,
     ) -> Result<String, HookError> {
+        self.mint_for_account(
+            namespace,
+            name,
+            &[crate::tokens::DEFAULT_AUDIENCE],
+            lifetime,
+            None,
+        )
+    }
+
+    /// A projected service-account token, as the kubelet mounts one into a
+    /// pod: for `audiences`, valid for `lifetime` (10 minutes to 2^32
+    /// seconds), bound to pod `pod` (with `pod_uid`) when given. It does not
+    /// authenticate to this API server unless its audiences include the
+    /// server's; a `TokenReview` for one of its audiences accepts it while
+    /// it is valid.
+    pub fn projected_token(
+        &self,
+        namespace: &str,
+        name: &str,
+        audiences: &[&str],
+        lifetime: Duration,
+        pod: Option<(&str, &str)>,
+    ) -> Result<String, HookError> {
+        self.mint_for_account(namespace, name, audiences, Some(lifetime), pod)
+    }
+
+    /// Mints a token for service account `namespace/name` (which must
+    /// exist): for `audiences`, with `lifetime` bounded as a TokenRequest's
+    /// (`None`: never expires), bound to `pod` when given.
+    fn mint_for_account(
+        &self,
+        namespace: &str,
+        name: &str,
+        audiences: &[&str],
+        lifetime: Option<Duration>,
+        pod: Option<(&str, &str)>,
+    ) -> Result<String, HookError> {
         let lifetime = lifetime
             .map(|l| {
                 let seconds = i64::try_from(l.as_secs()).unwrap_or(i64::MAX);
@@ -820,57 +857,13 @@ impl TestApiServer {
             .pointer("/metadata/uid")
             .and_then(serde_json::Value::as_str)
             .unwrap_or("");
-        let (token, _) = self.shared.tokens.mint(&MintRequest {
-            namespace,
-            name,
-            uid,
-            audiences: &[crate::tokens::DEFAULT_AUDIENCE.to_owned()],
-            lifetime,
-            secret: None,
-            pod: None,
-        });
-        Ok(token)
-    }
-
-    /// A projected service-account token, as the kubelet mounts one into a
-    /// pod: for `audiences`, valid for `lifetime` (10 minutes to 2^32
-    /// seconds), bound to pod `pod` (with `pod_uid`) when given. It does not
-    /// authenticate to this API server unless its audiences include the
-    /// server's; a `TokenReview` for one of its audiences accepts it while
-    /// it is valid.
-    pub fn projected_token(
-        &self,
-        namespace: &str,
-        name: &str,
-        audiences: &[&str],
-        lifetime: Duration,
-        pod: Option<(&str, &str)>,
-    ) -> Result<String, HookError> {
-        let seconds = i64::try_from(lifetime.as_secs()).unwrap_or(i64::MAX);
-        let lifetime = crate::tokens::expiration(seconds).map_err(|why| {
-            HookError::Invalid(format!("{}: {why}", crate::tokens::EXPIRATION_FIELD))
-        })?;
-        let index = self.resource_index::<k8s_openapi::api::core::v1::ServiceAccount>()?;
-        let account = self
-            .shared
-            .store
-            .get(index, namespace, name)
-            .ok_or_else(|| HookError::NotFound {
-                plural: "serviceaccounts".to_owned(),
-                namespace: namespace.to_owned(),
-                name: name.to_owned(),
-            })?;
-        let uid = account
-            .pointer("/metadata/uid")
-            .and_then(serde_json::Value::as_str)
-            .unwrap_or("");
         let audiences: Vec<String> = audiences.iter().map(|a| (*a).to_owned()).collect();
         let (token, _) = self.shared.tokens.mint(&MintRequest {
             namespace,
             name,
             uid,
             audiences: &audiences,
-            lifetime: Some(lifetime),
+            lifetime,
             secret: None,
             pod,
         });
