@@ -708,7 +708,10 @@ async fn changes_since_sees_writes_and_deletes(store: Arc<dyn Store>) {
     assert!(all.deleted.is_empty());
 
     let base = all.revision;
-    let svc = |n: &str| scoped_write(Kind::Service, "production", n, json!({"name": n}), &[]);
+    let svc = |n: &str| {
+        let name = n.split('.').next().unwrap_or_default();
+        scoped_write(Kind::Service, "production", n, json!({"name": name}), &[])
+    };
     store.create(svc("web.east")).await.expect("web");
     store.create(svc("db.east")).await.expect("db");
     store
@@ -723,8 +726,14 @@ async fn changes_since_sees_writes_and_deletes(store: Arc<dyn Store>) {
         .await
         .expect("batch delete");
     let since = store.changes_since(base).await.expect("changes");
-    let changed: Vec<&str> = since.changed.iter().map(|o| o.key.name.as_str()).collect();
+    assert!(since.changed.is_empty(), "services come parsed, apart");
+    let changed: Vec<&str> = since.services.iter().map(|o| o.key.name.as_str()).collect();
     assert_eq!(changed, ["web.east"], "only what was written after {base}");
+    let web = since.services[0]
+        .spec
+        .as_ref()
+        .expect("the stored spec parses");
+    assert_eq!(web.name.as_str(), "web");
     assert_eq!(
         since.deleted,
         [ObjectKey::scoped(Kind::Service, "production", "db.east")]
@@ -734,11 +743,52 @@ async fn changes_since_sees_writes_and_deletes(store: Arc<dyn Store>) {
     let mid = since.revision;
     store.create(svc("db.east")).await.expect("db again");
     let again = store.changes_since(mid).await.expect("changes");
-    assert_eq!(again.changed.len(), 1);
+    assert_eq!(again.services.len(), 1);
     assert!(again.deleted.is_empty(), "the old delete is before {mid}");
     let both = store.changes_since(base).await.expect("changes");
-    assert!(both.changed.iter().any(|o| o.key.name == "db.east"));
+    assert!(both.services.iter().any(|o| o.key.name == "db.east"));
     assert!(both.deleted.iter().any(|k| k.name == "db.east"));
+
+    // A spec written as JSON text reads back parsed; one that does not
+    // parse any more is reported on the object, not as a failed read.
+    let texts = store
+        .write_batch(
+            vec![
+                BatchOp::PutEncoded {
+                    key: ObjectKey::scoped(Kind::Service, "production", "api.east"),
+                    spec: r#"{"name":"api","ports":[],"clusters":{}}"#.to_owned(),
+                },
+                BatchOp::PutEncoded {
+                    key: ObjectKey::scoped(Kind::Service, "production", "old.east"),
+                    spec: r#"{"name":"old","ports":"none"}"#.to_owned(),
+                },
+                BatchOp::PutEncoded {
+                    key: ObjectKey::scoped(Kind::Service, "gone", "api.east"),
+                    spec: r#"{"name":"api"}"#.to_owned(),
+                },
+            ],
+            "sync",
+        )
+        .await
+        .expect("encoded batch");
+    assert_eq!(
+        (texts.applied, texts.skipped),
+        (2, 1),
+        "no global namespace gone"
+    );
+    let encoded = store.changes_since(both.revision).await.expect("changes");
+    let parsed: Vec<(&str, bool)> = encoded
+        .services
+        .iter()
+        .map(|o| (o.key.name.as_str(), o.spec.is_ok()))
+        .collect();
+    assert_eq!(parsed, [("api.east", true), ("old.east", false)]);
+    let stored = store
+        .get(&ObjectKey::scoped(Kind::Service, "production", "api.east"))
+        .await
+        .expect("get")
+        .expect("written");
+    assert_eq!(stored.status, json!({}));
 
     // Deleting a global namespace deletes, and reports, everything in it.
     let before_cascade = store.revision().await.expect("revision");
@@ -761,7 +811,9 @@ async fn changes_since_sees_writes_and_deletes(store: Arc<dyn Store>) {
         deleted,
         [
             (Kind::GlobalNamespace, "production"),
+            (Kind::Service, "api.east"),
             (Kind::Service, "db.east"),
+            (Kind::Service, "old.east"),
             (Kind::Service, "web.east"),
         ]
     );

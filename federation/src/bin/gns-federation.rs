@@ -9,10 +9,22 @@ use tracing_subscriber::EnvFilter;
 /// threads, which glibc malloc keeps as fragmented arenas.
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: gns_alloc::MiMalloc = gns_alloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // Set when the binary was loaded: freed memory goes back to the system.
+    #[cfg(feature = "mimalloc")]
+    if !gns_alloc::install() {
+        eprintln!("warning: the allocator keeps freed memory (arena eager commit is on)");
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     let config = Config::parse();
     // TLS to member clusters and Postgres: rustls with the ring provider only.
     let _ = rustls::crypto::ring::default_provider().install_default();

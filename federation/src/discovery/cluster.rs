@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use super::health::{ApiHealth, is_connect_failure};
 use super::model::{self, Member, NamespaceObjects, ServiceInfo, SliceInfo};
 use crate::model::{ClusterChange, ClusterPhase, DiscoveredService, Kind};
-use crate::store::{BatchOp, ObjectKey, ObjectWrite, PageRequest, Store};
+use crate::store::{BatchOp, ObjectKey, PageRequest, Store};
 
 /// Actor name of discovery writes in the audit log.
 pub const ACTOR: &str = "system:discovery";
@@ -563,31 +563,26 @@ fn apply<K, I>(
     }
 }
 
-/// Hash of a catalog entry's JSON, to tell whether it changed.
-fn entry_hash(svc: &DiscoveredService) -> u64 {
+/// A catalog entry encoded once: its JSON text (what the store writes) and
+/// the hash of that text (to tell whether it changed).
+struct Encoded {
+    text: String,
+    hash: u64,
+}
+
+fn encode(svc: &DiscoveredService) -> Option<Encoded> {
     use std::hash::{Hash, Hasher};
+    let text = serde_json::to_string(svc).ok()?;
     let mut hasher = std::hash::DefaultHasher::new();
-    serde_json::to_vec(svc)
-        .unwrap_or_default()
-        .hash(&mut hasher);
-    hasher.finish()
+    text.hash(&mut hasher);
+    Some(Encoded {
+        hash: hasher.finish(),
+        text,
+    })
 }
 
 /// Store writes for one entry, and its new hash (`None`: deleted).
 type EntryUpdate = (ObjectKey, Option<u64>);
-
-fn put(key: ObjectKey, svc: &DiscoveredService) -> Option<BatchOp> {
-    let spec = serde_json::to_value(svc).ok()?;
-    Some(BatchOp::Put(ObjectWrite {
-        key,
-        spec,
-        secret: None,
-        cluster_refs: vec![],
-        domain: None,
-        status: None,
-        actor: ACTOR.into(),
-    }))
-}
 
 /// Writes for the entries of the dirty services only.
 fn changed_entries(
@@ -605,15 +600,19 @@ fn changed_entries(
         for member in members.iter().filter(|m| &m.namespace == ns) {
             for name in names {
                 let key = model::catalog_key(cluster, member, name);
-                let desired = model::contribution(cluster, member, ns_objects, &slices, name);
-                let hash = desired.as_ref().map(entry_hash);
+                let desired = model::contribution(cluster, member, ns_objects, &slices, name)
+                    .and_then(|svc| encode(&svc));
+                let hash = desired.as_ref().map(|e| e.hash);
                 if hash == written.get(&key).copied() {
                     continue;
                 }
-                match desired {
-                    Some(svc) => ops.extend(put(key.clone(), &svc)),
-                    None => ops.push(BatchOp::Delete(key.clone())),
-                }
+                ops.push(match desired {
+                    Some(encoded) => BatchOp::PutEncoded {
+                        key: key.clone(),
+                        spec: encoded.text,
+                    },
+                    None => BatchOp::Delete(key.clone()),
+                });
                 updated.push((key, hash));
             }
         }
@@ -632,11 +631,16 @@ fn all_entries(
     let (mut ops, mut updated) = (Vec::new(), Vec::new());
     let desired = model::contributions(cluster, members, objects);
     for (key, svc) in &desired {
-        let hash = entry_hash(svc);
-        if previous.get(key) != Some(&hash) {
-            ops.extend(put(key.clone(), svc));
+        let Some(encoded) = encode(svc) else {
+            continue;
+        };
+        if previous.get(key) != Some(&encoded.hash) {
+            ops.push(BatchOp::PutEncoded {
+                key: key.clone(),
+                spec: encoded.text,
+            });
         }
-        updated.push((key.clone(), Some(hash)));
+        updated.push((key.clone(), Some(encoded.hash)));
     }
     for key in previous.into_keys().filter(|k| !desired.contains_key(k)) {
         ops.push(BatchOp::Delete(key.clone()));
@@ -665,7 +669,9 @@ async fn existing_objects(
             {
                 // An entry that no longer parses gets hash 0: rewritten.
                 let hash = serde_json::from_value::<DiscoveredService>(o.spec)
-                    .map_or(0, |svc| entry_hash(&svc));
+                    .ok()
+                    .and_then(|svc| encode(&svc))
+                    .map_or(0, |e| e.hash);
                 out.insert(o.key, hash);
             }
         }

@@ -31,7 +31,8 @@ pub use builder::spawn_builder;
 pub use cache::CompileCache;
 pub use compile::{compile, compile_with};
 
-use crate::model::{DiscoveredService, Kind};
+use crate::model::Kind;
+pub use crate::store::ServiceObject;
 use crate::store::{Changes, ObjectKey, Store, StoreError, StoredObject};
 
 /// Errors of building a snapshot.
@@ -261,37 +262,6 @@ impl std::fmt::Debug for Snapshot {
     }
 }
 
-/// A discovered-service object, parsed once when it is read from the store
-/// (the builder keeps thousands of them; typed they take a fraction of the
-/// memory of their JSON and are not parsed again on every build).
-#[derive(Debug, Clone, PartialEq)]
-pub struct ServiceObject {
-    /// Store key (`<service>.<cluster>` for discovery's objects).
-    pub key: ObjectKey,
-    /// Resource version it was read at.
-    pub resource_version: u64,
-    /// The spec, or why the stored spec no longer parses.
-    pub spec: Result<Arc<DiscoveredService>, String>,
-}
-
-impl From<StoredObject> for ServiceObject {
-    /// Parses (and checks the service part of the name) once, when read.
-    fn from(object: StoredObject) -> Self {
-        let service_part = object.key.name.split('.').next().unwrap_or_default();
-        let spec = match crate::model::Name::try_from(service_part.to_owned()) {
-            Err(e) => Err(e.to_string()),
-            Ok(_) => serde_path_to_error::deserialize::<_, DiscoveredService>(&object.spec)
-                .map(Arc::new)
-                .map_err(|e| format!("stored spec does not parse: {e}")),
-        };
-        Self {
-            key: object.key,
-            resource_version: object.resource_version,
-            spec,
-        }
-    }
-}
-
 /// The objects inside one global namespace that the compiler reads, each
 /// list sorted by name.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -403,6 +373,10 @@ impl StoreState {
                     upsert_sorted(&mut scoped.access_policies, object);
                 }
             }
+        }
+        for service in changes.services {
+            let scoped = self.scoped.entry(service.key.scope.clone()).or_default();
+            upsert_sorted(&mut scoped.services, service);
         }
         self.revision = changes.revision;
     }

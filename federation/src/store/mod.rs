@@ -26,7 +26,7 @@ use tokio::sync::watch;
 pub use crypto::{CryptoError, SecretBox};
 pub use sql::SqlStore;
 
-use crate::model::{ClusterRef, Domain, Kind, Role};
+use crate::model::{ClusterRef, DiscoveredService, Domain, Kind, Role};
 
 /// Identifies one object: kind, scope (the global namespace for scoped kinds, empty otherwise) and name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -119,6 +119,16 @@ pub struct WriteOutcome {
 pub enum BatchOp {
     /// Create or replace (no precondition). `domain` must be `None`.
     Put(ObjectWrite),
+    /// Create or replace (no precondition) with a spec already encoded as
+    /// JSON text by serde (no secret, no cluster references, status `{}`):
+    /// what discovery writes by the thousand, without a `serde_json::Value`
+    /// per entry.
+    PutEncoded {
+        /// Key.
+        key: ObjectKey,
+        /// The spec, JSON text.
+        spec: String,
+    },
     /// Delete if present.
     Delete(ObjectKey),
 }
@@ -271,13 +281,71 @@ pub struct Liveness {
     pub data: Value,
 }
 
+/// A discovered-service object, parsed once when it is read from the store
+/// (the snapshot builder keeps thousands of them; typed they take a fraction
+/// of the memory of their JSON and are not parsed again on every build).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceObject {
+    /// Store key (`<service>.<cluster>` for discovery's objects).
+    pub key: ObjectKey,
+    /// Resource version it was read at.
+    pub resource_version: u64,
+    /// The spec, or why the stored spec no longer parses.
+    pub spec: Result<Arc<DiscoveredService>, String>,
+}
+
+impl ServiceObject {
+    /// Parses a stored spec (and checks the service part of the name).
+    pub fn parse(key: ObjectKey, resource_version: u64, spec: &str) -> Self {
+        let spec = Self::check_name(&key).and_then(|()| {
+            let mut de = serde_json::Deserializer::from_str(spec);
+            serde_path_to_error::deserialize::<_, DiscoveredService>(&mut de)
+                .map(Arc::new)
+                .map_err(|e| format!("stored spec does not parse: {e}"))
+        });
+        Self {
+            key,
+            resource_version,
+            spec,
+        }
+    }
+
+    fn check_name(key: &ObjectKey) -> Result<(), String> {
+        let service_part = key.name.split('.').next().unwrap_or_default();
+        crate::model::Name::try_from(service_part.to_owned())
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl From<StoredObject> for ServiceObject {
+    /// Parses (and checks the service part of the name) an object read as JSON.
+    fn from(object: StoredObject) -> Self {
+        let spec = Self::check_name(&object.key).and_then(|()| {
+            serde_path_to_error::deserialize::<_, DiscoveredService>(&object.spec)
+                .map(Arc::new)
+                .map_err(|e| format!("stored spec does not parse: {e}"))
+        });
+        Self {
+            key: object.key,
+            resource_version: object.resource_version,
+            spec,
+        }
+    }
+}
+
 /// The answer of [`Store::changes_since`].
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Changes {
     /// Store revision when the changes were read; every change up to it is included.
     pub revision: u64,
-    /// Objects written after the asked revision, in key order.
+    /// Objects written after the asked revision, in key order, except
+    /// discovered services.
     pub changed: Vec<StoredObject>,
+    /// Discovered services written after the asked revision, in key order,
+    /// parsed from their stored text as they are read (there are many; none
+    /// passes through a `serde_json::Value`).
+    pub services: Vec<ServiceObject>,
     /// Keys deleted after the asked revision, in key order.
     pub deleted: Vec<ObjectKey>,
 }

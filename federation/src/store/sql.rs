@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use futures::TryStreamExt;
 use serde_json::Value;
 use sqlx::AnyPool;
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -17,7 +18,8 @@ use tokio::task::JoinHandle;
 
 use super::{
     AuditEntry, BatchOp, BatchOutcome, Changes, Lease, Liveness, ObjectKey, ObjectWrite, Page,
-    PageRequest, SecretBox, Store, StoreError, StoredObject, TokenRecord, WriteOutcome,
+    PageRequest, SecretBox, ServiceObject, Store, StoreError, StoredObject, TokenRecord,
+    WriteOutcome,
 };
 use crate::model::{ClusterRef, Domain, Kind, Role};
 
@@ -284,6 +286,20 @@ fn object_from_row(row: &AnyRow) -> Result<StoredObject, StoreError> {
         created_at: get_i64("created_at")?,
         updated_at: get_i64("updated_at")?,
     })
+}
+
+/// A discovered service of a row, its spec parsed from the column's text.
+fn service_from_row(row: &AnyRow) -> Result<ServiceObject, StoreError> {
+    let key = ObjectKey {
+        kind: Kind::Service,
+        scope: text_column(row, "scope")?,
+        name: text_column(row, "name")?,
+    };
+    let version = u64_of(number_column(row, "resource_version")?);
+    let spec = row
+        .try_get::<&str, _>("spec")
+        .map_err(|e| StoreError::Internal(format!("column spec: {e}")))?;
+    Ok(ServiceObject::parse(key, version, spec))
 }
 
 fn token_from_row(row: &AnyRow) -> Result<TokenRecord, StoreError> {
@@ -695,8 +711,8 @@ async fn record_scope_tombstones(
 async fn put_object(
     tx: &mut Tx,
     key: &ObjectKey,
-    spec: &Value,
-    status: &Value,
+    spec: &str,
+    status: &str,
     sealed: Option<Vec<u8>>,
     revision: u64,
     now: i64,
@@ -711,8 +727,8 @@ async fn put_object(
     .bind(key.kind.as_str())
     .bind(&key.scope)
     .bind(&key.name)
-    .bind(spec_text(spec)?)
-    .bind(spec_text(status)?)
+    .bind(spec)
+    .bind(status)
     .bind(sealed)
     .bind(i64_of(revision))
     .bind(now)
@@ -732,6 +748,28 @@ fn check_version(key: &ObjectKey, expected: Option<u64>, current: u64) -> Result
         }),
         _ => Ok(()),
     }
+}
+
+/// The status of an object written without one.
+const EMPTY_STATUS: &str = "{}";
+
+/// Whether the global namespace of a scoped key exists (always true for
+/// global kinds), remembered per scope for the rest of a batch.
+async fn scope_exists(
+    tx: &mut Tx,
+    live_scopes: &mut std::collections::HashMap<String, bool>,
+    key: &ObjectKey,
+) -> Result<bool, StoreError> {
+    if !key.kind.is_scoped() {
+        return Ok(true);
+    }
+    if let Some(exists) = live_scopes.get(&key.scope) {
+        return Ok(*exists);
+    }
+    let parent = ObjectKey::global(Kind::GlobalNamespace, key.scope.clone());
+    let exists = fetch_object(tx, &parent).await?.is_some();
+    live_scopes.insert(key.scope.clone(), exists);
+    Ok(exists)
 }
 
 fn spec_text(value: &Value) -> Result<String, StoreError> {
@@ -824,15 +862,23 @@ impl Store for SqlStore {
             "SELECT {OBJECT_COLUMNS} FROM gns_objects WHERE resource_version > $1 \
              ORDER BY kind, scope, name"
         );
-        let rows = sqlx::query(AssertSqlSafe(sql))
-            .bind(i64_of(revision))
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(db_err)?;
-        let changed = rows
-            .iter()
-            .map(object_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
+        // Rows are streamed and converted one at a time, and discovered
+        // services are parsed straight from their text: a first read of a
+        // large catalog never holds every row, or every spec as a JSON tree,
+        // at once.
+        let (mut changed, mut services) = (Vec::new(), Vec::new());
+        {
+            let mut rows = sqlx::query(AssertSqlSafe(sql))
+                .bind(i64_of(revision))
+                .fetch(&mut *tx);
+            while let Some(row) = rows.try_next().await.map_err(db_err)? {
+                if kind_column(&row)? == Kind::Service {
+                    services.push(service_from_row(&row)?);
+                } else {
+                    changed.push(object_from_row(&row)?);
+                }
+            }
+        }
         let rows = sqlx::query(
             "SELECT kind, scope, name FROM gns_tombstones WHERE revision > $1 \
              ORDER BY kind, scope, name",
@@ -857,6 +903,7 @@ impl Store for SqlStore {
         Ok(Changes {
             revision: u64_of(current),
             changed,
+            services,
             deleted,
         })
     }
@@ -900,7 +947,16 @@ impl Store for SqlStore {
             .status
             .clone()
             .unwrap_or_else(|| Value::Object(Default::default()));
-        put_object(&mut tx, key, &write.spec, &status, sealed, revision, now).await?;
+        put_object(
+            &mut tx,
+            key,
+            &spec_text(&write.spec)?,
+            &spec_text(&status)?,
+            sealed,
+            revision,
+            now,
+        )
+        .await?;
         replace_cluster_refs(&mut tx, key, &write.cluster_refs).await?;
         self.finish_write(tx, revision, (&write.actor, "create", key))
             .await?;
@@ -1487,21 +1543,9 @@ impl Store for SqlStore {
                             "write_batch can't claim domains".into(),
                         ));
                     }
-                    if key.kind.is_scoped() {
-                        let exists = match live_scopes.get(&key.scope) {
-                            Some(e) => *e,
-                            None => {
-                                let parent =
-                                    ObjectKey::global(Kind::GlobalNamespace, key.scope.clone());
-                                let e = fetch_object(&mut tx, &parent).await?.is_some();
-                                live_scopes.insert(key.scope.clone(), e);
-                                e
-                            }
-                        };
-                        if !exists {
-                            outcome.skipped += 1;
-                            continue;
-                        }
+                    if !scope_exists(&mut tx, &mut live_scopes, key).await? {
+                        outcome.skipped += 1;
+                        continue;
                     }
                     check_cluster_refs(&mut tx, &write.cluster_refs).await?;
                     let sealed = write
@@ -1509,12 +1553,22 @@ impl Store for SqlStore {
                         .as_deref()
                         .map(|s| self.seal(key, s))
                         .transpose()?;
-                    let status = write
-                        .status
-                        .clone()
-                        .unwrap_or_else(|| Value::Object(Default::default()));
-                    put_object(&mut tx, key, &write.spec, &status, sealed, revision, now).await?;
+                    let status = match &write.status {
+                        Some(status) => spec_text(status)?,
+                        None => EMPTY_STATUS.to_owned(),
+                    };
+                    let spec = spec_text(&write.spec)?;
+                    put_object(&mut tx, key, &spec, &status, sealed, revision, now).await?;
                     replace_cluster_refs(&mut tx, key, &write.cluster_refs).await?;
+                    outcome.applied += 1;
+                }
+                BatchOp::PutEncoded { key, spec } => {
+                    if !scope_exists(&mut tx, &mut live_scopes, &key).await? {
+                        outcome.skipped += 1;
+                        continue;
+                    }
+                    put_object(&mut tx, &key, &spec, EMPTY_STATUS, None, revision, now).await?;
+                    replace_cluster_refs(&mut tx, &key, &[]).await?;
                     outcome.applied += 1;
                 }
                 BatchOp::Delete(key) => {
