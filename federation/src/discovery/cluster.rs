@@ -102,13 +102,47 @@ enum Resource {
 }
 
 enum Update {
-    Services(String, Box<Event<Service>>),
-    Slices(String, Box<Event<EndpointSlice>>),
+    Services(String, Reduced<model::ServiceInfo>),
+    Slices(String, Reduced<model::SliceInfo>),
     /// A watcher failed: namespace, resource, the error in words, and
     /// whether its request could not connect at all.
     Failed(String, Resource, String, bool),
     /// Outcome of an API probe: `None` when it answered in time.
     Probe(Option<String>),
+}
+
+/// A watcher event with its object already reduced to what the catalog
+/// needs (`I`), in the watcher's own task: the channel to the cluster's
+/// task never holds whole Kubernetes objects, however far behind that task
+/// is during a large first list.
+#[derive(Debug)]
+enum Reduced<I> {
+    /// A (re)list begins.
+    Init,
+    /// An object of the (re)list, by name.
+    InitApply(String, I),
+    /// The (re)list is complete.
+    InitDone,
+    /// An object created or changed, by name.
+    Apply(String, I),
+    /// An object deleted, by name.
+    Delete(String),
+}
+
+impl<I> Reduced<I> {
+    fn of<K>(event: Event<K>) -> Self
+    where
+        K: kube::Resource,
+        I: for<'a> From<&'a K>,
+    {
+        match event {
+            Event::Init => Self::Init,
+            Event::InitApply(obj) => Self::InitApply(obj.name_any(), I::from(&obj)),
+            Event::InitDone => Self::InitDone,
+            Event::Apply(obj) => Self::Apply(obj.name_any(), I::from(&obj)),
+            Event::Delete(obj) => Self::Delete(obj.name_any()),
+        }
+    }
 }
 
 /// Probes the API server every [`PROBE_INTERVAL`] until the receiver is
@@ -196,16 +230,17 @@ fn client_error(error: &watcher::Error) -> Option<&kube::Error> {
 /// 2 s; after a request that could not connect once fast, then by waiting
 /// for the cluster's probe to see the API back (at most 50–100 % of
 /// [`CONNECT_CEILING`]), so a dead API costs almost no retries of its own.
-fn spawn_watch<K>(
+fn spawn_watch<K, I>(
     api: Api<K>,
     ns: String,
     resource: Resource,
     tx: mpsc::Sender<Update>,
-    wrap: fn(String, Box<Event<K>>) -> Update,
+    wrap: fn(String, Reduced<I>) -> Update,
     health: ApiHealth,
 ) -> tokio::task::JoinHandle<()>
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+    I: for<'a> From<&'a K> + Send + 'static,
 {
     tokio::spawn(async move {
         let mut stream = watcher::watcher(api, watcher::Config::default().timeout(60)).boxed();
@@ -221,7 +256,7 @@ where
                         delays.reset();
                         connect_failures = 0;
                     }
-                    (wrap(ns.clone(), Box::new(event)), Wait::None)
+                    (wrap(ns.clone(), Reduced::of(event)), Wait::None)
                 }
                 Err(e) => {
                     let connect = client_error(&e).is_some_and(is_connect_failure);
@@ -366,7 +401,7 @@ pub async fn run(
                     let state = svc_watch.entry(ns.clone()).or_default();
                     let target = &mut objects.entry(ns.clone()).or_default().services;
                     apply(
-                        *event,
+                        event,
                         state,
                         target,
                         dirty.entry(ns).or_default(),
@@ -377,7 +412,7 @@ pub async fn run(
                     let state = slice_watch.entry(ns.clone()).or_default();
                     let target = &mut objects.entry(ns.clone()).or_default().slices;
                     apply(
-                        *event,
+                        event,
                         state,
                         target,
                         dirty.entry(ns).or_default(),
@@ -506,16 +541,13 @@ pub async fn run(
 /// the catalog needs); a (re)list replaces them at its end. The services
 /// whose entries may change are added to `dirty` (`service_of` names the
 /// service an object belongs to).
-fn apply<K, I>(
-    event: Event<K>,
+fn apply<I: PartialEq>(
+    event: Reduced<I>,
     state: &mut WatchState<I>,
     target: &mut BTreeMap<String, I>,
     dirty: &mut BTreeSet<String>,
     service_of: fn(&str, &I) -> Option<String>,
-) where
-    K: kube::Resource,
-    I: for<'a> From<&'a K> + PartialEq,
-{
+) {
     let mut touch = |name: &str, old: Option<&I>, new: Option<&I>| {
         if old == new {
             return;
@@ -527,14 +559,14 @@ fn apply<K, I>(
         }
     };
     match event {
-        Event::Init => state.buffer = Some(BTreeMap::new()),
-        Event::InitApply(obj) => {
+        Reduced::Init => state.buffer = Some(BTreeMap::new()),
+        Reduced::InitApply(name, info) => {
             state
                 .buffer
                 .get_or_insert_with(BTreeMap::new)
-                .insert(obj.name_any(), I::from(&obj));
+                .insert(name, info);
         }
-        Event::InitDone => {
+        Reduced::InitDone => {
             let fresh = state.buffer.take().unwrap_or_default();
             for (name, old) in target.iter() {
                 touch(name, Some(old), fresh.get(name));
@@ -546,15 +578,12 @@ fn apply<K, I>(
             state.synced = true;
             state.error = None;
         }
-        Event::Apply(obj) => {
-            let name = obj.name_any();
-            let info = I::from(&obj);
+        Reduced::Apply(name, info) => {
             touch(&name, target.get(&name), Some(&info));
             target.insert(name, info);
             state.error = None;
         }
-        Event::Delete(obj) => {
-            let name = obj.name_any();
+        Reduced::Delete(name) => {
             if let Some(old) = target.remove(&name) {
                 touch(&name, Some(&old), None);
             }
