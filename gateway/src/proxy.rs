@@ -836,7 +836,8 @@ impl Gateway {
         body: Bytes,
     ) -> (Response<Body>, &'p str) {
         let retry = route.config.retries.as_ref();
-        // Connect failures move on through the plan; 5xx only with a retry policy.
+        // Connect failures move on through the plan (and round it again only
+        // with `connect-failure`); 5xx only with a retry policy.
         let budget = retry.map_or(plan.len(), |r| r.attempts.max(1) as usize);
         let per_try = retry
             .and_then(|r| r.per_try_timeout_ms)
@@ -877,7 +878,11 @@ impl Gateway {
                 // Nothing was sent: move on, whatever the method.
                 Err(TryError::Connect(e)) => {
                     tracing::debug!(cluster, error = %e, "try failed to connect");
-                    last = Some(reply(StatusCode::BAD_GATEWAY, &format!("{cluster}: {e}")));
+                    let answer = reply(StatusCode::BAD_GATEWAY, &format!("{cluster}: {e}"));
+                    if !crate::retry::again_after_connect_failure(retry, n + 1 >= plan.len()) {
+                        return (answer, cluster);
+                    }
+                    last = Some(answer);
                 }
                 Err(TryError::Reset(e)) => {
                     let answer = reply(StatusCode::BAD_GATEWAY, &format!("{cluster}: {e}"));

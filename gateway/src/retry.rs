@@ -1,12 +1,17 @@
 //! When a failed try is tried again: the pure decision from a service's
 //! retry policy, the request's method and what went wrong. A request whose
-//! method is not idempotent is not sent twice unless the policy says so
-//! (a try that never reached the upstream, a connect failure, moves on
-//! regardless: nothing was sent); each condition does what its name says:
-//! `5xx` any 5xx (and a reset or timeout, as they mean no answer),
-//! `gateway-error` 502, 503 and 504 (and a timeout), `reset` a broken
-//! exchange (and a timeout), `retriable-status-codes` exactly the listed
-//! statuses. A per-try timeout alone retries nothing.
+//! method is not idempotent is not sent twice unless the policy says so;
+//! each condition does what its name says: `5xx` any 5xx (and a reset or
+//! timeout, as they mean no answer), `gateway-error` 502, 503 and 504 (and
+//! a timeout), `reset` a broken exchange (and a timeout),
+//! `retriable-status-codes` exactly the listed statuses. A per-try timeout
+//! alone retries nothing.
+//!
+//! A try that could not connect sent nothing, so whatever the method it
+//! moves on to the plan's next cluster (failover needs no policy); once
+//! every cluster of the plan has refused, `connect-failure` makes the
+//! remaining attempts go round the plan again (endpoints restarting),
+//! without it the request ends there.
 
 use http::Method;
 
@@ -49,6 +54,13 @@ pub fn again(policy: Option<&RetryPolicy>, method: &Method, failure: Failure) ->
         Failure::Reset => p.on_reset || p.on_5xx,
         Failure::Timeout => p.on_5xx || p.on_gateway_error || p.on_reset,
     }
+}
+
+/// Whether a try that could not connect is followed by another:
+/// always while the plan has a cluster not tried yet (`plan_exhausted`
+/// false), after that only when the policy names `connect-failure`.
+pub fn again_after_connect_failure(policy: Option<&RetryPolicy>, plan_exhausted: bool) -> bool {
+    !plan_exhausted || policy.is_some_and(|p| p.on_connect_failure)
 }
 
 #[cfg(test)]
@@ -96,6 +108,21 @@ mod tests {
             !again(None, &get, Failure::Status(503)),
             "no policy, no retry"
         );
+    }
+
+    #[test]
+    fn connect_failures_go_round_the_plan_again_only_with_connect_failure() {
+        let five = policy(|p| p.on_5xx = true);
+        let connect = policy(|p| p.on_connect_failure = true);
+        for p in [None, Some(&five), Some(&connect)] {
+            assert!(
+                again_after_connect_failure(p, false),
+                "failover needs no policy"
+            );
+        }
+        assert!(!again_after_connect_failure(None, true));
+        assert!(!again_after_connect_failure(Some(&five), true));
+        assert!(again_after_connect_failure(Some(&connect), true));
     }
 
     #[test]

@@ -67,7 +67,11 @@ async fn scripted_upstream(script: Vec<Step>) -> (u16, Arc<AtomicUsize>) {
 
 /// An egress routing [`HOST`] to the upstream on `port` with `retries`.
 async fn egress(port: u16, retries: RetryPolicy) -> std::net::SocketAddr {
-    let gateway = Gateway::new("east");
+    egress_of(Gateway::new("east"), port, retries).await
+}
+
+/// The same with a given gateway (to read its counters).
+async fn egress_of(gateway: Arc<Gateway>, port: u16, retries: RetryPolicy) -> std::net::SocketAddr {
     let config = ServiceConfig {
         gns: "production".into(),
         service: "web".into(),
@@ -185,4 +189,38 @@ async fn reset_retries_a_broken_exchange_only_with_reset() {
         through(gateway, script, reqwest::Method::GET).await,
         (502, 1)
     );
+}
+
+#[tokio::test]
+async fn connect_failure_goes_round_the_plan_again_only_when_named() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    // A port nothing listens on: every connection is refused.
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr").port()
+    };
+    let tries = async |retries: RetryPolicy| {
+        let gateway = Gateway::new("east");
+        let addr = egress_of(Arc::clone(&gateway), closed, retries).await;
+        let status = reqwest::Client::new()
+            .get(format!("http://{addr}/"))
+            .header("host", HOST)
+            .send()
+            .await
+            .expect("answer")
+            .status()
+            .as_u16();
+        let retried = gateway.counters.retries.load(Ordering::Relaxed);
+        (status, retried)
+    };
+    // Three attempts, but the one cluster refused and nothing names
+    // connect-failure: one try.
+    let five = policy(|p| {
+        p.on_5xx = true;
+        p.on_connect_failure = false;
+    });
+    assert_eq!(tries(five).await, (502, 0));
+    // Named: the remaining attempts go round the plan again.
+    let connect = policy(|p| p.on_connect_failure = true);
+    assert_eq!(tries(connect).await, (502, 2));
 }

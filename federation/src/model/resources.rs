@@ -631,7 +631,9 @@ pub enum RetryOn {
     /// 502, 503 or 504.
     #[serde(rename = "gateway-error")]
     GatewayError,
-    /// The upstream connection could not be made.
+    /// Every cluster of the plan refused the connection: the remaining
+    /// attempts go round it again (moving on to the next cluster after a
+    /// connect failure needs no condition).
     #[serde(rename = "connect-failure")]
     ConnectFailure,
     /// The upstream reset the stream.
