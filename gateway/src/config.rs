@@ -100,6 +100,16 @@ pub struct Rule {
     /// Header conditions, all must hold; empty matches everything.
     #[serde(default)]
     pub headers: Vec<HeaderCondition>,
+    /// The calling service (of the same global namespace) the request must
+    /// come from, as the egress names its caller by address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// How the request path (without the query) must match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<HeaderMatcher>,
+    /// The request method, exactly (case-sensitive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
     /// Weighted destination clusters.
     pub destinations: Vec<WeightedCluster>,
 }
@@ -115,7 +125,7 @@ pub struct HeaderCondition {
     pub matcher: HeaderMatcher,
 }
 
-/// How a header value must match.
+/// How a header value (or a path) must match.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum HeaderMatcher {

@@ -437,7 +437,12 @@ impl Gateway {
         let caller = self.local_caller(&routes, &route, client_ip, &service)?;
         let mut caller_headers = http::HeaderMap::new();
         name_caller(&mut caller_headers, caller.and_then(|c| c.header.clone()));
-        let plan = routes.plan(&route, &http::HeaderMap::new(), fastrand::u64(..));
+        let no_headers = http::HeaderMap::new();
+        let request = crate::route::RequestFacts {
+            callers: caller.map_or(&[][..], |c| c.services.as_slice()),
+            ..crate::route::RequestFacts::headers(&no_headers)
+        };
+        let plan = routes.plan(&route, &request, fastrand::u64(..));
         let host = format!("{}.{}:{port}", route.config.service, route.config.gns);
         for cluster in &plan {
             if *cluster == self.cluster {
@@ -768,15 +773,18 @@ impl Gateway {
             }
             // Who calls: the services the client is an endpoint of (access
             // policy by name), or `external` from the public entry.
-            let caller = match entry {
+            let (caller, callers) = match entry {
                 Entry::Egress => {
                     let host = host_in(req.headers(), req.uri());
                     match self.local_caller(&routes, &route, client, host) {
-                        Ok(caller) => caller.and_then(|c| c.header.clone()),
+                        Ok(caller) => (
+                            caller.and_then(|c| c.header.clone()),
+                            caller.map_or(&[][..], |c| c.services.as_slice()),
+                        ),
                         Err(refusal) => return reply(StatusCode::FORBIDDEN, &refusal),
                     }
                 }
-                Entry::Public => Some(HeaderValue::from_static("external")),
+                Entry::Public => (Some(HeaderValue::from_static("external")), &[][..]),
             };
             let (mut parts, body) = req.into_parts();
             name_caller(&mut parts.headers, caller);
@@ -794,7 +802,13 @@ impl Gateway {
             };
             let body = buffered.bytes().clone();
             let request_bytes = body.len() as u64;
-            let plan = routes.plan(&route, &parts.headers, fastrand::u64(..));
+            let request = crate::route::RequestFacts {
+                method: Some(&parts.method),
+                path: Some(parts.uri.path()),
+                headers: &parts.headers,
+                callers,
+            };
+            let plan = routes.plan(&route, &request, fastrand::u64(..));
             if plan.is_empty() {
                 let host = host_in(&parts.headers, &parts.uri);
                 return reply(

@@ -1,8 +1,10 @@
 //! Route decisions, pure: from a request's host and headers to the clusters
 //! to try, in order. Compiled once per config (regular expressions included).
 //!
-//! - The first rule whose header conditions all hold picks a destination
-//!   cluster by weight; without rules the own cluster is preferred.
+//! - The first rule whose conditions all hold (headers, the calling
+//!   service, the path, the method) picks a destination cluster by weight;
+//!   without rules the own cluster is preferred. The federation orders the
+//!   rules (precedence, then as written).
 //! - Clusters without ready endpoints are skipped: the `failover` order comes
 //!   next, then every other cluster with endpoints, own cluster first.
 //! - A peer the config lists as silent (its gateways stopped reporting)
@@ -25,11 +27,59 @@ enum Matcher {
     Regex(Regex),
 }
 
+impl Matcher {
+    fn compile(matcher: &HeaderMatcher) -> Result<Matcher, regex::Error> {
+        Ok(match matcher {
+            HeaderMatcher::Exact(v) => Matcher::Exact(v.clone()),
+            HeaderMatcher::Prefix(v) => Matcher::Prefix(v.clone()),
+            HeaderMatcher::Regex(r) => Matcher::Regex(Regex::new(r)?),
+        })
+    }
+
+    fn holds(&self, value: &str) -> bool {
+        match self {
+            Matcher::Exact(e) => value == e,
+            Matcher::Prefix(p) => value.starts_with(p.as_str()),
+            Matcher::Regex(re) => re.is_match(value),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct CompiledRule {
     headers: Vec<(http::HeaderName, Matcher)>,
+    source: Option<String>,
+    path: Option<Matcher>,
+    method: Option<http::Method>,
     destinations: Vec<(String, u32)>,
     total_weight: u64,
+}
+
+/// What a rule looks at in a request. A TCP connection has no method, path
+/// or headers, so only rules without such conditions apply to it.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestFacts<'a> {
+    /// The method.
+    pub method: Option<&'a http::Method>,
+    /// The path, without the query.
+    pub path: Option<&'a str>,
+    /// The headers.
+    pub headers: &'a HeaderMap,
+    /// The services of the global namespace the caller is an endpoint of
+    /// (none when it is no service's, or it calls from outside).
+    pub callers: &'a [String],
+}
+
+impl<'a> RequestFacts<'a> {
+    /// A request with only headers (no method, path or caller).
+    pub fn headers(headers: &'a HeaderMap) -> Self {
+        Self {
+            method: None,
+            path: None,
+            headers,
+            callers: &[],
+        }
+    }
 }
 
 /// A service with its rules compiled.
@@ -109,19 +159,33 @@ impl RouteTable {
                         problems.push(format!("{host}: rule {i}: bad header name {:?}", cond.name));
                         continue 'rules;
                     };
-                    let matcher = match &cond.matcher {
-                        HeaderMatcher::Exact(v) => Matcher::Exact(v.clone()),
-                        HeaderMatcher::Prefix(v) => Matcher::Prefix(v.clone()),
-                        HeaderMatcher::Regex(r) => match Regex::new(r) {
-                            Ok(re) => Matcher::Regex(re),
-                            Err(e) => {
-                                problems.push(format!("{host}: rule {i}: bad regex: {e}"));
-                                continue 'rules;
-                            }
-                        },
-                    };
-                    headers.push((name, matcher));
+                    match Matcher::compile(&cond.matcher) {
+                        Ok(matcher) => headers.push((name, matcher)),
+                        Err(e) => {
+                            problems.push(format!("{host}: rule {i}: bad regex: {e}"));
+                            continue 'rules;
+                        }
+                    }
                 }
+                let path = match rule.path.as_ref().map(Matcher::compile).transpose() {
+                    Ok(path) => path,
+                    Err(e) => {
+                        problems.push(format!("{host}: rule {i}: bad path regex: {e}"));
+                        continue;
+                    }
+                };
+                let method = match rule
+                    .method
+                    .as_deref()
+                    .map(|m| http::Method::from_bytes(m.as_bytes()))
+                {
+                    None => None,
+                    Some(Ok(method)) => Some(method),
+                    Some(Err(_)) => {
+                        problems.push(format!("{host}: rule {i}: bad method {:?}", rule.method));
+                        continue;
+                    }
+                };
                 let destinations: Vec<(String, u32)> = rule
                     .destinations
                     .iter()
@@ -131,6 +195,9 @@ impl RouteTable {
                 let total_weight = destinations.iter().map(|(_, w)| u64::from(*w)).sum();
                 rules.push(CompiledRule {
                     headers,
+                    source: rule.source.clone(),
+                    path,
+                    method,
                     destinations,
                     total_weight,
                 });
@@ -235,7 +302,12 @@ impl RouteTable {
     }
 
     /// Clusters to try for a request, in order, given a uniformly random `roll`.
-    pub fn plan<'a>(&'a self, route: &'a Route, headers: &HeaderMap, roll: u64) -> Vec<&'a str> {
+    pub fn plan<'a>(
+        &'a self,
+        route: &'a Route,
+        request: &RequestFacts<'_>,
+        roll: u64,
+    ) -> Vec<&'a str> {
         let has_endpoints = |c: &str| route.config.endpoints.get(c).is_some_and(|e| !e.is_empty());
         let mut order: Vec<&'a str> = Vec::with_capacity(4);
         let push = |c: &'a str, order: &mut Vec<&'a str>| {
@@ -243,7 +315,7 @@ impl RouteTable {
                 order.push(c);
             }
         };
-        if let Some(rule) = route.rules.iter().find(|r| matches(r, headers))
+        if let Some(rule) = route.rules.iter().find(|r| matches(r, request))
             && rule.total_weight > 0
         {
             let mut point = roll % rule.total_weight;
@@ -269,18 +341,28 @@ impl RouteTable {
     }
 }
 
-fn matches(rule: &CompiledRule, headers: &HeaderMap) -> bool {
+fn matches(rule: &CompiledRule, request: &RequestFacts<'_>) -> bool {
+    if let Some(method) = &rule.method
+        && request.method != Some(method)
+    {
+        return false;
+    }
+    if let Some(path) = &rule.path
+        && !request.path.is_some_and(|p| path.holds(p))
+    {
+        return false;
+    }
+    if let Some(source) = &rule.source
+        && !request.callers.iter().any(|c| c == source)
+    {
+        return false;
+    }
     rule.headers.iter().all(|(name, m)| {
-        headers.get_all(name).iter().any(|v| {
-            let Ok(v) = v.to_str() else {
-                return false;
-            };
-            match m {
-                Matcher::Exact(e) => v == e,
-                Matcher::Prefix(p) => v.starts_with(p.as_str()),
-                Matcher::Regex(re) => re.is_match(v),
-            }
-        })
+        request
+            .headers
+            .get_all(name)
+            .iter()
+            .any(|v| v.to_str().is_ok_and(|v| m.holds(v)))
     })
 }
 
@@ -309,6 +391,7 @@ mod tests {
                     cluster: "west".into(),
                     weight: 100,
                 }],
+                ..Rule::default()
             },
             Rule {
                 headers: vec![],
@@ -322,6 +405,7 @@ mod tests {
                         weight: 1,
                     },
                 ],
+                ..Rule::default()
             },
         ];
         let mut c = GatewayConfig::default();
@@ -339,14 +423,17 @@ mod tests {
         let mut mobile = HeaderMap::new();
         mobile.insert("user-agent", "Foo Mobile Safari".parse().expect("value"));
         assert_eq!(
-            east.plan(&route, &mobile, 5),
+            east.plan(&route, &RequestFacts::headers(&mobile), 5),
             ["east"],
             "the rule's west is skipped"
         );
         // West's own gateway, back before the federation noticed, serves west.
         let (west, _) = RouteTable::new(&silent, "west", &Arc::default());
         let route = west.route("web.production.app.acme.com").expect("route");
-        assert_eq!(west.plan(&route, &mobile, 5)[0], "west");
+        assert_eq!(
+            west.plan(&route, &RequestFacts::headers(&mobile), 5)[0],
+            "west"
+        );
     }
 
     #[test]
@@ -358,7 +445,7 @@ mod tests {
             .expect("route");
         let mut west = 0;
         for roll in 0..10_000u64 {
-            let plan = table.plan(&route, &HeaderMap::new(), roll);
+            let plan = table.plan(&route, &RequestFacts::headers(&HeaderMap::new()), roll);
             if plan[0] == "west" {
                 west += 1;
             }
@@ -367,7 +454,10 @@ mod tests {
         assert_eq!(west, 100, "1 in 100 to west");
         let mut mobile = HeaderMap::new();
         mobile.insert("user-agent", "Foo Mobile Safari".parse().expect("value"));
-        assert_eq!(table.plan(&route, &mobile, 5)[0], "west");
+        assert_eq!(
+            table.plan(&route, &RequestFacts::headers(&mobile), 5)[0],
+            "west"
+        );
     }
 
     #[test]
@@ -423,7 +513,10 @@ mod tests {
         svc.failover = vec!["west".into()];
         let (table, _) = RouteTable::new(&config, "east", &Arc::default());
         let route = table.route("web.production.app.acme.com").expect("route");
-        assert_eq!(table.plan(&route, &HeaderMap::new(), 0), ["west"]);
+        assert_eq!(
+            table.plan(&route, &RequestFacts::headers(&HeaderMap::new()), 0),
+            ["west"]
+        );
     }
 
     #[test]
@@ -434,6 +527,85 @@ mod tests {
         let (table, problems) = RouteTable::new(&config, "east", &Arc::default());
         assert_eq!(problems.len(), 1);
         let route = table.route("web.production.app.acme.com").expect("route");
-        assert!(!table.plan(&route, &HeaderMap::new(), 0).is_empty());
+        assert!(
+            !table
+                .plan(&route, &RequestFacts::headers(&HeaderMap::new()), 0)
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn source_path_and_method_conditions_must_all_hold() {
+        let mut config = config();
+        let svc = Arc::make_mut(config.services.values_mut().next().expect("svc"));
+        svc.rules[0] = Rule {
+            source: Some("api".into()),
+            path: Some(HeaderMatcher::Regex("^(?:/v[0-9]+/orders(/.*)?)$".into())),
+            method: Some("POST".into()),
+            destinations: vec![WeightedCluster {
+                cluster: "west".into(),
+                weight: 100,
+            }],
+            ..Rule::default()
+        };
+        let (table, problems) = RouteTable::new(&config, "east", &Arc::default());
+        assert!(problems.is_empty(), "{problems:?}");
+        let route = table.route("web.production.app.acme.com").expect("route");
+        let headers = HeaderMap::new();
+        let api = ["api".to_owned()];
+        let post = http::Method::POST;
+        let request = RequestFacts {
+            method: Some(&post),
+            path: Some("/v2/orders/7"),
+            headers: &headers,
+            callers: &api,
+        };
+        // Roll 0 falls on east in the 99/1 catch-all.
+        assert_eq!(table.plan(&route, &request, 0)[0], "west");
+        let get = http::Method::GET;
+        for other in [
+            RequestFacts {
+                method: Some(&get),
+                ..request
+            },
+            RequestFacts {
+                path: Some("/v2/orderz"),
+                ..request
+            },
+            RequestFacts {
+                callers: &[],
+                ..request
+            },
+            RequestFacts {
+                callers: &["web".to_owned()],
+                ..request
+            },
+            // TCP: no method or path.
+            RequestFacts {
+                method: None,
+                path: None,
+                ..request
+            },
+        ] {
+            assert_eq!(table.plan(&route, &other, 0)[0], "east", "{other:?}");
+        }
+        // A caller that is several services' endpoint matches by any of them.
+        let both = ["web".to_owned(), "api".to_owned()];
+        let request = RequestFacts {
+            callers: &both,
+            ..request
+        };
+        assert_eq!(table.plan(&route, &request, 0)[0], "west");
+        // A prefix is a plain string prefix, an exact path the whole path.
+        let svc = Arc::make_mut(config.services.values_mut().next().expect("svc"));
+        svc.rules[0].path = Some(HeaderMatcher::Prefix("/v2/".into()));
+        let (table, _) = RouteTable::new(&config, "east", &Arc::default());
+        let route = table.route("web.production.app.acme.com").expect("route");
+        assert_eq!(table.plan(&route, &request, 0)[0], "west");
+        let svc = Arc::make_mut(config.services.values_mut().next().expect("svc"));
+        svc.rules[0].path = Some(HeaderMatcher::Exact("/v2/orders".into()));
+        let (table, _) = RouteTable::new(&config, "east", &Arc::default());
+        let route = table.route("web.production.app.acme.com").expect("route");
+        assert_eq!(table.plan(&route, &request, 0)[0], "east");
     }
 }

@@ -164,10 +164,11 @@ fn demo_up_try_fail_heal_down() {
         .lines()
         .filter_map(|l| l.strip_prefix("  $ "))
         .collect();
-    assert!(commands.len() >= 7, "the guide lists the commands: {guide}");
-    let expect: [(&str, &[&str]); 7] = [
+    assert!(commands.len() >= 8, "the guide lists the commands: {guide}");
+    let expect: [(&str, &[&str]); 8] = [
         // Most specific first: the first marker a command contains decides.
         ("-b 127.0.10.100", &["127.0.10.1"]),
+        (";iPhone;", &["in west"]),
         ("SRV", &["5432", "db.production.app.acme.com."]),
         ("dig @", &["127.0.10.1", "127.0.20.1"]),
         ("-A 'Demo Mobile'", &["in west"]),

@@ -289,7 +289,18 @@ fn scenario(setup: &StoreSetup) {
     );
     let routing: Value = serde_yaml_ng::from_str(&run.stdout)
         .unwrap_or_else(|e| panic!("not YAML ({e}):\n{}", run.describe()));
-    let split = &routing["rules"][1]["destinations"];
+    let split = &routing["rules"][3]["destinations"];
+    assert_eq!(routing["rules"][1]["precedence"], 2, "{}", run.stdout);
+    assert_eq!(
+        routing["rules"][2]["match"]["source"], "checkout",
+        "{}",
+        run.stdout
+    );
+    assert_eq!(
+        routing["rules"][2]["match"]["path"]["prefix"], "/orders/",
+        "{}",
+        run.stdout
+    );
     assert_eq!(split[0]["cluster"], "east", "{}", run.stdout);
     assert_eq!(split[0]["weight"], 99, "{}", run.stdout);
     assert!(run.stdout.contains("weight: 99"), "{}", run.stdout);

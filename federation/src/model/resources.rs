@@ -557,8 +557,31 @@ pub struct RoutingRule {
     /// Conditions; a rule without one matches every request.
     #[serde(default, rename = "match", skip_serializing_if = "Option::is_none")]
     pub matches: Option<RouteMatch>,
+    /// Rules with a higher precedence are tried first; equal ones in the
+    /// order written (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precedence: Option<u32>,
     /// Weighted destinations; weights sum to 100.
     pub destinations: Vec<Destination>,
+}
+
+impl RoutingRule {
+    /// Whether the rule has no condition, so it matches every request.
+    pub fn matches_every_request(&self) -> bool {
+        self.matches.as_ref().is_none_or(|m| {
+            m.headers.is_empty() && m.source.is_none() && m.path.is_none() && m.method.is_none()
+        })
+    }
+}
+
+impl Routing {
+    /// The rules in the order they are tried: higher `precedence` first,
+    /// equal ones in the order written.
+    pub fn rules_in_order(&self) -> Vec<(usize, &RoutingRule)> {
+        let mut rules: Vec<(usize, &RoutingRule)> = self.rules.iter().enumerate().collect();
+        rules.sort_by_key(|(_, r)| std::cmp::Reverse(r.precedence.unwrap_or(0)));
+        rules
+    }
 }
 
 /// Request conditions of a rule (all must hold).
@@ -568,6 +591,33 @@ pub struct RouteMatch {
     /// Header conditions.
     #[serde(default)]
     pub headers: Vec<HeaderMatch>,
+    /// The calling service: requests from workloads that are endpoints of
+    /// this service of the same global namespace (as the caller's gateway
+    /// knows them by address). Requests from the public entry have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<Name>,
+    /// The request path (without the query): exactly one of `exact`,
+    /// `prefix`, `regex` (whole path).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathMatch>,
+    /// The request method, e.g. `GET` (methods are case-sensitive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+}
+
+/// A path condition: exactly one of `exact`, `prefix`, `regex`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PathMatch {
+    /// The path equals this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact: Option<String>,
+    /// The path starts with this (`/api` also matches `/api2`: end it with `/` for a segment).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// The path matches this regex (whole path).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
 }
 
 /// A header condition: exactly one of `exact`, `prefix`, `regex`.
@@ -652,19 +702,32 @@ impl Resource for Routing {
         if self.rules.is_empty() {
             errors.add("rules", "at least one rule is required");
         }
-        let last = self.rules.len().saturating_sub(1);
-        for (i, rule) in self.rules.iter().enumerate() {
-            let at = format!("rules[{i}]");
-            let matches_all = rule.matches.as_ref().is_none_or(|m| m.headers.is_empty());
-            if matches_all && i != last {
+        let in_order = self.rules_in_order();
+        let last = in_order.len().saturating_sub(1);
+        for (position, (i, rule)) in in_order.iter().enumerate() {
+            if rule.matches_every_request() && position != last {
                 errors.add(
-                    format!("{at}.match"),
-                    "a rule without conditions matches every request, so the rules after it could never apply; move it last",
+                    format!("rules[{i}].match"),
+                    "a rule without conditions matches every request, so the rules tried after it (by precedence, then order) could never apply; move it last or lower its precedence",
                 );
             }
+        }
+        for (i, rule) in self.rules.iter().enumerate() {
+            let at = format!("rules[{i}]");
             if let Some(m) = &rule.matches {
                 for (j, h) in m.headers.iter().enumerate() {
                     validate_header_match(h, &format!("{at}.match.headers[{j}]"), &mut errors);
+                }
+                if let Some(path) = &m.path {
+                    validate_path_match(path, &format!("{at}.match.path"), &mut errors);
+                }
+                if let Some(method) = &m.method
+                    && !valid_method(method)
+                {
+                    errors.add(
+                        format!("{at}.match.method"),
+                        "must be an HTTP method: 1-32 token characters, e.g. GET",
+                    );
                 }
             }
             validate_destinations(
@@ -783,17 +846,56 @@ fn validate_header_match(h: &HeaderMatch, at: &str, errors: &mut FieldErrors) {
         }
     }
     if let Some(re) = &h.regex {
-        if re.len() > MAX_REGEX_LEN {
-            errors.add(
-                format!("{at}.regex"),
-                format!("must be at most {MAX_REGEX_LEN} characters"),
-            );
-        } else if let Err(e) = regex::RegexBuilder::new(&format!("^(?:{re})$"))
-            .size_limit(MAX_REGEX_COMPILED)
-            .build()
-        {
-            errors.add(format!("{at}.regex"), format!("invalid regex: {e}"));
+        validate_regex(re, &format!("{at}.regex"), errors);
+    }
+}
+
+fn validate_path_match(p: &PathMatch, at: &str, errors: &mut FieldErrors) {
+    let given = [p.exact.is_some(), p.prefix.is_some(), p.regex.is_some()]
+        .into_iter()
+        .filter(|g| *g)
+        .count();
+    if given != 1 {
+        errors.add(at.to_owned(), "give exactly one of exact, prefix or regex");
+    }
+    for (field, value) in [("exact", &p.exact), ("prefix", &p.prefix)] {
+        if let Some(v) = value {
+            if !v.starts_with('/') {
+                errors.add(format!("{at}.{field}"), "must start with /");
+            } else if v.len() > 4096 {
+                errors.add(format!("{at}.{field}"), "must be at most 4096 characters");
+            } else if v.contains('?') || v.chars().any(char::is_control) {
+                errors.add(
+                    format!("{at}.{field}"),
+                    "a path has no query (?) or control characters",
+                );
+            }
         }
+    }
+    if let Some(re) = &p.regex {
+        validate_regex(re, &format!("{at}.regex"), errors);
+    }
+}
+
+/// An HTTP method as RFC 9110 writes it: a token of at most 32 characters.
+fn valid_method(method: &str) -> bool {
+    (1..=32).contains(&method.len())
+        && method
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+fn validate_regex(re: &str, at: &str, errors: &mut FieldErrors) {
+    if re.len() > MAX_REGEX_LEN {
+        errors.add(
+            at.to_owned(),
+            format!("must be at most {MAX_REGEX_LEN} characters"),
+        );
+    } else if let Err(e) = regex::RegexBuilder::new(&format!("^(?:{re})$"))
+        .size_limit(MAX_REGEX_COMPILED)
+        .build()
+    {
+        errors.add(at.to_owned(), format!("invalid regex: {e}"));
     }
 }
 
@@ -1205,6 +1307,63 @@ mod tests {
                 "{expected} missing from {fields:?}"
             );
         }
+    }
+
+    #[test]
+    fn source_path_method_and_precedence_are_checked() {
+        let fields = |rules: serde_json::Value| -> Vec<String> {
+            routing(serde_json::json!({ "rules": rules }))
+                .validate()
+                .err()
+                .map(|e| e.0.iter().map(|f| f.field.clone()).collect())
+                .unwrap_or_default()
+        };
+        let to = serde_json::json!([{"cluster": "east", "weight": 100}]);
+        // The seed's rules: by calling service, and by path and method.
+        assert!(
+            fields(serde_json::json!([
+                {"match": {"source": "checkout"}, "destinations": to},
+                {"match": {"path": {"prefix": "/api/"}, "method": "POST"}, "destinations": to},
+                {"match": {"path": {"regex": "/v[0-9]+/.*"}}, "destinations": to},
+                {"destinations": to}]))
+            .is_empty()
+        );
+        assert_eq!(
+            fields(serde_json::json!([
+                {"match": {"path": {"prefix": "api", "exact": "/a"}}, "destinations": to},
+                {"match": {"path": {"exact": "/a?b=1"}}, "destinations": to},
+                {"match": {"path": {"regex": "("}}, "destinations": to},
+                {"match": {"method": "GET / HTTP"}, "destinations": to},
+                {"destinations": to}])),
+            [
+                "rules[0].match.path",
+                "rules[0].match.path.prefix",
+                "rules[1].match.path.exact",
+                "rules[2].match.path.regex",
+                "rules[3].match.method"
+            ]
+        );
+        // A catch-all may come first when the precedence makes it last...
+        assert!(
+            fields(serde_json::json!([
+                {"destinations": to},
+                {"match": {"source": "checkout"}, "precedence": 2, "destinations": to}]))
+            .is_empty()
+        );
+        // ...but not when it is tried before another rule.
+        assert_eq!(
+            fields(serde_json::json!([
+                {"match": {"source": "checkout"}, "destinations": to},
+                {"precedence": 1, "destinations": to}])),
+            ["rules[1].match"]
+        );
+        let r = routing(serde_json::json!({"rules": [
+            {"match": {"method": "GET"}, "destinations": to},
+            {"match": {"method": "PUT"}, "precedence": 2, "destinations": to},
+            {"match": {"method": "POST"}, "precedence": 2, "destinations": to},
+            {"destinations": to}]}));
+        let order: Vec<usize> = r.rules_in_order().iter().map(|(i, _)| *i).collect();
+        assert_eq!(order, [1, 2, 0, 3], "higher first, then as written");
     }
 
     #[test]

@@ -603,28 +603,43 @@ impl Compiler<'_> {
             }
         }
         if let Some(routing) = inputs.routing {
+            // The contract matches whole values (and whole paths).
+            let matcher =
+                |exact: &Option<String>, prefix: &Option<String>, regex: &Option<String>| match (
+                    exact, prefix, regex,
+                ) {
+                    (Some(v), _, _) => Some(gw::HeaderMatcher::Exact(v.clone())),
+                    (_, Some(v), _) => Some(gw::HeaderMatcher::Prefix(v.clone())),
+                    (_, _, Some(r)) => Some(gw::HeaderMatcher::Regex(format!("^(?:{r})$"))),
+                    _ => None,
+                };
+            // Tried in this order: higher precedence first, then as written.
             out.rules = routing
-                .rules
-                .iter()
-                .map(|rule| gw::Rule {
+                .rules_in_order()
+                .into_iter()
+                .map(|(_, rule)| gw::Rule {
                     headers: rule
                         .matches
                         .iter()
                         .flat_map(|m| m.headers.iter())
                         .filter_map(|h| {
-                            let matcher = match (&h.exact, &h.prefix, &h.regex) {
-                                (Some(v), _, _) => gw::HeaderMatcher::Exact(v.clone()),
-                                (_, Some(v), _) => gw::HeaderMatcher::Prefix(v.clone()),
-                                // The contract matches the whole value.
-                                (_, _, Some(r)) => gw::HeaderMatcher::Regex(format!("^(?:{r})$")),
-                                _ => return None,
-                            };
                             Some(gw::HeaderCondition {
                                 name: h.name.as_str().to_owned(),
-                                matcher,
+                                matcher: matcher(&h.exact, &h.prefix, &h.regex)?,
                             })
                         })
                         .collect(),
+                    source: rule
+                        .matches
+                        .as_ref()
+                        .and_then(|m| m.source.as_ref())
+                        .map(ToString::to_string),
+                    path: rule
+                        .matches
+                        .as_ref()
+                        .and_then(|m| m.path.as_ref())
+                        .and_then(|p| matcher(&p.exact, &p.prefix, &p.regex)),
+                    method: rule.matches.as_ref().and_then(|m| m.method.clone()),
                     destinations: rule
                         .destinations
                         .iter()
@@ -1250,6 +1265,46 @@ mod tests {
             "no gateway: external answer"
         );
         assert!(!api.views.contains_key("south"), "no networks: no view");
+    }
+
+    #[test]
+    fn gateway_rules_are_ordered_by_precedence_and_carry_every_condition() {
+        let mut state = base();
+        let objects = scoped(&mut state);
+        objects
+            .services
+            .push(service("web", &[("east", &["10.8.1.1"], &[])]));
+        objects.routings.push(object(
+            ObjectKey::scoped(Kind::Routing, "production", "web"),
+            json!({"rules": [
+                {"match": {"path": {"prefix": "/api/"}, "method": "POST"},
+                 "destinations": [{"cluster": "east", "weight": 100}]},
+                {"match": {"source": "checkout",
+                           "headers": [{"name": "user-agent", "regex": "^(.*?;)?(iPhone)(;.*)?$"}]},
+                 "precedence": 2,
+                 "destinations": [{"cluster": "west", "weight": 100}]},
+                {"destinations": [{"cluster": "east", "weight": 100}]}]}),
+        ));
+        let snap = build(&state);
+        assert!(snap.problems.is_empty(), "{:?}", snap.problems);
+        let rules = &snap.gateways.services[&format!("web.{ORIGIN}")].rules;
+        assert_eq!(rules.len(), 3);
+        // Precedence 2 first.
+        assert_eq!(rules[0].source.as_deref(), Some("checkout"));
+        assert_eq!(
+            rules[0].headers[0].matcher,
+            gns_gateway::config::HeaderMatcher::Regex("^(?:^(.*?;)?(iPhone)(;.*)?$)$".into())
+        );
+        assert_eq!(rules[0].destinations[0].cluster, "west");
+        assert_eq!(
+            rules[1].path,
+            Some(gns_gateway::config::HeaderMatcher::Prefix("/api/".into()))
+        );
+        assert_eq!(rules[1].method.as_deref(), Some("POST"));
+        assert_eq!(
+            (rules[2].source.as_ref(), rules[2].path.as_ref()),
+            (None, None)
+        );
     }
 
     #[test]

@@ -454,6 +454,10 @@ async fn configure(api: &Api, members: &BTreeMap<&str, Member>) -> anyhow::Resul
             "rules": [
                 {"match": {"headers": [{"name": "user-agent", "regex": ".*Mobile.*"}]},
                  "destinations": [{"cluster": "west", "weight": 100}]},
+                // The seed's steering rule, tried first.
+                {"match": {"headers": [{"name": "user-agent", "regex": "^(.*?;)?(iPhone)(;.*)?$"}]},
+                 "precedence": 2,
+                 "destinations": [{"cluster": "west", "weight": 100}]},
                 {"destinations": [{"cluster": "east", "weight": 99}, {"cluster": "west", "weight": 1}]}
             ],
             "retries": {"attempts": 3, "on": ["5xx", "connect-failure"], "perTryTimeout": "500ms"},
@@ -706,6 +710,10 @@ fn print_guide(options: &Options, token_file: &Path, elapsed: Duration, first: &
     println!("  $ dig @{dns_ip} -p {dns_port} _pg._tcp.db.{domain} SRV +short");
     println!("# a mobile client in east: the User-Agent rule sends it to west, over mTLS");
     println!("  $ curl -s -H 'Host: web.{domain}' -A 'Demo Mobile' {egress}");
+    println!(
+        "# the seed's iPhone app (User-Agent ^(.*?;)?(iPhone)(;.*)?$, precedence 2): west too"
+    );
+    println!("  $ curl -s -H 'Host: web.{domain}' -A 'DemoApp/1.0;iPhone;iOS 17' {egress}");
     println!("# anyone else in east: the 99/1 split (about 1 in 100 answers from west)");
     println!(
         "  $ for i in $(seq 200); do curl -s -H 'Host: web.{domain}' {egress}; done | sort | uniq -c"

@@ -104,6 +104,12 @@ async fn scenario(backend: StoreBackend) {
         .await;
     steps
         .run(
+            "source, path, method and precedence rules route",
+            source_path_method_and_precedence_rules_route(&w),
+        )
+        .await;
+    steps
+        .run(
             "large bodies cross clusters both ways and are replayed on retry",
             large_bodies_cross_clusters_both_ways_and_are_replayed_on_retry(&w),
         )

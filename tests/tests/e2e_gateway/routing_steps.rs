@@ -216,6 +216,150 @@ pub(crate) async fn the_99_1_split_and_the_user_agent_rule_hold(w: &World) {
     }
 }
 
+/// Rules on the calling service, the path, the method and the seed's
+/// iPhone regex, tried by precedence and then as written, decide where
+/// east's egress sends each request; the 99/1 routing is put back after.
+pub(crate) async fn source_path_method_and_precedence_rules_route(w: &World) {
+    let east_gw = w.east_gw();
+    w.east_config_has("api", "east").await;
+    let west = json!([{"cluster": "west", "weight": 100}]);
+    let east = json!([{"cluster": "east", "weight": 100}]);
+    w.put_routing(
+        "web",
+        json!({"rules": [
+            {"match": {"source": "api"}, "destinations": west},
+            {"match": {"path": {"prefix": "/orders/"}, "method": "POST"}, "destinations": west},
+            {"match": {"headers": [{"name": "user-agent", "regex": "^(.*?;)?(iPhone)(;.*)?$"}]},
+             "precedence": 5, "destinations": west},
+            {"match": {"path": {"exact": "/status"}}, "precedence": 9, "destinations": east},
+            {"destinations": east}]}),
+    )
+    .await;
+    let send = async |from: &str, method: reqwest::Method, path: &str, agent: &str| {
+        let client = gns_tests::client()
+            .local_address(from.parse::<std::net::IpAddr>().expect("ip"))
+            .timeout(Duration::from_secs(5))
+            .build()
+            .expect("client");
+        match client
+            .request(method, format!("http://{}{path}", east_gw.egress))
+            .header("host", HOST)
+            .header("user-agent", agent)
+            .send()
+            .await
+        {
+            Ok(resp) => format!(
+                "{} {}",
+                resp.status().as_u16(),
+                resp.text().await.unwrap_or_default()
+            ),
+            Err(e) => e.to_string(),
+        }
+    };
+    let iphone = "GNSApp/2.3;iPhone;iOS/17.1";
+    let android = "GNSApp/2.3;Android;14";
+    eventually(
+        "api's calls to land in west",
+        Duration::from_secs(15),
+        async || match send(API_CLIENT_IP, reqwest::Method::GET, "/hello", android).await {
+            ok if ok == "200 west" => Ok(()),
+            other => Err(other),
+        },
+    )
+    .await;
+    use reqwest::Method as M;
+    for (from, method, path, agent, lands, why) in [
+        (
+            "127.0.0.1",
+            M::GET,
+            "/hello",
+            android,
+            "east",
+            "no rule holds: the catch-all",
+        ),
+        (
+            "127.0.0.1",
+            M::POST,
+            "/orders/7",
+            android,
+            "west",
+            "path prefix and method",
+        ),
+        (
+            "127.0.0.1",
+            M::GET,
+            "/orders/7",
+            android,
+            "east",
+            "the method does not hold",
+        ),
+        (
+            "127.0.0.1",
+            M::POST,
+            "/ordersx",
+            android,
+            "east",
+            "the prefix does not hold",
+        ),
+        (
+            "127.0.0.1",
+            M::GET,
+            "/hello",
+            iphone,
+            "west",
+            "the seed's iPhone regex",
+        ),
+        (
+            "127.0.0.1",
+            M::GET,
+            "/status",
+            iphone,
+            "east",
+            "precedence 9 before 5",
+        ),
+        (
+            API_CLIENT_IP,
+            M::GET,
+            "/status",
+            android,
+            "east",
+            "precedence before order",
+        ),
+        (
+            API_CLIENT_IP,
+            M::GET,
+            "/hello",
+            android,
+            "west",
+            "the calling service",
+        ),
+    ] {
+        assert_eq!(
+            send(from, method.clone(), path, agent).await,
+            format!("200 {lands}"),
+            "{method} {path} from {from} with {agent}: {why}"
+        );
+    }
+    // The next steps expect the 99/1 canary with the mobile rule.
+    w.put_routing(
+        "web",
+        json!({"rules": [
+            {"match": {"headers": [{"name": "user-agent", "regex": ".*Mobile.*"}]},
+             "destinations": [{"cluster": "west", "weight": 100}]},
+            {"destinations": [{"cluster": "east", "weight": 99}, {"cluster": "west", "weight": 1}]}]}),
+    )
+    .await;
+    eventually(
+        "the canary routing to be back",
+        Duration::from_secs(15),
+        async || match send(API_CLIENT_IP, reqwest::Method::GET, "/status", "Foo Mobile").await {
+            ok if ok == "200 west" => Ok(()),
+            other => Err(other),
+        },
+    )
+    .await;
+}
+
 /// Bodies of 1 MiB and 16 MiB, with a length and chunked, cross clusters
 /// in both directions (east → west and west → east) and both ways (the
 /// upstream answers the body back); each first try gets a 503 once the
