@@ -48,6 +48,10 @@ pub struct ServiceConfig {
     pub http_port: BTreeMap<String, u16>,
     /// Ready endpoint addresses by cluster.
     pub endpoints: BTreeMap<String, Vec<IpAddr>>,
+    /// Clusters whose endpoints speak HTTP/2 without TLS (h2c, prior
+    /// knowledge) on the HTTP port: gRPC and `h2c` ports. Others get HTTP/1.1.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    pub h2c: std::collections::BTreeSet<String>,
     /// Routing rules, first match wins; none: every cluster with endpoints, own first.
     #[serde(default)]
     pub rules: Vec<Rule>,

@@ -5,7 +5,9 @@
 //! [`tls`] makes the mTLS configurations and checks SPIFFE identities;
 //! [`proxy`] is the data path (egress, ingress, peer pool, retries, TCP
 //! passthrough); [`budget`] bounds the request-body bytes buffered by
-//! the whole process; [`metrics`] caches per-route metric handles; [`pool`] keeps HTTP/1.1 connections to local endpoints; [`sni`] reads the server name of a TLS ClientHello;
+//! the whole process; [`metrics`] caches per-route metric handles; [`pool`] keeps HTTP/1.1 connections to local endpoints and
+//! [`h2c`] HTTP/2 ones (gRPC); `grpc` turns the gateway's own errors into
+//! gRPC statuses for gRPC callers; [`sni`] reads the server name of a TLS ClientHello;
 //! [`idle`] closes client connections left unused; [`report`] tells the
 //! federation every few seconds who this gateway is and what it carried;
 //! [`follow`] fetches the certificate and follows the config from the
@@ -14,6 +16,8 @@
 pub mod budget;
 pub mod config;
 pub mod follow;
+pub(crate) mod grpc;
+pub mod h2c;
 pub mod idle;
 pub mod ingress;
 pub mod listen;

@@ -78,6 +78,8 @@ const ANSWERED_HEADER: HeaderName = HeaderName::from_static("x-gns-gateway");
 fn reply(status: StatusCode, message: &str) -> Response<Body> {
     let mut resp = Response::new(full(format!("{message}\n")));
     *resp.status_mut() = status;
+    resp.extensions_mut()
+        .insert(crate::grpc::GatewayMessage(message.to_owned()));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
@@ -164,6 +166,7 @@ fn accepted_counter(listener: &'static str) -> metrics::Counter {
 struct Shard {
     peers: crate::peer::PeerPool,
     local: crate::pool::LocalPool,
+    h2c: crate::h2c::H2cPool,
 }
 
 /// A running gateway's shared state.
@@ -231,6 +234,7 @@ impl Gateway {
                 .map(|_| Shard {
                     peers: crate::peer::PeerPool::default(),
                     local: crate::pool::LocalPool::new(CONNECT_TIMEOUT),
+                    h2c: crate::h2c::H2cPool::new(CONNECT_TIMEOUT),
                 })
                 .collect(),
             outliers: crate::outlier::Outliers::default(),
@@ -750,6 +754,26 @@ impl Gateway {
         client: std::net::IpAddr,
     ) -> impl Future<Output = Response<Body>> + '_ {
         async move {
+            // A gRPC caller gets the gateway's own errors as gRPC statuses.
+            if crate::grpc::is_grpc(req.headers()) {
+                let resp = Box::pin(self.egress_http(req, entry, client)).await;
+                return crate::grpc::answer(resp, &ANSWERED_HEADER);
+            }
+            self.egress_http(req, entry, client).await
+        }
+    }
+
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps its arguments twice in its per-request future"
+    )]
+    fn egress_http(
+        &self,
+        req: Request<Incoming>,
+        entry: Entry,
+        client: std::net::IpAddr,
+    ) -> impl Future<Output = Response<Body>> + '_ {
+        async move {
             match entry {
                 Entry::Egress => &self.counters.egress_requests,
                 Entry::Public => &self.counters.public_requests,
@@ -1015,6 +1039,7 @@ impl Gateway {
                 .get(&self.cluster)
                 .copied()
                 .ok_or_else(|| TryError::Connect("no HTTP port".into()))?;
+            let h2c = route.config.h2c.contains(&self.cluster);
             // Origin form (RFC 9112 §3.2.1): endpoints are origin servers, not proxies.
             let target_uri = origin_form(&parts.uri);
             // From a peer (HTTP/2) the host is the URI's authority: keep it as Host.
@@ -1023,6 +1048,11 @@ impl Gateway {
                 && let Ok(value) = HeaderValue::from_str(authority.as_str())
             {
                 parts.headers.insert(header::HOST, value);
+            }
+            if h2c {
+                return self
+                    .send_local_h2c(route, parts, body, endpoints, port)
+                    .await;
             }
             let mut last = None;
             // The endpoints tried so far (no allocation per request).
@@ -1079,6 +1109,66 @@ impl Gateway {
             }
             Err(last.unwrap_or_else(|| TryError::Connect("no endpoint tried".into())))
         }
+    }
+
+    /// [`Self::send_local`] to endpoints that speak h2c (gRPC): the same
+    /// endpoint choice, outliers and connect-failure moves, over one
+    /// multiplexed connection per endpoint; the Host header becomes the
+    /// `:authority`.
+    async fn send_local_h2c(
+        &self,
+        route: &Route,
+        mut parts: http::request::Parts,
+        body: Bytes,
+        endpoints: &[std::net::IpAddr],
+        port: u16,
+    ) -> Result<Response<Body>, TryError> {
+        let authority = parts
+            .headers
+            .remove(header::HOST)
+            .and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok());
+        let mut last = None;
+        let mut tried = [SocketAddr::from(([0, 0, 0, 0], 0)); LOCAL_CONNECT_TRIES];
+        let attempts = LOCAL_CONNECT_TRIES.min(endpoints.len());
+        for attempt in 0..attempts {
+            let target = self.outliers.pick(endpoints, port, &tried[..attempt]);
+            tried[attempt] = target;
+            self.counters.local_tries.fetch_add(1, Ordering::Relaxed);
+            let mut uri = http::uri::Parts::default();
+            uri.scheme = Some(http::uri::Scheme::HTTP);
+            uri.authority = Some(authority.clone().unwrap_or_else(|| {
+                http::uri::Authority::try_from(target.to_string().as_str())
+                    .unwrap_or_else(|_| http::uri::Authority::from_static("localhost"))
+            }));
+            uri.path_and_query = parts.uri.path_and_query().cloned();
+            let mut request = rebuild(&parts, body.clone());
+            *request.uri_mut() =
+                Uri::from_parts(uri).map_err(|e| TryError::Reset(e.to_string()))?;
+            *request.version_mut() = http::Version::HTTP_2;
+            match self.shard().h2c.send(target, request).await {
+                Ok(resp) => {
+                    let failed = resp.status().is_server_error();
+                    if self
+                        .outliers
+                        .record(target, failed, &route.config.outliers, endpoints)
+                    {
+                        self.counters.ejections.fetch_add(1, Ordering::Relaxed);
+                    }
+                    return Ok(resp);
+                }
+                Err(crate::pool::PoolError::Connect(e)) => {
+                    if self
+                        .outliers
+                        .record(target, true, &route.config.outliers, endpoints)
+                    {
+                        self.counters.ejections.fetch_add(1, Ordering::Relaxed);
+                    }
+                    last = Some(TryError::Connect(format!("{target}: {e}")));
+                }
+                Err(e) => return Err(TryError::Reset(format!("{target}: {e}"))),
+            }
+        }
+        Err(last.unwrap_or_else(|| TryError::Connect("no endpoint tried".into())))
     }
 
     /// One try at `peer`: the request goes out on the pooled connection; if

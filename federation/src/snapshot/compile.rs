@@ -584,6 +584,9 @@ impl Compiler<'_> {
                 );
                 if let Some(port) = http {
                     out.http_port.insert(cluster.clone(), port.endpoint_port());
+                    if speaks_h2c(port) {
+                        out.h2c.insert(cluster.clone());
+                    }
                 }
                 for port in &tcp {
                     let i = match out.tcp_ports.iter().position(|t| t.port == port.port) {
@@ -755,15 +758,26 @@ impl Compiler<'_> {
 }
 
 /// Whether a port carries HTTP: by protocol, or by name (`http`, `http-…`,
-/// `grpc`, `grpc-…`, the Kubernetes/Istio convention).
+/// `grpc`, `grpc-…`, `h2c`, `h2c-…`, the Kubernetes/Istio convention).
 fn is_http(port: &WorkloadPort) -> bool {
     let name = port.name.as_str();
     matches!(
         port.protocol,
         Protocol::Http | Protocol::Http2 | Protocol::Grpc
-    ) || ["http", "grpc"]
+    ) || ["http", "grpc", "h2c"]
         .iter()
         .any(|p| name == *p || name.starts_with(&format!("{p}-")))
+}
+
+/// Whether an HTTP port's endpoints speak HTTP/2 without TLS: by protocol
+/// (`appProtocol` `grpc`, `h2c`, `kubernetes.io/h2c`) or by name (`grpc`,
+/// `grpc-…`, `h2c`, `h2c-…`).
+fn speaks_h2c(port: &WorkloadPort) -> bool {
+    let name = port.name.as_str();
+    matches!(port.protocol, Protocol::Http2 | Protocol::Grpc)
+        || ["grpc", "h2c"]
+            .iter()
+            .any(|p| name == *p || name.starts_with(&format!("{p}-")))
 }
 
 /// Whether clients outside every cluster (identity `external`) may call
@@ -1265,6 +1279,39 @@ mod tests {
             "no gateway: external answer"
         );
         assert!(!api.views.contains_key("south"), "no networks: no view");
+    }
+
+    #[test]
+    fn grpc_and_h2c_ports_make_gateways_speak_h2c_to_endpoints() {
+        let port = |name: &str, protocol: &str| -> WorkloadPort {
+            serde_json::from_value(json!({"name": name, "port": 80, "protocol": protocol}))
+                .expect("port")
+        };
+        for (name, protocol, h2c) in [
+            ("grpc", "TCP", true),
+            ("grpc-api", "TCP", true),
+            ("h2c", "TCP", true),
+            ("web", "GRPC", true),
+            ("web", "HTTP2", true),
+            ("http", "HTTP", false),
+            ("grpcx", "TCP", false),
+        ] {
+            assert_eq!(speaks_h2c(&port(name, protocol)), h2c, "{name} {protocol}");
+        }
+        let mut state = base();
+        let objects = scoped(&mut state);
+        let mut grpc = service("health", &[("west", &["10.9.1.1"], &[])]);
+        if let Ok(spec) = &mut grpc.spec {
+            Arc::make_mut(spec).ports = vec![port("grpc", "TCP")];
+        }
+        objects.services.push(grpc);
+        objects
+            .services
+            .push(service("web", &[("west", &["10.9.1.2"], &[])]));
+        let snap = build(&state);
+        let gw = |svc: &str| snap.gateways.services[&format!("{svc}.{ORIGIN}")].clone();
+        assert_eq!(gw("health").h2c.iter().collect::<Vec<_>>(), ["west"]);
+        assert!(gw("web").h2c.is_empty(), "HTTP/1.1 by default");
     }
 
     #[test]

@@ -45,12 +45,14 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod clients;
+mod grpc_steps;
 mod routing_steps;
 mod security_steps;
 mod upstreams;
 mod world;
 
 use clients::*;
+use grpc_steps::*;
 use routing_steps::*;
 use security_steps::*;
 use upstreams::*;
@@ -106,6 +108,12 @@ async fn scenario(backend: StoreBackend) {
         .run(
             "source, path, method and precedence rules route",
             source_path_method_and_precedence_rules_route(&w),
+        )
+        .await;
+    steps
+        .run(
+            "gRPC crosses clusters with trailers, streams and statuses",
+            grpc_crosses_clusters_with_trailers_streams_and_statuses(&w),
         )
         .await;
     steps

@@ -1,5 +1,6 @@
 //! The upstreams the scenario routes to: HTTP answering their name or
-//! following a script (503s, slow answers), TCP echoes, and body echoes.
+//! following a script (503s, slow answers), TCP echoes, body echoes, and a
+//! real gRPC server (tonic's health service).
 
 use super::*;
 
@@ -234,4 +235,25 @@ where
     B: hyper::body::Body<Data = Bytes, Error = std::convert::Infallible> + Send + Sync + 'static,
 {
     body.boxed()
+}
+
+/// tonic's gRPC health service on a port of its own (h2c); its reporter
+/// sets what `Check` answers and `Watch` streams.
+pub(crate) async fn grpc_upstream() -> (tonic_health::server::HealthReporter, u16) {
+    let (reporter, service) = tonic_health::server::health_reporter();
+    let port = free_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve(addr),
+    );
+    // Serving once it accepts.
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    (reporter, port)
 }

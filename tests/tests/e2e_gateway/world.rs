@@ -19,6 +19,9 @@ pub(crate) struct World {
     pub(crate) slow: Arc<Script>,
     pub(crate) echo_east: Arc<Echo>,
     pub(crate) echo_west: Arc<Echo>,
+    /// The gRPC health service behind west (a tonic server), and its port.
+    pub(crate) grpc: tonic_health::server::HealthReporter,
+    pub(crate) grpc_port: u16,
     pub(crate) ingress: BTreeMap<&'static str, u16>,
     pub(crate) gateways: BTreeMap<&'static str, GatewayProc>,
     /// The federation's trust bundle.
@@ -185,6 +188,9 @@ pub(crate) async fn setup(backend: StoreBackend) -> World {
     let (echo_east_port, echo_east) = echo().await;
     one_endpoint_service(&west, "echo-west", "http", "127.0.0.1", echo_west_port);
     one_endpoint_service(&east, "echo-east", "http", "127.0.0.1", echo_east_port);
+    // A gRPC service (tonic's health service) in west only, on a port named grpc.
+    let (grpc, grpc_port) = grpc_upstream().await;
+    one_endpoint_service(&west, "health", "grpc", "127.0.0.1", grpc_port);
     // East's clients at API_CLIENT_IP are endpoints of api.
     one_endpoint_service(&east, "api", "http", API_CLIENT_IP, east_port);
     // A TCP service, db, in west only: clients dial port `db_port` on their egress.
@@ -318,6 +324,8 @@ pub(crate) async fn setup(backend: StoreBackend) -> World {
         slow,
         echo_east,
         echo_west,
+        grpc,
+        grpc_port,
         ingress,
         gateways,
         bundle_roots: Vec::new(),
