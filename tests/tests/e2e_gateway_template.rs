@@ -107,6 +107,21 @@ struct PodFacts {
 }
 
 impl PodFacts {
+    /// The pod made an object of the API server, as the scheduler's
+    /// binding does: the uid is the server's (projected tokens are bound to
+    /// it, and a TokenReview checks the pod still exists).
+    fn created_in(mut self, kube: &TestApiServer) -> PodFacts {
+        let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
+            "metadata": {"name": self.name, "namespace": self.namespace, "labels": self.labels},
+            "spec": {"serviceAccountName": self.service_account, "nodeName": self.node_name,
+                     "containers": [{"name": "gateway"}]},
+        }))
+        .expect("pod");
+        let stored = kube.apply(&pod).expect("the pod is created");
+        self.uid = stored.metadata.uid.expect("the server gives the pod a uid");
+        self
+    }
+
     /// The facts of a pod of `deployment` running on this machine.
     fn of(deployment: &Deployment) -> PodFacts {
         let name = deployment.metadata.name.clone().unwrap_or_default();
@@ -1011,7 +1026,7 @@ async fn the_rendered_gateway_deployment_starts_a_gateway_that_joins() {
     let deployment = install_east(&kube, &base, federation_log).await;
     let applied_after = started.elapsed();
     let (pod_spec, container) = gateway_container(&deployment);
-    let pod = PodFacts::of(&deployment);
+    let pod = PodFacts::of(&deployment).created_in(&kube);
 
     // The kubelet's part.
     let env = container_env(&pod, &container, &Objects::read(&kube))

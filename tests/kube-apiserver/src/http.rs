@@ -217,13 +217,47 @@ fn respond(
         bump(&shared.counters.forbidden);
         return status_response(&auth::forbidden(&identity.user, &attributes));
     }
+    let view = View::of(call.headers);
     let result = match verb {
-        Verb::Get => Ok(get(shared, rt, &target)),
-        Verb::List => list(shared, rt, &target, query),
-        Verb::Watch => watch_response(shared, conn, rt, &target, query),
+        Verb::Get => Ok(get(shared, rt, &target, view)),
+        Verb::List => list(shared, rt, &target, query, view),
+        Verb::Watch => watch_response(shared, conn, rt, &target, query, view),
         _ => Ok(write_response(shared, verb, &target, call)),
     };
     result.unwrap_or_else(|status| status_response(&status))
+}
+
+/// How objects are shown: whole, or as `PartialObjectMetadata` (only
+/// `metadata`) when the client's `Accept` header asks for it with
+/// `as=PartialObjectMetadata` or `as=PartialObjectMetadataList` (what
+/// kube-rs's `metadata_watcher` and `Api::list_metadata` send).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum View {
+    Whole,
+    Metadata,
+}
+
+impl View {
+    fn of(headers: &HeaderMap) -> Self {
+        let asks = headers
+            .get_all(hyper::header::ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.contains("as=PartialObjectMetadata"));
+        if asks { Self::Metadata } else { Self::Whole }
+    }
+
+    /// `object` as this view shows it.
+    fn show(self, object: &Value) -> std::borrow::Cow<'_, Value> {
+        match self {
+            Self::Whole => std::borrow::Cow::Borrowed(object),
+            Self::Metadata => std::borrow::Cow::Owned(json!({
+                "kind": "PartialObjectMetadata",
+                "apiVersion": "meta.k8s.io/v1",
+                "metadata": object.get("metadata").cloned().unwrap_or_else(|| json!({})),
+            })),
+        }
+    }
 }
 
 fn write_response(shared: &Shared, verb: Verb, target: &Target, call: &Call<'_>) -> Response<Body> {
@@ -293,12 +327,12 @@ fn write_response(shared: &Shared, verb: Verb, target: &Target, call: &Call<'_>)
 
 // ----- GET -----
 
-fn get(shared: &Shared, rt: &ResourceType, target: &Target) -> Response<Body> {
+fn get(shared: &Shared, rt: &ResourceType, target: &Target, view: View) -> Response<Body> {
     bump(&shared.counters.gets);
     let name = target.name.as_deref().unwrap_or("");
     let namespace = target.namespace.as_deref().unwrap_or("");
     match shared.store.get(target.resource, namespace, name) {
-        Some(object) => json_response(StatusCode::OK, &*object),
+        Some(object) => json_response(StatusCode::OK, &*view.show(&object)),
         None => status_response(&status::failure(
             404,
             "NotFound",
@@ -357,6 +391,7 @@ fn list(
     rt: &ResourceType,
     target: &Target,
     query: &Query,
+    view: View,
 ) -> Result<Response<Body>, Value> {
     bump(&shared.counters.lists);
     let filter = Filter::new(target, query)?;
@@ -390,6 +425,20 @@ fn list(
     }
     if let Some(remaining) = page.remaining {
         metadata.insert("remainingItemCount".to_owned(), json!(remaining));
+    }
+    if view == View::Metadata {
+        let items: Vec<Value> = page
+            .items
+            .iter()
+            .map(|o| view.show(o).into_owned())
+            .collect();
+        let body = json!({
+            "kind": "PartialObjectMetadataList",
+            "apiVersion": "meta.k8s.io/v1",
+            "metadata": metadata,
+            "items": items,
+        });
+        return Ok(json_response(StatusCode::OK, &body));
     }
     let body = ListBody {
         kind: rt.list_kind,
@@ -544,6 +593,7 @@ fn watch_response(
     rt: &ResourceType,
     target: &Target,
     query: &Query,
+    view: View,
 ) -> Result<Response<Body>, Value> {
     bump(&shared.counters.watches);
     let filter = Filter::new(target, query)?;
@@ -593,11 +643,16 @@ fn watch_response(
         }
     };
     let (tx, rx) = mpsc::channel::<Bytes>(64);
+    let (kind, api_version) = match view {
+        View::Whole => (rt.kind, rt.api_version),
+        View::Metadata => ("PartialObjectMetadata", "meta.k8s.io/v1"),
+    };
     let watch = Watch {
         shared: Arc::clone(shared),
         resource: target.resource,
-        kind: rt.kind,
-        api_version: rt.api_version,
+        kind,
+        api_version,
+        view,
         filter,
         bookmarks,
         send_initial,
@@ -620,6 +675,7 @@ struct Watch {
     resource: usize,
     kind: &'static str,
     api_version: &'static str,
+    view: View,
     filter: Filter,
     bookmarks: bool,
     send_initial: bool,
@@ -724,7 +780,8 @@ impl Watch {
 
     async fn send_event(&mut self, kind: &str, object: &Value) -> bool {
         bump(&self.shared.counters.watch_events);
-        self.send(event_line(kind, object)).await
+        let line = event_line(kind, &self.view.show(object));
+        self.send(line).await
     }
 
     async fn send_bookmark(&mut self, rv: u64, initial_events_end: bool) -> bool {

@@ -9,7 +9,7 @@
 //! apart from the main resource, `token` for service accounts).
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::{ClusterResourceScope, ListableResource, NamespaceResourceScope};
@@ -136,6 +136,7 @@ impl ResourceType {
             Self::of::<ClusterRole>(),
             Self::of::<ClusterRoleBinding>(),
             Self::token_reviews(),
+            Self::of::<Pod>(),
         ]
     }
 
@@ -338,7 +339,7 @@ mod tests {
             })
         );
         assert_eq!(r.route("/api/v1/services/web"), Route::NotFound);
-        assert_eq!(r.route("/api/v1/pods"), Route::NotFound);
+        assert_eq!(r.route("/api/v1/nodes"), Route::NotFound);
         assert_eq!(r.route("/apis/apps/v1/replicasets"), Route::NotFound);
         assert_eq!(
             r.route("/apis/apps/v1/namespaces/a/deployments/web/status"),

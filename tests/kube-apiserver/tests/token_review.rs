@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use k8s_openapi::api::authentication::v1::TokenReview;
-use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
@@ -60,13 +60,28 @@ async fn projected_tokens_are_reviewed_for_their_audience_only() {
     let account: ServiceAccount =
         from(json!({"metadata": {"name": "gns-gateway", "namespace": "gns-system"}}));
     server.apply(&account).expect("account");
+    let pod: Pod = from(json!({
+        "metadata": {"name": "gns-gateway-7c5d9-x2k4q", "namespace": "gns-system"},
+        "spec": {"serviceAccountName": "gns-gateway", "containers": [{"name": "gateway"}]}}));
+    let pod = server.apply(&pod).expect("pod");
+    let pod_uid = pod.metadata.uid.expect("uid");
     let token = server
         .projected_token(
             "gns-system",
             "gns-gateway",
             &[AUDIENCE],
             Duration::from_secs(3600),
-            Some(("gns-gateway-7c5d9-x2k4q", "pod-uid-1")),
+            Some(("gns-gateway-7c5d9-x2k4q", &pod_uid)),
+        )
+        .expect("token");
+    // A token bound to a pod that is not the live one (another uid): refused.
+    let stale = server
+        .projected_token(
+            "gns-system",
+            "gns-gateway",
+            &[AUDIENCE],
+            Duration::from_secs(3600),
+            Some(("gns-gateway-7c5d9-x2k4q", "an-earlier-pod-uid")),
         )
         .expect("token");
     let api: Api<TokenReview> = Api::all(client(&server, REVIEWER));
@@ -82,6 +97,8 @@ async fn projected_tokens_are_reviewed_for_their_audience_only() {
         ok["user"]["extra"]["authentication.kubernetes.io/pod-name"],
         json!(["gns-gateway-7c5d9-x2k4q"])
     );
+    let earlier = reviewed(&api, &stale, &[AUDIENCE]).await;
+    assert_eq!(earlier["authenticated"], false, "{earlier}");
     // Another audience, or the API server's own (the default): not for them.
     for audiences in [&["other"][..], &[][..]] {
         let no = reviewed(&api, &token, audiences).await;
