@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use hickory_proto::op::{Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{Name, RecordType};
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{ObjectReference, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube_apiserver_test::{Grant, TestApiServer, TestApiServerOptions, endpoint_slice, service};
 use serde_json::{Value, json};
@@ -290,6 +290,106 @@ async fn member_clusters_reach_catalog_and_dns() {
         "east back when its API is",
     )
     .await;
+}
+
+fn labelled_pod(name: &str, labels: Value) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": "shop", "labels": labels},
+        "spec": {"containers": [{"name": "web", "image": "registry.test/web:1"}]}}))
+    .expect("pod")
+}
+
+/// Endpoint labels come from the pods behind the endpoints (joined on the
+/// EndpointSlice's `targetRef`, pods read as metadata only), only the keys
+/// routing selects by, and follow a pod's relabelling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_carry_their_pods_routing_labels() {
+    let fed = Fed::start().await;
+    let east = member("east", "east-token").await;
+    east.apply::<Service>(&service(
+        "shop",
+        "web",
+        &[("app", "web")],
+        &[("http", 8080)],
+    ))
+    .expect("service");
+    east.apply(&labelled_pod(
+        "web-v15",
+        json!({"app": "web", "version": "v1.5", "env": "us-prod", "team": "shop"}),
+    ))
+    .expect("pod");
+    east.apply(&labelled_pod(
+        "web-canary",
+        json!({"app": "web", "version": "canary"}),
+    ))
+    .expect("pod");
+    let mut slice = endpoint_slice(
+        "shop",
+        "web",
+        "web-1",
+        &[
+            ("10.8.1.1", true, true, false, None),
+            ("10.8.1.2", true, true, false, None),
+            ("10.8.1.3", true, true, false, None),
+        ],
+        &[("http", 8080)],
+    );
+    for (endpoint, pod) in slice.endpoints.iter_mut().zip(["web-v15", "web-canary"]) {
+        endpoint.target_ref = Some(ObjectReference {
+            kind: Some("Pod".into()),
+            name: Some(pod.into()),
+            namespace: Some("shop".into()),
+            ..ObjectReference::default()
+        });
+    }
+    east.apply::<EndpointSlice>(&slice).expect("slice");
+    fed.post(
+        "/v1/clusters",
+        cluster_body("east", &east, "east-token", "198.51.100.1", "10.8.0.0/16"),
+    )
+    .await;
+    fed.post(
+        "/v1/global-namespaces",
+        json!({"name": "production", "domain": DOMAIN,
+        "members": [{"cluster": "east", "namespace": "shop"}]}),
+    )
+    .await;
+    let labels_are = async |want: Value| {
+        eventually("the endpoints' labels", Duration::from_secs(10), || async {
+            let web = fed
+                .get("/v1/global-namespaces/production/services/web")
+                .await;
+            let ready = &web["clusters"]["east"]["ready"];
+            let got: Vec<Value> = (0..3).map(|i| ready[i]["labels"].clone()).collect();
+            if Value::from(got.clone()) == want {
+                Ok(())
+            } else {
+                Err(web.to_string())
+            }
+        })
+        .await;
+    };
+    // `team` is not a routing label; an endpoint without a pod has none.
+    labels_are(json!([
+        {"env": "us-prod", "version": "v1.5"},
+        {"version": "canary"},
+        null
+    ]))
+    .await;
+    // A relabelled pod moves its endpoint's labels (no slice change).
+    east.apply(&labelled_pod(
+        "web-canary",
+        json!({"app": "web", "version": "v2.0-alpha"}),
+    ))
+    .expect("relabel");
+    labels_are(json!([
+        {"env": "us-prod", "version": "v1.5"},
+        {"version": "v2.0-alpha"},
+        null
+    ]))
+    .await;
+    let status = fed.get("/v1/clusters/east").await;
+    assert_eq!(status["status"]["phase"], "Connected", "{status}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -224,8 +224,9 @@ fn role_ref(kind: &str, name: &str) -> RoleRef {
     }
 }
 
-/// The ClusterRole discovery needs: read services and EndpointSlices
-/// everywhere, read/patch its own namespace, and review tokens (gateway
+/// The ClusterRole discovery needs: read services, EndpointSlices and pods
+/// everywhere (pods are watched as metadata only, for their routing labels;
+/// RBAC can't grant less than reading them), read/patch its own namespace, and review tokens (gateway
 /// pods join with their service-account tokens, which the federation checks
 /// with a TokenReview).
 pub fn discovery_role() -> ClusterRole {
@@ -233,7 +234,7 @@ pub fn discovery_role() -> ClusterRole {
     ClusterRole {
         metadata: meta(DISCOVERY_ROLE, None),
         rules: Some(vec![
-            rule(&[""], &["services"], &READ, &[]),
+            rule(&[""], &["services", "pods"], &READ, &[]),
             rule(&["discovery.k8s.io"], &["endpointslices"], &READ, &[]),
             rule(
                 &[""],

@@ -9,8 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::core::PartialObjectMeta;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
@@ -99,11 +100,13 @@ impl Iterator for RetryDelays {
 enum Resource {
     Services,
     Slices,
+    Pods,
 }
 
 enum Update {
     Services(String, Reduced<model::ServiceInfo>),
     Slices(String, Reduced<model::SliceInfo>),
+    Pods(String, Reduced<model::PodInfo>),
     /// A watcher failed: namespace, resource, the error in words, and
     /// whether its request could not connect at all.
     Failed(String, Resource, String, bool),
@@ -231,7 +234,7 @@ fn client_error(error: &watcher::Error) -> Option<&kube::Error> {
 /// for the cluster's probe to see the API back (at most 50–100 % of
 /// [`CONNECT_CEILING`]), so a dead API costs almost no retries of its own.
 fn spawn_watch<K, I>(
-    api: Api<K>,
+    events: impl futures::Stream<Item = Result<Event<K>, watcher::Error>> + Send + 'static,
     ns: String,
     resource: Resource,
     tx: mpsc::Sender<Update>,
@@ -243,7 +246,7 @@ where
     I: for<'a> From<&'a K> + Send + 'static,
 {
     tokio::spawn(async move {
-        let mut stream = watcher::watcher(api, watcher::Config::default().timeout(60)).boxed();
+        let mut stream = events.boxed();
         let mut delays = RetryDelays::new(Duration::from_secs(2));
         // Starts at the ceiling: a watcher that could not connect waits for the probe.
         let mut connect_delays = RetryDelays::starting_at(CONNECT_CEILING);
@@ -344,9 +347,10 @@ pub async fn run(
     let (tx, mut rx) = mpsc::channel(1024);
     let health = ApiHealth::new();
     let mut tasks = Vec::new();
+    let config = || watcher::Config::default().timeout(60);
     for ns in &namespaces {
         tasks.push(spawn_watch(
-            Api::<Service>::namespaced(client.clone(), ns),
+            watcher::watcher(Api::<Service>::namespaced(client.clone(), ns), config()),
             ns.clone(),
             Resource::Services,
             tx.clone(),
@@ -354,11 +358,26 @@ pub async fn run(
             health.clone(),
         ));
         tasks.push(spawn_watch(
-            Api::<EndpointSlice>::namespaced(client.clone(), ns),
+            watcher::watcher(
+                Api::<EndpointSlice>::namespaced(client.clone(), ns),
+                config(),
+            ),
             ns.clone(),
             Resource::Slices,
             tx.clone(),
             Update::Slices,
+            health.clone(),
+        ));
+        // Pods as metadata only: their labels, not their specs.
+        tasks.push(spawn_watch(
+            watcher::watcher(
+                Api::<PartialObjectMeta<Pod>>::namespaced(client.clone(), ns),
+                config(),
+            ),
+            ns.clone(),
+            Resource::Pods,
+            tx.clone(),
+            Update::Pods,
             health.clone(),
         ));
     }
@@ -371,6 +390,7 @@ pub async fn run(
     let mut objects: HashMap<String, NamespaceObjects> = HashMap::new();
     let mut svc_watch: HashMap<String, WatchState<ServiceInfo>> = HashMap::new();
     let mut slice_watch: HashMap<String, WatchState<SliceInfo>> = HashMap::new();
+    let mut pod_watch: HashMap<String, WatchState<model::PodInfo>> = HashMap::new();
     // Services whose catalog entries may have changed, by namespace.
     let mut dirty: HashMap<String, BTreeSet<String>> = HashMap::new();
     // Hash of each catalog entry this cluster has in the store; `None` until read.
@@ -395,8 +415,22 @@ pub async fn run(
         while let Ok(Some(u)) = tokio::time::timeout_at(deadline, rx.recv()).await {
             updates.push(u);
         }
+        // Pods whose labels changed, by namespace (their services are
+        // found once per batch).
+        let mut pods_changed: HashMap<String, BTreeSet<String>> = HashMap::new();
         for update in updates {
             match update {
+                Update::Pods(ns, event) => {
+                    let state = pod_watch.entry(ns.clone()).or_default();
+                    let target = &mut objects.entry(ns.clone()).or_default().pods;
+                    apply(
+                        event,
+                        state,
+                        target,
+                        pods_changed.entry(ns).or_default(),
+                        |name, _| Some(name.to_owned()),
+                    );
+                }
                 Update::Services(ns, event) => {
                     let state = svc_watch.entry(ns.clone()).or_default();
                     let target = &mut objects.entry(ns.clone()).or_default().services;
@@ -436,8 +470,17 @@ pub async fn run(
                     match resource {
                         Resource::Services => svc_watch.entry(ns).or_default().error = error,
                         Resource::Slices => slice_watch.entry(ns).or_default().error = error,
+                        Resource::Pods => pod_watch.entry(ns).or_default().error = error,
                     }
                 }
+            }
+        }
+        for (ns, pods) in pods_changed.into_iter().filter(|(_, p)| !p.is_empty()) {
+            if let Some(objects) = objects.get(&ns) {
+                dirty
+                    .entry(ns)
+                    .or_default()
+                    .extend(objects.services_of_pods(&pods));
             }
         }
         let total = namespaces.len() * 2;
@@ -449,6 +492,14 @@ pub async fn run(
                 .iter()
                 .filter(|ns| slice_watch.get(*ns).is_some_and(|w| w.synced))
                 .count();
+        // Endpoint labels come from pods: the first write waits for them,
+        // unless pods can't be read (the error shows in the status, and
+        // endpoints go without labels meanwhile).
+        let pods_known = namespaces.iter().all(|ns| {
+            pod_watch
+                .get(ns)
+                .is_some_and(|w| w.synced || w.error.is_some())
+        });
         // While the API is down the watchers wait for the probe instead of
         // failing again: their last errors stand until it is back.
         let api_down = health.is_down();
@@ -461,10 +512,16 @@ pub async fn run(
                     .filter_map(|w| w.current_error(api_down)),
             )
             .collect();
+        let pod_errors: Vec<String> = pod_watch
+            .values()
+            .filter_map(|w| w.current_error(api_down))
+            .map(|e| format!("pods (endpoint labels): {e}"))
+            .collect();
         // Unreachable when every watch fails; Degraded when some do, or the probe does.
         let all_failing = watch_errors.len() >= total;
         let errors: Vec<String> = watch_errors
             .into_iter()
+            .chain(pod_errors)
             .chain(
                 probe_error
                     .as_ref()
@@ -472,7 +529,7 @@ pub async fn run(
                     .map(|(m, _)| m.clone()),
             )
             .collect();
-        if synced == total {
+        if synced == total && pods_known {
             let (ops, updated) = match &written {
                 Some(previous) => changed_entries(&cluster, &members, &objects, &dirty, previous),
                 None => {

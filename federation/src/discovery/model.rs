@@ -2,11 +2,12 @@
 //! global namespace member selects, their ports, and their ready / not-ready
 //! endpoints from EndpointSlice conditions. Pure functions, no I/O.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::core::PartialObjectMeta;
 
 use crate::model::{
     ClusterEndpoints, DiscoveredService, Endpoint, Kind, Name, Protocol, WorkloadPort,
@@ -15,6 +16,40 @@ use crate::store::ObjectKey;
 
 /// Label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// The label keys routing selects endpoints by (a destination's `subset`
+/// is the `version` label, its `tags` name these keys); the catalog keeps
+/// only these of a pod's (or an external workload's) labels.
+pub const ROUTING_LABELS: [&str; 2] = ["version", "env"];
+
+/// The routing labels among `labels`.
+pub fn routing_labels(labels: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    labels
+        .iter()
+        .filter(|(k, _)| ROUTING_LABELS.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// What the sync keeps of a Pod (read as metadata only): its routing labels.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodInfo {
+    /// The labels of [`ROUTING_LABELS`] the pod has.
+    pub labels: BTreeMap<String, String>,
+}
+
+impl From<&PartialObjectMeta<Pod>> for PodInfo {
+    fn from(pod: &PartialObjectMeta<Pod>) -> Self {
+        Self {
+            labels: pod
+                .metadata
+                .labels
+                .as_ref()
+                .map(routing_labels)
+                .unwrap_or_default(),
+        }
+    }
+}
 
 /// One namespace of a cluster selected by a global namespace.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -56,6 +91,8 @@ pub struct SliceEndpoint {
     pub ready: bool,
     /// Zone, from the endpoint or its first zone hint.
     pub zone: Option<String>,
+    /// The pod behind it (its `targetRef`), whose labels it carries.
+    pub pod: Option<String>,
 }
 
 /// What the sync keeps of an EndpointSlice: its service and endpoints.
@@ -93,6 +130,11 @@ impl From<&EndpointSlice> for SliceInfo {
                             .and_then(|z| z.first())
                             .map(|z| z.name.clone())
                     }),
+                    pod: ep
+                        .target_ref
+                        .as_ref()
+                        .filter(|r| r.kind.as_deref() == Some("Pod"))
+                        .and_then(|r| r.name.clone()),
                 }
             })
             .collect();
@@ -127,9 +169,24 @@ pub struct NamespaceObjects {
     pub services: BTreeMap<String, ServiceInfo>,
     /// EndpointSlices by name.
     pub slices: BTreeMap<String, SliceInfo>,
+    /// Pods by name (their routing labels).
+    pub pods: BTreeMap<String, PodInfo>,
 }
 
 impl NamespaceObjects {
+    /// The services whose slices list one of `pods` as an endpoint.
+    pub fn services_of_pods(&self, pods: &BTreeSet<String>) -> BTreeSet<String> {
+        self.slices
+            .values()
+            .filter(|s| {
+                s.endpoints
+                    .iter()
+                    .any(|e| e.pod.as_ref().is_some_and(|p| pods.contains(p)))
+            })
+            .filter_map(|s| s.service.clone())
+            .collect()
+    }
+
     /// The slices of each service.
     pub fn slices_by_service(&self) -> HashMap<&str, Vec<&SliceInfo>> {
         let mut index: HashMap<&str, Vec<&SliceInfo>> = HashMap::new();
@@ -201,25 +258,28 @@ fn ports(service: &Service) -> Vec<(WorkloadPort, String)> {
 
 /// Ready and not-ready endpoints of a service from its slices. An address
 /// repeated across slices counts once, ready if any slice says so.
-fn endpoints(slices: &[&SliceInfo]) -> ClusterEndpoints {
-    let mut ready: BTreeMap<IpAddr, Option<String>> = BTreeMap::new();
-    let mut not_ready: BTreeMap<IpAddr, Option<String>> = BTreeMap::new();
+fn endpoints(slices: &[&SliceInfo], pods: &BTreeMap<String, PodInfo>) -> ClusterEndpoints {
+    type Facts<'a> = (Option<String>, Option<&'a PodInfo>);
+    let mut ready: BTreeMap<IpAddr, Facts<'_>> = BTreeMap::new();
+    let mut not_ready: BTreeMap<IpAddr, Facts<'_>> = BTreeMap::new();
     for ep in slices.iter().flat_map(|s| s.endpoints.iter()) {
+        let pod = ep.pod.as_ref().and_then(|p| pods.get(p));
         for addr in &ep.addresses {
             if ep.ready {
                 not_ready.remove(addr);
-                ready.insert(*addr, ep.zone.clone());
+                ready.insert(*addr, (ep.zone.clone(), pod));
             } else if !ready.contains_key(addr) {
-                not_ready.insert(*addr, ep.zone.clone());
+                not_ready.insert(*addr, (ep.zone.clone(), pod));
             }
         }
     }
-    let to_vec = |m: BTreeMap<IpAddr, Option<String>>| {
+    let to_vec = |m: BTreeMap<IpAddr, Facts<'_>>| {
         m.into_iter()
-            .map(|(address, zone)| Endpoint {
+            .map(|(address, (zone, pod))| Endpoint {
                 address,
                 zone,
                 source: None,
+                labels: pod.map(|p| p.labels.clone()).unwrap_or_default(),
             })
             .collect()
     };
@@ -259,7 +319,9 @@ pub fn contribution(
     Some(DiscoveredService {
         name: svc_name,
         ports,
-        clusters: [(cluster.to_owned(), endpoints(own))].into_iter().collect(),
+        clusters: [(cluster.to_owned(), endpoints(own, &objects.pods))]
+            .into_iter()
+            .collect(),
     })
 }
 

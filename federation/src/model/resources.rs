@@ -1179,6 +1179,10 @@ pub struct Endpoint {
     /// Source object, e.g. the external workload's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+    /// The labels routing selects endpoints by (`version`, `env`), from
+    /// the pod behind the endpoint.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 impl Resource for DiscoveredService {

@@ -1,5 +1,5 @@
-//! Metadata-only reads, as kube-rs's `metadata_watcher` and
-//! `Api::list_metadata` make them (`Accept: ...;as=PartialObjectMetadata...`):
+//! Metadata-only reads, as kube-rs makes them for `Api<PartialObjectMeta<K>>`
+//! and `Api::list_metadata` (`Accept: ...;as=PartialObjectMetadata...`):
 //! objects come as `PartialObjectMetadata`, only their metadata, in lists,
 //! watch events and bookmarks alike.
 
@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::watcher::{self, Event};
 use kube::{Client, ResourceExt};
 use kube_apiserver_test::{Grant, TestApiServer, TestApiServerOptions};
@@ -50,7 +51,8 @@ async fn pods_are_listed_and_watched_as_metadata_only() {
     let raw = serde_json::to_value(&list.items[0]).expect("json");
     assert!(raw.get("spec").is_none(), "{raw}");
 
-    let mut events = watcher::metadata_watcher(pods, watcher::Config::default()).boxed();
+    let metadata: Api<PartialObjectMeta<Pod>> = Api::namespaced(client(&server), "shop");
+    let mut events = watcher::watcher(metadata, watcher::Config::default()).boxed();
     let mut seen: BTreeMap<String, String> = BTreeMap::new();
     let mut relisted = false;
     while !relisted {
