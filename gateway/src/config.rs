@@ -48,6 +48,11 @@ pub struct ServiceConfig {
     pub http_port: BTreeMap<String, u16>,
     /// Ready endpoint addresses by cluster.
     pub endpoints: BTreeMap<String, Vec<IpAddr>>,
+    /// Endpoint subsets that rules' destinations name: by subset key (the
+    /// selector, `env=us-prod,version=v1.5`), the ready addresses of each
+    /// cluster's endpoints with those labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub subsets: BTreeMap<String, BTreeMap<String, Vec<IpAddr>>>,
     /// Clusters whose endpoints speak HTTP/2 without TLS (h2c, prior
     /// knowledge) on the HTTP port: gRPC and `h2c` ports. Others get HTTP/1.1.
     #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
@@ -141,12 +146,15 @@ pub enum HeaderMatcher {
     Regex(String),
 }
 
-/// A destination cluster and its weight.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A destination cluster (optionally one subset of its endpoints) and its weight.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct WeightedCluster {
     /// Cluster.
     pub cluster: String,
+    /// Only the endpoints of this subset (a key of [`ServiceConfig::subsets`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subset: Option<String>,
     /// Relative weight.
     pub weight: u32,
 }

@@ -52,6 +52,9 @@ const TCP_BUFFER: usize = 64 * 1024;
 /// the gateway that took the request (a client's own is dropped) and
 /// trusted only from peer gateways, over mutual TLS.
 pub const CALLER_HEADER: HeaderName = HeaderName::from_static("x-gns-caller");
+/// Between gateways: the subset of the receiving cluster's endpoints a
+/// request is for (a key of the service's `subsets`), when a rule chose one.
+pub const SUBSET_HEADER: HeaderName = HeaderName::from_static("x-gns-subset");
 /// How long a client connection may go without a request before it is closed.
 pub const DEFAULT_CLIENT_IDLE: Duration = Duration::from_secs(60);
 /// How long a client may take to send a request's header, by default. The
@@ -448,9 +451,10 @@ impl Gateway {
         };
         let plan = routes.plan(&route, &request, fastrand::u64(..));
         let host = format!("{}.{}:{port}", route.config.service, route.config.gns);
-        for cluster in &plan {
-            if *cluster == self.cluster {
-                match self.connect_local_tcp(&route, port).await {
+        for target in &plan {
+            let cluster = target.cluster;
+            if cluster == self.cluster {
+                match self.connect_local_tcp(&route, port, target.subset).await {
                     Ok(mut upstream) => {
                         let copied = pipe(&mut client, &mut upstream).await;
                         count_tcp(&route, cluster, copied);
@@ -463,7 +467,9 @@ impl Gateway {
             let Ok(connection) = self.peer_connection(cluster).await else {
                 continue;
             };
-            match connection.tunnel(&host, caller_headers.clone()).await {
+            let mut headers = caller_headers.clone();
+            name_subset(&mut headers, target.subset);
+            match connection.tunnel(&host, headers).await {
                 Ok(mut tunnel) => {
                     let copied = pipe(&mut client, &mut tunnel).await;
                     count_tcp(&route, cluster, copied);
@@ -476,11 +482,14 @@ impl Gateway {
     }
 
     /// A TCP connection to a local endpoint of `route` for service port `port`.
-    async fn connect_local_tcp(&self, route: &Route, port: u16) -> Result<TcpStream, String> {
+    async fn connect_local_tcp(
+        &self,
+        route: &Route,
+        port: u16,
+        subset: Option<&str>,
+    ) -> Result<TcpStream, String> {
         let endpoints = route
-            .config
-            .endpoints
-            .get(&self.cluster)
+            .endpoints_of(&self.cluster, subset)
             .filter(|e| !e.is_empty())
             .ok_or("no local endpoints")?;
         let target_port = route
@@ -613,7 +622,7 @@ impl Gateway {
         if let Some(refusal) = self.peer_refusal(&route, peer, headers, host) {
             return Err(refusal);
         }
-        self.connect_local_tcp(&route, port)
+        self.connect_local_tcp(&route, port, subset_named(headers))
             .await
             .map_err(|e| reply(StatusCode::BAD_GATEWAY, &e))
     }
@@ -850,7 +859,7 @@ impl Gateway {
                     Ok(done) => done,
                     Err(_) => (
                         reply(StatusCode::GATEWAY_TIMEOUT, "timed out"),
-                        plan.first().copied().unwrap_or_default(),
+                        plan.first().map_or("", |t| t.cluster),
                     ),
                 };
             // Every try is done: the body's budget is given back.
@@ -869,7 +878,7 @@ impl Gateway {
     async fn try_plan<'p>(
         &self,
         route: &Route,
-        plan: &[&'p str],
+        plan: &[crate::route::Target<'p>],
         parts: &http::request::Parts,
         body: Bytes,
     ) -> (Response<Body>, &'p str) {
@@ -883,17 +892,19 @@ impl Gateway {
         // Made only when a try fails: most requests need no error answer.
         let mut last = None;
         let mut last_cluster = "";
-        for (n, &cluster) in plan.iter().cycle().take(budget.max(1)).enumerate() {
+        for (n, &target) in plan.iter().cycle().take(budget.max(1)).enumerate() {
+            let cluster = target.cluster;
             last_cluster = cluster;
             if n > 0 {
                 self.counters.retries.fetch_add(1, Ordering::Relaxed);
             }
             let attempt = async {
                 if cluster == self.cluster {
-                    self.send_local(route, clone_parts(parts), body.clone())
+                    self.send_local(route, clone_parts(parts), body.clone(), target.subset)
                         .await
                 } else {
-                    self.send_peer(cluster, parts, body.clone()).await
+                    self.send_peer(cluster, parts, body.clone(), target.subset)
+                        .await
                 }
             };
             let outcome = match per_try {
@@ -991,6 +1002,7 @@ impl Gateway {
             if let Some(refusal) = self.peer_refusal(&route, peer, req.headers(), host) {
                 return refusal;
             }
+            let subset = subset_named(req.headers()).map(str::to_owned);
             let (parts, body) = req.into_parts();
             // Buffered, so a connect failure can move on to another
             // endpoint; holds its share of the buffer budget until then.
@@ -1002,7 +1014,7 @@ impl Gateway {
                 }
             };
             let sent = self
-                .send_local(&route, parts, buffered.bytes().clone())
+                .send_local(&route, parts, buffered.bytes().clone(), subset.as_deref())
                 .await;
             drop(buffered);
             match sent {
@@ -1025,14 +1037,15 @@ impl Gateway {
         route: &'a Route,
         mut parts: http::request::Parts,
         body: Bytes,
+        subset: Option<&'a str>,
     ) -> impl Future<Output = Result<Response<Body>, TryError>> + 'a {
         async move {
             let endpoints = route
-                .config
-                .endpoints
-                .get(&self.cluster)
+                .endpoints_of(&self.cluster, subset)
                 .filter(|e| !e.is_empty())
                 .ok_or_else(|| TryError::Connect("no local endpoints".into()))?;
+            // Between gateways only: the endpoint never sees it.
+            parts.headers.remove(SUBSET_HEADER);
             let port = route
                 .config
                 .http_port
@@ -1179,6 +1192,7 @@ impl Gateway {
         peer: &str,
         parts: &http::request::Parts,
         body: Bytes,
+        subset: Option<&str>,
     ) -> Result<Response<Body>, TryError> {
         use crate::peer::PeerError;
         self.counters.peer_tries.fetch_add(1, Ordering::Relaxed);
@@ -1193,7 +1207,10 @@ impl Gateway {
             // Boxed: the cold path stays out of every request's future.
             None => Box::pin(self.connect_peer(peer)).await?,
         };
-        match connection.send(peer_head(parts)?, body.clone()).await {
+        match connection
+            .send(peer_head(parts, subset)?, body.clone())
+            .await
+        {
             Err(PeerError::NotSent(e)) => {
                 self.shard().peers.remove(peer);
                 if !reused {
@@ -1202,7 +1219,7 @@ impl Gateway {
                 // The pooled connection had gone away: once more on a new one.
                 let connection = Box::pin(self.connect_peer(peer)).await?;
                 connection
-                    .send(peer_head(parts)?, body)
+                    .send(peer_head(parts, subset)?, body)
                     .await
                     .map_err(as_try)
             }
@@ -1245,7 +1262,7 @@ impl Gateway {
 
 /// The head of a request to a peer gateway: the client's method, headers
 /// and path, with its host as the HTTP/2 authority.
-fn peer_head(parts: &http::request::Parts) -> Result<Request<()>, TryError> {
+fn peer_head(parts: &http::request::Parts, subset: Option<&str>) -> Result<Request<()>, TryError> {
     let bad_target = |e: http::Error| TryError::Connect(format!("bad request target: {e}"));
     let authority = match parts.headers.get(header::HOST) {
         Some(host) => {
@@ -1273,12 +1290,27 @@ fn peer_head(parts: &http::request::Parts) -> Result<Request<()>, TryError> {
     *head.uri_mut() = Uri::from_parts(target).map_err(|e| bad_target(e.into()))?;
     *head.version_mut() = http::Version::HTTP_2;
     *head.headers_mut() = parts.headers.clone();
+    name_subset(head.headers_mut(), subset);
     Ok(head)
+}
+
+/// Names the subset a request to a peer is for ([`SUBSET_HEADER`]).
+fn name_subset(headers: &mut http::HeaderMap, subset: Option<&str>) {
+    if let Some(value) = subset.and_then(|s| HeaderValue::from_str(s).ok()) {
+        headers.insert(SUBSET_HEADER, value);
+    }
+}
+
+/// The subset a peer named ([`SUBSET_HEADER`]).
+fn subset_named(headers: &http::HeaderMap) -> Option<&str> {
+    headers.get(SUBSET_HEADER).and_then(|v| v.to_str().ok())
 }
 
 /// Replaces whatever caller a client named with `caller`.
 fn name_caller(headers: &mut http::HeaderMap, caller: Option<HeaderValue>) {
     headers.remove(&CALLER_HEADER);
+    // Only gateways name subsets to each other, never a client.
+    headers.remove(&SUBSET_HEADER);
     if let Some(value) = caller {
         headers.insert(CALLER_HEADER, value);
     }

@@ -51,8 +51,28 @@ struct CompiledRule {
     source: Option<String>,
     path: Option<Matcher>,
     method: Option<http::Method>,
-    destinations: Vec<(String, u32)>,
+    destinations: Vec<(String, Option<String>, u32)>,
     total_weight: u64,
+}
+
+/// Where a try goes: a cluster, and there only the endpoints of one subset
+/// (a key of the service's `subsets`) or, without one, any endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target<'a> {
+    /// The cluster.
+    pub cluster: &'a str,
+    /// The subset of its endpoints.
+    pub subset: Option<&'a str>,
+}
+
+impl<'a> Target<'a> {
+    /// Any endpoint of `cluster`.
+    pub fn cluster(cluster: &'a str) -> Self {
+        Self {
+            cluster,
+            subset: None,
+        }
+    }
 }
 
 /// What a rule looks at in a request. A TCP connection has no method, path
@@ -93,6 +113,16 @@ pub struct Route {
 }
 
 impl Route {
+    /// The ready endpoints of `cluster`, only those of `subset` when given
+    /// (none when the subset is unknown).
+    pub fn endpoints_of(&self, cluster: &str, subset: Option<&str>) -> Option<&[IpAddr]> {
+        match subset {
+            None => self.config.endpoints.get(cluster),
+            Some(key) => self.config.subsets.get(key)?.get(cluster),
+        }
+        .map(Vec::as_slice)
+    }
+
     /// Whether callers named `callers` (the services a calling workload is
     /// an endpoint of; none when it is no service's) may call this service.
     pub fn admits<S: AsRef<str>>(&self, callers: &[S]) -> bool {
@@ -186,13 +216,13 @@ impl RouteTable {
                         continue;
                     }
                 };
-                let destinations: Vec<(String, u32)> = rule
+                let destinations: Vec<(String, Option<String>, u32)> = rule
                     .destinations
                     .iter()
                     .filter(|d| d.weight > 0)
-                    .map(|d| (d.cluster.clone(), d.weight))
+                    .map(|d| (d.cluster.clone(), d.subset.clone(), d.weight))
                     .collect();
-                let total_weight = destinations.iter().map(|(_, w)| u64::from(*w)).sum();
+                let total_weight = destinations.iter().map(|(.., w)| u64::from(*w)).sum();
                 rules.push(CompiledRule {
                     headers,
                     source: rule.source.clone(),
@@ -207,6 +237,9 @@ impl RouteTable {
             service
                 .endpoints
                 .retain(|c, _| c == cluster || !config.silent_clusters.contains(c));
+            for by_cluster in service.subsets.values_mut() {
+                by_cluster.retain(|c, _| c == cluster || !config.silent_clusters.contains(c));
+            }
             let route = Arc::new(Route {
                 config: service,
                 rules,
@@ -301,41 +334,50 @@ impl RouteTable {
         self.by_tcp_port.keys().copied().collect()
     }
 
-    /// Clusters to try for a request, in order, given a uniformly random `roll`.
+    /// Where to try a request, in order, given a uniformly random `roll`:
+    /// the matching rule's weighted pick (a cluster, or a subset of its
+    /// endpoints), then the own cluster, the failover order and every other
+    /// cluster with endpoints. Targets without ready endpoints are left out.
     pub fn plan<'a>(
         &'a self,
         route: &'a Route,
         request: &RequestFacts<'_>,
         roll: u64,
-    ) -> Vec<&'a str> {
-        let has_endpoints = |c: &str| route.config.endpoints.get(c).is_some_and(|e| !e.is_empty());
-        let mut order: Vec<&'a str> = Vec::with_capacity(4);
-        let push = |c: &'a str, order: &mut Vec<&'a str>| {
-            if has_endpoints(c) && !order.contains(&c) {
-                order.push(c);
+    ) -> Vec<Target<'a>> {
+        let mut order: Vec<Target<'a>> = Vec::with_capacity(4);
+        let push = |t: Target<'a>, order: &mut Vec<Target<'a>>| {
+            let ready = route
+                .endpoints_of(t.cluster, t.subset)
+                .is_some_and(|e| !e.is_empty());
+            if ready && !order.contains(&t) {
+                order.push(t);
             }
         };
         if let Some(rule) = route.rules.iter().find(|r| matches(r, request))
             && rule.total_weight > 0
         {
             let mut point = roll % rule.total_weight;
-            for (cluster, weight) in &rule.destinations {
+            for (cluster, subset, weight) in &rule.destinations {
                 if point < u64::from(*weight) {
-                    push(cluster, &mut order);
+                    let target = Target {
+                        cluster,
+                        subset: subset.as_deref(),
+                    };
+                    push(target, &mut order);
                     break;
                 }
                 point -= u64::from(*weight);
             }
         }
         if order.is_empty() {
-            push(&self.cluster, &mut order);
+            push(Target::cluster(&self.cluster), &mut order);
         }
         for c in &route.config.failover {
-            push(c, &mut order);
+            push(Target::cluster(c), &mut order);
         }
-        push(&self.cluster, &mut order);
+        push(Target::cluster(&self.cluster), &mut order);
         for c in route.config.endpoints.keys() {
-            push(c, &mut order);
+            push(Target::cluster(c), &mut order);
         }
         order
     }
@@ -369,6 +411,11 @@ fn matches(rule: &CompiledRule, request: &RequestFacts<'_>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
+
+    fn clusters(plan: Vec<Target<'_>>) -> Vec<&str> {
+        plan.into_iter().map(|t| t.cluster).collect()
+    }
     use crate::config::{HeaderCondition, Rule, WeightedCluster};
 
     fn config() -> GatewayConfig {
@@ -388,6 +435,7 @@ mod tests {
                     matcher: HeaderMatcher::Regex(".*Mobile.*".into()),
                 }],
                 destinations: vec![WeightedCluster {
+                    subset: None,
                     cluster: "west".into(),
                     weight: 100,
                 }],
@@ -397,10 +445,12 @@ mod tests {
                 headers: vec![],
                 destinations: vec![
                     WeightedCluster {
+                        subset: None,
                         cluster: "east".into(),
                         weight: 99,
                     },
                     WeightedCluster {
+                        subset: None,
                         cluster: "west".into(),
                         weight: 1,
                     },
@@ -423,7 +473,7 @@ mod tests {
         let mut mobile = HeaderMap::new();
         mobile.insert("user-agent", "Foo Mobile Safari".parse().expect("value"));
         assert_eq!(
-            east.plan(&route, &RequestFacts::headers(&mobile), 5),
+            clusters(east.plan(&route, &RequestFacts::headers(&mobile), 5)),
             ["east"],
             "the rule's west is skipped"
         );
@@ -431,7 +481,7 @@ mod tests {
         let (west, _) = RouteTable::new(&silent, "west", &Arc::default());
         let route = west.route("web.production.app.acme.com").expect("route");
         assert_eq!(
-            west.plan(&route, &RequestFacts::headers(&mobile), 5)[0],
+            clusters(west.plan(&route, &RequestFacts::headers(&mobile), 5))[0],
             "west"
         );
     }
@@ -445,7 +495,8 @@ mod tests {
             .expect("route");
         let mut west = 0;
         for roll in 0..10_000u64 {
-            let plan = table.plan(&route, &RequestFacts::headers(&HeaderMap::new()), roll);
+            let plan =
+                clusters(table.plan(&route, &RequestFacts::headers(&HeaderMap::new()), roll));
             if plan[0] == "west" {
                 west += 1;
             }
@@ -455,7 +506,7 @@ mod tests {
         let mut mobile = HeaderMap::new();
         mobile.insert("user-agent", "Foo Mobile Safari".parse().expect("value"));
         assert_eq!(
-            table.plan(&route, &RequestFacts::headers(&mobile), 5)[0],
+            clusters(table.plan(&route, &RequestFacts::headers(&mobile), 5))[0],
             "west"
         );
     }
@@ -514,7 +565,7 @@ mod tests {
         let (table, _) = RouteTable::new(&config, "east", &Arc::default());
         let route = table.route("web.production.app.acme.com").expect("route");
         assert_eq!(
-            table.plan(&route, &RequestFacts::headers(&HeaderMap::new()), 0),
+            clusters(table.plan(&route, &RequestFacts::headers(&HeaderMap::new()), 0)),
             ["west"]
         );
     }
@@ -543,6 +594,7 @@ mod tests {
             path: Some(HeaderMatcher::Regex("^(?:/v[0-9]+/orders(/.*)?)$".into())),
             method: Some("POST".into()),
             destinations: vec![WeightedCluster {
+                subset: None,
                 cluster: "west".into(),
                 weight: 100,
             }],
@@ -561,7 +613,7 @@ mod tests {
             callers: &api,
         };
         // Roll 0 falls on east in the 99/1 catch-all.
-        assert_eq!(table.plan(&route, &request, 0)[0], "west");
+        assert_eq!(clusters(table.plan(&route, &request, 0))[0], "west");
         let get = http::Method::GET;
         for other in [
             RequestFacts {
@@ -587,7 +639,11 @@ mod tests {
                 ..request
             },
         ] {
-            assert_eq!(table.plan(&route, &other, 0)[0], "east", "{other:?}");
+            assert_eq!(
+                clusters(table.plan(&route, &other, 0))[0],
+                "east",
+                "{other:?}"
+            );
         }
         // A caller that is several services' endpoint matches by any of them.
         let both = ["web".to_owned(), "api".to_owned()];
@@ -595,17 +651,79 @@ mod tests {
             callers: &both,
             ..request
         };
-        assert_eq!(table.plan(&route, &request, 0)[0], "west");
+        assert_eq!(clusters(table.plan(&route, &request, 0))[0], "west");
         // A prefix is a plain string prefix, an exact path the whole path.
         let svc = Arc::make_mut(config.services.values_mut().next().expect("svc"));
         svc.rules[0].path = Some(HeaderMatcher::Prefix("/v2/".into()));
         let (table, _) = RouteTable::new(&config, "east", &Arc::default());
         let route = table.route("web.production.app.acme.com").expect("route");
-        assert_eq!(table.plan(&route, &request, 0)[0], "west");
+        assert_eq!(clusters(table.plan(&route, &request, 0))[0], "west");
         let svc = Arc::make_mut(config.services.values_mut().next().expect("svc"));
         svc.rules[0].path = Some(HeaderMatcher::Exact("/v2/orders".into()));
         let (table, _) = RouteTable::new(&config, "east", &Arc::default());
         let route = table.route("web.production.app.acme.com").expect("route");
-        assert_eq!(table.plan(&route, &request, 0)[0], "east");
+        assert_eq!(clusters(table.plan(&route, &request, 0))[0], "east");
+    }
+
+    #[test]
+    fn a_split_between_subsets_picks_endpoints_inside_one_cluster() {
+        let mut config = config();
+        let svc = Arc::make_mut(config.services.values_mut().next().expect("svc"));
+        let (stable, canary) = ("env=us-prod,version=v1.5", "version=v2.0-alpha");
+        svc.endpoints.insert(
+            "east".into(),
+            vec![
+                "10.8.0.1".parse().expect("ip"),
+                "10.8.0.2".parse().expect("ip"),
+            ],
+        );
+        svc.subsets = BTreeMap::from([
+            (
+                stable.to_owned(),
+                BTreeMap::from([("east".to_owned(), vec!["10.8.0.1".parse().expect("ip")])]),
+            ),
+            (
+                canary.to_owned(),
+                BTreeMap::from([("east".to_owned(), vec!["10.8.0.2".parse().expect("ip")])]),
+            ),
+        ]);
+        svc.rules = vec![Rule {
+            destinations: vec![
+                WeightedCluster {
+                    cluster: "east".into(),
+                    subset: Some(stable.into()),
+                    weight: 99,
+                },
+                WeightedCluster {
+                    cluster: "east".into(),
+                    subset: Some(canary.into()),
+                    weight: 1,
+                },
+            ],
+            ..Rule::default()
+        }];
+        let (table, _) = RouteTable::new(&config, "east", &Arc::default());
+        let route = table.route("web.production.app.acme.com").expect("route");
+        let no_headers = HeaderMap::new();
+        let mut picks = BTreeMap::new();
+        for roll in 0..10_000u64 {
+            let plan = table.plan(&route, &RequestFacts::headers(&no_headers), roll);
+            *picks.entry(plan[0].subset).or_insert(0) += 1;
+            // Then any endpoint of east, then west.
+            assert_eq!(plan[1], Target::cluster("east"));
+        }
+        assert_eq!(picks[&Some(stable)], 9_900);
+        assert_eq!(picks[&Some(canary)], 100);
+        assert_eq!(
+            route.endpoints_of("east", Some(canary)),
+            Some(&["10.8.0.2".parse().expect("ip")][..])
+        );
+        // The canary's endpoints gone: its share goes to east as a whole.
+        let svc = Arc::make_mut(config.services.values_mut().next().expect("svc"));
+        svc.subsets.get_mut(canary).expect("canary").clear();
+        let (table, _) = RouteTable::new(&config, "east", &Arc::default());
+        let route = table.route("web.production.app.acme.com").expect("route");
+        let plan = table.plan(&route, &RequestFacts::headers(&no_headers), 9_999);
+        assert_eq!(plan[0], Target::cluster("east"));
     }
 }

@@ -637,17 +637,47 @@ pub struct HeaderMatch {
     pub regex: Option<String>,
 }
 
-/// A weighted destination: a cluster, optionally one version subset in it.
+/// A weighted destination: a cluster, optionally only its endpoints with
+/// some labels (a version `subset`, or `tags`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Destination {
     /// Target cluster.
     pub cluster: Name,
-    /// Version subset: refused for now (endpoints carry no labels yet).
+    /// Only endpoints whose `version` label is this (the pods' labels).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub subset: Option<Name>,
+    pub subset: Option<String>,
+    /// Only endpoints with all these labels (keys: `version`, `env`), e.g.
+    /// `{"version": "v1.5", "env": "us-prod"}`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
     /// Share of traffic, 0–100.
     pub weight: u32,
+}
+
+impl Destination {
+    /// The labels an endpoint must have to receive this destination's
+    /// traffic (`subset` as `version`, and `tags`); empty: every endpoint.
+    pub fn selector(&self) -> BTreeMap<String, String> {
+        let mut selector = self.tags.clone();
+        if let Some(version) = &self.subset {
+            selector.insert("version".to_owned(), version.clone());
+        }
+        selector
+    }
+}
+
+/// A label value as Kubernetes allows it: at most 63 characters,
+/// alphanumerics with `-`, `_` and `.` inside.
+fn valid_label_value(value: &str) -> bool {
+    let bytes = value.as_bytes();
+    !value.is_empty()
+        && value.len() <= 63
+        && bytes.first().is_some_and(u8::is_ascii_alphanumeric)
+        && bytes.last().is_some_and(u8::is_ascii_alphanumeric)
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 /// Retry policy.
@@ -911,14 +941,39 @@ fn validate_destinations(destinations: &[Destination], at: &str, errors: &mut Fi
             errors.add(format!("{at}[{j}].weight"), "must be between 0 and 100");
         }
         sum += u64::from(d.weight);
-        // Refused, not accepted and ignored, until endpoints carry labels.
-        if d.subset.is_some() {
-            errors.add(
-                format!("{at}[{j}].subset"),
-                "version subsets are not supported yet (endpoints carry no labels): route by cluster",
-            );
+        if let Some(subset) = &d.subset {
+            if !valid_label_value(subset) {
+                errors.add(
+                    format!("{at}[{j}].subset"),
+                    "must be a label value: 1-63 alphanumerics, '-', '_' or '.', starting and ending alphanumeric",
+                );
+            }
+            if d.tags.contains_key("version") {
+                errors.add(
+                    format!("{at}[{j}].subset"),
+                    "subset is the version label: give it there or in tags, not both",
+                );
+            }
         }
-        if !seen.insert((&d.cluster, &d.subset)) {
+        for (key, value) in &d.tags {
+            // Discovery keeps only these labels of the pods: a tag on
+            // another key could never match, so it is refused.
+            if !crate::discovery::model::ROUTING_LABELS.contains(&key.as_str()) {
+                errors.add(
+                    format!("{at}[{j}].tags.{key}"),
+                    format!(
+                        "endpoints are selected by the labels {} only",
+                        crate::discovery::model::ROUTING_LABELS.join(" and ")
+                    ),
+                );
+            } else if !valid_label_value(value) {
+                errors.add(
+                    format!("{at}[{j}].tags.{key}"),
+                    "must be a label value: 1-63 alphanumerics, '-', '_' or '.', starting and ending alphanumeric",
+                );
+            }
+        }
+        if !seen.insert((&d.cluster, d.selector())) {
             errors.add(format!("{at}[{j}]"), "the same destination is listed twice");
         }
     }
@@ -1371,6 +1426,53 @@ mod tests {
     }
 
     #[test]
+    fn subsets_and_tags_select_by_the_routing_labels_only() {
+        let fields = |destinations: serde_json::Value| -> Vec<String> {
+            routing(serde_json::json!({"rules": [{"destinations": destinations}]}))
+                .validate()
+                .err()
+                .map(|e| e.0.iter().map(|f| f.field.clone()).collect())
+                .unwrap_or_default()
+        };
+        // The seed's split: two subsets of one cluster.
+        assert!(
+            fields(serde_json::json!([
+                {"cluster": "east", "tags": {"version": "v1.5", "env": "us-prod"}, "weight": 99},
+                {"cluster": "east", "subset": "v2.0-alpha", "weight": 1}]))
+            .is_empty()
+        );
+        assert_eq!(
+            fields(serde_json::json!([
+                {"cluster": "east", "tags": {"team": "shop"}, "weight": 50},
+                {"cluster": "east", "subset": "v2", "tags": {"version": "v3"}, "weight": 25},
+                {"cluster": "east", "subset": "-bad-", "weight": 25}])),
+            [
+                "rules[0].destinations[0].tags.team",
+                "rules[0].destinations[1].subset",
+                "rules[0].destinations[2].subset"
+            ]
+        );
+        // A subset written either way is the same destination.
+        assert_eq!(
+            fields(serde_json::json!([
+                {"cluster": "east", "subset": "v1", "weight": 50},
+                {"cluster": "east", "tags": {"version": "v1"}, "weight": 50}])),
+            ["rules[0].destinations[1]"]
+        );
+        let d: Destination = serde_json::from_value(
+            serde_json::json!({"cluster": "east", "subset": "v1", "tags": {"env": "prod"}, "weight": 1}),
+        )
+        .expect("destination");
+        assert_eq!(
+            d.selector(),
+            BTreeMap::from([
+                ("env".to_owned(), "prod".to_owned()),
+                ("version".to_owned(), "v1".to_owned())
+            ])
+        );
+    }
+
+    #[test]
     fn cluster_credentials_never_serialize() {
         let mut c: Cluster = serde_json::from_value(serde_json::json!({
             "name":"east","kubernetes":{"server":"https://10.0.0.1:6443","token":"s3cret"}}))
@@ -1438,17 +1540,5 @@ mod tests {
                 "outlierDetection.maxEjectedPercent"
             ]
         );
-    }
-
-    #[test]
-    fn a_subset_is_refused_until_endpoints_carry_labels() {
-        let r = routing(serde_json::json!({
-            "rules": [{"destinations": [{"cluster": "east", "subset": "v2", "weight": 100}]}]}));
-        let fields: Vec<String> = r
-            .validate()
-            .err()
-            .map(|e| e.0.iter().map(|f| f.field.clone()).collect())
-            .unwrap_or_default();
-        assert_eq!(fields, ["rules[0].destinations[0].subset"]);
     }
 }

@@ -226,12 +226,25 @@ fn parse<T: DeserializeOwned>(object: &StoredObject, problems: &mut Vec<Problem>
     }
 }
 
-/// True if a rule of `routing` sends some traffic to a cluster other than `cluster`.
+/// True if `cluster`'s clients need the gateway for `routing`: a rule
+/// sends some traffic to another cluster, or to a subset of endpoints
+/// (which only the gateway tells apart).
 fn sends_elsewhere(routing: &Routing, cluster: &str) -> bool {
     routing.rules.iter().any(|rule| {
         rule.destinations
             .iter()
-            .any(|d| d.weight > 0 && d.cluster.as_str() != cluster)
+            .any(|d| d.weight > 0 && (d.cluster.as_str() != cluster || !d.selector().is_empty()))
+    })
+}
+
+/// A subset's key in the gateway config: its selector, `k=v` by key, comma-separated.
+fn subset_key(selector: &BTreeMap<String, String>) -> Option<String> {
+    (!selector.is_empty()).then(|| {
+        selector
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",")
     })
 }
 
@@ -648,11 +661,36 @@ impl Compiler<'_> {
                         .iter()
                         .map(|d| gw::WeightedCluster {
                             cluster: d.cluster.to_string(),
+                            subset: subset_key(&d.selector()),
                             weight: d.weight,
                         })
                         .collect(),
                 })
                 .collect();
+            // Each subset a destination names: its ready endpoints in that
+            // cluster, those whose labels include the selector.
+            for d in routing.rules.iter().flat_map(|r| r.destinations.iter()) {
+                let selector = d.selector();
+                let Some(key) = subset_key(&selector) else {
+                    continue;
+                };
+                let cluster = d.cluster.as_str();
+                if !members.contains(cluster) {
+                    continue;
+                }
+                let addresses = inputs
+                    .discovered
+                    .iter()
+                    .filter_map(|svc| svc.clusters.get(cluster))
+                    .flat_map(|endpoints| endpoints.ready.iter())
+                    .filter(|e| selector.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
+                    .map(|e| e.address)
+                    .collect();
+                out.subsets
+                    .entry(key)
+                    .or_default()
+                    .insert(cluster.to_owned(), sorted(addresses));
+            }
             out.failover = routing.failover.iter().map(ToString::to_string).collect();
             out.timeout_ms = routing
                 .timeout
@@ -1279,6 +1317,52 @@ mod tests {
             "no gateway: external answer"
         );
         assert!(!api.views.contains_key("south"), "no networks: no view");
+    }
+
+    #[test]
+    fn a_split_between_version_subsets_selects_endpoints_by_their_labels() {
+        let mut state = base();
+        let objects = scoped(&mut state);
+        objects.services.push(
+            object(
+                ObjectKey::scoped(Kind::Service, "production", "web.east"),
+                json!({"name": "web", "ports": [{"name": "http", "port": 80, "protocol": "HTTP"}],
+                       "clusters": {"east": {"notReady": [], "ready": [
+                           {"address": "10.8.1.1", "labels": {"version": "v1.5", "env": "us-prod"}},
+                           {"address": "10.8.1.2", "labels": {"version": "v1.5", "env": "us-staging"}},
+                           {"address": "10.8.1.3", "labels": {"version": "v2.0-alpha"}},
+                           {"address": "10.8.1.4"}]}}}),
+            )
+            .into(),
+        );
+        objects.routings.push(object(
+            ObjectKey::scoped(Kind::Routing, "production", "web"),
+            json!({"rules": [{"destinations": [
+                {"cluster": "east", "tags": {"version": "v1.5", "env": "us-prod"}, "weight": 99},
+                {"cluster": "east", "subset": "v2.0-alpha", "weight": 1}]}]}),
+        ));
+        let snap = build(&state);
+        assert!(snap.problems.is_empty(), "{:?}", snap.problems);
+        let gw = &snap.gateways.services[&format!("web.{ORIGIN}")];
+        let destinations: Vec<(Option<&str>, u32)> = gw.rules[0]
+            .destinations
+            .iter()
+            .map(|d| (d.subset.as_deref(), d.weight))
+            .collect();
+        assert_eq!(
+            destinations,
+            [
+                (Some("env=us-prod,version=v1.5"), 99),
+                (Some("version=v2.0-alpha"), 1)
+            ]
+        );
+        assert_eq!(
+            gw.subsets["env=us-prod,version=v1.5"]["east"],
+            ips(&["10.8.1.1"])
+        );
+        assert_eq!(gw.subsets["version=v2.0-alpha"]["east"], ips(&["10.8.1.3"]));
+        // East's own clients go through its egress: only the gateway splits by subset.
+        assert_eq!(find(&snap, "web").views["east"], ips(&["10.8.0.53"]));
     }
 
     #[test]

@@ -36,7 +36,7 @@ use gns_tests::{
 };
 use http_body_util::BodyExt;
 use hyper::body::Bytes;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube_apiserver_test::{Grant, TestApiServer, TestApiServerOptions, endpoint_slice, service};
 use rustls::pki_types::pem::PemObject;
@@ -71,6 +71,18 @@ const ECHO_WEST_HOST: &str = "echo-west.production.app.acme.com";
 const ECHO_EAST_HOST: &str = "echo-east.production.app.acme.com";
 /// Where east's clients that are endpoints of `api` connect from.
 const API_CLIENT_IP: &str = "127.0.0.5";
+const SHOPFRONT_HOST: &str = "shopfront.production.app.acme.com";
+/// shopfront's pods in west: name, address, `version` label, `env` label.
+const SHOPFRONT_PODS: [(&str, &str, &str, Option<&str>); 3] = [
+    ("shopfront-v15", "127.0.0.1", "v1.5", Some("us-prod")),
+    (
+        "shopfront-alpha",
+        "127.0.0.8",
+        "v2.0-alpha",
+        Some("us-staging"),
+    ),
+    ("shopfront-canary", "127.0.0.9", "canary", None),
+];
 
 /// Serializes the scenarios of this binary: each runs two gateways with
 /// timing-sensitive steps (timeouts, renewals) on a 2-core machine.
@@ -108,6 +120,12 @@ async fn scenario(backend: StoreBackend) {
         .run(
             "source, path, method and precedence rules route",
             source_path_method_and_precedence_rules_route(&w),
+        )
+        .await;
+    steps
+        .run(
+            "the seed's canary: 99/1 between version subsets and the iPhone rule",
+            the_seeds_canary_splits_between_version_subsets(&w),
         )
         .await;
     steps

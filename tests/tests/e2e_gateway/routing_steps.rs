@@ -360,6 +360,80 @@ pub(crate) async fn source_path_method_and_precedence_rules_route(w: &World) {
     .await;
 }
 
+/// The seed's canary, literally: 99 % to pods labelled `version: v1.5,
+/// env: us-prod`, 1 % to `version: v2.0-alpha, env: us-staging`, and the
+/// iPhone User-Agent to `version: canary`, all inside west and reached
+/// through east's egress (the subset crosses to west's gateway with the
+/// request). 10,000 requests.
+pub(crate) async fn the_seeds_canary_splits_between_version_subsets(w: &World) {
+    let east_gw = w.east_gw();
+    w.put_routing(
+        "shopfront",
+        json!({"rules": [
+            {"match": {"headers": [{"name": "user-agent", "regex": "^(.*?;)?(iPhone)(;.*)?$"}]},
+             "precedence": 2,
+             "destinations": [{"cluster": "west", "tags": {"version": "canary"}, "weight": 100}]},
+            {"destinations": [
+                {"cluster": "west", "tags": {"version": "v1.5", "env": "us-prod"}, "weight": 99},
+                {"cluster": "west", "tags": {"version": "v2.0-alpha", "env": "us-staging"}, "weight": 1}]}]}),
+    )
+    .await;
+    let client = gns_tests::client()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client");
+    let get = async |agent: &str| match client
+        .get(format!("http://{}/", east_gw.egress))
+        .header("host", SHOPFRONT_HOST)
+        .header("user-agent", agent)
+        .send()
+        .await
+    {
+        Ok(resp) => format!(
+            "{} {}",
+            resp.status().as_u16(),
+            resp.text().await.unwrap_or_default()
+        ),
+        Err(e) => e.to_string(),
+    };
+    let iphone = "ShopApp/3.1;iPhone;iOS/17.1";
+    eventually(
+        "the iPhone app to reach the canary pods",
+        Duration::from_secs(15),
+        async || match get(iphone).await {
+            ok if ok == "200 canary" => Ok(()),
+            other => Err(other),
+        },
+    )
+    .await;
+    let mut versions: BTreeMap<String, u32> = BTreeMap::new();
+    let total = 10_000;
+    for _ in 0..total {
+        *versions.entry(get("curl/8").await).or_default() += 1;
+    }
+    eprintln!("the seed's canary over {total} requests: {versions:?}");
+    let alpha = versions.get("200 v2.0-alpha").copied().unwrap_or(0);
+    let stable = versions.get("200 v1.5").copied().unwrap_or(0);
+    assert_eq!(
+        alpha + stable,
+        total,
+        "only the two subsets answer: {versions:?}"
+    );
+    // Expected 100 of 10,000 (sd ~10); outside 55..=150 happens to a
+    // correct split less than once in 10^5 runs.
+    assert!(
+        (55..=150).contains(&alpha),
+        "about 1 % to v2.0-alpha, got {alpha}: {versions:?}"
+    );
+    for _ in 0..20 {
+        assert_eq!(
+            get(iphone).await,
+            "200 canary",
+            "every iPhone request to the canary"
+        );
+    }
+}
+
 /// Bodies of 1 MiB and 16 MiB, with a length and chunked, cross clusters
 /// in both directions (east → west and west → east) and both ways (the
 /// upstream answers the body back); each first try gets a 503 once the

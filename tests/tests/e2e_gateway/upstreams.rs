@@ -10,6 +10,20 @@ pub(crate) async fn upstream(name: &'static str) -> u16 {
         .await
         .expect("bind upstream");
     let port = listener.local_addr().expect("addr").port();
+    serve_name(listener, name);
+    port
+}
+
+/// The same on a given address (several endpoints of one service share a
+/// port on different loopback addresses).
+pub(crate) async fn upstream_at(ip: &str, port: u16, name: &'static str) {
+    let listener = tokio::net::TcpListener::bind((ip, port))
+        .await
+        .expect("bind upstream");
+    serve_name(listener, name);
+}
+
+fn serve_name(listener: tokio::net::TcpListener, name: &'static str) {
     tokio::spawn(async move {
         while let Ok((mut tcp, _)) = listener.accept().await {
             tokio::spawn(async move {
@@ -37,7 +51,6 @@ pub(crate) async fn upstream(name: &'static str) -> u16 {
             });
         }
     });
-    port
 }
 
 /// What a [`scripted`] upstream answers, counted from the last [`Script::reset`].

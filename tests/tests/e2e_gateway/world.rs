@@ -188,6 +188,47 @@ pub(crate) async fn setup(backend: StoreBackend) -> World {
     let (echo_east_port, echo_east) = echo().await;
     one_endpoint_service(&west, "echo-west", "http", "127.0.0.1", echo_west_port);
     one_endpoint_service(&east, "echo-east", "http", "127.0.0.1", echo_east_port);
+    // shopfront in west: three versions of it, one pod each, the pods'
+    // labels the seed's (version, env), each endpoint on its own address.
+    let shopfront_port = free_port();
+    for (pod, ip, version, env) in SHOPFRONT_PODS {
+        upstream_at(ip, shopfront_port, version).await;
+        let mut labels = json!({"app": "shopfront", "version": version});
+        if let Some(env) = env {
+            labels["env"] = json!(env);
+        }
+        west.apply::<Pod>(
+            &serde_json::from_value(json!({
+                "metadata": {"name": pod, "namespace": "shop", "labels": labels},
+                "spec": {"containers": [{"name": "shopfront", "image": "registry.test/shopfront"}]}}))
+            .expect("pod"),
+        )
+        .expect("pod");
+    }
+    west.apply::<Service>(&service(
+        "shop",
+        "shopfront",
+        &[("app", "shopfront")],
+        &[("http", 80)],
+    ))
+    .expect("shopfront service");
+    let mut slice = endpoint_slice(
+        "shop",
+        "shopfront",
+        "shopfront-1",
+        &SHOPFRONT_PODS.map(|(_, ip, ..)| (ip, true, true, false, None)),
+        &[("http", i32::from(shopfront_port))],
+    );
+    for (endpoint, (pod, ..)) in slice.endpoints.iter_mut().zip(SHOPFRONT_PODS) {
+        endpoint.target_ref = Some(k8s_openapi::api::core::v1::ObjectReference {
+            kind: Some("Pod".into()),
+            name: Some(pod.into()),
+            namespace: Some("shop".into()),
+            ..Default::default()
+        });
+    }
+    west.apply::<EndpointSlice>(&slice)
+        .expect("shopfront slice");
     // A gRPC service (tonic's health service) in west only, on a port named grpc.
     let (grpc, grpc_port) = grpc_upstream().await;
     one_endpoint_service(&west, "health", "grpc", "127.0.0.1", grpc_port);
