@@ -1040,8 +1040,14 @@ impl Gateway {
         subset: Option<&'a str>,
     ) -> impl Future<Output = Result<Response<Body>, TryError>> + 'a {
         async move {
+            // A subset this gateway's config does not know yet (or left
+            // without endpoints) falls to the cluster as a whole, as a
+            // rule's pick does when planned: configs reach gateways at
+            // slightly different times.
             let endpoints = route
                 .endpoints_of(&self.cluster, subset)
+                .filter(|e| !e.is_empty())
+                .or_else(|| route.endpoints_of(&self.cluster, None))
                 .filter(|e| !e.is_empty())
                 .ok_or_else(|| TryError::Connect("no local endpoints".into()))?;
             // Between gateways only: the endpoint never sees it.

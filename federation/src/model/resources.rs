@@ -1011,6 +1011,11 @@ pub struct ExternalWorkload {
     /// Labels, e.g. `version`.
     #[serde(default)]
     pub labels: LabelMap,
+    /// The cluster whose network it lives in: only that cluster's gateway
+    /// connects to it (the others through that gateway). Without one, any
+    /// gateway may reach its address directly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<Name>,
 }
 
 /// A named port.
@@ -1093,6 +1098,16 @@ impl Resource for ExternalWorkload {
         }
         validate_labels(&self.labels, "labels", &mut errors);
         errors.into_result()
+    }
+
+    fn cluster_refs(&self) -> Vec<ClusterRef> {
+        self.cluster
+            .iter()
+            .map(|c| ClusterRef {
+                cluster: c.clone(),
+                field: "cluster".to_owned(),
+            })
+            .collect()
     }
 }
 

@@ -618,6 +618,7 @@ impl Compiler<'_> {
                 }
             }
         }
+        self.add_workload_endpoints(&mut out, members, inputs.workloads);
         if let Some(routing) = inputs.routing {
             // The contract matches whole values (and whole paths).
             let matcher =
@@ -729,6 +730,67 @@ impl Compiler<'_> {
             });
         }
         out
+    }
+
+    /// External workloads as gateways' endpoints: one with a `cluster` is a
+    /// local endpoint of that member cluster's gateway (the others reach it
+    /// through that gateway); one without is a local endpoint of every
+    /// member cluster's gateway (any of them may dial its address).
+    fn add_workload_endpoints(
+        &self,
+        out: &mut gns_gateway::config::ServiceConfig,
+        members: &BTreeSet<&str>,
+        workloads: &[ExternalWorkload],
+    ) {
+        for w in workloads {
+            let clusters: Vec<&str> = match &w.cluster {
+                Some(c) => members
+                    .iter()
+                    .copied()
+                    .filter(|m| *m == c.as_str())
+                    .collect(),
+                None => members
+                    .iter()
+                    .copied()
+                    .filter(|m| self.clusters.get(*m).is_some_and(|c| c.gateway.is_some()))
+                    .collect(),
+            };
+            let http = w
+                .ports
+                .iter()
+                .find(|p| is_http(p))
+                .or_else(|| w.ports.first());
+            for cluster in clusters {
+                let endpoints = out.endpoints.entry(cluster.to_owned()).or_default();
+                endpoints.push(w.address);
+                endpoints.sort();
+                endpoints.dedup();
+                if let Some(port) = http {
+                    out.http_port
+                        .entry(cluster.to_owned())
+                        .or_insert_with(|| port.endpoint_port());
+                }
+                for port in w
+                    .ports
+                    .iter()
+                    .filter(|p| !is_http(p) && matches!(p.protocol, Protocol::Tcp | Protocol::Tls))
+                {
+                    if let Some(tcp) = out.tcp_ports.iter_mut().find(|t| t.port == port.port) {
+                        tcp.target_port
+                            .entry(cluster.to_owned())
+                            .or_insert_with(|| port.endpoint_port());
+                    } else {
+                        out.tcp_ports.push(gns_gateway::config::TcpPort {
+                            port: port.port,
+                            target_port: BTreeMap::from([(
+                                cluster.to_owned(),
+                                port.endpoint_port(),
+                            )]),
+                        });
+                    }
+                }
+            }
+        }
     }
 
     fn service(&self, name: &str, members: &BTreeSet<&str>, inputs: &ServiceInputs<'_>) -> Service {
@@ -1363,6 +1425,47 @@ mod tests {
         assert_eq!(gw.subsets["version=v2.0-alpha"]["east"], ips(&["10.8.1.3"]));
         // East's own clients go through its egress: only the gateway splits by subset.
         assert_eq!(find(&snap, "web").views["east"], ips(&["10.8.0.53"]));
+    }
+
+    #[test]
+    fn external_workloads_are_gateway_endpoints_where_they_can_be_dialled() {
+        let mut state = base();
+        let objects = scoped(&mut state);
+        let vm = |name: &str, svc: &str, cluster: Option<&str>| {
+            let mut spec = json!({"name": name, "service": svc, "address": "192.0.2.7", "ttl": "1h",
+                                  "ports": [{"name": "http", "port": 8080, "protocol": "HTTP"},
+                                            {"name": "pg", "port": 5432}]});
+            if let Some(c) = cluster {
+                spec["cluster"] = json!(c);
+            }
+            object(
+                ObjectKey::scoped(Kind::ExternalWorkload, "production", name),
+                spec,
+            )
+        };
+        objects
+            .external_workloads
+            .push(vm("billing-1", "billing", None));
+        objects
+            .external_workloads
+            .push(vm("ledger-1", "ledger", Some("west")));
+        let snap = build(&state);
+        assert!(snap.problems.is_empty(), "{:?}", snap.problems);
+        let gw = |svc: &str| snap.gateways.services[&format!("{svc}.{ORIGIN}")].clone();
+        // No cluster: every member cluster's gateway dials it (north has none).
+        let billing = gw("billing");
+        assert_eq!(
+            billing.endpoints.keys().collect::<Vec<_>>(),
+            ["east", "south", "west"]
+        );
+        assert_eq!(billing.endpoints["east"], ips(&["192.0.2.7"]));
+        assert_eq!(billing.http_port["south"], 8080);
+        assert_eq!(billing.tcp_ports[0].port, 5432);
+        assert_eq!(billing.tcp_ports[0].target_port["west"], 5432);
+        // In west's network: only west's gateway dials it.
+        let ledger = gw("ledger");
+        assert_eq!(ledger.endpoints.keys().collect::<Vec<_>>(), ["west"]);
+        assert_eq!(ledger.http_port["west"], 8080);
     }
 
     #[test]

@@ -49,6 +49,7 @@ mod grpc_steps;
 mod routing_steps;
 mod security_steps;
 mod upstreams;
+mod vm_steps;
 mod world;
 
 use clients::*;
@@ -56,6 +57,7 @@ use grpc_steps::*;
 use routing_steps::*;
 use security_steps::*;
 use upstreams::*;
+use vm_steps::*;
 use world::*;
 
 const TOKEN: &str = "gateway-e2e-admin";
@@ -126,6 +128,12 @@ async fn scenario(backend: StoreBackend) {
         .run(
             "the seed's canary: 99/1 between version subsets and the iPhone rule",
             the_seeds_canary_splits_between_version_subsets(&w),
+        )
+        .await;
+    steps
+        .run(
+            "VM-backed services answer through the egress and the public entry",
+            vm_backed_services_answer_through_egress_and_public_entry(&w),
         )
         .await;
     steps
