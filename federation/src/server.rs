@@ -358,6 +358,7 @@ pub async fn build(config: &Config) -> Result<Federation, StartError> {
             federation_url: advertise_url.clone(),
             dns_address: config.advertise_dns.unwrap_or(dns.udp_addr).to_string(),
             federation_ca: serving.roots(),
+            snapshots: snapshots.clone(),
         },
     );
     let dns_for_metrics = Arc::clone(&dns);

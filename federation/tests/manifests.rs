@@ -110,6 +110,7 @@ fn the_rendered_gateway_parses_into_its_kinds() {
         federation_ca: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into(),
         dns_address: "10.0.0.53:53".into(),
         domains: vec!["production.app.acme.com".into()],
+        tcp_ports: [5432, 6379].into(),
     };
     let docs = manifests(&params).expect("renders");
     let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
@@ -130,6 +131,39 @@ fn the_rendered_gateway_parses_into_its_kinds() {
     for doc in &docs {
         check(doc, "deploy/gateway/gateway.yaml");
     }
+    // The egress Service: HTTP on 80 and each TCP port of the config.
+    let egress = &docs[7];
+    assert_eq!(egress["metadata"]["name"], "gns-gateway-egress");
+    let ports: Vec<(i64, Value)> = egress["spec"]["ports"]
+        .as_array()
+        .expect("ports")
+        .iter()
+        .map(|p| (p["port"].as_i64().unwrap_or(0), p["targetPort"].clone()))
+        .collect();
+    assert_eq!(
+        ports,
+        [
+            (80, Value::from("egress")),
+            (5432, Value::from(5432)),
+            (6379, Value::from(6379))
+        ]
+    );
+    // No public Service unless asked for; with publicServiceType, one of that type.
+    assert!(
+        !docs
+            .iter()
+            .any(|d| d["metadata"]["name"] == "gns-gateway-public")
+    );
+    let mut public = params.clone();
+    public.spec.public_service_type = Some(gns_federation::model::IngressServiceType::NodePort);
+    let with_public = manifests(&public).expect("renders");
+    let service = with_public
+        .iter()
+        .find(|d| d["metadata"]["name"] == "gns-gateway-public")
+        .expect("the public Service");
+    check(service, "deploy/gateway/gateway.yaml");
+    assert_eq!(service["spec"]["type"], "NodePort");
+    assert_eq!(service["spec"]["ports"][0]["targetPort"], "public");
     // The federation's roots go into a ConfigMap the gateway reads them from.
     assert_eq!(docs[3]["metadata"]["name"], "gns-federation-ca");
     assert_eq!(docs[3]["data"]["ca.pem"], params.federation_ca.as_str());

@@ -259,6 +259,91 @@ async fn gateway_is_installed_upgraded_reported_and_removed() {
         "a CoreDNS server block for the GNS domain: {stanza}"
     );
 
+    // The egress Service follows the config's TCP ports: a TCP service
+    // appears in west, and both clusters' egress Services expose its port.
+    let egress_ports = |api: &TestApiServer| -> Vec<i32> {
+        api.get::<Service>("gns-system", "gns-gateway-egress")
+            .expect("svc")
+            .and_then(|s| s.spec)
+            .and_then(|s| s.ports)
+            .unwrap_or_default()
+            .iter()
+            .map(|p| p.port)
+            .collect()
+    };
+    assert_eq!(
+        egress_ports(&api),
+        [80],
+        "HTTP only while no TCP service exists"
+    );
+    west.apply::<Service>(&kube_apiserver_test::service(
+        "shop",
+        "db",
+        &[("app", "db")],
+        &[("pg", 5432)],
+    ))
+    .expect("db service");
+    west.apply(&kube_apiserver_test::endpoint_slice(
+        "shop",
+        "db",
+        "db-1",
+        &[("10.9.3.1", true, true, false, None)],
+        &[("pg", 5432)],
+    ))
+    .expect("db slice");
+    eventually(
+        "both egress Services to expose 5432",
+        Duration::from_secs(20),
+        || async {
+            let ports = (egress_ports(&api), egress_ports(&west));
+            if ports == (vec![80, 5432], vec![80, 5432]) {
+                Ok(())
+            } else {
+                Err(format!("{ports:?}"))
+            }
+        },
+    )
+    .await;
+    // A public entry Service, when asked for, and gone when no longer.
+    let public = |api: &TestApiServer| {
+        api.get::<Service>("gns-system", "gns-gateway-public")
+            .expect("svc")
+            .and_then(|s| s.spec)
+            .and_then(|s| s.type_)
+    };
+    assert_eq!(public(&api), None, "no public entry Service by default");
+    put_cluster(
+        &fed,
+        &api,
+        json!({"image": "registry.example/gns-gateway:0.1.0", "replicas": 2,
+               "publicServiceType": "NodePort"}),
+    )
+    .await;
+    eventually("the public Service", Duration::from_secs(20), || async {
+        match public(&api) {
+            Some(t) if t == "NodePort" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    put_cluster(
+        &fed,
+        &api,
+        json!({"image": "registry.example/gns-gateway:0.1.0", "replicas": 2}),
+    )
+    .await;
+    eventually(
+        "the public Service to go",
+        Duration::from_secs(20),
+        || async {
+            match public(&api) {
+                None => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+
     // Upgrade: a new image rolls out; held, the status shows it progressing.
     api.hold_rollouts(true);
     put_cluster(

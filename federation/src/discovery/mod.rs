@@ -34,7 +34,7 @@ struct Fingerprint {
 }
 
 /// What discovery needs to know about the federation itself.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct DiscoveryOptions {
     /// URL deployed gateways follow (`--advertise-url`).
     pub federation_url: String,
@@ -42,6 +42,21 @@ pub struct DiscoveryOptions {
     pub dns_address: String,
     /// The roots deployed gateways verify the federation with.
     pub federation_ca: crate::tls::ClientRoots,
+    /// Published snapshots (deployed gateways' egress Services follow the
+    /// config's TCP ports).
+    pub snapshots: crate::snapshot::SnapshotReceiver,
+}
+
+impl Default for DiscoveryOptions {
+    fn default() -> Self {
+        Self {
+            federation_url: String::new(),
+            dns_address: String::new(),
+            federation_ca: crate::tls::ClientRoots::default(),
+            // No snapshots: deployed egress Services carry HTTP only.
+            snapshots: tokio::sync::watch::channel(None).1,
+        }
+    }
 }
 
 struct Running {
@@ -199,9 +214,13 @@ fn start(
                                         dns_address: options.dns_address.clone(),
                                         federation_ca: options.federation_ca.pem(),
                                         domains: fp.domains.clone(),
+                                        tcp_ports: crate::rollout::config_tcp_ports(
+                                            &options.snapshots,
+                                        ),
                                     },
                                     client: kube,
                                     roots: options.federation_ca.clone(),
+                                    snapshots: options.snapshots.clone(),
                                 };
                                 tokio::join!(sync, crate::rollout::run(rollout, gateway_tx));
                             }

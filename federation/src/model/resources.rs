@@ -182,6 +182,10 @@ pub struct GatewayDeployment {
     /// Take over fields another field manager owns instead of reporting the conflict.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub force_conflicts: bool,
+    /// A Service for the public entry (clients outside every cluster, port
+    /// 80), of this type; none by default (a Service made before is deleted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_service_type: Option<IngressServiceType>,
 }
 
 fn default_gateway_image() -> String {

@@ -7,8 +7,10 @@
 //! ServiceAccount, a Secret with the federation URL, a ConfigMap with the
 //! roots that verify the federation, the CoreDNS forwarding server blocks,
 //! the Deployment (whose pods join with a projected service-account token
-//! for audience `gns-federation`, so any number of replicas can) and
-//! the ingress (LoadBalancer by default) and egress (ClusterIP) Services.
+//! for audience `gns-federation`, so any number of replicas can),
+//! the ingress (LoadBalancer by default) and egress (ClusterIP; HTTP on 80
+//! and every TCP port of the gateway config, applied again when those
+//! change) Services, and with `publicServiceType` a public entry Service.
 //! [`run`] applies them, then follows the rollout and publishes the gateway
 //! status (`phase`, `readyReplicas`, `version`, `ingressAddress`) that
 //! discovery writes into the cluster status. A field owned by another
@@ -95,6 +97,9 @@ pub struct GatewayParams {
     pub dns_address: String,
     /// The domains of the global namespaces the cluster is a member of.
     pub domains: Vec<String>,
+    /// The TCP ports of the gateway config, which the egress Service
+    /// exposes beside HTTP on 80.
+    pub tcp_ports: std::collections::BTreeSet<u16>,
 }
 
 impl GatewayParams {
@@ -115,6 +120,41 @@ pub struct Rollout {
     /// (a root rotation), the gateway objects are applied again, so pods
     /// started afterwards trust the new root.
     pub roots: crate::tls::ClientRoots,
+    /// The published snapshots: when the TCP ports of the gateway config
+    /// change, the egress Service is applied again with them.
+    pub snapshots: crate::snapshot::SnapshotReceiver,
+}
+
+/// The name of the public entry's Service (only with `publicServiceType`).
+const PUBLIC_SERVICE: &str = "gns-gateway-public";
+
+/// The TCP ports of the newest gateway config (empty before the first).
+pub fn config_tcp_ports(
+    snapshots: &crate::snapshot::SnapshotReceiver,
+) -> std::collections::BTreeSet<u16> {
+    snapshots
+        .borrow()
+        .as_ref()
+        .map(|s| {
+            s.gateways
+                .services
+                .values()
+                .flat_map(|svc| svc.tcp_ports.iter().map(|t| t.port))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The egress Service's ports: HTTP on 80, then each TCP port as itself.
+fn egress_ports(tcp_ports: &std::collections::BTreeSet<u16>) -> Value {
+    let mut ports = vec![json!({"name": "egress", "port": 80, "targetPort": "egress"})];
+    ports.extend(
+        tcp_ports
+            .iter()
+            .filter(|p| **p != 80)
+            .map(|p| json!({"name": format!("tcp-{p}"), "port": p, "targetPort": p})),
+    );
+    Value::Array(ports)
 }
 
 /// The tag of an image reference (`latest` when it has none; a digest as is).
@@ -152,10 +192,21 @@ pub fn manifests(params: &GatewayParams) -> Result<Vec<Value>, TemplateError> {
             "DNS_FORWARDING",
             json!(dns_forwarding(&params.domains, &params.dns_address)),
         ),
+        ("EGRESS_PORTS", egress_ports(&params.tcp_ports)),
+        (
+            "PUBLIC_SERVICE_TYPE",
+            json!(params.spec.public_service_type.unwrap_or_default().as_str()),
+        ),
     ]
     .into_iter()
     .collect();
-    templates::render(templates::GATEWAY_TEMPLATE, &values)
+    let mut objects = templates::render(templates::GATEWAY_TEMPLATE, &values)?;
+    if params.spec.public_service_type.is_none() {
+        objects.retain(|o| {
+            o.pointer("/metadata/name").and_then(Value::as_str) != Some(PUBLIC_SERVICE)
+        });
+    }
+    Ok(objects)
 }
 
 /// The API of an object's kind, and its name, from its `apiVersion`/`kind`/`metadata`.
@@ -196,6 +247,22 @@ pub async fn apply_all(rollout: &Rollout) -> Result<usize, RolloutError> {
         api.patch(name, &params, &Patch::Apply(object))
             .await
             .map_err(|e| kube_error(&what, e))?;
+    }
+    if rollout.params.spec.public_service_type.is_none() {
+        // Turned off (or never on): no public Service stays behind.
+        let services: Api<k8s_openapi::api::core::v1::Service> =
+            Api::namespaced(rollout.client.clone(), NAMESPACE);
+        match services
+            .delete(PUBLIC_SERVICE, &DeleteParams::default())
+            .await
+        {
+            Ok(_) => tracing::info!(
+                cluster = rollout.params.cluster,
+                "public entry Service removed"
+            ),
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(kube_error("service/gns-gateway-public", e)),
+        }
     }
     Ok(objects.len())
 }
@@ -337,6 +404,16 @@ pub async fn run(mut rollout: Rollout, status: watch::Sender<Option<Value>>) {
                     "the federation's roots changed; applying the gateway again"
                 );
                 rollout.params.federation_ca = roots;
+                break;
+            }
+            let tcp_ports = config_tcp_ports(&rollout.snapshots);
+            if rollout.snapshots.borrow().is_some() && tcp_ports != rollout.params.tcp_ports {
+                tracing::info!(
+                    cluster = rollout.params.cluster,
+                    ports = ?tcp_ports,
+                    "the gateway config's TCP ports changed; applying the egress Service again"
+                );
+                rollout.params.tcp_ports = tcp_ports;
                 break;
             }
             tokio::time::sleep(POLL).await;
