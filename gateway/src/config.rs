@@ -150,7 +150,8 @@ pub enum HeaderMatcher {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct WeightedCluster {
-    /// Cluster.
+    /// Cluster; empty: wherever the subset's endpoints are, own cluster first.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub cluster: String,
     /// Only the endpoints of this subset (a key of [`ServiceConfig::subsets`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -359,11 +359,22 @@ impl RouteTable {
             let mut point = roll % rule.total_weight;
             for (cluster, subset, weight) in &rule.destinations {
                 if point < u64::from(*weight) {
-                    let target = Target {
-                        cluster,
-                        subset: subset.as_deref(),
-                    };
-                    push(target, &mut order);
+                    let subset = subset.as_deref();
+                    if cluster.is_empty() {
+                        // Any cluster with the subset's endpoints, own first.
+                        push(
+                            Target {
+                                cluster: &self.cluster,
+                                subset,
+                            },
+                            &mut order,
+                        );
+                        for c in route.config.endpoints.keys() {
+                            push(Target { cluster: c, subset }, &mut order);
+                        }
+                    } else {
+                        push(Target { cluster, subset }, &mut order);
+                    }
                     break;
                 }
                 point -= u64::from(*weight);
@@ -725,5 +736,46 @@ mod tests {
         let route = table.route("web.production.app.acme.com").expect("route");
         let plan = table.plan(&route, &RequestFacts::headers(&no_headers), 9_999);
         assert_eq!(plan[0], Target::cluster("east"));
+    }
+
+    #[test]
+    fn a_destination_without_a_cluster_takes_its_subset_anywhere_own_cluster_first() {
+        let mut config = config();
+        let svc = Arc::make_mut(config.services.values_mut().next().expect("svc"));
+        let key = "version=v2";
+        svc.subsets = BTreeMap::from([(
+            key.to_owned(),
+            BTreeMap::from([
+                ("east".to_owned(), vec!["10.8.0.9".parse().expect("ip")]),
+                ("west".to_owned(), vec!["10.9.0.9".parse().expect("ip")]),
+            ]),
+        )]);
+        svc.rules = vec![Rule {
+            destinations: vec![WeightedCluster {
+                cluster: String::new(),
+                subset: Some(key.into()),
+                weight: 100,
+            }],
+            ..Rule::default()
+        }];
+        let no_headers = HeaderMap::new();
+        for (own, other) in [("east", "west"), ("west", "east")] {
+            let (table, _) = RouteTable::new(&config, own, &Arc::default());
+            let route = table.route("web.production.app.acme.com").expect("route");
+            let plan = table.plan(&route, &RequestFacts::headers(&no_headers), 7);
+            assert_eq!(
+                plan[..2],
+                [
+                    Target {
+                        cluster: own,
+                        subset: Some(key)
+                    },
+                    Target {
+                        cluster: other,
+                        subset: Some(key)
+                    }
+                ]
+            );
+        }
     }
 }

@@ -646,8 +646,10 @@ pub struct HeaderMatch {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Destination {
-    /// Target cluster.
-    pub cluster: Name,
+    /// Target cluster; without one, the endpoints `subset`/`tags` select in
+    /// any member cluster, the caller's own cluster first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<Name>,
     /// Only endpoints whose `version` label is this (the pods' labels).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subset: Option<String>,
@@ -850,10 +852,12 @@ impl Resource for Routing {
         let mut refs = Vec::new();
         for (i, rule) in self.rules.iter().enumerate() {
             for (j, d) in rule.destinations.iter().enumerate() {
-                refs.push(ClusterRef {
-                    cluster: d.cluster.clone(),
-                    field: format!("rules[{i}].destinations[{j}].cluster"),
-                });
+                if let Some(cluster) = &d.cluster {
+                    refs.push(ClusterRef {
+                        cluster: cluster.clone(),
+                        field: format!("rules[{i}].destinations[{j}].cluster"),
+                    });
+                }
             }
         }
         for (i, c) in self.failover.iter().enumerate() {
@@ -1453,6 +1457,13 @@ mod tests {
                 .map(|e| e.0.iter().map(|f| f.field.clone()).collect())
                 .unwrap_or_default()
         };
+        // The shape: tags in any cluster, and a subset of west.
+        assert!(
+            fields(serde_json::json!([
+                {"tags": {"version": "v1.5", "env": "us-prod"}, "weight": 99},
+                {"cluster": "west", "subset": "v2.0-alpha", "weight": 1}]))
+            .is_empty()
+        );
         // The seed's split: two subsets of one cluster.
         assert!(
             fields(serde_json::json!([

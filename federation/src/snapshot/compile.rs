@@ -231,9 +231,11 @@ fn parse<T: DeserializeOwned>(object: &StoredObject, problems: &mut Vec<Problem>
 /// (which only the gateway tells apart).
 fn sends_elsewhere(routing: &Routing, cluster: &str) -> bool {
     routing.rules.iter().any(|rule| {
-        rule.destinations
-            .iter()
-            .any(|d| d.weight > 0 && (d.cluster.as_str() != cluster || !d.selector().is_empty()))
+        rule.destinations.iter().any(|d| {
+            d.weight > 0
+                && (d.cluster.as_ref().is_none_or(|c| c.as_str() != cluster)
+                    || !d.selector().is_empty())
+        })
     })
 }
 
@@ -500,14 +502,16 @@ impl Compiler<'_> {
                         continue;
                     }
                     let at = format!("rules[{i}].destinations[{j}]");
-                    match self.clusters.get(d.cluster.as_str()) {
+                    // Without a cluster: wherever the selected endpoints are.
+                    let Some(cluster) = &d.cluster else {
+                        continue;
+                    };
+                    match self.clusters.get(cluster.as_str()) {
                         None => unreachable.push(format!(
-                            "{at}: cluster {} is not registered (or its spec does not parse)",
-                            d.cluster
+                            "{at}: cluster {cluster} is not registered (or its spec does not parse)"
                         )),
                         Some(c) if c.gateway.is_none() => unreachable.push(format!(
-                            "{at}: cluster {} has no gateway, so traffic can't be routed to it",
-                            d.cluster
+                            "{at}: cluster {cluster} has no gateway, so traffic can't be routed to it"
                         )),
                         Some(_) => {}
                     }
@@ -661,7 +665,10 @@ impl Compiler<'_> {
                         .destinations
                         .iter()
                         .map(|d| gw::WeightedCluster {
-                            cluster: d.cluster.to_string(),
+                            cluster: d
+                                .cluster
+                                .as_ref()
+                                .map_or_else(String::new, ToString::to_string),
                             subset: subset_key(&d.selector()),
                             weight: d.weight,
                         })
@@ -675,22 +682,28 @@ impl Compiler<'_> {
                 let Some(key) = subset_key(&selector) else {
                     continue;
                 };
-                let cluster = d.cluster.as_str();
-                if !members.contains(cluster) {
-                    continue;
+                let clusters: Vec<&str> = match &d.cluster {
+                    Some(c) => members
+                        .iter()
+                        .copied()
+                        .filter(|m| *m == c.as_str())
+                        .collect(),
+                    None => members.iter().copied().collect(),
+                };
+                for cluster in clusters {
+                    let addresses = inputs
+                        .discovered
+                        .iter()
+                        .filter_map(|svc| svc.clusters.get(cluster))
+                        .flat_map(|endpoints| endpoints.ready.iter())
+                        .filter(|e| selector.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
+                        .map(|e| e.address)
+                        .collect();
+                    out.subsets
+                        .entry(key.clone())
+                        .or_default()
+                        .insert(cluster.to_owned(), sorted(addresses));
                 }
-                let addresses = inputs
-                    .discovered
-                    .iter()
-                    .filter_map(|svc| svc.clusters.get(cluster))
-                    .flat_map(|endpoints| endpoints.ready.iter())
-                    .filter(|e| selector.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
-                    .map(|e| e.address)
-                    .collect();
-                out.subsets
-                    .entry(key)
-                    .or_default()
-                    .insert(cluster.to_owned(), sorted(addresses));
             }
             out.failover = routing.failover.iter().map(ToString::to_string).collect();
             out.timeout_ms = routing
@@ -1425,6 +1438,34 @@ mod tests {
         assert_eq!(gw.subsets["version=v2.0-alpha"]["east"], ips(&["10.8.1.3"]));
         // East's own clients go through its egress: only the gateway splits by subset.
         assert_eq!(find(&snap, "web").views["east"], ips(&["10.8.0.53"]));
+    }
+
+    #[test]
+    fn tags_without_a_cluster_select_in_every_member_cluster() {
+        let mut state = base();
+        let objects = scoped(&mut state);
+        for (cluster, address) in [("east", "10.8.1.1"), ("west", "10.9.1.1")] {
+            objects.services.push(
+                object(
+                    ObjectKey::scoped(Kind::Service, "production", format!("web.{cluster}")),
+                    json!({"name": "web", "ports": [{"name": "http", "port": 80}],
+                           "clusters": {cluster: {"notReady": [], "ready": [
+                               {"address": address, "labels": {"version": "v2"}}]}}}),
+                )
+                .into(),
+            );
+        }
+        objects.routings.push(object(
+            ObjectKey::scoped(Kind::Routing, "production", "web"),
+            json!({"rules": [{"destinations": [{"tags": {"version": "v2"}, "weight": 100}]}]}),
+        ));
+        let snap = build(&state);
+        assert!(snap.problems.is_empty(), "{:?}", snap.problems);
+        let gw = &snap.gateways.services[&format!("web.{ORIGIN}")];
+        assert_eq!(gw.rules[0].destinations[0].cluster, "", "any cluster");
+        let subset = &gw.subsets["version=v2"];
+        assert_eq!(subset["east"], ips(&["10.8.1.1"]));
+        assert_eq!(subset["west"], ips(&["10.9.1.1"]));
     }
 
     #[test]

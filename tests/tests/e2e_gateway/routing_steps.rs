@@ -372,7 +372,8 @@ pub(crate) async fn the_seeds_canary_splits_between_version_subsets(w: &World) {
         json!({"rules": [
             {"match": {"headers": [{"name": "user-agent", "regex": "^(.*?;)?(iPhone)(;.*)?$"}]},
              "precedence": 2,
-             "destinations": [{"cluster": "west", "tags": {"version": "canary"}, "weight": 100}]},
+             // No cluster: wherever pods labelled canary are (west here).
+             "destinations": [{"tags": {"version": "canary"}, "weight": 100}]},
             {"destinations": [
                 {"cluster": "west", "tags": {"version": "v1.5", "env": "us-prod"}, "weight": 99},
                 {"cluster": "west", "tags": {"version": "v2.0-alpha", "env": "us-staging"}, "weight": 1}]}]}),
