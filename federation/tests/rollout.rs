@@ -344,6 +344,64 @@ async fn gateway_is_installed_upgraded_reported_and_removed() {
     )
     .await;
 
+    // manageCoreDNS: the forwarding blocks merged into CoreDNS's own
+    // Corefile, in a section of their own; off again, the section goes; a
+    // block for the GNS domain someone else wrote is a conflict.
+    let kubeadm = ".:53 {\n    errors\n    kubernetes cluster.local in-addr.arpa ip6.arpa\n    forward . /etc/resolv.conf\n    cache 30\n}\n";
+    let set_corefile = |corefile: &str| {
+        let map: ConfigMap = serde_json::from_value(json!({
+            "metadata": {"name": "coredns", "namespace": "kube-system"},
+            "data": {"Corefile": corefile}}))
+        .expect("configmap");
+        api.apply(&map).expect("coredns configmap");
+    };
+    let corefile = || -> String {
+        api.get::<ConfigMap>("kube-system", "coredns")
+            .expect("read")
+            .and_then(|c| c.data)
+            .and_then(|d| d.get("Corefile").cloned())
+            .unwrap_or_default()
+    };
+    set_corefile(kubeadm);
+    let manage = |on: bool| json!({"image": "registry.example/gns-gateway:0.1.0", "replicas": 2, "manageCoreDNS": on});
+    put_cluster(&fed, &api, manage(true)).await;
+    eventually(
+        "CoreDNS to forward the domain",
+        Duration::from_secs(20),
+        || async {
+            let text = corefile();
+            if text.starts_with(kubeadm)
+                && text.contains(&format!("{DOMAIN}:53 {{"))
+                && text.contains("# BEGIN gns-federation")
+            {
+                Ok(())
+            } else {
+                Err(text)
+            }
+        },
+    )
+    .await;
+    put_cluster(&fed, &api, manage(false)).await;
+    eventually("the section to go", Duration::from_secs(20), || async {
+        let text = corefile();
+        if text == kubeadm { Ok(()) } else { Err(text) }
+    })
+    .await;
+    let theirs = format!("{kubeadm}{DOMAIN}:53 {{\n    forward . 192.0.2.53\n}}\n");
+    set_corefile(&theirs);
+    put_cluster(&fed, &api, manage(true)).await;
+    let conflict = gateway_status(&fed, "the CoreDNS conflict to be reported", |g| {
+        g["phase"] == "Conflict"
+    })
+    .await;
+    assert!(
+        conflict["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("CoreDNS") && m.contains(DOMAIN)),
+        "{conflict}"
+    );
+    assert_eq!(corefile(), theirs, "their block is left alone");
+
     // Upgrade: a new image rolls out; held, the status shows it progressing.
     api.hold_rollouts(true);
     put_cluster(

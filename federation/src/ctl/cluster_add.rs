@@ -226,9 +226,10 @@ fn role_ref(kind: &str, name: &str) -> RoleRef {
 
 /// The ClusterRole discovery needs: read services, EndpointSlices and pods
 /// everywhere (pods are watched as metadata only, for their routing labels;
-/// RBAC can't grant less than reading them), read/patch its own namespace, and review tokens (gateway
-/// pods join with their service-account tokens, which the federation checks
-/// with a TokenReview).
+/// RBAC can't grant less than reading them), read/patch its own namespace,
+/// review tokens (gateway pods join with their service-account tokens,
+/// which the federation checks with a TokenReview) and read/patch CoreDNS's
+/// ConfigMap (for `gatewayDeployment.manageCoreDNS`).
 pub fn discovery_role() -> ClusterRole {
     const READ: [&str; 3] = ["get", "list", "watch"];
     ClusterRole {
@@ -248,6 +249,8 @@ pub fn discovery_role() -> ClusterRole {
                 &["create"],
                 &[],
             ),
+            // gatewayDeployment.manageCoreDNS: CoreDNS's own ConfigMap only.
+            rule(&[""], &["configmaps"], &["get", "patch"], &["coredns"]),
         ]),
         ..ClusterRole::default()
     }
@@ -674,7 +677,11 @@ mod tests {
     fn rbac_is_scoped() {
         let role = discovery_role();
         let rules = role.rules.expect("rules");
-        assert_eq!(rules.len(), 4);
+        assert_eq!(rules.len(), 5);
+        assert_eq!(
+            rules[4].resource_names.as_deref(),
+            Some(&["coredns".to_owned()][..])
+        );
         assert_eq!(
             rules[2].resource_names.as_deref(),
             Some(&[SYSTEM_NAMESPACE.to_owned()][..])

@@ -186,6 +186,16 @@ pub struct GatewayDeployment {
     /// 80), of this type; none by default (a Service made before is deleted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_service_type: Option<IngressServiceType>,
+    /// Merge the forwarding server blocks of the GNS domains into the
+    /// cluster's CoreDNS ConfigMap (`kube-system/coredns`), in a section of
+    /// their own; a block for a GNS domain someone else wrote is reported
+    /// as a conflict, not overwritten. Off again: the section is removed.
+    #[serde(
+        default,
+        rename = "manageCoreDNS",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub manage_core_dns: bool,
 }
 
 fn default_gateway_image() -> String {

@@ -18,6 +18,7 @@
 //! `forceConflicts`. A changed spec (a new image is an upgrade) restarts the
 //! task, which applies again; [`remove`] deletes what [`run`] created.
 
+pub mod coredns;
 pub mod templates;
 
 use std::collections::BTreeMap;
@@ -55,12 +56,16 @@ pub enum RolloutError {
     /// The template did not render.
     #[error(transparent)]
     Template(#[from] TemplateError),
+    /// The CoreDNS configuration could not take the forwarding blocks.
+    #[error(transparent)]
+    CoreDns(#[from] coredns::CorednsError),
 }
 
 impl RolloutError {
     fn phase(&self) -> &'static str {
         match self {
-            RolloutError::Conflict(_) => "Conflict",
+            RolloutError::Conflict(_)
+            | RolloutError::CoreDns(coredns::CorednsError::Conflict(_)) => "Conflict",
             _ => "Failed",
         }
     }
@@ -247,6 +252,19 @@ pub async fn apply_all(rollout: &Rollout) -> Result<usize, RolloutError> {
         api.patch(name, &params, &Patch::Apply(object))
             .await
             .map_err(|e| kube_error(&what, e))?;
+    }
+    let domains = &rollout.params.domains;
+    if rollout.params.spec.manage_core_dns {
+        let blocks = dns_forwarding(domains, &rollout.params.dns_address);
+        if coredns::sync(&rollout.client, domains, &blocks).await? {
+            tracing::info!(
+                cluster = rollout.params.cluster,
+                "CoreDNS forwards the GNS domains"
+            );
+        }
+    } else if let Err(e) = coredns::sync(&rollout.client, &[], "").await {
+        // Off: only a section left from before is removed, if it can be.
+        tracing::debug!(cluster = rollout.params.cluster, error = %e, "CoreDNS not cleaned up");
     }
     if rollout.params.spec.public_service_type.is_none() {
         // Turned off (or never on): no public Service stays behind.
