@@ -168,7 +168,7 @@ fn demo_up_try_fail_heal_down() {
     let expect: [(&str, &[&str]); 8] = [
         // Most specific first: the first marker a command contains decides.
         ("-b 127.0.10.100", &["127.0.10.1"]),
-        (";iPhone;", &["in west"]),
+        (";iPhone;", &["web v2 in west"]),
         ("SRV", &["5432", "db.production.app.acme.com."]),
         ("dig @", &["127.0.10.1", "127.0.20.1"]),
         ("-A 'Demo Mobile'", &["in west"]),

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use base64::Engine;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube_apiserver_test::{Grant, TestApiServer, TestApiServerOptions, endpoint_slice, service};
 use serde_json::{Value, json};
@@ -311,6 +311,15 @@ fn seed(api: &TestApiServer, cluster: &SimCluster) -> anyhow::Result<()> {
         api.apply::<Service>(&svc)
             .map_err(|e| anyhow::anyhow!("seed service {name}: {e}"))?;
         for instance in instances {
+            // The pod behind the endpoint: its labels are what routing
+            // rules select by (`version`, `env`).
+            let pod: Pod = serde_json::from_value(json!({
+                "metadata": {"name": pod_name(name, instance.version), "namespace": topology::NAMESPACE,
+                             "labels": {"app": name, "version": instance.version, "env": cluster.region}},
+                "spec": {"containers": [{"name": name, "image": format!("demo/{name}:{}", instance.version)}]}}))
+            .context("pod")?;
+            api.apply(&pod)
+                .map_err(|e| anyhow::anyhow!("seed pod of {name}: {e}"))?;
             let slice = slice(name, instance.version, instance.ip, true);
             api.apply::<EndpointSlice>(&slice)
                 .map_err(|e| anyhow::anyhow!("seed slice of {name}: {e}"))?;
@@ -330,7 +339,20 @@ fn slice(service_name: &str, version: &str, ip: &str, ready: bool) -> EndpointSl
     if let Some(labels) = slice.metadata.labels.as_mut() {
         labels.insert("version".into(), version.into());
     }
+    for endpoint in &mut slice.endpoints {
+        endpoint.target_ref = Some(k8s_openapi::api::core::v1::ObjectReference {
+            kind: Some("Pod".into()),
+            name: Some(pod_name(service_name, version)),
+            namespace: Some(topology::NAMESPACE.into()),
+            ..Default::default()
+        });
+    }
     slice
+}
+
+/// The demo's one pod per service and version.
+fn pod_name(service_name: &str, version: &str) -> String {
+    format!("{service_name}-{version}-0")
 }
 
 /// A small client of the federation's REST API.
@@ -454,11 +476,15 @@ async fn configure(api: &Api, members: &BTreeMap<&str, Member>) -> anyhow::Resul
             "rules": [
                 {"match": {"headers": [{"name": "user-agent", "regex": ".*Mobile.*"}]},
                  "destinations": [{"cluster": "west", "weight": 100}]},
-                // The seed's steering rule, tried first.
+                // The seed's steering rule, tried first: the canary pods
+                // (version v2), wherever they run.
                 {"match": {"headers": [{"name": "user-agent", "regex": "^(.*?;)?(iPhone)(;.*)?$"}]},
                  "precedence": 2,
-                 "destinations": [{"cluster": "west", "weight": 100}]},
-                {"destinations": [{"cluster": "east", "weight": 99}, {"cluster": "west", "weight": 1}]}
+                 "destinations": [{"tags": {"version": "v2"}, "weight": 100}]},
+                // The seed's split by the pods' labels: 99 % to v1 (the
+                // caller's own cluster first), 1 % to west's canary v2.
+                {"destinations": [{"tags": {"version": "v1"}, "weight": 99},
+                                  {"cluster": "west", "subset": "v2", "weight": 1}]}
             ],
             "retries": {"attempts": 3, "on": ["5xx", "connect-failure"], "perTryTimeout": "500ms"},
             "timeout": "2s",
@@ -714,7 +740,9 @@ fn print_guide(options: &Options, token_file: &Path, elapsed: Duration, first: &
         "# the seed's iPhone app (User-Agent ^(.*?;)?(iPhone)(;.*)?$, precedence 2): west too"
     );
     println!("  $ curl -s -H 'Host: web.{domain}' -A 'DemoApp/1.0;iPhone;iOS 17' {egress}");
-    println!("# anyone else in east: the 99/1 split (about 1 in 100 answers from west)");
+    println!(
+        "# anyone else in east: the 99/1 split by version (about 1 in 100 answers from west's v2)"
+    );
     println!(
         "  $ for i in $(seq 200); do curl -s -H 'Host: web.{domain}' {egress}; done | sort | uniq -c"
     );
