@@ -379,6 +379,13 @@ pub(crate) async fn the_seeds_canary_splits_between_version_subsets(w: &World) {
                 {"cluster": "west", "tags": {"version": "v2.0-alpha", "env": "us-staging"}, "weight": 1}]}]}),
     )
     .await;
+    // Both gateways must know the subsets: east names them, west serves them.
+    w.gateways_run_config("shopfront's subsets", |config| {
+        config["services"][SHOPFRONT_HOST]["subsets"]
+            .as_object()
+            .is_some_and(|s| s.len() == 3)
+    })
+    .await;
     let client = gns_tests::client()
         .timeout(Duration::from_secs(5))
         .build()

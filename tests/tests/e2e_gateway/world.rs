@@ -45,6 +45,47 @@ impl World {
             .expect("addr")
     }
 
+    /// Waits until the federation's gateway config satisfies `ready`, then
+    /// until every gateway runs that config (or a newer one): configs reach
+    /// gateways at slightly different times, and a step that needs both
+    /// sides to agree (a subset named across the hop) must not start before.
+    pub(crate) async fn gateways_run_config(&self, what: &str, ready: impl Fn(&Value) -> bool) {
+        let mut version = 0;
+        eventually(
+            &format!("the federation's gateway config to have {what}"),
+            Duration::from_secs(15),
+            async || {
+                let (status, config) = api(
+                    reqwest::Method::GET,
+                    &format!("{}/v1/config/gateways/east", self.base),
+                    None,
+                )
+                .await;
+                if status == 200 && ready(&config) {
+                    version = config["version"].as_u64().unwrap_or(0);
+                    Ok(())
+                } else {
+                    Err(format!("{status}"))
+                }
+            },
+        )
+        .await;
+        eventually(
+            &format!("every gateway to run config {version} ({what})"),
+            Duration::from_secs(15),
+            async || {
+                for (name, gw) in &self.gateways {
+                    let running = metric(gw.admin, "gns_gateway_config_version").await;
+                    if running < version {
+                        return Err(format!("{name} runs {running}"));
+                    }
+                }
+                Ok(())
+            },
+        )
+        .await;
+    }
+
     pub(crate) async fn put_routing(&self, service: &str, routing: Value) {
         let (status, body) = api(
             reqwest::Method::PUT,
