@@ -61,14 +61,32 @@ pub async fn get(
                     .filter(|p| p.kind == key.kind && p.scope == key.scope && p.name == key.name)
                     .map(|p| p.message.as_str())
                     .collect();
+                // What each destination reaches, by the compiled config:
+                // one selecting no ready endpoint is named in `unmatched`.
+                let reach = serde_json::from_value::<Routing>(object.spec.clone())
+                    .ok()
+                    .zip(
+                        snapshot
+                            .gateways
+                            .services
+                            .values()
+                            .find(|s| s.gns == key.scope && s.service == key.name),
+                    )
+                    .map(|(routing, service)| crate::snapshot::reach::reach(&routing, service))
+                    .unwrap_or_default();
+                let unmatched: Vec<String> = reach
+                    .iter()
+                    .filter(|r| r.ready_endpoints == 0)
+                    .map(crate::snapshot::reach::DestinationReach::unmatched)
+                    .collect();
+                if !out.get("status").is_some_and(Value::is_object) {
+                    out["status"] = serde_json::json!({});
+                }
                 if let Some(status) = out.get_mut("status").and_then(Value::as_object_mut) {
                     status.insert("snapshotVersion".into(), snapshot.version.into());
                     status.insert("problems".into(), problems.into());
-                } else {
-                    out["status"] = serde_json::json!({
-                        "snapshotVersion": snapshot.version,
-                        "problems": problems,
-                    });
+                    status.insert("destinations".into(), serde_json::json!(reach));
+                    status.insert("unmatched".into(), unmatched.into());
                 }
             }
             Ok(Json(out))

@@ -239,17 +239,6 @@ fn sends_elsewhere(routing: &Routing, cluster: &str) -> bool {
     })
 }
 
-/// A subset's key in the gateway config: its selector, `k=v` by key, comma-separated.
-fn subset_key(selector: &BTreeMap<String, String>) -> Option<String> {
-    (!selector.is_empty()).then(|| {
-        selector
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(",")
-    })
-}
-
 fn sorted(mut addresses: Vec<IpAddr>) -> Vec<IpAddr> {
     addresses.sort();
     addresses.dedup();
@@ -669,7 +658,7 @@ impl Compiler<'_> {
                                 .cluster
                                 .as_ref()
                                 .map_or_else(String::new, ToString::to_string),
-                            subset: subset_key(&d.selector()),
+                            subset: super::reach::subset_key(&d.selector()),
                             weight: d.weight,
                         })
                         .collect(),
@@ -679,7 +668,7 @@ impl Compiler<'_> {
             // cluster, those whose labels include the selector.
             for d in routing.rules.iter().flat_map(|r| r.destinations.iter()) {
                 let selector = d.selector();
-                let Some(key) = subset_key(&selector) else {
+                let Some(key) = super::reach::subset_key(&selector) else {
                     continue;
                 };
                 let clusters: Vec<&str> = match &d.cluster {

@@ -16,6 +16,7 @@
 mod builder;
 mod cache;
 mod compile;
+pub mod reach;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;

@@ -440,6 +440,43 @@ pub(crate) async fn the_seeds_canary_splits_between_version_subsets(w: &World) {
             "every iPhone request to the canary"
         );
     }
+    // The routing's status says what each destination reaches: here every
+    // one a pod; a version no pod runs is named as unmatched.
+    let routing_url = format!(
+        "{}/v1/global-namespaces/production/services/shopfront/routing",
+        w.base
+    );
+    let (_, routing) = api(reqwest::Method::GET, &routing_url, None).await;
+    let reached: Vec<u64> = routing["status"]["destinations"]
+        .as_array()
+        .expect("destinations")
+        .iter()
+        .map(|d| d["readyEndpoints"].as_u64().unwrap_or(99))
+        .collect();
+    assert_eq!(reached, [1, 1, 1], "{routing}");
+    assert_eq!(routing["status"]["unmatched"], json!([]), "{routing}");
+    w.put_routing(
+        "shopfront",
+        json!({"rules": [{"destinations": [
+            {"cluster": "west", "tags": {"version": "v1.5", "env": "us-prod"}, "weight": 99},
+            {"cluster": "west", "subset": "v3", "weight": 1}]}]}),
+    )
+    .await;
+    eventually(
+        "the status to name the destination without endpoints",
+        Duration::from_secs(15),
+        async || {
+            let (_, routing) = api(reqwest::Method::GET, &routing_url, None).await;
+            if routing["status"]["unmatched"]
+                == json!(["rules[0].destinations[1] selects no ready endpoint"])
+            {
+                Ok(())
+            } else {
+                Err(routing["status"].to_string())
+            }
+        },
+    )
+    .await;
 }
 
 /// Bodies of 1 MiB and 16 MiB, with a length and chunked, cross clusters
