@@ -334,6 +334,9 @@ impl<K> WatchState<K> {
     }
 }
 
+/// Objects per list page of a (re)list.
+const LIST_PAGE: u32 = 100;
+
 /// Runs the sync of `cluster` until aborted.
 pub async fn run(
     cluster: String,
@@ -347,7 +350,11 @@ pub async fn run(
     let (tx, mut rx) = mpsc::channel(1024);
     let health = ApiHealth::new();
     let mut tasks = Vec::new();
-    let config = || watcher::Config::default().timeout(60);
+    // Lists come in pages of 100 (kube's default is 500): a page is held as
+    // whole Kubernetes objects until its events are reduced, and with many
+    // clusters syncing at once those pages were most of the first sync's
+    // memory.
+    let config = || watcher::Config::default().timeout(60).page_size(LIST_PAGE);
     for ns in &namespaces {
         tasks.push(spawn_watch(
             watcher::watcher(Api::<Service>::namespaced(client.clone(), ns), config()),
