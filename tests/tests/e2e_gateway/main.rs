@@ -46,6 +46,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod clients;
 mod grpc_steps;
+mod match_steps;
 mod routing_steps;
 mod security_steps;
 mod upstreams;
@@ -54,6 +55,7 @@ mod world;
 
 use clients::*;
 use grpc_steps::*;
+use match_steps::*;
 use routing_steps::*;
 use security_steps::*;
 use upstreams::*;
