@@ -239,3 +239,45 @@ async fn idle_client_connections_are_closed_and_busy_ones_kept() {
         begun.elapsed()
     );
 }
+
+/// Reads from `tcp` until `text` has arrived (or fails after 3 s).
+async fn read_until(tcp: &mut TcpStream, seen: &mut Vec<u8>, text: &str) {
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    while !String::from_utf8_lossy(seen).contains(text) {
+        let n = tokio::time::timeout_at(deadline, tcp.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{text:?} did not arrive; got {:?}",
+                    String::from_utf8_lossy(seen)
+                )
+            })
+            .expect("read");
+        assert!(n > 0, "closed before {text:?}");
+        seen.extend_from_slice(&buf[..n]);
+    }
+}
+
+#[tokio::test]
+async fn a_client_expecting_100_continue_gets_it_before_sending_its_body() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let (port, _) = hello_upstream().await;
+    let addr = egress(port).await;
+    let mut tcp = TcpStream::connect(addr).await.expect("connect");
+    tcp.write_all(
+        format!(
+            "POST /upload HTTP/1.1\r\nhost: {HOST}\r\ncontent-length: 5\r\nexpect: 100-continue\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .expect("head");
+    // The body goes only after the gateway says to go on.
+    let mut seen = Vec::new();
+    read_until(&mut tcp, &mut seen, "HTTP/1.1 100 Continue\r\n\r\n").await;
+    tcp.write_all(b"hello").await.expect("body");
+    read_until(&mut tcp, &mut seen, "hello from east").await;
+    let text = String::from_utf8_lossy(&seen);
+    assert!(text.contains("HTTP/1.1 200 OK"), "{text}");
+}
