@@ -49,6 +49,7 @@ mod grpc_steps;
 mod match_steps;
 mod routing_steps;
 mod security_steps;
+mod stream_steps;
 mod upstreams;
 mod vm_steps;
 mod world;
@@ -58,6 +59,7 @@ use grpc_steps::*;
 use match_steps::*;
 use routing_steps::*;
 use security_steps::*;
+use stream_steps::*;
 use upstreams::*;
 use vm_steps::*;
 use world::*;
@@ -130,6 +132,12 @@ async fn scenario(backend: StoreBackend) {
         .run(
             "the seed's canary: 99/1 between version subsets and the iPhone rule",
             the_seeds_canary_splits_between_version_subsets(&w),
+        )
+        .await;
+    steps
+        .run(
+            "server-sent events arrive one by one across clusters",
+            server_sent_events_arrive_one_by_one_across_clusters(&w),
         )
         .await;
     steps

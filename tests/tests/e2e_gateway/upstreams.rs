@@ -270,3 +270,44 @@ pub(crate) async fn grpc_upstream() -> (tonic_health::server::HealthReporter, u1
     }
     (reporter, port)
 }
+
+/// Server-sent events, as a live feed sends them: `event-0` at once, then
+/// one more every [`SSE_GAP`], three in all, on a response that stays open
+/// in between.
+pub(crate) async fn sse() -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind sse upstream");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|_req| async {
+                    let events = futures::stream::unfold(0u32, |i| async move {
+                        if i >= 3 {
+                            return None;
+                        }
+                        if i > 0 {
+                            tokio::time::sleep(SSE_GAP).await;
+                        }
+                        let frame =
+                            hyper::body::Frame::data(Bytes::from(format!("data: event-{i}\n\n")));
+                        Some((Ok::<_, std::convert::Infallible>(frame), i + 1))
+                    });
+                    let response = hyper::Response::builder()
+                        .header("content-type", "text/event-stream")
+                        .body(boxed(http_body_util::StreamBody::new(events)))
+                        .expect("response");
+                    Ok::<_, std::convert::Infallible>(response)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+    port
+}
+
+/// Time between two server-sent events of [`sse`].
+pub(crate) const SSE_GAP: Duration = Duration::from_millis(400);
