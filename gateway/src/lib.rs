@@ -7,7 +7,8 @@
 //! passthrough); [`budget`] bounds the request-body bytes buffered by
 //! the whole process; [`metrics`] caches per-route metric handles; [`pool`] keeps HTTP/1.1 connections to local endpoints and
 //! [`h2c`] HTTP/2 ones (gRPC); `grpc` turns the gateway's own errors into
-//! gRPC statuses for gRPC callers; [`sni`] reads the server name of a TLS ClientHello;
+//! gRPC statuses for gRPC callers; [`upgrade`] carries HTTP/1.1 upgrades
+//! (WebSocket); [`sni`] reads the server name of a TLS ClientHello;
 //! [`idle`] closes client connections left unused; [`report`] tells the
 //! federation every few seconds who this gateway is and what it carried;
 //! [`follow`] fetches the certificate and follows the config from the
@@ -31,6 +32,7 @@ pub mod retry;
 pub mod route;
 pub mod sni;
 pub mod tls;
+pub mod upgrade;
 
 pub use config::GatewayConfig;
 pub use proxy::Gateway;

@@ -208,12 +208,16 @@ impl std::fmt::Debug for Gateway {
 }
 
 /// Why a try failed.
+#[derive(Debug, thiserror::Error)]
 enum TryError {
     /// Nothing was sent (connect/handshake failed): safe to try elsewhere.
+    #[error("{0}")]
     Connect(String),
     /// The exchange broke off after the request was sent.
+    #[error("{0}")]
     Reset(String),
     /// The per-try timeout passed.
+    #[error("{0}")]
     Timeout(String),
 }
 
@@ -481,6 +485,146 @@ impl Gateway {
         Err(format!("port {port}: no cluster could take the connection"))
     }
 
+    /// An HTTP/1.1 upgrade (WebSocket, ...): the request goes to the plan's
+    /// first target that takes it (a local endpoint, or a peer through a
+    /// CONNECT tunnel), and on `101` the client's connection and that byte
+    /// stream are joined (see [`crate::upgrade`]).
+    async fn upgrade(
+        &self,
+        mut req: Request<Incoming>,
+        routes: &RouteTable,
+        route: &Arc<Route>,
+        caller: Option<HeaderValue>,
+        callers: &[String],
+    ) -> Response<Body> {
+        let on_client = hyper::upgrade::on(&mut req);
+        let (mut parts, _) = req.into_parts();
+        name_caller(&mut parts.headers, caller.clone());
+        let host = host_in(&parts.headers, &parts.uri).to_owned();
+        let request = crate::route::RequestFacts {
+            method: Some(&parts.method),
+            path: Some(parts.uri.path()),
+            headers: &parts.headers,
+            callers,
+        };
+        let plan = routes.plan(route, &request, fastrand::u64(..));
+        let head = crate::upgrade::head_bytes(&parts, &host);
+        let name = host.rsplit_once(':').map_or(host.as_str(), |(h, _)| h);
+        let mut last = String::from("no cluster has ready endpoints");
+        for target in &plan {
+            let opened: Result<Box<dyn crate::upgrade::Io>, String> =
+                if target.cluster == self.cluster {
+                    self.connect_local_http(route, target.subset)
+                        .await
+                        .map(|tcp| Box::new(tcp) as Box<dyn crate::upgrade::Io>)
+                } else {
+                    match self.peer_connection(target.cluster).await {
+                        Ok(connection) => {
+                            let mut headers = http::HeaderMap::new();
+                            name_caller(&mut headers, caller.clone());
+                            name_subset(&mut headers, target.subset);
+                            headers.insert(
+                                crate::upgrade::UPGRADE_HEADER,
+                                HeaderValue::from_static("1"),
+                            );
+                            connection
+                                .tunnel(&format!("{name}:80"), headers)
+                                .await
+                                .map(|t| Box::new(t) as Box<dyn crate::upgrade::Io>)
+                                .map_err(|e| e.to_string())
+                        }
+                        Err(e) => Err(e.to_string()),
+                    }
+                };
+            let mut stream = match opened {
+                Ok(stream) => stream,
+                Err(e) => {
+                    last = format!("{}: {e}", target.cluster);
+                    continue;
+                }
+            };
+            let answer = match crate::upgrade::exchange(&mut stream, &head).await {
+                Ok(answer) => answer,
+                Err(e) => {
+                    last = format!("{}: {e}", target.cluster);
+                    continue;
+                }
+            };
+            let switching = answer.status == StatusCode::SWITCHING_PROTOCOLS;
+            let mut resp = Response::new(full(if switching {
+                Bytes::new()
+            } else {
+                Bytes::from(answer.rest.clone())
+            }));
+            *resp.status_mut() = answer.status;
+            *resp.headers_mut() = answer.headers;
+            if !switching {
+                // Passed on as it came; the connection ends with it.
+                resp.headers_mut().remove(header::CONTENT_LENGTH);
+                resp.headers_mut().remove(header::TRANSFER_ENCODING);
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                return resp;
+            }
+            let rest = answer.rest;
+            tokio::spawn(async move {
+                let Ok(upgraded) = on_client.await else {
+                    return;
+                };
+                let mut client = TokioIo::new(upgraded);
+                if !rest.is_empty()
+                    && tokio::io::AsyncWriteExt::write_all(&mut client, &rest)
+                        .await
+                        .is_err()
+                {
+                    return;
+                }
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut stream).await;
+            });
+            return resp;
+        }
+        reply(
+            StatusCode::BAD_GATEWAY,
+            &format!("{host}: the upgrade could not be made: {last}"),
+        )
+    }
+
+    /// A TCP connection to a local endpoint's HTTP port (of `subset` when
+    /// given and known, else of the cluster), for an upgraded exchange.
+    async fn connect_local_http(
+        &self,
+        route: &Route,
+        subset: Option<&str>,
+    ) -> Result<TcpStream, String> {
+        let endpoints = route
+            .endpoints_of(&self.cluster, subset)
+            .filter(|e| !e.is_empty())
+            .or_else(|| route.endpoints_of(&self.cluster, None))
+            .filter(|e| !e.is_empty())
+            .ok_or("no local endpoints")?;
+        let port = route
+            .config
+            .http_port
+            .get(&self.cluster)
+            .copied()
+            .ok_or("no HTTP port")?;
+        let mut tried = Vec::new();
+        let mut last = String::from("no endpoint tried");
+        for _ in 0..LOCAL_CONNECT_TRIES.min(endpoints.len()) {
+            let target = self.outliers.pick(endpoints, port, &tried);
+            tried.push(target);
+            match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await {
+                Ok(Ok(tcp)) => {
+                    let _ = tcp.set_nodelay(true);
+                    return Ok(tcp);
+                }
+                Ok(Err(e)) => last = format!("{target}: {e}"),
+                Err(_) => last = format!("{target}: connect timed out"),
+            }
+        }
+        Err(last)
+    }
+
     /// A TCP connection to a local endpoint of `route` for service port `port`.
     async fn connect_local_tcp(
         &self,
@@ -613,6 +757,22 @@ impl Gateway {
         let Some((host, Some(port))) = authority else {
             return Err(reply(StatusCode::BAD_REQUEST, "CONNECT needs host:port"));
         };
+        if headers.contains_key(crate::upgrade::UPGRADE_HEADER) {
+            // An upgraded HTTP exchange: the service's HTTP route, not a TCP port.
+            let Some(route) = self.routes.load().route(host) else {
+                return Err(reply(
+                    StatusCode::NOT_FOUND,
+                    &format!("no global service {host:?}"),
+                ));
+            };
+            if let Some(refusal) = self.peer_refusal(&route, peer, headers, host) {
+                return Err(refusal);
+            }
+            return self
+                .connect_local_http(&route, subset_named(headers))
+                .await
+                .map_err(|e| reply(StatusCode::BAD_GATEWAY, &e));
+        }
         let Some(route) = self.routes.load().tcp_route_named(port, host) else {
             return Err(reply(
                 StatusCode::NOT_FOUND,
@@ -663,7 +823,7 @@ impl Gateway {
                     .timer(hyper_util::rt::TokioTimer::new())
                     .header_read_timeout(header_timeout);
                 let mut connection =
-                    std::pin::pin!(builder.serve_connection(TokioIo::new(tcp), svc));
+                    std::pin::pin!(builder.serve_connection_with_upgrades(TokioIo::new(tcp), svc));
                 let mut watch = crate::idle::Watch::new(idle);
                 let _ = std::future::poll_fn(|cx| {
                     if let Poll::Ready(done) = connection.as_mut().poll(cx) {
@@ -819,6 +979,9 @@ impl Gateway {
                 }
                 Entry::Public => (Some(HeaderValue::from_static("external")), &[][..]),
             };
+            if crate::upgrade::is_upgrade(req.headers()) {
+                return Box::pin(self.upgrade(req, &routes, &route, caller, callers)).await;
+            }
             let (mut parts, body) = req.into_parts();
             name_caller(&mut parts.headers, caller);
             // Holds its share of the buffer budget until every try is made.

@@ -142,6 +142,12 @@ async fn scenario(backend: StoreBackend) {
         .await;
     steps
         .run(
+            "a WebSocket crosses clusters",
+            a_websocket_crosses_clusters(&w),
+        )
+        .await;
+    steps
+        .run(
             "VM-backed services answer through the egress and the public entry",
             vm_backed_services_answer_through_egress_and_public_entry(&w),
         )

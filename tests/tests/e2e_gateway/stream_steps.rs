@@ -1,6 +1,7 @@
-//! Responses that stream: server-sent events cross from west to a client
-//! of east's egress one by one, as the upstream sends them, not when the
-//! response ends.
+//! What streams both ways: server-sent events cross from west to a client
+//! of east's egress one by one, as the upstream sends them; a WebSocket
+//! opened through east's egress talks to a server in west (the HTTP/1.1
+//! upgrade tunnelled over the gateways' HTTP/2 connection).
 
 use super::*;
 
@@ -41,4 +42,36 @@ pub(crate) async fn server_sent_events_arrive_one_by_one_across_clusters(w: &Wor
         arrived[2].saturating_sub(arrived[0]) >= SSE_GAP,
         "events arrived as they were sent: {arrived:?}"
     );
+}
+
+const WS_HOST: &str = "chat.production.app.acme.com";
+
+/// A real WebSocket client, through east's egress, to a real WebSocket
+/// server in west: the handshake crosses, then messages go both ways.
+pub(crate) async fn a_websocket_crosses_clusters(w: &World) {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let east_gw = w.east_gw();
+    w.east_config_has("chat", "west").await;
+    let tcp = tokio::net::TcpStream::connect(east_gw.egress)
+        .await
+        .expect("connect to east's egress");
+    let (mut ws, answer) = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::client_async(format!("ws://{WS_HOST}/room"), tcp),
+    )
+    .await
+    .expect("the handshake in time")
+    .expect("the WebSocket handshake through the gateways");
+    assert_eq!(answer.status(), 101);
+    for text in ["hello", "from", "east"] {
+        ws.send(Message::text(text)).await.expect("send");
+        let reply = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("a reply in time")
+            .expect("a reply")
+            .expect("a message");
+        assert_eq!(reply, Message::text(format!("echo: {text}")));
+    }
+    ws.close(None).await.expect("close");
 }

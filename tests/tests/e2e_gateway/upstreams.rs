@@ -311,3 +311,33 @@ pub(crate) async fn sse() -> u16 {
 
 /// Time between two server-sent events of [`sse`].
 pub(crate) const SSE_GAP: Duration = Duration::from_millis(400);
+
+/// A WebSocket server that sends every message back, prefixed `echo: `.
+pub(crate) async fn websocket_echo() -> u16 {
+    use futures::{SinkExt, StreamExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind websocket upstream");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+                    return;
+                };
+                while let Some(Ok(message)) = ws.next().await {
+                    use tokio_tungstenite::tungstenite::Message;
+                    let reply = match message {
+                        Message::Text(text) => Message::text(format!("echo: {text}")),
+                        Message::Close(_) => break,
+                        _ => continue,
+                    };
+                    if ws.send(reply).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    port
+}

@@ -270,6 +270,9 @@ pub(crate) async fn setup(backend: StoreBackend) -> World {
     }
     west.apply::<EndpointSlice>(&slice)
         .expect("shopfront slice");
+    // A WebSocket echo server in west only.
+    let ws_port = websocket_echo().await;
+    one_endpoint_service(&west, "chat", "http", "127.0.0.1", ws_port);
     // A live feed of server-sent events in west only.
     let sse_port = sse().await;
     one_endpoint_service(&west, "events", "http", "127.0.0.1", sse_port);

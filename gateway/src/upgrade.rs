@@ -1,0 +1,160 @@
+//! HTTP/1.1 `Upgrade` (WebSocket and any other protocol a client switches
+//! to) through the gateways. The client's upgrade request is written, as
+//! HTTP/1.1, onto a byte stream to an endpoint: a TCP connection to a local
+//! endpoint's HTTP port, or a CONNECT tunnel over the HTTP/2 connection to a
+//! peer gateway (marked [`UPGRADE_HEADER`], so the peer connects it to its
+//! endpoint's HTTP port, not to a TCP service). The endpoint's answer head
+//! is read back; a `101` is passed to the client and both byte streams are
+//! joined until either side closes. Any other answer is passed on as it
+//! came, and the connection ends with it.
+
+use http::header::{CONNECTION, UPGRADE};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Between gateways: a CONNECT tunnel that carries an upgraded HTTP/1.1
+/// exchange for the HTTP route of its host.
+pub const UPGRADE_HEADER: HeaderName = HeaderName::from_static("x-gns-upgrade");
+
+/// A byte stream an upgraded exchange runs on (a TCP connection, a tunnel).
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// The largest answer head read from an endpoint.
+const MAX_HEAD: usize = 64 * 1024;
+
+/// Whether a request asks to switch protocols (`Connection: upgrade` and an
+/// `Upgrade` header).
+pub fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(UPGRADE)
+        && headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// The request head as HTTP/1.1 bytes: origin-form target, every header
+/// but this gateway's own between-gateway ones.
+pub fn head_bytes(parts: &http::request::Parts, host: &str) -> Vec<u8> {
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut head = format!("{} {target} HTTP/1.1\r\n", parts.method).into_bytes();
+    if !parts.headers.contains_key(http::header::HOST) {
+        head.extend_from_slice(format!("host: {host}\r\n").as_bytes());
+    }
+    for (name, value) in &parts.headers {
+        if name == UPGRADE_HEADER || name.as_str().starts_with("x-gns-subset") {
+            continue;
+        }
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    head
+}
+
+/// An endpoint's answer head.
+#[derive(Debug)]
+pub struct AnswerHead {
+    /// Its status.
+    pub status: StatusCode,
+    /// Its headers.
+    pub headers: HeaderMap,
+    /// Bytes read after the head (the new protocol's first bytes, or the
+    /// start of a body).
+    pub rest: Vec<u8>,
+}
+
+/// Writes `head` to `stream` and reads the answer's head.
+pub async fn exchange<S>(stream: &mut S, head: &[u8]) -> Result<AnswerHead, String>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    stream
+        .write_all(head)
+        .await
+        .map_err(|e| format!("sending the upgrade request: {e}"))?;
+    stream.flush().await.map_err(|e| e.to_string())?;
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = stream
+            .read(&mut chunk)
+            .await
+            .map_err(|e| format!("reading the answer: {e}"))?;
+        if n == 0 {
+            return Err("the endpoint closed before answering".into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut answer = httparse::Response::new(&mut headers);
+        match answer.parse(&buf) {
+            Ok(httparse::Status::Complete(len)) => {
+                let status = answer
+                    .code
+                    .and_then(|c| StatusCode::from_u16(c).ok())
+                    .ok_or("the answer has no valid status")?;
+                let mut map = HeaderMap::new();
+                for h in answer.headers.iter() {
+                    if let (Ok(name), Ok(value)) = (
+                        HeaderName::from_bytes(h.name.as_bytes()),
+                        HeaderValue::from_bytes(h.value),
+                    ) {
+                        map.append(name, value);
+                    }
+                }
+                return Ok(AnswerHead {
+                    status,
+                    headers: map,
+                    rest: buf[len..].to_vec(),
+                });
+            }
+            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => {}
+            Ok(httparse::Status::Partial) => return Err("the answer head is too large".into()),
+            Err(e) => return Err(format!("the answer is not HTTP/1.1: {e}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_upgrade_is_told_by_connection_and_upgrade_headers() {
+        let mut headers = HeaderMap::new();
+        headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(!is_upgrade(&headers), "Connection must name it");
+        headers.insert(CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
+        assert!(is_upgrade(&headers));
+    }
+
+    #[tokio::test]
+    async fn the_answer_head_and_the_bytes_after_it_are_read() {
+        let (mut near, mut far) = tokio::io::duplex(4096);
+        let server = tokio::spawn(async move {
+            let mut buf = vec![0u8; 1024];
+            let n = far.read(&mut buf).await.expect("read");
+            assert!(String::from_utf8_lossy(&buf[..n]).starts_with("GET /ws HTTP/1.1\r\n"));
+            far.write_all(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: echo\r\nconnection: upgrade\r\n\r\nfirst")
+                .await
+                .expect("write");
+        });
+        let (parts, ()) = http::Request::get("/ws")
+            .header("upgrade", "echo")
+            .body(())
+            .expect("request")
+            .into_parts();
+        let answer = exchange(&mut near, &head_bytes(&parts, "echo.test"))
+            .await
+            .expect("answer");
+        assert_eq!(answer.status, StatusCode::SWITCHING_PROTOCOLS);
+        assert_eq!(answer.headers["upgrade"], "echo");
+        assert_eq!(answer.rest, b"first");
+        server.await.expect("server");
+    }
+}
