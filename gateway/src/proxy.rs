@@ -590,39 +590,19 @@ impl Gateway {
     }
 
     /// A TCP connection to a local endpoint's HTTP port (of `subset` when
-    /// given and known, else of the cluster), for an upgraded exchange.
+    /// given and served here, else of the cluster), for an upgraded exchange.
     async fn connect_local_http(
         &self,
         route: &Route,
         subset: Option<&str>,
     ) -> Result<TcpStream, String> {
-        let endpoints = route
-            .endpoints_of(&self.cluster, subset)
-            .filter(|e| !e.is_empty())
-            .or_else(|| route.endpoints_of(&self.cluster, None))
-            .filter(|e| !e.is_empty())
-            .ok_or("no local endpoints")?;
         let port = route
             .config
             .http_port
             .get(&self.cluster)
             .copied()
             .ok_or("no HTTP port")?;
-        let mut tried = Vec::new();
-        let mut last = String::from("no endpoint tried");
-        for _ in 0..LOCAL_CONNECT_TRIES.min(endpoints.len()) {
-            let target = self.outliers.pick(endpoints, port, &tried);
-            tried.push(target);
-            match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await {
-                Ok(Ok(tcp)) => {
-                    let _ = tcp.set_nodelay(true);
-                    return Ok(tcp);
-                }
-                Ok(Err(e)) => last = format!("{target}: {e}"),
-                Err(_) => last = format!("{target}: connect timed out"),
-            }
-        }
-        Err(last)
+        self.dial_local(route, subset, port).await
     }
 
     /// A TCP connection to a local endpoint of `route` for service port `port`.
@@ -632,10 +612,6 @@ impl Gateway {
         port: u16,
         subset: Option<&str>,
     ) -> Result<TcpStream, String> {
-        let endpoints = route
-            .endpoints_of(&self.cluster, subset)
-            .filter(|e| !e.is_empty())
-            .ok_or("no local endpoints")?;
         let target_port = route
             .config
             .tcp_ports
@@ -643,10 +619,25 @@ impl Gateway {
             .find(|t| t.port == port)
             .and_then(|t| t.target_port.get(&self.cluster).copied())
             .unwrap_or(port);
+        self.dial_local(route, subset, target_port).await
+    }
+
+    /// A TCP connection to one of the endpoints serving `subset` here, on
+    /// `port`: up to [`LOCAL_CONNECT_TRIES`] endpoints, each connect
+    /// recorded for outlier detection.
+    async fn dial_local(
+        &self,
+        route: &Route,
+        subset: Option<&str>,
+        port: u16,
+    ) -> Result<TcpStream, String> {
+        let endpoints = route
+            .serving_endpoints(&self.cluster, subset)
+            .ok_or("no local endpoints")?;
         let mut tried = Vec::new();
         let mut last = String::from("no endpoint tried");
         for _ in 0..LOCAL_CONNECT_TRIES.min(endpoints.len()) {
-            let target = self.outliers.pick(endpoints, target_port, &tried);
+            let target = self.outliers.pick(endpoints, port, &tried);
             tried.push(target);
             match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await {
                 Ok(Ok(tcp)) => {
@@ -1203,15 +1194,8 @@ impl Gateway {
         subset: Option<&'a str>,
     ) -> impl Future<Output = Result<Response<Body>, TryError>> + 'a {
         async move {
-            // A subset this gateway's config does not know yet (or left
-            // without endpoints) falls to the cluster as a whole, as a
-            // rule's pick does when planned: configs reach gateways at
-            // slightly different times.
             let endpoints = route
-                .endpoints_of(&self.cluster, subset)
-                .filter(|e| !e.is_empty())
-                .or_else(|| route.endpoints_of(&self.cluster, None))
-                .filter(|e| !e.is_empty())
+                .serving_endpoints(&self.cluster, subset)
                 .ok_or_else(|| TryError::Connect("no local endpoints".into()))?;
             // Between gateways only: the endpoint never sees it.
             parts.headers.remove(SUBSET_HEADER);
@@ -1266,31 +1250,44 @@ impl Gateway {
                     self.shard().local.send(target, request, again)
                 }
                 .await;
-                match sent {
-                    Ok(resp) => {
-                        let failed = resp.status().is_server_error();
-                        if self
-                            .outliers
-                            .record(target, failed, &route.config.outliers, endpoints)
-                        {
-                            self.counters.ejections.fetch_add(1, Ordering::Relaxed);
-                        }
-                        return Ok(resp);
-                    }
-                    Err(crate::pool::PoolError::Connect(e)) => {
-                        if self
-                            .outliers
-                            .record(target, true, &route.config.outliers, endpoints)
-                        {
-                            self.counters.ejections.fetch_add(1, Ordering::Relaxed);
-                        }
-                        last = Some(TryError::Connect(format!("{target}: {e}")));
-                    }
-                    Err(e) => return Err(TryError::Reset(format!("{target}: {e}"))),
+                match self.settle_local(route, target, endpoints, sent) {
+                    Ok(resp) => return Ok(resp),
+                    Err(e @ TryError::Connect(_)) => last = Some(e),
+                    Err(e) => return Err(e),
                 }
             }
             Err(last.unwrap_or_else(|| TryError::Connect("no endpoint tried".into())))
         }
+    }
+
+    /// A local try's outcome, recorded for outlier detection (a 5xx or a
+    /// connect failure counts against the endpoint): the answer, a connect
+    /// failure (the caller moves on to another endpoint) or a failure after
+    /// sending.
+    fn settle_local(
+        &self,
+        route: &Route,
+        target: SocketAddr,
+        endpoints: &[std::net::IpAddr],
+        sent: Result<Response<Body>, crate::pool::PoolError>,
+    ) -> Result<Response<Body>, TryError> {
+        use crate::pool::PoolError;
+        // A failure after sending says nothing certain about the endpoint.
+        let (failed, outcome) = match sent {
+            Ok(resp) => (Some(resp.status().is_server_error()), Ok(resp)),
+            Err(PoolError::Connect(e)) => {
+                (Some(true), Err(TryError::Connect(format!("{target}: {e}"))))
+            }
+            Err(e) => (None, Err(TryError::Reset(format!("{target}: {e}")))),
+        };
+        if let Some(failed) = failed
+            && self
+                .outliers
+                .record(target, failed, &route.config.outliers, endpoints)
+        {
+            self.counters.ejections.fetch_add(1, Ordering::Relaxed);
+        }
+        outcome
     }
 
     /// [`Self::send_local`] to endpoints that speak h2c (gRPC): the same
@@ -1327,27 +1324,11 @@ impl Gateway {
             *request.uri_mut() =
                 Uri::from_parts(uri).map_err(|e| TryError::Reset(e.to_string()))?;
             *request.version_mut() = http::Version::HTTP_2;
-            match self.shard().h2c.send(target, request).await {
-                Ok(resp) => {
-                    let failed = resp.status().is_server_error();
-                    if self
-                        .outliers
-                        .record(target, failed, &route.config.outliers, endpoints)
-                    {
-                        self.counters.ejections.fetch_add(1, Ordering::Relaxed);
-                    }
-                    return Ok(resp);
-                }
-                Err(crate::pool::PoolError::Connect(e)) => {
-                    if self
-                        .outliers
-                        .record(target, true, &route.config.outliers, endpoints)
-                    {
-                        self.counters.ejections.fetch_add(1, Ordering::Relaxed);
-                    }
-                    last = Some(TryError::Connect(format!("{target}: {e}")));
-                }
-                Err(e) => return Err(TryError::Reset(format!("{target}: {e}"))),
+            let sent = self.shard().h2c.send(target, request).await;
+            match self.settle_local(route, target, endpoints, sent) {
+                Ok(resp) => return Ok(resp),
+                Err(e @ TryError::Connect(_)) => last = Some(e),
+                Err(e) => return Err(e),
             }
         }
         Err(last.unwrap_or_else(|| TryError::Connect("no endpoint tried".into())))

@@ -123,6 +123,18 @@ impl Route {
         .map(Vec::as_slice)
     }
 
+    /// The endpoints a request for `subset` is sent to in `cluster`: the
+    /// subset's, or, when the subset has none there (or this gateway's
+    /// config does not know it yet: configs reach gateways at slightly
+    /// different times), the cluster's as a whole, as a rule's pick falls
+    /// back when planned. `None` when the cluster has no ready endpoint.
+    pub fn serving_endpoints(&self, cluster: &str, subset: Option<&str>) -> Option<&[IpAddr]> {
+        self.endpoints_of(cluster, subset)
+            .filter(|e| !e.is_empty())
+            .or_else(|| self.endpoints_of(cluster, None))
+            .filter(|e| !e.is_empty())
+    }
+
     /// Whether callers named `callers` (the services a calling workload is
     /// an endpoint of; none when it is no service's) may call this service.
     pub fn admits<S: AsRef<str>>(&self, callers: &[S]) -> bool {
@@ -736,6 +748,15 @@ mod tests {
         let route = table.route("web.production.app.acme.com").expect("route");
         let plan = table.plan(&route, &RequestFacts::headers(&no_headers), 9_999);
         assert_eq!(plan[0], Target::cluster("east"));
+        // A request for it (or for a subset this config doesn't know) is
+        // served by the cluster's endpoints.
+        let whole = route.endpoints_of("east", None);
+        assert_eq!(route.serving_endpoints("east", Some(canary)), whole);
+        assert_eq!(route.serving_endpoints("east", Some("version=v9")), whole);
+        assert_eq!(
+            route.serving_endpoints("east", Some(stable)),
+            Some(&["10.8.0.1".parse().expect("ip")][..])
+        );
     }
 
     #[test]

@@ -881,46 +881,49 @@ impl Resource for Routing {
 }
 
 fn validate_header_match(h: &HeaderMatch, at: &str, errors: &mut FieldErrors) {
-    let given = [h.exact.is_some(), h.prefix.is_some(), h.regex.is_some()]
-        .into_iter()
-        .filter(|g| *g)
-        .count();
-    if given != 1 {
-        errors.add(at.to_owned(), "give exactly one of exact, prefix or regex");
-    }
-    for (field, value) in [("exact", &h.exact), ("prefix", &h.prefix)] {
-        if value.as_ref().is_some_and(|v| v.len() > 4096) {
-            errors.add(format!("{at}.{field}"), "must be at most 4096 characters");
-        }
-    }
-    if let Some(re) = &h.regex {
-        validate_regex(re, &format!("{at}.regex"), errors);
-    }
+    validate_matcher([&h.exact, &h.prefix, &h.regex], at, errors, |_| None);
 }
 
 fn validate_path_match(p: &PathMatch, at: &str, errors: &mut FieldErrors) {
-    let given = [p.exact.is_some(), p.prefix.is_some(), p.regex.is_some()]
-        .into_iter()
-        .filter(|g| *g)
-        .count();
-    if given != 1 {
+    validate_matcher([&p.exact, &p.prefix, &p.regex], at, errors, |v| {
+        if !v.starts_with('/') {
+            Some("must start with /")
+        } else if v.contains('?') || v.chars().any(char::is_control) {
+            Some("a path has no query (?) or control characters")
+        } else {
+            None
+        }
+    });
+}
+
+/// A condition given as exactly one of `exact`, `prefix` (text of at most
+/// 4096 characters, which `literal` may refuse with a reason) or `regex`
+/// (matched against the whole value).
+fn validate_matcher(
+    [exact, prefix, regex]: [&Option<String>; 3],
+    at: &str,
+    errors: &mut FieldErrors,
+    literal: impl Fn(&str) -> Option<&'static str>,
+) {
+    if [exact, prefix, regex]
+        .iter()
+        .filter(|v| v.is_some())
+        .count()
+        != 1
+    {
         errors.add(at.to_owned(), "give exactly one of exact, prefix or regex");
     }
-    for (field, value) in [("exact", &p.exact), ("prefix", &p.prefix)] {
-        if let Some(v) = value {
-            if !v.starts_with('/') {
-                errors.add(format!("{at}.{field}"), "must start with /");
-            } else if v.len() > 4096 {
-                errors.add(format!("{at}.{field}"), "must be at most 4096 characters");
-            } else if v.contains('?') || v.chars().any(char::is_control) {
-                errors.add(
-                    format!("{at}.{field}"),
-                    "a path has no query (?) or control characters",
-                );
-            }
+    for (field, value) in [("exact", exact), ("prefix", prefix)] {
+        let Some(v) = value else {
+            continue;
+        };
+        if let Some(reason) = literal(v) {
+            errors.add(format!("{at}.{field}"), reason);
+        } else if v.len() > 4096 {
+            errors.add(format!("{at}.{field}"), "must be at most 4096 characters");
         }
     }
-    if let Some(re) = &p.regex {
+    if let Some(re) = regex {
         validate_regex(re, &format!("{at}.regex"), errors);
     }
 }

@@ -424,7 +424,15 @@ pub async fn run(mut rollout: Rollout, status: watch::Sender<Option<Value>>) {
                 rollout.params.federation_ca = roots;
                 break;
             }
-            let tcp_ports = config_tcp_ports(&rollout.snapshots);
+            // Walked only when a new snapshot was published (every service
+            // of every global namespace: not once a second per cluster).
+            let fresh = rollout.snapshots.has_changed().unwrap_or(false);
+            let tcp_ports = if fresh {
+                rollout.snapshots.mark_unchanged();
+                config_tcp_ports(&rollout.snapshots)
+            } else {
+                rollout.params.tcp_ports.clone()
+            };
             if rollout.snapshots.borrow().is_some() && tcp_ports != rollout.params.tcp_ports {
                 tracing::info!(
                     cluster = rollout.params.cluster,

@@ -383,3 +383,15 @@ pub(crate) fn openssl_speaks_tls_1_1(dir: &std::path::Path) {
         "openssl s_client -tls1_1 must negotiate TLS 1.1 with a TLS 1.1 server here: {text}"
     );
 }
+
+/// Sends `request`: `"<status> <body>"`, or the client's error in words.
+pub(crate) async fn status_and_body(request: reqwest::RequestBuilder) -> String {
+    match request.send().await {
+        Ok(resp) => format!(
+            "{} {}",
+            resp.status().as_u16(),
+            resp.text().await.unwrap_or_default()
+        ),
+        Err(e) => e.to_string(),
+    }
+}

@@ -30,20 +30,13 @@ pub(crate) async fn source_path_method_and_precedence_rules_route(w: &World) {
             .timeout(Duration::from_secs(5))
             .build()
             .expect("client");
-        match client
-            .request(method, format!("http://{}{path}", east_gw.egress))
-            .header("host", HOST)
-            .header("user-agent", agent)
-            .send()
-            .await
-        {
-            Ok(resp) => format!(
-                "{} {}",
-                resp.status().as_u16(),
-                resp.text().await.unwrap_or_default()
-            ),
-            Err(e) => e.to_string(),
-        }
+        status_and_body(
+            client
+                .request(method, format!("http://{}{path}", east_gw.egress))
+                .header("host", HOST)
+                .header("user-agent", agent),
+        )
+        .await
     };
     let iphone = "GNSApp/2.3;iPhone;iOS/17.1";
     let android = "GNSApp/2.3;Android;14";
@@ -179,19 +172,14 @@ pub(crate) async fn the_seeds_canary_splits_between_version_subsets(w: &World) {
         .timeout(Duration::from_secs(5))
         .build()
         .expect("client");
-    let get = async |agent: &str| match client
-        .get(format!("http://{}/", east_gw.egress))
-        .header("host", SHOPFRONT_HOST)
-        .header("user-agent", agent)
-        .send()
+    let get = async |agent: &str| {
+        status_and_body(
+            client
+                .get(format!("http://{}/", east_gw.egress))
+                .header("host", SHOPFRONT_HOST)
+                .header("user-agent", agent),
+        )
         .await
-    {
-        Ok(resp) => format!(
-            "{} {}",
-            resp.status().as_u16(),
-            resp.text().await.unwrap_or_default()
-        ),
-        Err(e) => e.to_string(),
     };
     let iphone = "ShopApp/3.1;iPhone;iOS/17.1";
     eventually(
