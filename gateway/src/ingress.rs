@@ -1,172 +1,301 @@
-//! The server side of peer connections: HTTP/2 (over the mTLS stream the
-//! ingress accepted) driven with the `h2` crate directly. Every stream of a
-//! connection is handled inside the connection's own task, polled beside the
-//! connection (no task per stream, no wake-up of another task per request),
-//! and what the streams send goes out in the connection's next write.
+//! The ingress: HTTP/2 over mutual TLS from peer gateways. A connection is
+//! admitted only with a gateway certificate of the trust domain (refusals
+//! are counted by kind); each stream is a request for a local endpoint of a
+//! service here, or a CONNECT tunnel (TCP passthrough, HTTP upgrades) to
+//! one, after the service's access policy has admitted the calling cluster
+//! and caller.
 
-use std::future::{Future, poll_fn};
-use std::task::Poll;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
-use futures::stream::{FuturesUnordered, StreamExt};
-use http::{Request, Response};
-use http_body_util::BodyExt;
-use hyper::body::Body as HttpBody;
-use tokio::io::{AsyncRead, AsyncWrite};
+use http::{Request, Response, StatusCode, Uri};
+use tokio::net::{TcpListener, TcpStream};
 
-use crate::budget::{BodyError, BufferBudget, Buffered, Collector};
-use crate::peer::{CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW, strip_hop_by_hop};
-use crate::proxy::Body;
+use crate::access::subset_named;
+use crate::proxy::{
+    Body, CONNECT_TIMEOUT, Gateway, MAX_BODY, TryError, accepted_counter, host_in, refuse_body,
+    reply,
+};
+use crate::tcp::pipe;
+use crate::tls::peer_cluster;
 
-/// Streams a peer may have open on one connection.
-pub const MAX_STREAMS: u32 = 1024;
-
-/// Serves one HTTP/2 connection: each request stream is passed with its
-/// responder to `handle`, and the futures it returns run on this task until
-/// the connection ends (the peer went away or it broke).
-pub async fn serve<T, F, Fut>(io: T, mut handle: F) -> Result<(), h2::Error>
-where
-    T: AsyncRead + AsyncWrite + Unpin,
-    F: FnMut(Request<h2::RecvStream>, h2::server::SendResponse<Bytes>) -> Fut,
-    Fut: Future<Output = ()>,
-{
-    let mut connection = h2::server::Builder::new()
-        .initial_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .max_frame_size(MAX_FRAME)
-        .max_concurrent_streams(MAX_STREAMS)
-        .handshake::<_, Bytes>(io)
-        .await?;
-    let mut streams = FuturesUnordered::new();
-    let mut accepting = true;
-    poll_fn(|cx| {
-        loop {
-            // The streams first: what they send is written by the
-            // connection poll below, in one go.
-            while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {}
-            if !accepting {
-                // No new streams: finish the ones in flight, then close.
-                return connection.poll_closed(cx);
-            }
-            match connection.poll_accept(cx) {
-                Poll::Ready(Some(Ok((request, respond)))) => streams.push(handle(request, respond)),
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
-                Poll::Ready(None) => accepting = false,
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-    })
-    .await
-}
-
-/// Waits for `work`'s response and writes it on the stream; gives up when
-/// the peer resets the stream first (it gave up on the request).
-pub async fn respond<W>(mut respond: h2::server::SendResponse<Bytes>, work: W)
-where
-    W: Future<Output = Response<Body>>,
-{
-    let response = {
-        // Scoped: the finished work's state is not kept beside the sending.
-        let mut work = std::pin::pin!(work);
-        poll_fn(|cx| {
-            if let Poll::Ready(response) = work.as_mut().poll(cx) {
-                return Poll::Ready(Some(response));
-            }
-            match respond.poll_reset(cx) {
-                Poll::Ready(_) => Poll::Ready(None),
-                Poll::Pending => Poll::Pending,
-            }
-        })
-        .await
-    };
-    if let Some(response) = response {
-        send_response(respond, response).await;
-    }
-}
-
-/// Writes `response` on the stream: the head, then the body within the
-/// peer's flow-control window, then trailers if any.
-pub async fn send_response(mut respond: h2::server::SendResponse<Bytes>, response: Response<Body>) {
-    let (mut parts, mut body) = response.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    let end = body.is_end_stream();
-    let Ok(mut stream) = respond.send_response(Response::from_parts(parts, ()), end) else {
-        return;
-    };
-    if end {
-        return;
-    }
-    loop {
-        let Some(frame) = body.frame().await else {
-            let _ = stream.send_data(Bytes::new(), true);
-            return;
+impl Gateway {
+    /// A CONNECT from a peer gateway: answer 200 once the local endpoint is
+    /// connected, then pipe the stream to it (on a task of its own).
+    pub(crate) async fn ingress_connect(
+        &self,
+        req: Request<h2::RecvStream>,
+        mut respond: h2::server::SendResponse<Bytes>,
+        peer: &str,
+    ) {
+        let mut upstream = match self.connect_target(req.uri(), req.headers(), peer).await {
+            Ok(tcp) => tcp,
+            Err(refusal) => return crate::h2server::send_response(respond, refusal).await,
         };
-        let frame = match frame {
-            Ok(frame) => frame,
+        let send = match respond.send_response(Response::new(()), false) {
+            Ok(send) => send,
             Err(e) => {
-                tracing::debug!(error = %e, "response body broke; resetting the stream");
-                stream.send_reset(h2::Reason::INTERNAL_ERROR);
+                tracing::debug!(error = %e, "CONNECT answer not sent");
                 return;
             }
         };
-        let frame = match frame.into_data() {
-            Ok(data) => {
-                let last = body.is_end_stream();
-                if send_data(&mut stream, data, last).await.is_err() || last {
-                    return;
-                }
-                continue;
+        let mut tunnel = crate::peer::Tunnel::new(send, req.into_body());
+        tokio::spawn(async move {
+            let _ = pipe(&mut tunnel, &mut upstream).await;
+        });
+    }
+
+    /// The local endpoint a peer's CONNECT to `target` (`host:port`) goes
+    /// to, connected; or the answer that refuses it.
+    pub(crate) async fn connect_target(
+        &self,
+        target: &Uri,
+        headers: &http::HeaderMap,
+        peer: &str,
+    ) -> Result<TcpStream, Response<Body>> {
+        let authority = target.authority().map(|a| (a.host(), a.port_u16()));
+        let Some((host, Some(port))) = authority else {
+            return Err(reply(StatusCode::BAD_REQUEST, "CONNECT needs host:port"));
+        };
+        if headers.contains_key(crate::upgrade::UPGRADE_HEADER) {
+            // An upgraded HTTP exchange: the service's HTTP route, not a TCP port.
+            let Some(route) = self.routes.load().route(host) else {
+                return Err(reply(
+                    StatusCode::NOT_FOUND,
+                    &format!("no global service {host:?}"),
+                ));
+            };
+            if let Some(refusal) = self.peer_refusal(&route, peer, headers, host) {
+                return Err(refusal);
             }
-            Err(frame) => frame,
+            return self
+                .connect_local_http(&route, subset_named(headers))
+                .await
+                .map_err(|e| reply(StatusCode::BAD_GATEWAY, &e));
+        }
+        let Some(route) = self.routes.load().tcp_route_named(port, host) else {
+            return Err(reply(
+                StatusCode::NOT_FOUND,
+                &format!("{host}:{port} is not a TCP service here"),
+            ));
         };
-        if let Ok(trailers) = frame.into_trailers() {
-            let _ = stream.send_trailers(trailers);
-            return;
+        if let Some(refusal) = self.peer_refusal(&route, peer, headers, host) {
+            return Err(refusal);
+        }
+        self.connect_local_tcp(&route, port, subset_named(headers))
+            .await
+            .map_err(|e| reply(StatusCode::BAD_GATEWAY, &e))
+    }
+
+    /// Serves peer gateways (HTTP/2 over mTLS) on `listener` until aborted.
+    pub async fn serve_ingress(self: Arc<Self>, listener: TcpListener) {
+        let accepted = accepted_counter("ingress");
+        let acceptor = crate::listen::Acceptor::new(listener, self.max_connections(), "ingress");
+        loop {
+            let (tcp, peer_addr, slot) = acceptor.accept().await;
+            accepted.increment(1);
+            let _ = tcp.set_nodelay(true);
+            let gw = Arc::clone(&self);
+            tokio::spawn(async move {
+                let _slot = slot;
+                metrics::gauge!("gns_gateway_active_connections", "listener" => "ingress")
+                    .increment(1.0);
+                let outcome = Arc::clone(&gw).ingress_connection(tcp).await;
+                metrics::gauge!("gns_gateway_active_connections", "listener" => "ingress")
+                    .decrement(1.0);
+                let Err(end) = outcome else {
+                    return;
+                };
+                match end.refusal_reason() {
+                    None => {
+                        tracing::debug!(peer = %peer_addr, error = %end, "ingress connection ended with an error");
+                    }
+                    Some(reason) => {
+                        metrics::counter!(
+                            "gns_gateway_mtls_handshake_failures_total",
+                            "reason" => reason
+                        )
+                        .increment(1);
+                        gw.counters.mtls_refused.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(peer = %peer_addr, error = %end, "ingress connection refused");
+                    }
+                }
+            });
         }
     }
-}
 
-/// Sends `data` as the peer's window allows (`last`: it ends the stream).
-pub async fn send_data(
-    stream: &mut h2::SendStream<Bytes>,
-    mut data: Bytes,
-    last: bool,
-) -> Result<(), h2::Error> {
-    if data.is_empty() {
-        return if last {
-            stream.send_data(data, true)
+    pub(crate) async fn ingress_connection(
+        self: Arc<Self>,
+        tcp: TcpStream,
+    ) -> Result<(), IngressEnd> {
+        let (Some(server), Some(identity)) =
+            (self.ingress_tls.load_full(), self.identity.load_full())
+        else {
+            return Err(IngressEnd::NoCertificate);
+        };
+        let tls = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            tokio_rustls::TlsAcceptor::from(server).accept(tcp),
+        )
+        .await
+        .map_err(|_| IngressEnd::HandshakeTimeout)?
+        .map_err(IngressEnd::Handshake)?;
+        let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+        let peer = leaf
+            .and_then(|c| peer_cluster(c, &identity.trust_domain))
+            .ok_or_else(|| {
+                // Say whom it refused: the identities the certificate names.
+                let named = leaf.map(crate::tls::uri_sans).unwrap_or_default();
+                IngressEnd::NotAGateway(if named.is_empty() {
+                    "no URI SAN".to_owned()
+                } else {
+                    named.join(", ")
+                })
+            })?;
+        let gw = &*self;
+        let peer = peer.as_str();
+        crate::h2server::serve(tls, |req, respond| gw.ingress_stream(req, respond, peer))
+            .await
+            .map_err(IngressEnd::Http2)
+    }
+
+    /// One stream from a peer gateway: a CONNECT tunnel or a request.
+    ///
+    /// The per-request steps here are plain functions returning futures
+    /// rather than `async fn`s: an `async fn` keeps its arguments twice in its
+    /// future (as captured and as moved into the body), and these futures are
+    /// moved and allocated per request. This one holds only the chosen work.
+    pub(crate) fn ingress_stream<'a>(
+        &'a self,
+        req: Request<h2::RecvStream>,
+        respond: h2::server::SendResponse<Bytes>,
+        peer: &'a str,
+    ) -> impl Future<Output = ()> + 'a {
+        use futures::future::Either;
+        self.counters
+            .ingress_requests
+            .fetch_add(1, Ordering::Relaxed);
+        if req.method() == http::Method::CONNECT {
+            // Boxed, like every cold path.
+            Either::Left(Box::pin(self.ingress_connect(req, respond, peer)))
         } else {
-            Ok(())
-        };
-    }
-    while !data.is_empty() {
-        stream.reserve_capacity(data.len());
-        let granted = match poll_fn(|cx| stream.poll_capacity(cx)).await {
-            Some(granted) => granted?,
-            None => return Err(h2::Error::from(h2::Reason::CANCEL)),
-        };
-        if granted == 0 {
-            continue;
+            // Boxed work: the stream's own future, moved as it is made and
+            // queued on the connection, stays small.
+            Either::Right(crate::h2server::respond(
+                respond,
+                Box::pin(self.ingress(req, peer)),
+            ))
         }
-        let chunk = data.split_to(granted.min(data.len()));
-        stream.send_data(chunk, last && data.is_empty())?;
     }
-    Ok(())
+
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps its arguments twice in its per-request future"
+    )]
+    pub(crate) fn ingress<'a>(
+        &'a self,
+        req: Request<h2::RecvStream>,
+        peer: &'a str,
+    ) -> impl Future<Output = Response<Body>> + 'a {
+        async move {
+            let host = host_in(req.headers(), req.uri());
+            let Some(route) = self.routes.load().route(host) else {
+                return reply(
+                    StatusCode::NOT_FOUND,
+                    &format!("no global service {host:?}"),
+                );
+            };
+            if let Some(refusal) = self.peer_refusal(&route, peer, req.headers(), host) {
+                return refusal;
+            }
+            let subset = subset_named(req.headers()).map(str::to_owned);
+            let (parts, body) = req.into_parts();
+            // Buffered, so a connect failure can move on to another
+            // endpoint; holds its share of the buffer budget until then.
+            let buffered = match crate::h2server::read_body(body, MAX_BODY, &self.buffers).await {
+                Ok(buffered) => buffered,
+                Err(e) => {
+                    tracing::debug!(peer, error = %e, "request body refused");
+                    return refuse_body(&e);
+                }
+            };
+            let sent = self
+                .send_local(&route, parts, buffered.bytes().clone(), subset.as_deref())
+                .await;
+            drop(buffered);
+            match sent {
+                Ok(resp) => resp,
+                Err(TryError::Connect(e) | TryError::Reset(e) | TryError::Timeout(e)) => {
+                    reply(StatusCode::BAD_GATEWAY, &format!("{}: {e}", self.cluster))
+                }
+            }
+        }
+    }
 }
 
-/// Reads a request body whole (up to `limit` bytes), giving the window back
-/// as it goes and holding each chunk's size in `budget` as it arrives: the
-/// returned body keeps it until dropped; a refusal gives it back at once.
-pub async fn read_body<'b>(
-    mut recv: h2::RecvStream,
-    limit: usize,
-    budget: &'b BufferBudget,
-) -> Result<Buffered<'b>, BodyError> {
-    let mut collector = Collector::new(limit, budget);
-    while let Some(data) = recv.data().await {
-        let data = data.map_err(|e| BodyError::Broken(e.into()))?;
-        let _ = recv.flow_control().release_capacity(data.len());
-        collector.push(data)?;
+/// How an ingress connection ended without being served to its end.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum IngressEnd {
+    /// This gateway has no certificate yet.
+    #[error("no certificate yet")]
+    NoCertificate,
+    /// The peer did not finish the TLS handshake in time.
+    #[error("handshake timed out")]
+    HandshakeTimeout,
+    /// The TLS handshake failed (an untrusted or expired certificate, an old TLS version).
+    #[error("handshake: {0}")]
+    Handshake(std::io::Error),
+    /// A certificate of the trust domain that is not a gateway's (its URI SANs).
+    #[error("the peer is not a gateway of this trust domain (its certificate names {0})")]
+    NotAGateway(String),
+    /// Accepted and served, then broken: not a refusal.
+    #[error("http2: {0}")]
+    Http2(h2::Error),
+}
+
+impl IngressEnd {
+    /// The `reason` label of `gns_gateway_mtls_handshake_failures_total`;
+    /// `None` for a connection that was accepted (not a refusal).
+    pub(crate) fn refusal_reason(&self) -> Option<&'static str> {
+        match self {
+            IngressEnd::HandshakeTimeout => Some("timeout"),
+            IngressEnd::Handshake(_) => Some("handshake"),
+            IngressEnd::NotAGateway(_) => Some("identity"),
+            IngressEnd::NoCertificate => Some("no-certificate"),
+            IngressEnd::Http2(_) => None,
+        }
     }
-    Ok(collector.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    pub(crate) fn refusals_are_labelled_by_kind_and_served_connections_are_not_refusals() {
+        let io = || std::io::Error::other("bad certificate");
+        let labels: Vec<Option<&str>> = [
+            IngressEnd::NoCertificate,
+            IngressEnd::HandshakeTimeout,
+            IngressEnd::Handshake(io()),
+            IngressEnd::NotAGateway("spiffe://acme.test/ns/shop/sa/web".into()),
+        ]
+        .iter()
+        .map(IngressEnd::refusal_reason)
+        .collect();
+        assert_eq!(
+            labels,
+            [
+                Some("no-certificate"),
+                Some("timeout"),
+                Some("handshake"),
+                Some("identity")
+            ]
+        );
+        assert_eq!(
+            IngressEnd::NotAGateway("spiffe://acme.test/ns/shop/sa/web".into()).to_string(),
+            "the peer is not a gateway of this trust domain (its certificate names spiffe://acme.test/ns/shop/sa/web)"
+        );
+    }
 }

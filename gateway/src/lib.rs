@@ -1,36 +1,51 @@
 //! `gns-gateway`: the per-cluster gateway of a GNS federation.
 //!
-//! Module map: [`config`] is what the federation sends (the only contract
-//! with it); [`route`] turns a config into route decisions (pure);
-//! [`tls`] makes the mTLS configurations and checks SPIFFE identities;
-//! [`proxy`] is the data path (egress, ingress, peer pool, retries, TCP
-//! passthrough); [`budget`] bounds the request-body bytes buffered by
-//! the whole process; [`metrics`] caches per-route metric handles; [`pool`] keeps HTTP/1.1 connections to local endpoints and
-//! [`h2c`] HTTP/2 ones (gRPC); `grpc` turns the gateway's own errors into
-//! gRPC statuses for gRPC callers; [`upgrade`] carries HTTP/1.1 upgrades
-//! (WebSocket); [`sni`] reads the server name of a TLS ClientHello;
-//! [`idle`] closes client connections left unused; [`report`] tells the
-//! federation every few seconds who this gateway is and what it carried;
-//! [`follow`] fetches the certificate and follows the config from the
-//! federation, persisting both for static stability.
+//! Module map, by role (as istio/ztunnel splits its proxy):
+//! - contract: [`config`] is what the federation sends (the only contract
+//!   with it); [`report`] is what the gateway tells it every few seconds.
+//! - decisions (pure): [`route`] turns a config into route decisions;
+//!   [`retry`] says when a failed try is tried again; [`outlier`] ejects
+//!   failing endpoints.
+//! - listeners: [`egress`] serves in-cluster clients and the public entry;
+//!   [`ingress`] serves peer gateways over mTLS; [`tcp`] passes TCP
+//!   connections through; [`upgrade`] carries HTTP/1.1 upgrades (WebSocket).
+//! - tries: [`local`] sends to local endpoints, over [`pool`] (HTTP/1.1)
+//!   or [`h2c`] (gRPC); [`remote`] sends to peer gateways over [`peer`]
+//!   connections; [`access`] names callers and applies access policy.
+//! - state and plumbing: [`proxy`] holds a gateway's shared state (config,
+//!   certificate, pools, counters); [`budget`] bounds the request-body bytes
+//!   buffered by the whole process; [`h2server`] writes HTTP/2 responses;
+//!   `grpc` turns the gateway's own errors into gRPC statuses;
+//!   [`metrics`] caches per-route metric handles; [`tls`] makes the mTLS
+//!   configurations and checks SPIFFE identities; [`sni`] reads the server
+//!   name of a TLS ClientHello; [`idle`] closes client connections left
+//!   unused; [`listen`] binds and bounds listeners; [`follow`] fetches the
+//!   certificate and follows the config from the federation, persisting
+//!   both for static stability.
 
+pub mod access;
 pub mod budget;
 pub mod config;
+pub mod egress;
 pub mod follow;
 pub(crate) mod grpc;
 pub mod h2c;
+pub mod h2server;
 pub mod idle;
 pub mod ingress;
 pub mod listen;
+pub mod local;
 pub mod metrics;
 pub mod outlier;
 pub mod peer;
 pub mod pool;
 pub mod proxy;
+pub mod remote;
 pub mod report;
 pub mod retry;
 pub mod route;
 pub mod sni;
+pub mod tcp;
 pub mod tls;
 pub mod upgrade;
 

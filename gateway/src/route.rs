@@ -170,7 +170,7 @@ pub struct RouteTable {
 pub struct Caller {
     /// The services, by name.
     pub services: Vec<String>,
-    /// The same, as the value of [`crate::proxy::CALLER_HEADER`].
+    /// The same, as the value of [`crate::access::CALLER_HEADER`].
     pub header: Option<http::HeaderValue>,
 }
 

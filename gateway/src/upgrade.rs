@@ -12,6 +12,17 @@ use http::header::{CONNECTION, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, Response, header};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+use crate::access::{name_caller, name_subset};
+use crate::proxy::{Body, Gateway, full, host_in, reply};
+use crate::route::{Route, RouteTable};
+
 /// Between gateways: a CONNECT tunnel that carries an upgraded HTTP/1.1
 /// exchange for the HTTP route of its host.
 pub const UPGRADE_HEADER: HeaderName = HeaderName::from_static("x-gns-upgrade");
@@ -117,6 +128,112 @@ where
             Ok(httparse::Status::Partial) => return Err("the answer head is too large".into()),
             Err(e) => return Err(format!("the answer is not HTTP/1.1: {e}")),
         }
+    }
+}
+
+impl Gateway {
+    /// An HTTP/1.1 upgrade (WebSocket, ...): the request goes to the plan's
+    /// first target that takes it (a local endpoint, or a peer through a
+    /// CONNECT tunnel), and on `101` the client's connection and that byte
+    /// stream are joined (see [`crate::upgrade`]).
+    pub(crate) async fn upgrade(
+        &self,
+        mut req: Request<Incoming>,
+        routes: &RouteTable,
+        route: &Arc<Route>,
+        caller: Option<HeaderValue>,
+        callers: &[String],
+    ) -> Response<Body> {
+        let on_client = hyper::upgrade::on(&mut req);
+        let (mut parts, _) = req.into_parts();
+        name_caller(&mut parts.headers, caller.clone());
+        let host = host_in(&parts.headers, &parts.uri).to_owned();
+        let request = crate::route::RequestFacts {
+            method: Some(&parts.method),
+            path: Some(parts.uri.path()),
+            headers: &parts.headers,
+            callers,
+        };
+        let plan = routes.plan(route, &request, fastrand::u64(..));
+        let head = crate::upgrade::head_bytes(&parts, &host);
+        let name = host.rsplit_once(':').map_or(host.as_str(), |(h, _)| h);
+        let mut last = String::from("no cluster has ready endpoints");
+        for target in &plan {
+            let opened: Result<Box<dyn crate::upgrade::Io>, String> =
+                if target.cluster == self.cluster {
+                    self.connect_local_http(route, target.subset)
+                        .await
+                        .map(|tcp| Box::new(tcp) as Box<dyn crate::upgrade::Io>)
+                } else {
+                    match self.peer_connection(target.cluster).await {
+                        Ok(connection) => {
+                            let mut headers = http::HeaderMap::new();
+                            name_caller(&mut headers, caller.clone());
+                            name_subset(&mut headers, target.subset);
+                            headers.insert(
+                                crate::upgrade::UPGRADE_HEADER,
+                                HeaderValue::from_static("1"),
+                            );
+                            connection
+                                .tunnel(&format!("{name}:80"), headers)
+                                .await
+                                .map(|t| Box::new(t) as Box<dyn crate::upgrade::Io>)
+                                .map_err(|e| e.to_string())
+                        }
+                        Err(e) => Err(e.to_string()),
+                    }
+                };
+            let mut stream = match opened {
+                Ok(stream) => stream,
+                Err(e) => {
+                    last = format!("{}: {e}", target.cluster);
+                    continue;
+                }
+            };
+            let answer = match crate::upgrade::exchange(&mut stream, &head).await {
+                Ok(answer) => answer,
+                Err(e) => {
+                    last = format!("{}: {e}", target.cluster);
+                    continue;
+                }
+            };
+            let switching = answer.status == StatusCode::SWITCHING_PROTOCOLS;
+            let mut resp = Response::new(full(if switching {
+                Bytes::new()
+            } else {
+                Bytes::from(answer.rest.clone())
+            }));
+            *resp.status_mut() = answer.status;
+            *resp.headers_mut() = answer.headers;
+            if !switching {
+                // Passed on as it came; the connection ends with it.
+                resp.headers_mut().remove(header::CONTENT_LENGTH);
+                resp.headers_mut().remove(header::TRANSFER_ENCODING);
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                return resp;
+            }
+            let rest = answer.rest;
+            tokio::spawn(async move {
+                let Ok(upgraded) = on_client.await else {
+                    return;
+                };
+                let mut client = TokioIo::new(upgraded);
+                if !rest.is_empty()
+                    && tokio::io::AsyncWriteExt::write_all(&mut client, &rest)
+                        .await
+                        .is_err()
+                {
+                    return;
+                }
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut stream).await;
+            });
+            return resp;
+        }
+        reply(
+            StatusCode::BAD_GATEWAY,
+            &format!("{host}: the upgrade could not be made: {last}"),
+        )
     }
 }
 

@@ -138,7 +138,7 @@ pub(crate) async fn ingress_get(
         let conn = tokio::spawn(conn);
         let mut request = hyper::Request::get(format!("https://{host}/hello"));
         if let Some(caller) = caller {
-            request = request.header(&gns_gateway::proxy::CALLER_HEADER, caller);
+            request = request.header(&gns_gateway::access::CALLER_HEADER, caller);
         }
         let request = request
             .body(http_body_util::Empty::<hyper::body::Bytes>::new())

@@ -1,0 +1,323 @@
+//! The egress and the public entry: plain HTTP (HTTP/1.1, or h2c with
+//! prior knowledge) from clients, routed by `Host`. A request is admitted
+//! by access policy, planned by the route table (rules, weights, failover)
+//! and tried along that plan: at a local endpoint ([`crate::local`]) or at
+//! a peer gateway ([`crate::remote`]), within the route's timeouts and
+//! retry policy ([`crate::retry`]).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+use crate::access::name_caller;
+use crate::local::clone_parts;
+use crate::metrics::Entry;
+use crate::proxy::{
+    ANSWERED_HEADER, Body, DEFAULT_TIMEOUT, Gateway, MAX_BODY, TryError, accepted_counter, host_in,
+    refuse_body, reply,
+};
+use crate::route::Route;
+
+impl Gateway {
+    /// Serves in-cluster clients (HTTP/1.1) on `listener` until the task is aborted.
+    pub async fn serve_egress(self: Arc<Self>, listener: TcpListener) {
+        self.serve_plain(listener, Entry::Egress).await;
+    }
+
+    /// Serves clients outside every cluster (HTTP/1.1, identity `external`:
+    /// only services whose access policy admits it) until aborted.
+    pub async fn serve_public(self: Arc<Self>, listener: TcpListener) {
+        self.serve_plain(listener, Entry::Public).await;
+    }
+
+    pub(crate) async fn serve_plain(self: Arc<Self>, listener: TcpListener, entry: Entry) {
+        let accepted = accepted_counter(entry.as_str());
+        let acceptor =
+            crate::listen::Acceptor::new(listener, self.max_connections(), entry.as_str());
+        loop {
+            let (tcp, client, slot) = acceptor.accept().await;
+            accepted.increment(1);
+            let _ = tcp.set_nodelay(true);
+            let gw = Arc::clone(&self);
+            let idle = self.client_idle_timeout();
+            let header_timeout = self.header_read_timeout();
+            tokio::spawn(async move {
+                let _slot = slot;
+                let listener = entry.as_str();
+                let activity = Arc::new(crate::idle::Activity::default());
+                let active = Arc::clone(&activity);
+                let svc = service_fn(move |req| {
+                    active.mark();
+                    let gw = Arc::clone(&gw);
+                    // Boxed: an idle connection then holds a pointer, not the
+                    // whole request future (which is large).
+                    async move {
+                        Ok::<_, Infallible>(Box::pin(gw.egress(req, entry, client.ip())).await)
+                    }
+                });
+                metrics::gauge!("gns_gateway_active_connections", "listener" => listener)
+                    .increment(1.0);
+                // HTTP/1.1, or h2c with prior knowledge (told apart by the HTTP/2 preface).
+                let mut builder =
+                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                // A client must send each request's header within the timeout.
+                builder
+                    .http1()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(header_timeout);
+                let mut connection =
+                    std::pin::pin!(builder.serve_connection_with_upgrades(TokioIo::new(tcp), svc));
+                let mut watch = crate::idle::Watch::new(idle);
+                let _ = std::future::poll_fn(|cx| {
+                    if let Poll::Ready(done) = connection.as_mut().poll(cx) {
+                        return Poll::Ready(done);
+                    }
+                    if watch.poll_idle(cx, &activity) {
+                        // Graceful: a response in progress is finished first.
+                        connection.as_mut().graceful_shutdown();
+                        return connection.as_mut().poll(cx);
+                    }
+                    Poll::Pending
+                })
+                .await;
+                metrics::gauge!("gns_gateway_active_connections", "listener" => listener)
+                    .decrement(1.0);
+            });
+        }
+    }
+
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps its arguments twice in its per-request future"
+    )]
+    pub(crate) fn egress(
+        &self,
+        req: Request<Incoming>,
+        entry: Entry,
+        client: std::net::IpAddr,
+    ) -> impl Future<Output = Response<Body>> + '_ {
+        async move {
+            // A gRPC caller gets the gateway's own errors as gRPC statuses.
+            if crate::grpc::is_grpc(req.headers()) {
+                let resp = Box::pin(self.egress_http(req, entry, client)).await;
+                return crate::grpc::answer(resp, &ANSWERED_HEADER);
+            }
+            self.egress_http(req, entry, client).await
+        }
+    }
+
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps its arguments twice in its per-request future"
+    )]
+    pub(crate) fn egress_http(
+        &self,
+        req: Request<Incoming>,
+        entry: Entry,
+        client: std::net::IpAddr,
+    ) -> impl Future<Output = Response<Body>> + '_ {
+        async move {
+            match entry {
+                Entry::Egress => &self.counters.egress_requests,
+                Entry::Public => &self.counters.public_requests,
+            }
+            .fetch_add(1, Ordering::Relaxed);
+            let routes = self.routes.load_full();
+            let Some(route) = routes.route(host_in(req.headers(), req.uri())) else {
+                let host = host_in(req.headers(), req.uri());
+                return reply(
+                    StatusCode::NOT_FOUND,
+                    &format!("no global service {host:?}"),
+                );
+            };
+            if entry == Entry::Public && !route.config.external {
+                self.counters.access_denied.fetch_add(1, Ordering::Relaxed);
+                let host = host_in(req.headers(), req.uri());
+                return reply(
+                    StatusCode::FORBIDDEN,
+                    &format!("{host} is not reachable from outside the clusters (access policy)"),
+                );
+            }
+            // Who calls: the services the client is an endpoint of (access
+            // policy by name), or `external` from the public entry.
+            let (caller, callers) = match entry {
+                Entry::Egress => {
+                    let host = host_in(req.headers(), req.uri());
+                    match self.local_caller(&routes, &route, client, host) {
+                        Ok(caller) => (
+                            caller.and_then(|c| c.header.clone()),
+                            caller.map_or(&[][..], |c| c.services.as_slice()),
+                        ),
+                        Err(refusal) => return reply(StatusCode::FORBIDDEN, &refusal),
+                    }
+                }
+                Entry::Public => (Some(HeaderValue::from_static("external")), &[][..]),
+            };
+            if crate::upgrade::is_upgrade(req.headers()) {
+                return Box::pin(self.upgrade(req, &routes, &route, caller, callers)).await;
+            }
+            let (mut parts, body) = req.into_parts();
+            name_caller(&mut parts.headers, caller);
+            // Holds its share of the buffer budget until every try is made.
+            let buffered = if hyper::body::Body::is_end_stream(&body) {
+                crate::budget::Buffered::empty(&self.buffers)
+            } else {
+                match Box::pin(crate::budget::read_body(body, MAX_BODY, &self.buffers)).await {
+                    Ok(buffered) => buffered,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "request body refused");
+                        return refuse_body(&e);
+                    }
+                }
+            };
+            let body = buffered.bytes().clone();
+            let request_bytes = body.len() as u64;
+            let request = crate::route::RequestFacts {
+                method: Some(&parts.method),
+                path: Some(parts.uri.path()),
+                headers: &parts.headers,
+                callers,
+            };
+            let plan = routes.plan(&route, &request, fastrand::u64(..));
+            if plan.is_empty() {
+                let host = host_in(&parts.headers, &parts.uri);
+                return reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("{host}: no cluster has ready endpoints"),
+                );
+            }
+            let timeout = route.config.timeout().unwrap_or(DEFAULT_TIMEOUT);
+            let started = std::time::Instant::now();
+            let (resp, cluster) =
+                // Boxed: the tries are moved once, not with every wrapper.
+                match tokio::time::timeout(timeout, Box::pin(self.try_plan(&route, &plan, &parts, body)))
+                    .await
+                {
+                    Ok(done) => done,
+                    Err(_) => (
+                        reply(StatusCode::GATEWAY_TIMEOUT, "timed out"),
+                        plan.first().map_or("", |t| t.cluster),
+                    ),
+                };
+            // Every try is done: the body's budget is given back.
+            drop(buffered);
+            let response_bytes = route.metrics.record(
+                entry,
+                cluster,
+                resp.status().as_u16(),
+                started.elapsed(),
+                request_bytes,
+            );
+            count_response(resp, response_bytes)
+        }
+    }
+
+    pub(crate) async fn try_plan<'p>(
+        &self,
+        route: &Route,
+        plan: &[crate::route::Target<'p>],
+        parts: &http::request::Parts,
+        body: Bytes,
+    ) -> (Response<Body>, &'p str) {
+        let retry = route.config.retries.as_ref();
+        // Connect failures move on through the plan (and round it again only
+        // with `connect-failure`); 5xx only with a retry policy.
+        let budget = retry.map_or(plan.len(), |r| r.attempts.max(1) as usize);
+        let per_try = retry
+            .and_then(|r| r.per_try_timeout_ms)
+            .map(Duration::from_millis);
+        // Made only when a try fails: most requests need no error answer.
+        let mut last = None;
+        let mut last_cluster = "";
+        for (n, &target) in plan.iter().cycle().take(budget.max(1)).enumerate() {
+            let cluster = target.cluster;
+            last_cluster = cluster;
+            if n > 0 {
+                self.counters.retries.fetch_add(1, Ordering::Relaxed);
+            }
+            let attempt = async {
+                if cluster == self.cluster {
+                    self.send_local(route, clone_parts(parts), body.clone(), target.subset)
+                        .await
+                } else {
+                    self.send_peer(cluster, parts, body.clone(), target.subset)
+                        .await
+                }
+            };
+            let outcome = match per_try {
+                // Boxed: the try is held once in the request's future, not twice.
+                Some(t) => Box::pin(tokio::time::timeout(t, attempt))
+                    .await
+                    .unwrap_or_else(|_| Err(TryError::Timeout("per-try timeout".into()))),
+                None => attempt.await,
+            };
+            use crate::retry::{Failure, again};
+            let method = &parts.method;
+            match outcome {
+                Ok(resp)
+                    if n + 1 < budget
+                        && again(retry, method, Failure::Status(resp.status().as_u16())) =>
+                {
+                    last = Some(resp);
+                }
+                Ok(resp) => return (resp, cluster),
+                // Nothing was sent: move on, whatever the method.
+                Err(TryError::Connect(e)) => {
+                    tracing::debug!(cluster, error = %e, "try failed to connect");
+                    let answer = reply(StatusCode::BAD_GATEWAY, &format!("{cluster}: {e}"));
+                    if !crate::retry::again_after_connect_failure(retry, n + 1 >= plan.len()) {
+                        return (answer, cluster);
+                    }
+                    last = Some(answer);
+                }
+                Err(TryError::Reset(e)) => {
+                    let answer = reply(StatusCode::BAD_GATEWAY, &format!("{cluster}: {e}"));
+                    if !again(retry, method, Failure::Reset) {
+                        return (answer, cluster);
+                    }
+                    last = Some(answer);
+                }
+                Err(TryError::Timeout(e)) => {
+                    let answer = reply(StatusCode::GATEWAY_TIMEOUT, &format!("{cluster}: {e}"));
+                    if !again(retry, method, Failure::Timeout) {
+                        return (answer, cluster);
+                    }
+                    last = Some(answer);
+                }
+            }
+        }
+        let last = last.unwrap_or_else(|| reply(StatusCode::BAD_GATEWAY, "no try was made"));
+        (last, last_cluster)
+    }
+}
+
+/// Counts a response's body bytes: at once when its length is known, else
+/// frame by frame as it streams to the client.
+pub(crate) fn count_response(
+    resp: Response<Body>,
+    bytes: crate::metrics::ResponseBytes,
+) -> Response<Body> {
+    if let Some(n) = hyper::body::Body::size_hint(resp.body()).exact() {
+        bytes.increment(n);
+        return resp;
+    }
+    resp.map(|body| {
+        body.map_frame(move |frame| {
+            if let Some(data) = frame.data_ref() {
+                bytes.increment(data.len() as u64);
+            }
+            frame
+        })
+        .boxed()
+    })
+}

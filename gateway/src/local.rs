@@ -1,0 +1,289 @@
+//! Tries at local endpoints: which endpoint (ready, serving the subset, not
+//! ejected), over which connection (pooled HTTP/1.1, or h2c for gRPC
+//! ports), with connect failures moving on to another endpoint and every
+//! outcome recorded for outlier detection.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, Uri, header};
+use tokio::net::TcpStream;
+
+use crate::access::SUBSET_HEADER;
+use crate::proxy::{Body, CONNECT_TIMEOUT, Gateway, LOCAL_CONNECT_TRIES, TryError, full};
+use crate::route::Route;
+
+impl Gateway {
+    /// A TCP connection to a local endpoint's HTTP port (of `subset` when
+    /// given and served here, else of the cluster), for an upgraded exchange.
+    pub(crate) async fn connect_local_http(
+        &self,
+        route: &Route,
+        subset: Option<&str>,
+    ) -> Result<TcpStream, String> {
+        let port = route
+            .config
+            .http_port
+            .get(&self.cluster)
+            .copied()
+            .ok_or("no HTTP port")?;
+        self.dial_local(route, subset, port).await
+    }
+
+    /// A TCP connection to a local endpoint of `route` for service port `port`.
+    pub(crate) async fn connect_local_tcp(
+        &self,
+        route: &Route,
+        port: u16,
+        subset: Option<&str>,
+    ) -> Result<TcpStream, String> {
+        let target_port = route
+            .config
+            .tcp_ports
+            .iter()
+            .find(|t| t.port == port)
+            .and_then(|t| t.target_port.get(&self.cluster).copied())
+            .unwrap_or(port);
+        self.dial_local(route, subset, target_port).await
+    }
+
+    /// A TCP connection to one of the endpoints serving `subset` here, on
+    /// `port`: up to [`LOCAL_CONNECT_TRIES`] endpoints, each connect
+    /// recorded for outlier detection.
+    pub(crate) async fn dial_local(
+        &self,
+        route: &Route,
+        subset: Option<&str>,
+        port: u16,
+    ) -> Result<TcpStream, String> {
+        let endpoints = route
+            .serving_endpoints(&self.cluster, subset)
+            .ok_or("no local endpoints")?;
+        let mut tried = Vec::new();
+        let mut last = String::from("no endpoint tried");
+        for _ in 0..LOCAL_CONNECT_TRIES.min(endpoints.len()) {
+            let target = self.outliers.pick(endpoints, port, &tried);
+            tried.push(target);
+            match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await {
+                Ok(Ok(tcp)) => {
+                    self.outliers
+                        .record(target, false, &route.config.outliers, endpoints);
+                    let _ = tcp.set_nodelay(true);
+                    return Ok(tcp);
+                }
+                Ok(Err(e)) => last = format!("{target}: {e}"),
+                Err(_) => last = format!("{target}: connect timed out"),
+            }
+            if self
+                .outliers
+                .record(target, true, &route.config.outliers, endpoints)
+            {
+                self.counters.ejections.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Err(last)
+    }
+
+    /// Sends to a ready local endpoint, skipping ejected ones; on a connect
+    /// failure tries up to [`LOCAL_CONNECT_TRIES`] endpoints.
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps its arguments twice in its per-request future"
+    )]
+    pub(crate) fn send_local<'a>(
+        &'a self,
+        route: &'a Route,
+        mut parts: http::request::Parts,
+        body: Bytes,
+        subset: Option<&'a str>,
+    ) -> impl Future<Output = Result<Response<Body>, TryError>> + 'a {
+        async move {
+            let endpoints = route
+                .serving_endpoints(&self.cluster, subset)
+                .ok_or_else(|| TryError::Connect("no local endpoints".into()))?;
+            // Between gateways only: the endpoint never sees it.
+            parts.headers.remove(SUBSET_HEADER);
+            let port = route
+                .config
+                .http_port
+                .get(&self.cluster)
+                .copied()
+                .ok_or_else(|| TryError::Connect("no HTTP port".into()))?;
+            let h2c = route.config.h2c.contains(&self.cluster);
+            // Origin form (RFC 9112 §3.2.1): endpoints are origin servers, not proxies.
+            let target_uri = origin_form(&parts.uri);
+            // From a peer (HTTP/2) the host is the URI's authority: keep it as Host.
+            if !parts.headers.contains_key(header::HOST)
+                && let Some(authority) = parts.uri.authority()
+                && let Ok(value) = HeaderValue::from_str(authority.as_str())
+            {
+                parts.headers.insert(header::HOST, value);
+            }
+            if h2c {
+                return self
+                    .send_local_h2c(route, parts, body, endpoints, port)
+                    .await;
+            }
+            let mut last = None;
+            // The endpoints tried so far (no allocation per request).
+            let mut tried = [SocketAddr::from(([0, 0, 0, 0], 0)); LOCAL_CONNECT_TRIES];
+            let attempts = LOCAL_CONNECT_TRIES.min(endpoints.len());
+            for attempt in 0..attempts {
+                let target = self.outliers.pick(endpoints, port, &tried[..attempt]);
+                tried[attempt] = target;
+                self.counters.local_tries.fetch_add(1, Ordering::Relaxed);
+                let final_try = attempt + 1 == attempts;
+                let sent = {
+                    // The last try takes the parts; earlier ones copy them.
+                    let mut request = if final_try {
+                        let (taken, ()) = Request::new(()).into_parts();
+                        Request::from_parts(
+                            std::mem::replace(&mut parts, taken),
+                            full(body.clone()),
+                        )
+                    } else {
+                        rebuild(&parts, body.clone())
+                    };
+                    *request.uri_mut() = target_uri.clone();
+                    *request.version_mut() = http::Version::HTTP_11;
+                    let parts = &parts;
+                    let body = &body;
+                    let target_uri = &target_uri;
+                    let again =
+                        move || (!final_try).then(|| local_request(parts, body, target_uri));
+                    self.shard().local.send(target, request, again)
+                }
+                .await;
+                match self.settle_local(route, target, endpoints, sent) {
+                    Ok(resp) => return Ok(resp),
+                    Err(e @ TryError::Connect(_)) => last = Some(e),
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(last.unwrap_or_else(|| TryError::Connect("no endpoint tried".into())))
+        }
+    }
+
+    /// A local try's outcome, recorded for outlier detection (a 5xx or a
+    /// connect failure counts against the endpoint): the answer, a connect
+    /// failure (the caller moves on to another endpoint) or a failure after
+    /// sending.
+    pub(crate) fn settle_local(
+        &self,
+        route: &Route,
+        target: SocketAddr,
+        endpoints: &[std::net::IpAddr],
+        sent: Result<Response<Body>, crate::pool::PoolError>,
+    ) -> Result<Response<Body>, TryError> {
+        use crate::pool::PoolError;
+        // A failure after sending says nothing certain about the endpoint.
+        let (failed, outcome) = match sent {
+            Ok(resp) => (Some(resp.status().is_server_error()), Ok(resp)),
+            Err(PoolError::Connect(e)) => {
+                (Some(true), Err(TryError::Connect(format!("{target}: {e}"))))
+            }
+            Err(e) => (None, Err(TryError::Reset(format!("{target}: {e}")))),
+        };
+        if let Some(failed) = failed
+            && self
+                .outliers
+                .record(target, failed, &route.config.outliers, endpoints)
+        {
+            self.counters.ejections.fetch_add(1, Ordering::Relaxed);
+        }
+        outcome
+    }
+
+    /// [`Self::send_local`] to endpoints that speak h2c (gRPC): the same
+    /// endpoint choice, outliers and connect-failure moves, over one
+    /// multiplexed connection per endpoint; the Host header becomes the
+    /// `:authority`.
+    pub(crate) async fn send_local_h2c(
+        &self,
+        route: &Route,
+        mut parts: http::request::Parts,
+        body: Bytes,
+        endpoints: &[std::net::IpAddr],
+        port: u16,
+    ) -> Result<Response<Body>, TryError> {
+        let authority = parts
+            .headers
+            .remove(header::HOST)
+            .and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok());
+        let mut last = None;
+        let mut tried = [SocketAddr::from(([0, 0, 0, 0], 0)); LOCAL_CONNECT_TRIES];
+        let attempts = LOCAL_CONNECT_TRIES.min(endpoints.len());
+        for attempt in 0..attempts {
+            let target = self.outliers.pick(endpoints, port, &tried[..attempt]);
+            tried[attempt] = target;
+            self.counters.local_tries.fetch_add(1, Ordering::Relaxed);
+            let mut uri = http::uri::Parts::default();
+            uri.scheme = Some(http::uri::Scheme::HTTP);
+            uri.authority = Some(authority.clone().unwrap_or_else(|| {
+                http::uri::Authority::try_from(target.to_string().as_str())
+                    .unwrap_or_else(|_| http::uri::Authority::from_static("localhost"))
+            }));
+            uri.path_and_query = parts.uri.path_and_query().cloned();
+            let mut request = rebuild(&parts, body.clone());
+            *request.uri_mut() =
+                Uri::from_parts(uri).map_err(|e| TryError::Reset(e.to_string()))?;
+            *request.version_mut() = http::Version::HTTP_2;
+            let sent = self.shard().h2c.send(target, request).await;
+            match self.settle_local(route, target, endpoints, sent) {
+                Ok(resp) => return Ok(resp),
+                Err(e @ TryError::Connect(_)) => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| TryError::Connect("no endpoint tried".into())))
+    }
+}
+
+/// A copy of a request for a local endpoint (HTTP/1.1, target `uri`).
+pub(crate) fn local_request(
+    parts: &http::request::Parts,
+    body: &Bytes,
+    uri: &Uri,
+) -> Request<Body> {
+    let mut request = rebuild(parts, body.clone());
+    *request.uri_mut() = uri.clone();
+    *request.version_mut() = http::Version::HTTP_11;
+    request
+}
+
+/// `uri` as an origin-form request target: its path and query only.
+pub(crate) fn origin_form(uri: &Uri) -> Uri {
+    let mut origin = http::uri::Parts::default();
+    origin.path_and_query = Some(
+        uri.path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+    );
+    Uri::from_parts(origin).unwrap_or_else(|_| Uri::from_static("/"))
+}
+
+/// A copy of request parts (method, URI, version, headers; not extensions).
+pub(crate) fn clone_parts(parts: &http::request::Parts) -> http::request::Parts {
+    let (mut copy, ()) = Request::new(()).into_parts();
+    copy.method = parts.method.clone();
+    copy.uri = parts.uri.clone();
+    copy.version = parts.version;
+    copy.headers = parts.headers.clone();
+    copy
+}
+
+/// A fresh request from buffered parts and body (for each try).
+pub(crate) fn rebuild(parts: &http::request::Parts, body: Bytes) -> Request<Body> {
+    let mut request = Request::new(full(body));
+    *request.method_mut() = parts.method.clone();
+    *request.uri_mut() = parts.uri.clone();
+    *request.headers_mut() = parts.headers.clone();
+    if !request.headers().contains_key(header::HOST)
+        && let Some(authority) = parts.uri.authority()
+        && let Ok(value) = HeaderValue::from_str(authority.as_str())
+    {
+        request.headers_mut().insert(header::HOST, value);
+    }
+    request
+}
