@@ -1,16 +1,15 @@
 //! The buffer budget: how many bytes of request bodies the whole gateway
-//! process may hold buffered at once (a body is read whole so a failed try
-//! can be replayed). [`BufferBudget`] owns the count; it is one value in the
-//! [`Gateway`](crate::Gateway), shared by every data-path worker, so the
-//! bound is the process's, not a worker's.
+//! process may hold kept for a retry at once (see [`crate::body`]: only a
+//! body a retry may send again is kept). [`BufferBudget`] owns the count;
+//! it is one value in the [`Gateway`](crate::Gateway), shared by every
+//! data-path worker, so the bound is the process's, not a worker's.
 //!
-//! Bytes are reserved as each chunk of a body arrives (no waiting: when the
-//! budget is spent the request is refused, `503` with `retry-after`), and
-//! held by a [`Reservation`] that travels with the body ([`Buffered`]) until
-//! the request is done with it (every try made). Dropping it gives the bytes
-//! back, so nothing leaks on an early return, a cancelled request (its
-//! client went away) or a panic. A body that could not fit even in an
-//! empty budget, or above the per-request cap, is refused with `413`.
+//! A kept body's declared length is reserved whole before it is read (no
+//! waiting: when the budget has no room the body streams instead and the
+//! request is not retried), and held by a [`Reservation`] that travels with
+//! the body ([`Buffered`]) until the request is done with it (every try
+//! made). Dropping it gives the bytes back, so nothing leaks on an early
+//! return, a cancelled request (its client went away) or a panic.
 //!
 //! Joining the chunks of a body that came in several pieces copies it once,
 //! so for that moment the body takes twice its size; the budget counts it once.
@@ -18,7 +17,6 @@
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use bytes::{Bytes, BytesMut};
-use http_body_util::BodyExt;
 
 use crate::proxy::BoxError;
 
@@ -108,15 +106,6 @@ impl BufferBudget {
         Reservation {
             budget: self,
             held: 0,
-        }
-    }
-
-    /// Refuses at once a body that declares more than the whole budget.
-    pub fn admits(&self, len: u64) -> Result<(), BudgetError> {
-        let limit = self.limit();
-        match usize::try_from(len) {
-            Ok(len) if len <= limit => Ok(()),
-            _ => Err(BudgetError::LargerThanBudget { limit }),
         }
     }
 }
@@ -212,6 +201,8 @@ pub enum BodyError {
 pub struct Collector<'b> {
     limit: usize,
     chunks: Vec<Bytes>,
+    /// Bytes taken so far.
+    taken: usize,
     reservation: Reservation<'b>,
 }
 
@@ -221,8 +212,23 @@ impl<'b> Collector<'b> {
         Self {
             limit,
             chunks: Vec::new(),
+            taken: 0,
             reservation: budget.reserve(),
         }
+    }
+
+    /// A collector for a body of `len` bytes (its declared length), the
+    /// whole of which is reserved in `budget` at once: once this succeeds,
+    /// reading the body cannot be refused for want of budget.
+    pub fn reserved(len: usize, budget: &'b BufferBudget) -> Result<Self, BudgetError> {
+        let mut reservation = budget.reserve();
+        reservation.grow(len)?;
+        Ok(Self {
+            limit: len,
+            chunks: Vec::new(),
+            taken: 0,
+            reservation,
+        })
     }
 
     /// Takes the next chunk (refused beyond the cap or the budget).
@@ -230,10 +236,16 @@ impl<'b> Collector<'b> {
         if chunk.is_empty() {
             return Ok(());
         }
-        if self.reservation.held() + chunk.len() > self.limit {
+        let taken = self.taken + chunk.len();
+        if taken > self.limit {
             return Err(BodyError::TooLarge(self.limit));
         }
-        self.reservation.grow(chunk.len())?;
+        if let Some(more) = taken.checked_sub(self.reservation.held())
+            && more > 0
+        {
+            self.reservation.grow(more)?;
+        }
+        self.taken = taken;
         self.chunks.push(chunk);
         Ok(())
     }
@@ -244,7 +256,7 @@ impl<'b> Collector<'b> {
             0 => Bytes::new(),
             1 => self.chunks.pop().unwrap_or_default(),
             _ => {
-                let mut whole = BytesMut::with_capacity(self.reservation.held());
+                let mut whole = BytesMut::with_capacity(self.taken);
                 for chunk in &self.chunks {
                     whole.extend_from_slice(chunk);
                 }
@@ -256,34 +268,6 @@ impl<'b> Collector<'b> {
             _reservation: self.reservation,
         }
     }
-}
-
-/// Reads an HTTP body whole, up to `limit` bytes, holding its size in
-/// `budget` (trailers are dropped). A body that declares its length is
-/// refused before it is read when it could never fit.
-pub async fn read_body<'b, B>(
-    mut body: B,
-    limit: usize,
-    budget: &'b BufferBudget,
-) -> Result<Buffered<'b>, BodyError>
-where
-    B: hyper::body::Body<Data = Bytes> + Unpin,
-    B::Error: Into<BoxError>,
-{
-    if let Some(declared) = body.size_hint().exact() {
-        if declared > limit as u64 {
-            return Err(BodyError::TooLarge(limit));
-        }
-        budget.admits(declared)?;
-    }
-    let mut collector = Collector::new(limit, budget);
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| BodyError::Broken(e.into()))?;
-        if let Ok(data) = frame.into_data() {
-            collector.push(data)?;
-        }
-    }
-    Ok(collector.finish())
 }
 
 /// Why a size (`--buffer-budget`) could not be read.
@@ -401,11 +385,6 @@ mod tests {
             reservation.grow(1),
             Err(BudgetError::LargerThanBudget { limit: MIB })
         );
-        assert_eq!(
-            budget.admits(MIB as u64 + 1),
-            Err(BudgetError::LargerThanBudget { limit: MIB })
-        );
-        assert_eq!(budget.admits(MIB as u64), Ok(()));
         assert_eq!(budget.refusals(), 0);
     }
 
@@ -460,32 +439,5 @@ mod tests {
         assert_eq!(budget.in_use(), 9);
         drop(body);
         assert_eq!(budget.in_use(), 0);
-    }
-
-    #[tokio::test]
-    async fn http_bodies_are_read_whole_and_refused_beyond_the_cap_or_budget() {
-        use http_body_util::{Full, StreamBody};
-        let budget = BufferBudget::new(MIB);
-        let body = read_body(Full::new(Bytes::from_static(b"abc")), 8, &budget)
-            .await
-            .expect("read");
-        assert_eq!(&body.bytes()[..], b"abc");
-        assert_eq!(budget.in_use(), 3);
-        drop(body);
-        let declared = read_body(Full::new(Bytes::from(vec![0u8; 9])), 8, &budget).await;
-        assert!(matches!(declared, Err(BodyError::TooLarge(8))));
-        let beyond_budget =
-            read_body(Full::new(Bytes::from(vec![0u8; MIB + 1])), 2 * MIB, &budget).await;
-        assert!(matches!(
-            beyond_budget,
-            Err(BodyError::Budget(BudgetError::LargerThanBudget { .. }))
-        ));
-        let frames = futures::stream::iter([
-            Ok::<_, std::io::Error>(hyper::body::Frame::data(Bytes::from_static(b"ab"))),
-            Err(std::io::Error::other("client went away")),
-        ]);
-        let broken = read_body(StreamBody::new(frames), 8, &budget).await;
-        assert!(matches!(broken, Err(BodyError::Broken(_))));
-        assert_eq!(budget.in_use(), 0, "nothing is held after any refusal");
     }
 }

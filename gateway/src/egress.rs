@@ -20,10 +20,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
 use crate::access::name_caller;
+use crate::body::RequestBody;
 use crate::local::clone_parts;
 use crate::metrics::Entry;
 use crate::proxy::{
-    ANSWERED_HEADER, Body, DEFAULT_TIMEOUT, Gateway, MAX_BODY, TryError, accepted_counter, host_in,
+    ANSWERED_HEADER, Body, DEFAULT_TIMEOUT, Gateway, TryError, accepted_counter, full, host_in,
     refuse_body, reply,
 };
 use crate::route::Route;
@@ -168,20 +169,17 @@ impl Gateway {
             }
             let (mut parts, body) = req.into_parts();
             name_caller(&mut parts.headers, caller);
-            // Holds its share of the buffer budget until every try is made.
-            let buffered = if hyper::body::Body::is_end_stream(&body) {
-                crate::budget::Buffered::empty(&self.buffers)
-            } else {
-                match Box::pin(crate::budget::read_body(body, MAX_BODY, &self.buffers)).await {
-                    Ok(buffered) => buffered,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "request body refused");
-                        return refuse_body(&e);
-                    }
+            // Kept whole only when a retry may send it again; a kept body
+            // holds its share of the buffer budget until every try is made.
+            let replay = crate::retry::may_resend(route.config.retries.as_ref(), &parts.method);
+            let body = match Box::pin(crate::body::prepare(body, replay, &self.buffers)).await {
+                Ok(body) => body,
+                Err(e) => {
+                    tracing::debug!(error = %e, "request body broke off");
+                    return refuse_body(&e);
                 }
             };
-            let body = buffered.bytes().clone();
-            let request_bytes = body.len() as u64;
+            let sent_bytes = crate::body::SentBytes::default();
             let request = crate::route::RequestFacts {
                 method: Some(&parts.method),
                 path: Some(parts.uri.path()),
@@ -198,9 +196,23 @@ impl Gateway {
             }
             let timeout = route.config.timeout().unwrap_or(DEFAULT_TIMEOUT);
             let started = std::time::Instant::now();
+            let (kept, streaming) = match body {
+                RequestBody::Replayable(kept) => (Some(kept), None),
+                RequestBody::Streaming(body) => (None, Some(sent_bytes.counting(body))),
+            };
+            let tries = async {
+                match (streaming, &kept) {
+                    (Some(body), _) => self.stream_plan(&route, &plan, &parts, body).await,
+                    (None, kept) => {
+                        let bytes = kept.as_ref().map(|k| k.bytes().clone()).unwrap_or_default();
+                        sent_bytes.add(bytes.len() as u64);
+                        self.try_plan(&route, &plan, &parts, bytes).await
+                    }
+                }
+            };
             let (resp, cluster) =
                 // Boxed: the tries are moved once, not with every wrapper.
-                match tokio::time::timeout(timeout, Box::pin(self.try_plan(&route, &plan, &parts, body)))
+                match tokio::time::timeout(timeout, Box::pin(tries))
                     .await
                 {
                     Ok(done) => done,
@@ -209,17 +221,79 @@ impl Gateway {
                         plan.first().map_or("", |t| t.cluster),
                     ),
                 };
-            // Every try is done: the body's budget is given back.
-            drop(buffered);
+            // Every try is done: a kept body's budget is given back.
+            drop(kept);
             let response_bytes = route.metrics.record(
                 entry,
                 cluster,
                 resp.status().as_u16(),
                 started.elapsed(),
-                request_bytes,
+                sent_bytes.get(),
             );
             count_response(resp, response_bytes)
         }
+    }
+
+    /// Tries along `plan` with a body that streams once: a try that cannot
+    /// connect (nothing sent) moves on as in [`Self::try_plan`]; the first
+    /// try that connects sends the body, and its outcome is the answer (no
+    /// retry after sending: the body is gone).
+    pub(crate) async fn stream_plan<'p>(
+        &self,
+        route: &Route,
+        plan: &[crate::route::Target<'p>],
+        parts: &http::request::Parts,
+        body: Body,
+    ) -> (Response<Body>, &'p str) {
+        let retry = route.config.retries.as_ref();
+        let budget = retry.map_or(plan.len(), |r| r.attempts.max(1) as usize);
+        let per_try = retry
+            .and_then(|r| r.per_try_timeout_ms)
+            .map(Duration::from_millis);
+        let mut body = Some(body);
+        let mut last = None;
+        let mut last_cluster = "";
+        for (n, &target) in plan.iter().cycle().take(budget.max(1)).enumerate() {
+            let cluster = target.cluster;
+            last_cluster = cluster;
+            if n > 0 {
+                self.counters.retries.fetch_add(1, Ordering::Relaxed);
+            }
+            let attempt = async {
+                if cluster == self.cluster {
+                    let link = self.open_local(route, target.subset).await?;
+                    let body = body.take().unwrap_or_else(|| full(Bytes::new()));
+                    self.send_streaming(link, clone_parts(parts), body).await
+                } else {
+                    let opened = self.open_peer(cluster, parts, target.subset).await?;
+                    let body = body.take().unwrap_or_else(|| full(Bytes::new()));
+                    opened
+                        .send(body)
+                        .await
+                        .map_err(|e| TryError::Reset(format!("{cluster}: {e}")))
+                }
+            };
+            let outcome = match per_try {
+                Some(t) => Box::pin(tokio::time::timeout(t, attempt))
+                    .await
+                    .unwrap_or_else(|_| Err(TryError::Timeout("per-try timeout".into()))),
+                None => attempt.await,
+            };
+            match outcome {
+                Ok(resp) => return (resp, cluster),
+                Err(e @ TryError::Connect(_)) if body.is_some() => {
+                    tracing::debug!(cluster, error = %e, "try failed to connect");
+                    let answer = e.answer(cluster);
+                    if !crate::retry::again_after_connect_failure(retry, n + 1 >= plan.len()) {
+                        return (answer, cluster);
+                    }
+                    last = Some(answer);
+                }
+                Err(e) => return (e.answer(cluster), cluster),
+            }
+        }
+        let last = last.unwrap_or_else(|| reply(StatusCode::BAD_GATEWAY, "no try was made"));
+        (last, last_cluster)
     }
 
     pub(crate) async fn try_plan<'p>(

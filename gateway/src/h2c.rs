@@ -73,15 +73,10 @@ impl H2cPool {
         Ok(sender)
     }
 
-    /// Sends `request` (its URI absolute: scheme and authority become the
-    /// pseudo-headers) to `target` on the endpoint's connection, made when
-    /// there is none. A connection that cannot take a stream any more is
-    /// replaced before anything is sent on it.
-    pub async fn send(
-        &self,
-        target: SocketAddr,
-        request: Request<Body>,
-    ) -> Result<Response<Body>, PoolError> {
+    /// The endpoint's connection, ready for a stream: the live one, or a
+    /// new one when there is none or it cannot take a stream any more.
+    /// Failing here sent nothing.
+    pub(crate) async fn ready(&self, target: SocketAddr) -> Result<SendRequest<Body>, PoolError> {
         let mut sender = match self.live(target) {
             Some(sender) => sender,
             None => self.connect(target).await?,
@@ -93,7 +88,28 @@ impl H2cPool {
                 .await
                 .map_err(|e| PoolError::Connect(e.to_string()))?;
         }
-        let response = sender.send_request(request).await?;
-        Ok(response.map(|body| body.map_err(Into::into).boxed()))
+        Ok(sender)
     }
+
+    /// Sends `request` (its URI absolute: scheme and authority become the
+    /// pseudo-headers) to `target` on the endpoint's connection, made when
+    /// there is none. A connection that cannot take a stream any more is
+    /// replaced before anything is sent on it.
+    pub async fn send(
+        &self,
+        target: SocketAddr,
+        request: Request<Body>,
+    ) -> Result<Response<Body>, PoolError> {
+        let sender = self.ready(target).await?;
+        send_on(sender, request).await
+    }
+}
+
+/// Sends `request` on a ready connection; the response streams back.
+pub(crate) async fn send_on(
+    mut sender: SendRequest<Body>,
+    request: Request<Body>,
+) -> Result<Response<Body>, PoolError> {
+    let response = sender.send_request(request).await?;
+    Ok(response.map(|body| body.map_err(Into::into).boxed()))
 }

@@ -14,7 +14,6 @@ use http_body_util::BodyExt;
 use hyper::body::Body as HttpBody;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::budget::{BodyError, BufferBudget, Buffered, Collector};
 use crate::peer::{CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW, strip_hop_by_hop};
 use crate::proxy::Body;
 
@@ -152,21 +151,4 @@ pub async fn send_data(
         stream.send_data(chunk, last && data.is_empty())?;
     }
     Ok(())
-}
-
-/// Reads a request body whole (up to `limit` bytes), giving the window back
-/// as it goes and holding each chunk's size in `budget` as it arrives: the
-/// returned body keeps it until dropped; a refusal gives it back at once.
-pub async fn read_body<'b>(
-    mut recv: h2::RecvStream,
-    limit: usize,
-    budget: &'b BufferBudget,
-) -> Result<Buffered<'b>, BodyError> {
-    let mut collector = Collector::new(limit, budget);
-    while let Some(data) = recv.data().await {
-        let data = data.map_err(|e| BodyError::Broken(e.into()))?;
-        let _ = recv.flow_control().release_capacity(data.len());
-        collector.push(data)?;
-    }
-    Ok(collector.finish())
 }

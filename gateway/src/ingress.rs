@@ -13,10 +13,7 @@ use http::{Request, Response, StatusCode, Uri};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::access::subset_named;
-use crate::proxy::{
-    Body, CONNECT_TIMEOUT, Gateway, MAX_BODY, TryError, accepted_counter, host_in, refuse_body,
-    reply,
-};
+use crate::proxy::{Body, CONNECT_TIMEOUT, Gateway, accepted_counter, host_in, reply};
 use crate::tcp::pipe;
 use crate::tls::peer_cluster;
 
@@ -210,25 +207,27 @@ impl Gateway {
                 return refusal;
             }
             let subset = subset_named(req.headers()).map(str::to_owned);
-            let (parts, body) = req.into_parts();
-            // Buffered, so a connect failure can move on to another
-            // endpoint; holds its share of the buffer budget until then.
-            let buffered = match crate::h2server::read_body(body, MAX_BODY, &self.buffers).await {
-                Ok(buffered) => buffered,
-                Err(e) => {
-                    tracing::debug!(peer, error = %e, "request body refused");
-                    return refuse_body(&e);
-                }
+            if req.body().is_end_stream() {
+                // No body: the pooled fast path, which may send the head again.
+                let (parts, _) = req.into_parts();
+                return match self
+                    .send_local(&route, parts, Bytes::new(), subset.as_deref())
+                    .await
+                {
+                    Ok(resp) => resp,
+                    Err(e) => e.answer(&self.cluster),
+                };
+            }
+            // The body streams to the endpoint once, with flow control end
+            // to end; a connect failure still moves on to another endpoint.
+            let (parts, body) = crate::peer::request_body(req).into_parts();
+            let sent = match self.open_local(&route, subset.as_deref()).await {
+                Ok(link) => self.send_streaming(link, parts, body).await,
+                Err(e) => Err(e),
             };
-            let sent = self
-                .send_local(&route, parts, buffered.bytes().clone(), subset.as_deref())
-                .await;
-            drop(buffered);
             match sent {
                 Ok(resp) => resp,
-                Err(TryError::Connect(e) | TryError::Reset(e) | TryError::Timeout(e)) => {
-                    reply(StatusCode::BAD_GATEWAY, &format!("{}: {e}", self.cluster))
-                }
+                Err(e) => e.answer(&self.cluster),
             }
         }
     }

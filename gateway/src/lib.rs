@@ -13,7 +13,8 @@
 //!   or [`h2c`] (gRPC); [`remote`] sends to peer gateways over [`peer`]
 //!   connections; [`access`] names callers and applies access policy.
 //! - state and plumbing: [`proxy`] holds a gateway's shared state (config,
-//!   certificate, pools, counters); [`budget`] bounds the request-body bytes
+//!   certificate, pools, counters); [`body`] decides whether a request body
+//!   is kept for a retry or streams once; [`budget`] bounds the request-body bytes
 //!   buffered by the whole process; [`h2server`] writes HTTP/2 responses;
 //!   `grpc` turns the gateway's own errors into gRPC statuses;
 //!   [`metrics`] caches per-route metric handles; [`tls`] makes the mTLS
@@ -24,6 +25,7 @@
 //!   both for static stability.
 
 pub mod access;
+pub mod body;
 pub mod budget;
 pub mod config;
 pub mod egress;

@@ -102,24 +102,11 @@ impl Gateway {
             let endpoints = route
                 .serving_endpoints(&self.cluster, subset)
                 .ok_or_else(|| TryError::Connect("no local endpoints".into()))?;
-            // Between gateways only: the endpoint never sees it.
-            parts.headers.remove(SUBSET_HEADER);
-            let port = route
-                .config
-                .http_port
-                .get(&self.cluster)
-                .copied()
-                .ok_or_else(|| TryError::Connect("no HTTP port".into()))?;
+            let port = self.local_http_port(route)?;
             let h2c = route.config.h2c.contains(&self.cluster);
+            for_endpoint(&mut parts);
             // Origin form (RFC 9112 §3.2.1): endpoints are origin servers, not proxies.
             let target_uri = origin_form(&parts.uri);
-            // From a peer (HTTP/2) the host is the URI's authority: keep it as Host.
-            if !parts.headers.contains_key(header::HOST)
-                && let Some(authority) = parts.uri.authority()
-                && let Ok(value) = HeaderValue::from_str(authority.as_str())
-            {
-                parts.headers.insert(header::HOST, value);
-            }
             if h2c {
                 return self
                     .send_local_h2c(route, parts, body, endpoints, port)
@@ -218,16 +205,8 @@ impl Gateway {
             let target = self.outliers.pick(endpoints, port, &tried[..attempt]);
             tried[attempt] = target;
             self.counters.local_tries.fetch_add(1, Ordering::Relaxed);
-            let mut uri = http::uri::Parts::default();
-            uri.scheme = Some(http::uri::Scheme::HTTP);
-            uri.authority = Some(authority.clone().unwrap_or_else(|| {
-                http::uri::Authority::try_from(target.to_string().as_str())
-                    .unwrap_or_else(|_| http::uri::Authority::from_static("localhost"))
-            }));
-            uri.path_and_query = parts.uri.path_and_query().cloned();
             let mut request = rebuild(&parts, body.clone());
-            *request.uri_mut() =
-                Uri::from_parts(uri).map_err(|e| TryError::Reset(e.to_string()))?;
+            *request.uri_mut() = h2c_uri(&parts.uri, authority.as_ref(), target)?;
             *request.version_mut() = http::Version::HTTP_2;
             let sent = self.shard().h2c.send(target, request).await;
             match self.settle_local(route, target, endpoints, sent) {
@@ -237,6 +216,100 @@ impl Gateway {
             }
         }
         Err(last.unwrap_or_else(|| TryError::Connect("no endpoint tried".into())))
+    }
+
+    /// The service's HTTP port on endpoints here.
+    fn local_http_port(&self, route: &Route) -> Result<u16, TryError> {
+        route
+            .config
+            .http_port
+            .get(&self.cluster)
+            .copied()
+            .ok_or_else(|| TryError::Connect("no HTTP port".into()))
+    }
+
+    /// A connection to a local endpoint serving `subset`, made before a
+    /// body that streams once is given to it: connect failures move on to
+    /// another endpoint (up to [`LOCAL_CONNECT_TRIES`], recorded for outlier
+    /// detection) while nothing has been sent.
+    pub(crate) async fn open_local<'r>(
+        &self,
+        route: &'r Route,
+        subset: Option<&str>,
+    ) -> Result<LocalLink<'r>, TryError> {
+        let endpoints = route
+            .serving_endpoints(&self.cluster, subset)
+            .ok_or_else(|| TryError::Connect("no local endpoints".into()))?;
+        let port = self.local_http_port(route)?;
+        let h2c = route.config.h2c.contains(&self.cluster);
+        let mut tried = [SocketAddr::from(([0, 0, 0, 0], 0)); LOCAL_CONNECT_TRIES];
+        let mut last = TryError::Connect("no endpoint tried".into());
+        for attempt in 0..LOCAL_CONNECT_TRIES.min(endpoints.len()) {
+            let target = self.outliers.pick(endpoints, port, &tried[..attempt]);
+            tried[attempt] = target;
+            self.counters.local_tries.fetch_add(1, Ordering::Relaxed);
+            let opened = if h2c {
+                self.shard().h2c.ready(target).await.map(Channel::H2c)
+            } else {
+                self.shard()
+                    .local
+                    .checkout(target)
+                    .await
+                    .map(Channel::Http1)
+            };
+            match opened {
+                Ok(channel) => {
+                    return Ok(LocalLink {
+                        route,
+                        endpoints,
+                        target,
+                        channel,
+                    });
+                }
+                Err(e) => {
+                    if let Err(e) = self.settle_local(route, target, endpoints, Err(e)) {
+                        last = e;
+                    }
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// Sends a request whose `body` streams, on `link`. Whatever happens
+    /// now is final: the body cannot be sent again.
+    pub(crate) async fn send_streaming(
+        &self,
+        link: LocalLink<'_>,
+        mut parts: http::request::Parts,
+        body: Body,
+    ) -> Result<Response<Body>, TryError> {
+        let LocalLink {
+            route,
+            endpoints,
+            target,
+            channel,
+        } = link;
+        for_endpoint(&mut parts);
+        let sent = match channel {
+            Channel::Http1(checkout) => {
+                parts.uri = origin_form(&parts.uri);
+                parts.version = http::Version::HTTP_11;
+                let request = Request::from_parts(parts, body);
+                self.shard().local.send_on(target, checkout, request).await
+            }
+            Channel::H2c(sender) => {
+                let authority = parts
+                    .headers
+                    .remove(header::HOST)
+                    .and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok());
+                parts.uri = h2c_uri(&parts.uri, authority.as_ref(), target)?;
+                parts.version = http::Version::HTTP_2;
+                crate::h2c::send_on(sender, Request::from_parts(parts, body)).await
+            }
+        };
+        self.settle_local(route, target, endpoints, sent)
+            .map_err(TryError::after_sending)
     }
 }
 
@@ -286,4 +359,49 @@ pub(crate) fn rebuild(parts: &http::request::Parts, body: Bytes) -> Request<Body
         request.headers_mut().insert(header::HOST, value);
     }
     request
+}
+
+/// A connection to one local endpoint, open before a streamed body goes
+/// out on it.
+pub(crate) struct LocalLink<'r> {
+    route: &'r Route,
+    endpoints: &'r [std::net::IpAddr],
+    target: SocketAddr,
+    channel: Channel,
+}
+
+/// The kind of connection a [`LocalLink`] holds.
+enum Channel {
+    Http1(crate::pool::Checkout),
+    H2c(hyper::client::conn::http2::SendRequest<Body>),
+}
+
+/// Makes a request's head fit for an endpoint: the subset header is only
+/// between gateways, and from a peer (HTTP/2) the host is the URI's
+/// authority, kept as `Host`.
+fn for_endpoint(parts: &mut http::request::Parts) {
+    parts.headers.remove(SUBSET_HEADER);
+    if !parts.headers.contains_key(header::HOST)
+        && let Some(authority) = parts.uri.authority()
+        && let Ok(value) = HeaderValue::from_str(authority.as_str())
+    {
+        parts.headers.insert(header::HOST, value);
+    }
+}
+
+/// The absolute URI of an h2c request to `target`: its `:authority` is the
+/// request's host (else the endpoint's address).
+fn h2c_uri(
+    uri: &Uri,
+    authority: Option<&http::uri::Authority>,
+    target: SocketAddr,
+) -> Result<Uri, TryError> {
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(http::uri::Scheme::HTTP);
+    parts.authority = Some(authority.cloned().unwrap_or_else(|| {
+        http::uri::Authority::try_from(target.to_string().as_str())
+            .unwrap_or_else(|_| http::uri::Authority::from_static("localhost"))
+    }));
+    parts.path_and_query = uri.path_and_query().cloned();
+    Uri::from_parts(parts).map_err(|e| TryError::Reset(e.to_string()))
 }

@@ -127,13 +127,15 @@ impl PeerConnection {
             let response = response
                 .await
                 .map_err(|e| PeerError::Failed(e.to_string()))?;
-            let length = response
-                .headers()
-                .get(header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok());
-            Ok(response.map(|recv| StreamBody::new(recv, length).boxed()))
+            Ok(streamed(response))
         }
+    }
+
+    /// Opens a stream for a request whose body streams: `head` goes out
+    /// now, the body with [`Opened::send`]. Failing here sent nothing.
+    pub(crate) fn open_streaming(self, head: Request<()>) -> Result<Opened, PeerError> {
+        let (response, send) = self.open(head, false)?;
+        Ok(Opened { response, send })
     }
 
     /// Opens a CONNECT tunnel to `authority` (`host:port`) with `headers`
@@ -158,6 +160,90 @@ impl PeerConnection {
         }
         Ok(Tunnel::new(send, response.into_body()))
     }
+}
+
+/// A stream opened at a peer for a request whose body streams.
+pub(crate) struct Opened {
+    response: h2::client::ResponseFuture,
+    send: h2::SendStream<Bytes>,
+}
+
+impl Opened {
+    /// Streams `body` on the stream (on a task of its own, within the
+    /// peer's flow-control window, trailers included: the response may
+    /// come back while the body still goes out) and waits for the
+    /// response head; the response streams back.
+    pub(crate) async fn send(self, body: Body) -> Result<Response<Body>, PeerError> {
+        tokio::spawn(pump(self.send, body));
+        let response = self
+            .response
+            .await
+            .map_err(|e| PeerError::Failed(e.to_string()))?;
+        Ok(streamed(response))
+    }
+}
+
+/// Copies `body` onto `send` until it ends, breaks (the stream is reset)
+/// or the peer resets the stream.
+async fn pump(mut send: h2::SendStream<Bytes>, mut body: Body) {
+    use http_body_util::BodyExt;
+    loop {
+        let frame = tokio::select! {
+            frame = body.frame() => frame,
+            _ = std::future::poll_fn(|cx| send.poll_reset(cx)) => return,
+        };
+        let frame = match frame {
+            None => {
+                let _ = send.send_data(Bytes::new(), true);
+                return;
+            }
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "request body broke off; resetting the stream");
+                send.send_reset(h2::Reason::CANCEL);
+                return;
+            }
+            Some(Ok(frame)) => frame,
+        };
+        match frame.into_data() {
+            Ok(data) => {
+                let last = body.is_end_stream();
+                if crate::h2server::send_data(&mut send, data, last)
+                    .await
+                    .is_err()
+                    || last
+                {
+                    return;
+                }
+            }
+            Err(frame) => {
+                if let Ok(trailers) = frame.into_trailers() {
+                    let _ = send.send_trailers(trailers);
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// An HTTP/2 response with its stream as the body.
+fn streamed(response: Response<h2::RecvStream>) -> Response<Body> {
+    let length = content_length(response.headers());
+    response.map(|recv| StreamBody::new(recv, length).boxed())
+}
+
+/// A request's declared body length (`Content-Length`), if any.
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
+/// A request from a peer with its stream as the body (flow-control window
+/// given back as the body is taken), its length the declared one.
+pub(crate) fn request_body(request: Request<h2::RecvStream>) -> Request<Body> {
+    let length = content_length(request.headers());
+    request.map(|recv| StreamBody::new(recv, length).boxed())
 }
 
 /// The pooled connection of each peer.

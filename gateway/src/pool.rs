@@ -104,6 +104,9 @@ enum Exchange {
     Failed(hyper::Error),
 }
 
+/// A connection taken from the pool (or made) for one request.
+pub(crate) struct Checkout(Box<LocalConnection>);
+
 /// Idle connections by endpoint; boxed, so a request moves a pointer, not
 /// the connection's state.
 type Idle = Arc<Mutex<crate::FastMap<SocketAddr, Vec<Box<LocalConnection>>>>>;
@@ -183,6 +186,32 @@ impl LocalPool {
                     _ => Err(PoolError::Request(e)),
                 },
             }
+        }
+    }
+
+    /// A connection to `target` for one request whose body streams: an
+    /// idle pooled one, else a new one. Failing here sent nothing.
+    pub(crate) async fn checkout(&self, target: SocketAddr) -> Result<Checkout, PoolError> {
+        match self.pop(target) {
+            Some(connection) => Ok(Checkout(connection)),
+            None => self.connect(target).await.map(Checkout),
+        }
+    }
+
+    /// Sends `request` on `checkout` (a connection to `target`). When that
+    /// was a pooled connection the endpoint closed meanwhile, nothing was
+    /// written and the request goes out once on a new connection.
+    pub(crate) async fn send_on(
+        &self,
+        target: SocketAddr,
+        checkout: Checkout,
+        request: Request<Body>,
+    ) -> Result<Response<Body>, PoolError> {
+        let mut connection = checkout.0;
+        match connection.exchange(request).await {
+            Ok(response) => Ok(self.wrap(target, connection, response)),
+            Err(Exchange::Unsent(unsent, _)) => Box::pin(self.send_new(target, *unsent)).await,
+            Err(Exchange::Failed(e)) => Err(PoolError::Request(e)),
         }
     }
 

@@ -16,16 +16,11 @@ use http::{HeaderName, HeaderValue, Response, StatusCode, Uri, header};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 
-use crate::budget::{BodyError, BudgetError, BufferBudget};
+use crate::budget::{BodyError, BufferBudget};
 use crate::config::GatewayConfig;
 use crate::route::RouteTable;
 use crate::tls::TlsIdentity;
 
-/// Largest request body a gateway buffers (32 MiB), whole, so that a failed
-/// try can be sent again; a larger one is refused with `413`. What all
-/// requests buffer together is bounded by the gateway's [`BufferBudget`]
-/// (`--buffer-budget`), which may be smaller: then that is the cap.
-pub const MAX_BODY: usize = 32 * 1024 * 1024;
 /// Connecting to a peer gateway or an endpoint gives up after this.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a client connection may go without a request before it is closed.
@@ -65,22 +60,10 @@ pub(crate) fn reply(status: StatusCode, message: &str) -> Response<Body> {
     resp
 }
 
-/// The answer to a request whose body was not buffered: `503` with
-/// `retry-after: 1` when the buffer budget is spent (it may fit later),
-/// `413` when it is too large to ever fit, `400` when it broke off.
+/// The answer to a request whose body could not be kept for a retry
+/// because it broke off while it was read (`400`).
 pub(crate) fn refuse_body(error: &BodyError) -> Response<Body> {
-    match error {
-        BodyError::Budget(BudgetError::Exhausted { .. }) => {
-            let mut resp = reply(StatusCode::SERVICE_UNAVAILABLE, &error.to_string());
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            resp
-        }
-        BodyError::TooLarge(_) | BodyError::Budget(BudgetError::LargerThanBudget { .. }) => {
-            reply(StatusCode::PAYLOAD_TOO_LARGE, &error.to_string())
-        }
-        BodyError::Broken(_) => reply(StatusCode::BAD_REQUEST, &error.to_string()),
-    }
+    reply(StatusCode::BAD_REQUEST, &error.to_string())
 }
 
 /// Counters, exported on `/metrics`.
@@ -192,6 +175,26 @@ pub(crate) enum TryError {
     /// The per-try timeout passed.
     #[error("{0}")]
     Timeout(String),
+}
+
+impl TryError {
+    /// The same failure, once a streamed body has gone out: never a
+    /// connect failure any more (nothing can be tried elsewhere).
+    pub(crate) fn after_sending(self) -> Self {
+        match self {
+            TryError::Connect(e) => TryError::Reset(e),
+            other => other,
+        }
+    }
+
+    /// The gateway's answer when this failure ends the request at `cluster`.
+    pub(crate) fn answer(&self, cluster: &str) -> Response<Body> {
+        let status = match self {
+            TryError::Connect(_) | TryError::Reset(_) => StatusCode::BAD_GATEWAY,
+            TryError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        };
+        reply(status, &format!("{cluster}: {self}"))
+    }
 }
 
 impl Gateway {

@@ -56,6 +56,39 @@ impl Gateway {
         }
     }
 
+    /// Opens a stream at `peer` for a request whose body streams, on the
+    /// pooled connection, or on a new one when it is missing or turns out
+    /// to be gone. Failing here sent nothing.
+    pub(crate) async fn open_peer(
+        &self,
+        peer: &str,
+        parts: &http::request::Parts,
+        subset: Option<&str>,
+    ) -> Result<crate::peer::Opened, TryError> {
+        self.counters.peer_tries.fetch_add(1, Ordering::Relaxed);
+        let not_sent = |e: crate::peer::PeerError| TryError::Connect(format!("{peer}: {e}"));
+        let pooled = self.shard().peers.get(peer);
+        let reused = pooled.is_some();
+        let connection = match pooled {
+            Some(connection) => connection,
+            None => Box::pin(self.connect_peer(peer)).await?,
+        };
+        match connection.open_streaming(peer_head(parts, subset)?) {
+            Ok(opened) => Ok(opened),
+            Err(e) => {
+                self.shard().peers.remove(peer);
+                if !reused {
+                    return Err(not_sent(e));
+                }
+                // The pooled connection had gone away: once more on a new one.
+                let connection = Box::pin(self.connect_peer(peer)).await?;
+                connection
+                    .open_streaming(peer_head(parts, subset)?)
+                    .map_err(not_sent)
+            }
+        }
+    }
+
     /// The pooled connection to `peer`, made when missing or closed.
     pub(crate) async fn peer_connection(
         &self,

@@ -56,6 +56,20 @@ pub fn again(policy: Option<&RetryPolicy>, method: &Method, failure: Failure) ->
     }
 }
 
+/// Whether a `method` request may be sent again after a try that reached
+/// the upstream, under `policy`: only then is its body kept for the retry
+/// (see [`crate::body`]); otherwise it streams once.
+pub fn may_resend(policy: Option<&RetryPolicy>, method: &Method) -> bool {
+    policy.is_some_and(|p| {
+        p.attempts > 1
+            && (p.non_idempotent || idempotent(method))
+            && (p.on_5xx
+                || p.on_gateway_error
+                || p.on_reset
+                || !p.retriable_status_codes.is_empty())
+    })
+}
+
 /// Whether a try that could not connect is followed by another:
 /// always while the plan has a cluster not tried yet (`plan_exhausted`
 /// false), after that only when the policy names `connect-failure`.
@@ -136,5 +150,32 @@ mod tests {
             p.non_idempotent = true;
         });
         assert!(again(Some(&any), &Method::POST, Failure::Status(503)));
+    }
+
+    #[test]
+    fn a_body_is_kept_for_a_resend_only_when_the_policy_could_resend_that_method() {
+        let get = Method::GET;
+        let post = Method::POST;
+        assert!(!may_resend(None, &get), "no policy: nothing is resent");
+        let on_5xx = policy(|p| p.on_5xx = true);
+        assert!(may_resend(Some(&on_5xx), &get));
+        assert!(!may_resend(Some(&on_5xx), &post), "POST is not resent");
+        let post_too = policy(|p| {
+            p.on_5xx = true;
+            p.non_idempotent = true;
+        });
+        assert!(may_resend(Some(&post_too), &post));
+        let connect_only = policy(|p| p.on_connect_failure = true);
+        assert!(
+            !may_resend(Some(&connect_only), &get),
+            "a connect failure sent nothing: no body is needed again"
+        );
+        let one_attempt = policy(|p| {
+            p.on_5xx = true;
+            p.attempts = 1;
+        });
+        assert!(!may_resend(Some(&one_attempt), &get));
+        let codes = policy(|p| p.retriable_status_codes = vec![409]);
+        assert!(may_resend(Some(&codes), &get));
     }
 }

@@ -68,11 +68,12 @@ struct Args {
     /// (`SO_REUSEPORT`) and connection pools (default: one per core).
     #[arg(long, env = "GNS_WORKER_THREADS")]
     worker_threads: Option<usize>,
-    /// Request-body bytes all requests together may hold buffered (bodies
-    /// are read whole, up to 32 MiB each, so a failed try can be sent
-    /// again), shared by every worker: `64MiB`, `512KiB`, `1GiB` or plain
-    /// bytes. A body arriving when it is spent gets `503` with
-    /// `retry-after: 1`; one larger than the whole budget gets `413`.
+    /// Request-body bytes all requests together may keep for retries (a
+    /// body is kept only when the route may retry the request after
+    /// sending it, its length is declared and at most 32 MiB; every other
+    /// body streams), shared by every worker: `64MiB`, `512KiB`, `1GiB` or
+    /// plain bytes. A body arriving when it is spent streams instead, and
+    /// its request is not retried.
     #[arg(long, env = "GNS_BUFFER_BUDGET", default_value = "64MiB", value_parser = gns_gateway::budget::parse_size)]
     buffer_budget: usize,
     /// This instance's name in the cluster's status (the pod's name; the

@@ -9,7 +9,9 @@
 //! What it checks: a request to east's egress reaches west's upstream
 //! through west's ingress over mutual TLS; the 99/1 split and the User-Agent
 //! rule hold; bodies of 1 MiB and 16 MiB cross clusters both ways, chunked
-//! and with a length, and are replayed whole on a retry; certificates renew
+//! and with a length, and those with a length are replayed whole on a retry
+//! (chunked ones stream once); 1 GiB goes up and 1 GiB comes down with both
+//! gateways' memory flat; certificates renew
 //! under load without a failed request; when west's endpoints go away the
 //! request fails over to east; a 503 is retried within the retry budget and
 //! passed on beyond it, an overall timeout answers 504 before a slow upstream
@@ -44,6 +46,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+mod bulk_steps;
 mod clients;
 mod grpc_steps;
 mod match_steps;
@@ -54,6 +57,7 @@ mod upstreams;
 mod vm_steps;
 mod world;
 
+use bulk_steps::*;
 use clients::*;
 use grpc_steps::*;
 use match_steps::*;
@@ -160,8 +164,14 @@ async fn scenario(backend: StoreBackend) {
         .await;
     steps
         .run(
-            "large bodies cross clusters both ways and are replayed on retry",
-            large_bodies_cross_clusters_both_ways_and_are_replayed_on_retry(&w),
+            "large bodies cross clusters both ways; declared ones are replayed on retry",
+            large_bodies_cross_clusters_both_ways_and_only_declared_ones_are_replayed(&w),
+        )
+        .await;
+    steps
+        .run(
+            "a GiB crosses clusters each way in flat gateway memory",
+            a_gibibyte_crosses_clusters_each_way_in_flat_gateway_memory(&w),
         )
         .await;
     steps

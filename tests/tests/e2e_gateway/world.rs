@@ -276,6 +276,9 @@ pub(crate) async fn setup(backend: StoreBackend) -> World {
     // A live feed of server-sent events in west only.
     let sse_port = sse().await;
     one_endpoint_service(&west, "events", "http", "127.0.0.1", sse_port);
+    // Bulk transfers (a sink and a source) in west only.
+    let bulk_port = bulk().await;
+    one_endpoint_service(&west, "bulk", "http", "127.0.0.1", bulk_port);
     // A gRPC service (tonic's health service) in west only, on a port named grpc.
     let (grpc, grpc_port) = grpc_upstream().await;
     one_endpoint_service(&west, "health", "grpc", "127.0.0.1", grpc_port);
