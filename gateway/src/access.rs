@@ -6,9 +6,10 @@
 
 use std::sync::atomic::Ordering;
 
-use http::{HeaderName, HeaderValue, Response, StatusCode};
+use http::{HeaderName, HeaderValue};
 
-use crate::proxy::{Body, Gateway, reply};
+use crate::proxy::Gateway;
+use crate::refusal::Refusal;
 use crate::route::{Route, RouteTable};
 
 /// The header a gateway names the caller in when it forwards a request:
@@ -31,33 +32,36 @@ impl Gateway {
         route: &Route,
         client: std::net::IpAddr,
         host: &str,
-    ) -> Result<Option<&'t crate::route::Caller>, String> {
+    ) -> Result<Option<&'t crate::route::Caller>, Refusal> {
         let caller = routes.caller_at(client, &route.config.gns);
         let services = caller.map_or(&[][..], |c| c.services.as_slice());
         if route.admits(services) {
             return Ok(caller);
         }
         self.counters.access_denied.fetch_add(1, Ordering::Relaxed);
-        Err(denied_caller(services, host))
+        Err(Refusal::CallerDenied(denied_caller(services, host)))
     }
 
-    /// The answer refusing a peer's request for `route`'s service (`host`),
-    /// if the access policy refuses it (counted): the peer's cluster must run
-    /// a permitted caller, and the caller it names must be permitted.
+    /// Why a peer's request for `route`'s service (`host`) is refused, if
+    /// the access policy refuses it (counted): the peer's cluster must run a
+    /// permitted caller, and the caller it names must be permitted.
     pub(crate) fn peer_refusal(
         &self,
         route: &Route,
         peer: &str,
         headers: &http::HeaderMap,
         host: &str,
-    ) -> Option<Response<Body>> {
+    ) -> Option<Refusal> {
         let cluster_allowed = route
             .config
             .allowed_clusters
             .as_ref()
             .is_none_or(|allowed| allowed.iter().any(|c| c == peer));
         let refusal = if !cluster_allowed {
-            format!("cluster {peer} may not call {host}")
+            Refusal::ClusterDenied {
+                peer: peer.to_owned(),
+                host: host.to_owned(),
+            }
         } else {
             let callers = callers_named(headers);
             let admitted = if callers == ["external"] {
@@ -68,10 +72,10 @@ impl Gateway {
             if admitted {
                 return None;
             }
-            denied_caller(&callers, host)
+            Refusal::CallerDenied(denied_caller(&callers, host))
         };
         self.counters.access_denied.fetch_add(1, Ordering::Relaxed);
-        Some(reply(StatusCode::FORBIDDEN, &refusal))
+        Some(refusal)
     }
 }
 

@@ -12,7 +12,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, StatusCode};
+use http::{HeaderValue, Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -23,10 +23,8 @@ use crate::access::name_caller;
 use crate::body::RequestBody;
 use crate::local::clone_parts;
 use crate::metrics::Entry;
-use crate::proxy::{
-    ANSWERED_HEADER, Body, DEFAULT_TIMEOUT, Gateway, TryError, accepted_counter, full, host_in,
-    refuse_body, reply,
-};
+use crate::proxy::{Body, DEFAULT_TIMEOUT, Gateway, accepted_counter, full, host_in};
+use crate::refusal::{ANSWERED_HEADER, Refusal, TryError};
 use crate::route::Route;
 
 impl Gateway {
@@ -136,18 +134,12 @@ impl Gateway {
             let routes = self.routes.load_full();
             let Some(route) = routes.route(host_in(req.headers(), req.uri())) else {
                 let host = host_in(req.headers(), req.uri());
-                return reply(
-                    StatusCode::NOT_FOUND,
-                    &format!("no global service {host:?}"),
-                );
+                return Refusal::UnknownService(host.to_owned()).answer();
             };
             if entry == Entry::Public && !route.config.external {
                 self.counters.access_denied.fetch_add(1, Ordering::Relaxed);
                 let host = host_in(req.headers(), req.uri());
-                return reply(
-                    StatusCode::FORBIDDEN,
-                    &format!("{host} is not reachable from outside the clusters (access policy)"),
-                );
+                return Refusal::NotExternal(host.to_owned()).answer();
             }
             // Who calls: the services the client is an endpoint of (access
             // policy by name), or `external` from the public entry.
@@ -159,7 +151,7 @@ impl Gateway {
                             caller.and_then(|c| c.header.clone()),
                             caller.map_or(&[][..], |c| c.services.as_slice()),
                         ),
-                        Err(refusal) => return reply(StatusCode::FORBIDDEN, &refusal),
+                        Err(refusal) => return refusal.answer(),
                     }
                 }
                 Entry::Public => (Some(HeaderValue::from_static("external")), &[][..]),
@@ -176,7 +168,7 @@ impl Gateway {
                 Ok(body) => body,
                 Err(e) => {
                     tracing::debug!(error = %e, "request body broke off");
-                    return refuse_body(&e);
+                    return Refusal::from(e).answer();
                 }
             };
             let sent_bytes = crate::body::SentBytes::default();
@@ -189,10 +181,7 @@ impl Gateway {
             let plan = routes.plan(&route, &request, fastrand::u64(..));
             if plan.is_empty() {
                 let host = host_in(&parts.headers, &parts.uri);
-                return reply(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &format!("{host}: no cluster has ready endpoints"),
-                );
+                return Refusal::NoEndpoints(host.to_owned()).answer();
             }
             let timeout = route.config.timeout().unwrap_or(DEFAULT_TIMEOUT);
             let started = std::time::Instant::now();
@@ -217,7 +206,7 @@ impl Gateway {
                 {
                     Ok(done) => done,
                     Err(_) => (
-                        reply(StatusCode::GATEWAY_TIMEOUT, "timed out"),
+                        Refusal::Timeout.answer(),
                         plan.first().map_or("", |t| t.cluster),
                     ),
                 };
@@ -283,17 +272,16 @@ impl Gateway {
                 Ok(resp) => return (resp, cluster),
                 Err(e @ TryError::Connect(_)) if body.is_some() => {
                     tracing::debug!(cluster, error = %e, "try failed to connect");
-                    let answer = e.answer(cluster);
                     if !crate::retry::again_after_connect_failure(retry, n + 1 >= plan.len()) {
-                        return (answer, cluster);
+                        return (e.answer(cluster), cluster);
                     }
-                    last = Some(answer);
+                    last = Some(e);
                 }
                 Err(e) => return (e.answer(cluster), cluster),
             }
         }
-        let last = last.unwrap_or_else(|| reply(StatusCode::BAD_GATEWAY, "no try was made"));
-        (last, last_cluster)
+        let last = last.unwrap_or_else(|| TryError::Connect("no try was made".into()));
+        (last.answer(last_cluster), last_cluster)
     }
 
     pub(crate) async fn try_plan<'p>(
@@ -342,35 +330,31 @@ impl Gateway {
                     if n + 1 < budget
                         && again(retry, method, Failure::Status(resp.status().as_u16())) =>
                 {
-                    last = Some(resp);
+                    last = Some(Ok(resp));
                 }
                 Ok(resp) => return (resp, cluster),
-                // Nothing was sent: move on, whatever the method.
-                Err(TryError::Connect(e)) => {
-                    tracing::debug!(cluster, error = %e, "try failed to connect");
-                    let answer = reply(StatusCode::BAD_GATEWAY, &format!("{cluster}: {e}"));
-                    if !crate::retry::again_after_connect_failure(retry, n + 1 >= plan.len()) {
-                        return (answer, cluster);
+                Err(e) => {
+                    let again = match &e {
+                        // Nothing was sent: move on, whatever the method.
+                        TryError::Connect(why) => {
+                            tracing::debug!(cluster, error = %why, "try failed to connect");
+                            crate::retry::again_after_connect_failure(retry, n + 1 >= plan.len())
+                        }
+                        TryError::Reset(_) => again(retry, method, Failure::Reset),
+                        TryError::Timeout(_) => again(retry, method, Failure::Timeout),
+                    };
+                    if !again {
+                        return (e.answer(cluster), cluster);
                     }
-                    last = Some(answer);
-                }
-                Err(TryError::Reset(e)) => {
-                    let answer = reply(StatusCode::BAD_GATEWAY, &format!("{cluster}: {e}"));
-                    if !again(retry, method, Failure::Reset) {
-                        return (answer, cluster);
-                    }
-                    last = Some(answer);
-                }
-                Err(TryError::Timeout(e)) => {
-                    let answer = reply(StatusCode::GATEWAY_TIMEOUT, &format!("{cluster}: {e}"));
-                    if !again(retry, method, Failure::Timeout) {
-                        return (answer, cluster);
-                    }
-                    last = Some(answer);
+                    last = Some(Err(e));
                 }
             }
         }
-        let last = last.unwrap_or_else(|| reply(StatusCode::BAD_GATEWAY, "no try was made"));
+        let last = match last {
+            Some(Ok(resp)) => resp,
+            Some(Err(e)) => e.answer(last_cluster),
+            None => TryError::Connect("no try was made".into()).answer(last_cluster),
+        };
         (last, last_cluster)
     }
 }

@@ -9,11 +9,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode, Uri};
+use http::{Request, Response, Uri};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::access::subset_named;
-use crate::proxy::{Body, CONNECT_TIMEOUT, Gateway, accepted_counter, host_in, reply};
+use crate::proxy::{Body, CONNECT_TIMEOUT, Gateway, accepted_counter, host_in};
+use crate::refusal::Refusal;
 use crate::tcp::pipe;
 use crate::tls::peer_cluster;
 
@@ -28,7 +29,7 @@ impl Gateway {
     ) {
         let mut upstream = match self.connect_target(req.uri(), req.headers(), peer).await {
             Ok(tcp) => tcp,
-            Err(refusal) => return crate::h2server::send_response(respond, refusal).await,
+            Err(refusal) => return crate::h2server::send_response(respond, refusal.answer()).await,
         };
         let send = match respond.send_response(Response::new(()), false) {
             Ok(send) => send,
@@ -44,24 +45,25 @@ impl Gateway {
     }
 
     /// The local endpoint a peer's CONNECT to `target` (`host:port`) goes
-    /// to, connected; or the answer that refuses it.
+    /// to, connected; or why it is refused.
     pub(crate) async fn connect_target(
         &self,
         target: &Uri,
         headers: &http::HeaderMap,
         peer: &str,
-    ) -> Result<TcpStream, Response<Body>> {
+    ) -> Result<TcpStream, Refusal> {
         let authority = target.authority().map(|a| (a.host(), a.port_u16()));
         let Some((host, Some(port))) = authority else {
-            return Err(reply(StatusCode::BAD_REQUEST, "CONNECT needs host:port"));
+            return Err(Refusal::BadConnect);
+        };
+        let failed = |error| Refusal::Try {
+            cluster: self.cluster.clone(),
+            error,
         };
         if headers.contains_key(crate::upgrade::UPGRADE_HEADER) {
             // An upgraded HTTP exchange: the service's HTTP route, not a TCP port.
             let Some(route) = self.routes.load().route(host) else {
-                return Err(reply(
-                    StatusCode::NOT_FOUND,
-                    &format!("no global service {host:?}"),
-                ));
+                return Err(Refusal::UnknownService(host.to_owned()));
             };
             if let Some(refusal) = self.peer_refusal(&route, peer, headers, host) {
                 return Err(refusal);
@@ -69,20 +71,17 @@ impl Gateway {
             return self
                 .connect_local_http(&route, subset_named(headers))
                 .await
-                .map_err(|e| reply(StatusCode::BAD_GATEWAY, &e));
+                .map_err(failed);
         }
         let Some(route) = self.routes.load().tcp_route_named(port, host) else {
-            return Err(reply(
-                StatusCode::NOT_FOUND,
-                &format!("{host}:{port} is not a TCP service here"),
-            ));
+            return Err(Refusal::NotTcpService(format!("{host}:{port}")));
         };
         if let Some(refusal) = self.peer_refusal(&route, peer, headers, host) {
             return Err(refusal);
         }
         self.connect_local_tcp(&route, port, subset_named(headers))
             .await
-            .map_err(|e| reply(StatusCode::BAD_GATEWAY, &e))
+            .map_err(failed)
     }
 
     /// Serves peer gateways (HTTP/2 over mTLS) on `listener` until aborted.
@@ -198,13 +197,10 @@ impl Gateway {
         async move {
             let host = host_in(req.headers(), req.uri());
             let Some(route) = self.routes.load().route(host) else {
-                return reply(
-                    StatusCode::NOT_FOUND,
-                    &format!("no global service {host:?}"),
-                );
+                return Refusal::UnknownService(host.to_owned()).answer();
             };
             if let Some(refusal) = self.peer_refusal(&route, peer, req.headers(), host) {
-                return refusal;
+                return refusal.answer();
             }
             let subset = subset_named(req.headers()).map(str::to_owned);
             if req.body().is_end_stream() {

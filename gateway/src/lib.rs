@@ -11,13 +11,16 @@
 //!   connections through; [`upgrade`] carries HTTP/1.1 upgrades (WebSocket).
 //! - tries: [`local`] sends to local endpoints, over [`pool`] (HTTP/1.1)
 //!   or [`h2c`] (gRPC); [`remote`] sends to peer gateways over [`peer`]
-//!   connections; [`access`] names callers and applies access policy.
+//!   connections; [`access`] names callers and applies access policy;
+//!   [`refusal`] is what the gateway answers itself (typed: the variant
+//!   picks the status and is the metric label).
 //! - state and plumbing: [`proxy`] holds a gateway's shared state (config,
 //!   certificate, pools, counters); [`body`] decides whether a request body
 //!   is kept for a retry or streams once; [`budget`] bounds the request-body bytes
 //!   buffered by the whole process; [`h2server`] writes HTTP/2 responses;
 //!   `grpc` turns the gateway's own errors into gRPC statuses;
-//!   [`metrics`] caches per-route metric handles; [`tls`] makes the mTLS
+//!   [`metrics`] caches per-route metric handles; [`exported`] puts the
+//!   gateway's own counters on `/metrics` through the same exporter; [`tls`] makes the mTLS
 //!   configurations and checks SPIFFE identities; [`sni`] reads the server
 //!   name of a TLS ClientHello; [`idle`] closes client connections left
 //!   unused; [`listen`] binds and bounds listeners; [`follow`] fetches the
@@ -29,6 +32,7 @@ pub mod body;
 pub mod budget;
 pub mod config;
 pub mod egress;
+pub mod exported;
 pub mod follow;
 pub(crate) mod grpc;
 pub mod h2c;
@@ -42,6 +46,7 @@ pub mod outlier;
 pub mod peer;
 pub mod pool;
 pub mod proxy;
+pub mod refusal;
 pub mod remote;
 pub mod report;
 pub mod retry;

@@ -11,7 +11,8 @@ use http::{HeaderValue, Request, Response, Uri, header};
 use tokio::net::TcpStream;
 
 use crate::access::SUBSET_HEADER;
-use crate::proxy::{Body, CONNECT_TIMEOUT, Gateway, LOCAL_CONNECT_TRIES, TryError, full};
+use crate::proxy::{Body, CONNECT_TIMEOUT, Gateway, LOCAL_CONNECT_TRIES, full};
+use crate::refusal::TryError;
 use crate::route::Route;
 
 impl Gateway {
@@ -21,13 +22,8 @@ impl Gateway {
         &self,
         route: &Route,
         subset: Option<&str>,
-    ) -> Result<TcpStream, String> {
-        let port = route
-            .config
-            .http_port
-            .get(&self.cluster)
-            .copied()
-            .ok_or("no HTTP port")?;
+    ) -> Result<TcpStream, TryError> {
+        let port = self.local_http_port(route)?;
         self.dial_local(route, subset, port).await
     }
 
@@ -37,7 +33,7 @@ impl Gateway {
         route: &Route,
         port: u16,
         subset: Option<&str>,
-    ) -> Result<TcpStream, String> {
+    ) -> Result<TcpStream, TryError> {
         let target_port = route
             .config
             .tcp_ports
@@ -56,10 +52,10 @@ impl Gateway {
         route: &Route,
         subset: Option<&str>,
         port: u16,
-    ) -> Result<TcpStream, String> {
+    ) -> Result<TcpStream, TryError> {
         let endpoints = route
             .serving_endpoints(&self.cluster, subset)
-            .ok_or("no local endpoints")?;
+            .ok_or_else(|| TryError::Connect("no local endpoints".into()))?;
         let mut tried = Vec::new();
         let mut last = String::from("no endpoint tried");
         for _ in 0..LOCAL_CONNECT_TRIES.min(endpoints.len()) {
@@ -82,7 +78,7 @@ impl Gateway {
                 self.counters.ejections.fetch_add(1, Ordering::Relaxed);
             }
         }
-        Err(last)
+        Err(TryError::Connect(last))
     }
 
     /// Sends to a ready local endpoint, skipping ejected ones; on a connect

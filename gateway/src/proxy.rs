@@ -12,11 +12,11 @@ use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use bytes::Bytes;
-use http::{HeaderName, HeaderValue, Response, StatusCode, Uri, header};
+use http::{Uri, header};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 
-use crate::budget::{BodyError, BufferBudget};
+use crate::budget::BufferBudget;
 use crate::config::GatewayConfig;
 use crate::route::RouteTable;
 use crate::tls::TlsIdentity;
@@ -41,29 +41,6 @@ pub type Body = BoxBody<Bytes, BoxError>;
 
 pub(crate) fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into()).map_err(|e| match e {}).boxed()
-}
-
-/// Marks an answer the gateway made itself (not an endpoint's).
-pub(crate) const ANSWERED_HEADER: HeaderName = HeaderName::from_static("x-gns-gateway");
-
-pub(crate) fn reply(status: StatusCode, message: &str) -> Response<Body> {
-    let mut resp = Response::new(full(format!("{message}\n")));
-    *resp.status_mut() = status;
-    resp.extensions_mut()
-        .insert(crate::grpc::GatewayMessage(message.to_owned()));
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    resp.headers_mut()
-        .insert(ANSWERED_HEADER, HeaderValue::from_static("1"));
-    resp
-}
-
-/// The answer to a request whose body could not be kept for a retry
-/// because it broke off while it was read (`400`).
-pub(crate) fn refuse_body(error: &BodyError) -> Response<Body> {
-    reply(StatusCode::BAD_REQUEST, &error.to_string())
 }
 
 /// Counters, exported on `/metrics`.
@@ -160,40 +137,6 @@ impl std::fmt::Debug for Gateway {
         f.debug_struct("Gateway")
             .field("cluster", &self.cluster)
             .finish_non_exhaustive()
-    }
-}
-
-/// Why a try failed.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum TryError {
-    /// Nothing was sent (connect/handshake failed): safe to try elsewhere.
-    #[error("{0}")]
-    Connect(String),
-    /// The exchange broke off after the request was sent.
-    #[error("{0}")]
-    Reset(String),
-    /// The per-try timeout passed.
-    #[error("{0}")]
-    Timeout(String),
-}
-
-impl TryError {
-    /// The same failure, once a streamed body has gone out: never a
-    /// connect failure any more (nothing can be tried elsewhere).
-    pub(crate) fn after_sending(self) -> Self {
-        match self {
-            TryError::Connect(e) => TryError::Reset(e),
-            other => other,
-        }
-    }
-
-    /// The gateway's answer when this failure ends the request at `cluster`.
-    pub(crate) fn answer(&self, cluster: &str) -> Response<Body> {
-        let status = match self {
-            TryError::Connect(_) | TryError::Reset(_) => StatusCode::BAD_GATEWAY,
-            TryError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-        };
-        reply(status, &format!("{cluster}: {self}"))
     }
 }
 

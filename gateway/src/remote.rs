@@ -9,7 +9,8 @@ use bytes::Bytes;
 use http::{Request, Response, Uri, header};
 
 use crate::access::name_subset;
-use crate::proxy::{Body, CONNECT_TIMEOUT, Gateway, TryError};
+use crate::proxy::{Body, CONNECT_TIMEOUT, Gateway};
+use crate::refusal::TryError;
 use crate::tls::peer_config;
 
 impl Gateway {

@@ -13,6 +13,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::access::{name_caller, name_subset};
 use crate::proxy::Gateway;
+use crate::refusal::{Refusal, TryError};
 use crate::route::Route;
 
 /// Copy buffer of each direction of a passed-through TCP connection.
@@ -65,8 +66,9 @@ impl Gateway {
             let _ = tcp.set_nodelay(true);
             let gw = Arc::clone(&self);
             tokio::spawn(async move {
-                if let Err(e) = gw.tcp_egress(tcp, port).await {
-                    tracing::debug!(port, error = %e, "TCP connection not passed through");
+                if let Err(refusal) = gw.tcp_egress(tcp, port).await {
+                    refusal.count();
+                    tracing::debug!(port, error = %refusal, "TCP connection not passed through");
                 }
                 drop(slot);
             });
@@ -74,8 +76,9 @@ impl Gateway {
     }
 
     /// One TCP connection: to a local endpoint, or through a CONNECT tunnel
-    /// on the HTTP/2 connection to a peer gateway, in plan order.
-    pub(crate) async fn tcp_egress(&self, mut client: TcpStream, port: u16) -> Result<(), String> {
+    /// on the HTTP/2 connection to a peer gateway, in plan order; or why
+    /// it was not passed through.
+    pub(crate) async fn tcp_egress(&self, mut client: TcpStream, port: u16) -> Result<(), Refusal> {
         self.counters
             .tcp_connections
             .fetch_add(1, Ordering::Relaxed);
@@ -88,8 +91,14 @@ impl Gateway {
         };
         let route = routes
             .tcp_route(port, sni.as_deref())
-            .ok_or_else(|| format!("no service on TCP port {port}"))?;
-        let client_ip = client.peer_addr().map_err(|e| e.to_string())?.ip();
+            .ok_or_else(|| Refusal::UnknownService(format!(":{port}")))?;
+        let client_ip = client
+            .peer_addr()
+            .map_err(|e| Refusal::Try {
+                cluster: self.cluster.clone(),
+                error: TryError::Reset(format!("client gone: {e}")),
+            })?
+            .ip();
         let service = format!("{}.{}", route.config.service, route.config.gns);
         let caller = self.local_caller(&routes, &route, client_ip, &service)?;
         let mut caller_headers = http::HeaderMap::new();
@@ -128,7 +137,7 @@ impl Gateway {
                 Err(e) => tracing::debug!(cluster, error = %e, "CONNECT tunnel failed"),
             }
         }
-        Err(format!("port {port}: no cluster could take the connection"))
+        Err(Refusal::NoEndpoints(host))
     }
 }
 

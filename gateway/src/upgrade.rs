@@ -20,7 +20,8 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use crate::access::{name_caller, name_subset};
-use crate::proxy::{Body, Gateway, full, host_in, reply};
+use crate::proxy::{Body, Gateway, full, host_in};
+use crate::refusal::{Refusal, TryError};
 use crate::route::{Route, RouteTable};
 
 /// Between gateways: a CONNECT tunnel that carries an upgraded HTTP/1.1
@@ -80,25 +81,42 @@ pub struct AnswerHead {
     pub rest: Vec<u8>,
 }
 
+/// Why an upgrade exchange with an endpoint failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    /// The request could not be written.
+    #[error("sending the upgrade request: {0}")]
+    Send(#[source] std::io::Error),
+    /// The answer could not be read.
+    #[error("reading the answer: {0}")]
+    Read(#[source] std::io::Error),
+    /// The endpoint closed before its answer's head was complete.
+    #[error("the endpoint closed before answering")]
+    Closed,
+    /// The answer's status line is not valid.
+    #[error("the answer has no valid status")]
+    BadStatus,
+    /// The answer's head is larger than the gateway reads.
+    #[error("the answer head is too large")]
+    HeadTooLarge,
+    /// The answer is not HTTP/1.1.
+    #[error("the answer is not HTTP/1.1: {0}")]
+    NotHttp(httparse::Error),
+}
+
 /// Writes `head` to `stream` and reads the answer's head.
-pub async fn exchange<S>(stream: &mut S, head: &[u8]) -> Result<AnswerHead, String>
+pub async fn exchange<S>(stream: &mut S, head: &[u8]) -> Result<AnswerHead, ExchangeError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    stream
-        .write_all(head)
-        .await
-        .map_err(|e| format!("sending the upgrade request: {e}"))?;
-    stream.flush().await.map_err(|e| e.to_string())?;
+    stream.write_all(head).await.map_err(ExchangeError::Send)?;
+    stream.flush().await.map_err(ExchangeError::Send)?;
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 4096];
     loop {
-        let n = stream
-            .read(&mut chunk)
-            .await
-            .map_err(|e| format!("reading the answer: {e}"))?;
+        let n = stream.read(&mut chunk).await.map_err(ExchangeError::Read)?;
         if n == 0 {
-            return Err("the endpoint closed before answering".into());
+            return Err(ExchangeError::Closed);
         }
         buf.extend_from_slice(&chunk[..n]);
         let mut headers = [httparse::EMPTY_HEADER; 64];
@@ -108,7 +126,7 @@ where
                 let status = answer
                     .code
                     .and_then(|c| StatusCode::from_u16(c).ok())
-                    .ok_or("the answer has no valid status")?;
+                    .ok_or(ExchangeError::BadStatus)?;
                 let mut map = HeaderMap::new();
                 for h in answer.headers.iter() {
                     if let (Ok(name), Ok(value)) = (
@@ -125,8 +143,8 @@ where
                 });
             }
             Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => {}
-            Ok(httparse::Status::Partial) => return Err("the answer head is too large".into()),
-            Err(e) => return Err(format!("the answer is not HTTP/1.1: {e}")),
+            Ok(httparse::Status::Partial) => return Err(ExchangeError::HeadTooLarge),
+            Err(e) => return Err(ExchangeError::NotHttp(e)),
         }
     }
 }
@@ -159,7 +177,7 @@ impl Gateway {
         let name = host.rsplit_once(':').map_or(host.as_str(), |(h, _)| h);
         let mut last = String::from("no cluster has ready endpoints");
         for target in &plan {
-            let opened: Result<Box<dyn crate::upgrade::Io>, String> =
+            let opened: Result<Box<dyn crate::upgrade::Io>, TryError> =
                 if target.cluster == self.cluster {
                     self.connect_local_http(route, target.subset)
                         .await
@@ -178,9 +196,9 @@ impl Gateway {
                                 .tunnel(&format!("{name}:80"), headers)
                                 .await
                                 .map(|t| Box::new(t) as Box<dyn crate::upgrade::Io>)
-                                .map_err(|e| e.to_string())
+                                .map_err(|e| TryError::Connect(e.to_string()))
                         }
-                        Err(e) => Err(e.to_string()),
+                        Err(e) => Err(e),
                     }
                 };
             let mut stream = match opened {
@@ -230,10 +248,7 @@ impl Gateway {
             });
             return resp;
         }
-        reply(
-            StatusCode::BAD_GATEWAY,
-            &format!("{host}: the upgrade could not be made: {last}"),
-        )
+        Refusal::UpgradeFailed { host, why: last }.answer()
     }
 }
 

@@ -335,6 +335,31 @@ pub async fn gateway_metric(admin: SocketAddr, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// The series of a Prometheus text exposition that have no `# TYPE` line
+/// for their family (a histogram's or summary's `_bucket`, `_sum` and
+/// `_count` belong to its family).
+pub fn untyped_series(text: &str) -> Vec<String> {
+    let typed: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let mut untyped: Vec<String> = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .filter(|name| {
+            !typed.contains(name)
+                && !["_bucket", "_sum", "_count"]
+                    .iter()
+                    .any(|suffix| name.strip_suffix(suffix).is_some_and(|f| typed.contains(f)))
+        })
+        .map(str::to_owned)
+        .collect();
+    untyped.dedup();
+    untyped
+}
+
 /// Where a federation under test keeps its state: the embedded SQLite file
 /// in its data dir, or a fresh Postgres database.
 pub enum StoreBackend {
@@ -478,5 +503,17 @@ impl Steps {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn series_without_a_type_line_are_found_and_histogram_parts_belong_to_their_family() {
+        let text = "# TYPE a_total counter\na_total 3\n# TYPE lat histogram\nlat_bucket{le=\"1\"} 2\nlat_sum 0.5\nlat_count 2\nhand_made_total 7\nhand_made_total{x=\"1\"} 1\n";
+        assert_eq!(untyped_series(text), ["hand_made_total"]);
+        assert!(untyped_series("# TYPE g gauge\ng 1\n").is_empty());
     }
 }

@@ -3,7 +3,6 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use anyhow::Context;
 use clap::Parser;
@@ -203,6 +202,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .context("metric buckets")?
         .install_recorder()
         .context("metrics recorder")?;
+    gns_gateway::exported::describe();
     // Histogram samples are kept until upkeep folds them into buckets; without
     // it they pile up between scrapes (or forever when nobody scrapes).
     let upkeep = prometheus.clone();
@@ -335,7 +335,10 @@ async fn serve_admin(
                     "503 Service Unavailable",
                     "no config or certificate yet\n".to_owned(),
                 ),
-                "/metrics" => ("200 OK", metrics(&gateway) + &prometheus.render()),
+                "/metrics" => {
+                    gns_gateway::exported::publish(&gateway);
+                    ("200 OK", prometheus.render())
+                }
                 _ => ("404 Not Found", "not found\n".to_owned()),
             };
             let response = format!(
@@ -345,75 +348,6 @@ async fn serve_admin(
             let _ = tcp.write_all(response.as_bytes()).await;
         });
     }
-}
-
-fn metrics(gateway: &Gateway) -> String {
-    let c = &gateway.counters;
-    let version = gateway.config().map_or(0, |c| c.version);
-    let budget = gateway.buffer_budget().metrics();
-    [
-        (
-            "gns_gateway_egress_requests_total",
-            c.egress_requests.load(Ordering::Relaxed),
-        ),
-        (
-            "gns_gateway_ingress_requests_total",
-            c.ingress_requests.load(Ordering::Relaxed),
-        ),
-        (
-            "gns_gateway_peer_tries_total",
-            c.peer_tries.load(Ordering::Relaxed),
-        ),
-        (
-            "gns_gateway_local_tries_total",
-            c.local_tries.load(Ordering::Relaxed),
-        ),
-        (
-            "gns_gateway_retries_total",
-            c.retries.load(Ordering::Relaxed),
-        ),
-        (
-            "gns_gateway_mtls_refused_total",
-            c.mtls_refused.load(Ordering::Relaxed),
-        ),
-        (
-            "gns_gateway_access_denied_total",
-            c.access_denied.load(Ordering::Relaxed),
-        ),
-        (
-            "gns_gateway_public_requests_total",
-            c.public_requests.load(Ordering::Relaxed),
-        ),
-        (
-            "gns_gateway_ejections_total",
-            c.ejections.load(Ordering::Relaxed),
-        ),
-        (
-            "gns_gateway_tcp_connections_total",
-            c.tcp_connections.load(Ordering::Relaxed),
-        ),
-        (
-            "gns_gateway_cert_renewals_total",
-            c.cert_renewals.load(Ordering::Relaxed),
-        ),
-        (
-            "gns_gateway_trust_bundle_updates_total",
-            c.bundle_updates.load(Ordering::Relaxed),
-        ),
-        (
-            "gns_gateway_trust_bundle_refusals_total",
-            c.bundle_refusals.load(Ordering::Relaxed),
-        ),
-        (
-            "gns_gateway_trust_roots",
-            gateway.identity().map_or(0, |i| i.roots.len() as u64),
-        ),
-        ("gns_gateway_config_version", version),
-    ]
-    .iter()
-    .chain(&budget)
-    .map(|(name, value)| format!("{name} {value}\n"))
-    .collect()
 }
 
 /// Colours only for a terminal, and never with `NO_COLOR` set.

@@ -128,6 +128,12 @@ async fn scenario(backend: StoreBackend) {
         .await;
     steps
         .run(
+            "every series the gateways export is typed",
+            every_series_the_gateways_export_is_typed(&w),
+        )
+        .await;
+    steps
+        .run(
             "source, path, method and precedence rules route",
             source_path_method_and_precedence_rules_route(&w),
         )

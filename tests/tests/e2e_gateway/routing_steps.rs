@@ -540,3 +540,53 @@ pub(crate) async fn timeouts_cut_slow_answers_and_abandon_slow_tries(w: &World) 
         "the retry after the per-try timeout is counted"
     );
 }
+
+/// Both gateways export every series through one metrics system: each has
+/// its `# TYPE` line (none hand-formatted), the refusals by reason among
+/// them once a request was refused.
+pub(crate) async fn every_series_the_gateways_export_is_typed(w: &World) {
+    // A refusal of its own: an unknown service.
+    let refused = gns_tests::client()
+        .build()
+        .expect("client")
+        .get(format!("http://{}/", w.east_gw().egress))
+        .header("host", "nothing.production.app.acme.com")
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(refused.status(), 404);
+    for (name, gw) in &w.gateways {
+        let text = reqwest::get(format!("http://{}/metrics", gw.admin))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        assert_eq!(
+            gns_tests::untyped_series(&text),
+            Vec::<String>::new(),
+            "{name}: series without # TYPE"
+        );
+        for family in [
+            "gns_gateway_config_version gauge",
+            "gns_gateway_retries_total counter",
+            "gns_gateway_ingress_requests_total counter",
+        ] {
+            assert!(
+                text.contains(&format!("# TYPE {family}")),
+                "{name}: {family}"
+            );
+        }
+    }
+    let east = reqwest::get(format!("http://{}/metrics", w.east_gw().admin))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    assert!(
+        east.contains("gns_gateway_refusals_total{reason=\"unknown-service\"}"),
+        "the refusal is counted by its kind"
+    );
+    assert!(east.contains("# TYPE gns_gateway_requests_total counter"));
+}
