@@ -148,7 +148,7 @@ impl Connection {
         // does not start within the header timeout (one that sends nothing,
         // or half an HTTP/2 preface), or that starts none for IDLE, is shut
         // down, so silent clients cannot hold the connection slots.
-        let activity = Arc::new(gns_gateway::idle::Activity::default());
+        let activity = Arc::new(gns_idle::Activity::default());
         let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (active, start) = (Arc::clone(&activity), Arc::clone(&started));
         let service = TowerToHyperService::new(tower::util::MapRequest::new(
@@ -170,7 +170,7 @@ impl Connection {
         });
         let mut first = std::pin::pin!(tokio::time::sleep_until(self.first_request));
         let mut first_pending = true;
-        let mut idle = gns_gateway::idle::Watch::new(Some(IDLE));
+        let mut idle = gns_idle::Watch::new(Some(IDLE));
         // A client that breaks off (or is cut off) is not an error of ours.
         let _ = std::future::poll_fn(|cx| {
             if let std::task::Poll::Ready(done) = connection.as_mut().poll(cx) {

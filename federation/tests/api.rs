@@ -899,7 +899,7 @@ async fn health_ready_and_metrics(api: &Api) {
 /// Runs `scenario` against the API on `backend`, then drops the backend's
 /// database (left behind if the scenario fails, for a look at it).
 fn report(config_version: u64, requests: u64) -> Value {
-    let mut buckets = vec![0u64; gns_gateway::report::BUCKETS];
+    let mut buckets = vec![0u64; gns_contract::report::BUCKETS];
     buckets[1] = requests;
     json!({"version": "0.1.0", "configVersion": config_version,
            "certificateExpiresAt": "2026-12-07T10:00:00Z", "intervalMillis": 5000,

@@ -1,8 +1,9 @@
 //! `gns-gateway`: the per-cluster gateway of a GNS federation.
 //!
 //! Module map, by role (as istio/ztunnel splits its proxy):
-//! - contract: [`config`] is what the federation sends (the only contract
-//!   with it); [`report`] is what the gateway tells it every few seconds.
+//! - contract (crate `gns-contract`, re-exported): [`config`] is what the
+//!   federation sends; [`report`] adds the tallies and the loop that tell
+//!   it every few seconds what the gateway carried.
 //! - decisions (pure): [`route`] turns a config into route decisions;
 //!   [`retry`] says when a failed try is tried again; [`outlier`] ejects
 //!   failing endpoints.
@@ -30,14 +31,14 @@
 pub mod access;
 pub mod body;
 pub mod budget;
-pub mod config;
+pub use gns_contract::config;
 pub mod egress;
 pub mod exported;
 pub mod follow;
 pub(crate) mod grpc;
 pub mod h2c;
 pub mod h2server;
-pub mod idle;
+pub use gns_idle as idle;
 pub mod ingress;
 pub mod listen;
 pub mod local;

@@ -10,27 +10,7 @@ use metrics::{Counter, Histogram};
 
 use crate::report::{Tally, Traffic};
 
-/// Where a plain-HTTP request entered the gateway.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Entry {
-    /// From a client in this cluster.
-    Egress,
-    /// From a client outside every cluster (identity `external`).
-    Public,
-}
-
-impl Entry {
-    /// The metric label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Entry::Egress => "egress",
-            Entry::Public => "public",
-        }
-    }
-}
+pub use gns_contract::report::Entry;
 
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 

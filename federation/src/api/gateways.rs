@@ -7,7 +7,7 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use gns_gateway::report::{BUCKETS, INSTANCE_NAME_RULE, MAX_RECORDS, Report, valid_instance_name};
+use gns_contract::report::{BUCKETS, INSTANCE_NAME_RULE, MAX_RECORDS, Report, valid_instance_name};
 use serde_json::{Value, json};
 
 use super::body::JsonObject;

@@ -17,8 +17,8 @@ use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 
+use gns_contract::config::ServiceConfig;
 use gns_dns::snapshot::Service;
-use gns_gateway::config::ServiceConfig;
 
 /// One service's compiled outputs.
 #[derive(Debug, Clone)]

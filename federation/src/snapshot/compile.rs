@@ -182,7 +182,7 @@ pub fn compile_with(
         ..
     } = compiler;
     *cache = next;
-    let gateways = gns_gateway::GatewayConfig {
+    let gateways = gns_contract::config::GatewayConfig {
         version: state.revision,
         trust_domain: options.trust_domain.clone(),
         gateways: clusters
@@ -191,7 +191,7 @@ pub fn compile_with(
                 let address = c.gateway.as_ref()?.ingress_address.as_str().parse().ok()?;
                 Some((
                     name.clone(),
-                    gns_gateway::config::PeerGateway {
+                    gns_contract::config::PeerGateway {
                         ingress_address: address,
                     },
                 ))
@@ -267,7 +267,7 @@ struct Compiler<'a> {
     next_change_ms: Option<i64>,
     expiries: Vec<UnrecordedExpiry>,
     /// Gateway routes by host, filled zone by zone.
-    gateway_services: BTreeMap<String, Arc<gns_gateway::config::ServiceConfig>>,
+    gateway_services: BTreeMap<String, Arc<gns_contract::config::ServiceConfig>>,
     /// Fingerprint of the clusters, withdrawals and silent gateways.
     clusters_epoch: u64,
     /// The last compile's outputs (taken from as services are compiled).
@@ -562,8 +562,8 @@ impl Compiler<'_> {
         name: &str,
         members: &BTreeSet<&str>,
         inputs: &ServiceInputs<'_>,
-    ) -> gns_gateway::config::ServiceConfig {
-        use gns_gateway::config as gw;
+    ) -> gns_contract::config::ServiceConfig {
+        use gns_contract::config as gw;
         let mut out = gw::ServiceConfig {
             gns: gns_name.to_owned(),
             service: name.to_owned(),
@@ -740,7 +740,7 @@ impl Compiler<'_> {
     /// member cluster's gateway (any of them may dial its address).
     fn add_workload_endpoints(
         &self,
-        out: &mut gns_gateway::config::ServiceConfig,
+        out: &mut gns_contract::config::ServiceConfig,
         members: &BTreeSet<&str>,
         workloads: &[ExternalWorkload],
     ) {
@@ -782,7 +782,7 @@ impl Compiler<'_> {
                             .entry(cluster.to_owned())
                             .or_insert_with(|| port.endpoint_port());
                     } else {
-                        out.tcp_ports.push(gns_gateway::config::TcpPort {
+                        out.tcp_ports.push(gns_contract::config::TcpPort {
                             port: port.port,
                             target_port: BTreeMap::from([(
                                 cluster.to_owned(),
@@ -1557,12 +1557,12 @@ mod tests {
         assert_eq!(rules[0].source.as_deref(), Some("checkout"));
         assert_eq!(
             rules[0].headers[0].matcher,
-            gns_gateway::config::HeaderMatcher::Regex("^(?:^(.*?;)?(iPhone)(;.*)?$)$".into())
+            gns_contract::config::HeaderMatcher::Regex("^(?:^(.*?;)?(iPhone)(;.*)?$)$".into())
         );
         assert_eq!(rules[0].destinations[0].cluster, "west");
         assert_eq!(
             rules[1].path,
-            Some(gns_gateway::config::HeaderMatcher::Prefix("/api/".into()))
+            Some(gns_contract::config::HeaderMatcher::Prefix("/api/".into()))
         );
         assert_eq!(rules[1].method.as_deref(), Some("POST"));
         assert_eq!(
@@ -1638,7 +1638,7 @@ mod tests {
         assert!(retries.non_idempotent);
         assert_eq!(
             web.outliers,
-            gns_gateway::config::OutlierPolicy {
+            gns_contract::config::OutlierPolicy {
                 consecutive_failures: 5,
                 interval_ms: Some(2_000),
                 ejection_ms: 30_000,

@@ -144,7 +144,7 @@ pub struct Snapshot {
     /// Withdrawals the store has not recorded yet.
     pub unrecorded_expiries: Vec<UnrecordedExpiry>,
     /// What gateways serve (one config for every cluster's gateway).
-    pub gateways: Arc<gns_gateway::GatewayConfig>,
+    pub gateways: Arc<gns_contract::config::GatewayConfig>,
     dns_json: OnceLock<Bytes>,
     gateways_json: OnceLock<Bytes>,
 }
@@ -171,7 +171,7 @@ impl Snapshot {
     }
 
     /// The same snapshot with `gateways` as its gateway config.
-    pub fn with_gateways(mut self, gateways: gns_gateway::GatewayConfig) -> Self {
+    pub fn with_gateways(mut self, gateways: gns_contract::config::GatewayConfig) -> Self {
         self.gateways = Arc::new(gateways);
         self
     }
@@ -436,7 +436,7 @@ mod tests {
             zones,
         };
         // The trust domain stands in for any change of the gateway config.
-        let gateways = gns_gateway::GatewayConfig {
+        let gateways = gns_contract::config::GatewayConfig {
             version,
             trust_domain: format!("acme-{gateway_change}.test"),
             ..Default::default()

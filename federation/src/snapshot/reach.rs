@@ -47,7 +47,7 @@ impl DestinationReach {
 /// gateway config).
 pub fn reach(
     routing: &Routing,
-    service: &gns_gateway::config::ServiceConfig,
+    service: &gns_contract::config::ServiceConfig,
 ) -> Vec<DestinationReach> {
     let mut out = Vec::new();
     for (i, rule) in routing.rules.iter().enumerate() {
@@ -86,7 +86,7 @@ mod tests {
             {"destinations": [{"cluster": "east", "weight": 100}]}]}))
         .expect("routing");
         let ip = |s: &str| s.parse().expect("ip");
-        let service = gns_gateway::config::ServiceConfig {
+        let service = gns_contract::config::ServiceConfig {
             endpoints: BTreeMap::from([
                 ("east".to_owned(), vec![ip("10.8.0.1"), ip("10.8.0.2")]),
                 ("west".to_owned(), vec![ip("10.9.0.1")]),

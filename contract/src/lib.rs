@@ -1,0 +1,8 @@
+//! `gns-contract`: what the federation and its gateways say to each other,
+//! as plain serde types with no proxy or server code, so the federation
+//! does not link the data path. [`config`] is what a gateway runs (compiled
+//! by the federation, `GET /v1/config/gateways/{cluster}`); [`report`] is
+//! what a gateway tells the federation every few seconds.
+
+pub mod config;
+pub mod report;
