@@ -1,4 +1,7 @@
 //! Gateway throughput against haproxy, same topology, same run:
+//! HTTP/1.1 with wrk, gRPC unary calls with h2load (both chains speaking
+//! h2c at the front, [`grpc`]), TCP passthrough, and streaming uploads and
+//! downloads against the direct path ([`stream`]):
 //! `wrk → proxy A (plain HTTP) → mTLS, HTTP/2 → proxy B → nginx`, where A/B are
 //! the east/west `gns-gateway`s (bootstrapped through a real federation and
 //! Kubernetes API test servers) or two haproxy processes, plus wrk → nginx
@@ -11,6 +14,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+
+mod grpc;
+mod stream;
 use base64::Engine;
 use clap::Parser;
 use gns_tests::{Proc, free_port};
@@ -39,6 +45,10 @@ struct Args {
     /// MiB sent through the TCP passthrough (and directly) for its throughput.
     #[arg(long, default_value_t = 512)]
     tcp_mib: u64,
+    /// MiB of each streamed upload and download (through the gateways and
+    /// directly).
+    #[arg(long, default_value_t = 1024)]
+    stream_mib: u64,
     /// Pin the proxies (both chains alike) to the last CPU and wrk and nginx
     /// to CPU 0, so where the scheduler puts them does not move the figures.
     #[arg(long)]
@@ -227,17 +237,20 @@ fn latency_ms(text: &str, label: &str) -> f64 {
     text.lines()
         .find(|l| l.trim_start().starts_with(label))
         .and_then(|l| l.split_whitespace().nth(1))
-        .map_or(0.0, |v| {
-            if let Some(us) = v.strip_suffix("us") {
-                us.parse::<f64>().unwrap_or(0.0) / 1000.0
-            } else if let Some(ms) = v.strip_suffix("ms") {
-                ms.parse().unwrap_or(0.0)
-            } else if let Some(s) = v.strip_suffix('s') {
-                s.parse::<f64>().unwrap_or(0.0) * 1000.0
-            } else {
-                0.0
-            }
-        })
+        .map_or(0.0, duration_ms)
+}
+
+/// A duration as wrk and h2load print it (`812us`, `1.20ms`, `2.5s`), in ms.
+fn duration_ms(v: &str) -> f64 {
+    if let Some(us) = v.strip_suffix("us") {
+        us.parse::<f64>().unwrap_or(0.0) / 1000.0
+    } else if let Some(ms) = v.strip_suffix("ms") {
+        ms.parse().unwrap_or(0.0)
+    } else if let Some(s) = v.strip_suffix('s') {
+        s.parse::<f64>().unwrap_or(0.0) * 1000.0
+    } else {
+        0.0
+    }
 }
 
 /// Sets the CPU affinity of every thread of `pid` (`taskset`).
@@ -493,6 +506,36 @@ http {{ access_log off; client_body_temp_path {0}; proxy_temp_path {0}; fastcgi_
         &[("127.0.0.1", true, true, false, None)],
         &[("pg", i32::from(sink_port))],
     ))?;
+    // A real gRPC server (tonic's health service) on a port named grpc, and
+    // a bulk upstream for streaming.
+    let grpc_port = grpc::upstream().await?;
+    west.apply::<Service>(&service(
+        "shop",
+        "health",
+        &[("app", "health")],
+        &[("grpc", 50051)],
+    ))?;
+    west.apply::<EndpointSlice>(&endpoint_slice(
+        "shop",
+        "health",
+        "health-1",
+        &[("127.0.0.1", true, true, false, None)],
+        &[("grpc", i32::from(grpc_port))],
+    ))?;
+    let bulk_port = stream::upstream().await?;
+    west.apply::<Service>(&service(
+        "shop",
+        "bulk",
+        &[("app", "bulk")],
+        &[("http", 80)],
+    ))?;
+    west.apply::<EndpointSlice>(&endpoint_slice(
+        "shop",
+        "bulk",
+        "bulk-1",
+        &[("127.0.0.1", true, true, false, None)],
+        &[("http", i32::from(bulk_port))],
+    ))?;
     let api_port = free_port();
     let base = format!("https://127.0.0.1:{api_port}");
     gns_tests::trust(&base, &d.join("fed").join("ca.pem"));
@@ -609,6 +652,15 @@ http {{ access_log off; client_body_temp_path {0}; proxy_temp_path {0}; fastcgi_
     };
     let ha_b = haproxy("haproxy-b.cfg");
     let ha_a = haproxy("haproxy-a.cfg");
+    let (grpc_a_port, grpc_a_cfg, grpc_b_cfg) = grpc::haproxy_configs(d, &global, grpc_port)?;
+    let grpc_ha = [&grpc_b_cfg, &grpc_a_cfg].map(|cfg| {
+        spawn_proxy(
+            Path::new("/usr/sbin/haproxy"),
+            &["-db".into(), "-f".into(), cfg.display().to_string()],
+            cfg.with_extension("log"),
+            None,
+        )
+    });
     let ha_url = format!("http://127.0.0.1:{a_port}/");
     if let Err(e) = wait_ok(&ha_url, None, "the haproxy chain").await {
         bail!(
@@ -737,6 +789,86 @@ http {{ access_log off; client_body_temp_path {0}; proxy_temp_path {0}; fastcgi_
     println!(
         "TCP passthrough: {through:.0} MB/s through the gateways, {direct:.0} MB/s direct ({:.2}x)",
         through / direct
+    );
+
+    // gRPC unary calls: h2c at the front of each chain, a tonic server behind.
+    let grpc_front: SocketAddr = format!("127.0.0.1:{grpc_a_port}").parse()?;
+    let grpc_ha_pids = pids(&[&grpc_ha[0], &grpc_ha[1]]);
+    let mut ready = Err(anyhow::anyhow!("not tried"));
+    for _ in 0..50 {
+        ready = grpc::check_once(grpc_front, grpc::HOST).await;
+        if ready.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ready.context("the haproxy gRPC chain")?;
+    let mut ready = Err(anyhow::anyhow!("not tried"));
+    for _ in 0..100 {
+        ready = grpc::check_once(east_egress, grpc::HOST).await;
+        if ready.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ready.context("the gateways' gRPC chain")?;
+    let mut grpc_runs = (Vec::new(), Vec::new());
+    for _ in 0..args.rounds.max(1) {
+        grpc_runs.0.push(grpc::h2load(
+            &args,
+            d,
+            grpc_front,
+            grpc::HOST,
+            &grpc_ha_pids,
+        )?);
+        grpc_runs
+            .1
+            .push(grpc::h2load(&args, d, east_egress, grpc::HOST, &gw_pids)?);
+    }
+    println!(
+        "# gRPC unary (Health/Check, tonic server): h2load, {} connections x 10 streams, {} s per run; h2c at the front, h2 over mTLS between the proxies, h2c to the server",
+        args.connections.min(100),
+        args.duration
+    );
+    println!("| path | calls/s | mean ms | proxy CPU µs/call |");
+    println!("|---|---|---|---|");
+    for (round, (ha, gns)) in grpc_runs.0.iter().zip(&grpc_runs.1).enumerate() {
+        for (name, r) in [("haproxy h2 chain", ha), ("gns-gateway chain", gns)] {
+            println!(
+                "| {name}, round {} | {:.0} | {:.2} | {:.1} |",
+                round + 1,
+                r.rps,
+                r.mean_ms,
+                r.cpu_us_per_call
+            );
+        }
+    }
+    let grpc_best = |runs: &[grpc::GrpcRun]| {
+        runs.iter()
+            .copied()
+            .max_by(|a, b| a.rps.total_cmp(&b.rps))
+            .context("no gRPC run")
+    };
+    let (g, h) = (grpc_best(&grpc_runs.1)?, grpc_best(&grpc_runs.0)?);
+    println!(
+        "gRPC gns-gateway / haproxy (best runs): calls/s {:.2}x, mean latency {:.2}x, CPU per call {:.2}x",
+        g.rps / h.rps,
+        g.mean_ms / h.mean_ms,
+        g.cpu_us_per_call / h.cpu_us_per_call
+    );
+
+    // Streaming: one large upload and one large download, through the
+    // gateways and directly.
+    let bulk_direct: SocketAddr = format!("127.0.0.1:{bulk_port}").parse()?;
+    let up_gns = stream::upload(east_egress, stream::HOST, args.stream_mib).await?;
+    let up_direct = stream::upload(bulk_direct, stream::HOST, args.stream_mib).await?;
+    let down_gns = stream::download(east_egress, stream::HOST, args.stream_mib).await?;
+    let down_direct = stream::download(bulk_direct, stream::HOST, args.stream_mib).await?;
+    println!(
+        "streaming {} MiB: upload {up_gns:.0} MB/s through the gateways, {up_direct:.0} MB/s direct ({:.2}x); download {down_gns:.0} MB/s through the gateways, {down_direct:.0} MB/s direct ({:.2}x)",
+        args.stream_mib,
+        up_gns / up_direct,
+        down_gns / down_direct
     );
 
     // Memory per 1,000 idle client connections on the first proxy.
