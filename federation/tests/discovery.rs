@@ -301,7 +301,8 @@ fn labelled_pod(name: &str, labels: Value) -> Pod {
 
 /// Endpoint labels come from the pods behind the endpoints (joined on the
 /// EndpointSlice's `targetRef`, pods read as metadata only), only the keys
-/// routing selects by, and follow a pod's relabelling.
+/// routing selects by (`version`, `env` and any key a rule names), and
+/// follow a pod's relabelling.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endpoints_carry_their_pods_routing_labels() {
     let fed = Fed::start().await;
@@ -369,12 +370,46 @@ async fn endpoints_carry_their_pods_routing_labels() {
         })
         .await;
     };
-    // `team` is not a routing label; an endpoint without a pod has none.
+    // `team` is no rule's label yet; an endpoint without a pod has none.
     labels_are(json!([
         {"env": "us-prod", "version": "v1.5"},
         {"version": "canary"},
         null
     ]))
+    .await;
+    // A rule that selects by `team`: discovery keeps that key too (the
+    // sync restarts and relists the pods), and the rule's destination
+    // reaches the endpoint.
+    let (status, body) = fed
+        .send(
+            reqwest::Method::PUT,
+            "/v1/global-namespaces/production/services/web/routing",
+            Some(json!({"rules": [{"destinations": [
+                {"cluster": "east", "tags": {"team": "shop"}, "weight": 100}]}]})),
+        )
+        .await;
+    assert!(status == 200 || status == 201, "{status} {body}");
+    labels_are(json!([
+        {"env": "us-prod", "team": "shop", "version": "v1.5"},
+        {"version": "canary"},
+        null
+    ]))
+    .await;
+    eventually(
+        "the team destination to reach the pod",
+        Duration::from_secs(10),
+        || async {
+            let routing = fed
+                .get("/v1/global-namespaces/production/services/web/routing")
+                .await;
+            let reached = &routing["status"]["destinations"][0];
+            if reached["readyEndpoints"] == 1 && routing["status"]["unmatched"] == json!([]) {
+                Ok(())
+            } else {
+                Err(routing["status"].to_string())
+            }
+        },
+    )
     .await;
     // A relabelled pod moves its endpoint's labels (no slice change).
     east.apply(&labelled_pod(
@@ -383,7 +418,7 @@ async fn endpoints_carry_their_pods_routing_labels() {
     ))
     .expect("relabel");
     labels_are(json!([
-        {"env": "us-prod", "version": "v1.5"},
+        {"env": "us-prod", "team": "shop", "version": "v1.5"},
         {"version": "v2.0-alpha"},
         null
     ]))

@@ -69,7 +69,7 @@ pub async fn catalog(
                 address: workload.address,
                 zone: workload.labels.get("zone").cloned(),
                 source: Some(workload.name.to_string()),
-                labels: crate::discovery::model::routing_labels(&workload.labels),
+                labels: workload.labels.clone(),
             });
     }
     Ok(services)

@@ -133,16 +133,15 @@ enum Reduced<I> {
 }
 
 impl<I> Reduced<I> {
-    fn of<K>(event: Event<K>) -> Self
+    fn of<K>(event: Event<K>, reduce: &impl Fn(&K) -> I) -> Self
     where
         K: kube::Resource,
-        I: for<'a> From<&'a K>,
     {
         match event {
             Event::Init => Self::Init,
-            Event::InitApply(obj) => Self::InitApply(obj.name_any(), I::from(&obj)),
+            Event::InitApply(obj) => Self::InitApply(obj.name_any(), reduce(&obj)),
             Event::InitDone => Self::InitDone,
-            Event::Apply(obj) => Self::Apply(obj.name_any(), I::from(&obj)),
+            Event::Apply(obj) => Self::Apply(obj.name_any(), reduce(&obj)),
             Event::Delete(obj) => Self::Delete(obj.name_any()),
         }
     }
@@ -233,17 +232,22 @@ fn client_error(error: &watcher::Error) -> Option<&kube::Error> {
 /// 2 s; after a request that could not connect once fast, then by waiting
 /// for the cluster's probe to see the API back (at most 50–100 % of
 /// [`CONNECT_CEILING`]), so a dead API costs almost no retries of its own.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one watcher's whole wiring, each argument used once"
+)]
 fn spawn_watch<K, I>(
     events: impl futures::Stream<Item = Result<Event<K>, watcher::Error>> + Send + 'static,
     ns: String,
     resource: Resource,
     tx: mpsc::Sender<Update>,
+    reduce: impl Fn(&K) -> I + Send + 'static,
     wrap: fn(String, Reduced<I>) -> Update,
     health: ApiHealth,
 ) -> tokio::task::JoinHandle<()>
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
-    I: for<'a> From<&'a K> + Send + 'static,
+    I: Send + 'static,
 {
     tokio::spawn(async move {
         let mut stream = events.boxed();
@@ -259,7 +263,7 @@ where
                         delays.reset();
                         connect_failures = 0;
                     }
-                    (wrap(ns.clone(), Reduced::of(event)), Wait::None)
+                    (wrap(ns.clone(), Reduced::of(event, &reduce)), Wait::None)
                 }
                 Err(e) => {
                     let connect = client_error(&e).is_some_and(is_connect_failure);
@@ -343,6 +347,7 @@ pub async fn run(
     client: kube::Client,
     members: Vec<Member>,
     all_gns: Vec<String>,
+    label_keys: model::LabelKeys,
     store: Arc<dyn Store>,
     gateway: tokio::sync::watch::Receiver<Option<serde_json::Value>>,
 ) {
@@ -361,6 +366,7 @@ pub async fn run(
             ns.clone(),
             Resource::Services,
             tx.clone(),
+            |service: &Service| ServiceInfo::from(service),
             Update::Services,
             health.clone(),
         ));
@@ -372,6 +378,7 @@ pub async fn run(
             ns.clone(),
             Resource::Slices,
             tx.clone(),
+            |slice: &EndpointSlice| SliceInfo::from(slice),
             Update::Slices,
             health.clone(),
         ));
@@ -384,6 +391,10 @@ pub async fn run(
             ns.clone(),
             Resource::Pods,
             tx.clone(),
+            {
+                let keys = Arc::clone(&label_keys);
+                move |pod: &PartialObjectMeta<Pod>| model::PodInfo::of(pod, &keys)
+            },
             Update::Pods,
             health.clone(),
         ));

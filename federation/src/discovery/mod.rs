@@ -13,7 +13,7 @@ mod health;
 pub mod model;
 pub mod review;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +31,9 @@ struct Fingerprint {
     members: Vec<Member>,
     /// Domains of the global namespaces the cluster is a member of.
     domains: Vec<String>,
+    /// The pod label keys the catalog keeps: `version`, `env` and every key
+    /// a routing rule's destination names in its `tags`.
+    label_keys: model::LabelKeys,
 }
 
 /// What discovery needs to know about the federation itself.
@@ -98,6 +101,21 @@ async fn desired(
                 });
         }
     }
+    // Label keys routing rules select endpoints by, besides version and env.
+    let mut named: BTreeSet<String> = BTreeSet::new();
+    for gns in &gns_names {
+        for object in store.list(Kind::Routing, gns, &all).await?.items {
+            let Ok(routing) = serde_json::from_value::<crate::model::Routing>(object.spec) else {
+                continue;
+            };
+            for rule in &routing.rules {
+                for destination in &rule.destinations {
+                    named.extend(destination.tags.keys().cloned());
+                }
+            }
+        }
+    }
+    let label_keys = model::label_keys(named.iter().map(String::as_str));
     let mut out = BTreeMap::new();
     for object in store.list(Kind::Cluster, "", &all).await?.items {
         let Some(mut m) = members.remove(&object.key.name) else {
@@ -112,6 +130,7 @@ async fn desired(
                 secret,
                 members: m,
                 domains: domains.remove(&object.key.name).unwrap_or_default(),
+                label_keys: std::sync::Arc::clone(&label_keys),
             },
         );
     }
@@ -198,6 +217,7 @@ fn start(
                             kube.clone(),
                             fp.members.clone(),
                             all_gns.clone(),
+                            std::sync::Arc::clone(&fp.label_keys),
                             Arc::clone(&store),
                             gateway_rx,
                         );
@@ -359,6 +379,9 @@ pub async fn run_with(store: Arc<dyn Store>, options: DiscoveryOptions) {
                             Some(r) if r.task.is_finished() => "the last sync ended",
                             Some(r) if r.fingerprint.secret != fp.secret => "credentials changed",
                             Some(r) if r.fingerprint.spec != fp.spec => "spec changed",
+                            Some(r) if r.fingerprint.label_keys != fp.label_keys => {
+                                "routing names other label keys"
+                            }
                             Some(_) => "membership changed",
                         };
                         if let Some(previous) = running.remove(&name) {

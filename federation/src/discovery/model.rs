@@ -17,35 +17,55 @@ use crate::store::ObjectKey;
 /// Label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
-/// The label keys routing selects endpoints by (a destination's `subset`
-/// is the `version` label, its `tags` name these keys); the catalog keeps
-/// only these of a pod's (or an external workload's) labels.
+/// The label keys discovery always keeps of a pod's labels: `version` (a
+/// destination's `subset`) and `env`. Keys that routing rules name in a
+/// destination's `tags` are kept besides (see [`LabelKeys`]).
 pub const ROUTING_LABELS: [&str; 2] = ["version", "env"];
 
-/// The routing labels among `labels`.
-pub fn routing_labels(labels: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+/// The label keys the catalog keeps of pods' labels: [`ROUTING_LABELS`]
+/// and every key a routing rule's destination names in its `tags`.
+pub type LabelKeys = std::sync::Arc<BTreeSet<String>>;
+
+/// [`ROUTING_LABELS`] and the keys of `named` (from routing rules).
+pub fn label_keys<'a>(named: impl IntoIterator<Item = &'a str>) -> LabelKeys {
+    std::sync::Arc::new(
+        ROUTING_LABELS
+            .into_iter()
+            .chain(named)
+            .map(str::to_owned)
+            .collect(),
+    )
+}
+
+/// The labels among `labels` whose keys are in `keys`.
+pub fn kept_labels(
+    labels: &BTreeMap<String, String>,
+    keys: &BTreeSet<String>,
+) -> BTreeMap<String, String> {
     labels
         .iter()
-        .filter(|(k, _)| ROUTING_LABELS.contains(&k.as_str()))
+        .filter(|(k, _)| keys.contains(k.as_str()))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
 }
 
-/// What the sync keeps of a Pod (read as metadata only): its routing labels.
+/// What the sync keeps of a Pod (read as metadata only): the labels
+/// routing selects endpoints by.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PodInfo {
-    /// The labels of [`ROUTING_LABELS`] the pod has.
+    /// The pod's labels whose keys are in the sync's [`LabelKeys`].
     pub labels: BTreeMap<String, String>,
 }
 
-impl From<&PartialObjectMeta<Pod>> for PodInfo {
-    fn from(pod: &PartialObjectMeta<Pod>) -> Self {
+impl PodInfo {
+    /// The labels of `pod` with keys in `keys`.
+    pub fn of(pod: &PartialObjectMeta<Pod>, keys: &BTreeSet<String>) -> Self {
         Self {
             labels: pod
                 .metadata
                 .labels
                 .as_ref()
-                .map(routing_labels)
+                .map(|labels| kept_labels(labels, keys))
                 .unwrap_or_default(),
         }
     }

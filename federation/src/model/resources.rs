@@ -663,8 +663,8 @@ pub struct Destination {
     /// Only endpoints whose `version` label is this (the pods' labels).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subset: Option<String>,
-    /// Only endpoints with all these labels (keys: `version`, `env`), e.g.
-    /// `{"version": "v1.5", "env": "us-prod"}`.
+    /// Only endpoints with all these labels (any label keys: discovery
+    /// keeps every key a rule names), e.g. `{"version": "v1.5", "env": "us-prod"}`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tags: BTreeMap<String, String>,
     /// Share of traffic, 0–100.
@@ -681,6 +681,30 @@ impl Destination {
         }
         selector
     }
+}
+
+/// A label key as Kubernetes allows it: `[prefix/]name`, the prefix a DNS
+/// subdomain (at most 253 characters), the name a label value that is not
+/// empty.
+fn valid_label_key(key: &str) -> bool {
+    let (prefix, name) = match key.rsplit_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, key),
+    };
+    let prefix_ok = prefix.is_none_or(|p| {
+        !p.is_empty()
+            && p.len() <= 253
+            && p.split('.').all(|part| {
+                !part.is_empty()
+                    && part.len() <= 63
+                    && part
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    && !part.starts_with('-')
+                    && !part.ends_with('-')
+            })
+    });
+    prefix_ok && valid_label_value(name)
 }
 
 /// A label value as Kubernetes allows it: at most 63 characters,
@@ -977,15 +1001,11 @@ fn validate_destinations(destinations: &[Destination], at: &str, errors: &mut Fi
             }
         }
         for (key, value) in &d.tags {
-            // Discovery keeps only these labels of the pods: a tag on
-            // another key could never match, so it is refused.
-            if !crate::discovery::model::ROUTING_LABELS.contains(&key.as_str()) {
+            // Discovery keeps the pods' labels of every key a rule names.
+            if !valid_label_key(key) {
                 errors.add(
                     format!("{at}[{j}].tags.{key}"),
-                    format!(
-                        "endpoints are selected by the labels {} only",
-                        crate::discovery::model::ROUTING_LABELS.join(" and ")
-                    ),
+                    "must be a label key: an optional DNS-subdomain prefix and '/', then 1-63 alphanumerics, '-', '_' or '.', starting and ending alphanumeric",
                 );
             } else if !valid_label_value(value) {
                 errors.add(
@@ -1270,8 +1290,9 @@ pub struct Endpoint {
     /// Source object, e.g. the external workload's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
-    /// The labels routing selects endpoints by (`version`, `env`), from
-    /// the pod behind the endpoint.
+    /// The labels routing selects endpoints by (`version`, `env` and every
+    /// key a routing rule names), from the pod behind the endpoint; an
+    /// external workload's declared labels.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
 }
@@ -1462,7 +1483,7 @@ mod tests {
     }
 
     #[test]
-    fn subsets_and_tags_select_by_the_routing_labels_only() {
+    fn subsets_and_tags_take_label_keys_and_values_as_kubernetes_does() {
         let fields = |destinations: serde_json::Value| -> Vec<String> {
             routing(serde_json::json!({"rules": [{"destinations": destinations}]}))
                 .validate()
@@ -1486,11 +1507,11 @@ mod tests {
         );
         assert_eq!(
             fields(serde_json::json!([
-                {"cluster": "east", "tags": {"team": "shop"}, "weight": 50},
+                {"cluster": "east", "tags": {"team": "shop", "acme.com/tier": "gold", "-x": "y"}, "weight": 50},
                 {"cluster": "east", "subset": "v2", "tags": {"version": "v3"}, "weight": 25},
                 {"cluster": "east", "subset": "-bad-", "weight": 25}])),
             [
-                "rules[0].destinations[0].tags.team",
+                "rules[0].destinations[0].tags.-x",
                 "rules[0].destinations[1].subset",
                 "rules[0].destinations[2].subset"
             ]
