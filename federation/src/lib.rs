@@ -6,6 +6,7 @@
 //! - [`api`]: the REST API (axum), auth, OpenAPI and metrics;
 //! - [`server`]: configuration and startup of `gns-federation`;
 //! - [`listener`]: the API's hardened listener (header timeout, connection cap);
+//! - [`trace`]: what happens to one request and why, from a snapshot (pure);
 //! - [`ctl`]: the `gnsctl` command-line client.
 
 pub mod api;
@@ -20,3 +21,4 @@ pub mod server;
 pub mod snapshot;
 pub mod store;
 pub mod tls;
+pub mod trace;

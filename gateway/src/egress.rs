@@ -164,14 +164,18 @@ impl Gateway {
             // Kept whole only when a retry may send it again; a kept body
             // holds its share of the buffer budget until every try is made.
             let replay = crate::retry::may_resend(route.config.retries.as_ref(), &parts.method);
-            let body = match Box::pin(crate::body::prepare(body, replay, &self.buffers)).await {
-                Ok(body) => body,
-                Err(e) => {
-                    tracing::debug!(error = %e, "request body broke off");
-                    return Refusal::from(e).answer();
+            let body = if hyper::body::Body::is_end_stream(&body) {
+                // Most requests: nothing to read, keep or count.
+                RequestBody::Replayable(crate::budget::Buffered::empty(&self.buffers))
+            } else {
+                match Box::pin(crate::body::prepare(body, replay, &self.buffers)).await {
+                    Ok(body) => body,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "request body broke off");
+                        return Refusal::from(e).answer();
+                    }
                 }
             };
-            let sent_bytes = crate::body::SentBytes::default();
             let request = crate::route::RequestFacts {
                 method: Some(&parts.method),
                 path: Some(parts.uri.path()),
@@ -185,16 +189,20 @@ impl Gateway {
             }
             let timeout = route.config.timeout().unwrap_or(DEFAULT_TIMEOUT);
             let started = std::time::Instant::now();
-            let (kept, streaming) = match body {
-                RequestBody::Replayable(kept) => (Some(kept), None),
-                RequestBody::Streaming(body) => (None, Some(sent_bytes.counting(body))),
+            // A kept body's length is known; a streamed one is counted as it goes.
+            let (kept, streaming, counted) = match body {
+                RequestBody::Replayable(kept) => (Some(kept), None, None),
+                RequestBody::Streaming(body) => {
+                    let counted = crate::body::SentBytes::default();
+                    (None, Some(counted.counting(body)), Some(counted))
+                }
             };
+            let kept_len = kept.as_ref().map_or(0, |k| k.bytes().len() as u64);
             let tries = async {
                 match (streaming, &kept) {
                     (Some(body), _) => self.stream_plan(&route, &plan, &parts, body).await,
                     (None, kept) => {
                         let bytes = kept.as_ref().map(|k| k.bytes().clone()).unwrap_or_default();
-                        sent_bytes.add(bytes.len() as u64);
                         self.try_plan(&route, &plan, &parts, bytes).await
                     }
                 }
@@ -217,7 +225,7 @@ impl Gateway {
                 cluster,
                 resp.status().as_u16(),
                 started.elapsed(),
-                sent_bytes.get(),
+                counted.map_or(kept_len, |c| c.get()),
             );
             count_response(resp, response_bytes)
         }

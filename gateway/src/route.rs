@@ -1,5 +1,8 @@
 //! Route decisions, pure: from a request's host and headers to the clusters
 //! to try, in order. Compiled once per config (regular expressions included).
+//! What a rule means (matching, access, the order of targets) is
+//! [`gns_contract::decide`], shared with the federation's trace; this
+//! module indexes a config's services by host, TCP port and caller address.
 //!
 //! - The first rule whose conditions all hold (headers, the calling
 //!   service, the path, the method) picks a destination cluster by weight;
@@ -14,93 +17,10 @@ use crate::FastMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use http::HeaderMap;
-use regex::Regex;
+use crate::config::{GatewayConfig, ServiceConfig};
 
-use crate::config::{GatewayConfig, HeaderMatcher, ServiceConfig};
-
-/// A header condition ready to evaluate.
-#[derive(Debug)]
-enum Matcher {
-    Exact(String),
-    Prefix(String),
-    Regex(Regex),
-}
-
-impl Matcher {
-    fn compile(matcher: &HeaderMatcher) -> Result<Matcher, regex::Error> {
-        Ok(match matcher {
-            HeaderMatcher::Exact(v) => Matcher::Exact(v.clone()),
-            HeaderMatcher::Prefix(v) => Matcher::Prefix(v.clone()),
-            HeaderMatcher::Regex(r) => Matcher::Regex(Regex::new(r)?),
-        })
-    }
-
-    fn holds(&self, value: &str) -> bool {
-        match self {
-            Matcher::Exact(e) => value == e,
-            Matcher::Prefix(p) => value.starts_with(p.as_str()),
-            Matcher::Regex(re) => re.is_match(value),
-        }
-    }
-}
-
-#[derive(Debug)]
-struct CompiledRule {
-    headers: Vec<(http::HeaderName, Matcher)>,
-    source: Option<String>,
-    path: Option<Matcher>,
-    method: Option<http::Method>,
-    destinations: Vec<(String, Option<String>, u32)>,
-    total_weight: u64,
-}
-
-/// Where a try goes: a cluster, and there only the endpoints of one subset
-/// (a key of the service's `subsets`) or, without one, any endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Target<'a> {
-    /// The cluster.
-    pub cluster: &'a str,
-    /// The subset of its endpoints.
-    pub subset: Option<&'a str>,
-}
-
-impl<'a> Target<'a> {
-    /// Any endpoint of `cluster`.
-    pub fn cluster(cluster: &'a str) -> Self {
-        Self {
-            cluster,
-            subset: None,
-        }
-    }
-}
-
-/// What a rule looks at in a request. A TCP connection has no method, path
-/// or headers, so only rules without such conditions apply to it.
-#[derive(Debug, Clone, Copy)]
-pub struct RequestFacts<'a> {
-    /// The method.
-    pub method: Option<&'a http::Method>,
-    /// The path, without the query.
-    pub path: Option<&'a str>,
-    /// The headers.
-    pub headers: &'a HeaderMap,
-    /// The services of the global namespace the caller is an endpoint of
-    /// (none when it is no service's, or it calls from outside).
-    pub callers: &'a [String],
-}
-
-impl<'a> RequestFacts<'a> {
-    /// A request with only headers (no method, path or caller).
-    pub fn headers(headers: &'a HeaderMap) -> Self {
-        Self {
-            method: None,
-            path: None,
-            headers,
-            callers: &[],
-        }
-    }
-}
+use gns_contract::decide::CompiledRule;
+pub use gns_contract::decide::{RequestFacts, Target};
 
 /// A service with its rules compiled.
 #[derive(Debug)]
@@ -116,11 +36,7 @@ impl Route {
     /// The ready endpoints of `cluster`, only those of `subset` when given
     /// (none when the subset is unknown).
     pub fn endpoints_of(&self, cluster: &str, subset: Option<&str>) -> Option<&[IpAddr]> {
-        match subset {
-            None => self.config.endpoints.get(cluster),
-            Some(key) => self.config.subsets.get(key)?.get(cluster),
-        }
-        .map(Vec::as_slice)
+        self.config.endpoints_of(cluster, subset)
     }
 
     /// The endpoints a request for `subset` is sent to in `cluster`: the
@@ -138,15 +54,7 @@ impl Route {
     /// Whether callers named `callers` (the services a calling workload is
     /// an endpoint of; none when it is no service's) may call this service.
     pub fn admits<S: AsRef<str>>(&self, callers: &[S]) -> bool {
-        let Some(allowed) = &self.config.allowed_callers else {
-            return true;
-        };
-        if callers.is_empty() {
-            return allowed.iter().any(|a| a == "*");
-        }
-        callers
-            .iter()
-            .any(|c| allowed.iter().any(|a| a == c.as_ref()))
+        self.config.admits(callers)
     }
 }
 
@@ -194,64 +102,14 @@ impl RouteTable {
                 caller.services.push(svc.service.clone());
             }
             let mut rules = Vec::new();
-            'rules: for (i, rule) in svc.rules.iter().enumerate() {
-                let mut headers = Vec::new();
-                for cond in &rule.headers {
-                    let Ok(name) = http::HeaderName::from_bytes(cond.name.as_bytes()) else {
-                        problems.push(format!("{host}: rule {i}: bad header name {:?}", cond.name));
-                        continue 'rules;
-                    };
-                    match Matcher::compile(&cond.matcher) {
-                        Ok(matcher) => headers.push((name, matcher)),
-                        Err(e) => {
-                            problems.push(format!("{host}: rule {i}: bad regex: {e}"));
-                            continue 'rules;
-                        }
-                    }
+            for (i, rule) in svc.rules.iter().enumerate() {
+                match CompiledRule::compile(rule) {
+                    Ok(compiled) => rules.push(compiled),
+                    Err(e) => problems.push(format!("{host}: rule {i}: {e}")),
                 }
-                let path = match rule.path.as_ref().map(Matcher::compile).transpose() {
-                    Ok(path) => path,
-                    Err(e) => {
-                        problems.push(format!("{host}: rule {i}: bad path regex: {e}"));
-                        continue;
-                    }
-                };
-                let method = match rule
-                    .method
-                    .as_deref()
-                    .map(|m| http::Method::from_bytes(m.as_bytes()))
-                {
-                    None => None,
-                    Some(Ok(method)) => Some(method),
-                    Some(Err(_)) => {
-                        problems.push(format!("{host}: rule {i}: bad method {:?}", rule.method));
-                        continue;
-                    }
-                };
-                let destinations: Vec<(String, Option<String>, u32)> = rule
-                    .destinations
-                    .iter()
-                    .filter(|d| d.weight > 0)
-                    .map(|d| (d.cluster.clone(), d.subset.clone(), d.weight))
-                    .collect();
-                let total_weight = destinations.iter().map(|(.., w)| u64::from(*w)).sum();
-                rules.push(CompiledRule {
-                    headers,
-                    source: rule.source.clone(),
-                    path,
-                    method,
-                    destinations,
-                    total_weight,
-                });
             }
-            let mut service = ServiceConfig::clone(svc);
             // A peer whose gateways all went silent gets nothing (failover).
-            service
-                .endpoints
-                .retain(|c, _| c == cluster || !config.silent_clusters.contains(c));
-            for by_cluster in service.subsets.values_mut() {
-                by_cluster.retain(|c, _| c == cluster || !config.silent_clusters.contains(c));
-            }
+            let service = svc.as_seen_by(cluster, &config.silent_clusters);
             let route = Arc::new(Route {
                 config: service,
                 rules,
@@ -356,84 +214,15 @@ impl RouteTable {
         request: &RequestFacts<'_>,
         roll: u64,
     ) -> Vec<Target<'a>> {
-        let mut order: Vec<Target<'a>> = Vec::with_capacity(4);
-        let push = |t: Target<'a>, order: &mut Vec<Target<'a>>| {
-            let ready = route
-                .endpoints_of(t.cluster, t.subset)
-                .is_some_and(|e| !e.is_empty());
-            if ready && !order.contains(&t) {
-                order.push(t);
-            }
-        };
-        if let Some(rule) = route.rules.iter().find(|r| matches(r, request))
-            && rule.total_weight > 0
-        {
-            let mut point = roll % rule.total_weight;
-            for (cluster, subset, weight) in &rule.destinations {
-                if point < u64::from(*weight) {
-                    let subset = subset.as_deref();
-                    if cluster.is_empty() {
-                        // Any cluster with the subset's endpoints, own first.
-                        push(
-                            Target {
-                                cluster: &self.cluster,
-                                subset,
-                            },
-                            &mut order,
-                        );
-                        for c in route.config.endpoints.keys() {
-                            push(Target { cluster: c, subset }, &mut order);
-                        }
-                    } else {
-                        push(Target { cluster, subset }, &mut order);
-                    }
-                    break;
-                }
-                point -= u64::from(*weight);
-            }
-        }
-        if order.is_empty() {
-            push(Target::cluster(&self.cluster), &mut order);
-        }
-        for c in &route.config.failover {
-            push(Target::cluster(c), &mut order);
-        }
-        push(Target::cluster(&self.cluster), &mut order);
-        for c in route.config.endpoints.keys() {
-            push(Target::cluster(c), &mut order);
-        }
-        order
+        gns_contract::decide::plan(&self.cluster, &route.config, &route.rules, request, roll)
     }
-}
-
-fn matches(rule: &CompiledRule, request: &RequestFacts<'_>) -> bool {
-    if let Some(method) = &rule.method
-        && request.method != Some(method)
-    {
-        return false;
-    }
-    if let Some(path) = &rule.path
-        && !request.path.is_some_and(|p| path.holds(p))
-    {
-        return false;
-    }
-    if let Some(source) = &rule.source
-        && !request.callers.iter().any(|c| c == source)
-    {
-        return false;
-    }
-    rule.headers.iter().all(|(name, m)| {
-        request
-            .headers
-            .get_all(name)
-            .iter()
-            .any(|v| v.to_str().is_ok_and(|v| m.holds(v)))
-    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::HeaderMatcher;
+    use http::HeaderMap;
     use std::collections::BTreeMap;
 
     fn clusters(plan: Vec<Target<'_>>) -> Vec<&str> {

@@ -152,7 +152,9 @@ pub fn required_role(method: &Method, path: &str) -> Role {
     let admin_only = path.starts_with("/v1/tokens")
         || path.starts_with("/v1/audit")
         || path.starts_with("/v1/identity/root-rotation");
-    let read = matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
+    // A trace reads: it explains a request, it changes nothing.
+    let read = matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+        || (*method == Method::POST && path == "/v1/trace");
     if admin_only || (!read && path.starts_with("/v1/clusters")) {
         Role::Admin
     } else if read {
@@ -260,6 +262,8 @@ fn scope_refusal(principal: &Principal, method: &Method, path: &str) -> Option<A
         Reach::GlobalNamespaces => Some(forbidden(
             "it cannot create global namespaces, only work in those",
         )),
+        // The trace answers 404 for a service outside the scope itself.
+        Reach::Elsewhere if path == "/v1/trace" && principal.role != Role::Workload => None,
         Reach::Elsewhere => Some(forbidden("it reaches only those and what is in them")),
     }
 }

@@ -15,6 +15,7 @@ mod render;
 mod resources;
 mod routing;
 mod tokens;
+mod trace;
 
 use std::sync::Arc;
 
@@ -157,6 +158,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/config/dns", get(config::dns))
         .route("/v1/config/gateways/{cluster}", get(config::gateways))
         .route("/v1/config/status", get(config::status))
+        .route("/v1/trace", post(trace::post))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_auth,

@@ -442,6 +442,15 @@ pub const OPERATIONS: &[Operation] = {
             200,
         ),
         op(
+            Post,
+            "/v1/trace",
+            "What happens to one request, and why: DNS answer, matching rule, destinations with probabilities, access",
+            "trace",
+            Some("TraceQuery"),
+            Some("Trace"),
+            200,
+        ),
+        op(
             Get,
             "/v1/config/status",
             "Current snapshot version and the objects left out of it, with why",
@@ -712,6 +721,8 @@ fn build() -> OpenApi {
     add_schema::<DiscoveredService>(&mut schemas);
     add_schema::<TokenRequest>(&mut schemas);
     add_schema::<ErrorBody>(&mut schemas);
+    add_schema::<crate::trace::TraceQuery>(&mut schemas);
+    add_schema::<crate::trace::Trace>(&mut schemas);
     for (name, schema) in &mut schemas {
         if [
             "Cluster",

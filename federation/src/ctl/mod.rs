@@ -9,6 +9,7 @@
 //! - [`cluster_add`]: `cluster add` / `cluster rotate-credentials`, joining a
 //!   member cluster with a service account of its own;
 //! - [`kubeconfig`]: the operator's kubeconfig context for those;
+//! - [`trace`]: `gnsctl trace`, what happens to one request and why;
 //! - [`error`]: [`CtlError`] and the server's error body.
 //!
 //! Objects are named in output as `kind/name`, or `kind/gns/name` inside a
@@ -22,6 +23,7 @@ pub mod kind;
 pub mod kubeconfig;
 pub mod manifest;
 pub mod output;
+pub mod trace;
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -112,6 +114,10 @@ pub enum Command {
         #[command(subcommand)]
         command: ClusterCommand,
     },
+    /// Explain what happens to one request: the DNS answer its client
+    /// gets, the rule that matches, where it goes with what probability,
+    /// and whether the access policy lets it through.
+    Trace(trace::TraceArgs),
 }
 
 /// The CA file to use: the flag/environment value, else the default file if it exists.
@@ -242,6 +248,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<(
             delete(&client, kind, &name, gns.as_deref(), out).await
         }
         Command::Cluster { command } => cluster_add::run(&client, command, out).await,
+        Command::Trace(args) => trace::run(&client, &args, out).await,
     }
 }
 

@@ -1,0 +1,75 @@
+//! `POST /v1/trace`: what happens to one request, explained from the newest
+//! snapshot ([`crate::trace`]) with the clusters' gateway addresses and
+//! withdrawals from the store. Any token that may read the service's global
+//! namespace may trace it.
+
+use std::collections::BTreeMap;
+
+use axum::Extension;
+use axum::Json;
+use axum::extract::State;
+
+use super::auth::Principal;
+use super::body::JsonObject;
+use super::{ApiError, AppState};
+use crate::model::{Cluster, Kind, cluster_status::ClusterStatus};
+use crate::snapshot::SnapshotReceiver;
+use crate::store::PageRequest;
+use crate::trace::{ClusterFacts, Trace, TraceError, TraceQuery, trace};
+
+/// `POST /v1/trace`.
+pub async fn post(
+    State(state): State<AppState>,
+    snapshots: Option<Extension<SnapshotReceiver>>,
+    Extension(principal): Extension<Principal>,
+    body: JsonObject,
+) -> Result<Json<Trace>, ApiError> {
+    let query: TraceQuery = body.into_typed()?;
+    let Some(Extension(rx)) = snapshots else {
+        return Err(ApiError::NotReady(
+            "this server compiles no snapshots".into(),
+        ));
+    };
+    let Some(snapshot) = rx.borrow().clone() else {
+        return Err(ApiError::NotReady("no snapshot built yet".into()));
+    };
+    let unknown = || ApiError::NotFound(format!("no global service {:?}", query.host));
+    let host = query.host.trim_end_matches('.').to_ascii_lowercase();
+    let gns = snapshot
+        .gateways
+        .services
+        .get(&host)
+        .map(|s| s.gns.clone())
+        .ok_or_else(unknown)?;
+    // Outside the token's scope the service is as absent as any other.
+    if !principal.sees(&gns) {
+        return Err(unknown());
+    }
+    let mut clusters = BTreeMap::new();
+    for object in state
+        .store
+        .list(Kind::Cluster, "", &PageRequest::default())
+        .await?
+        .items
+    {
+        let Ok(cluster) = serde_json::from_value::<Cluster>(object.spec.clone()) else {
+            continue;
+        };
+        clusters.insert(
+            object.key.name.clone(),
+            ClusterFacts {
+                egress: cluster.gateway.as_ref().map(|g| g.egress_address),
+                public: cluster.gateway.as_ref().and_then(|g| g.public_address),
+                withdrawn: ClusterStatus::of(&object.status).withdrawn(),
+            },
+        );
+    }
+    trace(&snapshot, &clusters, &query)
+        .map(Json)
+        .map_err(|e| match e {
+            TraceError::UnknownService(_) => unknown(),
+            TraceError::UnknownCluster(_) => ApiError::invalid_field("from", e.to_string()),
+            TraceError::BadHeader(_) => ApiError::invalid_field("headers", e.to_string()),
+            TraceError::BadMethod(_) => ApiError::invalid_field("method", e.to_string()),
+        })
+}
