@@ -140,6 +140,51 @@ pub struct ClusterEndpoints {
     pub withdrawn: bool,
 }
 
+/// The retries a gateway makes for the request.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RetriesApplied {
+    /// Tries in all: the first and the retries (the routing's `attempts`
+    /// counts the retries).
+    pub tries: u32,
+    /// What makes a try be tried again.
+    pub on: Vec<String>,
+    /// The per-try timeout, milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_try_timeout_ms: Option<u64>,
+    /// Whether requests whose method is not idempotent are retried too.
+    pub non_idempotent: bool,
+}
+
+impl From<&RetryPolicy> for RetriesApplied {
+    fn from(p: &RetryPolicy) -> Self {
+        let mut on: Vec<String> = [
+            (p.on_5xx, "5xx"),
+            (p.on_gateway_error, "gateway-error"),
+            (p.on_reset, "reset"),
+            (p.on_connect_failure, "connect-failure"),
+        ]
+        .into_iter()
+        .filter(|(set, _)| *set)
+        .map(|(_, name)| name.to_owned())
+        .collect();
+        if !p.retriable_status_codes.is_empty() {
+            let codes: Vec<String> = p
+                .retriable_status_codes
+                .iter()
+                .map(u16::to_string)
+                .collect();
+            on.push(format!("retriable-status-codes {}", codes.join(",")));
+        }
+        Self {
+            tries: p.attempts,
+            on,
+            per_try_timeout_ms: p.per_try_timeout_ms,
+            non_idempotent: p.non_idempotent,
+        }
+    }
+}
+
 /// The explanation of one request.
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -173,9 +218,8 @@ pub struct Trace {
     pub endpoints: BTreeMap<String, ClusterEndpoints>,
     /// The access-policy decision.
     pub access: AccessDecision,
-    /// The retry policy that applies.
-    #[schema(value_type = Option<Object>)]
-    pub retries: Option<RetryPolicy>,
+    /// The retry policy that applies, if any.
+    pub retries: Option<RetriesApplied>,
     /// The overall timeout, milliseconds (the gateway's default: 30 s).
     pub timeout_ms: u64,
     /// What the trace cannot know centrally.
@@ -250,7 +294,7 @@ pub fn trace(
             allowed: true,
             why: String::new(),
         },
-        retries: config.retries.clone(),
+        retries: config.retries.as_ref().map(RetriesApplied::from),
         timeout_ms: config.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS),
         notes: vec![
             "outlier ejection is each gateway's own state: an ejected endpoint is skipped by the gateway that ejected it".to_owned(),
@@ -458,6 +502,10 @@ fn direct(out: &mut Trace, config: &ServiceConfig, from: Option<&str>) {
             endpoints,
         })
         .collect();
+    if out.destinations.is_empty() {
+        out.notes
+            .push("no cluster has ready endpoints: the name has no address".to_owned());
+    }
     out.access = AccessDecision {
         allowed: true,
         why: match from {

@@ -1258,6 +1258,40 @@ async fn scoped_tokens_see_their_global_namespaces_only(api: &Api) {
         let (status, body) = as_viewer(Method::GET, path).await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{path}: {body}");
     }
+    // A scoped viewer may trace (it reads): the request reaches the trace,
+    // which answers for services in its scope only (here, without a
+    // snapshot feed, that none is built).
+    let (status, body) = api
+        .raw(
+            Method::POST,
+            "/v1/trace",
+            Some(&viewer),
+            Some(
+                json!({"host": "web.production.app.acme.com", "from": "east"})
+                    .to_string()
+                    .into_bytes(),
+            ),
+        )
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body.to_string().contains("compiles no snapshots"), "{body}");
+    let (status, body) = api
+        .raw(
+            Method::POST,
+            "/v1/trace",
+            Some(&viewer),
+            Some(
+                json!({"host": "web.production.app.acme.com", "fromm": "east"})
+                    .to_string()
+                    .into_bytes(),
+            ),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "an unknown field: {body}"
+    );
     let (status, body) = as_viewer(Method::GET, "/v1/clusters").await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     assert!(

@@ -7,6 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use gns_tests::{Proc, binary, free_port, wait_for};
+use serde_json::{Value, json};
 
 /// Runs one printed command with `sh -c`; its stdout, or a panic with stderr.
 fn run(command: &str) -> String {
@@ -106,6 +107,149 @@ fn split_counts(url: &str, host: &str, n: u32) -> (u32, u32) {
     })
 }
 
+/// `gnsctl trace -o json` as the guide prints it (its flags), for a client
+/// `from` a cluster (or outside) with `user_agent`.
+fn trace_json(gnsctl: &str, domain: &str, from: Option<&str>, user_agent: &str) -> Value {
+    let from = from.map(|c| format!(" --from {c}")).unwrap_or_default();
+    let out = run(&format!(
+        "{gnsctl} trace web.{domain}{from} -H 'User-Agent: {user_agent}' -o json"
+    ));
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("trace JSON: {e}: {out}"))
+}
+
+/// Each destination as (cluster, subset, probability in percent).
+fn destinations(trace: &Value) -> Vec<(String, Option<String>, i64)> {
+    trace["destinations"]
+        .as_array()
+        .expect("destinations")
+        .iter()
+        .map(|d| {
+            (
+                d["cluster"].as_str().expect("cluster").to_owned(),
+                d["subset"].as_str().map(str::to_owned),
+                (d["probability"].as_f64().expect("probability") * 100.0).round() as i64,
+            )
+        })
+        .collect()
+}
+
+/// `gnsctl trace` for mobile and desktop clients from east, west and
+/// outside, every field checked against the demo's topology: web v1 in
+/// both clusters, the canary v2 in west only; the rules in the order the
+/// gateways try them: the iPhone regex (precedence 2) to v2, `Mobile` to
+/// west, then 99 % v1 (own cluster first) and 1 % west's v2; only api is
+/// open to outside clients.
+fn traces_explain_the_demo_topology(commands: &[&str], domain: &str) {
+    let printed = commands
+        .iter()
+        .find(|c| c.contains(" trace web."))
+        .expect("a trace command");
+    let (gnsctl, _) = printed.split_once(" trace ").expect("gnsctl flags");
+    let s = |v: &str| Some(v.to_owned());
+
+    let iphone = trace_json(gnsctl, domain, Some("east"), "DemoApp/1.0;iPhone;iOS 17");
+    assert_eq!(iphone["from"], "east");
+    assert_eq!(iphone["host"], format!("web.{domain}"));
+    assert_eq!(iphone["globalNamespace"], "production");
+    assert_eq!(iphone["service"], "web");
+    assert_eq!(iphone["dns"]["view"], "east");
+    assert_eq!(iphone["dns"]["answers"], json!(["127.0.10.1"]));
+    assert!(
+        iphone["dns"]["why"]
+            .as_str()
+            .is_some_and(|w| w.contains("east's egress gateway")),
+        "{iphone}"
+    );
+    assert_eq!(iphone["gateway"], "east egress");
+    assert_eq!(iphone["rule"]["index"], 0);
+    assert_eq!(iphone["rules"].as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        destinations(&iphone),
+        [("west".into(), s("version=v2"), 100)]
+    );
+    assert_eq!(
+        iphone["destinations"][0]["endpoints"],
+        json!(["127.0.20.12"])
+    );
+    assert_eq!(iphone["access"]["allowed"], true);
+    assert_eq!(iphone["timeoutMs"], 2000);
+    // The routing's "attempts": 3 are retries: 4 tries in all.
+    assert_eq!(iphone["retries"]["tries"], 4);
+    assert_eq!(iphone["retries"]["on"], json!(["5xx", "connect-failure"]));
+    assert_eq!(iphone["retries"]["perTryTimeoutMs"], 500);
+    assert_eq!(
+        iphone["endpoints"]["west"]["ready"],
+        json!(["127.0.20.11", "127.0.20.12"])
+    );
+
+    let mobile = trace_json(gnsctl, domain, Some("east"), "Demo Mobile");
+    assert_eq!(mobile["rule"]["index"], 1);
+    assert_eq!(mobile["rules"][0]["matched"], false);
+    assert!(
+        mobile["rules"][0]["why"]
+            .as_str()
+            .is_some_and(|w| w.contains("iPhone")),
+        "{mobile}"
+    );
+    assert_eq!(destinations(&mobile), [("west".into(), None, 100)]);
+
+    let desktop = trace_json(gnsctl, domain, Some("east"), "curl/8.0");
+    assert_eq!(desktop["rule"]["index"], 2);
+    assert!(
+        desktop["rules"][1]["why"]
+            .as_str()
+            .is_some_and(|w| w.contains("Mobile")),
+        "{desktop}"
+    );
+    assert_eq!(
+        destinations(&desktop),
+        [
+            ("east".into(), s("version=v1"), 99),
+            ("west".into(), s("version=v2"), 1)
+        ]
+    );
+    let total: f64 = desktop["destinations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|d| d["probability"].as_f64())
+        .sum();
+    assert!((total - 1.0).abs() < 1e-9, "{desktop}");
+
+    let west = trace_json(gnsctl, domain, Some("west"), "curl/8.0");
+    assert_eq!(west["dns"]["view"], "west");
+    assert_eq!(west["dns"]["answers"], json!(["127.0.20.1"]));
+    assert_eq!(west["gateway"], "west egress");
+    assert_eq!(
+        destinations(&west),
+        [
+            ("west".into(), s("version=v1"), 99),
+            ("west".into(), s("version=v2"), 1)
+        ]
+    );
+    let west_iphone = trace_json(gnsctl, domain, Some("west"), "DemoApp/1.0;iPhone;iOS 17");
+    assert_eq!(
+        destinations(&west_iphone),
+        [("west".into(), s("version=v2"), 100)]
+    );
+
+    let outside = trace_json(gnsctl, domain, None, "curl/8.0");
+    assert_eq!(outside["from"], "outside");
+    assert_eq!(outside["dns"]["view"], "external");
+    assert_eq!(
+        outside["dns"]["answers"],
+        json!(["127.0.10.1", "127.0.20.1"])
+    );
+    assert_eq!(outside["gateway"], "east public");
+    assert_eq!(outside["access"]["allowed"], false);
+    assert!(
+        outside["access"]["why"]
+            .as_str()
+            .is_some_and(|w| w.contains("not reachable from outside")),
+        "{outside}"
+    );
+}
+
 /// Stops the demo like Ctrl-C would (SIGTERM, so it stops its children)
 /// when the test ends, also when it fails half-way.
 struct StopOnDrop(Option<u32>);
@@ -164,9 +308,25 @@ fn demo_up_try_fail_heal_down() {
         .lines()
         .filter_map(|l| l.strip_prefix("  $ "))
         .collect();
-    assert!(commands.len() >= 8, "the guide lists the commands: {guide}");
-    let expect: [(&str, &[&str]); 8] = [
+    assert!(
+        commands.len() >= 10,
+        "the guide lists the commands: {guide}"
+    );
+    let expect: [(&str, &[&str]); 10] = [
         // Most specific first: the first marker a command contains decides.
+        (
+            " trace web.production.app.acme.com --from east",
+            &[
+                "GATEWAY  east egress",
+                "ROUTE    rule 0",
+                "version=v2",
+                "ACCESS   allowed",
+            ],
+        ),
+        (
+            " trace web.",
+            &["DNS      view external", "ACCESS   denied"],
+        ),
         ("-b 127.0.10.100", &["127.0.10.1"]),
         (";iPhone;", &["web v2 in west"]),
         ("SRV", &["5432", "db.production.app.acme.com."]),
@@ -189,6 +349,8 @@ fn demo_up_try_fail_heal_down() {
             );
         }
     }
+    traces_explain_the_demo_topology(&commands, domain);
+
     // The 99/1 split: most of 200 requests stay in east, few go west.
     let split = commands
         .iter()

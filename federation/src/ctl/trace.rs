@@ -165,8 +165,9 @@ pub fn report(trace: &Value, out: &mut dyn Write) -> Result<(), CtlError> {
     )?;
     let retries = match trace["retries"].as_object() {
         Some(r) => format!(
-            "{} attempts{}",
-            r.get("attempts").cloned().unwrap_or(Value::Null),
+            "{} tries in all on {}{}",
+            r.get("tries").cloned().unwrap_or(Value::Null),
+            list(r.get("on").unwrap_or(&Value::Null)),
             r.get("perTryTimeoutMs")
                 .and_then(Value::as_u64)
                 .map(|ms| format!(", {ms} ms per try"))

@@ -758,6 +758,20 @@ fn print_guide(options: &Options, token_file: &Path, elapsed: Duration, first: &
         options.listen,
         topology::GNS
     );
+    let gnsctl = format!(
+        "{} --server https://{} --ca-file {} --token \"$(cat {})\"",
+        options.bin_dir.join("gnsctl").display(),
+        options.listen,
+        ca_file.display(),
+        token_file.display()
+    );
+    println!(
+        "# why a request goes where it goes, from the federation's snapshot (-o json: every field)"
+    );
+    println!(
+        "  $ {gnsctl} trace web.{domain} --from east -H 'User-Agent: DemoApp/1.0;iPhone;iOS 17'"
+    );
+    println!("  $ {gnsctl} trace web.{domain}");
     println!("\nThen take west down and watch requests fail over to east:");
     println!("  {demo} fail west --dir {dir}");
     println!("  curl -s -H 'Host: web.{domain}' -A 'Demo Mobile' {egress}");
