@@ -6,6 +6,7 @@
 //! - [`api`]: the REST API (axum), auth, OpenAPI and metrics;
 //! - [`server`]: configuration and startup of `gns-federation`;
 //! - [`listener`]: the API's hardened listener (header timeout, connection cap);
+//! - [`telemetry`]: the rolling window of the gateways' reported traffic (pure);
 //! - [`trace`]: what happens to one request and why, from a snapshot (pure);
 //! - [`ctl`]: the `gnsctl` command-line client.
 
@@ -20,5 +21,6 @@ pub mod rollout;
 pub mod server;
 pub mod snapshot;
 pub mod store;
+pub mod telemetry;
 pub mod tls;
 pub mod trace;

@@ -163,6 +163,22 @@ async fn prune_audit(store: Arc<dyn store::Store>, retention: std::time::Duratio
     }
 }
 
+/// How often telemetry samples behind the window are deleted.
+const TELEMETRY_PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Deletes telemetry samples older than the window, now and every minute
+/// (every replica does; a delete of nothing is cheap).
+async fn prune_telemetry(store: Arc<dyn store::Store>) {
+    let mut every = tokio::time::interval(TELEMETRY_PRUNE_EVERY);
+    loop {
+        every.tick().await;
+        let before = crate::api::now_millis() - crate::telemetry::MAX_WINDOW_MS;
+        if let Err(e) = store.prune_telemetry(before).await {
+            tracing::warn!(error = %e, "cannot prune telemetry samples");
+        }
+    }
+}
+
 /// A certificate lifetime: a duration like `24h` or `90s`, from 5 s to 90 days.
 fn parse_lifetime(text: &str) -> Result<std::time::Duration, String> {
     let d = humantime::parse_duration(text).map_err(|e| e.to_string())?;
@@ -368,6 +384,7 @@ pub async fn build(config: &Config) -> Result<Federation, StartError> {
         discovery,
         crate::liveness::spawn(Arc::clone(&store), config.gateway_timeout),
         tokio::spawn(prune_audit(Arc::clone(&store), config.audit_retention)),
+        tokio::spawn(prune_telemetry(Arc::clone(&store))),
     ];
     background.push(tokio::spawn(serving.run(Arc::clone(&store))));
     Ok(Federation {

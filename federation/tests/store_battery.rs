@@ -897,6 +897,57 @@ async fn second_handle_sees_data(backend: &Backend) {
     );
 }
 
+/// Telemetry samples: kept apart from the store of intent (no revision),
+/// read back by time, oldest first, and pruned behind the window.
+async fn telemetry_samples_are_kept_read_by_time_and_pruned(store: Arc<dyn Store>) {
+    use gns_contract::report::{Classes, Entry, TrafficRecord};
+    use gns_federation::store::TelemetrySample;
+    let sample = |instance: &str, at_ms: i64, requests: u64| TelemetrySample {
+        cluster: "east".into(),
+        instance: instance.into(),
+        at_ms,
+        interval_ms: 5_000,
+        traffic: vec![TrafficRecord {
+            global_namespace: "production".into(),
+            service: "web".into(),
+            cluster: "west".into(),
+            entry: Entry::Egress,
+            requests,
+            responses: Classes::from_counts([0, requests, 0, 0, 0]),
+            latency_buckets: vec![requests, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            request_bytes: 0,
+            response_bytes: 7 * requests,
+        }],
+    };
+    let revision = store.revision().await.expect("revision");
+    for (instance, at, n) in [("gw-1", 1_000, 1), ("gw-2", 2_000, 2), ("gw-1", 3_000, 3)] {
+        store
+            .record_telemetry(&sample(instance, at, n))
+            .await
+            .expect("record");
+    }
+    // The same instance and millisecond again: replaced, not doubled.
+    store
+        .record_telemetry(&sample("gw-1", 3_000, 4))
+        .await
+        .expect("record again");
+    assert_eq!(
+        store.revision().await.expect("revision"),
+        revision,
+        "telemetry makes no revision"
+    );
+    let read = store.telemetry_since(2_000).await.expect("read");
+    assert_eq!(
+        read,
+        vec![sample("gw-2", 2_000, 2), sample("gw-1", 3_000, 4)]
+    );
+    assert_eq!(store.prune_telemetry(3_000).await.expect("prune"), 2);
+    assert_eq!(
+        store.telemetry_since(0).await.expect("read"),
+        vec![sample("gw-1", 3_000, 4)]
+    );
+}
+
 macro_rules! battery {
     ($backend:ident) => {
         mod $backend {
@@ -963,6 +1014,10 @@ macro_rules! battery {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn sealed_facts_insert_once_and_swap() {
                 run(super::sealed_facts_insert_once_and_swap).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn telemetry_samples_are_kept_read_by_time_and_pruned() {
+                run(super::telemetry_samples_are_kept_read_by_time_and_pruned).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn second_handle_sees_data() {

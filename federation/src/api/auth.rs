@@ -262,8 +262,14 @@ fn scope_refusal(principal: &Principal, method: &Method, path: &str) -> Option<A
         Reach::GlobalNamespaces => Some(forbidden(
             "it cannot create global namespaces, only work in those",
         )),
-        // The trace answers 404 for a service outside the scope itself.
-        Reach::Elsewhere if path == "/v1/trace" && principal.role != Role::Workload => None,
+        // The trace answers 404 for a service outside the scope itself;
+        // telemetry shows the scope's services only.
+        Reach::Elsewhere
+            if (path == "/v1/trace" || path == "/v1/telemetry/services")
+                && principal.role != Role::Workload =>
+        {
+            None
+        }
         Reach::Elsewhere => Some(forbidden("it reaches only those and what is in them")),
     }
 }

@@ -81,6 +81,17 @@ pub async fn report(
         return Err(ApiError::NotFound(format!("cluster {cluster} not found")));
     };
     let now = now_millis();
+    // The traffic also goes to the telemetry window every replica reads.
+    if !report.traffic.is_empty() {
+        let sample = crate::store::TelemetrySample {
+            cluster: cluster.clone(),
+            instance: instance.clone(),
+            at_ms: now,
+            interval_ms: i64::try_from(report.interval_millis).unwrap_or(i64::MAX),
+            traffic: report.traffic.clone(),
+        };
+        state.store.record_telemetry(&sample).await?;
+    }
     let data = serde_json::to_value(&report).map_err(|e| ApiError::Internal(e.to_string()))?;
     let fact = gateway_liveness::instance_report(
         &cluster,

@@ -14,6 +14,7 @@ mod paging;
 mod render;
 mod resources;
 mod routing;
+mod telemetry;
 mod tokens;
 mod trace;
 
@@ -159,6 +160,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/config/gateways/{cluster}", get(config::gateways))
         .route("/v1/config/status", get(config::status))
         .route("/v1/trace", post(trace::post))
+        .route("/v1/telemetry/services", get(telemetry::services))
+        .route("/v1/telemetry/links", get(telemetry::links))
+        .route("/v1/telemetry/instances", get(telemetry::instances))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_auth,
@@ -212,11 +216,16 @@ async fn readyz(
     }
 }
 
-/// Prometheus text: HTTP and snapshot metrics, plus the in-process DNS server's counters.
-async fn metrics_text(dns: Option<Extension<Arc<gns_dns::DnsServer>>>) -> impl IntoResponse {
+/// Prometheus text: HTTP and snapshot metrics, the in-process DNS server's
+/// counters, and the gateways' traffic of the last minute (telemetry).
+async fn metrics_text(
+    State(state): State<AppState>,
+    dns: Option<Extension<Arc<gns_dns::DnsServer>>>,
+) -> impl IntoResponse {
     let mut text = metrics::handle().render();
     if let Some(Extension(dns)) = dns {
         text.push_str(&dns.metrics_text());
     }
+    text.push_str(&telemetry::metrics_text(&state).await);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }

@@ -452,6 +452,33 @@ pub const OPERATIONS: &[Operation] = {
         ),
         op(
             Get,
+            "/v1/telemetry/services",
+            "Traffic per service over the telemetry window (?window=, 10s to 15m, default 15m): requests, rps, responses by class, error rate, p50/p90/p99, bytes, and a series at 10 s resolution; from every gateway's reports",
+            "telemetry",
+            None,
+            Some("ServicesWindow"),
+            200,
+        ),
+        op(
+            Get,
+            "/v1/telemetry/links",
+            "Traffic per link (the cluster whose gateway took the requests → the cluster that served them) over the telemetry window",
+            "telemetry",
+            None,
+            Some("LinksWindow"),
+            200,
+        ),
+        op(
+            Get,
+            "/v1/telemetry/instances",
+            "Traffic per gateway instance over the telemetry window, with its last report",
+            "telemetry",
+            None,
+            Some("InstancesWindow"),
+            200,
+        ),
+        op(
+            Get,
             "/v1/config/status",
             "Current snapshot version and the objects left out of it, with why",
             "config",
@@ -723,6 +750,9 @@ fn build() -> OpenApi {
     add_schema::<ErrorBody>(&mut schemas);
     add_schema::<crate::trace::TraceQuery>(&mut schemas);
     add_schema::<crate::trace::Trace>(&mut schemas);
+    add_schema::<crate::telemetry::ServicesWindow>(&mut schemas);
+    add_schema::<crate::telemetry::LinksWindow>(&mut schemas);
+    add_schema::<crate::telemetry::InstancesWindow>(&mut schemas);
     for (name, schema) in &mut schemas {
         if [
             "Cluster",

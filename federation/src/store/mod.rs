@@ -281,6 +281,21 @@ pub struct Liveness {
     pub data: Value,
 }
 
+/// One gateway instance report's traffic, as the telemetry window keeps it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TelemetrySample {
+    /// The reporting gateway's cluster: where the requests came from.
+    pub cluster: String,
+    /// The reporting instance.
+    pub instance: String,
+    /// Unix ms the report arrived.
+    pub at_ms: i64,
+    /// How long its traffic was counted for, milliseconds.
+    pub interval_ms: i64,
+    /// The traffic since the instance's previous report.
+    pub traffic: Vec<gns_contract::report::TrafficRecord>,
+}
+
 /// A discovered-service object, parsed once when it is read from the store
 /// (the snapshot builder keeps thousands of them; typed they take a fraction
 /// of the memory of their JSON and are not parsed again on every build).
@@ -513,6 +528,13 @@ pub trait Store: Send + Sync + 'static {
     async fn forget_liveness(&self, key: &ObjectKey) -> Result<(), StoreError>;
     /// Deletes the audit rows written before `before_ms`; how many.
     async fn prune_audit(&self, before_ms: i64) -> Result<u64, StoreError>;
+    /// Records one gateway instance report's traffic for the telemetry
+    /// window: no revision, no audit row.
+    async fn record_telemetry(&self, sample: &TelemetrySample) -> Result<(), StoreError>;
+    /// The telemetry samples that arrived at or after `since_ms`, oldest first.
+    async fn telemetry_since(&self, since_ms: i64) -> Result<Vec<TelemetrySample>, StoreError>;
+    /// Deletes the telemetry samples that arrived before `before_ms`; how many.
+    async fn prune_telemetry(&self, before_ms: i64) -> Result<u64, StoreError>;
     /// Records an act that changes no object (a certificate signed, a root
     /// rotation step) in the audit log: who, what, of which kind and name.
     async fn record_audit(

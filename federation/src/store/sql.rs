@@ -18,12 +18,13 @@ use tokio::task::JoinHandle;
 
 use super::{
     AuditEntry, BatchOp, BatchOutcome, Changes, Lease, Liveness, ObjectKey, ObjectWrite, Page,
-    PageRequest, SecretBox, ServiceObject, Store, StoreError, StoredObject, TokenRecord,
-    WriteOutcome,
+    PageRequest, SecretBox, ServiceObject, Store, StoreError, StoredObject, TelemetrySample,
+    TokenRecord, WriteOutcome,
 };
 use crate::model::{ClusterRef, Domain, Kind, Role};
 
 mod liveness;
+mod telemetry;
 
 const NOTIFY_CHANNEL: &str = "gns_revision";
 const KEY_CHECK: &str = "secret-key-check";
@@ -173,7 +174,7 @@ fn paginate<T>(mut items: Vec<T>, page: &PageRequest, key_of: impl Fn(&T) -> Str
 }
 
 fn migrator(backend: Backend) -> Migrator {
-    let scripts: [(&str, &str); 6] = match backend {
+    let scripts: [(&str, &str); 7] = match backend {
         Backend::Postgres => [
             (
                 "init",
@@ -198,6 +199,10 @@ fn migrator(backend: Backend) -> Migrator {
             (
                 "token scopes",
                 include_str!("../../../migrations/postgres/0006_token_scopes.sql"),
+            ),
+            (
+                "telemetry",
+                include_str!("../../../migrations/postgres/0007_telemetry.sql"),
             ),
         ],
         Backend::Sqlite => [
@@ -224,6 +229,10 @@ fn migrator(backend: Backend) -> Migrator {
             (
                 "token scopes",
                 include_str!("../../../migrations/sqlite/0006_token_scopes.sql"),
+            ),
+            (
+                "telemetry",
+                include_str!("../../../migrations/sqlite/0007_telemetry.sql"),
             ),
         ],
     };
@@ -1119,6 +1128,18 @@ impl Store for SqlStore {
 
     async fn prune_audit(&self, before_ms: i64) -> Result<u64, StoreError> {
         self.prune_audit_rows(before_ms).await
+    }
+
+    async fn record_telemetry(&self, sample: &TelemetrySample) -> Result<(), StoreError> {
+        self.insert_telemetry(sample).await
+    }
+
+    async fn telemetry_since(&self, since_ms: i64) -> Result<Vec<TelemetrySample>, StoreError> {
+        self.select_telemetry(since_ms).await
+    }
+
+    async fn prune_telemetry(&self, before_ms: i64) -> Result<u64, StoreError> {
+        self.delete_telemetry(before_ms).await
     }
 
     async fn record_audit(

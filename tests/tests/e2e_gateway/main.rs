@@ -53,6 +53,7 @@ mod match_steps;
 mod routing_steps;
 mod security_steps;
 mod stream_steps;
+mod telemetry_steps;
 mod upstreams;
 mod vm_steps;
 mod world;
@@ -64,6 +65,7 @@ use match_steps::*;
 use routing_steps::*;
 use security_steps::*;
 use stream_steps::*;
+use telemetry_steps::*;
 use upstreams::*;
 use vm_steps::*;
 use world::*;
@@ -142,6 +144,12 @@ async fn scenario(backend: StoreBackend) {
         .run(
             "the seed's canary: 99/1 between version subsets and the iPhone rule",
             the_seeds_canary_splits_between_version_subsets(&w),
+        )
+        .await;
+    steps
+        .run(
+            "the telemetry window shows the canary traffic",
+            the_telemetry_window_shows_the_canary_traffic(&w),
         )
         .await;
     steps

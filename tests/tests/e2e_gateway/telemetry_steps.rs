@@ -1,0 +1,118 @@
+//! The telemetry window: the traffic east's gateway reported (the seed's
+//! canary step sent 10,000 requests for shopfront through east's egress)
+//! shows per service, per link and per gateway instance at
+//! `/v1/telemetry/...`, and as last-minute gauges on the federation's
+//! `/metrics`.
+
+use super::*;
+
+/// The `items` of `GET /v1/telemetry/{what}`.
+async fn telemetry(w: &World, what: &str) -> Vec<Value> {
+    let (status, body) = api(
+        reqwest::Method::GET,
+        &format!("{}/v1/telemetry/{what}?window=15m", w.base),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{what}: {body}");
+    body["items"].as_array().cloned().unwrap_or_default()
+}
+
+pub(crate) async fn the_telemetry_window_shows_the_canary_traffic(w: &World) {
+    eventually(
+        "shopfront's 10,000 requests in the telemetry window",
+        Duration::from_secs(30),
+        async || {
+            let services = telemetry(w, "services").await;
+            let shopfront = services
+                .iter()
+                .find(|s| s["service"] == "shopfront" && s["globalNamespace"] == "production");
+            match shopfront {
+                Some(s) if s["totals"]["requests"].as_u64() >= Some(10_000) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    let services = telemetry(w, "services").await;
+    let shopfront = services
+        .iter()
+        .find(|s| s["service"] == "shopfront")
+        .expect("shopfront");
+    let totals = &shopfront["totals"];
+    assert_eq!(
+        totals["responses"]["2xx"].as_u64(),
+        totals["requests"].as_u64(),
+        "every canary request was answered 2xx: {totals}"
+    );
+    assert_eq!(totals["errorRate"], 0.0);
+    for p in ["p50Ms", "p90Ms", "p99Ms"] {
+        assert!(totals[p].as_f64().is_some_and(|v| v > 0.0), "{p}: {totals}");
+    }
+    assert!(totals["rps"].as_f64().is_some_and(|r| r > 0.0), "{totals}");
+    let points: u64 = shopfront["series"]
+        .as_array()
+        .expect("series")
+        .iter()
+        .filter_map(|p| p["requests"].as_u64())
+        .sum();
+    assert_eq!(
+        Some(points),
+        totals["requests"].as_u64(),
+        "the series adds up to the totals"
+    );
+
+    let links = telemetry(w, "links").await;
+    let east_west = links
+        .iter()
+        .find(|l| l["source"] == "east" && l["destination"] == "west")
+        .unwrap_or_else(|| panic!("an east → west link: {links:?}"));
+    assert!(
+        east_west["totals"]["requests"].as_u64() >= Some(10_000),
+        "{east_west}"
+    );
+    let instances = telemetry(w, "instances").await;
+    assert!(
+        instances
+            .iter()
+            .any(|i| i["cluster"] == "east" && i["totals"]["requests"].as_u64() >= Some(10_000)),
+        "east's gateway instance: {instances:?}"
+    );
+
+    // A bad window is refused with what is accepted.
+    let (status, body) = api(
+        reqwest::Method::GET,
+        &format!("{}/v1/telemetry/services?window=2h", w.base),
+        None,
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body.to_string().contains("10s to 15m"), "{body}");
+
+    // The last minute, as typed gauges on /metrics.
+    let text = gns_tests::client()
+        .build()
+        .expect("client")
+        .get(format!("{}/metrics", w.base))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    assert!(
+        text.contains("# TYPE gns_telemetry_service_requests_per_second gauge"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "gns_telemetry_service_requests_per_second{global_namespace=\"production\",service=\"shopfront\"}"
+        ),
+        "shopfront's rate over the last minute"
+    );
+    assert!(
+        text.contains(
+            "gns_telemetry_link_requests_per_second{source=\"east\",destination=\"west\"}"
+        )
+    );
+}
