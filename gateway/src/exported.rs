@@ -79,9 +79,22 @@ const COUNTERS: [CounterSeries; 13] = [
     ),
 ];
 
-/// Describes every series the gateway exports (`# HELP`); call once, after
-/// the exporter is installed.
+/// Describes every series the gateway exports (`# HELP`) and starts the
+/// labelled counters at 0 for every label value (a dashboard's rate is 0,
+/// not missing, until the first refusal); call once, after the exporter is
+/// installed.
 pub fn describe() {
+    for reason in crate::refusal::Refusal::LABELS {
+        metrics::counter!("gns_gateway_refusals_total", "reason" => reason).increment(0);
+    }
+    for reason in crate::ingress::IngressEnd::REFUSAL_REASONS {
+        metrics::counter!("gns_gateway_mtls_handshake_failures_total", "reason" => reason)
+            .increment(0);
+    }
+    metrics::describe_counter!(
+        "gns_gateway_mtls_handshake_failures_total",
+        "Peer connections refused at the ingress, by reason."
+    );
     for (name, help, _) in COUNTERS {
         metrics::describe_counter!(name, help);
     }

@@ -250,6 +250,10 @@ pub(crate) enum IngressEnd {
 }
 
 impl IngressEnd {
+    /// Every `reason` label of `gns_gateway_mtls_handshake_failures_total`.
+    pub(crate) const REFUSAL_REASONS: [&'static str; 4] =
+        ["timeout", "handshake", "identity", "no-certificate"];
+
     /// The `reason` label of `gns_gateway_mtls_handshake_failures_total`;
     /// `None` for a connection that was accepted (not a refusal).
     pub(crate) fn refusal_reason(&self) -> Option<&'static str> {
@@ -288,6 +292,9 @@ mod tests {
                 Some("identity")
             ]
         );
+        for label in labels.into_iter().flatten() {
+            assert!(IngressEnd::REFUSAL_REASONS.contains(&label), "{label}");
+        }
         assert_eq!(
             IngressEnd::NotAGateway("spiffe://acme.test/ns/shop/sa/web".into()).to_string(),
             "the peer is not a gateway of this trust domain (its certificate names spiffe://acme.test/ns/shop/sa/web)"

@@ -102,6 +102,23 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// Every `reason` label of `gns_gateway_refusals_total`.
+    pub const LABELS: [&'static str; 13] = [
+        "unknown-service",
+        "not-external",
+        "caller-denied",
+        "cluster-denied",
+        "no-endpoints",
+        "connect-failure",
+        "reset",
+        "try-timeout",
+        "timeout",
+        "body-broken",
+        "bad-connect",
+        "not-tcp-service",
+        "upgrade-failed",
+    ];
+
     /// The `reason` label of `gns_gateway_refusals_total`.
     pub fn label(&self) -> &'static str {
         match self {
@@ -237,12 +254,18 @@ mod tests {
             assert_eq!(refusal.label(), label, "{refusal:?}");
             assert_eq!(refusal.status().as_u16(), status, "{refusal:?}");
             assert!(labels.insert(label), "{label} is used twice");
+            assert!(Refusal::LABELS.contains(&label), "{label} is listed");
             let message = refusal.to_string();
             let answer = refusal.answer();
             assert_eq!(answer.status().as_u16(), status);
             assert!(answer.headers().contains_key(ANSWERED_HEADER));
             assert!(!message.is_empty());
         }
+        assert_eq!(
+            labels.len(),
+            Refusal::LABELS.len(),
+            "every listed label is used"
+        );
         assert_eq!(
             Refusal::Try {
                 cluster: "west".into(),

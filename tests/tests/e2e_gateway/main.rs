@@ -154,6 +154,12 @@ async fn scenario(backend: StoreBackend) {
         .await;
     steps
         .run(
+            "every dashboard query names a metric the binaries export",
+            every_dashboard_query_names_a_metric_the_binaries_export(&w),
+        )
+        .await;
+    steps
+        .run(
             "server-sent events arrive one by one across clusters",
             server_sent_events_arrive_one_by_one_across_clusters(&w),
         )

@@ -2,7 +2,8 @@
 //! canary step sent 10,000 requests for shopfront through east's egress)
 //! shows per service, per link and per gateway instance at
 //! `/v1/telemetry/...`, and as last-minute gauges on the federation's
-//! `/metrics`.
+//! `/metrics`. And the Grafana dashboard in `deploy/` asks only for series
+//! the running binaries export.
 
 use super::*;
 
@@ -114,5 +115,73 @@ pub(crate) async fn the_telemetry_window_shows_the_canary_traffic(w: &World) {
         text.contains(
             "gns_telemetry_link_requests_per_second{source=\"east\",destination=\"west\"}"
         )
+    );
+}
+
+/// The metric names the Grafana dashboard's queries use.
+fn dashboard_metrics() -> std::collections::BTreeSet<String> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/grafana/gns-dashboard.json");
+    let text =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let dashboard: Value = serde_json::from_str(&text).expect("the dashboard is JSON");
+    let mut names = std::collections::BTreeSet::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("expr");
+            let mut rest = expr;
+            while let Some(at) = rest.find("gns_") {
+                let name: String = rest[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                rest = &rest[at + name.len()..];
+                names.insert(name);
+            }
+        }
+    }
+    names
+}
+
+/// Every series name (before `{` or a space) of a Prometheus text, and
+/// every family it declares with a `# TYPE` line (a counter of queries
+/// with no query yet has the line and no sample).
+fn series_names(text: &str) -> std::collections::BTreeSet<String> {
+    text.lines()
+        .filter_map(|l| match l.strip_prefix("# TYPE ") {
+            Some(declared) => declared.split(' ').next(),
+            None if l.starts_with('#') => None,
+            None => l.split(['{', ' ']).next(),
+        })
+        .filter(|n| !n.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+pub(crate) async fn every_dashboard_query_names_a_metric_the_binaries_export(w: &World) {
+    let wanted = dashboard_metrics();
+    assert!(wanted.len() >= 20, "the dashboard's metrics: {wanted:?}");
+    let get = async |url: String| {
+        gns_tests::client()
+            .build()
+            .expect("client")
+            .get(url)
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    };
+    let mut exported = series_names(&get(format!("{}/metrics", w.base)).await);
+    for gw in w.gateways.values() {
+        exported.extend(series_names(
+            &get(format!("http://{}/metrics", gw.admin)).await,
+        ));
+    }
+    let missing: Vec<&String> = wanted.iter().filter(|m| !exported.contains(*m)).collect();
+    assert!(
+        missing.is_empty(),
+        "the dashboard asks for series no binary exports: {missing:?}"
     );
 }
