@@ -109,6 +109,13 @@ pub struct Config {
     /// How long audit rows are kept (pruned in the background), from 1 hour to 100 years.
     #[arg(long, env = "GNS_AUDIT_RETENTION", default_value = "90d", value_parser = parse_retention)]
     pub audit_retention: std::time::Duration,
+    /// OTLP/HTTP collector to export a span per API request to (its
+    /// `/v1/traces`, protobuf); W3C `traceparent` of callers is continued.
+    #[arg(long, env = "GNS_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// Share of new traces sampled, 0 to 1.
+    #[arg(long, env = "GNS_OTLP_SAMPLE_RATIO", default_value_t = 1.0, value_parser = parse_ratio)]
+    pub otlp_sample_ratio: f64,
     /// A client must send a whole request header within this (slow or
     /// stalled clients are closed).
     #[arg(long, env = "GNS_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
@@ -160,6 +167,16 @@ async fn prune_audit(store: Arc<dyn store::Store>, retention: std::time::Duratio
             Ok(rows) => tracing::info!(rows, "audit rows past the retention deleted"),
             Err(e) => tracing::warn!(error = %e, "cannot prune the audit log"),
         }
+    }
+}
+
+/// A sampling ratio: a number from 0 to 1.
+fn parse_ratio(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!(
+            "{text:?} is not a ratio from 0 to 1 (e.g. 0.01 for 1 %)"
+        )),
     }
 }
 
@@ -239,6 +256,9 @@ pub enum StartError {
         /// Cause.
         source: std::io::Error,
     },
+    /// Span export can't be set up (`--otlp-endpoint`).
+    #[error(transparent)]
+    Otlp(#[from] gns_otlp::ExporterError),
 }
 
 /// A built, bound federation, ready to [`Federation::serve`].
@@ -386,6 +406,19 @@ pub async fn build(config: &Config) -> Result<Federation, StartError> {
         tokio::spawn(prune_audit(Arc::clone(&store), config.audit_retention)),
         tokio::spawn(prune_telemetry(Arc::clone(&store))),
     ];
+    if let Some(endpoint) = &config.otlp_endpoint {
+        let client = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(10))
+            .build()
+            .map_err(gns_otlp::ExporterError::from)?;
+        let exporter = gns_otlp::Exporter::spawn(
+            endpoint,
+            "gns-federation",
+            config.otlp_sample_ratio,
+            client,
+        )?;
+        crate::api::metrics::set_tracer(exporter);
+    }
     background.push(tokio::spawn(serving.run(Arc::clone(&store))));
     Ok(Federation {
         api_addr,

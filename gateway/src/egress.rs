@@ -7,7 +7,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -121,11 +121,16 @@ impl Gateway {
     )]
     pub(crate) fn egress_http(
         &self,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         entry: Entry,
         client: std::net::IpAddr,
     ) -> impl Future<Output = Response<Body>> + '_ {
         async move {
+            // This hop's span of the request's trace (a new trace when the
+            // client sent none); the next hop's parent is this span.
+            let trace = gns_otlp::TraceContext::of(req.headers(), self.trace_ratio());
+            trace.propagate(req.headers_mut());
+            let span_start = std::time::SystemTime::now();
             match entry {
                 Entry::Egress => &self.counters.egress_requests,
                 Entry::Public => &self.counters.public_requests,
@@ -189,6 +194,7 @@ impl Gateway {
             }
             let timeout = route.config.timeout().unwrap_or(DEFAULT_TIMEOUT);
             let started = std::time::Instant::now();
+            let tried = AtomicU32::new(0);
             // A kept body's length is known; a streamed one is counted as it goes.
             let (kept, streaming, counted) = match body {
                 RequestBody::Replayable(kept) => (Some(kept), None, None),
@@ -200,10 +206,10 @@ impl Gateway {
             let kept_len = kept.as_ref().map_or(0, |k| k.bytes().len() as u64);
             let tries = async {
                 match (streaming, &kept) {
-                    (Some(body), _) => self.stream_plan(&route, &plan, &parts, body).await,
+                    (Some(body), _) => self.stream_plan(&route, &plan, &parts, body, &tried).await,
                     (None, kept) => {
                         let bytes = kept.as_ref().map(|k| k.bytes().clone()).unwrap_or_default();
-                        self.try_plan(&route, &plan, &parts, bytes).await
+                        self.try_plan(&route, &plan, &parts, bytes, &tried).await
                     }
                 }
             };
@@ -227,6 +233,16 @@ impl Gateway {
                 started.elapsed(),
                 counted.map_or(kept_len, |c| c.get()),
             );
+            if let Some(exporter) = self.tracer.get() {
+                exporter.record(self.span(
+                    trace,
+                    entry.as_str(),
+                    (&route, &parts.method),
+                    (cluster, resp.status().as_u16()),
+                    tried.load(Ordering::Relaxed),
+                    span_start,
+                ));
+            }
             count_response(resp, response_bytes)
         }
     }
@@ -241,6 +257,7 @@ impl Gateway {
         plan: &[crate::route::Target<'p>],
         parts: &http::request::Parts,
         body: Body,
+        tries: &AtomicU32,
     ) -> (Response<Body>, &'p str) {
         let retry = route.config.retries.as_ref();
         let budget = retry.map_or(plan.len(), |r| r.attempts.max(1) as usize);
@@ -253,6 +270,7 @@ impl Gateway {
         for (n, &target) in plan.iter().cycle().take(budget.max(1)).enumerate() {
             let cluster = target.cluster;
             last_cluster = cluster;
+            tries.store(u32::try_from(n + 1).unwrap_or(u32::MAX), Ordering::Relaxed);
             if n > 0 {
                 self.counters.retries.fetch_add(1, Ordering::Relaxed);
             }
@@ -298,6 +316,7 @@ impl Gateway {
         plan: &[crate::route::Target<'p>],
         parts: &http::request::Parts,
         body: Bytes,
+        tries: &AtomicU32,
     ) -> (Response<Body>, &'p str) {
         let retry = route.config.retries.as_ref();
         // Connect failures move on through the plan (and round it again only
@@ -312,6 +331,7 @@ impl Gateway {
         for (n, &target) in plan.iter().cycle().take(budget.max(1)).enumerate() {
             let cluster = target.cluster;
             last_cluster = cluster;
+            tries.store(u32::try_from(n + 1).unwrap_or(u32::MAX), Ordering::Relaxed);
             if n > 0 {
                 self.counters.retries.fetch_add(1, Ordering::Relaxed);
             }

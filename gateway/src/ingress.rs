@@ -191,40 +191,72 @@ impl Gateway {
     )]
     pub(crate) fn ingress<'a>(
         &'a self,
-        req: Request<h2::RecvStream>,
+        mut req: Request<h2::RecvStream>,
         peer: &'a str,
     ) -> impl Future<Output = Response<Body>> + 'a {
         async move {
+            // The peer's span is the parent of this hop's; the endpoint
+            // gets this hop's span as its parent.
+            let trace = gns_otlp::TraceContext::of(req.headers(), self.trace_ratio());
+            trace.propagate(req.headers_mut());
+            let start = std::time::SystemTime::now();
+            let method = req.method().clone();
             let host = host_in(req.headers(), req.uri());
             let Some(route) = self.routes.load().route(host) else {
                 return Refusal::UnknownService(host.to_owned()).answer();
             };
-            if let Some(refusal) = self.peer_refusal(&route, peer, req.headers(), host) {
-                return refusal.answer();
+            let resp = self.ingress_to_local(&route, req, peer).await;
+            if let Some(exporter) = self.tracer.get() {
+                let mut span = self.span(
+                    trace,
+                    "ingress",
+                    (&route, &method),
+                    (&self.cluster, resp.status().as_u16()),
+                    1,
+                    start,
+                );
+                span.attributes
+                    .push(("gns.source.cluster", gns_otlp::Value::Text(peer.to_owned())));
+                exporter.record(span);
             }
-            let subset = subset_named(req.headers()).map(str::to_owned);
-            if req.body().is_end_stream() {
-                // No body: the pooled fast path, which may send the head again.
-                let (parts, _) = req.into_parts();
-                return match self
-                    .send_local(&route, parts, Bytes::new(), subset.as_deref())
-                    .await
-                {
-                    Ok(resp) => resp,
-                    Err(e) => e.answer(&self.cluster),
-                };
-            }
-            // The body streams to the endpoint once, with flow control end
-            // to end; a connect failure still moves on to another endpoint.
-            let (parts, body) = crate::peer::request_body(req).into_parts();
-            let sent = match self.open_local(&route, subset.as_deref()).await {
-                Ok(link) => self.send_streaming(link, parts, body).await,
-                Err(e) => Err(e),
-            };
-            match sent {
+            resp
+        }
+    }
+
+    /// A peer's request for `route`'s service, admitted by its access
+    /// policy, sent to a local endpoint.
+    async fn ingress_to_local(
+        &self,
+        route: &crate::route::Route,
+        req: Request<h2::RecvStream>,
+        peer: &str,
+    ) -> Response<Body> {
+        let host = host_in(req.headers(), req.uri());
+        if let Some(refusal) = self.peer_refusal(route, peer, req.headers(), host) {
+            return refusal.answer();
+        }
+        let subset = subset_named(req.headers()).map(str::to_owned);
+        if req.body().is_end_stream() {
+            // No body: the pooled fast path, which may send the head again.
+            let (parts, _) = req.into_parts();
+            return match self
+                .send_local(route, parts, Bytes::new(), subset.as_deref())
+                .await
+            {
                 Ok(resp) => resp,
                 Err(e) => e.answer(&self.cluster),
-            }
+            };
+        }
+        // The body streams to the endpoint once, with flow control end
+        // to end; a connect failure still moves on to another endpoint.
+        let (parts, body) = crate::peer::request_body(req).into_parts();
+        let sent = match self.open_local(route, subset.as_deref()).await {
+            Ok(link) => self.send_streaming(link, parts, body).await,
+            Err(e) => Err(e),
+        };
+        match sent {
+            Ok(resp) => resp,
+            Err(e) => e.answer(&self.cluster),
         }
     }
 }

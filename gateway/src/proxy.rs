@@ -130,6 +130,8 @@ pub struct Gateway {
     pub counters: Counters,
     /// Traffic since the last report to the federation.
     pub(crate) traffic: Arc<crate::report::Traffic>,
+    /// Where spans go (`--otlp-endpoint`), once set.
+    pub(crate) tracer: std::sync::OnceLock<gns_otlp::Exporter>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -171,6 +173,7 @@ impl Gateway {
             buffers: BufferBudget::default(),
             counters: Counters::default(),
             traffic: Arc::default(),
+            tracer: std::sync::OnceLock::new(),
         })
     }
 
@@ -227,6 +230,50 @@ impl Gateway {
     /// The pools of the calling worker thread.
     pub(crate) fn shard(&self) -> &Shard {
         &self.shards[WORKER.with(Cell::get) % self.shards.len()]
+    }
+
+    /// Exports a span per request and hop to `exporter` (`--otlp-endpoint`);
+    /// set once, at start. Without it the trace context still propagates.
+    pub fn set_tracer(&self, exporter: gns_otlp::Exporter) {
+        let _ = self.tracer.set(exporter);
+    }
+
+    /// The share of new traces sampled (0 without an exporter).
+    pub(crate) fn trace_ratio(&self) -> f64 {
+        self.tracer.get().map_or(0.0, gns_otlp::Exporter::ratio)
+    }
+
+    /// The span of one request this gateway served: `role` (egress,
+    /// public, ingress) for `route` with `method`, served by `cluster` with
+    /// `status` after `tries` tries.
+    pub(crate) fn span(
+        &self,
+        context: gns_otlp::TraceContext,
+        role: &str,
+        (route, method): (&crate::route::Route, &http::Method),
+        (cluster, status): (&str, u16),
+        tries: u32,
+        start: std::time::SystemTime,
+    ) -> gns_otlp::Span {
+        use gns_otlp::Value::{Int, Text};
+        let service = format!("{}.{}", route.config.service, route.config.gns);
+        gns_otlp::Span {
+            context,
+            name: format!("{role} {service}"),
+            kind: gns_otlp::Kind::Server,
+            start,
+            end: std::time::SystemTime::now(),
+            attributes: vec![
+                ("gns.service", Text(service)),
+                ("gns.role", Text(role.to_owned())),
+                ("gns.gateway.cluster", Text(self.cluster.clone())),
+                ("gns.destination.cluster", Text(cluster.to_owned())),
+                ("http.request.method", Text(method.to_string())),
+                ("http.response.status_code", Int(i64::from(status))),
+                ("gns.tries", Int(i64::from(tries))),
+            ],
+            error: status >= 500,
+        }
     }
 
     /// The traffic counted for the next report to the federation.

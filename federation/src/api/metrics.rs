@@ -52,7 +52,17 @@ pub fn handle() -> PrometheusHandle {
         .clone()
 }
 
-/// Middleware: counts requests and records latency by method, route and status.
+/// Where API request spans go (`--otlp-endpoint`), once set.
+static TRACER: OnceLock<gns_otlp::Exporter> = OnceLock::new();
+
+/// Exports a span per API request to `exporter`; set once, at start.
+pub fn set_tracer(exporter: gns_otlp::Exporter) {
+    let _ = TRACER.set(exporter);
+}
+
+/// Middleware: counts requests and records latency by method, route and
+/// status; with a tracer, exports the request's span (continuing the
+/// caller's `traceparent`).
 pub async fn track(req: Request, next: Next) -> Response {
     let start = Instant::now();
     let method = req.method().as_str().to_owned();
@@ -60,7 +70,31 @@ pub async fn track(req: Request, next: Next) -> Response {
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let traced = TRACER.get().map(|exporter| {
+        (
+            exporter,
+            gns_otlp::TraceContext::of(req.headers(), exporter.ratio()),
+            std::time::SystemTime::now(),
+        )
+    });
     let response = next.run(req).await;
+    if let Some((exporter, context, started)) = traced {
+        use gns_otlp::Value::{Int, Text};
+        let status = response.status().as_u16();
+        exporter.record(gns_otlp::Span {
+            context,
+            name: format!("{method} {route}"),
+            kind: gns_otlp::Kind::Server,
+            start: started,
+            end: std::time::SystemTime::now(),
+            attributes: vec![
+                ("http.request.method", Text(method.clone())),
+                ("http.route", Text(route.clone())),
+                ("http.response.status_code", Int(i64::from(status))),
+            ],
+            error: status >= 500,
+        });
+    }
     let status = response.status().as_u16().to_string();
     let labels = [("method", method), ("route", route), ("status", status)];
     metrics::counter!("gns_http_requests_total", &labels).increment(1);

@@ -75,6 +75,15 @@ struct Args {
     /// its request is not retried.
     #[arg(long, env = "GNS_BUFFER_BUDGET", default_value = "64MiB", value_parser = gns_gateway::budget::parse_size)]
     buffer_budget: usize,
+    /// OTLP/HTTP collector to export a span per request and hop to (its
+    /// `/v1/traces`, protobuf), e.g. `http://otel-collector:4318`. Without
+    /// it, W3C `traceparent` still propagates and nothing is exported.
+    #[arg(long, env = "GNS_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
+    /// Share of new traces sampled, 0 to 1 (a caller's `traceparent`
+    /// decides for the traces it starts).
+    #[arg(long, env = "GNS_OTLP_SAMPLE_RATIO", default_value_t = 1.0, value_parser = parse_ratio)]
+    otlp_sample_ratio: f64,
     /// This instance's name in the cluster's status (the pod's name; the
     /// rollout sets it): lowercase letters, digits, `-` and `.`. Default:
     /// the host name.
@@ -220,6 +229,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let gateway = Gateway::with_workers(&args.cluster, workers);
     gateway.set_client_idle_timeout(Some(args.client_idle_timeout));
     gateway.set_buffer_budget(args.buffer_budget);
+    if let Some(endpoint) = &args.otlp_endpoint {
+        let client = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(10))
+            .build()
+            .context("OTLP client")?;
+        let exporter =
+            gns_otlp::Exporter::spawn(endpoint, "gns-gateway", args.otlp_sample_ratio, client)?;
+        gateway.set_tracer(exporter);
+    }
     gateway.set_header_read_timeout(args.header_read_timeout);
     gateway.set_max_connections(args.max_connections);
     let instance = instance_name(args.instance.as_deref())?;
@@ -354,4 +372,14 @@ async fn serve_admin(
 fn colour() -> bool {
     use std::io::IsTerminal;
     std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+/// A sampling ratio: a number from 0 to 1.
+fn parse_ratio(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!(
+            "{text:?} is not a ratio from 0 to 1 (e.g. 0.01 for 1 %)"
+        )),
+    }
 }

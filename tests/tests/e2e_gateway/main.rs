@@ -54,6 +54,7 @@ mod routing_steps;
 mod security_steps;
 mod stream_steps;
 mod telemetry_steps;
+mod trace_steps;
 mod upstreams;
 mod vm_steps;
 mod world;
@@ -66,6 +67,7 @@ use routing_steps::*;
 use security_steps::*;
 use stream_steps::*;
 use telemetry_steps::*;
+use trace_steps::*;
 use upstreams::*;
 use vm_steps::*;
 use world::*;
@@ -156,6 +158,12 @@ async fn scenario(backend: StoreBackend) {
         .run(
             "every dashboard query names a metric the binaries export",
             every_dashboard_query_names_a_metric_the_binaries_export(&w),
+        )
+        .await;
+    steps
+        .run(
+            "traces cross both gateways to the endpoint",
+            traces_cross_both_gateways_to_the_endpoint(&w),
         )
         .await;
     steps

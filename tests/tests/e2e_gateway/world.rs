@@ -24,6 +24,8 @@ pub(crate) struct World {
     pub(crate) grpc_port: u16,
     pub(crate) ingress: BTreeMap<&'static str, u16>,
     pub(crate) gateways: BTreeMap<&'static str, GatewayProc>,
+    /// Spans the test's OTLP receiver got from the gateways and the federation.
+    pub(crate) spans: Spans,
     /// The federation's trust bundle.
     pub(crate) bundle_roots: Vec<CertificateDer<'static>>,
     /// A certificate of east's gateway (chain, key), and when it was issued.
@@ -276,6 +278,9 @@ pub(crate) async fn setup(backend: StoreBackend) -> World {
     // A live feed of server-sent events in west only.
     let sse_port = sse().await;
     one_endpoint_service(&west, "events", "http", "127.0.0.1", sse_port);
+    // An upstream answering the traceparent it got, in west only.
+    let traced_port = traceparent_upstream().await;
+    one_endpoint_service(&west, "traced", "http", "127.0.0.1", traced_port);
     // Bulk transfers (a sink and a source) in west only.
     let bulk_port = bulk().await;
     one_endpoint_service(&west, "bulk", "http", "127.0.0.1", bulk_port);
@@ -332,12 +337,17 @@ pub(crate) async fn setup(backend: StoreBackend) -> World {
     ))
     .expect("slice");
 
+    // Every process exports its spans to the test's OTLP receiver.
+    let (otlp_port, spans) = otlp_receiver().await;
+    let otlp = format!("http://127.0.0.1:{otlp_port}");
     // Short-lived certificates: gateways renew every 8 s during the test.
     let mut flags = vec![
         "--trust-domain".to_owned(),
         "acme.test".to_owned(),
         "--gateway-cert-lifetime".to_owned(),
         "12s".to_owned(),
+        "--otlp-endpoint".to_owned(),
+        otlp.clone(),
     ];
     flags.extend(backend.federation_args());
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
@@ -380,7 +390,7 @@ pub(crate) async fn setup(backend: StoreBackend) -> World {
             .expect("addr");
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let public: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-        let args = gateway_args(
+        let mut args = gateway_args(
             &base,
             name,
             token,
@@ -388,6 +398,7 @@ pub(crate) async fn setup(backend: StoreBackend) -> World {
             ingress[name],
             &dir.path().join(format!("gw-{name}")),
         );
+        args.extend(["--otlp-endpoint".to_owned(), otlp.clone()]);
         let log = dir.path().join(format!("gateway-{name}.log"));
         let process = Proc::spawn(&binary("gns-gateway"), &args, log.clone());
         gateways.insert(
@@ -419,6 +430,7 @@ pub(crate) async fn setup(backend: StoreBackend) -> World {
         grpc_port,
         ingress,
         gateways,
+        spans,
         bundle_roots: Vec::new(),
         east_cert: None,
     };

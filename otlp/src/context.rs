@@ -1,0 +1,190 @@
+//! The W3C trace context (<https://www.w3.org/TR/trace-context/>): a
+//! request's `traceparent` (`00-<trace id>-<parent span id>-<flags>`) read,
+//! or a new one made; each hop names its own span as the parent of the next.
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+/// `traceparent`.
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+/// `tracestate` (passed on as it came).
+pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+
+/// Where a hop stands in a trace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceContext {
+    /// The trace.
+    pub trace_id: [u8; 16],
+    /// The caller's span (all zero when this hop starts the trace).
+    pub parent_span_id: [u8; 8],
+    /// This hop's span.
+    pub span_id: [u8; 8],
+    /// Whether the trace is sampled (recorded and exported).
+    pub sampled: bool,
+}
+
+impl TraceContext {
+    /// The context of a request with `headers`: its `traceparent` continued
+    /// (a new span of the same trace, the caller's span its parent), or,
+    /// when it has none or a malformed one, a new trace sampled with
+    /// probability `ratio`.
+    pub fn of(headers: &HeaderMap, ratio: f64) -> Self {
+        let span_id = random_span_id();
+        match headers
+            .get(&TRACEPARENT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse)
+        {
+            Some((trace_id, parent_span_id, sampled)) => Self {
+                trace_id,
+                parent_span_id,
+                span_id,
+                sampled,
+            },
+            None => Self {
+                trace_id: random_trace_id(),
+                parent_span_id: [0; 8],
+                span_id,
+                sampled: ratio >= 1.0 || (ratio > 0.0 && fastrand::f64() < ratio),
+            },
+        }
+    }
+
+    /// The `traceparent` this hop passes on: this hop's span is the parent.
+    pub fn header(&self) -> HeaderValue {
+        let text = format!(
+            "00-{}-{}-{}",
+            hex(&self.trace_id),
+            hex(&self.span_id),
+            if self.sampled { "01" } else { "00" }
+        );
+        // Lower-case hex and dashes only: always a valid header value.
+        HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("00"))
+    }
+
+    /// Sets this hop's `traceparent` on the headers of the request it sends
+    /// on (`tracestate`, if any, stays as it came).
+    pub fn propagate(&self, headers: &mut HeaderMap) {
+        headers.insert(TRACEPARENT, self.header());
+    }
+
+    /// The trace id as 32 lower-case hex digits.
+    pub fn trace_id_hex(&self) -> String {
+        hex(&self.trace_id)
+    }
+}
+
+/// `(trace id, parent span id, sampled)` of a `traceparent` value, if it is
+/// one: version `00` (or a later one, read the same way), non-zero ids.
+pub fn parse(value: &str) -> Option<([u8; 16], [u8; 8], bool)> {
+    let mut parts = value.trim().split('-');
+    let version = parts.next()?;
+    let trace = parts.next()?;
+    let parent = parts.next()?;
+    let flags = parts.next()?;
+    if version.len() != 2 || version == "ff" || (version == "00" && parts.next().is_some()) {
+        return None;
+    }
+    let trace_id: [u8; 16] = unhex(trace)?;
+    let parent_span_id: [u8; 8] = unhex(parent)?;
+    let flags: [u8; 1] = unhex(flags)?;
+    if trace_id == [0; 16] || parent_span_id == [0; 8] {
+        return None;
+    }
+    Some((trace_id, parent_span_id, flags[0] & 1 == 1))
+}
+
+/// Never zero: zero means "no trace".
+fn random_trace_id() -> [u8; 16] {
+    fastrand::u128(1..).to_be_bytes()
+}
+
+fn random_span_id() -> [u8; 8] {
+    fastrand::u64(1..).to_be_bytes()
+}
+
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 15)]));
+    }
+    out
+}
+
+/// The bytes of lower-case hex `text` of exactly `N` bytes.
+fn unhex<const N: usize>(text: &str) -> Option<[u8; N]> {
+    if text.len() != N * 2 {
+        return None;
+    }
+    let digit = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
+    let bytes = text.as_bytes();
+    let mut out = [0u8; N];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = digit(bytes[2 * i])? << 4 | digit(bytes[2 * i + 1])?;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn a_traceparent_is_continued_with_a_new_span_of_the_same_trace() {
+        let mut headers = HeaderMap::new();
+        headers.insert(TRACEPARENT, HeaderValue::from_static(PARENT));
+        let ctx = TraceContext::of(&headers, 0.0);
+        assert_eq!(ctx.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(hex(&ctx.parent_span_id), "00f067aa0ba902b7");
+        assert!(
+            ctx.sampled,
+            "the caller's sampled flag is kept, whatever the ratio"
+        );
+        assert_ne!(ctx.span_id, ctx.parent_span_id);
+        let passed = ctx.header();
+        let passed = passed.to_str().expect("text");
+        assert!(passed.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+        assert_eq!(
+            &passed[36..52],
+            hex(&ctx.span_id),
+            "this hop is the next parent"
+        );
+        assert!(passed.ends_with("-01"));
+    }
+
+    #[test]
+    fn without_a_valid_traceparent_a_trace_starts_sampled_by_ratio() {
+        let none = HeaderMap::new();
+        let started = TraceContext::of(&none, 1.0);
+        assert!(started.sampled);
+        assert_eq!(started.parent_span_id, [0; 8]);
+        assert_ne!(started.trace_id, [0; 16]);
+        assert!(!TraceContext::of(&none, 0.0).sampled);
+        let sampled = (0..10_000)
+            .filter(|_| TraceContext::of(&none, 0.01).sampled)
+            .count();
+        assert!(
+            (40..=200).contains(&sampled),
+            "about 1 % of 10,000: {sampled}"
+        );
+        for bad in [
+            "garbage",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+        ] {
+            assert_eq!(parse(bad), None, "{bad}");
+        }
+        assert!(parse("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00-later").is_some());
+    }
+}
