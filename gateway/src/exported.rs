@@ -119,6 +119,14 @@ pub fn describe() {
         "Bodies the buffer budget had no room for (they streamed, not retried)."
     );
     metrics::describe_counter!(
+        "gns_otlp_spans_dropped_total",
+        "Spans dropped because the export queue was full (--otlp-endpoint)."
+    );
+    metrics::describe_counter!(
+        "gns_otlp_export_failures_total",
+        "Span batches the OTLP collector did not take."
+    );
+    metrics::describe_counter!(
         "gns_gateway_refusals_total",
         "Requests and connections the gateway ended itself, by reason."
     );
@@ -137,6 +145,13 @@ pub fn publish(gateway: &Gateway) {
     metrics::gauge!("gns_gateway_trust_roots").set(roots as f64);
     let version = gateway.config().map_or(0, |c| c.version);
     metrics::gauge!("gns_gateway_config_version").set(version as f64);
+    let otlp = [
+        ("gns_otlp_spans_dropped_total", &gns_otlp::export::DROPPED),
+        ("gns_otlp_export_failures_total", &gns_otlp::export::FAILED),
+    ];
+    for (name, count) in otlp {
+        metrics::counter!(name).absolute(count.load(Ordering::Relaxed));
+    }
     for (name, value) in gateway.buffer_budget().metrics() {
         if name.ends_with("_total") {
             metrics::counter!(name).absolute(value);

@@ -124,9 +124,10 @@ fn metrics_dropped() {
     DROPPED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 }
 
-/// Spans dropped because the queue was full (read by the binaries' metrics).
+/// Spans dropped because the queue was full (`gns_otlp_spans_dropped_total`
+/// on the binaries' `/metrics`).
 pub static DROPPED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-/// Batches the collector did not take.
+/// Batches the collector did not take (`gns_otlp_export_failures_total`).
 pub static FAILED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Sends what arrives on `spans` in batches until every sender is gone.

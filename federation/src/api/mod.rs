@@ -222,6 +222,12 @@ async fn metrics_text(
     State(state): State<AppState>,
     dns: Option<Extension<Arc<gns_dns::DnsServer>>>,
 ) -> impl IntoResponse {
+    for (name, count) in [
+        ("gns_otlp_spans_dropped_total", &gns_otlp::export::DROPPED),
+        ("gns_otlp_export_failures_total", &gns_otlp::export::FAILED),
+    ] {
+        ::metrics::counter!(name).absolute(count.load(std::sync::atomic::Ordering::Relaxed));
+    }
     let mut text = metrics::handle().render();
     if let Some(Extension(dns)) = dns {
         text.push_str(&dns.metrics_text());
