@@ -4,6 +4,7 @@
 //! - [`store`]: versioned persistence (Postgres or embedded SQLite) with change notification;
 //! - [`snapshot`]: the snapshot compiler and the builder task that publishes snapshots;
 //! - [`api`]: the REST API (axum), auth, OpenAPI and metrics;
+//! - [`console`]: the web console at `/ui/` (assets compiled in);
 //! - [`server`]: configuration and startup of `gns-federation`;
 //! - [`listener`]: the API's hardened listener (header timeout, connection cap);
 //! - [`telemetry`]: the rolling window of the gateways' reported traffic (pure);
@@ -11,6 +12,7 @@
 //! - [`ctl`]: the `gnsctl` command-line client.
 
 pub mod api;
+pub mod console;
 pub mod ctl;
 pub mod discovery;
 pub mod identity;

@@ -264,6 +264,8 @@ fn scope_refusal(principal: &Principal, method: &Method, path: &str) -> Option<A
         )),
         // The trace answers 404 for a service outside the scope itself;
         // telemetry shows the scope's services only.
+        // Who the token is: every token may ask.
+        Reach::Elsewhere if path == "/v1/whoami" => None,
         Reach::Elsewhere
             if (path == "/v1/trace" || path == "/v1/telemetry/services")
                 && principal.role != Role::Workload =>

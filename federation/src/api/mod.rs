@@ -160,6 +160,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/config/gateways/{cluster}", get(config::gateways))
         .route("/v1/config/status", get(config::status))
         .route("/v1/trace", post(trace::post))
+        .route("/v1/whoami", get(whoami))
         .route("/v1/telemetry/services", get(telemetry::services))
         .route("/v1/telemetry/links", get(telemetry::links))
         .route("/v1/telemetry/instances", get(telemetry::instances))
@@ -173,6 +174,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .route("/openapi.json", get(|| async { Json(openapi::document()) }))
+        .merge(crate::console::routes())
         // The join token is the credential of a signing request; the trust
         // bundle is public. Neither takes a bearer token.
         .route("/v1/identity/sign", post(identity::sign))
@@ -183,6 +185,16 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
+}
+
+/// `GET /v1/whoami`: the token's name, role and scope (what the console
+/// shows and hides).
+async fn whoami(Extension(principal): Extension<auth::Principal>) -> Json<serde_json::Value> {
+    Json(json!({
+        "name": principal.name,
+        "role": principal.role.as_str(),
+        "globalNamespaces": principal.global_namespaces,
+    }))
 }
 
 /// Ready when the store answers and, with a snapshot feed, the first snapshot is built.

@@ -442,6 +442,15 @@ pub const OPERATIONS: &[Operation] = {
             200,
         ),
         op(
+            Get,
+            "/v1/whoami",
+            "The calling token: {name, role, globalNamespaces} (every token may ask)",
+            "tokens",
+            None,
+            None,
+            200,
+        ),
+        op(
             Post,
             "/v1/trace",
             "What happens to one request, and why: DNS answer, matching rule, destinations with probabilities, access",

@@ -711,6 +711,10 @@ fn print_guide(options: &Options, token_file: &Path, elapsed: Duration, first: &
         token_file.display(),
         ca_file.display()
     );
+    println!(
+        "console     https://{}/ui/   (sign in with the admin token)",
+        options.listen
+    );
     println!("DNS         {dns} (UDP and TCP)");
     for c in &CLUSTERS {
         println!(

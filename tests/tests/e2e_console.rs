@@ -1,0 +1,594 @@
+//! The web console in a real headless Chromium, driven over WebDriver
+//! (Debian's `chromium` and `chromium-driver`, fantoccini), against the
+//! local demo: sign in; the overview shows both clusters healthy, west
+//! unhealthy within 10 s of its failure without a reload, and healthy again
+//! once healed; the service page draws the 99/1 split and shows live request
+//! rates; the trace form answers what `gnsctl trace` answers; the weight
+//! slider writes with the routing's resourceVersion, and a concurrent change
+//! shows as a conflict in words; a viewer token gets no write control. A
+//! failing step leaves a screenshot in `target/console-screenshots/`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator, key::Key};
+use gns_tests::{Proc, binary, free_port, wait_for};
+use serde_json::{Value, json};
+
+const DOMAIN: &str = "production.app.acme.com";
+const IPHONE: &str = "DemoApp/1.0;iPhone;iOS 17";
+
+/// The demo, its federation's URL, CA and admin token.
+struct Demo {
+    up: Proc,
+    dir: PathBuf,
+    base: String,
+    ca: PathBuf,
+    token: String,
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        if let Some(pid) = self.up.pid() {
+            let _ = Command::new("kill").arg(pid.to_string()).status();
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    }
+}
+
+fn start_demo(tmp: &Path) -> Demo {
+    let dir = tmp.join("demo");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut up = Proc::spawn(
+        &binary("gns-demo"),
+        &[
+            "up".into(),
+            "--dir".into(),
+            dir.display().to_string(),
+            "--listen".into(),
+            listen.clone(),
+            "--dns-listen".into(),
+            format!("127.0.0.1:{}", free_port()),
+        ],
+        tmp.join("demo-up.log"),
+    );
+    let guide = wait_for(Duration::from_secs(90), "the demo to come up", || {
+        let text = up.log_text();
+        assert!(up.running(), "gns-demo up exited: {text}");
+        text.contains("GNS demo ready").then_some(text)
+    });
+    // "federation  https://… (admin token in <file>, CA in <file>)"
+    let line = guide
+        .lines()
+        .find(|l| l.starts_with("federation "))
+        .expect("the federation line");
+    let between = |from: &str, to: &str| -> String {
+        let start = line.find(from).expect(from) + from.len();
+        let end = line[start..].find(to).expect(to) + start;
+        line[start..end].to_owned()
+    };
+    let token_file = PathBuf::from(between("admin token in ", ","));
+    let ca = PathBuf::from(between("CA in ", ")"));
+    let token = std::fs::read_to_string(&token_file)
+        .expect("admin token")
+        .trim()
+        .to_owned();
+    Demo {
+        up,
+        dir,
+        base: format!("https://{listen}"),
+        ca,
+        token,
+    }
+}
+
+impl Demo {
+    fn client(&self) -> reqwest::Client {
+        let pem = std::fs::read(&self.ca).expect("CA");
+        gns_tests::client_builder_with_roots(&pem)
+            .build()
+            .expect("client")
+    }
+
+    async fn api(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut req = self
+            .client()
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("federation");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    fn demo_command(&self, what: &str) -> String {
+        let out = Command::new(binary("gns-demo"))
+            .args([what, "west", "--dir", &self.dir.display().to_string()])
+            .output()
+            .expect("gns-demo");
+        assert!(out.status.success(), "gns-demo {what} west: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `gnsctl trace … -o json` for an iPhone client in east.
+    fn gnsctl_trace(&self) -> Value {
+        let out = Command::new(binary("gnsctl"))
+            .args([
+                "--server",
+                &self.base,
+                "--ca-file",
+                &self.ca.display().to_string(),
+                "--token",
+                &self.token,
+                "trace",
+                &format!("web.{DOMAIN}"),
+                "--from",
+                "east",
+                "-H",
+                &format!("User-Agent: {IPHONE}"),
+                "-o",
+                "json",
+            ])
+            .output()
+            .expect("gnsctl");
+        assert!(out.status.success(), "gnsctl trace: {out:?}");
+        serde_json::from_slice(&out.stdout).expect("trace JSON")
+    }
+}
+
+/// chromedriver on a free port, and a session of headless Chromium.
+async fn browser(tmp: &Path) -> (Proc, Client) {
+    for tool in ["/usr/bin/chromium", "/usr/bin/chromedriver"] {
+        assert!(
+            Path::new(tool).exists(),
+            "{tool} is missing: apt-get install chromium chromium-driver (.ci/run does this)"
+        );
+    }
+    let port = free_port();
+    let driver = Proc::spawn(
+        Path::new("/usr/bin/chromedriver"),
+        &[format!("--port={port}")],
+        tmp.join("chromedriver.log"),
+    );
+    wait_for(Duration::from_secs(20), "chromedriver to listen", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+    let caps = json!({
+        "browserName": "chrome",
+        "acceptInsecureCerts": true,
+        "goog:chromeOptions": {
+            "binary": "/usr/bin/chromium",
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                     "--disable-dev-shm-usage", "--window-size=1366,768"]
+        }
+    });
+    let serde_json::Value::Object(caps) = caps else {
+        unreachable!("an object")
+    };
+    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    let client = ClientBuilder::new(connector)
+        .capabilities(caps)
+        .connect(&format!("http://127.0.0.1:{port}"))
+        .await
+        .expect("a Chromium session");
+    (driver, client)
+}
+
+/// Waits up to `within` for an element matching `css`.
+async fn wait_css(
+    c: &Client,
+    css: &str,
+    within: Duration,
+) -> Result<fantoccini::elements::Element, String> {
+    c.wait()
+        .at_most(within)
+        .for_element(Locator::Css(css))
+        .await
+        .map_err(|e| format!("no {css} within {within:?}: {e}"))
+}
+
+/// Waits up to `within` until the text of `css` contains `needle`.
+async fn wait_text(
+    c: &Client,
+    css: &str,
+    needle: &str,
+    within: Duration,
+) -> Result<String, String> {
+    let deadline = Instant::now() + within;
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        if let Ok(e) = c.find(Locator::Css(css)).await
+            && let Ok(t) = e.text().await
+        {
+            if t.contains(needle) {
+                return Ok(t);
+            }
+            last = t;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Err(format!(
+        "{css} never said {needle:?} within {within:?}; last: {last:?}"
+    ))
+}
+
+async fn sign_in(c: &Client, base: &str, token: &str) -> Result<(), String> {
+    c.goto(&format!("{base}/ui/"))
+        .await
+        .map_err(|e| e.to_string())?;
+    let field = wait_css(c, "#token", Duration::from_secs(10)).await?;
+    field.send_keys(token).await.map_err(|e| e.to_string())?;
+    c.find(Locator::Css("#sign-in-button"))
+        .await
+        .map_err(|e| e.to_string())?
+        .click()
+        .await
+        .map_err(|e| e.to_string())?;
+    wait_css(c, "#nav:not([hidden])", Duration::from_secs(10)).await?;
+    Ok(())
+}
+
+/// Runs `step`; on failure keeps a screenshot and panics with why.
+async fn step<F: std::future::Future<Output = Result<(), String>>>(
+    c: &Client,
+    name: &str,
+    step: F,
+) {
+    eprintln!("console step: {name}");
+    if let Err(why) = step.await {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/console-screenshots");
+        let _ = std::fs::create_dir_all(&dir);
+        let file = dir.join(format!("{}.png", name.replace(' ', "-")));
+        if let Ok(png) = c.screenshot().await {
+            let _ = std::fs::write(&file, png);
+        }
+        panic!(
+            "console step failed: {name}: {why} (screenshot: {})",
+            file.display()
+        );
+    }
+}
+
+async fn routing_weights(demo: &Demo) -> (u64, Vec<u64>) {
+    let (status, routing) = demo
+        .api(
+            reqwest::Method::GET,
+            "/v1/global-namespaces/production/services/web/routing",
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{routing}");
+    let weights = routing["rules"][2]["destinations"]
+        .as_array()
+        .expect("rule 2")
+        .iter()
+        .filter_map(|d| d["weight"].as_u64())
+        .collect();
+    (routing["resourceVersion"].as_u64().unwrap_or(0), weights)
+}
+
+#[test]
+fn the_console_shows_health_traffic_traces_and_writes_weights() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let demo = start_demo(tmp.path());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let (_driver, c) = browser(tmp.path()).await;
+        let base = demo.base.clone();
+
+        step(&c, "sign in", sign_in(&c, &base, &demo.token)).await;
+        step(&c, "both clusters healthy", async {
+            for cluster in ["east", "west"] {
+                wait_css(
+                    &c,
+                    &format!("[data-cluster=\"{cluster}\"] [data-health=\"healthy\"]"),
+                    Duration::from_secs(30),
+                )
+                .await?;
+            }
+            Ok(())
+        })
+        .await;
+
+        assert!(demo.demo_command("fail").contains("west is down"));
+        let failed = Instant::now();
+        step(&c, "west unhealthy within 10 s without a reload", async {
+            wait_css(
+                &c,
+                "[data-cluster=\"west\"] [data-health=\"unhealthy\"]",
+                Duration::from_secs(10),
+            )
+            .await?;
+            eprintln!("west shown unhealthy after {:?}", failed.elapsed());
+            Ok(())
+        })
+        .await;
+        assert!(demo.demo_command("heal").contains("west is back"));
+        step(&c, "west healthy again", async {
+            wait_css(
+                &c,
+                "[data-cluster=\"west\"] [data-health=\"healthy\"]",
+                Duration::from_secs(45),
+            )
+            .await?;
+            Ok(())
+        })
+        .await;
+
+        step(&c, "the service page draws the 99/1 split", async {
+            c.goto(&format!("{base}/ui/#/service/production/web"))
+                .await
+                .map_err(|e| e.to_string())?;
+            let bar =
+                wait_text(&c, ".bar[data-rule=\"2\"]", "99%", Duration::from_secs(10)).await?;
+            if !bar.contains("1%") {
+                return Err(format!("no 1% part: {bar:?}"));
+            }
+            Ok(())
+        })
+        .await;
+        // Traffic through east's egress, then its rate shows, live.
+        let client = reqwest::Client::new();
+        for _ in 0..200 {
+            let r = client
+                .get("http://127.0.10.1:15001/")
+                .header("host", format!("web.{DOMAIN}"))
+                .send()
+                .await
+                .expect("a request through east's egress");
+            assert_eq!(r.status(), 200);
+        }
+        step(&c, "live request rates on the service page", async {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if let Ok(e) = c.find(Locator::Css("[data-rps]")).await
+                    && let Ok(Some(rps)) = e.attr("data-rps").await
+                    && rps.parse::<f64>().is_ok_and(|r| r > 0.0)
+                {
+                    return Ok(());
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err("no request rate shown within 20 s".into())
+        })
+        .await;
+
+        step(
+            &c,
+            "the overview draws the traffic between the clusters",
+            async {
+                c.goto(&format!("{base}/ui/#/"))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                wait_css(&c, "#topology svg line", Duration::from_secs(15)).await?;
+                // As a user sees it (docs/console-overview.png is one).
+                let shots =
+                    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/console-screenshots");
+                let _ = std::fs::create_dir_all(&shots);
+                let png = c.screenshot().await.map_err(|e| e.to_string())?;
+                std::fs::write(shots.join("overview.png"), png).map_err(|e| e.to_string())?;
+                c.goto(&format!("{base}/ui/#/service/production/web"))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                wait_css(&c, "#trace-from", Duration::from_secs(10)).await?;
+                Ok(())
+            },
+        )
+        .await;
+        let expected = demo.gnsctl_trace();
+        step(
+            &c,
+            "the trace form answers what gnsctl trace answers",
+            async {
+                let send = async |css: &str, text: &str| -> Result<(), String> {
+                    let e = c.find(Locator::Css(css)).await.map_err(|e| e.to_string())?;
+                    e.clear().await.map_err(|e| e.to_string())?;
+                    e.send_keys(text).await.map_err(|e| e.to_string())
+                };
+                send("#trace-from", "east").await?;
+                send("#trace-ua", IPHONE).await?;
+                c.find(Locator::Css("#trace-run"))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .click()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let rule = wait_css(&c, "#trace-rule", Duration::from_secs(10)).await?;
+                let index = rule
+                    .attr("data-rule")
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .unwrap_or_default();
+                let expected_index = expected["rule"]["index"].to_string();
+                if index != expected_index {
+                    return Err(format!(
+                        "rule {index} in the console, {} from gnsctl",
+                        expected["rule"]["index"]
+                    ));
+                }
+                let mut shown = Vec::new();
+                for li in c
+                    .find_all(Locator::Css("#trace-destinations li"))
+                    .await
+                    .map_err(|e| e.to_string())?
+                {
+                    let attr =
+                        async |name: &str| li.attr(name).await.ok().flatten().unwrap_or_default();
+                    let probability: f64 = attr("data-probability").await.parse().unwrap_or(-1.0);
+                    shown.push((
+                        attr("data-cluster").await,
+                        attr("data-subset").await,
+                        probability,
+                    ));
+                }
+                let from_cli: Vec<(String, String, f64)> = expected["destinations"]
+                    .as_array()
+                    .expect("destinations")
+                    .iter()
+                    .map(|d| {
+                        (
+                            d["cluster"].as_str().unwrap_or_default().to_owned(),
+                            d["subset"].as_str().unwrap_or_default().to_owned(),
+                            d["probability"].as_f64().unwrap_or(-2.0),
+                        )
+                    })
+                    .collect();
+                if shown != from_cli {
+                    return Err(format!("console {shown:?}, gnsctl {from_cli:?}"));
+                }
+                let access = c
+                    .find(Locator::Css("#trace-access"))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .text()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if !access.starts_with("Allowed") {
+                    return Err(format!("access: {access}"));
+                }
+                Ok(())
+            },
+        )
+        .await;
+
+        step(&c, "the weight slider writes", async {
+            let slider = c
+                .find(Locator::Css("#weight-2"))
+                .await
+                .map_err(|e| e.to_string())?;
+            for _ in 0..9 {
+                slider
+                    .send_keys(&String::from(char::from(Key::Left)))
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            c.find(Locator::Css("#weight-2-save"))
+                .await
+                .map_err(|e| e.to_string())?
+                .click()
+                .await
+                .map_err(|e| e.to_string())?;
+            wait_text(
+                &c,
+                "#weight-2-result",
+                "Saved: 90 / 10",
+                Duration::from_secs(10),
+            )
+            .await?;
+            Ok(())
+        })
+        .await;
+        assert_eq!(
+            routing_weights(&demo).await.1,
+            [90, 10],
+            "the slider's weights are stored"
+        );
+
+        // Someone else changes the routing meanwhile: the next save is a conflict.
+        let (_, mut routing) = demo
+            .api(
+                reqwest::Method::GET,
+                "/v1/global-namespaces/production/services/web/routing",
+                None,
+            )
+            .await;
+        routing["rules"][2]["destinations"][0]["weight"] = json!(80);
+        routing["rules"][2]["destinations"][1]["weight"] = json!(20);
+        for k in [
+            "service",
+            "status",
+            "createdAt",
+            "updatedAt",
+            "resourceVersion",
+        ] {
+            if let Some(map) = routing.as_object_mut() {
+                map.remove(k);
+            }
+        }
+        let (status, body) = demo
+            .api(
+                reqwest::Method::PUT,
+                "/v1/global-namespaces/production/services/web/routing",
+                Some(routing),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        step(&c, "a concurrent change shows as a conflict", async {
+            let slider = c
+                .find(Locator::Css("#weight-2"))
+                .await
+                .map_err(|e| e.to_string())?;
+            slider
+                .send_keys(&String::from(char::from(Key::Left)))
+                .await
+                .map_err(|e| e.to_string())?;
+            c.find(Locator::Css("#weight-2-save"))
+                .await
+                .map_err(|e| e.to_string())?
+                .click()
+                .await
+                .map_err(|e| e.to_string())?;
+            wait_text(
+                &c,
+                "#weight-2-result",
+                "someone changed this routing",
+                Duration::from_secs(10),
+            )
+            .await?;
+            Ok(())
+        })
+        .await;
+        assert_eq!(
+            routing_weights(&demo).await.1,
+            [80, 20],
+            "the conflicting save changed nothing"
+        );
+
+        let (status, viewer) = demo
+            .api(
+                reqwest::Method::POST,
+                "/v1/tokens",
+                Some(json!({"name": "console-viewer", "role": "viewer"})),
+            )
+            .await;
+        assert_eq!(status, 201, "{viewer}");
+        let viewer_token = viewer["token"]
+            .as_str()
+            .expect("the viewer's token")
+            .to_owned();
+        step(&c, "a viewer token sees no write control", async {
+            c.find(Locator::Css("#sign-out"))
+                .await
+                .map_err(|e| e.to_string())?
+                .click()
+                .await
+                .map_err(|e| e.to_string())?;
+            sign_in(&c, &base, &viewer_token).await?;
+            c.goto(&format!("{base}/ui/#/service/production/web"))
+                .await
+                .map_err(|e| e.to_string())?;
+            wait_text(&c, ".bar[data-rule=\"2\"]", "80%", Duration::from_secs(10)).await?;
+            if c.find(Locator::Css("#weight-2")).await.is_ok() {
+                return Err("a viewer got the weight slider".into());
+            }
+            let audit = c
+                .find(Locator::Css("#nav-audit"))
+                .await
+                .map_err(|e| e.to_string())?;
+            if audit.is_displayed().await.map_err(|e| e.to_string())? {
+                return Err("a viewer got the audit log link".into());
+            }
+            Ok(())
+        })
+        .await;
+        let _ = c.close().await;
+    });
+}
