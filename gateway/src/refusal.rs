@@ -234,6 +234,11 @@ mod tests {
                 504,
             ),
             (Refusal::Timeout, "timeout", 504),
+            (
+                Refusal::Body(BodyError::Broken("client went away".into())),
+                "body-broken",
+                400,
+            ),
             (Refusal::BadConnect, "bad-connect", 400),
             (
                 Refusal::NotTcpService("db:5432".into()),

@@ -49,6 +49,10 @@ struct Args {
     /// directly).
     #[arg(long, default_value_t = 1024)]
     stream_mib: u64,
+    /// Export spans from both gateways to an OTLP sink in this process,
+    /// sampling new traces at this ratio (0 to 1); without it, no export.
+    #[arg(long)]
+    otlp_sample_ratio: Option<f64>,
     /// Pin the proxies (both chains alike) to the last CPU and wrk and nginx
     /// to CPU 0, so where the scheduler puts them does not move the figures.
     #[arg(long)]
@@ -572,6 +576,14 @@ http {{ access_log off; client_body_temp_path {0}; proxy_temp_path {0}; fastcgi_
             "members": [{"cluster": "east", "namespace": "shop"}, {"cluster": "west", "namespace": "shop"}]})),
     )
     .await?;
+    // An OTLP/HTTP sink for the gateways' spans, when tracing is measured.
+    let otlp = match args.otlp_sample_ratio {
+        Some(ratio) => {
+            let (port, received) = otlp_sink().await?;
+            Some((ratio, format!("http://127.0.0.1:{port}"), received))
+        }
+        None => None,
+    };
     let mut gateways = Vec::new();
     let mut east_egress: Option<SocketAddr> = None;
     for (name, port) in ingress {
@@ -612,7 +624,17 @@ http {{ access_log off; client_body_temp_path {0}; proxy_temp_path {0}; fastcgi_
                 d.join(format!("gw-{name}")).display().to_string(),
                 "--worker-threads".into(),
                 args.threads.to_string(),
-            ],
+            ]
+            .into_iter()
+            .chain(otlp.iter().flat_map(|(ratio, endpoint, _)| {
+                [
+                    "--otlp-endpoint".to_owned(),
+                    endpoint.clone(),
+                    "--otlp-sample-ratio".to_owned(),
+                    ratio.to_string(),
+                ]
+            }))
+            .collect::<Vec<String>>(),
             d.join(format!("gateway-{name}.log")),
             args.callgrind.then_some(d),
         ));
@@ -721,6 +743,13 @@ http {{ access_log off; client_body_temp_path {0}; proxy_temp_path {0}; fastcgi_
         "# {} wrk connections, {} s per run, {} thread(s) per proxy; HTTP/2 over mTLS (TLS 1.3) between the proxies",
         args.connections, args.duration, args.threads
     );
+    match &otlp {
+        Some((ratio, _, received)) => println!(
+            "# gateway tracing on: spans to an OTLP sink, new traces sampled at {ratio}; {} span bytes received so far",
+            received.load(std::sync::atomic::Ordering::Relaxed)
+        ),
+        None => println!("# gateway tracing off (no --otlp-endpoint)"),
+    }
     println!(
         "| path | rps | p50 ms | p99 ms | proxy CPU µs/request | of which kernel |{}",
         if args.syscalls {
@@ -975,4 +1004,41 @@ async fn tcp_throughput(addr: SocketAddr, mib: u64) -> anyhow::Result<f64> {
         bail!("{addr}: the sink got {received} of {total} bytes");
     }
     Ok(total as f64 / 1e6 / started.elapsed().as_secs_f64())
+}
+
+/// An OTLP/HTTP sink: takes every `POST /v1/traces` (200) and counts the
+/// bytes; its port and the count.
+async fn otlp_sink() -> anyhow::Result<(u16, std::sync::Arc<std::sync::atomic::AtomicU64>)> {
+    use http_body_util::BodyExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let received = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = std::sync::Arc::clone(&received);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let counted = std::sync::Arc::clone(&counted);
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let counted = std::sync::Arc::clone(&counted);
+                        async move {
+                            if let Ok(body) = req.into_body().collect().await {
+                                counted.fetch_add(
+                                    body.to_bytes().len() as u64,
+                                    std::sync::atomic::Ordering::Relaxed,
+                                );
+                            }
+                            Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                                http_body_util::Full::new(hyper::body::Bytes::new()),
+                            ))
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+    Ok((port, received))
 }
