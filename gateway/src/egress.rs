@@ -233,7 +233,7 @@ impl Gateway {
                 started.elapsed(),
                 counted.map_or(kept_len, |c| c.get()),
             );
-            if let Some(exporter) = self.tracer.get() {
+            if let Some(exporter) = self.tracer.get().filter(|_| trace.sampled) {
                 exporter.record(self.span(
                     trace,
                     entry.as_str(),

@@ -206,7 +206,7 @@ impl Gateway {
                 return Refusal::UnknownService(host.to_owned()).answer();
             };
             let resp = self.ingress_to_local(&route, req, peer).await;
-            if let Some(exporter) = self.tracer.get() {
+            if let Some(exporter) = self.tracer.get().filter(|_| trace.sampled) {
                 let mut span = self.span(
                     trace,
                     "ingress",

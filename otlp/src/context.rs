@@ -50,15 +50,16 @@ impl TraceContext {
     }
 
     /// The `traceparent` this hop passes on: this hop's span is the parent.
+    /// Written into a buffer on the stack (every request passes one on).
     pub fn header(&self) -> HeaderValue {
-        let text = format!(
-            "00-{}-{}-{}",
-            hex(&self.trace_id),
-            hex(&self.span_id),
-            if self.sampled { "01" } else { "00" }
-        );
+        let mut text = [0u8; 55];
+        text[..3].copy_from_slice(b"00-");
+        hex_into(&self.trace_id, &mut text[3..35]);
+        text[35] = b'-';
+        hex_into(&self.span_id, &mut text[36..52]);
+        text[52..].copy_from_slice(if self.sampled { b"-01" } else { b"-00" });
         // Lower-case hex and dashes only: always a valid header value.
-        HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("00"))
+        HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static("00"))
     }
 
     /// Sets this hop's `traceparent` on the headers of the request it sends
@@ -102,9 +103,18 @@ fn random_span_id() -> [u8; 8] {
     fastrand::u64(1..).to_be_bytes()
 }
 
+const DIGITS: &[u8; 16] = b"0123456789abcdef";
+
+/// Lower-case hex of `bytes` into `out` (twice as long).
+fn hex_into(bytes: &[u8], out: &mut [u8]) {
+    for (b, pair) in bytes.iter().zip(out.chunks_exact_mut(2)) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 15)];
+    }
+}
+
 /// Lower-case hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 2);
     for b in bytes {
         out.push(char::from(DIGITS[usize::from(b >> 4)]));

@@ -78,7 +78,7 @@ pub async fn track(req: Request, next: Next) -> Response {
         )
     });
     let response = next.run(req).await;
-    if let Some((exporter, context, started)) = traced {
+    if let Some((exporter, context, started)) = traced.filter(|(_, context, _)| context.sampled) {
         use gns_otlp::Value::{Int, Text};
         let status = response.status().as_u16();
         exporter.record(gns_otlp::Span {

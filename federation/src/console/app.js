@@ -83,9 +83,11 @@ function signOut() {
 const canWrite = () => me && (me.role === "editor" || me.role === "admin");
 
 // ---- overview ---------------------------------------------------------
-function health(cluster, gateways) {
+// A cluster's health from its status: the sync phase and its gateway
+// instances (the cluster list carries both: one request for all clusters).
+function health(cluster) {
   const phase = (cluster.status && cluster.status.phase) || "Pending";
-  const items = (gateways && gateways.items) || [];
+  const items = (cluster.status && cluster.status.gatewayInstances) || [];
   const newest = items.map((i) => Date.parse(i.lastSeen)).filter((t) => !isNaN(t)).sort().pop();
   if (phase === "Unreachable") return ["unhealthy", "API unreachable"];
   if (items.length === 0) return ["unknown", "no gateway has reported"];
@@ -157,8 +159,7 @@ function overview() {
     const items = clusters.body.items || [];
     const shown = [];
     for (const c of items) {
-      const gw = await api("GET", `/v1/clusters/${encodeURIComponent(c.name)}/gateway-instances`);
-      const [state, why] = health(c, gw.body);
+      const [state, why] = health(c);
       shown.push({ name: c.name, health: state, why, phase: (c.status && c.status.phase) || "Pending" });
     }
     cards.replaceChildren(...shown.map((c) =>
@@ -311,13 +312,13 @@ async function clusters() {
   if (list.status !== 200) return page("Clusters", el("p", { class: "error" }, message(list.body)));
   const rows = [];
   for (const c of list.body.items || []) {
-    const gw = await api("GET", `/v1/clusters/${encodeURIComponent(c.name)}/gateway-instances`);
-    const inst = ((gw.body && gw.body.items) || []).map((i) => `${i.instance} (config ${i.configVersion}, seen ${i.lastSeen})`).join("; ");
     const s = c.status || {};
+    const inst = (s.gatewayInstances || []).map((i) => `${i.instance} (config ${i.configVersion}, seen ${i.lastSeen})`).join("; ");
+    const rollout = s.gateway ? JSON.stringify(s.gateway) : "";
     rows.push(el("tr", {}, el("td", {}, c.name), el("td", {}, s.phase || "Pending"), el("td", {}, s.message || ""),
-      el("td", {}, (gw.body && gw.body.gatewayHealth) || ""), el("td", {}, inst)));
+      el("td", {}, s.gatewayHealth || ""), el("td", {}, inst), el("td", {}, rollout)));
   }
-  page("Clusters", el("table", {}, el("thead", {}, el("tr", {}, ["Cluster", "Sync", "Last message", "Gateways", "Instances"].map((h) => el("th", {}, h)))), el("tbody", {}, rows)));
+  page("Clusters", el("table", {}, el("thead", {}, el("tr", {}, ["Cluster", "Sync", "Last message", "Gateways", "Instances", "Rollout"].map((h) => el("th", {}, h)))), el("tbody", {}, rows)));
 }
 
 async function problems() {
