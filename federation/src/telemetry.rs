@@ -70,8 +70,20 @@ pub struct ServiceTraffic {
     pub service: String,
     /// Over the window.
     pub totals: Totals,
+    /// Over the window, by the cluster that served the requests.
+    pub destinations: Vec<DestinationTraffic>,
     /// Per slot, oldest first (slots without traffic left out).
     pub series: Vec<Point>,
+}
+
+/// A service's traffic served by one cluster.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DestinationTraffic {
+    /// The cluster that served the requests.
+    pub cluster: String,
+    /// Over the window.
+    pub totals: Totals,
 }
 
 /// Traffic from the clients of one cluster (its gateway) to one cluster.
@@ -275,7 +287,7 @@ pub fn window(
 ) -> Window {
     let window_ms = window_ms.clamp(RESOLUTION_MS, MAX_WINDOW_MS);
     let from_ms = now_ms - window_ms;
-    let mut services: BTreeMap<(String, String), Series> = BTreeMap::new();
+    let mut services: BTreeMap<(String, String), (Series, BTreeMap<String, Sum>)> = BTreeMap::new();
     let mut links: BTreeMap<(String, String), Series> = BTreeMap::new();
     let mut instances: BTreeMap<(String, String), (i64, Sum)> = BTreeMap::new();
     for sample in samples
@@ -288,10 +300,15 @@ pub fn window(
             .or_default();
         instance.0 = instance.0.max(sample.at_ms);
         for record in sample.traffic.iter().filter(|r| keep(&r.global_namespace)) {
-            services
+            let service = services
                 .entry((record.global_namespace.clone(), record.service.clone()))
+                .or_default();
+            service.0.add(slot, record);
+            service
+                .1
+                .entry(record.cluster.clone())
                 .or_default()
-                .add(slot, record);
+                .add(record);
             links
                 .entry((sample.cluster.clone(), record.cluster.clone()))
                 .or_default()
@@ -305,12 +322,21 @@ pub fn window(
         resolution_ms: RESOLUTION_MS,
         services: services
             .into_iter()
-            .map(|((global_namespace, service), s)| ServiceTraffic {
-                global_namespace,
-                service,
-                totals: s.all.totals(window_ms),
-                series: s.points(),
-            })
+            .map(
+                |((global_namespace, service), (s, by_cluster))| ServiceTraffic {
+                    global_namespace,
+                    service,
+                    totals: s.all.totals(window_ms),
+                    destinations: by_cluster
+                        .into_iter()
+                        .map(|(cluster, sum)| DestinationTraffic {
+                            cluster,
+                            totals: sum.totals(window_ms),
+                        })
+                        .collect(),
+                    series: s.points(),
+                },
+            )
             .collect(),
         links: links
             .into_iter()
@@ -425,6 +451,16 @@ mod tests {
         assert!((web.rps - 200.0 / 900.0).abs() < 1e-9);
         assert!(web.p50_ms.is_some_and(|p| p <= 5.0), "{web:?}");
         assert!(web.p99_ms.is_some_and(|p| p > 100.0), "{web:?}");
+        let by_destination: Vec<(&str, u64)> = w
+            .services
+            .iter()
+            .find(|s| s.service == "web")
+            .expect("web")
+            .destinations
+            .iter()
+            .map(|d| (d.cluster.as_str(), d.totals.requests))
+            .collect();
+        assert_eq!(by_destination, [("east", 190), ("west", 10)]);
         // The two east samples fall in two slots.
         let series = &w
             .services

@@ -346,6 +346,33 @@ fn the_console_shows_health_traffic_traces_and_writes_weights() {
                 .expect("a request through east's egress");
             assert_eq!(r.status(), 200);
         }
+        step(&c, "DNS answers per view on the service page", async {
+            wait_css(
+                &c,
+                "#dns-views tr[data-from=\"east\"]",
+                Duration::from_secs(10),
+            )
+            .await?;
+            let east = wait_text(
+                &c,
+                "#dns-views tr[data-from=\"east\"]",
+                "127.0.10.1",
+                Duration::from_secs(5),
+            )
+            .await?;
+            let outside = wait_text(
+                &c,
+                "#dns-views tr[data-from=\"outside\"]",
+                "external",
+                Duration::from_secs(5),
+            )
+            .await?;
+            if !outside.contains("127.0.20.1") {
+                return Err(format!("east: {east:?}; outside: {outside:?}"));
+            }
+            Ok(())
+        })
+        .await;
         step(&c, "live request rates on the service page", async {
             let deadline = Instant::now() + Duration::from_secs(20);
             while Instant::now() < deadline {
@@ -358,6 +385,16 @@ fn the_console_shows_health_traffic_traces_and_writes_weights() {
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
             Err("no request rate shown within 20 s".into())
+        })
+        .await;
+        step(&c, "traffic per destination on the service page", async {
+            wait_css(
+                &c,
+                "#traffic-destinations tr[data-destination=\"east\"]",
+                Duration::from_secs(20),
+            )
+            .await?;
+            Ok(())
         })
         .await;
 

@@ -229,6 +229,10 @@ async function service(gns, svc) {
   } else {
     parts.push(el("p", {}, routing.status === 404 ? "No routing: every cluster with endpoints, own first." : message(routing.body)));
   }
+  // DNS answers per view: every member cluster's, and outside's.
+  const dns = el("table", { id: "dns-views" });
+  parts.push(el("h3", {}, "DNS answers per view"), dns);
+  dnsViews(host, dns);
   // Traffic per destination.
   const traffic = el("div", { id: "traffic" });
   parts.push(el("h3", {}, "Traffic (last minute)"), traffic);
@@ -237,10 +241,31 @@ async function service(gns, svc) {
   every(POLL_MS, async () => {
     const links = await api("GET", "/v1/telemetry/services?window=1m");
     const item = ((links.body && links.body.items) || []).find((s) => s.globalNamespace === gns && s.service === svc);
-    traffic.replaceChildren(item
-      ? el("p", { "data-rps": String(item.totals.rps) }, `${fmtRate(item.totals.rps)}, ${item.totals.requests} requests, ${fmtPct(item.totals.errorRate)} 5xx, p99 ${fmtMs(item.totals.p99Ms)}`)
-      : el("p", {}, "No traffic reported in the last minute."));
+    traffic.replaceChildren(...(item
+      ? [el("p", { "data-rps": String(item.totals.rps) }, `${fmtRate(item.totals.rps)}, ${item.totals.requests} requests, ${fmtPct(item.totals.errorRate)} 5xx, p99 ${fmtMs(item.totals.p99Ms)}`),
+         el("table", { id: "traffic-destinations" },
+           el("thead", {}, el("tr", {}, ["Served by", "Requests", "rps", "5xx", "p99"].map((h) => el("th", {}, h)))),
+           el("tbody", {}, (item.destinations || []).map((d) => el("tr", { "data-destination": d.cluster },
+             el("td", {}, d.cluster), el("td", {}, String(d.totals.requests)), el("td", {}, fmtRate(d.totals.rps)),
+             el("td", {}, fmtPct(d.totals.errorRate)), el("td", {}, fmtMs(d.totals.p99Ms))))))]
+      : [el("p", {}, "No traffic reported in the last minute.")]));
   });
+}
+
+async function dnsViews(host, table) {
+  const clusters = await api("GET", "/v1/clusters");
+  const names = ((clusters.body && clusters.body.items) || []).map((c) => c.name);
+  const rows = [];
+  for (const from of [...names, null]) {
+    const body = { host };
+    if (from) body.from = from;
+    const t = await api("POST", "/v1/trace", body);
+    if (t.status !== 200) continue;
+    rows.push(el("tr", { "data-view": t.body.dns.view, "data-from": from || "outside" },
+      el("td", {}, from ? `clients in ${from}` : "outside every cluster"),
+      el("td", {}, t.body.dns.view), el("td", {}, t.body.dns.answers.join(", ") || "none"), el("td", {}, t.body.dns.why)));
+  }
+  table.replaceChildren(el("thead", {}, el("tr", {}, ["Client", "View", "Answers", "Why"].map((h) => el("th", {}, h)))), el("tbody", {}, rows));
 }
 
 function weightSlider(base, routing, index) {
