@@ -397,6 +397,22 @@ fn the_console_shows_health_traffic_traces_and_writes_weights() {
             Ok(())
         })
         .await;
+        step(&c, "every control of the service page has a label", async {
+            let unlabelled = c
+                .execute(
+                    "return [...document.querySelectorAll('input, select, textarea, output')]\
+                     .filter(e => !e.labels || e.labels.length === 0)\
+                     .map(e => e.id || e.outerHTML);",
+                    Vec::new(),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            if unlabelled != json!([]) {
+                return Err(format!("controls without a label: {unlabelled}"));
+            }
+            Ok(())
+        })
+        .await;
 
         step(
             &c,

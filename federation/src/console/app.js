@@ -298,7 +298,8 @@ function weightSlider(base, routing, index) {
     }
   });
   return el("form", { class: "row", onsubmit: (e) => e.preventDefault() },
-    el("label", { for: id }, `Weight of the first destination of rule ${index}`), slider, out, save, result);
+    el("label", { for: id }, `Weight of the first destination of rule ${index}`), slider,
+    el("label", { for: id + "-value" }, "Split"), out, save, result);
 }
 
 function traceForm(host) {
