@@ -114,7 +114,7 @@ pub struct Config {
     #[arg(long, env = "GNS_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
     /// Share of new traces sampled, 0 to 1.
-    #[arg(long, env = "GNS_OTLP_SAMPLE_RATIO", default_value_t = 1.0, value_parser = parse_ratio)]
+    #[arg(long, env = "GNS_OTLP_SAMPLE_RATIO", default_value_t = 1.0, value_parser = gns_otlp::parse_ratio)]
     pub otlp_sample_ratio: f64,
     /// A client must send a whole request header within this (slow or
     /// stalled clients are closed).
@@ -167,16 +167,6 @@ async fn prune_audit(store: Arc<dyn store::Store>, retention: std::time::Duratio
             Ok(rows) => tracing::info!(rows, "audit rows past the retention deleted"),
             Err(e) => tracing::warn!(error = %e, "cannot prune the audit log"),
         }
-    }
-}
-
-/// A sampling ratio: a number from 0 to 1.
-fn parse_ratio(text: &str) -> Result<f64, String> {
-    match text.parse::<f64>() {
-        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
-        _ => Err(format!(
-            "{text:?} is not a ratio from 0 to 1 (e.g. 0.01 for 1 %)"
-        )),
     }
 }
 

@@ -182,21 +182,19 @@ impl<'b> Buffered<'b> {
     }
 }
 
-/// Why a request body was not buffered.
+/// Why a request body was not kept.
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
-    /// Longer than the per-request cap.
-    #[error("request body larger than {0} bytes")]
+    /// Longer than it declared.
+    #[error("request body larger than the {0} bytes it declared")]
     TooLarge(usize),
-    /// The buffer budget refused it.
-    #[error(transparent)]
-    Budget(#[from] BudgetError),
     /// The body broke off (the client went away, or sent a bad body).
     #[error("request body: {0}")]
     Broken(#[source] BoxError),
 }
 
-/// Collects the chunks of a body, holding budget for each as it arrives.
+/// Collects the chunks of a body of declared length, the whole of which is
+/// held in the budget from the start.
 #[derive(Debug)]
 pub struct Collector<'b> {
     limit: usize,
@@ -207,16 +205,6 @@ pub struct Collector<'b> {
 }
 
 impl<'b> Collector<'b> {
-    /// A collector for a body of at most `limit` bytes, held in `budget`.
-    pub fn new(limit: usize, budget: &'b BufferBudget) -> Self {
-        Self {
-            limit,
-            chunks: Vec::new(),
-            taken: 0,
-            reservation: budget.reserve(),
-        }
-    }
-
     /// A collector for a body of `len` bytes (its declared length), the
     /// whole of which is reserved in `budget` at once: once this succeeds,
     /// reading the body cannot be refused for want of budget.
@@ -231,7 +219,7 @@ impl<'b> Collector<'b> {
         })
     }
 
-    /// Takes the next chunk (refused beyond the cap or the budget).
+    /// Takes the next chunk (refused beyond the declared length).
     pub fn push(&mut self, chunk: Bytes) -> Result<(), BodyError> {
         if chunk.is_empty() {
             return Ok(());
@@ -239,11 +227,6 @@ impl<'b> Collector<'b> {
         let taken = self.taken + chunk.len();
         if taken > self.limit {
             return Err(BodyError::TooLarge(self.limit));
-        }
-        if let Some(more) = taken.checked_sub(self.reservation.held())
-            && more > 0
-        {
-            self.reservation.grow(more)?;
         }
         self.taken = taken;
         self.chunks.push(chunk);
@@ -424,9 +407,10 @@ mod tests {
     }
 
     #[test]
-    fn collected_chunks_are_joined_in_order_and_hold_their_size_until_dropped() {
+    fn collected_chunks_are_joined_in_order_and_hold_the_declared_size_until_dropped() {
         let budget = BufferBudget::new(MIB);
-        let mut collector = Collector::new(10, &budget);
+        let mut collector = Collector::reserved(10, &budget).expect("room");
+        assert_eq!(budget.in_use(), 10, "the declared length is held at once");
         collector.push(Bytes::from_static(b"hello")).expect("fits");
         collector.push(Bytes::new()).expect("empty");
         collector.push(Bytes::from_static(b" you")).expect("fits");
@@ -436,7 +420,7 @@ mod tests {
         ));
         let body = collector.finish();
         assert_eq!(&body.bytes()[..], b"hello you");
-        assert_eq!(budget.in_use(), 9);
+        assert_eq!(budget.in_use(), 10);
         drop(body);
         assert_eq!(budget.in_use(), 0);
     }

@@ -259,21 +259,14 @@ impl Gateway {
         body: Body,
         tries: &AtomicU32,
     ) -> (Response<Body>, &'p str) {
-        let retry = route.config.retries.as_ref();
-        let budget = retry.map_or(plan.len(), |r| r.attempts.max(1) as usize);
-        let per_try = retry
-            .and_then(|r| r.per_try_timeout_ms)
-            .map(Duration::from_millis);
+        let (retry, budget, per_try) = try_limits(route, plan.len());
         let mut body = Some(body);
         let mut last = None;
         let mut last_cluster = "";
-        for (n, &target) in plan.iter().cycle().take(budget.max(1)).enumerate() {
+        for (n, &target) in plan.iter().cycle().take(budget).enumerate() {
             let cluster = target.cluster;
             last_cluster = cluster;
-            tries.store(u32::try_from(n + 1).unwrap_or(u32::MAX), Ordering::Relaxed);
-            if n > 0 {
-                self.counters.retries.fetch_add(1, Ordering::Relaxed);
-            }
+            self.count_try(n, tries);
             let attempt = async {
                 if cluster == self.cluster {
                     let link = self.open_local(route, target.subset).await?;
@@ -288,12 +281,7 @@ impl Gateway {
                         .map_err(|e| TryError::Reset(format!("{cluster}: {e}")))
                 }
             };
-            let outcome = match per_try {
-                Some(t) => Box::pin(tokio::time::timeout(t, attempt))
-                    .await
-                    .unwrap_or_else(|_| Err(TryError::Timeout("per-try timeout".into()))),
-                None => attempt.await,
-            };
+            let outcome = within(per_try, attempt).await;
             match outcome {
                 Ok(resp) => return (resp, cluster),
                 Err(e @ TryError::Connect(_)) if body.is_some() => {
@@ -310,6 +298,17 @@ impl Gateway {
         (last.answer(last_cluster), last_cluster)
     }
 
+    /// Records try `n` (from 0) of a request: its count so far, and a retry
+    /// after the first.
+    fn count_try(&self, n: usize, tries: &AtomicU32) {
+        tries.store(u32::try_from(n + 1).unwrap_or(u32::MAX), Ordering::Relaxed);
+        if n > 0 {
+            self.counters.retries.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Tries along `plan` with a kept body: every try sends a copy, and a
+    /// failed one is tried again as the route's retry policy says.
     pub(crate) async fn try_plan<'p>(
         &self,
         route: &Route,
@@ -318,23 +317,16 @@ impl Gateway {
         body: Bytes,
         tries: &AtomicU32,
     ) -> (Response<Body>, &'p str) {
-        let retry = route.config.retries.as_ref();
         // Connect failures move on through the plan (and round it again only
         // with `connect-failure`); 5xx only with a retry policy.
-        let budget = retry.map_or(plan.len(), |r| r.attempts.max(1) as usize);
-        let per_try = retry
-            .and_then(|r| r.per_try_timeout_ms)
-            .map(Duration::from_millis);
+        let (retry, budget, per_try) = try_limits(route, plan.len());
         // Made only when a try fails: most requests need no error answer.
         let mut last = None;
         let mut last_cluster = "";
-        for (n, &target) in plan.iter().cycle().take(budget.max(1)).enumerate() {
+        for (n, &target) in plan.iter().cycle().take(budget).enumerate() {
             let cluster = target.cluster;
             last_cluster = cluster;
-            tries.store(u32::try_from(n + 1).unwrap_or(u32::MAX), Ordering::Relaxed);
-            if n > 0 {
-                self.counters.retries.fetch_add(1, Ordering::Relaxed);
-            }
+            self.count_try(n, tries);
             let attempt = async {
                 if cluster == self.cluster {
                     self.send_local(route, clone_parts(parts), body.clone(), target.subset)
@@ -344,13 +336,7 @@ impl Gateway {
                         .await
                 }
             };
-            let outcome = match per_try {
-                // Boxed: the try is held once in the request's future, not twice.
-                Some(t) => Box::pin(tokio::time::timeout(t, attempt))
-                    .await
-                    .unwrap_or_else(|_| Err(TryError::Timeout("per-try timeout".into()))),
-                None => attempt.await,
-            };
+            let outcome = within(per_try, attempt).await;
             use crate::retry::{Failure, again};
             let method = &parts.method;
             match outcome {
@@ -384,6 +370,34 @@ impl Gateway {
             None => TryError::Connect("no try was made".into()).answer(last_cluster),
         };
         (last, last_cluster)
+    }
+}
+
+/// The retry policy of `route`, how many tries a plan of `plan_len`
+/// clusters gets, and the per-try timeout.
+fn try_limits(
+    route: &Route,
+    plan_len: usize,
+) -> (Option<&crate::config::RetryPolicy>, usize, Option<Duration>) {
+    let retry = route.config.retries.as_ref();
+    let budget = retry.map_or(plan_len, |r| r.attempts.max(1) as usize);
+    let per_try = retry
+        .and_then(|r| r.per_try_timeout_ms)
+        .map(Duration::from_millis);
+    (retry, budget.max(1), per_try)
+}
+
+/// `attempt`, given up after `per_try` when there is one.
+async fn within(
+    per_try: Option<Duration>,
+    attempt: impl Future<Output = Result<Response<Body>, TryError>>,
+) -> Result<Response<Body>, TryError> {
+    match per_try {
+        // Boxed: the try is held once in the request's future, not twice.
+        Some(t) => Box::pin(tokio::time::timeout(t, attempt))
+            .await
+            .unwrap_or_else(|_| Err(TryError::Timeout("per-try timeout".into()))),
+        None => attempt.await,
     }
 }
 

@@ -74,6 +74,19 @@ impl TraceContext {
     }
 }
 
+/// A sampling ratio (`--otlp-sample-ratio`) that is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a ratio from 0 to 1 (e.g. 0.01 for 1 %)")]
+pub struct RatioError(pub String);
+
+/// A sampling ratio: a number from 0 to 1.
+pub fn parse_ratio(text: &str) -> Result<f64, RatioError> {
+    match text.trim().parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(RatioError(text.to_owned())),
+    }
+}
+
 /// `(trace id, parent span id, sampled)` of a `traceparent` value, if it is
 /// one: version `00` (or a later one, read the same way), non-zero ids.
 pub fn parse(value: &str) -> Option<([u8; 16], [u8; 8], bool)> {
@@ -168,6 +181,17 @@ mod tests {
             "this hop is the next parent"
         );
         assert!(passed.ends_with("-01"));
+    }
+
+    #[test]
+    fn sampling_ratios_are_numbers_from_0_to_1() {
+        assert_eq!(parse_ratio("0.01"), Ok(0.01));
+        assert_eq!(parse_ratio("1"), Ok(1.0));
+        assert_eq!(parse_ratio("0"), Ok(0.0));
+        for bad in ["1.5", "-0.1", "1%", "", "NaN"] {
+            let e = parse_ratio(bad).expect_err(bad);
+            assert!(e.to_string().contains("from 0 to 1"), "{e}");
+        }
     }
 
     #[test]

@@ -11,5 +11,5 @@
 pub mod context;
 pub mod export;
 
-pub use context::TraceContext;
+pub use context::{RatioError, TraceContext, parse_ratio};
 pub use export::{Exporter, ExporterError, Kind, Span, Value};

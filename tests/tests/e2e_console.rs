@@ -177,6 +177,22 @@ async fn browser(tmp: &Path) -> (Proc, Client) {
     (driver, client)
 }
 
+/// The element matching `css`, now.
+async fn find(c: &Client, css: &str) -> Result<fantoccini::elements::Element, String> {
+    c.find(Locator::Css(css))
+        .await
+        .map_err(|e| format!("no {css}: {e}"))
+}
+
+/// Clicks the element matching `css`.
+async fn click(c: &Client, css: &str) -> Result<(), String> {
+    find(c, css)
+        .await?
+        .click()
+        .await
+        .map_err(|e| format!("click {css}: {e}"))
+}
+
 /// Waits up to `within` for an element matching `css`.
 async fn wait_css(
     c: &Client,
@@ -221,12 +237,7 @@ async fn sign_in(c: &Client, base: &str, token: &str) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let field = wait_css(c, "#token", Duration::from_secs(10)).await?;
     field.send_keys(token).await.map_err(|e| e.to_string())?;
-    c.find(Locator::Css("#sign-in-button"))
-        .await
-        .map_err(|e| e.to_string())?
-        .click()
-        .await
-        .map_err(|e| e.to_string())?;
+    click(c, "#sign-in-button").await?;
     wait_css(c, "#nav:not([hidden])", Duration::from_secs(10)).await?;
     Ok(())
 }
@@ -448,12 +459,7 @@ fn the_console_shows_health_traffic_traces_and_writes_weights() {
                 };
                 send("#trace-from", "east").await?;
                 send("#trace-ua", IPHONE).await?;
-                c.find(Locator::Css("#trace-run"))
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .click()
-                    .await
-                    .map_err(|e| e.to_string())?;
+                click(&c, "#trace-run").await?;
                 let rule = wait_css(&c, "#trace-rule", Duration::from_secs(10)).await?;
                 let index = rule
                     .attr("data-rule")
@@ -523,12 +529,7 @@ fn the_console_shows_health_traffic_traces_and_writes_weights() {
                     .await
                     .map_err(|e| e.to_string())?;
             }
-            c.find(Locator::Css("#weight-2-save"))
-                .await
-                .map_err(|e| e.to_string())?
-                .click()
-                .await
-                .map_err(|e| e.to_string())?;
+            click(&c, "#weight-2-save").await?;
             wait_text(
                 &c,
                 "#weight-2-result",
@@ -583,12 +584,7 @@ fn the_console_shows_health_traffic_traces_and_writes_weights() {
                 .send_keys(&String::from(char::from(Key::Left)))
                 .await
                 .map_err(|e| e.to_string())?;
-            c.find(Locator::Css("#weight-2-save"))
-                .await
-                .map_err(|e| e.to_string())?
-                .click()
-                .await
-                .map_err(|e| e.to_string())?;
+            click(&c, "#weight-2-save").await?;
             wait_text(
                 &c,
                 "#weight-2-result",
@@ -618,12 +614,7 @@ fn the_console_shows_health_traffic_traces_and_writes_weights() {
             .expect("the viewer's token")
             .to_owned();
         step(&c, "a viewer token sees no write control", async {
-            c.find(Locator::Css("#sign-out"))
-                .await
-                .map_err(|e| e.to_string())?
-                .click()
-                .await
-                .map_err(|e| e.to_string())?;
+            click(&c, "#sign-out").await?;
             sign_in(&c, &base, &viewer_token).await?;
             c.goto(&format!("{base}/ui/#/service/production/web"))
                 .await

@@ -82,7 +82,7 @@ struct Args {
     otlp_endpoint: Option<String>,
     /// Share of new traces sampled, 0 to 1 (a caller's `traceparent`
     /// decides for the traces it starts).
-    #[arg(long, env = "GNS_OTLP_SAMPLE_RATIO", default_value_t = 1.0, value_parser = parse_ratio)]
+    #[arg(long, env = "GNS_OTLP_SAMPLE_RATIO", default_value_t = 1.0, value_parser = gns_otlp::parse_ratio)]
     otlp_sample_ratio: f64,
     /// This instance's name in the cluster's status (the pod's name; the
     /// rollout sets it): lowercase letters, digits, `-` and `.`. Default:
@@ -372,14 +372,4 @@ async fn serve_admin(
 fn colour() -> bool {
     use std::io::IsTerminal;
     std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
-}
-
-/// A sampling ratio: a number from 0 to 1.
-fn parse_ratio(text: &str) -> Result<f64, String> {
-    match text.parse::<f64>() {
-        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
-        _ => Err(format!(
-            "{text:?} is not a ratio from 0 to 1 (e.g. 0.01 for 1 %)"
-        )),
-    }
 }

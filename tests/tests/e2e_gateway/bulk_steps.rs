@@ -66,64 +66,44 @@ impl Verifier {
 /// it and answers `<bytes> ok` (or where it went wrong); `GET /source`
 /// streams [`GIB`] bytes of blocks.
 pub(crate) async fn bulk() -> u16 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind bulk upstream");
-    let port = listener.local_addr().expect("addr").port();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(
-                    |req: hyper::Request<hyper::body::Incoming>| async move {
-                        if req.method() == hyper::Method::POST {
-                            let mut body = req.into_body();
-                            let mut check = Verifier::new();
-                            let mut broken = None;
-                            while let Some(frame) = body.frame().await {
-                                match frame {
-                                    Ok(frame) => {
-                                        if let Some(data) = frame.data_ref() {
-                                            check.take(data);
-                                        }
-                                    }
-                                    Err(e) => {
-                                        broken = Some(e.to_string());
-                                        break;
-                                    }
-                                }
-                            }
-                            let answer = match (broken, check.mismatch) {
-                                (Some(e), _) => format!("{} broken: {e}", check.position()),
-                                (None, Some(at)) => {
-                                    format!("{} mismatch at {at}", check.position())
-                                }
-                                (None, None) => format!("{} ok", check.position()),
-                            };
-                            return Ok::<_, std::convert::Infallible>(hyper::Response::new(boxed(
-                                http_body_util::Full::new(Bytes::from(answer)),
-                            )));
-                        }
-                        let blocks = futures::stream::unfold(0u64, |k| async move {
-                            if k * BLOCK as u64 >= GIB {
-                                return None;
-                            }
-                            let frame = hyper::body::Frame::data(Bytes::from(block(k)));
-                            Some((Ok::<_, std::convert::Infallible>(frame), k + 1))
-                        });
-                        let response = hyper::Response::builder()
-                            .header("content-length", GIB.to_string())
-                            .body(boxed(http_body_util::StreamBody::new(blocks)))
-                            .expect("response");
-                        Ok(response)
-                    },
-                );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
-                    .await;
-            });
+    serve_http1("bulk upstream", |req| async move {
+        if req.method() == hyper::Method::POST {
+            let answer = sink(req.into_body()).await;
+            return hyper::Response::new(boxed(http_body_util::Full::new(Bytes::from(answer))));
         }
-    });
-    port
+        let blocks = futures::stream::unfold(0u64, |k| async move {
+            if k * BLOCK as u64 >= GIB {
+                return None;
+            }
+            let frame = hyper::body::Frame::data(Bytes::from(block(k)));
+            Some((Ok::<_, std::convert::Infallible>(frame), k + 1))
+        });
+        hyper::Response::builder()
+            .header("content-length", GIB.to_string())
+            .body(boxed(http_body_util::StreamBody::new(blocks)))
+            .expect("response")
+    })
+    .await
+}
+
+/// Reads an upload to its end, checking it as it comes: `<bytes> ok`, or
+/// where it went wrong.
+async fn sink(mut body: hyper::body::Incoming) -> String {
+    let mut check = Verifier::new();
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => {
+                if let Some(data) = frame.data_ref() {
+                    check.take(data);
+                }
+            }
+            Err(e) => return format!("{} broken: {e}", check.position()),
+        }
+    }
+    match check.mismatch {
+        Some(at) => format!("{} mismatch at {at}", check.position()),
+        None => format!("{} ok", check.position()),
+    }
 }
 
 /// Resident memory of process `pid`, in MiB.

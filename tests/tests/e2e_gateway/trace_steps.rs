@@ -39,85 +39,66 @@ fn hex(bytes: &[u8]) -> String {
 /// An OTLP/HTTP receiver: `POST /v1/traces` bodies decoded as
 /// `ExportTraceServiceRequest`; its port and what it received.
 pub(crate) async fn otlp_receiver() -> (u16, Spans) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind the OTLP receiver");
-    let port = listener.local_addr().expect("addr").port();
     let spans: Spans = Arc::default();
     let kept = Arc::clone(&spans);
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let kept = Arc::clone(&kept);
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(
-                    move |req: hyper::Request<hyper::body::Incoming>| {
-                        let kept = Arc::clone(&kept);
-                        async move {
-                            let ok = req.uri().path() == "/v1/traces"
-                                && req
-                                    .headers()
-                                    .get("content-type")
-                                    .is_some_and(|v| v == "application/x-protobuf");
-                            let body = req.into_body().collect().await.map(|b| b.to_bytes());
-                            let decoded = body
-                                .ok()
-                                .filter(|_| ok)
-                                .and_then(|b| ExportTraceServiceRequest::decode(b).ok());
-                            let status = match decoded {
-                                Some(request) => {
-                                    let mut out = kept
-                                        .lock()
-                                        .unwrap_or_else(std::sync::PoisonError::into_inner);
-                                    for rs in request.resource_spans {
-                                        let service = rs
-                                            .resource
-                                            .iter()
-                                            .flat_map(|r| &r.attributes)
-                                            .find(|a| a.key == "service.name")
-                                            .and_then(|a| text(a.value.as_ref()))
-                                            .unwrap_or_default();
-                                        for span in rs.scope_spans.into_iter().flat_map(|s| s.spans)
-                                        {
-                                            out.push(Received {
-                                                service: service.clone(),
-                                                name: span.name,
-                                                trace_id: hex(&span.trace_id),
-                                                span_id: hex(&span.span_id),
-                                                parent_span_id: hex(&span.parent_span_id),
-                                                attributes: span
-                                                    .attributes
-                                                    .iter()
-                                                    .map(|a| {
-                                                        (
-                                                            a.key.clone(),
-                                                            text(a.value.as_ref())
-                                                                .unwrap_or_default(),
-                                                        )
-                                                    })
-                                                    .collect(),
-                                            });
-                                        }
-                                    }
-                                    200
-                                }
-                                None => 400,
-                            };
-                            let mut resp = hyper::Response::new(boxed(http_body_util::Full::new(
-                                Bytes::new(),
-                            )));
-                            *resp.status_mut() =
-                                hyper::StatusCode::from_u16(status).unwrap_or_default();
-                            Ok::<_, std::convert::Infallible>(resp)
-                        }
-                    },
-                );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
-                    .await;
+    let port = serve_http1("the OTLP receiver", move |req| {
+        let kept = Arc::clone(&kept);
+        async move {
+            let protobuf = req.uri().path() == "/v1/traces"
+                && req
+                    .headers()
+                    .get("content-type")
+                    .is_some_and(|v| v == "application/x-protobuf");
+            let body = req.into_body().collect().await.map(|b| b.to_bytes());
+            let decoded = body
+                .ok()
+                .filter(|_| protobuf)
+                .and_then(|b| ExportTraceServiceRequest::decode(b).ok());
+            let status = match decoded {
+                Some(request) => {
+                    kept.lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .extend(received(request));
+                    hyper::StatusCode::OK
+                }
+                None => hyper::StatusCode::BAD_REQUEST,
+            };
+            let mut resp = hyper::Response::new(boxed(http_body_util::Full::new(Bytes::new())));
+            *resp.status_mut() = status;
+            resp
+        }
+    })
+    .await;
+    (port, spans)
+}
+
+/// The spans of an export request, as [`Received`].
+fn received(request: ExportTraceServiceRequest) -> Vec<Received> {
+    let mut out = Vec::new();
+    for rs in request.resource_spans {
+        let service = rs
+            .resource
+            .iter()
+            .flat_map(|r| &r.attributes)
+            .find(|a| a.key == "service.name")
+            .and_then(|a| text(a.value.as_ref()))
+            .unwrap_or_default();
+        for span in rs.scope_spans.into_iter().flat_map(|s| s.spans) {
+            out.push(Received {
+                service: service.clone(),
+                name: span.name,
+                trace_id: hex(&span.trace_id),
+                span_id: hex(&span.span_id),
+                parent_span_id: hex(&span.parent_span_id),
+                attributes: span
+                    .attributes
+                    .iter()
+                    .map(|a| (a.key.clone(), text(a.value.as_ref()).unwrap_or_default()))
+                    .collect(),
             });
         }
-    });
-    (port, spans)
+    }
+    out
 }
 
 /// An attribute's value as text.
@@ -131,33 +112,16 @@ fn text(value: Option<&opentelemetry_proto::tonic::common::v1::AnyValue>) -> Opt
 
 /// An HTTP upstream that answers the `traceparent` it was sent.
 pub(crate) async fn traceparent_upstream() -> u16 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(
-                    |req: hyper::Request<hyper::body::Incoming>| async move {
-                        let seen = req
-                            .headers()
-                            .get("traceparent")
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or("none")
-                            .to_owned();
-                        Ok::<_, std::convert::Infallible>(hyper::Response::new(boxed(
-                            http_body_util::Full::new(Bytes::from(seen)),
-                        )))
-                    },
-                );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
-                    .await;
-            });
-        }
-    });
-    port
+    serve_http1("traceparent upstream", |req| async move {
+        let seen = req
+            .headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("none")
+            .to_owned();
+        hyper::Response::new(boxed(http_body_util::Full::new(Bytes::from(seen))))
+    })
+    .await
 }
 
 /// The traceparent the upstream saw for a request through east's egress.

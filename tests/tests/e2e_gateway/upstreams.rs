@@ -243,6 +243,34 @@ pub(crate) async fn echo() -> (u16, Arc<Echo>) {
 
 pub(crate) type TestBody = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
 
+/// An HTTP/1.1 server on a free loopback port answering every request with
+/// `handle`; its port (`what` names it in a bind failure).
+pub(crate) async fn serve_http1<F, Fut>(what: &str, handle: F) -> u16
+where
+    F: Fn(hyper::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = hyper::Response<TestBody>> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("bind {what}: {e}"));
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let handle = handle.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let answer = handle(req);
+                    async move { Ok::<_, std::convert::Infallible>(answer.await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+    port
+}
+
 pub(crate) fn boxed<B>(body: B) -> TestBody
 where
     B: hyper::body::Body<Data = Bytes, Error = std::convert::Infallible> + Send + Sync + 'static,
@@ -275,38 +303,23 @@ pub(crate) async fn grpc_upstream() -> (tonic_health::server::HealthReporter, u1
 /// one more every [`SSE_GAP`], three in all, on a response that stays open
 /// in between.
 pub(crate) async fn sse() -> u16 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind sse upstream");
-    let port = listener.local_addr().expect("addr").port();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(|_req| async {
-                    let events = futures::stream::unfold(0u32, |i| async move {
-                        if i >= 3 {
-                            return None;
-                        }
-                        if i > 0 {
-                            tokio::time::sleep(SSE_GAP).await;
-                        }
-                        let frame =
-                            hyper::body::Frame::data(Bytes::from(format!("data: event-{i}\n\n")));
-                        Some((Ok::<_, std::convert::Infallible>(frame), i + 1))
-                    });
-                    let response = hyper::Response::builder()
-                        .header("content-type", "text/event-stream")
-                        .body(boxed(http_body_util::StreamBody::new(events)))
-                        .expect("response");
-                    Ok::<_, std::convert::Infallible>(response)
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
-                    .await;
-            });
-        }
-    });
-    port
+    serve_http1("sse upstream", |_req| async {
+        let events = futures::stream::unfold(0u32, |i| async move {
+            if i >= 3 {
+                return None;
+            }
+            if i > 0 {
+                tokio::time::sleep(SSE_GAP).await;
+            }
+            let frame = hyper::body::Frame::data(Bytes::from(format!("data: event-{i}\n\n")));
+            Some((Ok::<_, std::convert::Infallible>(frame), i + 1))
+        });
+        hyper::Response::builder()
+            .header("content-type", "text/event-stream")
+            .body(boxed(http_body_util::StreamBody::new(events)))
+            .expect("response")
+    })
+    .await
 }
 
 /// Time between two server-sent events of [`sse`].
