@@ -19,8 +19,11 @@ pub struct GatewayConfig {
     /// Peer gateways by cluster: where their ingress listens.
     pub gateways: BTreeMap<String, PeerGateway>,
     /// Services by host name (`<service>.<gns domain>`, lower case); shared:
-    /// an unchanged service is the same allocation from one config to the next.
-    pub services: BTreeMap<String, std::sync::Arc<ServiceConfig>>,
+    /// an unchanged service is the same allocation from one config to the
+    /// next, and the map is persistent (`imbl`), so a config that differs
+    /// from the last in one service costs that service to make and to
+    /// compare, not the whole map. (It is a JSON object on the wire.)
+    pub services: imbl::OrdMap<String, std::sync::Arc<ServiceConfig>>,
     /// Clusters whose gateways all went silent: other clusters' gateways
     /// send them nothing (as if they had no endpoints); their own gateway,
     /// when it is back, serves its local endpoints as usual.

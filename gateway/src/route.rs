@@ -276,6 +276,12 @@ mod tests {
         c
     }
 
+    /// The one service of a test config, to change.
+    fn only_service(config: &mut GatewayConfig) -> &mut ServiceConfig {
+        let host = config.services.keys().next().expect("svc").clone();
+        Arc::make_mut(config.services.get_mut(&host).expect("svc"))
+    }
+
     #[test]
     fn a_silent_peer_gets_nothing_but_a_silent_cluster_serves_itself() {
         let mut silent = config();
@@ -347,7 +353,7 @@ mod tests {
         );
 
         let mut restricted = config.clone();
-        let svc = Arc::make_mut(restricted.services.values_mut().next().expect("svc"));
+        let svc = only_service(&mut restricted);
         svc.allowed_callers = Some(vec!["api".into()]);
         let (table, _) = RouteTable::new(&restricted, "east", &Arc::default());
         let route = table.route("web.production.app.acme.com").expect("route");
@@ -358,7 +364,7 @@ mod tests {
         );
         assert!(!route.admits(&["web"]));
         assert!(!route.admits::<&str>(&[]), "unnamed callers need `*`");
-        let svc = Arc::make_mut(restricted.services.values_mut().next().expect("svc"));
+        let svc = only_service(&mut restricted);
         svc.allowed_callers = Some(vec!["*".into()]);
         let (table, _) = RouteTable::new(&restricted, "east", &Arc::default());
         let route = table.route("web.production.app.acme.com").expect("route");
@@ -371,7 +377,7 @@ mod tests {
     #[test]
     fn clusters_without_endpoints_are_skipped() {
         let mut config = config();
-        let svc = Arc::make_mut(config.services.values_mut().next().expect("svc"));
+        let svc = only_service(&mut config);
         svc.endpoints.get_mut("east").expect("east").clear();
         svc.failover = vec!["west".into()];
         let (table, _) = RouteTable::new(&config, "east", &Arc::default());
@@ -385,7 +391,7 @@ mod tests {
     #[test]
     fn bad_regex_is_a_problem_not_a_failure() {
         let mut config = config();
-        let svc = Arc::make_mut(config.services.values_mut().next().expect("svc"));
+        let svc = only_service(&mut config);
         svc.rules[0].headers[0].matcher = HeaderMatcher::Regex("(".into());
         let (table, problems) = RouteTable::new(&config, "east", &Arc::default());
         assert_eq!(problems.len(), 1);
@@ -400,7 +406,7 @@ mod tests {
     #[test]
     fn source_path_and_method_conditions_must_all_hold() {
         let mut config = config();
-        let svc = Arc::make_mut(config.services.values_mut().next().expect("svc"));
+        let svc = only_service(&mut config);
         svc.rules[0] = Rule {
             source: Some("api".into()),
             path: Some(HeaderMatcher::Regex("^(?:/v[0-9]+/orders(/.*)?)$".into())),
@@ -465,12 +471,12 @@ mod tests {
         };
         assert_eq!(clusters(table.plan(&route, &request, 0))[0], "west");
         // A prefix is a plain string prefix, an exact path the whole path.
-        let svc = Arc::make_mut(config.services.values_mut().next().expect("svc"));
+        let svc = only_service(&mut config);
         svc.rules[0].path = Some(HeaderMatcher::Prefix("/v2/".into()));
         let (table, _) = RouteTable::new(&config, "east", &Arc::default());
         let route = table.route("web.production.app.acme.com").expect("route");
         assert_eq!(clusters(table.plan(&route, &request, 0))[0], "west");
-        let svc = Arc::make_mut(config.services.values_mut().next().expect("svc"));
+        let svc = only_service(&mut config);
         svc.rules[0].path = Some(HeaderMatcher::Exact("/v2/orders".into()));
         let (table, _) = RouteTable::new(&config, "east", &Arc::default());
         let route = table.route("web.production.app.acme.com").expect("route");
@@ -480,7 +486,7 @@ mod tests {
     #[test]
     fn a_split_between_subsets_picks_endpoints_inside_one_cluster() {
         let mut config = config();
-        let svc = Arc::make_mut(config.services.values_mut().next().expect("svc"));
+        let svc = only_service(&mut config);
         let (stable, canary) = ("env=us-prod,version=v1.5", "version=v2.0-alpha");
         svc.endpoints.insert(
             "east".into(),
@@ -531,7 +537,7 @@ mod tests {
             Some(&["10.8.0.2".parse().expect("ip")][..])
         );
         // The canary's endpoints gone: its share goes to east as a whole.
-        let svc = Arc::make_mut(config.services.values_mut().next().expect("svc"));
+        let svc = only_service(&mut config);
         svc.subsets.get_mut(canary).expect("canary").clear();
         let (table, _) = RouteTable::new(&config, "east", &Arc::default());
         let route = table.route("web.production.app.acme.com").expect("route");
@@ -551,7 +557,7 @@ mod tests {
     #[test]
     fn a_destination_without_a_cluster_takes_its_subset_anywhere_own_cluster_first() {
         let mut config = config();
-        let svc = Arc::make_mut(config.services.values_mut().next().expect("svc"));
+        let svc = only_service(&mut config);
         let key = "version=v2";
         svc.subsets = BTreeMap::from([(
             key.to_owned(),

@@ -35,14 +35,14 @@ use gns_dns::snapshot::{
 };
 use serde::de::DeserializeOwned;
 
-use super::cache::{CachedService, CompileCache, fingerprint};
+use super::cache::{CompileCache, fingerprint};
 use super::{CompileOptions, Problem, ScopedObjects, Snapshot, StoreState, UnrecordedExpiry};
 use crate::model::{
     Access, AccessPolicy, Cluster, ClusterEndpoints, ClusterStatus, DiscoveredService,
-    ExternalWorkload, GlobalNamespace, Kind, Name, PolicyAction, Protocol, RetryOn, Routing,
+    ExternalWorkload, GlobalNamespace, PolicyAction, Protocol, RetryOn, Routing,
     WorkloadPort,
 };
-use crate::store::{ObjectKey, StoredObject};
+use crate::store::StoredObject;
 
 /// The addresses of a gateway the federation deployed, as read back from its
 /// Services (`status.gateway`), for a cluster whose spec names none.
@@ -142,6 +142,7 @@ pub fn compile_with(
         &withdrawn,
         &gateways_silent,
     ));
+    let mut previous = std::mem::take(cache);
     let mut compiler = Compiler {
         options,
         clusters: &clusters,
@@ -150,10 +151,12 @@ pub fn compile_with(
         problems,
         next_change_ms: next_withdrawal,
         expiries: unrecorded,
-        gateway_services: BTreeMap::new(),
+        gateway: std::mem::take(&mut previous.gateway),
         clusters_epoch,
-        previous: std::mem::take(cache),
+        previous,
         next: CompileCache::default(),
+        visited: 0,
+        compiled: 0,
     };
     let empty = ScopedObjects::default();
     // origin -> (owning global namespace, zone)
@@ -169,18 +172,36 @@ pub fn compile_with(
             continue;
         }
         let scoped = state.scoped.get(&object.key.name).unwrap_or(&empty);
-        let zone = compiler.zone(&object.key.name, object.resource_version, &gns, scoped);
+        let touched = state.touched.zone(&object.key.name);
+        let zone = compiler.zone(
+            &object.key.name,
+            object.resource_version,
+            &gns,
+            scoped,
+            touched,
+        );
         zones.insert(origin, (object.key.name.clone(), zone));
+    }
+    // Zones gone (or left out) take their gateway routes with them.
+    for zone in std::mem::take(&mut compiler.previous.zones).into_values() {
+        for cached in zone.services.values() {
+            compiler.forget_gateway(cached);
+        }
     }
 
     let Compiler {
         mut problems,
         next_change_ms,
         mut expiries,
-        gateway_services,
-        next,
+        gateway,
+        mut next,
+        visited,
+        compiled,
         ..
     } = compiler;
+    next.gateway = gateway.clone();
+    next.visited = visited;
+    next.compiled = compiled;
     *cache = next;
     let gateways = gns_contract::config::GatewayConfig {
         version: state.revision,
@@ -197,7 +218,7 @@ pub fn compile_with(
                 ))
             })
             .collect(),
-        services: gateway_services,
+        services: gateway,
         silent_clusters: gateways_silent.clone(),
     };
     problems.sort();
@@ -213,7 +234,7 @@ pub fn compile_with(
 }
 
 /// Parses a stored spec, reporting (with the failing field) when it no longer parses.
-fn parse<T: DeserializeOwned>(object: &StoredObject, problems: &mut Vec<Problem>) -> Option<T> {
+pub(super) fn parse<T: DeserializeOwned>(object: &StoredObject, problems: &mut Vec<Problem>) -> Option<T> {
     match serde_path_to_error::deserialize::<_, T>(&object.spec) {
         Ok(value) => Some(value),
         Err(e) => {
@@ -255,198 +276,41 @@ fn transport(protocol: Protocol) -> Transport {
 }
 
 /// The state of one compilation.
-struct Compiler<'a> {
-    options: &'a CompileOptions,
-    clusters: &'a BTreeMap<String, Cluster>,
+pub(super) struct Compiler<'a> {
+    pub(super) options: &'a CompileOptions,
+    pub(super) clusters: &'a BTreeMap<String, Cluster>,
     /// Unreachable clusters past their stale-endpoint policy: their endpoints don't count.
-    withdrawn: &'a BTreeSet<String>,
+    pub(super) withdrawn: &'a BTreeSet<String>,
     /// Clusters whose gateways all went silent: their endpoints count only
     /// for their own clients.
-    gateways_silent: &'a BTreeSet<String>,
-    problems: Vec<Problem>,
-    next_change_ms: Option<i64>,
-    expiries: Vec<UnrecordedExpiry>,
-    /// Gateway routes by host, filled zone by zone.
-    gateway_services: BTreeMap<String, Arc<gns_contract::config::ServiceConfig>>,
+    pub(super) gateways_silent: &'a BTreeSet<String>,
+    pub(super) problems: Vec<Problem>,
+    pub(super) next_change_ms: Option<i64>,
+    pub(super) expiries: Vec<UnrecordedExpiry>,
+    /// Gateway routes by host of every zone, starting from the last compile's.
+    pub(super) gateway: imbl::OrdMap<String, Arc<gns_contract::config::ServiceConfig>>,
     /// Fingerprint of the clusters, withdrawals and silent gateways.
-    clusters_epoch: u64,
-    /// The last compile's outputs (taken from as services are compiled).
-    previous: CompileCache,
+    pub(super) clusters_epoch: u64,
+    /// The last compile's outputs (taken from as zones are compiled).
+    pub(super) previous: CompileCache,
     /// This compile's outputs.
-    next: CompileCache,
+    pub(super) next: CompileCache,
+    /// Services looked at (their fingerprint checked), and compiled.
+    pub(super) visited: usize,
+    pub(super) compiled: usize,
 }
 
 /// What one global namespace says about one service name.
-struct ServiceInputs<'a> {
+pub(super) struct ServiceInputs<'a> {
     /// Its discovered-service objects, in name order (a later object's
     /// entry for a cluster replaces an earlier one's; the first port of a name wins).
-    discovered: &'a [&'a DiscoveredService],
-    workloads: &'a [ExternalWorkload],
-    routing: Option<&'a Routing>,
+    pub(super) discovered: &'a [&'a DiscoveredService],
+    pub(super) workloads: &'a [ExternalWorkload],
+    pub(super) routing: Option<&'a Routing>,
 }
 
 impl Compiler<'_> {
-    fn zone(
-        &mut self,
-        gns_name: &str,
-        gns_version: u64,
-        gns: &GlobalNamespace,
-        scoped: &ScopedObjects,
-    ) -> Zone {
-        let origin = gns.domain.as_str();
-        let members: BTreeSet<&str> = gns
-            .members
-            .iter()
-            .map(|m| m.cluster.as_str())
-            .filter(|c| self.clusters.contains_key(*c) && !self.withdrawn.contains(*c))
-            .collect();
-        let nameservers = self.nameservers(origin);
-        // Single-label names inside the zone taken by name servers.
-        let suffix = format!(".{origin}");
-        let reserved: BTreeSet<String> = nameservers
-            .iter()
-            .filter_map(|ns| ns.name.strip_suffix(&suffix))
-            .filter(|label| !label.contains('.'))
-            .map(str::to_owned)
-            .collect();
-
-        let routings = self.routings(&scoped.routings);
-        // Discovery writes one object per service and cluster (`<service>.<cluster>`);
-        // older or hand-written ones hold several clusters. Group them by service.
-        let mut discovered: BTreeMap<&str, Vec<&DiscoveredService>> = BTreeMap::new();
-        // The objects (name, version) each service's entry was made from.
-        let mut discovered_from: BTreeMap<&str, Vec<(&str, u64)>> = BTreeMap::new();
-        for object in &scoped.services {
-            // (The object's name was checked when it was read.)
-            match &object.spec {
-                Ok(svc) => {
-                    discovered.entry(svc.name.as_str()).or_default().push(svc);
-                    discovered_from
-                        .entry(svc.name.as_str())
-                        .or_default()
-                        .push((object.key.name.as_str(), object.resource_version));
-                }
-                Err(message) => self
-                    .problems
-                    .push(Problem::new(&object.key, message.clone())),
-            }
-        }
-        let (alive, alive_from) = self.alive_workloads(&scoped.external_workloads);
-        let routing_versions: BTreeMap<&str, u64> = scoped
-            .routings
-            .iter()
-            .map(|o| (o.key.name.as_str(), o.resource_version))
-            .collect();
-        let policies: Vec<AccessPolicy> = scoped
-            .access_policies
-            .iter()
-            .filter_map(|o| parse::<AccessPolicy>(o, &mut self.problems))
-            .collect();
-
-        let names: BTreeSet<&str> = discovered
-            .keys()
-            .copied()
-            .chain(alive.keys().map(String::as_str))
-            .chain(routings.keys().map(String::as_str))
-            .collect();
-        // What every service of the zone depends on; with a restricting
-        // policy, who may call a service depends on every service.
-        // Who may call a service depends on which services exist and run
-        // where only when access is denied by default or a policy names a
-        // caller other than `external` (see `unrestricted`).
-        let restricted = gns.default_access != Access::Allow
-            || policies
-                .iter()
-                .any(|p| p.from.iter().any(|f| f != "external"));
-        // Which services run in which member cluster (callers, for access
-        // between gateways); only a restricting policy asks.
-        let mut runs_in: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
-        if restricted {
-            for svc in discovered.values().flatten() {
-                for cluster in svc.clusters.keys() {
-                    runs_in
-                        .entry(cluster.as_str())
-                        .or_default()
-                        .insert(svc.name.as_str());
-                }
-            }
-        }
-        let zone_epoch = fingerprint((
-            self.clusters_epoch,
-            gns_name,
-            gns_version,
-            scoped
-                .access_policies
-                .iter()
-                .map(|o| (&o.key.name, o.resource_version))
-                .collect::<Vec<_>>(),
-            restricted.then_some((&names, &runs_in)),
-        ));
-        let mut services = Vec::with_capacity(names.len());
-        let mut previous = self.previous.zones.remove(gns_name).unwrap_or_default();
-        let mut next = std::collections::HashMap::with_capacity(names.len());
-        for &name in &names {
-            if reserved.contains(name) {
-                self.problems.push(Problem::new(
-                    &ObjectKey::scoped(Kind::Service, gns_name, name),
-                    format!(
-                        "{name}.{origin} is a name server of the zone; \
-                         the service is left out of DNS until it is renamed"
-                    ),
-                ));
-                continue;
-            }
-            let fingerprint = fingerprint((
-                zone_epoch,
-                name,
-                discovered_from.get(name),
-                alive_from.get(name),
-                // A routing object that does not compile is not an input.
-                routings.get(name).and(routing_versions.get(name)),
-            ));
-            let (key, cached) = match previous.remove_entry(name) {
-                Some((key, cached)) => (key, Some(cached)),
-                None => (name.to_owned(), None),
-            };
-            let compiled = match cached {
-                Some(cached) if cached.fingerprint == fingerprint => cached,
-                _ => {
-                    let inputs = ServiceInputs {
-                        discovered: discovered.get(name).map_or(&[], Vec::as_slice),
-                        workloads: alive.get(name).map_or(&[], Vec::as_slice),
-                        routing: routings.get(name),
-                    };
-                    let dns = self.service(name, &members, &inputs);
-                    let mut gateway = self.gateway_service(gns_name, name, &members, &inputs);
-                    gateway.external = external_allowed(&policies, name);
-                    gateway.allowed_clusters =
-                        allowed_peer_clusters(gns, &policies, name, &runs_in);
-                    gateway.allowed_callers = allowed_callers(gns, &policies, name, &names);
-                    CachedService {
-                        fingerprint,
-                        host: format!("{name}.{origin}").to_ascii_lowercase(),
-                        dns: Arc::new(dns),
-                        gateway: Arc::new(gateway),
-                    }
-                }
-            };
-            services.push(Arc::clone(&compiled.dns));
-            self.gateway_services
-                .insert(compiled.host.clone(), Arc::clone(&compiled.gateway));
-            next.insert(key, compiled);
-        }
-        self.next.zones.insert(gns_name.to_owned(), next);
-        Zone {
-            origin: origin.to_owned(),
-            // The builder carries the serial of an unchanged zone over.
-            serial: 0,
-            nameservers,
-            txt: vec![format!("gns={gns_name}")],
-            services,
-        }
-    }
-
-    fn nameservers(&self, origin: &str) -> Vec<Nameserver> {
+    pub(super) fn nameservers(&self, origin: &str) -> Vec<Nameserver> {
         let default_name = format!("{DEFAULT_NAMESERVER_LABEL}.{origin}");
         let glue = sorted(
             self.options
@@ -473,71 +337,29 @@ impl Compiler<'_> {
         out
     }
 
-    /// Routing objects by service; one that can't be honoured is reported and ignored.
-    fn routings(&mut self, objects: &[StoredObject]) -> BTreeMap<String, Routing> {
-        let mut out = BTreeMap::new();
-        for object in objects {
-            if let Err(e) = Name::try_from(object.key.name.clone()) {
-                self.problems.push(Problem::new(&object.key, e));
-                continue;
-            }
-            let Some(routing) = parse::<Routing>(object, &mut self.problems) else {
-                continue;
-            };
-            let mut unreachable = Vec::new();
-            for (i, rule) in routing.rules.iter().enumerate() {
-                for (j, d) in rule.destinations.iter().enumerate() {
-                    if d.weight == 0 {
-                        continue;
-                    }
-                    let at = format!("rules[{i}].destinations[{j}]");
-                    // Without a cluster: wherever the selected endpoints are.
-                    let Some(cluster) = &d.cluster else {
-                        continue;
-                    };
-                    match self.clusters.get(cluster.as_str()) {
-                        None => unreachable.push(format!(
-                            "{at}: cluster {cluster} is not registered (or its spec does not parse)"
-                        )),
-                        Some(c) if c.gateway.is_none() => unreachable.push(format!(
-                            "{at}: cluster {cluster} has no gateway, so traffic can't be routed to it"
-                        )),
-                        Some(_) => {}
-                    }
-                }
-            }
-            if unreachable.is_empty() {
-                out.insert(object.key.name.clone(), routing);
-            } else {
-                let message = format!("routing ignored: {}", unreachable.join("; "));
-                self.problems.push(Problem::new(&object.key, message));
-            }
-        }
-        out
-    }
-
     /// Alive external workloads by service: those the store does not record
     /// as expired (the liveness plane records lapses and returns; beats
-    /// themselves change nothing here).
-    /// With them, by service, the objects (name, version) they were read from.
+    /// themselves change nothing here). With them, by service, the objects
+    /// (name, version) they were read from.
     #[allow(clippy::type_complexity)]
-    fn alive_workloads<'s>(
-        &mut self,
-        objects: &'s [StoredObject],
+    pub(super) fn alive_workloads(
+        &self,
+        objects: &[StoredObject],
+        problems: &mut Vec<Problem>,
     ) -> (
         BTreeMap<String, Vec<ExternalWorkload>>,
-        BTreeMap<String, Vec<(&'s str, u64)>>,
+        BTreeMap<String, Vec<(String, u64)>>,
     ) {
         let mut alive: BTreeMap<String, Vec<ExternalWorkload>> = BTreeMap::new();
-        let mut from: BTreeMap<String, Vec<(&'s str, u64)>> = BTreeMap::new();
+        let mut from: BTreeMap<String, Vec<(String, u64)>> = BTreeMap::new();
         for object in objects {
-            let Some(workload) = parse::<ExternalWorkload>(object, &mut self.problems) else {
+            let Some(workload) = parse::<ExternalWorkload>(object, problems) else {
                 continue;
             };
             if !crate::liveness::workload_expired(&object.status) {
                 from.entry(workload.service.to_string())
                     .or_default()
-                    .push((object.key.name.as_str(), object.resource_version));
+                    .push((object.key.name.clone(), object.resource_version));
                 alive
                     .entry(workload.service.to_string())
                     .or_default()
@@ -556,7 +378,7 @@ impl Compiler<'_> {
 
     /// What gateways need of one service: ready endpoints and the HTTP
     /// (target) port per member cluster, and its routing.
-    fn gateway_service(
+    pub(super) fn gateway_service(
         &self,
         gns_name: &str,
         name: &str,
@@ -795,7 +617,12 @@ impl Compiler<'_> {
         }
     }
 
-    fn service(&self, name: &str, members: &BTreeSet<&str>, inputs: &ServiceInputs<'_>) -> Service {
+    pub(super) fn service(
+        &self,
+        name: &str,
+        members: &BTreeSet<&str>,
+        inputs: &ServiceInputs<'_>,
+    ) -> Service {
         // Member clusters with ready endpoints, and those endpoints.
         let mut per_cluster: BTreeMap<&str, &ClusterEndpoints> = BTreeMap::new();
         for d in inputs.discovered {
@@ -886,7 +713,7 @@ fn speaks_h2c(port: &WorkloadPort) -> bool {
 /// `service` through a public entry: only when a policy allows `external`
 /// by name and none denies it (`defaultAccess` and `*` do not open a
 /// service to the internet).
-fn external_allowed(policies: &[AccessPolicy], service: &str) -> bool {
+pub(super) fn external_allowed(policies: &[AccessPolicy], service: &str) -> bool {
     let names = |p: &&AccessPolicy| {
         p.to.as_str() == service && p.from.iter().any(|f| f == "external" || f == "*")
     };
@@ -942,7 +769,7 @@ fn unrestricted(gns: &GlobalNamespace, policies: &[AccessPolicy], service: &str)
 /// its cluster, so a cluster may call when some service running there may.
 /// `None` (no restriction) when no policy names `service` and access is
 /// allowed by default.
-fn allowed_peer_clusters(
+pub(super) fn allowed_peer_clusters(
     gns: &GlobalNamespace,
     policies: &[AccessPolicy],
     service: &str,
@@ -969,7 +796,7 @@ fn allowed_peer_clusters(
 /// endpoint may (a `*` allow, or allowed by default). `None` (no
 /// restriction) when no policy names `service` and access is allowed by
 /// default.
-fn allowed_callers(
+pub(super) fn allowed_callers(
     gns: &GlobalNamespace,
     policies: &[AccessPolicy],
     service: &str,
@@ -1008,7 +835,8 @@ mod tests {
     use super::*;
     use crate::snapshot::CompileCache;
     use crate::snapshot::ServiceObject;
-    use crate::store::ObjectKey;
+    use crate::model::Kind;
+    use crate::store::{Changes, ObjectKey};
     use serde_json::{Value, json};
 
     const NOW: i64 = 1_700_000_000_000;
@@ -1110,6 +938,7 @@ mod tests {
             ],
             global_namespaces: vec![gns],
             scoped: BTreeMap::from([("production".to_owned(), ScopedObjects::default())]),
+            touched: Default::default(),
         }
     }
 
@@ -1135,6 +964,18 @@ mod tests {
 
     fn build(state: &StoreState) -> Snapshot {
         compile(state, NOW, &CompileOptions::default())
+    }
+
+    fn find_service_opt(snapshot: &Snapshot, svc: &str) -> Option<Arc<Service>> {
+        snapshot.dns.zones[0]
+            .services
+            .iter()
+            .find(|s| s.name == svc)
+            .cloned()
+    }
+
+    fn find_service(snapshot: &Snapshot, svc: &str) -> Arc<Service> {
+        find_service_opt(snapshot, svc).unwrap_or_else(|| panic!("service {svc} missing"))
     }
 
     #[test]
@@ -2059,6 +1900,137 @@ mod tests {
         scoped(&mut restricted).services.clear();
         check_incremental(&restricted, &mut cache);
         assert!(cache.is_empty());
+    }
+
+    /// A discovered service written as discovery writes it: `<svc>.<cluster>`.
+    fn discovered(svc: &str, cluster: &str, ready: &[&str], version: u64) -> ServiceObject {
+        let mut o = service(svc, &[(cluster, ready, &[])]);
+        o.key.name = format!("{svc}.{cluster}");
+        o.resource_version = version;
+        o
+    }
+
+    /// Applies `changes` as the builder does, compiles over the cache (which
+    /// must equal a full compile), and marks the state compiled.
+    fn write(state: &mut StoreState, cache: &mut CompileCache, changes: Changes) -> Snapshot {
+        state.revision += 1;
+        state.apply(Changes {
+            revision: state.revision,
+            ..changes
+        });
+        let snapshot = check_incremental(state, cache);
+        state.compiled();
+        snapshot
+    }
+
+    fn services(list: Vec<ServiceObject>) -> Changes {
+        Changes {
+            services: list,
+            ..Changes::default()
+        }
+    }
+
+    #[test]
+    fn a_compile_of_the_written_services_only_equals_a_full_one() {
+        let mut state = base();
+        let list = &mut scoped(&mut state).services;
+        list.push(discovered("api", "east", &["10.8.1.2"], 1));
+        list.push(discovered("web", "east", &["10.8.1.1"], 1));
+        list.push(discovered("web", "west", &["10.9.1.1"], 1));
+        let mut cache = CompileCache::default();
+        let first = check_incremental(&state, &mut cache);
+        state.compiled();
+        let web = |snap: &Snapshot| Arc::clone(&find_service(snap, "web"));
+
+        // An endpoint of api changes: web keeps its very allocation.
+        let changes = services(vec![discovered("api", "east", &["10.8.1.3"], 2)]);
+        let second = write(&mut state, &mut cache, changes);
+        assert_eq!(cache.looked_at(), (1, 1), "only api is looked at");
+        assert!(Arc::ptr_eq(&web(&first), &web(&second)));
+        assert_eq!(find(&second, "api").external, ips(&["198.51.100.1"]));
+
+        // A new service, one whose name is a name server's, one whose spec no longer parses.
+        let mut broken = discovered("db", "east", &["10.8.1.9"], 3);
+        broken.spec = Err("stored spec does not parse: boom".into());
+        let changes = services(vec![
+            discovered("cache", "west", &["10.9.1.7"], 3),
+            discovered("ns1", "east", &["10.8.1.8"], 3),
+            broken,
+        ]);
+        let third = write(&mut state, &mut cache, changes);
+        assert!(find_service_opt(&third, "cache").is_some());
+        assert!(find_service_opt(&third, "ns1").is_none());
+        assert_eq!(third.problems.len(), 2, "{:?}", third.problems);
+
+        // Fixed, and deleted: the problems go with them.
+        let changes = Changes {
+            services: vec![discovered("db", "east", &["10.8.1.9"], 4)],
+            deleted: vec![ObjectKey::scoped(Kind::Service, "production", "ns1.east")],
+            ..Changes::default()
+        };
+        let fourth = write(&mut state, &mut cache, changes);
+        assert!(fourth.problems.is_empty(), "{:?}", fourth.problems);
+        assert!(find_service_opt(&fourth, "db").is_some());
+
+        // One cluster's object of web goes: web keeps the other's.
+        let changes = Changes {
+            deleted: vec![ObjectKey::scoped(Kind::Service, "production", "web.east")],
+            ..Changes::default()
+        };
+        let fifth = write(&mut state, &mut cache, changes);
+        assert_eq!(cache.looked_at(), (1, 1));
+        assert_eq!(find(&fifth, "web").txt, vec!["clusters=west".to_owned()]);
+
+        // A routing object (and one that can't be honoured), then deleted.
+        let mut split = routing("web", json!([{"cluster": "east", "weight": 1}]));
+        split.resource_version = 6;
+        let mut bad = routing("api", json!([{"cluster": "north", "weight": 1}]));
+        bad.resource_version = 6;
+        let changes = Changes {
+            changed: vec![bad, split],
+            ..Changes::default()
+        };
+        let sixth = write(&mut state, &mut cache, changes);
+        assert_eq!(sixth.problems.len(), 1, "{:?}", sixth.problems);
+        let changes = Changes {
+            deleted: vec![
+                ObjectKey::scoped(Kind::Routing, "production", "api"),
+                ObjectKey::scoped(Kind::Routing, "production", "web"),
+            ],
+            ..Changes::default()
+        };
+        assert!(write(&mut state, &mut cache, changes).problems.is_empty());
+
+        // A service with no object left is gone from DNS and gateways.
+        let changes = Changes {
+            deleted: vec![ObjectKey::scoped(Kind::Service, "production", "web.west")],
+            ..Changes::default()
+        };
+        let gone = write(&mut state, &mut cache, changes);
+        assert!(find_service_opt(&gone, "web").is_none());
+        assert!(!gone.gateways.services.contains_key(&format!("web.{ORIGIN}")));
+
+        // An object holding another service than its name says, a workload,
+        // a cluster: the zone compiles whole, and still equals a full compile.
+        let mut odd = discovered("web", "east", &["10.8.1.1"], 8);
+        odd.key.name = "other.east".into();
+        write(&mut state, &mut cache, services(vec![odd]));
+        let changes = services(vec![discovered("api", "east", &["10.8.1.4"], 9)]);
+        write(&mut state, &mut cache, changes);
+        let changes = Changes {
+            changed: vec![workload("vm-a", "api", "192.0.2.10", NOW)],
+            ..Changes::default()
+        };
+        write(&mut state, &mut cache, changes);
+        assert_eq!(cache.looked_at().0, 4, "a workload: the whole zone (api, cache, db, web)");
+        let mut east = state.clusters[0].clone();
+        east.resource_version = 11;
+        east.spec["networks"] = json!(["10.8.0.0/15"]);
+        let changes = Changes {
+            changed: vec![east],
+            ..Changes::default()
+        };
+        write(&mut state, &mut cache, changes);
     }
 
     #[test]

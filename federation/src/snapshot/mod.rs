@@ -16,9 +16,10 @@
 mod builder;
 mod cache;
 mod compile;
+mod zone;
 pub mod reach;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
 
@@ -280,7 +281,7 @@ pub struct ScopedObjects {
 /// Everything the compiler needs, as read from the store. Specs other than
 /// services' are kept as stored, so the compiler can report (rather than
 /// fail on) one that no longer parses. Lists are sorted by name.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default)]
 pub struct StoreState {
     /// Store revision read before anything else, so the snapshot never claims
     /// more than it contains.
@@ -291,6 +292,86 @@ pub struct StoreState {
     pub global_namespaces: Vec<StoredObject>,
     /// Objects inside each global namespace, by its name.
     pub scoped: BTreeMap<String, ScopedObjects>,
+    /// What [`StoreState::apply`] changed since [`StoreState::compiled`]
+    /// (everything, until then). Not part of the state's content.
+    pub touched: Touched,
+}
+
+impl PartialEq for StoreState {
+    /// The same content; what was touched since a compile does not count.
+    fn eq(&self, other: &Self) -> bool {
+        self.revision == other.revision
+            && self.clusters == other.clusters
+            && self.global_namespaces == other.global_namespaces
+            && self.scoped == other.scoped
+    }
+}
+
+/// What the writes applied to a [`StoreState`] since it was last compiled
+/// may have changed, so that a compile over the last one's cache compiles
+/// only what they name. The default is everything.
+#[derive(Debug, Clone)]
+pub struct Touched {
+    /// Anything may have changed: a state not compiled yet, a cluster written.
+    everything: bool,
+    /// By global namespace.
+    zones: BTreeMap<String, ZoneTouched>,
+}
+
+impl Default for Touched {
+    fn default() -> Self {
+        Self {
+            everything: true,
+            zones: BTreeMap::new(),
+        }
+    }
+}
+
+/// What was written inside one global namespace.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ZoneTouched {
+    /// The namespace itself, an access policy or an external workload
+    /// (inputs of every service of the zone).
+    pub(crate) whole: bool,
+    /// Discovered-service objects written or deleted, by object name.
+    pub(crate) services: BTreeSet<String>,
+    /// Routing objects written or deleted, by name (the service's).
+    pub(crate) routings: BTreeSet<String>,
+}
+
+/// Nothing written in a zone.
+static UNTOUCHED: ZoneTouched = ZoneTouched {
+    whole: false,
+    services: BTreeSet::new(),
+    routings: BTreeSet::new(),
+};
+
+impl Touched {
+    /// What was written in global namespace `gns`; `None` when anything may have changed.
+    pub(crate) fn zone(&self, gns: &str) -> Option<&ZoneTouched> {
+        if self.everything {
+            return None;
+        }
+        Some(self.zones.get(gns).unwrap_or(&UNTOUCHED))
+    }
+
+    fn key(&mut self, key: &ObjectKey) {
+        match key.kind {
+            Kind::Cluster => self.everything = true,
+            Kind::GlobalNamespace => self.zones.entry(key.name.clone()).or_default().whole = true,
+            Kind::AccessPolicy | Kind::ExternalWorkload => {
+                self.zones.entry(key.scope.clone()).or_default().whole = true;
+            }
+            Kind::Service => {
+                let zone = self.zones.entry(key.scope.clone()).or_default();
+                zone.services.insert(key.name.clone());
+            }
+            Kind::Routing => {
+                let zone = self.zones.entry(key.scope.clone()).or_default();
+                zone.routings.insert(key.name.clone());
+            }
+        }
+    }
 }
 
 /// Name of a list element, for the sorted-list helpers.
@@ -330,6 +411,16 @@ impl StoreState {
     /// written objects (an object deleted and created again is among both,
     /// and exists). Kinds the compiler does not read are ignored.
     pub fn apply(&mut self, changes: Changes) {
+        if !self.touched.everything {
+            let keys = changes
+                .deleted
+                .iter()
+                .chain(changes.changed.iter().map(|o| &o.key))
+                .chain(changes.services.iter().map(|o| &o.key));
+            for key in keys {
+                self.touched.key(key);
+            }
+        }
         for key in &changes.deleted {
             match key.kind {
                 Kind::Cluster => remove_sorted(&mut self.clusters, &key.name),
@@ -380,6 +471,17 @@ impl StoreState {
             upsert_sorted(&mut scoped.services, service);
         }
         self.revision = changes.revision;
+    }
+}
+
+impl StoreState {
+    /// Marks the state as compiled: from now on [`StoreState::touched`]
+    /// gathers what the next changes touch.
+    pub fn compiled(&mut self) {
+        self.touched = Touched {
+            everything: false,
+            zones: BTreeMap::new(),
+        };
     }
 }
 
