@@ -123,7 +123,8 @@ fn snapshot(external: bool) -> Snapshot {
                 "frontend.production.app.acme.com".to_owned(),
                 Arc::new(frontend()),
             ),
-        ]),
+        ])
+        .into(),
         ..GatewayConfig::default()
     })
 }

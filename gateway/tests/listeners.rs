@@ -27,7 +27,7 @@ async fn egress(upstream: u16, tune: impl FnOnce(&Gateway)) -> std::net::SocketA
     gateway.apply_config(GatewayConfig {
         version: 1,
         trust_domain: "acme.test".into(),
-        services: BTreeMap::from([(support::HOST.to_owned(), std::sync::Arc::new(config))]),
+        services: BTreeMap::from([(support::HOST.to_owned(), std::sync::Arc::new(config))]).into(),
         ..GatewayConfig::default()
     });
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");

@@ -125,7 +125,7 @@ async fn egress(
     gateway.apply_config(GatewayConfig {
         version: 1,
         trust_domain: "acme.test".into(),
-        services: BTreeMap::from([(HOST.to_owned(), std::sync::Arc::new(config))]),
+        services: BTreeMap::from([(HOST.to_owned(), std::sync::Arc::new(config))]).into(),
         ..GatewayConfig::default()
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

@@ -83,7 +83,7 @@ async fn egress_of(gateway: Arc<Gateway>, port: u16, retries: RetryPolicy) -> st
     gateway.apply_config(GatewayConfig {
         version: 1,
         trust_domain: "acme.test".into(),
-        services: BTreeMap::from([(HOST.to_owned(), Arc::new(config))]),
+        services: BTreeMap::from([(HOST.to_owned(), Arc::new(config))]).into(),
         ..GatewayConfig::default()
     });
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");

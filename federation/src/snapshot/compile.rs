@@ -39,8 +39,7 @@ use super::cache::{CompileCache, fingerprint};
 use super::{CompileOptions, Problem, ScopedObjects, Snapshot, StoreState, UnrecordedExpiry};
 use crate::model::{
     Access, AccessPolicy, Cluster, ClusterEndpoints, ClusterStatus, DiscoveredService,
-    ExternalWorkload, GlobalNamespace, PolicyAction, Protocol, RetryOn, Routing,
-    WorkloadPort,
+    ExternalWorkload, GlobalNamespace, PolicyAction, Protocol, RetryOn, Routing, WorkloadPort,
 };
 use crate::store::StoredObject;
 
@@ -234,7 +233,10 @@ pub fn compile_with(
 }
 
 /// Parses a stored spec, reporting (with the failing field) when it no longer parses.
-pub(super) fn parse<T: DeserializeOwned>(object: &StoredObject, problems: &mut Vec<Problem>) -> Option<T> {
+pub(super) fn parse<T: DeserializeOwned>(
+    object: &StoredObject,
+    problems: &mut Vec<Problem>,
+) -> Option<T> {
     match serde_path_to_error::deserialize::<_, T>(&object.spec) {
         Ok(value) => Some(value),
         Err(e) => {
@@ -833,9 +835,9 @@ fn add_port(ports: &mut BTreeMap<String, ServicePort>, port: &WorkloadPort) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Kind;
     use crate::snapshot::CompileCache;
     use crate::snapshot::ServiceObject;
-    use crate::model::Kind;
     use crate::store::{Changes, ObjectKey};
     use serde_json::{Value, json};
 
@@ -2008,7 +2010,12 @@ mod tests {
         };
         let gone = write(&mut state, &mut cache, changes);
         assert!(find_service_opt(&gone, "web").is_none());
-        assert!(!gone.gateways.services.contains_key(&format!("web.{ORIGIN}")));
+        assert!(
+            !gone
+                .gateways
+                .services
+                .contains_key(&format!("web.{ORIGIN}"))
+        );
 
         // An object holding another service than its name says, a workload,
         // a cluster: the zone compiles whole, and still equals a full compile.
@@ -2022,7 +2029,11 @@ mod tests {
             ..Changes::default()
         };
         write(&mut state, &mut cache, changes);
-        assert_eq!(cache.looked_at().0, 4, "a workload: the whole zone (api, cache, db, web)");
+        assert_eq!(
+            cache.looked_at().0,
+            4,
+            "a workload: the whole zone (api, cache, db, web)"
+        );
         let mut east = state.clusters[0].clone();
         east.resource_version = 11;
         east.spec["networks"] = json!(["10.8.0.0/15"]);

@@ -16,8 +16,8 @@
 mod builder;
 mod cache;
 mod compile;
-mod zone;
 pub mod reach;
+mod zone;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;

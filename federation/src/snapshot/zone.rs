@@ -31,7 +31,10 @@ use crate::store::{ObjectKey, StoredObject};
 
 /// Which services exist and run in which member cluster, when access is
 /// restricted (an input of every service's outputs then).
-type Presence<'a> = (&'a BTreeSet<&'a str>, &'a BTreeMap<&'a str, BTreeSet<&'a str>>);
+type Presence<'a> = (
+    &'a BTreeSet<&'a str>,
+    &'a BTreeMap<&'a str, BTreeSet<&'a str>>,
+);
 
 /// What every service of one zone is compiled with.
 struct ZoneContext<'a> {
@@ -324,7 +327,8 @@ impl Compiler<'_> {
             let mut problems = Vec::new();
             let routing = find(&scoped.routings, name, |o| &o.key.name)
                 .and_then(|o| Some((self.routing(o, &mut problems)?, o.resource_version)));
-            let exists = !discovered.is_empty() || zone.alive.contains_key(name) || routing.is_some();
+            let exists =
+                !discovered.is_empty() || zone.alive.contains_key(name) || routing.is_some();
             if exists && ctx.reserved.contains(name) {
                 problems.push(reserved_problem(ctx, name));
             }

@@ -90,7 +90,7 @@ pub async fn egress_for(
     gateway.apply_config(GatewayConfig {
         version: 1,
         trust_domain: "acme.test".into(),
-        services: BTreeMap::from([(host.to_owned(), std::sync::Arc::new(config))]),
+        services: BTreeMap::from([(host.to_owned(), std::sync::Arc::new(config))]).into(),
         ..GatewayConfig::default()
     });
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
