@@ -5,8 +5,15 @@
 //! string, so a lookup needs no allocation. Cluster views hold only the
 //! answers that differ from the external view. Negative answers (NXDOMAIN,
 //! NODATA) are assembled per query from the question and the zone's
-//! prepared SOA record. Rendering reuses the previous snapshot's bytes for
-//! services that did not change, so an update costs what changed.
+//! prepared SOA record.
+//!
+//! An update costs what changed: when the frame (TTL, views, zones and their
+//! name servers) is the same as the last snapshot's, the new answers start
+//! as a copy of the last ones (copy-on-write shards, see `crate::shards`)
+//! and only the services that differ (found by walking both name-sorted
+//! service lists, comparing pointers first) are rendered and swapped in.
+//! Otherwise everything is rendered again, reusing the last snapshot's bytes
+//! for services that did not change.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -19,6 +26,7 @@ use hickory_proto::serialize::binary::BinEncodable;
 use ipnet::IpNet;
 use rustc_hash::FxHashMap;
 
+use crate::shards::Shards;
 use crate::snapshot::{MAX_ANSWER_TTL, Service, Zone, ZoneSnapshot};
 use crate::wire::{self, rtype};
 
@@ -69,11 +77,12 @@ struct RenderedService {
 
 /// Rendered services of one zone, kept for reuse by the next render (valid
 /// while the TTL and the view ids stay the same: both are in the bytes).
-#[derive(Debug, Default)]
+/// Persistent, so the next render starts from a copy at no cost.
+#[derive(Debug, Default, Clone)]
 struct ServiceCache {
     ttl: u32,
     view_ids: FxHashMap<String, u16>,
-    by_name: FxHashMap<String, RenderedService>,
+    by_name: imbl::HashMap<String, RenderedService>,
 }
 
 /// A snapshot ready to answer from.
@@ -83,8 +92,10 @@ pub struct Prepared {
     pub version: u64,
     /// The snapshot itself (for transfers and persistence).
     pub snapshot: Arc<ZoneSnapshot>,
-    answers: FxHashMap<Arc<[u8]>, Arc<[u8]>>,
-    names: FxHashMap<Arc<[u8]>, u32>,
+    answers: Shards<Arc<[u8]>>,
+    /// Names that exist: their zone, and how many services (or the zone
+    /// itself) make them exist.
+    names: Shards<(u32, u32)>,
     /// Zones by index.
     pub zones: Vec<PreparedZone>,
     zone_index: FxHashMap<Box<[u8]>, u32>,
@@ -93,6 +104,8 @@ pub struct Prepared {
     caches: FxHashMap<String, ServiceCache>,
     /// Whether zones hold their records for AXFR/IXFR.
     transfers: bool,
+    /// Answer TTL the services were rendered with.
+    ttl: u32,
     /// What was left out.
     pub problems: Vec<RenderProblem>,
 }
@@ -202,6 +215,24 @@ fn render_service_view(
     Ok(out)
 }
 
+/// A service name as the cache keys it.
+fn lower(name: &str) -> String {
+    name.to_ascii_lowercase()
+}
+
+/// A zone's own part, rendered: what its services and its transfer records are added to.
+#[derive(Debug)]
+struct ZoneHead {
+    /// Origin, dotted, lower case.
+    origin: String,
+    /// Lower-cased wire origin.
+    apex_wire: Vec<u8>,
+    /// The SOA record, uncompressed (negative answers' authority section).
+    soa_bytes: Vec<u8>,
+    /// SOA, NS, glue and apex TXT records (the start of a transfer).
+    records: Vec<Record>,
+}
+
 impl Prepared {
     /// Renders `snapshot`, reusing what `previous` rendered for unchanged
     /// services, with every zone's records for transfers.
@@ -216,11 +247,18 @@ impl Prepared {
         previous: Option<&Prepared>,
         transfers: bool,
     ) -> Prepared {
+        if let Some(patched) = previous.and_then(|prev| Self::patch(&snapshot, prev, transfers)) {
+            return patched;
+        }
         let ttl = snapshot.answer_ttl.clamp(1, MAX_ANSWER_TTL);
         let mut p = Prepared {
             version: snapshot.version,
             snapshot: Arc::clone(&snapshot),
             transfers,
+            ttl,
+            // About as many answers and names as last time: no rehashing.
+            answers: Shards::with_capacity(previous.map_or(0, |p| p.answers.len())),
+            names: Shards::with_capacity(previous.map_or(0, |p| p.names.len())),
             ..Prepared::default()
         };
         for (i, view) in snapshot.views.iter().enumerate() {
@@ -229,11 +267,6 @@ impl Prepared {
             for net in &view.networks {
                 p.networks.push((*net, id));
             }
-        }
-        // About as many answers and names as last time: no rehashing.
-        if let Some(previous) = previous {
-            p.answers.reserve(previous.answers.len());
-            p.names.reserve(previous.names.len());
         }
         // Longest prefix first, so the most specific network wins.
         p.networks
@@ -252,6 +285,156 @@ impl Prepared {
         p
     }
 
+    /// `previous` with what differs in `snapshot` rendered again, when
+    /// their frames are the same (TTL, views, zones and their name servers,
+    /// nothing left out last time); `None` when a whole render is needed.
+    fn patch(snapshot: &Arc<ZoneSnapshot>, prev: &Prepared, transfers: bool) -> Option<Prepared> {
+        let ttl = snapshot.answer_ttl.clamp(1, MAX_ANSWER_TTL);
+        let before = prev.snapshot.as_ref();
+        let same_frame = prev.problems.is_empty()
+            && prev.transfers == transfers
+            && prev.ttl == ttl
+            && before.views == snapshot.views
+            && before.zones.len() == snapshot.zones.len()
+            && before.zones.iter().zip(&snapshot.zones).all(|(a, b)| {
+                a.origin == b.origin && a.nameservers == b.nameservers && a.txt == b.txt
+            });
+        if !same_frame || prev.zones.len() != snapshot.zones.len() {
+            return None;
+        }
+        let mut p = Prepared {
+            version: snapshot.version,
+            snapshot: Arc::clone(snapshot),
+            answers: prev.answers.clone(),
+            names: prev.names.clone(),
+            zones: Vec::with_capacity(snapshot.zones.len()),
+            zone_index: prev.zone_index.clone(),
+            networks: prev.networks.clone(),
+            view_ids: prev.view_ids.clone(),
+            caches: FxHashMap::default(),
+            transfers,
+            ttl,
+            problems: Vec::new(),
+        };
+        for (i, (zone, old)) in snapshot.zones.iter().zip(&before.zones).enumerate() {
+            let zone_id = u32::try_from(i).ok()?;
+            let cache = prev.caches.get(&zone.origin)?.clone();
+            let head = p.zone_head(zone, ttl, zone_id, false).ok()?;
+            if zone.nameservers.iter().any(|ns| {
+                ns.name
+                    .strip_suffix(&format!(".{}", head.origin))
+                    .is_some_and(|label| {
+                        zone.services
+                            .binary_search_by(|s| s.name.as_str().cmp(label))
+                            .is_ok()
+                    })
+            }) {
+                // A service named like a name server: rendered whole, in order.
+                return None;
+            }
+            let cache = p.patch_services(&head, zone_id, &old.services, &zone.services, cache)?;
+            p.finish_zone(zone, ttl, head, cache);
+        }
+        Some(p)
+    }
+
+    /// Renders again the services of one zone that differ between `old`
+    /// and `new` (both sorted by name; `None` if not, or when one would be
+    /// left out: a whole render reports it).
+    fn patch_services(
+        &mut self,
+        head: &ZoneHead,
+        zone_id: u32,
+        old: &[Arc<Service>],
+        new: &[Arc<Service>],
+        mut cache: ServiceCache,
+    ) -> Option<ServiceCache> {
+        let sorted = |list: &[Arc<Service>]| list.windows(2).all(|w| w[0].name < w[1].name);
+        if !sorted(old) || !sorted(new) {
+            return None;
+        }
+        let (mut i, mut j) = (0, 0);
+        loop {
+            let (gone, added) = match (old.get(i), new.get(j)) {
+                (None, None) => break,
+                (Some(o), Some(n)) if o.name == n.name => {
+                    (i, j) = (i + 1, j + 1);
+                    if Arc::ptr_eq(o, n) || o == n {
+                        continue;
+                    }
+                    (Some(o), Some(n))
+                }
+                (Some(o), Some(n)) if o.name < n.name => {
+                    i += 1;
+                    (Some(o), None)
+                }
+                (Some(o), None) => {
+                    i += 1;
+                    (Some(o), None)
+                }
+                (_, n) => {
+                    j += 1;
+                    (None, n)
+                }
+            };
+            if let Some(o) = gone {
+                let rendered = cache.by_name.remove(&lower(&o.name))?;
+                self.unindex(&rendered);
+            }
+            if let Some(n) = added {
+                let name = lower(&n.name);
+                if cache.by_name.contains_key(&name) {
+                    return None;
+                }
+                let rendered = self
+                    .render_service(&head.origin, n, self.ttl, head.apex_wire.len())
+                    .ok()?;
+                self.index(&rendered, zone_id);
+                cache.by_name.insert(name, rendered);
+            }
+        }
+        Some(cache)
+    }
+
+    /// Makes a rendered service's answers and names part of the snapshot.
+    fn index(&mut self, rendered: &RenderedService, zone_id: u32) {
+        for (k, bytes) in rendered.entries.iter() {
+            self.answers.insert(Arc::clone(k), Arc::clone(bytes));
+        }
+        // The service name and every SRV name (with their empty non-terminals) exist.
+        for name in rendered.names.iter() {
+            self.count_name(name, zone_id);
+        }
+    }
+
+    /// Takes a rendered service's answers and names out.
+    fn unindex(&mut self, rendered: &RenderedService) {
+        for (k, _) in rendered.entries.iter() {
+            self.answers.remove(k);
+        }
+        for name in rendered.names.iter() {
+            let gone = match self.names.get_mut(name) {
+                Some((_, count)) => {
+                    *count -= 1;
+                    *count == 0
+                }
+                None => false,
+            };
+            if gone {
+                self.names.remove(name);
+            }
+        }
+    }
+
+    fn count_name(&mut self, name: &Arc<[u8]>, zone_id: u32) {
+        match self.names.get_mut(name) {
+            Some((_, count)) => *count += 1,
+            None => {
+                self.names.insert(Arc::clone(name), (zone_id, 1));
+            }
+        }
+    }
+
     fn add_zone(
         &mut self,
         zone: &Zone,
@@ -259,13 +442,66 @@ impl Prepared {
         previous: Option<&ServiceCache>,
     ) -> Result<(), String> {
         let origin = zone.origin.trim_end_matches('.').to_ascii_lowercase();
-        let apex = fqdn(&origin)?;
         let apex_wire = wire::wire_name(&origin)
             .ok_or_else(|| format!("origin {origin:?} is not a valid name"))?;
         if self.zone_index.contains_key(apex_wire.as_slice()) {
             return Err(format!("zone {origin} appears twice"));
         }
         let zone_id = u32::try_from(self.zones.len()).unwrap_or(u32::MAX);
+        let head = self.zone_head(zone, ttl, zone_id, true)?;
+
+        // Services.
+        let mut cache = ServiceCache {
+            ttl,
+            view_ids: self.view_ids.clone(),
+            by_name: imbl::HashMap::new(),
+        };
+        for svc in &zone.services {
+            let lower = lower(&svc.name);
+            if cache.by_name.contains_key(&lower) {
+                self.problems.push(RenderProblem {
+                    zone: origin.clone(),
+                    message: format!("service {} appears twice", svc.name),
+                });
+                continue;
+            }
+            let reused = previous
+                .and_then(|c| c.by_name.get(&lower))
+                .filter(|old| old.service == *svc)
+                .cloned();
+            let rendered = match reused {
+                Some(rendered) => rendered,
+                None => match self.render_service(&origin, svc, ttl, head.apex_wire.len()) {
+                    Ok(rendered) => rendered,
+                    Err(message) => {
+                        self.problems.push(RenderProblem {
+                            zone: origin.clone(),
+                            message: format!("service {}: {message}", svc.name),
+                        });
+                        continue;
+                    }
+                },
+            };
+            self.index(&rendered, zone_id);
+            cache.by_name.insert(lower, rendered);
+        }
+        self.finish_zone(zone, ttl, head, cache);
+        Ok(())
+    }
+
+    /// Renders a zone's own answers (SOA, NS and their glue, apex TXT) and,
+    /// with `add_names`, makes its apex and name servers exist.
+    fn zone_head(
+        &mut self,
+        zone: &Zone,
+        ttl: u32,
+        zone_id: u32,
+        add_names: bool,
+    ) -> Result<ZoneHead, String> {
+        let origin = zone.origin.trim_end_matches('.').to_ascii_lowercase();
+        let apex = fqdn(&origin)?;
+        let apex_wire = wire::wire_name(&origin)
+            .ok_or_else(|| format!("origin {origin:?} is not a valid name"))?;
         let mut records: Vec<Record> = Vec::new();
 
         // SOA and NS.
@@ -339,7 +575,9 @@ impl Prepared {
                     render_answer(&name, RecordType::AAAA, v6.clone(), vec![])?,
                 );
             }
-            self.add_name(&ns_wire, apex_wire.len(), zone_id);
+            if add_names {
+                self.add_name(&ns_wire, apex_wire.len(), zone_id);
+            }
             glue.extend(v4);
             glue.extend(v6);
         }
@@ -361,58 +599,33 @@ impl Prepared {
                 render_answer(&apex, RecordType::TXT, vec![txt], vec![])?,
             );
         }
-        self.add_name(&apex_wire, apex_wire.len(), zone_id);
-
-        // Services.
-        let mut cache = ServiceCache {
-            ttl,
-            view_ids: self.view_ids.clone(),
-            by_name: FxHashMap::default(),
-        };
-        cache.by_name.reserve(zone.services.len());
-        for svc in &zone.services {
-            let lower: std::borrow::Cow<'_, str> =
-                if svc.name.bytes().any(|b| b.is_ascii_uppercase()) {
-                    std::borrow::Cow::Owned(svc.name.to_ascii_lowercase())
-                } else {
-                    std::borrow::Cow::Borrowed(&svc.name)
-                };
-            if cache.by_name.contains_key(lower.as_ref()) {
-                self.problems.push(RenderProblem {
-                    zone: origin.clone(),
-                    message: format!("service {} appears twice", svc.name),
-                });
-                continue;
-            }
-            let reused = previous
-                .and_then(|c| c.by_name.get(lower.as_ref()))
-                .filter(|old| old.service == *svc)
-                .cloned();
-            let rendered = match reused {
-                Some(rendered) => rendered,
-                None => match self.render_service(&origin, svc, ttl, apex_wire.len()) {
-                    Ok(rendered) => rendered,
-                    Err(message) => {
-                        self.problems.push(RenderProblem {
-                            zone: origin.clone(),
-                            message: format!("service {}: {message}", svc.name),
-                        });
-                        continue;
-                    }
-                },
-            };
-            for (k, bytes) in rendered.entries.iter() {
-                self.answers.insert(Arc::clone(k), Arc::clone(bytes));
-            }
-            // The service name and every SRV name (with their empty non-terminals) exist.
-            for name in rendered.names.iter() {
-                self.names.insert(Arc::clone(name), zone_id);
-            }
-            if self.transfers {
-                records.extend(self.transfer_records(&origin, svc, ttl));
-            }
-            cache.by_name.insert(lower.into_owned(), rendered);
+        if add_names {
+            self.add_name(&apex_wire, apex_wire.len(), zone_id);
         }
+        Ok(ZoneHead {
+            origin,
+            apex_wire,
+            soa_bytes,
+            records,
+        })
+    }
+
+    /// Adds a rendered zone: its transfer records, its index entry, its cache.
+    fn finish_zone(&mut self, zone: &Zone, ttl: u32, head: ZoneHead, cache: ServiceCache) {
+        let ZoneHead {
+            origin,
+            apex_wire,
+            soa_bytes,
+            mut records,
+        } = head;
+        if self.transfers {
+            for svc in &zone.services {
+                if cache.by_name.contains_key(&lower(&svc.name)) {
+                    records.extend(self.transfer_records(&origin, svc, ttl));
+                }
+            }
+        }
+        let zone_id = u32::try_from(self.zones.len()).unwrap_or(u32::MAX);
         self.zone_index
             .insert(apex_wire.clone().into_boxed_slice(), zone_id);
         self.caches.insert(zone.origin.clone(), cache);
@@ -433,7 +646,6 @@ impl Prepared {
             negative_soa,
             records,
         });
-        Ok(())
     }
 
     fn render_service(
@@ -539,14 +751,15 @@ impl Prepared {
         self.answers.insert(key(view, qtype, wire_name), bytes);
     }
 
-    /// Records that `wire_name` and its ancestors down to the apex exist.
+    /// Records that `wire_name` and its ancestors down to the apex exist
+    /// (for the zone itself: counted once per render).
     fn add_name(&mut self, wire_name: &[u8], apex_len: usize, zone: u32) {
         for suffix in wire::suffixes(wire_name) {
             if suffix.len() < apex_len {
                 break;
             }
             if !self.names.contains_key(suffix) {
-                self.names.insert(Arc::from(suffix), zone);
+                self.names.insert(Arc::from(suffix), (zone, 1));
             }
         }
     }
@@ -558,7 +771,7 @@ impl Prepared {
 
     /// Zone index of an existing name.
     pub fn name_zone(&self, wire_name: &[u8]) -> Option<u32> {
-        self.names.get(wire_name).copied()
+        self.names.get(wire_name).map(|(zone, _)| *zone)
     }
 
     /// The zone that contains `wire_name` (longest matching apex).
@@ -637,6 +850,69 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_vec(), v.to_vec()))
             .collect()
+    }
+
+    fn names(p: &Prepared) -> BTreeMap<Vec<u8>, (u32, u32)> {
+        p.names.iter().map(|(k, v)| (k.to_vec(), *v)).collect()
+    }
+
+    fn service(name: &str, external: &str, west: &str) -> Arc<Service> {
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        Arc::new(Service {
+            name: name.into(),
+            ports: vec![ServicePort {
+                name: "http".into(),
+                port: 80,
+                protocol: Transport::Tcp,
+            }],
+            external: vec![ip(external)],
+            views: [("west".to_owned(), vec![ip(west)])].into(),
+            txt: vec![format!("clusters={name}")],
+        })
+    }
+
+    fn with_services(version: u64, services: Vec<Arc<Service>>) -> Arc<ZoneSnapshot> {
+        let mut snap = Arc::unwrap_or_clone(snapshot(5, &[("west", "10.9.0.0/16")]));
+        snap.version = version;
+        snap.zones[0].services = services;
+        Arc::new(snap)
+    }
+
+    #[test]
+    fn a_patched_render_equals_a_whole_one_and_shares_what_did_not_change() {
+        let mut services: Vec<Arc<Service>> = (0..3000)
+            .map(|i| service(&format!("s{i:04}"), "192.0.2.1", "10.9.0.1"))
+            .collect();
+        let first = Prepared::build(with_services(1, services.clone()), None);
+        // One changed, one gone, one new, one whose view answer now equals the external one.
+        services[5] = service("s0005", "192.0.2.7", "10.9.0.7");
+        services.remove(10);
+        services.insert(11, service("s0011a", "192.0.2.8", "10.9.0.8"));
+        let name = services[20].name.clone();
+        services[20] = service(&name, "192.0.2.1", "192.0.2.1");
+        let next = with_services(2, services.clone());
+        let patched = Prepared::build(Arc::clone(&next), Some(&first));
+        let whole = Prepared::build(next, None);
+        assert_eq!(answers(&patched), answers(&whole));
+        assert_eq!(names(&patched), names(&whole), "names and their counts");
+        assert_ne!(answers(&patched), answers(&first), "the SOA serial moved");
+        // 4 services changed: a few shards copied, the rest shared.
+        let shared = patched.answers.shared_with(&first.answers);
+        assert!(shared > 1024 - 40, "{shared} of 1024 shards shared");
+
+        // Every service gone: the zone's own names stay.
+        let empty = with_services(3, Vec::new());
+        let patched = Prepared::build(Arc::clone(&empty), Some(&patched));
+        let whole = Prepared::build(empty, None);
+        assert_eq!(answers(&patched), answers(&whole));
+        assert_eq!(names(&patched), names(&whole));
+        assert_eq!(names(&whole).len(), 1, "the apex");
+
+        // Out of order (a hand-made snapshot): rendered whole, same answers.
+        services.swap(0, 1);
+        let unsorted = with_services(4, services);
+        let again = Prepared::build(Arc::clone(&unsorted), Some(&first));
+        assert_eq!(answers(&again), answers(&Prepared::build(unsorted, None)));
     }
 
     #[test]
