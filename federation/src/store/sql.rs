@@ -867,9 +867,23 @@ impl Store for SqlStore {
             .fetch_one(&mut *tx)
             .await
             .map_err(db_err)?;
-        let sql = format!(
-            "SELECT {OBJECT_COLUMNS} FROM gns_objects WHERE resource_version > $1 \
-             ORDER BY kind, scope, name"
+        // No ORDER BY: SQLite would then walk the primary key (every row,
+        // to skip a sort) instead of the revision index, and a build after
+        // one write would read the whole table. The rows are sorted here.
+        let sql = if revision == 0 {
+            // Everything (every version is above 0): a plain table scan.
+            format!("SELECT {OBJECT_COLUMNS} FROM gns_objects WHERE $1 = $1")
+        } else {
+            format!(
+                "SELECT {OBJECT_COLUMNS} FROM gns_objects INDEXED_BY WHERE resource_version > $1"
+            )
+        };
+        let sql = sql.replace(
+            " INDEXED_BY",
+            match self.backend {
+                Backend::Sqlite => " INDEXED BY gns_objects_by_revision",
+                Backend::Postgres => "",
+            },
         );
         // Rows are streamed and converted one at a time, and discovered
         // services are parsed straight from their text: a first read of a
@@ -888,6 +902,11 @@ impl Store for SqlStore {
                 }
             }
         }
+        let by_key = |a: &ObjectKey, b: &ObjectKey| {
+            (a.kind.as_str(), &a.scope, &a.name).cmp(&(b.kind.as_str(), &b.scope, &b.name))
+        };
+        changed.sort_unstable_by(|a, b| by_key(&a.key, &b.key));
+        services.sort_unstable_by(|a, b| by_key(&a.key, &b.key));
         let rows = sqlx::query(
             "SELECT kind, scope, name FROM gns_tombstones WHERE revision > $1 \
              ORDER BY kind, scope, name",
