@@ -131,12 +131,13 @@ pub fn compile_with(
         .map(|o| o.key.name.clone())
         .collect();
 
-    // What every service's outputs depend on besides its own inputs.
+    // What every service's outputs depend on besides its own inputs: the
+    // clusters as the compiler reads them (a status write that changes
+    // nothing it reads, like a sync count, leaves it as it was).
     let clusters_epoch = fingerprint((
-        state
-            .clusters
+        clusters
             .iter()
-            .map(|o| (&o.key.name, o.resource_version))
+            .map(|(name, c)| (name, serde_json::to_string(c).unwrap_or_default()))
             .collect::<Vec<_>>(),
         &withdrawn,
         &gateways_silent,
@@ -2022,7 +2023,11 @@ mod tests {
         let mut odd = discovered("web", "east", &["10.8.1.1"], 8);
         odd.key.name = "other.east".into();
         write(&mut state, &mut cache, services(vec![odd]));
-        let changes = services(vec![discovered("api", "east", &["10.8.1.4"], 9)]);
+        let changes = Changes {
+            services: vec![discovered("api", "east", &["10.8.1.4"], 9)],
+            deleted: vec![ObjectKey::scoped(Kind::Service, "production", "other.east")],
+            ..Changes::default()
+        };
         write(&mut state, &mut cache, changes);
         let changes = Changes {
             changed: vec![workload("vm-a", "api", "192.0.2.10", NOW)],
@@ -2031,17 +2036,33 @@ mod tests {
         write(&mut state, &mut cache, changes);
         assert_eq!(
             cache.looked_at().0,
-            4,
-            "a workload: the whole zone (api, cache, db, web)"
+            3,
+            "a workload: the whole zone (api, cache, db)"
         );
+        // A cluster status write that changes nothing the compiler reads.
         let mut east = state.clusters[0].clone();
-        east.resource_version = 11;
-        east.spec["networks"] = json!(["10.8.0.0/15"]);
+        east.resource_version = 10;
+        east.status = json!({"phase": "Connected", "services": 4});
         let changes = Changes {
             changed: vec![east],
             ..Changes::default()
         };
         write(&mut state, &mut cache, changes);
+        assert_eq!(cache.looked_at(), (0, 0));
+        let mut east = state.clusters[0].clone();
+        east.resource_version = 11;
+        east.spec["gateway"]["publicAddress"] = json!("198.51.100.9");
+        let changes = Changes {
+            changed: vec![east],
+            ..Changes::default()
+        };
+        let last = write(&mut state, &mut cache, changes);
+        assert_eq!(
+            cache.looked_at().0,
+            3,
+            "a cluster's gateway: the whole zone"
+        );
+        assert!(find(&last, "api").external.contains(&ip("198.51.100.9")));
     }
 
     #[test]

@@ -312,7 +312,7 @@ impl PartialEq for StoreState {
 /// only what they name. The default is everything.
 #[derive(Debug, Clone)]
 pub struct Touched {
-    /// Anything may have changed: a state not compiled yet, a cluster written.
+    /// Anything may have changed: a state not compiled yet.
     everything: bool,
     /// By global namespace.
     zones: BTreeMap<String, ZoneTouched>,
@@ -357,7 +357,8 @@ impl Touched {
 
     fn key(&mut self, key: &ObjectKey) {
         match key.kind {
-            Kind::Cluster => self.everything = true,
+            // What the compiler reads of clusters is in every zone's epoch.
+            Kind::Cluster => {}
             Kind::GlobalNamespace => self.zones.entry(key.name.clone()).or_default().whole = true,
             Kind::AccessPolicy | Kind::ExternalWorkload => {
                 self.zones.entry(key.scope.clone()).or_default().whole = true;
