@@ -13,6 +13,7 @@ pub mod answer;
 pub mod follower;
 pub mod prepared;
 pub mod server;
+pub mod services;
 mod shards;
 pub mod snapshot;
 pub mod stats;

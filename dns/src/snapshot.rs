@@ -54,10 +54,11 @@ pub struct Zone {
     /// TXT strings at the apex.
     #[serde(default)]
     pub txt: Vec<String>,
-    /// Services: `<name>.<origin>` (shared: an unchanged service is the
-    /// same allocation from one snapshot to the next).
+    /// Services: `<name>.<origin>`, by name (shared: an unchanged service
+    /// is the same allocation from one snapshot to the next, and the map
+    /// itself is persistent). On the wire, a list in name order.
     #[serde(default)]
-    pub services: Vec<std::sync::Arc<Service>>,
+    pub services: crate::services::Services,
 }
 
 /// A name server of a zone.

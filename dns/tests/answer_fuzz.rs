@@ -37,7 +37,8 @@ fn prepared() -> &'static Prepared {
                         .into_iter()
                         .collect(),
                     txt: vec![],
-                })],
+                })]
+                .into(),
             }],
         };
         Prepared::build(Arc::new(snapshot), None)

@@ -414,9 +414,9 @@ fn knot_follows_by_axfr_then_ixfr_on_notify() {
     let mut v2 = v1.clone();
     v2.version = 1001;
     let zone = &mut v2.zones[0];
-    Arc::make_mut(&mut zone.services[1]).external = vec![ip("192.0.2.99")]; // db
+    Arc::make_mut(zone.services.get_mut("db").expect("db")).external = vec![ip("192.0.2.99")];
     zone.services.retain(|s| s.name != "api");
-    zone.services.push(Arc::new(service(
+    zone.services.insert(Arc::new(service(
         "queue",
         &[("amqp", 5672)],
         &["192.0.2.50", "2001:db8::50"],
@@ -450,13 +450,12 @@ fn knot_follows_by_axfr_then_ixfr_on_notify() {
     let mut v3 = v2.clone();
     v3.version = 1002;
     let zone = &mut v3.zones[0];
-    for svc in &mut zone.services {
-        let svc = Arc::make_mut(svc);
-        match svc.name.as_str() {
+    for name in ["big", "cache", "db"] {
+        let svc = Arc::make_mut(zone.services.get_mut(name).expect("service"));
+        match name {
             "big" => svc.external = many(400, 300),
             "cache" => svc.txt = vec!["tier=disk".into()],
-            "db" => svc.external.push(ip("2001:db8::99")),
-            _ => {}
+            _ => svc.external.push(ip("2001:db8::99")),
         }
     }
     let mark = knot.log().len();

@@ -384,7 +384,8 @@ fn snapshot_updates_are_atomic_and_visible() {
     let fx = start(|_| {});
     let at = fx.server.udp_addr;
     let mut next = snapshot(8);
-    Arc::make_mut(&mut next.zones[0].services[1]).external = vec![ip("192.0.2.99")];
+    Arc::make_mut(next.zones[0].services.get_mut("db").expect("db")).external =
+        vec![ip("192.0.2.99")];
     fx.server.publish(Arc::new(next));
     assert_eq!(
         addresses(&udp(at, &query(&format!("db.{ZONE}"), RecordType::A, None))),
@@ -399,7 +400,7 @@ fn snapshot_updates_are_atomic_and_visible() {
     );
     // A removed service is NXDOMAIN.
     let mut fewer = snapshot(9);
-    fewer.zones[0].services.remove(1);
+    fewer.zones[0].services.remove("db");
     fx.server.publish(Arc::new(fewer));
     assert_eq!(
         udp(at, &query(&format!("db.{ZONE}"), RecordType::A, None))
@@ -459,7 +460,8 @@ fn zone_transfers_need_permission_and_follow_changes() {
 
     // Change one address; IXFR from 7 carries only the delta.
     let mut next = snapshot(8);
-    Arc::make_mut(&mut next.zones[0].services[1]).external = vec![ip("192.0.2.99")];
+    Arc::make_mut(next.zones[0].services.get_mut("db").expect("db")).external =
+        vec![ip("192.0.2.99")];
     fx.server.publish(Arc::new(next));
     let mut ixfr = query(ZONE, RecordType::IXFR, None);
     let old_soa = records[0].clone();

@@ -111,7 +111,8 @@ fn snapshot(external: bool) -> Snapshot {
                     ("west".into(), ips(&["127.0.20.1"])),
                 ]),
                 txt: Vec::new(),
-            })],
+            })]
+            .into(),
         }],
     };
     Snapshot::new(7, dns, Vec::new(), None, Vec::new()).with_gateways(GatewayConfig {

@@ -23,6 +23,7 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 
 use gns_contract::config::ServiceConfig;
+use gns_dns::services::Services;
 use gns_dns::snapshot::Service;
 
 use super::Problem;
@@ -55,8 +56,8 @@ pub(super) struct CachedZone {
     pub(super) odd: bool,
     /// Compiled services by name.
     pub(super) services: HashMap<String, CachedService>,
-    /// The zone's DNS services in name order.
-    pub(super) output: Vec<Arc<Service>>,
+    /// The zone's DNS services (its output, shared with the snapshot).
+    pub(super) output: Services,
     /// Its access policies, parsed.
     pub(super) policies: Vec<AccessPolicy>,
     /// Its alive external workloads by service, and the objects (name,

@@ -527,7 +527,8 @@ mod tests {
                 external: vec![address.parse().expect("ip")],
                 views: Default::default(),
                 txt: Vec::new(),
-            })],
+            })]
+            .into(),
         }
     }
 

@@ -19,7 +19,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use gns_dns::snapshot::{Service, Zone};
+use gns_dns::services::Services;
+use gns_dns::snapshot::Zone;
 
 use super::cache::{CachedService, CachedZone, fingerprint};
 use super::compile::{
@@ -174,8 +175,11 @@ impl Compiler<'_> {
         scoped: &ScopedObjects,
         mut old: CachedZone,
     ) -> CachedZone {
+        // The output starts as the last one (shared structure: what stays
+        // the same costs nothing to compare or render), patched below.
         let mut zone = CachedZone {
             epoch: ctx.epoch,
+            output: std::mem::take(&mut old.output),
             ..CachedZone::default()
         };
         let mut routings = BTreeMap::new();
@@ -249,7 +253,6 @@ impl Compiler<'_> {
         let presence = zone.restricted.then_some((&names, &runs_in));
         let epoch = zone_epoch(ctx.epoch, presence);
         self.visited += names.len();
-        zone.output.reserve(names.len());
         zone.services.reserve(names.len());
         for &name in &names {
             let cached = old.services.remove(name);
@@ -261,6 +264,7 @@ impl Compiler<'_> {
                 if let Some(cached) = cached {
                     self.forget_gateway(&cached);
                 }
+                zone.output.remove(name);
                 continue;
             }
             let routing = routings.get(name);
@@ -285,8 +289,9 @@ impl Compiler<'_> {
             };
             self.keep(&mut zone.services, &mut zone.output, name, compiled);
         }
-        for cached in old.services.values() {
+        for (name, cached) in &old.services {
             self.forget_gateway(cached);
+            zone.output.remove(name);
         }
         zone.policies = policies;
         zone.alive = alive;
@@ -340,9 +345,7 @@ impl Compiler<'_> {
                 if let Some(cached) = cached {
                     self.forget_gateway(&cached);
                 }
-                if let Ok(i) = zone.output.binary_search_by(|s| s.name.as_str().cmp(name)) {
-                    zone.output.remove(i);
-                }
+                zone.output.remove(name);
                 continue;
             }
             let fingerprint = service_fingerprint(
@@ -402,17 +405,15 @@ impl Compiler<'_> {
     fn keep(
         &mut self,
         services: &mut HashMap<String, CachedService>,
-        output: &mut Vec<Arc<Service>>,
+        output: &mut Services,
         name: &str,
         compiled: CachedService,
     ) {
-        match output.binary_search_by(|s| s.name.as_str().cmp(name)) {
-            Ok(i) => {
-                if !Arc::ptr_eq(&output[i], &compiled.dns) {
-                    output[i] = Arc::clone(&compiled.dns);
-                }
-            }
-            Err(i) => output.insert(i, Arc::clone(&compiled.dns)),
+        if !output
+            .get(name)
+            .is_some_and(|s| Arc::ptr_eq(s, &compiled.dns))
+        {
+            output.insert(Arc::clone(&compiled.dns));
         }
         let current = self.gateway.get(&compiled.host);
         if !current.is_some_and(|g| Arc::ptr_eq(g, &compiled.gateway)) {
