@@ -28,6 +28,8 @@ pub const ACTOR: &str = "system:discovery";
 const DEBOUNCE: Duration = Duration::from_millis(20);
 /// The sync report (`lastSync`, counts) is recorded at least this often while connected.
 const STATUS_REFRESH: Duration = Duration::from_secs(15);
+/// Shortest time between two writes of a cluster's sync counts.
+const COUNTS_EVERY: Duration = Duration::from_secs(1);
 /// How often the API server is probed (`GET /version`), so that an API that
 /// turns slow or answers garbage shows even while watches wait quietly.
 const PROBE_INTERVAL: Duration = Duration::from_secs(5);
@@ -866,8 +868,19 @@ impl StatusWriter {
             "services": services,
             "endpoints": endpoints,
         });
-        let stale = self.last_write.is_none_or(|t| t.elapsed() > STATUS_REFRESH);
-        if self.last_facts.as_ref() != Some(&facts) || stale {
+        // A busy cluster syncs many times a second: a new message is written
+        // at once, new counts at most once a second (the next round, at the
+        // latest a second later, writes them), `lastSync` alone every
+        // STATUS_REFRESH; not a write per sync competing with the catalog's.
+        let since_write = self.last_write.map(|t| t.elapsed());
+        let stale = since_write.is_none_or(|t| t > STATUS_REFRESH);
+        let last = self.last_facts.as_ref();
+        let new_message = last.is_none_or(|l| l["message"] != facts["message"]);
+        let new_counts = last.is_none_or(|l| {
+            l["services"] != facts["services"] || l["endpoints"] != facts["endpoints"]
+        });
+        let counts_due = since_write.is_none_or(|t| t >= COUNTS_EVERY);
+        if stale || new_message || (new_counts && counts_due) {
             let fact = crate::store::Liveness {
                 key: self.key.clone(),
                 beat_ms: now,
