@@ -599,6 +599,55 @@ async fn tokens_and_audit(store: Arc<dyn Store>) {
     );
 }
 
+/// Discovery's catalog entries go in a few hundred rows per statement: a
+/// batch larger than one statement, a key written twice (the later wins)
+/// and a delete between two puts of one key all land as ordered.
+async fn catalog_batches_span_statements_and_keep_their_order(store: Arc<dyn Store>) {
+    seed(store.as_ref()).await;
+    let before = store.revision().await.expect("revision");
+    let entry = |name: &str, n: usize| BatchOp::PutEncoded {
+        key: ObjectKey::scoped(Kind::Service, "production", name),
+        spec: json!({"name": name, "n": n}).to_string(),
+    };
+    let mut ops: Vec<BatchOp> = (0..600)
+        .map(|i| entry(&format!("s{i:03}.east"), i))
+        .collect();
+    ops.push(entry("s007.east", 7000));
+    ops.push(BatchOp::Delete(ObjectKey::scoped(
+        Kind::Service,
+        "production",
+        "s008.east",
+    )));
+    ops.push(entry("s009.east", 9000));
+    ops.push(BatchOp::Delete(ObjectKey::scoped(
+        Kind::Service,
+        "production",
+        "s009.east",
+    )));
+    ops.push(entry("s009.east", 9001));
+    let outcome = store.write_batch(ops, "sync").await.expect("batch");
+    assert_eq!(outcome.revision, before + 1);
+    let spec = async |name: &str| {
+        store
+            .get(&ObjectKey::scoped(Kind::Service, "production", name))
+            .await
+            .expect("get")
+            .map(|o| (o.spec["n"].clone(), o.resource_version))
+    };
+    assert_eq!(spec("s599.east").await, Some((json!(599), before + 1)));
+    assert_eq!(spec("s007.east").await, Some((json!(7000), before + 1)));
+    assert_eq!(spec("s008.east").await, None);
+    assert_eq!(spec("s009.east").await, Some((json!(9001), before + 1)));
+    let changes = store.changes_since(before).await.expect("changes");
+    assert_eq!(changes.services.len(), 599);
+    let names: Vec<&str> = changes
+        .services
+        .iter()
+        .map(|o| o.key.name.as_str())
+        .collect();
+    assert!(names.is_sorted(), "changes come in key order");
+}
+
 async fn batches_are_one_revision(store: Arc<dyn Store>) {
     seed(store.as_ref()).await;
     let before = store.revision().await.expect("revision");
@@ -1006,6 +1055,10 @@ macro_rules! battery {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn batches_are_one_revision() {
                 run(super::batches_are_one_revision).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn catalog_batches_span_statements_and_keep_their_order() {
+                run(super::catalog_batches_span_statements_and_keep_their_order).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn changes_since_sees_writes_and_deletes() {

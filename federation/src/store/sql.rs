@@ -747,6 +747,62 @@ async fn put_object(
     Ok(())
 }
 
+/// Rows in one multi-row catalog insert (4 parameters each, well under
+/// SQLite's and Postgres's limits).
+const ROWS_PER_STATEMENT: usize = 250;
+
+/// Writes catalog entries (discovered services: no secret, an empty status,
+/// no cluster references) a few hundred rows per statement: a cluster's
+/// first sync writes thousands, and one statement each costs a round trip
+/// to the database (or to SQLite's worker thread) per row.
+async fn put_catalog_rows(
+    tx: &mut Tx,
+    rows: &[(ObjectKey, String)],
+    revision: u64,
+    now: i64,
+) -> Result<(), StoreError> {
+    use std::fmt::Write as _;
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        let mut sql = String::from(
+            "INSERT INTO gns_objects (kind, scope, name, spec, status, secret, resource_version, created_at, updated_at) VALUES ",
+        );
+        for i in 0..chunk.len() {
+            let b = i * 4;
+            // The numbers and the status are ours, so formatting them in is safe.
+            let _ = write!(
+                sql,
+                "{}(${}, ${}, ${}, ${}, '{EMPTY_STATUS}', NULL, {revision}, {now}, {now})",
+                if i == 0 { "" } else { ", " },
+                b + 1,
+                b + 2,
+                b + 3,
+                b + 4,
+            );
+        }
+        sql.push_str(
+            " ON CONFLICT (kind, scope, name) DO UPDATE SET spec = excluded.spec, status = excluded.status, \
+             secret = COALESCE(excluded.secret, gns_objects.secret), resource_version = excluded.resource_version, \
+             updated_at = excluded.updated_at",
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for (key, spec) in chunk {
+            query = query
+                .bind(key.kind.as_str())
+                .bind(key.scope.as_str())
+                .bind(key.name.as_str())
+                .bind(spec.as_str());
+        }
+        query.execute(&mut **tx).await.map_err(db_err)?;
+    }
+    Ok(())
+}
+
+/// Whether objects of `kind` may hold cluster references (the others never
+/// have rows in `gns_cluster_refs` to replace).
+fn may_reference_clusters(kind: Kind) -> bool {
+    matches!(kind, Kind::GlobalNamespace | Kind::Routing)
+}
+
 /// Fails with [`StoreError::Conflict`] unless `expected` (if given) is the current version.
 fn check_version(key: &ObjectKey, expected: Option<u64>, current: u64) -> Result<(), StoreError> {
     match expected {
@@ -1574,8 +1630,35 @@ impl Store for SqlStore {
         let now = now_millis();
         let mut live_scopes: std::collections::HashMap<String, bool> =
             std::collections::HashMap::new();
+        // Catalog entries gathered for one multi-row write, by key (a later
+        // entry for a key replaces an earlier one); written before any other
+        // kind of op, so the batch's order holds.
+        let mut catalog: Vec<(ObjectKey, String)> = Vec::new();
+        let mut catalog_at: std::collections::HashMap<ObjectKey, usize> =
+            std::collections::HashMap::new();
         for op in ops {
+            if !matches!(&op, BatchOp::PutEncoded { key, .. } if !may_reference_clusters(key.kind))
+                && !catalog.is_empty()
+            {
+                put_catalog_rows(&mut tx, &catalog, revision, now).await?;
+                catalog.clear();
+                catalog_at.clear();
+            }
             match op {
+                BatchOp::PutEncoded { key, spec } if !may_reference_clusters(key.kind) => {
+                    if !scope_exists(&mut tx, &mut live_scopes, &key).await? {
+                        outcome.skipped += 1;
+                        continue;
+                    }
+                    match catalog_at.get(&key) {
+                        Some(&i) => catalog[i].1 = spec,
+                        None => {
+                            catalog_at.insert(key.clone(), catalog.len());
+                            catalog.push((key, spec));
+                        }
+                    }
+                    outcome.applied += 1;
+                }
                 BatchOp::Put(write) => {
                     let key = &write.key;
                     if write.domain.is_some() {
@@ -1628,6 +1711,9 @@ impl Store for SqlStore {
                     }
                 }
             }
+        }
+        if !catalog.is_empty() {
+            put_catalog_rows(&mut tx, &catalog, revision, now).await?;
         }
         if outcome.applied == 0 {
             // Nothing changed: roll back the revision bump.
