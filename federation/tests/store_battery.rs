@@ -648,6 +648,42 @@ async fn catalog_batches_span_statements_and_keep_their_order(store: Arc<dyn Sto
     assert!(names.is_sorted(), "changes come in key order");
 }
 
+/// Discovery reads back one cluster's entries as the texts it wrote.
+async fn spec_texts_are_one_clusters_entries_as_written(store: Arc<dyn Store>) {
+    seed(store.as_ref()).await;
+    let entry = |name: &str| BatchOp::PutEncoded {
+        key: ObjectKey::scoped(Kind::Service, "production", name),
+        spec: format!("{{\"name\": \"{name}\"}}"),
+    };
+    let names = ["web.east", "api.east", "web.west", "db.beast", "x_y.east"];
+    store
+        .write_batch(names.iter().map(|n| entry(n)).collect(), "sync")
+        .await
+        .expect("batch");
+    let texts = store
+        .spec_texts(Kind::Service, "production", ".east")
+        .await
+        .expect("texts");
+    let found: Vec<(&str, &str)> = texts
+        .iter()
+        .map(|(k, t)| (k.name.as_str(), t.as_str()))
+        .collect();
+    assert_eq!(
+        found,
+        [
+            ("api.east", "{\"name\": \"api.east\"}"),
+            ("web.east", "{\"name\": \"web.east\"}"),
+            ("x_y.east", "{\"name\": \"x_y.east\"}"),
+        ]
+    );
+    // LIKE's wildcards in the suffix are taken literally.
+    let none = store
+        .spec_texts(Kind::Service, "production", "_east")
+        .await
+        .expect("texts");
+    assert!(none.is_empty(), "{none:?}");
+}
+
 async fn batches_are_one_revision(store: Arc<dyn Store>) {
     seed(store.as_ref()).await;
     let before = store.revision().await.expect("revision");
@@ -1055,6 +1091,10 @@ macro_rules! battery {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn batches_are_one_revision() {
                 run(super::batches_are_one_revision).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn spec_texts_are_one_clusters_entries_as_written() {
+                run(super::spec_texts_are_one_clusters_entries_as_written).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn catalog_batches_span_statements_and_keep_their_order() {

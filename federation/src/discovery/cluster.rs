@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use super::health::{ApiHealth, is_connect_failure};
 use super::model::{self, Member, NamespaceObjects, ServiceInfo, SliceInfo};
 use crate::model::{ClusterChange, ClusterPhase, DiscoveredService, Kind};
-use crate::store::{BatchOp, ObjectKey, PageRequest, Store};
+use crate::store::{BatchOp, ObjectKey, Store};
 
 /// Actor name of discovery writes in the audit log.
 pub const ACTOR: &str = "system:discovery";
@@ -677,14 +677,19 @@ struct Encoded {
 }
 
 fn encode(svc: &DiscoveredService) -> Option<Encoded> {
-    use std::hash::{Hash, Hasher};
     let text = serde_json::to_string(svc).ok()?;
-    let mut hasher = std::hash::DefaultHasher::new();
-    text.hash(&mut hasher);
     Some(Encoded {
-        hash: hasher.finish(),
+        hash: text_hash(&text),
         text,
     })
+}
+
+/// The hash of a catalog entry's text.
+fn text_hash(text: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    text.hash(&mut hasher);
+    hasher.finish()
 }
 
 /// Store writes for one entry, and its new hash (`None`: deleted).
@@ -764,22 +769,20 @@ async fn existing_objects(
     let suffix = format!(".{cluster}");
     let mut out = HashMap::new();
     for gns in all_gns {
-        if let Ok(page) = store
-            .list(Kind::Service, gns, &PageRequest::default())
-            .await
-        {
-            for o in page
-                .items
-                .into_iter()
-                .filter(|o| o.key.name.ends_with(&suffix))
-            {
-                // An entry that no longer parses gets hash 0: rewritten.
-                let hash = serde_json::from_value::<DiscoveredService>(o.spec)
-                    .ok()
-                    .and_then(|svc| encode(&svc))
-                    .map_or(0, |e| e.hash);
-                out.insert(o.key, hash);
-            }
+        match store.spec_texts(Kind::Service, gns, &suffix).await {
+            // Discovery wrote these texts (`encode`): hashed as they are, not
+            // parsed. One written otherwise hashes differently: rewritten.
+            Ok(entries) => out.extend(
+                entries
+                    .into_iter()
+                    .map(|(key, text)| (key, text_hash(&text))),
+            ),
+            Err(e) => tracing::warn!(
+                cluster,
+                gns = %gns,
+                error = %e,
+                "cannot read the catalog written before; rewriting it"
+            ),
         }
     }
     out

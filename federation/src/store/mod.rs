@@ -394,6 +394,15 @@ pub trait Store: Send + Sync + 'static {
         scope: &str,
         page: &PageRequest,
     ) -> Result<Page<StoredObject>, StoreError>;
+    /// The specs, as stored text, of the objects of one kind in one scope
+    /// whose name ends with `suffix` (discovery's own entries of one
+    /// cluster, `<service>.<cluster>`), in name order, every one (no page).
+    async fn spec_texts(
+        &self,
+        kind: Kind,
+        scope: &str,
+        suffix: &str,
+    ) -> Result<Vec<(ObjectKey, String)>, StoreError>;
     /// What changed after `revision`: objects written since (at a higher
     /// resource version) and keys deleted since. An object deleted and created
     /// again is in both; it exists if its resource version is above the delete's.

@@ -909,6 +909,42 @@ impl Store for SqlStore {
         Ok(paginate(items, page, |o| o.key.name.clone()))
     }
 
+    async fn spec_texts(
+        &self,
+        kind: Kind,
+        scope: &str,
+        suffix: &str,
+    ) -> Result<Vec<(ObjectKey, String)>, StoreError> {
+        // LIKE narrows it on the key index (no spec read for other names);
+        // the exact, case-sensitive test is made here.
+        let escaped: String = suffix
+            .chars()
+            .flat_map(|c| match c {
+                '%' | '_' | '\\' => vec!['\\', c],
+                c => vec![c],
+            })
+            .collect();
+        let rows = sqlx::query(
+            "SELECT name, spec FROM gns_objects WHERE kind = $1 AND scope = $2 \
+             AND name LIKE $3 ESCAPE '\\' ORDER BY name",
+        )
+        .bind(kind.as_str())
+        .bind(scope)
+        .bind(format!("%{escaped}"))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let name: String = row.try_get("name").map_err(db_err)?;
+            if name.ends_with(suffix) {
+                let spec: String = row.try_get("spec").map_err(db_err)?;
+                out.push((ObjectKey::scoped(kind, scope, name), spec));
+            }
+        }
+        Ok(out)
+    }
+
     async fn changes_since(&self, revision: u64) -> Result<Changes, StoreError> {
         // One read transaction: a snapshot of the database on Postgres
         // (REPEATABLE READ), the one connection's view on SQLite.
