@@ -57,7 +57,7 @@ pub async fn catalog(
             .or_insert_with(|| DiscoveredService {
                 name: workload.service.clone(),
                 ports: Vec::new(),
-                clusters: BTreeMap::new(),
+                clusters: Default::default(),
             });
         merge_ports(&mut entry.ports, &workload.ports);
         entry

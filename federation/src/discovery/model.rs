@@ -86,8 +86,9 @@ pub struct Member {
 /// and its ports, not the whole object.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServiceInfo {
-    /// Labels.
-    pub labels: BTreeMap<String, String>,
+    /// Labels, sorted by key (a list: a one-label map would hold a whole
+    /// tree node, hundreds of bytes, per service of every cluster).
+    pub labels: Vec<(String, String)>,
     /// Ports, as the catalog shows them, each with its name in the Service
     /// (`""` when unnamed), which EndpointSlice ports repeat.
     pub ports: Vec<(WorkloadPort, String)>,
@@ -96,7 +97,13 @@ pub struct ServiceInfo {
 impl From<&Service> for ServiceInfo {
     fn from(service: &Service) -> Self {
         Self {
-            labels: service.metadata.labels.clone().unwrap_or_default(),
+            labels: service
+                .metadata
+                .labels
+                .iter()
+                .flatten()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
             ports: ports(service),
         }
     }
@@ -228,9 +235,12 @@ fn selected(service: &ServiceInfo, selector: &Option<BTreeMap<String, String>>) 
     let Some(selector) = selector else {
         return true;
     };
-    selector
-        .iter()
-        .all(|(k, v)| service.labels.get(k) == Some(v))
+    selector.iter().all(|(k, v)| {
+        service
+            .labels
+            .iter()
+            .any(|(key, value)| key == k && value == v)
+    })
 }
 
 fn ports(service: &Service) -> Vec<(WorkloadPort, String)> {
@@ -473,7 +483,7 @@ mod tests {
         let out = contributions("east", &members, &namespaces);
         assert_eq!(out.len(), 1, "the selector keeps only web");
         let svc = &out[&ObjectKey::scoped(Kind::Service, "production", "web.east")];
-        let east = &svc.clusters["east"];
+        let east = svc.clusters.get("east").expect("east");
         let ready: Vec<String> = east.ready.iter().map(|e| e.address.to_string()).collect();
         let not_ready: Vec<String> = east
             .not_ready

@@ -1250,9 +1250,28 @@ pub struct DiscoveredService {
     /// Ports.
     #[serde(default)]
     pub ports: Vec<WorkloadPort>,
-    /// Per-cluster endpoints.
+    /// Per-cluster endpoints (a map as a sorted list: most services run
+    /// in one cluster or a few, and a tree node per service would be
+    /// hundreds of bytes; a JSON object on the wire all the same).
     #[serde(default)]
-    pub clusters: BTreeMap<String, ClusterEndpoints>,
+    #[schema(value_type = BTreeMap<String, ClusterEndpoints>)]
+    pub clusters: litemap::LiteMap<String, ClusterEndpoints>,
+}
+
+impl DiscoveredService {
+    /// Gives back what parsing left unused (lists grown past their length):
+    /// a catalog of a million endpoints is held for as long as it lives.
+    pub fn shrink_to_fit(&mut self) {
+        self.ports.shrink_to_fit();
+        for (_, endpoints) in self.clusters.iter_mut() {
+            endpoints.ready.shrink_to_fit();
+            endpoints.not_ready.shrink_to_fit();
+        }
+        let clusters = std::mem::take(&mut self.clusters);
+        let mut list = clusters.into_tuple_vec();
+        list.shrink_to_fit();
+        self.clusters = litemap::LiteMap::from_sorted_store_unchecked(list);
+    }
 }
 
 /// Endpoints of a service in one cluster (or `external` for VM workloads).
@@ -1379,6 +1398,23 @@ pub struct TokenRequest {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_discovered_services_clusters_are_a_json_object_in_name_order() {
+        let json = serde_json::json!({"name": "web", "clusters": {
+            "west": {"ready": [{"address": "10.9.1.1"}], "notReady": []},
+            "east": {"ready": [{"address": "10.8.1.1"}, {"address": "10.8.1.2"}], "notReady": []},
+            "west": {"ready": [], "notReady": [{"address": "10.9.1.9"}]}}});
+        let mut svc: DiscoveredService = serde_json::from_value(json).expect("parses");
+        svc.shrink_to_fit();
+        let keys: Vec<&String> = svc.clusters.keys().collect();
+        assert_eq!(keys, ["east", "west"]);
+        let west = svc.clusters.get("west").expect("west");
+        assert!(west.ready.is_empty(), "the later entry of a key wins");
+        let back = serde_json::to_value(&svc).expect("encodes");
+        assert_eq!(back["clusters"]["east"]["ready"][1]["address"], "10.8.1.2");
+        assert!(back["clusters"].is_object());
+    }
     use super::*;
 
     fn routing(json: serde_json::Value) -> Routing {

@@ -315,7 +315,10 @@ impl ServiceObject {
         let spec = Self::check_name(&key).and_then(|()| {
             let mut de = serde_json::Deserializer::from_str(spec);
             serde_path_to_error::deserialize::<_, DiscoveredService>(&mut de)
-                .map(Arc::new)
+                .map(|mut svc| {
+                    svc.shrink_to_fit();
+                    Arc::new(svc)
+                })
                 .map_err(|e| format!("stored spec does not parse: {e}"))
         });
         Self {
@@ -338,7 +341,10 @@ impl From<StoredObject> for ServiceObject {
     fn from(object: StoredObject) -> Self {
         let spec = Self::check_name(&object.key).and_then(|()| {
             serde_path_to_error::deserialize::<_, DiscoveredService>(&object.spec)
-                .map(Arc::new)
+                .map(|mut svc| {
+                    svc.shrink_to_fit();
+                    Arc::new(svc)
+                })
                 .map_err(|e| format!("stored spec does not parse: {e}"))
         });
         Self {
