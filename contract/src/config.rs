@@ -48,14 +48,16 @@ pub struct ServiceConfig {
     /// Service name.
     pub service: String,
     /// HTTP port of the service's endpoints, by cluster (the target port).
-    pub http_port: BTreeMap<String, u16>,
+    /// (Maps by cluster are sorted lists: most services run in one cluster
+    /// or a few, and the federation holds one of these per service.)
+    pub http_port: litemap::LiteMap<String, u16>,
     /// Ready endpoint addresses by cluster.
-    pub endpoints: BTreeMap<String, Vec<IpAddr>>,
+    pub endpoints: litemap::LiteMap<String, Vec<IpAddr>>,
     /// Endpoint subsets that rules' destinations name: by subset key (the
     /// selector, `env=us-prod,version=v1.5`), the ready addresses of each
     /// cluster's endpoints with those labels.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub subsets: BTreeMap<String, BTreeMap<String, Vec<IpAddr>>>,
+    pub subsets: BTreeMap<String, litemap::LiteMap<String, Vec<IpAddr>>>,
     /// Clusters whose endpoints speak HTTP/2 without TLS (h2c, prior
     /// knowledge) on the HTTP port: gRPC and `h2c` ports. Others get HTTP/1.1.
     #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]

@@ -333,7 +333,7 @@ mod tests {
     fn callers_are_named_by_own_endpoints_and_checked_by_policy() {
         let config = config();
         let svc = config.services.values().next().expect("svc");
-        let own = svc.endpoints["east"][0];
+        let own = svc.endpoints[&"east".to_owned()][0];
         let (table, _) = RouteTable::new(&config, "east", &Arc::default());
         let caller = table.caller_at(own, "production").expect("web's endpoint");
         assert_eq!(caller.services, ["web"]);
@@ -347,7 +347,7 @@ mod tests {
         );
         assert!(
             table
-                .caller_at(svc.endpoints["west"][0], "production")
+                .caller_at(svc.endpoints[&"west".to_owned()][0], "production")
                 .is_none(),
             "another cluster's endpoints do not name local callers"
         );
@@ -498,11 +498,15 @@ mod tests {
         svc.subsets = BTreeMap::from([
             (
                 stable.to_owned(),
-                BTreeMap::from([("east".to_owned(), vec!["10.8.0.1".parse().expect("ip")])]),
+                [("east".to_owned(), vec!["10.8.0.1".parse().expect("ip")])]
+                    .into_iter()
+                    .collect(),
             ),
             (
                 canary.to_owned(),
-                BTreeMap::from([("east".to_owned(), vec!["10.8.0.2".parse().expect("ip")])]),
+                [("east".to_owned(), vec!["10.8.0.2".parse().expect("ip")])]
+                    .into_iter()
+                    .collect(),
             ),
         ]);
         svc.rules = vec![Rule {
@@ -561,10 +565,12 @@ mod tests {
         let key = "version=v2";
         svc.subsets = BTreeMap::from([(
             key.to_owned(),
-            BTreeMap::from([
+            [
                 ("east".to_owned(), vec!["10.8.0.9".parse().expect("ip")]),
                 ("west".to_owned(), vec!["10.9.0.9".parse().expect("ip")]),
-            ]),
+            ]
+            .into_iter()
+            .collect(),
         )]);
         svc.rules = vec![Rule {
             destinations: vec![WeightedCluster {

@@ -20,8 +20,12 @@ async fn egress(upstream: u16, tune: impl FnOnce(&Gateway)) -> std::net::SocketA
     let config = ServiceConfig {
         gns: "production".into(),
         service: "web".into(),
-        http_port: BTreeMap::from([("east".to_owned(), upstream)]),
-        endpoints: BTreeMap::from([("east".to_owned(), vec!["127.0.0.1".parse().expect("ip")])]),
+        http_port: BTreeMap::from([("east".to_owned(), upstream)])
+            .into_iter()
+            .collect(),
+        endpoints: BTreeMap::from([("east".to_owned(), vec!["127.0.0.1".parse().expect("ip")])])
+            .into_iter()
+            .collect(),
         ..ServiceConfig::default()
     };
     gateway.apply_config(GatewayConfig {

@@ -117,8 +117,12 @@ async fn egress(
     let config = ServiceConfig {
         gns: "production".into(),
         service: "web".into(),
-        http_port: BTreeMap::from([("east".to_owned(), upstream_port)]),
-        endpoints: BTreeMap::from([("east".to_owned(), vec!["127.0.0.1".parse().expect("ip")])]),
+        http_port: BTreeMap::from([("east".to_owned(), upstream_port)])
+            .into_iter()
+            .collect(),
+        endpoints: BTreeMap::from([("east".to_owned(), vec!["127.0.0.1".parse().expect("ip")])])
+            .into_iter()
+            .collect(),
         retries,
         ..ServiceConfig::default()
     };

@@ -75,8 +75,12 @@ async fn egress_of(gateway: Arc<Gateway>, port: u16, retries: RetryPolicy) -> st
     let config = ServiceConfig {
         gns: "production".into(),
         service: "web".into(),
-        http_port: BTreeMap::from([("east".to_owned(), port)]),
-        endpoints: BTreeMap::from([("east".to_owned(), vec!["127.0.0.1".parse().expect("ip")])]),
+        http_port: BTreeMap::from([("east".to_owned(), port)])
+            .into_iter()
+            .collect(),
+        endpoints: BTreeMap::from([("east".to_owned(), vec!["127.0.0.1".parse().expect("ip")])])
+            .into_iter()
+            .collect(),
         retries: Some(retries),
         ..ServiceConfig::default()
     };

@@ -1265,10 +1265,13 @@ mod tests {
             ]
         );
         assert_eq!(
-            gw.subsets["env=us-prod,version=v1.5"]["east"],
+            gw.subsets["env=us-prod,version=v1.5"][&"east".to_owned()],
             ips(&["10.8.1.1"])
         );
-        assert_eq!(gw.subsets["version=v2.0-alpha"]["east"], ips(&["10.8.1.3"]));
+        assert_eq!(
+            gw.subsets["version=v2.0-alpha"][&"east".to_owned()],
+            ips(&["10.8.1.3"])
+        );
         // East's own clients go through its egress: only the gateway splits by subset.
         assert_eq!(find(&snap, "web").views["east"], ips(&["10.8.0.53"]));
     }
@@ -1297,8 +1300,8 @@ mod tests {
         let gw = &snap.gateways.services[&format!("web.{ORIGIN}")];
         assert_eq!(gw.rules[0].destinations[0].cluster, "", "any cluster");
         let subset = &gw.subsets["version=v2"];
-        assert_eq!(subset["east"], ips(&["10.8.1.1"]));
-        assert_eq!(subset["west"], ips(&["10.9.1.1"]));
+        assert_eq!(subset[&"east".to_owned()], ips(&["10.8.1.1"]));
+        assert_eq!(subset[&"west".to_owned()], ips(&["10.9.1.1"]));
     }
 
     #[test]
@@ -1332,14 +1335,20 @@ mod tests {
             billing.endpoints.keys().collect::<Vec<_>>(),
             ["east", "south", "west"]
         );
-        assert_eq!(billing.endpoints["east"], ips(&["192.0.2.7"]));
-        assert_eq!(billing.http_port["south"], 8080);
+        assert_eq!(
+            billing.endpoints.get("east").cloned().expect("east"),
+            ips(&["192.0.2.7"])
+        );
+        assert_eq!(
+            billing.http_port.get("south").copied().expect("south"),
+            8080
+        );
         assert_eq!(billing.tcp_ports[0].port, 5432);
         assert_eq!(billing.tcp_ports[0].target_port["west"], 5432);
         // In west's network: only west's gateway dials it.
         let ledger = gw("ledger");
         assert_eq!(ledger.endpoints.keys().collect::<Vec<_>>(), ["west"]);
-        assert_eq!(ledger.http_port["west"], 8080);
+        assert_eq!(ledger.http_port.get("west").copied().expect("west"), 8080);
     }
 
     #[test]

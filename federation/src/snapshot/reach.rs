@@ -87,16 +87,20 @@ mod tests {
         .expect("routing");
         let ip = |s: &str| s.parse().expect("ip");
         let service = gns_contract::config::ServiceConfig {
-            endpoints: BTreeMap::from([
+            endpoints: [
                 ("east".to_owned(), vec![ip("10.8.0.1"), ip("10.8.0.2")]),
                 ("west".to_owned(), vec![ip("10.9.0.1")]),
-            ]),
+            ]
+            .into_iter()
+            .collect(),
             subsets: BTreeMap::from([(
                 "version=v1".to_owned(),
-                BTreeMap::from([
+                [
                     ("east".to_owned(), vec![ip("10.8.0.1")]),
                     ("west".to_owned(), vec![ip("10.9.0.1")]),
-                ]),
+                ]
+                .into_iter()
+                .collect(),
             )]),
             ..Default::default()
         };

@@ -83,8 +83,12 @@ pub async fn egress_for(
     let config = ServiceConfig {
         gns: "production".into(),
         service: service.into(),
-        http_port: BTreeMap::from([("east".to_owned(), upstream_port)]),
-        endpoints: BTreeMap::from([("east".to_owned(), vec!["127.0.0.1".parse().expect("ip")])]),
+        http_port: BTreeMap::from([("east".to_owned(), upstream_port)])
+            .into_iter()
+            .collect(),
+        endpoints: BTreeMap::from([("east".to_owned(), vec!["127.0.0.1".parse().expect("ip")])])
+            .into_iter()
+            .collect(),
         ..ServiceConfig::default()
     };
     gateway.apply_config(GatewayConfig {
