@@ -23,9 +23,10 @@ const ZONE: &str = "production.app.acme.com";
 /// How long the API stays down.
 const DOWN: Duration = Duration::from_secs(60);
 /// What a dead cluster may cost after its first 10 s: the probe every 5 s
-/// and each of its two watchers at most every 15–30 s, so 12 + 4 to 8 a minute,
-/// with room for jitter.
-const MAX_ATTEMPTS_PER_MINUTE: u64 = 20;
+/// (12 a minute) and each of its three watchers (services, slices, pods) at
+/// most every 22–45 s (4 to 8 a minute), with room for one more probe at
+/// each end of the window.
+const MAX_ATTEMPTS_PER_MINUTE: u64 = 22;
 
 async fn get(base: &str, path: &str) -> Value {
     gns_tests::client()

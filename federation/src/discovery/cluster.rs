@@ -42,7 +42,9 @@ const ERROR_FRESHNESS: Duration = Duration::from_secs(8);
 
 /// Longest a watcher waits, after its requests could not connect, for the
 /// probe to see the API back before it tries again on its own.
-const CONNECT_CEILING: Duration = Duration::from_secs(30);
+/// (The probe decides when it is back; this bounds what the watchers, three
+/// per namespace, cost on their own while it is dead.)
+const CONNECT_CEILING: Duration = Duration::from_secs(45);
 
 /// Watcher retry delays: 100 ms doubling to `ceiling`, each 50–100 % of
 /// that (jitter). Reset only by progress (an object, a finished list), not
@@ -275,7 +277,7 @@ where
                             Wait::Sleep(delays.next().unwrap_or(RetryDelays::MIN))
                         } else {
                             health.mark_down();
-                            // The probe decides; its own timer (15–30 s, the
+                            // The probe decides; its own timer (22–45 s, the
                             // ceiling with jitter) is only a safety net.
                             Wait::UntilUp(connect_delays.next().unwrap_or(CONNECT_CEILING))
                         }
