@@ -324,7 +324,9 @@ impl Prepared {
             if zone.nameservers.iter().any(|ns| {
                 ns.name
                     .strip_suffix(&format!(".{}", head.origin))
-                    .is_some_and(|label| zone.services.get(label).is_some())
+                    .is_some_and(|label| {
+                        zone.services.get(label).is_some() || old.services.get(label).is_some()
+                    })
             }) {
                 // A service named like a name server: rendered whole, in order.
                 return None;
@@ -881,6 +883,35 @@ mod tests {
         assert_eq!(answers(&patched), answers(&whole));
         assert_eq!(names(&patched), names(&whole));
         assert_eq!(names(&whole).len(), 1, "the apex");
+    }
+
+    #[test]
+    fn a_service_named_like_a_name_server_going_is_rendered_whole() {
+        let glued = |services: Vec<Arc<Service>>, version: u64| {
+            let mut snap = Arc::unwrap_or_clone(with_services(version, services));
+            snap.zones[0].nameservers = vec![crate::snapshot::Nameserver {
+                name: "ns1.p.example".into(),
+                addresses: vec!["192.0.2.53".parse().expect("ip")],
+            }];
+            Arc::new(snap)
+        };
+        let web = service("web", "192.0.2.1", "10.9.0.1");
+        let first = Prepared::build(
+            glued(
+                vec![service("ns1", "192.0.2.9", "10.9.0.9"), Arc::clone(&web)],
+                1,
+            ),
+            None,
+        );
+        let next = glued(vec![web], 2);
+        let patched = Prepared::build(Arc::clone(&next), Some(&first));
+        let whole = Prepared::build(next, None);
+        assert_eq!(
+            answers(&patched),
+            answers(&whole),
+            "the glue answer is back"
+        );
+        assert_eq!(names(&patched), names(&whole));
     }
 
     #[test]

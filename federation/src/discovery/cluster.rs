@@ -874,9 +874,10 @@ impl StatusWriter {
             "endpoints": endpoints,
         });
         // A busy cluster syncs many times a second: a new message is written
-        // at once, new counts at most once a second (the next round, at the
-        // latest a second later, writes them), `lastSync` alone every
-        // STATUS_REFRESH; not a write per sync competing with the catalog's.
+        // at once, new counts at most once a second (held ones go with the
+        // next round: the next change or probe, within about 5 s), `lastSync`
+        // alone every STATUS_REFRESH; not a write per sync competing with
+        // the catalog's.
         let since_write = self.last_write.map(|t| t.elapsed());
         let stale = since_write.is_none_or(|t| t > STATUS_REFRESH);
         let last = self.last_facts.as_ref();

@@ -2072,6 +2072,24 @@ mod tests {
             "a cluster's gateway: the whole zone"
         );
         assert!(find(&last, "api").external.contains(&ip("198.51.100.9")));
+
+        // The namespace's domain changes: every route moves to its new host.
+        let mut gns = state.global_namespaces[0].clone();
+        gns.resource_version = 12;
+        gns.spec["domain"] = json!("other.example.com");
+        let changes = Changes {
+            changed: vec![gns],
+            ..Changes::default()
+        };
+        let moved = write(&mut state, &mut cache, changes);
+        assert!(
+            moved
+                .gateways
+                .services
+                .keys()
+                .all(|h| h.ends_with(".other.example.com")),
+            "no route left under the old domain"
+        );
     }
 
     #[test]

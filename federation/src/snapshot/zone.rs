@@ -278,7 +278,11 @@ impl Compiler<'_> {
             );
             let compiled = match cached {
                 Some(cached) if cached.fingerprint == fingerprint => cached,
-                _ => {
+                stale => {
+                    // Its route may move to another host (the domain changed).
+                    if let Some(stale) = &stale {
+                        self.forget_gateway(stale);
+                    }
                     let inputs = ServiceInputs {
                         discovered: discovered.get(name).map_or(&[], Vec::as_slice),
                         workloads: alive.get(name).map_or(&[], Vec::as_slice),
@@ -357,7 +361,10 @@ impl Compiler<'_> {
             );
             let compiled = match cached {
                 Some(cached) if cached.fingerprint == fingerprint => cached,
-                _ => {
+                stale => {
+                    if let Some(stale) = &stale {
+                        self.forget_gateway(stale);
+                    }
                     let inputs = ServiceInputs {
                         discovered: &discovered,
                         workloads: zone.alive.get(name).map_or(&[], Vec::as_slice),

@@ -800,7 +800,10 @@ async fn put_catalog_rows(
 /// Whether objects of `kind` may hold cluster references (the others never
 /// have rows in `gns_cluster_refs` to replace).
 fn may_reference_clusters(kind: Kind) -> bool {
-    matches!(kind, Kind::GlobalNamespace | Kind::Routing)
+    matches!(
+        kind,
+        Kind::GlobalNamespace | Kind::Routing | Kind::ExternalWorkload
+    )
 }
 
 /// Fails with [`StoreError::Conflict`] unless `expected` (if given) is the current version.
