@@ -31,13 +31,13 @@ fn web(external: bool) -> ServiceConfig {
     ServiceConfig {
         gns: "production".into(),
         service: "web".into(),
-        http_port: BTreeMap::from([("east".into(), 8080), ("west".into(), 8080)])
+        http_port: [("east".into(), 8080), ("west".into(), 8080)]
             .into_iter()
             .collect(),
-        endpoints: BTreeMap::from([
+        endpoints: [
             ("east".into(), ips(&["127.0.10.1", "127.0.10.2"])),
             ("west".into(), ips(&["127.0.20.1"])),
-        ])
+        ]
         .into_iter()
         .collect(),
         subsets: BTreeMap::from([
@@ -95,7 +95,7 @@ fn frontend() -> ServiceConfig {
     ServiceConfig {
         gns: "production".into(),
         service: "frontend".into(),
-        endpoints: BTreeMap::from([("east".into(), ips(&["127.0.10.9"]))])
+        endpoints: [("east".into(), ips(&["127.0.10.9"]))]
             .into_iter()
             .collect(),
         ..ServiceConfig::default()

@@ -8,8 +8,6 @@ mod support;
 use std::time::{Duration, Instant};
 
 use gns_gateway::Gateway;
-use gns_gateway::config::{GatewayConfig, ServiceConfig};
-use std::collections::BTreeMap;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -17,23 +15,10 @@ use tokio::net::{TcpListener, TcpStream};
 async fn egress(upstream: u16, tune: impl FnOnce(&Gateway)) -> std::net::SocketAddr {
     let gateway = Gateway::new("east");
     tune(&gateway);
-    let config = ServiceConfig {
-        gns: "production".into(),
-        service: "web".into(),
-        http_port: BTreeMap::from([("east".to_owned(), upstream)])
-            .into_iter()
-            .collect(),
-        endpoints: BTreeMap::from([("east".to_owned(), vec!["127.0.0.1".parse().expect("ip")])])
-            .into_iter()
-            .collect(),
-        ..ServiceConfig::default()
-    };
-    gateway.apply_config(GatewayConfig {
-        version: 1,
-        trust_domain: "acme.test".into(),
-        services: BTreeMap::from([(support::HOST.to_owned(), std::sync::Arc::new(config))]).into(),
-        ..GatewayConfig::default()
-    });
+    gateway.apply_config(support::config_routing(
+        support::HOST,
+        support::local_service("web", upstream),
+    ));
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(gateway.serve_egress(listener));

@@ -7,7 +7,6 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,7 +16,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use gns_gateway::Gateway;
 use gns_gateway::body::MAX_REPLAY;
-use gns_gateway::config::{GatewayConfig, RetryPolicy, ServiceConfig};
+use gns_gateway::config::{RetryPolicy, ServiceConfig};
 use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -115,23 +114,10 @@ async fn egress(
         gateway.set_buffer_budget(bytes);
     }
     let config = ServiceConfig {
-        gns: "production".into(),
-        service: "web".into(),
-        http_port: BTreeMap::from([("east".to_owned(), upstream_port)])
-            .into_iter()
-            .collect(),
-        endpoints: BTreeMap::from([("east".to_owned(), vec!["127.0.0.1".parse().expect("ip")])])
-            .into_iter()
-            .collect(),
         retries,
-        ..ServiceConfig::default()
+        ..support::local_service("web", upstream_port)
     };
-    gateway.apply_config(GatewayConfig {
-        version: 1,
-        trust_domain: "acme.test".into(),
-        services: BTreeMap::from([(HOST.to_owned(), std::sync::Arc::new(config))]).into(),
-        ..GatewayConfig::default()
-    });
+    gateway.apply_config(support::config_routing(HOST, config));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");

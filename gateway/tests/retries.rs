@@ -5,12 +5,11 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use gns_gateway::Gateway;
-use gns_gateway::config::{GatewayConfig, RetryPolicy, ServiceConfig};
+use gns_gateway::config::{RetryPolicy, ServiceConfig};
 use support::{HOST, counting_upstream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -73,23 +72,10 @@ async fn egress(port: u16, retries: RetryPolicy) -> std::net::SocketAddr {
 /// The same with a given gateway (to read its counters).
 async fn egress_of(gateway: Arc<Gateway>, port: u16, retries: RetryPolicy) -> std::net::SocketAddr {
     let config = ServiceConfig {
-        gns: "production".into(),
-        service: "web".into(),
-        http_port: BTreeMap::from([("east".to_owned(), port)])
-            .into_iter()
-            .collect(),
-        endpoints: BTreeMap::from([("east".to_owned(), vec!["127.0.0.1".parse().expect("ip")])])
-            .into_iter()
-            .collect(),
         retries: Some(retries),
-        ..ServiceConfig::default()
+        ..support::local_service("web", port)
     };
-    gateway.apply_config(GatewayConfig {
-        version: 1,
-        trust_domain: "acme.test".into(),
-        services: BTreeMap::from([(HOST.to_owned(), Arc::new(config))]).into(),
-        ..GatewayConfig::default()
-    });
+    gateway.apply_config(support::config_routing(HOST, config));
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(gateway.serve_egress(listener));

@@ -276,21 +276,13 @@ impl Compiler<'_> {
                 alive_from.get(name),
                 routing.map(|(_, v)| *v),
             );
-            let compiled = match cached {
-                Some(cached) if cached.fingerprint == fingerprint => cached,
-                stale => {
-                    // Its route may move to another host (the domain changed).
-                    if let Some(stale) = &stale {
-                        self.forget_gateway(stale);
-                    }
-                    let inputs = ServiceInputs {
-                        discovered: discovered.get(name).map_or(&[], Vec::as_slice),
-                        workloads: alive.get(name).map_or(&[], Vec::as_slice),
-                        routing: routing.map(|(r, _)| r),
-                    };
-                    self.compile_service(ctx, &policies, presence, name, &inputs, fingerprint)
-                }
+            let inputs = ServiceInputs {
+                discovered: discovered.get(name).map_or(&[], Vec::as_slice),
+                workloads: alive.get(name).map_or(&[], Vec::as_slice),
+                routing: routing.map(|(r, _)| r),
             };
+            let last = (fingerprint, cached);
+            let compiled = self.compile_service(ctx, &policies, presence, name, &inputs, last);
             self.keep(&mut zone.services, &mut zone.output, name, compiled);
         }
         for (name, cached) in &old.services {
@@ -359,26 +351,23 @@ impl Compiler<'_> {
                 zone.alive_from.get(name),
                 routing.as_ref().map(|(_, v)| *v),
             );
-            let compiled = match cached {
-                Some(cached) if cached.fingerprint == fingerprint => cached,
-                stale => {
-                    if let Some(stale) = &stale {
-                        self.forget_gateway(stale);
-                    }
-                    let inputs = ServiceInputs {
-                        discovered: &discovered,
-                        workloads: zone.alive.get(name).map_or(&[], Vec::as_slice),
-                        routing: routing.as_ref().map(|(r, _)| r),
-                    };
-                    self.compile_service(ctx, &zone.policies, None, name, &inputs, fingerprint)
-                }
+            let inputs = ServiceInputs {
+                discovered: &discovered,
+                workloads: zone.alive.get(name).map_or(&[], Vec::as_slice),
+                routing: routing.as_ref().map(|(r, _)| r),
             };
+            let last = (fingerprint, cached);
+            let compiled = self.compile_service(ctx, &zone.policies, None, name, &inputs, last);
             self.keep(&mut zone.services, &mut zone.output, name, compiled);
         }
         zone
     }
 
-    /// Compiles one service's DNS answers and gateway route.
+    /// One service's DNS answers and gateway route: the cached ones when
+    /// `last` (this compile's fingerprint of its inputs, and what the last
+    /// compile left) says its inputs are unchanged, else compiled again (the
+    /// old route given up first: it may move to another host, when the
+    /// domain changed).
     fn compile_service(
         &mut self,
         ctx: &ZoneContext<'_>,
@@ -386,19 +375,23 @@ impl Compiler<'_> {
         presence: Option<Presence<'_>>,
         name: &str,
         inputs: &ServiceInputs<'_>,
-        fingerprint: u64,
+        last: (u64, Option<CachedService>),
     ) -> CachedService {
+        let (fingerprint, cached) = last;
+        match cached {
+            Some(cached) if cached.fingerprint == fingerprint => return cached,
+            Some(stale) => self.forget_gateway(&stale),
+            None => {}
+        }
         self.compiled += 1;
         // Unrestricted (`presence` is `None`): the callers are not asked for.
-        let (names, runs_in) = match presence {
-            Some((names, runs_in)) => (names.clone(), runs_in.clone()),
-            None => (BTreeSet::new(), BTreeMap::new()),
-        };
+        let (no_names, no_runs) = (BTreeSet::new(), BTreeMap::new());
+        let (names, runs_in) = presence.unwrap_or((&no_names, &no_runs));
         let dns = self.service(name, &ctx.members, inputs);
         let mut gateway = self.gateway_service(ctx.gns_name, name, &ctx.members, inputs);
         gateway.external = external_allowed(policies, name);
-        gateway.allowed_clusters = allowed_peer_clusters(ctx.gns, policies, name, &runs_in);
-        gateway.allowed_callers = allowed_callers(ctx.gns, policies, name, &names);
+        gateway.allowed_clusters = allowed_peer_clusters(ctx.gns, policies, name, runs_in);
+        gateway.allowed_callers = allowed_callers(ctx.gns, policies, name, names);
         CachedService {
             fingerprint,
             host: format!("{name}.{}", ctx.origin).to_ascii_lowercase(),

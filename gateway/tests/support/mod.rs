@@ -4,7 +4,6 @@
 
 #![allow(dead_code, reason = "each test binary uses its own part")]
 
-use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,6 +20,30 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// The host the tests route: `web` of the global namespace `production`.
 pub const HOST: &str = "web.production.app.acme.com";
+
+/// Service `service` of `production` with one endpoint, 127.0.0.1 in
+/// east, its HTTP port `upstream_port`.
+pub fn local_service(service: &str, upstream_port: u16) -> ServiceConfig {
+    ServiceConfig {
+        gns: "production".into(),
+        service: service.into(),
+        http_port: [("east".to_owned(), upstream_port)].into_iter().collect(),
+        endpoints: [("east".to_owned(), vec!["127.0.0.1".parse().expect("ip")])]
+            .into_iter()
+            .collect(),
+        ..ServiceConfig::default()
+    }
+}
+
+/// A config (version 1) routing `host` to `service`.
+pub fn config_routing(host: &str, service: ServiceConfig) -> GatewayConfig {
+    GatewayConfig {
+        version: 1,
+        trust_domain: "acme.test".into(),
+        services: [(host.to_owned(), Arc::new(service))].into_iter().collect(),
+        ..GatewayConfig::default()
+    }
+}
 
 /// A connection counter shared with an upstream.
 pub type Count = Arc<AtomicUsize>;
@@ -80,23 +103,7 @@ pub async fn egress_for(
     if let Some(idle) = idle {
         gateway.set_client_idle_timeout(Some(idle));
     }
-    let config = ServiceConfig {
-        gns: "production".into(),
-        service: service.into(),
-        http_port: BTreeMap::from([("east".to_owned(), upstream_port)])
-            .into_iter()
-            .collect(),
-        endpoints: BTreeMap::from([("east".to_owned(), vec!["127.0.0.1".parse().expect("ip")])])
-            .into_iter()
-            .collect(),
-        ..ServiceConfig::default()
-    };
-    gateway.apply_config(GatewayConfig {
-        version: 1,
-        trust_domain: "acme.test".into(),
-        services: BTreeMap::from([(host.to_owned(), std::sync::Arc::new(config))]).into(),
-        ..GatewayConfig::default()
-    });
+    gateway.apply_config(config_routing(host, local_service(service, upstream_port)));
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(gateway.serve_egress(listener));
