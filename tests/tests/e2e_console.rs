@@ -193,6 +193,21 @@ async fn click(c: &Client, css: &str) -> Result<(), String> {
         .map_err(|e| format!("click {css}: {e}"))
 }
 
+/// Moves the slider `css` `presses` steps left, saves it, and waits for
+/// its result line (`<css>-result`) to say `expect`.
+async fn slide_and_save(c: &Client, css: &str, presses: usize, expect: &str) -> Result<(), String> {
+    let slider = find(c, css).await?;
+    for _ in 0..presses {
+        slider
+            .send_keys(&String::from(char::from(Key::Left)))
+            .await
+            .map_err(|e| format!("slide {css}: {e}"))?;
+    }
+    click(c, &format!("{css}-save")).await?;
+    wait_text(c, &format!("{css}-result"), expect, Duration::from_secs(10)).await?;
+    Ok(())
+}
+
 /// Waits up to `within` for an element matching `css`.
 async fn wait_css(
     c: &Client,
@@ -518,27 +533,11 @@ fn the_console_shows_health_traffic_traces_and_writes_weights() {
         )
         .await;
 
-        step(&c, "the weight slider writes", async {
-            let slider = c
-                .find(Locator::Css("#weight-2"))
-                .await
-                .map_err(|e| e.to_string())?;
-            for _ in 0..9 {
-                slider
-                    .send_keys(&String::from(char::from(Key::Left)))
-                    .await
-                    .map_err(|e| e.to_string())?;
-            }
-            click(&c, "#weight-2-save").await?;
-            wait_text(
-                &c,
-                "#weight-2-result",
-                "Saved: 90 / 10",
-                Duration::from_secs(10),
-            )
-            .await?;
-            Ok(())
-        })
+        step(
+            &c,
+            "the weight slider writes",
+            slide_and_save(&c, "#weight-2", 9, "Saved: 90 / 10"),
+        )
         .await;
         assert_eq!(
             routing_weights(&demo).await.1,
@@ -575,25 +574,11 @@ fn the_console_shows_health_traffic_traces_and_writes_weights() {
             )
             .await;
         assert_eq!(status, 200, "{body}");
-        step(&c, "a concurrent change shows as a conflict", async {
-            let slider = c
-                .find(Locator::Css("#weight-2"))
-                .await
-                .map_err(|e| e.to_string())?;
-            slider
-                .send_keys(&String::from(char::from(Key::Left)))
-                .await
-                .map_err(|e| e.to_string())?;
-            click(&c, "#weight-2-save").await?;
-            wait_text(
-                &c,
-                "#weight-2-result",
-                "someone changed this routing",
-                Duration::from_secs(10),
-            )
-            .await?;
-            Ok(())
-        })
+        step(
+            &c,
+            "a concurrent change shows as a conflict",
+            slide_and_save(&c, "#weight-2", 1, "someone changed this routing"),
+        )
         .await;
         assert_eq!(
             routing_weights(&demo).await.1,
