@@ -59,7 +59,13 @@ impl TraceContext {
         hex_into(&self.span_id, &mut text[36..52]);
         text[52..].copy_from_slice(if self.sampled { b"-01" } else { b"-00" });
         // Lower-case hex and dashes only: always a valid header value.
-        HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static("00"))
+        let mut value =
+            HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static("00"));
+        // Never indexed by HPACK: a value new with every request would only
+        // churn the peer connection's header table (and every later lookup
+        // of the name would compare against each copy in it).
+        value.set_sensitive(true);
+        value
     }
 
     /// Sets this hop's `traceparent` on the headers of the request it sends
@@ -88,19 +94,23 @@ pub fn parse_ratio(text: &str) -> Result<f64, RatioError> {
 }
 
 /// `(trace id, parent span id, sampled)` of a `traceparent` value, if it is
-/// one: version `00` (or a later one, read the same way), non-zero ids.
+/// one: version `00` (exactly 55 characters), or a later version read the
+/// same way (more fields may follow a dash); lower-case hex, non-zero ids.
+/// Read at fixed offsets: every request through a gateway has its
+/// `traceparent` read.
 pub fn parse(value: &str) -> Option<([u8; 16], [u8; 8], bool)> {
-    let mut parts = value.trim().split('-');
-    let version = parts.next()?;
-    let trace = parts.next()?;
-    let parent = parts.next()?;
-    let flags = parts.next()?;
-    if version.len() != 2 || version == "ff" || (version == "00" && parts.next().is_some()) {
+    let text = value.trim().as_bytes();
+    if text.len() < 55 || text[2] != b'-' || text[35] != b'-' || text[52] != b'-' {
         return None;
     }
-    let trace_id: [u8; 16] = unhex(trace)?;
-    let parent_span_id: [u8; 8] = unhex(parent)?;
-    let flags: [u8; 1] = unhex(flags)?;
+    let version: [u8; 1] = unhex(&text[..2])?;
+    let later_fields = text.len() > 55;
+    if version[0] == 0xff || (later_fields && (version[0] == 0 || text[55] != b'-')) {
+        return None;
+    }
+    let trace_id: [u8; 16] = unhex(&text[3..35])?;
+    let parent_span_id: [u8; 8] = unhex(&text[36..52])?;
+    let flags: [u8; 1] = unhex(&text[53..55])?;
     if trace_id == [0; 16] || parent_span_id == [0; 8] {
         return None;
     }
@@ -137,7 +147,7 @@ pub fn hex(bytes: &[u8]) -> String {
 }
 
 /// The bytes of lower-case hex `text` of exactly `N` bytes.
-fn unhex<const N: usize>(text: &str) -> Option<[u8; N]> {
+fn unhex<const N: usize>(text: &[u8]) -> Option<[u8; N]> {
     if text.len() != N * 2 {
         return None;
     }
@@ -146,10 +156,9 @@ fn unhex<const N: usize>(text: &str) -> Option<[u8; N]> {
         b'a'..=b'f' => Some(c - b'a' + 10),
         _ => None,
     };
-    let bytes = text.as_bytes();
     let mut out = [0u8; N];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = digit(bytes[2 * i])? << 4 | digit(bytes[2 * i + 1])?;
+    for (byte, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
+        *byte = digit(pair[0])? << 4 | digit(pair[1])?;
     }
     Some(out)
 }
@@ -181,6 +190,10 @@ mod tests {
             "this hop is the next parent"
         );
         assert!(passed.ends_with("-01"));
+        assert!(
+            ctx.header().is_sensitive(),
+            "a value new per request is never indexed by HPACK"
+        );
     }
 
     #[test]
@@ -220,5 +233,20 @@ mod tests {
             assert_eq!(parse(bad), None, "{bad}");
         }
         assert!(parse("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00-later").is_some());
+        for bad in [
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00later",
+            "0g-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1",
+            "00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0x",
+            "",
+        ] {
+            assert_eq!(parse(bad), None, "{bad}");
+        }
+        assert_eq!(
+            parse(&format!(" {PARENT} ")).map(|(_, _, sampled)| sampled),
+            Some(true),
+            "spaces around the value are not part of it"
+        );
     }
 }
