@@ -246,6 +246,55 @@ async fn wait_text(
     ))
 }
 
+/// Opens the service page and presses Tab (or Shift+Tab) until the focus
+/// is on `until` (an id, or a control's text): the stops in order.
+async fn tab_walk(c: &Client, base: &str, back: bool, until: &str) -> Result<Vec<String>, String> {
+    c.goto(&format!("{base}/ui/#/service/production/web"))
+        .await
+        .map_err(|e| e.to_string())?;
+    c.refresh().await.map_err(|e| e.to_string())?;
+    wait_css(c, "#trace-run", Duration::from_secs(10)).await?;
+    let key = if back {
+        format!("{}{}", char::from(Key::Shift), char::from(Key::Tab))
+    } else {
+        String::from(char::from(Key::Tab))
+    };
+    let mut stops = Vec::new();
+    for _ in 0..80 {
+        c.active_element()
+            .await
+            .map_err(|e| e.to_string())?
+            .send_keys(&key)
+            .await
+            .map_err(|e| e.to_string())?;
+        let focused = c
+            .execute(
+                "const e = document.activeElement; return e.id || e.textContent.trim();",
+                Vec::new(),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        stops.push(focused.as_str().unwrap_or_default().to_owned());
+        if stops.last().is_some_and(|s| s == until) {
+            return Ok(stops);
+        }
+    }
+    Err(format!("80 presses never reached {until:?}: {stops:?}"))
+}
+
+/// The accessibility audit of the page on screen (`console_audit.js`:
+/// contrast, names, keyboard, no sideways scrolling).
+async fn audit(c: &Client) -> Result<(), String> {
+    let problems = c
+        .execute(include_str!("console_audit.js"), Vec::new())
+        .await
+        .map_err(|e| format!("the audit script: {e}"))?;
+    match problems.as_array() {
+        Some(list) if list.is_empty() => Ok(()),
+        _ => Err(format!("accessibility problems: {problems:#}")),
+    }
+}
+
 async fn sign_in(c: &Client, base: &str, token: &str) -> Result<(), String> {
     c.goto(&format!("{base}/ui/"))
         .await
@@ -310,6 +359,18 @@ fn the_console_shows_health_traffic_traces_and_writes_weights() {
         let (_driver, c) = browser(tmp.path()).await;
         let base = demo.base.clone();
 
+        step(
+            &c,
+            "the sign-in page passes the accessibility audit",
+            async {
+                c.goto(&format!("{base}/ui/"))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                wait_css(&c, "#token", Duration::from_secs(10)).await?;
+                audit(&c).await
+            },
+        )
+        .await;
         step(&c, "sign in", sign_in(&c, &base, &demo.token)).await;
         step(&c, "both clusters healthy", async {
             for cluster in ["east", "west"] {
@@ -423,22 +484,120 @@ fn the_console_shows_health_traffic_traces_and_writes_weights() {
             Ok(())
         })
         .await;
-        step(&c, "every control of the service page has a label", async {
-            let unlabelled = c
-                .execute(
-                    "return [...document.querySelectorAll('input, select, textarea, output')]\
-                     .filter(e => !e.labels || e.labels.length === 0)\
-                     .map(e => e.id || e.outerHTML);",
-                    Vec::new(),
-                )
-                .await
-                .map_err(|e| e.to_string())?;
-            if unlabelled != json!([]) {
-                return Err(format!("controls without a label: {unlabelled}"));
+        step(
+            &c,
+            "the service page passes the accessibility audit",
+            audit(&c),
+        )
+        .await;
+        step(&c, "the service page works from the keyboard", async {
+            // A page puts the focus on its main content: Tab goes on to its
+            // controls, Shift+Tab back to the navigation and the skip link.
+            let forward = tab_walk(&c, &base, false, "trace-run").await?;
+            for id in [
+                "weight-2",
+                "weight-2-save",
+                "trace-from",
+                "trace-ua",
+                "trace-run",
+            ] {
+                if !forward.iter().any(|r| r == id) {
+                    return Err(format!("Tab never reaches #{id}: {forward:?}"));
+                }
+            }
+            let back = tab_walk(&c, &base, true, "Skip to content").await?;
+            for name in ["sign-out", "nav-audit", "Overview", "Skip to content"] {
+                if !back.iter().any(|r| r == name) {
+                    return Err(format!("Shift+Tab never reaches {name:?}: {back:?}"));
+                }
             }
             Ok(())
         })
         .await;
+        // More global namespaces than one page of the console's lists holds.
+        for n in 0..100 {
+            let (status, body) = demo
+                .api(
+                    reqwest::Method::POST,
+                    "/v1/global-namespaces",
+                    Some(json!({
+                        "name": format!("load-{n:03}"),
+                        "domain": format!("load-{n:03}.example.com"),
+                        "members": [],
+                    })),
+                )
+                .await;
+            assert_eq!(status, 201, "{body}");
+        }
+        step(
+            &c,
+            "the global namespaces page shows 100 at a time",
+            async {
+                c.goto(&format!("{base}/ui/#/gns"))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                wait_css(&c, "#page tr[data-gns]", Duration::from_secs(10)).await?;
+                let rows = |c: &Client| {
+                    let c = c.clone();
+                    async move {
+                        c.find_all(Locator::Css("#page tr[data-gns]"))
+                            .await
+                            .map(|r| r.len())
+                            .map_err(|e| e.to_string())
+                    }
+                };
+                let first = rows(&c).await?;
+                if first != 100 {
+                    return Err(format!("{first} rows on the first page, not 100"));
+                }
+                click(&c, "#page button.more").await?;
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while rows(&c).await? <= 100 {
+                    if Instant::now() > deadline {
+                        return Err("Show more added no rows".into());
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                let more = find(&c, "#page button.more").await?;
+                if more.is_displayed().await.map_err(|e| e.to_string())? {
+                    return Err("Show more still offered after the last page".into());
+                }
+                click(&c, "#page tr[data-gns=\"production\"] a").await?;
+                wait_css(
+                    &c,
+                    "#page tr[data-service=\"web\"] a",
+                    Duration::from_secs(10),
+                )
+                .await?
+                .click()
+                .await
+                .map_err(|e| e.to_string())?;
+                wait_text(&c, ".bar[data-rule=\"2\"]", "%", Duration::from_secs(10)).await?;
+                Ok(())
+            },
+        )
+        .await;
+        for (page, ready) in [
+            ("#/", "#topology svg"),
+            ("#/gns", "#page table"),
+            ("#/gns/production", "#page tr[data-service]"),
+            ("#/clusters", "#page table"),
+            ("#/problems", "#page h2"),
+            ("#/audit", "#page table"),
+        ] {
+            step(
+                &c,
+                &format!("the {page} page passes the accessibility audit"),
+                async {
+                    c.goto(&format!("{base}/ui/{page}"))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    wait_css(&c, ready, Duration::from_secs(15)).await?;
+                    audit(&c).await
+                },
+            )
+            .await;
+        }
 
         step(
             &c,

@@ -15,7 +15,7 @@ const el = (tag, attrs = {}, ...children) => {
   const node = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs)) {
     if (k === "class") node.className = v;
-    else if (k.startsWith("data-")) node.setAttribute(k, v);
+    else if (k.startsWith("data-") || k.startsWith("aria-") || k === "role") node.setAttribute(k, v);
     else if (k === "for") node.htmlFor = v;
     else node[k] = v;
   }
@@ -175,17 +175,48 @@ function overview() {
 }
 
 // ---- global namespaces and services ----------------------------------
+// A list endpoint read a page at a time (`limit`), the next page appended
+// by a "Show more" button (`continue`): a list of any length costs one
+// request per page the user asks for.
+const PAGE = 100;
+function pagedTable(path, headers, row) {
+  const body = el("tbody");
+  const status = el("p", { class: "hint", role: "status" });
+  const more = el("button", { type: "button", hidden: true, class: "more" }, `Show ${PAGE} more`);
+  let token = null;
+  const load = async () => {
+    const sep = path.includes("?") ? "&" : "?";
+    const r = await api("GET", `${path}${sep}limit=${PAGE}${token ? "&continue=" + encodeURIComponent(token) : ""}`);
+    if (r.status !== 200) { status.className = "error"; status.textContent = message(r.body); return; }
+    body.append(...(r.body.items || []).map(row));
+    token = r.body.continue || null;
+    more.hidden = !token;
+    status.textContent = `${body.rows.length} shown` + (token ? "; there are more." : ".");
+  };
+  more.addEventListener("click", load);
+  const table = el("table", {}, el("thead", {}, el("tr", {}, headers.map((h) => el("th", {}, h)))), body);
+  return { view: [table, status, more], load };
+}
+
 async function namespaces() {
-  const list = await api("GET", "/v1/global-namespaces");
-  if (list.status !== 200) return page("Global namespaces", el("p", { class: "error" }, message(list.body)));
-  const sections = [];
-  for (const g of list.body.items || []) {
-    const svcs = await api("GET", `/v1/global-namespaces/${encodeURIComponent(g.name)}/services`);
-    const rows = ((svcs.body && svcs.body.items) || []).map((s) =>
-      el("li", {}, el("a", { href: `#/service/${encodeURIComponent(g.name)}/${encodeURIComponent(s.name)}` }, `${s.name}.${g.domain}`)));
-    sections.push(el("h3", {}, `${g.name} (${g.domain})`), el("ul", {}, rows));
-  }
-  page("Global namespaces", ...sections);
+  const list = pagedTable("/v1/global-namespaces", ["Global namespace", "Domain", "Members"], (g) =>
+    el("tr", { "data-gns": g.name },
+      el("td", {}, el("a", { href: `#/gns/${encodeURIComponent(g.name)}` }, g.name)),
+      el("td", {}, g.domain || ""),
+      el("td", {}, (g.members || []).map((m) => `${m.cluster}/${m.namespace}`).join(", "))));
+  page("Global namespaces", ...list.view);
+  await list.load();
+}
+
+async function namespace(gns) {
+  const g = await api("GET", `/v1/global-namespaces/${encodeURIComponent(gns)}`);
+  if (g.status !== 200) return page(gns, el("p", { class: "error" }, message(g.body)));
+  const list = pagedTable(`/v1/global-namespaces/${encodeURIComponent(gns)}/services`, ["Service", "Name"], (s) =>
+    el("tr", { "data-service": s.name },
+      el("td", {}, el("a", { href: `#/service/${encodeURIComponent(gns)}/${encodeURIComponent(s.name)}` }, s.name)),
+      el("td", {}, `${s.name}.${g.body.domain}`)));
+  page(`${gns} (${g.body.domain})`, ...list.view);
+  await list.load();
 }
 
 function splitBar(rule, index) {
@@ -370,6 +401,7 @@ function route() {
   const hash = location.hash.replace(/^#/, "") || "/";
   const parts = hash.split("/").filter(Boolean).map(decodeURIComponent);
   if (parts.length === 0) overview();
+  else if (parts[0] === "gns" && parts.length === 2) namespace(parts[1]);
   else if (parts[0] === "gns") namespaces();
   else if (parts[0] === "service" && parts.length === 3) service(parts[1], parts[2]);
   else if (parts[0] === "clusters") clusters();
