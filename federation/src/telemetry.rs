@@ -283,7 +283,7 @@ pub fn window(
     samples: &[TelemetrySample],
     now_ms: i64,
     window_ms: i64,
-    keep: impl Fn(&str) -> bool,
+    keep: impl Fn(&str, &str) -> bool,
 ) -> Window {
     let window_ms = window_ms.clamp(RESOLUTION_MS, MAX_WINDOW_MS);
     let from_ms = now_ms - window_ms;
@@ -299,7 +299,11 @@ pub fn window(
             .entry((sample.cluster.clone(), sample.instance.clone()))
             .or_default();
         instance.0 = instance.0.max(sample.at_ms);
-        for record in sample.traffic.iter().filter(|r| keep(&r.global_namespace)) {
+        for record in sample
+            .traffic
+            .iter()
+            .filter(|r| keep(&r.global_namespace, &r.service))
+        {
             let service = services
                 .entry((record.global_namespace.clone(), record.service.clone()))
                 .or_default();
@@ -436,7 +440,7 @@ mod tests {
             ),
             sample("west", now - 5_000, vec![record("api", "west", 10, 0, 10)]),
         ];
-        let w = window(&samples, now, MAX_WINDOW_MS, |_| true);
+        let w = window(&samples, now, MAX_WINDOW_MS, |_, _| true);
         assert_eq!(w.from_ms, now - MAX_WINDOW_MS);
         let web = &w
             .services
@@ -499,7 +503,7 @@ mod tests {
                 vec![record("web", "east", 3, 0, 3), other],
             ),
         ];
-        let w = window(&samples, now, 60_000, |g| g == "production");
+        let w = window(&samples, now, 60_000, |g, _| g == "production");
         assert_eq!(w.services.len(), 1);
         assert_eq!(
             w.services[0].totals.requests, 3,

@@ -462,7 +462,7 @@ pub const OPERATIONS: &[Operation] = {
         op(
             Get,
             "/v1/telemetry/services",
-            "Traffic per service over the telemetry window (?window=, 10s to 15m, default 15m): requests, rps, responses by class, error rate, p50/p90/p99, bytes, and a series at 10 s resolution; from every gateway's reports",
+            "Traffic per service over the telemetry window (?window=, 10s to 15m, default 15m; ?globalNamespace= and ?service= narrow it): requests, rps, responses by class, error rate, p50/p90/p99, bytes, and a series at 10 s resolution; from every gateway's reports",
             "telemetry",
             None,
             Some("ServicesWindow"),
@@ -626,6 +626,31 @@ fn build_operation(o: &Operation) -> utoipa::openapi::path::Operation {
                     .required(Required::False)
                     .schema(Some(ObjectBuilder::new().schema_type(Type::String))),
             );
+    }
+    if o.path.starts_with("/v1/telemetry/") {
+        for (name, what) in [
+            (
+                "window",
+                "how far back: a duration from 10s to 15m (default 15m)",
+            ),
+            (
+                "globalNamespace",
+                "only the traffic of this global namespace's services",
+            ),
+            (
+                "service",
+                "only this service of globalNamespace (needs globalNamespace)",
+            ),
+        ] {
+            b = b.parameter(
+                ParameterBuilder::new()
+                    .name(name)
+                    .parameter_in(ParameterIn::Query)
+                    .required(Required::False)
+                    .description(Some(what))
+                    .schema(Some(ObjectBuilder::new().schema_type(Type::String))),
+            );
+        }
     }
     if o.path == CONFIG_DNS {
         b = b

@@ -37,11 +37,57 @@ fn window_ms(query: &HashMap<String, String>) -> Result<i64, ApiError> {
     Ok(ms)
 }
 
-/// The window for `principal` (only its global namespaces' services when scoped).
-async fn read(state: &AppState, principal: &Principal, window_ms: i64) -> Result<Window, ApiError> {
+/// Which services a request asks for: `?globalNamespace=` (its services),
+/// with `?service=` one of them; neither, every service the token sees.
+struct Only {
+    global_namespace: Option<String>,
+    service: Option<String>,
+}
+
+impl Only {
+    fn of(query: &HashMap<String, String>) -> Result<Self, ApiError> {
+        let global_namespace = query.get("globalNamespace").cloned();
+        let service = query.get("service").cloned();
+        if service.is_some() && global_namespace.is_none() {
+            return Err(ApiError::invalid_field(
+                "service",
+                "needs globalNamespace too (a service is named within its global namespace)",
+            ));
+        }
+        for (field, value) in [
+            ("globalNamespace", &global_namespace),
+            ("service", &service),
+        ] {
+            if value.as_deref().is_some_and(str::is_empty) {
+                return Err(ApiError::invalid_field(field, "must not be empty"));
+            }
+        }
+        Ok(Self {
+            global_namespace,
+            service,
+        })
+    }
+
+    fn keeps(&self, gns: &str, service: &str) -> bool {
+        self.global_namespace.as_deref().is_none_or(|g| g == gns)
+            && self.service.as_deref().is_none_or(|s| s == service)
+    }
+}
+
+/// The window a request asks for: its length and services, and only the
+/// global namespaces a scoped `principal` sees.
+async fn read(
+    state: &AppState,
+    principal: &Principal,
+    query: &HashMap<String, String>,
+) -> Result<Window, ApiError> {
+    let window_ms = window_ms(query)?;
+    let only = Only::of(query)?;
     let now = now_millis();
     let samples = state.store.telemetry_since(now - window_ms).await?;
-    Ok(window(&samples, now, window_ms, |gns| principal.sees(gns)))
+    Ok(window(&samples, now, window_ms, |gns, service| {
+        principal.sees(gns) && only.keeps(gns, service)
+    }))
 }
 
 /// `GET /v1/telemetry/services`.
@@ -50,7 +96,7 @@ pub async fn services(
     Extension(principal): Extension<Principal>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<ServicesWindow>, ApiError> {
-    let w = read(&state, &principal, window_ms(&query)?).await?;
+    let w = read(&state, &principal, &query).await?;
     Ok(Json(ServicesWindow {
         from_ms: w.from_ms,
         to_ms: w.to_ms,
@@ -65,7 +111,7 @@ pub async fn links(
     Extension(principal): Extension<Principal>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<LinksWindow>, ApiError> {
-    let w = read(&state, &principal, window_ms(&query)?).await?;
+    let w = read(&state, &principal, &query).await?;
     Ok(Json(LinksWindow {
         from_ms: w.from_ms,
         to_ms: w.to_ms,
@@ -80,7 +126,7 @@ pub async fn instances(
     Extension(principal): Extension<Principal>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<InstancesWindow>, ApiError> {
-    let w = read(&state, &principal, window_ms(&query)?).await?;
+    let w = read(&state, &principal, &query).await?;
     Ok(Json(InstancesWindow {
         from_ms: w.from_ms,
         to_ms: w.to_ms,
@@ -96,7 +142,7 @@ pub async fn metrics_text(state: &AppState) -> String {
     let Ok(samples) = state.store.telemetry_since(now - 60_000).await else {
         return String::new();
     };
-    let w = window(&samples, now, 60_000, |_| true);
+    let w = window(&samples, now, 60_000, |_, _| true);
     let mut out = String::new();
     let mut family = |name: &str, help: &str, rows: Vec<(String, f64)>| {
         out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
@@ -148,4 +194,34 @@ pub async fn metrics_text(state: &AppState) -> String {
             .collect(),
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn a_service_is_narrowed_to_within_its_global_namespace() {
+        let all = Only::of(&query(&[])).expect("no filter");
+        assert!(all.keeps("production", "web") && all.keeps("staging", "db"));
+        let gns = Only::of(&query(&[("globalNamespace", "production")])).expect("gns");
+        assert!(gns.keeps("production", "web") && gns.keeps("production", "db"));
+        assert!(!gns.keeps("staging", "web"));
+        let one = Only::of(&query(&[
+            ("globalNamespace", "production"),
+            ("service", "web"),
+        ]))
+        .expect("one service");
+        assert!(one.keeps("production", "web"));
+        assert!(!one.keeps("production", "db") && !one.keeps("staging", "web"));
+        assert!(Only::of(&query(&[("service", "web")])).is_err());
+        assert!(Only::of(&query(&[("globalNamespace", "")])).is_err());
+    }
 }

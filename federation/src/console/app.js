@@ -270,7 +270,9 @@ async function service(gns, svc) {
   parts.push(el("h3", {}, "Trace a request"), traceForm(host));
   page(host, ...parts);
   every(POLL_MS, async () => {
-    const links = await api("GET", "/v1/telemetry/services?window=1m");
+    // Only this service's traffic, not every service's.
+    const q = `window=1m&globalNamespace=${encodeURIComponent(gns)}&service=${encodeURIComponent(svc)}`;
+    const links = await api("GET", "/v1/telemetry/services?" + q);
     const item = ((links.body && links.body.items) || []).find((s) => s.globalNamespace === gns && s.service === svc);
     traffic.replaceChildren(...(item
       ? [el("p", { "data-rps": String(item.totals.rps) }, `${fmtRate(item.totals.rps)}, ${item.totals.requests} requests, ${fmtPct(item.totals.errorRate)} 5xx, p99 ${fmtMs(item.totals.p99Ms)}`),

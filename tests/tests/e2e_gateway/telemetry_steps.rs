@@ -9,9 +9,14 @@ use super::*;
 
 /// The `items` of `GET /v1/telemetry/{what}`.
 async fn telemetry(w: &World, what: &str) -> Vec<Value> {
+    telemetry_of(w, what, "").await
+}
+
+/// The `items` of `GET /v1/telemetry/{what}` with more of the query (`&...`).
+async fn telemetry_of(w: &World, what: &str, filter: &str) -> Vec<Value> {
     let (status, body) = api(
         reqwest::Method::GET,
-        &format!("{}/v1/telemetry/{what}?window=15m", w.base),
+        &format!("{}/v1/telemetry/{what}?window=15m{filter}", w.base),
         None,
     )
     .await;
@@ -89,6 +94,36 @@ pub(crate) async fn the_telemetry_window_shows_the_canary_traffic(w: &World) {
     .await;
     assert_eq!(status, 422, "{body}");
     assert!(body.to_string().contains("10s to 15m"), "{body}");
+
+    // One service's traffic alone (the console's service page asks so).
+    let only = telemetry_of(
+        w,
+        "services",
+        "&globalNamespace=production&service=shopfront",
+    )
+    .await;
+    assert_eq!(only.len(), 1, "{only:?}");
+    assert_eq!(only[0]["service"], "shopfront");
+    assert!(
+        only[0]["totals"]["requests"].as_u64() >= Some(10_000),
+        "{only:?}"
+    );
+    assert!(
+        telemetry_of(w, "services", "&globalNamespace=production&service=no-such")
+            .await
+            .is_empty()
+    );
+    let (status, body) = api(
+        reqwest::Method::GET,
+        &format!("{}/v1/telemetry/services?service=shopfront", w.base),
+        None,
+    )
+    .await;
+    assert_eq!(
+        status, 422,
+        "a service without its global namespace: {body}"
+    );
+    assert!(body.to_string().contains("globalNamespace"), "{body}");
 
     // The last minute, as typed gauges on /metrics.
     let text = gns_tests::client()
