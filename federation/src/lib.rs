@@ -24,5 +24,6 @@ pub mod server;
 pub mod snapshot;
 pub mod store;
 pub mod telemetry;
+pub mod telemetry_samples;
 pub mod tls;
 pub mod trace;

@@ -279,8 +279,8 @@ impl Series {
 /// The window of the last `window_ms` (at most [`MAX_WINDOW_MS`]) before
 /// `now_ms` over `samples`; `keep` says which services to show (a scoped
 /// token's global namespaces).
-pub fn window(
-    samples: &[TelemetrySample],
+pub fn window<'a>(
+    samples: impl IntoIterator<Item = &'a TelemetrySample>,
     now_ms: i64,
     window_ms: i64,
     keep: impl Fn(&str, &str) -> bool,
@@ -291,7 +291,7 @@ pub fn window(
     let mut links: BTreeMap<(String, String), Series> = BTreeMap::new();
     let mut instances: BTreeMap<(String, String), (i64, Sum)> = BTreeMap::new();
     for sample in samples
-        .iter()
+        .into_iter()
         .filter(|s| s.at_ms >= from_ms && s.at_ms <= now_ms)
     {
         let slot = sample.at_ms - sample.at_ms.rem_euclid(RESOLUTION_MS);

@@ -1033,6 +1033,81 @@ async fn telemetry_samples_are_kept_read_by_time_and_pruned(store: Arc<dyn Store
     );
 }
 
+/// A replica's telemetry reader reads the whole window once, then only the
+/// last minute again (a sample older than that arriving late is not read
+/// again: the documented cost of not rereading fifteen minutes per poll),
+/// sees rows written again within that minute, and drops what leaves the
+/// window.
+async fn a_replica_reads_telemetry_once_then_only_the_last_minute(store: Arc<dyn Store>) {
+    use gns_federation::store::TelemetrySample;
+    use gns_federation::telemetry::MAX_WINDOW_MS;
+    use gns_federation::telemetry_samples::{OVERLAP_MS, Samples};
+    let sample = |instance: &str, at_ms: i64, interval_ms: i64| TelemetrySample {
+        cluster: "east".into(),
+        instance: instance.into(),
+        at_ms,
+        interval_ms,
+        traffic: Vec::new(),
+    };
+    let now = 10 * MAX_WINDOW_MS;
+    for (instance, at) in [
+        ("gw-1", now - MAX_WINDOW_MS - 1),
+        ("gw-1", now - MAX_WINDOW_MS + 1_000),
+        ("gw-2", now - 120_000),
+        ("gw-1", now - 5_000),
+    ] {
+        store
+            .record_telemetry(&sample(instance, at, 5_000))
+            .await
+            .expect("record");
+    }
+    let samples = Samples::default();
+    let first = samples
+        .read(store.as_ref(), now, now - MAX_WINDOW_MS)
+        .await
+        .expect("first read");
+    let times: Vec<i64> = first.iter().map(|s| s.at_ms).collect();
+    assert_eq!(
+        times,
+        [now - MAX_WINDOW_MS + 1_000, now - 120_000, now - 5_000],
+        "the window, oldest first"
+    );
+    let minute = samples
+        .read(store.as_ref(), now, now - 60_000)
+        .await
+        .expect("a shorter window");
+    assert_eq!(minute.len(), 1);
+
+    // Later: a new sample, one written again within the last minute, and a
+    // late one from before the overlap.
+    let later = now + 10_000;
+    for s in [
+        sample("gw-3", later - 1_000, 5_000),
+        sample("gw-1", now - 5_000, 7_000),
+        sample("gw-4", later - OVERLAP_MS - 30_000, 5_000),
+    ] {
+        store.record_telemetry(&s).await.expect("record");
+    }
+    let read = samples
+        .read(store.as_ref(), later, later - MAX_WINDOW_MS)
+        .await
+        .expect("second read");
+    let seen: Vec<(String, i64, i64)> = read
+        .iter()
+        .map(|s| (s.instance.clone(), s.at_ms, s.interval_ms))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("gw-2".to_owned(), now - 120_000, 5_000),
+            ("gw-1".to_owned(), now - 5_000, 7_000),
+            ("gw-3".to_owned(), later - 1_000, 5_000),
+        ],
+        "the sample before the window left; the rewritten one replaced; the late one before the overlap not reread"
+    );
+    assert_eq!(samples.held().await, 3);
+}
+
 macro_rules! battery {
     ($backend:ident) => {
         mod $backend {
@@ -1111,6 +1186,10 @@ macro_rules! battery {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn telemetry_samples_are_kept_read_by_time_and_pruned() {
                 run(super::telemetry_samples_are_kept_read_by_time_and_pruned).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_replica_reads_telemetry_once_then_only_the_last_minute() {
+                run(super::a_replica_reads_telemetry_once_then_only_the_last_minute).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn second_handle_sees_data() {

@@ -48,6 +48,8 @@ pub struct AppState {
     pub beats: crate::liveness::BeatWriter,
     /// A gateway instance without a report for this long is silent.
     pub gateway_timeout: std::time::Duration,
+    /// The telemetry samples this replica has read (only new ones are read again).
+    pub telemetry: Arc<crate::telemetry_samples::Samples>,
 }
 
 impl AppState {
@@ -59,6 +61,7 @@ impl AppState {
             store,
             auth,
             gateway_timeout: DEFAULT_GATEWAY_TIMEOUT,
+            telemetry: Arc::default(),
         }
     }
 

@@ -84,10 +84,16 @@ async fn read(
     let window_ms = window_ms(query)?;
     let only = Only::of(query)?;
     let now = now_millis();
-    let samples = state.store.telemetry_since(now - window_ms).await?;
-    Ok(window(&samples, now, window_ms, |gns, service| {
-        principal.sees(gns) && only.keeps(gns, service)
-    }))
+    let samples = state
+        .telemetry
+        .read(state.store.as_ref(), now, now - window_ms)
+        .await?;
+    Ok(window(
+        samples.iter().map(AsRef::as_ref),
+        now,
+        window_ms,
+        |gns, service| principal.sees(gns) && only.keeps(gns, service),
+    ))
 }
 
 /// `GET /v1/telemetry/services`.
@@ -139,10 +145,14 @@ pub async fn instances(
 /// `# TYPE` lines), for `/metrics`; empty when the store cannot be read.
 pub async fn metrics_text(state: &AppState) -> String {
     let now = now_millis();
-    let Ok(samples) = state.store.telemetry_since(now - 60_000).await else {
+    let Ok(samples) = state
+        .telemetry
+        .read(state.store.as_ref(), now, now - 60_000)
+        .await
+    else {
         return String::new();
     };
-    let w = window(&samples, now, 60_000, |_, _| true);
+    let w = window(samples.iter().map(AsRef::as_ref), now, 60_000, |_, _| true);
     let mut out = String::new();
     let mut family = |name: &str, help: &str, rows: Vec<(String, f64)>| {
         out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
