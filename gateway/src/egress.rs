@@ -214,8 +214,8 @@ impl Gateway {
                 }
             };
             let (resp, cluster) =
-                // Boxed: the tries are moved once, not with every wrapper.
-                match tokio::time::timeout(timeout, Box::pin(tries))
+                // Pinned in place: the tries are not moved at all.
+                match tokio::time::timeout(timeout, std::pin::pin!(tries))
                     .await
                 {
                     Ok(done) => done,
@@ -281,7 +281,9 @@ impl Gateway {
                         .map_err(|e| TryError::Reset(format!("{cluster}: {e}")))
                 }
             };
-            let outcome = within(per_try, attempt).await;
+            // Pinned where it is: `within` holds a pointer to the try, not a
+            // copy of it (a try's future is a few KB, moved twice otherwise).
+            let outcome = within(per_try, std::pin::pin!(attempt)).await;
             match outcome {
                 Ok(resp) => return (resp, cluster),
                 Err(e @ TryError::Connect(_)) if body.is_some() => {
@@ -336,7 +338,9 @@ impl Gateway {
                         .await
                 }
             };
-            let outcome = within(per_try, attempt).await;
+            // Pinned where it is: `within` holds a pointer to the try, not a
+            // copy of it (a try's future is a few KB, moved twice otherwise).
+            let outcome = within(per_try, std::pin::pin!(attempt)).await;
             use crate::retry::{Failure, again};
             let method = &parts.method;
             match outcome {
@@ -388,13 +392,12 @@ fn try_limits(
 }
 
 /// `attempt`, given up after `per_try` when there is one.
-async fn within(
+async fn within<F: Future<Output = Result<Response<Body>, TryError>>>(
     per_try: Option<Duration>,
-    attempt: impl Future<Output = Result<Response<Body>, TryError>>,
+    attempt: std::pin::Pin<&mut F>,
 ) -> Result<Response<Body>, TryError> {
     match per_try {
-        // Boxed: the try is held once in the request's future, not twice.
-        Some(t) => Box::pin(tokio::time::timeout(t, attempt))
+        Some(t) => tokio::time::timeout(t, attempt)
             .await
             .unwrap_or_else(|_| Err(TryError::Timeout("per-try timeout".into()))),
         None => attempt.await,
