@@ -226,6 +226,60 @@ pub struct Trace {
     pub notes: Vec<String>,
 }
 
+/// A name whose DNS answers to show in every view.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DnsViewsQuery {
+    /// The name clients call, `<service>.<global namespace domain>`.
+    pub host: String,
+}
+
+/// The DNS answers for one name in every view.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct DnsViews {
+    /// The name, lower case, without a trailing dot.
+    pub host: String,
+    /// Each member cluster's clients (by cluster name), then clients outside
+    /// every cluster.
+    pub views: Vec<DnsView>,
+}
+
+/// The answer clients in one place get.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct DnsView {
+    /// The clients' cluster; absent: outside every cluster.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// What they are answered, and why.
+    pub dns: DnsAnswer,
+}
+
+/// The DNS answers for `host` in the view of every cluster in `clusters`
+/// and outside them: what [`trace`] gives as `dns` for each `from`, in one
+/// pass.
+pub fn dns_views(
+    snapshot: &Snapshot,
+    clusters: &BTreeMap<String, ClusterFacts>,
+    host: &str,
+) -> Result<DnsViews, TraceError> {
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    let config = snapshot
+        .gateways
+        .services
+        .get(&host)
+        .ok_or_else(|| TraceError::UnknownService(host.clone()))?;
+    let views = clusters
+        .keys()
+        .map(|c| Some(c.as_str()))
+        .chain([None])
+        .map(|from| DnsView {
+            from: from.map(str::to_owned),
+            dns: dns_answer(snapshot, clusters, config, &host, from),
+        })
+        .collect();
+    Ok(DnsViews { host, views })
+}
+
 /// The gateway's overall timeout when the routing sets none.
 const DEFAULT_TIMEOUT_MS: u64 = 30_000;
 

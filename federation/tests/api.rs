@@ -1275,6 +1275,37 @@ async fn scoped_tokens_see_their_global_namespaces_only(api: &Api) {
         .await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert!(body.to_string().contains("compiles no snapshots"), "{body}");
+    // The same for every view's DNS answers at once.
+    let (status, body) = api
+        .raw(
+            Method::POST,
+            "/v1/trace/dns",
+            Some(&viewer),
+            Some(
+                json!({"host": "web.production.app.acme.com"})
+                    .to_string()
+                    .into_bytes(),
+            ),
+        )
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let (status, body) = api
+        .raw(
+            Method::POST,
+            "/v1/trace/dns",
+            Some(&viewer),
+            Some(
+                json!({"host": "web.production.app.acme.com", "from": "east"})
+                    .to_string()
+                    .into_bytes(),
+            ),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "a field the views do not take: {body}"
+    );
     let (status, body) = api
         .raw(
             Method::POST,

@@ -353,3 +353,28 @@ fn unknown_names_clusters_and_bad_headers_are_refused_with_why() {
     q.host = "WEB.production.app.acme.com.".into();
     assert!(trace(&snap, &clusters(), &q).is_ok());
 }
+
+#[test]
+fn every_views_dns_answer_in_one_pass_is_what_each_trace_answers() {
+    for external in [false, true] {
+        let snapshot = snapshot(external);
+        let views = gns_federation::trace::dns_views(&snapshot, &clusters(), &format!("{HOST}."))
+            .expect("views");
+        assert_eq!(views.host, HOST);
+        let froms: Vec<Option<&str>> = views.views.iter().map(|v| v.from.as_deref()).collect();
+        let facts = clusters();
+        let mut expected: Vec<Option<&str>> = facts.keys().map(|c| Some(c.as_str())).collect();
+        expected.push(None);
+        assert_eq!(
+            froms, expected,
+            "every member cluster's view, then outside's"
+        );
+        for view in &views.views {
+            let one = traced(view.from.as_deref(), IPHONE, external);
+            assert_eq!(view.dns, one.dns, "from {:?}", view.from);
+        }
+    }
+    let unknown =
+        gns_federation::trace::dns_views(&snapshot(false), &clusters(), "nope.example.com");
+    assert!(unknown.is_err());
+}

@@ -147,6 +147,11 @@ impl Authenticator {
     }
 }
 
+/// `POST /v1/trace` and `POST /v1/trace/dns`: they explain, they change nothing.
+fn is_trace(path: &str) -> bool {
+    path == "/v1/trace" || path == "/v1/trace/dns"
+}
+
 /// The least role that may call `method` on `path`.
 pub fn required_role(method: &Method, path: &str) -> Role {
     let admin_only = path.starts_with("/v1/tokens")
@@ -154,7 +159,7 @@ pub fn required_role(method: &Method, path: &str) -> Role {
         || path.starts_with("/v1/identity/root-rotation");
     // A trace reads: it explains a request, it changes nothing.
     let read = matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
-        || (*method == Method::POST && path == "/v1/trace");
+        || (*method == Method::POST && is_trace(path));
     if admin_only || (!read && path.starts_with("/v1/clusters")) {
         Role::Admin
     } else if read {
@@ -267,7 +272,7 @@ fn scope_refusal(principal: &Principal, method: &Method, path: &str) -> Option<A
         // Who the token is: every token may ask.
         Reach::Elsewhere if path == "/v1/whoami" => None,
         Reach::Elsewhere
-            if (path == "/v1/trace" || path == "/v1/telemetry/services")
+            if (is_trace(path) || path == "/v1/telemetry/services")
                 && principal.role != Role::Workload =>
         {
             None

@@ -163,6 +163,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/config/gateways/{cluster}", get(config::gateways))
         .route("/v1/config/status", get(config::status))
         .route("/v1/trace", post(trace::post))
+        .route("/v1/trace/dns", post(trace::dns))
         .route("/v1/whoami", get(whoami))
         .route("/v1/telemetry/services", get(telemetry::services))
         .route("/v1/telemetry/links", get(telemetry::links))

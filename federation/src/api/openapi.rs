@@ -460,6 +460,15 @@ pub const OPERATIONS: &[Operation] = {
             200,
         ),
         op(
+            Post,
+            "/v1/trace/dns",
+            "The DNS answers for one name in every view (each member cluster's clients, then outside every cluster), with why",
+            "trace",
+            Some("DnsViewsQuery"),
+            Some("DnsViews"),
+            200,
+        ),
+        op(
             Get,
             "/v1/telemetry/services",
             "Traffic per service over the telemetry window (?window=, 10s to 15m, default 15m; ?globalNamespace= and ?service= narrow it): requests, rps, responses by class, error rate, p50/p90/p99, bytes, and a series at 10 s resolution; from every gateway's reports",
@@ -784,6 +793,8 @@ fn build() -> OpenApi {
     add_schema::<ErrorBody>(&mut schemas);
     add_schema::<crate::trace::TraceQuery>(&mut schemas);
     add_schema::<crate::trace::Trace>(&mut schemas);
+    add_schema::<crate::trace::DnsViewsQuery>(&mut schemas);
+    add_schema::<crate::trace::DnsViews>(&mut schemas);
     add_schema::<crate::telemetry::ServicesWindow>(&mut schemas);
     add_schema::<crate::telemetry::LinksWindow>(&mut schemas);
     add_schema::<crate::telemetry::InstancesWindow>(&mut schemas);

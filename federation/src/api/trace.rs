@@ -15,7 +15,9 @@ use super::{ApiError, AppState};
 use crate::model::{Cluster, Kind, cluster_status::ClusterStatus};
 use crate::snapshot::SnapshotReceiver;
 use crate::store::PageRequest;
-use crate::trace::{ClusterFacts, Trace, TraceError, TraceQuery, trace};
+use crate::trace::{
+    ClusterFacts, DnsViews, DnsViewsQuery, Trace, TraceError, TraceQuery, dns_views, trace,
+};
 
 /// `POST /v1/trace`.
 pub async fn post(
@@ -45,6 +47,19 @@ pub async fn post(
     if !principal.sees(&gns) {
         return Err(unknown());
     }
+    let clusters = cluster_facts(&state).await?;
+    trace(&snapshot, &clusters, &query)
+        .map(Json)
+        .map_err(|e| match e {
+            TraceError::UnknownService(_) => unknown(),
+            TraceError::UnknownCluster(_) => ApiError::invalid_field("from", e.to_string()),
+            TraceError::BadHeader(_) => ApiError::invalid_field("headers", e.to_string()),
+            TraceError::BadMethod(_) => ApiError::invalid_field("method", e.to_string()),
+        })
+}
+
+/// What the trace needs of every cluster: gateway addresses, withdrawal.
+async fn cluster_facts(state: &AppState) -> Result<BTreeMap<String, ClusterFacts>, ApiError> {
     let mut clusters = BTreeMap::new();
     for object in state
         .store
@@ -64,12 +79,35 @@ pub async fn post(
             },
         );
     }
-    trace(&snapshot, &clusters, &query)
+    Ok(clusters)
+}
+
+/// `POST /v1/trace/dns`: the DNS answers for one name in every view (each
+/// member cluster's, then outside's), as `POST /v1/trace` gives them one
+/// view at a time.
+pub async fn dns(
+    State(state): State<AppState>,
+    snapshots: Option<Extension<SnapshotReceiver>>,
+    Extension(principal): Extension<Principal>,
+    body: JsonObject,
+) -> Result<Json<DnsViews>, ApiError> {
+    let query: DnsViewsQuery = body.into_typed()?;
+    let Some(Extension(rx)) = snapshots else {
+        return Err(ApiError::NotReady(
+            "this server compiles no snapshots".into(),
+        ));
+    };
+    let Some(snapshot) = rx.borrow().clone() else {
+        return Err(ApiError::NotReady("no snapshot built yet".into()));
+    };
+    let unknown = || ApiError::NotFound(format!("no global service {:?}", query.host));
+    let host = query.host.trim_end_matches('.').to_ascii_lowercase();
+    match snapshot.gateways.services.get(&host) {
+        Some(service) if principal.sees(&service.gns) => {}
+        _ => return Err(unknown()),
+    }
+    let clusters = cluster_facts(&state).await?;
+    dns_views(&snapshot, &clusters, &query.host)
         .map(Json)
-        .map_err(|e| match e {
-            TraceError::UnknownService(_) => unknown(),
-            TraceError::UnknownCluster(_) => ApiError::invalid_field("from", e.to_string()),
-            TraceError::BadHeader(_) => ApiError::invalid_field("headers", e.to_string()),
-            TraceError::BadMethod(_) => ApiError::invalid_field("method", e.to_string()),
-        })
+        .map_err(|_| unknown())
 }
