@@ -239,8 +239,8 @@ pub struct DnsViewsQuery {
 pub struct DnsViews {
     /// The name, lower case, without a trailing dot.
     pub host: String,
-    /// Each member cluster's clients (by cluster name), then clients outside
-    /// every cluster.
+    /// Each cluster's clients (by cluster name), then clients outside every
+    /// cluster.
     pub views: Vec<DnsView>,
 }
 

@@ -1232,6 +1232,11 @@ async fn scoped_tokens_see_their_global_namespaces_only(api: &Api) {
     );
     let as_viewer =
         async |method: Method, path: &str| api.raw(method, path, Some(&viewer), None).await;
+    let post_as_viewer = async |path: &str, body: Value| {
+        let bytes = body.to_string().into_bytes();
+        api.raw(Method::POST, path, Some(&viewer), Some(bytes))
+            .await
+    };
     let (status, list) = as_viewer(Method::GET, "/v1/global-namespaces").await;
     assert_eq!(status, StatusCode::OK);
     let names: Vec<&str> = list["items"]
@@ -1261,63 +1266,35 @@ async fn scoped_tokens_see_their_global_namespaces_only(api: &Api) {
     // A scoped viewer may trace (it reads): the request reaches the trace,
     // which answers for services in its scope only (here, without a
     // snapshot feed, that none is built).
-    let (status, body) = api
-        .raw(
-            Method::POST,
-            "/v1/trace",
-            Some(&viewer),
-            Some(
-                json!({"host": "web.production.app.acme.com", "from": "east"})
-                    .to_string()
-                    .into_bytes(),
-            ),
-        )
-        .await;
+    let (status, body) = post_as_viewer(
+        "/v1/trace",
+        json!({"host": "web.production.app.acme.com", "from": "east"}),
+    )
+    .await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert!(body.to_string().contains("compiles no snapshots"), "{body}");
     // The same for every view's DNS answers at once.
-    let (status, body) = api
-        .raw(
-            Method::POST,
-            "/v1/trace/dns",
-            Some(&viewer),
-            Some(
-                json!({"host": "web.production.app.acme.com"})
-                    .to_string()
-                    .into_bytes(),
-            ),
-        )
-        .await;
+    let (status, body) = post_as_viewer(
+        "/v1/trace/dns",
+        json!({"host": "web.production.app.acme.com"}),
+    )
+    .await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
-    let (status, body) = api
-        .raw(
-            Method::POST,
-            "/v1/trace/dns",
-            Some(&viewer),
-            Some(
-                json!({"host": "web.production.app.acme.com", "from": "east"})
-                    .to_string()
-                    .into_bytes(),
-            ),
-        )
-        .await;
+    let (status, body) = post_as_viewer(
+        "/v1/trace/dns",
+        json!({"host": "web.production.app.acme.com", "from": "east"}),
+    )
+    .await;
     assert_eq!(
         status,
         StatusCode::UNPROCESSABLE_ENTITY,
         "a field the views do not take: {body}"
     );
-    let (status, body) = api
-        .raw(
-            Method::POST,
-            "/v1/trace",
-            Some(&viewer),
-            Some(
-                json!({"host": "web.production.app.acme.com", "fromm": "east"})
-                    .to_string()
-                    .into_bytes(),
-            ),
-        )
-        .await;
+    let (status, body) = post_as_viewer(
+        "/v1/trace",
+        json!({"host": "web.production.app.acme.com", "fromm": "east"}),
+    )
+    .await;
     assert_eq!(
         status,
         StatusCode::UNPROCESSABLE_ENTITY,

@@ -365,10 +365,7 @@ fn every_views_dns_answer_in_one_pass_is_what_each_trace_answers() {
         let facts = clusters();
         let mut expected: Vec<Option<&str>> = facts.keys().map(|c| Some(c.as_str())).collect();
         expected.push(None);
-        assert_eq!(
-            froms, expected,
-            "every member cluster's view, then outside's"
-        );
+        assert_eq!(froms, expected, "every cluster's view, then outside's");
         for view in &views.views {
             let one = traced(view.from.as_deref(), IPHONE, external);
             assert_eq!(view.dns, one.dns, "from {:?}", view.from);

@@ -246,9 +246,21 @@ async fn wait_text(
     ))
 }
 
+/// Opens `url` and waits up to `within` for an element matching `ready`.
+async fn open(
+    c: &Client,
+    url: &str,
+    ready: &str,
+    within: Duration,
+) -> Result<fantoccini::elements::Element, String> {
+    c.goto(url).await.map_err(|e| format!("open {url}: {e}"))?;
+    wait_css(c, ready, within).await
+}
+
 /// Opens the service page and presses Tab (or Shift+Tab) until the focus
 /// is on `until` (an id, or a control's text): the stops in order.
 async fn tab_walk(c: &Client, base: &str, back: bool, until: &str) -> Result<Vec<String>, String> {
+    // Loaded afresh, so the focus starts where a page puts it.
     c.goto(&format!("{base}/ui/#/service/production/web"))
         .await
         .map_err(|e| e.to_string())?;
@@ -296,10 +308,7 @@ async fn audit(c: &Client) -> Result<(), String> {
 }
 
 async fn sign_in(c: &Client, base: &str, token: &str) -> Result<(), String> {
-    c.goto(&format!("{base}/ui/"))
-        .await
-        .map_err(|e| e.to_string())?;
-    let field = wait_css(c, "#token", Duration::from_secs(10)).await?;
+    let field = open(c, &format!("{base}/ui/"), "#token", Duration::from_secs(10)).await?;
     field.send_keys(token).await.map_err(|e| e.to_string())?;
     click(c, "#sign-in-button").await?;
     wait_css(c, "#nav:not([hidden])", Duration::from_secs(10)).await?;
@@ -363,10 +372,13 @@ fn the_console_shows_health_traffic_traces_and_writes_weights() {
             &c,
             "the sign-in page passes the accessibility audit",
             async {
-                c.goto(&format!("{base}/ui/"))
-                    .await
-                    .map_err(|e| e.to_string())?;
-                wait_css(&c, "#token", Duration::from_secs(10)).await?;
+                open(
+                    &c,
+                    &format!("{base}/ui/"),
+                    "#token",
+                    Duration::from_secs(10),
+                )
+                .await?;
                 audit(&c).await
             },
         )
@@ -533,10 +545,14 @@ fn the_console_shows_health_traffic_traces_and_writes_weights() {
             &c,
             "the global namespaces page shows 100 at a time",
             async {
-                c.goto(&format!("{base}/ui/#/gns"))
-                    .await
-                    .map_err(|e| e.to_string())?;
-                wait_css(&c, "#page tr[data-gns]", Duration::from_secs(10)).await?;
+                let ready = "#page tr[data-gns]";
+                open(
+                    &c,
+                    &format!("{base}/ui/#/gns"),
+                    ready,
+                    Duration::from_secs(10),
+                )
+                .await?;
                 let rows = |c: &Client| {
                     let c = c.clone();
                     async move {
@@ -589,10 +605,13 @@ fn the_console_shows_health_traffic_traces_and_writes_weights() {
                 &c,
                 &format!("the {page} page passes the accessibility audit"),
                 async {
-                    c.goto(&format!("{base}/ui/{page}"))
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    wait_css(&c, ready, Duration::from_secs(15)).await?;
+                    open(
+                        &c,
+                        &format!("{base}/ui/{page}"),
+                        ready,
+                        Duration::from_secs(15),
+                    )
+                    .await?;
                     audit(&c).await
                 },
             )

@@ -209,12 +209,7 @@ pub async fn status(
 mod tests {
     use super::*;
 
-    fn query(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
+    use crate::api::query_of as query;
 
     #[test]
     fn query_defaults_and_limits() {

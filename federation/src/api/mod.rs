@@ -251,3 +251,12 @@ async fn metrics_text(
     text.push_str(&telemetry::metrics_text(&state).await);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
+
+/// A query string's pairs as the handlers get them (for tests).
+#[cfg(test)]
+pub(crate) fn query_of(pairs: &[(&str, &str)]) -> std::collections::HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}

@@ -462,7 +462,7 @@ pub const OPERATIONS: &[Operation] = {
         op(
             Post,
             "/v1/trace/dns",
-            "The DNS answers for one name in every view (each member cluster's clients, then outside every cluster), with why",
+            "The DNS answers for one name in every view (each cluster's clients, then outside every cluster), with why",
             "trace",
             Some("DnsViewsQuery"),
             Some("DnsViews"),

@@ -210,12 +210,7 @@ pub async fn metrics_text(state: &AppState) -> String {
 mod tests {
     use super::*;
 
-    fn query(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
+    use crate::api::query_of as query;
 
     #[test]
     fn a_service_is_narrowed_to_within_its_global_namespace() {

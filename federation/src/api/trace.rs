@@ -4,6 +4,7 @@
 //! namespace may trace it.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use axum::Extension;
 use axum::Json;
@@ -13,7 +14,7 @@ use super::auth::Principal;
 use super::body::JsonObject;
 use super::{ApiError, AppState};
 use crate::model::{Cluster, Kind, cluster_status::ClusterStatus};
-use crate::snapshot::SnapshotReceiver;
+use crate::snapshot::{Snapshot, SnapshotReceiver};
 use crate::store::PageRequest;
 use crate::trace::{
     ClusterFacts, DnsViews, DnsViewsQuery, Trace, TraceError, TraceQuery, dns_views, trace,
@@ -27,26 +28,8 @@ pub async fn post(
     body: JsonObject,
 ) -> Result<Json<Trace>, ApiError> {
     let query: TraceQuery = body.into_typed()?;
-    let Some(Extension(rx)) = snapshots else {
-        return Err(ApiError::NotReady(
-            "this server compiles no snapshots".into(),
-        ));
-    };
-    let Some(snapshot) = rx.borrow().clone() else {
-        return Err(ApiError::NotReady("no snapshot built yet".into()));
-    };
+    let snapshot = snapshot_showing(snapshots, &principal, &query.host)?;
     let unknown = || ApiError::NotFound(format!("no global service {:?}", query.host));
-    let host = query.host.trim_end_matches('.').to_ascii_lowercase();
-    let gns = snapshot
-        .gateways
-        .services
-        .get(&host)
-        .map(|s| s.gns.clone())
-        .ok_or_else(unknown)?;
-    // Outside the token's scope the service is as absent as any other.
-    if !principal.sees(&gns) {
-        return Err(unknown());
-    }
     let clusters = cluster_facts(&state).await?;
     trace(&snapshot, &clusters, &query)
         .map(Json)
@@ -56,6 +39,29 @@ pub async fn post(
             TraceError::BadHeader(_) => ApiError::invalid_field("headers", e.to_string()),
             TraceError::BadMethod(_) => ApiError::invalid_field("method", e.to_string()),
         })
+}
+
+/// The newest snapshot, when it holds `host` and the token may see its
+/// global namespace; outside the token's scope a service is as absent as
+/// any other (404).
+fn snapshot_showing(
+    snapshots: Option<Extension<SnapshotReceiver>>,
+    principal: &Principal,
+    host: &str,
+) -> Result<Arc<Snapshot>, ApiError> {
+    let Some(Extension(rx)) = snapshots else {
+        return Err(ApiError::NotReady(
+            "this server compiles no snapshots".into(),
+        ));
+    };
+    let Some(snapshot) = rx.borrow().clone() else {
+        return Err(ApiError::NotReady("no snapshot built yet".into()));
+    };
+    let name = host.trim_end_matches('.').to_ascii_lowercase();
+    match snapshot.gateways.services.get(&name) {
+        Some(service) if principal.sees(&service.gns) => Ok(snapshot),
+        _ => Err(ApiError::NotFound(format!("no global service {host:?}"))),
+    }
 }
 
 /// What the trace needs of every cluster: gateway addresses, withdrawal.
@@ -83,7 +89,7 @@ async fn cluster_facts(state: &AppState) -> Result<BTreeMap<String, ClusterFacts
 }
 
 /// `POST /v1/trace/dns`: the DNS answers for one name in every view (each
-/// member cluster's, then outside's), as `POST /v1/trace` gives them one
+/// cluster's, then outside's), as `POST /v1/trace` gives them one
 /// view at a time.
 pub async fn dns(
     State(state): State<AppState>,
@@ -92,22 +98,9 @@ pub async fn dns(
     body: JsonObject,
 ) -> Result<Json<DnsViews>, ApiError> {
     let query: DnsViewsQuery = body.into_typed()?;
-    let Some(Extension(rx)) = snapshots else {
-        return Err(ApiError::NotReady(
-            "this server compiles no snapshots".into(),
-        ));
-    };
-    let Some(snapshot) = rx.borrow().clone() else {
-        return Err(ApiError::NotReady("no snapshot built yet".into()));
-    };
-    let unknown = || ApiError::NotFound(format!("no global service {:?}", query.host));
-    let host = query.host.trim_end_matches('.').to_ascii_lowercase();
-    match snapshot.gateways.services.get(&host) {
-        Some(service) if principal.sees(&service.gns) => {}
-        _ => return Err(unknown()),
-    }
+    let snapshot = snapshot_showing(snapshots, &principal, &query.host)?;
     let clusters = cluster_facts(&state).await?;
     dns_views(&snapshot, &clusters, &query.host)
         .map(Json)
-        .map_err(|_| unknown())
+        .map_err(|_| ApiError::NotFound(format!("no global service {:?}", query.host)))
 }

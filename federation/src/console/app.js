@@ -286,7 +286,7 @@ async function service(gns, svc) {
 }
 
 async function dnsViews(host, table) {
-  // Every view in one request (each member cluster's, then outside's).
+  // Every view in one request (each cluster's, then outside's).
   const v = await api("POST", "/v1/trace/dns", { host });
   if (v.status !== 200) { table.replaceChildren(el("caption", { class: "error" }, message(v.body))); return; }
   const rows = v.body.views.map((view) =>
