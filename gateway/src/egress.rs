@@ -206,7 +206,10 @@ impl Gateway {
             let kept_len = kept.as_ref().map_or(0, |k| k.bytes().len() as u64);
             let tries = async {
                 match (streaming, &kept) {
-                    (Some(body), _) => self.stream_plan(&route, &plan, &parts, body, &tried).await,
+                    // Boxed: its state stays out of every kept-body request's future.
+                    (Some(body), _) => {
+                        Box::pin(self.stream_plan(&route, &plan, &parts, body, &tried)).await
+                    }
                     (None, kept) => {
                         let bytes = kept.as_ref().map(|k| k.bytes().clone()).unwrap_or_default();
                         self.try_plan(&route, &plan, &parts, bytes, &tried).await
@@ -423,4 +426,27 @@ pub(crate) fn count_response(
         })
         .boxed()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of what `make` returns, without calling it.
+    fn size_made<A, F>(_make: &impl Fn(A) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    #[test]
+    fn a_request_future_stays_small_with_cold_paths_boxed() {
+        // Every request's future is made on the stack and moved into its
+        // box; the streaming, h2c and error paths are boxed so that a
+        // plain request moves a few KB, not all of them.
+        let gw = Gateway::new("east");
+        let ip = std::net::IpAddr::from([127, 0, 0, 1]);
+        let egress = size_made(&|r: Request<Incoming>| gw.egress(r, Entry::Egress, ip));
+        let ingress = size_made(&|r: Request<h2::RecvStream>| gw.ingress(r, "west"));
+        assert!(egress <= 4096, "the egress future is {egress} bytes");
+        assert!(ingress <= 3072, "the ingress future is {ingress} bytes");
+    }
 }

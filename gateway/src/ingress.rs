@@ -250,10 +250,12 @@ impl Gateway {
         // The body streams to the endpoint once, with flow control end
         // to end; a connect failure still moves on to another endpoint.
         let (parts, body) = crate::peer::request_body(req).into_parts();
-        let sent = match self.open_local(route, subset.as_deref()).await {
-            Ok(link) => self.send_streaming(link, parts, body).await,
-            Err(e) => Err(e),
-        };
+        // Boxed: its state stays out of every bodiless request's future.
+        let sent = Box::pin(async {
+            let link = self.open_local(route, subset.as_deref()).await?;
+            self.send_streaming(link, parts, body).await
+        })
+        .await;
         match sent {
             Ok(resp) => resp,
             Err(e) => e.answer(&self.cluster),

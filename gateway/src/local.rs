@@ -104,9 +104,8 @@ impl Gateway {
             // Origin form (RFC 9112 §3.2.1): endpoints are origin servers, not proxies.
             let target_uri = origin_form(&parts.uri);
             if h2c {
-                return self
-                    .send_local_h2c(route, parts, body, endpoints, port)
-                    .await;
+                // Boxed: its state stays out of every HTTP/1.1 request's future.
+                return Box::pin(self.send_local_h2c(route, parts, body, endpoints, port)).await;
             }
             let mut last = None;
             // The endpoints tried so far (no allocation per request).
