@@ -36,6 +36,7 @@ pub mod egress;
 pub mod exported;
 pub mod follow;
 pub(crate) mod grpc;
+pub mod h1;
 pub mod h2c;
 pub mod h2server;
 pub use gns_idle as idle;

@@ -101,12 +101,13 @@ impl Gateway {
             let port = self.local_http_port(route)?;
             let h2c = route.config.h2c.contains(&self.cluster);
             for_endpoint(&mut parts);
-            // Origin form (RFC 9112 §3.2.1): endpoints are origin servers, not proxies.
-            let target_uri = origin_form(&parts.uri);
             if h2c {
                 // Boxed: its state stays out of every HTTP/1.1 request's future.
                 return Box::pin(self.send_local_h2c(route, parts, body, endpoints, port)).await;
             }
+            // Origin form (RFC 9112 §3.2.1): endpoints are origin servers, not proxies.
+            parts.uri = origin_form(&parts.uri);
+            parts.version = http::Version::HTTP_11;
             let mut last = None;
             // The endpoints tried so far (no allocation per request).
             let mut tried = [SocketAddr::from(([0, 0, 0, 0], 0)); LOCAL_CONNECT_TRIES];
@@ -115,28 +116,14 @@ impl Gateway {
                 let target = self.outliers.pick(endpoints, port, &tried[..attempt]);
                 tried[attempt] = target;
                 self.counters.local_tries.fetch_add(1, Ordering::Relaxed);
-                let final_try = attempt + 1 == attempts;
-                let sent = {
-                    // The last try takes the parts; earlier ones copy them.
-                    let mut request = if final_try {
-                        let (taken, ()) = Request::new(()).into_parts();
-                        Request::from_parts(
-                            std::mem::replace(&mut parts, taken),
-                            full(body.clone()),
-                        )
-                    } else {
-                        rebuild(&parts, body.clone())
-                    };
-                    *request.uri_mut() = target_uri.clone();
-                    *request.version_mut() = http::Version::HTTP_11;
-                    let parts = &parts;
-                    let body = &body;
-                    let target_uri = &target_uri;
-                    let again =
-                        move || (!final_try).then(|| local_request(parts, body, target_uri));
-                    self.shard().local.send(target, request, again)
-                }
-                .await;
+                // A connection closed as the request went out is replaced
+                // unless this is the last endpoint to try.
+                let resend_if_closed = attempt + 1 < attempts;
+                let sent = self
+                    .shard()
+                    .local
+                    .send(target, &parts, &body, resend_if_closed)
+                    .await;
                 match self.settle_local(route, target, endpoints, sent) {
                     Ok(resp) => return Ok(resp),
                     Err(e @ TryError::Connect(_)) => last = Some(e),
@@ -306,18 +293,6 @@ impl Gateway {
         self.settle_local(route, target, endpoints, sent)
             .map_err(TryError::after_sending)
     }
-}
-
-/// A copy of a request for a local endpoint (HTTP/1.1, target `uri`).
-pub(crate) fn local_request(
-    parts: &http::request::Parts,
-    body: &Bytes,
-    uri: &Uri,
-) -> Request<Body> {
-    let mut request = rebuild(parts, body.clone());
-    *request.uri_mut() = uri.clone();
-    *request.version_mut() = http::Version::HTTP_11;
-    request
 }
 
 /// `uri` as an origin-form request target: its path and query only.

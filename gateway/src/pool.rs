@@ -1,30 +1,35 @@
-//! HTTP/1.1 connections to local endpoints, kept alive and reused. Built on
-//! hyper's low-level client connection API, with no task of its own: the
-//! request that uses a connection drives it (polls its `Connection` beside
-//! the send), and so does the response body, which hands the connection back
-//! to the pool when it ends. A request therefore stays on the task that
-//! serves it (no wake-up of another task, no channel hop to a driver), and a
+//! HTTP/1.1 connections to local endpoints, kept alive and reused: the I/O
+//! around [`crate::h1`], which codes the bytes. An exchange runs on the task
+//! of the request it serves (no task per connection, no channel to one):
+//! the request goes out (head and a kept body in one write; a streamed body
+//! frame by frame) while the response head is read, and the response body
+//! reads its connection, and hands it back to the pool at its end. A
 //! request costs a lock to pop a connection and another to push it back.
 
+use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
+use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::BodyExt;
-use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
-use hyper::client::conn::http1::{Connection, SendRequest};
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
+use bytes::{Bytes, BytesMut};
+use http::{Method, Request, Response};
+use hyper::body::{Body as HttpBody, Frame, SizeHint};
+use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
-use crate::proxy::Body;
+use crate::h1::{Decoded, Framing, H1Error, Head, Sending};
+use crate::proxy::{Body, BoxError};
 
 /// Idle connections kept per endpoint.
 const MAX_IDLE_PER_ENDPOINT: usize = 64;
+/// Room made in the read buffer for a response head.
+const HEAD_READ: usize = 8 * 1024;
+/// Room made in the read buffer for a response body.
+const BODY_READ: usize = 64 * 1024;
 
 /// Why a request to a local endpoint failed.
 #[derive(Debug, thiserror::Error)]
@@ -32,80 +37,278 @@ pub enum PoolError {
     /// No connection could be made (nothing was sent).
     #[error("connect: {0}")]
     Connect(String),
-    /// The request failed after it was sent (or while sending).
+    /// An HTTP/1.1 exchange failed after it started.
     #[error("{0}")]
-    Request(#[from] hyper::Error),
+    Http1(#[from] H1Error),
+    /// An h2c exchange failed after it started.
+    #[error("{0}")]
+    H2c(#[from] hyper::Error),
 }
-
-/// The driving half of a connection: reads and writes happen when it is polled.
-type Driver = Connection<TokioIo<TcpStream>, Body>;
 
 /// One kept-alive connection to an endpoint.
 struct LocalConnection {
-    sender: SendRequest<Body>,
-    /// `None` once the connection has ended (then it is not reused).
-    driver: Option<Driver>,
+    io: TcpStream,
+    /// What was read and not used yet.
+    read: BytesMut,
 }
 
-/// Polls a connection's driver. An ended driver is dropped (`None`), which
-/// fails the requests it still held, giving back the ones it never wrote.
-fn drive(driver: &mut Option<Driver>, cx: &mut Context<'_>) {
-    if let Some(d) = driver
-        && Pin::new(d).poll(cx).is_ready()
-    {
-        *driver = None;
-    }
+/// How an exchange failed.
+enum Exchange {
+    /// Nothing was written: the request body (if any) comes back unread,
+    /// safe to send on another connection.
+    Unsent(H1Error, Option<Upload>),
+    /// The request was (at least partly) written. `unanswered`: the
+    /// connection ended before any of the response came.
+    Failed { error: H1Error, unanswered: bool },
 }
 
-impl LocalConnection {
-    /// Sends `request` and waits for the response head, driving the
-    /// connection meanwhile.
-    #[allow(
-        clippy::manual_async_fn,
-        reason = "an async fn keeps its arguments twice in its per-request future"
-    )]
-    fn exchange(
-        &mut self,
-        request: Request<Body>,
-    ) -> impl Future<Output = Result<Response<Incoming>, Exchange>> {
-        async move {
-            // An idle pooled connection is ready at once: driven only if not.
-            let ready = poll_fn(|cx| match self.sender.poll_ready(cx) {
-                Poll::Pending => {
-                    drive(&mut self.driver, cx);
-                    self.sender.poll_ready(cx)
-                }
-                ready => ready,
-            })
-            .await;
-            if let Err(e) = ready {
-                return Err(Exchange::Unsent(Box::new(request), e));
-            }
-            let mut response = std::pin::pin!(self.sender.try_send_request(request));
-            let driver = &mut self.driver;
-            poll_fn(|cx| {
-                drive(driver, cx);
-                response.as_mut().poll(cx)
-            })
-            .await
-            .map_err(|mut failed| match failed.take_message() {
-                Some(unsent) => Exchange::Unsent(Box::new(unsent), failed.into_error()),
-                None => Exchange::Failed(failed.into_error()),
-            })
+impl From<Exchange> for PoolError {
+    fn from(failed: Exchange) -> Self {
+        match failed {
+            Exchange::Unsent(error, _) | Exchange::Failed { error, .. } => PoolError::Http1(error),
         }
     }
 }
 
-/// How an exchange on a pooled connection failed.
-enum Exchange {
-    /// Nothing was written: the request comes back, safe to send elsewhere.
-    Unsent(Box<Request<Body>>, hyper::Error),
-    /// The request was (at least partly) written.
-    Failed(hyper::Error),
+/// A request body being sent, frame by frame.
+struct Upload {
+    body: Body,
+    sending: Sending,
+    /// Bytes of the body sent so far.
+    sent: u64,
 }
 
-/// A connection taken from the pool (or made) for one request.
-pub(crate) struct Checkout(Box<LocalConnection>);
+impl Upload {
+    /// Queues the body's next frame on `out`; `false` once it has ended.
+    fn poll_next(&mut self, cx: &mut Context<'_>, out: &mut Outbox) -> Poll<Result<bool, H1Error>> {
+        let Some(frame) = ready!(Pin::new(&mut self.body).poll_frame(cx)) else {
+            match self.sending {
+                Sending::Chunked => out.push(Bytes::from_static(b"0\r\n\r\n")),
+                Sending::Length(n) if n != self.sent => {
+                    return Poll::Ready(Err(H1Error::LengthMismatch));
+                }
+                _ => {}
+            }
+            return Poll::Ready(Ok(false));
+        };
+        let frame = frame.map_err(H1Error::RequestBody)?;
+        let frame = match frame.into_data() {
+            Ok(data) => {
+                self.sent += data.len() as u64;
+                match self.sending {
+                    Sending::Chunked if !data.is_empty() => {
+                        let mut line = BytesMut::with_capacity(18);
+                        crate::h1::encode_chunk_size(data.len(), &mut line);
+                        out.push(line.freeze());
+                        out.push(data);
+                        out.push(Bytes::from_static(b"\r\n"));
+                    }
+                    Sending::Chunked => {}
+                    Sending::Length(n) if self.sent <= n => out.push(data),
+                    Sending::Nothing if data.is_empty() => {}
+                    Sending::Length(_) | Sending::Nothing => {
+                        return Poll::Ready(Err(H1Error::LengthMismatch));
+                    }
+                }
+                return Poll::Ready(Ok(true));
+            }
+            Err(frame) => frame,
+        };
+        match (frame.into_trailers(), self.sending) {
+            // Trailers end the body; only chunked framing can carry them.
+            (Ok(trailers), Sending::Chunked) => {
+                let mut last = BytesMut::new();
+                crate::h1::encode_last_chunk(Some(&trailers), &mut last);
+                out.push(last.freeze());
+                Poll::Ready(Ok(false))
+            }
+            (Ok(_), Sending::Length(n)) if n != self.sent => {
+                Poll::Ready(Err(H1Error::LengthMismatch))
+            }
+            (Ok(_), _) => Poll::Ready(Ok(false)),
+            (Err(_), _) => Poll::Ready(Ok(true)),
+        }
+    }
+}
+
+/// Bytes waiting to be written, in order.
+#[derive(Default)]
+struct Outbox {
+    queue: VecDeque<Bytes>,
+    /// Whether any byte has been written.
+    wrote: bool,
+}
+
+impl Outbox {
+    fn push(&mut self, bytes: Bytes) {
+        if !bytes.is_empty() {
+            self.queue.push_back(bytes);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Writes everything queued (several pieces per system call).
+    fn poll_write(
+        &mut self,
+        io: &mut TcpStream,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        while !self.queue.is_empty() {
+            let mut slices = [IoSlice::new(&[]); 8];
+            let count = slices.len().min(self.queue.len());
+            for (slice, bytes) in slices.iter_mut().zip(&self.queue) {
+                *slice = IoSlice::new(bytes);
+            }
+            let mut written = ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..count]))?;
+            if written == 0 {
+                return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+            }
+            self.wrote = true;
+            while written > 0 {
+                let Some(front) = self.queue.front_mut() else {
+                    break;
+                };
+                if written >= front.len() {
+                    written -= front.len();
+                    self.queue.pop_front();
+                } else {
+                    let _ = front.split_to(written);
+                    written = 0;
+                }
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// What of a request is still to be written: queued bytes, and the
+/// body's frames still to come.
+struct Outgoing {
+    out: Outbox,
+    upload: Option<Upload>,
+}
+
+impl Outgoing {
+    /// Writes what is queued and queues the body's next frames until the
+    /// body has ended (`Ready(Ok)`), it waits, or writing fails.
+    fn poll(&mut self, io: &mut TcpStream, cx: &mut Context<'_>) -> Poll<Result<(), H1Error>> {
+        loop {
+            if !self.out.is_empty() {
+                ready!(self.out.poll_write(io, cx))?;
+            }
+            let Some(upload) = &mut self.upload else {
+                return Poll::Ready(Ok(()));
+            };
+            if !ready!(upload.poll_next(cx, &mut self.out))? {
+                self.upload = None;
+            }
+        }
+    }
+
+    fn done(&self) -> bool {
+        self.out.is_empty() && self.upload.is_none()
+    }
+}
+
+/// A response head, and what of the request is still to be sent.
+struct Exchanged {
+    head: Head,
+    rest: Option<Outgoing>,
+}
+
+impl LocalConnection {
+    /// Whether the endpoint closed this idle connection (or sent something
+    /// unasked): it is readable although no request is out.
+    fn closed_while_idle(&self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        if self.io.poll_read_ready(&mut cx).is_pending() {
+            return false;
+        }
+        let mut probe = [0u8; 1];
+        !matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+
+    /// Sends `head` (and `upload`'s body) and reads the response head,
+    /// sending and reading at once.
+    async fn exchange(
+        &mut self,
+        method: &Method,
+        (head, kept): (Bytes, Bytes),
+        upload: Option<Upload>,
+    ) -> Result<Exchanged, Exchange> {
+        let mut sending = Outgoing {
+            out: Outbox::default(),
+            upload,
+        };
+        // Head and kept body go out in one write.
+        sending.out.push(head);
+        sending.out.push(kept);
+        let read = poll_fn(|cx| {
+            if !sending.done()
+                && let Poll::Ready(Err(error)) = sending.poll(&mut self.io, cx)
+            {
+                let unsent = !sending.out.wrote && !matches!(error, H1Error::RequestBody(_));
+                return Poll::Ready(Err(if unsent {
+                    Exchange::Unsent(error, sending.upload.take())
+                } else {
+                    Exchange::Failed {
+                        error,
+                        unanswered: false,
+                    }
+                }));
+            }
+            self.poll_head(method, cx)
+                .map_err(|error| Exchange::Failed {
+                    unanswered: self.read.is_empty()
+                        && matches!(error, H1Error::Closed | H1Error::Io(_)),
+                    error,
+                })
+        })
+        .await;
+        let head = read?;
+        Ok(Exchanged {
+            head,
+            rest: (!sending.done()).then_some(sending),
+        })
+    }
+
+    /// Reads until a response head is whole.
+    fn poll_head(&mut self, method: &Method, cx: &mut Context<'_>) -> Poll<Result<Head, H1Error>> {
+        loop {
+            if !self.read.is_empty()
+                && let Some(head) = crate::h1::parse_head(&mut self.read, method)?
+            {
+                return Poll::Ready(Ok(head));
+            }
+            if ready!(self.poll_fill(HEAD_READ, cx))? == 0 {
+                return Poll::Ready(Err(if self.read.is_empty() {
+                    H1Error::Closed
+                } else {
+                    H1Error::Truncated
+                }));
+            }
+        }
+    }
+
+    /// Reads what the endpoint sent into the read buffer (0: it closed).
+    fn poll_fill(&mut self, room: usize, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        if self.read.capacity() - self.read.len() < room / 2 {
+            self.read.reserve(room);
+        }
+        let read = tokio::io::AsyncReadExt::read_buf(&mut self.io, &mut self.read);
+        std::pin::pin!(read).poll(cx)
+    }
+}
+
+/// A connection taken from the pool (or made) for one request; `pooled`:
+/// it was idle in the pool (and may have been closed meanwhile).
+pub(crate) struct Checkout {
+    connection: Box<LocalConnection>,
+    pooled: bool,
+}
 
 /// Idle connections by endpoint; boxed, so a request moves a pointer, not
 /// the connection's state.
@@ -131,7 +334,7 @@ impl LocalPool {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         let connections = idle.get_mut(&target)?;
         while let Some(connection) = connections.pop() {
-            if connection.driver.is_some() && !connection.sender.is_closed() {
+            if !connection.closed_while_idle() {
                 return Some(connection);
             }
         }
@@ -139,52 +342,56 @@ impl LocalPool {
     }
 
     async fn connect(&self, target: SocketAddr) -> Result<Box<LocalConnection>, PoolError> {
-        let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(target))
+        let io = tokio::time::timeout(self.connect_timeout, TcpStream::connect(target))
             .await
             .map_err(|_| PoolError::Connect("connect timed out".into()))?
             .map_err(|e| PoolError::Connect(e.to_string()))?;
-        let _ = tcp.set_nodelay(true);
-        let (sender, driver) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-            .await
-            .map_err(|e| PoolError::Connect(e.to_string()))?;
+        let _ = io.set_nodelay(true);
         Ok(Box::new(LocalConnection {
-            sender,
-            driver: Some(driver),
+            io,
+            read: BytesMut::with_capacity(HEAD_READ),
         }))
     }
 
-    /// Sends `request` to `target` on a pooled connection (a new one when
-    /// none is idle). A pooled connection the endpoint closed meanwhile is
-    /// retried once on a new connection, since nothing reached the endpoint.
+    /// Sends a request with `parts` (made for the endpoint: origin-form
+    /// target, `Host`) and a kept `body` to `target` on a pooled
+    /// connection (a new one when none is idle). A pooled connection found
+    /// closed before anything was written is replaced; one closed before
+    /// anything was answered is too, if `resend_if_closed`.
     #[allow(
         clippy::manual_async_fn,
         reason = "an async fn keeps its arguments twice in its per-request future"
     )]
-    pub fn send(
-        &self,
+    pub fn send<'a>(
+        &'a self,
         target: SocketAddr,
-        request: Request<Body>,
-        retry: impl FnOnce() -> Option<Request<Body>>,
-    ) -> impl Future<Output = Result<Response<Body>, PoolError>> {
-        // A plain function around an `async move` block: an `async fn` would
-        // keep the request twice in this per-request future.
+        parts: &'a http::request::Parts,
+        body: &'a Bytes,
+        resend_if_closed: bool,
+    ) -> impl Future<Output = Result<Response<Body>, PoolError>> + 'a {
         async move {
+            let request = (head_of(parts, body), body.clone());
             // New connections are the cold path: boxed, so the future of every
             // request (moved as it is made and queued) stays small.
             let Some(mut connection) = self.pop(target) else {
-                return Box::pin(self.send_new(target, request)).await;
+                return Box::pin(self.send_new(target, &parts.method, request, None)).await;
             };
-            match connection.exchange(request).await {
-                Ok(response) => Ok(self.wrap(target, connection, response)),
+            match connection
+                .exchange(&parts.method, request.clone(), None)
+                .await
+            {
+                Ok(exchanged) => Ok(self.respond(target, connection, exchanged)),
                 // Not sent: the endpoint had closed the idle connection.
-                Err(Exchange::Unsent(unsent, _)) => Box::pin(self.send_new(target, *unsent)).await,
-                Err(Exchange::Failed(e)) => match retry() {
-                    // Closed as the request went out: nothing was answered.
-                    Some(again) if e.is_incomplete_message() => {
-                        Box::pin(self.send_new(target, again)).await
-                    }
-                    _ => Err(PoolError::Request(e)),
-                },
+                Err(Exchange::Unsent(..)) => {
+                    Box::pin(self.send_new(target, &parts.method, request, None)).await
+                }
+                // Closed as the request went out: nothing was answered.
+                Err(Exchange::Failed {
+                    unanswered: true, ..
+                }) if resend_if_closed => {
+                    Box::pin(self.send_new(target, &parts.method, request, None)).await
+                }
+                Err(failed) => Err(failed.into()),
             }
         }
     }
@@ -193,81 +400,122 @@ impl LocalPool {
     /// idle pooled one, else a new one. Failing here sent nothing.
     pub(crate) async fn checkout(&self, target: SocketAddr) -> Result<Checkout, PoolError> {
         match self.pop(target) {
-            Some(connection) => Ok(Checkout(connection)),
-            None => self.connect(target).await.map(Checkout),
+            Some(connection) => Ok(Checkout {
+                connection,
+                pooled: true,
+            }),
+            None => self.connect(target).await.map(|connection| Checkout {
+                connection,
+                pooled: false,
+            }),
         }
     }
 
-    /// Sends `request` on `checkout` (a connection to `target`). When that
-    /// was a pooled connection the endpoint closed meanwhile, nothing was
-    /// written and the request goes out once on a new connection.
+    /// Sends `request` (made for the endpoint), whose body streams, on
+    /// `checkout` (a connection to `target`). When that was a pooled
+    /// connection the endpoint closed meanwhile, nothing was written and
+    /// the request goes out once on a new connection.
     pub(crate) async fn send_on(
         &self,
         target: SocketAddr,
         checkout: Checkout,
         request: Request<Body>,
     ) -> Result<Response<Body>, PoolError> {
-        let mut connection = checkout.0;
-        match connection.exchange(request).await {
-            Ok(response) => Ok(self.wrap(target, connection, response)),
-            Err(Exchange::Unsent(unsent, _)) => Box::pin(self.send_new(target, *unsent)).await,
-            Err(Exchange::Failed(e)) => Err(PoolError::Request(e)),
+        let (parts, body) = request.into_parts();
+        let ended = body.is_end_stream();
+        let sending = Sending::of(&parts, ended, body.size_hint().exact());
+        let mut head = BytesMut::new();
+        crate::h1::encode_head(&parts, sending, &mut head);
+        let head = head.freeze();
+        let upload = (!ended).then_some(Upload {
+            body,
+            sending,
+            sent: 0,
+        });
+        let Checkout {
+            mut connection,
+            pooled,
+        } = checkout;
+        let request = (head, Bytes::new());
+        match connection
+            .exchange(&parts.method, request.clone(), upload)
+            .await
+        {
+            Ok(exchanged) => Ok(self.respond(target, connection, exchanged)),
+            Err(Exchange::Unsent(_, upload)) if pooled => {
+                Box::pin(self.send_new(target, &parts.method, request, upload)).await
+            }
+            Err(failed) => Err(failed.into()),
         }
     }
 
     async fn send_new(
         &self,
         target: SocketAddr,
-        request: Request<Body>,
+        method: &Method,
+        request: (Bytes, Bytes),
+        upload: Option<Upload>,
     ) -> Result<Response<Body>, PoolError> {
         let mut connection = self.connect(target).await?;
-        match connection.exchange(request).await {
-            Ok(response) => Ok(self.wrap(target, connection, response)),
-            Err(Exchange::Unsent(_, e) | Exchange::Failed(e)) => Err(PoolError::Request(e)),
-        }
+        let exchanged = connection.exchange(method, request, upload).await?;
+        Ok(self.respond(target, connection, exchanged))
     }
 
-    /// The response, with its connection going back to the pool when its body ends.
-    fn wrap(
+    /// The response, reading its body from `connection`, which goes back to
+    /// the pool when the body has ended (if it may carry another request).
+    fn respond(
         &self,
         target: SocketAddr,
         connection: Box<LocalConnection>,
-        response: Response<Incoming>,
+        exchanged: Exchanged,
     ) -> Response<Body> {
-        let keep_alive = !response
-            .headers()
-            .get(hyper::header::CONNECTION)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
-        let (parts, body) = response.into_parts();
-        let mut returning = Returning {
-            body,
+        let Exchanged { head, rest } = exchanged;
+        let (parts, ()) = head.response.into_parts();
+        let mut body = ResponseBody {
             connection: Some(connection),
-            back: keep_alive.then(|| (target, Arc::clone(&self.idle))),
+            framing: head.framing,
+            rest,
+            back: head.keep_alive.then(|| (target, Arc::clone(&self.idle))),
         };
-        if returning.body.is_end_stream() {
-            returning.give_back();
+        if body.is_end_stream() {
+            body.finish();
         }
-        Response::from_parts(parts, returning.boxed())
+        Response::from_parts(parts, Body::new(body))
     }
 }
 
-/// A response body that drives its connection while it streams and returns
-/// the connection to the pool at its end.
-struct Returning {
-    body: Incoming,
-    /// `None` once given back.
+/// The head of a request with a kept `body`.
+fn head_of(parts: &http::request::Parts, body: &Bytes) -> Bytes {
+    let sending = Sending::of(parts, body.is_empty(), Some(body.len() as u64));
+    let mut head = BytesMut::with_capacity(256);
+    crate::h1::encode_head(parts, sending, &mut head);
+    head.freeze()
+}
+
+/// A response body read from its connection, which goes back to the pool
+/// at the body's end.
+struct ResponseBody {
+    /// `None` once the body has ended.
     connection: Option<Box<LocalConnection>>,
+    framing: Framing,
+    /// What of the request is still being sent (an early response).
+    rest: Option<Outgoing>,
     /// Where the connection goes back to (`None`: not reusable).
     back: Option<(SocketAddr, Idle)>,
 }
 
-impl Returning {
-    fn give_back(&mut self) {
+impl ResponseBody {
+    /// The body has ended: the connection goes back to the pool if it may
+    /// carry another request (the request was sent whole, nothing extra
+    /// was read).
+    fn finish(&mut self) {
         let Some(connection) = self.connection.take() else {
             return;
         };
+        let sent = self.rest.as_ref().is_none_or(Outgoing::done);
         if let Some((target, idle)) = self.back.take()
-            && connection.driver.is_some()
+            && sent
+            && connection.read.is_empty()
         {
             let mut idle = idle.lock().unwrap_or_else(PoisonError::into_inner);
             let connections = idle.entry(target).or_default();
@@ -276,39 +524,98 @@ impl Returning {
             }
         }
     }
+
+    /// The next frame of the body as `connection`'s framing says.
+    fn poll_next(
+        framing: &mut Framing,
+        connection: &mut LocalConnection,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Option<Frame<Bytes>>, H1Error>> {
+        loop {
+            match framing {
+                Framing::Empty | Framing::Length(0) => return Poll::Ready(Ok(None)),
+                Framing::Length(left) if !connection.read.is_empty() => {
+                    let take = usize::try_from(*left)
+                        .unwrap_or(usize::MAX)
+                        .min(connection.read.len());
+                    *left -= take as u64;
+                    let data = connection.read.split_to(take).freeze();
+                    return Poll::Ready(Ok(Some(Frame::data(data))));
+                }
+                Framing::Chunked(chunked) => match chunked.decode(&mut connection.read)? {
+                    Decoded::Data(data) => return Poll::Ready(Ok(Some(Frame::data(data)))),
+                    Decoded::Trailers(trailers) => {
+                        return Poll::Ready(Ok(Some(Frame::trailers(trailers))));
+                    }
+                    Decoded::End => return Poll::Ready(Ok(None)),
+                    Decoded::More => {}
+                },
+                Framing::UntilClose if !connection.read.is_empty() => {
+                    let data = connection.read.split().freeze();
+                    return Poll::Ready(Ok(Some(Frame::data(data))));
+                }
+                Framing::Length(_) | Framing::UntilClose => {}
+            }
+            if ready!(connection.poll_fill(BODY_READ, cx))? == 0 {
+                return Poll::Ready(if matches!(framing, Framing::UntilClose) {
+                    Ok(None)
+                } else {
+                    Err(H1Error::Truncated)
+                });
+            }
+        }
+    }
 }
 
-impl HttpBody for Returning {
+impl HttpBody for ResponseBody {
     type Data = Bytes;
-    type Error = crate::proxy::BoxError;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        // The body usually came in with the head: the connection is driven
-        // only when the body waits for more.
-        let mut polled = Pin::new(&mut self.body).poll_frame(cx);
-        if polled.is_pending()
-            && let Some(connection) = &mut self.connection
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let Some(connection) = this.connection.as_mut() else {
+            return Poll::Ready(None);
+        };
+        // An early response: the request keeps going out beside it.
+        if let Some(rest) = this.rest.as_mut()
+            && !rest.done()
+            && let Poll::Ready(Err(e)) = rest.poll(&mut connection.io, cx)
         {
-            drive(&mut connection.driver, cx);
-            polled = Pin::new(&mut self.body).poll_frame(cx);
+            this.connection = None;
+            return Poll::Ready(Some(Err(e.into())));
         }
-        match &polled {
-            Poll::Ready(None) => self.give_back(),
-            Poll::Ready(Some(Ok(_))) if self.body.is_end_stream() => self.give_back(),
-            Poll::Ready(Some(Err(_))) => self.back = None,
-            _ => {}
+        let polled = ready!(Self::poll_next(&mut this.framing, connection, cx));
+        match polled {
+            Ok(Some(frame)) => {
+                if this.is_end_stream() || frame.is_trailers() {
+                    this.finish();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Ok(None) => {
+                this.finish();
+                Poll::Ready(None)
+            }
+            Err(e) => {
+                // Broken: the connection is not reused.
+                this.connection = None;
+                Poll::Ready(Some(Err(e.into())))
+            }
         }
-        polled.map(|f| f.map(|r| r.map_err(crate::proxy::BoxError::from)))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.connection.is_none() || matches!(self.framing, Framing::Empty | Framing::Length(0))
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        match self.framing {
+            Framing::Empty => SizeHint::with_exact(0),
+            Framing::Length(n) => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
+        }
     }
 }

@@ -1,0 +1,683 @@
+//! HTTP/1.1 to local endpoints, as bytes: a request's head written with
+//! its body's framing, a response's head parsed (interim 1xx answers
+//! skipped), and a chunked body decoded. No I/O here: [`crate::pool`] owns
+//! the connections and feeds these functions what it reads.
+
+use std::mem::MaybeUninit;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version, header};
+
+use crate::proxy::BoxError;
+
+/// The most a response head (status line and fields) may take.
+pub(crate) const MAX_HEAD: usize = 64 * 1024;
+/// The most fields a response head (or a chunked body's trailer) may have.
+const MAX_FIELDS: usize = 128;
+/// The longest chunk-size line (with extensions) read before refusing it.
+const MAX_CHUNK_LINE: usize = 4096;
+
+/// Why an exchange with a local endpoint failed after it started.
+#[derive(Debug, thiserror::Error)]
+pub enum H1Error {
+    /// The connection ended before any of the response came.
+    #[error("the endpoint closed the connection before answering")]
+    Closed,
+    /// The connection ended in the middle of the response.
+    #[error("the endpoint closed the connection in the middle of the response")]
+    Truncated,
+    /// Reading or writing the connection failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The response's head is not HTTP/1.x.
+    #[error("malformed response head: {0}")]
+    Parse(#[from] httparse::Error),
+    /// The response breaks HTTP/1.1 framing.
+    #[error("malformed response: {0}")]
+    Malformed(&'static str),
+    /// The response head did not end within [`MAX_HEAD`] bytes.
+    #[error("the response head is over {MAX_HEAD} bytes")]
+    HeadTooLarge,
+    /// The request's body failed while it was being sent.
+    #[error("request body: {0}")]
+    RequestBody(BoxError),
+    /// The request's body was longer or shorter than its `content-length`.
+    #[error("the request body does not match its content-length")]
+    LengthMismatch,
+}
+
+/// How a request's body goes on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sending {
+    /// No body, and no framing header.
+    Nothing,
+    /// `content-length` bytes.
+    Length(u64),
+    /// `transfer-encoding: chunked`.
+    Chunked,
+}
+
+impl Sending {
+    /// The framing of a request body: `ended` (nothing to send), of an
+    /// `exact` length, else the declared `content-length`, else chunked.
+    pub(crate) fn of(parts: &http::request::Parts, ended: bool, exact: Option<u64>) -> Self {
+        let declared = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if ended {
+            // A method that carries a body says it is empty.
+            let says_empty = declared.is_some()
+                || matches!(parts.method, Method::POST | Method::PUT | Method::PATCH);
+            return if says_empty {
+                Sending::Length(0)
+            } else {
+                Sending::Nothing
+            };
+        }
+        match exact.or(declared) {
+            Some(n) => Sending::Length(n),
+            None => Sending::Chunked,
+        }
+    }
+}
+
+/// Writes the head of a request (`target`: origin form) framed as
+/// `sending`; the request's own framing fields are replaced.
+pub(crate) fn encode_head(parts: &http::request::Parts, sending: Sending, out: &mut BytesMut) {
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    out.reserve(64 + target.len() + 32 * parts.headers.len());
+    out.put_slice(parts.method.as_str().as_bytes());
+    out.put_u8(b' ');
+    out.put_slice(target.as_bytes());
+    out.put_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &parts.headers {
+        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        out.put_slice(name.as_str().as_bytes());
+        out.put_slice(b": ");
+        out.put_slice(value.as_bytes());
+        out.put_slice(b"\r\n");
+    }
+    match sending {
+        Sending::Nothing => {}
+        Sending::Length(n) => {
+            out.put_slice(b"content-length: ");
+            let mut digits = itoa_buffer();
+            out.put_slice(format_u64(n, &mut digits));
+            out.put_slice(b"\r\n");
+        }
+        Sending::Chunked => out.put_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    out.put_slice(b"\r\n");
+}
+
+fn itoa_buffer() -> [u8; 20] {
+    [0; 20]
+}
+
+/// `n` in decimal, written at the end of `buf`.
+fn format_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[at..];
+        }
+    }
+}
+
+/// Writes one chunk's size line (`len` > 0) of a chunked body.
+pub(crate) fn encode_chunk_size(len: usize, out: &mut BytesMut) {
+    let mut line = [0u8; 18];
+    let mut at = 16;
+    let mut n = len;
+    loop {
+        at -= 1;
+        line[at] = b"0123456789abcdef"[n & 15];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    line[16] = b'\r';
+    line[17] = b'\n';
+    out.put_slice(&line[at..]);
+}
+
+/// Writes the end of a chunked body, with `trailers` if any.
+pub(crate) fn encode_last_chunk(trailers: Option<&HeaderMap>, out: &mut BytesMut) {
+    out.put_slice(b"0\r\n");
+    for (name, value) in trailers.into_iter().flatten() {
+        out.put_slice(name.as_str().as_bytes());
+        out.put_slice(b": ");
+        out.put_slice(value.as_bytes());
+        out.put_slice(b"\r\n");
+    }
+    out.put_slice(b"\r\n");
+}
+
+/// How a response's body ends.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Framing {
+    /// It has none (an answer to HEAD, 204, 304).
+    Empty,
+    /// After this many bytes.
+    Length(u64),
+    /// With its last chunk.
+    Chunked(Chunked),
+    /// When the endpoint closes the connection.
+    UntilClose,
+}
+
+/// A parsed response head.
+#[derive(Debug)]
+pub(crate) struct Head {
+    pub(crate) response: Response<()>,
+    pub(crate) framing: Framing,
+    /// Whether the connection may carry another request after this one.
+    pub(crate) keep_alive: bool,
+}
+
+/// Parses the response head at the start of `buf`, taking it out; `None`
+/// when more must be read first. Interim answers (1xx) are taken out and
+/// skipped; `method` is the request's (a HEAD answer has no body).
+pub(crate) fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, H1Error> {
+    loop {
+        let Some((len, status, version, spans, count)) = parse_fields(buf)? else {
+            if buf.len() > MAX_HEAD {
+                return Err(H1Error::HeadTooLarge);
+            }
+            return Ok(None);
+        };
+        let head = buf.split_to(len).freeze();
+        let status = StatusCode::from_u16(status).map_err(|_| H1Error::Malformed("status"))?;
+        if status.is_informational() {
+            if status == StatusCode::SWITCHING_PROTOCOLS {
+                return Err(H1Error::Malformed("an upgrade that was not asked for"));
+            }
+            continue;
+        }
+        let headers = header_map(&head, &spans[..count])?;
+        let framing = framing(&headers, status, method)?;
+        let keep_alive = version == 1
+            && !matches!(framing, Framing::UntilClose)
+            && !has_token(&headers, header::CONNECTION, "close");
+        let mut response = Response::new(());
+        *response.status_mut() = status;
+        *response.version_mut() = if version == 1 {
+            Version::HTTP_11
+        } else {
+            Version::HTTP_10
+        };
+        *response.headers_mut() = headers;
+        return Ok(Some(Head {
+            response,
+            framing,
+            keep_alive,
+        }));
+    }
+}
+
+/// Where a field's name and value are in a head: `(name start, name end,
+/// value start, value end)`.
+type Span = (u32, u32, u32, u32);
+
+/// The head's length, status, minor version and fields, if it is whole.
+#[allow(clippy::type_complexity, reason = "one private step of parse_head")]
+fn parse_fields(
+    buf: &[u8],
+) -> Result<Option<(usize, u16, u8, [Span; MAX_FIELDS], usize)>, H1Error> {
+    let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
+    let mut response = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut response,
+        buf,
+        &mut fields,
+    )? {
+        httparse::Status::Complete(len) => len,
+        httparse::Status::Partial => return Ok(None),
+    };
+    let start = buf.as_ptr() as usize;
+    let mut spans = [(0, 0, 0, 0); MAX_FIELDS];
+    for (span, field) in spans.iter_mut().zip(response.headers.iter()) {
+        let name = field.name.as_ptr() as usize - start;
+        let value = field.value.as_ptr() as usize - start;
+        // Within a head of at most MAX_HEAD bytes: the offsets fit.
+        *span = (
+            name as u32,
+            (name + field.name.len()) as u32,
+            value as u32,
+            (value + field.value.len()) as u32,
+        );
+    }
+    let status = response.code.unwrap_or(0);
+    let version = response.version.unwrap_or(1);
+    Ok(Some((len, status, version, spans, response.headers.len())))
+}
+
+/// The fields of `head` at `spans`, values shared with it (not copied).
+fn header_map(head: &Bytes, spans: &[Span]) -> Result<HeaderMap, H1Error> {
+    let mut headers = HeaderMap::with_capacity(spans.len());
+    for &(name_start, name_end, value_start, value_end) in spans {
+        let name = HeaderName::from_bytes(&head[name_start as usize..name_end as usize])
+            .map_err(|_| H1Error::Malformed("a field name"))?;
+        let value =
+            HeaderValue::from_maybe_shared(head.slice(value_start as usize..value_end as usize))
+                .map_err(|_| H1Error::Malformed("a field value"))?;
+        headers.append(name, value);
+    }
+    Ok(headers)
+}
+
+/// How the body of a response with `headers` and `status`, answering
+/// `method`, ends (RFC 9112 §6.3).
+fn framing(headers: &HeaderMap, status: StatusCode, method: &Method) -> Result<Framing, H1Error> {
+    if method == Method::HEAD
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok(Framing::Empty);
+    }
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        // Chunked only when it is the last coding; else until the close.
+        let last = headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .next_back()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .map(str::trim);
+        return Ok(match last {
+            Some(coding) if coding.eq_ignore_ascii_case("chunked") => {
+                Framing::Chunked(Chunked::default())
+            }
+            _ => Framing::UntilClose,
+        });
+    }
+    let mut length = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        for part in value.as_bytes().split(|&b| b == b',') {
+            let n = parse_length(part).ok_or(H1Error::Malformed("content-length"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(H1Error::Malformed("content-lengths that differ"));
+            }
+            length = Some(n);
+        }
+    }
+    Ok(length.map_or(Framing::UntilClose, Framing::Length))
+}
+
+/// A content-length: decimal digits only (spaces around allowed).
+fn parse_length(text: &[u8]) -> Option<u64> {
+    let text = text.trim_ascii();
+    if text.is_empty() || text.len() > 19 {
+        return None;
+    }
+    text.iter().try_fold(0u64, |n, &b| {
+        b.is_ascii_digit().then(|| n * 10 + u64::from(b - b'0'))
+    })
+}
+
+/// Whether `name`'s values list `token` (case-insensitively).
+fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.as_bytes()
+            .split(|&b| b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    })
+}
+
+/// Where a chunked body's decoding stands.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) enum Chunked {
+    /// At a chunk-size line.
+    #[default]
+    Size,
+    /// Inside a chunk, with this many bytes left.
+    Data(u64),
+    /// At the line end after a chunk's data.
+    DataEnd,
+    /// At the trailer section after the last chunk.
+    Trailer,
+    /// Past the end.
+    Done,
+}
+
+/// What decoding a chunked body gave.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Decoded {
+    /// Some of the body.
+    Data(Bytes),
+    /// The trailer fields (the body has ended).
+    Trailers(HeaderMap),
+    /// The body has ended.
+    End,
+    /// More must be read first.
+    More,
+}
+
+impl Chunked {
+    /// Decodes from the start of `buf`, taking out what it used.
+    pub(crate) fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, H1Error> {
+        loop {
+            match *self {
+                Chunked::Size => match httparse::parse_chunk_size(buf) {
+                    Ok(httparse::Status::Complete((used, size))) => {
+                        buf.advance(used);
+                        *self = if size == 0 {
+                            Chunked::Trailer
+                        } else {
+                            Chunked::Data(size)
+                        };
+                    }
+                    Ok(httparse::Status::Partial) if buf.len() <= MAX_CHUNK_LINE => {
+                        return Ok(Decoded::More);
+                    }
+                    _ => return Err(H1Error::Malformed("a chunk size")),
+                },
+                Chunked::Data(left) => {
+                    if buf.is_empty() {
+                        return Ok(Decoded::More);
+                    }
+                    let take = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+                    let left = left - take as u64;
+                    *self = if left == 0 {
+                        Chunked::DataEnd
+                    } else {
+                        Chunked::Data(left)
+                    };
+                    return Ok(Decoded::Data(buf.split_to(take).freeze()));
+                }
+                Chunked::DataEnd => {
+                    if buf.len() < 2 {
+                        return Ok(Decoded::More);
+                    }
+                    if &buf[..2] != b"\r\n" {
+                        return Err(H1Error::Malformed("a chunk's end"));
+                    }
+                    buf.advance(2);
+                    *self = Chunked::Size;
+                }
+                Chunked::Trailer => {
+                    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+                    let (used, trailers) = match httparse::parse_headers(buf, &mut fields)? {
+                        httparse::Status::Complete((used, fields)) => {
+                            let mut trailers = HeaderMap::new();
+                            for field in fields.iter() {
+                                let name = HeaderName::from_bytes(field.name.as_bytes())
+                                    .map_err(|_| H1Error::Malformed("a trailer name"))?;
+                                let value = HeaderValue::from_bytes(field.value)
+                                    .map_err(|_| H1Error::Malformed("a trailer value"))?;
+                                trailers.append(name, value);
+                            }
+                            (used, trailers)
+                        }
+                        httparse::Status::Partial if buf.len() <= MAX_HEAD => {
+                            return Ok(Decoded::More);
+                        }
+                        httparse::Status::Partial => return Err(H1Error::HeadTooLarge),
+                    };
+                    buf.advance(used);
+                    *self = Chunked::Done;
+                    return Ok(if trailers.is_empty() {
+                        Decoded::End
+                    } else {
+                        Decoded::Trailers(trailers)
+                    });
+                }
+                Chunked::Done => return Ok(Decoded::End),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::Request;
+
+    fn parts(method: &str, uri: &str, headers: &[(&str, &str)]) -> http::request::Parts {
+        let mut builder = Request::builder().method(method).uri(uri);
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        builder.body(()).expect("request").into_parts().0
+    }
+
+    fn head_of(parts: &http::request::Parts, sending: Sending) -> String {
+        let mut out = BytesMut::new();
+        encode_head(parts, sending, &mut out);
+        String::from_utf8(out.to_vec()).expect("text")
+    }
+
+    #[test]
+    fn a_request_head_carries_its_fields_and_framing_of_its_own() {
+        let get = parts("GET", "/a/b?c=d", &[("host", "web"), ("x-one", "1")]);
+        assert_eq!(
+            head_of(&get, Sending::Nothing),
+            "GET /a/b?c=d HTTP/1.1\r\nhost: web\r\nx-one: 1\r\n\r\n"
+        );
+        let post = parts(
+            "POST",
+            "/up",
+            &[("content-length", "99"), ("transfer-encoding", "chunked")],
+        );
+        assert_eq!(
+            head_of(&post, Sending::Length(12345)),
+            "POST /up HTTP/1.1\r\ncontent-length: 12345\r\n\r\n"
+        );
+        assert_eq!(
+            head_of(&post, Sending::Chunked),
+            "POST /up HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
+        assert_eq!(
+            head_of(&parts("GET", "http://web", &[]), Sending::Nothing),
+            "GET / HTTP/1.1\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn a_request_body_is_framed_by_its_length_when_known_else_chunked() {
+        let get = parts("GET", "/", &[]);
+        assert_eq!(Sending::of(&get, true, Some(0)), Sending::Nothing);
+        let post = parts("POST", "/", &[]);
+        assert_eq!(Sending::of(&post, true, Some(0)), Sending::Length(0));
+        assert_eq!(Sending::of(&post, false, Some(7)), Sending::Length(7));
+        assert_eq!(Sending::of(&post, false, None), Sending::Chunked);
+        let declared = parts("PUT", "/", &[("content-length", "42")]);
+        assert_eq!(Sending::of(&declared, false, None), Sending::Length(42));
+    }
+
+    #[test]
+    fn chunks_and_the_last_chunk_are_written_in_hex_with_trailers() {
+        let mut out = BytesMut::new();
+        encode_chunk_size(1, &mut out);
+        encode_chunk_size(0x1f40, &mut out);
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", HeaderValue::from_static("0"));
+        encode_last_chunk(Some(&trailers), &mut out);
+        assert_eq!(&out[..], b"1\r\n1f40\r\n0\r\ngrpc-status: 0\r\n\r\n");
+        assert_eq!(format_u64(0, &mut itoa_buffer()), b"0");
+        assert_eq!(
+            format_u64(u64::MAX, &mut itoa_buffer()),
+            b"18446744073709551615"
+        );
+    }
+
+    fn parsed(text: &str, method: &Method) -> Result<Option<Head>, H1Error> {
+        let mut buf = BytesMut::from(text.as_bytes());
+        parse_head(&mut buf, method)
+    }
+
+    #[test]
+    fn a_response_head_is_parsed_with_its_framing_and_the_rest_left() {
+        let mut buf = BytesMut::from(
+            &b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Length: 3\r\nSet-Cookie: a\r\nSet-Cookie: b\r\n\r\nok\nNEXT"[..],
+        );
+        let head = parse_head(&mut buf, &Method::GET)
+            .expect("parse")
+            .expect("whole");
+        assert_eq!(head.response.status(), StatusCode::OK);
+        assert_eq!(head.response.headers()["server"], "nginx");
+        assert_eq!(
+            head.response.headers().get_all("set-cookie").iter().count(),
+            2
+        );
+        assert_eq!(head.framing, Framing::Length(3));
+        assert!(head.keep_alive);
+        assert_eq!(&buf[..], b"ok\nNEXT", "the body is left in the buffer");
+    }
+
+    #[test]
+    fn a_partial_head_waits_for_more_and_an_endless_one_is_refused() {
+        let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nServer: ng"[..]);
+        assert!(parse_head(&mut buf, &Method::GET).expect("parse").is_none());
+        assert_eq!(buf.len(), 27, "nothing taken");
+        let mut endless = BytesMut::from(&b"HTTP/1.1 200 OK\r\nx: "[..]);
+        endless.extend(std::iter::repeat_n(b'a', MAX_HEAD));
+        assert!(matches!(
+            parse_head(&mut endless, &Method::GET),
+            Err(H1Error::HeadTooLarge)
+        ));
+        assert!(matches!(
+            parsed("HTTP/1.1 2x0 OK\r\n\r\n", &Method::GET),
+            Err(H1Error::Parse(_))
+        ));
+    }
+
+    #[test]
+    fn interim_answers_are_skipped_and_an_unasked_upgrade_is_refused() {
+        let head = parsed(
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 0\r\n\r\n",
+            &Method::POST,
+        )
+        .expect("parse")
+        .expect("whole");
+        assert_eq!(head.response.status(), StatusCode::CREATED);
+        assert!(!head.response.headers().contains_key("link"));
+        assert!(matches!(
+            parsed("HTTP/1.1 101 Switching Protocols\r\n\r\n", &Method::GET),
+            Err(H1Error::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn the_body_framing_follows_rfc_9112() {
+        let framing_of = |text: &str, method: &Method| {
+            parsed(text, method).expect("parse").expect("whole").framing
+        };
+        assert_eq!(
+            framing_of(
+                "HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n",
+                &Method::HEAD
+            ),
+            Framing::Empty
+        );
+        assert_eq!(
+            framing_of("HTTP/1.1 204 No Content\r\n\r\n", &Method::GET),
+            Framing::Empty
+        );
+        assert_eq!(
+            framing_of("HTTP/1.1 304 Not Modified\r\n\r\n", &Method::GET),
+            Framing::Empty
+        );
+        assert_eq!(
+            framing_of(
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\ncontent-length: 5\r\n\r\n",
+                &Method::GET
+            ),
+            Framing::Chunked(Chunked::Size)
+        );
+        assert_eq!(
+            framing_of(
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n",
+                &Method::GET
+            ),
+            Framing::UntilClose
+        );
+        assert_eq!(
+            framing_of("HTTP/1.1 200 OK\r\n\r\n", &Method::GET),
+            Framing::UntilClose
+        );
+        assert_eq!(
+            framing_of(
+                "HTTP/1.1 200 OK\r\ncontent-length: 4, 4\r\n\r\n",
+                &Method::GET
+            ),
+            Framing::Length(4)
+        );
+        for bad in ["4, 5", "-1", "0x10", "", "99999999999999999999"] {
+            let text = format!("HTTP/1.1 200 OK\r\ncontent-length: {bad}\r\n\r\n");
+            assert!(
+                matches!(parsed(&text, &Method::GET), Err(H1Error::Malformed(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_connection_is_kept_only_for_http_1_1_without_close_and_with_a_known_end() {
+        let kept = |text: &str| {
+            parsed(text, &Method::GET)
+                .expect("parse")
+                .expect("whole")
+                .keep_alive
+        };
+        assert!(kept("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"));
+        assert!(!kept(
+            "HTTP/1.1 200 OK\r\nconnection: keep-alive, Close\r\ncontent-length: 0\r\n\r\n"
+        ));
+        assert!(!kept("HTTP/1.0 200 OK\r\ncontent-length: 0\r\n\r\n"));
+        assert!(!kept("HTTP/1.1 200 OK\r\n\r\n"), "read until the close");
+    }
+
+    #[test]
+    fn a_chunked_body_decodes_piece_by_piece_with_its_trailers() {
+        let wire = b"4;ext=1\r\nRust\r\n6\r\n rocks\r\n0\r\ngrpc-status: 0\r\n\r\nNEXT";
+        // Fed one byte at a time: every split point is crossed.
+        let mut chunked = Chunked::default();
+        let mut buf = BytesMut::new();
+        let mut body = Vec::new();
+        let mut trailers = None;
+        for &b in wire.iter() {
+            buf.put_u8(b);
+            loop {
+                match chunked.decode(&mut buf).expect("decode") {
+                    Decoded::Data(data) => body.extend_from_slice(&data),
+                    Decoded::Trailers(t) => trailers = Some(t),
+                    Decoded::End | Decoded::More => break,
+                }
+            }
+            if chunked == Chunked::Done {
+                break;
+            }
+        }
+        assert_eq!(body, b"Rust rocks");
+        assert_eq!(trailers.expect("trailers")["grpc-status"], "0");
+        assert_eq!(chunked.decode(&mut buf).expect("decode"), Decoded::End);
+        assert!(buf.is_empty(), "the byte after the end is not read");
+        let mut whole = BytesMut::from(&b"3\r\nabc\r\n0\r\n\r\nNEXT"[..]);
+        let mut chunked = Chunked::default();
+        assert_eq!(
+            chunked.decode(&mut whole).expect("decode"),
+            Decoded::Data(Bytes::from_static(b"abc"))
+        );
+        assert_eq!(chunked.decode(&mut whole).expect("decode"), Decoded::End);
+        assert_eq!(&whole[..], b"NEXT", "the next response is left");
+    }
+
+    #[test]
+    fn a_broken_chunked_body_is_refused() {
+        for bad in [&b"zz\r\n"[..], b"3\r\nabcX\r\n", b"11111111111111111\r\n"] {
+            let mut buf = BytesMut::from(bad);
+            let mut chunked = Chunked::default();
+            let outcome = (0..4).try_for_each(|_| chunked.decode(&mut buf).map(drop));
+            assert!(outcome.is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+}
