@@ -13,7 +13,7 @@ use crate::proxy::BoxError;
 /// The most a response head (status line and fields) may take.
 pub(crate) const MAX_HEAD: usize = 64 * 1024;
 /// The most fields a response head (or a chunked body's trailer) may have.
-const MAX_FIELDS: usize = 128;
+const MAX_FIELDS: usize = 100;
 /// The longest chunk-size line (with extensions) read before refusing it.
 const MAX_CHUNK_LINE: usize = 4096;
 
@@ -61,22 +61,21 @@ impl Sending {
     /// The framing of a request body: `ended` (nothing to send), of an
     /// `exact` length, else the declared `content-length`, else chunked.
     pub(crate) fn of(parts: &http::request::Parts, ended: bool, exact: Option<u64>) -> Self {
-        let declared = parts
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
         if ended {
             // A method that carries a body says it is empty.
-            let says_empty = declared.is_some()
-                || matches!(parts.method, Method::POST | Method::PUT | Method::PATCH);
-            return if says_empty {
+            return if matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) {
                 Sending::Length(0)
             } else {
                 Sending::Nothing
             };
         }
-        match exact.or(declared) {
+        let declared = || {
+            parts
+                .headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| parse_length(v.as_bytes()))
+        };
+        match exact.or_else(declared) {
             Some(n) => Sending::Length(n),
             None => Sending::Chunked,
         }
@@ -187,29 +186,29 @@ pub(crate) struct Head {
 /// when more must be read first. Interim answers (1xx) are taken out and
 /// skipped; `method` is the request's (a HEAD answer has no body).
 pub(crate) fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, H1Error> {
+    let mut spans = [(0, 0, 0, 0); MAX_FIELDS];
     loop {
-        let Some((len, status, version, spans, count)) = parse_fields(buf)? else {
+        let Some(line) = parse_fields(buf, &mut spans)? else {
             if buf.len() > MAX_HEAD {
                 return Err(H1Error::HeadTooLarge);
             }
             return Ok(None);
         };
-        let head = buf.split_to(len).freeze();
-        let status = StatusCode::from_u16(status).map_err(|_| H1Error::Malformed("status"))?;
+        let head = buf.split_to(line.len).freeze();
+        let status = StatusCode::from_u16(line.status).map_err(|_| H1Error::Malformed("status"))?;
         if status.is_informational() {
             if status == StatusCode::SWITCHING_PROTOCOLS {
                 return Err(H1Error::Malformed("an upgrade that was not asked for"));
             }
             continue;
         }
-        let headers = header_map(&head, &spans[..count])?;
-        let framing = framing(&headers, status, method)?;
-        let keep_alive = version == 1
-            && !matches!(framing, Framing::UntilClose)
-            && !has_token(&headers, header::CONNECTION, "close");
+        let (headers, fields) = header_map(&head, &spans[..line.fields])?;
+        let framing = fields.framing(status, method)?;
+        let keep_alive =
+            line.version == 1 && !matches!(framing, Framing::UntilClose) && !fields.close;
         let mut response = Response::new(());
         *response.status_mut() = status;
-        *response.version_mut() = if version == 1 {
+        *response.version_mut() = if line.version == 1 {
             Version::HTTP_11
         } else {
             Version::HTTP_10
@@ -227,11 +226,19 @@ pub(crate) fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<H
 /// value start, value end)`.
 type Span = (u32, u32, u32, u32);
 
-/// The head's length, status, minor version and fields, if it is whole.
-#[allow(clippy::type_complexity, reason = "one private step of parse_head")]
-fn parse_fields(
-    buf: &[u8],
-) -> Result<Option<(usize, u16, u8, [Span; MAX_FIELDS], usize)>, H1Error> {
+/// A whole head's status line, and how many fields it has.
+struct StatusLine {
+    /// The head's length, with its blank line.
+    len: usize,
+    status: u16,
+    /// The minor version: HTTP/1.`version`.
+    version: u8,
+    fields: usize,
+}
+
+/// Parses the head at the start of `buf` if it is whole, its fields'
+/// places written to `spans`.
+fn parse_fields(buf: &[u8], spans: &mut [Span; MAX_FIELDS]) -> Result<Option<StatusLine>, H1Error> {
     let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
     let mut response = httparse::Response::new(&mut []);
     let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
@@ -243,7 +250,6 @@ fn parse_fields(
         httparse::Status::Partial => return Ok(None),
     };
     let start = buf.as_ptr() as usize;
-    let mut spans = [(0, 0, 0, 0); MAX_FIELDS];
     for (span, field) in spans.iter_mut().zip(response.headers.iter()) {
         let name = field.name.as_ptr() as usize - start;
         let value = field.value.as_ptr() as usize - start;
@@ -255,61 +261,89 @@ fn parse_fields(
             (value + field.value.len()) as u32,
         );
     }
-    let status = response.code.unwrap_or(0);
-    let version = response.version.unwrap_or(1);
-    Ok(Some((len, status, version, spans, response.headers.len())))
+    Ok(Some(StatusLine {
+        len,
+        status: response.code.unwrap_or(0),
+        version: response.version.unwrap_or(1),
+        fields: response.headers.len(),
+    }))
 }
 
-/// The fields of `head` at `spans`, values shared with it (not copied).
-fn header_map(head: &Bytes, spans: &[Span]) -> Result<HeaderMap, H1Error> {
+/// What a response's fields say about its framing, noted as its header
+/// map is built (no lookups after).
+struct Fields {
+    /// Its `content-length`: `Err` when malformed or in disagreement.
+    length: Result<Option<u64>, &'static str>,
+    /// Whether it has a `transfer-encoding`, and whether `chunked` is its
+    /// last coding.
+    transfer: Option<bool>,
+    /// `connection: close`.
+    close: bool,
+}
+
+impl Fields {
+    fn note(&mut self, name: &HeaderName, value: &[u8]) {
+        if name == header::CONTENT_LENGTH {
+            for part in value.split(|&b| b == b',') {
+                self.length = match (self.length, parse_length(part)) {
+                    (Err(e), _) => Err(e),
+                    (_, None) => Err("content-length"),
+                    (Ok(Some(l)), Some(n)) if l != n => Err("content-lengths that differ"),
+                    (Ok(_), Some(n)) => Ok(Some(n)),
+                };
+            }
+        } else if name == header::TRANSFER_ENCODING {
+            let last = value.rsplit(|&b| b == b',').next().unwrap_or_default();
+            self.transfer = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if name == header::CONNECTION {
+            self.close |= value
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
+        }
+    }
+
+    /// How the body of a response with these fields and `status`,
+    /// answering `method`, ends (RFC 9112 §6.3).
+    fn framing(&self, status: StatusCode, method: &Method) -> Result<Framing, H1Error> {
+        if method == Method::HEAD
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+        {
+            return Ok(Framing::Empty);
+        }
+        // Chunked only when it is the last coding; else until the close.
+        match self.transfer {
+            Some(true) => return Ok(Framing::Chunked(Chunked::default())),
+            Some(false) => return Ok(Framing::UntilClose),
+            None => {}
+        }
+        match self.length {
+            Ok(Some(n)) => Ok(Framing::Length(n)),
+            Ok(None) => Ok(Framing::UntilClose),
+            Err(what) => Err(H1Error::Malformed(what)),
+        }
+    }
+}
+
+/// The fields of `head` at `spans`, values shared with it (not copied),
+/// and what they say about framing.
+fn header_map(head: &Bytes, spans: &[Span]) -> Result<(HeaderMap, Fields), H1Error> {
     let mut headers = HeaderMap::with_capacity(spans.len());
+    let mut fields = Fields {
+        length: Ok(None),
+        transfer: None,
+        close: false,
+    };
     for &(name_start, name_end, value_start, value_end) in spans {
         let name = HeaderName::from_bytes(&head[name_start as usize..name_end as usize])
             .map_err(|_| H1Error::Malformed("a field name"))?;
-        let value =
-            HeaderValue::from_maybe_shared(head.slice(value_start as usize..value_end as usize))
-                .map_err(|_| H1Error::Malformed("a field value"))?;
+        let value = head.slice(value_start as usize..value_end as usize);
+        fields.note(&name, &value);
+        let value = HeaderValue::from_maybe_shared(value)
+            .map_err(|_| H1Error::Malformed("a field value"))?;
         headers.append(name, value);
     }
-    Ok(headers)
-}
-
-/// How the body of a response with `headers` and `status`, answering
-/// `method`, ends (RFC 9112 §6.3).
-fn framing(headers: &HeaderMap, status: StatusCode, method: &Method) -> Result<Framing, H1Error> {
-    if method == Method::HEAD
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
-        return Ok(Framing::Empty);
-    }
-    if headers.contains_key(header::TRANSFER_ENCODING) {
-        // Chunked only when it is the last coding; else until the close.
-        let last = headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .next_back()
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit(',').next())
-            .map(str::trim);
-        return Ok(match last {
-            Some(coding) if coding.eq_ignore_ascii_case("chunked") => {
-                Framing::Chunked(Chunked::default())
-            }
-            _ => Framing::UntilClose,
-        });
-    }
-    let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        for part in value.as_bytes().split(|&b| b == b',') {
-            let n = parse_length(part).ok_or(H1Error::Malformed("content-length"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(H1Error::Malformed("content-lengths that differ"));
-            }
-            length = Some(n);
-        }
-    }
-    Ok(length.map_or(Framing::UntilClose, Framing::Length))
+    Ok((headers, fields))
 }
 
 /// A content-length: decimal digits only (spaces around allowed).
@@ -320,15 +354,6 @@ fn parse_length(text: &[u8]) -> Option<u64> {
     }
     text.iter().try_fold(0u64, |n, &b| {
         b.is_ascii_digit().then(|| n * 10 + u64::from(b - b'0'))
-    })
-}
-
-/// Whether `name`'s values list `token` (case-insensitively).
-fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
-    headers.get_all(name).iter().any(|v| {
-        v.as_bytes()
-            .split(|&b| b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
     })
 }
 

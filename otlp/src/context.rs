@@ -31,8 +31,7 @@ impl TraceContext {
         let span_id = random_span_id();
         match headers
             .get(&TRACEPARENT)
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse)
+            .and_then(|v| parse_bytes(v.as_bytes()))
         {
             Some((trace_id, parent_span_id, sampled)) => Self {
                 trace_id,
@@ -99,7 +98,12 @@ pub fn parse_ratio(text: &str) -> Result<f64, RatioError> {
 /// Read at fixed offsets: every request through a gateway has its
 /// `traceparent` read.
 pub fn parse(value: &str) -> Option<([u8; 16], [u8; 8], bool)> {
-    let text = value.trim().as_bytes();
+    parse_bytes(value.as_bytes())
+}
+
+/// [`parse`] of a header value's bytes (checked here: hex and dashes only).
+fn parse_bytes(value: &[u8]) -> Option<([u8; 16], [u8; 8], bool)> {
+    let text = value.trim_ascii();
     if text.len() < 55 || text[2] != b'-' || text[35] != b'-' || text[52] != b'-' {
         return None;
     }
@@ -151,17 +155,30 @@ fn unhex<const N: usize>(text: &[u8]) -> Option<[u8; N]> {
     if text.len() != N * 2 {
         return None;
     }
-    let digit = |c: u8| match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
-    };
+    // Looked up, and checked once at the end: no branch per digit.
     let mut out = [0u8; N];
+    let mut bad = 0u8;
     for (byte, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
-        *byte = digit(pair[0])? << 4 | digit(pair[1])?;
+        let (high, low) = (HEX[usize::from(pair[0])], HEX[usize::from(pair[1])]);
+        bad |= high | low;
+        *byte = high << 4 | low;
     }
-    Some(out)
+    (bad & NOT_HEX == 0).then_some(out)
 }
+
+/// Marks a byte that is not a lower-case hex digit in [`HEX`].
+const NOT_HEX: u8 = 0x80;
+
+/// The value of each lower-case hex digit; [`NOT_HEX`] for every other byte.
+static HEX: [u8; 256] = {
+    let mut table = [NOT_HEX; 256];
+    let mut i = 0;
+    while i < 16 {
+        table[DIGITS[i] as usize] = i as u8;
+        i += 1;
+    }
+    table
+};
 
 #[cfg(test)]
 mod tests {
