@@ -45,6 +45,7 @@ pub mod listen;
 pub mod local;
 pub mod metrics;
 pub mod outlier;
+pub(crate) mod parked;
 pub mod peer;
 pub mod pool;
 pub mod proxy;

@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Waker, ready};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::{Method, Request, Response};
@@ -24,8 +24,6 @@ use tokio::net::TcpStream;
 use crate::h1::{Decoded, Framing, H1Error, Head, Sending};
 use crate::proxy::{Body, BoxError};
 
-/// Idle connections kept per endpoint.
-const MAX_IDLE_PER_ENDPOINT: usize = 64;
 /// Room made in the read buffer for a response head.
 const HEAD_READ: usize = 8 * 1024;
 /// Room made in the read buffer for a response body.
@@ -312,7 +310,7 @@ pub(crate) struct Checkout {
 
 /// Idle connections by endpoint; boxed, so a request moves a pointer, not
 /// the connection's state.
-type Idle = Arc<Mutex<crate::FastMap<SocketAddr, Vec<Box<LocalConnection>>>>>;
+type Idle = Arc<Mutex<crate::parked::Parked<Box<LocalConnection>>>>;
 
 /// The pool of connections to local endpoints.
 #[derive(Clone, Default)]
@@ -332,13 +330,7 @@ impl LocalPool {
 
     fn pop(&self, target: SocketAddr) -> Option<Box<LocalConnection>> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        let connections = idle.get_mut(&target)?;
-        while let Some(connection) = connections.pop() {
-            if !connection.closed_while_idle() {
-                return Some(connection);
-            }
-        }
-        None
+        idle.take(target, Instant::now(), |c| !c.closed_while_idle())
     }
 
     async fn connect(&self, target: SocketAddr) -> Result<Box<LocalConnection>, PoolError> {
@@ -518,10 +510,7 @@ impl ResponseBody {
             && connection.read.is_empty()
         {
             let mut idle = idle.lock().unwrap_or_else(PoisonError::into_inner);
-            let connections = idle.entry(target).or_default();
-            if connections.len() < MAX_IDLE_PER_ENDPOINT {
-                connections.push(connection);
-            }
+            idle.put(target, connection, Instant::now());
         }
     }
 
