@@ -202,10 +202,16 @@ pub(crate) fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<H
             }
             continue;
         }
-        let (headers, fields) = header_map(&head, &spans[..line.fields])?;
+        let (mut headers, fields) = header_map(&head, &spans[..line.fields])?;
         let framing = fields.framing(status, method)?;
+        // Both framings at once (RFC 9112 §6.3): the transfer coding wins,
+        // the length is not passed on, and the connection is not reused.
+        let both = fields.transfer.is_some() && matches!(fields.length, Err(_) | Ok(Some(_)));
+        if both {
+            headers.remove(header::CONTENT_LENGTH);
+        }
         let keep_alive =
-            line.version == 1 && !matches!(framing, Framing::UntilClose) && !fields.close;
+            line.version == 1 && !both && !matches!(framing, Framing::UntilClose) && !fields.close;
         let mut response = Response::new(());
         *response.status_mut() = status;
         *response.version_mut() = if line.version == 1 {
@@ -659,6 +665,19 @@ mod tests {
         ));
         assert!(!kept("HTTP/1.0 200 OK\r\ncontent-length: 0\r\n\r\n"));
         assert!(!kept("HTTP/1.1 200 OK\r\n\r\n"), "read until the close");
+    }
+
+    #[test]
+    fn a_response_framed_both_ways_is_chunked_without_its_length_and_ends_its_connection() {
+        let head = parsed(
+            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n",
+            &Method::GET,
+        )
+        .expect("parse")
+        .expect("whole");
+        assert_eq!(head.framing, Framing::Chunked(Chunked::Size));
+        assert!(!head.response.headers().contains_key("content-length"));
+        assert!(!head.keep_alive);
     }
 
     #[test]

@@ -303,7 +303,7 @@ impl LocalConnection {
 
 /// A connection taken from the pool (or made) for one request; `pooled`:
 /// it was idle in the pool (and may have been closed meanwhile).
-pub(crate) struct Checkout {
+pub struct Checkout {
     connection: Box<LocalConnection>,
     pooled: bool,
 }
@@ -390,7 +390,7 @@ impl LocalPool {
 
     /// A connection to `target` for one request whose body streams: an
     /// idle pooled one, else a new one. Failing here sent nothing.
-    pub(crate) async fn checkout(&self, target: SocketAddr) -> Result<Checkout, PoolError> {
+    pub async fn checkout(&self, target: SocketAddr) -> Result<Checkout, PoolError> {
         match self.pop(target) {
             Some(connection) => Ok(Checkout {
                 connection,
@@ -407,7 +407,7 @@ impl LocalPool {
     /// `checkout` (a connection to `target`). When that was a pooled
     /// connection the endpoint closed meanwhile, nothing was written and
     /// the request goes out once on a new connection.
-    pub(crate) async fn send_on(
+    pub async fn send_on(
         &self,
         target: SocketAddr,
         checkout: Checkout,

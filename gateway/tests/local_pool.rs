@@ -126,3 +126,69 @@ async fn a_connection_the_endpoint_closed_while_idle_is_not_used() {
         assert_eq!(accepted.load(Ordering::SeqCst), round);
     }
 }
+
+#[tokio::test]
+async fn a_streamed_body_goes_out_chunked_with_trailers_and_trailers_come_back() {
+    use http_body_util::{BodyExt as _, StreamBody};
+    use hyper::body::Frame;
+    // A real HTTP/1.1 server: answers with what it read, as chunks, and a
+    // trailer naming the request's trailer.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let target = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.expect("accept");
+        let service =
+            hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+                let chunked = req.headers().get("transfer-encoding").cloned();
+                let whole = req.into_body().collect().await.expect("request body");
+                let seen = whole.trailers().and_then(|t| t.get("x-sum")).cloned();
+                let mut trailers = http::HeaderMap::new();
+                trailers.insert(
+                    "x-seen",
+                    seen.unwrap_or(http::HeaderValue::from_static("none")),
+                );
+                let frames = vec![
+                    Ok::<_, std::convert::Infallible>(Frame::data(whole.to_bytes())),
+                    Ok(Frame::trailers(trailers)),
+                ];
+                let mut response =
+                    http::Response::new(StreamBody::new(futures::stream::iter(frames)));
+                // hyper sends the trailer fields the response declares.
+                response
+                    .headers_mut()
+                    .insert("trailer", http::HeaderValue::from_static("x-seen"));
+                if let Some(te) = chunked {
+                    response.headers_mut().insert("x-request-framing", te);
+                }
+                Ok::<_, std::convert::Infallible>(response)
+            });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+            .await;
+    });
+    let pool = LocalPool::new(Duration::from_secs(5));
+    let checkout = pool.checkout(target).await.expect("connect");
+    let mut sum = http::HeaderMap::new();
+    sum.insert("x-sum", http::HeaderValue::from_static("42"));
+    let frames = vec![
+        Ok::<_, gns_gateway::proxy::BoxError>(Frame::data(Bytes::from_static(b"hello "))),
+        Ok(Frame::data(Bytes::from_static(b"world"))),
+        Ok(Frame::trailers(sum)),
+    ];
+    let body = StreamBody::new(futures::stream::iter(frames)).boxed();
+    let mut request = Request::post("/up")
+        .header("host", "web")
+        // A server sends trailers to a client that says it takes them.
+        .header("te", "trailers")
+        .body(body)
+        .expect("request");
+    *request.version_mut() = http::Version::HTTP_11;
+    let response = pool
+        .send_on(target, checkout, request)
+        .await
+        .expect("answer");
+    assert_eq!(response.headers()["x-request-framing"], "chunked");
+    let whole = response.into_body().collect().await.expect("response body");
+    assert_eq!(whole.trailers().expect("trailers")["x-seen"], "42");
+    assert_eq!(whole.to_bytes(), "hello world");
+}
