@@ -509,6 +509,11 @@ impl ResponseBody {
             && sent
             && connection.read.is_empty()
         {
+            let mut connection = connection;
+            if connection.read.capacity() > 2 * HEAD_READ {
+                // A body's read room is not kept while idle.
+                connection.read = BytesMut::new();
+            }
             let mut idle = idle.lock().unwrap_or_else(PoisonError::into_inner);
             idle.put(target, connection, Instant::now());
         }
