@@ -192,3 +192,44 @@ async fn a_streamed_body_goes_out_chunked_with_trailers_and_trailers_come_back()
     assert_eq!(whole.trailers().expect("trailers")["x-seen"], "42");
     assert_eq!(whole.to_bytes(), "hello world");
 }
+
+#[tokio::test]
+async fn a_body_that_ends_with_the_connection_is_read_whole_and_the_connection_not_reused() {
+    // An HTTP/1.0-style endpoint: no length, the body ends when it closes.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let target = listener.local_addr().expect("address");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = tcp.read(&mut buf).await;
+                let _ = tcp.write_all(b"HTTP/1.0 200 OK\r\n\r\nfirst ").await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let _ = tcp.write_all(b"and last").await;
+            });
+        }
+    });
+    let pool = LocalPool::new(Duration::from_secs(5));
+    let (parts, body) = (get(), Bytes::new());
+    for round in 1..=2 {
+        let response = pool
+            .send(target, &parts, &body, false)
+            .await
+            .expect("answer");
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        assert_eq!(body, "first and last");
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            round,
+            "a new connection each time"
+        );
+    }
+}
