@@ -275,8 +275,8 @@ fn parse_fields(buf: &[u8], spans: &mut [Span; MAX_FIELDS]) -> Result<Option<Sta
     }))
 }
 
-/// What a response's fields say about its framing, noted as its header
-/// map is built (no lookups after).
+/// What a response's fields say about its framing and connection, noted
+/// as its header map is built (no lookups after).
 struct Fields {
     /// Its `content-length`: `Err` when malformed or in disagreement.
     length: Result<Option<u64>, &'static str>,
@@ -285,10 +285,23 @@ struct Fields {
     transfer: Option<bool>,
     /// `connection: close`.
     close: bool,
+    /// A `connection` value naming fields besides `close` and `keep-alive`
+    /// (they are dropped too).
+    names: Option<Bytes>,
 }
 
+/// Fields about this connection alone, not passed on (RFC 9110 §7.6.1);
+/// `transfer-encoding` is decoded here, so it is not passed on either.
+static CONNECTION_FIELDS: [HeaderName; 4] = [
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::UPGRADE,
+    header::TE,
+];
+
 impl Fields {
-    fn note(&mut self, name: &HeaderName, value: &[u8]) {
+    /// Notes field `name: value`; `false` when it is not passed on.
+    fn note(&mut self, name: &HeaderName, value: &Bytes) -> bool {
         if name == header::CONTENT_LENGTH {
             for part in value.split(|&b| b == b',') {
                 self.length = match (self.length, parse_length(part)) {
@@ -298,13 +311,22 @@ impl Fields {
                     (Ok(_), Some(n)) => Ok(Some(n)),
                 };
             }
+            true
         } else if name == header::TRANSFER_ENCODING {
             let last = value.rsplit(|&b| b == b',').next().unwrap_or_default();
             self.transfer = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            false
         } else if name == header::CONNECTION {
-            self.close |= value
-                .split(|&b| b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
+            for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    self.close = true;
+                } else if !token.is_empty() && !token.eq_ignore_ascii_case(b"keep-alive") {
+                    self.names = Some(value.clone());
+                }
+            }
+            false
+        } else {
+            !CONNECTION_FIELDS.contains(name)
         }
     }
 
@@ -339,15 +361,24 @@ fn header_map(head: &Bytes, spans: &[Span]) -> Result<(HeaderMap, Fields), H1Err
         length: Ok(None),
         transfer: None,
         close: false,
+        names: None,
     };
     for &(name_start, name_end, value_start, value_end) in spans {
         let name = HeaderName::from_bytes(&head[name_start as usize..name_end as usize])
             .map_err(|_| H1Error::Malformed("a field name"))?;
         let value = head.slice(value_start as usize..value_end as usize);
-        fields.note(&name, &value);
-        let value = HeaderValue::from_maybe_shared(value)
-            .map_err(|_| H1Error::Malformed("a field value"))?;
-        headers.append(name, value);
+        if fields.note(&name, &value) {
+            let value = HeaderValue::from_maybe_shared(value)
+                .map_err(|_| H1Error::Malformed("a field value"))?;
+            headers.append(name, value);
+        }
+    }
+    if let Some(names) = &fields.names {
+        for name in names.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+            if let Ok(name) = HeaderName::from_bytes(name) {
+                headers.remove(name);
+            }
+        }
     }
     Ok((headers, fields))
 }
@@ -665,6 +696,20 @@ mod tests {
         ));
         assert!(!kept("HTTP/1.0 200 OK\r\ncontent-length: 0\r\n\r\n"));
         assert!(!kept("HTTP/1.1 200 OK\r\n\r\n"), "read until the close");
+    }
+
+    #[test]
+    fn fields_about_the_connection_are_not_passed_on() {
+        let head = parsed(
+            "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Hop\r\nKeep-Alive: timeout=5\r\nX-Hop: 1\r\nServer: nginx\r\nTransfer-Encoding: chunked\r\nProxy-Connection: x\r\n\r\n",
+            &Method::GET,
+        )
+        .expect("parse")
+        .expect("whole");
+        let names: Vec<&str> = head.response.headers().keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["server"], "the body's chunks are decoded here");
+        assert_eq!(head.framing, Framing::Chunked(Chunked::Size));
+        assert!(head.keep_alive);
     }
 
     #[test]

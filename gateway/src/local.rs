@@ -116,9 +116,10 @@ impl Gateway {
                 let target = self.outliers.pick(endpoints, port, &tried[..attempt]);
                 tried[attempt] = target;
                 self.counters.local_tries.fetch_add(1, Ordering::Relaxed);
-                // A connection closed as the request went out is replaced
-                // unless this is the last endpoint to try.
-                let resend_if_closed = attempt + 1 < attempts;
+                // A pooled connection closed as the request went out (with
+                // no answer) is replaced only for an idempotent method: the
+                // endpoint may have acted on it (RFC 9110 §9.2.2).
+                let resend_if_closed = crate::retry::idempotent(&parts.method);
                 let sent = self
                     .shard()
                     .local
@@ -346,10 +347,16 @@ enum Channel {
     H2c(hyper::client::conn::http2::SendRequest<Body>),
 }
 
-/// Makes a request's head fit for an endpoint: the subset header is only
-/// between gateways, and from a peer (HTTP/2) the host is the URI's
-/// authority, kept as `Host`.
+/// Makes a request's head fit for an endpoint: an HTTP/1.1 client's
+/// connection fields are dropped, the subset header is only between
+/// gateways, and from a peer (HTTP/2) the host is the URI's authority, kept
+/// as `Host`.
 fn for_endpoint(parts: &mut http::request::Parts) {
+    if parts.version < http::Version::HTTP_2 {
+        // From an HTTP/1.1 client: its connection's fields stay with it
+        // (from a peer, HTTP/2 carries none).
+        crate::peer::strip_connection_fields(&mut parts.headers);
+    }
     parts.headers.remove(SUBSET_HEADER);
     if !parts.headers.contains_key(header::HOST)
         && let Some(authority) = parts.uri.authority()

@@ -291,6 +291,18 @@ impl PeerPool {
 /// headers it names, `Keep-Alive`, `Proxy-Connection`, `Transfer-Encoding`,
 /// `Upgrade`, `Host` (carried as the authority) and `TE` other than `trailers`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    strip(headers, HOP_BY_HOP_COUNT);
+}
+
+/// Drops the fields about one HTTP/1.1 connection that a proxy does not
+/// pass on (RFC 9110 §7.6.1): [`strip_hop_by_hop`]'s but `Host`.
+pub fn strip_connection_fields(headers: &mut HeaderMap) {
+    strip(headers, HOP_BY_HOP_COUNT - 1);
+}
+
+/// Drops `Connection`, the fields it names and the first `count` of
+/// [`HOP_BY_HOP`].
+fn strip(headers: &mut HeaderMap, count: usize) {
     // One pass over the names first: most messages carry few or none of
     // these, and a removal by name costs a hash and a probe each.
     let mut present = [false; HOP_BY_HOP_COUNT];
@@ -298,7 +310,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in headers.keys() {
         if name == header::CONNECTION {
             connection = true;
-        } else if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+        } else if let Some(i) = HOP_BY_HOP[..count].iter().position(|h| h == name) {
             present[i] = true;
         }
     }
@@ -333,8 +345,9 @@ static HOP_BY_HOP: [HeaderName; HOP_BY_HOP_COUNT] = [
     HeaderName::from_static("proxy-connection"),
     header::TRANSFER_ENCODING,
     header::UPGRADE,
-    header::HOST,
     header::TE,
+    // Last: `strip_connection_fields` keeps it.
+    header::HOST,
 ];
 
 /// An HTTP/2 response stream as a body: data frames then trailers, with the

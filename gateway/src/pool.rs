@@ -244,29 +244,44 @@ impl LocalConnection {
         // Head and kept body go out in one write.
         sending.out.push(head);
         sending.out.push(kept);
+        // Why the endpoint stopped taking the request, if it did: an answer
+        // it sent first (a 413 to an upload) is still read.
+        let mut refused = None;
         let read = poll_fn(|cx| {
-            if !sending.done()
+            if refused.is_none()
+                && !sending.done()
                 && let Poll::Ready(Err(error)) = sending.poll(&mut self.io, cx)
             {
-                let unsent = !sending.out.wrote && !matches!(error, H1Error::RequestBody(_));
-                return Poll::Ready(Err(if unsent {
-                    Exchange::Unsent(error, sending.upload.take())
-                } else {
-                    Exchange::Failed {
-                        error,
-                        unanswered: false,
+                match error {
+                    H1Error::RequestBody(_) => {
+                        return Poll::Ready(Err(Exchange::Failed {
+                            error,
+                            unanswered: false,
+                        }));
                     }
-                }));
+                    error if !sending.out.wrote => {
+                        return Poll::Ready(Err(Exchange::Unsent(error, sending.upload.take())));
+                    }
+                    error => {
+                        sending = Outgoing {
+                            out: Outbox::default(),
+                            upload: None,
+                        };
+                        refused = Some(error);
+                    }
+                }
             }
             self.poll_head(method, cx)
                 .map_err(|error| Exchange::Failed {
                     unanswered: self.read.is_empty()
                         && matches!(error, H1Error::Closed | H1Error::Io(_)),
-                    error,
+                    error: refused.take().unwrap_or(error),
                 })
         })
         .await;
-        let head = read?;
+        let mut head = read?;
+        // A request the endpoint did not take whole leaves the connection unusable.
+        head.keep_alive &= refused.is_none();
         Ok(Exchanged {
             head,
             rest: (!sending.done()).then_some(sending),
@@ -573,13 +588,16 @@ impl HttpBody for ResponseBody {
         let Some(connection) = this.connection.as_mut() else {
             return Poll::Ready(None);
         };
-        // An early response: the request keeps going out beside it.
+        // An early response: the request keeps going out beside it. If the
+        // endpoint stops taking it (or the request body breaks), the
+        // response is still read, and the connection is not reused.
         if let Some(rest) = this.rest.as_mut()
             && !rest.done()
             && let Poll::Ready(Err(e)) = rest.poll(&mut connection.io, cx)
         {
-            this.connection = None;
-            return Poll::Ready(Some(Err(e.into())));
+            tracing::debug!(error = %e, "request not sent whole beside an early response");
+            this.rest = None;
+            this.back = None;
         }
         let polled = ready!(Self::poll_next(&mut this.framing, connection, cx));
         match polled {

@@ -233,3 +233,50 @@ async fn a_body_that_ends_with_the_connection_is_read_whole_and_the_connection_n
         );
     }
 }
+
+#[tokio::test]
+async fn an_early_answer_to_an_upload_the_endpoint_stops_reading_is_passed_on_whole() {
+    use http_body_util::{BodyExt as _, StreamBody};
+    use hyper::body::Frame;
+    // Answers 413 after the head and closes without reading the body.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let target = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        let (mut tcp, _) = listener.accept().await.expect("accept");
+        let mut read = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !read.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = tcp.read(&mut buf).await.expect("read");
+            read.extend_from_slice(&buf[..n]);
+        }
+        let answer = b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 9\r\nconnection: close\r\n\r\ntoo large";
+        tcp.write_all(answer).await.expect("answer");
+    });
+    let pool = LocalPool::new(Duration::from_secs(5));
+    let checkout = pool.checkout(target).await.expect("connect");
+    // 256 MiB: far more than the sockets hold.
+    let chunks = (0..256).map(|_| {
+        Ok::<_, gns_gateway::proxy::BoxError>(Frame::data(Bytes::from(vec![7u8; 1 << 20])))
+    });
+    let body = StreamBody::new(futures::stream::iter(chunks)).boxed();
+    let request = Request::put("/up")
+        .header("host", "web")
+        .header("content-length", (256u64 << 20).to_string())
+        .body(body)
+        .expect("request");
+    let response = tokio::time::timeout(
+        Duration::from_secs(10),
+        pool.send_on(target, checkout, request),
+    )
+    .await
+    .expect("in time")
+    .expect("the endpoint's answer");
+    assert_eq!(response.status(), 413);
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    assert_eq!(body, "too large");
+}

@@ -214,3 +214,33 @@ async fn connect_failure_goes_round_the_plan_again_only_when_named() {
     let connect = policy(|p| p.on_connect_failure = true);
     assert_eq!(tries(connect).await, (502, 2));
 }
+
+#[tokio::test]
+async fn a_kept_alive_connection_closed_without_an_answer_is_replaced_only_for_an_idempotent_method()
+ {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    // The second request comes on the first one's connection, which the
+    // upstream closes after reading it (it may have acted on it).
+    let script = vec![Step::Status(200), Step::Close, Step::Status(200)];
+    for (method, expected) in [
+        (reqwest::Method::GET, (200, 3)),
+        (reqwest::Method::POST, (502, 2)),
+    ] {
+        let (port, requests) = scripted_upstream(script.clone()).await;
+        let addr = egress(port, policy(|_| {})).await;
+        let client = reqwest::Client::new();
+        let send = || {
+            client
+                .request(method.clone(), format!("http://{addr}/"))
+                .header("host", HOST)
+                .send()
+        };
+        assert_eq!(send().await.expect("first").status(), 200);
+        let status = send().await.expect("second").status().as_u16();
+        assert_eq!(
+            (status, requests.load(Ordering::SeqCst)),
+            expected,
+            "{method}"
+        );
+    }
+}
