@@ -79,21 +79,29 @@ fn get() -> http::request::Parts {
 /// `resend`.
 async fn burst(pool: &LocalPool, target: SocketAddr, count: usize, resend: bool) {
     let parts = get();
-    let body = Bytes::new();
     let sends = (0..count).map(|_| async {
-        let response = pool
-            .send(target, &parts, &body, resend)
-            .await
-            .expect("answer");
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
-        assert_eq!(body, "ok");
+        assert_eq!(fetch(pool, target, &parts, resend).await, "ok");
     });
     futures::future::join_all(sends).await;
+}
+
+/// A bodiless request's answer, read whole.
+async fn fetch(
+    pool: &LocalPool,
+    target: SocketAddr,
+    parts: &http::request::Parts,
+    resend: bool,
+) -> Bytes {
+    let response = pool
+        .send(target, parts, &Bytes::new(), resend)
+        .await
+        .expect("answer");
+    response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes()
 }
 
 #[tokio::test]
@@ -213,19 +221,9 @@ async fn a_body_that_ends_with_the_connection_is_read_whole_and_the_connection_n
         }
     });
     let pool = LocalPool::new(Duration::from_secs(5));
-    let (parts, body) = (get(), Bytes::new());
+    let parts = get();
     for round in 1..=2 {
-        let response = pool
-            .send(target, &parts, &body, false)
-            .await
-            .expect("answer");
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
-        assert_eq!(body, "first and last");
+        assert_eq!(fetch(&pool, target, &parts, false).await, "first and last");
         assert_eq!(
             accepted.load(Ordering::SeqCst),
             round,
