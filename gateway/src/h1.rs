@@ -3,6 +3,7 @@
 //! skipped), and a chunked body decoded. No I/O here: [`crate::pool`] owns
 //! the connections and feeds these functions what it reads.
 
+use std::fmt::Write as _;
 use std::mem::MaybeUninit;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -103,49 +104,18 @@ pub(crate) fn encode_head(parts: &http::request::Parts, sending: Sending, out: &
     match sending {
         Sending::Nothing => {}
         Sending::Length(n) => {
-            out.put_slice(b"content-length: ");
-            let mut digits = itoa_buffer();
-            out.put_slice(format_u64(n, &mut digits));
-            out.put_slice(b"\r\n");
+            // Writing to a BytesMut cannot fail.
+            let _ = write!(out, "content-length: {n}\r\n");
         }
         Sending::Chunked => out.put_slice(b"transfer-encoding: chunked\r\n"),
     }
     out.put_slice(b"\r\n");
 }
 
-fn itoa_buffer() -> [u8; 20] {
-    [0; 20]
-}
-
-/// `n` in decimal, written at the end of `buf`.
-fn format_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut at = buf.len();
-    loop {
-        at -= 1;
-        buf[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &buf[at..];
-        }
-    }
-}
-
 /// Writes one chunk's size line (`len` > 0) of a chunked body.
 pub(crate) fn encode_chunk_size(len: usize, out: &mut BytesMut) {
-    let mut line = [0u8; 18];
-    let mut at = 16;
-    let mut n = len;
-    loop {
-        at -= 1;
-        line[at] = b"0123456789abcdef"[n & 15];
-        n >>= 4;
-        if n == 0 {
-            break;
-        }
-    }
-    line[16] = b'\r';
-    line[17] = b'\n';
-    out.put_slice(&line[at..]);
+    // Writing to a BytesMut cannot fail.
+    let _ = write!(out, "{len:x}\r\n");
 }
 
 /// Writes the end of a chunked body, with `trailers` if any.
@@ -564,11 +534,12 @@ mod tests {
         trailers.insert("grpc-status", HeaderValue::from_static("0"));
         encode_last_chunk(Some(&trailers), &mut out);
         assert_eq!(&out[..], b"1\r\n1f40\r\n0\r\ngrpc-status: 0\r\n\r\n");
-        assert_eq!(format_u64(0, &mut itoa_buffer()), b"0");
-        assert_eq!(
-            format_u64(u64::MAX, &mut itoa_buffer()),
-            b"18446744073709551615"
+        let put = parts("PUT", "/", &[]);
+        assert!(
+            head_of(&put, Sending::Length(u64::MAX))
+                .contains("content-length: 18446744073709551615\r\n")
         );
+        assert!(head_of(&put, Sending::Length(0)).contains("content-length: 0\r\n"));
     }
 
     fn parsed(text: &str, method: &Method) -> Result<Option<Head>, H1Error> {

@@ -44,6 +44,7 @@ pub mod ingress;
 pub mod listen;
 pub mod local;
 pub mod metrics;
+pub(crate) mod outgoing;
 pub mod outlier;
 pub(crate) mod parked;
 pub mod peer;

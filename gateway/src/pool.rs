@@ -6,9 +6,7 @@
 //! reads its connection, and hands it back to the pool at its end. A
 //! request costs a lock to pop a connection and another to push it back.
 
-use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
-use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -18,10 +16,10 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use http::{Method, Request, Response};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
-use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
 use crate::h1::{Decoded, Framing, H1Error, Head, Sending};
+use crate::outgoing::{Outbox, Outgoing, Upload};
 use crate::proxy::{Body, BoxError};
 
 /// Room made in the read buffer for a response head.
@@ -65,149 +63,6 @@ impl From<Exchange> for PoolError {
         match failed {
             Exchange::Unsent(error, _) | Exchange::Failed { error, .. } => PoolError::Http1(error),
         }
-    }
-}
-
-/// A request body being sent, frame by frame.
-struct Upload {
-    body: Body,
-    sending: Sending,
-    /// Bytes of the body sent so far.
-    sent: u64,
-}
-
-impl Upload {
-    /// Queues the body's next frame on `out`; `false` once it has ended.
-    fn poll_next(&mut self, cx: &mut Context<'_>, out: &mut Outbox) -> Poll<Result<bool, H1Error>> {
-        let Some(frame) = ready!(Pin::new(&mut self.body).poll_frame(cx)) else {
-            match self.sending {
-                Sending::Chunked => out.push(Bytes::from_static(b"0\r\n\r\n")),
-                Sending::Length(n) if n != self.sent => {
-                    return Poll::Ready(Err(H1Error::LengthMismatch));
-                }
-                _ => {}
-            }
-            return Poll::Ready(Ok(false));
-        };
-        let frame = frame.map_err(H1Error::RequestBody)?;
-        let frame = match frame.into_data() {
-            Ok(data) => {
-                self.sent += data.len() as u64;
-                match self.sending {
-                    Sending::Chunked if !data.is_empty() => {
-                        let mut line = BytesMut::with_capacity(18);
-                        crate::h1::encode_chunk_size(data.len(), &mut line);
-                        out.push(line.freeze());
-                        out.push(data);
-                        out.push(Bytes::from_static(b"\r\n"));
-                    }
-                    Sending::Chunked => {}
-                    Sending::Length(n) if self.sent <= n => out.push(data),
-                    Sending::Nothing if data.is_empty() => {}
-                    Sending::Length(_) | Sending::Nothing => {
-                        return Poll::Ready(Err(H1Error::LengthMismatch));
-                    }
-                }
-                return Poll::Ready(Ok(true));
-            }
-            Err(frame) => frame,
-        };
-        match (frame.into_trailers(), self.sending) {
-            // Trailers end the body; only chunked framing can carry them.
-            (Ok(trailers), Sending::Chunked) => {
-                let mut last = BytesMut::new();
-                crate::h1::encode_last_chunk(Some(&trailers), &mut last);
-                out.push(last.freeze());
-                Poll::Ready(Ok(false))
-            }
-            (Ok(_), Sending::Length(n)) if n != self.sent => {
-                Poll::Ready(Err(H1Error::LengthMismatch))
-            }
-            (Ok(_), _) => Poll::Ready(Ok(false)),
-            (Err(_), _) => Poll::Ready(Ok(true)),
-        }
-    }
-}
-
-/// Bytes waiting to be written, in order.
-#[derive(Default)]
-struct Outbox {
-    queue: VecDeque<Bytes>,
-    /// Whether any byte has been written.
-    wrote: bool,
-}
-
-impl Outbox {
-    fn push(&mut self, bytes: Bytes) {
-        if !bytes.is_empty() {
-            self.queue.push_back(bytes);
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.queue.is_empty()
-    }
-
-    /// Writes everything queued (several pieces per system call).
-    fn poll_write(
-        &mut self,
-        io: &mut TcpStream,
-        cx: &mut Context<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        while !self.queue.is_empty() {
-            let mut slices = [IoSlice::new(&[]); 8];
-            let count = slices.len().min(self.queue.len());
-            for (slice, bytes) in slices.iter_mut().zip(&self.queue) {
-                *slice = IoSlice::new(bytes);
-            }
-            let mut written = ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..count]))?;
-            if written == 0 {
-                return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
-            }
-            self.wrote = true;
-            while written > 0 {
-                let Some(front) = self.queue.front_mut() else {
-                    break;
-                };
-                if written >= front.len() {
-                    written -= front.len();
-                    self.queue.pop_front();
-                } else {
-                    let _ = front.split_to(written);
-                    written = 0;
-                }
-            }
-        }
-        Poll::Ready(Ok(()))
-    }
-}
-
-/// What of a request is still to be written: queued bytes, and the
-/// body's frames still to come.
-struct Outgoing {
-    out: Outbox,
-    upload: Option<Upload>,
-}
-
-impl Outgoing {
-    /// Writes what is queued and queues the body's next frames until the
-    /// body has ended (`Ready(Ok)`), it waits, or writing fails.
-    fn poll(&mut self, io: &mut TcpStream, cx: &mut Context<'_>) -> Poll<Result<(), H1Error>> {
-        loop {
-            if !self.out.is_empty() {
-                ready!(self.out.poll_write(io, cx))?;
-            }
-            let Some(upload) = &mut self.upload else {
-                return Poll::Ready(Ok(()));
-            };
-            if !ready!(upload.poll_next(cx, &mut self.out))? {
-                self.upload = None;
-            }
-        }
-    }
-
-    fn done(&self) -> bool {
-        self.out.is_empty() && self.upload.is_none()
     }
 }
 
@@ -377,7 +232,8 @@ impl LocalPool {
         resend_if_closed: bool,
     ) -> impl Future<Output = Result<Response<Body>, PoolError>> + 'a {
         async move {
-            let request = (head_of(parts, body), body.clone());
+            let sending = Sending::of(parts, body.is_empty(), Some(body.len() as u64));
+            let request = (head_of(parts, sending), body.clone());
             // New connections are the cold path: boxed, so the future of every
             // request (moved as it is made and queued) stays small.
             let Some(mut connection) = self.pop(target) else {
@@ -431,9 +287,7 @@ impl LocalPool {
         let (parts, body) = request.into_parts();
         let ended = body.is_end_stream();
         let sending = Sending::of(&parts, ended, body.size_hint().exact());
-        let mut head = BytesMut::new();
-        crate::h1::encode_head(&parts, sending, &mut head);
-        let head = head.freeze();
+        let head = head_of(&parts, sending);
         let upload = (!ended).then_some(Upload {
             body,
             sending,
@@ -491,10 +345,9 @@ impl LocalPool {
     }
 }
 
-/// The head of a request with a kept `body`.
-fn head_of(parts: &http::request::Parts, body: &Bytes) -> Bytes {
-    let sending = Sending::of(parts, body.is_empty(), Some(body.len() as u64));
-    let mut head = BytesMut::with_capacity(256);
+/// The head of a request with `parts`, its body framed as `sending`.
+fn head_of(parts: &http::request::Parts, sending: Sending) -> Bytes {
+    let mut head = BytesMut::new();
     crate::h1::encode_head(parts, sending, &mut head);
     head.freeze()
 }
