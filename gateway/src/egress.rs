@@ -5,22 +5,18 @@
 //! a peer gateway ([`crate::remote`]), within the route's timeouts and
 //! retry policy ([`crate::retry`]).
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
 use crate::access::name_caller;
 use crate::body::RequestBody;
+use crate::client_body::ClientBody;
 use crate::local::clone_parts;
 use crate::metrics::Entry;
 use crate::proxy::{Body, DEFAULT_TIMEOUT, Gateway, accepted_counter, full, host_in};
@@ -47,48 +43,18 @@ impl Gateway {
             let (tcp, client, slot) = acceptor.accept().await;
             accepted.increment(1);
             let _ = tcp.set_nodelay(true);
-            let gw = Arc::clone(&self);
-            let idle = self.client_idle_timeout();
-            let header_timeout = self.header_read_timeout();
+            let limits = crate::downstream::Limits {
+                idle: self.client_idle_timeout(),
+                header: self.header_read_timeout(),
+            };
+            let connection =
+                crate::downstream::Connection::new(Arc::clone(&self), tcp, client, entry, limits);
             tokio::spawn(async move {
                 let _slot = slot;
                 let listener = entry.as_str();
-                let activity = Arc::new(crate::idle::Activity::default());
-                let active = Arc::clone(&activity);
-                let svc = service_fn(move |req| {
-                    active.mark();
-                    let gw = Arc::clone(&gw);
-                    // Boxed: an idle connection then holds a pointer, not the
-                    // whole request future (which is large).
-                    async move {
-                        Ok::<_, Infallible>(Box::pin(gw.egress(req, entry, client.ip())).await)
-                    }
-                });
                 metrics::gauge!("gns_gateway_active_connections", "listener" => listener)
                     .increment(1.0);
-                // HTTP/1.1, or h2c with prior knowledge (told apart by the HTTP/2 preface).
-                let mut builder =
-                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                // A client must send each request's header within the timeout.
-                builder
-                    .http1()
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(header_timeout);
-                let mut connection =
-                    std::pin::pin!(builder.serve_connection_with_upgrades(TokioIo::new(tcp), svc));
-                let mut watch = crate::idle::Watch::new(idle);
-                let _ = std::future::poll_fn(|cx| {
-                    if let Poll::Ready(done) = connection.as_mut().poll(cx) {
-                        return Poll::Ready(done);
-                    }
-                    if watch.poll_idle(cx, &activity) {
-                        // Graceful: a response in progress is finished first.
-                        connection.as_mut().graceful_shutdown();
-                        return connection.as_mut().poll(cx);
-                    }
-                    Poll::Pending
-                })
-                .await;
+                connection.serve().await;
                 metrics::gauge!("gns_gateway_active_connections", "listener" => listener)
                     .decrement(1.0);
             });
@@ -101,7 +67,7 @@ impl Gateway {
     )]
     pub(crate) fn egress(
         &self,
-        req: Request<Incoming>,
+        req: Request<ClientBody>,
         entry: Entry,
         client: std::net::IpAddr,
     ) -> impl Future<Output = Response<Body>> + '_ {
@@ -121,7 +87,7 @@ impl Gateway {
     )]
     pub(crate) fn egress_http(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<ClientBody>,
         entry: Entry,
         client: std::net::IpAddr,
     ) -> impl Future<Output = Response<Body>> + '_ {
@@ -444,7 +410,7 @@ mod tests {
         // plain request moves a few KB, not all of them.
         let gw = Gateway::new("east");
         let ip = std::net::IpAddr::from([127, 0, 0, 1]);
-        let egress = size_made(&|r: Request<Incoming>| gw.egress(r, Entry::Egress, ip));
+        let egress = size_made(&|r: Request<ClientBody>| gw.egress(r, Entry::Egress, ip));
         let ingress = size_made(&|r: Request<h2::RecvStream>| gw.ingress(r, "west"));
         assert!(egress <= 4096, "the egress future is {egress} bytes");
         assert!(ingress <= 3072, "the ingress future is {ingress} bytes");

@@ -14,7 +14,7 @@ use crate::proxy::BoxError;
 /// The most a response head (status line and fields) may take.
 pub(crate) const MAX_HEAD: usize = 64 * 1024;
 /// The most fields a response head (or a chunked body's trailer) may have.
-const MAX_FIELDS: usize = 100;
+pub(crate) const MAX_FIELDS: usize = 100;
 /// The longest chunk-size line (with extensions) read before refusing it.
 const MAX_CHUNK_LINE: usize = 4096;
 
@@ -56,6 +56,9 @@ pub(crate) enum Sending {
     Length(u64),
     /// `transfer-encoding: chunked`.
     Chunked,
+    /// As it comes, ended by closing the connection (a response of unknown
+    /// length to an HTTP/1.0 client).
+    UntilClose,
 }
 
 impl Sending {
@@ -102,7 +105,7 @@ pub(crate) fn encode_head(parts: &http::request::Parts, sending: Sending, out: &
         out.put_slice(b"\r\n");
     }
     match sending {
-        Sending::Nothing => {}
+        Sending::Nothing | Sending::UntilClose => {}
         Sending::Length(n) => {
             // Writing to a BytesMut cannot fail.
             let _ = write!(out, "content-length: {n}\r\n");
@@ -172,7 +175,7 @@ pub(crate) fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<H
             }
             continue;
         }
-        let (mut headers, fields) = header_map(&head, &spans[..line.fields])?;
+        let (mut headers, fields) = header_map(&head, &spans[..line.fields], false)?;
         let framing = fields.framing(status, method)?;
         // Both framings at once (RFC 9112 §6.3): the transfer coding wins,
         // the length is not passed on, and the connection is not reused.
@@ -200,7 +203,7 @@ pub(crate) fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<H
 
 /// Where a field's name and value are in a head: `(name start, name end,
 /// value start, value end)`.
-type Span = (u32, u32, u32, u32);
+pub(crate) type Span = (u32, u32, u32, u32);
 
 /// A whole head's status line, and how many fields it has.
 struct StatusLine {
@@ -247,17 +250,19 @@ fn parse_fields(buf: &[u8], spans: &mut [Span; MAX_FIELDS]) -> Result<Option<Sta
 
 /// What a response's fields say about its framing and connection, noted
 /// as its header map is built (no lookups after).
-struct Fields {
+pub(crate) struct Fields {
     /// Its `content-length`: `Err` when malformed or in disagreement.
-    length: Result<Option<u64>, &'static str>,
+    pub(crate) length: Result<Option<u64>, &'static str>,
     /// Whether it has a `transfer-encoding`, and whether `chunked` is its
     /// last coding.
-    transfer: Option<bool>,
+    pub(crate) transfer: Option<bool>,
     /// `connection: close`.
-    close: bool,
+    pub(crate) close: bool,
     /// A `connection` value naming fields besides `close` and `keep-alive`
     /// (they are dropped too).
-    names: Option<Bytes>,
+    pub(crate) names: Option<Bytes>,
+    /// `connection: keep-alive`.
+    pub(crate) keep_alive: bool,
 }
 
 /// Fields about this connection alone, not passed on (RFC 9110 §7.6.1);
@@ -290,7 +295,9 @@ impl Fields {
             for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
                 if token.eq_ignore_ascii_case(b"close") {
                     self.close = true;
-                } else if !token.is_empty() && !token.eq_ignore_ascii_case(b"keep-alive") {
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                    self.keep_alive = true;
+                } else if !token.is_empty() {
                     self.names = Some(value.clone());
                 }
             }
@@ -324,26 +331,33 @@ impl Fields {
 }
 
 /// The fields of `head` at `spans`, values shared with it (not copied),
-/// and what they say about framing.
-fn header_map(head: &Bytes, spans: &[Span]) -> Result<(HeaderMap, Fields), H1Error> {
+/// and what they say about framing. Connection fields are dropped unless
+/// `keep_all` (a client's request keeps them: an upgrade needs them, and
+/// every hop strips them when it passes the request on).
+pub(crate) fn header_map(
+    head: &Bytes,
+    spans: &[Span],
+    keep_all: bool,
+) -> Result<(HeaderMap, Fields), H1Error> {
     let mut headers = HeaderMap::with_capacity(spans.len());
     let mut fields = Fields {
         length: Ok(None),
         transfer: None,
         close: false,
         names: None,
+        keep_alive: false,
     };
     for &(name_start, name_end, value_start, value_end) in spans {
         let name = HeaderName::from_bytes(&head[name_start as usize..name_end as usize])
             .map_err(|_| H1Error::Malformed("a field name"))?;
         let value = head.slice(value_start as usize..value_end as usize);
-        if fields.note(&name, &value) {
+        if fields.note(&name, &value) || keep_all {
             let value = HeaderValue::from_maybe_shared(value)
                 .map_err(|_| H1Error::Malformed("a field value"))?;
             headers.append(name, value);
         }
     }
-    if let Some(names) = &fields.names {
+    if let Some(names) = fields.names.as_ref().filter(|_| !keep_all) {
         for name in names.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
             if let Ok(name) = HeaderName::from_bytes(name) {
                 headers.remove(name);
@@ -354,7 +368,7 @@ fn header_map(head: &Bytes, spans: &[Span]) -> Result<(HeaderMap, Fields), H1Err
 }
 
 /// A content-length: decimal digits only (spaces around allowed).
-fn parse_length(text: &[u8]) -> Option<u64> {
+pub(crate) fn parse_length(text: &[u8]) -> Option<u64> {
     let text = text.trim_ascii();
     if text.is_empty() || text.len() > 19 {
         return None;

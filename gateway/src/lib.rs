@@ -31,12 +31,15 @@
 pub mod access;
 pub mod body;
 pub mod budget;
+pub mod client_body;
 pub use gns_contract::config;
+pub mod downstream;
 pub mod egress;
 pub mod exported;
 pub mod follow;
 pub(crate) mod grpc;
 pub mod h1;
+pub(crate) mod h1_serve;
 pub mod h2c;
 pub mod h2server;
 pub use gns_idle as idle;

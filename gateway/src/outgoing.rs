@@ -56,6 +56,7 @@ impl Upload {
                     }
                     Sending::Chunked => {}
                     Sending::Length(n) if self.sent <= n => out.push(data),
+                    Sending::UntilClose => out.push(data),
                     Sending::Nothing if data.is_empty() => {}
                     Sending::Length(_) | Sending::Nothing => {
                         return Poll::Ready(Err(H1Error::LengthMismatch));
@@ -86,6 +87,8 @@ impl Upload {
 #[derive(Default)]
 pub(crate) struct Outbox {
     queue: VecDeque<Bytes>,
+    /// The bytes queued.
+    queued: usize,
     /// Whether any byte has been written.
     pub(crate) wrote: bool,
 }
@@ -93,12 +96,18 @@ pub(crate) struct Outbox {
 impl Outbox {
     pub(crate) fn push(&mut self, bytes: Bytes) {
         if !bytes.is_empty() {
+            self.queued += bytes.len();
             self.queue.push_back(bytes);
         }
     }
 
     pub(crate) fn is_empty(&self) -> bool {
         self.queue.is_empty()
+    }
+
+    /// The bytes queued.
+    pub(crate) fn queued(&self) -> usize {
+        self.queued
     }
 
     /// Writes everything queued (several pieces per system call).
@@ -118,6 +127,7 @@ impl Outbox {
                 return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
             }
             self.wrote = true;
+            self.queued -= written;
             while written > 0 {
                 let Some(front) = self.queue.front_mut() else {
                     break;

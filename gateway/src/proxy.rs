@@ -25,9 +25,8 @@ use crate::tls::TlsIdentity;
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a client connection may go without a request before it is closed.
 pub const DEFAULT_CLIENT_IDLE: Duration = Duration::from_secs(60);
-/// How long a client may take to send a request's header, by default. The
-/// timer also runs while a kept-alive connection waits for its next request
-/// (hyper's), so it is the client idle timeout's default too.
+/// How long a client may take to send a request's header, by default: from
+/// a new connection's start, or from the first byte of a later request.
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// Connections each listener serves at once, by default.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 16_384;

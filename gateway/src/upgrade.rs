@@ -16,10 +16,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Request, Response, header};
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 
 use crate::access::{name_caller, name_subset};
+use crate::client_body::ClientBody;
+use crate::downstream::OnUpgrade;
 use crate::proxy::{Body, Gateway, full, host_in};
 use crate::refusal::{Refusal, TryError};
 use crate::route::{Route, RouteTable};
@@ -156,16 +156,24 @@ impl Gateway {
     /// stream are joined (see [`crate::upgrade`]).
     pub(crate) async fn upgrade(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<ClientBody>,
         routes: &RouteTable,
         route: &Arc<Route>,
         caller: Option<HeaderValue>,
         callers: &[String],
     ) -> Response<Body> {
-        let on_client = hyper::upgrade::on(&mut req);
+        let on_client = req.extensions_mut().remove::<OnUpgrade>();
         let (mut parts, _) = req.into_parts();
         name_caller(&mut parts.headers, caller.clone());
         let host = host_in(&parts.headers, &parts.uri).to_owned();
+        let Some(on_client) = on_client else {
+            // An h2c request: its connection cannot switch protocols.
+            return Refusal::UpgradeFailed {
+                host,
+                why: "an HTTP/2 connection cannot be upgraded".into(),
+            }
+            .answer();
+        };
         let request = crate::route::RequestFacts {
             method: Some(&parts.method),
             path: Some(parts.uri.path()),
@@ -233,10 +241,9 @@ impl Gateway {
             }
             let rest = answer.rest;
             tokio::spawn(async move {
-                let Ok(upgraded) = on_client.await else {
+                let Some(mut client) = on_client.upgraded().await else {
                     return;
                 };
-                let mut client = TokioIo::new(upgraded);
                 if !rest.is_empty()
                     && tokio::io::AsyncWriteExt::write_all(&mut client, &rest)
                         .await

@@ -90,9 +90,9 @@ struct Args {
     #[arg(long, env = "GNS_INSTANCE")]
     instance: Option<String>,
     /// A client (egress, public entry) must send a request's header within
-    /// this; slow or stalled clients are closed. The timer also runs while a
-    /// kept-alive connection waits for its next request, so keep it at or
-    /// above --client-idle-timeout. The admin listener reads within it too.
+    /// this, from a new connection's start or from the first byte of a
+    /// later request; slow or stalled clients are closed (between requests
+    /// --client-idle-timeout applies). The admin listener reads within it too.
     #[arg(long, env = "GNS_HEADER_READ_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     header_read_timeout: std::time::Duration,
     /// Connections each listener (egress, public, ingress, TCP ports) serves

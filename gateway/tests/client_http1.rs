@@ -1,0 +1,185 @@
+//! The egress's own HTTP/1.1 server, against raw clients over real
+//! sockets: pipelined requests, malformed and oversized heads, HTTP/1.0
+//! clients, and a response to a request whose body was never read.
+
+mod support;
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use support::{HOST, counting_upstream, egress, hello_upstream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// An HTTP/1.1 upstream (hyper, keep-alive) answering each request with
+/// its path.
+async fn path_upstream() -> u16 {
+    let (port, _) = counting_upstream(|tcp| async move {
+        let svc = service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
+            let path = req.uri().path().to_owned();
+            Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from(path))))
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(tcp), svc)
+            .await;
+    })
+    .await;
+    port
+}
+
+/// Everything the gateway sends until it closes the connection (fails
+/// after 5 s, or on a reset).
+async fn read_to_close(tcp: &mut TcpStream) -> String {
+    let mut seen = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut seen))
+        .await
+        .expect("closed within 5 s")
+        .expect("an orderly close, not a reset");
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+/// Reads until `count` responses with bodies of `body_len` bytes have come.
+async fn read_responses(tcp: &mut TcpStream, count: usize) -> String {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while String::from_utf8_lossy(&seen)
+        .matches("HTTP/1.1 200")
+        .count()
+        < count
+        || !seen.ends_with(b"/third")
+    {
+        let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf))
+            .await
+            .expect("answers within 5 s")
+            .expect("read");
+        assert_ne!(n, 0, "closed early: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+#[tokio::test]
+async fn pipelined_requests_on_one_connection_are_answered_in_order() {
+    let addr = egress(path_upstream().await).await;
+    let mut tcp = TcpStream::connect(addr).await.expect("connect");
+    let requests: String = ["/first", "/second", "/third"]
+        .iter()
+        .map(|path| format!("GET {path} HTTP/1.1\r\nhost: {HOST}\r\n\r\n"))
+        .collect();
+    tcp.write_all(requests.as_bytes()).await.expect("requests");
+    let text = read_responses(&mut tcp, 3).await;
+    let first = text.find("/first").expect("first answered");
+    let second = text.find("/second").expect("second answered");
+    let third = text.find("/third").expect("third answered");
+    assert!(first < second && second < third, "{text}");
+    assert!(!text.contains("connection: close"), "{text}");
+}
+
+#[tokio::test]
+async fn a_malformed_head_gets_400_and_an_oversized_one_431_then_the_connection_closes() {
+    let (port, _) = hello_upstream().await;
+    let addr = egress(port).await;
+    for (head, status) in [
+        (
+            "GET / HTTP/1.1\r\nhost: web\r\nbad field\r\n\r\n".to_owned(),
+            "400",
+        ),
+        (
+            format!("POST / HTTP/1.1\r\nhost: {HOST}\r\ncontent-length: 1, 2\r\n\r\n"),
+            "400",
+        ),
+        (
+            format!("POST / HTTP/1.1\r\nhost: {HOST}\r\ntransfer-encoding: gzip\r\n\r\n"),
+            "400",
+        ),
+        (
+            format!("GET / HTTP/1.1\r\nx-big: {}\r\n\r\n", "a".repeat(70_000)),
+            "431",
+        ),
+    ] {
+        let mut tcp = TcpStream::connect(addr).await.expect("connect");
+        // An oversized head may be refused before all of it is written.
+        let _ = tcp.write_all(head.as_bytes()).await;
+        let text = read_to_close(&mut tcp).await;
+        assert!(
+            text.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{status} for {:?}: {text}",
+            &head[..40]
+        );
+        assert!(text.contains("connection: close\r\n"), "{text}");
+    }
+}
+
+#[tokio::test]
+async fn an_http10_client_is_answered_and_closed_unless_it_asks_for_keep_alive() {
+    let (port, _) = hello_upstream().await;
+    let addr = egress(port).await;
+    let mut once = TcpStream::connect(addr).await.expect("connect");
+    once.write_all(format!("GET / HTTP/1.0\r\nhost: {HOST}\r\n\r\n").as_bytes())
+        .await
+        .expect("request");
+    let text = read_to_close(&mut once).await;
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(text.ends_with("\r\n\r\nhello from east"), "{text}");
+    assert!(
+        !text.contains("chunked"),
+        "no chunked framing to HTTP/1.0: {text}"
+    );
+
+    let mut kept = TcpStream::connect(addr).await.expect("connect");
+    for _ in 0..2 {
+        kept.write_all(
+            format!("GET / HTTP/1.0\r\nhost: {HOST}\r\nconnection: keep-alive\r\n\r\n").as_bytes(),
+        )
+        .await
+        .expect("request on the kept connection");
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !seen.ends_with(b"hello from east") {
+            let n = tokio::time::timeout(Duration::from_secs(5), kept.read(&mut buf))
+                .await
+                .expect("answer within 5 s")
+                .expect("read");
+            assert_ne!(n, 0, "closed: {}", String::from_utf8_lossy(&seen));
+            seen.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&seen);
+        assert!(text.contains("connection: keep-alive\r\n"), "{text}");
+        assert!(text.contains("content-length: 15\r\n"), "{text}");
+    }
+}
+
+#[tokio::test]
+async fn a_request_refused_before_its_body_was_read_is_answered_before_the_close() {
+    let (port, _) = hello_upstream().await;
+    let addr = egress(port).await;
+    let mut tcp = TcpStream::connect(addr).await.expect("connect");
+    // An unknown host with a large body: refused without reading it.
+    let body = vec![b'x'; 256 * 1024];
+    tcp.write_all(
+        format!(
+            "POST / HTTP/1.1\r\nhost: nobody.example\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .expect("head");
+    let (mut read, mut write) = tcp.into_split();
+    let writer = tokio::spawn(async move {
+        let _ = write.write_all(&body).await;
+    });
+    let mut seen = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), read.read_to_end(&mut seen))
+        .await
+        .expect("closed within 5 s")
+        .expect("an orderly close, not a reset");
+    let text = String::from_utf8_lossy(&seen);
+    assert!(text.starts_with("HTTP/1.1 404 "), "{text}");
+    assert!(text.contains("connection: close\r\n"), "{text}");
+    let _ = writer.await;
+}
