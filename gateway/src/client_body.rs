@@ -57,7 +57,7 @@ impl HttpBody for ClientBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ClientBody::Empty => true,
-            ClientBody::H1(body) => body.ended,
+            ClientBody::H1(body) => body.ended || body.complete,
             ClientBody::H2(body) => body.is_end_stream(),
         }
     }
@@ -81,6 +81,8 @@ pub struct H1Body {
     wanted: Option<oneshot::Sender<()>>,
     /// What a body of declared length still has to come.
     left: Option<u64>,
+    /// The whole body came (its length, or a chunked body's end).
+    complete: bool,
     ended: bool,
 }
 
@@ -89,14 +91,28 @@ impl H1Body {
         if let Some(wanted) = self.wanted.take() {
             let _ = wanted.send(());
         }
+        if self.ended {
+            return Poll::Ready(None);
+        }
         let piece = ready!(self.pieces.poll_next_unpin(cx));
         match &piece {
-            Some(Ok(frame)) => {
-                if let (Some(left), Some(data)) = (&mut self.left, frame.data_ref()) {
+            Some(Ok(frame)) => match (frame.data_ref(), &mut self.left) {
+                (Some(data), Some(left)) => {
                     *left = left.saturating_sub(data.len() as u64);
+                    self.complete = *left == 0;
                 }
+                // A chunked body's end: an empty frame, or its trailers.
+                (Some(data), None) => self.complete = data.is_empty(),
+                (None, _) => self.complete = true,
+            },
+            Some(Err(_)) => self.ended = true,
+            None if self.complete => self.ended = true,
+            None => {
+                // The connection's side went away before the body's end
+                // (the connection broke): not a whole body.
+                self.ended = true;
+                return Poll::Ready(Some(Err(std::io::ErrorKind::UnexpectedEof.into())));
             }
-            Some(Err(_)) | None => self.ended = true,
         }
         Poll::Ready(piece)
     }
@@ -116,6 +132,7 @@ pub(crate) fn channel(framing: Framing, expect_continue: bool) -> (ClientBody, P
         pieces,
         wanted: Some(wanted),
         left,
+        complete: false,
         ended: false,
     };
     let pump = Pump {
@@ -264,5 +281,21 @@ impl Pump {
         let _ = self.sender.start_send(Err(error));
         self.sender.close_channel();
         self.state = PumpState::Abandoned;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_body_whose_connection_went_away_before_its_end_ends_in_an_error() {
+        let (mut body, pump) = channel(Framing::Chunked(Default::default()), false);
+        drop(pump);
+        let frame = body.frame().await.expect("a frame");
+        assert!(frame.is_err(), "a cut body must not look whole: {frame:?}");
+        assert!(body.frame().await.is_none(), "and then it has ended");
     }
 }

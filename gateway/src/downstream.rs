@@ -187,12 +187,13 @@ impl Connection {
         loop {
             let head = match self.next_head(first).await {
                 Next::Request(head) => head,
-                Next::H2c => return self.serve_h2c().await,
+                // Boxed: their state stays out of every connection's future.
+                Next::H2c => return Box::pin(self.serve_h2c()).await,
                 Next::Closed | Next::Broken => return,
                 Next::Refused(e) => {
                     tracing::debug!(client = %self.client, error = %e, "request refused");
                     let _ = self.io.write_all(e.answer()).await;
-                    return self.linger().await;
+                    return Box::pin(self.linger()).await;
                 }
             };
             first = false;
@@ -203,7 +204,7 @@ impl Connection {
                     self.buf = BytesMut::new();
                 }
                 Ended::KeepAlive => {}
-                Ended::Close => return self.linger().await,
+                Ended::Close => return Box::pin(self.linger()).await,
                 Ended::Upgraded(give) => {
                     let _ = give.send(Upgraded {
                         io: self.io,
@@ -222,16 +223,38 @@ impl Connection {
         // idle time; the head is then due within the header timeout.
         let mut waiting = !first && self.buf.is_empty();
         if waiting {
-            match self.limits.idle {
-                Some(idle) => self.timer.as_mut().reset(Instant::now() + idle),
-                None => self.timer.as_mut().reset(far_future()),
-            }
+            self.timer.as_mut().reset(
+                self.limits
+                    .idle
+                    .map_or_else(far_future, |idle| Instant::now() + idle),
+            );
         } else if !first {
             self.timer
                 .as_mut()
                 .reset(Instant::now() + self.limits.header);
         }
         loop {
+            // Empty lines before a request are ignored (RFC 9112 §2.2): some
+            // clients end a body with an extra CRLF.
+            let blank = self
+                .buf
+                .iter()
+                .take_while(|&&b| b == b'\r' || b == b'\n')
+                .count();
+            if blank > 0 {
+                self.buf.advance(blank);
+                if self.buf.is_empty() {
+                    self.buf = BytesMut::new();
+                    if !first && !waiting {
+                        waiting = true;
+                        self.timer.as_mut().reset(
+                            self.limits
+                                .idle
+                                .map_or_else(far_future, |idle| Instant::now() + idle),
+                        );
+                    }
+                }
+            }
             if first && self.buf.len() < PREFACE.len() && PREFACE.starts_with(&self.buf) {
                 // Perhaps the HTTP/2 preface: read on before parsing.
             } else if first && self.buf.starts_with(PREFACE) {
@@ -317,8 +340,16 @@ impl Connection {
             if let Poll::Ready(response) = respond.as_mut().poll(cx) {
                 return Poll::Ready(Ok::<_, std::io::Error>(response));
             }
-            if let Some(pump) = &mut pump {
-                let _ = pump.poll(cx, io, buf, &mut out);
+            match &mut pump {
+                Some(pump) if !pump.done() => {
+                    let _ = pump.poll(cx, io, buf, &mut out);
+                }
+                _ => {
+                    // The client hung up: the request is dropped (cancelled).
+                    if let Poll::Ready(Err(e)) = poll_hang_up(io, cx, buf) {
+                        return Poll::Ready(Err(e));
+                    }
+                }
             }
             if !out.is_empty() {
                 ready!(out.poll_write(io, cx))?;
@@ -331,11 +362,13 @@ impl Connection {
             Ok(response) => response,
             Err(_) => return Ended::Broken,
         };
-        // A body dropped unread: the connection closes after the response.
+        // A body not read to its end by now: the connection closes after
+        // the response (said in its head), as a dropped body's rest is
+        // not read.
         let mut keep_alive = keep_alive;
         if let Some(pump) = &mut pump {
             pump.answered();
-            keep_alive &= !pump.abandoned();
+            keep_alive &= !pump.abandoned() && pump.done();
         }
         let (parts, body) = response.into_parts();
         let exact = if body.is_end_stream() {
@@ -354,8 +387,15 @@ impl Connection {
             sent: 0,
         });
         let written = std::future::poll_fn(|cx| {
-            if let Some(pump) = &mut pump {
-                let _ = pump.poll(cx, io, buf, &mut out);
+            match &mut pump {
+                Some(pump) if !pump.done() => {
+                    let _ = pump.poll(cx, io, buf, &mut out);
+                }
+                _ => {
+                    if let Poll::Ready(Err(e)) = poll_hang_up(io, cx, buf) {
+                        return Poll::Ready(Err(crate::h1::H1Error::Io(e)));
+                    }
+                }
             }
             poll_response(cx, io, &mut out, &mut upload)
         })
@@ -476,6 +516,28 @@ fn poll_response(
     }
 }
 
+/// Watches a connection nothing else reads while its request is answered:
+/// an error once the client closed it (or it broke). Bytes it sends
+/// meanwhile (a pipelined request) are kept in `buf`, and the watch ends.
+fn poll_hang_up(
+    io: &mut TcpStream,
+    cx: &mut Context<'_>,
+    buf: &mut BytesMut,
+) -> Poll<std::io::Result<()>> {
+    while buf.is_empty() {
+        ready!(io.poll_read_ready(cx))?;
+        match io.try_read_buf(buf) {
+            Ok(0) => {
+                return Poll::Ready(Err(std::io::ErrorKind::ConnectionAborted.into()));
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Poll::Ready(Err(e)),
+        }
+    }
+    Poll::Pending
+}
+
 /// Reads once from `io` into the spare capacity of `buf` (0: it closed).
 pub(crate) fn poll_read_buf(
     io: &mut TcpStream,
@@ -488,4 +550,29 @@ pub(crate) fn poll_read_buf(
 /// A deadline no wait reaches (about 30 years on).
 fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(86_400 * 365 * 30)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_idle_connection_s_future_stays_small() {
+        // Every client connection's task holds this future while it waits
+        // for a request: the h2c server, the orderly close and a request's
+        // future are boxed out of it.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let _client = TcpStream::connect(addr).await.expect("connect");
+        let (io, peer) = listener.accept().await.expect("accept");
+        let limits = Limits {
+            idle: None,
+            header: Duration::from_secs(1),
+        };
+        let connection = Connection::new(Gateway::new("east"), io, peer, Entry::Egress, limits);
+        let size = std::mem::size_of_val(&connection.serve());
+        assert!(size <= 2048, "a connection's future is {size} bytes");
+    }
 }

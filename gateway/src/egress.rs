@@ -127,7 +127,13 @@ impl Gateway {
                 }
                 Entry::Public => (Some(HeaderValue::from_static("external")), &[][..]),
             };
-            if crate::upgrade::is_upgrade(req.headers()) {
+            // An HTTP/1.1 upgrade (the connection marked it when it read the
+            // head; h2c has none: HTTP/2 refuses connection fields).
+            if req
+                .extensions()
+                .get::<crate::downstream::OnUpgrade>()
+                .is_some()
+            {
                 return Box::pin(self.upgrade(req, &routes, &route, caller, callers)).await;
             }
             let (mut parts, body) = req.into_parts();

@@ -6,17 +6,16 @@
 use std::fmt::Write as _;
 use std::mem::MaybeUninit;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version, header};
 
+pub(crate) use crate::chunked::{Chunked, Decoded};
 use crate::proxy::BoxError;
 
 /// The most a response head (status line and fields) may take.
 pub(crate) const MAX_HEAD: usize = 64 * 1024;
 /// The most fields a response head (or a chunked body's trailer) may have.
 pub(crate) const MAX_FIELDS: usize = 100;
-/// The longest chunk-size line (with extensions) read before refusing it.
-const MAX_CHUNK_LINE: usize = 4096;
 
 /// Why an exchange with a local endpoint failed after it started.
 #[derive(Debug, thiserror::Error)]
@@ -339,7 +338,9 @@ pub(crate) fn header_map(
     spans: &[Span],
     keep_all: bool,
 ) -> Result<(HeaderMap, Fields), H1Error> {
-    let mut headers = HeaderMap::with_capacity(spans.len());
+    // A request gets a few fields on its way (trace context, caller): room
+    // for them now, not a regrown map later.
+    let mut headers = HeaderMap::with_capacity(spans.len() + if keep_all { 4 } else { 0 });
     let mut fields = Fields {
         length: Ok(None),
         transfer: None,
@@ -376,110 +377,6 @@ pub(crate) fn parse_length(text: &[u8]) -> Option<u64> {
     text.iter().try_fold(0u64, |n, &b| {
         b.is_ascii_digit().then(|| n * 10 + u64::from(b - b'0'))
     })
-}
-
-/// Where a chunked body's decoding stands.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub(crate) enum Chunked {
-    /// At a chunk-size line.
-    #[default]
-    Size,
-    /// Inside a chunk, with this many bytes left.
-    Data(u64),
-    /// At the line end after a chunk's data.
-    DataEnd,
-    /// At the trailer section after the last chunk.
-    Trailer,
-    /// Past the end.
-    Done,
-}
-
-/// What decoding a chunked body gave.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Decoded {
-    /// Some of the body.
-    Data(Bytes),
-    /// The trailer fields (the body has ended).
-    Trailers(HeaderMap),
-    /// The body has ended.
-    End,
-    /// More must be read first.
-    More,
-}
-
-impl Chunked {
-    /// Decodes from the start of `buf`, taking out what it used.
-    pub(crate) fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, H1Error> {
-        loop {
-            match *self {
-                Chunked::Size => match httparse::parse_chunk_size(buf) {
-                    Ok(httparse::Status::Complete((used, size))) => {
-                        buf.advance(used);
-                        *self = if size == 0 {
-                            Chunked::Trailer
-                        } else {
-                            Chunked::Data(size)
-                        };
-                    }
-                    Ok(httparse::Status::Partial) if buf.len() <= MAX_CHUNK_LINE => {
-                        return Ok(Decoded::More);
-                    }
-                    _ => return Err(H1Error::Malformed("a chunk size")),
-                },
-                Chunked::Data(left) => {
-                    if buf.is_empty() {
-                        return Ok(Decoded::More);
-                    }
-                    let take = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
-                    let left = left - take as u64;
-                    *self = if left == 0 {
-                        Chunked::DataEnd
-                    } else {
-                        Chunked::Data(left)
-                    };
-                    return Ok(Decoded::Data(buf.split_to(take).freeze()));
-                }
-                Chunked::DataEnd => {
-                    if buf.len() < 2 {
-                        return Ok(Decoded::More);
-                    }
-                    if &buf[..2] != b"\r\n" {
-                        return Err(H1Error::Malformed("a chunk's end"));
-                    }
-                    buf.advance(2);
-                    *self = Chunked::Size;
-                }
-                Chunked::Trailer => {
-                    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
-                    let (used, trailers) = match httparse::parse_headers(buf, &mut fields)? {
-                        httparse::Status::Complete((used, fields)) => {
-                            let mut trailers = HeaderMap::new();
-                            for field in fields.iter() {
-                                let name = HeaderName::from_bytes(field.name.as_bytes())
-                                    .map_err(|_| H1Error::Malformed("a trailer name"))?;
-                                let value = HeaderValue::from_bytes(field.value)
-                                    .map_err(|_| H1Error::Malformed("a trailer value"))?;
-                                trailers.append(name, value);
-                            }
-                            (used, trailers)
-                        }
-                        httparse::Status::Partial if buf.len() <= MAX_HEAD => {
-                            return Ok(Decoded::More);
-                        }
-                        httparse::Status::Partial => return Err(H1Error::HeadTooLarge),
-                    };
-                    buf.advance(used);
-                    *self = Chunked::Done;
-                    return Ok(if trailers.is_empty() {
-                        Decoded::End
-                    } else {
-                        Decoded::Trailers(trailers)
-                    });
-                }
-                Chunked::Done => return Ok(Decoded::End),
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -638,7 +535,7 @@ mod tests {
                 "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\ncontent-length: 5\r\n\r\n",
                 &Method::GET
             ),
-            Framing::Chunked(Chunked::Size)
+            Framing::Chunked(Chunked::default())
         );
         assert_eq!(
             framing_of(
@@ -693,7 +590,7 @@ mod tests {
         .expect("whole");
         let names: Vec<&str> = head.response.headers().keys().map(|n| n.as_str()).collect();
         assert_eq!(names, ["server"], "the body's chunks are decoded here");
-        assert_eq!(head.framing, Framing::Chunked(Chunked::Size));
+        assert_eq!(head.framing, Framing::Chunked(Chunked::default()));
         assert!(head.keep_alive);
     }
 
@@ -705,53 +602,8 @@ mod tests {
         )
         .expect("parse")
         .expect("whole");
-        assert_eq!(head.framing, Framing::Chunked(Chunked::Size));
+        assert_eq!(head.framing, Framing::Chunked(Chunked::default()));
         assert!(!head.response.headers().contains_key("content-length"));
         assert!(!head.keep_alive);
-    }
-
-    #[test]
-    fn a_chunked_body_decodes_piece_by_piece_with_its_trailers() {
-        let wire = b"4;ext=1\r\nRust\r\n6\r\n rocks\r\n0\r\ngrpc-status: 0\r\n\r\nNEXT";
-        // Fed one byte at a time: every split point is crossed.
-        let mut chunked = Chunked::default();
-        let mut buf = BytesMut::new();
-        let mut body = Vec::new();
-        let mut trailers = None;
-        for &b in wire.iter() {
-            buf.put_u8(b);
-            loop {
-                match chunked.decode(&mut buf).expect("decode") {
-                    Decoded::Data(data) => body.extend_from_slice(&data),
-                    Decoded::Trailers(t) => trailers = Some(t),
-                    Decoded::End | Decoded::More => break,
-                }
-            }
-            if chunked == Chunked::Done {
-                break;
-            }
-        }
-        assert_eq!(body, b"Rust rocks");
-        assert_eq!(trailers.expect("trailers")["grpc-status"], "0");
-        assert_eq!(chunked.decode(&mut buf).expect("decode"), Decoded::End);
-        assert!(buf.is_empty(), "the byte after the end is not read");
-        let mut whole = BytesMut::from(&b"3\r\nabc\r\n0\r\n\r\nNEXT"[..]);
-        let mut chunked = Chunked::default();
-        assert_eq!(
-            chunked.decode(&mut whole).expect("decode"),
-            Decoded::Data(Bytes::from_static(b"abc"))
-        );
-        assert_eq!(chunked.decode(&mut whole).expect("decode"), Decoded::End);
-        assert_eq!(&whole[..], b"NEXT", "the next response is left");
-    }
-
-    #[test]
-    fn a_broken_chunked_body_is_refused() {
-        for bad in [&b"zz\r\n"[..], b"3\r\nabcX\r\n", b"11111111111111111\r\n"] {
-            let mut buf = BytesMut::from(bad);
-            let mut chunked = Chunked::default();
-            let outcome = (0..4).try_for_each(|_| chunked.decode(&mut buf).map(drop));
-            assert!(outcome.is_err(), "{:?}", String::from_utf8_lossy(bad));
-        }
     }
 }

@@ -7,7 +7,7 @@
 use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::mem::MaybeUninit;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderValue, Method, Request, StatusCode, Uri, Version, header};
@@ -75,6 +75,12 @@ pub(crate) fn parse_request(buf: &mut BytesMut) -> Result<Option<RequestHead>, H
     // RFC 9112 §6.3: a transfer coding wins over a length, and such a
     // request closes its connection; chunked must be the last coding.
     let both = fields.transfer.is_some() && matches!(fields.length, Err(_) | Ok(Some(_)));
+    let http11 = line.version == 1;
+    if fields.transfer.is_some() && !http11 {
+        // RFC 9112 §6.1: HTTP/1.0 has no transfer codings; a party that
+        // reads this one by its length would see another request in it.
+        return Err(HeadError::Malformed("transfer-encoding in HTTP/1.0"));
+    }
     let framing = match (fields.transfer, fields.length) {
         (Some(true), _) => Framing::Chunked(crate::h1::Chunked::default()),
         (Some(false), _) => return Err(HeadError::Malformed("transfer-encoding")),
@@ -85,7 +91,6 @@ pub(crate) fn parse_request(buf: &mut BytesMut) -> Result<Option<RequestHead>, H
     if both {
         headers.remove(header::CONTENT_LENGTH);
     }
-    let http11 = line.version == 1;
     let keep_alive = !both && !fields.close && (http11 || fields.keep_alive);
     let expect_continue = http11
         && !matches!(framing, Framing::Empty)
@@ -241,7 +246,12 @@ pub(crate) fn encode_response_head(
     out: &mut BytesMut,
 ) {
     out.reserve(64 + 40 * parts.headers.len());
-    out.put_slice(b"HTTP/1.1 ");
+    // An HTTP/1.0 client is answered in its version (as hyper did).
+    out.put_slice(if version == Version::HTTP_10 {
+        b"HTTP/1.0 "
+    } else {
+        b"HTTP/1.1 "
+    });
     out.put_slice(parts.status.as_str().as_bytes());
     out.put_u8(b' ');
     out.put_slice(
@@ -252,8 +262,11 @@ pub(crate) fn encode_response_head(
             .as_bytes(),
     );
     out.put_slice(b"\r\n");
-    // A body-less answer (HEAD, 204, 304) keeps the length it declares.
-    let own_length = !matches!(reply.sending, Sending::Nothing);
+    // A body-less answer to HEAD, or a 304, keeps the length it declares;
+    // a 1xx or 204 has none (RFC 9110 §8.6).
+    let own_length = !matches!(reply.sending, Sending::Nothing)
+        || parts.status.is_informational()
+        || parts.status == StatusCode::NO_CONTENT;
     for (name, value) in &parts.headers {
         if name == header::TRANSFER_ENCODING
             || (own_length && name == header::CONTENT_LENGTH)
@@ -291,18 +304,19 @@ pub(crate) fn encode_response_head(
 
 /// The `Date` of responses, formatted once a second per thread.
 struct CachedDate {
-    at: SystemTime,
+    /// The whole UNIX second `text` is of.
+    second: u64,
     text: Bytes,
 }
 
 impl CachedDate {
     fn now(&mut self) -> &[u8] {
         let now = SystemTime::now();
-        let stale = now
-            .duration_since(self.at)
-            .map_or(true, |d| d >= Duration::from_secs(1));
-        if stale {
-            self.at = now;
+        let second = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if second != self.second || self.text.is_empty() {
+            self.second = second;
             self.text = Bytes::from(httpdate::fmt_http_date(now));
         }
         &self.text
@@ -312,7 +326,7 @@ impl CachedDate {
 thread_local! {
     static DATE: RefCell<CachedDate> = const {
         RefCell::new(CachedDate {
-            at: SystemTime::UNIX_EPOCH,
+            second: 0,
             text: Bytes::new(),
         })
     };
@@ -418,6 +432,13 @@ mod tests {
             parse("GET / HTTP/2.0\r\n\r\n"),
             Err(HeadError::Malformed(_))
         ));
+        // No transfer coding in HTTP/1.0, even with keep-alive asked for.
+        assert!(matches!(
+            parse(
+                "POST / HTTP/1.0\r\nconnection: keep-alive\r\ntransfer-encoding: chunked\r\n\r\n"
+            ),
+            Err(HeadError::Malformed(_))
+        ));
     }
 
     #[test]
@@ -462,7 +483,9 @@ mod tests {
                 keep_alive: false
             }
         );
-        assert!(head(response(200, &[]), old, Version::HTTP_10).contains("connection: close\r\n"));
+        let text = head(response(200, &[]), old, Version::HTTP_10);
+        assert!(text.starts_with("HTTP/1.0 200 OK\r\n"), "{text}");
+        assert!(text.contains("connection: close\r\n"), "{text}");
         let kept_old = Reply::of(&response(200, &[]), Some(2), &get, Version::HTTP_10, true);
         assert!(
             head(response(200, &[]), kept_old, Version::HTTP_10)
@@ -473,6 +496,9 @@ mod tests {
         let head_reply = Reply::of(&ok(), Some(0), &Method::HEAD, Version::HTTP_11, true);
         assert_eq!(head_reply.sending, Sending::Nothing);
         assert!(head(ok(), head_reply, Version::HTTP_11).contains("content-length: 99\r\n"));
+        let no_content = response(204, &[("content-length", "0")]);
+        let reply = Reply::of(&no_content, Some(0), &get, Version::HTTP_11, true);
+        assert!(!head(no_content, reply, Version::HTTP_11).contains("content-length"));
 
         // A response saying close closes; a date it has is kept.
         let closing = response(502, &[("connection", "close"), ("date", "then")]);

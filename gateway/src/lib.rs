@@ -31,6 +31,7 @@
 pub mod access;
 pub mod body;
 pub mod budget;
+pub(crate) mod chunked;
 pub mod client_body;
 pub use gns_contract::config;
 pub mod downstream;

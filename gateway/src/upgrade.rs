@@ -167,10 +167,10 @@ impl Gateway {
         name_caller(&mut parts.headers, caller.clone());
         let host = host_in(&parts.headers, &parts.uri).to_owned();
         let Some(on_client) = on_client else {
-            // An h2c request: its connection cannot switch protocols.
+            // Only an HTTP/1.1 connection can switch protocols.
             return Refusal::UpgradeFailed {
                 host,
-                why: "an HTTP/2 connection cannot be upgraded".into(),
+                why: "the client's connection cannot be upgraded".into(),
             }
             .answer();
         };

@@ -123,7 +123,7 @@ async fn an_http10_client_is_answered_and_closed_unless_it_asks_for_keep_alive()
         .await
         .expect("request");
     let text = read_to_close(&mut once).await;
-    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(text.starts_with("HTTP/1.0 200 OK\r\n"), "{text}");
     assert!(text.ends_with("\r\n\r\nhello from east"), "{text}");
     assert!(
         !text.contains("chunked"),
@@ -182,4 +182,39 @@ async fn a_request_refused_before_its_body_was_read_is_answered_before_the_close
     assert!(text.starts_with("HTTP/1.1 404 "), "{text}");
     assert!(text.contains("connection: close\r\n"), "{text}");
     let _ = writer.await;
+}
+
+#[tokio::test]
+async fn a_client_that_hangs_up_cancels_its_request_at_the_endpoint() {
+    // An endpoint that reads a request and never answers; it notes when
+    // the gateway closes the connection to it (the request was dropped).
+    let (closed_tx, closed_rx) = tokio::sync::oneshot::channel::<()>();
+    let closed_tx = std::sync::Arc::new(std::sync::Mutex::new(Some(closed_tx)));
+    let (port, _) = counting_upstream(move |mut tcp| {
+        let closed_tx = std::sync::Arc::clone(&closed_tx);
+        async move {
+            let mut buf = [0u8; 4096];
+            loop {
+                match tcp.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+            if let Some(tx) = closed_tx.lock().expect("lock").take() {
+                let _ = tx.send(());
+            }
+        }
+    })
+    .await;
+    let addr = egress(port).await;
+    let mut tcp = TcpStream::connect(addr).await.expect("connect");
+    tcp.write_all(format!("GET /poll HTTP/1.1\r\nhost: {HOST}\r\n\r\n").as_bytes())
+        .await
+        .expect("request");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(tcp);
+    tokio::time::timeout(Duration::from_secs(5), closed_rx)
+        .await
+        .expect("the endpoint's connection is closed within 5 s of the hang-up")
+        .expect("noted");
 }
