@@ -8,7 +8,7 @@
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use futures::StreamExt as _;
 use futures::channel::mpsc;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
@@ -21,6 +21,10 @@ use crate::proxy::BoxError;
 
 /// How much is read from a client at a time while its body streams.
 const BODY_READ: usize = 64 * 1024;
+
+/// The most of a body nobody read that is read and dropped after the
+/// response, so that its connection can carry the next request.
+const DRAIN_LIMIT: u64 = 64 * 1024;
 
 /// What `Expect: 100-continue` is answered with.
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
@@ -140,6 +144,7 @@ pub(crate) fn channel(framing: Framing, expect_continue: bool) -> (ClientBody, P
         sender,
         framing,
         expect_continue,
+        awaits_continue: expect_continue,
     };
     (ClientBody::H1(body), pump)
 }
@@ -164,7 +169,11 @@ pub(crate) struct Pump {
     state: PumpState,
     sender: mpsc::Sender<Piece>,
     framing: Framing,
+    /// `100 Continue` is still to be sent when the body is first read.
     expect_continue: bool,
+    /// The client waits for `100 Continue` before sending the body, and
+    /// has not had it.
+    awaits_continue: bool,
 }
 
 impl Pump {
@@ -195,6 +204,39 @@ impl Pump {
         }
     }
 
+    /// Whether the rest of a body nobody read is small enough to read and
+    /// drop after the response (and is coming: the client does not wait
+    /// for a `100 Continue` it never had).
+    pub(crate) fn drainable(&self) -> bool {
+        matches!(self.framing, Framing::Length(left) if left <= DRAIN_LIMIT)
+            && !self.awaits_continue
+    }
+
+    /// Reads the rest of a [`Self::drainable`] body and drops it.
+    pub(crate) async fn drain(
+        &mut self,
+        io: &mut TcpStream,
+        buf: &mut BytesMut,
+    ) -> std::io::Result<()> {
+        let Framing::Length(left) = &mut self.framing else {
+            return Err(std::io::ErrorKind::InvalidInput.into());
+        };
+        loop {
+            let take = usize::try_from(*left).unwrap_or(usize::MAX).min(buf.len());
+            buf.advance(take);
+            *left -= take as u64;
+            if *left == 0 {
+                self.state = PumpState::Done;
+                return Ok(());
+            }
+            buf.reserve(BODY_READ.min(usize::try_from(*left).unwrap_or(BODY_READ)));
+            if std::future::poll_fn(|cx| crate::downstream::poll_read_buf(io, cx, buf)).await? == 0
+            {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+    }
+
     /// The response is on its way: a body wanted from now on is not asked
     /// for with `100 Continue` (the client sends it anyway, or not at all).
     pub(crate) fn answered(&mut self) {
@@ -217,6 +259,7 @@ impl Pump {
                     Ok(()) => {
                         if self.expect_continue {
                             out.push(Bytes::from_static(CONTINUE));
+                            self.awaits_continue = false;
                         }
                         self.state = PumpState::Pumping;
                     }

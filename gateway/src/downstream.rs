@@ -29,7 +29,7 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 
-use crate::client_body::{ClientBody, Pump};
+use crate::client_body::ClientBody;
 use crate::h1::Sending;
 use crate::h1_serve::{HeadError, Reply, RequestHead};
 use crate::metrics::Entry;
@@ -365,10 +365,14 @@ impl Connection {
         // A body not read to its end by now: the connection closes after
         // the response (said in its head), as a dropped body's rest is
         // not read.
+        // A small body nobody read is read and dropped after the response
+        // instead (as hyper did), so that a refusal keeps its connection.
         let mut keep_alive = keep_alive;
+        let mut drain = false;
         if let Some(pump) = &mut pump {
             pump.answered();
-            keep_alive &= !pump.abandoned() && pump.done();
+            drain = pump.abandoned() && pump.drainable();
+            keep_alive &= pump.done() || drain;
         }
         let (parts, body) = response.into_parts();
         let exact = if body.is_end_stream() {
@@ -406,10 +410,19 @@ impl Connection {
         if switching && let Some(give) = upgrade {
             return Ended::Upgraded(give);
         }
-        if reply.keep_alive && pump.as_ref().is_none_or(Pump::done) {
-            Ended::KeepAlive
-        } else {
-            Ended::Close
+        match &mut pump {
+            _ if !reply.keep_alive => Ended::Close,
+            None => Ended::KeepAlive,
+            Some(pump) if pump.done() => Ended::KeepAlive,
+            Some(pump) if drain => {
+                let drained = tokio::time::timeout(self.limits.header, pump.drain(io, buf)).await;
+                if matches!(drained, Ok(Ok(()))) {
+                    Ended::KeepAlive
+                } else {
+                    Ended::Broken
+                }
+            }
+            Some(_) => Ended::Close,
         }
     }
 

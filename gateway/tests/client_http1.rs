@@ -1,6 +1,8 @@
 //! The egress's own HTTP/1.1 server, against raw clients over real
 //! sockets: pipelined requests, malformed and oversized heads, HTTP/1.0
-//! clients, and a response to a request whose body was never read.
+//! clients, refused requests whose bodies were never read (small ones
+//! drained to keep the connection, large ones closed in order), and a
+//! client hanging up on a request in flight.
 
 mod support;
 
@@ -154,7 +156,7 @@ async fn an_http10_client_is_answered_and_closed_unless_it_asks_for_keep_alive()
 }
 
 #[tokio::test]
-async fn a_request_refused_before_its_body_was_read_is_answered_before_the_close() {
+async fn a_refused_request_with_a_large_unread_body_is_answered_before_an_orderly_close() {
     let (port, _) = hello_upstream().await;
     let addr = egress(port).await;
     let mut tcp = TcpStream::connect(addr).await.expect("connect");
@@ -217,4 +219,36 @@ async fn a_client_that_hangs_up_cancels_its_request_at_the_endpoint() {
         .await
         .expect("the endpoint's connection is closed within 5 s of the hang-up")
         .expect("noted");
+}
+
+#[tokio::test]
+async fn a_refused_request_with_a_small_unread_body_keeps_its_connection() {
+    let (port, _) = hello_upstream().await;
+    let addr = egress(port).await;
+    let mut tcp = TcpStream::connect(addr).await.expect("connect");
+    // Refused (unknown host) without its 1 KiB body being read: the body
+    // is read and dropped after the answer, and the connection goes on.
+    let body = "x".repeat(1024);
+    tcp.write_all(
+        format!(
+            "POST / HTTP/1.1\r\nhost: nobody.example\r\ncontent-length: {}\r\n\r\n{body}GET / HTTP/1.1\r\nhost: {HOST}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .expect("requests");
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !seen.ends_with(b"hello from east") {
+        let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf))
+            .await
+            .expect("answers within 5 s")
+            .expect("read");
+        assert_ne!(n, 0, "closed: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&seen);
+    assert!(text.starts_with("HTTP/1.1 404 "), "{text}");
+    assert!(!text.contains("connection: close"), "{text}");
 }
