@@ -5,7 +5,9 @@
 //! turn into a connection per request), and a connection idle longer than
 //! [`IDLE_TIMEOUT`] is closed: when it would be reused, and by a sweep of
 //! every endpoint (also those no request goes to any more) as connections
-//! are parked.
+//! are parked and every [`SWEEP_EVERY`] (a task the pool starts). All
+//! endpoints together keep at most [`MAX_TOTAL`] per worker, so a burst to
+//! many endpoints cannot hold file descriptors without bound.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -14,21 +16,29 @@ use std::time::{Duration, Instant};
 pub(crate) const MAX_PER_ENDPOINT: usize = 1024;
 /// How long a connection may stay idle before it is closed.
 pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// How often parking a connection also sweeps every endpoint's idle ones.
-const SWEEP_EVERY: Duration = Duration::from_secs(10);
+/// Idle connections kept over every endpoint, per worker.
+pub(crate) const MAX_TOTAL: usize = 16_384;
+/// How often every endpoint's idle connections are swept.
+pub(crate) const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
 /// Idle connections of type `C` by endpoint.
 pub(crate) struct Parked<C> {
     /// Per endpoint, in the order they were parked (the last is the newest).
     by_endpoint: crate::FastMap<SocketAddr, Vec<(C, Instant)>>,
+    /// Connections kept, over every endpoint.
+    total: usize,
     swept: Instant,
+    /// Whether the pool has started the periodic sweep.
+    sweeping: bool,
 }
 
 impl<C> Default for Parked<C> {
     fn default() -> Self {
         Self {
             by_endpoint: crate::FastMap::default(),
+            total: 0,
             swept: Instant::now(),
+            sweeping: false,
         }
     }
 }
@@ -44,8 +54,10 @@ impl<C> Parked<C> {
     ) -> Option<C> {
         let idle = self.by_endpoint.get_mut(&target)?;
         while let Some((connection, since)) = idle.pop() {
+            self.total -= 1;
             if now.saturating_duration_since(since) >= IDLE_TIMEOUT {
                 // The rest were parked even earlier.
+                self.total -= idle.len();
                 idle.clear();
                 return None;
             }
@@ -56,31 +68,42 @@ impl<C> Parked<C> {
         None
     }
 
-    /// Parks `connection` to `target` (dropped when the endpoint has its
-    /// fill already); now and then sweeps out expired connections.
+    /// Parks `connection` to `target` (dropped when the endpoint, or the
+    /// worker over every endpoint, has its fill already); now and then
+    /// sweeps out expired connections.
     pub(crate) fn put(&mut self, target: SocketAddr, connection: C, now: Instant) {
-        if now.saturating_duration_since(self.swept) >= SWEEP_EVERY {
+        if now.saturating_duration_since(self.swept) >= SWEEP_EVERY || self.total >= MAX_TOTAL {
             self.sweep(now);
+        }
+        if self.total >= MAX_TOTAL {
+            return;
         }
         let idle = self.by_endpoint.entry(target).or_default();
         if idle.len() < MAX_PER_ENDPOINT {
             idle.push((connection, now));
+            self.total += 1;
         }
     }
 
     /// Drops every connection idle for [`IDLE_TIMEOUT`], and endpoints left with none.
-    fn sweep(&mut self, now: Instant) {
+    pub(crate) fn sweep(&mut self, now: Instant) {
         self.swept = now;
         self.by_endpoint.retain(|_, idle| {
             idle.retain(|(_, since)| now.saturating_duration_since(*since) < IDLE_TIMEOUT);
             !idle.is_empty()
         });
+        self.total = self.by_endpoint.values().map(Vec::len).sum();
+    }
+
+    /// `true` the first time: the pool is to start the periodic sweep.
+    pub(crate) fn start_sweeping(&mut self) -> bool {
+        !std::mem::replace(&mut self.sweeping, true)
     }
 
     /// Idle connections kept, over every endpoint.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.by_endpoint.values().map(Vec::len).sum()
+        self.total
     }
 }
 
@@ -115,6 +138,25 @@ mod tests {
         }
         parked.put(at(81), 0, now);
         assert_eq!(parked.len(), MAX_PER_ENDPOINT + 1);
+    }
+
+    #[test]
+    fn a_worker_keeps_at_most_its_total_over_every_endpoint() {
+        let mut parked = Parked::default();
+        let now = Instant::now();
+        let endpoints = MAX_TOTAL / MAX_PER_ENDPOINT + 2;
+        for port in 0..endpoints {
+            for n in 0..MAX_PER_ENDPOINT {
+                parked.put(at(port as u16 + 1000), n, now);
+            }
+        }
+        assert_eq!(parked.len(), MAX_TOTAL);
+        let counted: usize = parked.by_endpoint.values().map(Vec::len).sum();
+        assert_eq!(counted, MAX_TOTAL, "the count is what is kept");
+        // Taking one makes room for one.
+        assert!(parked.take(at(1000), now, |_| true).is_some());
+        parked.put(at(999), 7, now);
+        assert_eq!(parked.take(at(999), now, |_| true), Some(7));
     }
 
     #[test]

@@ -13,6 +13,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Waker, ready};
 use std::time::{Duration, Instant};
 
+/// Now, by tokio's clock (which a test may move).
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
 use bytes::{Bytes, BytesMut};
 use http::{Method, Request, Response};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
@@ -171,6 +176,23 @@ impl LocalConnection {
     }
 }
 
+/// Closes the pool's connections left idle too long every
+/// [`crate::parked::SWEEP_EVERY`], also when nothing is parked any more;
+/// ends with the pool.
+async fn sweep(idle: std::sync::Weak<Mutex<crate::parked::Parked<Box<LocalConnection>>>>) {
+    let mut every = tokio::time::interval(crate::parked::SWEEP_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let Some(idle) = idle.upgrade() else {
+            return;
+        };
+        idle.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .sweep(now());
+    }
+}
+
 /// A connection taken from the pool (or made) for one request; `pooled`:
 /// it was idle in the pool (and may have been closed meanwhile).
 pub struct Checkout {
@@ -200,7 +222,7 @@ impl LocalPool {
 
     fn pop(&self, target: SocketAddr) -> Option<Box<LocalConnection>> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        idle.take(target, Instant::now(), |c| !c.closed_while_idle())
+        idle.take(target, now(), |c| !c.closed_while_idle())
     }
 
     async fn connect(&self, target: SocketAddr) -> Result<Box<LocalConnection>, PoolError> {
@@ -382,8 +404,12 @@ impl ResponseBody {
                 // A body's read room is not kept while idle.
                 connection.read = BytesMut::new();
             }
-            let mut idle = idle.lock().unwrap_or_else(PoisonError::into_inner);
-            idle.put(target, connection, Instant::now());
+            let mut parked = idle.lock().unwrap_or_else(PoisonError::into_inner);
+            parked.put(target, connection, now());
+            if parked.start_sweeping() {
+                drop(parked);
+                tokio::spawn(sweep(Arc::downgrade(&idle)));
+            }
         }
     }
 

@@ -1,7 +1,8 @@
 //! The pool of HTTP/1.1 connections to local endpoints against a real
 //! endpoint over loopback: a burst of concurrent requests leaves its
-//! connections for the next burst, and a connection the endpoint closed
-//! while idle is not used for a request.
+//! connections for the next burst, a connection the endpoint closed
+//! while idle is not used for a request, and connections left idle are
+//! closed by the pool's periodic sweep.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -277,4 +278,43 @@ async fn an_early_answer_to_an_upload_the_endpoint_stops_reading_is_passed_on_wh
         .expect("body")
         .to_bytes();
     assert_eq!(body, "too large");
+}
+
+#[tokio::test]
+async fn connections_left_idle_are_closed_by_the_sweep_with_no_more_traffic() {
+    // An endpoint that keeps connections open and counts the ones the
+    // gateway closes.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let target = listener.local_addr().expect("address");
+    let closed = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&closed);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let counted = Arc::clone(&counted);
+            tokio::spawn(async move {
+                serve(tcp, Duration::ZERO, After::KeepAlive).await;
+                counted.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+    });
+    let pool = LocalPool::new(Duration::from_secs(5));
+    burst(&pool, target, 3, false).await;
+    assert_eq!(closed.load(Ordering::SeqCst), 0, "parked, not closed");
+    // No request comes any more: past the idle timeout (60 s) and a sweep
+    // interval (10 s), the sweep alone closes them.
+    tokio::time::pause();
+    tokio::time::advance(Duration::from_secs(75)).await;
+    for _ in 0..200 {
+        if closed.load(Ordering::SeqCst) == 3 {
+            return;
+        }
+        // Real time for the sockets' closes to arrive, then the paused
+        // clock moved on a little (timers fire, the runtime reads them).
+        std::thread::sleep(Duration::from_millis(10));
+        tokio::time::advance(Duration::from_millis(10)).await;
+    }
+    panic!(
+        "{} of 3 idle connections closed",
+        closed.load(Ordering::SeqCst)
+    );
 }
