@@ -40,6 +40,8 @@ use crate::proxy::{Body, Gateway};
 const HEAD_READ: usize = 8 * 1024;
 /// Response bytes queued before they are written.
 const WRITE_BATCH: usize = 64 * 1024;
+/// How long a request runs before its client's hanging up is watched for.
+const HANG_UP_AFTER: Duration = Duration::from_secs(1);
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// How long a closing connection is drained of what its client still
@@ -334,6 +336,11 @@ impl Connection {
             self.client.ip(),
         ));
         let mut out = Outbox::default();
+        // A client hanging up is watched for once the request has taken a
+        // moment (see `poll_hang_up`).
+        self.timer.as_mut().reset(Instant::now() + HANG_UP_AFTER);
+        let mut watching = false;
+        let timer = &mut self.timer;
         let io = &mut self.io;
         let buf = &mut self.buf;
         let answered = std::future::poll_fn(|cx| {
@@ -346,7 +353,7 @@ impl Connection {
                 }
                 _ => {
                     // The client hung up: the request is dropped (cancelled).
-                    if let Poll::Ready(Err(e)) = poll_hang_up(io, cx, buf) {
+                    if let Poll::Ready(Err(e)) = poll_hang_up(&mut watching, timer, io, cx, buf) {
                         return Poll::Ready(Err(e));
                     }
                 }
@@ -396,7 +403,7 @@ impl Connection {
                     let _ = pump.poll(cx, io, buf, &mut out);
                 }
                 _ => {
-                    if let Poll::Ready(Err(e)) = poll_hang_up(io, cx, buf) {
+                    if let Poll::Ready(Err(e)) = poll_hang_up(&mut watching, timer, io, cx, buf) {
                         return Poll::Ready(Err(crate::h1::H1Error::Io(e)));
                     }
                 }
@@ -532,11 +539,21 @@ fn poll_response(
 /// Watches a connection nothing else reads while its request is answered:
 /// an error once the client closed it (or it broke). Bytes it sends
 /// meanwhile (a pipelined request) are kept in `buf`, and the watch ends.
+/// The watch begins when `timer` fires ([`HANG_UP_AFTER`] into the
+/// request): the socket still looks readable from reading the head, so a
+/// first look costs a read that finds nothing, which a quick answer does
+/// not need.
 fn poll_hang_up(
+    watching: &mut bool,
+    timer: &mut Pin<Box<Sleep>>,
     io: &mut TcpStream,
     cx: &mut Context<'_>,
     buf: &mut BytesMut,
 ) -> Poll<std::io::Result<()>> {
+    if !*watching {
+        ready!(timer.as_mut().poll(cx));
+        *watching = true;
+    }
     while buf.is_empty() {
         ready!(io.poll_read_ready(cx))?;
         match io.try_read_buf(buf) {
