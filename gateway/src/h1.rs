@@ -227,8 +227,20 @@ fn parse_fields(buf: &[u8], spans: &mut [Span; MAX_FIELDS]) -> Result<Option<Sta
         httparse::Status::Complete(len) => len,
         httparse::Status::Partial => return Ok(None),
     };
-    let start = buf.as_ptr() as usize;
-    for (span, field) in spans.iter_mut().zip(response.headers.iter()) {
+    note_spans(buf, response.headers, spans);
+    Ok(Some(StatusLine {
+        len,
+        status: response.code.unwrap_or(0),
+        version: response.version.unwrap_or(1),
+        fields: response.headers.len(),
+    }))
+}
+
+/// Writes where each of `fields` (parsed from `head`) is in `head` to
+/// `spans`.
+pub(crate) fn note_spans(head: &[u8], fields: &[httparse::Header<'_>], spans: &mut [Span]) {
+    let start = head.as_ptr() as usize;
+    for (span, field) in spans.iter_mut().zip(fields) {
         let name = field.name.as_ptr() as usize - start;
         let value = field.value.as_ptr() as usize - start;
         // Within a head of at most MAX_HEAD bytes: the offsets fit.
@@ -239,12 +251,6 @@ fn parse_fields(buf: &[u8], spans: &mut [Span; MAX_FIELDS]) -> Result<Option<Sta
             (value + field.value.len()) as u32,
         );
     }
-    Ok(Some(StatusLine {
-        len,
-        status: response.code.unwrap_or(0),
-        version: response.version.unwrap_or(1),
-        fields: response.headers.len(),
-    }))
 }
 
 /// What a response's fields say about its framing and connection, noted

@@ -153,17 +153,7 @@ fn parse_fields(
     let (Some(method), Some(target)) = (request.method, request.path) else {
         return Err(HeadError::Malformed("request line"));
     };
-    for (span, field) in spans.iter_mut().zip(request.headers.iter()) {
-        let name = field.name.as_ptr() as usize - start;
-        let value = field.value.as_ptr() as usize - start;
-        // Within a head of at most MAX_HEAD bytes: the offsets fit.
-        *span = (
-            name as u32,
-            (name + field.name.len()) as u32,
-            value as u32,
-            (value + field.value.len()) as u32,
-        );
-    }
+    crate::h1::note_spans(buf, request.headers, spans);
     Ok(Some(RequestLine {
         len,
         method: place(method),

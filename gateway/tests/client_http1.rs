@@ -44,7 +44,23 @@ async fn read_to_close(tcp: &mut TcpStream) -> String {
     String::from_utf8_lossy(&seen).into_owned()
 }
 
-/// Reads until `count` responses with bodies of `body_len` bytes have come.
+/// Reads until what came ends with `end` (fails after 5 s, or when the
+/// gateway closes first).
+async fn read_through(tcp: &mut TcpStream, end: &str) -> String {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !seen.ends_with(end.as_bytes()) {
+        let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf))
+            .await
+            .expect("answers within 5 s")
+            .expect("read");
+        assert_ne!(n, 0, "closed: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+/// Reads until `count` answers have come, the last one ending in `/third`.
 async fn read_responses(tcp: &mut TcpStream, count: usize) -> String {
     let mut seen = Vec::new();
     let mut buf = [0u8; 4096];
@@ -139,17 +155,7 @@ async fn an_http10_client_is_answered_and_closed_unless_it_asks_for_keep_alive()
         )
         .await
         .expect("request on the kept connection");
-        let mut seen = Vec::new();
-        let mut buf = [0u8; 1024];
-        while !seen.ends_with(b"hello from east") {
-            let n = tokio::time::timeout(Duration::from_secs(5), kept.read(&mut buf))
-                .await
-                .expect("answer within 5 s")
-                .expect("read");
-            assert_ne!(n, 0, "closed: {}", String::from_utf8_lossy(&seen));
-            seen.extend_from_slice(&buf[..n]);
-        }
-        let text = String::from_utf8_lossy(&seen);
+        let text = read_through(&mut kept, "hello from east").await;
         assert!(text.contains("connection: keep-alive\r\n"), "{text}");
         assert!(text.contains("content-length: 15\r\n"), "{text}");
     }
@@ -238,17 +244,7 @@ async fn a_refused_request_with_a_small_unread_body_keeps_its_connection() {
     )
     .await
     .expect("requests");
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !seen.ends_with(b"hello from east") {
-        let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf))
-            .await
-            .expect("answers within 5 s")
-            .expect("read");
-        assert_ne!(n, 0, "closed: {}", String::from_utf8_lossy(&seen));
-        seen.extend_from_slice(&buf[..n]);
-    }
-    let text = String::from_utf8_lossy(&seen);
+    let text = read_through(&mut tcp, "hello from east").await;
     assert!(text.starts_with("HTTP/1.1 404 "), "{text}");
     assert!(!text.contains("connection: close"), "{text}");
 }
