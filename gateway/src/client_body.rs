@@ -143,8 +143,11 @@ pub(crate) fn channel(framing: Framing, expect_continue: bool) -> (ClientBody, P
         state: PumpState::Unwanted(want),
         sender,
         framing,
-        expect_continue,
-        awaits_continue: expect_continue,
+        continue_: if expect_continue {
+            Continue::Owed
+        } else {
+            Continue::NotAwaited
+        },
     };
     (ClientBody::H1(body), pump)
 }
@@ -169,11 +172,19 @@ pub(crate) struct Pump {
     state: PumpState,
     sender: mpsc::Sender<Piece>,
     framing: Framing,
-    /// `100 Continue` is still to be sent when the body is first read.
-    expect_continue: bool,
-    /// The client waits for `100 Continue` before sending the body, and
-    /// has not had it.
-    awaits_continue: bool,
+    continue_: Continue,
+}
+
+/// Where `Expect: 100-continue` stands for a body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Continue {
+    /// The client sends the body without waiting (it did not ask, or it
+    /// has had its `100 Continue`).
+    NotAwaited,
+    /// The client waits: `100 Continue` goes out when the body is first read.
+    Owed,
+    /// The client waits, but the response came first: it is not told to go on.
+    Withheld,
 }
 
 impl Pump {
@@ -209,7 +220,7 @@ impl Pump {
     /// for a `100 Continue` it never had).
     pub(crate) fn drainable(&self) -> bool {
         matches!(self.framing, Framing::Length(left) if left <= DRAIN_LIMIT)
-            && !self.awaits_continue
+            && self.continue_ == Continue::NotAwaited
     }
 
     /// Reads the rest of a [`Self::drainable`] body and drops it.
@@ -240,7 +251,9 @@ impl Pump {
     /// The response is on its way: a body wanted from now on is not asked
     /// for with `100 Continue` (the client sends it anyway, or not at all).
     pub(crate) fn answered(&mut self) {
-        self.expect_continue = false;
+        if self.continue_ == Continue::Owed {
+            self.continue_ = Continue::Withheld;
+        }
     }
 
     /// Moves the body along: reads from `io` into `buf` and hands frames
@@ -257,9 +270,9 @@ impl Pump {
             match &mut self.state {
                 PumpState::Unwanted(want) => match ready!(Pin::new(want).poll(cx)) {
                     Ok(()) => {
-                        if self.expect_continue {
+                        if self.continue_ == Continue::Owed {
                             out.push(Bytes::from_static(CONTINUE));
-                            self.awaits_continue = false;
+                            self.continue_ = Continue::NotAwaited;
                         }
                         self.state = PumpState::Pumping;
                     }

@@ -225,11 +225,7 @@ impl Connection {
         // idle time; the head is then due within the header timeout.
         let mut waiting = !first && self.buf.is_empty();
         if waiting {
-            self.timer.as_mut().reset(
-                self.limits
-                    .idle
-                    .map_or_else(far_future, |idle| Instant::now() + idle),
-            );
+            self.wait_idle();
         } else if !first {
             self.timer
                 .as_mut()
@@ -249,11 +245,7 @@ impl Connection {
                     self.buf = BytesMut::new();
                     if !first && !waiting {
                         waiting = true;
-                        self.timer.as_mut().reset(
-                            self.limits
-                                .idle
-                                .map_or_else(far_future, |idle| Instant::now() + idle),
-                        );
+                        self.wait_idle();
                     }
                 }
             }
@@ -302,6 +294,16 @@ impl Connection {
         }
     }
 
+    /// Sets the timer for a connection that waits for its next request
+    /// from now: it fires when the connection has been idle too long.
+    fn wait_idle(&mut self) {
+        let deadline = self
+            .limits
+            .idle
+            .map_or_else(far_future, |idle| Instant::now() + idle);
+        self.timer.as_mut().reset(deadline);
+    }
+
     /// Answers one request: its response written whole (its body pumped
     /// meanwhile), then how the connection goes on.
     async fn exchange(&mut self, head: RequestHead) -> Ended {
@@ -347,16 +349,11 @@ impl Connection {
             if let Poll::Ready(response) = respond.as_mut().poll(cx) {
                 return Poll::Ready(Ok::<_, std::io::Error>(response));
             }
-            match &mut pump {
-                Some(pump) if !pump.done() => {
-                    let _ = pump.poll(cx, io, buf, &mut out);
-                }
-                _ => {
-                    // The client hung up: the request is dropped (cancelled).
-                    if let Poll::Ready(Err(e)) = poll_hang_up(&mut watching, timer, io, cx, buf) {
-                        return Poll::Ready(Err(e));
-                    }
-                }
+            // The client hung up: the request is dropped (cancelled).
+            if let Poll::Ready(Err(e)) =
+                poll_client(cx, pump.as_mut(), &mut watching, timer, io, buf, &mut out)
+            {
+                return Poll::Ready(Err(e));
             }
             if !out.is_empty() {
                 ready!(out.poll_write(io, cx))?;
@@ -369,11 +366,10 @@ impl Connection {
             Ok(response) => response,
             Err(_) => return Ended::Broken,
         };
-        // A body not read to its end by now: the connection closes after
-        // the response (said in its head), as a dropped body's rest is
-        // not read.
-        // A small body nobody read is read and dropped after the response
-        // instead (as hyper did), so that a refusal keeps its connection.
+        // A body not read to its end by now closes the connection after the
+        // response (said in its head), unless nobody wants it and its rest
+        // is small: then it is read and dropped after the response (as
+        // hyper did), so that a refusal keeps its connection.
         let mut keep_alive = keep_alive;
         let mut drain = false;
         if let Some(pump) = &mut pump {
@@ -398,15 +394,10 @@ impl Connection {
             sent: 0,
         });
         let written = std::future::poll_fn(|cx| {
-            match &mut pump {
-                Some(pump) if !pump.done() => {
-                    let _ = pump.poll(cx, io, buf, &mut out);
-                }
-                _ => {
-                    if let Poll::Ready(Err(e)) = poll_hang_up(&mut watching, timer, io, cx, buf) {
-                        return Poll::Ready(Err(crate::h1::H1Error::Io(e)));
-                    }
-                }
+            if let Poll::Ready(Err(e)) =
+                poll_client(cx, pump.as_mut(), &mut watching, timer, io, buf, &mut out)
+            {
+                return Poll::Ready(Err(crate::h1::H1Error::Io(e)));
             }
             poll_response(cx, io, &mut out, &mut upload)
         })
@@ -533,6 +524,24 @@ fn poll_response(
             };
         }
         ready!(out.poll_write(io, cx))?;
+    }
+}
+
+/// What the client side of an exchange needs while the request is
+/// answered: its body pumped while there is one to read, else a watch for
+/// the client hanging up (`Ready(Err)`).
+fn poll_client(
+    cx: &mut Context<'_>,
+    pump: Option<&mut crate::client_body::Pump>,
+    watching: &mut bool,
+    timer: &mut Pin<Box<Sleep>>,
+    io: &mut TcpStream,
+    buf: &mut BytesMut,
+    out: &mut Outbox,
+) -> Poll<std::io::Result<()>> {
+    match pump {
+        Some(pump) if !pump.done() => pump.poll(cx, io, buf, out).map(Ok),
+        _ => poll_hang_up(watching, timer, io, cx, buf),
     }
 }
 

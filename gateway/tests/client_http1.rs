@@ -248,3 +248,22 @@ async fn a_refused_request_with_a_small_unread_body_keeps_its_connection() {
     assert!(text.starts_with("HTTP/1.1 404 "), "{text}");
     assert!(!text.contains("connection: close"), "{text}");
 }
+
+#[tokio::test]
+async fn a_refused_request_whose_client_awaits_100_continue_closes_instead_of_waiting_for_its_body()
+{
+    let (port, _) = hello_upstream().await;
+    let addr = egress(port).await;
+    let mut tcp = TcpStream::connect(addr).await.expect("connect");
+    // The client holds its small body back until told to go on; refused
+    // first, it is never told, so the gateway must not wait to drain it.
+    tcp.write_all(
+        b"POST / HTTP/1.1\r\nhost: nobody.example\r\ncontent-length: 5\r\nexpect: 100-continue\r\n\r\n",
+    )
+    .await
+    .expect("head");
+    let text = read_to_close(&mut tcp).await;
+    assert!(text.starts_with("HTTP/1.1 404 "), "{text}");
+    assert!(!text.contains("100 Continue"), "{text}");
+    assert!(text.contains("connection: close\r\n"), "{text}");
+}
