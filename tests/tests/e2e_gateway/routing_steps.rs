@@ -329,9 +329,11 @@ pub(crate) async fn certificates_renew_under_load_without_a_failed_request(w: &W
             metric(west_gw.admin, "gns_gateway_cert_renewals_total").await,
         )
     };
-    let before = renewals().await;
+    // The key is read before the counters: a renewal counted after them
+    // began after this read.
     let east_state = w.dir.path().join("gw-east");
     let key_before = std::fs::read_to_string(east_state.join("key.pem")).expect("east key");
+    let before = renewals().await;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let answered = Arc::new(AtomicU64::new(0));
     let mut load = Vec::new();
@@ -380,10 +382,14 @@ pub(crate) async fn certificates_renew_under_load_without_a_failed_request(w: &W
     }
     assert!(sent >= 200, "only {sent} requests under load");
     eprintln!("{sent} requests across two certificate renewals, none failed");
-    // Each renewal rotated the key: east's state dir holds a new key and a
-    // certificate for it (read again if a renewal is midway).
+    // Each renewal rotates the key: east's state dir holds a new key and a
+    // certificate for it (read again if a renewal is midway). A renewal that
+    // wrote its key just before `key_before` was read but was counted just
+    // after `before` was fetched leaves the first key in place until the
+    // next renewal, so this waits up to two certificate lifetimes.
     let mut consistent = Err("not checked".to_owned());
-    for _ in 0..30 {
+    let deadline = Instant::now() + 2 * CERT_LIFETIME;
+    while Instant::now() < deadline {
         consistent = state_dir_identity(&east_state).and_then(|key| {
             if key == key_before {
                 Err("key.pem is still the first key".to_owned())
