@@ -147,15 +147,25 @@ pub async fn start_federation_with_dns(
 /// a test starts to listen on. Picked below Linux's ephemeral range
 /// (32768–60999), where the source ports of the many connections the tests
 /// make are taken from, so none of those can take it before the process
-/// binds it; picked at random there, so parallel tests rarely pick alike.
+/// binds it; picked at random there, so parallel tests rarely pick alike,
+/// and never twice in one test binary (a port picked early may not be
+/// bound yet when another is picked).
 pub fn free_port() -> u16 {
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut handed_out = HANDED_OUT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     for _ in 0..200 {
         let port = 20_000 + (random_u64() % 12_000) as u16;
+        if handed_out.contains(&port) {
+            continue;
+        }
         let Ok(tcp) = TcpListener::bind(("127.0.0.1", port)) else {
             continue;
         };
         if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
             drop(tcp);
+            handed_out.push(port);
             return port;
         }
     }

@@ -172,18 +172,33 @@ fn dir_ca(fed: &FedProcess) -> std::path::PathBuf {
     fed._dir.path().join("ca.pem")
 }
 
+/// A port free for TCP and UDP on 127.0.0.1 a moment ago, picked at
+/// random below Linux's ephemeral range (32768-60999), so the source port
+/// of a connection some parallel test makes cannot take it before the
+/// process binds it (the kernel's pick for port 0 is in that range).
+fn free_port() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    for _ in 0..200 {
+        let mut random = std::collections::hash_map::RandomState::new().build_hasher();
+        random.write_u32(std::process::id());
+        let port = 20_000 + (random.finish() % 12_000) as u16;
+        let Ok(tcp) = std::net::TcpListener::bind(("127.0.0.1", port)) else {
+            continue;
+        };
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            drop(tcp);
+            return port;
+        }
+    }
+    panic!("no port free for TCP and UDP on 127.0.0.1 in 20000-31999")
+}
+
 impl FedProcess {
     /// Starts `gns-federation` on `database_url` and waits for `/readyz`
     /// (panics with its log after 20 s).
     pub async fn start(database_url: &str) -> FedProcess {
         let dir = tempfile::tempdir().expect("tempdir");
-        let free = || {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("free port")
-                .port()
-        };
-        let (api_port, dns_port) = (free(), free());
+        let (api_port, dns_port) = (free_port(), free_port());
         let log = dir.path().join("federation.log");
         let file = std::fs::File::create(&log).expect("log file");
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_gns-federation"))

@@ -403,9 +403,10 @@ pub(crate) async fn the_data_path_outlives_the_federation_and_a_restart(w: &mut 
         (200, "flaky".to_owned()),
         "east → west with the federation down"
     );
-    // For 3 s, through the gateways' own failed polls of the federation.
+    // For 3 s and at least 10 requests (however slow the machine is today),
+    // through the gateways' own failed polls of the federation.
     let mut served = 0;
-    while killed.elapsed() < Duration::from_secs(3) {
+    while killed.elapsed() < Duration::from_secs(3) || served < 10 {
         let (status, body) = through(w.east_gw().egress, None).await;
         assert_eq!(
             (status, body.as_str()),
@@ -415,7 +416,6 @@ pub(crate) async fn the_data_path_outlives_the_federation_and_a_restart(w: &mut 
         served += 1;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(served >= 10, "only {served} requests in 3 s");
     let down_log = std::fs::read_to_string(&w.east_gw().log).unwrap_or_default();
     assert!(!down_log.is_empty());
 

@@ -299,13 +299,18 @@ async fn idle_scenario(backend: StoreBackend) {
     // Both gateways report themselves every 5 s (the default) throughout.
     let _east_gw = gateway(&base, dir.path(), "east", east_ingress, &[]).await;
     let _west_gw = gateway(&base, dir.path(), "west", west_ingress, &[]).await;
-    // Every VM beats every 2 s, for as long as the scenario runs.
+    // Every VM beats every 2 s, for as long as the scenario runs. The
+    // first round may bring back VMs whose first 10 s lapsed while the
+    // others were created and the gateways started (each a write): the
+    // baseline is taken after it.
+    let (first_round, first_round_done) = tokio::sync::oneshot::channel();
     let beating = {
         let base = base.clone();
         tokio::spawn(async move {
             let client = gns_tests::client().build().expect("client");
             let mut every = tokio::time::interval(Duration::from_secs(2));
             let mut failed = 0usize;
+            let mut first_round = Some(first_round);
             loop {
                 every.tick().await;
                 for vm in 0..VMS {
@@ -314,9 +319,15 @@ async fn idle_scenario(backend: StoreBackend) {
                     }
                 }
                 assert_eq!(failed, 0, "heartbeats failed");
+                if let Some(done) = first_round.take() {
+                    let _ = done.send(());
+                }
             }
         })
     };
+    first_round_done
+        .await
+        .expect("the first round of heartbeats");
     // Settled: both clusters synced and in DNS.
     eventually(
         "both clusters in DNS",
@@ -327,8 +338,23 @@ async fn idle_scenario(backend: StoreBackend) {
         },
     )
     .await;
-    let serial = soa_serial(dns).await.expect("serial");
-    let audit = newest_audit(&base).await;
+    // And quiet: the serial and the newest audit row agree over 3 s (what
+    // the first round wrote has been published).
+    let (serial, audit) = eventually(
+        "the federation to be quiet",
+        Duration::from_secs(30),
+        async || {
+            let before = (soa_serial(dns).await?, newest_audit(&base).await);
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let after = (soa_serial(dns).await?, newest_audit(&base).await);
+            if before == after {
+                Ok(after)
+            } else {
+                Err(format!("{before:?} -> {after:?}"))
+            }
+        },
+    )
+    .await;
     let east_version = config_poll(&base, "east", 0, 1).await.1;
     let west_version = config_poll(&base, "west", 0, 1).await.1;
 
@@ -459,14 +485,23 @@ async fn a_silent_vm_leaves_dns_and_returns_once_on_two_replicas() {
         )
         .await;
     }
-    // Beats alternate between the replicas for 5 s: it stays.
+    // Beats alternate between the replicas for 5 s: it stays. The beats
+    // keep their own pace, so a slow DNS query cannot delay one.
     let client = gns_tests::client().build().expect("client");
-    for i in 0..10 {
-        let at = if i % 2 == 0 { &base } else { &other };
-        assert_eq!(beat(&client, at, 0).await, 200);
-        tokio::time::sleep(Duration::from_millis(500)).await;
+    let beats = {
+        let (client, replicas) = (client.clone(), [base.clone(), other.clone()]);
+        tokio::spawn(async move {
+            for i in 0..10 {
+                assert_eq!(beat(&client, &replicas[i % 2], 0).await, 200);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        })
+    };
+    while !beats.is_finished() {
         assert_eq!(a_records(dns, &db).await.expect("dns"), ["192.0.2.10"]);
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    beats.await.expect("the beats");
     // Silent: gone from both replicas' DNS within TTL + 1 s of the last beat.
     let last_beat = Instant::now();
     for server in [dns, other_dns] {
