@@ -79,14 +79,23 @@ struct Exchanged {
 
 impl LocalConnection {
     /// Whether the endpoint closed this idle connection (or sent something
-    /// unasked): it is readable although no request is out.
-    fn closed_while_idle(&self) -> bool {
-        let mut cx = Context::from_waker(Waker::noop());
-        if self.io.poll_read_ready(&mut cx).is_pending() {
-            return false;
+    /// unasked): it is readable although no request is out. A request that
+    /// can go out again if it finds the connection closed looks at tokio's
+    /// readiness first (no system call when the reactor saw nothing); one
+    /// that cannot asks the socket itself, since a close that came while
+    /// this worker was busy is in the kernel before the reactor sees it.
+    fn closed_while_idle(&self, resendable: bool) -> bool {
+        if resendable {
+            let mut cx = Context::from_waker(Waker::noop());
+            if self.io.poll_read_ready(&mut cx).is_pending() {
+                return false;
+            }
         }
-        let mut probe = [0u8; 1];
-        !matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        let mut probe = [std::mem::MaybeUninit::<u8>::uninit()];
+        // Peeked, not read: the socket is non-blocking, so an open idle
+        // connection answers `WouldBlock`.
+        let peeked = socket2::SockRef::from(&self.io).peek(&mut probe);
+        !matches!(peeked, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
     }
 
     /// Sends `head` (and `upload`'s body) and reads the response head,
@@ -220,9 +229,12 @@ impl LocalPool {
         }
     }
 
-    fn pop(&self, target: SocketAddr) -> Option<Box<LocalConnection>> {
+    /// An idle connection to `target` the endpoint has not closed, looked
+    /// at as [`LocalConnection::closed_while_idle`] says for a request
+    /// that is `resendable` or not.
+    fn pop(&self, target: SocketAddr, resendable: bool) -> Option<Box<LocalConnection>> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        idle.take(target, now(), |c| !c.closed_while_idle())
+        idle.take(target, now(), |c| !c.closed_while_idle(resendable))
     }
 
     async fn connect(&self, target: SocketAddr) -> Result<Box<LocalConnection>, PoolError> {
@@ -258,7 +270,7 @@ impl LocalPool {
             let request = (head_of(parts, sending), body.clone());
             // New connections are the cold path: boxed, so the future of every
             // request (moved as it is made and queued) stays small.
-            let Some(mut connection) = self.pop(target) else {
+            let Some(mut connection) = self.pop(target, resend_if_closed) else {
                 return Box::pin(self.send_new(target, &parts.method, request, None)).await;
             };
             match connection
@@ -282,9 +294,11 @@ impl LocalPool {
     }
 
     /// A connection to `target` for one request whose body streams: an
-    /// idle pooled one, else a new one. Failing here sent nothing.
+    /// idle pooled one, else a new one. Failing here sent nothing. (A
+    /// streamed body cannot go out again once it went out on a connection
+    /// found closed, so the pooled one is looked at closely.)
     pub async fn checkout(&self, target: SocketAddr) -> Result<Checkout, PoolError> {
-        match self.pop(target) {
+        match self.pop(target, false) {
             Some(connection) => Ok(Checkout {
                 connection,
                 pooled: true,

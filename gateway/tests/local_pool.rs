@@ -1,8 +1,9 @@
 //! The pool of HTTP/1.1 connections to local endpoints against a real
 //! endpoint over loopback: a burst of concurrent requests leaves its
 //! connections for the next burst, a connection the endpoint closed
-//! while idle is not used for a request, and connections left idle are
-//! closed by the pool's periodic sweep.
+//! while idle is not used for a request (even one closed while the
+//! worker was too busy for its reactor to see it), and connections left
+//! idle are closed by the pool's periodic sweep.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -317,4 +318,64 @@ async fn connections_left_idle_are_closed_by_the_sweep_with_no_more_traffic() {
         "{} of 3 idle connections closed",
         closed.load(Ordering::SeqCst)
     );
+}
+
+/// Reads one request head (and no more than its first read brought).
+fn read_head(tcp: &mut std::net::TcpStream) {
+    use std::io::Read;
+    let mut read = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !read.windows(4).any(|w| w == b"\r\n\r\n") {
+        match tcp.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => read.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// A POST, which is not sent again once it went out on a connection found
+/// closed, comes after the endpoint closed the idle connection it would
+/// reuse, with this single-threaded runtime's reactor given no turn to see
+/// the close (as on a busy worker): the pool asks the socket, finds it
+/// closed, and sends the POST on a new connection.
+#[tokio::test(flavor = "current_thread")]
+async fn a_request_that_cannot_go_out_again_avoids_a_connection_closed_unseen() {
+    use std::io::Write;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let target = listener.local_addr().expect("address");
+    let (close, close_asked) = std::sync::mpsc::channel::<()>();
+    let (closed, closed_seen) = std::sync::mpsc::channel::<()>();
+    // The endpoint runs on its own thread, out of this runtime.
+    let endpoint = std::thread::spawn(move || {
+        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+        let (mut first, _) = listener.accept().expect("first connection");
+        read_head(&mut first);
+        first.write_all(answer).expect("first answer");
+        close_asked.recv().expect("asked to close");
+        drop(first);
+        closed.send(()).expect("closed");
+        let (mut second, _) = listener.accept().expect("second connection");
+        read_head(&mut second);
+        second.write_all(answer).expect("second answer");
+    });
+    let pool = LocalPool::new(Duration::from_secs(5));
+    assert_eq!(fetch(&pool, target, &get(), true).await, "ok");
+    // The close, while this thread blocks (no reactor turn): the FIN is in
+    // the kernel, not in tokio's readiness.
+    close.send(()).expect("ask to close");
+    closed_seen.recv().expect("the endpoint closed");
+    std::thread::sleep(Duration::from_millis(50));
+    let post = Request::post("/orders")
+        .header("host", "web")
+        .body(())
+        .expect("request")
+        .into_parts()
+        .0;
+    let answer = pool
+        .send(target, &post, &Bytes::from_static(b"{}"), false)
+        .await
+        .expect("the POST is answered on a new connection");
+    let body = answer.into_body().collect().await.expect("body").to_bytes();
+    assert_eq!(body, "ok");
+    endpoint.join().expect("endpoint");
 }
