@@ -102,6 +102,11 @@ impl Gateway {
                 Entry::Public => &self.counters.public_requests,
             }
             .fetch_add(1, Ordering::Relaxed);
+            // A CONNECT's 2xx would make the connection a tunnel (RFC 9110
+            // §9.3.6), which is not made here: refused, not passed on.
+            if req.method() == http::Method::CONNECT {
+                return Refusal::ConnectNotTunnelled.answer();
+            }
             let routes = self.routes.load_full();
             let Some(route) = routes.route(host_in(req.headers(), req.uri())) else {
                 let host = host_in(req.headers(), req.uri());

@@ -91,6 +91,10 @@ pub enum Refusal {
     /// A peer's CONNECT to a port that is no TCP service here.
     #[error("{0} is not a TCP service here")]
     NotTcpService(String),
+    /// A client's CONNECT at the egress or public entry: tunnels are not
+    /// made there (a service's TCP port on the egress passes TCP through).
+    #[error("CONNECT is not tunnelled here; connect to the service's TCP port instead")]
+    ConnectNotTunnelled,
     /// An HTTP/1.1 upgrade no cluster could take.
     #[error("{host}: the upgrade could not be made: {why}")]
     UpgradeFailed {
@@ -103,7 +107,7 @@ pub enum Refusal {
 
 impl Refusal {
     /// Every `reason` label of `gns_gateway_refusals_total`.
-    pub const LABELS: [&'static str; 13] = [
+    pub const LABELS: [&'static str; 14] = [
         "unknown-service",
         "not-external",
         "caller-denied",
@@ -116,6 +120,7 @@ impl Refusal {
         "body-broken",
         "bad-connect",
         "not-tcp-service",
+        "connect-not-tunnelled",
         "upgrade-failed",
     ];
 
@@ -136,6 +141,7 @@ impl Refusal {
             Refusal::Body(_) => "body-broken",
             Refusal::BadConnect => "bad-connect",
             Refusal::NotTcpService(_) => "not-tcp-service",
+            Refusal::ConnectNotTunnelled => "connect-not-tunnelled",
             Refusal::UpgradeFailed { .. } => "upgrade-failed",
         }
     }
@@ -155,6 +161,7 @@ impl Refusal {
             | Refusal::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Refusal::Try { .. } | Refusal::UpgradeFailed { .. } => StatusCode::BAD_GATEWAY,
             Refusal::Body(_) | Refusal::BadConnect => StatusCode::BAD_REQUEST,
+            Refusal::ConnectNotTunnelled => StatusCode::NOT_IMPLEMENTED,
         }
     }
 
@@ -245,6 +252,7 @@ mod tests {
                 "not-tcp-service",
                 404,
             ),
+            (Refusal::ConnectNotTunnelled, "connect-not-tunnelled", 501),
             (
                 Refusal::UpgradeFailed {
                     host: "chat".into(),

@@ -1,8 +1,8 @@
 //! The egress's own HTTP/1.1 server, against raw clients over real
 //! sockets: pipelined requests, malformed and oversized heads, HTTP/1.0
 //! clients, refused requests whose bodies were never read (small ones
-//! drained to keep the connection, large ones closed in order), and a
-//! client hanging up on a request in flight.
+//! drained to keep the connection, large ones closed in order), a
+//! client hanging up on a request in flight, and a CONNECT, refused.
 
 mod support;
 
@@ -266,4 +266,49 @@ async fn a_refused_request_whose_client_awaits_100_continue_closes_instead_of_wa
     assert!(text.starts_with("HTTP/1.1 404 "), "{text}");
     assert!(!text.contains("100 Continue"), "{text}");
     assert!(text.contains("connection: close\r\n"), "{text}");
+}
+
+/// A client's CONNECT is refused with a 501 framed as a normal answer
+/// (never a 2xx, after which the connection would be a tunnel), and is not
+/// passed on to the service's endpoint; the connection carries the next
+/// request.
+#[tokio::test]
+async fn a_connect_is_refused_with_501_and_not_passed_on() {
+    // The endpoint counts the requests it is asked.
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = std::sync::Arc::clone(&seen);
+    let (port, _) = counting_upstream(move |tcp| {
+        let counted = std::sync::Arc::clone(&counted);
+        async move {
+            let svc = service_fn(move |_req: hyper::Request<hyper::body::Incoming>| {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                async {
+                    Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from("/hello"))))
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), svc)
+                .await;
+        }
+    })
+    .await;
+    let addr = egress(port).await;
+    let mut tcp = TcpStream::connect(addr).await.expect("connect");
+    let connect = format!("CONNECT {HOST}:443 HTTP/1.1\r\nhost: {HOST}:443\r\n\r\n");
+    tcp.write_all(connect.as_bytes())
+        .await
+        .expect("connect request");
+    let refused = read_through(&mut tcp, "instead\n").await;
+    assert!(refused.starts_with("HTTP/1.1 501 "), "{refused}");
+    assert!(refused.contains("content-length: "), "{refused}");
+    assert!(refused.contains("CONNECT is not tunnelled"), "{refused}");
+    let get = format!("GET /hello HTTP/1.1\r\nhost: {HOST}\r\n\r\n");
+    tcp.write_all(get.as_bytes()).await.expect("next request");
+    let answer = read_through(&mut tcp, "/hello").await;
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    assert_eq!(
+        seen.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "only the GET reached the endpoint"
+    );
 }
