@@ -1049,7 +1049,8 @@ pub struct ExternalWorkload {
     pub ports: Vec<WorkloadPort>,
     /// Time to live without a heartbeat (1s to 24h).
     pub ttl: DurationSpec,
-    /// Labels, e.g. `version`.
+    /// Labels, e.g. `version`: a routing destination's `subset` (the
+    /// `version` label) or `tags` select it as they select pods.
     #[serde(default)]
     pub labels: LabelMap,
     /// The cluster whose network it lives in: only that cluster's gateway

@@ -490,7 +490,9 @@ impl Compiler<'_> {
                 })
                 .collect();
             // Each subset a destination names: its ready endpoints in that
-            // cluster, those whose labels include the selector.
+            // cluster, those whose labels include the selector, and the
+            // alive external workloads whose labels do, in each cluster
+            // whose gateway dials them.
             for d in routing.rules.iter().flat_map(|r| r.destinations.iter()) {
                 let selector = d.selector();
                 let Some(key) = super::reach::subset_key(&selector) else {
@@ -512,6 +514,16 @@ impl Compiler<'_> {
                         .flat_map(|endpoints| endpoints.ready.iter())
                         .filter(|e| selector.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
                         .map(|e| e.address)
+                        .chain(
+                            inputs
+                                .workloads
+                                .iter()
+                                .filter(|w| {
+                                    selector.iter().all(|(k, v)| w.labels.get(k) == Some(v))
+                                })
+                                .filter(|w| self.workload_clusters(w, members).contains(&cluster))
+                                .map(|w| w.address),
+                        )
                         .collect();
                     out.subsets
                         .entry(key.clone())
@@ -559,6 +571,27 @@ impl Compiler<'_> {
         out
     }
 
+    /// The member clusters whose gateways dial external workload `w`: its
+    /// own `cluster`, or without one every member cluster with a gateway.
+    fn workload_clusters<'m>(
+        &self,
+        w: &ExternalWorkload,
+        members: &BTreeSet<&'m str>,
+    ) -> Vec<&'m str> {
+        match &w.cluster {
+            Some(c) => members
+                .iter()
+                .copied()
+                .filter(|m| *m == c.as_str())
+                .collect(),
+            None => members
+                .iter()
+                .copied()
+                .filter(|m| self.clusters.get(*m).is_some_and(|c| c.gateway.is_some()))
+                .collect(),
+        }
+    }
+
     /// External workloads as gateways' endpoints: one with a `cluster` is a
     /// local endpoint of that member cluster's gateway (the others reach it
     /// through that gateway); one without is a local endpoint of every
@@ -570,18 +603,7 @@ impl Compiler<'_> {
         workloads: &[ExternalWorkload],
     ) {
         for w in workloads {
-            let clusters: Vec<&str> = match &w.cluster {
-                Some(c) => members
-                    .iter()
-                    .copied()
-                    .filter(|m| *m == c.as_str())
-                    .collect(),
-                None => members
-                    .iter()
-                    .copied()
-                    .filter(|m| self.clusters.get(*m).is_some_and(|c| c.gateway.is_some()))
-                    .collect(),
-            };
+            let clusters = self.workload_clusters(w, members);
             let http = w
                 .ports
                 .iter()
@@ -1349,6 +1371,59 @@ mod tests {
         let ledger = gw("ledger");
         assert_eq!(ledger.endpoints.keys().collect::<Vec<_>>(), ["west"]);
         assert_eq!(ledger.http_port.get("west").copied().expect("west"), 8080);
+    }
+
+    #[test]
+    fn external_workloads_join_the_subsets_their_labels_match_where_they_are_dialled() {
+        let mut state = base();
+        let objects = scoped(&mut state);
+        objects.services.push(
+            object(
+                ObjectKey::scoped(Kind::Service, "production", "ledger.west"),
+                json!({"name": "ledger", "ports": [{"name": "http", "port": 8080}],
+                       "clusters": {"west": {"notReady": [], "ready": [
+                           {"address": "10.9.1.1", "labels": {"version": "v1"}}]}}}),
+            )
+            .into(),
+        );
+        let vm = |name: &str, address: &str, version: &str, cluster: Option<&str>| {
+            let mut spec = json!({"name": name, "service": "ledger", "address": address,
+                                  "ttl": "1h", "labels": {"version": version},
+                                  "ports": [{"name": "http", "port": 8080}]});
+            if let Some(c) = cluster {
+                spec["cluster"] = json!(c);
+            }
+            object(
+                ObjectKey::scoped(Kind::ExternalWorkload, "production", name),
+                spec,
+            )
+        };
+        for workload in [
+            vm("canary-west", "192.0.2.7", "canary", Some("west")),
+            vm("canary-any", "192.0.2.8", "canary", None),
+            vm("stable-any", "192.0.2.9", "v1", None),
+        ] {
+            objects.external_workloads.push(workload);
+        }
+        objects.routings.push(object(
+            ObjectKey::scoped(Kind::Routing, "production", "ledger"),
+            json!({"rules": [{"destinations": [
+                {"tags": {"version": "v1"}, "weight": 99},
+                {"subset": "canary", "weight": 1}]}]}),
+        ));
+        let snap = build(&state);
+        assert!(snap.problems.is_empty(), "{:?}", snap.problems);
+        let gw = &snap.gateways.services[&format!("ledger.{ORIGIN}")];
+        let canary = &gw.subsets["version=canary"];
+        // West dials both canaries; the other gateways only the one with
+        // no cluster (north has no gateway: none).
+        assert_eq!(canary[&"west".to_owned()], ips(&["192.0.2.7", "192.0.2.8"]));
+        assert_eq!(canary[&"east".to_owned()], ips(&["192.0.2.8"]));
+        assert_eq!(canary[&"south".to_owned()], ips(&["192.0.2.8"]));
+        assert!(canary.get("north").is_none_or(Vec::is_empty));
+        let stable = &gw.subsets["version=v1"];
+        assert_eq!(stable[&"west".to_owned()], ips(&["10.9.1.1", "192.0.2.9"]));
+        assert_eq!(stable[&"east".to_owned()], ips(&["192.0.2.9"]));
     }
 
     #[test]
