@@ -401,6 +401,45 @@ async fn gateway_is_installed_upgraded_reported_and_removed() {
         "{conflict}"
     );
     assert_eq!(corefile(), theirs, "their block is left alone");
+    assert_eq!(
+        conflict["replicas"], 2,
+        "the gateway is followed beside the conflict: {conflict}"
+    );
+    // While it lasts, the egress Service still follows the config's ports.
+    west.apply::<Service>(&kube_apiserver_test::service(
+        "shop",
+        "cache",
+        &[("app", "cache")],
+        &[("redis", 6379)],
+    ))
+    .expect("cache service");
+    west.apply(&kube_apiserver_test::endpoint_slice(
+        "shop",
+        "cache",
+        "cache-1",
+        &[("10.9.4.1", true, true, false, None)],
+        &[("redis", 6379)],
+    ))
+    .expect("cache slice");
+    eventually(
+        "the egress Service to expose 6379 during the conflict",
+        Duration::from_secs(20),
+        || async {
+            match egress_ports(&api) {
+                ports if ports == [80, 5432, 6379] => Ok(()),
+                ports => Err(format!("{ports:?}")),
+            }
+        },
+    )
+    .await;
+    // Their block removed, the next try merges ours and the conflict ends.
+    set_corefile(kubeadm);
+    gateway_status(&fed, "the CoreDNS conflict to end, ours merged", |g| {
+        g["phase"] != "Conflict"
+            && g["phase"] != "Applying"
+            && corefile().contains("# BEGIN gns-federation")
+    })
+    .await;
 
     // Upgrade: a new image rolls out; held, the status shows it progressing.
     api.hold_rollouts(true);

@@ -4,11 +4,15 @@
 //! that say who owns them. Only that section is ever written: a server block
 //! for a GNS domain someone else wrote is a conflict, reported and left
 //! alone. [`merge`] is pure; [`sync`] reads and writes the ConfigMap with the
-//! read's `resourceVersion` as a precondition.
+//! read's `resourceVersion` as a precondition. [`Following`] keeps a
+//! rollout's last problem here (shown on its status, tried again every
+//! 10 s) apart from the gateway, which is followed all the same.
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
+
+use super::Rollout;
 
 /// Where CoreDNS's configuration lives.
 pub const NAMESPACE: &str = "kube-system";
@@ -135,6 +139,74 @@ pub async fn sync(
         .await
         .map_err(|e| CorednsError::Kube(e.to_string()))?;
     Ok(true)
+}
+
+/// With `manageCoreDNS`, merges the forwarding blocks into the cluster's
+/// CoreDNS configuration; without, removes a section left from before (if
+/// it can: that failing is no problem of the rollout's). Apart from the
+/// gateway's objects: a conflict here is reported, not a reason to stop
+/// following the gateway.
+async fn sync_for(rollout: &Rollout) -> Result<(), CorednsError> {
+    let domains = &rollout.params.domains;
+    if rollout.params.spec.manage_core_dns {
+        let blocks = super::dns_forwarding(domains, &rollout.params.dns_address);
+        if sync(&rollout.client, domains, &blocks).await? {
+            tracing::info!(
+                cluster = rollout.params.cluster,
+                "CoreDNS forwards the GNS domains"
+            );
+        }
+    } else if let Err(e) = sync(&rollout.client, &[], "").await {
+        tracing::debug!(cluster = rollout.params.cluster, error = %e, "CoreDNS not cleaned up");
+    }
+    Ok(())
+}
+
+/// How often a CoreDNS configuration that could not take the forwarding
+/// blocks is tried again.
+const COREDNS_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A rollout's CoreDNS sync, followed: its last problem, if it had one,
+/// and when it was tried.
+pub(super) struct Following {
+    pub(super) problem: Option<CorednsError>,
+    at: tokio::time::Instant,
+}
+
+impl Following {
+    /// Syncs CoreDNS once.
+    pub(super) async fn tried(rollout: &Rollout) -> Self {
+        let state = Self {
+            problem: sync_for(rollout).await.err(),
+            at: tokio::time::Instant::now(),
+        };
+        state.log(rollout, None);
+        state
+    }
+
+    /// Syncs again if the last sync had a problem and [`COREDNS_RETRY`] passed.
+    pub(super) async fn retry_when_due(&mut self, rollout: &Rollout) {
+        if self.problem.is_some() && self.at.elapsed() >= COREDNS_RETRY {
+            let previous = self.problem.take();
+            self.problem = sync_for(rollout).await.err();
+            self.at = tokio::time::Instant::now();
+            self.log(rollout, previous.as_ref());
+        }
+    }
+
+    /// Logs a problem once (not on every retry that finds it again), and
+    /// its end.
+    fn log(&self, rollout: &Rollout, previous: Option<&CorednsError>) {
+        match (&self.problem, previous) {
+            (Some(e), previous) if previous != Some(e) => {
+                tracing::warn!(cluster = rollout.params.cluster, error = %e, "CoreDNS not configured");
+            }
+            (None, Some(_)) => {
+                tracing::info!(cluster = rollout.params.cluster, "CoreDNS problem resolved");
+            }
+            _ => {}
+        }
+    }
 }
 
 #[cfg(test)]

@@ -253,19 +253,6 @@ pub async fn apply_all(rollout: &Rollout) -> Result<usize, RolloutError> {
             .await
             .map_err(|e| kube_error(&what, e))?;
     }
-    let domains = &rollout.params.domains;
-    if rollout.params.spec.manage_core_dns {
-        let blocks = dns_forwarding(domains, &rollout.params.dns_address);
-        if coredns::sync(&rollout.client, domains, &blocks).await? {
-            tracing::info!(
-                cluster = rollout.params.cluster,
-                "CoreDNS forwards the GNS domains"
-            );
-        }
-    } else if let Err(e) = coredns::sync(&rollout.client, &[], "").await {
-        // Off: only a section left from before is removed, if it can be.
-        tracing::debug!(cluster = rollout.params.cluster, error = %e, "CoreDNS not cleaned up");
-    }
     if rollout.params.spec.public_service_type.is_none() {
         // Turned off (or never on): no public Service stays behind.
         let services: Api<k8s_openapi::api::core::v1::Service> =
@@ -404,10 +391,21 @@ pub async fn run(mut rollout: Rollout, status: watch::Sender<Option<Value>>) {
                 continue;
             }
         }
+        // CoreDNS: a problem there is the status (until it is tried again
+        // and gone), while the gateway is followed as ever.
+        let mut coredns = coredns::Following::tried(&rollout).await;
         // Follow the rollout; a deleted Deployment is applied again.
         loop {
+            coredns.retry_when_due(&rollout).await;
             match observe(&rollout).await {
-                Ok(Some(value)) => publish(value),
+                Ok(Some(mut value)) => {
+                    if let Some(e) = &coredns.problem {
+                        let e = RolloutError::CoreDns(e.clone());
+                        value["phase"] = json!(e.phase());
+                        value["message"] = json!(e.to_string());
+                    }
+                    publish(value);
+                }
                 Ok(None) => break,
                 Err(e) => {
                     let mut value = status.borrow().clone().unwrap_or_else(|| failed(&e));
