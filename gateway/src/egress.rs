@@ -321,16 +321,30 @@ impl Gateway {
             // Pinned where it is: `within` holds a pointer to the try, not a
             // copy of it (a try's future is a few KB, moved twice otherwise).
             let outcome = within(per_try, std::pin::pin!(attempt)).await;
+            use crate::refusal::PeerFailure;
             use crate::retry::{Failure, again};
             let method = &parts.method;
             match outcome {
-                Ok(resp)
-                    if n + 1 < budget
-                        && again(retry, method, Failure::Status(resp.status().as_u16())) =>
-                {
+                Ok(resp) => {
+                    // A peer's own answer that its try failed is that
+                    // failure here (an own endpoint's answer is only a status).
+                    let peer_failure = (cluster != self.cluster)
+                        .then(|| PeerFailure::of(&resp))
+                        .flatten();
+                    let again = match peer_failure {
+                        // It reached no endpoint: as a connect failure.
+                        Some(PeerFailure::NothingSent) => {
+                            crate::retry::again_after_connect_failure(retry, n + 1 >= plan.len())
+                        }
+                        Some(PeerFailure::Reset) => again(retry, method, Failure::Reset),
+                        Some(PeerFailure::Timeout) => again(retry, method, Failure::Timeout),
+                        None => again(retry, method, Failure::Status(resp.status().as_u16())),
+                    };
+                    if !(again && n + 1 < budget) {
+                        return (resp, cluster);
+                    }
                     last = Some(Ok(resp));
                 }
-                Ok(resp) => return (resp, cluster),
                 Err(e) => {
                     let again = match &e {
                         // Nothing was sent: move on, whatever the method.

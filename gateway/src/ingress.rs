@@ -243,7 +243,7 @@ impl Gateway {
                 .send_local(route, parts, Bytes::new(), subset.as_deref())
                 .await
             {
-                Ok(resp) => resp,
+                Ok(resp) => crate::refusal::from_endpoint(resp),
                 Err(e) => e.answer(&self.cluster),
             };
         }
@@ -257,7 +257,7 @@ impl Gateway {
         })
         .await;
         match sent {
-            Ok(resp) => resp,
+            Ok(resp) => crate::refusal::from_endpoint(resp),
             Err(e) => e.answer(&self.cluster),
         }
     }

@@ -12,6 +12,48 @@ use crate::proxy::{Body, full};
 
 /// Marks an answer the gateway made itself (not an endpoint's).
 pub(crate) const ANSWERED_HEADER: HeaderName = HeaderName::from_static("x-gns-gateway");
+/// Names why the gateway answered itself (the [`Refusal`]'s label), so a
+/// peer gateway's caller tells "reached no endpoint" from an endpoint's 502.
+pub(crate) const REASON_HEADER: HeaderName = HeaderName::from_static("x-gns-refusal");
+
+/// How a peer gateway's own answer says its try at its endpoints failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PeerFailure {
+    /// No endpoint was reached (none could be connected to, or none is
+    /// ready): the request went nowhere, as a connect failure here.
+    NothingSent,
+    /// The exchange with its endpoint broke off.
+    Reset,
+    /// Its per-try timeout passed.
+    Timeout,
+}
+
+impl PeerFailure {
+    /// From a peer gateway's answer: one it made itself naming a failed
+    /// try; `None` for anything else (an endpoint's answer, whose marking
+    /// fields the peer's ingress removed, or a refusal by policy).
+    pub(crate) fn of<B>(resp: &Response<B>) -> Option<Self> {
+        let headers = resp.headers();
+        if !headers.contains_key(ANSWERED_HEADER) {
+            return None;
+        }
+        match headers.get(REASON_HEADER)?.as_bytes() {
+            b"connect-failure" | b"no-endpoints" => Some(Self::NothingSent),
+            b"reset" => Some(Self::Reset),
+            b"try-timeout" => Some(Self::Timeout),
+            _ => None,
+        }
+    }
+}
+
+/// An endpoint's answer, without the fields that mark the gateway's own:
+/// an endpoint cannot pass its answer off as a gateway's failed try.
+pub(crate) fn from_endpoint<B>(mut resp: Response<B>) -> Response<B> {
+    let headers = resp.headers_mut();
+    headers.remove(ANSWERED_HEADER);
+    headers.remove(REASON_HEADER);
+    resp
+}
 
 /// Why a try failed.
 #[derive(Debug, thiserror::Error)]
@@ -185,6 +227,8 @@ impl Refusal {
         );
         resp.headers_mut()
             .insert(ANSWERED_HEADER, HeaderValue::from_static("1"));
+        resp.headers_mut()
+            .insert(REASON_HEADER, HeaderValue::from_static(self.label()));
         resp
     }
 }
@@ -272,6 +316,11 @@ mod tests {
             let answer = refusal.answer();
             assert_eq!(answer.status().as_u16(), status);
             assert!(answer.headers().contains_key(ANSWERED_HEADER));
+            assert_eq!(
+                answer.headers()[REASON_HEADER],
+                label,
+                "the reason is named"
+            );
             assert!(!message.is_empty());
         }
         assert_eq!(
@@ -287,5 +336,51 @@ mod tests {
             .to_string(),
             "west: 127.0.0.1:1: refused"
         );
+    }
+
+    #[test]
+    fn a_peer_says_its_try_failed_only_in_its_own_answers() {
+        let own = |refusal: Refusal| refusal.answer();
+        let failed = |error: TryError| {
+            own(Refusal::Try {
+                cluster: "west".into(),
+                error,
+            })
+        };
+        assert_eq!(
+            PeerFailure::of(&failed(TryError::Connect("refused".into()))),
+            Some(PeerFailure::NothingSent)
+        );
+        assert_eq!(
+            PeerFailure::of(&own(Refusal::NoEndpoints("web".into()))),
+            Some(PeerFailure::NothingSent)
+        );
+        assert_eq!(
+            PeerFailure::of(&failed(TryError::Reset("broke".into()))),
+            Some(PeerFailure::Reset)
+        );
+        assert_eq!(
+            PeerFailure::of(&failed(TryError::Timeout("slow".into()))),
+            Some(PeerFailure::Timeout)
+        );
+        // A refusal by policy is an answer, not a failed try.
+        assert_eq!(
+            PeerFailure::of(&own(Refusal::CallerDenied("no".into()))),
+            None
+        );
+        // An endpoint's own 502 that claims to be a gateway's failed try
+        // loses the claim at the ingress.
+        let mut forged = Response::new(());
+        *forged.status_mut() = StatusCode::BAD_GATEWAY;
+        forged
+            .headers_mut()
+            .insert(ANSWERED_HEADER, HeaderValue::from_static("1"));
+        forged
+            .headers_mut()
+            .insert(REASON_HEADER, HeaderValue::from_static("connect-failure"));
+        assert_eq!(PeerFailure::of(&forged), Some(PeerFailure::NothingSent));
+        let passed = from_endpoint(forged);
+        assert_eq!(PeerFailure::of(&passed), None);
+        assert_eq!(passed.status(), StatusCode::BAD_GATEWAY);
     }
 }

@@ -405,8 +405,55 @@ pub(crate) async fn certificates_renew_under_load_without_a_failed_request(w: &W
     consistent.expect("renewal rotates the gateway's key");
 }
 
-/// West's endpoints go away: mobile requests fail over to east.
+/// West's endpoint still listed as ready but refusing connections (its
+/// pod just died): west's gateway reaches no endpoint and says so, and
+/// east moves on to its own endpoints, for a POST too (nothing was sent to
+/// any endpoint). Then west's endpoints go away: mobile requests fail
+/// over to east.
 pub(crate) async fn requests_fail_over_when_west_endpoints_go(w: &World) {
+    let refusing = gns_tests::free_port();
+    w.west
+        .apply::<EndpointSlice>(&web_slice(true, refusing))
+        .expect("slice");
+    let mobile_post = async || {
+        let answer = gns_tests::client()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .expect("client")
+            .post(format!("http://{}/hello", w.east_gw().egress))
+            .header("host", HOST)
+            .header("user-agent", "Foo Mobile Safari")
+            .send()
+            .await;
+        match answer {
+            Ok(answer) => (
+                answer.status().as_u16(),
+                answer.text().await.unwrap_or_default(),
+            ),
+            Err(e) => (0, e.to_string()),
+        }
+    };
+    // Once west serves the refusing endpoint (west answered until then).
+    eventually(
+        "east to answer for west's refusing endpoint",
+        Duration::from_secs(15),
+        async || match through(w.east_gw().egress, Some("Foo Mobile Safari")).await {
+            (200, body) if body == "east" => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    )
+    .await;
+    for _ in 0..5 {
+        assert_eq!(
+            mobile_post().await,
+            (200, "east".to_owned()),
+            "a POST west could not deliver is answered by east"
+        );
+        assert_eq!(
+            through(w.east_gw().egress, Some("Foo Mobile Safari")).await,
+            (200, "east".to_owned())
+        );
+    }
     w.west
         .apply::<EndpointSlice>(&web_slice(false, w.west_port))
         .expect("slice");
