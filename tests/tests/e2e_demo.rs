@@ -134,11 +134,12 @@ fn destinations(trace: &Value) -> Vec<(String, Option<String>, i64)> {
 }
 
 /// `gnsctl trace` for mobile and desktop clients from east, west and
-/// outside, every field checked against the demo's topology: web v1 in
-/// both clusters, the canary v2 in west only; the rules in the order the
-/// gateways try them: the iPhone regex (precedence 2) to v2, `Mobile` to
-/// west, then 99 % v1 (own cluster first) and 1 % west's v2; only api is
-/// open to outside clients.
+/// outside, every field checked against the demo's topology (the seed's
+/// pods): web v1.5/us-prod in both clusters, v2.0-alpha/us-staging and the
+/// canary in west only; the rules in the order the gateways try them: the
+/// iPhone regex (precedence 2) to `version: canary`, `Mobile` to west, then
+/// 99 % v1.5/us-prod (own cluster first) and 1 % west's
+/// v2.0-alpha/us-staging; only api is open to outside clients.
 fn traces_explain_the_demo_topology(commands: &[&str], domain: &str) {
     let printed = commands
         .iter()
@@ -165,11 +166,11 @@ fn traces_explain_the_demo_topology(commands: &[&str], domain: &str) {
     assert_eq!(iphone["rules"].as_array().map(Vec::len), Some(1));
     assert_eq!(
         destinations(&iphone),
-        [("west".into(), s("version=v2"), 100)]
+        [("west".into(), s("version=canary"), 100)]
     );
     assert_eq!(
         iphone["destinations"][0]["endpoints"],
-        json!(["127.0.20.12"])
+        json!(["127.0.20.13"])
     );
     assert_eq!(iphone["access"]["allowed"], true);
     assert_eq!(iphone["timeoutMs"], 2000);
@@ -179,7 +180,7 @@ fn traces_explain_the_demo_topology(commands: &[&str], domain: &str) {
     assert_eq!(iphone["retries"]["perTryTimeoutMs"], 500);
     assert_eq!(
         iphone["endpoints"]["west"]["ready"],
-        json!(["127.0.20.11", "127.0.20.12"])
+        json!(["127.0.20.11", "127.0.20.12", "127.0.20.13"])
     );
 
     let mobile = trace_json(gnsctl, domain, Some("east"), "Demo Mobile");
@@ -204,8 +205,8 @@ fn traces_explain_the_demo_topology(commands: &[&str], domain: &str) {
     assert_eq!(
         destinations(&desktop),
         [
-            ("east".into(), s("version=v1"), 99),
-            ("west".into(), s("version=v2"), 1)
+            ("east".into(), s("env=us-prod,version=v1.5"), 99),
+            ("west".into(), s("env=us-staging,version=v2.0-alpha"), 1)
         ]
     );
     let total: f64 = desktop["destinations"]
@@ -223,14 +224,14 @@ fn traces_explain_the_demo_topology(commands: &[&str], domain: &str) {
     assert_eq!(
         destinations(&west),
         [
-            ("west".into(), s("version=v1"), 99),
-            ("west".into(), s("version=v2"), 1)
+            ("west".into(), s("env=us-prod,version=v1.5"), 99),
+            ("west".into(), s("env=us-staging,version=v2.0-alpha"), 1)
         ]
     );
     let west_iphone = trace_json(gnsctl, domain, Some("west"), "DemoApp/1.0;iPhone;iOS 17");
     assert_eq!(
         destinations(&west_iphone),
-        [("west".into(), s("version=v2"), 100)]
+        [("west".into(), s("version=canary"), 100)]
     );
 
     let outside = trace_json(gnsctl, domain, None, "curl/8.0");
@@ -319,7 +320,7 @@ fn demo_up_try_fail_heal_down() {
             &[
                 "GATEWAY  east egress",
                 "ROUTE    rule 0",
-                "version=v2",
+                "version=canary",
                 "ACCESS   allowed",
             ],
         ),
@@ -328,11 +329,11 @@ fn demo_up_try_fail_heal_down() {
             &["DNS      view external", "ACCESS   denied"],
         ),
         ("-b 127.0.10.100", &["127.0.10.1"]),
-        (";iPhone;", &["web v2 in west"]),
+        (";iPhone;", &["web canary in west"]),
         ("SRV", &["5432", "db.production.app.acme.com."]),
         ("dig @", &["127.0.10.1", "127.0.20.1"]),
         ("-A 'Demo Mobile'", &["in west"]),
-        ("seq 200", &["web v1 in east"]),
+        ("seq 200", &["web v1.5 in east"]),
         ("api.", &["api v1 in west"]),
         ("/services", &["db-vm-1", "127.0.20.12"]),
     ];

@@ -315,7 +315,7 @@ fn seed(api: &TestApiServer, cluster: &SimCluster) -> anyhow::Result<()> {
             // rules select by (`version`, `env`).
             let pod: Pod = serde_json::from_value(json!({
                 "metadata": {"name": pod_name(name, instance.version), "namespace": topology::NAMESPACE,
-                             "labels": {"app": name, "version": instance.version, "env": cluster.region}},
+                             "labels": {"app": name, "version": instance.version, "env": instance.env}},
                 "spec": {"containers": [{"name": name, "image": format!("demo/{name}:{}", instance.version)}]}}))
             .context("pod")?;
             api.apply(&pod)
@@ -476,15 +476,17 @@ async fn configure(api: &Api, members: &BTreeMap<&str, Member>) -> anyhow::Resul
             "rules": [
                 {"match": {"headers": [{"name": "user-agent", "regex": ".*Mobile.*"}]},
                  "destinations": [{"cluster": "west", "weight": 100}]},
-                // The seed's steering rule, tried first: the canary pods
-                // (version v2), wherever they run.
+                // The seed's steering rule, tried first: the pods labelled
+                // `version: canary`, wherever they run.
                 {"match": {"headers": [{"name": "user-agent", "regex": "^(.*?;)?(iPhone)(;.*)?$"}]},
                  "precedence": 2,
-                 "destinations": [{"tags": {"version": "v2"}, "weight": 100}]},
-                // The seed's split by the pods' labels: 99 % to v1 (the
-                // caller's own cluster first), 1 % to west's canary v2.
-                {"destinations": [{"tags": {"version": "v1"}, "weight": 99},
-                                  {"cluster": "west", "subset": "v2", "weight": 1}]}
+                 "destinations": [{"tags": {"version": "canary"}, "weight": 100}]},
+                // The seed's split by the pods' labels: 99 % to
+                // `version: v1.5, env: us-prod` (the caller's own cluster
+                // first), 1 % to west's `version: v2.0-alpha, env: us-staging`.
+                {"destinations": [{"tags": {"version": "v1.5", "env": "us-prod"}, "weight": 99},
+                                  {"cluster": "west",
+                                   "tags": {"version": "v2.0-alpha", "env": "us-staging"}, "weight": 1}]}
             ],
             "retries": {"attempts": 3, "on": ["5xx", "connect-failure"], "perTryTimeout": "500ms"},
             "timeout": "2s",
@@ -745,7 +747,7 @@ fn print_guide(options: &Options, token_file: &Path, elapsed: Duration, first: &
     );
     println!("  $ curl -s -H 'Host: web.{domain}' -A 'DemoApp/1.0;iPhone;iOS 17' {egress}");
     println!(
-        "# anyone else in east: the 99/1 split by version (about 1 in 100 answers from west's v2)"
+        "# anyone else in east: the 99/1 split by version (about 1 in 100 answers from west's v2.0-alpha)"
     );
     println!(
         "  $ for i in $(seq 200); do curl -s -H 'Host: web.{domain}' {egress}; done | sort | uniq -c"

@@ -1,10 +1,10 @@
 //! `gns-demo`: the whole GNS system on one machine, in one command.
 //!
 //! `gns-demo up` starts a federation (embedded store), two simulated member
-//! clusters `east` and `west` (Kubernetes API test servers seeded with
-//! services `web` v1 in east, v1 and v2 in west, and `api` in both), a VM
-//! workload `db`, a gateway per cluster on 127.0.x.1 and echo upstreams, then
-//! prints what to try. `gns-demo fail|heal CLUSTER` takes a cluster down and
+//! clusters `east` and `west` (Kubernetes API test servers seeded with the
+//! seed's pods: `web` v1.5 in east, v1.5, v2.0-alpha and canary in west, and
+//! `api` in both), a VM workload `db`, a gateway per cluster on 127.0.x.1
+//! and echo upstreams, then prints what to try. `gns-demo fail|heal CLUSTER` takes a cluster down and
 //! back; `gns-demo down` (or Ctrl-C) stops everything it started.
 
 mod control;

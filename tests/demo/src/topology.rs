@@ -26,6 +26,8 @@ pub struct Instance {
     pub service: &'static str,
     /// Version label.
     pub version: &'static str,
+    /// Environment label (`env`).
+    pub env: &'static str,
     /// Its pod address.
     pub ip: &'static str,
 }
@@ -47,7 +49,9 @@ pub struct SimCluster {
     pub instances: &'static [Instance],
 }
 
-/// East runs web v1 and api; west runs web v1, the canary web v2, and api.
+/// The seed's pods: east runs web v1.5 (`env: us-prod`) and api; west runs
+/// web v1.5 (`us-prod`), web v2.0-alpha (`us-staging`), the canary web
+/// (`version: canary`) and api.
 pub const CLUSTERS: [SimCluster; 2] = [
     SimCluster {
         name: "east",
@@ -58,12 +62,14 @@ pub const CLUSTERS: [SimCluster; 2] = [
         instances: &[
             Instance {
                 service: "web",
-                version: "v1",
+                version: "v1.5",
+                env: "us-prod",
                 ip: "127.0.10.11",
             },
             Instance {
                 service: "api",
                 version: "v1",
+                env: "us-prod",
                 ip: "127.0.10.21",
             },
         ],
@@ -77,17 +83,26 @@ pub const CLUSTERS: [SimCluster; 2] = [
         instances: &[
             Instance {
                 service: "web",
-                version: "v1",
+                version: "v1.5",
+                env: "us-prod",
                 ip: "127.0.20.11",
             },
             Instance {
                 service: "web",
-                version: "v2",
+                version: "v2.0-alpha",
+                env: "us-staging",
                 ip: "127.0.20.12",
+            },
+            Instance {
+                service: "web",
+                version: "canary",
+                env: "us-prod",
+                ip: "127.0.20.13",
             },
             Instance {
                 service: "api",
                 version: "v1",
+                env: "us-prod",
                 ip: "127.0.20.21",
             },
         ],
