@@ -51,6 +51,10 @@ pub struct ServiceConfig {
     /// (Maps by cluster are sorted lists: most services run in one cluster
     /// or a few, and the federation holds one of these per service.)
     pub http_port: litemap::LiteMap<String, u16>,
+    /// The HTTP port of endpoints that listen on another than their
+    /// cluster's (an external workload's own, beside pods), by address.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub http_port_by_address: BTreeMap<IpAddr, u16>,
     /// Ready endpoint addresses by cluster.
     pub endpoints: litemap::LiteMap<String, Vec<IpAddr>>,
     /// Endpoint subsets that rules' destinations name: by subset key (the
@@ -105,6 +109,43 @@ pub struct TcpPort {
     pub port: u16,
     /// The endpoints' port, by cluster.
     pub target_port: BTreeMap<String, u16>,
+    /// The port of endpoints that listen on another than their cluster's
+    /// (an external workload's own, beside pods), by address.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub target_port_by_address: BTreeMap<IpAddr, u16>,
+}
+
+/// Where a service's local endpoints listen: their cluster's port, or an
+/// endpoint's own where the config names one for its address.
+#[derive(Debug, Clone, Copy)]
+pub struct EndpointPorts<'a> {
+    /// The cluster's port.
+    pub port: u16,
+    /// Endpoints' own ports, by address.
+    pub own: &'a BTreeMap<IpAddr, u16>,
+}
+
+/// No endpoint with a port of its own.
+static NO_OWN_PORTS: BTreeMap<IpAddr, u16> = BTreeMap::new();
+
+impl<'a> EndpointPorts<'a> {
+    /// Every endpoint on `port`.
+    pub fn uniform(port: u16) -> Self {
+        Self {
+            port,
+            own: &NO_OWN_PORTS,
+        }
+    }
+
+    /// The endpoint at `ip`, on its port.
+    pub fn at(&self, ip: IpAddr) -> SocketAddr {
+        let port = if self.own.is_empty() {
+            self.port
+        } else {
+            self.own.get(&ip).copied().unwrap_or(self.port)
+        };
+        SocketAddr::new(ip, port)
+    }
 }
 
 /// A routing rule.

@@ -11,6 +11,7 @@ use http::{HeaderValue, Request, Response, Uri, header};
 use tokio::net::TcpStream;
 
 use crate::access::SUBSET_HEADER;
+use crate::config::EndpointPorts;
 use crate::proxy::{Body, CONNECT_TIMEOUT, Gateway, LOCAL_CONNECT_TRIES, full};
 use crate::refusal::TryError;
 use crate::route::Route;
@@ -23,8 +24,8 @@ impl Gateway {
         route: &Route,
         subset: Option<&str>,
     ) -> Result<TcpStream, TryError> {
-        let port = self.local_http_port(route)?;
-        self.dial_local(route, subset, port).await
+        let ports = self.local_http_ports(route)?;
+        self.dial_local(route, subset, ports).await
     }
 
     /// A TCP connection to a local endpoint of `route` for service port `port`.
@@ -34,24 +35,25 @@ impl Gateway {
         port: u16,
         subset: Option<&str>,
     ) -> Result<TcpStream, TryError> {
-        let target_port = route
-            .config
-            .tcp_ports
-            .iter()
-            .find(|t| t.port == port)
-            .and_then(|t| t.target_port.get(&self.cluster).copied())
-            .unwrap_or(port);
-        self.dial_local(route, subset, target_port).await
+        let tcp = route.config.tcp_ports.iter().find(|t| t.port == port);
+        let ports = match tcp {
+            Some(tcp) => EndpointPorts {
+                port: tcp.target_port.get(&self.cluster).copied().unwrap_or(port),
+                own: &tcp.target_port_by_address,
+            },
+            None => EndpointPorts::uniform(port),
+        };
+        self.dial_local(route, subset, ports).await
     }
 
     /// A TCP connection to one of the endpoints serving `subset` here, on
-    /// `port`: up to [`LOCAL_CONNECT_TRIES`] endpoints, each connect
-    /// recorded for outlier detection.
+    /// its port of `ports`: up to [`LOCAL_CONNECT_TRIES`] endpoints, each
+    /// connect recorded for outlier detection.
     pub(crate) async fn dial_local(
         &self,
         route: &Route,
         subset: Option<&str>,
-        port: u16,
+        ports: EndpointPorts<'_>,
     ) -> Result<TcpStream, TryError> {
         let endpoints = route
             .serving_endpoints(&self.cluster, subset)
@@ -59,12 +61,12 @@ impl Gateway {
         let mut tried = Vec::new();
         let mut last = String::from("no endpoint tried");
         for _ in 0..LOCAL_CONNECT_TRIES.min(endpoints.len()) {
-            let target = self.outliers.pick(endpoints, port, &tried);
+            let target = self.outliers.pick(endpoints, ports, &tried);
             tried.push(target);
             match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await {
                 Ok(Ok(tcp)) => {
                     self.outliers
-                        .record(target, false, &route.config.outliers, endpoints);
+                        .record(target, false, &route.config.outliers, (endpoints, ports));
                     let _ = tcp.set_nodelay(true);
                     return Ok(tcp);
                 }
@@ -73,7 +75,7 @@ impl Gateway {
             }
             if self
                 .outliers
-                .record(target, true, &route.config.outliers, endpoints)
+                .record(target, true, &route.config.outliers, (endpoints, ports))
             {
                 self.counters.ejections.fetch_add(1, Ordering::Relaxed);
             }
@@ -98,12 +100,12 @@ impl Gateway {
             let endpoints = route
                 .serving_endpoints(&self.cluster, subset)
                 .ok_or_else(|| TryError::Connect("no local endpoints".into()))?;
-            let port = self.local_http_port(route)?;
+            let ports = self.local_http_ports(route)?;
             let h2c = route.config.h2c.contains(&self.cluster);
             for_endpoint(&mut parts);
             if h2c {
                 // Boxed: its state stays out of every HTTP/1.1 request's future.
-                return Box::pin(self.send_local_h2c(route, parts, body, endpoints, port)).await;
+                return Box::pin(self.send_local_h2c(route, parts, body, (endpoints, ports))).await;
             }
             // Origin form (RFC 9112 §3.2.1): endpoints are origin servers, not proxies.
             parts.uri = origin_form(&parts.uri);
@@ -113,7 +115,7 @@ impl Gateway {
             let mut tried = [SocketAddr::from(([0, 0, 0, 0], 0)); LOCAL_CONNECT_TRIES];
             let attempts = LOCAL_CONNECT_TRIES.min(endpoints.len());
             for attempt in 0..attempts {
-                let target = self.outliers.pick(endpoints, port, &tried[..attempt]);
+                let target = self.outliers.pick(endpoints, ports, &tried[..attempt]);
                 tried[attempt] = target;
                 self.counters.local_tries.fetch_add(1, Ordering::Relaxed);
                 // A pooled connection closed as the request went out (with
@@ -125,7 +127,7 @@ impl Gateway {
                     .local
                     .send(target, &parts, &body, resend_if_closed)
                     .await;
-                match self.settle_local(route, target, endpoints, sent) {
+                match self.settle_local(route, target, (endpoints, ports), sent) {
                     Ok(resp) => return Ok(resp),
                     Err(e @ TryError::Connect(_)) => last = Some(e),
                     Err(e) => return Err(e),
@@ -143,7 +145,7 @@ impl Gateway {
         &self,
         route: &Route,
         target: SocketAddr,
-        endpoints: &[std::net::IpAddr],
+        endpoints: (&[std::net::IpAddr], EndpointPorts<'_>),
         sent: Result<Response<Body>, crate::pool::PoolError>,
     ) -> Result<Response<Body>, TryError> {
         use crate::pool::PoolError;
@@ -174,8 +176,7 @@ impl Gateway {
         route: &Route,
         mut parts: http::request::Parts,
         body: Bytes,
-        endpoints: &[std::net::IpAddr],
-        port: u16,
+        (endpoints, ports): (&[std::net::IpAddr], EndpointPorts<'_>),
     ) -> Result<Response<Body>, TryError> {
         let authority = parts
             .headers
@@ -185,14 +186,14 @@ impl Gateway {
         let mut tried = [SocketAddr::from(([0, 0, 0, 0], 0)); LOCAL_CONNECT_TRIES];
         let attempts = LOCAL_CONNECT_TRIES.min(endpoints.len());
         for attempt in 0..attempts {
-            let target = self.outliers.pick(endpoints, port, &tried[..attempt]);
+            let target = self.outliers.pick(endpoints, ports, &tried[..attempt]);
             tried[attempt] = target;
             self.counters.local_tries.fetch_add(1, Ordering::Relaxed);
             let mut request = rebuild(&parts, body.clone());
             *request.uri_mut() = h2c_uri(&parts.uri, authority.as_ref(), target)?;
             *request.version_mut() = http::Version::HTTP_2;
             let sent = self.shard().h2c.send(target, request).await;
-            match self.settle_local(route, target, endpoints, sent) {
+            match self.settle_local(route, target, (endpoints, ports), sent) {
                 Ok(resp) => return Ok(resp),
                 Err(e @ TryError::Connect(_)) => last = Some(e),
                 Err(e) => return Err(e),
@@ -201,14 +202,19 @@ impl Gateway {
         Err(last.unwrap_or_else(|| TryError::Connect("no endpoint tried".into())))
     }
 
-    /// The service's HTTP port on endpoints here.
-    fn local_http_port(&self, route: &Route) -> Result<u16, TryError> {
-        route
+    /// The service's HTTP port on endpoints here (and those of endpoints
+    /// with a port of their own).
+    fn local_http_ports<'r>(&self, route: &'r Route) -> Result<EndpointPorts<'r>, TryError> {
+        let port = route
             .config
             .http_port
             .get(&self.cluster)
             .copied()
-            .ok_or_else(|| TryError::Connect("no HTTP port".into()))
+            .ok_or_else(|| TryError::Connect("no HTTP port".into()))?;
+        Ok(EndpointPorts {
+            port,
+            own: &route.config.http_port_by_address,
+        })
     }
 
     /// A connection to a local endpoint serving `subset`, made before a
@@ -223,12 +229,12 @@ impl Gateway {
         let endpoints = route
             .serving_endpoints(&self.cluster, subset)
             .ok_or_else(|| TryError::Connect("no local endpoints".into()))?;
-        let port = self.local_http_port(route)?;
+        let ports = self.local_http_ports(route)?;
         let h2c = route.config.h2c.contains(&self.cluster);
         let mut tried = [SocketAddr::from(([0, 0, 0, 0], 0)); LOCAL_CONNECT_TRIES];
         let mut last = TryError::Connect("no endpoint tried".into());
         for attempt in 0..LOCAL_CONNECT_TRIES.min(endpoints.len()) {
-            let target = self.outliers.pick(endpoints, port, &tried[..attempt]);
+            let target = self.outliers.pick(endpoints, ports, &tried[..attempt]);
             tried[attempt] = target;
             self.counters.local_tries.fetch_add(1, Ordering::Relaxed);
             let opened = if h2c {
@@ -244,13 +250,13 @@ impl Gateway {
                 Ok(channel) => {
                     return Ok(LocalLink {
                         route,
-                        endpoints,
+                        endpoints: (endpoints, ports),
                         target,
                         channel,
                     });
                 }
                 Err(e) => {
-                    if let Err(e) = self.settle_local(route, target, endpoints, Err(e)) {
+                    if let Err(e) = self.settle_local(route, target, (endpoints, ports), Err(e)) {
                         last = e;
                     }
                 }
@@ -336,7 +342,8 @@ pub(crate) fn rebuild(parts: &http::request::Parts, body: Bytes) -> Request<Body
 /// out on it.
 pub(crate) struct LocalLink<'r> {
     route: &'r Route,
-    endpoints: &'r [std::net::IpAddr],
+    /// The endpoints it was picked from, on their ports.
+    endpoints: (&'r [std::net::IpAddr], EndpointPorts<'r>),
     target: SocketAddr,
     channel: Channel,
 }

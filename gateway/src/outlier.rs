@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::config::OutlierPolicy;
+use crate::config::{EndpointPorts, OutlierPolicy};
 
 /// What is on record for one endpoint.
 #[derive(Debug, Clone, Copy)]
@@ -34,18 +34,24 @@ pub struct Outliers {
 }
 
 impl Outliers {
-    /// A random endpoint of `endpoints` on `port` that is not ejected and
-    /// not in `tried`, if there is one (else one not tried, else any).
-    pub fn pick(&self, endpoints: &[IpAddr], port: u16, tried: &[SocketAddr]) -> SocketAddr {
+    /// A random endpoint of `endpoints` (on its port of `ports`) that is
+    /// not ejected and not in `tried`, if there is one (else one not tried,
+    /// else any).
+    pub fn pick(
+        &self,
+        endpoints: &[IpAddr],
+        ports: EndpointPorts<'_>,
+        tried: &[SocketAddr],
+    ) -> SocketAddr {
         if tried.is_empty() && !self.any.load(Ordering::Relaxed) {
-            return SocketAddr::new(endpoints[fastrand::usize(..endpoints.len())], port);
+            return ports.at(endpoints[fastrand::usize(..endpoints.len())]);
         }
         let now = Instant::now();
         let state = self.state.lock().ok();
         let not_tried = || {
             endpoints
                 .iter()
-                .map(|ip| SocketAddr::new(*ip, port))
+                .map(|ip| ports.at(*ip))
                 .filter(|a| !tried.contains(a))
         };
         let usable: Vec<SocketAddr> = not_tried()
@@ -63,21 +69,21 @@ impl Outliers {
             usable
         };
         match pool.len() {
-            0 => SocketAddr::new(endpoints[fastrand::usize(..endpoints.len())], port),
+            0 => ports.at(endpoints[fastrand::usize(..endpoints.len())]),
             n => pool[fastrand::usize(..n)],
         }
     }
 
-    /// Records an outcome at `target`, one of `endpoints` (on its port);
-    /// true when it ejects the endpoint now.
+    /// Records an outcome at `target`, one of `endpoints` (each on its
+    /// port of `ports`); true when it ejects the endpoint now.
     pub fn record(
         &self,
         target: SocketAddr,
         failed: bool,
         policy: &OutlierPolicy,
-        endpoints: &[IpAddr],
+        (endpoints, ports): (&[IpAddr], EndpointPorts<'_>),
     ) -> bool {
-        self.record_at(target, failed, policy, endpoints, Instant::now())
+        self.record_at(target, failed, policy, (endpoints, ports), Instant::now())
     }
 
     fn record_at(
@@ -85,7 +91,7 @@ impl Outliers {
         target: SocketAddr,
         failed: bool,
         policy: &OutlierPolicy,
-        endpoints: &[IpAddr],
+        (endpoints, ports): (&[IpAddr], EndpointPorts<'_>),
         now: Instant,
     ) -> bool {
         if !failed && !self.any.load(Ordering::Relaxed) {
@@ -104,7 +110,7 @@ impl Outliers {
             .iter()
             .filter(|ip| {
                 state
-                    .get(&SocketAddr::new(**ip, target.port()))
+                    .get(&ports.at(**ip))
                     .and_then(|r| r.ejected_until)
                     .is_some_and(|until| until > now)
             })
@@ -149,26 +155,26 @@ mod tests {
         let policy = OutlierPolicy::default();
         let ips = ips(&["10.0.0.1", "10.0.0.2"]);
         let bad = SocketAddr::new(ips[0], 80);
-        assert!(!outliers.record(bad, true, &policy, &ips));
-        assert!(!outliers.record(bad, true, &policy, &ips));
+        assert!(!outliers.record(bad, true, &policy, (&ips, EndpointPorts::uniform(80))));
+        assert!(!outliers.record(bad, true, &policy, (&ips, EndpointPorts::uniform(80))));
         assert!(
-            outliers.record(bad, true, &policy, &ips),
+            outliers.record(bad, true, &policy, (&ips, EndpointPorts::uniform(80))),
             "the third failure in a row ejects (the default)"
         );
         for _ in 0..100 {
             assert_ne!(
-                outliers.pick(&ips, 80, &[]),
+                outliers.pick(&ips, EndpointPorts::uniform(80), &[]),
                 bad,
                 "ejected endpoints are skipped"
             );
         }
         let good = SocketAddr::new(ips[1], 80);
         assert_eq!(
-            outliers.pick(&ips, 80, &[good]),
+            outliers.pick(&ips, EndpointPorts::uniform(80), &[good]),
             bad,
             "with nothing else left, an ejected endpoint is still used"
         );
-        assert!(!outliers.record(good, false, &policy, &ips));
+        assert!(!outliers.record(good, false, &policy, (&ips, EndpointPorts::uniform(80))));
     }
 
     #[test]
@@ -183,19 +189,37 @@ mod tests {
             max_ejected_percent: 25,
         };
         let outliers = Outliers::default();
-        assert!(!outliers.record_at(a, true, &policy, &ips, t0));
+        assert!(!outliers.record_at(a, true, &policy, (&ips, EndpointPorts::uniform(80)), t0));
         // Two seconds later the first failure no longer counts.
         let t1 = t0 + Duration::from_secs(2);
-        assert!(!outliers.record_at(a, true, &policy, &ips, t1));
-        assert!(outliers.record_at(a, true, &policy, &ips, t1 + Duration::from_millis(10)));
+        assert!(!outliers.record_at(a, true, &policy, (&ips, EndpointPorts::uniform(80)), t1));
+        assert!(outliers.record_at(
+            a,
+            true,
+            &policy,
+            (&ips, EndpointPorts::uniform(80)),
+            t1 + Duration::from_millis(10)
+        ));
         // 25 % of four endpoints: one may be out; b stays in.
-        assert!(!outliers.record_at(b, true, &policy, &ips, t1));
-        assert!(!outliers.record_at(b, true, &policy, &ips, t1 + Duration::from_millis(10)));
+        assert!(!outliers.record_at(b, true, &policy, (&ips, EndpointPorts::uniform(80)), t1));
+        assert!(!outliers.record_at(
+            b,
+            true,
+            &policy,
+            (&ips, EndpointPorts::uniform(80)),
+            t1 + Duration::from_millis(10)
+        ));
         // After the ejection time a is back, so b may go (its old failures
         // are outside the window: two new ones in a row).
         let t2 = t1 + Duration::from_secs(6);
-        assert!(!outliers.record_at(b, true, &policy, &ips, t2));
-        assert!(outliers.record_at(b, true, &policy, &ips, t2 + Duration::from_millis(10)));
+        assert!(!outliers.record_at(b, true, &policy, (&ips, EndpointPorts::uniform(80)), t2));
+        assert!(outliers.record_at(
+            b,
+            true,
+            &policy,
+            (&ips, EndpointPorts::uniform(80)),
+            t2 + Duration::from_millis(10)
+        ));
         // A share of 0 ejects nothing.
         let never = OutlierPolicy {
             max_ejected_percent: 0,
@@ -203,7 +227,7 @@ mod tests {
         };
         let fresh = Outliers::default();
         for _ in 0..10 {
-            assert!(!fresh.record_at(a, true, &never, &ips, t0));
+            assert!(!fresh.record_at(a, true, &never, (&ips, EndpointPorts::uniform(80)), t0));
         }
     }
 }

@@ -1,7 +1,8 @@
 //! The egress listener in process, over real sockets: connections to local
 //! endpoints are kept and reused, and replaced when the endpoint closed one
 //! without saying so; large bodies arriving in pieces are relayed whole;
-//! idle client connections are closed and busy ones kept. (The per-service
+//! idle client connections are closed and busy ones kept; an endpoint with
+//! a port of its own (a VM beside pods) is dialled on it. (The per-service
 //! counters are checked in `egress_metrics.rs`, a binary of their own.)
 
 mod support;
@@ -280,4 +281,76 @@ async fn a_client_expecting_100_continue_gets_it_before_sending_its_body() {
     read_until(&mut tcp, &mut seen, "hello from east").await;
     let text = String::from_utf8_lossy(&seen);
     assert!(text.contains("HTTP/1.1 200 OK"), "{text}");
+}
+
+/// A service with a pod on the cluster's port and a VM that serves the
+/// same service port on another port of its own: both get requests, each
+/// on its own port (before, the VM was dialled on the pods' port, refused,
+/// and never served).
+#[tokio::test]
+async fn an_endpoint_with_a_port_of_its_own_is_dialled_on_it() {
+    use gns_gateway::Gateway;
+    let (pod_port, pod) = hello_upstream().await;
+    // The VM, on another loopback address and port.
+    let vm_listener = tokio::net::TcpListener::bind("127.0.0.2:0")
+        .await
+        .expect("bind 127.0.0.2");
+    let vm_port = vm_listener.local_addr().expect("address").port();
+    let vm = Count::default();
+    let accepted = Arc::clone(&vm);
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = vm_listener.accept().await {
+            accepted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = tcp.read(&mut buf).await {
+                    if n == 0 {
+                        return;
+                    }
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 15\r\n\r\nhello from a vm";
+                    if tcp.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let mut service = support::local_service("web", pod_port);
+    service.endpoints = [(
+        "east".to_owned(),
+        vec![
+            "127.0.0.1".parse().expect("ip"),
+            "127.0.0.2".parse().expect("ip"),
+        ],
+    )]
+    .into_iter()
+    .collect();
+    service
+        .http_port_by_address
+        .insert("127.0.0.2".parse().expect("ip"), vm_port);
+    let gateway = Gateway::new("east");
+    gateway.apply_config(support::config_routing(HOST, service));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(gateway.serve_egress(listener));
+    // A new connection (and a new pick) each time.
+    let mut answers = std::collections::BTreeSet::new();
+    for _ in 0..40 {
+        let mut tcp = TcpStream::connect(addr).await.expect("connect");
+        let request = format!("GET / HTTP/1.1\r\nhost: {HOST}\r\nconnection: close\r\n\r\n");
+        tcp.write_all(request.as_bytes()).await.expect("request");
+        let mut answer = String::new();
+        tcp.read_to_string(&mut answer).await.expect("answer");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+        answers.insert(body.to_owned());
+    }
+    assert_eq!(
+        answers.into_iter().collect::<Vec<_>>(),
+        ["hello from a vm", "hello from east"],
+        "both endpoints served, each on its port"
+    );
+    assert!(count(&pod) > 0 && count(&vm) > 0);
 }

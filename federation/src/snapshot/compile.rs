@@ -614,27 +614,44 @@ impl Compiler<'_> {
                 endpoints.push(w.address);
                 endpoints.sort();
                 endpoints.dedup();
+                // The cluster's port is the pods' (or the first workload's);
+                // a workload on another port is dialled on its own.
                 if let Some(port) = http {
-                    out.http_port
-                        .entry(cluster.to_owned())
-                        .or_insert_with(|| port.endpoint_port());
+                    let own = port.endpoint_port();
+                    match out.http_port.get(cluster) {
+                        None => {
+                            out.http_port.insert(cluster.to_owned(), own);
+                            if speaks_h2c(port) {
+                                out.h2c.insert(cluster.to_owned());
+                            }
+                        }
+                        Some(&theirs) if theirs != own => {
+                            out.http_port_by_address.insert(w.address, own);
+                        }
+                        Some(_) => {}
+                    }
                 }
                 for port in w
                     .ports
                     .iter()
                     .filter(|p| !is_http(p) && matches!(p.protocol, Protocol::Tcp | Protocol::Tls))
                 {
+                    let own = port.endpoint_port();
                     if let Some(tcp) = out.tcp_ports.iter_mut().find(|t| t.port == port.port) {
-                        tcp.target_port
-                            .entry(cluster.to_owned())
-                            .or_insert_with(|| port.endpoint_port());
+                        match tcp.target_port.get(cluster) {
+                            None => {
+                                tcp.target_port.insert(cluster.to_owned(), own);
+                            }
+                            Some(&theirs) if theirs != own => {
+                                tcp.target_port_by_address.insert(w.address, own);
+                            }
+                            Some(_) => {}
+                        }
                     } else {
                         out.tcp_ports.push(gns_contract::config::TcpPort {
                             port: port.port,
-                            target_port: BTreeMap::from([(
-                                cluster.to_owned(),
-                                port.endpoint_port(),
-                            )]),
+                            target_port: BTreeMap::from([(cluster.to_owned(), own)]),
+                            ..Default::default()
                         });
                     }
                 }
@@ -1424,6 +1441,57 @@ mod tests {
         let stable = &gw.subsets["version=v1"];
         assert_eq!(stable[&"west".to_owned()], ips(&["10.9.1.1", "192.0.2.9"]));
         assert_eq!(stable[&"east".to_owned()], ips(&["192.0.2.9"]));
+    }
+
+    #[test]
+    fn a_workload_on_other_ports_than_the_pods_is_dialled_on_its_own() {
+        let mut state = base();
+        let objects = scoped(&mut state);
+        objects.services.push(
+            object(
+                ObjectKey::scoped(Kind::Service, "production", "ledger.west"),
+                json!({"name": "ledger", "ports": [{"name": "http", "port": 80, "protocol": "HTTP"},
+                                                   {"name": "pg", "port": 5432}],
+                       "clusters": {"west": {"notReady": [], "ready": [{"address": "10.9.1.1"}]}}}),
+            )
+            .into(),
+        );
+        // The service's ports 80 and 5432, on the workload's own ports.
+        let vm = |name: &str, address: &str, http: u16, pg: u16| {
+            object(
+                ObjectKey::scoped(Kind::ExternalWorkload, "production", name),
+                json!({"name": name, "service": "ledger", "address": address, "ttl": "1h",
+                       "cluster": "west",
+                       "ports": [{"name": "http", "port": 80, "targetPort": http, "protocol": "HTTP"},
+                                 {"name": "pg", "port": 5432, "targetPort": pg}]}),
+            )
+        };
+        objects
+            .external_workloads
+            .push(vm("ledger-vm-1", "192.0.2.7", 8080, 15432));
+        objects
+            .external_workloads
+            .push(vm("ledger-vm-2", "192.0.2.8", 80, 5432));
+        let snap = build(&state);
+        assert!(snap.problems.is_empty(), "{:?}", snap.problems);
+        let gw = &snap.gateways.services[&format!("ledger.{ORIGIN}")];
+        assert_eq!(
+            gw.http_port.get("west").copied(),
+            Some(80),
+            "the pods' port"
+        );
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        assert_eq!(
+            gw.http_port_by_address,
+            BTreeMap::from([(ip("192.0.2.7"), 8080)]),
+            "only the workload on another port has its own"
+        );
+        let pg = gw.tcp_ports.iter().find(|t| t.port == 5432).expect("pg");
+        assert_eq!(pg.target_port["west"], 5432);
+        assert_eq!(
+            pg.target_port_by_address,
+            BTreeMap::from([(ip("192.0.2.7"), 15432)])
+        );
     }
 
     #[test]
