@@ -312,19 +312,71 @@ async fn gateway_is_installed_upgraded_reported_and_removed() {
             .and_then(|s| s.type_)
     };
     assert_eq!(public(&api), None, "no public entry Service by default");
+    // A service with a ready endpoint in east, so that outside clients are
+    // answered east's public address once it has one.
+    api.apply::<Service>(&kube_apiserver_test::service(
+        "shop",
+        "web",
+        &[("app", "web")],
+        &[("http", 80)],
+    ))
+    .expect("web service");
+    api.apply(&kube_apiserver_test::endpoint_slice(
+        "shop",
+        "web",
+        "web-1",
+        &[("10.8.1.1", true, true, false, None)],
+        &[("http", 80)],
+    ))
+    .expect("web slice");
     put_cluster(
         &fed,
         &api,
         json!({"image": "registry.example/gns-gateway:0.1.0", "replicas": 2,
-               "publicServiceType": "NodePort"}),
+               "publicServiceType": "LoadBalancer"}),
     )
     .await;
     eventually("the public Service", Duration::from_secs(20), || async {
         match public(&api) {
-            Some(t) if t == "NodePort" => Ok(()),
+            Some(t) if t == "LoadBalancer" => Ok(()),
             other => Err(format!("{other:?}")),
         }
     })
+    .await;
+    // Its load balancer's address is read back into the status, and outside
+    // clients' DNS answers for web are it.
+    let balancer = || {
+        api.get::<Service>("gns-system", "gns-gateway-public")
+            .expect("svc")
+            .and_then(|s| s.status?.load_balancer?.ingress?.first()?.ip.clone())
+    };
+    let outside_answers = || async {
+        let (status, trace) = fed
+            .send(
+                reqwest::Method::POST,
+                "/v1/trace",
+                Some(json!({"host": format!("web.{DOMAIN}")})),
+            )
+            .await;
+        assert_eq!(status, 200, "{trace}");
+        trace["dns"]["answers"].clone()
+    };
+    eventually(
+        "the public address in the status and outside answers",
+        Duration::from_secs(20),
+        || async {
+            let Some(ip) = balancer() else {
+                return Err("no load balancer address yet".to_owned());
+            };
+            let status = fed.get("/v1/clusters/east").await["status"]["gateway"].clone();
+            let answers = outside_answers().await;
+            if status["publicAddress"] == ip && answers == json!([ip]) {
+                Ok(())
+            } else {
+                Err(format!("{ip}: {status} answers {answers}"))
+            }
+        },
+    )
     .await;
     put_cluster(
         &fed,
@@ -333,12 +385,13 @@ async fn gateway_is_installed_upgraded_reported_and_removed() {
     )
     .await;
     eventually(
-        "the public Service to go",
+        "the public Service and its address to go",
         Duration::from_secs(20),
         || async {
+            let status = fed.get("/v1/clusters/east").await["status"]["gateway"].clone();
             match public(&api) {
-                None => Ok(()),
-                other => Err(format!("{other:?}")),
+                None if status["publicAddress"].is_null() => Ok(()),
+                other => Err(format!("{other:?} {status}")),
             }
         },
     )

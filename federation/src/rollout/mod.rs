@@ -312,6 +312,17 @@ async fn observe(rollout: &Rollout) -> Result<Option<Value>, RolloutError> {
         .map_err(|e| kube_error("service/gns-gateway-egress", e))?
         .and_then(|s| s.spec?.cluster_ip)
         .filter(|ip| ip.parse::<std::net::IpAddr>().is_ok());
+    // The public entry's address, once its LoadBalancer has one (an IP:
+    // outside clients get it as an A/AAAA answer).
+    let public = match rollout.params.spec.public_service_type {
+        Some(_) => services
+            .get_opt(PUBLIC_SERVICE)
+            .await
+            .map_err(|e| kube_error("service/gns-gateway-public", e))?
+            .as_ref()
+            .and_then(public_address),
+        None => None,
+    };
     let done = observed && ready >= wanted && updated >= wanted;
     let (phase, message) = match (done, &ingress) {
         (true, Some(_)) => ("Ready", "the gateway is ready".to_owned()),
@@ -332,7 +343,21 @@ async fn observe(rollout: &Rollout) -> Result<Option<Value>, RolloutError> {
         "version": running_version,
         "ingressAddress": ingress,
         "egressAddress": egress,
+        "publicAddress": public,
     })))
+}
+
+/// The IP address outside clients reach the public entry Service at: its
+/// load balancer's (a ClusterIP or NodePort Service has none to give out,
+/// nor has a load balancer that names itself by host name only).
+fn public_address(service: &k8s_openapi::api::core::v1::Service) -> Option<String> {
+    let lb = service.status.as_ref()?.load_balancer.as_ref()?;
+    lb.ingress
+        .as_ref()?
+        .iter()
+        .filter_map(|i| i.ip.as_deref())
+        .find(|ip| ip.parse::<std::net::IpAddr>().is_ok())
+        .map(str::to_owned)
 }
 
 /// `host:port` where peer gateways reach the ingress Service.

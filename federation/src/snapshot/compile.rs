@@ -44,13 +44,17 @@ use crate::model::{
 use crate::store::StoredObject;
 
 /// The addresses of a gateway the federation deployed, as read back from its
-/// Services (`status.gateway`), for a cluster whose spec names none.
+/// Services (`status.gateway`: ingress, egress, and the public entry's when
+/// its load balancer has one), for a cluster whose spec names none.
 fn deployed_gateway(status: &ClusterStatus) -> Option<crate::model::GatewayAddresses> {
     let gateway = status.gateway.as_ref()?;
     let ingress = gateway.get("ingressAddress")?.as_str()?;
     let egress = gateway.get("egressAddress")?.as_str()?;
-    serde_json::from_value(serde_json::json!({"ingressAddress": ingress, "egressAddress": egress}))
-        .ok()
+    let mut addresses = serde_json::json!({"ingressAddress": ingress, "egressAddress": egress});
+    if let Some(public) = gateway.get("publicAddress").and_then(|p| p.as_str()) {
+        addresses["publicAddress"] = serde_json::json!(public);
+    }
+    serde_json::from_value(addresses).ok()
 }
 
 /// First label of each zone's default name server.
