@@ -870,6 +870,24 @@ async fn openapi_documents_every_route_and_every_route_exists(api: &Api) {
     ] {
         assert!(doc["components"]["schemas"][schema].is_object(), "{schema}");
     }
+    // Every field routing takes is in the document (and so in clients
+    // generated from it).
+    for (schema, fields) in [
+        ("RoutingRule", &["match", "precedence", "destinations"][..]),
+        ("RouteMatch", &["headers", "source", "path", "method"][..]),
+        ("PathMatch", &["exact", "prefix", "regex"][..]),
+        ("Destination", &["cluster", "subset", "tags", "weight"][..]),
+        ("ExternalWorkload", &["cluster", "labels", "ports"][..]),
+        ("WorkloadPort", &["targetPort", "protocol"][..]),
+    ] {
+        let properties = &doc["components"]["schemas"][schema]["properties"];
+        for field in fields {
+            assert!(
+                properties[*field].is_object(),
+                "{schema}.{field} in the OpenAPI document: {properties}"
+            );
+        }
+    }
 }
 
 async fn health_ready_and_metrics(api: &Api) {

@@ -499,4 +499,35 @@ mod tests {
         assert_eq!(east.ready[0].zone.as_deref(), Some("us-east-1a"));
         assert_eq!(svc.ports[0].protocol, Protocol::Http);
     }
+
+    #[test]
+    fn app_protocols_grpc_and_h2c_make_ports_that_speak_http2() {
+        let service: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "api", "namespace": "shop"},
+            "spec": {"ports": [
+                {"name": "rpc", "port": 9000, "appProtocol": "grpc"},
+                {"name": "plain", "port": 9001, "appProtocol": "h2c"},
+                {"name": "k8s", "port": 9002, "appProtocol": "kubernetes.io/h2c"},
+                {"name": "web", "port": 80, "appProtocol": "http"},
+                {"name": "dns", "port": 53, "protocol": "UDP", "appProtocol": "grpc"},
+                {"name": "pg", "port": 5432}]}}))
+        .expect("service");
+        let protocols: Vec<(String, Protocol)> = ports(&service)
+            .into_iter()
+            .map(|(p, _)| (p.name.to_string(), p.protocol))
+            .collect();
+        let expected = [
+            ("rpc", Protocol::Grpc),
+            ("plain", Protocol::Http2),
+            ("k8s", Protocol::Http2),
+            ("web", Protocol::Http),
+            ("dns", Protocol::Udp),
+            ("pg", Protocol::Tcp),
+        ];
+        assert_eq!(
+            protocols,
+            expected.map(|(n, p)| (n.to_owned(), p)),
+            "appProtocol decides, UDP first"
+        );
+    }
 }
