@@ -1499,6 +1499,37 @@ mod tests {
     }
 
     #[test]
+    fn a_workload_in_a_cluster_outside_the_global_namespace_is_a_problem() {
+        let mut state = base();
+        let objects = scoped(&mut state);
+        objects.external_workloads.push(object(
+            ObjectKey::scoped(Kind::ExternalWorkload, "production", "ledger-1"),
+            json!({"name": "ledger-1", "service": "ledger", "address": "192.0.2.7",
+                   "ttl": "1h", "cluster": "nowhere",
+                   "ports": [{"name": "http", "port": 8080}]}),
+        ));
+        let snap = build(&state);
+        let messages: Vec<(&str, &str)> = snap
+            .problems
+            .iter()
+            .map(|p| (p.name.as_str(), p.message.as_str()))
+            .collect();
+        assert_eq!(
+            messages,
+            [(
+                "ledger-1",
+                "cluster nowhere is not a member of global namespace production: no gateway reaches this workload"
+            )]
+        );
+        assert!(
+            snap.gateways.services[&format!("ledger.{ORIGIN}")]
+                .endpoints
+                .is_empty(),
+            "no gateway dials it"
+        );
+    }
+
+    #[test]
     fn grpc_and_h2c_ports_make_gateways_speak_h2c_to_endpoints() {
         let port = |name: &str, protocol: &str| -> WorkloadPort {
             serde_json::from_value(json!({"name": name, "port": 80, "protocol": protocol}))

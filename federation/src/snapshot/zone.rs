@@ -220,6 +220,22 @@ impl Compiler<'_> {
         }
         let (alive, alive_from) =
             self.alive_workloads(&scoped.external_workloads, &mut zone.zone_problems);
+        // A workload placed in a cluster the global namespace does not
+        // have is in DNS, but no gateway dials it: said, not left silent.
+        for workload in alive.values().flatten() {
+            let Some(cluster) = &workload.cluster else {
+                continue;
+            };
+            if !ctx.gns.members.iter().any(|m| m.cluster == *cluster) {
+                zone.zone_problems.push(Problem::new(
+                    &ObjectKey::scoped(Kind::ExternalWorkload, ctx.gns_name, workload.name.as_str()),
+                    format!(
+                        "cluster {cluster} is not a member of global namespace {}: no gateway reaches this workload",
+                        ctx.gns_name
+                    ),
+                ));
+            }
+        }
         let policies: Vec<AccessPolicy> = scoped
             .access_policies
             .iter()
