@@ -95,6 +95,10 @@ pub struct ServiceConfig {
     /// `external`) may call it.
     #[serde(default)]
     pub external: bool,
+    /// The service ports clients dial for HTTP: the egress serves HTTP on
+    /// each (port 80 on its own listener), routed by `Host` as ever.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub http_ports: Vec<u16>,
     /// TCP ports (passthrough, routed by the port clients dial).
     #[serde(default)]
     pub tcp_ports: Vec<TcpPort>,

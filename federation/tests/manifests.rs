@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use gns_federation::model::GatewayDeployment;
-use gns_federation::rollout::{GatewayParams, manifests};
+use gns_federation::rollout::{GatewayParams, PortRole, manifests};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -110,7 +110,12 @@ fn the_rendered_gateway_parses_into_its_kinds() {
         federation_ca: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into(),
         dns_address: "10.0.0.53:53".into(),
         domains: vec!["production.app.acme.com".into()],
-        tcp_ports: [5432, 6379].into(),
+        egress_ports: [
+            (5432, PortRole::Tcp),
+            (6379, PortRole::Tcp),
+            (8080, PortRole::Http),
+        ]
+        .into(),
     };
     let docs = manifests(&params).expect("renders");
     let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
@@ -131,21 +136,28 @@ fn the_rendered_gateway_parses_into_its_kinds() {
     for doc in &docs {
         check(doc, "deploy/gateway/gateway.yaml");
     }
-    // The egress Service: HTTP on 80 and each TCP port of the config.
+    // The egress Service: HTTP on 80 and each service port of the config.
     let egress = &docs[7];
     assert_eq!(egress["metadata"]["name"], "gns-gateway-egress");
-    let ports: Vec<(i64, Value)> = egress["spec"]["ports"]
+    let ports: Vec<(i64, Value, Value)> = egress["spec"]["ports"]
         .as_array()
         .expect("ports")
         .iter()
-        .map(|p| (p["port"].as_i64().unwrap_or(0), p["targetPort"].clone()))
+        .map(|p| {
+            (
+                p["port"].as_i64().unwrap_or(0),
+                p["targetPort"].clone(),
+                p["name"].clone(),
+            )
+        })
         .collect();
     assert_eq!(
         ports,
         [
-            (80, Value::from("egress")),
-            (5432, Value::from(5432)),
-            (6379, Value::from(6379))
+            (80, Value::from("egress"), Value::from("egress")),
+            (5432, Value::from(5432), Value::from("tcp-5432")),
+            (6379, Value::from(6379), Value::from("tcp-6379")),
+            (8080, Value::from(8080), Value::from("http-8080"))
         ]
     );
     // No public Service unless asked for; with publicServiceType, one of that type.

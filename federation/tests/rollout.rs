@@ -261,15 +261,19 @@ async fn gateway_is_installed_upgraded_reported_and_removed() {
 
     // The egress Service follows the config's TCP ports: a TCP service
     // appears in west, and both clusters' egress Services expose its port.
+    // In order of number (server-side apply keeps the order they came in).
     let egress_ports = |api: &TestApiServer| -> Vec<i32> {
-        api.get::<Service>("gns-system", "gns-gateway-egress")
+        let mut ports: Vec<i32> = api
+            .get::<Service>("gns-system", "gns-gateway-egress")
             .expect("svc")
             .and_then(|s| s.spec)
             .and_then(|s| s.ports)
             .unwrap_or_default()
             .iter()
             .map(|p| p.port)
-            .collect()
+            .collect();
+        ports.sort_unstable();
+        ports
     };
     assert_eq!(
         egress_ports(&api),
@@ -313,12 +317,13 @@ async fn gateway_is_installed_upgraded_reported_and_removed() {
     };
     assert_eq!(public(&api), None, "no public entry Service by default");
     // A service with a ready endpoint in east, so that outside clients are
-    // answered east's public address once it has one.
+    // answered east's public address once it has one. Its HTTP port is
+    // 8080: the egress Services expose it too.
     api.apply::<Service>(&kube_apiserver_test::service(
         "shop",
         "web",
         &[("app", "web")],
-        &[("http", 80)],
+        &[("http", 8080)],
     ))
     .expect("web service");
     api.apply(&kube_apiserver_test::endpoint_slice(
@@ -326,9 +331,22 @@ async fn gateway_is_installed_upgraded_reported_and_removed() {
         "web",
         "web-1",
         &[("10.8.1.1", true, true, false, None)],
-        &[("http", 80)],
+        &[("http", 8080)],
     ))
     .expect("web slice");
+    eventually(
+        "both egress Services to expose web's HTTP port 8080",
+        Duration::from_secs(20),
+        || async {
+            let ports = (egress_ports(&api), egress_ports(&west));
+            if ports == (vec![80, 5432, 8080], vec![80, 5432, 8080]) {
+                Ok(())
+            } else {
+                Err(format!("{ports:?}"))
+            }
+        },
+    )
+    .await;
     put_cluster(
         &fed,
         &api,
@@ -479,7 +497,7 @@ async fn gateway_is_installed_upgraded_reported_and_removed() {
         Duration::from_secs(20),
         || async {
             match egress_ports(&api) {
-                ports if ports == [80, 5432, 6379] => Ok(()),
+                ports if ports == [80, 5432, 6379, 8080] => Ok(()),
                 ports => Err(format!("{ports:?}")),
             }
         },

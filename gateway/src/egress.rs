@@ -42,23 +42,35 @@ impl Gateway {
         loop {
             let (tcp, client, slot) = acceptor.accept().await;
             accepted.increment(1);
-            let _ = tcp.set_nodelay(true);
-            let limits = crate::downstream::Limits {
-                idle: self.client_idle_timeout(),
-                header: self.header_read_timeout(),
-            };
-            let connection =
-                crate::downstream::Connection::new(Arc::clone(&self), tcp, client, entry, limits);
-            tokio::spawn(async move {
-                let _slot = slot;
-                let listener = entry.as_str();
-                metrics::gauge!("gns_gateway_active_connections", "listener" => listener)
-                    .increment(1.0);
-                connection.serve().await;
-                metrics::gauge!("gns_gateway_active_connections", "listener" => listener)
-                    .decrement(1.0);
-            });
+            self.serve_client(tcp, client, slot, entry);
         }
+    }
+
+    /// Serves one accepted HTTP client connection on a task of its own,
+    /// holding its `slot` of the listener's connection limit.
+    pub(crate) fn serve_client<S: Send + 'static>(
+        self: &Arc<Self>,
+        tcp: tokio::net::TcpStream,
+        client: std::net::SocketAddr,
+        slot: S,
+        entry: Entry,
+    ) {
+        let _ = tcp.set_nodelay(true);
+        let limits = crate::downstream::Limits {
+            idle: self.client_idle_timeout(),
+            header: self.header_read_timeout(),
+        };
+        let connection =
+            crate::downstream::Connection::new(Arc::clone(self), tcp, client, entry, limits);
+        tokio::spawn(async move {
+            let _slot = slot;
+            let listener = entry.as_str();
+            metrics::gauge!("gns_gateway_active_connections", "listener" => listener)
+                .increment(1.0);
+            connection.serve().await;
+            metrics::gauge!("gns_gateway_active_connections", "listener" => listener)
+                .decrement(1.0);
+        });
     }
 
     #[allow(

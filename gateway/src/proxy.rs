@@ -114,8 +114,9 @@ pub struct Gateway {
     /// Connection pools, one per data-path worker thread.
     pub(crate) shards: Box<[Shard]>,
     pub(crate) outliers: crate::outlier::Outliers,
-    /// TCP ports the egress must listen on, from the config.
-    pub(crate) tcp_ports: tokio::sync::watch::Sender<std::collections::BTreeSet<u16>>,
+    /// Ports the egress must listen on besides its own, from the config:
+    /// TCP ports and HTTP service ports ([`crate::route::RouteTable::listen_ports`]).
+    pub(crate) listen_ports: tokio::sync::watch::Sender<std::collections::BTreeSet<u16>>,
     /// Client connections (egress, public entry) with no request for this
     /// many milliseconds are closed; 0: never.
     pub(crate) client_idle_ms: AtomicU64,
@@ -165,7 +166,7 @@ impl Gateway {
                 })
                 .collect(),
             outliers: crate::outlier::Outliers::default(),
-            tcp_ports: tokio::sync::watch::Sender::new(std::collections::BTreeSet::new()),
+            listen_ports: tokio::sync::watch::Sender::new(std::collections::BTreeSet::new()),
             client_idle_ms: AtomicU64::new(DEFAULT_CLIENT_IDLE.as_millis() as u64),
             header_read_ms: AtomicU64::new(DEFAULT_HEADER_READ_TIMEOUT.as_millis() as u64),
             max_connections: std::sync::atomic::AtomicUsize::new(DEFAULT_MAX_CONNECTIONS),
@@ -288,8 +289,8 @@ impl Gateway {
     /// Applies a config atomically; problems (rules left out) are returned.
     pub fn apply_config(&self, config: GatewayConfig) -> Vec<String> {
         let (table, problems) = RouteTable::new(&config, &self.cluster, &self.traffic);
-        let ports = table.tcp_ports();
-        self.tcp_ports.send_if_modified(|current| {
+        let ports = table.listen_ports();
+        self.listen_ports.send_if_modified(|current| {
             let changed = *current != ports;
             *current = ports;
             changed

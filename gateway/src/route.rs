@@ -67,6 +67,9 @@ pub struct RouteTable {
     /// Services on each TCP port, with their host names (several share a
     /// port when TLS clients name them by SNI).
     by_tcp_port: FastMap<u16, Vec<(String, Arc<Route>)>>,
+    /// Service ports clients dial for HTTP, other than 80 (served on the
+    /// egress listener) and the TCP ports (passed through: TCP wins).
+    http_ports: std::collections::BTreeSet<u16>,
     /// The caller identity of each address of this cluster's endpoints,
     /// by global namespace.
     callers_at: FastMap<IpAddr, FastMap<String, Caller>>,
@@ -95,7 +98,9 @@ impl RouteTable {
         let mut by_host = FastMap::default();
         let mut by_tcp_port: FastMap<u16, Vec<(String, Arc<Route>)>> = FastMap::default();
         let mut callers_at: FastMap<IpAddr, FastMap<String, Caller>> = FastMap::default();
+        let mut http_ports = std::collections::BTreeSet::new();
         for (host, svc) in &config.services {
+            http_ports.extend(svc.http_ports.iter().copied().filter(|p| *p != 80));
             for ip in svc.endpoints.get(cluster).into_iter().flatten() {
                 let by_gns = callers_at.entry(*ip).or_default();
                 let caller = by_gns.entry(svc.gns.clone()).or_default();
@@ -129,11 +134,13 @@ impl RouteTable {
         {
             caller.header = http::HeaderValue::from_str(&caller.services.join(",")).ok();
         }
+        http_ports.retain(|p| !by_tcp_port.contains_key(p));
         (
             RouteTable {
                 cluster: cluster.to_owned(),
                 by_host,
                 by_tcp_port,
+                http_ports,
                 callers_at,
             },
             problems,
@@ -199,9 +206,20 @@ impl RouteTable {
         self.by_tcp_port.get(&port).is_some_and(|r| r.len() > 1)
     }
 
-    /// TCP ports with a route.
-    pub fn tcp_ports(&self) -> std::collections::BTreeSet<u16> {
-        self.by_tcp_port.keys().copied().collect()
+    /// The ports the egress listens on besides its own: every TCP port
+    /// with a route, and every HTTP service port but 80.
+    pub fn listen_ports(&self) -> std::collections::BTreeSet<u16> {
+        self.by_tcp_port
+            .keys()
+            .copied()
+            .chain(self.http_ports.iter().copied())
+            .collect()
+    }
+
+    /// Whether connections to `port` carry HTTP (routed by `Host`), not
+    /// TCP passed through.
+    pub fn serves_http_on(&self, port: u16) -> bool {
+        self.http_ports.contains(&port)
     }
 
     /// Where to try a request, in order, given a uniformly random `roll`:

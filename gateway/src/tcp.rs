@@ -1,7 +1,8 @@
-//! TCP passthrough: a listener on every TCP port the config routes (opened
-//! and closed as the config changes), each connection joined to a local
-//! endpoint or to a CONNECT tunnel through a peer gateway, in plan order;
-//! a shared port picks its service by the TLS server name.
+//! The egress's listeners on the ports services name (opened and closed as
+//! the config changes): on a TCP port each connection is joined to a local
+//! endpoint or to a CONNECT tunnel through a peer gateway, in plan order (a
+//! shared port picks its service by the TLS server name); on an HTTP
+//! service port other than 80 it is served as an HTTP client of the egress.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -20,12 +21,13 @@ use crate::route::Route;
 const TCP_BUFFER: usize = 64 * 1024;
 
 impl Gateway {
-    /// Listens on `ip` on every TCP port the config routes (opening and
-    /// closing listeners as the config changes) and passes connections
-    /// through to the chosen cluster. `shared`: the ports are bound with
-    /// `SO_REUSEPORT`, one listener per worker. Runs until aborted.
+    /// Listens on `ip` on every TCP port and HTTP service port the config
+    /// names (opening and closing listeners as the config changes): TCP is
+    /// passed through to the chosen cluster, HTTP served as at the egress.
+    /// `shared`: the ports are bound with `SO_REUSEPORT`, one listener per
+    /// worker. Runs until aborted.
     pub async fn serve_tcp(self: Arc<Self>, ip: std::net::IpAddr, shared: bool) {
-        let mut ports = self.tcp_ports.subscribe();
+        let mut ports = self.listen_ports.subscribe();
         let mut listeners: HashMap<u16, tokio::task::JoinHandle<()>> = HashMap::new();
         loop {
             let wanted = ports.borrow_and_update().clone();
@@ -46,7 +48,7 @@ impl Gateway {
                     .and_then(TcpListener::from_std);
                 match bound {
                     Ok(listener) => {
-                        tracing::info!(%ip, port, "TCP egress listening");
+                        tracing::info!(%ip, port, "egress listening on a service port");
                         let gw = Arc::clone(&self);
                         listeners.insert(*port, tokio::spawn(gw.accept_tcp(listener, *port)));
                     }
@@ -62,7 +64,12 @@ impl Gateway {
     pub(crate) async fn accept_tcp(self: Arc<Self>, listener: TcpListener, port: u16) {
         let acceptor = crate::listen::Acceptor::new(listener, self.max_connections(), "tcp");
         loop {
-            let (tcp, _, slot) = acceptor.accept().await;
+            let (tcp, client, slot) = acceptor.accept().await;
+            // The port's role is the config's now (it may change).
+            if self.routes.load().serves_http_on(port) {
+                self.serve_client(tcp, client, slot, crate::metrics::Entry::Egress);
+                continue;
+            }
             let _ = tcp.set_nodelay(true);
             let gw = Arc::clone(&self);
             tokio::spawn(async move {

@@ -2,7 +2,8 @@
 //! endpoints are kept and reused, and replaced when the endpoint closed one
 //! without saying so; large bodies arriving in pieces are relayed whole;
 //! idle client connections are closed and busy ones kept; an endpoint with
-//! a port of its own (a VM beside pods) is dialled on it. (The per-service
+//! a port of its own (a VM beside pods) is dialled on it; an HTTP service
+//! port other than 80 is served while the config names it. (The per-service
 //! counters are checked in `egress_metrics.rs`, a binary of their own.)
 
 mod support;
@@ -353,4 +354,64 @@ async fn an_endpoint_with_a_port_of_its_own_is_dialled_on_it() {
         "both endpoints served, each on its port"
     );
     assert!(count(&pod) > 0 && count(&vm) > 0);
+}
+
+/// A GET on a fresh connection to `addr` naming `host`; the answer's body,
+/// or `None` when no connection could be made.
+async fn get_host(addr: std::net::SocketAddr, host: &str) -> Option<String> {
+    let mut tcp = TcpStream::connect(addr).await.ok()?;
+    let request = format!("GET / HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await.ok()?;
+    let mut answer = String::new();
+    tcp.read_to_string(&mut answer).await.ok()?;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    Some(
+        answer
+            .split("\r\n\r\n")
+            .nth(1)
+            .unwrap_or_default()
+            .to_owned(),
+    )
+}
+
+/// A service whose HTTP port is not 80 (clients dial
+/// `web.production.app.acme.com:P`): the egress listens on P while the
+/// config names it, serves HTTP there routed by `Host`, and stops when the
+/// port goes from the config.
+#[tokio::test]
+async fn an_http_service_port_other_than_80_is_served_while_the_config_names_it() {
+    use gns_gateway::Gateway;
+    let (upstream, _) = hello_upstream().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let mut service = support::local_service("web", upstream);
+    service.http_ports = vec![port];
+    let gateway = Gateway::new("east");
+    gateway.apply_config(support::config_routing(HOST, service.clone()));
+    tokio::spawn(Arc::clone(&gateway).serve_tcp("127.0.0.1".parse().expect("ip"), false));
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let host = format!("{HOST}:{port}");
+    let mut answer = None;
+    for _ in 0..100 {
+        answer = get_host(addr, &host).await;
+        if answer.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(answer.as_deref(), Some("hello from east"));
+    // The port leaves the config: its listener closes.
+    service.http_ports.clear();
+    let mut next = support::config_routing(HOST, service);
+    next.version = 2;
+    gateway.apply_config(next);
+    for _ in 0..100 {
+        if TcpStream::connect(addr).await.is_err() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the listener on {port} stayed after the port left the config");
 }

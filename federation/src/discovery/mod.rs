@@ -234,7 +234,7 @@ fn start(
                                         dns_address: options.dns_address.clone(),
                                         federation_ca: options.federation_ca.pem(),
                                         domains: fp.domains.clone(),
-                                        tcp_ports: crate::rollout::config_tcp_ports(
+                                        egress_ports: crate::rollout::config_egress_ports(
                                             &options.snapshots,
                                         ),
                                     },

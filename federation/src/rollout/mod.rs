@@ -102,9 +102,9 @@ pub struct GatewayParams {
     pub dns_address: String,
     /// The domains of the global namespaces the cluster is a member of.
     pub domains: Vec<String>,
-    /// The TCP ports of the gateway config, which the egress Service
-    /// exposes beside HTTP on 80.
-    pub tcp_ports: std::collections::BTreeSet<u16>,
+    /// The service ports of the gateway config the egress Service exposes
+    /// beside HTTP on 80, each with what it carries.
+    pub egress_ports: BTreeMap<u16, PortRole>,
 }
 
 impl GatewayParams {
@@ -133,33 +133,46 @@ pub struct Rollout {
 /// The name of the public entry's Service (only with `publicServiceType`).
 const PUBLIC_SERVICE: &str = "gns-gateway-public";
 
-/// The TCP ports of the newest gateway config (empty before the first).
-pub fn config_tcp_ports(
-    snapshots: &crate::snapshot::SnapshotReceiver,
-) -> std::collections::BTreeSet<u16> {
-    snapshots
-        .borrow()
-        .as_ref()
-        .map(|s| {
-            s.gateways
-                .services
-                .values()
-                .flat_map(|svc| svc.tcp_ports.iter().map(|t| t.port))
-                .collect()
-        })
-        .unwrap_or_default()
+/// What an egress Service port carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortRole {
+    /// TCP, passed through.
+    Tcp,
+    /// HTTP, routed by `Host`.
+    Http,
 }
 
-/// The egress Service's ports: HTTP on 80, then each TCP port as itself.
-fn egress_ports(tcp_ports: &std::collections::BTreeSet<u16>) -> Value {
-    let mut ports = vec![json!({"name": "egress", "port": 80, "targetPort": "egress"})];
-    ports.extend(
-        tcp_ports
-            .iter()
-            .filter(|p| **p != 80)
-            .map(|p| json!({"name": format!("tcp-{p}"), "port": p, "targetPort": p})),
-    );
-    Value::Array(ports)
+/// The service ports of every service in the current snapshot's gateway
+/// config that the egress serves besides 80: TCP ports, and HTTP service
+/// ports (a port that is TCP for any service is TCP).
+pub fn config_egress_ports(
+    snapshots: &crate::snapshot::SnapshotReceiver,
+) -> BTreeMap<u16, PortRole> {
+    let mut ports = BTreeMap::new();
+    if let Some(snapshot) = snapshots.borrow().as_ref() {
+        for svc in snapshot.gateways.services.values() {
+            for port in svc.http_ports.iter().filter(|p| **p != 80) {
+                ports.entry(*port).or_insert(PortRole::Http);
+            }
+            for tcp in &svc.tcp_ports {
+                ports.insert(tcp.port, PortRole::Tcp);
+            }
+        }
+    }
+    ports
+}
+
+/// The egress Service's ports: HTTP on 80, then each service port as itself.
+fn egress_ports(ports: &BTreeMap<u16, PortRole>) -> Value {
+    let mut out = vec![json!({"name": "egress", "port": 80, "targetPort": "egress"})];
+    out.extend(ports.iter().filter(|(p, _)| **p != 80).map(|(p, role)| {
+        let name = match role {
+            PortRole::Tcp => format!("tcp-{p}"),
+            PortRole::Http => format!("http-{p}"),
+        };
+        json!({"name": name, "port": p, "targetPort": p})
+    }));
+    Value::Array(out)
 }
 
 /// The tag of an image reference (`latest` when it has none; a digest as is).
@@ -197,7 +210,7 @@ pub fn manifests(params: &GatewayParams) -> Result<Vec<Value>, TemplateError> {
             "DNS_FORWARDING",
             json!(dns_forwarding(&params.domains, &params.dns_address)),
         ),
-        ("EGRESS_PORTS", egress_ports(&params.tcp_ports)),
+        ("EGRESS_PORTS", egress_ports(&params.egress_ports)),
         (
             "PUBLIC_SERVICE_TYPE",
             json!(params.spec.public_service_type.unwrap_or_default().as_str()),
@@ -450,19 +463,19 @@ pub async fn run(mut rollout: Rollout, status: watch::Sender<Option<Value>>) {
             // Walked only when a new snapshot was published (every service
             // of every global namespace: not once a second per cluster).
             let fresh = rollout.snapshots.has_changed().unwrap_or(false);
-            let tcp_ports = if fresh {
+            let ports = if fresh {
                 rollout.snapshots.mark_unchanged();
-                config_tcp_ports(&rollout.snapshots)
+                config_egress_ports(&rollout.snapshots)
             } else {
-                rollout.params.tcp_ports.clone()
+                rollout.params.egress_ports.clone()
             };
-            if rollout.snapshots.borrow().is_some() && tcp_ports != rollout.params.tcp_ports {
+            if rollout.snapshots.borrow().is_some() && ports != rollout.params.egress_ports {
                 tracing::info!(
                     cluster = rollout.params.cluster,
-                    ports = ?tcp_ports,
-                    "the gateway config's TCP ports changed; applying the egress Service again"
+                    ports = ?ports,
+                    "the gateway config's service ports changed; applying the egress Service again"
                 );
-                rollout.params.tcp_ports = tcp_ports;
+                rollout.params.egress_ports = ports;
                 break;
             }
             tokio::time::sleep(POLL).await;

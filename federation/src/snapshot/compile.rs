@@ -422,6 +422,9 @@ impl Compiler<'_> {
                     if speaks_h2c(port) {
                         out.h2c.insert(cluster.clone());
                     }
+                    if is_http(port) {
+                        out.http_ports.push(port.port);
+                    }
                 }
                 for port in &tcp {
                     let i = match out.tcp_ports.iter().position(|t| t.port == port.port) {
@@ -441,6 +444,8 @@ impl Compiler<'_> {
             }
         }
         self.add_workload_endpoints(&mut out, members, inputs.workloads);
+        out.http_ports.sort_unstable();
+        out.http_ports.dedup();
         if let Some(routing) = inputs.routing {
             // The contract matches whole values (and whole paths).
             let matcher =
@@ -621,6 +626,9 @@ impl Compiler<'_> {
                 // The cluster's port is the pods' (or the first workload's);
                 // a workload on another port is dialled on its own.
                 if let Some(port) = http {
+                    if is_http(port) {
+                        out.http_ports.push(port.port);
+                    }
                     let own = port.endpoint_port();
                     match out.http_port.get(cluster) {
                         None => {
