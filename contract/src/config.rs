@@ -52,9 +52,10 @@ pub struct ServiceConfig {
     /// or a few, and the federation holds one of these per service.)
     pub http_port: litemap::LiteMap<String, u16>,
     /// The HTTP port of endpoints that listen on another than their
-    /// cluster's (an external workload's own, beside pods), by address.
+    /// cluster's (an external workload's own, beside pods), by cluster and
+    /// address (clusters' pod addresses may overlap).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub http_port_by_address: BTreeMap<IpAddr, u16>,
+    pub http_port_by_address: OwnPorts,
     /// Ready endpoint addresses by cluster.
     pub endpoints: litemap::LiteMap<String, Vec<IpAddr>>,
     /// Endpoint subsets that rules' destinations name: by subset key (the
@@ -114,10 +115,13 @@ pub struct TcpPort {
     /// The endpoints' port, by cluster.
     pub target_port: BTreeMap<String, u16>,
     /// The port of endpoints that listen on another than their cluster's
-    /// (an external workload's own, beside pods), by address.
+    /// (an external workload's own, beside pods), by cluster and address.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub target_port_by_address: BTreeMap<IpAddr, u16>,
+    pub target_port_by_address: OwnPorts,
 }
+
+/// Endpoints' own ports, by cluster, then address.
+pub type OwnPorts = BTreeMap<String, BTreeMap<IpAddr, u16>>;
 
 /// Where a service's local endpoints listen: their cluster's port, or an
 /// endpoint's own where the config names one for its address.
@@ -133,6 +137,14 @@ pub struct EndpointPorts<'a> {
 static NO_OWN_PORTS: BTreeMap<IpAddr, u16> = BTreeMap::new();
 
 impl<'a> EndpointPorts<'a> {
+    /// The endpoints of `cluster` on `port`, but those `own` names there.
+    pub fn of(port: u16, own: &'a OwnPorts, cluster: &str) -> Self {
+        Self {
+            port,
+            own: own.get(cluster).unwrap_or(&NO_OWN_PORTS),
+        }
+    }
+
     /// Every endpoint on `port`.
     pub fn uniform(port: u16) -> Self {
         Self {

@@ -343,15 +343,22 @@ impl Gateway {
                     let peer_failure = (cluster != self.cluster)
                         .then(|| PeerFailure::of(&resp))
                         .flatten();
-                    let again = match peer_failure {
-                        // It reached no endpoint: as a connect failure.
-                        Some(PeerFailure::NothingSent) => {
-                            crate::retry::again_after_connect_failure(retry, n + 1 >= plan.len())
-                        }
-                        Some(PeerFailure::Reset) => again(retry, method, Failure::Reset),
-                        Some(PeerFailure::Timeout) => again(retry, method, Failure::Timeout),
-                        None => again(retry, method, Failure::Status(resp.status().as_u16())),
-                    };
+                    // What its status alone allows, and more where the
+                    // peer says what failed.
+                    let status = again(retry, method, Failure::Status(resp.status().as_u16()));
+                    let again = status
+                        || match peer_failure {
+                            // It reached no endpoint: as a connect failure.
+                            Some(PeerFailure::NothingSent) => {
+                                crate::retry::again_after_connect_failure(
+                                    retry,
+                                    n + 1 >= plan.len(),
+                                )
+                            }
+                            Some(PeerFailure::Reset) => again(retry, method, Failure::Reset),
+                            Some(PeerFailure::Timeout) => again(retry, method, Failure::Timeout),
+                            None => false,
+                        };
                     if !(again && n + 1 < budget) {
                         return (resp, cluster);
                     }

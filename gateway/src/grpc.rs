@@ -83,6 +83,10 @@ pub(crate) fn answer<B: Default>(resp: Response<B>, answered: &http::HeaderName)
         headers.insert("grpc-message", value);
     }
     headers.insert(answered.clone(), HeaderValue::from_static("1"));
+    // Why, as the gateway's other answers say it.
+    if let Some(reason) = resp.headers().get(&crate::refusal::REASON_HEADER) {
+        headers.insert(crate::refusal::REASON_HEADER, reason.clone());
+    }
     grpc
 }
 

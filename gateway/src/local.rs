@@ -37,10 +37,11 @@ impl Gateway {
     ) -> Result<TcpStream, TryError> {
         let tcp = route.config.tcp_ports.iter().find(|t| t.port == port);
         let ports = match tcp {
-            Some(tcp) => EndpointPorts {
-                port: tcp.target_port.get(&self.cluster).copied().unwrap_or(port),
-                own: &tcp.target_port_by_address,
-            },
+            Some(tcp) => EndpointPorts::of(
+                tcp.target_port.get(&self.cluster).copied().unwrap_or(port),
+                &tcp.target_port_by_address,
+                &self.cluster,
+            ),
             None => EndpointPorts::uniform(port),
         };
         self.dial_local(route, subset, ports).await
@@ -211,10 +212,11 @@ impl Gateway {
             .get(&self.cluster)
             .copied()
             .ok_or_else(|| TryError::Connect("no HTTP port".into()))?;
-        Ok(EndpointPorts {
+        Ok(EndpointPorts::of(
             port,
-            own: &route.config.http_port_by_address,
-        })
+            &route.config.http_port_by_address,
+            &self.cluster,
+        ))
     }
 
     /// A connection to a local endpoint serving `subset`, made before a

@@ -290,13 +290,14 @@ impl Gateway {
     pub fn apply_config(&self, config: GatewayConfig) -> Vec<String> {
         let (table, problems) = RouteTable::new(&config, &self.cluster, &self.traffic);
         let ports = table.listen_ports();
+        // Routes first: a listener opened for a new port finds its role.
+        self.routes.store(Arc::new(table));
+        self.config.store(Some(Arc::new(config)));
         self.listen_ports.send_if_modified(|current| {
             let changed = *current != ports;
             *current = ports;
             changed
         });
-        self.routes.store(Arc::new(table));
-        self.config.store(Some(Arc::new(config)));
         problems
     }
 

@@ -301,6 +301,33 @@ mod tests {
     }
 
     #[test]
+    fn http_service_ports_are_listened_on_but_80_and_tcp_ports_stay_tcp() {
+        let mut config = config();
+        only_service(&mut config).http_ports = vec![80, 8080, 9000];
+        let mut db = ServiceConfig {
+            gns: "production".into(),
+            service: "db".into(),
+            ..ServiceConfig::default()
+        };
+        db.tcp_ports = vec![crate::config::TcpPort {
+            port: 9000,
+            ..Default::default()
+        }];
+        config
+            .services
+            .insert("db.production.app.acme.com".into(), Arc::new(db));
+        let (table, _) = RouteTable::new(&config, "east", &Arc::default());
+        assert_eq!(
+            table.listen_ports().into_iter().collect::<Vec<_>>(),
+            [8080, 9000],
+            "80 is the egress listener's own"
+        );
+        assert!(table.serves_http_on(8080));
+        assert!(!table.serves_http_on(9000), "TCP for a service: TCP");
+        assert!(!table.serves_http_on(80));
+    }
+
+    #[test]
     fn a_silent_peer_gets_nothing_but_a_silent_cluster_serves_itself() {
         let mut silent = config();
         silent.silent_clusters.insert("west".into());

@@ -25,12 +25,29 @@ impl Gateway {
     /// names (opening and closing listeners as the config changes): TCP is
     /// passed through to the chosen cluster, HTTP served as at the egress.
     /// `shared`: the ports are bound with `SO_REUSEPORT`, one listener per
-    /// worker. Runs until aborted.
-    pub async fn serve_tcp(self: Arc<Self>, ip: std::net::IpAddr, shared: bool) {
+    /// worker. The gateway's own ports (`reserved`: its egress, ingress,
+    /// public and admin listeners) are never taken for a service. Runs
+    /// until aborted.
+    pub async fn serve_tcp(
+        self: Arc<Self>,
+        ip: std::net::IpAddr,
+        shared: bool,
+        reserved: Vec<u16>,
+    ) {
         let mut ports = self.listen_ports.subscribe();
         let mut listeners: HashMap<u16, tokio::task::JoinHandle<()>> = HashMap::new();
         loop {
-            let wanted = ports.borrow_and_update().clone();
+            let mut wanted = ports.borrow_and_update().clone();
+            wanted.retain(|port| {
+                let own = reserved.contains(port);
+                if own {
+                    tracing::warn!(
+                        port,
+                        "a service port is one of the gateway's own; not served"
+                    );
+                }
+                !own
+            });
             listeners.retain(|port, task| {
                 let keep = wanted.contains(port);
                 if !keep {

@@ -326,9 +326,10 @@ async fn an_endpoint_with_a_port_of_its_own_is_dialled_on_it() {
     )]
     .into_iter()
     .collect();
-    service
-        .http_port_by_address
-        .insert("127.0.0.2".parse().expect("ip"), vm_port);
+    service.http_port_by_address.insert(
+        "east".to_owned(),
+        [("127.0.0.2".parse().expect("ip"), vm_port)].into(),
+    );
     let gateway = Gateway::new("east");
     gateway.apply_config(support::config_routing(HOST, service));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -390,7 +391,7 @@ async fn an_http_service_port_other_than_80_is_served_while_the_config_names_it(
     service.http_ports = vec![port];
     let gateway = Gateway::new("east");
     gateway.apply_config(support::config_routing(HOST, service.clone()));
-    tokio::spawn(Arc::clone(&gateway).serve_tcp("127.0.0.1".parse().expect("ip"), false));
+    tokio::spawn(Arc::clone(&gateway).serve_tcp("127.0.0.1".parse().expect("ip"), false, vec![]));
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let host = format!("{HOST}:{port}");
     let mut answer = None;

@@ -174,13 +174,14 @@ pub(super) struct Following {
 }
 
 impl Following {
-    /// Syncs CoreDNS once.
-    pub(super) async fn tried(rollout: &Rollout) -> Self {
+    /// Syncs CoreDNS once; `previous` is the last sync's problem (logged
+    /// again only if this one differs).
+    pub(super) async fn tried(rollout: &Rollout, previous: Option<&CorednsError>) -> Self {
         let state = Self {
             problem: sync_for(rollout).await.err(),
             at: tokio::time::Instant::now(),
         };
-        state.log(rollout, None);
+        state.log(rollout, previous);
         state
     }
 

@@ -40,6 +40,9 @@ pub const NAMESPACE: &str = "gns-system";
 const POLL: Duration = Duration::from_secs(1);
 /// The ingress port of a deployed gateway (its Service port).
 const INGRESS_PORT: u16 = 15443;
+/// The ports a deployed gateway listens on itself (egress, ingress, admin,
+/// public entry: deploy/gateway/gateway.yaml): no service port takes them.
+const GATEWAY_PORTS: [u16; 4] = [15001, INGRESS_PORT, 15021, 15080];
 
 /// Why applying or following the gateway failed.
 #[derive(Debug, thiserror::Error)]
@@ -144,7 +147,8 @@ pub enum PortRole {
 
 /// The service ports of every service in the current snapshot's gateway
 /// config that the egress serves besides 80: TCP ports, and HTTP service
-/// ports (a port that is TCP for any service is TCP).
+/// ports (a port that is TCP for any service is TCP); never the gateway's
+/// own.
 pub fn config_egress_ports(
     snapshots: &crate::snapshot::SnapshotReceiver,
 ) -> BTreeMap<u16, PortRole> {
@@ -159,6 +163,7 @@ pub fn config_egress_ports(
             }
         }
     }
+    ports.retain(|port, _| !GATEWAY_PORTS.contains(port));
     ports
 }
 
@@ -407,6 +412,8 @@ pub async fn run(mut rollout: Rollout, status: watch::Sender<Option<Value>>) {
     };
     let version = rollout.params.version();
     let failed = |e: &RolloutError| json!({"phase": e.phase(), "message": e.to_string(), "version": version});
+    // The CoreDNS problem of the last apply (a lasting one is logged once).
+    let mut last_coredns = None;
     loop {
         publish(
             json!({"phase": "Applying", "message": "applying the gateway", "version": rollout.params.version()}),
@@ -431,10 +438,11 @@ pub async fn run(mut rollout: Rollout, status: watch::Sender<Option<Value>>) {
         }
         // CoreDNS: a problem there is the status (until it is tried again
         // and gone), while the gateway is followed as ever.
-        let mut coredns = coredns::Following::tried(&rollout).await;
+        let mut coredns = coredns::Following::tried(&rollout, last_coredns.as_ref()).await;
         // Follow the rollout; a deleted Deployment is applied again.
         loop {
             coredns.retry_when_due(&rollout).await;
+            last_coredns.clone_from(&coredns.problem);
             match observe(&rollout).await {
                 Ok(Some(mut value)) => {
                     if let Some(e) = &coredns.problem {

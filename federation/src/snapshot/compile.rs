@@ -626,9 +626,6 @@ impl Compiler<'_> {
                 // The cluster's port is the pods' (or the first workload's);
                 // a workload on another port is dialled on its own.
                 if let Some(port) = http {
-                    if is_http(port) {
-                        out.http_ports.push(port.port);
-                    }
                     let own = port.endpoint_port();
                     match out.http_port.get(cluster) {
                         None => {
@@ -637,10 +634,18 @@ impl Compiler<'_> {
                                 out.h2c.insert(cluster.to_owned());
                             }
                         }
-                        Some(&theirs) if theirs != own => {
-                            out.http_port_by_address.insert(w.address, own);
+                        // Only a port that says it is HTTP (not a workload's
+                        // first port, taken when it names none).
+                        Some(&theirs) if theirs != own && is_http(port) => {
+                            out.http_port_by_address
+                                .entry(cluster.to_owned())
+                                .or_default()
+                                .insert(w.address, own);
                         }
                         Some(_) => {}
+                    }
+                    if is_http(port) {
+                        out.http_ports.push(port.port);
                     }
                 }
                 for port in w
@@ -655,7 +660,10 @@ impl Compiler<'_> {
                                 tcp.target_port.insert(cluster.to_owned(), own);
                             }
                             Some(&theirs) if theirs != own => {
-                                tcp.target_port_by_address.insert(w.address, own);
+                                tcp.target_port_by_address
+                                    .entry(cluster.to_owned())
+                                    .or_default()
+                                    .insert(w.address, own);
                             }
                             Some(_) => {}
                         }
@@ -1493,17 +1501,18 @@ mod tests {
             "the pods' port"
         );
         let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        let in_west = |port: u16| {
+            BTreeMap::from([("west".to_owned(), BTreeMap::from([(ip("192.0.2.7"), port)]))])
+        };
         assert_eq!(
             gw.http_port_by_address,
-            BTreeMap::from([(ip("192.0.2.7"), 8080)]),
-            "only the workload on another port has its own"
+            in_west(8080),
+            "only the workload on another port has its own, in its cluster"
         );
+        assert_eq!(gw.http_ports, [80], "the service port clients dial");
         let pg = gw.tcp_ports.iter().find(|t| t.port == 5432).expect("pg");
         assert_eq!(pg.target_port["west"], 5432);
-        assert_eq!(
-            pg.target_port_by_address,
-            BTreeMap::from([(ip("192.0.2.7"), 15432)])
-        );
+        assert_eq!(pg.target_port_by_address, in_west(15432));
     }
 
     #[test]
@@ -1526,7 +1535,7 @@ mod tests {
             messages,
             [(
                 "ledger-1",
-                "cluster nowhere is not a member of global namespace production: no gateway reaches this workload"
+                "cluster nowhere is not a registered member of global namespace production: no gateway reaches this workload"
             )]
         );
         assert!(

@@ -226,11 +226,12 @@ impl Compiler<'_> {
             let Some(cluster) = &workload.cluster else {
                 continue;
             };
-            if !ctx.gns.members.iter().any(|m| m.cluster == *cluster) {
+            let member = ctx.gns.members.iter().any(|m| m.cluster == *cluster);
+            if !member || !self.clusters.contains_key(cluster.as_str()) {
                 zone.zone_problems.push(Problem::new(
                     &ObjectKey::scoped(Kind::ExternalWorkload, ctx.gns_name, workload.name.as_str()),
                     format!(
-                        "cluster {cluster} is not a member of global namespace {}: no gateway reaches this workload",
+                        "cluster {cluster} is not a registered member of global namespace {}: no gateway reaches this workload",
                         ctx.gns_name
                     ),
                 ));

@@ -170,7 +170,7 @@ fn run_worker(
     index: usize,
     gateway: Arc<Gateway>,
     listeners: WorkerListeners,
-    tcp_ip: std::net::IpAddr,
+    (tcp_ip, reserved): (std::net::IpAddr, Vec<u16>),
     shared: bool,
 ) -> anyhow::Result<()> {
     gns_gateway::proxy::enter_worker(index);
@@ -182,7 +182,7 @@ fn run_worker(
         let egress = TcpListener::from_std(listeners.egress)?;
         let ingress = TcpListener::from_std(listeners.ingress)?;
         // TCP passthrough: the egress address, on every TCP port the config routes.
-        tokio::spawn(Arc::clone(&gateway).serve_tcp(tcp_ip, shared));
+        tokio::spawn(Arc::clone(&gateway).serve_tcp(tcp_ip, shared, reserved));
         tokio::spawn(Arc::clone(&gateway).serve_egress(egress));
         tokio::spawn(Arc::clone(&gateway).serve_ingress(ingress));
         if let Some(public) = listeners.public {
@@ -289,6 +289,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         tracing::info!(public = %first.local_addr()?, "public entry listening");
     }
     let tcp_ip = args.egress_listen.ip();
+    // The gateway's own ports: no service port takes them.
+    let reserved: Vec<u16> = [args.egress_listen, args.ingress_listen, args.admin_listen]
+        .into_iter()
+        .chain(args.public_listen)
+        .map(|a| a.port())
+        .collect();
     for index in (0..workers).rev() {
         let (Some(egress), Some(ingress)) = (egress.pop(), ingress.pop()) else {
             anyhow::bail!("worker {index} has no listener");
@@ -299,10 +305,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
             public: public.pop(),
         };
         let gateway = Arc::clone(&gateway);
+        let own = (tcp_ip, reserved.clone());
         std::thread::Builder::new()
             .name(format!("gns-worker-{index}"))
             .spawn(move || {
-                if let Err(e) = run_worker(index, gateway, listeners, tcp_ip, workers > 1) {
+                if let Err(e) = run_worker(index, gateway, listeners, own, workers > 1) {
                     tracing::error!(worker = index, error = %e, "data-path worker failed");
                     std::process::exit(1);
                 }
