@@ -552,14 +552,24 @@ pub(crate) async fn timeouts_cut_slow_answers_and_abandon_slow_tries(w: &World) 
         },
     )
     .await;
-    slow.reset(0, u64::MAX);
-    let ((status, body), took) = slow_get().await;
-    assert_eq!(status, 504, "{body}");
+    // Three samples: each is a 504 after the timeout; the fastest (a loaded
+    // machine may slow one) well before the 2 s answer.
+    let mut fastest = Duration::MAX;
+    for _ in 0..3 {
+        slow.reset(0, u64::MAX);
+        let ((status, body), took) = slow_get().await;
+        assert_eq!(status, 504, "{body}");
+        assert!(
+            took >= Duration::from_millis(450),
+            "504 after the 500 ms timeout: {took:?}"
+        );
+        assert_eq!(slow.seen(), 1, "the request reached slow's upstream");
+        fastest = fastest.min(took);
+    }
     assert!(
-        took >= Duration::from_millis(450) && took < Duration::from_millis(1500),
-        "504 after the 500 ms timeout, well before the 2 s answer: {took:?}"
+        fastest < Duration::from_millis(1500),
+        "504 well before the 2 s answer: {fastest:?}"
     );
-    assert_eq!(slow.seen(), 1, "the request reached slow's upstream");
     w.put_routing(
         "slow",
         json!({"rules": to_west, "timeout": "1500ms",
@@ -578,19 +588,27 @@ pub(crate) async fn timeouts_cut_slow_answers_and_abandon_slow_tries(w: &World) 
         },
     )
     .await;
-    slow.reset(0, 1);
     let retries = metric(east_gw.admin, "gns_gateway_retries_total").await;
-    let ((status, body), took) = slow_get().await;
-    assert_eq!((status, body.as_str()), (200, "slow"));
-    assert_eq!(slow.seen(), 2, "the slow try and the retry");
+    let mut fastest = Duration::MAX;
+    for _ in 0..3 {
+        slow.reset(0, 1);
+        let ((status, body), took) = slow_get().await;
+        assert_eq!((status, body.as_str()), (200, "slow"));
+        assert_eq!(slow.seen(), 2, "the slow try and the retry");
+        assert!(
+            took >= Duration::from_millis(300),
+            "answered after the 300 ms per-try timeout: {took:?}"
+        );
+        fastest = fastest.min(took);
+    }
     assert!(
-        took >= Duration::from_millis(300) && took < Duration::from_millis(1200),
-        "answered after the 300 ms per-try timeout, not after the 2 s answer: {took:?}"
+        fastest < Duration::from_millis(1200),
+        "answered after the per-try timeout, not after the 2 s answer: {fastest:?}"
     );
     assert_eq!(
         metric(east_gw.admin, "gns_gateway_retries_total").await,
-        retries + 1,
-        "the retry after the per-try timeout is counted"
+        retries + 3,
+        "each retry after the per-try timeout is counted"
     );
 }
 
