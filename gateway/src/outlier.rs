@@ -154,11 +154,12 @@ mod tests {
         let outliers = Outliers::default();
         let policy = OutlierPolicy::default();
         let ips = ips(&["10.0.0.1", "10.0.0.2"]);
+        let at80 = (&ips[..], EndpointPorts::uniform(80));
         let bad = SocketAddr::new(ips[0], 80);
-        assert!(!outliers.record(bad, true, &policy, (&ips, EndpointPorts::uniform(80))));
-        assert!(!outliers.record(bad, true, &policy, (&ips, EndpointPorts::uniform(80))));
+        assert!(!outliers.record(bad, true, &policy, at80));
+        assert!(!outliers.record(bad, true, &policy, at80));
         assert!(
-            outliers.record(bad, true, &policy, (&ips, EndpointPorts::uniform(80))),
+            outliers.record(bad, true, &policy, at80),
             "the third failure in a row ejects (the default)"
         );
         for _ in 0..100 {
@@ -174,12 +175,13 @@ mod tests {
             bad,
             "with nothing else left, an ejected endpoint is still used"
         );
-        assert!(!outliers.record(good, false, &policy, (&ips, EndpointPorts::uniform(80))));
+        assert!(!outliers.record(good, false, &policy, at80));
     }
 
     #[test]
     fn the_service_policy_sets_threshold_window_time_and_share() {
         let ips = ips(&["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"]);
+        let at80 = (&ips[..], EndpointPorts::uniform(80));
         let [a, b] = [0, 1].map(|i| SocketAddr::new(ips[i], 80));
         let t0 = Instant::now();
         let policy = OutlierPolicy {
@@ -189,37 +191,19 @@ mod tests {
             max_ejected_percent: 25,
         };
         let outliers = Outliers::default();
-        assert!(!outliers.record_at(a, true, &policy, (&ips, EndpointPorts::uniform(80)), t0));
+        assert!(!outliers.record_at(a, true, &policy, at80, t0));
         // Two seconds later the first failure no longer counts.
         let t1 = t0 + Duration::from_secs(2);
-        assert!(!outliers.record_at(a, true, &policy, (&ips, EndpointPorts::uniform(80)), t1));
-        assert!(outliers.record_at(
-            a,
-            true,
-            &policy,
-            (&ips, EndpointPorts::uniform(80)),
-            t1 + Duration::from_millis(10)
-        ));
+        assert!(!outliers.record_at(a, true, &policy, at80, t1));
+        assert!(outliers.record_at(a, true, &policy, at80, t1 + Duration::from_millis(10)));
         // 25 % of four endpoints: one may be out; b stays in.
-        assert!(!outliers.record_at(b, true, &policy, (&ips, EndpointPorts::uniform(80)), t1));
-        assert!(!outliers.record_at(
-            b,
-            true,
-            &policy,
-            (&ips, EndpointPorts::uniform(80)),
-            t1 + Duration::from_millis(10)
-        ));
+        assert!(!outliers.record_at(b, true, &policy, at80, t1));
+        assert!(!outliers.record_at(b, true, &policy, at80, t1 + Duration::from_millis(10)));
         // After the ejection time a is back, so b may go (its old failures
         // are outside the window: two new ones in a row).
         let t2 = t1 + Duration::from_secs(6);
-        assert!(!outliers.record_at(b, true, &policy, (&ips, EndpointPorts::uniform(80)), t2));
-        assert!(outliers.record_at(
-            b,
-            true,
-            &policy,
-            (&ips, EndpointPorts::uniform(80)),
-            t2 + Duration::from_millis(10)
-        ));
+        assert!(!outliers.record_at(b, true, &policy, at80, t2));
+        assert!(outliers.record_at(b, true, &policy, at80, t2 + Duration::from_millis(10)));
         // A share of 0 ejects nothing.
         let never = OutlierPolicy {
             max_ejected_percent: 0,
@@ -227,7 +211,34 @@ mod tests {
         };
         let fresh = Outliers::default();
         for _ in 0..10 {
-            assert!(!fresh.record_at(a, true, &never, (&ips, EndpointPorts::uniform(80)), t0));
+            assert!(!fresh.record_at(a, true, &never, at80, t0));
         }
+    }
+
+    #[test]
+    fn an_endpoint_on_its_own_port_is_picked_and_counted_there() {
+        let ips = ips(&["10.0.0.1", "10.0.0.2"]);
+        let own = std::collections::BTreeMap::from([(ips[1], 8080)]);
+        let ports = EndpointPorts {
+            port: 80,
+            own: &own,
+        };
+        let (a, b) = (SocketAddr::new(ips[0], 80), SocketAddr::new(ips[1], 8080));
+        let policy = OutlierPolicy {
+            consecutive_failures: 1,
+            max_ejected_percent: 50,
+            ..OutlierPolicy::default()
+        };
+        let outliers = Outliers::default();
+        let picked: std::collections::BTreeSet<SocketAddr> =
+            (0..100).map(|_| outliers.pick(&ips, ports, &[])).collect();
+        assert_eq!(picked, [a, b].into(), "each on its own port");
+        // b is out on its own port: half of two is the most, so a stays.
+        assert!(outliers.record(b, true, &policy, (&ips, ports)));
+        assert!(
+            !outliers.record(a, true, &policy, (&ips, ports)),
+            "b counts as ejected"
+        );
+        assert_eq!(outliers.pick(&ips, ports, &[]), a);
     }
 }

@@ -530,7 +530,7 @@ impl Compiler<'_> {
                                 .filter(|w| {
                                     selector.iter().all(|(k, v)| w.labels.get(k) == Some(v))
                                 })
-                                .filter(|w| self.workload_clusters(w, members).contains(&cluster))
+                                .filter(|w| self.dials(cluster, w))
                                 .map(|w| w.address),
                         )
                         .collect();
@@ -580,24 +580,16 @@ impl Compiler<'_> {
         out
     }
 
-    /// The member clusters whose gateways dial external workload `w`: its
-    /// own `cluster`, or without one every member cluster with a gateway.
-    fn workload_clusters<'m>(
-        &self,
-        w: &ExternalWorkload,
-        members: &BTreeSet<&'m str>,
-    ) -> Vec<&'m str> {
+    /// Whether the gateway of member cluster `cluster` dials external
+    /// workload `w`: it lives there, or it names no cluster and `cluster`
+    /// has a gateway.
+    fn dials(&self, cluster: &str, w: &ExternalWorkload) -> bool {
         match &w.cluster {
-            Some(c) => members
-                .iter()
-                .copied()
-                .filter(|m| *m == c.as_str())
-                .collect(),
-            None => members
-                .iter()
-                .copied()
-                .filter(|m| self.clusters.get(*m).is_some_and(|c| c.gateway.is_some()))
-                .collect(),
+            Some(c) => c.as_str() == cluster,
+            None => self
+                .clusters
+                .get(cluster)
+                .is_some_and(|c| c.gateway.is_some()),
         }
     }
 
@@ -611,20 +603,29 @@ impl Compiler<'_> {
         members: &BTreeSet<&str>,
         workloads: &[ExternalWorkload],
     ) {
+        // A workload on another port than its cluster's is dialled on its own.
+        let own_port = |own: &mut gns_contract::config::OwnPorts,
+                        cluster: &str,
+                        w: &ExternalWorkload,
+                        port: u16| {
+            own.entry(cluster.to_owned())
+                .or_default()
+                .insert(w.address, port);
+        };
         for w in workloads {
-            let clusters = self.workload_clusters(w, members);
-            let http = w
-                .ports
-                .iter()
-                .find(|p| is_http(p))
-                .or_else(|| w.ports.first());
-            for cluster in clusters {
+            // Its HTTP port, or its first when it names none (taken as the
+            // cluster's only when the cluster has no other).
+            let named_http = w.ports.iter().find(|p| is_http(p));
+            let http = named_http.or_else(|| w.ports.first());
+            if let Some(port) = named_http {
+                out.http_ports.push(port.port);
+            }
+            for cluster in members.iter().copied().filter(|c| self.dials(c, w)) {
                 let endpoints = out.endpoints.entry(cluster.to_owned()).or_default();
                 endpoints.push(w.address);
                 endpoints.sort();
                 endpoints.dedup();
-                // The cluster's port is the pods' (or the first workload's);
-                // a workload on another port is dialled on its own.
+                // The cluster's port is the pods' (or the first workload's).
                 if let Some(port) = http {
                     let own = port.endpoint_port();
                     match out.http_port.get(cluster) {
@@ -634,18 +635,10 @@ impl Compiler<'_> {
                                 out.h2c.insert(cluster.to_owned());
                             }
                         }
-                        // Only a port that says it is HTTP (not a workload's
-                        // first port, taken when it names none).
-                        Some(&theirs) if theirs != own && is_http(port) => {
-                            out.http_port_by_address
-                                .entry(cluster.to_owned())
-                                .or_default()
-                                .insert(w.address, own);
+                        Some(&theirs) if theirs != own && named_http.is_some() => {
+                            own_port(&mut out.http_port_by_address, cluster, w, own);
                         }
                         Some(_) => {}
-                    }
-                    if is_http(port) {
-                        out.http_ports.push(port.port);
                     }
                 }
                 for port in w
@@ -660,10 +653,7 @@ impl Compiler<'_> {
                                 tcp.target_port.insert(cluster.to_owned(), own);
                             }
                             Some(&theirs) if theirs != own => {
-                                tcp.target_port_by_address
-                                    .entry(cluster.to_owned())
-                                    .or_default()
-                                    .insert(w.address, own);
+                                own_port(&mut tcp.target_port_by_address, cluster, w, own);
                             }
                             Some(_) => {}
                         }
